@@ -1,0 +1,3 @@
+//! The worker agent daemon.
+//!
+//! Not implemented yet: it lands with the agent issue.

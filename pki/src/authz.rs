@@ -1,0 +1,113 @@
+//! Role checks in middleware, before any handler runs.
+//!
+//! A server states its rules as an [`AccessPolicy`]; [`enforce`] wraps a
+//! router so that every request (the 404 fallback included) is checked
+//! against the [`PeerIdentity`] the serving layer put into its extensions.
+//! A refusal is `403` with a JSON body naming the required role, and a log
+//! line with the peer CN and fingerprint. A request without an identity is
+//! refused too (fail closed).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::identity::PeerIdentity;
+use crate::role::RoleKind;
+
+/// Why a peer was refused: the role(s) the route requires, for the 403 body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Human-readable required role, e.g. `master` or `master or updater@w1`.
+    pub required: String,
+}
+
+/// The authorization rules of one server.
+pub trait AccessPolicy: Send + Sync + 'static {
+    /// Admit `peer` to `method path`, or say which role is required.
+    fn check(&self, peer: &PeerIdentity, method: &Method, path: &str) -> Result<(), Refusal>;
+}
+
+/// Admits peers whose role is one of the given kinds, on every route.
+#[derive(Debug, Clone)]
+pub struct RoleSet(pub Vec<RoleKind>);
+
+impl RoleSet {
+    /// Only the master.
+    pub fn master_only() -> Self {
+        RoleSet(vec![RoleKind::Master])
+    }
+
+    /// The required-role text for these kinds.
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+}
+
+impl AccessPolicy for RoleSet {
+    fn check(&self, peer: &PeerIdentity, _method: &Method, _path: &str) -> Result<(), Refusal> {
+        if self.0.contains(&peer.role.kind()) {
+            Ok(())
+        } else {
+            Err(Refusal {
+                required: self.describe(),
+            })
+        }
+    }
+}
+
+/// Wrap `router` so that `policy` runs before every handler.
+pub fn enforce<P: AccessPolicy>(router: Router, policy: P) -> Router {
+    let policy: Arc<dyn AccessPolicy> = Arc::new(policy);
+    router.layer(axum::middleware::from_fn_with_state(policy, check_access))
+}
+
+/// The body of every 403 and 401 this layer sends.
+fn refusal_body(status: StatusCode, detail: String, required: &str) -> Response {
+    let body = serde_json::json!({
+        "error": "forbidden",
+        "detail": detail,
+        "required_role": required,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn check_access(
+    State(policy): State<Arc<dyn AccessPolicy>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(peer) = req.extensions().get::<PeerIdentity>() else {
+        tracing::error!(path = %req.uri().path(), "request without a verified peer identity refused");
+        return refusal_body(
+            StatusCode::FORBIDDEN,
+            "no verified client certificate".into(),
+            "a CA-signed client certificate",
+        );
+    };
+    match policy.check(peer, req.method(), req.uri().path()) {
+        Ok(()) => next.run(req).await,
+        Err(refusal) => {
+            tracing::warn!(
+                peer_cn = %peer.cn,
+                peer_fingerprint = %peer.fingerprint,
+                method = %req.method(),
+                path = %req.uri().path(),
+                required = %refusal.required,
+                "role check refused the request"
+            );
+            refusal_body(
+                StatusCode::FORBIDDEN,
+                format!("this endpoint requires role {}", refusal.required),
+                &refusal.required,
+            )
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The one mTLS server runner of the workspace.
+//!
+//! [`MtlsListener`] owns the TCP listener and does every TLS handshake in its
+//! own task with a timeout (never inside `accept()`, where one slow client
+//! would block everyone), bounded in number, then reads the peer's verified
+//! [`PeerIdentity`] once and hands the finished connection over a channel.
+//! It implements [`axum::serve::Listener`], and [`serve_router`] serves an
+//! axum router over it with the [`authz`](crate::authz) policy applied and the
+//! identity in every request's extensions. Non-HTTP servers (the syslog
+//! listener) take connections straight from [`MtlsListener::next`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::serve::{IncomingStream, Listener};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::authz::{self, AccessPolicy};
+use crate::identity::PeerIdentity;
+
+/// Limits of the accept path.
+#[derive(Clone, Debug)]
+pub struct AcceptOptions {
+    /// A handshake not finished within this is dropped.
+    pub handshake_timeout: Duration,
+    /// At most this many handshakes run at once; further connections wait
+    /// in the kernel backlog.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for AcceptOptions {
+    fn default() -> Self {
+        AcceptOptions {
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 256,
+        }
+    }
+}
+
+/// The remote end of an accepted connection: address and verified identity.
+#[derive(Clone, Debug)]
+pub struct TlsPeer {
+    /// Remote socket address.
+    pub remote: SocketAddr,
+    /// Identity from the verified client certificate.
+    pub identity: Arc<PeerIdentity>,
+}
+
+/// An accepted, handshaken mTLS connection that knows its peer.
+pub struct MtlsStream {
+    inner: TlsStream<TcpStream>,
+    peer: TlsPeer,
+}
+
+impl MtlsStream {
+    /// The verified peer.
+    pub fn peer(&self) -> &TlsPeer {
+        &self.peer
+    }
+}
+
+impl AsyncRead for MtlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A TCP listener that yields only connections whose client certificate
+/// chained to the CA and names a role.
+pub struct MtlsListener {
+    local_addr: SocketAddr,
+    rx: mpsc::Receiver<MtlsStream>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for MtlsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MtlsListener {
+    /// Start accepting on `tcp` with `config` (which must require client certs).
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        options: AcceptOptions,
+    ) -> io::Result<Self> {
+        let local_addr = tcp.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), options, tx));
+        Ok(MtlsListener {
+            local_addr,
+            rx,
+            task,
+        })
+    }
+
+    /// Bind `addr` and start accepting.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: Arc<ServerConfig>,
+        options: AcceptOptions,
+    ) -> io::Result<Self> {
+        Self::new(TcpListener::bind(addr).await?, config, options)
+    }
+
+    /// The bound address (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next verified connection; `None` once the accept loop has ended.
+    pub async fn next(&mut self) -> Option<MtlsStream> {
+        self.rx.recv().await
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    options: AcceptOptions,
+    tx: mpsc::Sender<MtlsStream>,
+) {
+    let handshakes = Arc::new(Semaphore::new(options.max_pending_handshakes.max(1)));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        if tx.is_closed() {
+            return;
+        }
+        let (sock, remote) = match tcp.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        let timeout = options.handshake_timeout;
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(timeout, acceptor.accept(sock)).await;
+            drop(permit);
+            let stream = match handshake {
+                Err(_) => {
+                    tracing::info!(%remote, "TLS handshake timed out");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Ok(Ok(stream)) => stream,
+            };
+            let Some(der) = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            else {
+                tracing::warn!(%remote, "peer presented no certificate; closing");
+                return;
+            };
+            let identity = match PeerIdentity::from_der(der) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "peer certificate names no role; closing");
+                    return;
+                }
+            };
+            let peer = TlsPeer {
+                remote,
+                identity: Arc::new(identity),
+            };
+            let _ = tx
+                .send(MtlsStream {
+                    inner: stream,
+                    peer,
+                })
+                .await;
+        });
+    }
+}
+
+impl Listener for MtlsListener {
+    type Io = MtlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.next().await {
+            Some(stream) => {
+                let remote = stream.peer.remote;
+                (stream, remote)
+            }
+            // The accept loop only ends when the listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, MtlsListener>> for TlsPeer {
+    fn connect_info(stream: IncomingStream<'_, MtlsListener>) -> Self {
+        stream.io().peer.clone()
+    }
+}
+
+async fn insert_identity(
+    ConnectInfo(peer): ConnectInfo<TlsPeer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut()
+        .insert(PeerIdentity::clone(&peer.identity));
+    next.run(req).await
+}
+
+/// Serve `router` over `listener`: every request carries the peer's
+/// [`PeerIdentity`] in its extensions and passes `policy` before any handler
+/// (including the 404 fallback). Returns after `shutdown` resolves and the
+/// open connections have finished their requests.
+pub async fn serve_router<P: AccessPolicy>(
+    listener: MtlsListener,
+    router: Router,
+    policy: P,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let app = authz::enforce(router, policy).layer(axum::middleware::from_fn(insert_identity));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<TlsPeer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

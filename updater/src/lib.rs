@@ -1,0 +1,3 @@
+//! The worker updater daemon.
+//!
+//! Not implemented yet: it lands with the updater issue.
