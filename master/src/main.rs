@@ -1,1 +1,33 @@
-fn main() {}
+//! `decnet`: the operator CLI. Parses arguments, runs the command, and maps
+//! errors to a one-paragraph report and an exit code (1 failure, 2 usage).
+
+use clap::Parser;
+
+fn main() {
+    let cli = decnet_master::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DECNET_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    decnet_pki::provider::install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(err) = runtime.block_on(decnet_master::cli::run(cli)) {
+        eprintln!("error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(decnet_master::cli::exit_code(&err));
+    }
+}

@@ -1,0 +1,669 @@
+//! The `decnet` command line: argument definitions and the commands.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 usage or setup error
+//! (bad arguments, missing CA, refused without confirmation).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, HostName, LeafSpec, Role};
+use time::OffsetDateTime;
+
+use crate::enrollment::{self, AGENT_PORT, EnrollRequest, UPDATER_PORT};
+use crate::fleet_db::{AuditEntry, FleetDb, HostRecord, unix_now};
+use crate::home::MasterHome;
+
+/// decnet: mTLS control plane for worker fleets.
+#[derive(Debug, Parser)]
+#[command(name = "decnet", version, about, propagate_version = true)]
+pub struct Cli {
+    /// decnet home directory (CA, database, bundles).
+    #[arg(long, global = true, env = "DECNET_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Fleet database URL (sqlite://PATH or postgres://…); default
+    /// sqlite://<home>/master.db.
+    #[arg(
+        long,
+        global = true,
+        env = "DECNET_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Manage the worker fleet.
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
+    /// Show the audit log (newest first).
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the CA lives.
+#[derive(Debug, Args)]
+pub struct CaDirArg {
+    /// CA directory (default <home>/ca).
+    #[arg(long, env = "DECNET_CA_DIR", value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
+}
+
+/// `decnet ca …`
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA and the master's own `decnet-master` bundle.
+    Init {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Replace an existing CA (every issued certificate stops being trusted).
+        #[arg(long)]
+        force: bool,
+        /// Extra SANs for the master certificate (comma separated).
+        #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
+        sans: Vec<String>,
+    },
+    /// Show the CA and the master bundle.
+    Show {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `decnet swarm …`
+#[derive(Debug, Subcommand)]
+pub enum SwarmCommand {
+    /// Issue a worker's agent (and updater) bundle and record the host.
+    Enroll {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Host name: becomes the agent CN (DNS label characters only).
+        #[arg(long)]
+        host: String,
+        /// Address the master dials (IP or DNS name); also added as a SAN.
+        #[arg(long)]
+        address: String,
+        /// Extra SANs (comma separated).
+        #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
+        sans: Vec<String>,
+        /// Also issue the updater bundle (CN updater@<host>).
+        #[arg(long)]
+        updater: bool,
+        /// Re-enroll an enrolled host: fresh certificates, the old ones revoked.
+        #[arg(long)]
+        reissue: bool,
+        /// Also write the bundles here as <DIR>/agent and <DIR>/updater, ready
+        /// to copy to the worker's ~/.decnet/.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Agent port the master dials.
+        #[arg(long, default_value_t = AGENT_PORT)]
+        agent_port: u16,
+        /// Updater port the master dials.
+        #[arg(long, default_value_t = UPDATER_PORT)]
+        updater_port: u16,
+    },
+    /// List enrolled hosts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one host.
+    Show {
+        /// Host name.
+        host: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a host from the fleet: revoke its certificates and delete the
+    /// master's copies of its bundles.
+    Decommission {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Host name.
+        host: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// A usage or setup error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The process exit code for an error returned by [`run`].
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli {
+        home,
+        database_url,
+        command,
+    } = cli;
+    let resolve = |ca: Option<PathBuf>| MasterHome::resolve(home.clone(), ca, database_url.clone());
+    match command {
+        Command::Ca(CaCommand::Init { ca, force, sans }) => {
+            ca_init(&resolve(ca.ca_dir), force, &sans).await
+        }
+        Command::Ca(CaCommand::Show { ca, json }) => ca_show(&resolve(ca.ca_dir), json),
+        Command::Swarm(SwarmCommand::Enroll {
+            ca,
+            host,
+            address,
+            sans,
+            updater,
+            reissue,
+            out_dir,
+            agent_port,
+            updater_port,
+        }) => {
+            let req = EnrollRequest {
+                host,
+                address,
+                sans,
+                updater,
+                reissue,
+                out_dir,
+                agent_port,
+                updater_port,
+            };
+            swarm_enroll(&resolve(ca.ca_dir), &req).await
+        }
+        Command::Audit { limit, json } => show_audit(&resolve(None), limit, json).await,
+        Command::Swarm(SwarmCommand::List { json }) => swarm_list(&resolve(None), json).await,
+        Command::Swarm(SwarmCommand::Show { host, json }) => {
+            swarm_show(&resolve(None), &host, json).await
+        }
+        Command::Swarm(SwarmCommand::Decommission { ca, host, yes }) => {
+            swarm_decommission(&resolve(ca.ca_dir), &host, yes).await
+        }
+    }
+}
+
+/// Who runs this CLI, for the audit log.
+pub fn cli_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+async fn open_db(home: &MasterHome) -> anyhow::Result<FleetDb> {
+    FleetDb::connect(&home.database_url)
+        .await
+        .context("opening the fleet database (set --database-url or DECNET_DATABASE_URL)")
+}
+
+fn load_ca(layout: &CaLayout) -> anyhow::Result<CertificateAuthority> {
+    if !layout.ca_cert().exists() || !layout.ca_key().exists() {
+        return Err(UsageError(format!(
+            "no CA in {}; create one with `decnet ca init`",
+            layout.root().display()
+        ))
+        .into());
+    }
+    CertificateAuthority::load(layout)
+        .with_context(|| format!("loading the CA from {}", layout.root().display()))
+}
+
+async fn audit(
+    db: &FleetDb,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: String,
+) -> anyhow::Result<()> {
+    db.audit(&AuditEntry {
+        at: unix_now(),
+        actor: cli_actor(),
+        action: action.into(),
+        target: target.into(),
+        outcome: outcome.into(),
+        detail,
+    })
+    .await
+    .context("writing the audit log")
+}
+
+async fn ca_init(home: &MasterHome, force: bool, sans: &[String]) -> anyhow::Result<()> {
+    let layout = home.ca_layout();
+    let db = open_db(home).await?;
+    if (layout.ca_key().exists() || layout.ca_cert().exists()) && !force {
+        audit(
+            &db,
+            "ca.init",
+            "ca",
+            "refused",
+            "a CA already exists".into(),
+        )
+        .await?;
+        return Err(UsageError(format!(
+            "a CA already exists in {}; refusing to overwrite it (pass --force to replace it — every issued certificate stops being trusted)",
+            layout.root().display()
+        ))
+        .into());
+    }
+    for s in sans {
+        decnet_pki::ca::validate_san(s).map_err(|e| UsageError(e.to_string()))?;
+    }
+    let ca = CertificateAuthority::generate().context("generating the CA")?;
+    ca.save(&layout).context("writing the CA")?;
+    let leaf = ca
+        .issue(&LeafSpec::for_role(&Role::Master, sans))
+        .context("issuing the master certificate")?;
+    let bundle = Bundle::from_issued(BundleKind::Master, &leaf, ca.cert_pem())?;
+    bundle
+        .write(&layout.master_dir())
+        .context("writing the master bundle")?;
+    audit(
+        &db,
+        "ca.init",
+        "ca",
+        "ok",
+        format!(
+            "ca_fingerprint={} master_fingerprint={}{}",
+            ca.fingerprint(),
+            leaf.fingerprint,
+            if force {
+                " (replaced an existing CA)"
+            } else {
+                ""
+            }
+        ),
+    )
+    .await?;
+    db.close().await;
+    println!("CA created in {}", layout.root().display());
+    println!("  CA fingerprint (sha256):     {}", ca.fingerprint());
+    println!(
+        "  master bundle:               {}",
+        layout.master_dir().display()
+    );
+    println!("  master fingerprint (sha256): {}", leaf.fingerprint);
+    println!("Next: decnet swarm enroll --host NAME --address ADDR [--updater]");
+    Ok(())
+}
+
+fn ca_show(home: &MasterHome, json: bool) -> anyhow::Result<()> {
+    let layout = home.ca_layout();
+    let ca = load_ca(&layout)?;
+    let ca_id = x509_summary(ca.cert_pem())?;
+    let master = Bundle::load(&layout.master_dir(), BundleKind::Master).ok();
+    if json {
+        let v = serde_json::json!({
+            "ca_dir": layout.root(),
+            "ca_fingerprint": ca.fingerprint().to_hex(),
+            "ca_subject": ca_id.0,
+            "ca_not_after": ca_id.1,
+            "master_fingerprint": master.as_ref().map(|b| b.identity.fingerprint.to_hex()),
+            "master_not_after": master.as_ref().map(|b| b.identity.not_after.unix_timestamp()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("CA directory:       {}", layout.root().display());
+        println!("CA subject:         {}", ca_id.0);
+        println!("CA fingerprint:     {}", ca.fingerprint());
+        println!("CA expires:         {}", format_time(ca_id.1));
+        match master {
+            Some(b) => {
+                println!("master fingerprint: {}", b.identity.fingerprint);
+                println!(
+                    "master expires:     {}",
+                    format_time(b.identity.not_after.unix_timestamp())
+                );
+            }
+            None => println!("master bundle:      missing (re-run `decnet ca init --force`)"),
+        }
+    }
+    Ok(())
+}
+
+fn x509_summary(pem: &str) -> anyhow::Result<(String, i64)> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .context("CA certificate PEM")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).context("CA certificate")?;
+    Ok((
+        cert.subject().to_string(),
+        cert.validity().not_after.to_datetime().unix_timestamp(),
+    ))
+}
+
+async fn swarm_enroll(home: &MasterHome, req: &EnrollRequest) -> anyhow::Result<()> {
+    let layout = home.ca_layout();
+    let ca = load_ca(&layout)?;
+    let db = open_db(home).await?;
+    let result = enrollment::enroll(&ca, &layout, &db, req).await;
+    let action = if req.reissue {
+        "swarm.reissue"
+    } else {
+        "swarm.enroll"
+    };
+    match result {
+        Ok(out) => {
+            audit(
+                &db,
+                action,
+                &req.host,
+                "ok",
+                format!(
+                    "address={} agent_fingerprint={} updater_fingerprint={} revoked={}",
+                    out.host.address,
+                    out.host.agent_fingerprint.as_deref().unwrap_or("-"),
+                    out.host.updater_fingerprint.as_deref().unwrap_or("-"),
+                    out.revoked.len()
+                ),
+            )
+            .await?;
+            db.close().await;
+            println!("enrolled {} ({})", out.host.name, out.host.address);
+            println!(
+                "  agent bundle:   {}  fingerprint {}",
+                out.agent_bundle_dir.display(),
+                out.host.agent_fingerprint.as_deref().unwrap_or("-")
+            );
+            if let Some(dir) = &out.updater_bundle_dir {
+                println!(
+                    "  updater bundle: {}  fingerprint {}",
+                    dir.display(),
+                    out.host.updater_fingerprint.as_deref().unwrap_or("-")
+                );
+            }
+            if !out.revoked.is_empty() {
+                println!("  revoked {} previous certificate(s)", out.revoked.len());
+            }
+            match &req.out_dir {
+                Some(dir) => println!(
+                    "Copy {}/agent (and updater) to the worker's ~/.decnet/ (keep worker.key and updater.key mode 0600).",
+                    dir.display()
+                ),
+                None => println!(
+                    "Copy {} to the worker's ~/.decnet/agent/ (and updater/ to ~/.decnet/updater/), keeping keys mode 0600.",
+                    out.agent_bundle_dir.display()
+                ),
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let refused = matches!(
+                e,
+                enrollment::EnrollError::AlreadyEnrolled(_)
+                    | enrollment::EnrollError::HostName(_)
+                    | enrollment::EnrollError::Ca(decnet_pki::CaError::BadSan(_))
+            );
+            audit(
+                &db,
+                action,
+                &req.host,
+                if refused { "refused" } else { "failed" },
+                e.to_string(),
+            )
+            .await?;
+            db.close().await;
+            if refused {
+                Err(UsageError(e.to_string()).into())
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
+    let db = open_db(home).await?;
+    let hosts = db.hosts().await?;
+    db.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&hosts)?);
+        return Ok(());
+    }
+    if hosts.is_empty() {
+        println!("no hosts enrolled (decnet swarm enroll --host NAME --address ADDR)");
+        return Ok(());
+    }
+    print!("{}", fleet_table(&hosts, unix_now()));
+    Ok(())
+}
+
+/// A fixed-width table of hosts, as `swarm list` prints it.
+pub fn fleet_table(hosts: &[HostRecord], now: i64) -> String {
+    let mut rows = vec![[
+        "HOST".to_string(),
+        "ADDRESS".into(),
+        "STATUS".into(),
+        "LAST SEEN".into(),
+        "VERSION".into(),
+        "AGENT FP".into(),
+        "UPDATER FP".into(),
+    ]];
+    for h in hosts {
+        rows.push([
+            h.name.clone(),
+            format!("{}:{}", h.address, h.agent_port),
+            h.status.as_str().to_string(),
+            h.last_seen
+                .map(|t| format_age(now - t))
+                .unwrap_or_else(|| "never".into()),
+            h.agent_version.clone().unwrap_or_else(|| "-".into()),
+            h.agent_fingerprint
+                .as_deref()
+                .map(short_fp)
+                .unwrap_or_else(|| "-".into()),
+            h.updater_fingerprint
+                .as_deref()
+                .map(short_fp)
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn short_fp(fp: &str) -> String {
+    fp.chars().take(16).collect()
+}
+
+/// "42s ago", "5m ago", "3h ago", "2d ago".
+pub fn format_age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn format_time(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result<()> {
+    let db = open_db(home).await?;
+    let Some(h) = db.host(host).await? else {
+        db.close().await;
+        return Err(UsageError(format!(
+            "host {host} is not enrolled (see `decnet swarm list`)"
+        ))
+        .into());
+    };
+    let revoked = db.revoked_of(host).await?;
+    db.close().await;
+    if json {
+        let mut v = serde_json::to_value(&h)?;
+        v["revoked_fingerprints"] = serde_json::json!(revoked);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("host:                {}", h.name);
+    println!("address:             {}", h.address);
+    println!("agent port:          {}", h.agent_port);
+    println!("updater port:        {}", h.updater_port);
+    println!("status:              {}", h.status.as_str());
+    println!("SANs:                {}", h.sans.join(", "));
+    println!(
+        "agent fingerprint:   {}",
+        h.agent_fingerprint.as_deref().unwrap_or("-")
+    );
+    println!(
+        "updater fingerprint: {}",
+        h.updater_fingerprint.as_deref().unwrap_or("-")
+    );
+    println!("enrolled:            {}", format_time(h.enrolled_at));
+    println!(
+        "last seen:           {}",
+        h.last_seen
+            .map(format_time)
+            .unwrap_or_else(|| "never".into())
+    );
+    if let Some(e) = &h.last_error {
+        println!("last error:          {e}");
+    }
+    if let Some(v) = &h.agent_version {
+        println!("agent version:       {v}");
+    }
+    println!("revoked certs:       {}", revoked.len());
+    Ok(())
+}
+
+async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<()> {
+    let name = HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
+    let db = open_db(home).await?;
+    if db.host(host).await?.is_none() {
+        db.close().await;
+        return Err(UsageError(format!(
+            "host {host} is not enrolled (see `decnet swarm list`)"
+        ))
+        .into());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            audit(
+                &db,
+                "swarm.decommission",
+                host,
+                "refused",
+                "not confirmed".into(),
+            )
+            .await?;
+            db.close().await;
+            return Err(UsageError(format!(
+                "refusing to decommission {host} without confirmation; pass --yes"
+            ))
+            .into());
+        }
+        print!(
+            "Decommission {host}? Its certificates are revoked and its bundles deleted. Type the host name to confirm: "
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != host {
+            audit(
+                &db,
+                "swarm.decommission",
+                host,
+                "refused",
+                "not confirmed".into(),
+            )
+            .await?;
+            db.close().await;
+            return Err(UsageError("not confirmed; nothing changed".into()).into());
+        }
+    }
+    let revoked = db.decommission(host).await?;
+    let removed = enrollment::remove_issued_bundles(&home.ca_layout(), &name);
+    audit(
+        &db,
+        "swarm.decommission",
+        host,
+        "ok",
+        format!(
+            "revoked={} removed_bundles={}",
+            revoked.len(),
+            removed.len()
+        ),
+    )
+    .await?;
+    db.close().await;
+    println!(
+        "decommissioned {host}: {} certificate(s) revoked, {} bundle dir(s) removed",
+        revoked.len(),
+        removed.len()
+    );
+    Ok(())
+}
+
+async fn show_audit(home: &MasterHome, limit: i64, json: bool) -> anyhow::Result<()> {
+    let db = open_db(home).await?;
+    let entries = db.audit_log(limit.max(1)).await?;
+    db.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    for e in entries {
+        println!(
+            "{}  {:<20} {:<22} {:<16} {:<8} {}",
+            format_time(e.at),
+            e.actor,
+            e.action,
+            e.target,
+            e.outcome,
+            e.detail
+        );
+    }
+    Ok(())
+}

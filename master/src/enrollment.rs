@@ -1,0 +1,197 @@
+//! Enrollment: issue a worker's agent (and updater) bundle from the CA, keep
+//! the master's copy under `<ca>/workers/<host>/`, and record the host, its
+//! fingerprints and the certificate ledger in the fleet database.
+
+use std::path::{Path, PathBuf};
+
+use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, HostName, LeafSpec, Role};
+
+use crate::fleet_db::{CertRecord, DbError, FleetDb, HostRecord, HostStatus, unix_now};
+
+/// Default agent port.
+pub const AGENT_PORT: u16 = 8765;
+/// Default updater port.
+pub const UPDATER_PORT: u16 = 8766;
+
+/// Why an enrollment was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Invalid host name.
+    #[error(transparent)]
+    HostName(#[from] decnet_pki::HostNameError),
+    /// The host is already enrolled.
+    #[error(
+        "host {0} is already enrolled; pass --reissue to issue fresh certificates (the old ones are revoked)"
+    )]
+    AlreadyEnrolled(String),
+    /// An invalid SAN or address.
+    #[error(transparent)]
+    Ca(#[from] decnet_pki::CaError),
+    /// Writing a bundle failed.
+    #[error(transparent)]
+    Bundle(#[from] decnet_pki::BundleError),
+    /// The fleet database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The issued certificate could not be read back (should never happen).
+    #[error("issued certificate is unreadable: {0}")]
+    Identity(#[from] decnet_pki::IdentityError),
+}
+
+/// What the operator asked for.
+#[derive(Clone, Debug)]
+pub struct EnrollRequest {
+    /// Host name (becomes the agent CN).
+    pub host: String,
+    /// Address the master dials (IP or DNS name); also a SAN.
+    pub address: String,
+    /// Extra SANs.
+    pub sans: Vec<String>,
+    /// Also issue the updater bundle.
+    pub updater: bool,
+    /// Replace an existing enrollment.
+    pub reissue: bool,
+    /// Also copy the bundles here (`<out>/agent/`, `<out>/updater/`), ready to
+    /// be copied to the worker's `~/.decnet/`.
+    pub out_dir: Option<PathBuf>,
+    /// Agent port.
+    pub agent_port: u16,
+    /// Updater port.
+    pub updater_port: u16,
+}
+
+/// The result of an enrollment.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EnrollOutcome {
+    /// The host record as stored.
+    pub host: HostRecord,
+    /// Where the master keeps the agent bundle.
+    pub agent_bundle_dir: PathBuf,
+    /// Where the master keeps the updater bundle, if issued.
+    pub updater_bundle_dir: Option<PathBuf>,
+    /// Fingerprints revoked by this (re-)enrollment.
+    pub revoked: Vec<String>,
+}
+
+/// Enroll one host: issue, write, record.
+pub async fn enroll(
+    ca: &CertificateAuthority,
+    layout: &CaLayout,
+    db: &FleetDb,
+    req: &EnrollRequest,
+) -> Result<EnrollOutcome, EnrollError> {
+    let host = HostName::new(&req.host)?;
+    if let Some(existing) = db.host(host.as_str()).await?
+        && existing.status != HostStatus::Decommissioned
+        && !req.reissue
+    {
+        return Err(EnrollError::AlreadyEnrolled(host.to_string()));
+    }
+    let mut sans = vec![req.address.trim().to_string()];
+    sans.extend(
+        req.sans
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+    );
+    for s in &sans {
+        decnet_pki::ca::validate_san(s)?;
+    }
+    let agent_leaf = ca.issue(&LeafSpec::for_role(&Role::Agent(host.clone()), &sans))?;
+    let agent_bundle = Bundle::from_issued(BundleKind::Agent, &agent_leaf, ca.cert_pem())?;
+    let updater = if req.updater {
+        let leaf = ca.issue(&LeafSpec::for_role(&Role::Updater(host.clone()), &sans))?;
+        Some((
+            Bundle::from_issued(BundleKind::Updater, &leaf, ca.cert_pem())?,
+            leaf,
+        ))
+    } else {
+        None
+    };
+
+    let agent_dir = layout.worker_dir(&host);
+    let updater_dir = layout.worker_updater_dir(&host);
+    // A reissue without --updater must not leave a stale updater bundle behind.
+    if updater.is_none() {
+        remove_dir_if_exists(&updater_dir);
+    }
+    agent_bundle.write(&agent_dir)?;
+    if let Some((b, _)) = &updater {
+        b.write(&updater_dir)?;
+    }
+    if let Some(out) = &req.out_dir {
+        agent_bundle.write(&BundleKind::Agent.default_dir(out))?;
+        if let Some((b, _)) = &updater {
+            b.write(&BundleKind::Updater.default_dir(out))?;
+        }
+    }
+
+    let mut certs = vec![CertRecord {
+        fingerprint: agent_leaf.fingerprint.to_hex(),
+        host: host.to_string(),
+        role: "agent".into(),
+        serial: agent_leaf.serial.clone(),
+        not_after: agent_leaf.not_after.unix_timestamp(),
+    }];
+    if let Some((_, leaf)) = &updater {
+        certs.push(CertRecord {
+            fingerprint: leaf.fingerprint.to_hex(),
+            host: host.to_string(),
+            role: "updater".into(),
+            serial: leaf.serial.clone(),
+            not_after: leaf.not_after.unix_timestamp(),
+        });
+    }
+    let now = unix_now();
+    let mut record = HostRecord {
+        name: host.to_string(),
+        address: req.address.trim().to_string(),
+        agent_port: req.agent_port,
+        updater_port: req.updater_port,
+        sans: agent_sans(&sans, &host),
+        agent_fingerprint: Some(agent_leaf.fingerprint.to_hex()),
+        updater_fingerprint: updater.as_ref().map(|(_, l)| l.fingerprint.to_hex()),
+        status: HostStatus::Enrolled,
+        enrolled_at: now,
+        updated_at: now,
+        last_seen: None,
+        last_error: None,
+        agent_version: None,
+        state_json: None,
+    };
+    let revoked = db.record_enrollment(&record, &certs).await?;
+    if let Some(stored) = db.host(host.as_str()).await? {
+        record = stored;
+    }
+    Ok(EnrollOutcome {
+        host: record,
+        agent_bundle_dir: agent_dir,
+        updater_bundle_dir: updater.map(|_| updater_dir),
+        revoked,
+    })
+}
+
+/// The SANs the agent certificate carries (operator SANs + the host name).
+fn agent_sans(sans: &[String], host: &HostName) -> Vec<String> {
+    let mut all = sans.to_vec();
+    if !all.iter().any(|s| s.eq_ignore_ascii_case(host.as_str())) {
+        all.push(host.to_string());
+    }
+    all
+}
+
+/// Remove the master's copies of a host's bundles (decommission).
+pub fn remove_issued_bundles(layout: &CaLayout, host: &HostName) -> Vec<PathBuf> {
+    let dir = layout.worker_dir(host);
+    let mut removed = Vec::new();
+    if dir.exists() && std::fs::remove_dir_all(&dir).is_ok() {
+        removed.push(dir);
+    }
+    removed
+}
+
+fn remove_dir_if_exists(dir: &Path) {
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,11 @@
+//! The decnet master: operator CLI, fleet database, enrollment.
+//!
+//! * [`fleet_db`] — the fleet database (SQLite or PostgreSQL through sqlx);
+//! * [`enrollment`] — issuing worker bundles and recording them;
+//! * [`home`] — where the master's files live;
+//! * [`cli`] — the `decnet` command line and its commands.
+
+pub mod cli;
+pub mod enrollment;
+pub mod fleet_db;
+pub mod home;
