@@ -218,8 +218,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn cli_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(os_user);
     format!("cli:{user}")
+}
+
+/// The name of the real user id (from /proc and /etc/passwd), or `uid:N`.
+fn os_user() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+        });
+    let Some(uid) = uid else {
+        return "unknown".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
 }
 
 async fn open_db(home: &MasterHome) -> anyhow::Result<FleetDb> {
