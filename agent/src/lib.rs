@@ -1,3 +1,16 @@
-//! The worker agent daemon.
+//! decnet agent: the worker daemon that deploys, tears down and reports
+//! workloads ("deckies") on command of the master.
 //!
-//! Not implemented yet: it lands with the agent issue.
+//! * [`config`] — the versioned deployment config (pure);
+//! * [`state`] — the persisted state file;
+//! * [`driver`] — the `process` and `compose` drivers behind one trait;
+//! * [`executor`] — requests → driver calls, state, recovery;
+//! * [`api`] — the HTTP routes and the role policy;
+//! * [`daemon`] — wiring it all together for `decnet-agent serve`.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod driver;
+pub mod executor;
+pub mod state;

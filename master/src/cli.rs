@@ -139,6 +139,69 @@ pub enum SwarmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change where the master dials a host (address or ports).
+    SetEndpoint {
+        /// Host name.
+        host: String,
+        /// New address.
+        #[arg(long)]
+        address: Option<String>,
+        /// New agent port.
+        #[arg(long)]
+        agent_port: Option<u16>,
+        /// New updater port.
+        #[arg(long)]
+        updater_port: Option<u16>,
+    },
+    /// Deploy a deployment config (JSON, see wiki/Agent.md) to hosts.
+    Deploy {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// The deployment config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Target host (repeatable); all live hosts when omitted.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Return once the agents accepted the deploy, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tear down one decky or every decky of a host.
+    Teardown {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Host name.
+        host: String,
+        /// Only this decky.
+        #[arg(long)]
+        decky: Option<String>,
+    },
+    /// Show the deckies of one host or of every host.
+    Status {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Host name (all hosts when omitted).
+        host: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe every host's agent concurrently and record who answered.
+    Check {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a host from the fleet: revoke its certificates and delete the
     /// master's copies of its bundles.
     Decommission {
@@ -203,6 +266,91 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             swarm_enroll(&resolve(ca.ca_dir), &req).await
         }
+        Command::Swarm(SwarmCommand::Deploy {
+            ca,
+            config,
+            hosts,
+            no_wait,
+            json,
+        }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let r = crate::fleet_ops::deploy(
+                &db,
+                &home.ca_layout(),
+                &cli_actor(),
+                &config,
+                &hosts,
+                !no_wait,
+                json,
+            )
+            .await;
+            db.close().await;
+            partial(r?, "the deploy did not succeed on every host")
+        }
+        Command::Swarm(SwarmCommand::SetEndpoint {
+            host,
+            address,
+            agent_port,
+            updater_port,
+        }) => {
+            let home = resolve(None);
+            let db = open_db(&home).await?;
+            if let Some(a) = &address {
+                decnet_pki::ca::validate_san(a).map_err(|e| UsageError(e.to_string()))?;
+            }
+            let found = db
+                .update_endpoint(&host, address.as_deref(), agent_port, updater_port)
+                .await?;
+            let detail = format!(
+                "address={address:?} agent_port={agent_port:?} updater_port={updater_port:?}"
+            );
+            audit(
+                &db,
+                "swarm.set_endpoint",
+                &host,
+                if found { "ok" } else { "refused" },
+                detail,
+            )
+            .await?;
+            db.close().await;
+            if !found {
+                return Err(UsageError(format!(
+                    "host {host} is not enrolled (see `decnet swarm list`)"
+                ))
+                .into());
+            }
+            println!("{host}: endpoint updated");
+            Ok(())
+        }
+        Command::Swarm(SwarmCommand::Teardown { ca, host, decky }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let r = crate::fleet_ops::teardown(
+                &db,
+                &home.ca_layout(),
+                &cli_actor(),
+                &host,
+                decky.as_deref(),
+            )
+            .await;
+            db.close().await;
+            r
+        }
+        Command::Swarm(SwarmCommand::Status { ca, host, json }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let r = crate::fleet_ops::status(&db, &home.ca_layout(), host.as_deref(), json).await;
+            db.close().await;
+            partial(r?, "some hosts did not answer")
+        }
+        Command::Swarm(SwarmCommand::Check { ca, json }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let r = crate::fleet_ops::check(&db, &home.ca_layout(), json).await;
+            db.close().await;
+            partial(r?, "some hosts did not answer")
+        }
         Command::Audit { limit, json } => show_audit(&resolve(None), limit, json).await,
         Command::Swarm(SwarmCommand::List { json }) => swarm_list(&resolve(None), json).await,
         Command::Swarm(SwarmCommand::Show { host, json }) => {
@@ -211,6 +359,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Decommission { ca, host, yes }) => {
             swarm_decommission(&resolve(ca.ca_dir), &host, yes).await
         }
+    }
+}
+
+/// Turn a "did everything succeed" flag into the exit status.
+fn partial(all_ok: bool, what: &str) -> anyhow::Result<()> {
+    if all_ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("{what}"))
     }
 }
 

@@ -348,6 +348,29 @@ impl FleetDb {
         Ok(revoked)
     }
 
+    /// Change where the master dials a host (it moved, or its ports changed).
+    pub async fn update_endpoint(
+        &self,
+        name: &str,
+        address: Option<&str>,
+        agent_port: Option<u16>,
+        updater_port: Option<u16>,
+    ) -> Result<bool, DbError> {
+        let n = sqlx::query(
+            "UPDATE hosts SET address = COALESCE($1, address), agent_port = COALESCE($2, agent_port), \
+             updater_port = COALESCE($3, updater_port), updated_at = $4 WHERE name = $5",
+        )
+        .bind(address)
+        .bind(agent_port.map(i64::from))
+        .bind(updater_port.map(i64::from))
+        .bind(unix_now())
+        .bind(name)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
     /// Mark a host decommissioned and put every certificate ever issued to it
     /// on the deny list. Returns the newly revoked fingerprints.
     pub async fn decommission(&self, name: &str) -> Result<Vec<String>, DbError> {

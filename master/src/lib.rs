@@ -2,10 +2,12 @@
 //!
 //! * [`fleet_db`] — the fleet database (SQLite or PostgreSQL through sqlx);
 //! * [`enrollment`] — issuing worker bundles and recording them;
+//! * [`fleet_ops`] — driving the agents (deploy, teardown, status, check);
 //! * [`home`] — where the master's files live;
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
 pub mod enrollment;
 pub mod fleet_db;
+pub mod fleet_ops;
 pub mod home;

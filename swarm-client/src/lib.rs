@@ -1,5 +1,11 @@
-//! Typed async clients of the two worker daemons (`AgentClient`,
-//! `UpdaterClient`).
+//! Typed async clients of the worker daemons, used by the master.
 //!
-//! Not implemented yet: the agent and updater daemons arrive with their own
-//! issues, and their clients land together with them.
+//! * [`transport`] — the mTLS HTTP client (master bundle, CA-only
+//!   verification, fingerprint pin) and the error type shared by all clients;
+//! * [`agent`] — [`AgentClient`].
+
+pub mod agent;
+pub mod transport;
+
+pub use agent::AgentClient;
+pub use transport::{ClientError, Endpoint};

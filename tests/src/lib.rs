@@ -1,1 +1,379 @@
-//! End-to-end test harness.
+//! Helpers of the end-to-end tests: locate (and build once) the real
+//! binaries, run the `decnet` CLI in a temp home, start daemons on loopback
+//! port 0 and read back their bound address, and clean every process up.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Directory of the workspace's built binaries (`DECNET_BIN_DIR`, or the
+/// target dir this test binary lives in), building them once if needed.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("DECNET_BIN_DIR") {
+            return PathBuf::from(d);
+        }
+        // target/<profile>/deps/<test-binary>
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace")
+            .to_path_buf();
+        let profile_release = dir.ends_with("release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&workspace).args([
+            "build",
+            "--quiet",
+            "-p",
+            "decnet-master",
+            "-p",
+            "decnet-agent",
+        ]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the decnet binaries failed");
+        dir
+    })
+}
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing", p.display());
+    p
+}
+
+/// A temp decnet home with a CA, where the `decnet` CLI runs.
+pub struct MasterHome {
+    /// The temp dir (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl MasterHome {
+    /// A fresh home with `decnet ca init` done.
+    pub fn new() -> MasterHome {
+        let h = MasterHome {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        h.ok(&["ca", "init"]);
+        h
+    }
+
+    /// The decnet home.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("decnet")
+    }
+
+    /// The master bundle dir.
+    pub fn master_bundle_dir(&self) -> PathBuf {
+        self.home().join("ca/master")
+    }
+
+    /// Where the master keeps `host`'s agent bundle.
+    pub fn agent_bundle_dir(&self, host: &str) -> PathBuf {
+        self.home().join("ca/workers").join(host)
+    }
+
+    /// Where the master keeps `host`'s updater bundle.
+    pub fn updater_bundle_dir(&self, host: &str) -> PathBuf {
+        self.agent_bundle_dir(host).join("updater")
+    }
+
+    /// Run `decnet ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin("decnet"))
+            .args(args)
+            .env("DECNET_HOME", self.home())
+            .env_remove("DECNET_DATABASE_URL")
+            .env_remove("DECNET_CA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run decnet")
+    }
+
+    /// Run `decnet ARGS`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "decnet {args:?} failed ({:?}):\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run `decnet ARGS --json`-style commands and parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "decnet {args:?}: not JSON ({e}):\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Enroll `host` on 127.0.0.1 (with an updater bundle).
+    pub fn enroll(&self, host: &str) {
+        self.ok(&[
+            "swarm",
+            "enroll",
+            "--host",
+            host,
+            "--address",
+            "127.0.0.1",
+            "--updater",
+        ]);
+    }
+
+    /// Record where `host`'s agent listens.
+    pub fn set_agent_port(&self, host: &str, port: u16) {
+        self.ok(&[
+            "swarm",
+            "set-endpoint",
+            host,
+            "--agent-port",
+            &port.to_string(),
+        ]);
+    }
+}
+
+impl Default for MasterHome {
+    fn default() -> Self {
+        MasterHome::new()
+    }
+}
+
+/// A daemon started by a test; SIGTERMed (then SIGKILLed) on drop.
+pub struct Daemon {
+    /// The child.
+    pub child: Child,
+    /// The address it reported.
+    pub addr: SocketAddr,
+    /// Its stderr log file.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Start `cmd` (stdout piped) and wait for its `… listening on ADDR` line.
+    pub fn start(mut cmd: Command, log: PathBuf) -> Daemon {
+        let err = std::fs::File::create(&log).expect("log file");
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn daemon");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if let Some(addr) = line
+                    .trim()
+                    .rsplit("listening on ")
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                line.clear();
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => Daemon { child, addr, log },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "daemon did not report its address; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// The daemon's port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// SIGTERM and wait (SIGKILL after 10 s); returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        signal(self.child.id(), rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().ok().and_then(|s| s.code());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+/// Send `sig` to `pid`.
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// Kill a process group (cleanup of deckies that outlive their agent).
+pub fn kill_group(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|st| st != "Z" && st != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Poll `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A started agent with its state dir; kills its deckies on drop.
+pub struct Agent {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// Its state dir.
+    pub state_dir: PathBuf,
+}
+
+impl Agent {
+    /// Start `decnet-agent serve` with `host`'s bundle from `master` on 127.0.0.1:0.
+    pub fn start(master: &MasterHome, host: &str, state_dir: &Path, extra: &[&str]) -> Agent {
+        Agent {
+            daemon: Self::spawn(master, host, state_dir, extra),
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    /// Stop the agent process (its deckies keep running) and start a new
+    /// one on the same state dir, as after an upgrade or crash.
+    pub fn restart(&mut self, master: &MasterHome, host: &str, extra: &[&str]) {
+        assert_eq!(
+            self.daemon.stop(),
+            Some(0),
+            "agent did not shut down cleanly"
+        );
+        self.daemon = Self::spawn(master, host, &self.state_dir, extra);
+    }
+
+    fn spawn(master: &MasterHome, host: &str, state_dir: &Path, extra: &[&str]) -> Daemon {
+        let mut cmd = Command::new(bin("decnet-agent"));
+        cmd.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--stop-grace",
+            "2",
+        ])
+        .arg("--bundle-dir")
+        .arg(master.agent_bundle_dir(host))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(extra)
+        .env("DECNET_LOG", "info");
+        let log = state_dir.with_extension("agent.log");
+        let daemon = Daemon::start(cmd, log);
+        master.set_agent_port(host, daemon.port());
+        daemon
+    }
+
+    /// Pids recorded in the state file.
+    pub fn recorded_pids(&self) -> Vec<u32> {
+        let Ok(text) = std::fs::read_to_string(self.state_dir.join("decnet-state.json")) else {
+            return vec![];
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["deckies"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|d| d["pid"].as_u64())
+                    .map(|p| p as u32)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Kills every decky process the agent recorded (they outlive the agent by design).
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let pids = self.recorded_pids();
+        self.daemon.stop();
+        for p in pids.into_iter().chain(self.recorded_pids()) {
+            kill_group(p);
+        }
+    }
+}
+
+/// A reqwest client presenting the bundle in `dir` (of `kind`), trusting the CA.
+pub fn mtls_client(dir: &Path, kind: decnet_pki::BundleKind) -> reqwest::Client {
+    decnet_pki::provider::install_default();
+    let b = decnet_pki::Bundle::load(dir, kind).expect("bundle");
+    let cfg = decnet_pki::client_config(&b, None).expect("client config");
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}

@@ -1,0 +1,248 @@
+//! The agent's HTTP API (served only through the mTLS helper of
+//! `decnet-pki`) and its access policy.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use decnet_pki::{AccessPolicy, HostName, PeerIdentity, Refusal, Role};
+use serde::Deserialize;
+
+use crate::config::DeploymentConfig;
+use crate::executor::{ExecError, Executor};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Master everywhere; the updater of this very host also on `GET /health`
+/// (its post-update probe).
+#[derive(Clone, Debug)]
+pub struct AgentPolicy {
+    /// This agent's host name.
+    pub own_host: HostName,
+}
+
+impl AccessPolicy for AgentPolicy {
+    fn check(&self, peer: &PeerIdentity, method: &Method, path: &str) -> Result<(), Refusal> {
+        match &peer.role {
+            Role::Master => Ok(()),
+            Role::Updater(h)
+                if *h == self.own_host && method == Method::GET && path == "/health" =>
+            {
+                Ok(())
+            }
+            _ if path == "/health" => Err(Refusal {
+                required: format!("master or updater@{}", self.own_host),
+            }),
+            _ => Err(Refusal {
+                required: "master".into(),
+            }),
+        }
+    }
+}
+
+/// A JSON error body: `{"error": kind, "detail": message}`.
+pub fn error_response(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": kind, "detail": detail.into() })),
+    )
+        .into_response()
+}
+
+/// `Json<T>` whose rejections are JSON bodies with a clear message.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let kind = if status == StatusCode::UNPROCESSABLE_ENTITY {
+                    "invalid_body"
+                } else {
+                    "bad_request"
+                };
+                Err(error_response(status, kind, rejection.body_text()))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ExecError {
+    fn into_response(self) -> Response {
+        match &self {
+            ExecError::UnknownDecky(_) | ExecError::UnknownOperation(_) => {
+                error_response(StatusCode::NOT_FOUND, "not_found", self.to_string())
+            }
+            ExecError::Driver(_) => error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "driver_failed",
+                self.to_string(),
+            ),
+            ExecError::State(e) => {
+                tracing::error!(error = %e, "state file error");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "state_failed",
+                    "the agent cannot write its state file; see the agent log",
+                )
+            }
+        }
+    }
+}
+
+/// `POST /deploy` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The deployment.
+    pub config: serde_json::Value,
+    /// Validate and render only.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Accepted for compatibility; images are never pulled or rebuilt here.
+    #[serde(default)]
+    pub no_cache: bool,
+}
+
+/// `POST /teardown` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeardownRequest {
+    /// One decky; all when absent.
+    #[serde(default)]
+    pub decky_id: Option<String>,
+}
+
+/// `POST /mutate` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutateRequest {
+    /// The decky.
+    pub decky_id: String,
+    /// Its new services.
+    pub services: Vec<String>,
+}
+
+/// The agent router.
+pub fn router(exec: Arc<Executor>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/deploy", post(deploy))
+        .route("/teardown", post(teardown))
+        .route("/mutate", post(mutate))
+        .route("/operations/{id}", get(operation))
+        .fallback(|| async {
+            error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(exec)
+}
+
+async fn health(State(exec): State<Arc<Executor>>) -> Response {
+    Json(serde_json::json!({
+        "status": "ok",
+        "role": "agent",
+        "host": exec.host(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "driver": exec.driver_kind(),
+        "deckies": exec.phase_counts().await,
+    }))
+    .into_response()
+}
+
+async fn status(State(exec): State<Arc<Executor>>) -> Response {
+    Json(exec.snapshot().await).into_response()
+}
+
+async fn deploy(
+    State(exec): State<Arc<Executor>>,
+    JsonBody(req): JsonBody<DeployRequest>,
+) -> Response {
+    let raw = match serde_json::to_vec(&req.config) {
+        Ok(v) => v,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let config = match DeploymentConfig::parse(&raw, exec.driver_kind()) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({
+                    "error": "invalid_config",
+                    "field": e.field,
+                    "detail": e.to_string(),
+                })),
+            )
+                .into_response();
+        }
+    };
+    if req.dry_run {
+        return match exec.render(&config) {
+            Ok(rendered) => {
+                Json(serde_json::json!({ "dry_run": true, "rendered": rendered })).into_response()
+            }
+            Err(e) => e.into_response(),
+        };
+    }
+    match exec.deploy(config).await {
+        Ok(id) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "operation_id": id, "status_url": format!("/operations/{id}") })),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn teardown(State(exec): State<Arc<Executor>>, body: axum::body::Bytes) -> Response {
+    // An empty body means "everything".
+    let req: TeardownRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TeardownRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("invalid teardown body: {e}"),
+                );
+            }
+        }
+    };
+    match exec.teardown(req.decky_id.as_deref()).await {
+        Ok(names) => Json(serde_json::json!({ "torn_down": names })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn mutate(
+    State(exec): State<Arc<Executor>>,
+    JsonBody(req): JsonBody<MutateRequest>,
+) -> Response {
+    match exec.mutate(&req.decky_id, req.services).await {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn operation(State(exec): State<Arc<Executor>>, Path(id): Path<String>) -> Response {
+    match exec.operation(&id).await {
+        Ok(op) => Json(op).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,141 @@
+//! `decnet-agent serve`: load the bundle, recover the deckies, and serve the
+//! API over mTLS until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use decnet_pki::{AcceptOptions, Bundle, BundleKind, MtlsListener, Role};
+use tokio::sync::mpsc;
+
+use crate::api::{AgentPolicy, router};
+use crate::config::DriverKind;
+use crate::driver::Driver;
+use crate::driver::compose::ComposeDriver;
+use crate::driver::process::ProcessDriver;
+use crate::executor::Executor;
+use crate::state::StateStore;
+
+/// Settings of `decnet-agent serve`.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The agent bundle directory.
+    pub bundle_dir: PathBuf,
+    /// Where the state file, logs and compose project live.
+    pub state_dir: PathBuf,
+    /// Which driver runs the deckies.
+    pub driver: DriverKind,
+    /// Compose project name.
+    pub compose_project: String,
+    /// SIGTERM → SIGKILL grace for process deckies.
+    pub stop_grace: Duration,
+}
+
+/// Why the agent cannot start: every variant is an operator-fixable setup
+/// problem (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The bundle is missing or unusable.
+    #[error(transparent)]
+    Bundle(#[from] decnet_pki::BundleError),
+    /// The bundle is not an agent's.
+    #[error(
+        "the bundle in {0} is not an agent bundle (its CN must be the host name); run `decnet swarm enroll` on the master"
+    )]
+    NotAgent(String),
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] decnet_pki::TlsError),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started agent: its bound address and the future that serves it.
+pub struct RunningAgent {
+    /// The bound address (after port 0 resolution).
+    pub local_addr: SocketAddr,
+    /// The executor (for embedding).
+    pub executor: Arc<Executor>,
+    listener: MtlsListener,
+    policy: AgentPolicy,
+}
+
+impl RunningAgent {
+    /// Serve until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        decnet_pki::serve::serve_router(self.listener, router(self.executor), self.policy, shutdown)
+            .await
+    }
+}
+
+/// Load everything, recover deckies and bind the listener.
+pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
+    let bundle = Bundle::load(&opts.bundle_dir, BundleKind::Agent)?;
+    let Role::Agent(host) = bundle.identity.role.clone() else {
+        return Err(SetupError::NotAgent(opts.bundle_dir.display().to_string()));
+    };
+    let server_config = decnet_pki::server_config(&bundle)?;
+    let store = StateStore::open(&opts.state_dir)?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let driver: Arc<dyn Driver> = match opts.driver {
+        DriverKind::Process => Arc::new(ProcessDriver::new(
+            opts.state_dir.join("logs"),
+            opts.stop_grace,
+            events_tx,
+        )),
+        DriverKind::Compose => Arc::new(ComposeDriver::new(
+            opts.compose_project.clone(),
+            opts.state_dir.join("compose"),
+        )),
+    };
+    let executor = Executor::start(
+        host.to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+        driver,
+        store,
+        events_rx,
+    )?;
+    executor.recover().await;
+    let listener = MtlsListener::bind(opts.listen, server_config, AcceptOptions::default())
+        .await
+        .map_err(|source| SetupError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    Ok(RunningAgent {
+        local_addr: listener.local_addr(),
+        executor,
+        listener,
+        policy: AgentPolicy { own_host: host },
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+}

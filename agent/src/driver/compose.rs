@@ -1,0 +1,336 @@
+//! The `compose` driver: renders the deckies into a Docker Compose project
+//! (`<state-dir>/compose/docker-compose.yml`; JSON, which is valid YAML) and
+//! runs the real `docker compose` (or the older `docker-compose`) against the
+//! local engine: `up -d <decky>` per decky, so one failing decky does not
+//! fail the others, `rm -s -f <decky>` to tear one down, and the engine's own
+//! view of the project's containers for status.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::OnceCell;
+
+use super::{Driver, DriverError, DriverFuture, Observation, ProcessFacts, Started};
+use crate::config::{DeckyConfig, DeploymentConfig, DriverKind, Protocol, RestartPolicy};
+
+/// Longest a single compose invocation may take (image start, not pull: no registry).
+const COMPOSE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Docker Compose projects.
+pub struct ComposeDriver {
+    project: String,
+    dir: PathBuf,
+    desired: Mutex<BTreeMap<String, DeckyConfig>>,
+    tool: OnceCell<Result<Vec<String>, DriverError>>,
+}
+
+impl ComposeDriver {
+    /// A driver for compose project `project`, rendering into `dir`.
+    pub fn new(project: String, dir: PathBuf) -> Self {
+        ComposeDriver {
+            project,
+            dir,
+            desired: Mutex::new(BTreeMap::new()),
+            tool: OnceCell::new(),
+        }
+    }
+
+    /// The compose file path.
+    pub fn compose_file(&self) -> PathBuf {
+        self.dir.join("docker-compose.yml")
+    }
+
+    /// `docker compose` when the plugin exists, else `docker-compose`.
+    async fn tool(&self) -> Result<Vec<String>, DriverError> {
+        self.tool
+            .get_or_init(|| async {
+                for candidate in [vec!["docker", "compose"], vec!["docker-compose"]] {
+                    let ok = Command::new(candidate[0])
+                        .args(&candidate[1..])
+                        .arg("version")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .await
+                        .map(|s| s.success())
+                        .unwrap_or(false);
+                    if ok {
+                        return Ok(candidate.into_iter().map(String::from).collect());
+                    }
+                }
+                Err(DriverError(
+                    "Docker Compose is not installed (neither `docker compose` nor `docker-compose` works)".into(),
+                ))
+            })
+            .await
+            .clone()
+    }
+
+    async fn compose(&self, args: &[&str]) -> Result<String, DriverError> {
+        let tool = self.tool().await?;
+        let file = self.compose_file();
+        let mut cmd = Command::new(&tool[0]);
+        cmd.args(&tool[1..])
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(&file)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        run(
+            cmd,
+            &format!("{} {}", tool.join(" "), args.first().unwrap_or(&"")),
+        )
+        .await
+    }
+
+    /// Write the compose file for the current desired set.
+    fn write_file(&self) -> Result<(), DriverError> {
+        let desired = self
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let doc = render_project(desired.values());
+        decnet_pki::secure_fs::ensure_private_dir(&self.dir)
+            .map_err(|e| DriverError(format!("cannot create {}: {e}", self.dir.display())))?;
+        let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| DriverError(e.to_string()))?;
+        decnet_pki::secure_fs::write_atomic(&self.compose_file(), &bytes, 0o600).map_err(|e| {
+            DriverError(format!(
+                "cannot write {}: {e}",
+                self.compose_file().display()
+            ))
+        })
+    }
+
+    /// The engine's view of this project's containers, by decky name.
+    async fn containers(&self) -> Result<BTreeMap<String, serde_json::Value>, DriverError> {
+        let mut cmd = Command::new("docker");
+        cmd.args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--format",
+            "{{json .}}",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        let out = run(cmd, "docker ps").await?;
+        let mut map = BTreeMap::new();
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let labels = v["Labels"].as_str().unwrap_or("");
+            let service = labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("com.docker.compose.service="))
+                .map(str::to_string);
+            if let Some(service) = service {
+                map.insert(service, v);
+            }
+        }
+        Ok(map)
+    }
+}
+
+async fn run(mut cmd: Command, what: &str) -> Result<String, DriverError> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .map_err(|e| DriverError(format!("cannot run {what}: {e}")))?;
+    let out = tokio::time::timeout(COMPOSE_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            DriverError(format!(
+                "{what} did not finish within {}s",
+                COMPOSE_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| DriverError(format!("{what} failed: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
+        Err(DriverError(format!("{what} failed: {tail}")))
+    }
+}
+
+/// The compose document for a set of deckies.
+pub fn render_project<'a>(deckies: impl Iterator<Item = &'a DeckyConfig>) -> serde_json::Value {
+    let mut services = serde_json::Map::new();
+    for d in deckies {
+        let mut svc = serde_json::Map::new();
+        svc.insert(
+            "image".into(),
+            serde_json::json!(d.image.clone().unwrap_or_default()),
+        );
+        if !d.command.is_empty() {
+            svc.insert("command".into(), serde_json::json!(d.command));
+        }
+        svc.insert("environment".into(), serde_json::json!(d.effective_env()));
+        if !d.ports.is_empty() {
+            let ports: Vec<String> = d
+                .ports
+                .iter()
+                .map(|p| {
+                    let proto = match p.protocol {
+                        Protocol::Tcp => "tcp",
+                        Protocol::Udp => "udp",
+                    };
+                    format!("{}:{}/{proto}", p.host, p.container)
+                })
+                .collect();
+            svc.insert("ports".into(), serde_json::json!(ports));
+        }
+        let restart = match d.restart {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "no",
+        };
+        svc.insert("restart".into(), serde_json::json!(restart));
+        svc.insert(
+            "labels".into(),
+            serde_json::json!({ "decnet.decky": d.name, "decnet.services": d.services.join(",") }),
+        );
+        services.insert(d.name.clone(), serde_json::Value::Object(svc));
+    }
+    serde_json::json!({ "version": "3.7", "services": services })
+}
+
+impl Driver for ComposeDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Compose
+    }
+
+    fn start<'a>(
+        &'a self,
+        decky: &'a DeckyConfig,
+    ) -> DriverFuture<'a, Result<Started, DriverError>> {
+        Box::pin(async move {
+            self.desired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(decky.name.clone(), decky.clone());
+            self.write_file()?;
+            self.compose(&["up", "-d", "--no-build", &decky.name])
+                .await?;
+            Ok(Started::default())
+        })
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        decky: &'a DeckyConfig,
+        _facts: Option<ProcessFacts>,
+    ) -> DriverFuture<'a, bool> {
+        Box::pin(async move {
+            self.desired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(decky.name.clone(), decky.clone());
+            if self.write_file().is_err() {
+                return false;
+            }
+            // The engine keeps containers running across agent restarts.
+            match self.containers().await {
+                Ok(c) => c.get(&decky.name).is_some_and(|v| v["State"] == "running"),
+                Err(_) => false,
+            }
+        })
+    }
+
+    fn stop<'a>(&'a self, name: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let result = self.compose(&["rm", "-s", "-f", name]).await;
+            self.desired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
+            self.write_file()?;
+            result.map(|_| ())
+        })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> DriverFuture<'a, BTreeMap<String, Observation>> {
+        Box::pin(async move {
+            let containers = self.containers().await;
+            names
+                .iter()
+                .map(|n| {
+                    let obs = match &containers {
+                        Ok(c) => match c.get(n) {
+                            Some(v) => Observation {
+                                running: v["State"] == "running",
+                                detail: Some(serde_json::json!({
+                                    "container": v["Names"],
+                                    "state": v["State"],
+                                    "status": v["Status"],
+                                    "image": v["Image"],
+                                    "ports": v["Ports"],
+                                })),
+                            },
+                            None => Observation {
+                                running: false,
+                                detail: Some(serde_json::json!({ "state": "absent" })),
+                            },
+                        },
+                        Err(e) => Observation {
+                            running: false,
+                            detail: Some(serde_json::json!({ "error": e.0 })),
+                        },
+                    };
+                    (n.clone(), obs)
+                })
+                .collect()
+        })
+    }
+
+    fn render(&self, config: &DeploymentConfig) -> Result<serde_json::Value, DriverError> {
+        Ok(serde_json::json!({
+            "driver": "compose",
+            "project": self.project,
+            "file": self.compose_file(),
+            "compose": render_project(config.deckies.iter()),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_services_ports_env_restart_and_labels() {
+        let cfg = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"web","services":["http"],"image":"img:1",
+                "command":["httpd","-f"],"env":{"A":"b"},"ports":[{"host":8080,"container":80},
+                {"host":53,"container":53,"protocol":"udp"}],"restart":"always"}]}"#,
+            DriverKind::Compose,
+        )
+        .unwrap();
+        let doc = render_project(cfg.deckies.iter());
+        let web = &doc["services"]["web"];
+        assert_eq!(web["image"], "img:1");
+        assert_eq!(web["command"], serde_json::json!(["httpd", "-f"]));
+        assert_eq!(
+            web["ports"],
+            serde_json::json!(["8080:80/tcp", "53:53/udp"])
+        );
+        assert_eq!(web["restart"], "always");
+        assert_eq!(web["environment"]["A"], "b");
+        assert_eq!(web["environment"]["DECNET_SERVICES"], "http");
+        assert_eq!(web["labels"]["decnet.decky"], "web");
+    }
+}

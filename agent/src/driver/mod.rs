@@ -1,0 +1,107 @@
+//! Workload drivers behind one trait: [`process::ProcessDriver`] (supervised
+//! local processes) and [`compose::ComposeDriver`] (Docker Compose).
+//!
+//! A driver starts and stops single deckies and reports what it observes;
+//! lifecycle changes it notices on its own (a crash, a restart) arrive as
+//! [`DriverEvent`]s that the executor records in the state file.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+
+use crate::config::{DeckyConfig, DeploymentConfig, DriverKind};
+
+pub mod compose;
+pub mod process;
+
+/// The boxed future drivers return (keeps [`Driver`] object-safe).
+pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a driver operation failed. The message is shown to the operator as
+/// the decky's error, so it says what happened without internals.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DriverError(pub String);
+
+/// A running decky's process facts, for re-adoption after an agent restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessFacts {
+    /// Process id.
+    pub pid: u32,
+    /// Kernel start time (clock ticks since boot), to detect pid reuse.
+    pub start_time: u64,
+}
+
+/// The result of a successful start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Started {
+    /// Its process, when the driver runs one.
+    pub process: Option<ProcessFacts>,
+    /// It already ran to a clean end (a one-shot decky).
+    pub exited: bool,
+}
+
+/// Something a driver noticed on its own.
+#[derive(Clone, Debug)]
+pub enum DriverEvent {
+    /// The decky (re)started.
+    Started {
+        /// Decky name.
+        name: String,
+        /// Its process, when the driver runs one.
+        process: Option<ProcessFacts>,
+        /// Whether this was a restart after an exit.
+        restart: bool,
+    },
+    /// The decky exited and will not be restarted.
+    Exited {
+        /// Decky name.
+        name: String,
+        /// `None` for a clean exit, otherwise what went wrong.
+        error: Option<String>,
+    },
+}
+
+/// What the driver sees of one decky right now.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Observation {
+    /// Whether it is running.
+    pub running: bool,
+    /// Driver-specific detail (compose: the container state and status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A workload driver.
+pub trait Driver: Send + Sync + 'static {
+    /// Which driver this is.
+    fn kind(&self) -> DriverKind;
+
+    /// Start one decky; returns once it is running (or failed to start).
+    fn start<'a>(
+        &'a self,
+        decky: &'a DeckyConfig,
+    ) -> DriverFuture<'a, Result<Started, DriverError>>;
+
+    /// Take over a decky that a previous agent process started; `false` when
+    /// it is no longer running (the caller then starts it again).
+    fn adopt<'a>(
+        &'a self,
+        decky: &'a DeckyConfig,
+        facts: Option<ProcessFacts>,
+    ) -> DriverFuture<'a, bool>;
+
+    /// Stop and remove one decky.
+    fn stop<'a>(&'a self, name: &'a str) -> DriverFuture<'a, Result<(), DriverError>>;
+
+    /// Observe the given deckies.
+    fn observe<'a>(
+        &'a self,
+        names: &'a [String],
+    ) -> DriverFuture<'a, BTreeMap<String, Observation>>;
+
+    /// What a deploy of `config` would run, without running it (dry run).
+    fn render(&self, config: &DeploymentConfig) -> Result<serde_json::Value, DriverError>;
+}

@@ -1,0 +1,470 @@
+//! The executor: turns deploy / teardown / mutate requests into driver calls,
+//! keeps every decky's phase in the state file, and recovers the deckies of a
+//! previous agent process at start.
+//!
+//! Deploys run in the background (they can take minutes) and are serialized;
+//! each decky is started on its own, so one failure never marks another failed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::config::{DeckyConfig, DeploymentConfig, DriverKind};
+use crate::driver::{Driver, DriverEvent, Observation};
+use crate::state::{
+    AgentState, DeckyPhase, DeckyRecord, Operation, OperationKind, StateError, StateStore,
+};
+
+/// Why an executor request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// No such decky.
+    #[error("no decky named {0:?} on this host")]
+    UnknownDecky(String),
+    /// No such operation.
+    #[error("no operation {0:?} on this host")]
+    UnknownOperation(String),
+    /// The driver could not render the config.
+    #[error("{0}")]
+    Driver(String),
+    /// The state file could not be written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// One decky as `/status` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeckyStatus {
+    /// Name.
+    pub name: String,
+    /// Phase.
+    pub state: DeckyPhase,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Services it emulates.
+    pub services: Vec<String>,
+    /// Process id (process driver).
+    pub pid: Option<u32>,
+    /// Restarts after exits.
+    pub restarts: u32,
+    /// Last change (unix seconds).
+    pub updated_at: i64,
+    /// What the driver observes right now.
+    pub observed: Option<Observation>,
+}
+
+/// The `/status` document.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusSnapshot {
+    /// This host (agent CN).
+    pub host: String,
+    /// Agent version.
+    pub version: String,
+    /// Driver in use.
+    pub driver: DriverKind,
+    /// Every decky, by name.
+    pub deckies: Vec<DeckyStatus>,
+}
+
+/// An operation as `/operations/{id}` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OperationStatus {
+    /// Id.
+    pub id: String,
+    /// Kind.
+    pub kind: OperationKind,
+    /// Whether it has finished.
+    pub done: bool,
+    /// Start (unix seconds).
+    pub started_at: i64,
+    /// End (unix seconds).
+    pub finished_at: Option<i64>,
+    /// The deckies it concerns, with their current state.
+    pub deckies: Vec<DeckyStatus>,
+}
+
+/// The agent's executor.
+pub struct Executor {
+    host: String,
+    version: String,
+    driver: Arc<dyn Driver>,
+    store: StateStore,
+    state: Mutex<AgentState>,
+    serial: Mutex<()>,
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Executor {
+    /// An executor over `driver`, persisting to `store`; loads the previous
+    /// state and starts consuming the driver's `events`.
+    pub fn start(
+        host: String,
+        version: String,
+        driver: Arc<dyn Driver>,
+        store: StateStore,
+        events: mpsc::UnboundedReceiver<DriverEvent>,
+    ) -> Result<Arc<Executor>, StateError> {
+        let state = store.load(driver.kind())?;
+        let exec = Arc::new(Executor {
+            host,
+            version,
+            driver,
+            store,
+            state: Mutex::new(state),
+            serial: Mutex::new(()),
+        });
+        tokio::spawn(Arc::clone(&exec).consume_events(events));
+        Ok(exec)
+    }
+
+    /// The driver in use.
+    pub fn driver_kind(&self) -> DriverKind {
+        self.driver.kind()
+    }
+
+    /// This host's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn consume_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<DriverEvent>) {
+        while let Some(ev) = events.recv().await {
+            let mut st = self.state.lock().await;
+            match ev {
+                DriverEvent::Started {
+                    name,
+                    process,
+                    restart,
+                } => {
+                    if let Some(r) = st.deckies.get_mut(&name)
+                        && r.phase != DeckyPhase::TornDown
+                    {
+                        r.phase = DeckyPhase::Running;
+                        r.error = None;
+                        r.pid = process.map(|p| p.pid);
+                        r.pid_start = process.map(|p| p.start_time);
+                        r.restarts += u32::from(restart);
+                        r.updated_at = now();
+                        tracing::info!(decky = %name, restart, "decky started");
+                    }
+                }
+                DriverEvent::Exited { name, error } => {
+                    if let Some(r) = st.deckies.get_mut(&name)
+                        && r.phase != DeckyPhase::TornDown
+                    {
+                        r.phase = if error.is_some() {
+                            DeckyPhase::Failed
+                        } else {
+                            DeckyPhase::Exited
+                        };
+                        tracing::warn!(decky = %name, error = ?error, "decky exited");
+                        r.error = error;
+                        r.pid = None;
+                        r.updated_at = now();
+                    }
+                }
+            }
+            self.persist(&st);
+        }
+    }
+
+    fn persist(&self, st: &AgentState) {
+        if let Err(e) = self.store.save(st) {
+            tracing::error!(error = %e, "cannot persist agent state");
+        }
+    }
+
+    /// Take over the deckies of a previous agent process: adopt the ones
+    /// still running, start the ones that should run and do not.
+    pub async fn recover(&self) {
+        let _serial = self.serial.lock().await;
+        let records: Vec<(String, DeckyRecord)> = {
+            let st = self.state.lock().await;
+            st.deckies
+                .iter()
+                .filter(|(_, r)| matches!(r.phase, DeckyPhase::Running | DeckyPhase::Pending))
+                .map(|(n, r)| (n.clone(), r.clone()))
+                .collect()
+        };
+        for (name, rec) in records {
+            let facts = match (rec.pid, rec.pid_start) {
+                (Some(pid), Some(start_time)) => {
+                    Some(crate::driver::ProcessFacts { pid, start_time })
+                }
+                _ => None,
+            };
+            if rec.phase == DeckyPhase::Running && self.driver.adopt(&rec.config, facts).await {
+                tracing::info!(decky = %name, pid = ?rec.pid, "re-adopted running decky");
+                continue;
+            }
+            tracing::info!(decky = %name, "decky not running after agent restart; starting it");
+            self.start_one(&rec.config).await;
+        }
+        // Interrupted operations will never finish now.
+        let mut st = self.state.lock().await;
+        let t = now();
+        for op in st.operations.iter_mut().filter(|o| o.finished_at.is_none()) {
+            op.finished_at = Some(t);
+        }
+        self.persist(&st);
+    }
+
+    async fn start_one(&self, config: &DeckyConfig) {
+        let result = self.driver.start(config).await;
+        let mut st = self.state.lock().await;
+        let rec = st
+            .deckies
+            .entry(config.name.clone())
+            .or_insert_with(|| DeckyRecord {
+                config: config.clone(),
+                phase: DeckyPhase::Pending,
+                error: None,
+                pid: None,
+                pid_start: None,
+                restarts: 0,
+                updated_at: now(),
+            });
+        rec.config = config.clone();
+        rec.updated_at = now();
+        match result {
+            Ok(started) => {
+                rec.phase = if started.exited {
+                    DeckyPhase::Exited
+                } else {
+                    DeckyPhase::Running
+                };
+                rec.error = None;
+                rec.pid = started.process.filter(|_| !started.exited).map(|p| p.pid);
+                rec.pid_start = started.process.map(|p| p.start_time);
+            }
+            Err(e) => {
+                tracing::warn!(decky = %config.name, error = %e, "decky failed to start");
+                rec.phase = DeckyPhase::Failed;
+                rec.error = Some(e.0);
+                rec.pid = None;
+            }
+        }
+        self.persist(&st);
+    }
+
+    /// What a deploy of `config` would do (dry run): nothing is started.
+    pub fn render(&self, config: &DeploymentConfig) -> Result<serde_json::Value, ExecError> {
+        self.driver
+            .render(config)
+            .map_err(|e| ExecError::Driver(e.0))
+    }
+
+    /// Accept a deploy: mark its deckies pending, run it in the background,
+    /// and return the operation id at once.
+    pub async fn deploy(self: &Arc<Self>, config: DeploymentConfig) -> Result<String, ExecError> {
+        let id = decnet_pki::random_hex(12);
+        {
+            let mut st = self.state.lock().await;
+            let t = now();
+            for d in &config.deckies {
+                let unchanged = st
+                    .deckies
+                    .get(&d.name)
+                    .is_some_and(|r| r.config == *d && r.phase == DeckyPhase::Running);
+                if !unchanged {
+                    st.deckies.insert(
+                        d.name.clone(),
+                        DeckyRecord {
+                            config: d.clone(),
+                            phase: DeckyPhase::Pending,
+                            error: None,
+                            pid: None,
+                            pid_start: None,
+                            restarts: 0,
+                            updated_at: t,
+                        },
+                    );
+                }
+            }
+            st.push_operation(Operation {
+                id: id.clone(),
+                kind: OperationKind::Deploy,
+                deckies: config.deckies.iter().map(|d| d.name.clone()).collect(),
+                started_at: t,
+                finished_at: None,
+            });
+            self.store.save(&st)?;
+        }
+        let exec = Arc::clone(self);
+        let op = id.clone();
+        tokio::spawn(async move {
+            let _serial = exec.serial.lock().await;
+            for d in &config.deckies {
+                let pending = exec
+                    .state
+                    .lock()
+                    .await
+                    .deckies
+                    .get(&d.name)
+                    .is_some_and(|r| r.phase == DeckyPhase::Pending);
+                if pending {
+                    exec.start_one(d).await;
+                }
+            }
+            let mut st = exec.state.lock().await;
+            if let Some(o) = st.operation_mut(&op) {
+                o.finished_at = Some(now());
+            }
+            exec.persist(&st);
+            tracing::info!(operation = %op, "deploy finished");
+        });
+        Ok(id)
+    }
+
+    /// Stop and remove one decky, or all of them. Returns the names torn down.
+    pub async fn teardown(&self, decky: Option<&str>) -> Result<Vec<String>, ExecError> {
+        let _serial = self.serial.lock().await;
+        let names: Vec<String> = {
+            let st = self.state.lock().await;
+            match decky {
+                Some(n) => {
+                    if !st.deckies.contains_key(n) {
+                        return Err(ExecError::UnknownDecky(n.to_string()));
+                    }
+                    vec![n.to_string()]
+                }
+                None => st
+                    .deckies
+                    .iter()
+                    .filter(|(_, r)| r.phase != DeckyPhase::TornDown)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+            }
+        };
+        let mut errors = Vec::new();
+        for n in &names {
+            if let Err(e) = self.driver.stop(n).await {
+                errors.push(format!("{n}: {e}"));
+            }
+            let mut st = self.state.lock().await;
+            if let Some(r) = st.deckies.get_mut(n) {
+                r.phase = DeckyPhase::TornDown;
+                r.pid = None;
+                r.error = None;
+                r.updated_at = now();
+            }
+            self.persist(&st);
+        }
+        let mut st = self.state.lock().await;
+        let t = now();
+        st.push_operation(Operation {
+            id: decnet_pki::random_hex(12),
+            kind: OperationKind::Teardown,
+            deckies: names.clone(),
+            started_at: t,
+            finished_at: Some(t),
+        });
+        self.store.save(&st)?;
+        if errors.is_empty() {
+            Ok(names)
+        } else {
+            Err(ExecError::Driver(errors.join("; ")))
+        }
+    }
+
+    /// Change one decky's services and restart it with them.
+    pub async fn mutate(
+        &self,
+        decky: &str,
+        services: Vec<String>,
+    ) -> Result<DeckyStatus, ExecError> {
+        let _serial = self.serial.lock().await;
+        let mut config = {
+            let st = self.state.lock().await;
+            match st.deckies.get(decky) {
+                Some(r) if r.phase != DeckyPhase::TornDown => r.config.clone(),
+                _ => return Err(ExecError::UnknownDecky(decky.to_string())),
+            }
+        };
+        config.services = services;
+        config
+            .validate(self.driver.kind(), "services")
+            .map_err(|e| ExecError::Driver(e.to_string()))?;
+        self.start_one(&config).await;
+        let mut st = self.state.lock().await;
+        let t = now();
+        st.push_operation(Operation {
+            id: decnet_pki::random_hex(12),
+            kind: OperationKind::Mutate,
+            deckies: vec![decky.to_string()],
+            started_at: t,
+            finished_at: Some(t),
+        });
+        self.store.save(&st)?;
+        let rec = st.deckies.get(decky).cloned();
+        drop(st);
+        let rec = rec.ok_or_else(|| ExecError::UnknownDecky(decky.to_string()))?;
+        Ok(status_of(decky, &rec, None))
+    }
+
+    /// The current state of every decky, with what the driver observes.
+    pub async fn snapshot(&self) -> StatusSnapshot {
+        let records = self.state.lock().await.deckies.clone();
+        let names: Vec<String> = records.keys().cloned().collect();
+        let mut observed = self.driver.observe(&names).await;
+        StatusSnapshot {
+            host: self.host.clone(),
+            version: self.version.clone(),
+            driver: self.driver.kind(),
+            deckies: records
+                .iter()
+                .map(|(n, r)| status_of(n, r, observed.remove(n)))
+                .collect(),
+        }
+    }
+
+    /// Counts of deckies per phase (for `/health`).
+    pub async fn phase_counts(&self) -> BTreeMap<DeckyPhase, usize> {
+        let st = self.state.lock().await;
+        let mut counts = BTreeMap::new();
+        for r in st.deckies.values() {
+            *counts.entry(r.phase).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// One operation's progress.
+    pub async fn operation(&self, id: &str) -> Result<OperationStatus, ExecError> {
+        let st = self.state.lock().await;
+        let op = st
+            .operations
+            .iter()
+            .find(|o| o.id == id)
+            .ok_or_else(|| ExecError::UnknownOperation(id.to_string()))?;
+        Ok(OperationStatus {
+            id: op.id.clone(),
+            kind: op.kind,
+            done: op.finished_at.is_some(),
+            started_at: op.started_at,
+            finished_at: op.finished_at,
+            deckies: op
+                .deckies
+                .iter()
+                .filter_map(|n| st.deckies.get(n).map(|r| status_of(n, r, None)))
+                .collect(),
+        })
+    }
+}
+
+fn status_of(name: &str, r: &DeckyRecord, observed: Option<Observation>) -> DeckyStatus {
+    DeckyStatus {
+        name: name.to_string(),
+        state: r.phase,
+        error: r.error.clone(),
+        services: r.config.services.clone(),
+        pid: r.pid,
+        restarts: r.restarts,
+        updated_at: r.updated_at,
+        observed,
+    }
+}

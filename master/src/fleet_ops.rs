@@ -1,0 +1,483 @@
+//! Driving the agents: deploy, teardown, status and health checks across the
+//! fleet, concurrently, with every host's outcome reported on its own (an
+//! unreachable host is a row in the table, never a stack trace).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use decnet_pki::{Bundle, BundleKind, CaLayout, Fingerprint};
+use decnet_swarm_client::agent::{AgentStatus, DeckyState};
+use decnet_swarm_client::{AgentClient, ClientError};
+use tokio::task::JoinSet;
+
+use crate::cli::UsageError;
+use crate::fleet_db::{AuditEntry, FleetDb, HostRecord, HostStatus, unix_now};
+
+/// How long `swarm deploy` waits for a host's deploy to finish.
+pub const DEPLOY_WAIT: Duration = Duration::from_secs(600);
+
+/// The master bundle, or a setup error naming `decnet ca init`.
+pub fn master_bundle(layout: &CaLayout) -> anyhow::Result<Bundle> {
+    Bundle::load(&layout.master_dir(), BundleKind::Master).map_err(|e| match e {
+        decnet_pki::BundleError::Missing { .. } => UsageError(e.to_string()).into(),
+        e => anyhow::Error::new(e).context("loading the master bundle"),
+    })
+}
+
+/// A client of `host`'s agent pinned to its recorded fingerprint.
+pub fn agent_client(master: &Bundle, host: &HostRecord) -> Result<AgentClient, ClientError> {
+    let pin = match host.agent_fingerprint.as_deref() {
+        Some(fp) => Some(fp.parse::<Fingerprint>().map_err(|_| {
+            ClientError::Setup(format!(
+                "host {} has a malformed recorded fingerprint",
+                host.name
+            ))
+        })?),
+        None => None,
+    };
+    AgentClient::new(&host.name, master, &host.address, host.agent_port, pin)
+}
+
+/// The hosts a command applies to: the named ones (each must be enrolled and
+/// not decommissioned) or, when none are named, every live host.
+pub async fn select_hosts(db: &FleetDb, names: &[String]) -> anyhow::Result<Vec<HostRecord>> {
+    let all = db.hosts().await?;
+    if names.is_empty() {
+        return Ok(all
+            .into_iter()
+            .filter(|h| h.status != HostStatus::Decommissioned)
+            .collect());
+    }
+    let mut picked = Vec::new();
+    for n in names {
+        match all.iter().find(|h| &h.name == n) {
+            Some(h) if h.status == HostStatus::Decommissioned => {
+                return Err(UsageError(format!("host {n} is decommissioned")).into());
+            }
+            Some(h) => picked.push(h.clone()),
+            None => {
+                return Err(UsageError(format!(
+                    "host {n} is not enrolled (see `decnet swarm list`)"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(picked)
+}
+
+async fn audit(
+    db: &FleetDb,
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: String,
+) {
+    let entry = AuditEntry {
+        at: unix_now(),
+        actor: actor.into(),
+        action: action.into(),
+        target: target.into(),
+        outcome: outcome.into(),
+        detail,
+    };
+    if let Err(e) = db.audit(&entry).await {
+        eprintln!("warning: cannot write the audit log: {e}");
+    }
+}
+
+async fn record(
+    db: &FleetDb,
+    host: &str,
+    result: Result<(Option<&str>, Option<&str>), &ClientError>,
+) {
+    let r = match result {
+        Ok(ok) => db.record_contact(host, Ok(ok)).await,
+        Err(e) if e.is_unreachable() => db.record_contact(host, Err(&e.to_string())).await,
+        // It answered (even with an error or a wrong certificate): reachable
+        // in the network sense, but not healthy; keep the error.
+        Err(e) => db.record_contact(host, Err(&e.to_string())).await,
+    };
+    if let Err(e) = r {
+        eprintln!("warning: cannot record contact with {host}: {e}");
+    }
+}
+
+/// The outcome of a deploy on one host.
+#[derive(Debug, serde::Serialize)]
+pub struct HostDeploy {
+    /// Host.
+    pub host: String,
+    /// Operation id, when accepted.
+    pub operation_id: Option<String>,
+    /// Final decky states (when waited for).
+    pub deckies: Vec<DeckyState>,
+    /// Why the host failed, if it did.
+    pub error: Option<String>,
+}
+
+impl HostDeploy {
+    /// Whether every decky on the host ended up running (or cleanly exited).
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+            && self
+                .deckies
+                .iter()
+                .all(|d| d.state == "running" || d.state == "exited")
+    }
+}
+
+/// `decnet swarm deploy`.
+pub async fn deploy(
+    db: &FleetDb,
+    layout: &CaLayout,
+    actor: &str,
+    config_path: &Path,
+    hosts: &[String],
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let raw = std::fs::read(config_path)
+        .with_context(|| format!("reading the deployment config {}", config_path.display()))
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    let config: serde_json::Value = serde_json::from_slice(&raw)
+        .map_err(|e| UsageError(format!("{} is not valid JSON: {e}", config_path.display())))?;
+    let master = master_bundle(layout)?;
+    let targets = select_hosts(db, hosts).await?;
+    if targets.is_empty() {
+        return Err(UsageError(
+            "no hosts to deploy to (enroll one with `decnet swarm enroll`)".into(),
+        )
+        .into());
+    }
+    let mut set = JoinSet::new();
+    for h in targets {
+        let master = master.clone();
+        let config = config.clone();
+        set.spawn(async move {
+            let mut out = HostDeploy {
+                host: h.name.clone(),
+                operation_id: None,
+                deckies: Vec::new(),
+                error: None,
+            };
+            let client = match agent_client(&master, &h) {
+                Ok(c) => c,
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    return (out, None);
+                }
+            };
+            let accepted = match client.deploy(&config).await {
+                Ok(a) => a,
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    return (out, Some(e));
+                }
+            };
+            out.operation_id = Some(accepted.operation_id.clone());
+            if !json {
+                println!(
+                    "{:<16} deploy accepted (operation {})",
+                    h.name, accepted.operation_id
+                );
+            }
+            if !wait {
+                return (out, None);
+            }
+            let deadline = tokio::time::Instant::now() + DEPLOY_WAIT;
+            let mut shown: BTreeMap<String, String> = BTreeMap::new();
+            loop {
+                match client.operation(&accepted.operation_id).await {
+                    Ok(op) => {
+                        for d in &op.deckies {
+                            if !json && shown.get(&d.name) != Some(&d.state) {
+                                println!(
+                                    "{:<16} {:<20} {}{}",
+                                    h.name,
+                                    d.name,
+                                    d.state,
+                                    d.error
+                                        .as_deref()
+                                        .map(|e| format!(": {e}"))
+                                        .unwrap_or_default()
+                                );
+                                shown.insert(d.name.clone(), d.state.clone());
+                            }
+                        }
+                        if op.done {
+                            out.deckies = op.deckies;
+                            return (out, None);
+                        }
+                    }
+                    Err(e) => {
+                        out.error = Some(format!("lost track of the deploy: {e}"));
+                        return (out, Some(e));
+                    }
+                }
+                if tokio::time::Instant::now() > deadline {
+                    out.error = Some(format!(
+                        "deploy did not finish within {}s",
+                        DEPLOY_WAIT.as_secs()
+                    ));
+                    return (out, None);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (out, err) = joined.context("a deploy task failed")?;
+        if let Some(e) = &err {
+            record(db, &out.host, Err(e)).await;
+        }
+        let outcome = if out.error.is_some() {
+            "failed"
+        } else if !wait || out.succeeded() {
+            "ok"
+        } else {
+            "partial"
+        };
+        let failed: Vec<String> = out
+            .deckies
+            .iter()
+            .filter(|d| d.state == "failed")
+            .map(|d| d.name.clone())
+            .collect();
+        audit(
+            db,
+            actor,
+            "swarm.deploy",
+            &out.host,
+            outcome,
+            format!(
+                "config={} operation={} failed_deckies=[{}]{}",
+                config_path.display(),
+                out.operation_id.as_deref().unwrap_or("-"),
+                failed.join(","),
+                out.error
+                    .as_deref()
+                    .map(|e| format!(" error={e}"))
+                    .unwrap_or_default()
+            ),
+        )
+        .await;
+        results.push(out);
+    }
+    results.sort_by(|a, b| a.host.cmp(&b.host));
+    let ok = results.iter().all(|r| {
+        if wait {
+            r.succeeded()
+        } else {
+            r.error.is_none()
+        }
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            match &r.error {
+                Some(e) => println!("{:<16} FAILED: {e}", r.host),
+                None if wait => {
+                    let running = r.deckies.iter().filter(|d| d.state == "running").count();
+                    println!(
+                        "{:<16} done: {running}/{} deckies running",
+                        r.host,
+                        r.deckies.len()
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(ok)
+}
+
+/// `decnet swarm teardown`.
+pub async fn teardown(
+    db: &FleetDb,
+    layout: &CaLayout,
+    actor: &str,
+    host: &str,
+    decky: Option<&str>,
+) -> anyhow::Result<()> {
+    let master = master_bundle(layout)?;
+    let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let client = agent_client(&master, &h)?;
+    match client.teardown(decky).await {
+        Ok(names) => {
+            audit(
+                db,
+                actor,
+                "swarm.teardown",
+                host,
+                "ok",
+                format!("deckies=[{}]", names.join(",")),
+            )
+            .await;
+            println!(
+                "{host}: torn down {}",
+                if names.is_empty() {
+                    "nothing".into()
+                } else {
+                    names.join(", ")
+                }
+            );
+            Ok(())
+        }
+        Err(e) => {
+            record(db, host, Err(&e)).await;
+            audit(db, actor, "swarm.teardown", host, "failed", e.to_string()).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// One host's row in `swarm status` / `swarm check`.
+#[derive(Debug, serde::Serialize)]
+pub struct HostReport {
+    /// Host.
+    pub host: String,
+    /// Whether the agent answered.
+    pub reachable: bool,
+    /// Agent version.
+    pub version: Option<String>,
+    /// The agent's status (status command).
+    pub status: Option<AgentStatus>,
+    /// The error, when it did not answer properly.
+    pub error: Option<String>,
+}
+
+async fn probe_all(
+    db: &FleetDb,
+    master: &Bundle,
+    hosts: Vec<HostRecord>,
+    full: bool,
+) -> Vec<HostReport> {
+    let mut set = JoinSet::new();
+    for h in hosts {
+        let master = master.clone();
+        set.spawn(async move {
+            let client = match agent_client(&master, &h) {
+                Ok(c) => c,
+                Err(e) => return (h.name.clone(), Err(e)),
+            };
+            let r = if full {
+                client.status().await.map(|s| (s.version.clone(), Some(s)))
+            } else {
+                client.health().await.map(|hl| (hl.version, None))
+            };
+            (h.name.clone(), r)
+        });
+    }
+    let mut reports = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let Ok((host, r)) = joined else { continue };
+        match r {
+            Ok((version, status)) => {
+                let state = status
+                    .as_ref()
+                    .and_then(|s| serde_json::to_string(&s.deckies).ok());
+                record(db, &host, Ok((Some(&version), state.as_deref()))).await;
+                reports.push(HostReport {
+                    host,
+                    reachable: true,
+                    version: Some(version),
+                    status,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                record(db, &host, Err(&e)).await;
+                reports.push(HostReport {
+                    host,
+                    reachable: false,
+                    version: None,
+                    status: None,
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+    }
+    reports.sort_by(|a, b| a.host.cmp(&b.host));
+    reports
+}
+
+/// `decnet swarm status [HOST]`.
+pub async fn status(
+    db: &FleetDb,
+    layout: &CaLayout,
+    host: Option<&str>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let master = master_bundle(layout)?;
+    let names: Vec<String> = host.map(|h| vec![h.to_string()]).unwrap_or_default();
+    let hosts = select_hosts(db, &names).await?;
+    let reports = probe_all(db, &master, hosts, true).await;
+    let all_ok = reports.iter().all(|r| r.reachable);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(all_ok);
+    }
+    println!(
+        "{:<16} {:<20} {:<10} {:>8} {:>8}  DETAIL",
+        "HOST", "DECKY", "STATE", "PID", "RESTARTS"
+    );
+    for r in &reports {
+        match (&r.status, &r.error) {
+            (Some(s), _) if s.deckies.is_empty() => {
+                println!("{:<16} {:<20} {:<10}", r.host, "-", "(none)")
+            }
+            (Some(s), _) => {
+                for d in &s.deckies {
+                    println!(
+                        "{:<16} {:<20} {:<10} {:>8} {:>8}  {}",
+                        r.host,
+                        d.name,
+                        d.state,
+                        d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        d.restarts,
+                        d.error.clone().unwrap_or_default()
+                    );
+                }
+            }
+            (None, e) => println!(
+                "{:<16} {:<20} {:<10} {:>8} {:>8}  {}",
+                r.host,
+                "-",
+                "unreachable",
+                "-",
+                "-",
+                e.clone().unwrap_or_default()
+            ),
+        }
+    }
+    Ok(all_ok)
+}
+
+/// `decnet swarm check`: probe every host's agent concurrently.
+pub async fn check(db: &FleetDb, layout: &CaLayout, json: bool) -> anyhow::Result<bool> {
+    let master = master_bundle(layout)?;
+    let hosts = select_hosts(db, &[]).await?;
+    let reports = probe_all(db, &master, hosts, false).await;
+    let all_ok = reports.iter().all(|r| r.reachable);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(all_ok);
+    }
+    println!("{:<16} {:<12} {:<10} DETAIL", "HOST", "AGENT", "VERSION");
+    for r in &reports {
+        println!(
+            "{:<16} {:<12} {:<10} {}",
+            r.host,
+            if r.reachable { "ok" } else { "unreachable" },
+            r.version.as_deref().unwrap_or("-"),
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(all_ok)
+}

@@ -1,0 +1,195 @@
+//! [`AgentClient`]: the master's typed client of one worker's agent.
+
+use std::time::Duration;
+
+use decnet_pki::{Bundle, Fingerprint};
+use serde::Deserialize;
+
+use crate::transport::{ClientError, Endpoint};
+
+/// Timeout of quick calls (health, status, operations).
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Timeout of calls that stop or start workloads.
+pub const LONG_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `202` answer of a deploy.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DeployAccepted {
+    /// The operation to poll.
+    pub operation_id: String,
+}
+
+/// One decky as the agent reports it.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct DeckyState {
+    /// Name.
+    pub name: String,
+    /// `pending`, `running`, `exited`, `failed` or `torn_down`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Services.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Process id.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Restarts.
+    #[serde(default)]
+    pub restarts: u32,
+    /// What the driver observes.
+    #[serde(default)]
+    pub observed: Option<serde_json::Value>,
+}
+
+/// `/status` answer.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct AgentStatus {
+    /// Host.
+    pub host: String,
+    /// Agent version.
+    pub version: String,
+    /// Driver.
+    pub driver: String,
+    /// Deckies.
+    pub deckies: Vec<DeckyState>,
+}
+
+/// `/operations/{id}` answer.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct OperationState {
+    /// Id.
+    pub id: String,
+    /// Whether it finished.
+    pub done: bool,
+    /// Its deckies.
+    pub deckies: Vec<DeckyState>,
+}
+
+/// `/health` answer.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct AgentHealth {
+    /// `ok`.
+    pub status: String,
+    /// `agent`.
+    pub role: String,
+    /// Host (CN).
+    pub host: String,
+    /// Version.
+    pub version: String,
+    /// Driver.
+    #[serde(default)]
+    pub driver: Option<String>,
+}
+
+/// Typed client of one agent.
+#[derive(Clone, Debug)]
+pub struct AgentClient {
+    ep: Endpoint,
+}
+
+impl AgentClient {
+    /// A client of the agent at `address:port`, presenting the master
+    /// `bundle` and pinning `pin` (the recorded agent fingerprint).
+    pub fn new(
+        host: &str,
+        master: &Bundle,
+        address: &str,
+        port: u16,
+        pin: Option<Fingerprint>,
+    ) -> Result<Self, ClientError> {
+        Ok(AgentClient {
+            ep: Endpoint::new(
+                &format!("agent {host} ({address}:{port})"),
+                master,
+                address,
+                port,
+                pin,
+            )?,
+        })
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<AgentHealth, ClientError> {
+        self.ep
+            .send_json(self.ep.http().get(self.ep.url("/health")), QUICK_TIMEOUT)
+            .await
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> Result<AgentStatus, ClientError> {
+        self.ep
+            .send_json(self.ep.http().get(self.ep.url("/status")), QUICK_TIMEOUT)
+            .await
+    }
+
+    /// `POST /deploy`: returns the operation id.
+    pub async fn deploy(&self, config: &serde_json::Value) -> Result<DeployAccepted, ClientError> {
+        let body = serde_json::json!({ "config": config, "dry_run": false });
+        self.ep
+            .send_json(
+                self.ep.http().post(self.ep.url("/deploy")).json(&body),
+                LONG_TIMEOUT,
+            )
+            .await
+    }
+
+    /// `POST /deploy` with `dry_run`: the rendered plan.
+    pub async fn dry_run(
+        &self,
+        config: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({ "config": config, "dry_run": true });
+        self.ep
+            .send_json(
+                self.ep.http().post(self.ep.url("/deploy")).json(&body),
+                LONG_TIMEOUT,
+            )
+            .await
+    }
+
+    /// `GET /operations/{id}`.
+    pub async fn operation(&self, id: &str) -> Result<OperationState, ClientError> {
+        self.ep
+            .send_json(
+                self.ep
+                    .http()
+                    .get(self.ep.url(&format!("/operations/{id}"))),
+                QUICK_TIMEOUT,
+            )
+            .await
+    }
+
+    /// `POST /teardown`: one decky or all.
+    pub async fn teardown(&self, decky: Option<&str>) -> Result<Vec<String>, ClientError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            torn_down: Vec<String>,
+        }
+        let body = serde_json::json!({ "decky_id": decky });
+        let a: Answer = self
+            .ep
+            .send_json(
+                self.ep.http().post(self.ep.url("/teardown")).json(&body),
+                LONG_TIMEOUT,
+            )
+            .await?;
+        Ok(a.torn_down)
+    }
+
+    /// `POST /mutate`.
+    pub async fn mutate(
+        &self,
+        decky: &str,
+        services: &[String],
+    ) -> Result<DeckyState, ClientError> {
+        let body = serde_json::json!({ "decky_id": decky, "services": services });
+        self.ep
+            .send_json(
+                self.ep.http().post(self.ep.url("/mutate")).json(&body),
+                LONG_TIMEOUT,
+            )
+            .await
+    }
+}
