@@ -17,13 +17,12 @@ pub fn bin_dir() -> &'static Path {
         if let Some(d) = std::env::var_os("DECNET_BIN_DIR") {
             return PathBuf::from(d);
         }
-        // target/<profile>/deps/<test-binary>
+        // target/<profile>/deps/<test-binary>, or target/<profile>/<bin>
         let exe = std::env::current_exe().expect("current exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf();
+        let mut dir = exe.parent().expect("exe dir").to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("workspace")
