@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use decnet_agent::config::DriverKind;
 use decnet_agent::daemon::{self, ServeOptions};
+use decnet_log_relay::forwarder::ForwarderOptions;
 
 /// decnet worker agent: deploys, tears down and reports workloads for the master.
 #[derive(Debug, Parser)]
@@ -44,6 +45,36 @@ enum Command {
         /// Seconds between SIGTERM and SIGKILL when stopping a process decky.
         #[arg(long, default_value_t = 10)]
         stop_grace: u64,
+        /// Also forward a log file to the master's listener (HOST[:6514]).
+        #[arg(long, value_name = "HOST[:PORT]", requires = "forward_log")]
+        forward_to: Option<String>,
+        /// The log file to forward (with --forward-to).
+        #[arg(long, value_name = "PATH")]
+        forward_log: Option<PathBuf>,
+        /// Pin the listener's certificate fingerprint (SHA-256 hex).
+        #[arg(long, value_name = "SHA256")]
+        master_fingerprint: Option<String>,
+    },
+    /// Forward a log file to the master's listener (RFC 5425 over mTLS).
+    Forward {
+        /// The listener, HOST[:PORT] (port 6514 by default).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        master: String,
+        /// The log file to tail.
+        #[arg(long, value_name = "PATH")]
+        log_file: PathBuf,
+        /// Agent bundle directory; default ~/.decnet/agent.
+        #[arg(long, value_name = "DIR")]
+        bundle_dir: Option<PathBuf>,
+        /// Where the delivered offset is kept; default ~/.decnet/agent-state.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Pin the listener's certificate fingerprint (SHA-256 hex).
+        #[arg(long, value_name = "SHA256")]
+        master_fingerprint: Option<String>,
+        /// APP-NAME of wrapped lines.
+        #[arg(long, default_value = "decnet")]
+        app_name: String,
     },
 }
 
@@ -83,8 +114,20 @@ fn main() {
                 driver,
                 compose_project,
                 stop_grace,
+                forward_to,
+                forward_log,
+                master_fingerprint,
             } => {
                 let home = decnet_pki::bundle::default_decnet_home();
+                let forward = match (forward_to, forward_log) {
+                    (Some(master), Some(log)) => Some(ForwardSpec {
+                        master,
+                        log_file: log,
+                        pin: master_fingerprint,
+                        app_name: "decnet".into(),
+                    }),
+                    _ => None,
+                };
                 let opts = ServeOptions {
                     listen: SocketAddr::new(host, port),
                     bundle_dir: bundle_dir.unwrap_or_else(|| home.join("agent")),
@@ -96,14 +139,129 @@ fn main() {
                     compose_project,
                     stop_grace: Duration::from_secs(stop_grace),
                 };
-                serve(opts).await
+                serve(opts, forward).await
+            }
+            Command::Forward {
+                master,
+                log_file,
+                bundle_dir,
+                state_dir,
+                master_fingerprint,
+                app_name,
+            } => {
+                let home = decnet_pki::bundle::default_decnet_home();
+                let spec = ForwardSpec {
+                    master,
+                    log_file,
+                    pin: master_fingerprint,
+                    app_name,
+                };
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    daemon::shutdown_signal().await;
+                    let _ = tx.send(true);
+                });
+                forward(
+                    &spec,
+                    &bundle_dir.unwrap_or_else(|| home.join("agent")),
+                    &state_dir.unwrap_or_else(|| home.join("agent-state")),
+                    rx,
+                )
+                .await
             }
         }
     });
     std::process::exit(code);
 }
 
-async fn serve(opts: ServeOptions) -> i32 {
+/// What to forward where.
+struct ForwardSpec {
+    master: String,
+    log_file: PathBuf,
+    pin: Option<String>,
+    app_name: String,
+}
+
+/// Build the forwarder from the agent bundle; `Err` is a setup error (exit 2).
+fn forwarder_setup(
+    spec: &ForwardSpec,
+    bundle_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> Result<
+    (
+        ForwarderOptions,
+        decnet_pki::Bundle,
+        Option<decnet_pki::Fingerprint>,
+    ),
+    String,
+> {
+    let bundle = decnet_pki::Bundle::load(bundle_dir, decnet_pki::BundleKind::Agent)
+        .map_err(|e| e.to_string())?;
+    let pin = match &spec.pin {
+        Some(p) => Some(
+            p.parse::<decnet_pki::Fingerprint>()
+                .map_err(|e| format!("--master-fingerprint: {e}"))?,
+        ),
+        None => None,
+    };
+    let master = if spec
+        .master
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !spec.master.ends_with(']')
+    {
+        spec.master.clone()
+    } else {
+        format!("{}:6514", spec.master)
+    };
+    let mut opts = ForwarderOptions::new(
+        master,
+        spec.log_file.clone(),
+        state_dir,
+        bundle.identity.cn.clone(),
+    );
+    opts.app_name = spec.app_name.clone();
+    Ok((opts, bundle, pin))
+}
+
+async fn forward(
+    spec: &ForwardSpec,
+    bundle_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> i32 {
+    let (opts, bundle, pin) = match forwarder_setup(spec, bundle_dir, state_dir) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    println!(
+        "decnet-agent forwarding {} to {}",
+        opts.log_file.display(),
+        opts.master
+    );
+    match decnet_log_relay::forwarder::run(opts, &bundle, pin, shutdown).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+async fn serve(opts: ServeOptions, forward_spec: Option<ForwardSpec>) -> i32 {
+    let forwarder = match &forward_spec {
+        Some(spec) => match forwarder_setup(spec, &opts.bundle_dir, &opts.state_dir) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let agent = match daemon::start(&opts).await {
         Ok(a) => a,
         Err(e) => {
@@ -111,10 +269,22 @@ async fn serve(opts: ServeOptions) -> i32 {
             return 2;
         }
     };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let forward_task = forwarder.map(|(fopts, bundle, pin)| {
+        tracing::info!(file = %fopts.log_file.display(), master = %fopts.master, "forwarding logs");
+        tokio::spawn(
+            async move { decnet_log_relay::forwarder::run(fopts, &bundle, pin, stop_rx).await },
+        )
+    });
     // Tests and supervisors read this line to learn the bound port.
     println!("decnet-agent listening on {}", agent.local_addr);
     tracing::info!(addr = %agent.local_addr, driver = %opts.driver, "agent serving");
-    match agent.serve(daemon::shutdown_signal()).await {
+    let result = agent.serve(daemon::shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = forward_task {
+        let _ = t.await;
+    }
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: serving failed: {e}");

@@ -1,4 +1,13 @@
-//! RFC 5425 syslog over mTLS between workers and the master.
+//! decnet log relay: workers ship their log files to the master as RFC 5425
+//! syslog over mutual TLS, and the master credits every line to the peer
+//! certificate's CN.
 //!
-//! Not implemented yet: the codec, parser, forwarder and listener land with
-//! the log-relay issue.
+//! * [`frame`] — octet-counted framing with a maximum frame size (pure);
+//! * [`syslog`] — the RFC 5424 parser and the line wrapper (pure);
+//! * [`forwarder`] — the worker side: tail, batch, persist offsets, reconnect;
+//! * [`listener`] — the master side: accept, gate, decode, write.
+
+pub mod forwarder;
+pub mod frame;
+pub mod listener;
+pub mod syslog;

@@ -46,6 +46,34 @@ pub enum Command {
     /// Manage the worker fleet.
     #[command(subcommand)]
     Swarm(SwarmCommand),
+    /// Receive the fleet's logs: RFC 5425 syslog over mTLS, credited to the
+    /// peer certificate's CN.
+    Listener {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: std::net::IpAddr,
+        /// Listen port.
+        #[arg(long, default_value_t = 6514)]
+        port: u16,
+        /// Raw log file (one line per message); default <home>/logs/fleet.log.
+        #[arg(long, value_name = "PATH")]
+        log_path: Option<PathBuf>,
+        /// JSON log file (one object per message); default <home>/logs/fleet.json.
+        #[arg(long, value_name = "PATH")]
+        json_path: Option<PathBuf>,
+        /// Accept plain TCP instead of TLS (loopback addresses only).
+        #[arg(long)]
+        plaintext: bool,
+        /// Largest accepted frame in bytes.
+        #[arg(long, default_value_t = 65536)]
+        max_frame: usize,
+        /// Close a connection silent this many seconds.
+        #[arg(long, default_value_t = 600)]
+        idle_timeout: u64,
+    },
     /// Show the audit log (newest first).
     Audit {
         /// How many entries.
@@ -350,6 +378,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = crate::fleet_ops::check(&db, &home.ca_layout(), json).await;
             db.close().await;
             partial(r?, "some hosts did not answer")
+        }
+        Command::Listener {
+            ca,
+            host,
+            port,
+            log_path,
+            json_path,
+            plaintext,
+            max_frame,
+            idle_timeout,
+        } => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let settings = crate::listener_cmd::ListenerSettings {
+                listen: std::net::SocketAddr::new(host, port),
+                log_path: log_path.unwrap_or_else(|| home.home.join("logs/fleet.log")),
+                json_path: json_path.unwrap_or_else(|| home.home.join("logs/fleet.json")),
+                plaintext,
+                max_frame,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout),
+            };
+            let r = crate::listener_cmd::run(&home, db.clone(), &settings).await;
+            db.close().await;
+            r
         }
         Command::Audit { limit, json } => show_audit(&resolve(None), limit, json).await,
         Command::Swarm(SwarmCommand::List { json }) => swarm_list(&resolve(None), json).await,

@@ -4,6 +4,7 @@
 //! * [`enrollment`] — issuing worker bundles and recording them;
 //! * [`fleet_ops`] — driving the agents (deploy, teardown, status, check);
 //! * [`home`] — where the master's files live;
+//! * [`log_gate`], [`listener_cmd`] — the syslog listener and its fleet check;
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
@@ -11,3 +12,5 @@ pub mod enrollment;
 pub mod fleet_db;
 pub mod fleet_ops;
 pub mod home;
+pub mod listener_cmd;
+pub mod log_gate;

@@ -205,6 +205,20 @@ impl Daemon {
         }
     }
 
+    /// Start `cmd` without waiting for an address line (clients such as the forwarder).
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Daemon {
+        let err = std::fs::File::create(&log).expect("log file");
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn");
+        Daemon {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        }
+    }
+
     /// The daemon's port.
     pub fn port(&self) -> u16 {
         self.addr.port()
@@ -375,4 +389,112 @@ pub fn mtls_client(dir: &Path, kind: decnet_pki::BundleKind) -> reqwest::Client 
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client")
+}
+
+/// A running `decnet listener` with its output files.
+pub struct Listener {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// Raw log.
+    pub raw: PathBuf,
+    /// JSON log.
+    pub json: PathBuf,
+}
+
+impl Listener {
+    /// Start `decnet listener` for `master` on 127.0.0.1:`port` (0 = any).
+    pub fn start(master: &MasterHome, port: u16) -> Listener {
+        let raw = master.dir.path().join("fleet.log");
+        let json = master.dir.path().join("fleet.json");
+        let mut cmd = Command::new(bin("decnet"));
+        cmd.args([
+            "listener",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--log-path")
+        .arg(&raw)
+        .arg("--json-path")
+        .arg(&json)
+        .env("DECNET_HOME", master.home())
+        .env("DECNET_LOG", "info");
+        let daemon = Daemon::start(
+            cmd,
+            master
+                .dir
+                .path()
+                .join(format!("listener-{}.log", decnet_pki::random_hex(3))),
+        );
+        Listener { daemon, raw, json }
+    }
+
+    /// Raw log lines so far.
+    pub fn raw_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.raw)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// JSON records so far.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.json)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Wait until the raw log holds at least `n` lines.
+    pub fn wait_lines(&self, n: usize, timeout: Duration) -> Vec<String> {
+        wait_for(timeout, || {
+            let l = self.raw_lines();
+            (l.len() >= n).then_some(l)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "expected {n} lines, have {:?}\nlistener log:\n{}",
+                self.raw_lines(),
+                self.daemon.log_text()
+            )
+        })
+    }
+}
+
+/// Start `decnet-agent forward` with `host`'s bundle towards `addr`.
+pub fn start_forwarder(
+    master: &MasterHome,
+    host: &str,
+    addr: SocketAddr,
+    log_file: &Path,
+    state_dir: &Path,
+) -> Daemon {
+    let mut cmd = Command::new(bin("decnet-agent"));
+    cmd.args(["forward", "--master", &addr.to_string(), "--log-file"])
+        .arg(log_file)
+        .arg("--bundle-dir")
+        .arg(master.agent_bundle_dir(host))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("DECNET_LOG", "info");
+    Daemon::spawn(
+        cmd,
+        state_dir.with_extension(format!("fwd-{}.log", decnet_pki::random_hex(3))),
+    )
+}
+
+/// Append lines to a file (like a logging program would).
+pub fn append_lines(path: &Path, lines: &[String]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open log");
+    for l in lines {
+        writeln!(f, "{l}").expect("write");
+    }
 }

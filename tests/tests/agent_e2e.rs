@@ -259,7 +259,9 @@ async fn role_matrix_and_malformed_bodies() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["field"], "version");
     let huge = format!(r#"{{"config": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
-    let r = master
+    // On its own connection: the server closes it after refusing the body.
+    let oversize = mtls_client(&m.master_bundle_dir(), BundleKind::Master);
+    let r = oversize
         .post(format!("{base}/deploy"))
         .header("content-type", "application/json")
         .body(huge)

@@ -1,0 +1,302 @@
+//! RFC 5424 messages: a parser that never panics on any input, and a writer
+//! that wraps a plain log line into RFC 5424 when it is not one already.
+
+use serde::Serialize;
+
+/// One structured-data element: `[id name="value" …]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SdElement {
+    /// SD-ID.
+    pub id: String,
+    /// Parameters in order (values unescaped).
+    pub params: Vec<(String, String)>,
+}
+
+/// A parsed RFC 5424 message. `None` fields were the NILVALUE `-`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Syslog5424 {
+    /// Facility (PRI / 8).
+    pub facility: u8,
+    /// Severity (PRI % 8).
+    pub severity: u8,
+    /// VERSION (1).
+    pub version: u16,
+    /// TIMESTAMP as sent.
+    pub timestamp: Option<String>,
+    /// HOSTNAME as claimed by the sender.
+    pub hostname: Option<String>,
+    /// APP-NAME.
+    pub app_name: Option<String>,
+    /// PROCID.
+    pub procid: Option<String>,
+    /// MSGID.
+    pub msgid: Option<String>,
+    /// STRUCTURED-DATA elements.
+    pub structured_data: Vec<SdElement>,
+    /// MSG (a leading UTF-8 BOM removed; invalid UTF-8 replaced).
+    pub msg: String,
+}
+
+/// Parse an RFC 5424 message; `None` when `input` is not one.
+pub fn parse(input: &[u8]) -> Option<Syslog5424> {
+    let mut p = Cursor { s: input, i: 0 };
+    p.expect(b'<')?;
+    let pri_digits = p.take_while(|b| b.is_ascii_digit());
+    if pri_digits.is_empty() || pri_digits.len() > 3 {
+        return None;
+    }
+    let pri: u16 = std::str::from_utf8(pri_digits).ok()?.parse().ok()?;
+    if pri > 191 {
+        return None;
+    }
+    p.expect(b'>')?;
+    let version_digits = p.take_while(|b| b.is_ascii_digit());
+    if version_digits.is_empty() || version_digits.len() > 2 || version_digits[0] == b'0' {
+        return None;
+    }
+    let version: u16 = std::str::from_utf8(version_digits).ok()?.parse().ok()?;
+    p.expect(b' ')?;
+    let timestamp = p.header_field(128)?;
+    p.expect(b' ')?;
+    let hostname = p.header_field(255)?;
+    p.expect(b' ')?;
+    let app_name = p.header_field(48)?;
+    p.expect(b' ')?;
+    let procid = p.header_field(128)?;
+    p.expect(b' ')?;
+    let msgid = p.header_field(32)?;
+    p.expect(b' ')?;
+    let structured_data = p.structured_data()?;
+    let msg = match p.peek() {
+        None => String::new(),
+        Some(b' ') => {
+            p.i += 1;
+            let rest = &input[p.i..];
+            let rest = rest.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(rest);
+            String::from_utf8_lossy(rest).into_owned()
+        }
+        Some(_) => return None,
+    };
+    Some(Syslog5424 {
+        facility: (pri / 8) as u8,
+        severity: (pri % 8) as u8,
+        version,
+        timestamp,
+        hostname,
+        app_name,
+        procid,
+        msgid,
+        structured_data,
+        msg,
+    })
+}
+
+struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+    fn expect(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.i += 1)
+    }
+    fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
+        let start = self.i;
+        while self.peek().is_some_and(&f) {
+            self.i += 1;
+        }
+        &self.s[start..self.i]
+    }
+    /// A header field of printable US-ASCII, `-` meaning absent.
+    fn header_field(&mut self, max: usize) -> Option<Option<String>> {
+        let f = self.take_while(|b| (33..=126).contains(&b));
+        if f.is_empty() || f.len() > max {
+            return None;
+        }
+        if f == b"-" {
+            return Some(None);
+        }
+        Some(Some(String::from_utf8_lossy(f).into_owned()))
+    }
+    fn sd_name(&mut self) -> Option<String> {
+        let n =
+            self.take_while(|b| (33..=126).contains(&b) && !matches!(b, b'=' | b' ' | b']' | b'"'));
+        if n.is_empty() || n.len() > 32 {
+            return None;
+        }
+        Some(String::from_utf8_lossy(n).into_owned())
+    }
+    fn structured_data(&mut self) -> Option<Vec<SdElement>> {
+        if self.peek()? == b'-' {
+            self.i += 1;
+            return Some(Vec::new());
+        }
+        let mut elements = Vec::new();
+        while self.peek() == Some(b'[') {
+            self.i += 1;
+            let id = self.sd_name()?;
+            let mut params = Vec::new();
+            loop {
+                match self.peek()? {
+                    b']' => {
+                        self.i += 1;
+                        break;
+                    }
+                    b' ' => {
+                        self.i += 1;
+                        let name = self.sd_name()?;
+                        self.expect(b'=')?;
+                        self.expect(b'"')?;
+                        let mut value = Vec::new();
+                        loop {
+                            match self.peek()? {
+                                b'\\' => {
+                                    self.i += 1;
+                                    let c = self.peek()?;
+                                    if !matches!(c, b'"' | b'\\' | b']') {
+                                        value.push(b'\\');
+                                    }
+                                    value.push(c);
+                                    self.i += 1;
+                                }
+                                b'"' => {
+                                    self.i += 1;
+                                    break;
+                                }
+                                c => {
+                                    value.push(c);
+                                    self.i += 1;
+                                }
+                            }
+                        }
+                        params.push((name, String::from_utf8_lossy(&value).into_owned()));
+                    }
+                    _ => return None,
+                }
+            }
+            elements.push(SdElement { id, params });
+        }
+        if elements.is_empty() {
+            None
+        } else {
+            Some(elements)
+        }
+    }
+}
+
+/// Wrap `line` into RFC 5424 unless it already is one: facility user,
+/// severity notice, the current UTC time, `hostname` and `app_name`.
+pub fn wrap_line(line: &str, hostname: &str, app_name: &str, now: time::OffsetDateTime) -> String {
+    if parse(line.as_bytes()).is_some() {
+        return line.to_string();
+    }
+    let ts = now
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "-".into());
+    format!(
+        "<13>1 {ts} {} {} - - - {line}",
+        header_safe(hostname),
+        header_safe(app_name)
+    )
+}
+
+fn header_safe(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(48)
+        .collect();
+    if cleaned.is_empty() {
+        "-".into()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_rfc_examples() {
+        let m = parse(b"<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \xEF\xBB\xBF'su root' failed").unwrap();
+        assert_eq!((m.facility, m.severity), (4, 2));
+        assert_eq!(m.hostname.as_deref(), Some("mymachine.example.com"));
+        assert_eq!(m.app_name.as_deref(), Some("su"));
+        assert_eq!(m.procid, None);
+        assert_eq!(m.msgid.as_deref(), Some("ID47"));
+        assert_eq!(m.msg, "'su root' failed");
+
+        let m = parse(br#"<165>1 2003-10-11T22:14:15.003Z host app - ID47 [exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][examplePriority@32473 class="high"] msg"#).unwrap();
+        assert_eq!(m.structured_data.len(), 2);
+        assert_eq!(m.structured_data[0].id, "exampleSDID@32473");
+        assert_eq!(
+            m.structured_data[0].params[1],
+            ("eventSource".into(), "Application".into())
+        );
+        assert_eq!(m.msg, "msg");
+
+        let m = parse(br#"<13>1 - - - - - [a b="q\"uo\]te\\"]"#).unwrap();
+        assert_eq!(m.structured_data[0].params[0].1, r#"q"uo]te\"#);
+        assert_eq!(m.msg, "");
+    }
+
+    #[test]
+    fn rejects_non_5424() {
+        for bad in [
+            &b""[..],
+            b"hello world",
+            b"<13>Oct 11 22:14:15 host app: bsd style",
+            b"<192>1 - - - - - -",
+            b"<13>0 - - - - - -",
+            b"<13>1 - - - - -",
+            b"<13>1 - - - - - [unterminated",
+            b"<13>1 - - - - - -x",
+        ] {
+            assert!(parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn wraps_plain_lines_and_keeps_5424_lines() {
+        let now = time::macros::datetime!(2026-11-23 10:00:00 UTC);
+        let w = wrap_line("plain text line", "worker-1", "decnet", now);
+        let m = parse(w.as_bytes()).unwrap();
+        assert_eq!(m.hostname.as_deref(), Some("worker-1"));
+        assert_eq!(m.msg, "plain text line");
+        assert_eq!(m.timestamp.as_deref(), Some("2026-11-23T10:00:00Z"));
+        let already = "<14>1 2026-01-01T00:00:00Z h a p m - x";
+        assert_eq!(wrap_line(already, "w", "d", now), already);
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let seeds: [&[u8]; 3] = [
+            b"<13>1 2026-01-01T00:00:00Z h a p m [x y=\"z\"] msg",
+            b"<0>1 - - - - - -",
+            b"<191>99 a b c d e [f]",
+        ];
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut s = seeds[(x % 3) as usize].to_vec();
+            // Mutate a few bytes, truncate sometimes.
+            for k in 0..(x % 5) {
+                let pos = ((x >> (8 + k * 5)) as usize) % s.len().max(1);
+                if !s.is_empty() {
+                    s[pos] = (x >> (k * 7)) as u8;
+                }
+            }
+            if x.is_multiple_of(7) {
+                let cut = (x >> 20) as usize % (s.len() + 1);
+                s.truncate(cut);
+            }
+            let _ = parse(&s);
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The real forwarder (`decnet-agent forward`) and listener (`decnet
+//! listener`) over mTLS on loopback.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use decnet_e2e::{Listener, MasterHome, append_lines, start_forwarder, wait_for};
+use decnet_pki::{Bundle, BundleKind};
+use tokio::io::AsyncWriteExt;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn lines(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix} line {i:04}")).collect()
+}
+
+#[test]
+fn lines_are_credited_to_the_peer_cn_not_the_claimed_hostname() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let l = Listener::start(&m, 0);
+    let log = m.dir.path().join("app.log");
+    let state = m.dir.path().join("w1-fwd");
+    append_lines(
+        &log,
+        &[
+            "first plain line".into(),
+            "<11>1 2026-11-23T10:00:00Z master-pwned sshd 42 AUTH [meta ip=\"10.0.0.9\"] spoofed"
+                .into(),
+            "third plain line".into(),
+        ],
+    );
+    let _fwd = start_forwarder(&m, "w1", l.daemon.addr, &log, &state);
+    let raw = l.wait_lines(3, WAIT);
+    assert_eq!(raw.len(), 3);
+    assert!(raw[0].ends_with("first plain line"), "{raw:?}");
+    assert!(raw[1].contains("master-pwned"));
+    let recs = wait_for(WAIT, || {
+        let r = l.records();
+        (r.len() == 3).then_some(r)
+    })
+    .unwrap();
+    let fp = Bundle::load(&m.agent_bundle_dir("w1"), BundleKind::Agent)
+        .unwrap()
+        .identity
+        .fingerprint
+        .to_hex();
+    for r in &recs {
+        assert_eq!(r["peer_cn"], "w1", "{r}");
+        assert_eq!(r["peer_fingerprint"], fp);
+        assert!(r["received_at"].as_str().is_some());
+    }
+    assert_eq!(
+        recs[0]["claimed_hostname"], "w1",
+        "wrapped lines carry the worker's own name"
+    );
+    assert_eq!(recs[0]["msg"], "first plain line");
+    assert_eq!(recs[1]["claimed_hostname"], "master-pwned");
+    assert_eq!(recs[1]["app_name"], "sshd");
+    assert_eq!(recs[1]["procid"], "42");
+    assert_eq!(recs[1]["msgid"], "AUTH");
+    assert_eq!(recs[1]["severity"], 3);
+    assert_eq!(recs[1]["facility"], 1);
+    assert_eq!(recs[1]["structured_data"]["meta"]["ip"], "10.0.0.9");
+    assert_eq!(recs[1]["msg"], "spoofed");
+}
+
+#[test]
+fn forwarder_restart_does_not_resend_delivered_lines() {
+    let m = MasterHome::new();
+    m.enroll("w2");
+    let l = Listener::start(&m, 0);
+    let log = m.dir.path().join("app.log");
+    let state = m.dir.path().join("w2-fwd");
+    append_lines(&log, &lines("a", 5));
+    let mut fwd = start_forwarder(&m, "w2", l.daemon.addr, &log, &state);
+    l.wait_lines(5, WAIT);
+    assert_eq!(fwd.stop(), Some(0));
+    append_lines(&log, &lines("b", 3));
+    let _fwd = start_forwarder(&m, "w2", l.daemon.addr, &log, &state);
+    l.wait_lines(8, WAIT);
+    std::thread::sleep(Duration::from_millis(800));
+    let raw = l.raw_lines();
+    assert_eq!(
+        raw.len(),
+        8,
+        "no line resent after a clean restart: {raw:?}"
+    );
+}
+
+#[test]
+fn listener_restart_mid_stream_loses_no_line() {
+    let m = MasterHome::new();
+    m.enroll("w3");
+    let mut l = Listener::start(&m, 0);
+    let port = l.daemon.port();
+    let log = m.dir.path().join("app.log");
+    let state = m.dir.path().join("w3-fwd");
+    let _fwd = start_forwarder(&m, "w3", l.daemon.addr, &log, &state);
+    let writer_log = log.clone();
+    let writer = std::thread::spawn(move || {
+        for chunk in 0..40 {
+            append_lines(&writer_log, &lines(&format!("c{chunk:02}"), 10));
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(l.daemon.stop(), Some(0), "listener stops cleanly");
+    std::thread::sleep(Duration::from_millis(300));
+    let l2 = Listener::start(&m, port);
+    writer.join().unwrap();
+    let expected: BTreeSet<String> = (0..40)
+        .flat_map(|c| lines(&format!("c{c:02}"), 10))
+        .collect();
+    let got = wait_for(Duration::from_secs(60), || {
+        let seen: BTreeSet<String> = l2
+            .raw_lines()
+            .iter()
+            .filter_map(|r| r.split(" - - - ").nth(1).map(String::from))
+            .collect();
+        expected.is_subset(&seen).then_some(seen)
+    });
+    let seen: BTreeSet<String> = l2
+        .raw_lines()
+        .iter()
+        .filter_map(|r| r.split(" - - - ").nth(1).map(String::from))
+        .collect();
+    let missing: Vec<_> = expected.difference(&seen).collect();
+    assert!(
+        got.is_some(),
+        "{} lines lost across a listener restart: {:?}",
+        missing.len(),
+        missing.iter().take(10).collect::<Vec<_>>()
+    );
+    drop(l);
+}
+
+#[test]
+fn rotation_by_rename_and_truncation_deliver_everything() {
+    let m = MasterHome::new();
+    m.enroll("w4");
+    let l = Listener::start(&m, 0);
+    let log = m.dir.path().join("app.log");
+    let state = m.dir.path().join("w4-fwd");
+    append_lines(&log, &lines("old", 3));
+    let mut fwd = start_forwarder(&m, "w4", l.daemon.addr, &log, &state);
+    l.wait_lines(3, WAIT);
+    // Stop the forwarder, rotate while it is down: the writer still appends
+    // to the renamed file, and the new file outgrows the old offset.
+    assert_eq!(fwd.stop(), Some(0));
+    let mut old = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::fs::rename(&log, m.dir.path().join("app.log.1")).unwrap();
+    writeln!(old, "old late line 1").unwrap();
+    writeln!(old, "old late line 2").unwrap();
+    drop(old);
+    append_lines(&log, &lines("new-file-with-longer-lines-than-before", 6));
+    let _fwd = start_forwarder(&m, "w4", l.daemon.addr, &log, &state);
+    let raw = l.wait_lines(11, WAIT);
+    let body: Vec<&str> = raw
+        .iter()
+        .filter_map(|r| r.split(" - - - ").nth(1))
+        .collect();
+    assert_eq!(body[3], "old late line 1", "{body:?}");
+    assert_eq!(body[4], "old late line 2");
+    assert_eq!(body[5], "new-file-with-longer-lines-than-before line 0000");
+    assert_eq!(body.len(), 11);
+    // Truncation: the file shrinks below the offset and starts over.
+    std::fs::write(&log, "after truncate\n").unwrap();
+    let raw = l.wait_lines(12, WAIT);
+    assert!(raw[11].ends_with("after truncate"), "{raw:?}");
+}
+
+async fn send_raw(bundle: &Bundle, addr: std::net::SocketAddr, payload: &[u8]) {
+    let cfg = decnet_pki::client_config(bundle, None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("decnet-master").unwrap();
+    if let Ok(mut tls) = connector.connect(name, tcp).await {
+        let _ = tls.write_all(payload).await;
+        let _ = tls.flush().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = tls.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_peers_write_nothing_and_bad_peers_do_not_disturb_others() {
+    let m = MasterHome::new();
+    m.enroll("good");
+    m.enroll("gone");
+    let l = Listener::start(&m, 0);
+    let addr = l.daemon.addr;
+    let frame =
+        decnet_log_relay::frame::encode(b"<13>1 - intruder - - - - should never be written");
+    decnet_pki::provider::install_default();
+
+    // Master and updater certificates are not log senders.
+    let master = Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
+    send_raw(&master, addr, &frame).await;
+    let updater = Bundle::load(&m.updater_bundle_dir("good"), BundleKind::Updater).unwrap();
+    send_raw(&updater, addr, &frame).await;
+    // A foreign CA's agent certificate fails the handshake.
+    let other = decnet_pki::CertificateAuthority::generate().unwrap();
+    let leaf = other
+        .issue(&decnet_pki::LeafSpec::for_role(
+            &decnet_pki::Role::Agent(decnet_pki::HostName::new("good").unwrap()),
+            &[],
+        ))
+        .unwrap();
+    let mut foreign = Bundle::from_issued(BundleKind::Agent, &leaf, other.cert_pem()).unwrap();
+    foreign.ca_pem = std::fs::read_to_string(m.home().join("ca/ca.crt")).unwrap();
+    send_raw(&foreign, addr, &frame).await;
+    // A decommissioned host is refused at once, without a listener restart.
+    let gone = Bundle::load(&m.agent_bundle_dir("gone"), BundleKind::Agent).unwrap();
+    m.ok(&["swarm", "decommission", "gone", "--yes"]);
+    send_raw(&gone, addr, &frame).await;
+    // A certificate superseded by a reissue is refused too.
+    let old_good = Bundle::load(&m.agent_bundle_dir("good"), BundleKind::Agent).unwrap();
+    m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "good",
+        "--address",
+        "127.0.0.1",
+        "--reissue",
+    ]);
+    send_raw(&old_good, addr, &frame).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        l.raw_lines().is_empty(),
+        "refused peers wrote: {:?}",
+        l.raw_lines()
+    );
+    assert!(l.records().is_empty());
+    let log = l.daemon.log_text();
+    assert!(log.contains("may not send logs"), "{log}");
+    assert!(log.contains("certificate revoked"), "{log}");
+
+    // Bad peers: a dangling "99 " and a 4 GB length prefix; meanwhile a good
+    // forwarder delivers everything.
+    let good = Bundle::load(&m.agent_bundle_dir("good"), BundleKind::Agent).unwrap();
+    let log_file = m.dir.path().join("good.log");
+    append_lines(&log_file, &lines("good", 20));
+    let state = m.dir.path().join("good-fwd");
+    let _fwd = start_forwarder(&m, "good", addr, &log_file, &state);
+    let g1 = good.clone();
+    let g2 = good.clone();
+    let bad1 = tokio::spawn(async move { send_raw(&g1, addr, b"99 ").await });
+    let bad2 = tokio::spawn(async move { send_raw(&g2, addr, b"4294967296 ").await });
+    let _ = tokio::join!(bad1, bad2);
+    append_lines(&log_file, &lines("more", 5));
+    let raw = tokio::task::spawn_blocking(move || l.wait_lines(25, WAIT))
+        .await
+        .unwrap();
+    assert_eq!(raw.len(), 25);
+    assert!(raw.iter().all(|r| !r.contains("intruder")));
+}
