@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use decnet_pki::{MtlsListener, PeerIdentity, RoleKind};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::frame::{DEFAULT_MAX_FRAME, FrameDecoder};
@@ -81,10 +81,23 @@ impl Default for ListenerOptions {
 }
 
 /// Where received messages go: the raw log and the JSON log.
+///
+/// Connection tasks format their batches themselves (in parallel) and hand
+/// the bytes to one writer thread, which appends them with plain blocking
+/// writes and flushes whenever its queue runs empty (group commit): a batch
+/// is on its way to disk before the next read of an idle peer, and a busy
+/// listener does not pay a flush per batch. The queue is bounded, so a slow
+/// disk slows the readers down instead of growing memory.
 pub struct LogSink {
-    raw: tokio::fs::File,
-    json: tokio::fs::File,
+    tx: tokio::sync::mpsc::Sender<Formatted>,
+    writer: std::thread::JoinHandle<std::io::Result<()>>,
     paths: (PathBuf, PathBuf),
+}
+
+/// One formatted batch: raw lines and JSON lines.
+struct Formatted {
+    raw: Vec<u8>,
+    json: Vec<u8>,
 }
 
 /// Who sent a message, as credited.
@@ -96,115 +109,171 @@ pub struct Credit {
     pub fingerprint: Option<String>,
 }
 
+/// The JSON record of one message (borrowing from the frame).
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    received_at: &'a str,
+    peer_cn: &'a str,
+    peer_fingerprint: Option<&'a str>,
+    claimed_hostname: Option<&'a str>,
+    app_name: Option<&'a str>,
+    procid: Option<&'a str>,
+    msgid: Option<&'a str>,
+    severity: Option<u8>,
+    facility: Option<u8>,
+    timestamp: Option<&'a str>,
+    structured_data: serde_json::Map<String, serde_json::Value>,
+    msg: std::borrow::Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<&'static str>,
+}
+
+/// The writer has stopped (a write failed); the listener cannot continue.
+#[derive(Debug, thiserror::Error)]
+#[error("the log writer stopped")]
+pub struct SinkClosed;
+
 impl LogSink {
-    /// Open (append, create 0640) both files.
+    /// Open (append, create 0640) both files and start the writer thread.
     pub async fn open(raw: &Path, json: &Path) -> std::io::Result<LogSink> {
-        async fn open(p: &Path) -> std::io::Result<tokio::fs::File> {
+        fn open(p: &Path) -> std::io::Result<std::fs::File> {
+            use std::os::unix::fs::OpenOptionsExt;
             if let Some(parent) = p.parent()
                 && !parent.as_os_str().is_empty()
             {
-                tokio::fs::create_dir_all(parent).await?;
+                std::fs::create_dir_all(parent)?;
             }
-            tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(p)
-                .await
+            std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(p)
         }
+        let raw_file = open(raw)?;
+        let json_file = open(json)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Formatted>(256);
+        let writer = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+            use std::io::Write;
+            let mut raw = std::io::BufWriter::with_capacity(256 * 1024, raw_file);
+            let mut json = std::io::BufWriter::with_capacity(256 * 1024, json_file);
+            while let Some(first) = rx.blocking_recv() {
+                raw.write_all(&first.raw)?;
+                json.write_all(&first.json)?;
+                while let Ok(more) = rx.try_recv() {
+                    raw.write_all(&more.raw)?;
+                    json.write_all(&more.json)?;
+                }
+                raw.flush()?;
+                json.flush()?;
+            }
+            raw.flush()?;
+            json.flush()?;
+            raw.get_ref().sync_all()?;
+            json.get_ref().sync_all()
+        })?;
         Ok(LogSink {
-            raw: open(raw).await?,
-            json: open(json).await?,
+            tx,
+            writer,
             paths: (raw.to_path_buf(), json.to_path_buf()),
         })
     }
 
-    /// Append a batch of frames from one peer and flush.
-    pub async fn write_batch(
-        &mut self,
-        credit: &Credit,
-        frames: &[Vec<u8>],
-    ) -> std::io::Result<()> {
-        let received_at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let mut raw = Vec::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
-        let mut json = Vec::new();
-        for f in frames {
-            for &b in f {
-                match b {
-                    b'\n' => raw.extend_from_slice(b"\\n"),
-                    b'\r' => raw.extend_from_slice(b"\\r"),
-                    b => raw.push(b),
-                }
-            }
-            raw.push(b'\n');
-            let record = match syslog::parse(f) {
-                Some(m) => {
-                    let sd: serde_json::Map<String, serde_json::Value> = m
-                        .structured_data
-                        .iter()
-                        .map(|e| {
-                            let params: serde_json::Map<String, serde_json::Value> = e
-                                .params
-                                .iter()
-                                .map(|(k, v)| (k.clone(), json!(v)))
-                                .collect();
-                            (e.id.clone(), serde_json::Value::Object(params))
-                        })
-                        .collect();
-                    json!({
-                        "received_at": received_at,
-                        "peer_cn": credit.cn,
-                        "peer_fingerprint": credit.fingerprint,
-                        "claimed_hostname": m.hostname,
-                        "app_name": m.app_name,
-                        "procid": m.procid,
-                        "msgid": m.msgid,
-                        "severity": m.severity,
-                        "facility": m.facility,
-                        "timestamp": m.timestamp,
-                        "structured_data": sd,
-                        "msg": m.msg,
-                    })
-                }
-                None => json!({
-                    "received_at": received_at,
-                    "peer_cn": credit.cn,
-                    "peer_fingerprint": credit.fingerprint,
-                    "claimed_hostname": null,
-                    "app_name": null,
-                    "procid": null,
-                    "msgid": null,
-                    "severity": null,
-                    "facility": null,
-                    "timestamp": null,
-                    "structured_data": {},
-                    "msg": String::from_utf8_lossy(f),
-                    "format": "not-rfc5424",
-                }),
-            };
-            serde_json::to_writer(&mut json, &record).map_err(std::io::Error::other)?;
-            json.push(b'\n');
-        }
-        self.raw.write_all(&raw).await?;
-        self.json.write_all(&json).await?;
-        self.raw.flush().await?;
-        self.json.flush().await
+    /// A handle connection tasks use to submit batches.
+    pub fn handle(&self) -> SinkHandle {
+        SinkHandle { tx: self.tx.clone() }
     }
 
-    /// Flush and fsync both files (shutdown).
-    pub async fn sync(&mut self) -> std::io::Result<()> {
-        self.raw.flush().await?;
-        self.json.flush().await?;
-        self.raw.sync_all().await?;
-        self.json.sync_all().await
+    /// Write everything queued, flush and fsync, and stop the writer.
+    pub async fn close(self) -> std::io::Result<()> {
+        drop(self.tx);
+        let writer = self.writer;
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|_| std::io::Error::other("log writer panicked"))?
     }
 
     /// The file paths (raw, json).
     pub fn paths(&self) -> (&Path, &Path) {
         (&self.paths.0, &self.paths.1)
     }
+}
+
+/// A connection's way into the [`LogSink`].
+#[derive(Clone)]
+pub struct SinkHandle {
+    tx: tokio::sync::mpsc::Sender<Formatted>,
+}
+
+impl SinkHandle {
+    /// Format a batch of frames from one peer and queue it for writing.
+    pub async fn write_batch(&self, credit: &Credit, frames: &[Vec<u8>]) -> Result<(), SinkClosed> {
+        let batch = format_batch(credit, frames);
+        self.tx.send(batch).await.map_err(|_| SinkClosed)
+    }
+}
+
+fn format_batch(credit: &Credit, frames: &[Vec<u8>]) -> Formatted {
+    let received_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut raw = Vec::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
+    let mut json = Vec::with_capacity(raw.capacity() * 2 + 256 * frames.len());
+    for f in frames {
+        // Senders that frame newline-terminated lines (rsyslog's templates)
+        // leave the newline inside the frame.
+        let f = f.strip_suffix(b"\n").unwrap_or(f);
+        let f = f.strip_suffix(b"\r").unwrap_or(f);
+        for &b in f {
+            match b {
+                b'\n' => raw.extend_from_slice(b"\\n"),
+                b'\r' => raw.extend_from_slice(b"\\r"),
+                b => raw.push(b),
+            }
+        }
+        raw.push(b'\n');
+        let parsed = syslog::parse(f);
+        let record = match &parsed {
+            Some(m) => Record {
+                received_at: &received_at,
+                peer_cn: &credit.cn,
+                peer_fingerprint: credit.fingerprint.as_deref(),
+                claimed_hostname: m.hostname.as_deref(),
+                app_name: m.app_name.as_deref(),
+                procid: m.procid.as_deref(),
+                msgid: m.msgid.as_deref(),
+                severity: Some(m.severity),
+                facility: Some(m.facility),
+                timestamp: m.timestamp.as_deref(),
+                structured_data: m
+                    .structured_data
+                    .iter()
+                    .map(|e| {
+                        let params: serde_json::Map<String, serde_json::Value> =
+                            e.params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+                        (e.id.clone(), serde_json::Value::Object(params))
+                    })
+                    .collect(),
+                msg: std::borrow::Cow::Borrowed(&m.msg),
+                format: None,
+            },
+            None => Record {
+                received_at: &received_at,
+                peer_cn: &credit.cn,
+                peer_fingerprint: credit.fingerprint.as_deref(),
+                claimed_hostname: None,
+                app_name: None,
+                procid: None,
+                msgid: None,
+                severity: None,
+                facility: None,
+                timestamp: None,
+                structured_data: serde_json::Map::new(),
+                msg: String::from_utf8_lossy(f),
+                format: Some("not-rfc5424"),
+            },
+        };
+        // Serializing plain strings and numbers cannot fail.
+        let _ = serde_json::to_writer(&mut json, &record);
+        json.push(b'\n');
+    }
+    Formatted { raw, json }
 }
 
 /// Where connections come from.
@@ -250,7 +319,7 @@ pub async fn serve(
     options: ListenerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let sink = Arc::new(Mutex::new(sink));
+    let sink_handle = sink.handle();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut conns = JoinSet::new();
     let mut source = source;
@@ -268,7 +337,7 @@ pub async fn serve(
             continue;
         };
         let gate = gate.clone();
-        let sink = sink.clone();
+        let sink = sink_handle.clone();
         let opts = options.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
@@ -297,7 +366,8 @@ pub async fn serve(
     // Stop accepting; let every connection drain what it already received.
     drop(source);
     while conns.join_next().await.is_some() {}
-    sink.lock().await.sync().await
+    drop(sink_handle);
+    sink.close().await
 }
 
 type Accepted = (
@@ -338,7 +408,7 @@ async fn handle(
     mut stream: Box<dyn AsyncRead + Send + Unpin>,
     credit: &Credit,
     recheck: Option<(Arc<dyn PeerGate>, PeerIdentity)>,
-    sink: Arc<Mutex<LogSink>>,
+    sink: SinkHandle,
     opts: &ListenerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -402,7 +472,7 @@ async fn handle(
         }
         if !frames.is_empty() {
             received += frames.len() as u64;
-            if let Err(e) = sink.lock().await.write_batch(credit, &frames).await {
+            if let Err(e) = sink.write_batch(credit, &frames).await {
                 tracing::error!(error = %e, "cannot write received logs");
                 break;
             }

@@ -1,0 +1,179 @@
+//! `decnet-log-bench`: ingestion rate of the syslog listener over mTLS
+//! (several connections, ~200-byte RFC 5424 messages), rsyslog's TLS receiver
+//! under the same load for comparison, and the listener's RSS with 1,000
+//! idle connections. Prints figures; it is a benchmark, not a test.
+//!
+//! Run: `cargo run --release -p decnet-e2e --bin decnet-log-bench -- [CONNECTIONS] [MESSAGES_PER_CONNECTION]`
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use decnet_e2e::{Daemon, Listener, MasterHome};
+use decnet_pki::{Bundle, BundleKind};
+use tokio::io::AsyncWriteExt;
+
+fn message(i: usize) -> Vec<u8> {
+    let msg = format!(
+        "<134>1 2026-11-23T10:00:00.000Z bench-host honeypot 4242 CONN [conn src=\"10.0.0.1\" port=\"22\"] connection attempt number {i:010} from a scanner probing the fleet with a long enough line"
+    );
+    decnet_log_relay::frame::encode(msg.as_bytes())
+}
+
+async fn connect(bundle: &Bundle, addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = decnet_pki::client_config(bundle, None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("decnet-master").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+fn count_lines(p: &Path) -> usize {
+    std::fs::read(p).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0)
+}
+
+/// Send `per_conn` messages on each of `conns` connections; return the
+/// seconds until `out` holds all of them.
+async fn load(bundle: &Bundle, addr: std::net::SocketAddr, conns: usize, per_conn: usize, out: &Path) -> Option<f64> {
+    let payload: Vec<u8> = (0..per_conn).flat_map(message).collect();
+    let payload = Arc::new(payload);
+    let before = count_lines(out);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let bundle = bundle.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&bundle, addr).await;
+            for chunk in payload.chunks(64 * 1024) {
+                s.write_all(chunk).await.unwrap();
+            }
+            s.flush().await.unwrap();
+            s
+        }));
+    }
+    let mut streams = Vec::new();
+    for t in tasks {
+        streams.push(t.await.unwrap());
+    }
+    let want = before + conns * per_conn;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if count_lines(out) >= want {
+            let secs = start.elapsed().as_secs_f64();
+            drop(streams);
+            return Some(secs);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let per_conn: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(50_000);
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("bench-host");
+    let agent = Bundle::load(&m.agent_bundle_dir("bench-host"), BundleKind::Agent).unwrap();
+    let msg_len = message(0).len();
+    let total = conns * per_conn;
+    println!("decnet-log-bench: {conns} connections x {per_conn} messages of {msg_len} bytes (frame), {total} messages");
+
+    let l = Listener::start(&m, 0);
+    let pid = l.daemon.child.id();
+    match load(&agent, l.daemon.addr, conns, per_conn, &l.raw).await {
+        Some(secs) => println!(
+            "decnet listener: {:>9.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, raw + JSON written)",
+            total as f64 / secs,
+            (total * msg_len) as f64 / secs / 1e6
+        ),
+        None => println!("decnet listener: did not ingest everything within 300 s"),
+    }
+    // 1,000 idle connections.
+    let base = rss_kib(pid);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(connect(&agent, l.daemon.addr).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let with_idle = rss_kib(pid);
+    println!(
+        "decnet listener RSS: {:.1} MiB before, {:.1} MiB with 1000 idle mTLS connections ({:.1} KiB each)",
+        base as f64 / 1024.0,
+        with_idle as f64 / 1024.0,
+        (with_idle.saturating_sub(base)) as f64 / 1000.0
+    );
+    drop(idle);
+
+    // rsyslog's TLS receiver under the same load.
+    let rsyslogd = Path::new("/usr/sbin/rsyslogd");
+    if !rsyslogd.exists() {
+        println!("rsyslog: not installed; comparison skipped");
+        return;
+    }
+    let dir = m.dir.path().join("rsyslog");
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = dir.join("out.log");
+    let b = m.master_bundle_dir();
+    let conf = format!(
+        r#"
+global(workDirectory="{work}" DefaultNetstreamDriver="gtls"
+       DefaultNetstreamDriverCAFile="{b}/ca.crt" DefaultNetstreamDriverCertFile="{b}/worker.crt"
+       DefaultNetstreamDriverKeyFile="{b}/worker.key")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.Authmode="x509/certvalid" MaxSessions="2000")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
+"#,
+        work = dir.join("work").display(),
+        b = b.display(),
+        out = out.display()
+    );
+    std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
+    let mut cmd = Command::new(rsyslogd);
+    cmd.args(["-n", "-f"])
+        .arg(dir.join("rsyslog.conf"))
+        .arg("-i")
+        .arg(dir.join("pid"))
+        .stdout(Stdio::null());
+    let rs = Daemon::spawn(cmd, dir.join("rsyslogd.log"));
+    decnet_e2e::wait_for(Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    match load(&agent, ([127, 0, 0, 1], port).into(), conns, per_conn, &out).await {
+        Some(secs) => println!(
+            "rsyslog imtcp+gtls: {:>6.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, one file written)",
+            total as f64 / secs,
+            (total * msg_len) as f64 / secs / 1e6
+        ),
+        None => println!("rsyslog: did not ingest everything within 300 s"),
+    }
+    let rpid = rs.child.id();
+    let rbase = rss_kib(rpid);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(connect(&agent, ([127, 0, 0, 1], port).into()).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "rsyslog RSS: {:.1} MiB before, {:.1} MiB with 1000 idle TLS connections",
+        rbase as f64 / 1024.0,
+        rss_kib(rpid) as f64 / 1024.0
+    );
+    drop(idle);
+}
