@@ -72,6 +72,16 @@ impl FrameDecoder {
     /// The next complete frame, `Ok(None)` when more bytes are needed.
     /// Zero-length frames are skipped.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let mut out = Vec::new();
+        Ok(self.next_frame_into(&mut out)?.map(|_| out))
+    }
+
+    /// Like [`next_frame`](Self::next_frame), but appends the frame to
+    /// `arena` and returns its range there (one allocation for a whole batch).
+    pub fn next_frame_into(
+        &mut self,
+        arena: &mut Vec<u8>,
+    ) -> Result<Option<std::ops::Range<usize>>, FrameError> {
         loop {
             let data = &self.buf[self.start..];
             let max_digits = self.max.to_string().len();
@@ -104,16 +114,17 @@ impl FrameDecoder {
             if data.len() < header + len {
                 return Ok(None);
             }
-            let frame = data[header..header + len].to_vec();
+            let at = arena.len();
+            arena.extend_from_slice(&data[header..header + len]);
             self.start += header + len;
             if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            if frame.is_empty() {
+            if len == 0 {
                 continue;
             }
-            return Ok(Some(frame));
+            return Ok(Some(at..at + len));
         }
     }
 

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use decnet_pki::{MtlsListener, PeerIdentity, RoleKind};
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -122,11 +121,13 @@ struct Record<'a> {
     severity: Option<u8>,
     facility: Option<u8>,
     timestamp: Option<&'a str>,
-    structured_data: serde_json::Map<String, serde_json::Value>,
-    msg: std::borrow::Cow<'a, str>,
+    structured_data: &'a syslog::StructuredData<'a>,
+    msg: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     format: Option<&'static str>,
 }
+
+static EMPTY_SD: syslog::StructuredData<'static> = syslog::StructuredData(Vec::new());
 
 /// The writer has stopped (a write failed); the listener cannot continue.
 #[derive(Debug, thiserror::Error)]
@@ -143,30 +144,36 @@ impl LogSink {
             {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(p)
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(p)
         }
         let raw_file = open(raw)?;
         let json_file = open(json)?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Formatted>(256);
-        let writer = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
-            use std::io::Write;
-            let mut raw = std::io::BufWriter::with_capacity(256 * 1024, raw_file);
-            let mut json = std::io::BufWriter::with_capacity(256 * 1024, json_file);
-            while let Some(first) = rx.blocking_recv() {
-                raw.write_all(&first.raw)?;
-                json.write_all(&first.json)?;
-                while let Ok(more) = rx.try_recv() {
-                    raw.write_all(&more.raw)?;
-                    json.write_all(&more.json)?;
+        let writer = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                use std::io::Write;
+                let mut raw = std::io::BufWriter::with_capacity(256 * 1024, raw_file);
+                let mut json = std::io::BufWriter::with_capacity(256 * 1024, json_file);
+                while let Some(first) = rx.blocking_recv() {
+                    raw.write_all(&first.raw)?;
+                    json.write_all(&first.json)?;
+                    while let Ok(more) = rx.try_recv() {
+                        raw.write_all(&more.raw)?;
+                        json.write_all(&more.json)?;
+                    }
+                    raw.flush()?;
+                    json.flush()?;
                 }
                 raw.flush()?;
                 json.flush()?;
-            }
-            raw.flush()?;
-            json.flush()?;
-            raw.get_ref().sync_all()?;
-            json.get_ref().sync_all()
-        })?;
+                raw.get_ref().sync_all()?;
+                json.get_ref().sync_all()
+            })?;
         Ok(LogSink {
             tx,
             writer,
@@ -176,7 +183,9 @@ impl LogSink {
 
     /// A handle connection tasks use to submit batches.
     pub fn handle(&self) -> SinkHandle {
-        SinkHandle { tx: self.tx.clone() }
+        SinkHandle {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Write everything queued, flush and fsync, and stop the writer.
@@ -203,19 +212,25 @@ pub struct SinkHandle {
 
 impl SinkHandle {
     /// Format a batch of frames from one peer and queue it for writing.
-    pub async fn write_batch(&self, credit: &Credit, frames: &[Vec<u8>]) -> Result<(), SinkClosed> {
-        let batch = format_batch(credit, frames);
+    pub async fn write_batch(
+        &self,
+        credit: &Credit,
+        arena: &[u8],
+        frames: &[std::ops::Range<usize>],
+    ) -> Result<(), SinkClosed> {
+        let batch = format_batch(credit, arena, frames);
         self.tx.send(batch).await.map_err(|_| SinkClosed)
     }
 }
 
-fn format_batch(credit: &Credit, frames: &[Vec<u8>]) -> Formatted {
+fn format_batch(credit: &Credit, arena: &[u8], frames: &[std::ops::Range<usize>]) -> Formatted {
     let received_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let mut raw = Vec::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
+    let mut raw = Vec::with_capacity(arena.len() + frames.len());
     let mut json = Vec::with_capacity(raw.capacity() * 2 + 256 * frames.len());
-    for f in frames {
+    for range in frames {
+        let f = &arena[range.clone()];
         // Senders that frame newline-terminated lines (rsyslog's templates)
         // leave the newline inside the frame.
         let f = f.strip_suffix(b"\n").unwrap_or(f);
@@ -229,28 +244,21 @@ fn format_batch(credit: &Credit, frames: &[Vec<u8>]) -> Formatted {
         }
         raw.push(b'\n');
         let parsed = syslog::parse(f);
+        let lossy;
         let record = match &parsed {
             Some(m) => Record {
                 received_at: &received_at,
                 peer_cn: &credit.cn,
                 peer_fingerprint: credit.fingerprint.as_deref(),
-                claimed_hostname: m.hostname.as_deref(),
-                app_name: m.app_name.as_deref(),
-                procid: m.procid.as_deref(),
-                msgid: m.msgid.as_deref(),
+                claimed_hostname: m.hostname,
+                app_name: m.app_name,
+                procid: m.procid,
+                msgid: m.msgid,
                 severity: Some(m.severity),
                 facility: Some(m.facility),
-                timestamp: m.timestamp.as_deref(),
-                structured_data: m
-                    .structured_data
-                    .iter()
-                    .map(|e| {
-                        let params: serde_json::Map<String, serde_json::Value> =
-                            e.params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                        (e.id.clone(), serde_json::Value::Object(params))
-                    })
-                    .collect(),
-                msg: std::borrow::Cow::Borrowed(&m.msg),
+                timestamp: m.timestamp,
+                structured_data: &m.structured_data,
+                msg: &m.msg,
                 format: None,
             },
             None => Record {
@@ -264,8 +272,11 @@ fn format_batch(credit: &Credit, frames: &[Vec<u8>]) -> Formatted {
                 severity: None,
                 facility: None,
                 timestamp: None,
-                structured_data: serde_json::Map::new(),
-                msg: String::from_utf8_lossy(f),
+                structured_data: &EMPTY_SD,
+                msg: {
+                    lossy = String::from_utf8_lossy(f);
+                    &lossy
+                },
                 format: Some("not-rfc5424"),
             },
         };
@@ -458,10 +469,11 @@ async fn handle(
             }
         }
         decoder.feed(&buf[..n]);
+        let mut arena = Vec::with_capacity(n);
         let mut frames = Vec::new();
         let mut bad = None;
         loop {
-            match decoder.next_frame() {
+            match decoder.next_frame_into(&mut arena) {
                 Ok(Some(f)) => frames.push(f),
                 Ok(None) => break,
                 Err(e) => {
@@ -472,7 +484,7 @@ async fn handle(
         }
         if !frames.is_empty() {
             received += frames.len() as u64;
-            if let Err(e) = sink.write_batch(credit, &frames).await {
+            if let Err(e) = sink.write_batch(credit, &arena, &frames).await {
                 tracing::error!(error = %e, "cannot write received logs");
                 break;
             }

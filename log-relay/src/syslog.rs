@@ -1,20 +1,48 @@
 //! RFC 5424 messages: a parser that never panics on any input, and a writer
 //! that wraps a plain log line into RFC 5424 when it is not one already.
 
-use serde::Serialize;
+use std::borrow::Cow;
 
-/// One structured-data element: `[id name="value" …]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SdElement {
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+/// One structured-data element: `[id name="value" …]`, borrowing from the input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SdElement<'a> {
     /// SD-ID.
-    pub id: String,
+    pub id: &'a str,
     /// Parameters in order (values unescaped).
-    pub params: Vec<(String, String)>,
+    pub params: Vec<(&'a str, Cow<'a, str>)>,
 }
 
-/// A parsed RFC 5424 message. `None` fields were the NILVALUE `-`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Syslog5424 {
+/// Structured data serialized as `{id: {name: value}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct StructuredData<'a>(pub Vec<SdElement<'a>>);
+
+impl Serialize for StructuredData<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        struct Params<'b, 'a>(&'b [(&'a str, Cow<'a, str>)]);
+        impl Serialize for Params<'_, '_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut m = ser.serialize_map(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = ser.serialize_map(Some(self.0.len()))?;
+        for e in &self.0 {
+            m.serialize_entry(e.id, &Params(&e.params))?;
+        }
+        m.end()
+    }
+}
+
+/// A parsed RFC 5424 message borrowing from its input. `None` fields were
+/// the NILVALUE `-`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Syslog5424<'a> {
     /// Facility (PRI / 8).
     pub facility: u8,
     /// Severity (PRI % 8).
@@ -22,23 +50,23 @@ pub struct Syslog5424 {
     /// VERSION (1).
     pub version: u16,
     /// TIMESTAMP as sent.
-    pub timestamp: Option<String>,
+    pub timestamp: Option<&'a str>,
     /// HOSTNAME as claimed by the sender.
-    pub hostname: Option<String>,
+    pub hostname: Option<&'a str>,
     /// APP-NAME.
-    pub app_name: Option<String>,
+    pub app_name: Option<&'a str>,
     /// PROCID.
-    pub procid: Option<String>,
+    pub procid: Option<&'a str>,
     /// MSGID.
-    pub msgid: Option<String>,
+    pub msgid: Option<&'a str>,
     /// STRUCTURED-DATA elements.
-    pub structured_data: Vec<SdElement>,
+    pub structured_data: StructuredData<'a>,
     /// MSG (a leading UTF-8 BOM removed; invalid UTF-8 replaced).
-    pub msg: String,
+    pub msg: Cow<'a, str>,
 }
 
 /// Parse an RFC 5424 message; `None` when `input` is not one.
-pub fn parse(input: &[u8]) -> Option<Syslog5424> {
+pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
     let mut p = Cursor { s: input, i: 0 };
     p.expect(b'<')?;
     let pri_digits = p.take_while(|b| b.is_ascii_digit());
@@ -68,12 +96,12 @@ pub fn parse(input: &[u8]) -> Option<Syslog5424> {
     p.expect(b' ')?;
     let structured_data = p.structured_data()?;
     let msg = match p.peek() {
-        None => String::new(),
+        None => Cow::Borrowed(""),
         Some(b' ') => {
             p.i += 1;
             let rest = &input[p.i..];
             let rest = rest.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(rest);
-            String::from_utf8_lossy(rest).into_owned()
+            String::from_utf8_lossy(rest)
         }
         Some(_) => return None,
     };
@@ -86,7 +114,7 @@ pub fn parse(input: &[u8]) -> Option<Syslog5424> {
         app_name,
         procid,
         msgid,
-        structured_data,
+        structured_data: StructuredData(structured_data),
         msg,
     })
 }
@@ -111,7 +139,7 @@ impl<'a> Cursor<'a> {
         &self.s[start..self.i]
     }
     /// A header field of printable US-ASCII, `-` meaning absent.
-    fn header_field(&mut self, max: usize) -> Option<Option<String>> {
+    fn header_field(&mut self, max: usize) -> Option<Option<&'a str>> {
         let f = self.take_while(|b| (33..=126).contains(&b));
         if f.is_empty() || f.len() > max {
             return None;
@@ -119,17 +147,18 @@ impl<'a> Cursor<'a> {
         if f == b"-" {
             return Some(None);
         }
-        Some(Some(String::from_utf8_lossy(f).into_owned()))
+        // Printable ASCII is valid UTF-8.
+        Some(Some(std::str::from_utf8(f).ok()?))
     }
-    fn sd_name(&mut self) -> Option<String> {
+    fn sd_name(&mut self) -> Option<&'a str> {
         let n =
             self.take_while(|b| (33..=126).contains(&b) && !matches!(b, b'=' | b' ' | b']' | b'"'));
         if n.is_empty() || n.len() > 32 {
             return None;
         }
-        Some(String::from_utf8_lossy(n).into_owned())
+        std::str::from_utf8(n).ok()
     }
-    fn structured_data(&mut self) -> Option<Vec<SdElement>> {
+    fn structured_data(&mut self) -> Option<Vec<SdElement<'a>>> {
         if self.peek()? == b'-' {
             self.i += 1;
             return Some(Vec::new());
@@ -150,29 +179,41 @@ impl<'a> Cursor<'a> {
                         let name = self.sd_name()?;
                         self.expect(b'=')?;
                         self.expect(b'"')?;
-                        let mut value = Vec::new();
+                        let start = self.i;
+                        let mut escaped = false;
                         loop {
                             match self.peek()? {
                                 b'\\' => {
-                                    self.i += 1;
-                                    let c = self.peek()?;
-                                    if !matches!(c, b'"' | b'\\' | b']') {
-                                        value.push(b'\\');
-                                    }
-                                    value.push(c);
-                                    self.i += 1;
+                                    escaped = true;
+                                    self.i += 2;
+                                    self.peek()?;
                                 }
-                                b'"' => {
-                                    self.i += 1;
-                                    break;
-                                }
-                                c => {
-                                    value.push(c);
-                                    self.i += 1;
-                                }
+                                b'"' => break,
+                                _ => self.i += 1,
                             }
                         }
-                        params.push((name, String::from_utf8_lossy(&value).into_owned()));
+                        let raw = &self.s[start..self.i];
+                        self.i += 1;
+                        let value = if escaped {
+                            let mut v = Vec::with_capacity(raw.len());
+                            let mut k = 0;
+                            while k < raw.len() {
+                                if raw[k] == b'\\' && k + 1 < raw.len() {
+                                    if !matches!(raw[k + 1], b'"' | b'\\' | b']') {
+                                        v.push(b'\\');
+                                    }
+                                    v.push(raw[k + 1]);
+                                    k += 2;
+                                } else {
+                                    v.push(raw[k]);
+                                    k += 1;
+                                }
+                            }
+                            Cow::Owned(String::from_utf8_lossy(&v).into_owned())
+                        } else {
+                            String::from_utf8_lossy(raw)
+                        };
+                        params.push((name, value));
                     }
                     _ => return None,
                 }
@@ -224,23 +265,25 @@ mod tests {
     fn parses_the_rfc_examples() {
         let m = parse(b"<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \xEF\xBB\xBF'su root' failed").unwrap();
         assert_eq!((m.facility, m.severity), (4, 2));
-        assert_eq!(m.hostname.as_deref(), Some("mymachine.example.com"));
-        assert_eq!(m.app_name.as_deref(), Some("su"));
+        assert_eq!(m.hostname, Some("mymachine.example.com"));
+        assert_eq!(m.app_name, Some("su"));
         assert_eq!(m.procid, None);
-        assert_eq!(m.msgid.as_deref(), Some("ID47"));
+        assert_eq!(m.msgid, Some("ID47"));
         assert_eq!(m.msg, "'su root' failed");
 
         let m = parse(br#"<165>1 2003-10-11T22:14:15.003Z host app - ID47 [exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][examplePriority@32473 class="high"] msg"#).unwrap();
-        assert_eq!(m.structured_data.len(), 2);
-        assert_eq!(m.structured_data[0].id, "exampleSDID@32473");
+        assert_eq!(m.structured_data.0.len(), 2);
+        assert_eq!(m.structured_data.0[0].id, "exampleSDID@32473");
         assert_eq!(
-            m.structured_data[0].params[1],
-            ("eventSource".into(), "Application".into())
+            m.structured_data.0[0].params[1],
+            ("eventSource", "Application".into())
         );
+        let json = serde_json::to_value(&m.structured_data).unwrap();
+        assert_eq!(json["examplePriority@32473"]["class"], "high");
         assert_eq!(m.msg, "msg");
 
         let m = parse(br#"<13>1 - - - - - [a b="q\"uo\]te\\"]"#).unwrap();
-        assert_eq!(m.structured_data[0].params[0].1, r#"q"uo]te\"#);
+        assert_eq!(m.structured_data.0[0].params[0].1, r#"q"uo]te\"#);
         assert_eq!(m.msg, "");
     }
 
@@ -265,9 +308,9 @@ mod tests {
         let now = time::macros::datetime!(2026-11-23 10:00:00 UTC);
         let w = wrap_line("plain text line", "worker-1", "decnet", now);
         let m = parse(w.as_bytes()).unwrap();
-        assert_eq!(m.hostname.as_deref(), Some("worker-1"));
+        assert_eq!(m.hostname, Some("worker-1"));
         assert_eq!(m.msg, "plain text line");
-        assert_eq!(m.timestamp.as_deref(), Some("2026-11-23T10:00:00Z"));
+        assert_eq!(m.timestamp, Some("2026-11-23T10:00:00Z"));
         let already = "<14>1 2026-01-01T00:00:00Z h a p m - x";
         assert_eq!(wrap_line(already, "w", "d", now), already);
     }

@@ -11,19 +11,31 @@ use std::time::Duration;
 use decnet_e2e::{Daemon, Listener, MasterHome, append_lines, start_forwarder, wait_for};
 
 fn rsyslogd() -> Option<PathBuf> {
-    let p = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"].into_iter().map(PathBuf::from).find(|p| p.exists())?;
-    let gtls = ["/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so", "/usr/lib/rsyslog/lmnsd_gtls.so"]
-        .iter()
-        .any(|p| Path::new(p).exists());
+    let p = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())?;
+    let gtls = [
+        "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
+        "/usr/lib/rsyslog/lmnsd_gtls.so",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
     gtls.then_some(p)
 }
 
 fn skip(what: &str) {
-    eprintln!("\n!!!!!!!!\n!!! rsyslog with rsyslog-gnutls is NOT installed: {what} NOT tested (run .ci/run)\n!!!!!!!!\n");
+    eprintln!(
+        "\n!!!!!!!!\n!!! rsyslog with rsyslog-gnutls is NOT installed: {what} NOT tested (run .ci/run)\n!!!!!!!!\n"
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_rsyslog(bin: &Path, dir: &Path, conf: &str) -> Daemon {
@@ -31,7 +43,11 @@ fn start_rsyslog(bin: &Path, dir: &Path, conf: &str) -> Daemon {
     std::fs::create_dir_all(&work).unwrap();
     let conf_path = dir.join("rsyslog.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let check = Command::new(bin).args(["-N1", "-f"]).arg(&conf_path).output().unwrap();
+    let check = Command::new(bin)
+        .args(["-N1", "-f"])
+        .arg(&conf_path)
+        .output()
+        .unwrap();
     assert!(
         check.status.success(),
         "rsyslog refuses the config: {}",
@@ -48,7 +64,9 @@ fn start_rsyslog(bin: &Path, dir: &Path, conf: &str) -> Daemon {
 
 #[test]
 fn rsyslog_omfwd_over_tls_into_our_listener() {
-    let Some(bin) = rsyslogd() else { return skip("rsyslog -> listener") };
+    let Some(bin) = rsyslogd() else {
+        return skip("rsyslog -> listener");
+    };
     let m = MasterHome::new();
     m.enroll("rsys-worker");
     let l = Listener::start(&m, 0);
@@ -78,15 +96,38 @@ action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp"
     );
     let _rs = start_rsyslog(&bin, &dir, &conf);
     std::thread::sleep(Duration::from_millis(500));
-    append_lines(&input, &["from rsyslog one".into(), "from rsyslog two".into(), "from rsyslog three".into()]);
+    append_lines(
+        &input,
+        &[
+            "from rsyslog one".into(),
+            "from rsyslog two".into(),
+            "from rsyslog three".into(),
+        ],
+    );
     let recs = wait_for(Duration::from_secs(30), || {
-        let r: Vec<serde_json::Value> =
-            l.records().into_iter().filter(|r| r["msg"].as_str().is_some_and(|m| m.contains("from rsyslog"))).collect();
+        let r: Vec<serde_json::Value> = l
+            .records()
+            .into_iter()
+            .filter(|r| {
+                r["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("from rsyslog"))
+            })
+            .collect();
         (r.len() >= 3).then_some(r)
     })
-    .unwrap_or_else(|| panic!("rsyslog lines never arrived; listener log:\n{}", l.daemon.log_text()));
+    .unwrap_or_else(|| {
+        panic!(
+            "rsyslog lines never arrived; listener log:\n{}",
+            l.daemon.log_text()
+        )
+    });
     for (i, want) in ["one", "two", "three"].iter().enumerate() {
-        assert!(recs[i]["msg"].as_str().unwrap().ends_with(want), "{}", recs[i]);
+        assert!(
+            recs[i]["msg"].as_str().unwrap().ends_with(want),
+            "{}",
+            recs[i]
+        );
         assert_eq!(recs[i]["peer_cn"], "rsys-worker");
         assert_eq!(recs[i]["app_name"], "honeypot");
         assert_eq!(recs[i]["severity"], 4);
@@ -96,7 +137,9 @@ action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp"
 
 #[test]
 fn our_forwarder_into_rsyslog_imtcp_tls() {
-    let Some(bin) = rsyslogd() else { return skip("forwarder -> rsyslog") };
+    let Some(bin) = rsyslogd() else {
+        return skip("forwarder -> rsyslog");
+    };
     let m = MasterHome::new();
     m.enroll("fwd-worker");
     let dir = m.dir.path().join("rs2");
@@ -124,17 +167,37 @@ action(type="omfile" file="{out}" template="plain")
     );
     let _rs = start_rsyslog(&bin, &dir, &conf);
     // Wait until rsyslog listens.
-    wait_for(Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())
-        .expect("rsyslog imtcp listening");
+    wait_for(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .expect("rsyslog imtcp listening");
     let log = dir.join("app.log");
-    append_lines(&log, &["alpha to rsyslog".into(), "beta to rsyslog".into(), "gamma to rsyslog".into()]);
-    let _fwd = start_forwarder(&m, "fwd-worker", ([127, 0, 0, 1], port).into(), &log, &dir.join("fwd-state"));
+    append_lines(
+        &log,
+        &[
+            "alpha to rsyslog".into(),
+            "beta to rsyslog".into(),
+            "gamma to rsyslog".into(),
+        ],
+    );
+    let _fwd = start_forwarder(
+        &m,
+        "fwd-worker",
+        ([127, 0, 0, 1], port).into(),
+        &log,
+        &dir.join("fwd-state"),
+    );
     let got = wait_for(Duration::from_secs(30), || {
         let text = std::fs::read_to_string(&out).ok()?;
         let lines: Vec<String> = text.lines().map(String::from).collect();
         (lines.len() >= 3).then_some(lines)
     })
-    .unwrap_or_else(|| panic!("rsyslog received nothing; rsyslog log:\n{}", std::fs::read_to_string(dir.join("rsyslogd.log")).unwrap_or_default()));
+    .unwrap_or_else(|| {
+        panic!(
+            "rsyslog received nothing; rsyslog log:\n{}",
+            std::fs::read_to_string(dir.join("rsyslogd.log")).unwrap_or_default()
+        )
+    });
     assert_eq!(got[0], "fwd-worker decnet alpha to rsyslog");
     assert_eq!(got[1], "fwd-worker decnet beta to rsyslog");
     assert_eq!(got[2], "fwd-worker decnet gamma to rsyslog");

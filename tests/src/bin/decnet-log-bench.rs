@@ -21,7 +21,10 @@ fn message(i: usize) -> Vec<u8> {
     decnet_log_relay::frame::encode(msg.as_bytes())
 }
 
-async fn connect(bundle: &Bundle, addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+async fn connect(
+    bundle: &Bundle,
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let cfg = decnet_pki::client_config(bundle, None).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -30,12 +33,20 @@ async fn connect(bundle: &Bundle, addr: std::net::SocketAddr) -> tokio_rustls::c
 }
 
 fn count_lines(p: &Path) -> usize {
-    std::fs::read(p).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0)
+    std::fs::read(p)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
 }
 
 /// Send `per_conn` messages on each of `conns` connections; return the
 /// seconds until `out` holds all of them.
-async fn load(bundle: &Bundle, addr: std::net::SocketAddr, conns: usize, per_conn: usize, out: &Path) -> Option<f64> {
+async fn load(
+    bundle: &Bundle,
+    addr: std::net::SocketAddr,
+    conns: usize,
+    per_conn: usize,
+    out: &Path,
+) -> Option<f64> {
     let payload: Vec<u8> = (0..per_conn).flat_map(message).collect();
     let payload = Arc::new(payload);
     let before = count_lines(out);
@@ -94,7 +105,9 @@ async fn main() {
     let agent = Bundle::load(&m.agent_bundle_dir("bench-host"), BundleKind::Agent).unwrap();
     let msg_len = message(0).len();
     let total = conns * per_conn;
-    println!("decnet-log-bench: {conns} connections x {per_conn} messages of {msg_len} bytes (frame), {total} messages");
+    println!(
+        "decnet-log-bench: {conns} connections x {per_conn} messages of {msg_len} bytes (frame), {total} messages"
+    );
 
     let l = Listener::start(&m, 0);
     let pid = l.daemon.child.id();
@@ -128,9 +141,32 @@ async fn main() {
         println!("rsyslog: not installed; comparison skipped");
         return;
     }
-    let dir = m.dir.path().join("rsyslog");
+    for with_json in [false, true] {
+        rsyslog_run(&m, &agent, rsyslogd, conns, per_conn, with_json).await;
+    }
+}
+
+async fn rsyslog_run(
+    m: &MasterHome,
+    agent: &Bundle,
+    rsyslogd: &Path,
+    conns: usize,
+    per_conn: usize,
+    with_json: bool,
+) {
+    let total = conns * per_conn;
+    let msg_len = message(0).len();
+    let dir = m.dir.path().join(if with_json {
+        "rsyslog-json"
+    } else {
+        "rsyslog-raw"
+    });
     std::fs::create_dir_all(dir.join("work")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let out = dir.join("out.log");
     let b = m.master_bundle_dir();
     let conf = format!(
@@ -140,8 +176,18 @@ global(workDirectory="{work}" DefaultNetstreamDriver="gtls"
        DefaultNetstreamDriverKeyFile="{b}/worker.key")
 module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.Authmode="x509/certvalid" MaxSessions="2000")
 input(type="imtcp" port="{port}" address="127.0.0.1")
+template(name="json" type="string" string="%jsonmesg%\n")
 action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
+{json_action}
 "#,
+        json_action = if with_json {
+            format!(
+                r#"action(type="omfile" file="{}" template="json")"#,
+                dir.join("out.json").display()
+            )
+        } else {
+            String::new()
+        },
         work = dir.join("work").display(),
         b = b.display(),
         out = out.display()
@@ -154,12 +200,19 @@ action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
         .arg(dir.join("pid"))
         .stdout(Stdio::null());
     let rs = Daemon::spawn(cmd, dir.join("rsyslogd.log"));
-    decnet_e2e::wait_for(Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    match load(&agent, ([127, 0, 0, 1], port).into(), conns, per_conn, &out).await {
+    decnet_e2e::wait_for(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    match load(agent, ([127, 0, 0, 1], port).into(), conns, per_conn, &out).await {
         Some(secs) => println!(
-            "rsyslog imtcp+gtls: {:>6.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, one file written)",
+            "rsyslog imtcp+gtls: {:>6.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, {})",
             total as f64 / secs,
-            (total * msg_len) as f64 / secs / 1e6
+            (total * msg_len) as f64 / secs / 1e6,
+            if with_json {
+                "raw + JSON (%jsonmesg%) written: the same job"
+            } else {
+                "raw file only"
+            }
         ),
         None => println!("rsyslog: did not ingest everything within 300 s"),
     }
@@ -167,7 +220,7 @@ action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
     let rbase = rss_kib(rpid);
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        idle.push(connect(&agent, ([127, 0, 0, 1], port).into()).await);
+        idle.push(connect(agent, ([127, 0, 0, 1], port).into()).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
