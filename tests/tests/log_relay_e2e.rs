@@ -258,3 +258,63 @@ async fn refused_peers_write_nothing_and_bad_peers_do_not_disturb_others() {
     assert_eq!(raw.len(), 25);
     assert!(raw.iter().all(|r| !r.contains("intruder")));
 }
+
+#[test]
+fn a_refused_forwarder_never_advances_its_offset() {
+    let m = MasterHome::new();
+    m.enroll("ex");
+    // The worker's own copy of its bundle (the master deletes its copy on decommission).
+    let worker_bundle = m.dir.path().join("ex-worker-bundle");
+    Bundle::load(&m.agent_bundle_dir("ex"), BundleKind::Agent)
+        .unwrap()
+        .write(&worker_bundle)
+        .unwrap();
+    m.ok(&["swarm", "decommission", "ex", "--yes"]);
+    let l = Listener::start(&m, 0);
+    let log = m.dir.path().join("ex.log");
+    append_lines(&log, &lines("ex", 3));
+    let state = m.dir.path().join("ex-fwd");
+    let mut cmd = std::process::Command::new(decnet_e2e::bin("decnet-agent"));
+    cmd.args([
+        "forward",
+        "--master",
+        &l.daemon.addr.to_string(),
+        "--log-file",
+    ])
+    .arg(&log)
+    .arg("--bundle-dir")
+    .arg(&worker_bundle)
+    .arg("--state-dir")
+    .arg(&state);
+    let fwd = decnet_e2e::Daemon::spawn(cmd, m.dir.path().join("ex-fwd.log"));
+    // The handshake succeeds (TLS 1.3), the listener then closes: the
+    // forwarder must notice and keep its offset where it was.
+    let refused = wait_for(WAIT, || {
+        fwd.log_text()
+            .contains("refused this forwarder")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", fwd.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !state.join("forwarder-offset.json").exists(),
+        "offset advanced although nothing was accepted"
+    );
+    assert!(l.raw_lines().is_empty());
+}
+
+#[test]
+fn plaintext_is_refused_off_loopback() {
+    let m = MasterHome::new();
+    let out = m.run(&[
+        "listener",
+        "--plaintext",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback only"), "{err}");
+}
