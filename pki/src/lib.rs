@@ -24,6 +24,7 @@ pub mod random;
 pub mod role;
 pub mod secure_fs;
 pub mod serve;
+pub mod signing;
 pub mod tls;
 
 pub use authz::{AccessPolicy, Refusal, RoleSet};

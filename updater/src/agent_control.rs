@@ -1,0 +1,245 @@
+//! Starting and stopping the agent: spawned by the updater (pidfile, process
+//! discovery when the pidfile is missing or stale) or, when the agent runs as
+//! a systemd unit, through `systemctl` (a spawned child would inherit the
+//! updater's sandbox).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// How the agent is controlled.
+#[derive(Clone, Debug)]
+pub enum AgentControl {
+    /// The updater spawns `<install>/current/bin/decnet-agent`.
+    Spawn(SpawnControl),
+    /// The agent is a systemd unit.
+    Systemd {
+        /// The unit name, e.g. `decnet-agent.service`.
+        unit: String,
+    },
+}
+
+/// Settings of the spawn mode.
+#[derive(Clone, Debug)]
+pub struct SpawnControl {
+    /// The install dir (`current`, `agent.pid`, `agent.spawn.log`).
+    pub install_dir: PathBuf,
+    /// Arguments after `decnet-agent` (e.g. `serve --port 8765 --bundle-dir …`).
+    pub agent_args: Vec<String>,
+    /// SIGTERM → SIGKILL grace.
+    pub grace: Duration,
+}
+
+/// A control failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ControlError(pub String);
+
+/// Kernel start time of a pid (to tell a recycled pid apart).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    f.nth(18)?.parse().ok()
+}
+
+fn alive(pid: u32, started: u64) -> bool {
+    start_time(pid) == Some(started)
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+impl SpawnControl {
+    fn pidfile(&self) -> PathBuf {
+        self.install_dir.join("agent.pid")
+    }
+
+    /// The spawn log (the agent's stdout and stderr).
+    pub fn spawn_log(&self) -> PathBuf {
+        self.install_dir.join("agent.spawn.log")
+    }
+
+    fn read_pidfile(&self) -> Option<(u32, u64)> {
+        let text = std::fs::read_to_string(self.pidfile()).ok()?;
+        let mut it = text.split_whitespace();
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    }
+
+    /// Agent processes running from this install tree (pidfile lost).
+    fn discover(&self) -> Vec<(u32, u64)> {
+        let releases = self.install_dir.join("releases");
+        let releases = std::fs::canonicalize(&releases).unwrap_or(releases);
+        let mut found = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(exe) = std::fs::read_link(e.path().join("exe")) else {
+                continue;
+            };
+            let exe = PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
+            if exe.starts_with(&releases)
+                && exe.file_name().is_some_and(|n| n == "decnet-agent")
+                && let Some(t) = start_time(pid)
+            {
+                found.push((pid, t));
+            }
+        }
+        found
+    }
+
+    /// Whether the recorded agent is alive.
+    pub fn running_pid(&self) -> Option<u32> {
+        self.read_pidfile()
+            .filter(|(p, t)| alive(*p, *t))
+            .map(|(p, _)| p)
+    }
+
+    async fn stop(&self) {
+        let mut targets: Vec<(u32, u64)> = self
+            .read_pidfile()
+            .filter(|(p, t)| alive(*p, *t))
+            .into_iter()
+            .collect();
+        if targets.is_empty() {
+            targets = self.discover();
+        }
+        for (pid, _) in &targets {
+            signal(*pid, rustix::process::Signal::TERM);
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while targets.iter().any(|(p, t)| alive(*p, *t)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (pid, t) in &targets {
+            if alive(*pid, *t) {
+                tracing::warn!(pid, "agent ignored SIGTERM; killing it");
+                signal(*pid, rustix::process::Signal::KILL);
+            }
+        }
+        while targets.iter().any(|(p, t)| alive(*p, *t)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_file(self.pidfile());
+    }
+
+    async fn start(&self) -> Result<u32, ControlError> {
+        let bin = self.install_dir.join("current/bin/decnet-agent");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.spawn_log())
+            .map_err(|e| {
+                ControlError(format!("cannot open {}: {e}", self.spawn_log().display()))
+            })?;
+        let log2 = log.try_clone().map_err(|e| ControlError(e.to_string()))?;
+        let child = tokio::process::Command::new(&bin)
+            .args(&self.agent_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| ControlError(format!("cannot start {}: {e}", bin.display())))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| ControlError("agent exited at once".into()))?;
+        let t = start_time(pid).unwrap_or(0);
+        decnet_pki::secure_fs::write_atomic(
+            &self.pidfile(),
+            format!("{pid} {t}\n").as_bytes(),
+            0o644,
+        )
+        .map_err(|e| ControlError(format!("cannot write {}: {e}", self.pidfile().display())))?;
+        // The child is reaped by tokio in the background once it exits.
+        drop(child);
+        Ok(pid)
+    }
+}
+
+async fn systemctl(verb: &str, unit: &str) -> Result<(), ControlError> {
+    let out = tokio::process::Command::new("systemctl")
+        .args([verb, unit])
+        .output()
+        .await
+        .map_err(|e| ControlError(format!("cannot run systemctl: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ControlError(format!(
+            "systemctl {verb} {unit} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl AgentControl {
+    /// Stop the agent (no error when it is not running).
+    pub async fn stop(&self) -> Result<(), ControlError> {
+        match self {
+            AgentControl::Spawn(s) => {
+                s.stop().await;
+                Ok(())
+            }
+            AgentControl::Systemd { unit } => systemctl("stop", unit).await,
+        }
+    }
+
+    /// Start the agent from `current`.
+    pub async fn start(&self) -> Result<(), ControlError> {
+        match self {
+            AgentControl::Spawn(s) => s.start().await.map(|_| ()),
+            AgentControl::Systemd { unit } => systemctl("start", unit).await,
+        }
+    }
+
+    /// Whether the agent is (believed to be) running.
+    pub async fn is_running(&self) -> bool {
+        match self {
+            AgentControl::Spawn(s) => s.running_pid().is_some(),
+            AgentControl::Systemd { unit } => systemctl("is-active", unit).await.is_ok(),
+        }
+    }
+
+    /// The last lines the agent wrote (spawn mode), for failure reports.
+    pub fn log_tail(&self, lines: usize) -> String {
+        match self {
+            AgentControl::Spawn(s) => tail(&s.spawn_log(), lines),
+            AgentControl::Systemd { unit } => format!("see `journalctl -u {unit}`"),
+        }
+    }
+
+    /// The running agent's pid (spawn mode).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            AgentControl::Spawn(s) => s.running_pid(),
+            AgentControl::Systemd { .. } => None,
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether this process runs under systemd (`INVOCATION_ID` is set by it).
+pub fn under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some()
+}

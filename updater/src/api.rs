@@ -1,0 +1,245 @@
+//! The updater's HTTP API (mTLS, role Master on every route).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use decnet_pki::signing::Sha256Stream;
+use tokio::io::AsyncWriteExt;
+
+use crate::pipeline::{UpdateError, UpdaterCore, Upload};
+
+/// Shared state of the routes.
+pub struct ApiState {
+    /// The pipeline.
+    pub core: UpdaterCore,
+    /// This host.
+    pub host: String,
+    /// Where uploads are spooled.
+    pub upload_dir: PathBuf,
+    /// Called after a successful self-update (re-executes the process).
+    pub restart_self: Box<dyn Fn() + Send + Sync>,
+}
+
+fn error(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": kind, "detail": detail.into()})),
+    )
+        .into_response()
+}
+
+impl IntoResponse for UpdateError {
+    fn into_response(self) -> Response {
+        match self {
+            UpdateError::Refused(d) => error(StatusCode::BAD_REQUEST, "refused", d),
+            UpdateError::NotFound(d) => error(StatusCode::NOT_FOUND, "not_found", d),
+            UpdateError::RolledBack(r) => {
+                let mut v = serde_json::to_value(&*r).unwrap_or_default();
+                v["error"] = "rolled_back".into();
+                (StatusCode::CONFLICT, Json(v)).into_response()
+            }
+            UpdateError::Failed(r) => {
+                let mut v = serde_json::to_value(&*r).unwrap_or_default();
+                v["error"] = "failed".into();
+                (StatusCode::INTERNAL_SERVER_ERROR, Json(v)).into_response()
+            }
+        }
+    }
+}
+
+/// The router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let limit = usize::try_from(state.core.max_release)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
+    Router::new()
+        .route("/health", get(health))
+        .route("/releases", get(releases))
+        .route("/update", post(update))
+        .route("/update-self", post(update_self))
+        .route("/rollback", post(rollback))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn health(State(st): State<Arc<ApiState>>) -> Response {
+    Json(serde_json::json!({
+        "status": "ok",
+        "role": "updater",
+        "host": st.host,
+        "version": env!("CARGO_PKG_VERSION"),
+        "releases": st.core.slots.releases().unwrap_or_default(),
+        "agent_running": st.core.control.is_running().await,
+        "agent_pid": st.core.control.pid(),
+    }))
+    .into_response()
+}
+
+async fn releases(State(st): State<Arc<ApiState>>) -> Response {
+    match st.core.slots.releases() {
+        Ok(r) => Json(serde_json::json!({ "releases": r })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string()),
+    }
+}
+
+/// A received upload plus the form's text fields.
+struct Form {
+    upload: Option<Upload>,
+    confirm_self: Option<String>,
+}
+
+/// Removes the spooled tarball when the request is done.
+struct Spool(PathBuf);
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spool>), Response> {
+    let bad = |d: String| error(StatusCode::BAD_REQUEST, "bad_request", d);
+    let mut sha = None;
+    let mut sha256 = None;
+    let mut signature = None;
+    let mut confirm_self = None;
+    let mut file: Option<(Spool, [u8; 32])> = None;
+    while let Some(mut field) = mp
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("malformed multipart body: {e}")))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "tarball" {
+            std::fs::create_dir_all(&st.upload_dir).map_err(|e| bad(e.to_string()))?;
+            let path = st
+                .upload_dir
+                .join(format!("upload-{}.tar.gz", decnet_pki::random_hex(8)));
+            let spool = Spool(path.clone());
+            let mut out = tokio::fs::File::create(&path).await.map_err(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "failed",
+                    format!("cannot spool the upload: {e}"),
+                )
+            })?;
+            let mut digest = Sha256Stream::default();
+            while let Some(chunk) = field
+                .chunk()
+                .await
+                .map_err(|e| bad(format!("upload interrupted: {e}")))?
+            {
+                digest.update(&chunk);
+                out.write_all(&chunk).await.map_err(|e| {
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "failed",
+                        format!("cannot spool the upload: {e}"),
+                    )
+                })?;
+            }
+            out.flush().await.map_err(|e| bad(e.to_string()))?;
+            file = Some((spool, digest.finish()));
+        } else {
+            let text = field
+                .text()
+                .await
+                .map_err(|e| bad(format!("field {name}: {e}")))?;
+            match name.as_str() {
+                "sha" => sha = Some(text),
+                "sha256" => sha256 = Some(text),
+                "signature" => signature = Some(text).filter(|s| !s.trim().is_empty()),
+                "confirm_self" => confirm_self = Some(text),
+                _ => return Err(bad(format!("unknown field {name:?}"))),
+            }
+        }
+    }
+    let Some((spool, computed)) = file else {
+        return Ok((
+            Form {
+                upload: None,
+                confirm_self,
+            },
+            None,
+        ));
+    };
+    let sha256 = sha256.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        bad("sha256 is required: the SHA-256 of the tarball, so a corrupted or substituted upload is refused".into())
+    })?;
+    let upload = Upload {
+        path: spool.0.clone(),
+        sha: sha.unwrap_or_default(),
+        sha256: sha256.trim().to_string(),
+        computed,
+        signature,
+    };
+    Ok((
+        Form {
+            upload: Some(upload),
+            confirm_self,
+        },
+        Some(spool),
+    ))
+}
+
+async fn update(State(st): State<Arc<ApiState>>, mp: Multipart) -> Response {
+    let (form, _spool) = match read_form(&st, mp).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(up) = form.upload else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the tarball field is required",
+        );
+    };
+    match st.core.update(&up).await {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn update_self(State(st): State<Arc<ApiState>>, mp: Multipart) -> Response {
+    let (form, _spool) = match read_form(&st, mp).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if !form
+        .confirm_self
+        .as_deref()
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("true"))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "update-self replaces the updater itself; send confirm_self=true",
+        );
+    }
+    let Some(up) = form.upload else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the tarball field is required",
+        );
+    };
+    match st.core.update_self(&up).await {
+        Ok(s) => {
+            (st.restart_self)();
+            Json(s).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn rollback(State(st): State<Arc<ApiState>>) -> Response {
+    match st.core.rollback().await {
+        Ok(s) => Json(s).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,279 @@
+//! `decnet-updater`: the worker's release manager daemon.
+//!
+//! Exit codes: 0 clean shutdown, 1 runtime failure, 2 setup error (missing
+//! bundle, bad flags, cannot bind).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use decnet_pki::{AcceptOptions, Bundle, BundleKind, MtlsListener, Role, RoleSet};
+use decnet_updater::agent_control::{AgentControl, SpawnControl, under_systemd};
+use decnet_updater::api::{ApiState, router};
+use decnet_updater::pipeline::UpdaterCore;
+use decnet_updater::probe::{ProbeOptions, Prober};
+use decnet_updater::slots::ReleaseSlots;
+
+/// decnet updater: installs agent releases, probes them, reverts bad ones.
+#[derive(Debug, Parser)]
+#[command(name = "decnet-updater", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ControlArg {
+    Spawn,
+    Systemd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the updater API over mTLS.
+    Serve {
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: IpAddr,
+        /// Listen port.
+        #[arg(long, default_value_t = 8766)]
+        port: u16,
+        /// Updater bundle (updater.key, updater.crt, ca.crt); default ~/.decnet/updater.
+        #[arg(long, value_name = "DIR")]
+        bundle_dir: Option<PathBuf>,
+        /// Install dir of the releases.
+        #[arg(long, default_value = "/opt/decnet", value_name = "DIR")]
+        install_dir: PathBuf,
+        /// The agent's bundle (passed to the agent; its fingerprint is pinned by the probe); default ~/.decnet/agent.
+        #[arg(long, value_name = "DIR")]
+        agent_bundle_dir: Option<PathBuf>,
+        /// How the agent is run: spawn it, or restart its systemd unit (default: systemd when running under systemd).
+        #[arg(long, value_enum)]
+        agent_control: Option<ControlArg>,
+        /// The agent's systemd unit.
+        #[arg(long, default_value = "decnet-agent.service")]
+        agent_unit: String,
+        /// The agent's port (probe target, and passed to a spawned agent).
+        #[arg(long, default_value_t = 8765)]
+        agent_port: u16,
+        /// Extra argument for a spawned agent (repeatable), e.g. --agent-arg=--state-dir=/var/lib/decnet.
+        #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+        /// Previous releases to keep.
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+        /// Largest release, extracted, in MiB.
+        #[arg(long, default_value_t = 256)]
+        max_release_mb: u64,
+        /// Require releases signed with this Ed25519 public key (file written by `decnet release keygen`).
+        #[arg(long, value_name = "FILE")]
+        release_pubkey: Option<PathBuf>,
+        /// Probe attempts.
+        #[arg(long, default_value_t = 10)]
+        probe_attempts: u32,
+        /// Probe timeout per attempt, seconds.
+        #[arg(long, default_value_t = 3)]
+        probe_timeout: u64,
+        /// Pause between probe attempts, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        probe_interval_ms: u64,
+        /// SIGTERM → SIGKILL grace when stopping the agent, seconds.
+        #[arg(long, default_value_t = 10)]
+        stop_grace: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DECNET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    decnet_pki::provider::install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let Command::Serve { .. } = &cli.command;
+    std::process::exit(rt.block_on(serve(cli.command)));
+}
+
+fn setup_error(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    2
+}
+
+async fn serve(cmd: Command) -> i32 {
+    let Command::Serve {
+        host,
+        port,
+        bundle_dir,
+        install_dir,
+        agent_bundle_dir,
+        agent_control,
+        agent_unit,
+        agent_port,
+        agent_args,
+        keep,
+        max_release_mb,
+        release_pubkey,
+        probe_attempts,
+        probe_timeout,
+        probe_interval_ms,
+        stop_grace,
+    } = cmd;
+    let home = decnet_pki::bundle::default_decnet_home();
+    let bundle_dir = bundle_dir.unwrap_or_else(|| home.join("updater"));
+    let agent_bundle_dir = agent_bundle_dir.unwrap_or_else(|| home.join("agent"));
+    let bundle = match Bundle::load(&bundle_dir, BundleKind::Updater) {
+        Ok(b) => b,
+        Err(e) => return setup_error(e),
+    };
+    let Role::Updater(host_name) = bundle.identity.role.clone() else {
+        return setup_error(format!(
+            "the bundle in {} is not an updater bundle (CN updater@<host>); enroll with `decnet swarm enroll --updater`",
+            bundle_dir.display()
+        ));
+    };
+    let agent_pin = Bundle::load(&agent_bundle_dir, BundleKind::Agent)
+        .ok()
+        .map(|b| b.identity.fingerprint);
+    let verifier = match &release_pubkey {
+        Some(p) => match decnet_pki::signing::ReleaseVerifier::load(p) {
+            Ok(v) => Some(v),
+            Err(e) => return setup_error(e),
+        },
+        None => None,
+    };
+    let slots = match ReleaseSlots::open(&install_dir, keep) {
+        Ok(s) => s,
+        Err(e) => return setup_error(e),
+    };
+    let self_slots = match ReleaseSlots::open(&install_dir.join("updater"), keep) {
+        Ok(s) => s,
+        Err(e) => return setup_error(e),
+    };
+    let systemd = match agent_control {
+        Some(ControlArg::Systemd) => true,
+        Some(ControlArg::Spawn) => false,
+        None => under_systemd(),
+    };
+    let control = if systemd {
+        AgentControl::Systemd { unit: agent_unit }
+    } else {
+        let mut args = vec![
+            "serve".to_string(),
+            "--port".into(),
+            agent_port.to_string(),
+            "--bundle-dir".into(),
+            agent_bundle_dir.display().to_string(),
+        ];
+        args.extend(agent_args);
+        AgentControl::Spawn(SpawnControl {
+            install_dir: install_dir.clone(),
+            agent_args: args,
+            grace: Duration::from_secs(stop_grace),
+        })
+    };
+    let prober = match Prober::new(
+        &bundle,
+        agent_pin,
+        host_name.to_string(),
+        ProbeOptions {
+            port: agent_port,
+            attempts: probe_attempts.max(1),
+            timeout: Duration::from_secs(probe_timeout.max(1)),
+            interval: Duration::from_millis(probe_interval_ms),
+        },
+    ) {
+        Ok(p) => p,
+        Err(e) => return setup_error(e),
+    };
+    let core = UpdaterCore::new(
+        slots,
+        self_slots,
+        control,
+        prober,
+        max_release_mb << 20,
+        verifier,
+    );
+    if let Err(e) = core.recover().await {
+        return setup_error(format!("cannot recover the release tree: {e}"));
+    }
+    let config = match decnet_pki::server_config(&bundle) {
+        Ok(c) => c,
+        Err(e) => return setup_error(e),
+    };
+    let listener = match MtlsListener::bind(
+        SocketAddr::new(host, port),
+        config,
+        AcceptOptions::default(),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => return setup_error(format!("cannot listen on {host}:{port}: {e}")),
+    };
+    let self_bin = core.self_binary();
+    let state = Arc::new(ApiState {
+        core,
+        host: host_name.to_string(),
+        upload_dir: install_dir.join(".uploads"),
+        restart_self: Box::new(move || {
+            let bin = self_bin.clone();
+            std::thread::spawn(move || {
+                // Let the response reach the client first.
+                std::thread::sleep(Duration::from_millis(500));
+                tracing::info!(binary = %bin.display(), "re-executing the new updater");
+                use std::os::unix::process::CommandExt;
+                let err = std::process::Command::new(&bin)
+                    .args(std::env::args_os().skip(1))
+                    .exec();
+                tracing::error!(error = %err, "re-exec failed; exiting so the supervisor restarts us");
+                std::process::exit(1);
+            });
+        }),
+    });
+    println!("decnet-updater listening on {}", listener.local_addr());
+    tracing::info!(addr = %listener.local_addr(), install = %install_dir.display(), "updater serving");
+    match decnet_pki::serve::serve_router(
+        listener,
+        router(state),
+        RoleSet::master_only(),
+        shutdown_signal(),
+    )
+    .await
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: serving failed: {e}");
+            1
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The update pipeline: verify → extract → preflight → promote → restart →
+//! probe → commit, or revert. Also rollback, crash recovery from the journal,
+//! and self-update. Operations are serialized.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use decnet_pki::signing::ReleaseVerifier;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::agent_control::AgentControl;
+use crate::extract::{ExtractError, extract_release};
+use crate::probe::{ProbeReport, Prober};
+use crate::slots::{JournalOp, ReleaseInfo, ReleaseSlots, SlotError};
+
+/// An uploaded release, already on disk.
+#[derive(Debug)]
+pub struct Upload {
+    /// The tarball file (deleted afterwards by the caller).
+    pub path: PathBuf,
+    /// Release label.
+    pub sha: String,
+    /// Declared SHA-256 (hex).
+    pub sha256: String,
+    /// SHA-256 computed while receiving.
+    pub computed: [u8; 32],
+    /// Ed25519 signature over the digest (hex), if sent.
+    pub signature: Option<String>,
+}
+
+/// Why an operation failed, mapped to an HTTP status by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The request is wrong (digest, signature, tarball, preflight): 400.
+    #[error("{0}")]
+    Refused(String),
+    /// Nothing to roll back to: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The new release was unhealthy and was reverted: 409.
+    #[error("the new release failed its health probe and was rolled back")]
+    RolledBack(Box<FailureReport>),
+    /// Something broke and the host may be unhealthy: 500.
+    #[error("{}", .0.detail)]
+    Failed(Box<FailureReport>),
+}
+
+/// What the operator needs to see about a failed promotion.
+#[derive(Debug, Serialize)]
+pub struct FailureReport {
+    /// Whether the previous release was restored.
+    pub rolled_back: bool,
+    /// Whether the restored release answered healthy.
+    pub restored_healthy: bool,
+    /// Summary.
+    pub detail: String,
+    /// Probe of the failed release.
+    pub probe: Option<ProbeReport>,
+    /// Probe after restoring.
+    pub restore_probe: Option<ProbeReport>,
+    /// The agent's last output.
+    pub stderr: String,
+}
+
+/// A successful update or rollback.
+#[derive(Debug, Serialize)]
+pub struct Success {
+    /// `updated`, `rolled_back` or `restarting`.
+    pub status: &'static str,
+    /// The active release now.
+    pub release: Option<ReleaseInfo>,
+    /// The probe.
+    pub probe: Option<ProbeReport>,
+}
+
+/// Test seam: abort the process at a named step (`DECNET_UPDATER_CRASH_AT`),
+/// to prove that recovery from the journal works for a crash at that point.
+fn crash_point(step: &str) {
+    if std::env::var("DECNET_UPDATER_CRASH_AT").is_ok_and(|s| s == step) {
+        eprintln!("crash injected at {step}");
+        std::process::abort();
+    }
+}
+
+/// Settings of the pipeline.
+pub struct UpdaterCore {
+    /// The agent's releases.
+    pub slots: ReleaseSlots,
+    /// The updater's own releases.
+    pub self_slots: ReleaseSlots,
+    /// How the agent is run.
+    pub control: AgentControl,
+    /// The health probe.
+    pub prober: Prober,
+    /// Largest release (extracted bytes).
+    pub max_release: u64,
+    /// Required signature key, if any.
+    pub verifier: Option<ReleaseVerifier>,
+    lock: Mutex<()>,
+}
+
+impl UpdaterCore {
+    /// Assemble the pipeline.
+    pub fn new(
+        slots: ReleaseSlots,
+        self_slots: ReleaseSlots,
+        control: AgentControl,
+        prober: Prober,
+        max_release: u64,
+        verifier: Option<ReleaseVerifier>,
+    ) -> Self {
+        UpdaterCore {
+            slots,
+            self_slots,
+            control,
+            prober,
+            max_release,
+            verifier,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn verify(&self, up: &Upload) -> Result<(), UpdateError> {
+        let declared = decnet_pki::signing::parse_sha256(&up.sha256).ok_or_else(|| {
+            UpdateError::Refused("sha256 must be the 64-hex-digit SHA-256 of the tarball".into())
+        })?;
+        if declared != up.computed {
+            return Err(UpdateError::Refused(format!(
+                "sha256 mismatch: declared {}, received {}; nothing was installed",
+                up.sha256.to_lowercase(),
+                decnet_pki::signing::digest_hex(&up.computed)
+            )));
+        }
+        if let Some(v) = &self.verifier {
+            let sig = up.signature.as_deref().ok_or_else(|| {
+                UpdateError::Refused(
+                    "this updater requires signed releases; the upload carries no signature".into(),
+                )
+            })?;
+            v.verify_digest(&up.computed, sig)
+                .map_err(|e| UpdateError::Refused(format!("release signature refused: {e}")))?;
+        }
+        if up.sha.trim().is_empty() {
+            return Err(UpdateError::Refused(
+                "sha (the release label) is required".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn free_space_ok(&self, dir: &Path, need: u64) -> Result<(), UpdateError> {
+        if let Ok(st) = rustix::fs::statvfs(dir) {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            if free < need {
+                return Err(UpdateError::Refused(format!(
+                    "not enough free disk space in {}: {free} bytes free, {need} needed",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Extract and preflight into a new slot of `slots`; returns its id.
+    async fn stage(
+        &self,
+        slots: &ReleaseSlots,
+        up: &Upload,
+        binary: &str,
+    ) -> Result<String, UpdateError> {
+        let size = std::fs::metadata(&up.path).map(|m| m.len()).unwrap_or(0);
+        self.free_space_ok(slots.root(), size.saturating_mul(3).max(16 << 20))?;
+        let (id, staging) = slots.new_staging(&up.sha).map_err(internal)?;
+        let tarball = up.path.clone();
+        let cap = self.max_release;
+        let dest = staging.clone();
+        let extracted = tokio::task::spawn_blocking(move || extract_release(&tarball, &dest, cap))
+            .await
+            .map_err(|e| UpdateError::Refused(format!("extraction failed: {e}")))?;
+        if let Err(e) = extracted {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(match e {
+                ExtractError::Io(e) => internal_msg(format!("cannot extract: {e}")),
+                e => UpdateError::Refused(e.to_string()),
+            });
+        }
+        crash_point("after_extract");
+        if let Err(e) = preflight(&staging.join("bin").join(binary)).await {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(UpdateError::Refused(format!(
+                "preflight of bin/{binary} failed: {e}; the running release is untouched"
+            )));
+        }
+        let info = ReleaseInfo {
+            slot: id.clone(),
+            sha: up.sha.trim().to_string(),
+            sha256: decnet_pki::signing::digest_hex(&up.computed),
+            installed_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        };
+        slots
+            .finish_staging(&id, &staging, &info)
+            .map_err(internal)?;
+        Ok(id)
+    }
+
+    /// Install a new agent release.
+    pub async fn update(&self, up: &Upload) -> Result<Success, UpdateError> {
+        let _serial = self.lock.lock().await;
+        self.verify(up)?;
+        let id = self.stage(&self.slots, up, "decnet-agent").await?;
+        self.promote_and_probe(JournalOp::Update, &id).await
+    }
+
+    /// Go back to the previous release.
+    pub async fn rollback(&self) -> Result<Success, UpdateError> {
+        let _serial = self.lock.lock().await;
+        let st = self.slots.state().map_err(internal)?;
+        let Some(target) = st.previous.first().cloned() else {
+            return Err(UpdateError::NotFound(
+                "no previous release to roll back to".into(),
+            ));
+        };
+        self.promote_and_probe(JournalOp::Rollback, &target).await
+    }
+
+    async fn promote_and_probe(&self, op: JournalOp, id: &str) -> Result<Success, UpdateError> {
+        let journal = self.slots.promote(op, id).map_err(internal)?;
+        crash_point("after_promote");
+        self.control.stop().await.map_err(|e| internal_msg(e.0))?;
+        crash_point("after_stop");
+        let started = self.control.start().await;
+        crash_point("after_start");
+        let report = match started {
+            Ok(()) => self.prober.probe().await,
+            Err(e) => ProbeReport {
+                healthy: false,
+                version: None,
+                transcript: vec![format!("agent did not start: {e}")],
+            },
+        };
+        if report.healthy {
+            self.slots.commit().map_err(internal)?;
+            return Ok(Success {
+                status: if op == JournalOp::Update {
+                    "updated"
+                } else {
+                    "rolled_back"
+                },
+                release: self.slots.info(id),
+                probe: Some(report),
+            });
+        }
+        // Unhealthy: revert to what ran before.
+        let stderr = self.control.log_tail(40);
+        tracing::warn!(slot = %id, "release failed its health probe; reverting");
+        let _ = self.control.stop().await;
+        self.slots.revert(&journal).map_err(internal)?;
+        if journal.from.is_none() {
+            return Err(UpdateError::RolledBack(Box::new(FailureReport {
+                rolled_back: false,
+                restored_healthy: false,
+                detail: "the first release failed its health probe; it was removed and nothing is installed".into(),
+                probe: Some(report),
+                restore_probe: None,
+                stderr,
+            })));
+        }
+        let restore = match self.control.start().await {
+            Ok(()) => self.prober.probe().await,
+            Err(e) => ProbeReport {
+                healthy: false,
+                version: None,
+                transcript: vec![format!("previous agent did not start: {e}")],
+            },
+        };
+        let healthy = restore.healthy;
+        let failure = FailureReport {
+            rolled_back: true,
+            restored_healthy: healthy,
+            detail: if healthy {
+                format!(
+                    "{} failed its health probe; the previous release was restored and is healthy",
+                    id
+                )
+            } else {
+                format!(
+                    "{} failed its health probe; the previous release was restored but is NOT healthy",
+                    id
+                )
+            },
+            probe: Some(report),
+            restore_probe: Some(restore),
+            stderr,
+        };
+        if healthy && op == JournalOp::Update {
+            Err(UpdateError::RolledBack(Box::new(failure)))
+        } else {
+            Err(UpdateError::Failed(Box::new(failure)))
+        }
+    }
+
+    /// At start: resolve an interrupted promotion from the journal, then make
+    /// sure the agent runs.
+    pub async fn recover(&self) -> Result<(), SlotError> {
+        let _serial = self.lock.lock().await;
+        for slots in [&self.slots, &self.self_slots] {
+            if let Some(j) = slots.journal()? {
+                if std::ptr::eq(slots, &self.self_slots) {
+                    // Our own binary started fine (we are running it): keep it.
+                    slots.commit()?;
+                    continue;
+                }
+                tracing::warn!(op = ?j.op, to = %j.to, "resolving an interrupted promotion");
+                slots.reconcile()?;
+                let _ = self.control.stop().await;
+                let report = match self.control.start().await {
+                    Ok(()) => self.prober.probe().await,
+                    Err(_) => ProbeReport {
+                        healthy: false,
+                        version: None,
+                        transcript: vec![],
+                    },
+                };
+                if report.healthy {
+                    tracing::info!(slot = %j.to, "interrupted promotion finished: the new release is healthy");
+                    slots.commit()?;
+                } else {
+                    tracing::warn!(slot = %j.to, "interrupted promotion rolled back: the new release is not healthy");
+                    let _ = self.control.stop().await;
+                    slots.revert(&j)?;
+                    if j.from.is_some() {
+                        let _ = self.control.start().await;
+                    }
+                }
+            } else {
+                slots.reconcile()?;
+            }
+        }
+        // Leftover staging dirs of an interrupted extraction.
+        if let Ok(rd) = std::fs::read_dir(self.slots.root().join("releases")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".staging-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        if self.slots.current_target().is_some() && !self.control.is_running().await {
+            tracing::info!("agent not running; starting the active release");
+            if let Err(e) = self.control.start().await {
+                tracing::error!(error = %e, "cannot start the agent");
+            }
+        }
+        Ok(())
+    }
+
+    /// Install a new updater binary into the updater's own slots. The caller
+    /// re-executes the process afterwards.
+    pub async fn update_self(&self, up: &Upload) -> Result<Success, UpdateError> {
+        let _serial = self.lock.lock().await;
+        self.verify(up)?;
+        let id = self.stage(&self.self_slots, up, "decnet-updater").await?;
+        self.self_slots
+            .promote(JournalOp::Update, &id)
+            .map_err(internal)?;
+        Ok(Success {
+            status: "restarting",
+            release: self.self_slots.info(&id),
+            probe: None,
+        })
+    }
+
+    /// The path a self-update re-executes.
+    pub fn self_binary(&self) -> PathBuf {
+        self.self_slots.current_link().join("bin/decnet-updater")
+    }
+}
+
+/// `bin --version` must succeed within 10 s.
+async fn preflight(bin: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(bin).map_err(|_| "the release has no such file".to_string())?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err("not an executable file".into());
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(bin)
+            .arg("--version")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "`--version` did not finish within 10 s".to_string())?
+    .map_err(|e| format!("cannot run it: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`--version` exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn internal(e: SlotError) -> UpdateError {
+    internal_msg(e.to_string())
+}
+
+fn internal_msg(detail: String) -> UpdateError {
+    tracing::error!(%detail, "update failed");
+    UpdateError::Failed(Box::new(FailureReport {
+        rolled_back: false,
+        restored_healthy: false,
+        detail,
+        probe: None,
+        restore_probe: None,
+        stderr: String::new(),
+    }))
+}
