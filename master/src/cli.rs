@@ -46,6 +46,9 @@ pub enum Command {
     /// Manage the worker fleet.
     #[command(subcommand)]
     Swarm(SwarmCommand),
+    /// Build and sign release tarballs.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Receive the fleet's logs: RFC 5425 syslog over mTLS, credited to the
     /// peer certificate's CN.
     Listener {
@@ -116,6 +119,35 @@ pub enum CaCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `decnet release …`
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Create an Ed25519 release signing key (KEY, 0600) and its public key (KEY.pub).
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pack DIR (its bin/ and share/, never keys, .env, databases or logs)
+    /// into a .tar.gz with its SHA-256 and, with --sign, an Ed25519 signature.
+    Pack {
+        /// The release directory (with bin/decnet-agent and/or bin/decnet-updater).
+        dir: PathBuf,
+        /// The tarball to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Release label (default: the directory name).
+        #[arg(long)]
+        label: Option<String>,
+        /// Sign with this private key.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
     },
 }
 
@@ -226,6 +258,63 @@ pub enum SwarmCommand {
         /// CA location.
         #[command(flatten)]
         ca: CaDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push a release to hosts' updaters: canaries first, bounded
+    /// parallelism, halt at the first failure.
+    #[command(group(clap::ArgGroup::new("targets").required(true).multiple(false).args(["hosts", "all"])))]
+    Update {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// A release directory (packed on the fly) or a .tar.gz.
+        #[arg(long, value_name = "DIR|TARBALL")]
+        release: PathBuf,
+        /// Target host (repeatable).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Every live host.
+        #[arg(long)]
+        all: bool,
+        /// Hosts updated at once.
+        #[arg(long, default_value_t = 4)]
+        max_parallel: usize,
+        /// Update this many hosts first, one at a time; a failure there halts the rollout.
+        #[arg(long, default_value_t = 0)]
+        canary: usize,
+        /// Also replace each updater's own binary (bin/decnet-updater in the release).
+        #[arg(long)]
+        include_self: bool,
+        /// Keep going after a host fails.
+        #[arg(long)]
+        continue_on_error: bool,
+        /// Release label (default: directory or file name).
+        #[arg(long)]
+        label: Option<String>,
+        /// Sign the release with this key.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a host's previous release.
+    Rollback {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Host name.
+        host: String,
+    },
+    /// A host's installed releases (active first) and its update history.
+    Releases {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Host name.
+        host: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -379,6 +468,198 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             partial(r?, "some hosts did not answer")
         }
+        Command::Release(ReleaseCommand::Keygen { out, force }) => {
+            if out.exists() && !force {
+                return Err(UsageError(format!(
+                    "{} exists; pass --force to replace it",
+                    out.display()
+                ))
+                .into());
+            }
+            let public = decnet_pki::signing::ReleaseSigner::generate_to(&out)?;
+            println!(
+                "private key: {} (0600; keep it off the workers)",
+                out.display()
+            );
+            println!(
+                "public key:  {} = {public}",
+                decnet_pki::signing::public_key_path(&out).display()
+            );
+            println!("Workers: decnet-updater serve --release-pubkey <that .pub file>");
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Pack {
+            dir,
+            out,
+            label,
+            sign,
+        }) => {
+            let signer = match &sign {
+                Some(k) => Some(
+                    decnet_pki::signing::ReleaseSigner::load(k)
+                        .map_err(|e| UsageError(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let label = label.unwrap_or_else(|| dir_label(&dir));
+            let p = crate::release::pack(&dir, &out, &label, signer.as_ref())
+                .map_err(|e| UsageError(format!("{e:#}")))?;
+            println!("{}  {}", p.sha256, p.tarball.display());
+            println!(
+                "label {} — {} file(s){}",
+                p.label,
+                p.files.len(),
+                if p.signature.is_some() {
+                    ", signed"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        Command::Swarm(SwarmCommand::Update {
+            ca,
+            release,
+            hosts,
+            all,
+            max_parallel,
+            canary,
+            include_self,
+            continue_on_error,
+            label,
+            sign,
+            json,
+        }) => {
+            let _ = all;
+            let home = resolve(ca.ca_dir);
+            let signer = match &sign {
+                Some(k) => Some(
+                    decnet_pki::signing::ReleaseSigner::load(k)
+                        .map_err(|e| UsageError(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let tmp = tempfile::tempdir()?;
+            let rel = if release.is_dir() {
+                let label = label.clone().unwrap_or_else(|| dir_label(&release));
+                crate::release::pack(
+                    &release,
+                    &tmp.path().join("release.tar.gz"),
+                    &label,
+                    signer.as_ref(),
+                )
+                .map_err(|e| UsageError(format!("{e:#}")))?
+            } else if release.is_file() {
+                crate::release::existing(&release, label.as_deref(), signer.as_ref())?
+            } else {
+                return Err(UsageError(format!(
+                    "{} is neither a release directory nor a tarball",
+                    release.display()
+                ))
+                .into());
+            };
+            let db = open_db(&home).await?;
+            let plan = crate::rollout::RolloutPlan {
+                hosts,
+                max_parallel,
+                canary,
+                include_self,
+                continue_on_error,
+            };
+            if !json {
+                println!("release {} (sha256 {})", rel.label, rel.sha256);
+            }
+            let results =
+                crate::rollout::rollout(&db, &home.ca_layout(), &cli_actor(), &rel, &plan, !json)
+                    .await;
+            db.close().await;
+            let results = results?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                println!();
+                println!("{:<16} {:<12} {:<20} DETAIL", "HOST", "OUTCOME", "RELEASE");
+                for r in &results {
+                    println!(
+                        "{:<16} {:<12} {:<20} {}",
+                        r.host,
+                        r.outcome,
+                        r.release.as_deref().unwrap_or("-"),
+                        r.detail
+                    );
+                }
+            }
+            partial(
+                results.iter().all(|r| r.outcome == "updated"),
+                "the rollout did not update every host",
+            )
+        }
+        Command::Swarm(SwarmCommand::Rollback { ca, host }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let r = crate::rollout::rollback(&db, &home.ca_layout(), &cli_actor(), &host).await;
+            db.close().await;
+            let r = r?;
+            println!("{}: {} — {}", r.host, r.outcome, r.detail);
+            partial(r.outcome == "rolled_back", "rollback failed")
+        }
+        Command::Swarm(SwarmCommand::Releases { ca, host, json }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let master = crate::fleet_ops::master_bundle(&home.ca_layout())?;
+            let h = crate::fleet_ops::select_hosts(&db, std::slice::from_ref(&host))
+                .await?
+                .remove(0);
+            let history = db.update_history(&host, 20).await?;
+            let releases = match crate::rollout::updater_client(&master, &h) {
+                Ok(c) => c.releases().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            db.close().await;
+            if json {
+                let v = serde_json::json!({
+                    "host": host,
+                    "releases": releases.as_ref().ok(),
+                    "error": releases.as_ref().err(),
+                    "history": history,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                match &releases {
+                    Ok(rs) => {
+                        println!(
+                            "{:<8} {:<24} {:<20} {:<16} INSTALLED",
+                            "", "SLOT", "RELEASE", "SHA256"
+                        );
+                        for (i, r) in rs.iter().enumerate() {
+                            println!(
+                                "{:<8} {:<24} {:<20} {:<16} {}",
+                                if i == 0 { "active" } else { "previous" },
+                                r.slot,
+                                r.sha,
+                                r.sha256.chars().take(16).collect::<String>(),
+                                format_time(r.installed_at)
+                            );
+                        }
+                    }
+                    Err(e) => println!("releases unavailable: {e}"),
+                }
+                if !history.is_empty() {
+                    println!("\nhistory:");
+                    for u in &history {
+                        println!(
+                            "  {}  {:<12} {:<20} {:<12} {}",
+                            format_time(u.at),
+                            u.kind,
+                            u.release,
+                            u.outcome,
+                            u.detail
+                        );
+                    }
+                }
+            }
+            partial(releases.is_ok(), "the updater did not answer")
+        }
         Command::Listener {
             ca,
             host,
@@ -412,6 +693,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             swarm_decommission(&resolve(ca.ca_dir), &host, yes).await
         }
     }
+}
+
+/// The default release label: the directory's name.
+fn dir_label(dir: &std::path::Path) -> String {
+    std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "release".into())
 }
 
 /// Turn a "did everything succeed" flag into the exit status.

@@ -156,6 +156,25 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// One row of a host's update history.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpdateRecord {
+    /// Host.
+    pub host: String,
+    /// When (unix seconds).
+    pub at: i64,
+    /// `update`, `rollback` or `update_self`.
+    pub kind: String,
+    /// Release label.
+    pub release: String,
+    /// Tarball SHA-256.
+    pub sha256: String,
+    /// `updated`, `rolled_back`, `failed` or `skipped`.
+    pub outcome: String,
+    /// What happened.
+    pub detail: String,
+}
+
 /// Now, in unix seconds.
 pub fn unix_now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -228,6 +247,17 @@ impl FleetDb {
         Ok(FleetDb { pool, backend })
     }
 
+    /// A write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
+    /// writes later fails with "database is locked" instead of waiting when
+    /// another process committed in between.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Which dialect this database speaks.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -277,7 +307,7 @@ impl FleetDb {
         certs: &[CertRecord],
     ) -> Result<Vec<String>, DbError> {
         let now = unix_now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let previous: Vec<(String, String)> =
             sqlx::query("SELECT fingerprint, role FROM certificates WHERE host = $1")
                 .bind(&host.name)
@@ -375,7 +405,7 @@ impl FleetDb {
     /// on the deny list. Returns the newly revoked fingerprints.
     pub async fn decommission(&self, name: &str) -> Result<Vec<String>, DbError> {
         let now = unix_now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let certs: Vec<(String, String)> = sqlx::query(
             "SELECT fingerprint, role FROM certificates WHERE host = $1 \
              AND fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
@@ -506,6 +536,54 @@ impl FleetDb {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Record an update attempt.
+    pub async fn record_update(&self, r: &UpdateRecord) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO update_history (id, host, at, kind, release, sha256, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(decnet_pki::random_hex(16))
+        .bind(&r.host)
+        .bind(r.at)
+        .bind(&r.kind)
+        .bind(&r.release)
+        .bind(&r.sha256)
+        .bind(&r.outcome)
+        .bind(&r.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A host's update history, newest first.
+    pub async fn update_history(
+        &self,
+        host: &str,
+        limit: i64,
+    ) -> Result<Vec<UpdateRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT host, at, kind, release, sha256, outcome, detail FROM update_history \
+             WHERE host = $1 ORDER BY at DESC, id LIMIT $2",
+        )
+        .bind(host)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UpdateRecord {
+                    host: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    release: r.try_get(3)?,
+                    sha256: r.try_get(4)?,
+                    outcome: r.try_get(5)?,
+                    detail: r.try_get(6)?,
+                })
+            })
+            .collect()
     }
 
     /// The newest `limit` audit entries, newest first.

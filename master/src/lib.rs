@@ -5,6 +5,7 @@
 //! * [`fleet_ops`] — driving the agents (deploy, teardown, status, check);
 //! * [`home`] — where the master's files live;
 //! * [`log_gate`], [`listener_cmd`] — the syslog listener and its fleet check;
+//! * [`release`], [`rollout`] — release tarballs and fleet rollouts through the updaters;
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
@@ -14,3 +15,5 @@ pub mod fleet_ops;
 pub mod home;
 pub mod listener_cmd;
 pub mod log_gate;
+pub mod release;
+pub mod rollout;

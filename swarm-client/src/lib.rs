@@ -2,10 +2,13 @@
 //!
 //! * [`transport`] — the mTLS HTTP client (master bundle, CA-only
 //!   verification, fingerprint pin) and the error type shared by all clients;
-//! * [`agent`] — [`AgentClient`].
+//! * [`agent`] — [`AgentClient`];
+//! * [`updater`] — [`UpdaterClient`] (multipart upload, fail-closed pin).
 
 pub mod agent;
 pub mod transport;
+pub mod updater;
 
 pub use agent::AgentClient;
 pub use transport::{ClientError, Endpoint};
+pub use updater::UpdaterClient;

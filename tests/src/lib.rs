@@ -36,6 +36,8 @@ pub fn bin_dir() -> &'static Path {
             "decnet-master",
             "-p",
             "decnet-agent",
+            "-p",
+            "decnet-updater",
         ]);
         if profile_release {
             cmd.arg("--release");
@@ -497,4 +499,174 @@ pub fn append_lines(path: &Path, lines: &[String]) {
     for l in lines {
         writeln!(f, "{l}").expect("write");
     }
+}
+
+/// A free loopback port (bound and released: a tiny race, acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `decnet-updater` (spawn mode) for one enrolled host, with its
+/// install dir; kills the agent it spawned on drop.
+pub struct UpdaterFixture {
+    /// The updater daemon.
+    pub daemon: Daemon,
+    /// Install dir.
+    pub install: PathBuf,
+    /// Agent port.
+    pub agent_port: u16,
+    /// Agent state dir.
+    pub agent_state: PathBuf,
+    /// Host name.
+    pub host: String,
+}
+
+impl UpdaterFixture {
+    /// Start an updater for `host` (enrolled with `--updater`), recording its
+    /// ports in the fleet database.
+    pub fn start(master: &MasterHome, host: &str, env: &[(&str, &str)]) -> UpdaterFixture {
+        let base = master.dir.path().join(format!("{host}-node"));
+        let install = base.join("opt");
+        let agent_state = base.join("agent-state");
+        let agent_port = free_port();
+        let daemon = Self::spawn(
+            master,
+            host,
+            &install,
+            &agent_state,
+            agent_port,
+            free_port(),
+            env,
+        );
+        master.ok(&[
+            "swarm",
+            "set-endpoint",
+            host,
+            "--agent-port",
+            &agent_port.to_string(),
+            "--updater-port",
+            &daemon.port().to_string(),
+        ]);
+        UpdaterFixture {
+            daemon,
+            install,
+            agent_port,
+            agent_state,
+            host: host.to_string(),
+        }
+    }
+
+    fn spawn(
+        master: &MasterHome,
+        host: &str,
+        install: &Path,
+        agent_state: &Path,
+        agent_port: u16,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        std::fs::create_dir_all(install).expect("install dir");
+        let mut cmd = Command::new(bin("decnet-updater"));
+        // A fixed port: a self-updated updater re-executes and binds it again.
+        cmd.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--agent-control",
+            "spawn",
+        ])
+        .arg("--bundle-dir")
+        .arg(master.updater_bundle_dir(host))
+        .arg("--agent-bundle-dir")
+        .arg(master.agent_bundle_dir(host))
+        .arg("--install-dir")
+        .arg(install)
+        .args(["--agent-port", &agent_port.to_string()])
+        .args([
+            "--agent-arg=--host",
+            "--agent-arg=127.0.0.1",
+            "--agent-arg=--stop-grace",
+            "--agent-arg=2",
+        ])
+        .arg(format!("--agent-arg=--state-dir={}", agent_state.display()))
+        .args([
+            "--probe-attempts",
+            "12",
+            "--probe-interval-ms",
+            "250",
+            "--probe-timeout",
+            "2",
+            "--stop-grace",
+            "3",
+        ])
+        .env("DECNET_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let log = install.with_extension(format!("updater-{}.log", decnet_pki::random_hex(3)));
+        Daemon::start(cmd, log)
+    }
+
+    /// Restart the updater (same install dir and ports), with `env`.
+    pub fn restart(&mut self, master: &MasterHome, env: &[(&str, &str)]) {
+        self.daemon.stop();
+        let port = self.daemon.port();
+        self.daemon = Self::spawn(
+            master,
+            &self.host,
+            &self.install,
+            &self.agent_state,
+            self.agent_port,
+            port,
+            env,
+        );
+        master.ok(&[
+            "swarm",
+            "set-endpoint",
+            &self.host,
+            "--updater-port",
+            &self.daemon.port().to_string(),
+        ]);
+    }
+
+    /// The pid of the agent the updater runs (from its pidfile), if alive.
+    pub fn agent_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.install.join("agent.pid")).ok()?;
+        let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+}
+
+impl Drop for UpdaterFixture {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        if let Some(pid) = self.agent_pid() {
+            signal(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// A release dir with the real agent binary (and optionally the updater's).
+pub fn good_release(dir: &Path, with_updater: bool) -> PathBuf {
+    std::fs::create_dir_all(dir.join("bin")).expect("release dir");
+    std::fs::copy(bin("decnet-agent"), dir.join("bin/decnet-agent")).expect("copy agent");
+    if with_updater {
+        std::fs::copy(bin("decnet-updater"), dir.join("bin/decnet-updater")).expect("copy updater");
+    }
+    dir.to_path_buf()
+}
+
+/// A release whose agent passes `--version` but never becomes healthy.
+pub fn broken_release(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("bin")).expect("release dir");
+    let p = dir.join("bin/decnet-agent");
+    std::fs::write(&p, "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'decnet-agent 99.0-broken'; exit 0; fi\necho 'broken agent: cannot start' >&2\nexit 3\n").expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir.to_path_buf()
 }

@@ -21,6 +21,8 @@ pub struct ApiState {
     pub host: String,
     /// Where uploads are spooled.
     pub upload_dir: PathBuf,
+    /// Random id of this process image (changes on re-exec).
+    pub instance: String,
     /// Called after a successful self-update (re-executes the process).
     pub restart_self: Box<dyn Fn() + Send + Sync>,
 }
@@ -77,6 +79,7 @@ async fn health(State(st): State<Arc<ApiState>>) -> Response {
         "releases": st.core.slots.releases().unwrap_or_default(),
         "agent_running": st.core.control.is_running().await,
         "agent_pid": st.core.control.pid(),
+        "instance": st.instance,
     }))
     .into_response()
 }

@@ -230,6 +230,7 @@ async fn serve(cmd: Command) -> i32 {
         core,
         host: host_name.to_string(),
         upload_dir: install_dir.join(".uploads"),
+        instance: decnet_pki::random_hex(8),
         restart_self: Box::new(move || {
             let bin = self_bin.clone();
             std::thread::spawn(move || {

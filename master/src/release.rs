@@ -1,0 +1,244 @@
+//! Release tarballs: `decnet release keygen` and `decnet release pack`.
+//!
+//! A release is a gzip'd tar of an include-list — `bin/` (the binaries) and
+//! `share/` — never private keys, certificates, `.env*` files, databases or
+//! logs, plus a generated `release.json` (label, build time, per-file
+//! SHA-256). Beside the tarball go `<tarball>.sha256` and, when signed,
+//! `<tarball>.sig` (Ed25519 over the tarball's SHA-256).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use decnet_pki::signing::{ReleaseSigner, digest_hex, sha256_file};
+
+/// Top-level directories a release may contain.
+pub const INCLUDED_DIRS: &[&str] = &["bin", "share"];
+
+/// Whether a file name must never ship, whatever directory it is in.
+pub fn is_excluded(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.starts_with(".env")
+        || n.ends_with(".key")
+        || n.ends_with(".pem")
+        || n.ends_with(".crt")
+        || n.ends_with(".db")
+        || n.contains(".sqlite")
+        || n.ends_with(".log")
+        || n.ends_with("-wal")
+        || n.ends_with("-shm")
+        || n == "id_rsa"
+        || n == "id_ed25519"
+}
+
+/// A packed release.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackedRelease {
+    /// The tarball.
+    pub tarball: PathBuf,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Its signature, hex, when signed.
+    pub signature: Option<String>,
+    /// The release label.
+    pub label: String,
+    /// Files included (relative paths).
+    pub files: Vec<String>,
+}
+
+fn collect(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir.join(rel))
+        .with_context(|| format!("reading {}", dir.join(rel).display()))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let meta = std::fs::symlink_metadata(e.path())?;
+        let r = rel.join(&name);
+        if is_excluded(&name) {
+            continue;
+        }
+        if meta.is_dir() {
+            collect(dir, &r, out)?;
+        } else if meta.is_file() {
+            out.push(r);
+        }
+        // Symlinks and special files never ship.
+    }
+    Ok(())
+}
+
+/// Pack `dir` into `out` (a `.tar.gz`), labelled `label`, optionally signed.
+pub fn pack(
+    dir: &Path,
+    out: &Path,
+    label: &str,
+    signer: Option<&ReleaseSigner>,
+) -> anyhow::Result<PackedRelease> {
+    let mut files = Vec::new();
+    for top in INCLUDED_DIRS {
+        if dir.join(top).is_dir() {
+            collect(dir, Path::new(top), &mut files)?;
+        }
+    }
+    if !files
+        .iter()
+        .any(|f| f == Path::new("bin/decnet-agent") || f == Path::new("bin/decnet-updater"))
+    {
+        anyhow::bail!(
+            "{} has no bin/decnet-agent or bin/decnet-updater; a release needs at least one of them",
+            dir.display()
+        );
+    }
+    let mut manifest = serde_json::Map::new();
+    for f in &files {
+        manifest.insert(
+            f.display().to_string(),
+            digest_hex(&sha256_file(&dir.join(f))?).into(),
+        );
+    }
+    let release_json = serde_json::to_vec_pretty(&serde_json::json!({
+        "version": label,
+        "built_at": time::OffsetDateTime::now_utc().unix_timestamp(),
+        "files": manifest,
+    }))?;
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = out.with_extension("partial");
+    {
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let gz = flate2::write::GzEncoder::new(
+            std::io::BufWriter::new(file),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        let header = |size: u64, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size);
+            h.set_mode(mode);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            h
+        };
+        let mut h = header(release_json.len() as u64, 0o644);
+        tar.append_data(&mut h, "release.json", release_json.as_slice())?;
+        for f in &files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join(f);
+            let meta = std::fs::metadata(&path)?;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let mut h = header(meta.len(), mode);
+            tar.append_data(&mut h, f, std::fs::File::open(&path)?)?;
+        }
+        let gz = tar.into_inner()?;
+        let mut w = gz.finish()?;
+        std::io::Write::flush(&mut w)?;
+        w.get_ref().sync_all()?;
+    }
+    std::fs::rename(&tmp, out)?;
+    let digest = sha256_file(out)?;
+    let sha256 = digest_hex(&digest);
+    std::fs::write(
+        sidecar(out, "sha256"),
+        format!("{sha256}  {}\n", file_name(out)),
+    )?;
+    let signature = signer.map(|s| s.sign_digest(&digest));
+    if let Some(sig) = &signature {
+        std::fs::write(sidecar(out, "sig"), format!("{sig}\n"))?;
+    }
+    Ok(PackedRelease {
+        tarball: out.to_path_buf(),
+        sha256,
+        signature,
+        label: label.to_string(),
+        files: files.iter().map(|f| f.display().to_string()).collect(),
+    })
+}
+
+/// `<tarball>.<ext>`.
+pub fn sidecar(tarball: &Path, ext: &str) -> PathBuf {
+    let mut s = tarball.as_os_str().to_owned();
+    s.push(".");
+    s.push(ext);
+    s.into()
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// An existing tarball with its digest and (if present beside it) signature.
+pub fn existing(
+    tarball: &Path,
+    label: Option<&str>,
+    signer: Option<&ReleaseSigner>,
+) -> anyhow::Result<PackedRelease> {
+    let digest = sha256_file(tarball).with_context(|| format!("reading {}", tarball.display()))?;
+    let signature = match signer {
+        Some(s) => Some(s.sign_digest(&digest)),
+        None => std::fs::read_to_string(sidecar(tarball, "sig"))
+            .ok()
+            .map(|s| s.trim().to_string()),
+    };
+    Ok(PackedRelease {
+        tarball: tarball.to_path_buf(),
+        sha256: digest_hex(&digest),
+        signature,
+        label: label
+            .map(str::to_string)
+            .unwrap_or_else(|| file_name(tarball).trim_end_matches(".tar.gz").to_string()),
+        files: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_includes_only_the_include_list_and_never_secrets() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("rel");
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        std::fs::create_dir_all(src.join("share/doc")).unwrap();
+        std::fs::write(src.join("bin/decnet-agent"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(src.join("share/doc/README"), b"doc").unwrap();
+        for secret in [
+            "bin/worker.key",
+            "bin/.env",
+            "share/master.db",
+            "share/agent.log",
+            "share/ca.crt",
+        ] {
+            std::fs::write(src.join(secret), b"secret").unwrap();
+        }
+        std::fs::write(src.join("notes.txt"), b"outside the include-list").unwrap();
+        let out = d.path().join("out/r.tar.gz");
+        let p = pack(&src, &out, "v1", None).unwrap();
+        assert_eq!(p.files, vec!["bin/decnet-agent", "share/doc/README"]);
+        let mut names = Vec::new();
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(&out).unwrap(),
+        ));
+        for e in a.entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().display().to_string());
+        }
+        assert_eq!(
+            names,
+            vec!["release.json", "bin/decnet-agent", "share/doc/README"]
+        );
+        let side = std::fs::read_to_string(sidecar(&out, "sha256")).unwrap();
+        assert!(side.starts_with(&p.sha256));
+        assert!(pack(&d.path().join("out"), &d.path().join("x.tar.gz"), "v", None).is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! Fleet rollouts through the updaters: canaries first, bounded parallelism,
+//! halt at the first failure (unless told to continue), per-host progress,
+//! a summary table, update history and audit records.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use decnet_pki::{Bundle, CaLayout, Fingerprint};
+use decnet_swarm_client::updater::{ReleaseUpload, UpdateOutcome};
+use decnet_swarm_client::{ClientError, UpdaterClient};
+use tokio::sync::Semaphore;
+
+use crate::fleet_db::{AuditEntry, FleetDb, HostRecord, UpdateRecord, unix_now};
+use crate::fleet_ops::{master_bundle, select_hosts};
+use crate::release::PackedRelease;
+
+/// How to roll out.
+#[derive(Clone, Debug)]
+pub struct RolloutPlan {
+    /// Hosts by name (empty = all live hosts).
+    pub hosts: Vec<String>,
+    /// Hosts updated at once.
+    pub max_parallel: usize,
+    /// How many hosts go first, alone, as canaries.
+    pub canary: usize,
+    /// Also replace each updater's own binary.
+    pub include_self: bool,
+    /// Keep going after a failure.
+    pub continue_on_error: bool,
+}
+
+/// One host's result.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HostResult {
+    /// Host.
+    pub host: String,
+    /// `updated`, `rolled_back`, `failed` or `skipped`.
+    pub outcome: String,
+    /// Active release label afterwards, when known.
+    pub release: Option<String>,
+    /// What happened.
+    pub detail: String,
+}
+
+/// A client of `host`'s updater (fails closed without a recorded fingerprint).
+pub fn updater_client(master: &Bundle, host: &HostRecord) -> Result<UpdaterClient, ClientError> {
+    let pin = match host.updater_fingerprint.as_deref() {
+        Some(fp) => Some(fp.parse::<Fingerprint>().map_err(|_| {
+            ClientError::Setup(format!(
+                "host {} has a malformed updater fingerprint",
+                host.name
+            ))
+        })?),
+        None => None,
+    };
+    UpdaterClient::new(&host.name, master, &host.address, host.updater_port, pin)
+}
+
+async fn update_one(
+    master: &Bundle,
+    host: &HostRecord,
+    rel: &PackedRelease,
+    include_self: bool,
+) -> HostResult {
+    let result = |outcome: &str, release: Option<String>, detail: String| HostResult {
+        host: host.name.clone(),
+        outcome: outcome.into(),
+        release,
+        detail,
+    };
+    let client = match updater_client(master, host) {
+        Ok(c) => c,
+        Err(e) => return result("failed", None, e.to_string()),
+    };
+    let up = ReleaseUpload {
+        tarball: &rel.tarball,
+        sha: &rel.label,
+        sha256: &rel.sha256,
+        signature: rel.signature.as_deref(),
+    };
+    let mut res = match client.update(&up).await {
+        Ok(UpdateOutcome::Updated(done)) => result(
+            "updated",
+            done.release.map(|r| r.sha),
+            "new release is live and healthy".into(),
+        ),
+        Ok(UpdateOutcome::RolledBack(body)) => result(
+            "rolled_back",
+            None,
+            body["detail"]
+                .as_str()
+                .unwrap_or("release failed its health probe and was reverted")
+                .to_string(),
+        ),
+        Err(e) => result("failed", None, e.to_string()),
+    };
+    if include_self && res.outcome == "updated" {
+        match client.update_self(&up, Duration::from_secs(60)).await {
+            Ok(h) => {
+                res.detail = format!("{}; updater replaced (version {})", res.detail, h.version)
+            }
+            Err(e) => {
+                res.outcome = "failed".into();
+                res.detail = format!("agent updated, but the updater self-update failed: {e}");
+            }
+        }
+    }
+    res
+}
+
+/// Run a rollout; returns every host's result (in host order).
+pub async fn rollout(
+    db: &FleetDb,
+    layout: &CaLayout,
+    actor: &str,
+    rel: &PackedRelease,
+    plan: &RolloutPlan,
+    progress: bool,
+) -> anyhow::Result<Vec<HostResult>> {
+    let master = Arc::new(master_bundle(layout)?);
+    let hosts = select_hosts(db, &plan.hosts).await?;
+    let halted = Arc::new(AtomicBool::new(false));
+    let mut results: Vec<HostResult> = Vec::new();
+    let canaries = plan.canary.min(hosts.len());
+    let batches: Vec<Vec<HostRecord>> = if canaries > 0 {
+        vec![hosts[..canaries].to_vec(), hosts[canaries..].to_vec()]
+    } else {
+        vec![hosts.clone()]
+    };
+    let total = hosts.len();
+    let mut done = 0usize;
+    for (i, batch) in batches.into_iter().enumerate() {
+        if batch.is_empty() {
+            continue;
+        }
+        if progress && canaries > 0 {
+            println!(
+                "{}",
+                if i == 0 {
+                    "== canaries =="
+                } else {
+                    "== rest of the fleet =="
+                }
+            );
+        }
+        let sem = Arc::new(Semaphore::new(if i == 0 && canaries > 0 {
+            1
+        } else {
+            plan.max_parallel.max(1)
+        }));
+        let mut set = tokio::task::JoinSet::new();
+        for h in batch {
+            let (sem, master, halted, rel) =
+                (sem.clone(), master.clone(), halted.clone(), rel.clone());
+            let include_self = plan.include_self;
+            let cont = plan.continue_on_error;
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                if halted.load(Ordering::SeqCst) {
+                    return HostResult {
+                        host: h.name.clone(),
+                        outcome: "skipped".into(),
+                        release: None,
+                        detail: "rollout halted after a failure".into(),
+                    };
+                }
+                if progress {
+                    println!("{:<16} uploading {} …", h.name, rel.label);
+                }
+                let r = update_one(&master, &h, &rel, include_self).await;
+                if r.outcome != "updated" && !cont {
+                    halted.store(true, Ordering::SeqCst);
+                }
+                r
+            });
+        }
+        while let Some(j) = set.join_next().await {
+            let r = j?;
+            done += 1;
+            if progress {
+                println!(
+                    "[{done}/{total}] {:<16} {:<12} {}",
+                    r.host,
+                    r.outcome.to_uppercase(),
+                    r.detail
+                );
+            }
+            db.record_update(&UpdateRecord {
+                host: r.host.clone(),
+                at: unix_now(),
+                kind: if plan.include_self {
+                    "update+self".into()
+                } else {
+                    "update".into()
+                },
+                release: rel.label.clone(),
+                sha256: rel.sha256.clone(),
+                outcome: r.outcome.clone(),
+                detail: r.detail.clone(),
+            })
+            .await?;
+            db.audit(&AuditEntry {
+                at: unix_now(),
+                actor: actor.into(),
+                action: "swarm.update".into(),
+                target: r.host.clone(),
+                outcome: if r.outcome == "updated" {
+                    "ok".into()
+                } else {
+                    r.outcome.clone()
+                },
+                detail: format!("release={} sha256={} {}", rel.label, rel.sha256, r.detail),
+            })
+            .await?;
+            results.push(r);
+        }
+    }
+    results.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(results)
+}
+
+/// `decnet swarm rollback HOST`.
+pub async fn rollback(
+    db: &FleetDb,
+    layout: &CaLayout,
+    actor: &str,
+    host: &str,
+) -> anyhow::Result<HostResult> {
+    let master = master_bundle(layout)?;
+    let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let client = updater_client(&master, &h)?;
+    let r = match client.rollback().await {
+        Ok(done) => HostResult {
+            host: host.into(),
+            outcome: "rolled_back".into(),
+            release: done.release.map(|r| r.sha),
+            detail: "previous release restored and healthy".into(),
+        },
+        Err(e) => HostResult {
+            host: host.into(),
+            outcome: "failed".into(),
+            release: None,
+            detail: e.to_string(),
+        },
+    };
+    db.record_update(&UpdateRecord {
+        host: host.into(),
+        at: unix_now(),
+        kind: "rollback".into(),
+        release: r.release.clone().unwrap_or_default(),
+        sha256: String::new(),
+        outcome: r.outcome.clone(),
+        detail: r.detail.clone(),
+    })
+    .await?;
+    db.audit(&AuditEntry {
+        at: unix_now(),
+        actor: actor.into(),
+        action: "swarm.rollback".into(),
+        target: host.into(),
+        outcome: if r.outcome == "rolled_back" {
+            "ok".into()
+        } else {
+            "failed".into()
+        },
+        detail: r.detail.clone(),
+    })
+    .await?;
+    Ok(r)
+}

@@ -1,0 +1,218 @@
+//! [`UpdaterClient`]: the master's typed client of one worker's updater.
+//!
+//! Unlike the agent client it refuses to talk to an updater whose
+//! fingerprint the master has not recorded (fail closed): pushing code is
+//! the most dangerous thing the master does.
+
+use std::path::Path;
+use std::time::Duration;
+
+use decnet_pki::{Bundle, Fingerprint};
+use serde::{Deserialize, Serialize};
+
+use crate::transport::{ClientError, Endpoint};
+
+/// Timeout of quick calls.
+pub const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Timeout of an upload + install + probe (+ revert).
+pub const UPDATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One installed release.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Release {
+    /// Slot id.
+    pub slot: String,
+    /// Release label.
+    pub sha: String,
+    /// Tarball SHA-256.
+    pub sha256: String,
+    /// Install time (unix seconds).
+    pub installed_at: i64,
+}
+
+/// `/health` answer.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct UpdaterHealth {
+    /// `updater`.
+    pub role: String,
+    /// Host.
+    pub host: String,
+    /// Updater version.
+    pub version: String,
+    /// Releases, active first.
+    pub releases: Vec<Release>,
+    /// Whether the agent runs.
+    #[serde(default)]
+    pub agent_running: bool,
+    /// Identity of this updater process (changes when it re-executes).
+    #[serde(default)]
+    pub instance: Option<String>,
+}
+
+/// A successful update or rollback.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct UpdateDone {
+    /// `updated`, `rolled_back` or `restarting`.
+    pub status: String,
+    /// The active release.
+    pub release: Option<Release>,
+    /// The probe.
+    #[serde(default)]
+    pub probe: Option<serde_json::Value>,
+}
+
+/// The outcome of a push.
+#[derive(Clone, Debug)]
+pub enum UpdateOutcome {
+    /// Live and healthy.
+    Updated(UpdateDone),
+    /// Unhealthy; the previous release was restored (409).
+    RolledBack(serde_json::Value),
+}
+
+/// A release to push.
+#[derive(Clone, Debug)]
+pub struct ReleaseUpload<'a> {
+    /// The tarball.
+    pub tarball: &'a Path,
+    /// Label.
+    pub sha: &'a str,
+    /// Tarball SHA-256, hex.
+    pub sha256: &'a str,
+    /// Signature, hex.
+    pub signature: Option<&'a str>,
+}
+
+/// Typed client of one updater.
+#[derive(Clone, Debug)]
+pub struct UpdaterClient {
+    ep: Endpoint,
+}
+
+impl UpdaterClient {
+    /// A client pinned to `pin`; `None` is refused (fail closed).
+    pub fn new(
+        host: &str,
+        master: &Bundle,
+        address: &str,
+        port: u16,
+        pin: Option<Fingerprint>,
+    ) -> Result<Self, ClientError> {
+        let pin = pin.ok_or_else(|| {
+            ClientError::Setup(format!(
+                "no updater certificate is recorded for {host}; enroll it with `decnet swarm enroll --host {host} --updater --reissue`"
+            ))
+        })?;
+        Ok(UpdaterClient {
+            ep: Endpoint::new(
+                &format!("updater {host} ({address}:{port})"),
+                master,
+                address,
+                port,
+                Some(pin),
+            )?,
+        })
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<UpdaterHealth, ClientError> {
+        self.ep
+            .send_json(self.ep.http().get(self.ep.url("/health")), QUICK_TIMEOUT)
+            .await
+    }
+
+    /// `GET /releases`.
+    pub async fn releases(&self) -> Result<Vec<Release>, ClientError> {
+        #[derive(Deserialize)]
+        struct A {
+            releases: Vec<Release>,
+        }
+        let a: A = self
+            .ep
+            .send_json(self.ep.http().get(self.ep.url("/releases")), QUICK_TIMEOUT)
+            .await?;
+        Ok(a.releases)
+    }
+
+    fn form(up: &ReleaseUpload<'_>) -> Result<reqwest::multipart::Form, ClientError> {
+        let bytes = std::fs::read(up.tarball).map_err(|e| {
+            ClientError::Setup(format!("cannot read {}: {e}", up.tarball.display()))
+        })?;
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name("release.tar.gz")
+            .mime_str("application/gzip")
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let mut form = reqwest::multipart::Form::new()
+            .part("tarball", part)
+            .text("sha", up.sha.to_string())
+            .text("sha256", up.sha256.to_string());
+        if let Some(sig) = up.signature {
+            form = form.text("signature", sig.to_string());
+        }
+        Ok(form)
+    }
+
+    /// `POST /update`: install, probe, and (on failure) revert.
+    pub async fn update(&self, up: &ReleaseUpload<'_>) -> Result<UpdateOutcome, ClientError> {
+        let req = self
+            .ep
+            .http()
+            .post(self.ep.url("/update"))
+            .multipart(Self::form(up)?);
+        match self.ep.send_json::<UpdateDone>(req, UPDATE_TIMEOUT).await {
+            Ok(done) => Ok(UpdateOutcome::Updated(done)),
+            Err(ClientError::Status {
+                status: 409,
+                body: Some(body),
+                ..
+            }) => Ok(UpdateOutcome::RolledBack(body)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /rollback`.
+    pub async fn rollback(&self) -> Result<UpdateDone, ClientError> {
+        self.ep
+            .send_json(
+                self.ep.http().post(self.ep.url("/rollback")),
+                UPDATE_TIMEOUT,
+            )
+            .await
+    }
+
+    /// `POST /update-self`, then wait until a new updater process answers
+    /// (a dropped connection counts as "restarting").
+    pub async fn update_self(
+        &self,
+        up: &ReleaseUpload<'_>,
+        deadline: Duration,
+    ) -> Result<UpdaterHealth, ClientError> {
+        let before = self.health().await?.instance;
+        let form = Self::form(up)?.text("confirm_self", "true");
+        let req = self
+            .ep
+            .http()
+            .post(self.ep.url("/update-self"))
+            .multipart(form);
+        match self.ep.send_json::<UpdateDone>(req, UPDATE_TIMEOUT).await {
+            Ok(_) => {}
+            Err(e) if e.is_unreachable() || matches!(e, ClientError::Tls { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Ok(h) = self.health().await
+                && h.instance != before
+            {
+                return Ok(h);
+            }
+            if tokio::time::Instant::now() > end {
+                return Err(ClientError::Timeout {
+                    endpoint: self.ep.label().to_string(),
+                    secs: deadline.as_secs(),
+                });
+            }
+        }
+    }
+}

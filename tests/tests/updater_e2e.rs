@@ -1,0 +1,573 @@
+//! The real `decnet-updater` installing real `decnet-agent` releases, driven
+//! by the real `decnet swarm update|rollback|releases`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use decnet_e2e::{MasterHome, UpdaterFixture, broken_release, good_release, mtls_client, wait_for};
+use decnet_pki::BundleKind;
+
+fn releases(m: &MasterHome, host: &str) -> Vec<serde_json::Value> {
+    m.json(&["swarm", "releases", host, "--json"])["releases"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn labels(m: &MasterHome, host: &str) -> Vec<String> {
+    releases(m, host)
+        .iter()
+        .map(|r| r["sha"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn agent_healthy(m: &MasterHome) -> bool {
+    m.run(&["swarm", "check"]).status.success()
+}
+
+#[test]
+fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
+    let m = MasterHome::new();
+    m.enroll("u1");
+    let u = UpdaterFixture::start(&m, "u1", &[]);
+    let rel = m.dir.path().join("rel");
+    let v1 = good_release(&rel.join("v1"), false);
+    let v2 = good_release(&rel.join("v2"), false);
+    let bad = broken_release(&rel.join("bad"));
+
+    let out = m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        v1.to_str().unwrap(),
+        "--host",
+        "u1",
+    ]);
+    assert!(out.contains("UPDATED"), "{out}");
+    assert!(agent_healthy(&m), "agent answers after the first install");
+    let pid1 = u.agent_pid().expect("agent running");
+    m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        v2.to_str().unwrap(),
+        "--all",
+    ]);
+    assert_eq!(
+        labels(&m, "u1"),
+        vec!["v2", "v1"],
+        "active first, previous next"
+    );
+    let pid2 = u.agent_pid().unwrap();
+    assert_ne!(pid1, pid2, "the agent was restarted into the new release");
+    let exe = std::fs::read_link(format!("/proc/{pid2}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().contains("-v2/bin/decnet-agent"),
+        "{}",
+        exe.display()
+    );
+
+    // A release whose agent never becomes healthy is reverted automatically.
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        bad.to_str().unwrap(),
+        "--host",
+        "u1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rolled_back"), "{text}");
+    assert_eq!(
+        labels(&m, "u1"),
+        vec!["v2", "v1"],
+        "the failed release is gone"
+    );
+    assert!(agent_healthy(&m), "the old agent answers again");
+    let pid3 = u.agent_pid().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid3}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().contains("-v2/bin/decnet-agent"),
+        "{}",
+        exe.display()
+    );
+
+    // Manual rollback: the previous release's code runs for real.
+    m.ok(&["swarm", "rollback", "u1"]);
+    assert_eq!(labels(&m, "u1")[0], "v1");
+    assert!(agent_healthy(&m));
+    let pid4 = u.agent_pid().unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid4}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().contains("-v1/bin/decnet-agent"),
+        "{}",
+        exe.display()
+    );
+
+    let history = m.json(&["swarm", "releases", "u1", "--json"])["history"].clone();
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert!(
+        outcomes.contains(&"rolled_back") && outcomes.contains(&"updated"),
+        "{outcomes:?}"
+    );
+    let audit = m.json(&["audit", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.rollback" && e["outcome"] == "ok")
+    );
+}
+
+#[test]
+fn first_install_failing_its_probe_leaves_no_dangling_current() {
+    let m = MasterHome::new();
+    m.enroll("u2");
+    let u = UpdaterFixture::start(&m, "u2", &[]);
+    let bad = broken_release(&m.dir.path().join("bad"));
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        bad.to_str().unwrap(),
+        "--host",
+        "u2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        std::fs::symlink_metadata(u.install.join("current")).is_err(),
+        "no current symlink"
+    );
+    assert!(releases(&m, "u2").is_empty());
+    let out = m.run(&["swarm", "rollback", "u2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no previous release"));
+}
+
+fn tarball(entries: &[(&str, tar::EntryType, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, kind, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_size(data.len() as u64);
+        if *kind == tar::EntryType::Symlink {
+            h.set_link_name("../../../../etc/passwd").unwrap();
+        }
+        let name = path.as_bytes();
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x");
+    std::fs::write(&p, b).unwrap();
+    decnet_pki::signing::digest_hex(&decnet_pki::signing::sha256_file(&p).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running() {
+    let m = MasterHome::new();
+    m.enroll("u3");
+    let key = m.dir.path().join("release.key");
+    m.ok(&["release", "keygen", "--out", key.to_str().unwrap()]);
+    let pubkey = m.dir.path().join("release.key.pub");
+    let u = UpdaterFixture::start(&m, "u3", &[]);
+    let v1 = good_release(&m.dir.path().join("v1"), false);
+    // Unsigned releases are accepted by this updater (no --release-pubkey yet).
+    m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        v1.to_str().unwrap(),
+        "--host",
+        "u3",
+    ]);
+    let pid = u.agent_pid().unwrap();
+
+    let master = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
+    let show = m.json(&["swarm", "show", "u3", "--json"]);
+    let pin: decnet_pki::Fingerprint = show["updater_fingerprint"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let client = decnet_swarm_client::UpdaterClient::new(
+        "u3",
+        &master,
+        "127.0.0.1",
+        u.daemon.port(),
+        Some(pin),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let push = |name: &str, bytes: Vec<u8>, sha256: Option<String>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        let digest = sha256.unwrap_or_else(|| sha256_hex(&bytes));
+        let client = client.clone();
+        async move {
+            let up = decnet_swarm_client::updater::ReleaseUpload {
+                tarball: &p,
+                sha: "evil",
+                sha256: &digest,
+                signature: None,
+            };
+            client.update(&up).await
+        }
+    };
+    let agent_script: &[u8] = b"#!/bin/sh\necho hi\n";
+    let cases: Vec<(&str, Vec<u8>, Option<String>, &str)> = vec![
+        (
+            "traversal",
+            tarball(&[("../../escape", tar::EntryType::Regular, b"x", 0o644)]),
+            None,
+            "not allowed",
+        ),
+        (
+            "absolute",
+            tarball(&[("/tmp/decnet-abs-evil", tar::EntryType::Regular, b"x", 0o644)]),
+            None,
+            "not allowed",
+        ),
+        (
+            "symlink",
+            tarball(&[("bin/decnet-agent", tar::EntryType::Symlink, b"", 0o777)]),
+            None,
+            "symlink",
+        ),
+        (
+            "device",
+            tarball(&[("bin/null", tar::EntryType::Char, b"", 0o644)]),
+            None,
+            "device",
+        ),
+        (
+            "bomb",
+            {
+                // 300 MiB of zeros compress to a few hundred KiB.
+                let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+                    Vec::new(),
+                    flate2::Compression::fast(),
+                ));
+                let mut h = tar::Header::new_gnu();
+                h.set_size(300 << 20);
+                h.set_mode(0o644);
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, "bin/huge", std::io::repeat(0).take_bytes(300 << 20))
+                    .unwrap();
+                b.into_inner().unwrap().finish().unwrap()
+            },
+            None,
+            "too large",
+        ),
+        (
+            "wrong-digest",
+            tarball(&[(
+                "bin/decnet-agent",
+                tar::EntryType::Regular,
+                agent_script,
+                0o755,
+            )]),
+            Some("0".repeat(64)),
+            "mismatch",
+        ),
+        (
+            "bad-digest",
+            tarball(&[(
+                "bin/decnet-agent",
+                tar::EntryType::Regular,
+                agent_script,
+                0o755,
+            )]),
+            Some("xyz".into()),
+            "64-hex",
+        ),
+        (
+            "no-agent",
+            tarball(&[("bin/other", tar::EntryType::Regular, agent_script, 0o755)]),
+            None,
+            "preflight",
+        ),
+    ];
+    for (name, bytes, digest, want) in cases {
+        let err = push(name, bytes, digest).await.expect_err(name);
+        let text = err.to_string();
+        assert!(text.contains("400"), "{name}: {text}");
+        assert!(text.contains(want), "{name}: expected {want:?} in {text}");
+        assert_eq!(
+            u.agent_pid(),
+            Some(pid),
+            "{name}: the running agent was touched"
+        );
+    }
+    assert!(!Path::new("/tmp/decnet-abs-evil").exists());
+    assert!(!u.install.parent().unwrap().join("escape").exists());
+    assert_eq!(labels(&m, "u3"), vec!["v1"]);
+
+    // Now require signatures.
+    drop(client);
+    let mut u = u;
+    let pk = pubkey.to_str().unwrap().to_string();
+    u.daemon.stop();
+    restart_with_pubkey(&m, &mut u, &pk);
+    let v2 = good_release(&m.dir.path().join("v2"), false);
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        v2.to_str().unwrap(),
+        "--host",
+        "u3",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("requires signed releases"));
+    let other = m.dir.path().join("other.key");
+    m.ok(&["release", "keygen", "--out", other.to_str().unwrap()]);
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        v2.to_str().unwrap(),
+        "--host",
+        "u3",
+        "--sign",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not verify"));
+    assert_eq!(labels(&m, "u3"), vec!["v1"]);
+    m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        v2.to_str().unwrap(),
+        "--host",
+        "u3",
+        "--sign",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(labels(&m, "u3")[0], "v2");
+}
+
+trait TakeBytes: std::io::Read + Sized {
+    fn take_bytes(self, n: u64) -> std::io::Take<Self> {
+        std::io::Read::take(self, n)
+    }
+}
+impl TakeBytes for std::io::Repeat {}
+
+fn restart_with_pubkey(m: &MasterHome, u: &mut UpdaterFixture, pubkey: &str) {
+    // The fixture has no flag for this; start the updater by hand on the same tree.
+    let mut cmd = std::process::Command::new(decnet_e2e::bin("decnet-updater"));
+    cmd.args([
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--agent-control",
+        "spawn",
+    ])
+    .arg("--bundle-dir")
+    .arg(m.updater_bundle_dir("u3"))
+    .arg("--agent-bundle-dir")
+    .arg(m.agent_bundle_dir("u3"))
+    .arg("--install-dir")
+    .arg(&u.install)
+    .args(["--agent-port", &u.agent_port.to_string()])
+    .args(["--agent-arg=--host", "--agent-arg=127.0.0.1"])
+    .arg(format!(
+        "--agent-arg=--state-dir={}",
+        u.agent_state.display()
+    ))
+    .args([
+        "--probe-attempts",
+        "12",
+        "--probe-interval-ms",
+        "250",
+        "--release-pubkey",
+        pubkey,
+    ]);
+    u.daemon = decnet_e2e::Daemon::start(cmd, m.dir.path().join("u3-signed.log"));
+    m.ok(&[
+        "swarm",
+        "set-endpoint",
+        "u3",
+        "--updater-port",
+        &u.daemon.port().to_string(),
+    ]);
+}
+
+#[test]
+fn an_updater_killed_at_any_step_recovers_to_a_healthy_release() {
+    for step in [
+        "after_extract",
+        "after_promote",
+        "after_stop",
+        "after_start",
+    ] {
+        let m = MasterHome::new();
+        m.enroll("u4");
+        let mut u = UpdaterFixture::start(&m, "u4", &[]);
+        let v1 = good_release(&m.dir.path().join("v1"), false);
+        let v2 = good_release(&m.dir.path().join("v2"), false);
+        m.ok(&[
+            "swarm",
+            "update",
+            "--release",
+            v1.to_str().unwrap(),
+            "--host",
+            "u4",
+        ]);
+        u.restart(&m, &[("DECNET_UPDATER_CRASH_AT", step)]);
+        let out = m.run(&[
+            "swarm",
+            "update",
+            "--release",
+            v2.to_str().unwrap(),
+            "--host",
+            "u4",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{step}: the update died with the updater"
+        );
+        assert!(
+            wait_for(Duration::from_secs(10), || u
+                .daemon
+                .child
+                .try_wait()
+                .ok()
+                .flatten())
+            .is_some(),
+            "{step}: updater aborted"
+        );
+        u.restart(&m, &[]);
+        assert!(
+            !u.install.join("journal.json").exists(),
+            "{step}: journal resolved"
+        );
+        let ls = labels(&m, "u4");
+        assert!(ls[0] == "v1" || ls[0] == "v2", "{step}: {ls:?}");
+        assert!(
+            wait_for(Duration::from_secs(15), || agent_healthy(&m).then_some(())).is_some(),
+            "{step}: agent healthy after recovery; updater log:\n{}",
+            u.daemon.log_text()
+        );
+        let target = std::fs::read_link(u.install.join("current")).unwrap();
+        let pid = u.agent_pid().expect("agent running");
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(
+            exe.starts_with(std::fs::canonicalize(u.install.join(&target)).unwrap()),
+            "{step}: running code is the active release"
+        );
+        let staging: Vec<PathBuf> = std::fs::read_dir(u.install.join("releases"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(staging.is_empty(), "{step}: staging left: {staging:?}");
+    }
+}
+
+#[test]
+fn update_self_replaces_the_updater_binary() {
+    let m = MasterHome::new();
+    m.enroll("u5");
+    let u = UpdaterFixture::start(&m, "u5", &[]);
+    let pid = u.daemon.child.id();
+    let before = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let rel = good_release(&m.dir.path().join("v-self"), true);
+    let out = m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        rel.to_str().unwrap(),
+        "--host",
+        "u5",
+        "--include-self",
+    ]);
+    assert!(out.contains("updater replaced"), "{out}");
+    let after = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_ne!(before, after);
+    assert!(
+        after.starts_with(std::fs::canonicalize(u.install.join("updater/releases")).unwrap()),
+        "{}",
+        after.display()
+    );
+    // It still works after re-executing.
+    assert!(m.run(&["swarm", "releases", "u5"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_master_may_call_the_updater() {
+    let m = MasterHome::new();
+    m.enroll("u6");
+    let u = UpdaterFixture::start(&m, "u6", &[]);
+    let base = format!("https://{}", u.daemon.addr);
+    for (dir, kind) in [
+        (m.agent_bundle_dir("u6"), BundleKind::Agent),
+        (m.updater_bundle_dir("u6"), BundleKind::Updater),
+    ] {
+        let c = mtls_client(&dir, kind);
+        for path in ["/health", "/releases"] {
+            let r = c.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 403, "{path}");
+        }
+        let r = c.post(format!("{base}/rollback")).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["required_role"], "master");
+    }
+    let master = mtls_client(&m.master_bundle_dir(), BundleKind::Master);
+    assert_eq!(
+        master
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // update-self without confirm_self is refused.
+    let form = reqwest::multipart::Form::new().text("sha", "x");
+    let r = master
+        .post(format!("{base}/update-self"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // An updater without a recorded fingerprint is never dialled.
+    let db_host = m.json(&["swarm", "show", "u6", "--json"]);
+    assert!(db_host["updater_fingerprint"].is_string());
+    m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "u6",
+        "--address",
+        "127.0.0.1",
+        "--reissue",
+    ]);
+    let out = m.run(&["swarm", "releases", "u6"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no updater certificate is recorded"));
+}
