@@ -46,6 +46,20 @@ pub enum Command {
     /// Manage the worker fleet.
     #[command(subcommand)]
     Swarm(SwarmCommand),
+    /// Run a whole local fleet on loopback (CA, listener, N workers with agent,
+    /// updater and forwarder), drive it through deploy, update, revert and
+    /// logs, verifying every step; cleans up unless --keep.
+    Demo {
+        /// Number of workers.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Leave the fleet running at the end and print how to talk to it.
+        #[arg(long)]
+        keep: bool,
+        /// Put the demo here instead of a new temp dir.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Build and sign release tarballs.
     #[command(subcommand)]
     Release(ReleaseCommand),
@@ -467,6 +481,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = crate::fleet_ops::check(&db, &home.ca_layout(), json).await;
             db.close().await;
             partial(r?, "some hosts did not answer")
+        }
+        Command::Demo { workers, keep, dir } => {
+            if workers == 0 || workers > 20 {
+                return Err(UsageError("--workers must be between 1 and 20".into()).into());
+            }
+            let opts = crate::demo::DemoOptions { workers, keep, dir };
+            tokio::select! {
+                r = crate::demo::run(&opts) => r,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("\ninterrupted; cleaning up");
+                    Err(anyhow::anyhow!("demo interrupted"))
+                }
+            }
         }
         Command::Release(ReleaseCommand::Keygen { out, force }) => {
             if out.exists() && !force {

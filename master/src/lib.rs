@@ -6,9 +6,11 @@
 //! * [`home`] — where the master's files live;
 //! * [`log_gate`], [`listener_cmd`] — the syslog listener and its fleet check;
 //! * [`release`], [`rollout`] — release tarballs and fleet rollouts through the updaters;
+//! * [`demo`] — the one-command local fleet demo;
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
+pub mod demo;
 pub mod enrollment;
 pub mod fleet_db;
 pub mod fleet_ops;
