@@ -12,7 +12,9 @@ const UNITS: &[&str] = &[
 ];
 
 fn unit(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/systemd")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -20,7 +22,12 @@ fn unit(name: &str) -> String {
 fn units_restart_on_failure_and_are_hardened() {
     for u in UNITS {
         let text = unit(u);
-        for key in ["Restart=on-failure", "NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectSystem="] {
+        for key in [
+            "Restart=on-failure",
+            "NoNewPrivileges=yes",
+            "PrivateTmp=yes",
+            "ProtectSystem=",
+        ] {
             assert!(text.contains(key), "{u} lacks {key}");
         }
     }
@@ -28,20 +35,32 @@ fn units_restart_on_failure_and_are_hardened() {
     assert!(unit("decnet-agent.service").contains("KillMode=process"));
     // The updater drives the agent unit through systemd and may self-update.
     let up = unit("decnet-updater.service");
-    assert!(up.contains("--agent-control systemd") && up.contains("--agent-unit decnet-agent.service"));
+    assert!(
+        up.contains("--agent-control systemd") && up.contains("--agent-unit decnet-agent.service")
+    );
     assert!(up.contains("/opt/decnet/updater/current/bin/decnet-updater"));
     assert!(up.contains("ReadWritePaths=/opt/decnet"));
 }
 
 #[test]
 fn systemd_analyze_accepts_the_units() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("!!! systemd-analyze not installed: unit syntax NOT verified");
         return;
     }
     for u in UNITS {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd").join(u);
-        let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&p).output().unwrap();
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../packaging/systemd")
+            .join(u);
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&p)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stderr);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             // The binaries are not installed on a build machine.

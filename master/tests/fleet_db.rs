@@ -1,0 +1,195 @@
+//! The fleet database suite, run on SQLite (always) and on PostgreSQL (when
+//! `DECNET_TEST_POSTGRES_URL` names a server; `.ci/run` starts one and sets it).
+
+use decnet_master::fleet_db::{
+    AuditEntry, CertRecord, FleetDb, HostRecord, HostStatus, UpdateRecord, unix_now,
+};
+
+fn host(name: &str, agent_fp: &str) -> HostRecord {
+    HostRecord {
+        name: name.into(),
+        address: "10.0.0.1".into(),
+        agent_port: 8765,
+        updater_port: 8766,
+        sans: vec!["10.0.0.1".into(), name.into()],
+        agent_fingerprint: Some(agent_fp.into()),
+        updater_fingerprint: None,
+        status: HostStatus::Enrolled,
+        enrolled_at: 0,
+        updated_at: 0,
+        last_seen: None,
+        last_error: None,
+        agent_version: None,
+        state_json: None,
+    }
+}
+
+fn cert(host: &str, fp: &str, role: &str) -> CertRecord {
+    CertRecord {
+        fingerprint: fp.into(),
+        host: host.into(),
+        role: role.into(),
+        serial: "01".into(),
+        not_after: unix_now() + 1000,
+    }
+}
+
+async fn exercise(db: FleetDb) {
+    // Enrollment and lookup.
+    let revoked = db
+        .record_enrollment(&host("w1", "fp1"), &[cert("w1", "fp1", "agent")])
+        .await
+        .unwrap();
+    assert!(revoked.is_empty());
+    let h = db.host("w1").await.unwrap().unwrap();
+    assert_eq!(h.agent_fingerprint.as_deref(), Some("fp1"));
+    assert_eq!(h.sans, vec!["10.0.0.1", "w1"]);
+    assert_eq!(h.status, HostStatus::Enrolled);
+    assert!(db.host("nope").await.unwrap().is_none());
+    assert_eq!(db.certificate("fp1").await.unwrap().unwrap().host, "w1");
+
+    // Reissue: the old fingerprint goes on the deny list.
+    let revoked = db
+        .record_enrollment(
+            &host("w1", "fp2"),
+            &[cert("w1", "fp2", "agent"), cert("w1", "ufp2", "updater")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec!["fp1"]);
+    assert!(db.is_revoked("fp1").await.unwrap());
+    assert!(!db.is_revoked("fp2").await.unwrap());
+    assert_eq!(db.revoked_of("w1").await.unwrap(), vec!["fp1"]);
+
+    // Contact and endpoint changes.
+    db.record_contact("w1", Ok((Some("1.2.3"), Some("[]"))))
+        .await
+        .unwrap();
+    let h = db.host("w1").await.unwrap().unwrap();
+    assert_eq!(h.status, HostStatus::Active);
+    assert_eq!(h.agent_version.as_deref(), Some("1.2.3"));
+    assert!(h.last_seen.is_some());
+    db.record_contact("w1", Err("connection refused"))
+        .await
+        .unwrap();
+    let h = db.host("w1").await.unwrap().unwrap();
+    assert_eq!(h.status, HostStatus::Unreachable);
+    assert_eq!(h.last_error.as_deref(), Some("connection refused"));
+    assert!(
+        db.update_endpoint("w1", Some("10.9.9.9"), Some(9000), None)
+            .await
+            .unwrap()
+    );
+    let h = db.host("w1").await.unwrap().unwrap();
+    assert_eq!(
+        (h.address.as_str(), h.agent_port, h.updater_port),
+        ("10.9.9.9", 9000, 8766)
+    );
+    assert!(
+        !db.update_endpoint("ghost", None, Some(1), None)
+            .await
+            .unwrap()
+    );
+
+    // Decommission revokes everything still valid.
+    let mut newly = db.decommission("w1").await.unwrap();
+    newly.sort();
+    assert_eq!(newly, vec!["fp2", "ufp2"]);
+    assert_eq!(
+        db.host("w1").await.unwrap().unwrap().status,
+        HostStatus::Decommissioned
+    );
+    db.record_contact("w1", Ok((None, None))).await.unwrap();
+    assert_eq!(
+        db.host("w1").await.unwrap().unwrap().status,
+        HostStatus::Decommissioned,
+        "contact never revives a decommissioned host"
+    );
+
+    // Audit log and update history, with concurrent writers.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            db.audit(&AuditEntry {
+                at: unix_now(),
+                actor: "test".into(),
+                action: "swarm.test".into(),
+                target: format!("t{i}"),
+                outcome: "ok".into(),
+                detail: String::new(),
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(db.audit_log(100).await.unwrap().len(), 20);
+    db.record_update(&UpdateRecord {
+        host: "w1".into(),
+        at: unix_now(),
+        kind: "update".into(),
+        release: "v1".into(),
+        sha256: "ab".into(),
+        outcome: "updated".into(),
+        detail: "ok".into(),
+    })
+    .await
+    .unwrap();
+    let hist = db.update_history("w1", 10).await.unwrap();
+    assert_eq!(hist.len(), 1);
+    assert_eq!(hist[0].release, "v1");
+    assert_eq!(db.hosts().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn fleet_db_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("fleet.db").display()
+    );
+    let db = FleetDb::connect(&url).await.unwrap();
+    exercise(db.clone()).await;
+    // Reopening applies no migration twice and sees the data.
+    db.close().await;
+    let again = FleetDb::connect(&url).await.unwrap();
+    assert_eq!(again.hosts().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn fleet_db_on_postgres() {
+    let Ok(admin_url) = std::env::var("DECNET_TEST_POSTGRES_URL") else {
+        eprintln!(
+            "\n!!! DECNET_TEST_POSTGRES_URL not set: the PostgreSQL run was NOT done (.ci/run sets it)\n"
+        );
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let name = format!("decnet_test_{}", decnet_pki::random_hex(6));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, query) = admin_url
+        .split_once('?')
+        .map(|(b, q)| (b, format!("?{q}")))
+        .unwrap_or((&admin_url, String::new()));
+    let base = &base[..base.rfind('/').unwrap()];
+    let url = format!("{base}/{name}{query}");
+    let db = FleetDb::connect(&url).await.unwrap();
+    assert_eq!(db.backend(), decnet_master::fleet_db::Backend::Postgres);
+    exercise(db.clone()).await;
+    db.close().await;
+    let again = FleetDb::connect(&url).await.unwrap();
+    assert_eq!(again.hosts().await.unwrap().len(), 1);
+    again.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
