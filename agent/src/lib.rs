@@ -5,6 +5,7 @@
 //! * [`state`] — the persisted state file;
 //! * [`driver`] — the `process` and `compose` drivers behind one trait;
 //! * [`executor`] — requests → driver calls, state, recovery;
+//! * [`heartbeat`] — periodic reports to the master's control API;
 //! * [`api`] — the HTTP routes and the role policy;
 //! * [`daemon`] — wiring it all together for `decnet-agent serve`.
 
@@ -13,4 +14,5 @@ pub mod config;
 pub mod daemon;
 pub mod driver;
 pub mod executor;
+pub mod heartbeat;
 pub mod state;

@@ -51,9 +51,16 @@ enum Command {
         /// The log file to forward (with --forward-to).
         #[arg(long, value_name = "PATH")]
         forward_log: Option<PathBuf>,
-        /// Pin the listener's certificate fingerprint (SHA-256 hex).
+        /// Pin the master's certificate fingerprint (SHA-256 hex) for the
+        /// forwarder and heartbeats.
         #[arg(long, value_name = "SHA256")]
         master_fingerprint: Option<String>,
+        /// Send heartbeats to the master's control API (HOST:PORT, port 8770 by default).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        master: Option<String>,
+        /// Seconds between heartbeats (±20 % jitter).
+        #[arg(long, default_value_t = 30)]
+        heartbeat_interval: u64,
     },
     /// Forward a log file to the master's listener (RFC 5425 over mTLS).
     Forward {
@@ -117,7 +124,14 @@ fn main() {
                 forward_to,
                 forward_log,
                 master_fingerprint,
+                master,
+                heartbeat_interval,
             } => {
+                let heartbeat = master.map(|m| HeartbeatSpec {
+                    master: with_default_port(&m, 8770),
+                    interval: Duration::from_secs(heartbeat_interval.max(1)),
+                    pin: master_fingerprint.clone(),
+                });
                 let home = decnet_pki::bundle::default_decnet_home();
                 let forward = match (forward_to, forward_log) {
                     (Some(master), Some(log)) => Some(ForwardSpec {
@@ -139,7 +153,7 @@ fn main() {
                     compose_project,
                     stop_grace: Duration::from_secs(stop_grace),
                 };
-                serve(opts, forward).await
+                serve(opts, forward, heartbeat).await
             }
             Command::Forward {
                 master,
@@ -172,6 +186,26 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+/// Where to send heartbeats.
+struct HeartbeatSpec {
+    master: String,
+    interval: Duration,
+    pin: Option<String>,
+}
+
+/// `host` or `host:port`, with `port` added when missing.
+fn with_default_port(addr: &str, port: u16) -> String {
+    if addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !addr.ends_with(']')
+    {
+        addr.to_string()
+    } else {
+        format!("{addr}:{port}")
+    }
 }
 
 /// What to forward where.
@@ -251,7 +285,21 @@ async fn forward(
     }
 }
 
-async fn serve(opts: ServeOptions, forward_spec: Option<ForwardSpec>) -> i32 {
+async fn serve(
+    opts: ServeOptions,
+    forward_spec: Option<ForwardSpec>,
+    heartbeat: Option<HeartbeatSpec>,
+) -> i32 {
+    let heartbeat_pin = match heartbeat.as_ref().and_then(|h| h.pin.as_deref()) {
+        Some(p) => match p.parse::<decnet_pki::Fingerprint>() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("error: --master-fingerprint: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let forwarder = match &forward_spec {
         Some(spec) => match forwarder_setup(spec, &opts.bundle_dir, &opts.state_dir) {
             Ok(x) => Some(x),
@@ -269,6 +317,26 @@ async fn serve(opts: ServeOptions, forward_spec: Option<ForwardSpec>) -> i32 {
             return 2;
         }
     };
+    let heartbeat_task = match heartbeat {
+        Some(hb) => match decnet_pki::Bundle::load(&opts.bundle_dir, decnet_pki::BundleKind::Agent)
+        {
+            Ok(bundle) => {
+                tracing::info!(master = %hb.master, interval = ?hb.interval, "sending heartbeats");
+                Some(tokio::spawn(decnet_agent::heartbeat::run(
+                    agent.executor.clone(),
+                    bundle,
+                    heartbeat_pin,
+                    hb.master,
+                    hb.interval,
+                )))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let forward_task = forwarder.map(|(fopts, bundle, pin)| {
         tracing::info!(file = %fopts.log_file.display(), master = %fopts.master, "forwarding logs");
@@ -280,6 +348,9 @@ async fn serve(opts: ServeOptions, forward_spec: Option<ForwardSpec>) -> i32 {
     println!("decnet-agent listening on {}", agent.local_addr);
     tracing::info!(addr = %agent.local_addr, driver = %opts.driver, "agent serving");
     let result = agent.serve(daemon::shutdown_signal()).await;
+    if let Some(t) = heartbeat_task {
+        t.abort();
+    }
     let _ = stop_tx.send(true);
     if let Some(t) = forward_task {
         let _ = t.await;

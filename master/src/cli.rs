@@ -91,6 +91,9 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         idle_timeout: u64,
     },
+    /// The master daemon: control API (heartbeats) and log listener.
+    #[command(subcommand)]
+    Master(MasterCommand),
     /// Show the audit log (newest first).
     Audit {
         /// How many entries.
@@ -133,6 +136,38 @@ pub enum CaCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `decnet master …`
+#[derive(Debug, Subcommand)]
+pub enum MasterCommand {
+    /// Serve the control API over mTLS (and the log listener beside it).
+    Serve {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Listen address of the control API and the listener.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: std::net::IpAddr,
+        /// Control API port.
+        #[arg(long, default_value_t = 8770)]
+        port: u16,
+        /// Log listener port.
+        #[arg(long, default_value_t = 6514)]
+        listener_port: u16,
+        /// Do not run the log listener.
+        #[arg(long)]
+        no_listener: bool,
+        /// Raw log file; default <home>/logs/fleet.log.
+        #[arg(long, value_name = "PATH")]
+        log_path: Option<PathBuf>,
+        /// JSON log file; default <home>/logs/fleet.json.
+        #[arg(long, value_name = "PATH")]
+        json_path: Option<PathBuf>,
+        /// Mark a host unreachable after this many seconds without a heartbeat.
+        #[arg(long, default_value_t = 90)]
+        unreachable_after: u64,
     },
 }
 
@@ -708,6 +743,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 idle_timeout: std::time::Duration::from_secs(idle_timeout),
             };
             let r = crate::listener_cmd::run(&home, db.clone(), &settings).await;
+            db.close().await;
+            r
+        }
+        Command::Master(MasterCommand::Serve {
+            ca,
+            host,
+            port,
+            listener_port,
+            no_listener,
+            log_path,
+            json_path,
+            unreachable_after,
+        }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let bundle = crate::fleet_ops::master_bundle(&home.ca_layout())?;
+            let config =
+                decnet_pki::server_config(&bundle).context("building the TLS configuration")?;
+            let api_addr = std::net::SocketAddr::new(host, port);
+            let listener = decnet_pki::MtlsListener::bind(
+                api_addr,
+                config,
+                decnet_pki::AcceptOptions::default(),
+            )
+            .await
+            .map_err(|e| UsageError(format!("cannot listen on {api_addr}: {e}")))?;
+            println!(
+                "decnet master control API listening on {}",
+                listener.local_addr()
+            );
+            tokio::spawn(crate::control_api::mark_silent_hosts(
+                db.clone(),
+                std::time::Duration::from_secs(unreachable_after.max(1)),
+            ));
+            let api = decnet_pki::serve::serve_router(
+                listener,
+                crate::control_api::router(db.clone()),
+                crate::control_api::ControlPolicy,
+                crate::listener_cmd::shutdown_signal(),
+            );
+            let r = if no_listener {
+                api.await.context("control API failed")
+            } else {
+                let settings = crate::listener_cmd::ListenerSettings {
+                    listen: std::net::SocketAddr::new(host, listener_port),
+                    log_path: log_path.unwrap_or_else(|| home.home.join("logs/fleet.log")),
+                    json_path: json_path.unwrap_or_else(|| home.home.join("logs/fleet.json")),
+                    plaintext: false,
+                    max_frame: 65536,
+                    idle_timeout: std::time::Duration::from_secs(600),
+                };
+                let (a, l) =
+                    tokio::join!(api, crate::listener_cmd::run(&home, db.clone(), &settings));
+                a.context("control API failed")?;
+                l
+            };
             db.close().await;
             r
         }

@@ -520,6 +520,22 @@ impl FleetDb {
         Ok(())
     }
 
+    /// Mark active hosts whose last contact is older than `cutoff` (unix
+    /// seconds) unreachable. Returns how many changed.
+    pub async fn mark_silent(&self, cutoff: i64, silence_secs: i64) -> Result<u64, DbError> {
+        let n = sqlx::query(
+            "UPDATE hosts SET status = 'unreachable', last_error = $1, updated_at = $2 \
+             WHERE status = 'active' AND last_seen IS NOT NULL AND last_seen < $3",
+        )
+        .bind(format!("no heartbeat for over {silence_secs}s"))
+        .bind(unix_now())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
     /// Append to the audit log.
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
         sqlx::query(

@@ -7,9 +7,11 @@
 //! * [`log_gate`], [`listener_cmd`] — the syslog listener and its fleet check;
 //! * [`release`], [`rollout`] — release tarballs and fleet rollouts through the updaters;
 //! * [`demo`] — the one-command local fleet demo;
+//! * [`control_api`] — `decnet master serve`: heartbeats (and the listener beside it);
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
+pub mod control_api;
 pub mod demo;
 pub mod enrollment;
 pub mod fleet_db;

@@ -1,0 +1,170 @@
+//! The master's control API (port 8770, mTLS): agent heartbeats today.
+//!
+//! A heartbeat is accepted from role Agent only, and only when the peer's
+//! certificate is one this master issued to that very host, not revoked
+//! (403 otherwise) — for a host it knows (404 otherwise). It records
+//! `last_seen`, the agent version and the per-decky state; a background task
+//! marks hosts unreachable after a configurable silence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use decnet_pki::{AccessPolicy, PeerIdentity, Refusal, Role};
+use serde::Deserialize;
+
+use crate::fleet_db::{FleetDb, HostStatus};
+
+/// Who may call what.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlPolicy;
+
+impl AccessPolicy for ControlPolicy {
+    fn check(&self, peer: &PeerIdentity, method: &Method, path: &str) -> Result<(), Refusal> {
+        match (&peer.role, method, path) {
+            (Role::Agent(_), &Method::POST, "/heartbeat") => Ok(()),
+            (_, &Method::GET, "/health") => Ok(()),
+            (_, _, "/heartbeat") => Err(Refusal {
+                required: "agent".into(),
+            }),
+            _ => Err(Refusal {
+                required: "master".into(),
+            }),
+        }
+    }
+}
+
+/// A heartbeat's body.
+#[derive(Debug, Deserialize)]
+pub struct Heartbeat {
+    /// Agent version.
+    pub version: String,
+    /// Driver in use.
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// Per-decky states as the agent reports them.
+    #[serde(default)]
+    pub deckies: serde_json::Value,
+}
+
+fn error(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": kind, "detail": detail.into()})),
+    )
+        .into_response()
+}
+
+/// The router.
+pub fn router(db: FleetDb) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok", "role": "master", "version": env!("CARGO_PKG_VERSION")})) }))
+        .route("/heartbeat", post(heartbeat))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(Arc::new(db))
+}
+
+/// Whether `peer` presents a current, non-revoked agent certificate of `host`.
+pub async fn check_agent_certificate(db: &FleetDb, peer: &PeerIdentity) -> Result<(), Response> {
+    let fp = peer.fingerprint.to_hex();
+    let unavailable = |e: crate::fleet_db::DbError| {
+        tracing::error!(error = %e, "fleet database unavailable");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "fleet database unavailable",
+        )
+    };
+    let Some(host) = db.host(&peer.cn).await.map_err(unavailable)? else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "unknown_host",
+            format!("host {} is not enrolled", peer.cn),
+        ));
+    };
+    if host.status == HostStatus::Decommissioned {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("host {} is decommissioned", peer.cn),
+        ));
+    }
+    if db.is_revoked(&fp).await.map_err(unavailable)? {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this certificate is revoked",
+        ));
+    }
+    let current = host.agent_fingerprint.as_deref() == Some(fp.as_str());
+    let issued_to_host = db
+        .certificate(&fp)
+        .await
+        .map_err(unavailable)?
+        .is_some_and(|c| c.host == peer.cn && c.role == "agent");
+    if !current && !issued_to_host {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the certificate does not match {}'s recorded certificate",
+                peer.cn
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn heartbeat(
+    State(db): State<Arc<FleetDb>>,
+    Extension(peer): Extension<PeerIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check_agent_certificate(&db, &peer).await {
+        tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint, "heartbeat refused");
+        return r;
+    }
+    let hb: Heartbeat = match serde_json::from_slice(&body) {
+        Ok(h) => h,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("invalid heartbeat: {e}"),
+            );
+        }
+    };
+    let state = serde_json::to_string(&hb.deckies).ok();
+    if let Err(e) = db
+        .record_contact(&peer.cn, Ok((Some(&hb.version), state.as_deref())))
+        .await
+    {
+        tracing::error!(error = %e, "cannot record a heartbeat");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "fleet database unavailable",
+        );
+    }
+    tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, "heartbeat");
+    Json(serde_json::json!({"ok": true})).into_response()
+}
+
+/// Mark hosts unreachable after `silence` without a heartbeat, every few seconds.
+pub async fn mark_silent_hosts(db: FleetDb, silence: Duration) {
+    let period = (silence / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        tokio::time::sleep(period).await;
+        let cutoff = crate::fleet_db::unix_now() - silence.as_secs() as i64;
+        match db.mark_silent(cutoff, silence.as_secs() as i64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(hosts = n, "hosts went silent; marked unreachable"),
+            Err(e) => tracing::warn!(error = %e, "cannot mark silent hosts"),
+        }
+    }
+}
