@@ -62,6 +62,19 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         heartbeat_interval: u64,
     },
+    /// Join the fleet with a one-time token: generate the key here, get the
+    /// certificate from the master, write the agent bundle.
+    Join {
+        /// The master's control API, HOST[:PORT] (port 8770 by default).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        master: String,
+        /// The token printed by `decnet swarm token create`.
+        #[arg(long, env = "DECNET_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where to write the bundle; default ~/.decnet/agent.
+        #[arg(long, value_name = "DIR")]
+        bundle_dir: Option<PathBuf>,
+    },
     /// Forward a log file to the master's listener (RFC 5425 over mTLS).
     Forward {
         /// The listener, HOST[:PORT] (port 6514 by default).
@@ -155,6 +168,21 @@ fn main() {
                 };
                 serve(opts, forward, heartbeat).await
             }
+            Command::Join {
+                master,
+                token,
+                bundle_dir,
+            } => {
+                let dir = bundle_dir
+                    .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("agent"));
+                join_fleet(
+                    &with_default_port(&master, 8770),
+                    &token,
+                    decnet_pki::BundleKind::Agent,
+                    &dir,
+                )
+                .await
+            }
             Command::Forward {
                 master,
                 log_file,
@@ -186,6 +214,36 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+/// `join`: exit 0 with the bundle written, 1 when refused or unreachable,
+/// 2 for a malformed token or a CA that does not match it.
+async fn join_fleet(
+    master: &str,
+    token: &str,
+    kind: decnet_pki::BundleKind,
+    dir: &std::path::Path,
+) -> i32 {
+    use decnet_swarm_client::join::JoinError;
+    match decnet_swarm_client::join::join(master, token, kind, dir).await {
+        Ok(b) => {
+            println!(
+                "joined as {} (fingerprint {}); bundle written to {}",
+                b.identity.cn,
+                b.identity.fingerprint,
+                dir.display()
+            );
+            0
+        }
+        Err(e @ (JoinError::BadToken | JoinError::CaMismatch { .. })) => {
+            eprintln!("error: {e}");
+            2
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 /// Where to send heartbeats.

@@ -389,16 +389,19 @@ type Accepted = (
 
 async fn accept(source: &mut Source) -> Option<Accepted> {
     match source {
-        Source::Tls(l) => {
+        Source::Tls(l) => loop {
             let s = l.next().await?;
             let peer = s.peer().clone();
-            let identity = PeerIdentity::clone(&peer.identity);
+            // The listener's TLS config requires client certificates.
+            let Some(identity) = peer.identity.as_deref().cloned() else {
+                continue;
+            };
             let credit = Credit {
                 cn: identity.cn.clone(),
                 fingerprint: Some(identity.fingerprint.to_hex()),
             };
-            Some((Box::new(s), Some((credit, identity)), peer.remote))
-        }
+            return Some((Box::new(s), Some((credit, identity)), peer.remote));
+        },
         Source::Plain(l) => loop {
             match l.accept().await {
                 Ok((s, remote)) => return Some((Box::new(s), None, remote)),

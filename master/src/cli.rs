@@ -171,6 +171,47 @@ pub enum MasterCommand {
     },
 }
 
+/// `decnet swarm token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a single-use token for HOST; print it once.
+    Create {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// The host that will join (becomes its CN).
+        #[arg(long)]
+        host: String,
+        /// Address the master dials (also a SAN).
+        #[arg(long)]
+        address: String,
+        /// Extra SANs (comma separated).
+        #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
+        sans: Vec<String>,
+        /// Also let the host's updater join with this token.
+        #[arg(long)]
+        updater: bool,
+        /// Lifetime, e.g. 15m, 2h, 900s.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
+}
+
+/// `"15m"`, `"2h"`, `"900s"`, `"900"` → a duration.
+pub fn parse_ttl(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        's' => (&s[..s.len() - 1], 1),
+        'm' => (&s[..s.len() - 1], 60),
+        'h' => (&s[..s.len() - 1], 3600),
+        'd' => (&s[..s.len() - 1], 86400),
+        c if c.is_ascii_digit() => (s, 1),
+        _ => return None,
+    };
+    let n: u64 = num.parse().ok()?;
+    (n > 0).then(|| std::time::Duration::from_secs(n * mult))
+}
+
 /// `decnet release …`
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
@@ -262,6 +303,9 @@ pub enum SwarmCommand {
         #[arg(long)]
         updater_port: Option<u16>,
     },
+    /// One-time join tokens (the worker generates its own key).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Deploy a deployment config (JSON, see wiki/Agent.md) to hosts.
     Deploy {
         /// CA location.
@@ -656,6 +700,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "the rollout did not update every host",
             )
         }
+        Command::Swarm(SwarmCommand::Token(TokenCommand::Create {
+            ca,
+            host,
+            address,
+            sans,
+            updater,
+            ttl,
+        })) => {
+            let home = resolve(ca.ca_dir);
+            let name = HostName::new(&host).map_err(|e| UsageError(e.to_string()))?;
+            for s in std::iter::once(&address).chain(sans.iter()) {
+                decnet_pki::ca::validate_san(s).map_err(|e| UsageError(e.to_string()))?;
+            }
+            let ttl = parse_ttl(&ttl)
+                .ok_or_else(|| UsageError(format!("invalid --ttl {ttl:?} (e.g. 15m, 2h)")))?;
+            let ca = load_ca(&home.ca_layout())?;
+            let db = open_db(&home).await?;
+            let grant = crate::join::TokenGrant {
+                host: name,
+                address: address.clone(),
+                sans: sans.clone(),
+                allow_updater: updater,
+                ttl,
+            };
+            let token = crate::join::create_token(&db, &ca, &grant, &cli_actor()).await?;
+            audit(
+                &db,
+                "swarm.token.create",
+                &host,
+                "ok",
+                format!(
+                    "token={} updater={updater} ttl={}s",
+                    token.id,
+                    ttl.as_secs()
+                ),
+            )
+            .await?;
+            db.close().await;
+            println!("{token}");
+            eprintln!(
+                "On {host}: decnet-agent join --master MASTER --token <token>{}; valid {}s, single use.",
+                if updater {
+                    " (and decnet-updater join … with the same token)"
+                } else {
+                    ""
+                },
+                ttl.as_secs()
+            );
+            Ok(())
+        }
         Command::Swarm(SwarmCommand::Rollback { ca, host }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
@@ -759,16 +853,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
             let bundle = crate::fleet_ops::master_bundle(&home.ca_layout())?;
-            let config =
-                decnet_pki::server_config(&bundle).context("building the TLS configuration")?;
+            let ca = load_ca(&home.ca_layout())?;
+            // Client certificates are verified when presented but not
+            // required: a worker joins with a token before it has one.
+            let config = decnet_pki::tls::server_config_allowing_anonymous(&bundle)
+                .context("building the TLS configuration")?;
             let api_addr = std::net::SocketAddr::new(host, port);
-            let listener = decnet_pki::MtlsListener::bind(
-                api_addr,
-                config,
-                decnet_pki::AcceptOptions::default(),
-            )
-            .await
-            .map_err(|e| UsageError(format!("cannot listen on {api_addr}: {e}")))?;
+            let accept = decnet_pki::AcceptOptions {
+                allow_anonymous: true,
+                ..Default::default()
+            };
+            let listener = decnet_pki::MtlsListener::bind(api_addr, config, accept)
+                .await
+                .map_err(|e| UsageError(format!("cannot listen on {api_addr}: {e}")))?;
             println!(
                 "decnet master control API listening on {}",
                 listener.local_addr()
@@ -779,7 +876,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ));
             let api = decnet_pki::serve::serve_router(
                 listener,
-                crate::control_api::router(db.clone()),
+                crate::control_api::router(std::sync::Arc::new(crate::control_api::ControlState {
+                    db: db.clone(),
+                    ca,
+                    limiter: Default::default(),
+                })),
                 crate::control_api::ControlPolicy,
                 crate::listener_cmd::shutdown_signal(),
             );

@@ -27,6 +27,7 @@ impl AccessPolicy for ControlPolicy {
     fn check(&self, peer: &PeerIdentity, method: &Method, path: &str) -> Result<(), Refusal> {
         match (&peer.role, method, path) {
             (Role::Agent(_), &Method::POST, "/heartbeat") => Ok(()),
+            (_, &Method::GET, "/join/ca") | (_, &Method::POST, "/join") => Ok(()),
             (_, &Method::GET, "/health") => Ok(()),
             (_, _, "/heartbeat") => Err(Refusal {
                 required: "agent".into(),
@@ -36,6 +37,24 @@ impl AccessPolicy for ControlPolicy {
             }),
         }
     }
+
+    fn allows_anonymous(&self, method: &Method, path: &str) -> bool {
+        // A joining worker has no certificate yet.
+        matches!(
+            (method, path),
+            (&Method::GET, "/join/ca") | (&Method::POST, "/join")
+        )
+    }
+}
+
+/// State of the control API.
+pub struct ControlState {
+    /// The fleet database.
+    pub db: FleetDb,
+    /// The CA (signs join CSRs).
+    pub ca: decnet_pki::CertificateAuthority,
+    /// Join failure rate limiter.
+    pub limiter: crate::join::FailureLimiter,
 }
 
 /// A heartbeat's body.
@@ -60,13 +79,71 @@ fn error(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response 
 }
 
 /// The router.
-pub fn router(db: FleetDb) -> Router {
+pub fn router(state: Arc<ControlState>) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok", "role": "master", "version": env!("CARGO_PKG_VERSION")})) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok", "role": "master", "version": env!("CARGO_PKG_VERSION")})) }),
+        )
         .route("/heartbeat", post(heartbeat))
+        .route("/join/ca", get(join_ca))
+        .route("/join", post(join))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(1 << 20))
-        .with_state(Arc::new(db))
+        .with_state(state)
+}
+
+async fn join_ca(State(st): State<Arc<ControlState>>) -> Response {
+    Json(serde_json::json!({ "ca_pem": st.ca.cert_pem() })).into_response()
+}
+
+async fn join(
+    State(st): State<Arc<ControlState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<decnet_pki::TlsPeer>,
+    body: axum::body::Bytes,
+) -> Response {
+    let ip = peer.remote.ip();
+    if st.limiter.blocked(ip) {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed joins from this address; wait a minute",
+        );
+    }
+    let req: crate::join::JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            st.limiter.fail(ip);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid join request: {e}"),
+            );
+        }
+    };
+    match crate::join::join(&st.db, &st.ca, &req, ip).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(crate::join::JoinRefusal(status, msg)) => {
+            st.limiter.fail(ip);
+            tracing::warn!(%ip, token = %req.token_id, reason = %msg, "join refused");
+            let _ = st
+                .db
+                .audit(&crate::fleet_db::AuditEntry {
+                    at: crate::fleet_db::unix_now(),
+                    actor: format!("join:{ip}"),
+                    action: "swarm.join".into(),
+                    target: req.token_id.clone(),
+                    outcome: "refused".into(),
+                    detail: msg.clone(),
+                })
+                .await;
+            error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                "join_refused",
+                msg,
+            )
+        }
+    }
 }
 
 /// Whether `peer` presents a current, non-revoked agent certificate of `host`.
@@ -121,11 +198,12 @@ pub async fn check_agent_certificate(db: &FleetDb, peer: &PeerIdentity) -> Resul
 }
 
 async fn heartbeat(
-    State(db): State<Arc<FleetDb>>,
+    State(st): State<Arc<ControlState>>,
     Extension(peer): Extension<PeerIdentity>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(r) = check_agent_certificate(&db, &peer).await {
+    let db = &st.db;
+    if let Err(r) = check_agent_certificate(db, &peer).await {
         tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint, "heartbeat refused");
         return r;
     }

@@ -175,6 +175,31 @@ pub struct UpdateRecord {
     pub detail: String,
 }
 
+/// A stored join token (the secret itself is never stored).
+#[derive(Clone, Debug)]
+pub struct JoinToken {
+    /// Public id (first part of the token).
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_hash: String,
+    /// Host the token is bound to.
+    pub host: String,
+    /// Address the master will dial.
+    pub address: String,
+    /// Extra SANs.
+    pub sans: Vec<String>,
+    /// Whether an updater may join with it too.
+    pub allow_updater: bool,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// When the agent joined with it.
+    pub used_agent: Option<i64>,
+    /// When the updater joined with it.
+    pub used_updater: Option<i64>,
+    /// Failed attempts with a wrong secret.
+    pub failures: i64,
+}
+
 /// Now, in unix seconds.
 pub fn unix_now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -534,6 +559,156 @@ impl FleetDb {
         .await?
         .rows_affected();
         Ok(n)
+    }
+
+    /// Store a new join token.
+    pub async fn create_token(&self, t: &JoinToken, created_by: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO join_tokens (id, secret_hash, host, address, sans, allow_updater, created_at, \
+             expires_at, used_agent, used_updater, failures, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, 0, $9)",
+        )
+        .bind(&t.id)
+        .bind(&t.secret_hash)
+        .bind(&t.host)
+        .bind(&t.address)
+        .bind(serde_json::to_string(&t.sans).map_err(|_| DbError::Corrupt("join_tokens.sans"))?)
+        .bind(i64::from(t.allow_updater))
+        .bind(unix_now())
+        .bind(t.expires_at)
+        .bind(created_by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A join token by id.
+    pub async fn token(&self, id: &str) -> Result<Option<JoinToken>, DbError> {
+        let row = sqlx::query(
+            "SELECT id, secret_hash, host, address, sans, allow_updater, expires_at, used_agent, used_updater, failures \
+             FROM join_tokens WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let sans: String = r.try_get(4)?;
+            let allow: i64 = r.try_get(5)?;
+            Ok(JoinToken {
+                id: r.try_get(0)?,
+                secret_hash: r.try_get(1)?,
+                host: r.try_get(2)?,
+                address: r.try_get(3)?,
+                sans: serde_json::from_str(&sans)
+                    .map_err(|_| DbError::Corrupt("join_tokens.sans"))?,
+                allow_updater: allow != 0,
+                expires_at: r.try_get(6)?,
+                used_agent: r.try_get(7)?,
+                used_updater: r.try_get(8)?,
+                failures: r.try_get(9)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Count a wrong-secret attempt against a token.
+    pub async fn token_failure(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE join_tokens SET failures = failures + 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Claim a token for `updater` or agent use; `false` when it was used
+    /// already (the check and the claim are one statement: no double use).
+    pub async fn claim_token(&self, id: &str, updater: bool) -> Result<bool, DbError> {
+        let sql = if updater {
+            "UPDATE join_tokens SET used_updater = $1 WHERE id = $2 AND used_updater IS NULL"
+        } else {
+            "UPDATE join_tokens SET used_agent = $1 WHERE id = $2 AND used_agent IS NULL"
+        };
+        let n = sqlx::query(sql)
+            .bind(unix_now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Record a certificate issued by a join: the host (created when new),
+    /// its current fingerprint for `role`, the ledger, and the previous
+    /// certificates of that role on the deny list.
+    pub async fn record_join(
+        &self,
+        host: &str,
+        address: &str,
+        sans: &[String],
+        role: &str,
+        cert: &CertRecord,
+    ) -> Result<(), DbError> {
+        let now = unix_now();
+        let mut tx = self.write_tx().await?;
+        let previous: Vec<String> =
+            sqlx::query("SELECT fingerprint FROM certificates WHERE host = $1 AND role = $2")
+                .bind(host)
+                .bind(role)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, sqlx::Error>>()?;
+        for fp in previous {
+            sqlx::query(
+                "INSERT INTO revoked_certificates (fingerprint, host, role, revoked_at, reason) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(&fp)
+            .bind(host)
+            .bind(role)
+            .bind(now)
+            .bind("superseded by a join")
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&cert.fingerprint)
+        .bind(host)
+        .bind(role)
+        .bind(&cert.serial)
+        .bind(cert.not_after)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let sans_json = serde_json::to_string(sans).map_err(|_| DbError::Corrupt("hosts.sans"))?;
+        sqlx::query(
+            "INSERT INTO hosts (name, address, agent_port, updater_port, sans, agent_fingerprint, updater_fingerprint, \
+             status, enrolled_at, updated_at) VALUES ($1, $2, 8765, 8766, $3, NULL, NULL, 'enrolled', $4, $5) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(host)
+        .bind(address)
+        .bind(&sans_json)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let sql = if role == "updater" {
+            "UPDATE hosts SET updater_fingerprint = $1, updated_at = $2 WHERE name = $3"
+        } else {
+            "UPDATE hosts SET agent_fingerprint = $1, updated_at = $2, status = 'enrolled', last_error = NULL WHERE name = $3"
+        };
+        sqlx::query(sql)
+            .bind(&cert.fingerprint)
+            .bind(now)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Append to the audit log.

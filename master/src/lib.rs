@@ -8,6 +8,7 @@
 //! * [`release`], [`rollout`] — release tarballs and fleet rollouts through the updaters;
 //! * [`demo`] — the one-command local fleet demo;
 //! * [`control_api`] — `decnet master serve`: heartbeats (and the listener beside it);
+//! * [`join`] — one-time tokens and CSR joins;
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod enrollment;
 pub mod fleet_db;
 pub mod fleet_ops;
 pub mod home;
+pub mod join;
 pub mod listener_cmd;
 pub mod log_gate;
 pub mod release;

@@ -29,6 +29,12 @@ pub struct Refusal {
 pub trait AccessPolicy: Send + Sync + 'static {
     /// Admit `peer` to `method path`, or say which role is required.
     fn check(&self, peer: &PeerIdentity, method: &Method, path: &str) -> Result<(), Refusal>;
+
+    /// Whether a peer without a client certificate may call `method path`
+    /// (only on listeners that accept anonymous peers at all). Default: never.
+    fn allows_anonymous(&self, _method: &Method, _path: &str) -> bool {
+        false
+    }
 }
 
 /// Admits peers whose role is one of the given kinds, on every route.
@@ -85,6 +91,9 @@ async fn check_access(
     next: Next,
 ) -> Response {
     let Some(peer) = req.extensions().get::<PeerIdentity>() else {
+        if policy.allows_anonymous(req.method(), req.uri().path()) {
+            return next.run(req).await;
+        }
         tracing::error!(path = %req.uri().path(), "request without a verified peer identity refused");
         return refusal_body(
             StatusCode::FORBIDDEN,

@@ -263,6 +263,13 @@ impl CertificateAuthority {
         Ok(leaf)
     }
 
+    /// Sign the public key of a PEM CSR (its signature is verified; its
+    /// subject and SANs are ignored: `spec` decides the CN and SANs).
+    pub fn sign_csr(&self, spec: &LeafSpec, csr_pem: &str) -> Result<IssuedLeaf, CaError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        self.sign(spec, &csr.public_key)
+    }
+
     /// Sign a leaf for a public key held elsewhere (a CSR's key). The returned
     /// [`IssuedLeaf`] has an empty `key_pem`.
     pub fn sign(
@@ -329,6 +336,16 @@ fn san(s: &str) -> Result<SanType, CaError> {
             .try_into()
             .map_err(|_| CaError::BadSan(s.to_string()))?,
     ))
+}
+
+/// A fresh RSA-2048 key and a CSR for it: `(key_pem, csr_pem)`. The key
+/// never leaves the machine that calls this (token join, renewal).
+pub fn generate_csr(common_name: &str) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = distinguished_name(common_name, Some("swarm-worker"));
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
 }
 
 /// A positive, non-zero-leading 128-bit random serial (RFC 5280 allows 20 octets).

@@ -42,6 +42,11 @@ pub struct AcceptOptions {
     /// At most this many handshakes run at once; further connections wait
     /// in the kernel backlog.
     pub max_pending_handshakes: usize,
+    /// Hand over connections without a client certificate too (their
+    /// [`TlsPeer::identity`] is `None`); the server config must then allow
+    /// unauthenticated clients. Only the master's control API does this, for
+    /// token joins; every policy refuses anonymous peers unless it says otherwise.
+    pub allow_anonymous: bool,
 }
 
 impl Default for AcceptOptions {
@@ -49,6 +54,7 @@ impl Default for AcceptOptions {
         AcceptOptions {
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 256,
+            allow_anonymous: false,
         }
     }
 }
@@ -58,8 +64,9 @@ impl Default for AcceptOptions {
 pub struct TlsPeer {
     /// Remote socket address.
     pub remote: SocketAddr,
-    /// Identity from the verified client certificate.
-    pub identity: Arc<PeerIdentity>,
+    /// The verified identity (`None` only for anonymous peers on a listener
+    /// that allows them).
+    pub identity: Option<Arc<PeerIdentity>>,
 }
 
 /// An accepted, handshaken mTLS connection that knows its peer.
@@ -189,6 +196,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let tx = tx.clone();
         let timeout = options.handshake_timeout;
+        let allow_anonymous = options.allow_anonymous;
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(timeout, acceptor.accept(sock)).await;
             drop(permit);
@@ -203,26 +211,26 @@ async fn accept_loop(
                 }
                 Ok(Ok(stream)) => stream,
             };
-            let Some(der) = stream
+            let identity = match stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-            else {
-                tracing::warn!(%remote, "peer presented no certificate; closing");
-                return;
-            };
-            let identity = match PeerIdentity::from_der(der) {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::warn!(%remote, error = %e, "peer certificate names no role; closing");
+            {
+                Some(der) => match PeerIdentity::from_der(der) {
+                    Ok(id) => Some(Arc::new(id)),
+                    Err(e) => {
+                        tracing::warn!(%remote, error = %e, "peer certificate names no role; closing");
+                        return;
+                    }
+                },
+                None if allow_anonymous => None,
+                None => {
+                    tracing::warn!(%remote, "peer presented no certificate; closing");
                     return;
                 }
             };
-            let peer = TlsPeer {
-                remote,
-                identity: Arc::new(identity),
-            };
+            let peer = TlsPeer { remote, identity };
             let _ = tx
                 .send(MtlsStream {
                     inner: stream,
@@ -264,8 +272,9 @@ async fn insert_identity(
     mut req: Request,
     next: Next,
 ) -> Response {
-    req.extensions_mut()
-        .insert(PeerIdentity::clone(&peer.identity));
+    if let Some(identity) = &peer.identity {
+        req.extensions_mut().insert(PeerIdentity::clone(identity));
+    }
     next.run(req).await
 }
 

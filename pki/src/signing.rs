@@ -213,6 +213,18 @@ pub fn digest_hex(d: &[u8; 32]) -> String {
     crate::ca::hex(d)
 }
 
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let mut s = Sha256Stream::default();
+    s.update(bytes);
+    digest_hex(&s.finish())
+}
+
+/// Compare two secrets (or their hashes) in constant time.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

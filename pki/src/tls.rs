@@ -84,6 +84,93 @@ pub fn server_config(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// Server side for the master's control API: present `bundle`; a client
+/// certificate is verified against the CA when presented (a foreign or
+/// expired one still fails the handshake) but not required, so a worker
+/// without a certificate yet can join with a token.
+pub fn server_config_allowing_anonymous(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = crypto_provider();
+    let roots = Arc::new(ca_roots(&bundle.ca_pem)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let (certs, key) = leaf_and_key(bundle)?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+/// Client side without a certificate (token join), verifying the server
+/// against `ca_pem` (CA only, no host name).
+pub fn anonymous_client_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier = CaOnlyServerVerifier::new(ca_roots(ca_pem)?, None, &provider);
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// Client side without a certificate and WITHOUT verifying the server: used
+/// only to download the CA certificate at the start of a token join, which is
+/// then checked against the SHA-256 the token carries before anything is
+/// trusted or any secret is sent.
+pub fn bootstrap_client_config() -> Result<ClientConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier = AcceptAnyServer {
+        algorithms: provider.signature_verification_algorithms,
+    };
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// See [`bootstrap_client_config`]: checks handshake signatures only.
+#[derive(Debug)]
+struct AcceptAnyServer {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 /// Client side: present `bundle`, trust only its CA, no host-name check,
 /// optionally pin the server leaf's fingerprint.
 /// Returned by value because reqwest takes an owned config; wrap it in an

@@ -2,10 +2,12 @@
 //!
 //! * [`transport`] — the mTLS HTTP client (master bundle, CA-only
 //!   verification, fingerprint pin) and the error type shared by all clients;
+//! * [`join`] — the worker side of a token join;
 //! * [`agent`] — [`AgentClient`];
 //! * [`updater`] — [`UpdaterClient`] (multipart upload, fail-closed pin).
 
 pub mod agent;
+pub mod join;
 pub mod transport;
 pub mod updater;
 

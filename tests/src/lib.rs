@@ -318,6 +318,39 @@ impl Agent {
         }
     }
 
+    /// Start `decnet-agent serve` with the bundle in `bundle_dir` (e.g. one
+    /// written by a token join), recording its port for `host`.
+    pub fn start_with_bundle(
+        master: &MasterHome,
+        host: &str,
+        bundle_dir: &Path,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Agent {
+        let mut cmd = Command::new(bin("decnet-agent"));
+        cmd.args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--stop-grace",
+            "2",
+        ])
+        .arg("--bundle-dir")
+        .arg(bundle_dir)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(extra)
+        .env("DECNET_LOG", "info");
+        let daemon = Daemon::start(cmd, state_dir.with_extension("agent.log"));
+        master.set_agent_port(host, daemon.port());
+        Agent {
+            daemon,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
     /// Stop the agent process (its deckies keep running) and start a new
     /// one on the same state dir, as after an upgrade or crash.
     pub fn restart(&mut self, master: &MasterHome, host: &str, extra: &[&str]) {

@@ -187,3 +187,244 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 422);
 }
+
+fn token(m: &MasterHome, host: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "swarm",
+        "token",
+        "create",
+        "--host",
+        host,
+        "--address",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(extra);
+    m.ok(&args).trim().to_string()
+}
+
+fn join(bin: &str, master: &Daemon, token: &str, dir: &std::path::Path) -> std::process::Output {
+    Command::new(decnet_e2e::bin(bin))
+        .args([
+            "join",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            token,
+            "--bundle-dir",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn token_join_issues_certificates_for_locally_generated_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = MasterHome::new();
+    let master = start_master(&m, 90);
+    let t = token(&m, "j1", &["--updater", "--sans", "j1.lab"]);
+    assert_eq!(t.split('.').count(), 3);
+    let ca = CertificateAuthority::load(&CaLayout::new(m.home().join("ca"))).unwrap();
+    assert!(
+        t.ends_with(&ca.fingerprint().to_hex()),
+        "the token embeds the CA's SHA-256"
+    );
+
+    let agent_dir = m.dir.path().join("j1-agent");
+    let out = join("decnet-agent", &master, &t, &agent_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(agent_dir.join("worker.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let b = Bundle::load(&agent_dir, BundleKind::Agent).unwrap();
+    assert_eq!(b.identity.cn, "j1");
+    let show = m.json(&["swarm", "show", "j1", "--json"]);
+    assert_eq!(show["agent_fingerprint"], b.identity.fingerprint.to_hex());
+    let sans: Vec<&str> = show["sans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        sans.contains(&"127.0.0.1") && sans.contains(&"j1.lab"),
+        "{sans:?}"
+    );
+    // The master never saw the key: it is not in its copy of the worker dir.
+    assert!(!m.agent_bundle_dir("j1").join("worker.key").exists());
+
+    // Single use per role.
+    let out = join("decnet-agent", &master, &t, &m.dir.path().join("again"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already used"));
+
+    // The updater joins with the same token (created with --updater).
+    let up_dir = m.dir.path().join("j1-updater");
+    let out = join("decnet-updater", &master, &t, &up_dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ub = Bundle::load(&up_dir, BundleKind::Updater).unwrap();
+    assert_eq!(ub.identity.cn, "updater@j1");
+    assert_eq!(
+        m.json(&["swarm", "show", "j1", "--json"])["updater_fingerprint"],
+        ub.identity.fingerprint.to_hex()
+    );
+
+    // The joined agent is a full member: its heartbeats are accepted.
+    let _agent = Agent::start_with_bundle(
+        &m,
+        "j1",
+        &agent_dir,
+        &m.dir.path().join("j1-state"),
+        &[
+            "--master",
+            &master.addr.to_string(),
+            "--heartbeat-interval",
+            "1",
+        ],
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            (m.json(&["swarm", "show", "j1", "--json"])["status"] == "active").then_some(())
+        })
+        .is_some()
+    );
+    let audit = m.json(&["audit", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.join" && e["outcome"] == "ok")
+    );
+}
+
+#[test]
+fn expired_reused_tampered_and_guessed_tokens_are_refused() {
+    let m = MasterHome::new();
+    let master = start_master(&m, 90);
+    // Expired.
+    let t = token(&m, "j2", &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = join("decnet-agent", &master, &t, &m.dir.path().join("j2"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+    assert!(
+        !m.dir.path().join("j2/worker.key").exists(),
+        "nothing written on refusal"
+    );
+
+    // An agent token does not let an updater in.
+    let t = token(&m, "j3", &[]);
+    let out = join("decnet-updater", &master, &t, &m.dir.path().join("j3u"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not allow an updater"));
+
+    // A token naming another CA (the wrong master): refused before any secret is sent.
+    let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+    parts[2] = "0".repeat(64);
+    let out = join(
+        "decnet-agent",
+        &master,
+        &parts.join("."),
+        &m.dir.path().join("j3x"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the one the token names"));
+
+    // Guessing the secret locks the token.
+    let mut guess = t.split('.').map(String::from).collect::<Vec<_>>();
+    guess[1] = "f".repeat(32);
+    for _ in 0..5 {
+        let out = join(
+            "decnet-agent",
+            &master,
+            &guess.join("."),
+            &m.dir.path().join("g"),
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid token"));
+    }
+    let out = join("decnet-agent", &master, &t, &m.dir.path().join("j3"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Malformed token text.
+    let out = join(
+        "decnet-agent",
+        &master,
+        "not-a-token",
+        &m.dir.path().join("x"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_master_decides_cn_and_sans_never_the_csr() {
+    let m = MasterHome::new();
+    let master = start_master(&m, 90);
+    let t = token(&m, "j4", &[]);
+    let parts: Vec<&str> = t.split('.').collect();
+    let ca_pem = std::fs::read_to_string(m.home().join("ca/ca.crt")).unwrap();
+    decnet_pki::provider::install_default();
+    // A CSR claiming to be the master.
+    let (_key, csr) = decnet_pki::ca::generate_csr("decnet-master").unwrap();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(decnet_pki::tls::anonymous_client_config(&ca_pem).unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("https://{}/join", master.addr))
+        .json(&serde_json::json!({"token_id": parts[0], "secret": parts[1], "role": "agent", "csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let id = decnet_pki::PeerIdentity::from_pem(v["cert_pem"].as_str().unwrap()).unwrap();
+    assert_eq!(id.cn, "j4", "the CN comes from the token, not the CSR");
+    // Anonymous peers get nothing else.
+    let r = client
+        .get(format!("https://{}/health", master.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client
+        .post(format!("https://{}/heartbeat", master.addr))
+        .json(&serde_json::json!({"version": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Garbage CSR: 400, token not spent.
+    let t2 = token(&m, "j5", &[]);
+    let p2: Vec<&str> = t2.split('.').collect();
+    let r = client
+        .post(format!("https://{}/join", master.addr))
+        .json(&serde_json::json!({"token_id": p2[0], "secret": p2[1], "role": "agent", "csr": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let out = join("decnet-agent", &master, &t2, &m.dir.path().join("j5"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -32,6 +32,19 @@ enum ControlArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Join the fleet with a one-time token (created with --updater): generate
+    /// the key here, get the certificate from the master, write the updater bundle.
+    Join {
+        /// The master's control API, HOST[:PORT] (port 8770 by default).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        master: String,
+        /// The token printed by `decnet swarm token create --updater`.
+        #[arg(long, env = "DECNET_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where to write the bundle; default ~/.decnet/updater.
+        #[arg(long, value_name = "DIR")]
+        bundle_dir: Option<PathBuf>,
+    },
     /// Serve the updater API over mTLS.
     Serve {
         /// Listen address.
@@ -105,8 +118,46 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let Command::Serve { .. } = &cli.command;
-    std::process::exit(rt.block_on(serve(cli.command)));
+    let code = match cli.command {
+        Command::Join {
+            master,
+            token,
+            bundle_dir,
+        } => rt.block_on(async move {
+            let dir = bundle_dir
+                .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("updater"));
+            let master = if master
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                master
+            } else {
+                format!("{master}:8770")
+            };
+            match decnet_swarm_client::join::join(&master, &token, BundleKind::Updater, &dir).await
+            {
+                Ok(b) => {
+                    println!(
+                        "joined as {} (fingerprint {}); bundle written to {}",
+                        b.identity.cn,
+                        b.identity.fingerprint,
+                        dir.display()
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    match e {
+                        decnet_swarm_client::join::JoinError::BadToken
+                        | decnet_swarm_client::join::JoinError::CaMismatch { .. } => 2,
+                        _ => 1,
+                    }
+                }
+            }
+        }),
+        serve_cmd @ Command::Serve { .. } => rt.block_on(serve(serve_cmd)),
+    };
+    std::process::exit(code);
 }
 
 fn setup_error(msg: impl std::fmt::Display) -> i32 {
@@ -132,7 +183,10 @@ async fn serve(cmd: Command) -> i32 {
         probe_timeout,
         probe_interval_ms,
         stop_grace,
-    } = cmd;
+    } = cmd
+    else {
+        return 2;
+    };
     let home = decnet_pki::bundle::default_decnet_home();
     let bundle_dir = bundle_dir.unwrap_or_else(|| home.join("updater"));
     let agent_bundle_dir = agent_bundle_dir.unwrap_or_else(|| home.join("agent"));

@@ -1,0 +1,189 @@
+//! The worker side of a token join, shared by `decnet-agent join` and
+//! `decnet-updater join`, and the token format shared with the master.
+//!
+//! 1. Download the CA certificate from the master without trusting anything,
+//!    and refuse to go on unless its SHA-256 is the one the token carries.
+//! 2. Generate the private key here (it never leaves this machine) and a CSR.
+//! 3. Send the CSR and the token secret over TLS verified against that CA.
+//! 4. Write the returned certificate, the key (0600) and the CA as a bundle.
+
+use std::path::Path;
+use std::time::Duration;
+
+use decnet_pki::{Bundle, BundleKind, Fingerprint, RoleKind};
+
+/// A token: `<id>.<secret>.<ca-sha256>`.
+#[derive(Debug, Clone)]
+pub struct TokenText {
+    /// Public id (12 hex).
+    pub id: String,
+    /// Secret (32 hex); only its SHA-256 is stored on the master.
+    pub secret: String,
+    /// SHA-256 of the CA certificate (64 hex).
+    pub ca_sha256: String,
+}
+
+impl std::fmt::Display for TokenText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.id, self.secret, self.ca_sha256)
+    }
+}
+
+/// Parse `<id>.<secret>.<ca-sha256>`.
+pub fn parse_token(text: &str) -> Option<TokenText> {
+    let mut it = text.trim().split('.');
+    let (id, secret, ca) = (it.next()?, it.next()?, it.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (it.next().is_none() && hex(id, 12) && hex(secret, 32) && hex(ca, 64)).then(|| TokenText {
+        id: id.into(),
+        secret: secret.into(),
+        ca_sha256: ca.to_ascii_lowercase(),
+    })
+}
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The token text is malformed.
+    #[error("the token is malformed (expected <id>.<secret>.<ca-sha256>)")]
+    BadToken,
+    /// The master's CA is not the one the token names.
+    #[error(
+        "the master's CA certificate (sha256 {got}) is not the one the token names ({expected}); refusing to trust it"
+    )]
+    CaMismatch {
+        /// From the token.
+        expected: String,
+        /// From the master.
+        got: String,
+    },
+    /// The master refused.
+    #[error("the master refused the join: {0}")]
+    Refused(String),
+    /// Network or TLS failure.
+    #[error("cannot reach the master at {master}: {detail}")]
+    Unreachable {
+        /// Where.
+        master: String,
+        /// Why.
+        detail: String,
+    },
+    /// Local failure (key generation, writing the bundle).
+    #[error("{0}")]
+    Local(String),
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+/// Join `master` (`host:port`) with `token` as `kind`, writing the bundle to `dir`.
+pub async fn join(
+    master: &str,
+    token: &str,
+    kind: BundleKind,
+    dir: &Path,
+) -> Result<Bundle, JoinError> {
+    let token = parse_token(token).ok_or(JoinError::BadToken)?;
+    let unreachable = |e: &dyn std::error::Error| JoinError::Unreachable {
+        master: master.to_string(),
+        detail: chain(e),
+    };
+    let build = |cfg| {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(cfg)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| JoinError::Local(e.to_string()))
+    };
+    // 1. The CA, checked against the token before anything else.
+    let boot = build(
+        decnet_pki::tls::bootstrap_client_config().map_err(|e| JoinError::Local(e.to_string()))?,
+    )?;
+    let v: serde_json::Value = boot
+        .get(format!("https://{master}/join/ca"))
+        .send()
+        .await
+        .map_err(|e| unreachable(&e))?
+        .json()
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let ca_pem = v["ca_pem"]
+        .as_str()
+        .ok_or_else(|| JoinError::Refused("no CA certificate in the answer".into()))?;
+    let ca_der = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|_| JoinError::Refused("the CA certificate does not parse".into()))?
+    };
+    let got = Fingerprint::of_der(&ca_der).to_hex();
+    if got != token.ca_sha256 {
+        return Err(JoinError::CaMismatch {
+            expected: token.ca_sha256,
+            got,
+        });
+    }
+    // 2. Our own key and CSR.
+    let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("decnet-join")
+        .map_err(|e| JoinError::Local(format!("cannot generate a key: {e}")))?;
+    // 3. The join itself, over TLS verified against the CA.
+    let client = build(
+        decnet_pki::tls::anonymous_client_config(ca_pem)
+            .map_err(|e| JoinError::Local(e.to_string()))?,
+    )?;
+    let role = match kind {
+        BundleKind::Updater => "updater",
+        _ => "agent",
+    };
+    let resp = client
+        .post(format!("https://{master}/join"))
+        .json(&serde_json::json!({ "token_id": token.id, "secret": token.secret, "role": role, "csr": csr_pem }))
+        .send()
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| unreachable(&e))?;
+    if !status.is_success() {
+        return Err(JoinError::Refused(
+            body["detail"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_string(),
+        ));
+    }
+    let cert_pem = body["cert_pem"]
+        .as_str()
+        .ok_or_else(|| JoinError::Refused("no certificate in the answer".into()))?;
+    // 4. The bundle.
+    let identity = decnet_pki::PeerIdentity::from_pem(cert_pem)
+        .map_err(|e| JoinError::Refused(format!("the issued certificate is unusable: {e}")))?;
+    let want = if kind == BundleKind::Updater {
+        RoleKind::Updater
+    } else {
+        RoleKind::Agent
+    };
+    if identity.role.kind() != want {
+        return Err(JoinError::Refused(format!(
+            "the master issued a {} certificate, not {role}",
+            identity.role.kind()
+        )));
+    }
+    let bundle = Bundle {
+        kind,
+        cert_pem: cert_pem.to_string(),
+        key_pem,
+        ca_pem: ca_pem.to_string(),
+        identity,
+    };
+    bundle
+        .write(dir)
+        .map_err(|e| JoinError::Local(format!("cannot write the bundle: {e}")))?;
+    Ok(bundle)
+}
