@@ -318,3 +318,26 @@ fn plaintext_is_refused_off_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback only"), "{err}");
 }
+
+#[test]
+fn the_agent_daemon_forwards_with_forward_to() {
+    let m = MasterHome::new();
+    m.enroll("wf");
+    let l = Listener::start(&m, 0);
+    let log = m.dir.path().join("wf.log");
+    append_lines(&log, &lines("embedded", 4));
+    let _agent = decnet_e2e::Agent::start(
+        &m,
+        "wf",
+        &m.dir.path().join("wf-state"),
+        &[
+            "--forward-to",
+            &l.daemon.addr.to_string(),
+            "--forward-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let raw = l.wait_lines(4, WAIT);
+    assert!(raw[3].ends_with("embedded line 0003"), "{raw:?}");
+    assert!(l.records().iter().all(|r| r["peer_cn"] == "wf"));
+}
