@@ -69,6 +69,8 @@ pub struct RunningAgent {
     pub local_addr: SocketAddr,
     /// The executor (for embedding).
     pub executor: Arc<Executor>,
+    /// The served certificate (swapped by renewal).
+    pub cert: Arc<decnet_pki::tls::ReloadableCert>,
     listener: MtlsListener,
     policy: AgentPolicy,
 }
@@ -90,7 +92,7 @@ pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
     let Role::Agent(host) = bundle.identity.role.clone() else {
         return Err(SetupError::NotAgent(opts.bundle_dir.display().to_string()));
     };
-    let server_config = decnet_pki::server_config(&bundle)?;
+    let (server_config, cert) = decnet_pki::tls::server_config_reloadable(&bundle)?;
     let store = StateStore::open(&opts.state_dir)?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let driver: Arc<dyn Driver> = match opts.driver {
@@ -121,6 +123,7 @@ pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
     Ok(RunningAgent {
         local_addr: listener.local_addr(),
         executor,
+        cert,
         listener,
         policy: AgentPolicy { own_host: host },
     })

@@ -15,33 +15,39 @@ pub fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * r)
 }
 
-/// Send heartbeats to `https://<master>/heartbeat` until the task is dropped.
+/// Send heartbeats to `https://<master>/heartbeat` until the task is
+/// dropped, with the bundle read from `bundle_dir` each time (so a renewed
+/// certificate is used at once). An answer with `"renew": true` wakes
+/// `renew_now`.
 pub async fn run(
     exec: Arc<Executor>,
-    bundle: Bundle,
+    bundle_dir: std::path::PathBuf,
     pin: Option<Fingerprint>,
     master: String,
     interval: Duration,
+    renew_now: Arc<tokio::sync::Notify>,
 ) {
-    let client = match decnet_pki::client_config(&bundle, pin)
-        .map_err(|e| e.to_string())
-        .and_then(|cfg| {
-            reqwest::Client::builder()
-                .tls_backend_preconfigured(cfg)
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| e.to_string())
-        }) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "heartbeats disabled: cannot build the client");
-            return;
-        }
-    };
     let url = format!("https://{master}/heartbeat");
     let mut failures = 0u32;
     loop {
+        let client = match Bundle::load(&bundle_dir, decnet_pki::BundleKind::Agent)
+            .map_err(|e| e.to_string())
+            .and_then(|b| decnet_pki::client_config(&b, pin).map_err(|e| e.to_string()))
+            .and_then(|cfg| {
+                reqwest::Client::builder()
+                    .tls_backend_preconfigured(cfg)
+                    .connect_timeout(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "heartbeat skipped: cannot build the client");
+                tokio::time::sleep(jittered(interval)).await;
+                continue;
+            }
+        };
         let snap = exec.snapshot().await;
         let body = serde_json::json!({
             "version": snap.version,
@@ -56,6 +62,11 @@ pub async fn run(
                     tracing::info!(master = %master, "heartbeats accepted again");
                 }
                 failures = 0;
+                if let Ok(v) = r.json::<serde_json::Value>().await
+                    && v["renew"] == true
+                {
+                    renew_now.notify_one();
+                }
             }
             Ok(r) => {
                 failures += 1;

@@ -375,26 +375,26 @@ async fn serve(
             return 2;
         }
     };
-    let heartbeat_task = match heartbeat {
-        Some(hb) => match decnet_pki::Bundle::load(&opts.bundle_dir, decnet_pki::BundleKind::Agent)
-        {
-            Ok(bundle) => {
-                tracing::info!(master = %hb.master, interval = ?hb.interval, "sending heartbeats");
-                Some(tokio::spawn(decnet_agent::heartbeat::run(
-                    agent.executor.clone(),
-                    bundle,
-                    heartbeat_pin,
-                    hb.master,
-                    hb.interval,
-                )))
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        },
-        None => None,
-    };
+    let heartbeat_task = heartbeat.map(|hb| {
+        tracing::info!(master = %hb.master, interval = ?hb.interval, "sending heartbeats; renewing the certificate with the master");
+        let renew_now = std::sync::Arc::new(tokio::sync::Notify::new());
+        let beats = tokio::spawn(decnet_agent::heartbeat::run(
+            agent.executor.clone(),
+            opts.bundle_dir.clone(),
+            heartbeat_pin,
+            hb.master.clone(),
+            hb.interval,
+            renew_now.clone(),
+        ));
+        let renewal = tokio::spawn(decnet_agent::renewal::run(
+            opts.bundle_dir.clone(),
+            hb.master,
+            heartbeat_pin,
+            agent.cert.clone(),
+            renew_now,
+        ));
+        (beats, renewal)
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let forward_task = forwarder.map(|(fopts, bundle, pin)| {
         tracing::info!(file = %fopts.log_file.display(), master = %fopts.master, "forwarding logs");
@@ -406,8 +406,9 @@ async fn serve(
     println!("decnet-agent listening on {}", agent.local_addr);
     tracing::info!(addr = %agent.local_addr, driver = %opts.driver, "agent serving");
     let result = agent.serve(daemon::shutdown_signal()).await;
-    if let Some(t) = heartbeat_task {
-        t.abort();
+    if let Some((beats, renewal)) = heartbeat_task {
+        beats.abort();
+        renewal.abort();
     }
     let _ = stop_tx.send(true);
     if let Some(t) = forward_task {

@@ -168,6 +168,9 @@ pub enum MasterCommand {
         /// Mark a host unreachable after this many seconds without a heartbeat.
         #[arg(long, default_value_t = 90)]
         unreachable_after: u64,
+        /// Validity of renewed certificates (e.g. 825d, 12h, 90s).
+        #[arg(long, default_value = "825d")]
+        leaf_validity: String,
     },
 }
 
@@ -274,6 +277,9 @@ pub enum SwarmCommand {
         /// Updater port the master dials.
         #[arg(long, default_value_t = UPDATER_PORT)]
         updater_port: u16,
+        /// Certificate validity (e.g. 825d, 12h); agents renew at about 2/3 of it.
+        #[arg(long, default_value = "825d")]
+        valid_for: String,
     },
     /// List enrolled hosts.
     List {
@@ -306,6 +312,11 @@ pub enum SwarmCommand {
     /// One-time join tokens (the worker generates its own key).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ask a host to renew its agent certificate at its next heartbeat.
+    Renew {
+        /// Host name.
+        host: String,
+    },
     /// Deploy a deployment config (JSON, see wiki/Agent.md) to hosts.
     Deploy {
         /// CA location.
@@ -463,8 +474,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out_dir,
             agent_port,
             updater_port,
+            valid_for,
         }) => {
+            let validity = parse_ttl(&valid_for)
+                .ok_or_else(|| UsageError(format!("invalid --valid-for {valid_for:?}")))?;
             let req = EnrollRequest {
+                validity: Some(validity),
                 host,
                 address,
                 sans,
@@ -750,6 +765,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Swarm(SwarmCommand::Renew { host }) => {
+            let home = resolve(None);
+            let db = open_db(&home).await?;
+            let found = db.request_renewal(&host).await?;
+            audit(
+                &db,
+                "swarm.renew",
+                &host,
+                if found { "ok" } else { "refused" },
+                "renewal requested".into(),
+            )
+            .await?;
+            db.close().await;
+            if !found {
+                return Err(UsageError(format!(
+                    "host {host} is not enrolled or is decommissioned"
+                ))
+                .into());
+            }
+            println!(
+                "{host} will renew its certificate at its next heartbeat (decnet master serve must be running)"
+            );
+            Ok(())
+        }
         Command::Swarm(SwarmCommand::Rollback { ca, host }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
@@ -849,6 +888,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             log_path,
             json_path,
             unreachable_after,
+            leaf_validity,
         }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
@@ -880,6 +920,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     db: db.clone(),
                     ca,
                     limiter: Default::default(),
+                    leaf_validity: parse_ttl(&leaf_validity).ok_or_else(|| {
+                        UsageError(format!("invalid --leaf-validity {leaf_validity:?}"))
+                    })?,
                 })),
                 crate::control_api::ControlPolicy,
                 crate::listener_cmd::shutdown_signal(),

@@ -27,6 +27,7 @@ impl AccessPolicy for ControlPolicy {
     fn check(&self, peer: &PeerIdentity, method: &Method, path: &str) -> Result<(), Refusal> {
         match (&peer.role, method, path) {
             (Role::Agent(_), &Method::POST, "/heartbeat") => Ok(()),
+            (Role::Agent(_) | Role::Updater(_), &Method::POST, "/renew") => Ok(()),
             (_, &Method::GET, "/join/ca") | (_, &Method::POST, "/join") => Ok(()),
             (_, &Method::GET, "/health") => Ok(()),
             (_, _, "/heartbeat") => Err(Refusal {
@@ -55,6 +56,8 @@ pub struct ControlState {
     pub ca: decnet_pki::CertificateAuthority,
     /// Join failure rate limiter.
     pub limiter: crate::join::FailureLimiter,
+    /// Validity of renewed certificates.
+    pub leaf_validity: Duration,
 }
 
 /// A heartbeat's body.
@@ -88,6 +91,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route("/heartbeat", post(heartbeat))
         .route("/join/ca", get(join_ca))
         .route("/join", post(join))
+        .route("/renew", post(renew))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(state)
@@ -148,6 +152,20 @@ async fn join(
 
 /// Whether `peer` presents a current, non-revoked agent certificate of `host`.
 pub async fn check_agent_certificate(db: &FleetDb, peer: &PeerIdentity) -> Result<(), Response> {
+    check_certificate(db, peer, "agent").await
+}
+
+/// Whether `peer` presents a non-revoked certificate this master issued to
+/// its host for `role` (`agent` or `updater`), the host not decommissioned.
+pub async fn check_certificate(
+    db: &FleetDb,
+    peer: &PeerIdentity,
+    role: &str,
+) -> Result<(), Response> {
+    let host_name = match &peer.role {
+        Role::Agent(h) | Role::Updater(h) => h.to_string(),
+        Role::Master => peer.cn.clone(),
+    };
     let fp = peer.fingerprint.to_hex();
     let unavailable = |e: crate::fleet_db::DbError| {
         tracing::error!(error = %e, "fleet database unavailable");
@@ -178,12 +196,17 @@ pub async fn check_agent_certificate(db: &FleetDb, peer: &PeerIdentity) -> Resul
             "this certificate is revoked",
         ));
     }
-    let current = host.agent_fingerprint.as_deref() == Some(fp.as_str());
+    let recorded = if role == "updater" {
+        &host.updater_fingerprint
+    } else {
+        &host.agent_fingerprint
+    };
+    let current = recorded.as_deref() == Some(fp.as_str());
     let issued_to_host = db
         .certificate(&fp)
         .await
         .map_err(unavailable)?
-        .is_some_and(|c| c.host == peer.cn && c.role == "agent");
+        .is_some_and(|c| c.host == host_name && c.role == role);
     if !current && !issued_to_host {
         return Err(error(
             StatusCode::FORBIDDEN,
@@ -230,7 +253,107 @@ async fn heartbeat(
         );
     }
     tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, "heartbeat");
-    Json(serde_json::json!({"ok": true})).into_response()
+    let renew = db.renewal_requested(&peer.cn).await.unwrap_or(false);
+    Json(serde_json::json!({"ok": true, "renew": renew})).into_response()
+}
+
+/// `POST /renew` body.
+#[derive(Debug, Deserialize)]
+struct RenewRequest {
+    csr: String,
+}
+
+async fn renew(
+    State(st): State<Arc<ControlState>>,
+    Extension(peer): Extension<PeerIdentity>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (role, host) = match &peer.role {
+        Role::Agent(h) => ("agent", h.clone()),
+        Role::Updater(h) => ("updater", h.clone()),
+        Role::Master => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the master does not renew here",
+            );
+        }
+    };
+    if let Err(r) = check_certificate(&st.db, &peer, role).await {
+        tracing::warn!(peer_cn = %peer.cn, "renewal refused");
+        return r;
+    }
+    let req: RenewRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("invalid renewal: {e}"),
+            );
+        }
+    };
+    let sans = match st.db.host(host.as_str()).await {
+        Ok(Some(h)) => h.sans,
+        _ => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "fleet database unavailable",
+            );
+        }
+    };
+    let role_value = peer.role.clone();
+    let now = time::OffsetDateTime::now_utc();
+    let validity = time::Duration::seconds(st.leaf_validity.as_secs() as i64);
+    let spec = decnet_pki::LeafSpec::for_role(&role_value, &sans)
+        .with_validity(now - decnet_pki::ca::CLOCK_SKEW, now + validity);
+    let leaf = match st.ca.sign_csr(&spec, &req.csr) {
+        Ok(l) => l,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the CSR is not a valid, self-signed PKCS#10 request",
+            );
+        }
+    };
+    let record = crate::fleet_db::CertRecord {
+        fingerprint: leaf.fingerprint.to_hex(),
+        host: host.to_string(),
+        role: role.into(),
+        serial: leaf.serial.clone(),
+        not_after: leaf.not_after.unix_timestamp(),
+    };
+    if let Err(e) = st.db.record_renewal(host.as_str(), role, &record).await {
+        tracing::error!(error = %e, "cannot record a renewal");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "fleet database unavailable",
+        );
+    }
+    let _ = st
+        .db
+        .audit(&crate::fleet_db::AuditEntry {
+            at: crate::fleet_db::unix_now(),
+            actor: format!("api:{}", peer.cn),
+            action: "swarm.renew".into(),
+            target: host.to_string(),
+            outcome: "ok".into(),
+            detail: format!(
+                "role={role} old={} new={}",
+                peer.fingerprint, leaf.fingerprint
+            ),
+        })
+        .await;
+    tracing::info!(host = %host, role, fingerprint = %leaf.fingerprint, "certificate renewed");
+    Json(serde_json::json!({
+        "cert_pem": leaf.cert_pem,
+        "ca_pem": st.ca.cert_pem(),
+        "fingerprint": leaf.fingerprint.to_hex(),
+    }))
+    .into_response()
 }
 
 /// Mark hosts unreachable after `silence` without a heartbeat, every few seconds.

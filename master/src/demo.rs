@@ -244,6 +244,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 out_dir: Some(root.join(n).join("home")),
                 agent_port: 0,
                 updater_port: 0,
+                validity: None,
             },
         )
         .await?;

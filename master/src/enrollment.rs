@@ -58,6 +58,23 @@ pub struct EnrollRequest {
     pub agent_port: u16,
     /// Updater port.
     pub updater_port: u16,
+    /// Certificate validity (default 825 days).
+    pub validity: Option<std::time::Duration>,
+}
+
+/// The standard leaf for `role`, with `validity` when given.
+fn leaf_spec(role: &Role, sans: &[String], validity: Option<std::time::Duration>) -> LeafSpec {
+    let spec = LeafSpec::for_role(role, sans);
+    match validity {
+        Some(v) => {
+            let now = time::OffsetDateTime::now_utc();
+            spec.with_validity(
+                now - decnet_pki::ca::CLOCK_SKEW,
+                now + time::Duration::seconds(v.as_secs() as i64),
+            )
+        }
+        None => spec,
+    }
 }
 
 /// The result of an enrollment.
@@ -97,10 +114,14 @@ pub async fn enroll(
     for s in &sans {
         decnet_pki::ca::validate_san(s)?;
     }
-    let agent_leaf = ca.issue(&LeafSpec::for_role(&Role::Agent(host.clone()), &sans))?;
+    let agent_leaf = ca.issue(&leaf_spec(&Role::Agent(host.clone()), &sans, req.validity))?;
     let agent_bundle = Bundle::from_issued(BundleKind::Agent, &agent_leaf, ca.cert_pem())?;
     let updater = if req.updater {
-        let leaf = ca.issue(&LeafSpec::for_role(&Role::Updater(host.clone()), &sans))?;
+        let leaf = ca.issue(&leaf_spec(
+            &Role::Updater(host.clone()),
+            &sans,
+            req.validity,
+        ))?;
         Some((
             Bundle::from_issued(BundleKind::Updater, &leaf, ca.cert_pem())?,
             leaf,

@@ -711,6 +711,68 @@ impl FleetDb {
         Ok(())
     }
 
+    /// Ask `host` to renew its certificate at its next heartbeat.
+    pub async fn request_renewal(&self, host: &str) -> Result<bool, DbError> {
+        let n = sqlx::query(
+            "UPDATE hosts SET renew_requested = $1 WHERE name = $2 AND status <> 'decommissioned'",
+        )
+        .bind(unix_now())
+        .bind(host)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Whether a renewal was requested for `host`.
+    pub async fn renewal_requested(&self, host: &str) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT renew_requested FROM hosts WHERE name = $1")
+            .bind(host)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<i64>, _>(0)?.is_some(),
+            None => false,
+        })
+    }
+
+    /// Record a renewed certificate: ledger entry, the host's current
+    /// fingerprint for `role`, the renewal request cleared. The previous
+    /// certificate stays valid (not revoked) until it expires.
+    pub async fn record_renewal(
+        &self,
+        host: &str,
+        role: &str,
+        cert: &CertRecord,
+    ) -> Result<(), DbError> {
+        let now = unix_now();
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&cert.fingerprint)
+        .bind(host)
+        .bind(role)
+        .bind(&cert.serial)
+        .bind(cert.not_after)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let sql = if role == "updater" {
+            "UPDATE hosts SET updater_fingerprint = $1, updated_at = $2 WHERE name = $3"
+        } else {
+            "UPDATE hosts SET agent_fingerprint = $1, updated_at = $2, renew_requested = NULL WHERE name = $3"
+        };
+        sqlx::query(sql)
+            .bind(&cert.fingerprint)
+            .bind(now)
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Append to the audit log.
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
         sqlx::query(

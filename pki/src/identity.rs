@@ -23,6 +23,8 @@ pub struct PeerIdentity {
     pub serial: String,
     /// End of the certificate's validity.
     pub not_after: OffsetDateTime,
+    /// Start of the certificate's validity.
+    pub not_before: OffsetDateTime,
 }
 
 /// A certificate whose identity cannot be read.
@@ -56,6 +58,7 @@ impl PeerIdentity {
             fingerprint: Fingerprint::of_der(der),
             serial: hex(cert.raw_serial()),
             not_after: cert.validity().not_after.to_datetime(),
+            not_before: cert.validity().not_before.to_datetime(),
             cn,
         })
     }

@@ -71,6 +71,67 @@ fn leaf_and_key(
     Ok((certs, key))
 }
 
+/// The server certificate of a daemon that renews it while running: the
+/// TLS config resolves it on every handshake, so [`reload`](Self::reload)
+/// takes effect for new connections at once, without a restart, while open
+/// connections carry on.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    fn certified(bundle: &Bundle) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let (certs, key) = leaf_and_key(bundle)?;
+        let key = crypto_provider().key_provider.load_private_key(key)?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(certs, key)))
+    }
+
+    /// Serve `bundle`'s certificate.
+    pub fn new(bundle: &Bundle) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(ReloadableCert {
+            current: std::sync::RwLock::new(Self::certified(bundle)?),
+        }))
+    }
+
+    /// Switch to `bundle`'s certificate for the next handshakes.
+    pub fn reload(&self, bundle: &Bundle) -> Result<(), TlsError> {
+        let next = Self::certified(bundle)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// Like [`server_config`], but the certificate can be swapped at run time
+/// through the returned [`ReloadableCert`] (certificate renewal).
+pub fn server_config_reloadable(
+    bundle: &Bundle,
+) -> Result<(Arc<ServerConfig>, Arc<ReloadableCert>), TlsError> {
+    let provider = crypto_provider();
+    let roots = Arc::new(ca_roots(&bundle.ca_pem)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+    let cert = ReloadableCert::new(bundle)?;
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert.clone());
+    Ok((Arc::new(config), cert))
+}
+
 /// Server side: present `bundle`, require a CA-signed client certificate.
 pub fn server_config(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = crypto_provider();

@@ -3,11 +3,13 @@
 //! * [`transport`] — the mTLS HTTP client (master bundle, CA-only
 //!   verification, fingerprint pin) and the error type shared by all clients;
 //! * [`join`] — the worker side of a token join;
+//! * [`renew`] — certificate renewal, worker side;
 //! * [`agent`] — [`AgentClient`];
 //! * [`updater`] — [`UpdaterClient`] (multipart upload, fail-closed pin).
 
 pub mod agent;
 pub mod join;
+pub mod renew;
 pub mod transport;
 pub mod updater;
 

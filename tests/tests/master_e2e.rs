@@ -428,3 +428,187 @@ async fn the_master_decides_cn_and_sans_never_the_csr() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn agents_renew_before_expiry_keep_serving_and_the_master_pins_the_new_certificate() {
+    let m = MasterHome::new();
+    m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "rn1",
+        "--address",
+        "127.0.0.1",
+        "--valid-for",
+        "24s",
+    ]);
+    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
+    cmd.args([
+        "master",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-listener",
+        "--leaf-validity",
+        "30s",
+    ])
+    .env("DECNET_HOME", m.home())
+    .env("DECNET_LOG", "info");
+    let master = Daemon::start(cmd, m.dir.path().join("master-renew.log"));
+    let agent = Agent::start(
+        &m,
+        "rn1",
+        &m.dir.path().join("rn1-state"),
+        &[
+            "--master",
+            &master.addr.to_string(),
+            "--heartbeat-interval",
+            "1",
+        ],
+    );
+    let first = m.json(&["swarm", "show", "rn1", "--json"])["agent_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Keep calling the agent over fresh TLS connections during the swap.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok_count, failures) = {
+        let stop_flag = stop.clone();
+        let url = format!("https://{}/health", agent.daemon.addr);
+        let master_dir = m.master_bundle_dir();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                decnet_pki::provider::install_default();
+                let b = Bundle::load(&master_dir, BundleKind::Master).unwrap();
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop_flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    let c = reqwest::Client::builder()
+                        .tls_backend_preconfigured(decnet_pki::client_config(&b, None).unwrap())
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap();
+                    match c.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                (ok, failed)
+            })
+        });
+        let renewed = wait_for(Duration::from_secs(40), || {
+            let fp = m.json(&["swarm", "show", "rn1", "--json"])["agent_fingerprint"]
+                .as_str()?
+                .to_string();
+            (fp != first).then_some(fp)
+        });
+        assert!(
+            renewed.is_some(),
+            "no renewal; agent log:\n{}",
+            agent.daemon.log_text()
+        );
+        // The agent now presents the new certificate: the pinned check passes.
+        assert!(
+            wait_for(Duration::from_secs(5), || m
+                .run(&["swarm", "check"])
+                .status
+                .success()
+                .then_some(()))
+            .is_some(),
+            "the master's pinned check fails after the renewal"
+        );
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        handle.join().unwrap()
+    };
+    assert!(
+        failures.is_empty(),
+        "requests failed during the swap: {failures:?}"
+    );
+    assert!(
+        ok_count >= 5,
+        "only {ok_count} requests during the renewal window"
+    );
+    let show = m.json(&["swarm", "show", "rn1", "--json"]);
+    assert!(
+        !show["revoked_fingerprints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == first.as_str()),
+        "the old certificate stays valid until it expires"
+    );
+    let on_disk = Bundle::load(&m.agent_bundle_dir("rn1"), BundleKind::Agent).unwrap();
+    assert_eq!(
+        on_disk.identity.fingerprint.to_hex(),
+        show["agent_fingerprint"].as_str().unwrap()
+    );
+
+    // An operator can force a renewal.
+    let before = show["agent_fingerprint"].as_str().unwrap().to_string();
+    m.ok(&["swarm", "renew", "rn1"]);
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            let fp = m.json(&["swarm", "show", "rn1", "--json"])["agent_fingerprint"]
+                .as_str()?
+                .to_string();
+            (fp != before).then_some(())
+        })
+        .is_some(),
+        "forced renewal did not happen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decommissioned_or_revoked_host_cannot_renew() {
+    let m = MasterHome::new();
+    m.enroll("rn2");
+    let master = start_master(&m, 90);
+    let url = format!("https://{}/renew", master.addr);
+    let b = Bundle::load(&m.agent_bundle_dir("rn2"), BundleKind::Agent).unwrap();
+    let (_k, csr) = decnet_pki::ca::generate_csr("rn2").unwrap();
+    let old = m.dir.path().join("rn2-old");
+    b.write(&old).unwrap();
+    // Reissued: the old certificate is revoked and cannot renew.
+    m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "rn2",
+        "--address",
+        "127.0.0.1",
+        "--reissue",
+    ]);
+    let r = mtls_client(&old, BundleKind::Agent)
+        .post(&url)
+        .json(&serde_json::json!({"csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The current one can, until the host is decommissioned.
+    let current = mtls_client(&m.agent_bundle_dir("rn2"), BundleKind::Agent);
+    let r = current
+        .post(&url)
+        .json(&serde_json::json!({"csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let current_dir = m.dir.path().join("rn2-cur");
+    Bundle::load(&m.agent_bundle_dir("rn2"), BundleKind::Agent)
+        .unwrap()
+        .write(&current_dir)
+        .unwrap();
+    m.ok(&["swarm", "decommission", "rn2", "--yes"]);
+    let r = mtls_client(&current_dir, BundleKind::Agent)
+        .post(&url)
+        .json(&serde_json::json!({"csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}

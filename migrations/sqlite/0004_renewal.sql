@@ -1,0 +1,2 @@
+-- An operator asked this host to renew its certificate (decnet swarm renew).
+ALTER TABLE hosts ADD COLUMN renew_requested BIGINT;
