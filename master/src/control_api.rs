@@ -175,18 +175,18 @@ pub async fn check_certificate(
             "fleet database unavailable",
         )
     };
-    let Some(host) = db.host(&peer.cn).await.map_err(unavailable)? else {
+    let Some(host) = db.host(&host_name).await.map_err(unavailable)? else {
         return Err(error(
             StatusCode::NOT_FOUND,
             "unknown_host",
-            format!("host {} is not enrolled", peer.cn),
+            format!("host {host_name} is not enrolled"),
         ));
     };
     if host.status == HostStatus::Decommissioned {
         return Err(error(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("host {} is decommissioned", peer.cn),
+            format!("host {host_name} is decommissioned"),
         ));
     }
     if db.is_revoked(&fp).await.map_err(unavailable)? {

@@ -78,3 +78,51 @@ pub async fn renew(
         .map_err(|e| RenewError(format!("cannot write the renewed bundle: {e}")))?;
     Ok(new)
 }
+
+/// Keep the bundle in `dir` renewed with the master at `master`, forever: at
+/// [`renewal_due`], or at once when `renew_now` is notified. `on_renewed` is
+/// called with each new bundle (to swap the served certificate and rebuild
+/// clients). Failures are retried sooner as expiry approaches.
+pub async fn keep_renewed(
+    kind: decnet_pki::BundleKind,
+    dir: std::path::PathBuf,
+    master: String,
+    pin: Option<Fingerprint>,
+    renew_now: std::sync::Arc<tokio::sync::Notify>,
+    on_renewed: impl Fn(&Bundle) + Send,
+) {
+    loop {
+        let bundle = match Bundle::load(&dir, kind) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "renewal: cannot read the bundle");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                continue;
+            }
+        };
+        let wait =
+            (renewal_due(&bundle) - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(wait.as_seconds_f64())) => {}
+            _ = renew_now.notified() => tracing::info!("the master asked for a certificate renewal"),
+        }
+        match renew(&master, &bundle, pin, &dir).await {
+            Ok(new) => {
+                on_renewed(&new);
+                tracing::info!(
+                    fingerprint = %new.identity.fingerprint,
+                    not_after = %new.identity.not_after,
+                    "certificate renewed and now served"
+                );
+            }
+            Err(e) => {
+                let left = (bundle.identity.not_after - time::OffsetDateTime::now_utc())
+                    .whole_seconds()
+                    .max(1) as u64;
+                let retry = Duration::from_secs((left / 10).clamp(1, 60));
+                tracing::warn!(error = %e, retry_in = ?retry, "certificate renewal failed");
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}

@@ -561,6 +561,16 @@ impl UpdaterFixture {
     /// Start an updater for `host` (enrolled with `--updater`), recording its
     /// ports in the fleet database.
     pub fn start(master: &MasterHome, host: &str, env: &[(&str, &str)]) -> UpdaterFixture {
+        Self::start_with(master, host, env, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra updater arguments.
+    pub fn start_with(
+        master: &MasterHome,
+        host: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> UpdaterFixture {
         let base = master.dir.path().join(format!("{host}-node"));
         let install = base.join("opt");
         let agent_state = base.join("agent-state");
@@ -573,6 +583,7 @@ impl UpdaterFixture {
             agent_port,
             free_port(),
             env,
+            extra,
         );
         master.ok(&[
             "swarm",
@@ -600,6 +611,7 @@ impl UpdaterFixture {
         agent_port: u16,
         port: u16,
         env: &[(&str, &str)],
+        extra: &[&str],
     ) -> Daemon {
         std::fs::create_dir_all(install).expect("install dir");
         let mut cmd = Command::new(bin("decnet-updater"));
@@ -637,6 +649,7 @@ impl UpdaterFixture {
             "--stop-grace",
             "3",
         ])
+        .args(extra)
         .env("DECNET_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
@@ -657,6 +670,7 @@ impl UpdaterFixture {
             self.agent_port,
             port,
             env,
+            &[],
         );
         master.ok(&[
             "swarm",

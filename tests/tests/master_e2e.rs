@@ -612,3 +612,66 @@ async fn a_decommissioned_or_revoked_host_cannot_renew() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[test]
+fn updaters_renew_too_and_keep_installing_releases() {
+    let m = MasterHome::new();
+    m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "ru1",
+        "--address",
+        "127.0.0.1",
+        "--updater",
+        "--valid-for",
+        "24s",
+    ]);
+    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
+    cmd.args([
+        "master",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-listener",
+        "--leaf-validity",
+        "1h",
+    ])
+    .env("DECNET_HOME", m.home());
+    let master = Daemon::start(cmd, m.dir.path().join("master-ru.log"));
+    let u = decnet_e2e::UpdaterFixture::start_with(
+        &m,
+        "ru1",
+        &[],
+        &["--master", &master.addr.to_string()],
+    );
+    let first = m.json(&["swarm", "show", "ru1", "--json"])["updater_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let renewed = wait_for(Duration::from_secs(40), || {
+        let fp = m.json(&["swarm", "show", "ru1", "--json"])["updater_fingerprint"]
+            .as_str()?
+            .to_string();
+        (fp != first).then_some(())
+    });
+    assert!(
+        renewed.is_some(),
+        "updater did not renew; log:\n{}",
+        u.daemon.log_text()
+    );
+    // The master pins the new fingerprint and the updater serves it; its
+    // probe presents the renewed certificate to the agent.
+    let rel = decnet_e2e::good_release(&m.dir.path().join("rel"), false);
+    let out = m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        rel.to_str().unwrap(),
+        "--host",
+        "ru1",
+    ]);
+    assert!(out.contains("UPDATED"), "{out}");
+}

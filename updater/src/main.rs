@@ -95,6 +95,13 @@ enum Command {
         /// SIGTERM → SIGKILL grace when stopping the agent, seconds.
         #[arg(long, default_value_t = 10)]
         stop_grace: u64,
+        /// Renew this updater's certificate with the master's control API
+        /// (HOST[:PORT], port 8770 by default) at about 2/3 of its lifetime.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        master: Option<String>,
+        /// Pin the master's certificate fingerprint (SHA-256 hex).
+        #[arg(long, value_name = "SHA256")]
+        master_fingerprint: Option<String>,
     },
 }
 
@@ -183,6 +190,8 @@ async fn serve(cmd: Command) -> i32 {
         probe_timeout,
         probe_interval_ms,
         stop_grace,
+        master,
+        master_fingerprint,
     } = cmd
     else {
         return 2;
@@ -265,7 +274,15 @@ async fn serve(cmd: Command) -> i32 {
     if let Err(e) = core.recover().await {
         return setup_error(format!("cannot recover the release tree: {e}"));
     }
-    let config = match decnet_pki::server_config(&bundle) {
+    let master_pin = match master_fingerprint
+        .as_deref()
+        .map(str::parse::<decnet_pki::Fingerprint>)
+    {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return setup_error(format!("--master-fingerprint: {e}")),
+        None => None,
+    };
+    let (config, served_cert) = match decnet_pki::tls::server_config_reloadable(&bundle) {
         Ok(c) => c,
         Err(e) => return setup_error(e),
     };
@@ -300,6 +317,32 @@ async fn serve(cmd: Command) -> i32 {
             });
         }),
     });
+    if let Some(master) = master {
+        let master = if master
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            master
+        } else {
+            format!("{master}:8770")
+        };
+        let st = state.clone();
+        tokio::spawn(decnet_swarm_client::renew::keep_renewed(
+            BundleKind::Updater,
+            bundle_dir.clone(),
+            master,
+            master_pin,
+            Arc::new(tokio::sync::Notify::new()),
+            move |b| {
+                if let Err(e) = served_cert.reload(b) {
+                    tracing::error!(error = %e, "renewed certificate cannot be served");
+                }
+                if let Err(e) = st.core.prober.reload(b) {
+                    tracing::error!(error = %e, "probe client cannot use the renewed certificate");
+                }
+            },
+        ));
+    }
     println!("decnet-updater listening on {}", listener.local_addr());
     tracing::info!(addr = %listener.local_addr(), install = %install_dir.display(), "updater serving");
     match decnet_pki::serve::serve_router(

@@ -32,9 +32,10 @@ pub struct ProbeReport {
 }
 
 /// Probes the local agent.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Prober {
-    client: reqwest::Client,
+    client: std::sync::RwLock<reqwest::Client>,
+    agent_pin: Option<Fingerprint>,
     url: String,
     expected_host: String,
     opts: ProbeOptions,
@@ -49,27 +50,48 @@ impl Prober {
         expected_host: String,
         opts: ProbeOptions,
     ) -> Result<Self, String> {
-        let cfg = decnet_pki::client_config(bundle, agent_pin).map_err(|e| e.to_string())?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(cfg)
-            .connect_timeout(opts.timeout)
-            .timeout(opts.timeout)
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = Self::client(bundle, agent_pin, &opts)?;
         Ok(Prober {
-            client,
+            client: std::sync::RwLock::new(client),
+            agent_pin,
             url: format!("https://127.0.0.1:{}/health", opts.port),
             expected_host,
             opts,
         })
     }
 
+    /// Present `bundle` from now on (after a renewal of the updater's certificate).
+    pub fn reload(&self, bundle: &Bundle) -> Result<(), String> {
+        let c = Self::client(bundle, self.agent_pin, &self.opts)?;
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = c;
+        Ok(())
+    }
+
+    fn client(
+        bundle: &Bundle,
+        agent_pin: Option<Fingerprint>,
+        opts: &ProbeOptions,
+    ) -> Result<reqwest::Client, String> {
+        let cfg = decnet_pki::client_config(bundle, agent_pin).map_err(|e| e.to_string())?;
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(cfg)
+            .connect_timeout(opts.timeout)
+            .timeout(opts.timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
     /// Probe until healthy or out of attempts.
     pub async fn probe(&self) -> ProbeReport {
         let mut transcript = Vec::new();
         for attempt in 1..=self.opts.attempts {
-            match self.client.get(&self.url).send().await {
+            let client = self
+                .client
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match client.get(&self.url).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(v) if v["role"] == "agent" && v["host"] == self.expected_host.as_str() => {
                         let version = v["version"].as_str().map(str::to_string);
