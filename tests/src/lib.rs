@@ -542,6 +542,16 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Where one worker's updater and agent live.
+#[derive(Clone, Copy)]
+struct Node<'a> {
+    host: &'a str,
+    install: &'a Path,
+    agent_state: &'a Path,
+    agent_port: u16,
+    port: u16,
+}
+
 /// A running `decnet-updater` (spawn mode) for one enrolled host, with its
 /// install dir; kills the agent it spawned on drop.
 pub struct UpdaterFixture {
@@ -575,16 +585,14 @@ impl UpdaterFixture {
         let install = base.join("opt");
         let agent_state = base.join("agent-state");
         let agent_port = free_port();
-        let daemon = Self::spawn(
-            master,
+        let node = Node {
             host,
-            &install,
-            &agent_state,
+            install: &install,
+            agent_state: &agent_state,
             agent_port,
-            free_port(),
-            env,
-            extra,
-        );
+            port: free_port(),
+        };
+        let daemon = Self::spawn(master, &node, env, extra);
         master.ok(&[
             "swarm",
             "set-endpoint",
@@ -603,16 +611,14 @@ impl UpdaterFixture {
         }
     }
 
-    fn spawn(
-        master: &MasterHome,
-        host: &str,
-        install: &Path,
-        agent_state: &Path,
-        agent_port: u16,
-        port: u16,
-        env: &[(&str, &str)],
-        extra: &[&str],
-    ) -> Daemon {
+    fn spawn(master: &MasterHome, node: &Node<'_>, env: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        let Node {
+            host,
+            install,
+            agent_state,
+            agent_port,
+            port,
+        } = *node;
         std::fs::create_dir_all(install).expect("install dir");
         let mut cmd = Command::new(bin("decnet-updater"));
         // A fixed port: a self-updated updater re-executes and binds it again.
@@ -662,16 +668,14 @@ impl UpdaterFixture {
     pub fn restart(&mut self, master: &MasterHome, env: &[(&str, &str)]) {
         self.daemon.stop();
         let port = self.daemon.port();
-        self.daemon = Self::spawn(
-            master,
-            &self.host,
-            &self.install,
-            &self.agent_state,
-            self.agent_port,
+        let node = Node {
+            host: &self.host,
+            install: &self.install,
+            agent_state: &self.agent_state,
+            agent_port: self.agent_port,
             port,
-            env,
-            &[],
-        );
+        };
+        self.daemon = Self::spawn(master, &node, env, &[]);
         master.ok(&[
             "swarm",
             "set-endpoint",
