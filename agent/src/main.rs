@@ -74,6 +74,9 @@ enum Command {
         /// Where to write the bundle; default ~/.decnet/agent.
         #[arg(long, value_name = "DIR")]
         bundle_dir: Option<PathBuf>,
+        /// This worker's host name: the join is refused when the token is bound to another.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Forward a log file to the master's listener (RFC 5425 over mTLS).
     Forward {
@@ -172,6 +175,7 @@ fn main() {
                 master,
                 token,
                 bundle_dir,
+                host,
             } => {
                 let dir = bundle_dir
                     .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("agent"));
@@ -180,6 +184,7 @@ fn main() {
                     &token,
                     decnet_pki::BundleKind::Agent,
                     &dir,
+                    host.as_deref(),
                 )
                 .await
             }
@@ -223,9 +228,10 @@ async fn join_fleet(
     token: &str,
     kind: decnet_pki::BundleKind,
     dir: &std::path::Path,
+    host: Option<&str>,
 ) -> i32 {
     use decnet_swarm_client::join::JoinError;
-    match decnet_swarm_client::join::join(master, token, kind, dir).await {
+    match decnet_swarm_client::join::join(master, token, kind, dir, host).await {
         Ok(b) => {
             println!(
                 "joined as {} (fingerprint {}); bundle written to {}",
@@ -313,6 +319,7 @@ fn forwarder_setup(
         bundle.identity.cn.clone(),
     );
     opts.app_name = spec.app_name.clone();
+    opts.bundle_dir = Some(bundle_dir.to_path_buf());
     Ok((opts, bundle, pin))
 }
 

@@ -54,6 +54,9 @@ pub struct ForwarderOptions {
     pub max_line: usize,
     /// How long to wait after connecting for the listener to refuse us.
     pub settle: Duration,
+    /// Re-read the bundle from this directory before each connection, so a
+    /// renewed certificate is used without a restart.
+    pub bundle_dir: Option<PathBuf>,
 }
 
 impl ForwarderOptions {
@@ -71,6 +74,7 @@ impl ForwarderOptions {
             max_backoff: Duration::from_secs(30),
             max_line: frame::DEFAULT_MAX_FRAME - 512,
             settle: Duration::from_millis(300),
+            bundle_dir: None,
         }
     }
 }
@@ -320,7 +324,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ForwardError> {
     let config = decnet_pki::client_config(bundle, pin)?;
-    let connector = TlsConnector::from(Arc::new(config));
+    let mut connector = TlsConnector::from(Arc::new(config));
+    let mut presented = bundle.identity.fingerprint;
     let store = OffsetStore::new(opts.offset_file.clone());
     let mut committed = store.load();
     let mut pending: Option<Position> = None;
@@ -331,6 +336,15 @@ pub async fn run(
             break;
         }
         let Some(c) = conn.as_mut() else {
+            if let Some(dir) = &opts.bundle_dir
+                && let Ok(current) = Bundle::load(dir, decnet_pki::BundleKind::Agent)
+                && current.identity.fingerprint != presented
+                && let Ok(cfg) = decnet_pki::client_config(&current, pin)
+            {
+                tracing::info!(fingerprint = %current.identity.fingerprint, "forwarder uses the renewed certificate");
+                connector = TlsConnector::from(Arc::new(cfg));
+                presented = current.identity.fingerprint;
+            }
             match connect(&connector, &opts).await {
                 Ok(c) => {
                     tracing::info!(master = %opts.master, "forwarder connected");

@@ -83,6 +83,9 @@ pub struct JoinRequest {
     pub role: String,
     /// PEM CSR (its subject and SANs are ignored).
     pub csr: String,
+    /// The host the worker believes it is (`--host`); must match the token's.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// `POST /join` answer.
@@ -162,6 +165,14 @@ pub async fn join(
         return Err(refuse(
             403,
             "token expired; create a new one with `decnet swarm token create`",
+        ));
+    }
+    if let Some(claimed) = &req.host
+        && claimed != &token.host
+    {
+        return Err(refuse(
+            403,
+            &format!("this token is bound to another host, not {claimed}"),
         ));
     }
     if updater && !token.allow_updater {

@@ -83,12 +83,14 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Join `master` (`host:port`) with `token` as `kind`, writing the bundle to `dir`.
+/// Join `master` (`host:port`) with `token` as `kind`, writing the bundle to
+/// `dir`. With `claimed_host`, the master refuses a token bound to another host.
 pub async fn join(
     master: &str,
     token: &str,
     kind: BundleKind,
     dir: &Path,
+    claimed_host: Option<&str>,
 ) -> Result<Bundle, JoinError> {
     let token = parse_token(token).ok_or(JoinError::BadToken)?;
     let unreachable = |e: &dyn std::error::Error| JoinError::Unreachable {
@@ -144,7 +146,9 @@ pub async fn join(
     };
     let resp = client
         .post(format!("https://{master}/join"))
-        .json(&serde_json::json!({ "token_id": token.id, "secret": token.secret, "role": role, "csr": csr_pem }))
+        .json(&serde_json::json!({
+            "token_id": token.id, "secret": token.secret, "role": role, "csr": csr_pem, "host": claimed_host,
+        }))
         .send()
         .await
         .map_err(|e| unreachable(&e))?;

@@ -363,6 +363,48 @@ fn expired_reused_tampered_and_guessed_tokens_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // A worker naming another host than the token's is refused; the token stays usable.
+    let t5 = token(&m, "j5b", &[]);
+    let out = Command::new(decnet_e2e::bin("decnet-agent"))
+        .args([
+            "join",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            &t5,
+            "--host",
+            "imposter",
+            "--bundle-dir",
+        ])
+        .arg(m.dir.path().join("j5b-wrong"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bound to another host"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(decnet_e2e::bin("decnet-agent"))
+        .args([
+            "join",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            &t5,
+            "--host",
+            "j5b",
+            "--bundle-dir",
+        ])
+        .arg(m.dir.path().join("j5b"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Malformed token text.
     let out = join(
         "decnet-agent",

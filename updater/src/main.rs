@@ -44,6 +44,9 @@ enum Command {
         /// Where to write the bundle; default ~/.decnet/updater.
         #[arg(long, value_name = "DIR")]
         bundle_dir: Option<PathBuf>,
+        /// This worker's host name: the join is refused when the token is bound to another.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Serve the updater API over mTLS.
     Serve {
@@ -130,6 +133,7 @@ fn main() {
             master,
             token,
             bundle_dir,
+            host,
         } => rt.block_on(async move {
             let dir = bundle_dir
                 .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("updater"));
@@ -141,7 +145,14 @@ fn main() {
             } else {
                 format!("{master}:8770")
             };
-            match decnet_swarm_client::join::join(&master, &token, BundleKind::Updater, &dir).await
+            match decnet_swarm_client::join::join(
+                &master,
+                &token,
+                BundleKind::Updater,
+                &dir,
+                host.as_deref(),
+            )
+            .await
             {
                 Ok(b) => {
                     println!(
