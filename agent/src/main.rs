@@ -144,7 +144,7 @@ fn main() {
                 heartbeat_interval,
             } => {
                 let heartbeat = master.map(|m| HeartbeatSpec {
-                    master: with_default_port(&m, 8770),
+                    master: decnet_swarm_client::transport::with_default_port(&m, 8770),
                     interval: Duration::from_secs(heartbeat_interval.max(1)),
                     pin: master_fingerprint.clone(),
                 });
@@ -180,7 +180,7 @@ fn main() {
                 let dir = bundle_dir
                     .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("agent"));
                 join_fleet(
-                    &with_default_port(&master, 8770),
+                    &decnet_swarm_client::transport::with_default_port(&master, 8770),
                     &token,
                     decnet_pki::BundleKind::Agent,
                     &dir,
@@ -205,7 +205,7 @@ fn main() {
                 };
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    daemon::shutdown_signal().await;
+                    decnet_pki::serve::shutdown_signal().await;
                     let _ = tx.send(true);
                 });
                 forward(
@@ -259,19 +259,6 @@ struct HeartbeatSpec {
     pin: Option<String>,
 }
 
-/// `host` or `host:port`, with `port` added when missing.
-fn with_default_port(addr: &str, port: u16) -> String {
-    if addr
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !addr.ends_with(']')
-    {
-        addr.to_string()
-    } else {
-        format!("{addr}:{port}")
-    }
-}
-
 /// What to forward where.
 struct ForwardSpec {
     master: String,
@@ -302,16 +289,7 @@ fn forwarder_setup(
         ),
         None => None,
     };
-    let master = if spec
-        .master
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !spec.master.ends_with(']')
-    {
-        spec.master.clone()
-    } else {
-        format!("{}:6514", spec.master)
-    };
+    let master = decnet_swarm_client::transport::with_default_port(&spec.master, 6514);
     let mut opts = ForwarderOptions::new(
         master,
         spec.log_file.clone(),
@@ -412,7 +390,7 @@ async fn serve(
     // Tests and supervisors read this line to learn the bound port.
     println!("decnet-agent listening on {}", agent.local_addr);
     tracing::info!(addr = %agent.local_addr, driver = %opts.driver, "agent serving");
-    let result = agent.serve(daemon::shutdown_signal()).await;
+    let result = agent.serve(decnet_pki::serve::shutdown_signal()).await;
     if let Some((beats, renewal)) = heartbeat_task {
         beats.abort();
         renewal.abort();

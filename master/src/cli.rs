@@ -925,7 +925,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     })?,
                 })),
                 crate::control_api::ControlPolicy,
-                crate::listener_cmd::shutdown_signal(),
+                decnet_pki::serve::shutdown_signal(),
             );
             let r = if no_listener {
                 api.await.context("control API failed")

@@ -14,6 +14,29 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 
+/// Put a fingerprint on the deny list inside `tx`; returns 1 when it was
+/// not there yet.
+async fn revoke(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    fingerprint: &str,
+    host: &str,
+    role: &str,
+    reason: &str,
+) -> Result<u64, DbError> {
+    Ok(sqlx::query(
+        "INSERT INTO revoked_certificates (fingerprint, host, role, revoked_at, reason) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
+    )
+    .bind(fingerprint)
+    .bind(host)
+    .bind(role)
+    .bind(unix_now())
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
 /// The columns [`host_from_row`] reads, in its order (a macro so queries stay
 /// static strings).
 macro_rules! host_columns {
@@ -346,18 +369,14 @@ impl FleetDb {
             if certs.iter().any(|c| c.fingerprint == fp) {
                 continue;
             }
-            let n = sqlx::query(
-                "INSERT INTO revoked_certificates (fingerprint, host, role, revoked_at, reason) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
+            let n = revoke(
+                &mut tx,
+                &fp,
+                &host.name,
+                &role,
+                "superseded by re-enrollment",
             )
-            .bind(&fp)
-            .bind(&host.name)
-            .bind(&role)
-            .bind(now)
-            .bind("superseded by re-enrollment")
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
             if n > 0 {
                 revoked.push(fp);
             }
@@ -442,17 +461,7 @@ impl FleetDb {
         .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
         .collect::<Result<_, sqlx::Error>>()?;
         for (fp, role) in &certs {
-            sqlx::query(
-                "INSERT INTO revoked_certificates (fingerprint, host, role, revoked_at, reason) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
-            )
-            .bind(fp)
-            .bind(name)
-            .bind(role)
-            .bind(now)
-            .bind("host decommissioned")
-            .execute(&mut *tx)
-            .await?;
+            revoke(&mut tx, fp, name, role, "host decommissioned").await?;
         }
         sqlx::query("UPDATE hosts SET status = $1, updated_at = $2 WHERE name = $3")
             .bind(HostStatus::Decommissioned.as_str())
@@ -660,17 +669,7 @@ impl FleetDb {
                 .map(|r| r.try_get::<String, _>(0))
                 .collect::<Result<_, sqlx::Error>>()?;
         for fp in previous {
-            sqlx::query(
-                "INSERT INTO revoked_certificates (fingerprint, host, role, revoked_at, reason) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
-            )
-            .bind(&fp)
-            .bind(host)
-            .bind(role)
-            .bind(now)
-            .bind("superseded by a join")
-            .execute(&mut *tx)
-            .await?;
+            revoke(&mut tx, &fp, host, role, "superseded by a join").await?;
         }
         sqlx::query(
             "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",

@@ -52,7 +52,7 @@ pub async fn run(home: &MasterHome, db: FleetDb, s: &ListenerSettings) -> anyhow
         .map_err(|e| UsageError(format!("cannot open the log files: {e}")))?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        decnet_pki::serve::shutdown_signal().await;
         let _ = tx.send(true);
     });
     println!("decnet listener listening on {}", source.local_addr());
@@ -65,20 +65,4 @@ pub async fn run(home: &MasterHome, db: FleetDb, s: &ListenerSettings) -> anyhow
     listener::serve(source, Arc::new(FleetGate::new(db)), sink, options, rx)
         .await
         .context("listener failed")
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -296,3 +296,21 @@ pub async fn serve_router<P: AccessPolicy>(
     .with_graceful_shutdown(shutdown)
     .await
 }
+
+/// Resolves on SIGTERM or SIGINT: the graceful-shutdown trigger of every
+/// decnet daemon.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown requested");
+}

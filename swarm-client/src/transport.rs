@@ -8,6 +8,19 @@ use std::time::Duration;
 use decnet_pki::{Bundle, Fingerprint};
 use serde::de::DeserializeOwned;
 
+/// `host:port` from `host` or `host:port` (the daemons' `--master` flags).
+pub fn with_default_port(addr: &str, port: u16) -> String {
+    let has_port = addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !addr.ends_with(']');
+    if has_port {
+        addr.to_string()
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
 /// Connect timeout of every call.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -244,4 +257,16 @@ fn has_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = s.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_ports() {
+        assert_eq!(super::with_default_port("m", 8770), "m:8770");
+        assert_eq!(super::with_default_port("m:1", 8770), "m:1");
+        assert_eq!(super::with_default_port("10.0.0.1", 6514), "10.0.0.1:6514");
+        assert_eq!(super::with_default_port("[::1]", 6514), "[::1]:6514");
+        assert_eq!(super::with_default_port("[::1]:9", 6514), "[::1]:9");
+    }
 }

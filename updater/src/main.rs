@@ -137,14 +137,7 @@ fn main() {
         } => rt.block_on(async move {
             let dir = bundle_dir
                 .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("updater"));
-            let master = if master
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            {
-                master
-            } else {
-                format!("{master}:8770")
-            };
+            let master = decnet_swarm_client::transport::with_default_port(&master, 8770);
             match decnet_swarm_client::join::join(
                 &master,
                 &token,
@@ -329,14 +322,7 @@ async fn serve(cmd: Command) -> i32 {
         }),
     });
     if let Some(master) = master {
-        let master = if master
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            master
-        } else {
-            format!("{master}:8770")
-        };
+        let master = decnet_swarm_client::transport::with_default_port(&master, 8770);
         let st = state.clone();
         tokio::spawn(decnet_swarm_client::renew::keep_renewed(
             BundleKind::Updater,
@@ -360,7 +346,7 @@ async fn serve(cmd: Command) -> i32 {
         listener,
         router(state),
         RoleSet::master_only(),
-        shutdown_signal(),
+        decnet_pki::serve::shutdown_signal(),
     )
     .await
     {
@@ -368,21 +354,6 @@ async fn serve(cmd: Command) -> i32 {
         Err(e) => {
             eprintln!("error: serving failed: {e}");
             1
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
