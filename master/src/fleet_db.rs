@@ -14,6 +14,25 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 
+/// Add an issued certificate to the ledger inside `tx`.
+async fn insert_certificate(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    c: &CertRecord,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&c.fingerprint)
+    .bind(&c.host)
+    .bind(&c.role)
+    .bind(&c.serial)
+    .bind(c.not_after)
+    .bind(unix_now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Put a fingerprint on the deny list inside `tx`; returns 1 when it was
 /// not there yet.
 async fn revoke(
@@ -382,18 +401,7 @@ impl FleetDb {
             }
         }
         for c in certs {
-            sqlx::query(
-                "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&c.fingerprint)
-            .bind(&c.host)
-            .bind(&c.role)
-            .bind(&c.serial)
-            .bind(c.not_after)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            insert_certificate(&mut tx, c).await?;
         }
         let sans = serde_json::to_string(&host.sans).map_err(|_| DbError::Corrupt("hosts.sans"))?;
         sqlx::query(
@@ -671,16 +679,14 @@ impl FleetDb {
         for fp in previous {
             revoke(&mut tx, &fp, host, role, "superseded by a join").await?;
         }
-        sqlx::query(
-            "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        insert_certificate(
+            &mut tx,
+            &CertRecord {
+                host: host.to_string(),
+                role: role.to_string(),
+                ..cert.clone()
+            },
         )
-        .bind(&cert.fingerprint)
-        .bind(host)
-        .bind(role)
-        .bind(&cert.serial)
-        .bind(cert.not_after)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
         let sans_json = serde_json::to_string(sans).map_err(|_| DbError::Corrupt("hosts.sans"))?;
         sqlx::query(
@@ -746,16 +752,14 @@ impl FleetDb {
     ) -> Result<(), DbError> {
         let now = unix_now();
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        insert_certificate(
+            &mut tx,
+            &CertRecord {
+                host: host.to_string(),
+                role: role.to_string(),
+                ..cert.clone()
+            },
         )
-        .bind(&cert.fingerprint)
-        .bind(host)
-        .bind(role)
-        .bind(&cert.serial)
-        .bind(cert.not_after)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
         let sql = if role == "updater" {
             "UPDATE hosts SET updater_fingerprint = $1, updated_at = $2 WHERE name = $3"

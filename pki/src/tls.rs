@@ -116,33 +116,42 @@ impl rustls::server::ResolvesServerCert for ReloadableCert {
     }
 }
 
+/// The server-side builder every decnet server config starts from: our
+/// provider and protocol versions, client certificates verified against the
+/// bundle's CA — required, or (`optional`) verified only when presented.
+fn server_builder(
+    bundle: &Bundle,
+    optional: bool,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
+    let provider = crypto_provider();
+    let roots = Arc::new(ca_roots(&bundle.ca_pem)?);
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    let verifier = if optional {
+        builder.allow_unauthenticated().build()?
+    } else {
+        builder.build()?
+    };
+    Ok(ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_client_cert_verifier(verifier))
+}
+
 /// Like [`server_config`], but the certificate can be swapped at run time
 /// through the returned [`ReloadableCert`] (certificate renewal).
 pub fn server_config_reloadable(
     bundle: &Bundle,
 ) -> Result<(Arc<ServerConfig>, Arc<ReloadableCert>), TlsError> {
-    let provider = crypto_provider();
-    let roots = Arc::new(ca_roots(&bundle.ca_pem)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
     let cert = ReloadableCert::new(bundle)?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(cert.clone());
+    let config = server_builder(bundle, false)?.with_cert_resolver(cert.clone());
     Ok((Arc::new(config), cert))
 }
 
 /// Server side: present `bundle`, require a CA-signed client certificate.
 pub fn server_config(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = crypto_provider();
-    let roots = Arc::new(ca_roots(&bundle.ca_pem)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
     let (certs, key) = leaf_and_key(bundle)?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(
+        server_builder(bundle, false)?.with_single_cert(certs, key)?,
+    ))
 }
 
 /// Server side for the master's control API: present `bundle`; a client
@@ -150,17 +159,10 @@ pub fn server_config(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
 /// expired one still fails the handshake) but not required, so a worker
 /// without a certificate yet can join with a token.
 pub fn server_config_allowing_anonymous(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = crypto_provider();
-    let roots = Arc::new(ca_roots(&bundle.ca_pem)?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .allow_unauthenticated()
-        .build()?;
     let (certs, key) = leaf_and_key(bundle)?;
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(
+        server_builder(bundle, true)?.with_single_cert(certs, key)?,
+    ))
 }
 
 /// Client side without a certificate (token join), verifying the server
@@ -181,7 +183,9 @@ pub fn anonymous_client_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
 /// trusted or any secret is sent.
 pub fn bootstrap_client_config() -> Result<ClientConfig, TlsError> {
     let provider = crypto_provider();
-    let verifier = AcceptAnyServer {
+    let verifier = CaOnlyServerVerifier {
+        roots: None,
+        pin: None,
         algorithms: provider.signature_verification_algorithms,
     };
     Ok(ClientConfig::builder_with_provider(provider)
@@ -189,47 +193,6 @@ pub fn bootstrap_client_config() -> Result<ClientConfig, TlsError> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth())
-}
-
-/// See [`bootstrap_client_config`]: checks handshake signatures only.
-#[derive(Debug)]
-struct AcceptAnyServer {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// Client side: present `bundle`, trust only its CA, no host-name check,
@@ -262,7 +225,8 @@ pub struct PinMismatch {
 /// serverAuth EKU), deliberately without a host-name check, then the pin.
 #[derive(Debug)]
 pub struct CaOnlyServerVerifier {
-    roots: RootCertStore,
+    /// `None` only for the join bootstrap (see [`bootstrap_client_config`]).
+    roots: Option<RootCertStore>,
     pin: Option<Fingerprint>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -271,7 +235,7 @@ impl CaOnlyServerVerifier {
     /// A verifier trusting `roots`, optionally pinning the leaf.
     pub fn new(roots: RootCertStore, pin: Option<Fingerprint>, provider: &CryptoProvider) -> Self {
         CaOnlyServerVerifier {
-            roots,
+            roots: Some(roots),
             pin,
             algorithms: provider.signature_verification_algorithms,
         }
@@ -287,14 +251,16 @@ impl ServerCertVerifier for CaOnlyServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         if let Some(expected) = self.pin {
             let got = Fingerprint::of_der(end_entity);
             if got != expected {
