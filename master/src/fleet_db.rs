@@ -307,9 +307,23 @@ impl FleetDb {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        // Several processes opening a brand-new database at once race to
+        // apply the schema (SQLite has no migration lock): the loser sees the
+        // winner's tables, and a second pass finds everything applied.
+        let mut attempt = 0;
+        loop {
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(FleetDb { pool, backend })
     }

@@ -396,6 +396,31 @@ fn concurrent_enrollments_all_land() {
 }
 
 #[test]
+fn concurrent_first_use_of_a_fresh_database() {
+    let h = Home::new();
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_decnet"))
+                .args(["swarm", "list", "--json"])
+                .env("DECNET_HOME", h.path())
+                .env_remove("DECNET_DATABASE_URL")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn help_is_available_everywhere() {
     let h = Home::new();
     for args in [
