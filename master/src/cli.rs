@@ -105,6 +105,23 @@ pub enum Command {
     },
 }
 
+/// Who a certificate is for: shared by `swarm enroll` and `swarm token create`.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Host name: becomes the agent CN (DNS label characters only).
+    #[arg(long)]
+    pub host: String,
+    /// Address the master dials (IP or DNS name); also added as a SAN.
+    #[arg(long)]
+    pub address: String,
+    /// Extra SANs (comma separated).
+    #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
+    pub sans: Vec<String>,
+    /// Also cover the host's updater (CN updater@<host>).
+    #[arg(long)]
+    pub updater: bool,
+}
+
 /// Where the CA lives.
 #[derive(Debug, Args)]
 pub struct CaDirArg {
@@ -182,18 +199,9 @@ pub enum TokenCommand {
         /// CA location.
         #[command(flatten)]
         ca: CaDirArg,
-        /// The host that will join (becomes its CN).
-        #[arg(long)]
-        host: String,
-        /// Address the master dials (also a SAN).
-        #[arg(long)]
-        address: String,
-        /// Extra SANs (comma separated).
-        #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
-        sans: Vec<String>,
-        /// Also let the host's updater join with this token.
-        #[arg(long)]
-        updater: bool,
+        /// The host, its address and SANs, and whether its updater may join too.
+        #[command(flatten)]
+        target: HostArgs,
         /// Lifetime, e.g. 15m, 2h, 900s.
         #[arg(long, default_value = "15m")]
         ttl: String,
@@ -252,18 +260,9 @@ pub enum SwarmCommand {
         /// CA location.
         #[command(flatten)]
         ca: CaDirArg,
-        /// Host name: becomes the agent CN (DNS label characters only).
-        #[arg(long)]
-        host: String,
-        /// Address the master dials (IP or DNS name); also added as a SAN.
-        #[arg(long)]
-        address: String,
-        /// Extra SANs (comma separated).
-        #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
-        sans: Vec<String>,
-        /// Also issue the updater bundle (CN updater@<host>).
-        #[arg(long)]
-        updater: bool,
+        /// The host, its address and SANs, and whether to issue its updater bundle.
+        #[command(flatten)]
+        target: HostArgs,
         /// Re-enroll an enrolled host: fresh certificates, the old ones revoked.
         #[arg(long)]
         reissue: bool,
@@ -466,10 +465,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(CaCommand::Show { ca, json }) => ca_show(&resolve(ca.ca_dir), json),
         Command::Swarm(SwarmCommand::Enroll {
             ca,
-            host,
-            address,
-            sans,
-            updater,
+            target:
+                HostArgs {
+                    host,
+                    address,
+                    sans,
+                    updater,
+                },
             reissue,
             out_dir,
             agent_port,
@@ -717,10 +719,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Swarm(SwarmCommand::Token(TokenCommand::Create {
             ca,
-            host,
-            address,
-            sans,
-            updater,
+            target:
+                HostArgs {
+                    host,
+                    address,
+                    sans,
+                    updater,
+                },
             ttl,
         })) => {
             let home = resolve(ca.ca_dir);

@@ -94,11 +94,10 @@ async fn record(
     host: &str,
     result: Result<(Option<&str>, Option<&str>), &ClientError>,
 ) {
+    // Unreachable, or answered with an error or the wrong certificate: either
+    // way not healthy; the error is kept for `swarm show`.
     let r = match result {
         Ok(ok) => db.record_contact(host, Ok(ok)).await,
-        Err(e) if e.is_unreachable() => db.record_contact(host, Err(&e.to_string())).await,
-        // It answered (even with an error or a wrong certificate): reachable
-        // in the network sense, but not healthy; keep the error.
         Err(e) => db.record_contact(host, Err(&e.to_string())).await,
     };
     if let Err(e) = r {

@@ -71,8 +71,8 @@ pub async fn create_token(
     Ok(token)
 }
 
-/// `POST /join` body.
-#[derive(Debug, Deserialize)]
+/// `POST /join` body. Its `Debug` never shows the secret.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// Token id.
@@ -86,6 +86,16 @@ pub struct JoinRequest {
     /// The host the worker believes it is (`--host`); must match the token's.
     #[serde(default)]
     pub host: Option<String>,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token_id", &self.token_id)
+            .field("role", &self.role)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /join` answer.

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use decnet_pki::{Bundle, BundleKind, Fingerprint, RoleKind};
 
-/// A token: `<id>.<secret>.<ca-sha256>`.
-#[derive(Debug, Clone)]
+/// A token: `<id>.<secret>.<ca-sha256>`. Its `Debug` never shows the secret
+/// (`Display` is the full token, printed once for the operator).
+#[derive(Clone)]
 pub struct TokenText {
     /// Public id (12 hex).
     pub id: String,
@@ -21,6 +22,15 @@ pub struct TokenText {
     pub secret: String,
     /// SHA-256 of the CA certificate (64 hex).
     pub ca_sha256: String,
+}
+
+impl std::fmt::Debug for TokenText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenText")
+            .field("id", &self.id)
+            .field("ca_sha256", &self.ca_sha256)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Display for TokenText {
@@ -190,4 +200,20 @@ pub async fn join(
         .write(dir)
         .map_err(|e| JoinError::Local(format!("cannot write the bundle: {e}")))?;
     Ok(bundle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_contains_the_secret() {
+        let t = TokenText {
+            id: "a".repeat(12),
+            secret: "b".repeat(32),
+            ca_sha256: "c".repeat(64),
+        };
+        assert!(!format!("{t:?}").contains(&t.secret));
+        assert_eq!(parse_token(&t.to_string()).unwrap().secret, t.secret);
+    }
 }
