@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, LeafSpec, Role};
+use decnet_proc::{Signal, signal, signal_group};
 
 use crate::enrollment::{self, EnrollRequest};
 use crate::fleet_db::FleetDb;
@@ -37,28 +38,10 @@ struct Fleet {
     keep: bool,
 }
 
-fn signal(pid: u32, sig: rustix::process::Signal) {
-    if let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(p, sig);
-    }
-}
-
-fn signal_group(pid: u32, sig: rustix::process::Signal) {
-    if let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(p, sig);
-    }
-}
-
 impl Fleet {
     fn stop_all(&mut self) {
         for (_, c) in &self.children {
-            signal(c.id(), rustix::process::Signal::TERM);
+            signal(c.id(), Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (_, c) in &mut self.children {
@@ -75,9 +58,9 @@ impl Fleet {
                 .ok()
                 .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
             {
-                signal(pid, rustix::process::Signal::TERM);
+                signal(pid, Signal::TERM);
                 std::thread::sleep(Duration::from_millis(300));
-                signal(pid, rustix::process::Signal::KILL);
+                signal(pid, Signal::KILL);
             }
         }
         for s in &self.states {
@@ -87,7 +70,7 @@ impl Fleet {
             {
                 for d in m.values() {
                     if let Some(pid) = d["pid"].as_u64() {
-                        signal_group(pid as u32, rustix::process::Signal::KILL);
+                        signal_group(pid as u32, Signal::KILL);
                     }
                 }
             }

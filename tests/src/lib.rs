@@ -258,33 +258,17 @@ impl Drop for Daemon {
 
 /// Send `sig` to `pid`.
 pub fn signal(pid: u32, sig: rustix::process::Signal) {
-    if let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
+    decnet_proc::signal(pid, sig);
 }
 
 /// Kill a process group (cleanup of deckies that outlive their agent).
 pub fn kill_group(pid: u32) {
-    if let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
+    decnet_proc::signal_group(pid, decnet_proc::Signal::KILL);
 }
 
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].split_whitespace().next())
-            .is_some_and(|st| st != "Z" && st != "X"),
-        Err(_) => false,
-    }
+    decnet_proc::is_running(pid)
 }
 
 /// Poll `f` every 100 ms until it returns `Some` or `timeout` passes.

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use decnet_proc::{Signal, is_same_process as alive, signal, start_time};
+
 /// How the agent is controlled.
 #[derive(Clone, Debug)]
 pub enum AgentControl {
@@ -34,31 +36,6 @@ pub struct SpawnControl {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ControlError(pub String);
-
-/// Kernel start time of a pid (to tell a recycled pid apart).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    f.nth(18)?.parse().ok()
-}
-
-fn alive(pid: u32, started: u64) -> bool {
-    start_time(pid) == Some(started)
-}
-
-fn signal(pid: u32, sig: rustix::process::Signal) {
-    if let Some(p) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    {
-        let _ = rustix::process::kill_process(p, sig);
-    }
-}
 
 impl SpawnControl {
     fn pidfile(&self) -> PathBuf {
@@ -119,7 +96,7 @@ impl SpawnControl {
             targets = self.discover();
         }
         for (pid, _) in &targets {
-            signal(*pid, rustix::process::Signal::TERM);
+            signal(*pid, Signal::TERM);
         }
         let deadline = tokio::time::Instant::now() + self.grace;
         while targets.iter().any(|(p, t)| alive(*p, *t)) && tokio::time::Instant::now() < deadline {
@@ -128,7 +105,7 @@ impl SpawnControl {
         for (pid, t) in &targets {
             if alive(*pid, *t) {
                 tracing::warn!(pid, "agent ignored SIGTERM; killing it");
-                signal(*pid, rustix::process::Signal::KILL);
+                signal(*pid, Signal::KILL);
             }
         }
         while targets.iter().any(|(p, t)| alive(*p, *t)) {

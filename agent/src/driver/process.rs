@@ -86,7 +86,7 @@ impl ProcessDriver {
         let pid = child
             .id()
             .ok_or_else(|| DriverError("process exited before it could be observed".into()))?;
-        let start_time = proc_start_time(pid).unwrap_or(0);
+        let start_time = decnet_proc::start_time(pid).unwrap_or(0);
         Ok((child, ProcessFacts { pid, start_time }))
     }
 
@@ -159,14 +159,14 @@ impl Running {
     /// SIGTERM the process group, wait up to `grace`, then SIGKILL it.
     async fn terminate(&mut self, grace: Duration) {
         let facts = self.facts();
-        signal_group(facts.pid, rustix::process::Signal::TERM);
+        decnet_proc::signal_group(facts.pid, decnet_proc::Signal::TERM);
         let waited = tokio::time::timeout(grace, self.wait()).await;
         if waited.is_err() {
-            signal_group(facts.pid, rustix::process::Signal::KILL);
+            decnet_proc::signal_group(facts.pid, decnet_proc::Signal::KILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
         } else {
             // The leader is gone; make sure no stragglers of its group stay.
-            signal_group(facts.pid, rustix::process::Signal::KILL);
+            decnet_proc::signal_group(facts.pid, decnet_proc::Signal::KILL);
         }
     }
 }
@@ -361,41 +361,9 @@ impl Driver for ProcessDriver {
     }
 }
 
-/// Kernel start time (field 22 of /proc/PID/stat) of a process.
-pub fn proc_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and ')': skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether `facts` still names a live (non-zombie) process.
+/// Whether `facts` still names the same live process.
 pub fn is_alive(facts: ProcessFacts) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", facts.pid)) else {
-        return false;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return false;
-    };
-    let mut fields = stat[close + 1..].split_whitespace();
-    let state = fields.next().unwrap_or("");
-    if state == "Z" || state == "X" {
-        return false;
-    }
-    let start: Option<u64> = fields.nth(18).and_then(|s| s.parse().ok());
-    facts.start_time == 0 || start == Some(facts.start_time)
-}
-
-fn signal_group(pid: u32, sig: rustix::process::Signal) {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    if rustix::process::kill_process_group(pid, sig).is_err() {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
+    decnet_proc::is_same_process(facts.pid, facts.start_time)
 }
 
 #[cfg(test)]
@@ -405,7 +373,7 @@ mod tests {
     #[test]
     fn start_time_of_self_parses_and_liveness_detects_pid_reuse() {
         let me = std::process::id();
-        let t = proc_start_time(me).unwrap();
+        let t = decnet_proc::start_time(me).unwrap();
         assert!(is_alive(ProcessFacts {
             pid: me,
             start_time: t
