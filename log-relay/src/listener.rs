@@ -211,6 +211,12 @@ pub struct SinkHandle {
 }
 
 impl SinkHandle {
+    /// Resolves when the writer has stopped (it only stops on an IO error
+    /// while the listener runs).
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
     /// Format a batch of frames from one peer and queue it for writing.
     pub async fn write_batch(
         &self,
@@ -337,6 +343,8 @@ pub async fn serve(
     loop {
         let (stream, credit, remote): (Box<dyn AsyncRead + Send + Unpin>, _, _) = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
+            // The writer stopped on an IO error: stop too, and report it.
+            _ = sink_handle.closed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             accepted = accept(&mut source) => match accepted {
                 Some(a) => a,
@@ -443,6 +451,8 @@ async fn handle(
                 draining = Some(tokio::time::Instant::now() + opts.drain_timeout);
                 continue;
             }
+            // Nothing can be written any more: close, so the peer resends later.
+            _ = sink.closed() => break,
         };
         let n = match read {
             Err(_) if draining.is_some() => break,

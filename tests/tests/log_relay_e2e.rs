@@ -341,3 +341,31 @@ fn the_agent_daemon_forwards_with_forward_to() {
     assert!(raw[3].ends_with("embedded line 0003"), "{raw:?}");
     assert!(l.records().iter().all(|r| r["peer_cn"] == "wf"));
 }
+
+#[test]
+fn a_listener_that_cannot_write_exits_with_the_error() {
+    let m = MasterHome::new();
+    m.enroll("wd");
+    let mut cmd = std::process::Command::new(decnet_e2e::bin("decnet"));
+    cmd.args([
+        "listener",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--log-path",
+    ])
+    .arg(m.dir.path().join("raw.log"))
+    .args(["--json-path", "/dev/full"])
+    .env("DECNET_HOME", m.home());
+    let mut l = decnet_e2e::Daemon::start(cmd, m.dir.path().join("full.log"));
+    let addr = l.addr;
+    let log = m.dir.path().join("wd.log");
+    append_lines(&log, &lines("disk", 3));
+    let state = m.dir.path().join("wd-fwd");
+    let _fwd = start_forwarder(&m, "wd", addr, &log, &state);
+    let code = wait_for(WAIT, || l.child.try_wait().ok().flatten()).expect("listener exits");
+    assert_eq!(code.code(), Some(1));
+    assert!(l.log_text().contains("No space left"), "{}", l.log_text());
+    drop(l);
+}
