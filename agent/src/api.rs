@@ -1,5 +1,5 @@
-//! The agent's HTTP API (served only through the mTLS helper of
-//! `decnet-pki`) and its access policy.
+//! The agent's HTTP API (served only through the `decnet-server` runner)
+//! and its access policy.
 
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use decnet_pki::{AccessPolicy, HostName, PeerIdentity, Refusal, Role};
+use decnet_pki::{HostName, PeerIdentity, Role};
+use decnet_server::{AccessPolicy, Refusal};
 use serde::Deserialize;
 
 use crate::config::DeploymentConfig;
@@ -45,14 +46,7 @@ impl AccessPolicy for AgentPolicy {
     }
 }
 
-/// A JSON error body: `{"error": kind, "detail": message}`.
-pub fn error_response(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": kind, "detail": detail.into() })),
-    )
-        .into_response()
-}
+pub use decnet_server::json_error as error_response;
 
 /// `Json<T>` whose rejections are JSON bodies with a clear message.
 pub struct JsonBody<T>(pub T);

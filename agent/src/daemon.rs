@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use decnet_pki::{AcceptOptions, Bundle, BundleKind, MtlsListener, Role};
+use decnet_pki::{BundleKind, ClientAuth, MaterialSource, Role};
+use decnet_server::{HttpLimits, HttpService, Server, ServerLimits, Transport};
 use tokio::sync::mpsc;
 
 use crate::api::{AgentPolicy, router};
@@ -39,8 +40,8 @@ pub struct ServeOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// The bundle is missing or unusable.
-    #[error(transparent)]
-    Bundle(#[from] decnet_pki::BundleError),
+    #[error("{0}")]
+    Bundle(String),
     /// The bundle is not an agent's.
     #[error(
         "the bundle in {0} is not an agent bundle (its CN must be the host name); run `decnet swarm enroll` on the master"
@@ -53,14 +54,8 @@ pub enum SetupError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     /// The listen address cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] decnet_server::ServerError),
 }
 
 /// A started agent: its bound address and the future that serves it.
@@ -69,9 +64,9 @@ pub struct RunningAgent {
     pub local_addr: SocketAddr,
     /// The executor (for embedding).
     pub executor: Arc<Executor>,
-    /// The served certificate (swapped by renewal).
-    pub cert: Arc<decnet_pki::tls::ReloadableCert>,
-    listener: MtlsListener,
+    /// The agent's live TLS material (renewal and CRLs update it).
+    pub material: MaterialSource,
+    server: Server,
     policy: AgentPolicy,
 }
 
@@ -81,18 +76,20 @@ impl RunningAgent {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        decnet_pki::serve::serve_router(self.listener, router(self.executor), self.policy, shutdown)
-            .await
+        let app = HttpService::new(router(self.executor), self.policy, HttpLimits::default());
+        self.server.serve(app, shutdown).await;
+        Ok(())
     }
 }
 
 /// Load everything, recover deckies and bind the listener.
 pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
-    let bundle = Bundle::load(&opts.bundle_dir, BundleKind::Agent)?;
-    let Role::Agent(host) = bundle.identity.role.clone() else {
+    let material =
+        decnet_swarm_client::master_link::load_material(&opts.bundle_dir, BundleKind::Agent)
+            .map_err(SetupError::Bundle)?;
+    let Role::Agent(host) = material.current().bundle().identity.role.clone() else {
         return Err(SetupError::NotAgent(opts.bundle_dir.display().to_string()));
     };
-    let (server_config, cert) = decnet_pki::tls::server_config_reloadable(&bundle)?;
     let store = StateStore::open(&opts.state_dir)?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let driver: Arc<dyn Driver> = match opts.driver {
@@ -114,17 +111,21 @@ pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
         events_rx,
     )?;
     executor.recover().await;
-    let listener = MtlsListener::bind(opts.listen, server_config, AcceptOptions::default())
-        .await
-        .map_err(|source| SetupError::Bind {
-            addr: opts.listen,
-            source,
-        })?;
+    let server = Server::bind(
+        "agent",
+        opts.listen,
+        Transport::Tls {
+            material: material.clone(),
+            auth: ClientAuth::Required,
+        },
+        ServerLimits::default(),
+    )
+    .await?;
     Ok(RunningAgent {
-        local_addr: listener.local_addr(),
+        local_addr: server.local_addr(),
         executor,
-        cert,
-        listener,
+        material,
+        server,
         policy: AgentPolicy { own_host: host },
     })
 }

@@ -1,53 +1,34 @@
 //! Heartbeats to the master's control API: every interval (±20 % jitter, so
 //! a fleet restarted at once does not beat in lockstep) the agent reports its
-//! version, driver and per-decky states over mTLS with its own certificate.
+//! version, driver and per-decky states over the kept-alive [`MasterLink`].
+//! The answer can ask for a certificate renewal and names the master's
+//! current CRL, which is fetched when it is newer than the one in force.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use decnet_pki::{Bundle, Fingerprint};
+use decnet_swarm_client::master_link::{MasterLink, unit_random};
 
 use crate::executor::Executor;
 
 /// `interval` scaled by a random factor in [0.8, 1.2).
 pub fn jittered(interval: Duration) -> Duration {
-    let r = u64::from_str_radix(&decnet_pki::random_hex(2), 16).unwrap_or(0) as f64 / 65536.0;
-    interval.mul_f64(0.8 + 0.4 * r)
+    interval.mul_f64(0.8 + 0.4 * unit_random())
 }
 
-/// Send heartbeats to `https://<master>/heartbeat` until the task is
-/// dropped, with the bundle read from `bundle_dir` each time (so a renewed
-/// certificate is used at once). An answer with `"renew": true` wakes
-/// `renew_now`.
-pub async fn run(
-    exec: Arc<Executor>,
-    bundle_dir: std::path::PathBuf,
-    pin: Option<Fingerprint>,
-    master: String,
-    interval: Duration,
-    renew_now: Arc<tokio::sync::Notify>,
-) {
-    let url = format!("https://{master}/heartbeat");
+/// What a heartbeat answer asks the agent to do.
+#[derive(Clone, Debug)]
+pub struct Wakeups {
+    /// Renew the certificate now.
+    pub renew_now: Arc<tokio::sync::Notify>,
+    /// Fetch the CRL now.
+    pub crl_now: Arc<tokio::sync::Notify>,
+}
+
+/// Send heartbeats until the task is dropped.
+pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration, wake: Wakeups) {
     let mut failures = 0u32;
     loop {
-        let client = match Bundle::load(&bundle_dir, decnet_pki::BundleKind::Agent)
-            .map_err(|e| e.to_string())
-            .and_then(|b| decnet_pki::client_config(&b, pin).map_err(|e| e.to_string()))
-            .and_then(|cfg| {
-                reqwest::Client::builder()
-                    .tls_backend_preconfigured(cfg)
-                    .connect_timeout(Duration::from_secs(5))
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "heartbeat skipped: cannot build the client");
-                tokio::time::sleep(jittered(interval)).await;
-                continue;
-            }
-        };
         let snap = exec.snapshot().await;
         let body = serde_json::json!({
             "version": snap.version,
@@ -56,28 +37,24 @@ pub async fn run(
                 "name": d.name, "state": d.state, "error": d.error, "restarts": d.restarts,
             })).collect::<Vec<_>>(),
         });
-        match client.post(&url).json(&body).send().await {
-            Ok(r) if r.status().is_success() => {
+        match link.heartbeat(&body).await {
+            Ok(answer) => {
                 if failures > 0 {
-                    tracing::info!(master = %master, "heartbeats accepted again");
+                    tracing::info!(master = %link.master(), "heartbeats accepted again");
                 }
                 failures = 0;
-                if let Ok(v) = r.json::<serde_json::Value>().await
-                    && v["renew"] == true
-                {
-                    renew_now.notify_one();
+                if answer.renew {
+                    wake.renew_now.notify_one();
                 }
-            }
-            Ok(r) => {
-                failures += 1;
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                tracing::warn!(master = %master, %status, answer = %text, "heartbeat refused");
+                let held = link.material().current().crl().map(|c| c.number());
+                if answer.crl_number.is_some_and(|n| Some(n) > held) {
+                    wake.crl_now.notify_one();
+                }
             }
             Err(e) => {
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {
-                    tracing::warn!(master = %master, error = %e, failures, "heartbeat failed");
+                    tracing::warn!(master = %link.master(), error = %e, failures, "heartbeat failed");
                 }
             }
         }

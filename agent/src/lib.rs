@@ -6,7 +6,6 @@
 //! * [`driver`] — the `process` and `compose` drivers behind one trait;
 //! * [`executor`] — requests → driver calls, state, recovery;
 //! * [`heartbeat`] — periodic reports to the master's control API;
-//! * [`renewal`] — automatic certificate renewal with hot reload;
 //! * [`api`] — the HTTP routes and the role policy;
 //! * [`daemon`] — wiring it all together for `decnet-agent serve`.
 
@@ -16,5 +15,4 @@ pub mod daemon;
 pub mod driver;
 pub mod executor;
 pub mod heartbeat;
-pub mod renewal;
 pub mod state;

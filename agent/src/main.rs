@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use decnet_agent::config::DriverKind;
 use decnet_agent::daemon::{self, ServeOptions};
 use decnet_log_relay::forwarder::ForwarderOptions;
+use decnet_swarm_client::master_link::{self, MasterLink};
+use std::sync::Arc;
 
 /// decnet worker agent: deploys, tears down and reports workloads for the master.
 #[derive(Debug, Parser)]
@@ -205,7 +207,7 @@ fn main() {
                 };
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    decnet_pki::serve::shutdown_signal().await;
+                    decnet_server::shutdown_signal().await;
                     let _ = tx.send(true);
                 });
                 forward(
@@ -267,38 +269,30 @@ struct ForwardSpec {
     app_name: String,
 }
 
-/// Build the forwarder from the agent bundle; `Err` is a setup error (exit 2).
+/// Build the forwarder's options; `Err` is a setup error (exit 2).
 fn forwarder_setup(
     spec: &ForwardSpec,
-    bundle_dir: &std::path::Path,
+    material: &decnet_pki::MaterialSource,
     state_dir: &std::path::Path,
-) -> Result<
-    (
-        ForwarderOptions,
-        decnet_pki::Bundle,
-        Option<decnet_pki::Fingerprint>,
-    ),
-    String,
-> {
-    let bundle = decnet_pki::Bundle::load(bundle_dir, decnet_pki::BundleKind::Agent)
-        .map_err(|e| e.to_string())?;
-    let pin = match &spec.pin {
-        Some(p) => Some(
-            p.parse::<decnet_pki::Fingerprint>()
-                .map_err(|e| format!("--master-fingerprint: {e}"))?,
-        ),
-        None => None,
-    };
+) -> Result<(ForwarderOptions, Option<decnet_pki::Fingerprint>), String> {
+    let pin = parse_pin(spec.pin.as_deref())?;
     let master = decnet_swarm_client::transport::with_default_port(&spec.master, 6514);
     let mut opts = ForwarderOptions::new(
         master,
         spec.log_file.clone(),
         state_dir,
-        bundle.identity.cn.clone(),
+        material.current().bundle().identity.cn.clone(),
     );
     opts.app_name = spec.app_name.clone();
-    opts.bundle_dir = Some(bundle_dir.to_path_buf());
-    Ok((opts, bundle, pin))
+    Ok((opts, pin))
+}
+
+fn parse_pin(pin: Option<&str>) -> Result<Option<decnet_pki::Fingerprint>, String> {
+    pin.map(|p| {
+        p.parse::<decnet_pki::Fingerprint>()
+            .map_err(|e| format!("--master-fingerprint: {e}"))
+    })
+    .transpose()
 }
 
 async fn forward(
@@ -307,7 +301,17 @@ async fn forward(
     state_dir: &std::path::Path,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> i32 {
-    let (opts, bundle, pin) = match forwarder_setup(spec, bundle_dir, state_dir) {
+    let material = match decnet_swarm_client::master_link::load_material(
+        bundle_dir,
+        decnet_pki::BundleKind::Agent,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let (opts, pin) = match forwarder_setup(spec, &material, state_dir) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
@@ -319,7 +323,7 @@ async fn forward(
         opts.log_file.display(),
         opts.master
     );
-    match decnet_log_relay::forwarder::run(opts, &bundle, pin, shutdown).await {
+    match decnet_log_relay::forwarder::run(opts, material, pin, shutdown).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
@@ -333,25 +337,12 @@ async fn serve(
     forward_spec: Option<ForwardSpec>,
     heartbeat: Option<HeartbeatSpec>,
 ) -> i32 {
-    let heartbeat_pin = match heartbeat.as_ref().and_then(|h| h.pin.as_deref()) {
-        Some(p) => match p.parse::<decnet_pki::Fingerprint>() {
-            Ok(f) => Some(f),
-            Err(e) => {
-                eprintln!("error: --master-fingerprint: {e}");
-                return 2;
-            }
-        },
-        None => None,
-    };
-    let forwarder = match &forward_spec {
-        Some(spec) => match forwarder_setup(spec, &opts.bundle_dir, &opts.state_dir) {
-            Ok(x) => Some(x),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        },
-        None => None,
+    let heartbeat_pin = match parse_pin(heartbeat.as_ref().and_then(|h| h.pin.as_deref())) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
     };
     let agent = match daemon::start(&opts).await {
         Ok(a) => a,
@@ -360,40 +351,56 @@ async fn serve(
             return 2;
         }
     };
-    let heartbeat_task = heartbeat.map(|hb| {
+    let forwarder = match &forward_spec {
+        Some(spec) => match forwarder_setup(spec, &agent.material, &opts.state_dir) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let mut tasks = Vec::new();
+    if let Some(hb) = heartbeat {
         tracing::info!(master = %hb.master, interval = ?hb.interval, "sending heartbeats; renewing the certificate with the master");
-        let renew_now = std::sync::Arc::new(tokio::sync::Notify::new());
-        let beats = tokio::spawn(decnet_agent::heartbeat::run(
+        let link = MasterLink::new(hb.master, agent.material.clone(), heartbeat_pin);
+        let wake = decnet_agent::heartbeat::Wakeups {
+            renew_now: Arc::new(tokio::sync::Notify::new()),
+            crl_now: Arc::new(tokio::sync::Notify::new()),
+        };
+        tasks.push(tokio::spawn(decnet_agent::heartbeat::run(
             agent.executor.clone(),
-            opts.bundle_dir.clone(),
-            heartbeat_pin,
-            hb.master.clone(),
+            link.clone(),
             hb.interval,
-            renew_now.clone(),
-        ));
-        let renewal = tokio::spawn(decnet_agent::renewal::run(
+            wake.clone(),
+        )));
+        tasks.push(tokio::spawn(master_link::keep_renewed(
+            link.clone(),
             opts.bundle_dir.clone(),
-            hb.master,
-            heartbeat_pin,
-            agent.cert.clone(),
-            renew_now,
-        ));
-        (beats, renewal)
-    });
+            wake.renew_now,
+        )));
+        tasks.push(tokio::spawn(master_link::keep_crl_fresh(
+            link,
+            opts.bundle_dir.clone(),
+            CRL_REFRESH,
+            wake.crl_now,
+        )));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let forward_task = forwarder.map(|(fopts, bundle, pin)| {
+    let forward_task = forwarder.map(|(fopts, pin)| {
         tracing::info!(file = %fopts.log_file.display(), master = %fopts.master, "forwarding logs");
-        tokio::spawn(
-            async move { decnet_log_relay::forwarder::run(fopts, &bundle, pin, stop_rx).await },
-        )
+        let material = agent.material.clone();
+        tokio::spawn(async move {
+            decnet_log_relay::forwarder::run(fopts, material, pin, stop_rx).await
+        })
     });
     // Tests and supervisors read this line to learn the bound port.
     println!("decnet-agent listening on {}", agent.local_addr);
     tracing::info!(addr = %agent.local_addr, driver = %opts.driver, "agent serving");
-    let result = agent.serve(decnet_pki::serve::shutdown_signal()).await;
-    if let Some((beats, renewal)) = heartbeat_task {
-        beats.abort();
-        renewal.abort();
+    let result = agent.serve(decnet_server::shutdown_signal()).await;
+    for t in tasks {
+        t.abort();
     }
     let _ = stop_tx.send(true);
     if let Some(t) = forward_task {
@@ -407,3 +414,7 @@ async fn serve(
         }
     }
 }
+
+/// How often the agent re-fetches the CRL when no heartbeat announced a
+/// newer one (a backstop: heartbeats announce every change).
+const CRL_REFRESH: Duration = Duration::from_secs(3600);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use decnet_pki::{Bundle, Fingerprint};
+use decnet_pki::{ExpectedServer, Fingerprint, MaterialSource, TlsMaterial};
 use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
@@ -50,13 +50,13 @@ pub struct ForwarderOptions {
     pub batch_bytes: usize,
     /// Upper bound of the reconnect backoff.
     pub max_backoff: Duration,
-    /// Lines longer than this are split (the listener's frame limit).
+    /// Lines longer than this (in bytes of the file) are split.
     pub max_line: usize,
+    /// The listener's frame limit: a message that still comes out larger
+    /// (invalid UTF-8 grows when replaced) is cut on a character boundary.
+    pub max_frame: usize,
     /// How long to wait after connecting for the listener to refuse us.
     pub settle: Duration,
-    /// Re-read the bundle from this directory before each connection, so a
-    /// renewed certificate is used without a restart.
-    pub bundle_dir: Option<PathBuf>,
 }
 
 impl ForwarderOptions {
@@ -73,8 +73,8 @@ impl ForwarderOptions {
             batch_bytes: 256 * 1024,
             max_backoff: Duration::from_secs(30),
             max_line: frame::DEFAULT_MAX_FRAME - 512,
+            max_frame: frame::DEFAULT_MAX_FRAME,
             settle: Duration::from_millis(300),
-            bundle_dir: None,
         }
     }
 }
@@ -316,16 +316,38 @@ async fn connect(
     Ok(Connection { writer, dead })
 }
 
-/// Run the forwarder until `shutdown` flips to `true`.
+/// Cut `msg` to at most `max` bytes, on a character boundary.
+pub fn fit_message(msg: &str, max: usize) -> &str {
+    if msg.len() <= max {
+        return msg;
+    }
+    let mut end = max;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
+}
+
+/// A TLS connector for `material`, expecting the master (and `pin`).
+fn connector_for(
+    material: &TlsMaterial,
+    pin: Option<Fingerprint>,
+) -> Result<TlsConnector, ForwardError> {
+    let config = material.client_config(&ExpectedServer::master().pinned(pin))?;
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Run the forwarder until `shutdown` flips to `true`, presenting the
+/// material in force at each connection (a renewed certificate is used from
+/// the next connection on) to a listener that must prove it is the master.
 pub async fn run(
     opts: ForwarderOptions,
-    bundle: &Bundle,
+    material: MaterialSource,
     pin: Option<Fingerprint>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ForwardError> {
-    let config = decnet_pki::client_config(bundle, pin)?;
-    let mut connector = TlsConnector::from(Arc::new(config));
-    let mut presented = bundle.identity.fingerprint;
+    let mut in_use = material.current();
+    let mut connector = connector_for(&in_use, pin)?;
     let store = OffsetStore::new(opts.offset_file.clone());
     let mut committed = store.load();
     let mut pending: Option<Position> = None;
@@ -336,14 +358,18 @@ pub async fn run(
             break;
         }
         let Some(c) = conn.as_mut() else {
-            if let Some(dir) = &opts.bundle_dir
-                && let Ok(current) = Bundle::load(dir, decnet_pki::BundleKind::Agent)
-                && current.identity.fingerprint != presented
-                && let Ok(cfg) = decnet_pki::client_config(&current, pin)
-            {
-                tracing::info!(fingerprint = %current.identity.fingerprint, "forwarder uses the renewed certificate");
-                connector = TlsConnector::from(Arc::new(cfg));
-                presented = current.identity.fingerprint;
+            let current = material.current();
+            if !Arc::ptr_eq(&current, &in_use) {
+                match connector_for(&current, pin) {
+                    Ok(next) => {
+                        tracing::info!(fingerprint = %current.bundle().identity.fingerprint, "forwarder uses the renewed certificate or revocation list");
+                        connector = next;
+                        in_use = current;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot use the new TLS material; keeping the old one")
+                    }
+                }
             }
             match connect(&connector, &opts).await {
                 Ok(c) => {
@@ -355,7 +381,10 @@ pub async fn run(
                     let jitter = Duration::from_millis(
                         u64::from_str_radix(&decnet_pki::random_hex(2), 16).unwrap_or(0) % 250,
                     );
-                    tracing::warn!(master = %opts.master, error = %e, retry_in = ?(backoff + jitter), "forwarder cannot deliver");
+                    let error = decnet_pki::tls::identity_failure(&e)
+                        .map(|m| format!("refusing the listener: {m}"))
+                        .unwrap_or_else(|| e.to_string());
+                    tracing::warn!(master = %opts.master, %error, retry_in = ?(backoff + jitter), "forwarder cannot deliver");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff + jitter) => {}
                         _ = shutdown.wait_for(|s| *s) => break,
@@ -396,9 +425,16 @@ pub async fn run(
         let now = time::OffsetDateTime::now_utc();
         let mut out = Vec::new();
         for line in &batch.lines {
-            out.extend_from_slice(&frame::encode(
-                syslog::wrap_line(line, &opts.hostname, &opts.app_name, now).as_bytes(),
-            ));
+            let msg = syslog::wrap_line(line, &opts.hostname, &opts.app_name, now);
+            let fitted = fit_message(&msg, opts.max_frame);
+            if fitted.len() < msg.len() {
+                tracing::warn!(
+                    bytes = msg.len(),
+                    kept = fitted.len(),
+                    "log line longer than the listener's frame limit after encoding; sending it cut"
+                );
+            }
+            frame::encode_into(fitted.as_bytes(), &mut out);
         }
         let written = async {
             c.writer.write_all(&out).await?;
@@ -503,6 +539,42 @@ mod tests {
         assert_eq!(b.lines, vec!["c", "0123456789"]);
         let b = next_batch(&o, Some(b.end)).unwrap().unwrap();
         assert_eq!(b.lines, vec!["abcdef"]);
+    }
+
+    #[test]
+    fn lines_that_grow_when_encoded_still_fit_the_frame_limit() {
+        // 30,000 bytes of 0xFF pass the byte-length split (max_line), but each
+        // becomes U+FFFD (3 bytes) when made valid UTF-8.
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        let mut data = vec![0xFFu8; 30_000];
+        data.push(b'\n');
+        data.extend_from_slice(b"next\n");
+        std::fs::write(&o.log_file, &data).unwrap();
+        let b = next_batch(&o, None).unwrap().unwrap();
+        assert_eq!(b.lines.len(), 2);
+        let now = time::OffsetDateTime::now_utc();
+        let big = syslog::wrap_line(&b.lines[0], "w", "a", now);
+        assert!(big.len() > o.max_frame, "the case under test");
+        let fitted = fit_message(&big, o.max_frame);
+        assert!(fitted.len() <= o.max_frame);
+        assert!(fitted.len() > o.max_frame - 4, "cut on the last boundary");
+        assert!(fitted.starts_with("<13>1 "));
+        // Every frame the forwarder builds is accepted whole by the listener's decoder.
+        let mut out = Vec::new();
+        for l in &b.lines {
+            let m = syslog::wrap_line(l, "w", "a", now);
+            frame::encode_into(fit_message(&m, o.max_frame).as_bytes(), &mut out);
+        }
+        use tokio_util::codec::Decoder;
+        let mut d = frame::FrameDecoder::new(o.max_frame);
+        let mut buf = bytes::BytesMut::from(&out[..]);
+        let mut n = 0;
+        while let Some(item) = d.decode(&mut buf).unwrap() {
+            assert!(matches!(item, frame::FrameItem::Frame(_)), "{item:?}");
+            n += 1;
+        }
+        assert_eq!(n, 2);
     }
 
     #[test]

@@ -1,13 +1,22 @@
 //! RFC 5425 octet-counted framing: `MSG-LEN SP SYSLOG-MSG`.
 //!
-//! [`FrameDecoder`] is pure and incremental: feed it bytes as they arrive and
-//! take complete frames out. It enforces a maximum frame size *before*
-//! buffering a frame (a `4294967296 ` prefix is refused at once, nothing is
-//! allocated for it), and a malformed prefix is an error for that connection
-//! only.
+//! [`FrameDecoder`] is a pure [`tokio_util::codec::Decoder`]: it never
+//! buffers more than one maximum frame. A frame whose declared length
+//! exceeds the maximum is *discarded* as its bytes arrive — reported once as
+//! [`FrameItem::Oversized`] with the length the peer declared — and the
+//! stream carries on with the next frame. Only a length prefix that is not a
+//! number (nothing can be resynchronised after it) is an error, and it ends
+//! that connection only.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
 
 /// Default maximum frame size (64 KiB).
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+/// At most this many digits in a length prefix (10^12 bytes: far beyond any
+/// maximum, short enough that a prefix of endless digits is caught at once).
+pub const MAX_PREFIX_DIGITS: usize = 12;
 
 /// Why a byte stream is not valid octet-counted syslog.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,34 +24,69 @@ pub enum FrameError {
     /// The length prefix holds something other than digits.
     #[error("invalid frame length prefix (byte 0x{0:02x} where a digit or space was expected)")]
     BadPrefix(u8),
-    /// The declared length exceeds the maximum.
-    #[error("frame length {declared} exceeds the maximum of {max} bytes")]
-    TooLarge {
-        /// What the peer declared (saturated).
-        declared: u64,
-        /// The limit.
-        max: usize,
-    },
+    /// The length prefix has more digits than any sane frame.
+    #[error("frame length prefix longer than {MAX_PREFIX_DIGITS} digits")]
+    PrefixTooLong,
     /// The stream ended inside a frame.
     #[error("connection ended inside a frame ({0} bytes pending)")]
     Truncated(usize),
+    /// Reading failed.
+    #[error("read failed: {0}")]
+    Io(String),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e.to_string())
+    }
+}
+
+/// What the decoder yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameItem {
+    /// A complete frame's payload (never empty: zero-length frames are skipped).
+    Frame(Bytes),
+    /// A frame declared longer than the maximum; its bytes are being skipped.
+    Oversized {
+        /// The length the peer declared.
+        declared: u64,
+    },
 }
 
 /// Encode one message as an octet-counted frame.
 pub fn encode(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + 8);
-    out.extend_from_slice(msg.len().to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(msg);
+    encode_into(msg, &mut out);
     out
 }
 
+/// Append one octet-counted frame of `msg` to `out`.
+pub fn encode_into(msg: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(msg.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(msg);
+}
+
+/// The size of the frame [`encode`] makes of a `len`-byte message.
+pub fn encoded_len(len: usize) -> usize {
+    len + 1 + len.max(1).ilog10() as usize + 1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the length prefix.
+    Length,
+    /// Waiting for a `len`-byte payload.
+    Payload(usize),
+    /// Skipping `left` bytes of an oversized frame.
+    Discarding(u64),
+}
+
 /// Incremental octet-counting decoder with a maximum frame size.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FrameDecoder {
     max: usize,
-    buf: Vec<u8>,
-    start: usize,
+    state: State,
 }
 
 impl FrameDecoder {
@@ -50,89 +94,86 @@ impl FrameDecoder {
     pub fn new(max: usize) -> Self {
         FrameDecoder {
             max,
-            buf: Vec::new(),
-            start: 0,
+            state: State::Length,
         }
     }
 
-    /// Append received bytes.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+    /// The maximum frame size.
+    pub fn max(&self) -> usize {
+        self.max
     }
+}
 
-    /// Bytes buffered but not yet returned as frames.
-    pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
-    }
+impl Decoder for FrameDecoder {
+    type Item = FrameItem;
+    type Error = FrameError;
 
-    /// The next complete frame, `Ok(None)` when more bytes are needed.
-    /// Zero-length frames are skipped.
-    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        let mut out = Vec::new();
-        Ok(self.next_frame_into(&mut out)?.map(|_| out))
-    }
-
-    /// Like [`next_frame`](Self::next_frame), but appends the frame to
-    /// `arena` and returns its range there (one allocation for a whole batch).
-    pub fn next_frame_into(
-        &mut self,
-        arena: &mut Vec<u8>,
-    ) -> Result<Option<std::ops::Range<usize>>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<FrameItem>, FrameError> {
         loop {
-            let data = &self.buf[self.start..];
-            let max_digits = self.max.to_string().len();
-            let mut len: u64 = 0;
-            let mut digits = 0usize;
-            let mut header = None;
-            for (i, &b) in data.iter().enumerate() {
-                match b {
-                    b'0'..=b'9' => {
-                        len = len.saturating_mul(10).saturating_add(u64::from(b - b'0'));
-                        digits += 1;
-                        if digits > max_digits || len > self.max as u64 {
-                            return Err(FrameError::TooLarge {
-                                declared: len,
-                                max: self.max,
-                            });
+            match self.state {
+                State::Discarding(left) => {
+                    let n = (src.len() as u64).min(left) as usize;
+                    src.advance(n);
+                    let left = left - n as u64;
+                    if left > 0 {
+                        self.state = State::Discarding(left);
+                        return Ok(None);
+                    }
+                    self.state = State::Length;
+                }
+                State::Payload(len) => {
+                    if src.len() < len {
+                        src.reserve(len - src.len());
+                        return Ok(None);
+                    }
+                    self.state = State::Length;
+                    if len == 0 {
+                        continue;
+                    }
+                    return Ok(Some(FrameItem::Frame(src.split_to(len).freeze())));
+                }
+                State::Length => {
+                    let mut declared: u64 = 0;
+                    let mut end = None;
+                    for (i, &b) in src.iter().enumerate() {
+                        match b {
+                            b'0'..=b'9' => {
+                                if i >= MAX_PREFIX_DIGITS {
+                                    return Err(FrameError::PrefixTooLong);
+                                }
+                                declared = declared * 10 + u64::from(b - b'0');
+                            }
+                            b' ' if i > 0 => {
+                                end = Some(i);
+                                break;
+                            }
+                            other => return Err(FrameError::BadPrefix(other)),
                         }
                     }
-                    b' ' if digits > 0 => {
-                        header = Some(i + 1);
-                        break;
+                    let Some(end) = end else {
+                        if src.len() > MAX_PREFIX_DIGITS {
+                            return Err(FrameError::PrefixTooLong);
+                        }
+                        return Ok(None);
+                    };
+                    src.advance(end + 1);
+                    if declared > self.max as u64 {
+                        self.state = State::Discarding(declared);
+                        return Ok(Some(FrameItem::Oversized { declared }));
                     }
-                    other => return Err(FrameError::BadPrefix(other)),
+                    self.state = State::Payload(declared as usize);
                 }
             }
-            let Some(header) = header else {
-                return Ok(None);
-            };
-            let len = len as usize;
-            if data.len() < header + len {
-                return Ok(None);
-            }
-            let at = arena.len();
-            arena.extend_from_slice(&data[header..header + len]);
-            self.start += header + len;
-            if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            if len == 0 {
-                continue;
-            }
-            return Ok(Some(at..at + len));
         }
     }
 
-    /// At end of stream: an error when bytes of an unfinished frame remain.
-    pub fn finish(&self) -> Result<(), FrameError> {
-        match self.pending() {
-            0 => Ok(()),
-            n => Err(FrameError::Truncated(n)),
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<FrameItem>, FrameError> {
+        match self.decode(src)? {
+            Some(item) => Ok(Some(item)),
+            None if src.is_empty() && self.state == State::Length => Ok(None),
+            // Skipping the tail of an oversized frame: nothing was going to be kept.
+            None if matches!(self.state, State::Discarding(_)) => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
         }
     }
 }
@@ -140,6 +181,25 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_all(d: &mut FrameDecoder, bytes: &[u8]) -> Result<Vec<FrameItem>, FrameError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(item) = d.decode(&mut buf)? {
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    fn frames(items: &[FrameItem]) -> Vec<Vec<u8>> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                FrameItem::Frame(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
 
     #[test]
     fn round_trip_split_at_every_byte() {
@@ -151,60 +211,104 @@ mod tests {
         let stream: Vec<u8> = msgs.iter().flat_map(|m| encode(m)).collect();
         for split in 0..stream.len() {
             let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+            let mut buf = BytesMut::new();
             let mut out = Vec::new();
-            d.feed(&stream[..split]);
-            while let Some(f) = d.next_frame().unwrap() {
+            buf.extend_from_slice(&stream[..split]);
+            while let Some(f) = d.decode(&mut buf).unwrap() {
                 out.push(f);
             }
-            d.feed(&stream[split..]);
-            while let Some(f) = d.next_frame().unwrap() {
+            buf.extend_from_slice(&stream[split..]);
+            while let Some(f) = d.decode_eof(&mut buf).unwrap() {
                 out.push(f);
             }
-            assert_eq!(out, msgs.iter().map(|m| m.to_vec()).collect::<Vec<_>>());
-            d.finish().unwrap();
+            assert_eq!(
+                frames(&out),
+                msgs.iter().map(|m| m.to_vec()).collect::<Vec<_>>()
+            );
         }
     }
 
     #[test]
-    fn refuses_bad_prefixes_and_huge_lengths_without_buffering() {
+    fn oversized_frames_are_skipped_and_the_stream_goes_on() {
+        let mut d = FrameDecoder::new(10);
+        let mut stream = b"3 one".to_vec();
+        stream.extend_from_slice(b"25 ");
+        stream.extend_from_slice(&[b'x'; 25]);
+        stream.extend_from_slice(b"3 two");
+        // The oversized body arrives in pieces: nothing of it is buffered.
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in stream.chunks(4) {
+            buf.extend_from_slice(chunk);
+            while let Some(f) = d.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+            assert!(buf.len() <= 10 + MAX_PREFIX_DIGITS);
+        }
+        assert_eq!(
+            out,
+            vec![
+                FrameItem::Frame(Bytes::from_static(b"one")),
+                FrameItem::Oversized { declared: 25 },
+                FrameItem::Frame(Bytes::from_static(b"two")),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_declared_length_is_reported_whole() {
         let mut d = FrameDecoder::new(1024);
-        d.feed(b"12x hello");
-        assert_eq!(d.next_frame(), Err(FrameError::BadPrefix(b'x')));
+        let out = decode_all(&mut d, b"104857600 abc").unwrap();
+        assert_eq!(
+            out,
+            vec![FrameItem::Oversized {
+                declared: 104_857_600
+            }]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_prefixes() {
         let mut d = FrameDecoder::new(1024);
-        d.feed(b"4294967296 ");
-        assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
+        assert_eq!(
+            decode_all(&mut d, b"12x hello"),
+            Err(FrameError::BadPrefix(b'x'))
+        );
         let mut d = FrameDecoder::new(1024);
-        d.feed(b"1025 ");
-        assert!(matches!(
-            d.next_frame(),
-            Err(FrameError::TooLarge { declared: 1025, .. })
-        ));
+        assert_eq!(
+            decode_all(&mut d, b" 5 hello"),
+            Err(FrameError::BadPrefix(b' '))
+        );
         let mut d = FrameDecoder::new(1024);
-        d.feed(b" 5 hello");
-        assert_eq!(d.next_frame(), Err(FrameError::BadPrefix(b' ')));
-        // Too many digits is refused as soon as they are seen, before a space.
-        let mut d = FrameDecoder::new(1024);
-        d.feed(b"000000");
-        assert!(d.next_frame().is_err());
+        assert_eq!(
+            decode_all(&mut d, b"0000000000000"),
+            Err(FrameError::PrefixTooLong)
+        );
     }
 
     #[test]
     fn incomplete_frame_waits_and_truncation_is_reported() {
         let mut d = FrameDecoder::new(1024);
-        d.feed(b"99 ");
-        assert_eq!(d.next_frame(), Ok(None));
-        assert_eq!(d.finish(), Err(FrameError::Truncated(3)));
+        let mut buf = BytesMut::from(&b"99 "[..]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert_eq!(d.decode_eof(&mut buf), Err(FrameError::Truncated(0)));
         let mut d = FrameDecoder::new(1024);
-        d.feed(b"0 3 abc");
         assert_eq!(
-            d.next_frame(),
-            Ok(Some(b"abc".to_vec())),
+            frames(&decode_all(&mut d, b"0 3 abc").unwrap()),
+            vec![b"abc".to_vec()],
             "zero-length frames are skipped"
         );
     }
 
     #[test]
-    fn random_input_never_panics() {
+    fn encoded_len_matches_encode() {
+        for n in [0, 1, 9, 10, 99, 100, 65_535, 65_536] {
+            assert_eq!(encoded_len(n), encode(&vec![b'a'; n]).len(), "{n}");
+        }
+    }
+
+    #[test]
+    fn random_input_never_panics_or_buffers_past_the_limit() {
         // xorshift: deterministic pseudo-random bytes, heavy on digits/spaces.
         let mut x: u64 = 0x9e3779b97f4a7c15;
         for _ in 0..20_000 {
@@ -222,11 +326,13 @@ mod tests {
                 };
                 bytes.push(b);
             }
-            d.feed(&bytes);
-            while let Ok(Some(f)) = d.next_frame() {
-                assert!(f.len() <= 64);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(f)) = d.decode(&mut buf) {
+                if let FrameItem::Frame(f) = f {
+                    assert!(f.len() <= 64);
+                }
             }
-            let _ = d.finish();
+            let _ = d.decode_eof(&mut buf);
         }
     }
 }

@@ -5,9 +5,12 @@
 //! * [`frame`] — octet-counted framing with a maximum frame size (pure);
 //! * [`syslog`] — the RFC 5424 parser and the line wrapper (pure);
 //! * [`forwarder`] — the worker side: tail, batch, persist offsets, reconnect;
-//! * [`listener`] — the master side: accept, gate, decode, write.
+//! * [`listener`] — the master side: gate, decode, write (on the
+//!   `decnet-server` runner);
+//! * [`neutralize`] — hostile text made safe to read (pure).
 
 pub mod forwarder;
 pub mod frame;
 pub mod listener;
+pub mod neutralize;
 pub mod syslog;

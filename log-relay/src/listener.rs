@@ -1,27 +1,34 @@
 //! The master-side syslog listener: RFC 5425 over mTLS (plain TCP on
 //! loopback only), every message credited to the peer certificate's CN.
 //!
-//! Each connection runs in its own task with an idle timeout and a bounded
-//! buffer (one maximum frame); a malformed or oversized frame closes only
+//! It is only the protocol half: the `decnet-server` runner owns binding,
+//! handshakes, per-source and per-certificate connection caps and shutdown;
+//! [`LogListener`] is its [`ConnectionHandler`]. Each connection is admitted
+//! by a [`PeerGate`], then read through [`FrameDecoder`] (a buffer that grows
+//! on demand up to one maximum frame): an oversized frame is skipped, counted
+//! and logged, and the connection goes on; a malformed prefix closes only
 //! that connection. Decoded messages go, a batch per read, to one
 //! [`LogSink`] that appends the raw line and a JSON record and flushes. On
 //! shutdown the listener stops accepting, drains what each peer already sent,
-//! writes it, and syncs the files.
+//! writes it, and syncs the files. A connection ends when it is idle too
+//! long, when its lifetime or certificate runs out, or when its peer is no
+//! longer admitted (revoked).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use decnet_pki::{MtlsListener, PeerIdentity, RoleKind};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use bytes::Bytes;
+use decnet_pki::{PeerIdentity, RoleKind};
+use decnet_server::{Connection, ConnectionHandler, Server};
+use futures_util::StreamExt;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 
-use crate::frame::{DEFAULT_MAX_FRAME, FrameDecoder};
+use crate::frame::{DEFAULT_MAX_FRAME, FrameDecoder, FrameItem};
+use crate::neutralize::{neutralize, neutralize_bytes_into};
 use crate::syslog;
 
 /// The boxed future of [`PeerGate::admit`].
@@ -55,15 +62,14 @@ pub fn agent_role(peer: &PeerIdentity) -> Result<(), String> {
     }
 }
 
-/// Limits and timeouts of the listener.
+/// Limits and timeouts of the listener's protocol half (connection caps
+/// and lifetimes are the runner's: see [`listener_limits`]).
 #[derive(Clone, Debug)]
 pub struct ListenerOptions {
-    /// Largest accepted frame.
+    /// Largest accepted frame; larger ones are skipped.
     pub max_frame: usize,
     /// A connection silent this long is closed.
     pub idle_timeout: Duration,
-    /// At most this many connections at once; more are closed at once.
-    pub max_connections: usize,
     /// On shutdown, how long to keep draining a peer that keeps sending.
     pub drain_timeout: Duration,
 }
@@ -73,9 +79,20 @@ impl Default for ListenerOptions {
         ListenerOptions {
             max_frame: DEFAULT_MAX_FRAME,
             idle_timeout: Duration::from_secs(600),
-            max_connections: 10_000,
             drain_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// The runner limits of a log listener: many peers, each allowed only a few
+/// connections under its certificate (a forwarder needs one), a bounded
+/// lifetime after which a forwarder simply reconnects.
+pub fn listener_limits() -> decnet_server::ServerLimits {
+    decnet_server::ServerLimits {
+        max_connections: 10_000,
+        max_connections_per_identity: 4,
+        max_connection_lifetime: Some(Duration::from_secs(24 * 3600)),
+        ..decnet_server::ServerLimits::default()
     }
 }
 
@@ -218,39 +235,42 @@ impl SinkHandle {
     }
 
     /// Format a batch of frames from one peer and queue it for writing.
-    pub async fn write_batch(
-        &self,
-        credit: &Credit,
-        arena: &[u8],
-        frames: &[std::ops::Range<usize>],
-    ) -> Result<(), SinkClosed> {
-        let batch = format_batch(credit, arena, frames);
+    pub async fn write_batch(&self, credit: &Credit, frames: &[Bytes]) -> Result<(), SinkClosed> {
+        let batch = format_batch(credit, frames);
         self.tx.send(batch).await.map_err(|_| SinkClosed)
     }
 }
 
-fn format_batch(credit: &Credit, arena: &[u8], frames: &[std::ops::Range<usize>]) -> Formatted {
+/// Every raw line starts with who sent it: `<cn> <fingerprint prefix> `.
+fn raw_prefix(credit: &Credit) -> Vec<u8> {
+    let fp = credit
+        .fingerprint
+        .as_deref()
+        .map(|f| &f[..f.len().min(16)])
+        .unwrap_or("-");
+    format!("{} {fp} ", credit.cn).into_bytes()
+}
+
+fn format_batch(credit: &Credit, frames: &[Bytes]) -> Formatted {
     let received_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    let mut raw = Vec::with_capacity(arena.len() + frames.len());
-    let mut json = Vec::with_capacity(raw.capacity() * 2 + 256 * frames.len());
-    for range in frames {
-        let f = &arena[range.clone()];
+    let prefix = raw_prefix(credit);
+    let total: usize = frames.iter().map(|f| f.len()).sum();
+    let mut raw = Vec::with_capacity(total + frames.len() * (prefix.len() + 1));
+    let mut json = Vec::with_capacity(total * 2 + 256 * frames.len());
+    for f in frames {
+        let f = &f[..];
         // Senders that frame newline-terminated lines (rsyslog's templates)
         // leave the newline inside the frame.
         let f = f.strip_suffix(b"\n").unwrap_or(f);
         let f = f.strip_suffix(b"\r").unwrap_or(f);
-        for &b in f {
-            match b {
-                b'\n' => raw.extend_from_slice(b"\\n"),
-                b'\r' => raw.extend_from_slice(b"\\r"),
-                b => raw.push(b),
-            }
-        }
+        raw.extend_from_slice(&prefix);
+        neutralize_bytes_into(f, &mut raw);
         raw.push(b'\n');
         let parsed = syslog::parse(f);
         let lossy;
+        let safe_msg;
         let record = match &parsed {
             Some(m) => Record {
                 received_at: &received_at,
@@ -264,7 +284,10 @@ fn format_batch(credit: &Credit, arena: &[u8], frames: &[std::ops::Range<usize>]
                 facility: Some(m.facility),
                 timestamp: m.timestamp,
                 structured_data: &m.structured_data,
-                msg: &m.msg,
+                msg: {
+                    safe_msg = neutralize(&m.msg);
+                    &safe_msg
+                },
                 format: None,
             },
             None => Record {
@@ -281,7 +304,8 @@ fn format_batch(credit: &Credit, arena: &[u8], frames: &[std::ops::Range<usize>]
                 structured_data: &EMPTY_SD,
                 msg: {
                     lossy = String::from_utf8_lossy(f);
-                    &lossy
+                    safe_msg = neutralize(&lossy);
+                    &safe_msg
                 },
                 format: Some("not-rfc5424"),
             },
@@ -293,132 +317,159 @@ fn format_batch(credit: &Credit, arena: &[u8], frames: &[std::ops::Range<usize>]
     Formatted { raw, json }
 }
 
-/// Where connections come from.
-pub enum Source {
-    /// mTLS connections (the normal case).
-    Tls(MtlsListener),
-    /// Plain TCP; only ever bound on loopback.
-    Plain(TcpListener),
+/// A peer's connection as the listener sees it once admitted.
+struct Peer {
+    credit: Credit,
+    /// For the periodic re-check (revocation); `None` on plain TCP.
+    identity: Option<PeerIdentity>,
 }
 
-/// Plain text on a non-loopback address.
-#[derive(Debug, thiserror::Error)]
-#[error("refusing plain-text syslog on {0}: plain text is allowed on loopback only (use TLS)")]
-pub struct PlaintextRefused(pub SocketAddr);
-
-impl Source {
-    /// Bind plain TCP, refusing any non-loopback address.
-    pub async fn bind_plain(
-        addr: SocketAddr,
-    ) -> Result<Source, Box<dyn std::error::Error + Send + Sync>> {
-        if !addr.ip().is_loopback() {
-            return Err(Box::new(PlaintextRefused(addr)));
-        }
-        Ok(Source::Plain(TcpListener::bind(addr).await?))
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        match self {
-            Source::Tls(l) => l.local_addr(),
-            Source::Plain(l) => l
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))),
-        }
-    }
-}
-
-/// Run the listener until `shutdown` flips to `true`; then drain and sync.
-pub async fn serve(
-    source: Source,
+/// The listener's protocol half: a [`ConnectionHandler`] for the runner.
+pub struct LogListener {
     gate: Arc<dyn PeerGate>,
-    sink: LogSink,
+    sink: SinkHandle,
     options: ListenerOptions,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let sink_handle = sink.handle();
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let mut conns = JoinSet::new();
-    let mut source = source;
-    loop {
-        let (stream, credit, remote): (Box<dyn AsyncRead + Send + Unpin>, _, _) = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
-            // The writer stopped on an IO error: stop too, and report it.
-            _ = sink_handle.closed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = accept(&mut source) => match accepted {
-                Some(a) => a,
-                None => break,
-            },
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "too many log connections; closing the new one");
-            continue;
-        };
-        let gate = gate.clone();
-        let sink = sink_handle.clone();
-        let opts = options.clone();
-        let shutdown = shutdown.clone();
-        conns.spawn(async move {
-            let (credit, identity) = match credit {
-                Some((credit, identity)) => {
-                    if let Err(reason) = gate.admit(&identity).await {
-                        tracing::warn!(%remote, peer_cn = %identity.cn, peer_fingerprint = %identity.fingerprint, %reason, "log peer refused");
-                        return;
-                    }
-                    (credit, Some(identity))
-                }
-                None => (
-                    Credit {
-                        cn: "loopback".into(),
-                        fingerprint: None,
-                    },
-                    None,
-                ),
-            };
-            tracing::info!(%remote, peer_cn = %credit.cn, "log peer connected");
-            let recheck = identity.map(|i| (gate, i));
-            handle(stream, &credit, recheck, sink, &opts, shutdown).await;
-            drop(permit);
-        });
-    }
-    // Stop accepting; let every connection drain what it already received.
-    drop(source);
-    while conns.join_next().await.is_some() {}
-    drop(sink_handle);
-    sink.close().await
 }
 
-type Accepted = (
-    Box<dyn AsyncRead + Send + Unpin>,
-    Option<(Credit, PeerIdentity)>,
-    SocketAddr,
-);
+impl LogListener {
+    /// A handler admitting peers through `gate` and writing to `sink`.
+    pub fn new(gate: Arc<dyn PeerGate>, sink: SinkHandle, options: ListenerOptions) -> Arc<Self> {
+        Arc::new(LogListener {
+            gate,
+            sink,
+            options,
+        })
+    }
 
-async fn accept(source: &mut Source) -> Option<Accepted> {
-    match source {
-        Source::Tls(l) => loop {
-            let s = l.next().await?;
-            let peer = s.peer().clone();
-            // The listener's TLS config requires client certificates.
-            let Some(identity) = peer.identity.as_deref().cloned() else {
-                continue;
+    async fn admit(&self, conn: &Connection) -> Option<Peer> {
+        let remote = conn.peer.remote;
+        match conn.peer.identity.as_deref() {
+            Some(identity) => {
+                if let Err(reason) = self.gate.admit(identity).await {
+                    tracing::warn!(%remote, peer_cn = %identity.cn, peer_fingerprint = %identity.fingerprint, %reason, "log peer refused");
+                    return None;
+                }
+                Some(Peer {
+                    credit: Credit {
+                        cn: identity.cn.clone(),
+                        fingerprint: Some(identity.fingerprint.to_hex()),
+                    },
+                    identity: Some(identity.clone()),
+                })
+            }
+            // Plain TCP exists on loopback only (the runner refuses it elsewhere).
+            None => Some(Peer {
+                credit: Credit {
+                    cn: "loopback".into(),
+                    fingerprint: None,
+                },
+                identity: None,
+            }),
+        }
+    }
+}
+
+/// How many oversized frames of one connection are logged one by one.
+const OVERSIZE_LINES: u64 = 5;
+
+impl ConnectionHandler for LogListener {
+    async fn handle(self: Arc<Self>, conn: Connection, stop: CancellationToken) {
+        let Some(peer) = self.admit(&conn).await else {
+            return;
+        };
+        let credit = &peer.credit;
+        tracing::info!(remote = %conn.peer.remote, peer_cn = %credit.cn, "log peer connected");
+        let opts = &self.options;
+        // No buffer until bytes arrive; it grows on demand up to one frame.
+        let mut frames = FramedRead::with_capacity(conn.io, FrameDecoder::new(opts.max_frame), 0)
+            .ready_chunks(256);
+        let deadline = async {
+            match conn.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut draining: Option<tokio::time::Instant> = None;
+        let mut received = 0u64;
+        let mut oversized = 0u64;
+        let mut next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            // While draining, a short silence means the peer has nothing more in flight.
+            let wait = match draining {
+                Some(_) => Duration::from_millis(300),
+                None => opts.idle_timeout,
             };
-            let credit = Credit {
-                cn: identity.cn.clone(),
-                fingerprint: Some(identity.fingerprint.to_hex()),
+            let next = tokio::select! {
+                r = tokio::time::timeout(wait, frames.next()) => r,
+                _ = stop.cancelled(), if draining.is_none() => {
+                    draining = Some(tokio::time::Instant::now() + opts.drain_timeout);
+                    continue;
+                }
+                // Nothing can be written any more: close, so the peer resends later.
+                _ = self.sink.closed() => break,
+                _ = &mut deadline => {
+                    tracing::info!(peer_cn = %credit.cn, "log connection reached its lifetime or certificate expiry; closing");
+                    break;
+                }
             };
-            return Some((Box::new(s), Some((credit, identity)), peer.remote));
-        },
-        Source::Plain(l) => loop {
-            match l.accept().await {
-                Ok((s, remote)) => return Some((Box::new(s), None, remote)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            let items = match next {
+                Err(_) if draining.is_some() => break,
+                Err(_) => {
+                    tracing::info!(peer_cn = %credit.cn, "log peer idle; closing");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(items)) => items,
+            };
+            if let Some(identity) = &peer.identity
+                && tokio::time::Instant::now() >= next_check
+            {
+                next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
+                if let Err(reason) = self.gate.admit(identity).await {
+                    tracing::warn!(peer_cn = %credit.cn, %reason, "log peer no longer admitted; closing");
+                    break;
                 }
             }
-        },
+            let mut bad = None;
+            for item in items {
+                match item {
+                    Ok(FrameItem::Frame(f)) => batch.push(f),
+                    Ok(FrameItem::Oversized { declared }) => {
+                        oversized += 1;
+                        if oversized <= OVERSIZE_LINES {
+                            tracing::warn!(
+                                peer_cn = %credit.cn,
+                                declared,
+                                max = opts.max_frame,
+                                "oversized syslog frame skipped"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                received += batch.len() as u64;
+                if let Err(e) = self.sink.write_batch(credit, &batch).await {
+                    tracing::error!(error = %e, "cannot write received logs");
+                    break;
+                }
+                batch.clear();
+            }
+            if let Some(e) = bad {
+                tracing::warn!(peer_cn = %credit.cn, error = %e, "malformed syslog stream; closing this connection");
+                break;
+            }
+            if draining.is_some_and(|d| tokio::time::Instant::now() > d) {
+                break;
+            }
+        }
+        tracing::info!(peer_cn = %credit.cn, messages = received, oversized, "log peer disconnected");
     }
 }
 
@@ -426,89 +477,26 @@ async fn accept(source: &mut Source) -> Option<Accepted> {
 /// (so a revocation also ends connections that are already open).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(15);
 
-async fn handle(
-    mut stream: Box<dyn AsyncRead + Send + Unpin>,
-    credit: &Credit,
-    recheck: Option<(Arc<dyn PeerGate>, PeerIdentity)>,
-    sink: SinkHandle,
-    opts: &ListenerOptions,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut decoder = FrameDecoder::new(opts.max_frame);
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut draining: Option<tokio::time::Instant> = None;
-    let mut received = 0u64;
-    let mut next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
-    loop {
-        // While draining, a short silence means the peer has nothing more in flight.
-        let wait = match draining {
-            Some(_) => Duration::from_millis(300),
-            None => opts.idle_timeout,
-        };
-        let read = tokio::select! {
-            r = tokio::time::timeout(wait, stream.read(&mut buf)) => r,
-            _ = shutdown.wait_for(|s| *s), if draining.is_none() => {
-                draining = Some(tokio::time::Instant::now() + opts.drain_timeout);
-                continue;
+/// Run the listener on `server` until `shutdown` resolves (or the writer
+/// fails); then drain every connection, write and sync the files.
+pub async fn serve(
+    server: Server,
+    gate: Arc<dyn PeerGate>,
+    sink: LogSink,
+    options: ListenerOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let handle = sink.handle();
+    let listener = LogListener::new(gate, handle.clone(), options);
+    server
+        .serve(listener, async {
+            tokio::select! {
+                _ = shutdown => {}
+                // The writer stopped on an IO error: stop too, and report it.
+                _ = handle.closed() => {}
             }
-            // Nothing can be written any more: close, so the peer resends later.
-            _ = sink.closed() => break,
-        };
-        let n = match read {
-            Err(_) if draining.is_some() => break,
-            Err(_) => {
-                tracing::info!(peer_cn = %credit.cn, "log peer idle; closing");
-                break;
-            }
-            Ok(Err(e)) => {
-                tracing::info!(peer_cn = %credit.cn, error = %e, "log connection failed");
-                break;
-            }
-            Ok(Ok(0)) => {
-                if let Err(e) = decoder.finish() {
-                    tracing::warn!(peer_cn = %credit.cn, error = %e, "log peer disconnected mid-frame");
-                }
-                break;
-            }
-            Ok(Ok(n)) => n,
-        };
-        if let Some((gate, identity)) = &recheck
-            && tokio::time::Instant::now() >= next_check
-        {
-            next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
-            if let Err(reason) = gate.admit(identity).await {
-                tracing::warn!(peer_cn = %credit.cn, %reason, "log peer no longer admitted; closing");
-                break;
-            }
-        }
-        decoder.feed(&buf[..n]);
-        let mut arena = Vec::with_capacity(n);
-        let mut frames = Vec::new();
-        let mut bad = None;
-        loop {
-            match decoder.next_frame_into(&mut arena) {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(e) => {
-                    bad = Some(e);
-                    break;
-                }
-            }
-        }
-        if !frames.is_empty() {
-            received += frames.len() as u64;
-            if let Err(e) = sink.write_batch(credit, &arena, &frames).await {
-                tracing::error!(error = %e, "cannot write received logs");
-                break;
-            }
-        }
-        if let Some(e) = bad {
-            tracing::warn!(peer_cn = %credit.cn, error = %e, "malformed syslog stream; closing this connection");
-            break;
-        }
-        if draining.is_some_and(|d| tokio::time::Instant::now() > d) {
-            break;
-        }
-    }
-    tracing::info!(peer_cn = %credit.cn, messages = received, "log peer disconnected");
+        })
+        .await;
+    drop(handle);
+    sink.close().await
 }

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, HostName, LeafSpec, Role};
-use time::OffsetDateTime;
+use decnet_fleet::enrollment::{self, EnrollRequest};
+use decnet_fleet::{AuditOutcome, CertRecord, CertRole, RenewPolicy, unix_now};
+use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, Role};
 
-use crate::enrollment::{self, AGENT_PORT, EnrollRequest, UPDATER_PORT};
-use crate::fleet_db::{AuditEntry, FleetDb, HostRecord, unix_now};
 use crate::home::MasterHome;
+use crate::table::{fleet_table, format_time};
+use crate::usage::{UsageError, audit, cli_actor, load_ca, open_db, partial};
 
 /// decnet: mTLS control plane for worker fleets.
 #[derive(Debug, Parser)]
@@ -112,8 +113,9 @@ pub struct HostArgs {
     #[arg(long)]
     pub host: String,
     /// Address the master dials (IP or DNS name); also added as a SAN.
+    /// Required, except for `swarm enroll --reissue`, which keeps the recorded one.
     #[arg(long)]
-    pub address: String,
+    pub address: Option<String>,
     /// Extra SANs (comma separated).
     #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
     pub sans: Vec<String>,
@@ -142,6 +144,17 @@ pub enum CaCommand {
         #[arg(long)]
         force: bool,
         /// Extra SANs for the master certificate (comma separated).
+        #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
+        sans: Vec<String>,
+    },
+    /// Replace the master's own certificate (the old one is revoked; workers
+    /// accept the new one at once, and refuse the old one from their next
+    /// revocation list). A running `decnet master serve` switches by itself.
+    RotateMaster {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// SANs of the new certificate (default: the old one's).
         #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
         sans: Vec<String>,
     },
@@ -188,6 +201,13 @@ pub enum MasterCommand {
         /// Validity of renewed certificates (e.g. 825d, 12h, 90s).
         #[arg(long, default_value = "825d")]
         leaf_validity: String,
+        /// At most one renewal per host and role within this (e.g. 60s, 0s).
+        #[arg(long, default_value = "60s")]
+        renew_min_interval: String,
+        /// How long a certificate replaced by a renewal stays accepted after
+        /// its successor was first presented; then it is revoked.
+        #[arg(long, default_value = "5m")]
+        renew_grace: String,
     },
 }
 
@@ -208,19 +228,36 @@ pub enum TokenCommand {
     },
 }
 
-/// `"15m"`, `"2h"`, `"900s"`, `"900"` → a duration.
-pub fn parse_ttl(s: &str) -> Option<std::time::Duration> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last()? {
-        's' => (&s[..s.len() - 1], 1),
-        'm' => (&s[..s.len() - 1], 60),
-        'h' => (&s[..s.len() - 1], 3600),
-        'd' => (&s[..s.len() - 1], 86400),
-        c if c.is_ascii_digit() => (s, 1),
-        _ => return None,
+/// The longest validity or lifetime accepted anywhere (the CA's own).
+pub const MAX_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(decnet_pki::ca::CA_VALIDITY_DAYS as u64 * 86_400);
+
+/// `"15m"`, `"2h"`, `"825d"`, `"900s"`, `"900"` → a duration between
+/// `min` and [`MAX_DURATION`]; anything else is a usage error naming `flag`.
+pub fn parse_duration(
+    flag: &str,
+    s: &str,
+    min: std::time::Duration,
+) -> Result<std::time::Duration, UsageError> {
+    let t = s.trim();
+    let parsed = match t.parse::<u64>() {
+        Ok(n) => Ok(std::time::Duration::from_secs(n)),
+        Err(_) => humantime::parse_duration(t).map_err(|e| e.to_string()),
     };
-    let n: u64 = num.parse().ok()?;
-    (n > 0).then(|| std::time::Duration::from_secs(n * mult))
+    match parsed {
+        Ok(d) if d < min => Err(UsageError(format!(
+            "{flag} {s:?} is too short (at least {})",
+            humantime::format_duration(min)
+        ))),
+        Ok(d) if d > MAX_DURATION => Err(UsageError(format!(
+            "{flag} {s:?} is too long (at most {} days)",
+            decnet_pki::ca::CA_VALIDITY_DAYS
+        ))),
+        Ok(d) => Ok(d),
+        Err(e) => Err(UsageError(format!(
+            "{flag} {s:?} is not a duration ({e}; e.g. 90s, 15m, 12h, 825d)"
+        ))),
+    }
 }
 
 /// `decnet release …`
@@ -236,7 +273,8 @@ pub enum ReleaseCommand {
         force: bool,
     },
     /// Pack DIR (its bin/ and share/, never keys, .env, databases or logs)
-    /// into a .tar.gz with its SHA-256 and, with --sign, an Ed25519 signature.
+    /// into a .tar.gz with its SHA-256 and its manifests (target, label,
+    /// version, digest), signed with --sign.
     Pack {
         /// The release directory (with bin/decnet-agent and/or bin/decnet-updater).
         dir: PathBuf,
@@ -246,6 +284,10 @@ pub enum ReleaseCommand {
         /// Release label (default: the directory name).
         #[arg(long)]
         label: Option<String>,
+        /// Release version, compared by updaters to refuse downgrades
+        /// (default: the label).
+        #[arg(long = "release-version", value_name = "VERSION")]
+        release_version: Option<String>,
         /// Sign with this private key.
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
@@ -270,12 +312,12 @@ pub enum SwarmCommand {
         /// to copy to the worker's ~/.decnet/.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
-        /// Agent port the master dials.
-        #[arg(long, default_value_t = AGENT_PORT)]
-        agent_port: u16,
-        /// Updater port the master dials.
-        #[arg(long, default_value_t = UPDATER_PORT)]
-        updater_port: u16,
+        /// Agent port the master dials (default 8765; a reissue keeps the recorded one).
+        #[arg(long)]
+        agent_port: Option<u16>,
+        /// Updater port the master dials (default 8766; a reissue keeps the recorded one).
+        #[arg(long)]
+        updater_port: Option<u16>,
         /// Certificate validity (e.g. 825d, 12h); agents renew at about 2/3 of it.
         #[arg(long, default_value = "825d")]
         valid_for: String,
@@ -396,6 +438,13 @@ pub enum SwarmCommand {
         /// Release label (default: directory or file name).
         #[arg(long)]
         label: Option<String>,
+        /// Release version (default: the label); updaters refuse a version
+        /// below the active one unless --allow-downgrade.
+        #[arg(long = "release-version", value_name = "VERSION")]
+        release_version: Option<String>,
+        /// Install even when the version is below the active one.
+        #[arg(long)]
+        allow_downgrade: bool,
         /// Sign the release with this key.
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
@@ -436,20 +485,6 @@ pub enum SwarmCommand {
     },
 }
 
-/// A usage or setup error: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// The process exit code for an error returned by [`run`].
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.is::<UsageError>()) {
-        2
-    } else {
-        1
-    }
-}
-
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
@@ -463,6 +498,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_init(&resolve(ca.ca_dir), force, &sans).await
         }
         Command::Ca(CaCommand::Show { ca, json }) => ca_show(&resolve(ca.ca_dir), json),
+        Command::Ca(CaCommand::RotateMaster { ca, sans }) => {
+            ca_rotate_master(&resolve(ca.ca_dir), &sans).await
+        }
         Command::Swarm(SwarmCommand::Enroll {
             ca,
             target:
@@ -478,8 +516,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             updater_port,
             valid_for,
         }) => {
-            let validity = parse_ttl(&valid_for)
-                .ok_or_else(|| UsageError(format!("invalid --valid-for {valid_for:?}")))?;
+            let validity = parse_duration(
+                "--valid-for",
+                &valid_for,
+                std::time::Duration::from_secs(10),
+            )?;
             let req = EnrollRequest {
                 validity: Some(validity),
                 host,
@@ -536,7 +577,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &db,
                 "swarm.set_endpoint",
                 &host,
-                if found { "ok" } else { "refused" },
+                if found {
+                    AuditOutcome::Ok
+                } else {
+                    AuditOutcome::Refused
+                },
                 detail,
             )
             .await?;
@@ -615,6 +660,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             out,
             label,
+            release_version,
             sign,
         }) => {
             let signer = match &sign {
@@ -625,15 +671,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let label = label.unwrap_or_else(|| dir_label(&dir));
-            let p = crate::release::pack(&dir, &out, &label, signer.as_ref())
-                .map_err(|e| UsageError(format!("{e:#}")))?;
+            let p = crate::release::pack(
+                &dir,
+                &out,
+                &label,
+                release_version.as_deref(),
+                signer.as_ref(),
+            )
+            .map_err(|e| UsageError(format!("{e:#}")))?;
             println!("{}  {}", p.sha256, p.tarball.display());
             println!(
-                "label {} — {} file(s){}",
+                "label {} version {} — {} file(s){}",
                 p.label,
+                p.version,
                 p.files.len(),
-                if p.signature.is_some() {
-                    ", signed"
+                if signer.is_some() {
+                    ", manifests signed"
                 } else {
                     ""
                 }
@@ -650,11 +703,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             include_self,
             continue_on_error,
             label,
+            release_version,
+            allow_downgrade,
             sign,
             json,
         }) => {
             let _ = all;
             let home = resolve(ca.ca_dir);
+            // Unknown or decommissioned hosts are refused before anything is packed.
+            let db = open_db(&home).await?;
+            crate::fleet_ops::select_hosts(&db, &hosts).await?;
             let signer = match &sign {
                 Some(k) => Some(
                     decnet_pki::signing::ReleaseSigner::load(k)
@@ -669,11 +727,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     &release,
                     &tmp.path().join("release.tar.gz"),
                     &label,
+                    release_version.as_deref(),
                     signer.as_ref(),
                 )
                 .map_err(|e| UsageError(format!("{e:#}")))?
             } else if release.is_file() {
-                crate::release::existing(&release, label.as_deref(), signer.as_ref())?
+                crate::release::existing(
+                    &release,
+                    label.as_deref(),
+                    release_version.as_deref(),
+                    signer.as_ref(),
+                )?
             } else {
                 return Err(UsageError(format!(
                     "{} is neither a release directory nor a tarball",
@@ -681,9 +745,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ))
                 .into());
             };
-            let db = open_db(&home).await?;
             let plan = crate::rollout::RolloutPlan {
                 hosts,
+                allow_downgrade,
                 max_parallel,
                 canary,
                 include_self,
@@ -713,7 +777,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             partial(
-                results.iter().all(|r| r.outcome == "updated"),
+                results
+                    .iter()
+                    .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Updated),
                 "the rollout did not update every host",
             )
         }
@@ -730,26 +796,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         })) => {
             let home = resolve(ca.ca_dir);
             let name = HostName::new(&host).map_err(|e| UsageError(e.to_string()))?;
+            let address = address.ok_or_else(|| {
+                UsageError("--address is required: the address the master will dial".into())
+            })?;
             for s in std::iter::once(&address).chain(sans.iter()) {
                 decnet_pki::ca::validate_san(s).map_err(|e| UsageError(e.to_string()))?;
             }
-            let ttl = parse_ttl(&ttl)
-                .ok_or_else(|| UsageError(format!("invalid --ttl {ttl:?} (e.g. 15m, 2h)")))?;
+            let ttl = parse_duration("--ttl", &ttl, std::time::Duration::from_secs(1))?;
             let ca = load_ca(&home.ca_layout())?;
             let db = open_db(&home).await?;
-            let grant = crate::join::TokenGrant {
+            let grant = decnet_fleet::join::TokenGrant {
                 host: name,
                 address: address.clone(),
                 sans: sans.clone(),
                 allow_updater: updater,
                 ttl,
             };
-            let token = crate::join::create_token(&db, &ca, &grant, &cli_actor()).await?;
+            let token = decnet_fleet::join::create_token(&db, &ca, &grant, &cli_actor()).await?;
             audit(
                 &db,
                 "swarm.token.create",
                 &host,
-                "ok",
+                AuditOutcome::Ok,
                 format!(
                     "token={} updater={updater} ttl={}s",
                     token.id,
@@ -778,8 +846,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &db,
                 "swarm.renew",
                 &host,
-                if found { "ok" } else { "refused" },
-                "renewal requested".into(),
+                if found {
+                    AuditOutcome::Ok
+                } else {
+                    AuditOutcome::Refused
+                },
+                "renewal requested",
             )
             .await?;
             db.close().await;
@@ -801,7 +873,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             let r = r?;
             println!("{}: {} — {}", r.host, r.outcome, r.detail);
-            partial(r.outcome == "rolled_back", "rollback failed")
+            partial(
+                r.outcome == decnet_fleet::UpdateOutcome::RolledBack,
+                "rollback failed",
+            )
         }
         Command::Swarm(SwarmCommand::Releases { ca, host, json }) => {
             let home = resolve(ca.ca_dir);
@@ -879,8 +954,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 plaintext,
                 max_frame,
                 idle_timeout: std::time::Duration::from_secs(idle_timeout),
+                grace: RenewPolicy::default().grace,
             };
-            let r = crate::listener_cmd::run(&home, db.clone(), &settings).await;
+            let material = if plaintext {
+                // Never used for plain TCP; any material will do.
+                None
+            } else {
+                let bundle = crate::fleet_ops::master_bundle(&home.ca_layout())?;
+                Some(
+                    decnet_pki::MaterialSource::from_parts(bundle, None)
+                        .context("building the TLS configuration")?,
+                )
+            };
+            let r = async {
+                let l = crate::listener_cmd::bind(material.as_ref(), db.clone(), &settings).await?;
+                println!("decnet listener listening on {}", l.local_addr());
+                l.run(decnet_server::shutdown_signal()).await
+            }
+            .await;
             db.close().await;
             r
         }
@@ -894,60 +985,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json_path,
             unreachable_after,
             leaf_validity,
+            renew_min_interval,
+            renew_grace,
         }) => {
             let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            let bundle = crate::fleet_ops::master_bundle(&home.ca_layout())?;
-            let ca = load_ca(&home.ca_layout())?;
-            // Client certificates are verified when presented but not
-            // required: a worker joins with a token before it has one.
-            let config = decnet_pki::tls::server_config_allowing_anonymous(&bundle)
-                .context("building the TLS configuration")?;
-            let api_addr = std::net::SocketAddr::new(host, port);
-            let accept = decnet_pki::AcceptOptions {
-                allow_anonymous: true,
-                ..Default::default()
+            let renew = RenewPolicy {
+                validity: parse_duration(
+                    "--leaf-validity",
+                    &leaf_validity,
+                    std::time::Duration::from_secs(10),
+                )?,
+                min_interval: parse_duration(
+                    "--renew-min-interval",
+                    &renew_min_interval,
+                    std::time::Duration::ZERO,
+                )?,
+                grace: parse_duration("--renew-grace", &renew_grace, std::time::Duration::ZERO)?,
             };
-            let listener = decnet_pki::MtlsListener::bind(api_addr, config, accept)
-                .await
-                .map_err(|e| UsageError(format!("cannot listen on {api_addr}: {e}")))?;
-            println!(
-                "decnet master control API listening on {}",
-                listener.local_addr()
-            );
-            tokio::spawn(crate::control_api::mark_silent_hosts(
-                db.clone(),
-                std::time::Duration::from_secs(unreachable_after.max(1)),
-            ));
-            let api = decnet_pki::serve::serve_router(
-                listener,
-                crate::control_api::router(std::sync::Arc::new(crate::control_api::ControlState {
-                    db: db.clone(),
-                    ca,
-                    limiter: Default::default(),
-                    leaf_validity: parse_ttl(&leaf_validity).ok_or_else(|| {
-                        UsageError(format!("invalid --leaf-validity {leaf_validity:?}"))
-                    })?,
-                })),
-                crate::control_api::ControlPolicy,
-                decnet_pki::serve::shutdown_signal(),
-            );
-            let r = if no_listener {
-                api.await.context("control API failed")
-            } else {
-                let settings = crate::listener_cmd::ListenerSettings {
+            let settings = crate::daemon::MasterSettings {
+                api: std::net::SocketAddr::new(host, port),
+                listener: (!no_listener).then(|| crate::listener_cmd::ListenerSettings {
                     listen: std::net::SocketAddr::new(host, listener_port),
                     log_path: log_path.unwrap_or_else(|| home.home.join("logs/fleet.log")),
                     json_path: json_path.unwrap_or_else(|| home.home.join("logs/fleet.json")),
                     plaintext: false,
-                    max_frame: 65536,
+                    max_frame: decnet_log_relay::frame::DEFAULT_MAX_FRAME,
                     idle_timeout: std::time::Duration::from_secs(600),
-                };
-                let (a, l) =
-                    tokio::join!(api, crate::listener_cmd::run(&home, db.clone(), &settings));
-                a.context("control API failed")?;
-                l
+                    grace: renew.grace,
+                }),
+                unreachable_after: std::time::Duration::from_secs(unreachable_after.max(1)),
+                renew,
             };
+            let db = open_db(&home).await?;
+            let r = crate::daemon::serve(&home, db.clone(), &settings).await;
             db.close().await;
             r
         }
@@ -970,85 +1040,6 @@ fn dir_label(dir: &std::path::Path) -> String {
         .unwrap_or_else(|| "release".into())
 }
 
-/// Turn a "did everything succeed" flag into the exit status.
-fn partial(all_ok: bool, what: &str) -> anyhow::Result<()> {
-    if all_ok {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!("{what}"))
-    }
-}
-
-/// Who runs this CLI, for the audit log.
-pub fn cli_actor() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(os_user);
-    format!("cli:{user}")
-}
-
-/// The name of the real user id (from /proc and /etc/passwd), or `uid:N`.
-fn os_user() -> String {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
-        });
-    let Some(uid) = uid else {
-        return "unknown".into();
-    };
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|p| {
-            p.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
-            })
-        })
-        .unwrap_or_else(|| format!("uid:{uid}"))
-}
-
-async fn open_db(home: &MasterHome) -> anyhow::Result<FleetDb> {
-    FleetDb::connect(&home.database_url)
-        .await
-        .context("opening the fleet database (set --database-url or DECNET_DATABASE_URL)")
-}
-
-fn load_ca(layout: &CaLayout) -> anyhow::Result<CertificateAuthority> {
-    if !layout.ca_cert().exists() || !layout.ca_key().exists() {
-        return Err(UsageError(format!(
-            "no CA in {}; create one with `decnet ca init`",
-            layout.root().display()
-        ))
-        .into());
-    }
-    CertificateAuthority::load(layout)
-        .with_context(|| format!("loading the CA from {}", layout.root().display()))
-}
-
-async fn audit(
-    db: &FleetDb,
-    action: &str,
-    target: &str,
-    outcome: &str,
-    detail: String,
-) -> anyhow::Result<()> {
-    db.audit(&AuditEntry {
-        at: unix_now(),
-        actor: cli_actor(),
-        action: action.into(),
-        target: target.into(),
-        outcome: outcome.into(),
-        detail,
-    })
-    .await
-    .context("writing the audit log")
-}
-
 async fn ca_init(home: &MasterHome, force: bool, sans: &[String]) -> anyhow::Result<()> {
     let layout = home.ca_layout();
     let db = open_db(home).await?;
@@ -1057,8 +1048,8 @@ async fn ca_init(home: &MasterHome, force: bool, sans: &[String]) -> anyhow::Res
             &db,
             "ca.init",
             "ca",
-            "refused",
-            "a CA already exists".into(),
+            AuditOutcome::Refused,
+            "a CA already exists",
         )
         .await?;
         return Err(UsageError(format!(
@@ -1070,7 +1061,7 @@ async fn ca_init(home: &MasterHome, force: bool, sans: &[String]) -> anyhow::Res
     for s in sans {
         decnet_pki::ca::validate_san(s).map_err(|e| UsageError(e.to_string()))?;
     }
-    let ca = CertificateAuthority::generate().context("generating the CA")?;
+    let ca = decnet_pki::CertificateAuthority::generate().context("generating the CA")?;
     ca.save(&layout).context("writing the CA")?;
     let leaf = ca
         .issue(&LeafSpec::for_role(&Role::Master, sans))
@@ -1079,11 +1070,18 @@ async fn ca_init(home: &MasterHome, force: bool, sans: &[String]) -> anyhow::Res
     bundle
         .write(&layout.master_dir())
         .context("writing the master bundle")?;
+    db.record_master_certificate(&CertRecord::of_leaf(
+        &leaf,
+        decnet_pki::MASTER_CN,
+        CertRole::Master,
+    ))
+    .await
+    .context("recording the master certificate")?;
     audit(
         &db,
         "ca.init",
         "ca",
-        "ok",
+        AuditOutcome::Ok,
         format!(
             "ca_fingerprint={} master_fingerprint={}{}",
             ca.fingerprint(),
@@ -1105,6 +1103,56 @@ async fn ca_init(home: &MasterHome, force: bool, sans: &[String]) -> anyhow::Res
     );
     println!("  master fingerprint (sha256): {}", leaf.fingerprint);
     println!("Next: decnet swarm enroll --host NAME --address ADDR [--updater]");
+    Ok(())
+}
+
+async fn ca_rotate_master(home: &MasterHome, sans: &[String]) -> anyhow::Result<()> {
+    let layout = home.ca_layout();
+    let ca = load_ca(&layout)?;
+    for s in sans {
+        decnet_pki::ca::validate_san(s).map_err(|e| UsageError(e.to_string()))?;
+    }
+    let db = open_db(home).await?;
+    let r = decnet_fleet::revocation::rotate_master(
+        &ca,
+        &layout,
+        &db,
+        (!sans.is_empty()).then_some(sans),
+    )
+    .await;
+    match &r {
+        Ok(rot) => {
+            audit(
+                &db,
+                "ca.rotate_master",
+                decnet_pki::MASTER_CN,
+                AuditOutcome::Ok,
+                format!(
+                    "new={} revoked={}",
+                    rot.new_fingerprint, rot.old_fingerprint
+                ),
+            )
+            .await?
+        }
+        Err(e) => {
+            audit(
+                &db,
+                "ca.rotate_master",
+                decnet_pki::MASTER_CN,
+                AuditOutcome::Failed,
+                e.to_string(),
+            )
+            .await?
+        }
+    }
+    db.close().await;
+    let rot = r.context("rotating the master certificate")?;
+    println!("master certificate rotated");
+    println!("  new fingerprint (sha256):     {}", rot.new_fingerprint);
+    println!("  revoked fingerprint (sha256): {}", rot.old_fingerprint);
+    println!(
+        "Workers accept the new certificate at once and refuse the old one from their next revocation list; `decnet master serve` switches within seconds. Workers started with --master-fingerprint need the new fingerprint."
+    );
     Ok(())
 }
 
@@ -1169,7 +1217,7 @@ async fn swarm_enroll(home: &MasterHome, req: &EnrollRequest) -> anyhow::Result<
                 &db,
                 action,
                 &req.host,
-                "ok",
+                AuditOutcome::Ok,
                 format!(
                     "address={} agent_fingerprint={} updater_fingerprint={} revoked={}",
                     out.host.address,
@@ -1196,30 +1244,39 @@ async fn swarm_enroll(home: &MasterHome, req: &EnrollRequest) -> anyhow::Result<
             if !out.revoked.is_empty() {
                 println!("  revoked {} previous certificate(s)", out.revoked.len());
             }
-            match &req.out_dir {
-                Some(dir) => println!(
-                    "Copy {}/agent (and updater) to the worker's ~/.decnet/ (keep worker.key and updater.key mode 0600).",
+            let with_updater = out.updater_bundle_dir.is_some();
+            match (&req.out_dir, with_updater) {
+                (Some(dir), true) => println!(
+                    "Copy {}/agent and {}/updater to the worker's ~/.decnet/ (keep worker.key and updater.key mode 0600).",
+                    dir.display(),
                     dir.display()
                 ),
-                None => println!(
-                    "Copy {} to the worker's ~/.decnet/agent/ (and updater/ to ~/.decnet/updater/), keeping keys mode 0600.",
+                (Some(dir), false) => println!(
+                    "Copy {}/agent to the worker's ~/.decnet/agent/ (keep worker.key mode 0600).",
+                    dir.display()
+                ),
+                (None, true) => println!(
+                    "Copy {} to the worker's ~/.decnet/agent/ and its updater/ to ~/.decnet/updater/, keeping keys mode 0600.",
+                    out.agent_bundle_dir.display()
+                ),
+                (None, false) => println!(
+                    "Copy {} to the worker's ~/.decnet/agent/, keeping worker.key mode 0600.",
                     out.agent_bundle_dir.display()
                 ),
             }
             Ok(())
         }
         Err(e) => {
-            let refused = matches!(
-                e,
-                enrollment::EnrollError::AlreadyEnrolled(_)
-                    | enrollment::EnrollError::HostName(_)
-                    | enrollment::EnrollError::Ca(decnet_pki::CaError::BadSan(_))
-            );
+            let refused = e.is_refusal();
             audit(
                 &db,
                 action,
                 &req.host,
-                if refused { "refused" } else { "failed" },
+                if refused {
+                    AuditOutcome::Refused
+                } else {
+                    AuditOutcome::Failed
+                },
                 e.to_string(),
             )
             .await?;
@@ -1247,77 +1304,6 @@ async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", fleet_table(&hosts, unix_now()));
     Ok(())
-}
-
-/// A fixed-width table of hosts, as `swarm list` prints it.
-pub fn fleet_table(hosts: &[HostRecord], now: i64) -> String {
-    let mut rows = vec![[
-        "HOST".to_string(),
-        "ADDRESS".into(),
-        "STATUS".into(),
-        "LAST SEEN".into(),
-        "VERSION".into(),
-        "AGENT FP".into(),
-        "UPDATER FP".into(),
-    ]];
-    for h in hosts {
-        rows.push([
-            h.name.clone(),
-            format!("{}:{}", h.address, h.agent_port),
-            h.status.as_str().to_string(),
-            h.last_seen
-                .map(|t| format_age(now - t))
-                .unwrap_or_else(|| "never".into()),
-            h.agent_version.clone().unwrap_or_else(|| "-".into()),
-            h.agent_fingerprint
-                .as_deref()
-                .map(short_fp)
-                .unwrap_or_else(|| "-".into()),
-            h.updater_fingerprint
-                .as_deref()
-                .map(short_fp)
-                .unwrap_or_else(|| "-".into()),
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn short_fp(fp: &str) -> String {
-    fp.chars().take(16).collect()
-}
-
-/// "42s ago", "5m ago", "3h ago", "2d ago".
-pub fn format_age(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        3600..86400 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
-}
-
-fn format_time(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result<()> {
@@ -1384,8 +1370,8 @@ async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow:
                 &db,
                 "swarm.decommission",
                 host,
-                "refused",
-                "not confirmed".into(),
+                AuditOutcome::Refused,
+                "not confirmed",
             )
             .await?;
             db.close().await;
@@ -1405,8 +1391,8 @@ async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow:
                 &db,
                 "swarm.decommission",
                 host,
-                "refused",
-                "not confirmed".into(),
+                AuditOutcome::Refused,
+                "not confirmed",
             )
             .await?;
             db.close().await;
@@ -1419,7 +1405,7 @@ async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow:
         &db,
         "swarm.decommission",
         host,
-        "ok",
+        AuditOutcome::Ok,
         format!(
             "revoked={} removed_bundles={}",
             revoked.len(),
@@ -1456,4 +1442,42 @@ async fn show_audit(home: &MasterHome, limit: i64, json: bool) -> anyhow::Result
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_are_parsed_with_bounds_and_never_overflow() {
+        let s = std::time::Duration::from_secs;
+        assert_eq!(parse_duration("--x", "15m", s(1)).unwrap(), s(900));
+        assert_eq!(
+            parse_duration("--x", "825d", s(1)).unwrap(),
+            s(825 * 86_400)
+        );
+        assert_eq!(parse_duration("--x", "90", s(1)).unwrap(), s(90));
+        for bad in ["100000000d", "18446744073709551615s", "3651d"] {
+            let e = parse_duration("--leaf-validity", bad, s(1)).unwrap_err().0;
+            assert!(
+                e.contains("--leaf-validity") && e.contains("too long"),
+                "{bad}: {e}"
+            );
+        }
+        for bad in ["", "abc", "-5s", "5 parsecs"] {
+            assert!(parse_duration("--ttl", bad, s(1)).is_err(), "{bad}");
+        }
+        assert!(
+            parse_duration("--ttl", "0s", s(1))
+                .unwrap_err()
+                .0
+                .contains("too short")
+        );
+    }
 }

@@ -1,25 +1,38 @@
-//! The master's control API (port 8770, mTLS): agent heartbeats today.
+//! The master's control API (port 8770, mTLS): heartbeats, token joins,
+//! certificate renewal and the revocation list.
 //!
-//! A heartbeat is accepted from role Agent only, and only when the peer's
-//! certificate is one this master issued to that very host, not revoked
-//! (403 otherwise) — for a host it knows (404 otherwise). It records
-//! `last_seen`, the agent version and the per-decky state; a background task
-//! marks hosts unreachable after a configurable silence.
+//! | route | who |
+//! |---|---|
+//! | `POST /heartbeat` | Agent |
+//! | `POST /renew` | Agent, Updater |
+//! | `GET /crl` | Agent, Updater |
+//! | `GET /join/ca`, `POST /join` | anyone, certificate or not (rate-limited per source) |
+//! | `GET /health` | any certificate |
+//!
+//! Every worker request is also checked against the fleet database — the
+//! certificate must be the host's current one (or a pending renewal, which
+//! becomes current by being presented, or a retiring one within its grace),
+//! not revoked, the host not decommissioned — before any handler runs.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use decnet_pki::{AccessPolicy, PeerIdentity, Refusal, Role};
+use decnet_fleet::join::{JoinRefusal, JoinRequest, valid_token_id};
+use decnet_fleet::{AuditEntry, AuditOutcome, CrlPublisher, FleetDb, PeerRefusal, RenewPolicy};
+use decnet_pki::{CertificateAuthority, PeerIdentity, Role};
+use decnet_server::source::SourceKey;
+use decnet_server::{AccessPolicy, Refusal, TlsPeer, json_error};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 
-use crate::fleet_db::{FleetDb, HostStatus};
-
-/// Who may call what.
+/// Who may call what (role checks; the database checks run in [`standing`]).
 #[derive(Clone, Copy, Debug)]
 pub struct ControlPolicy;
 
@@ -28,10 +41,14 @@ impl AccessPolicy for ControlPolicy {
         match (&peer.role, method, path) {
             (Role::Agent(_), &Method::POST, "/heartbeat") => Ok(()),
             (Role::Agent(_) | Role::Updater(_), &Method::POST, "/renew") => Ok(()),
+            (Role::Agent(_) | Role::Updater(_), &Method::GET, "/crl") => Ok(()),
             (_, &Method::GET, "/join/ca") | (_, &Method::POST, "/join") => Ok(()),
             (_, &Method::GET, "/health") => Ok(()),
             (_, _, "/heartbeat") => Err(Refusal {
                 required: "agent".into(),
+            }),
+            (_, _, "/renew" | "/crl") => Err(Refusal {
+                required: "agent or updater".into(),
             }),
             _ => Err(Refusal {
                 required: "master".into(),
@@ -48,16 +65,69 @@ impl AccessPolicy for ControlPolicy {
     }
 }
 
+/// Join attempts per source (IPv4 address or IPv6 /64) per minute.
+pub const JOINS_PER_MINUTE: u32 = 60;
+/// Sources tracked at once by the join limiter; beyond this, sources are
+/// forgotten when idle, and while still over, new sources are refused.
+pub const MAX_TRACKED_SOURCES: usize = 50_000;
+
+/// A keyed rate limiter with bounded memory, per source.
+pub struct SourceLimiter {
+    limiter: DefaultKeyedRateLimiter<SourceKey>,
+    max_keys: usize,
+}
+
+impl std::fmt::Debug for SourceLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceLimiter")
+            .field("tracked", &self.limiter.len())
+            .finish()
+    }
+}
+
+impl SourceLimiter {
+    /// `per_minute` attempts per source, at most `max_keys` sources tracked.
+    pub fn new(per_minute: u32, max_keys: usize) -> Self {
+        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        SourceLimiter {
+            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+            max_keys,
+        }
+    }
+
+    /// Count an attempt from `ip`; `false` when it is over its rate.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        let key = SourceKey::of(ip);
+        if self.limiter.len() >= self.max_keys {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+            if self.limiter.len() >= self.max_keys {
+                // Full of sources that are all still active: refuse newcomers
+                // rather than grow without bound.
+                return false;
+            }
+        }
+        self.limiter.check_key(&key).is_ok()
+    }
+
+    /// How many sources are tracked now.
+    pub fn tracked(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
 /// State of the control API.
 pub struct ControlState {
     /// The fleet database.
     pub db: FleetDb,
-    /// The CA (signs join CSRs).
-    pub ca: decnet_pki::CertificateAuthority,
-    /// Join failure rate limiter.
-    pub limiter: crate::join::FailureLimiter,
-    /// Validity of renewed certificates.
-    pub leaf_validity: Duration,
+    /// The CA (signs join and renewal CSRs, and CRLs).
+    pub ca: Arc<CertificateAuthority>,
+    /// The CRL workers fetch.
+    pub crl: Arc<CrlPublisher>,
+    /// Join rate limiter.
+    pub joins: SourceLimiter,
+    /// Renewal rules.
+    pub renew: RenewPolicy,
 }
 
 /// A heartbeat's body.
@@ -73,12 +143,15 @@ pub struct Heartbeat {
     pub deckies: serde_json::Value,
 }
 
-fn error(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": kind, "detail": detail.into()})),
-    )
-        .into_response()
+fn refusal_response(r: &PeerRefusal) -> Response {
+    let status = match r {
+        PeerRefusal::UnknownHost(_) => StatusCode::NOT_FOUND,
+        PeerRefusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        PeerRefusal::TooSoon(_) => StatusCode::TOO_MANY_REQUESTS,
+        PeerRefusal::BadCsr => StatusCode::BAD_REQUEST,
+        _ => StatusCode::FORBIDDEN,
+    };
+    json_error(status, r.kind(), r.to_string())
 }
 
 /// The router.
@@ -92,132 +165,88 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .route("/join/ca", get(join_ca))
         .route("/join", post(join))
         .route("/renew", post(renew))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .layer(DefaultBodyLimit::max(1 << 20))
+        .route("/crl", get(crl))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }
 
-async fn join_ca(State(st): State<Arc<ControlState>>) -> Response {
+async fn join_ca(
+    State(st): State<Arc<ControlState>>,
+    ConnectInfo(peer): ConnectInfo<TlsPeer>,
+) -> Response {
+    if !st.joins.allow(peer.remote.ip()) {
+        return json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many join attempts from this address; wait a minute",
+        );
+    }
     Json(serde_json::json!({ "ca_pem": st.ca.cert_pem() })).into_response()
 }
 
 async fn join(
     State(st): State<Arc<ControlState>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<decnet_pki::TlsPeer>,
+    ConnectInfo(peer): ConnectInfo<TlsPeer>,
     body: axum::body::Bytes,
 ) -> Response {
     let ip = peer.remote.ip();
-    if st.limiter.blocked(ip) {
-        return error(
+    if !st.joins.allow(ip) {
+        return json_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            "too many failed joins from this address; wait a minute",
+            "too many join attempts from this address; wait a minute",
         );
     }
-    let req: crate::join::JoinRequest = match serde_json::from_slice(&body) {
+    let req: JoinRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            st.limiter.fail(ip);
-            return error(
+            return json_error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
                 format!("invalid join request: {e}"),
             );
         }
     };
-    match crate::join::join(&st.db, &st.ca, &req, ip).await {
+    // Nothing the peer chose is logged or audited before it is validated.
+    if !valid_token_id(&req.token_id) {
+        tracing::debug!(%ip, "join with a malformed token id refused");
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "malformed token id");
+    }
+    match decnet_fleet::join::join(&st.db, &st.ca, &req, ip).await {
         Ok(answer) => Json(answer).into_response(),
-        Err(crate::join::JoinRefusal(status, msg)) => {
-            st.limiter.fail(ip);
+        Err(refusal) => {
+            let msg = refusal.to_string();
             tracing::warn!(%ip, token = %req.token_id, reason = %msg, "join refused");
             let _ = st
                 .db
-                .audit(&crate::fleet_db::AuditEntry {
-                    at: crate::fleet_db::unix_now(),
-                    actor: format!("join:{ip}"),
-                    action: "swarm.join".into(),
-                    target: req.token_id.clone(),
-                    outcome: "refused".into(),
-                    detail: msg.clone(),
-                })
+                .audit(&AuditEntry::now(
+                    format!("join:{ip}"),
+                    "swarm.join",
+                    &req.token_id,
+                    AuditOutcome::Refused,
+                    msg.clone(),
+                ))
                 .await;
-            error(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
-                "join_refused",
-                msg,
-            )
+            let status = match refusal {
+                JoinRefusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+                JoinRefusal::Forbidden(_) => StatusCode::FORBIDDEN,
+                JoinRefusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            json_error(status, "join_refused", msg)
         }
     }
 }
 
-/// Whether `peer` presents a current, non-revoked agent certificate of `host`.
-pub async fn check_agent_certificate(db: &FleetDb, peer: &PeerIdentity) -> Result<(), Response> {
-    check_certificate(db, peer, "agent").await
-}
-
-/// Whether `peer` presents a non-revoked certificate this master issued to
-/// its host for `role` (`agent` or `updater`), the host not decommissioned.
-pub async fn check_certificate(
-    db: &FleetDb,
-    peer: &PeerIdentity,
-    role: &str,
-) -> Result<(), Response> {
-    let host_name = match &peer.role {
-        Role::Agent(h) | Role::Updater(h) => h.to_string(),
-        Role::Master => peer.cn.clone(),
-    };
-    let fp = peer.fingerprint.to_hex();
-    let unavailable = |e: crate::fleet_db::DbError| {
-        tracing::error!(error = %e, "fleet database unavailable");
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "fleet database unavailable",
-        )
-    };
-    let Some(host) = db.host(&host_name).await.map_err(unavailable)? else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "unknown_host",
-            format!("host {host_name} is not enrolled"),
-        ));
-    };
-    if host.status == HostStatus::Decommissioned {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("host {host_name} is decommissioned"),
-        ));
+/// Whether `peer` speaks for its host now (the database check of every
+/// worker route); a refusal is logged and becomes the response.
+async fn standing(st: &ControlState, peer: &PeerIdentity, what: &str) -> Result<(), Response> {
+    match st.db.authenticate(peer, st.renew.grace).await {
+        Ok(_) => Ok(()),
+        Err(r) => {
+            tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint.short(), reason = %r, "{what} refused");
+            Err(refusal_response(&r))
+        }
     }
-    if db.is_revoked(&fp).await.map_err(unavailable)? {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this certificate is revoked",
-        ));
-    }
-    let recorded = if role == "updater" {
-        &host.updater_fingerprint
-    } else {
-        &host.agent_fingerprint
-    };
-    let current = recorded.as_deref() == Some(fp.as_str());
-    let issued_to_host = db
-        .certificate(&fp)
-        .await
-        .map_err(unavailable)?
-        .is_some_and(|c| c.host == host_name && c.role == role);
-    if !current && !issued_to_host {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "the certificate does not match {}'s recorded certificate",
-                peer.cn
-            ),
-        ));
-    }
-    Ok(())
 }
 
 async fn heartbeat(
@@ -225,15 +254,13 @@ async fn heartbeat(
     Extension(peer): Extension<PeerIdentity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let db = &st.db;
-    if let Err(r) = check_agent_certificate(db, &peer).await {
-        tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint, "heartbeat refused");
+    if let Err(r) = standing(&st, &peer, "heartbeat").await {
         return r;
     }
     let hb: Heartbeat = match serde_json::from_slice(&body) {
         Ok(h) => h,
         Err(e) => {
-            return error(
+            return json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_body",
                 format!("invalid heartbeat: {e}"),
@@ -241,24 +268,29 @@ async fn heartbeat(
         }
     };
     let state = serde_json::to_string(&hb.deckies).ok();
-    if let Err(e) = db
-        .record_contact(&peer.cn, Ok((Some(&hb.version), state.as_deref())))
+    let renew = match st
+        .db
+        .record_heartbeat(&peer.cn, &hb.version, state.as_deref())
         .await
     {
-        tracing::error!(error = %e, "cannot record a heartbeat");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "fleet database unavailable",
-        );
-    }
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a heartbeat");
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "fleet database unavailable",
+            );
+        }
+    };
     tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, "heartbeat");
-    let renew = db.renewal_requested(&peer.cn).await.unwrap_or(false);
-    Json(serde_json::json!({"ok": true, "renew": renew})).into_response()
+    Json(serde_json::json!({"ok": true, "renew": renew, "crl_number": st.crl.number()}))
+        .into_response()
 }
 
 /// `POST /renew` body.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RenewRequest {
     csr: String,
 }
@@ -268,92 +300,80 @@ async fn renew(
     Extension(peer): Extension<PeerIdentity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (role, host) = match &peer.role {
-        Role::Agent(h) => ("agent", h.clone()),
-        Role::Updater(h) => ("updater", h.clone()),
-        Role::Master => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the master does not renew here",
-            );
-        }
-    };
-    if let Err(r) = check_certificate(&st.db, &peer, role).await {
-        tracing::warn!(peer_cn = %peer.cn, "renewal refused");
-        return r;
-    }
     let req: RenewRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
+            return json_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_body",
                 format!("invalid renewal: {e}"),
             );
         }
     };
-    let sans = match st.db.host(host.as_str()).await {
-        Ok(Some(h)) => h.sans,
-        _ => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "fleet database unavailable",
-            );
+    let host = peer.role.host().map(|h| h.to_string()).unwrap_or_default();
+    match st.db.renew(&st.ca, &peer, &req.csr, &st.renew).await {
+        Ok(renewed) => {
+            let _ = st
+                .db
+                .audit(&AuditEntry::now(
+                    format!("api:{}", peer.cn),
+                    "swarm.renew",
+                    &host,
+                    AuditOutcome::Ok,
+                    format!(
+                        "role={} presented={} pending={}{}",
+                        peer.role.kind(),
+                        peer.fingerprint,
+                        renewed.fingerprint,
+                        renewed
+                            .superseded_pending
+                            .map(|p| format!(" revoked_pending={p}"))
+                            .unwrap_or_default()
+                    ),
+                ))
+                .await;
+            tracing::info!(host = %host, role = %peer.role.kind(), fingerprint = %renewed.fingerprint, "certificate renewed (pending until presented)");
+            Json(serde_json::json!({
+                "cert_pem": renewed.cert_pem,
+                "ca_pem": st.ca.cert_pem(),
+                "fingerprint": renewed.fingerprint,
+            }))
+            .into_response()
         }
-    };
-    let role_value = peer.role.clone();
-    let now = time::OffsetDateTime::now_utc();
-    let validity = time::Duration::seconds(st.leaf_validity.as_secs() as i64);
-    let spec = decnet_pki::LeafSpec::for_role(&role_value, &sans)
-        .with_validity(now - decnet_pki::ca::CLOCK_SKEW, now + validity);
-    let leaf = match st.ca.sign_csr(&spec, &req.csr) {
-        Ok(l) => l,
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the CSR is not a valid, self-signed PKCS#10 request",
-            );
+        Err(r) => {
+            tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint.short(), reason = %r, "renewal refused");
+            let _ = st
+                .db
+                .audit(&AuditEntry::now(
+                    format!("api:{}", peer.cn),
+                    "swarm.renew",
+                    &host,
+                    AuditOutcome::Refused,
+                    format!("presented={} reason={r}", peer.fingerprint),
+                ))
+                .await;
+            refusal_response(&r)
         }
-    };
-    let record = crate::fleet_db::CertRecord {
-        fingerprint: leaf.fingerprint.to_hex(),
-        host: host.to_string(),
-        role: role.into(),
-        serial: leaf.serial.clone(),
-        not_after: leaf.not_after.unix_timestamp(),
-    };
-    if let Err(e) = st.db.record_renewal(host.as_str(), role, &record).await {
-        tracing::error!(error = %e, "cannot record a renewal");
-        return error(
+    }
+}
+
+async fn crl(
+    State(st): State<Arc<ControlState>>,
+    Extension(peer): Extension<PeerIdentity>,
+) -> Response {
+    if let Err(r) = standing(&st, &peer, "revocation list request").await {
+        return r;
+    }
+    match st.crl.current() {
+        Some(c) => {
+            Json(serde_json::json!({"number": c.number(), "crl_pem": c.to_pem()})).into_response()
+        }
+        None => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "fleet database unavailable",
-        );
+            "the revocation list is not ready yet",
+        ),
     }
-    let _ = st
-        .db
-        .audit(&crate::fleet_db::AuditEntry {
-            at: crate::fleet_db::unix_now(),
-            actor: format!("api:{}", peer.cn),
-            action: "swarm.renew".into(),
-            target: host.to_string(),
-            outcome: "ok".into(),
-            detail: format!(
-                "role={role} old={} new={}",
-                peer.fingerprint, leaf.fingerprint
-            ),
-        })
-        .await;
-    tracing::info!(host = %host, role, fingerprint = %leaf.fingerprint, "certificate renewed");
-    Json(serde_json::json!({
-        "cert_pem": leaf.cert_pem,
-        "ca_pem": st.ca.cert_pem(),
-        "fingerprint": leaf.fingerprint.to_hex(),
-    }))
-    .into_response()
 }
 
 /// Mark hosts unreachable after `silence` without a heartbeat, every few seconds.
@@ -361,11 +381,38 @@ pub async fn mark_silent_hosts(db: FleetDb, silence: Duration) {
     let period = (silence / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
     loop {
         tokio::time::sleep(period).await;
-        let cutoff = crate::fleet_db::unix_now() - silence.as_secs() as i64;
+        let cutoff = decnet_fleet::unix_now() - silence.as_secs() as i64;
         match db.mark_silent(cutoff, silence.as_secs() as i64).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(hosts = n, "hosts went silent; marked unreachable"),
             Err(e) => tracing::warn!(error = %e, "cannot mark silent hosts"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_limiter_keys_by_source_and_bounds_memory() {
+        let l = SourceLimiter::new(3, 4);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.allow(a));
+        }
+        assert!(!l.allow(a), "over its rate");
+        // The same /64 is one source.
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::2:3".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.allow(v6a));
+        }
+        assert!(!l.allow(v6b));
+        // Past the bound, new sources are refused while the tracked ones are active.
+        assert!(l.allow("10.0.0.2".parse().unwrap()));
+        assert!(l.allow("10.0.0.3".parse().unwrap()));
+        assert!(!l.allow("10.0.0.4".parse().unwrap()));
+        assert!(l.tracked() <= 4);
     }
 }

@@ -13,11 +13,11 @@ use anyhow::{Context, bail, ensure};
 use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, LeafSpec, Role};
 use decnet_proc::{Signal, signal, signal_group};
 
-use crate::enrollment::{self, EnrollRequest};
-use crate::fleet_db::FleetDb;
 use crate::home::MasterHome;
 use crate::release;
 use crate::rollout::{self, RolloutPlan};
+use decnet_fleet::FleetDb;
+use decnet_fleet::enrollment::{self, EnrollRequest};
 
 /// Demo settings.
 #[derive(Clone, Debug)]
@@ -91,7 +91,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the decnet binary")?;
     let p = exe.parent().map(|d| d.join(name)).unwrap_or_default();
     if !p.exists() {
-        return Err(crate::cli::UsageError(format!(
+        return Err(crate::usage::UsageError(format!(
             "{name} not found beside {} — build all binaries first: `cargo build --release --bins` (or run ./scripts/demo.sh)",
             exe.display()
         ))
@@ -158,7 +158,7 @@ fn ok(msg: &str) {
 async fn fleet_table(db: &FleetDb) -> anyhow::Result<()> {
     print!(
         "{}",
-        crate::cli::fleet_table(&db.hosts().await?, crate::fleet_db::unix_now())
+        crate::table::fleet_table(&db.hosts().await?, decnet_fleet::unix_now())
     );
     Ok(())
 }
@@ -220,14 +220,12 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             &db,
             &EnrollRequest {
                 host: n.clone(),
-                address: "127.0.0.1".into(),
-                sans: vec![],
+                address: Some("127.0.0.1".into()),
                 updater: true,
-                reissue: false,
                 out_dir: Some(root.join(n).join("home")),
-                agent_port: 0,
-                updater_port: 0,
-                validity: None,
+                agent_port: Some(0),
+                updater_port: Some(0),
+                ..EnrollRequest::default()
             },
         )
         .await?;
@@ -344,9 +342,10 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             cmd.spawn().context("starting a forwarder")?,
         ));
     }
-    let rel_v1 = release::pack(&v1, &root.join("releases/v1.tar.gz"), "v1", None)?;
+    let rel_v1 = release::pack(&v1, &root.join("releases/v1.tar.gz"), "v1", None, None)?;
     let plan = RolloutPlan {
         hosts: vec![],
+        allow_downgrade: false,
         max_parallel: 4,
         canary: 0,
         include_self: false,
@@ -354,7 +353,9 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     };
     let results = rollout::rollout(&db, &layout, actor, &rel_v1, &plan, true).await?;
     ensure!(
-        results.iter().all(|r| r.outcome == "updated"),
+        results
+            .iter()
+            .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Updated),
         "release v1 did not install everywhere"
     );
     ensure!(
@@ -388,12 +389,13 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     ok("ssh-trap runs on every worker");
 
     step(6, "push release v2 to every worker");
-    let rel_v2 = release::pack(&v2, &root.join("releases/v2.tar.gz"), "v2", None)?;
+    let rel_v2 = release::pack(&v2, &root.join("releases/v2.tar.gz"), "v2", None, None)?;
     let results = rollout::rollout(&db, &layout, actor, &rel_v2, &plan, true).await?;
     ensure!(
         results
             .iter()
-            .all(|r| r.outcome == "updated" && r.release.as_deref() == Some("v2")),
+            .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Updated
+                && r.release.as_deref() == Some("v2")),
         "v2 did not go live everywhere"
     );
     ok("v2 is live on every worker");
@@ -406,6 +408,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         &broken,
         &root.join("releases/broken.tar.gz"),
         "broken",
+        Some("3"),
         None,
     )?;
     let canary_plan = RolloutPlan {
@@ -415,11 +418,14 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let results = rollout::rollout(&db, &layout, actor, &rel_bad, &canary_plan, true).await?;
     let canary = &results[0];
     ensure!(
-        canary.outcome == "rolled_back",
+        canary.outcome == decnet_fleet::UpdateOutcome::RolledBack,
         "the canary was not rolled back: {canary:?}"
     );
     ensure!(
-        results.iter().skip(1).all(|r| r.outcome == "skipped"),
+        results
+            .iter()
+            .skip(1)
+            .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Skipped),
         "the rollout did not halt after the canary failed"
     );
     ensure!(

@@ -7,13 +7,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use decnet_pki::{Bundle, BundleKind, CaLayout, Fingerprint};
+use decnet_pki::{Bundle, BundleKind, CaLayout};
 use decnet_swarm_client::agent::{AgentStatus, DeckyState};
 use decnet_swarm_client::{AgentClient, ClientError};
 use tokio::task::JoinSet;
 
-use crate::cli::UsageError;
-use crate::fleet_db::{AuditEntry, FleetDb, HostRecord, HostStatus, unix_now};
+use crate::usage::UsageError;
+use decnet_fleet::{AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, HostStatus};
 
 /// How long `swarm deploy` waits for a host's deploy to finish.
 pub const DEPLOY_WAIT: Duration = Duration::from_secs(600);
@@ -26,18 +26,16 @@ pub fn master_bundle(layout: &CaLayout) -> anyhow::Result<Bundle> {
     })
 }
 
-/// A client of `host`'s agent pinned to its recorded fingerprint.
+/// A client of `host`'s agent: role Agent(host), pinned to its recorded
+/// fingerprints (current, and a renewed one not yet presented).
 pub fn agent_client(master: &Bundle, host: &HostRecord) -> Result<AgentClient, ClientError> {
-    let pin = match host.agent_fingerprint.as_deref() {
-        Some(fp) => Some(fp.parse::<Fingerprint>().map_err(|_| {
-            ClientError::Setup(format!(
-                "host {} has a malformed recorded fingerprint",
-                host.name
-            ))
-        })?),
-        None => None,
-    };
-    AgentClient::new(&host.name, master, &host.address, host.agent_port, pin)
+    AgentClient::new(
+        &host.name,
+        master,
+        &host.address,
+        host.agent_port,
+        host.pins(CertRole::Agent),
+    )
 }
 
 /// The hosts a command applies to: the named ones (each must be enrolled and
@@ -73,17 +71,10 @@ async fn audit(
     actor: &str,
     action: &str,
     target: &str,
-    outcome: &str,
+    outcome: AuditOutcome,
     detail: String,
 ) {
-    let entry = AuditEntry {
-        at: unix_now(),
-        actor: actor.into(),
-        action: action.into(),
-        target: target.into(),
-        outcome: outcome.into(),
-        detail,
-    };
+    let entry = AuditEntry::now(actor, action, target, outcome, detail);
     if let Err(e) = db.audit(&entry).await {
         eprintln!("warning: cannot write the audit log: {e}");
     }
@@ -235,11 +226,11 @@ pub async fn deploy(
             record(db, &out.host, Err(e)).await;
         }
         let outcome = if out.error.is_some() {
-            "failed"
+            AuditOutcome::Failed
         } else if !wait || out.succeeded() {
-            "ok"
+            AuditOutcome::Ok
         } else {
-            "partial"
+            AuditOutcome::Partial
         };
         let failed: Vec<String> = out
             .deckies
@@ -314,7 +305,7 @@ pub async fn teardown(
                 actor,
                 "swarm.teardown",
                 host,
-                "ok",
+                AuditOutcome::Ok,
                 format!("deckies=[{}]", names.join(",")),
             )
             .await;
@@ -330,7 +321,15 @@ pub async fn teardown(
         }
         Err(e) => {
             record(db, host, Err(&e)).await;
-            audit(db, actor, "swarm.teardown", host, "failed", e.to_string()).await;
+            audit(
+                db,
+                actor,
+                "swarm.teardown",
+                host,
+                AuditOutcome::Failed,
+                e.to_string(),
+            )
+            .await;
             Err(e.into())
         }
     }

@@ -26,7 +26,7 @@ impl MasterHome {
     ) -> Self {
         let home = home.unwrap_or_else(decnet_pki::bundle::default_decnet_home);
         let ca_dir = ca_dir.unwrap_or_else(|| home.join("ca"));
-        let database_url = database_url.unwrap_or_else(|| crate::fleet_db::default_url(&home));
+        let database_url = database_url.unwrap_or_else(|| decnet_fleet::default_url(&home));
         MasterHome {
             home,
             ca_dir,

@@ -1,4 +1,5 @@
-//! `decnet listener`: the master's syslog listener as a foreground daemon.
+//! The master's syslog listener on the server runner: `decnet listener`
+//! (standalone) and the listener beside the control API in `decnet master serve`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,15 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use decnet_log_relay::listener::{self, ListenerOptions, LogSink, Source};
-use decnet_pki::{AcceptOptions, MtlsListener};
+use decnet_fleet::FleetDb;
+use decnet_log_relay::listener::{self, ListenerOptions, LogSink, listener_limits};
+use decnet_pki::{ClientAuth, MaterialSource};
+use decnet_server::{Server, Transport};
 
-use crate::cli::UsageError;
-use crate::fleet_db::FleetDb;
-use crate::home::MasterHome;
 use crate::log_gate::FleetGate;
+use crate::usage::UsageError;
 
-/// Settings of `decnet listener`.
+/// Settings of a listener.
 #[derive(Clone, Debug)]
 pub struct ListenerSettings {
     /// Listen address.
@@ -29,40 +30,69 @@ pub struct ListenerSettings {
     pub max_frame: usize,
     /// Idle timeout.
     pub idle_timeout: Duration,
+    /// How long a renewed agent's old certificate stays admitted.
+    pub grace: Duration,
 }
 
-/// Run the listener until SIGTERM/SIGINT.
-pub async fn run(home: &MasterHome, db: FleetDb, s: &ListenerSettings) -> anyhow::Result<()> {
-    let source = if s.plaintext {
-        Source::bind_plain(s.listen)
-            .await
-            .map_err(|e| UsageError(e.to_string()))?
-    } else {
-        let bundle = crate::fleet_ops::master_bundle(&home.ca_layout())?;
-        let config =
-            decnet_pki::server_config(&bundle).context("building the TLS configuration")?;
-        Source::Tls(
-            MtlsListener::bind(s.listen, config, AcceptOptions::default())
-                .await
-                .map_err(|e| UsageError(format!("cannot listen on {}: {e}", s.listen)))?,
+/// A bound listener, ready to run.
+pub struct BoundListener {
+    server: Server,
+    sink: LogSink,
+    gate: FleetGate,
+    options: ListenerOptions,
+}
+
+impl BoundListener {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serve until `shutdown`; then drain, write and sync.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        listener::serve(
+            self.server,
+            Arc::new(self.gate),
+            self.sink,
+            self.options,
+            shutdown,
         )
+        .await
+        .context("the log listener failed")
+    }
+}
+
+/// Bind the listener and open its files: mTLS with the master's
+/// `material`, or plain TCP (loopback only) when `material` is `None`.
+pub async fn bind(
+    material: Option<&MaterialSource>,
+    db: FleetDb,
+    s: &ListenerSettings,
+) -> anyhow::Result<BoundListener> {
+    let transport = match material {
+        None => Transport::Plain,
+        Some(m) => Transport::Tls {
+            material: m.clone(),
+            auth: ClientAuth::Required,
+        },
     };
+    let server = Server::bind("listener", s.listen, transport, listener_limits())
+        .await
+        .map_err(|e| UsageError(e.to_string()))?;
     let sink = LogSink::open(&s.log_path, &s.json_path)
         .await
         .map_err(|e| UsageError(format!("cannot open the log files: {e}")))?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        decnet_pki::serve::shutdown_signal().await;
-        let _ = tx.send(true);
-    });
-    println!("decnet listener listening on {}", source.local_addr());
-    tracing::info!(addr = %source.local_addr(), tls = !s.plaintext, "listener serving");
-    let options = ListenerOptions {
-        max_frame: s.max_frame,
-        idle_timeout: s.idle_timeout,
-        ..ListenerOptions::default()
-    };
-    listener::serve(source, Arc::new(FleetGate::new(db)), sink, options, rx)
-        .await
-        .context("listener failed")
+    Ok(BoundListener {
+        server,
+        sink,
+        gate: FleetGate::new(db, s.grace),
+        options: ListenerOptions {
+            max_frame: s.max_frame,
+            idle_timeout: s.idle_timeout,
+            ..ListenerOptions::default()
+        },
+    })
 }

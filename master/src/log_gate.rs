@@ -1,50 +1,36 @@
 //! The listener's admission check against the fleet database: a log peer
-//! must be an agent whose certificate this master issued to that very host,
-//! not revoked, and the host not decommissioned. Evaluated per connection
-//! (and again periodically), so a decommission or reissue takes effect at
-//! once, without restarting the listener.
+//! must be an agent whose certificate speaks for its host — current (or a
+//! pending renewal, promoted by being presented, or a retiring one within
+//! its grace), not revoked, the host not decommissioned. Evaluated per
+//! connection (and again periodically), so a decommission, reissue or
+//! renewal takes effect at once, without restarting the listener.
 
+use std::time::Duration;
+
+use decnet_fleet::FleetDb;
 use decnet_log_relay::listener::{GateFuture, PeerGate, agent_role};
 use decnet_pki::PeerIdentity;
 
-use crate::fleet_db::{FleetDb, HostStatus};
-
-/// Admits enrolled, non-revoked agents.
+/// Admits agents that speak for their host.
 #[derive(Clone, Debug)]
 pub struct FleetGate {
     db: FleetDb,
+    grace: Duration,
 }
 
 impl FleetGate {
-    /// A gate over `db`.
-    pub fn new(db: FleetDb) -> Self {
-        FleetGate { db }
+    /// A gate over `db`; replaced certificates stay admitted for `grace`.
+    pub fn new(db: FleetDb, grace: Duration) -> Self {
+        FleetGate { db, grace }
     }
 
     async fn check(&self, peer: &PeerIdentity) -> Result<(), String> {
         agent_role(peer)?;
-        let fp = peer.fingerprint.to_hex();
-        let unavailable = |e: crate::fleet_db::DbError| {
-            tracing::error!(error = %e, "fleet database unavailable; refusing log peer");
-            "fleet database unavailable".to_string()
-        };
-        if self.db.is_revoked(&fp).await.map_err(unavailable)? {
-            return Err("certificate revoked".into());
-        }
-        let Some(cert) = self.db.certificate(&fp).await.map_err(unavailable)? else {
-            return Err("certificate unknown to the fleet database (not enrolled here)".into());
-        };
-        if cert.host != peer.cn || cert.role != "agent" {
-            return Err(format!(
-                "certificate was issued to {} ({}), not to {}",
-                cert.host, cert.role, peer.cn
-            ));
-        }
-        match self.db.host(&peer.cn).await.map_err(unavailable)? {
-            Some(h) if h.status != HostStatus::Decommissioned => Ok(()),
-            Some(_) => Err("host decommissioned".into()),
-            None => Err("host not enrolled".into()),
-        }
+        self.db
+            .authenticate(peer, self.grace)
+            .await
+            .map(|_| ())
+            .map_err(|r| r.to_string())
     }
 }
 

@@ -28,6 +28,6 @@ fn main() {
         for cause in err.chain().skip(1) {
             eprintln!("  caused by: {cause}");
         }
-        std::process::exit(decnet_master::cli::exit_code(&err));
+        std::process::exit(decnet_master::usage::exit_code(&err));
     }
 }

@@ -2,14 +2,18 @@
 //!
 //! A release is a gzip'd tar of an include-list — `bin/` (the binaries) and
 //! `share/` — never private keys, certificates, `.env*` files, databases or
-//! logs, plus a generated `release.json` (label, build time, per-file
-//! SHA-256). Beside the tarball go `<tarball>.sha256` and, when signed,
-//! `<tarball>.sig` (Ed25519 over the tarball's SHA-256).
+//! logs, plus a generated `release.json` (version, build time, per-file
+//! SHA-256). Beside the tarball go `<tarball>.sha256` and
+//! `<tarball>.manifests.json`: one manifest per target daemon (agent,
+//! updater) naming the label, version and digest — Ed25519-signed when a
+//! key was given (see `decnet_pki::signing`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use decnet_pki::signing::{ReleaseSigner, digest_hex, sha256_file};
+use decnet_pki::signing::{
+    ReleaseManifest, ReleaseSigner, ReleaseTarget, SignedManifest, digest_hex, sha256_file,
+};
 
 /// Top-level directories a release may contain.
 pub const INCLUDED_DIRS: &[&str] = &["bin", "share"];
@@ -37,10 +41,12 @@ pub struct PackedRelease {
     pub tarball: PathBuf,
     /// Its SHA-256, hex.
     pub sha256: String,
-    /// Its signature, hex, when signed.
-    pub signature: Option<String>,
+    /// Its manifests, one per target daemon (signed when a key was given).
+    pub manifests: Vec<SignedManifest>,
     /// The release label.
     pub label: String,
+    /// The release version.
+    pub version: String,
     /// Files included (relative paths).
     pub files: Vec<String>,
 }
@@ -68,13 +74,43 @@ fn collect(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Pack `dir` into `out` (a `.tar.gz`), labelled `label`, optionally signed.
+/// The manifests of a tarball with digest `sha256`: one per target daemon,
+/// signed with `signer` when given.
+pub fn manifests(
+    label: &str,
+    version: &str,
+    sha256: &str,
+    signer: Option<&ReleaseSigner>,
+) -> Vec<SignedManifest> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    [ReleaseTarget::Agent, ReleaseTarget::Updater]
+        .into_iter()
+        .map(|target| {
+            let m = ReleaseManifest {
+                target,
+                label: label.to_string(),
+                version: version.to_string(),
+                sha256: sha256.to_string(),
+                signed_at: now,
+            };
+            match signer {
+                Some(s) => s.sign_manifest(&m),
+                None => m.unsigned(),
+            }
+        })
+        .collect()
+}
+
+/// Pack `dir` into `out` (a `.tar.gz`), labelled `label`, at `version`
+/// (default: the label), optionally signed.
 pub fn pack(
     dir: &Path,
     out: &Path,
     label: &str,
+    version: Option<&str>,
     signer: Option<&ReleaseSigner>,
 ) -> anyhow::Result<PackedRelease> {
+    let version = version.unwrap_or(label);
     let mut files = Vec::new();
     for top in INCLUDED_DIRS {
         if dir.join(top).is_dir() {
@@ -98,7 +134,8 @@ pub fn pack(
         );
     }
     let release_json = serde_json::to_vec_pretty(&serde_json::json!({
-        "version": label,
+        "label": label,
+        "version": version,
         "built_at": time::OffsetDateTime::now_utc().unix_timestamp(),
         "files": manifest,
     }))?;
@@ -150,15 +187,17 @@ pub fn pack(
         sidecar(out, "sha256"),
         format!("{sha256}  {}\n", file_name(out)),
     )?;
-    let signature = signer.map(|s| s.sign_digest(&digest));
-    if let Some(sig) = &signature {
-        std::fs::write(sidecar(out, "sig"), format!("{sig}\n"))?;
-    }
+    let manifests = manifests(label, version, &sha256, signer);
+    std::fs::write(
+        sidecar(out, "manifests.json"),
+        serde_json::to_vec_pretty(&manifests)?,
+    )?;
     Ok(PackedRelease {
         tarball: out.to_path_buf(),
         sha256,
-        signature,
+        manifests,
         label: label.to_string(),
+        version: version.to_string(),
         files: files.iter().map(|f| f.display().to_string()).collect(),
     })
 }
@@ -177,26 +216,51 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// An existing tarball with its digest and (if present beside it) signature.
+/// An existing tarball with its digest and manifests: signed now with
+/// `signer`, else the ones packed beside it (when they name this tarball),
+/// else unsigned ones.
 pub fn existing(
     tarball: &Path,
     label: Option<&str>,
+    version: Option<&str>,
     signer: Option<&ReleaseSigner>,
 ) -> anyhow::Result<PackedRelease> {
     let digest = sha256_file(tarball).with_context(|| format!("reading {}", tarball.display()))?;
-    let signature = match signer {
-        Some(s) => Some(s.sign_digest(&digest)),
-        None => std::fs::read_to_string(sidecar(tarball, "sig"))
-            .ok()
-            .map(|s| s.trim().to_string()),
+    let sha256 = digest_hex(&digest);
+    let packed: Option<Vec<SignedManifest>> = std::fs::read(sidecar(tarball, "manifests.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|ms: &Vec<SignedManifest>| {
+            !ms.is_empty()
+                && ms
+                    .iter()
+                    .all(|m| m.parse().is_ok_and(|p| p.sha256 == sha256))
+        });
+    let packed_manifest = packed.as_ref().and_then(|ms| ms[0].parse().ok());
+    let label = label
+        .map(str::to_string)
+        .or_else(|| packed_manifest.as_ref().map(|m| m.label.clone()))
+        .unwrap_or_else(|| file_name(tarball).trim_end_matches(".tar.gz").to_string());
+    let version = version
+        .map(str::to_string)
+        .or_else(|| packed_manifest.as_ref().map(|m| m.version.clone()))
+        .unwrap_or_else(|| label.clone());
+    let manifests = match (signer, packed) {
+        (None, Some(ms))
+            if packed_manifest
+                .as_ref()
+                .is_some_and(|m| m.label == label && m.version == version) =>
+        {
+            ms
+        }
+        (signer, _) => manifests(&label, &version, &sha256, signer),
     };
     Ok(PackedRelease {
         tarball: tarball.to_path_buf(),
-        sha256: digest_hex(&digest),
-        signature,
-        label: label
-            .map(str::to_string)
-            .unwrap_or_else(|| file_name(tarball).trim_end_matches(".tar.gz").to_string()),
+        sha256,
+        manifests,
+        label,
+        version,
         files: Vec::new(),
     })
 }
@@ -224,7 +288,7 @@ mod tests {
         }
         std::fs::write(src.join("notes.txt"), b"outside the include-list").unwrap();
         let out = d.path().join("out/r.tar.gz");
-        let p = pack(&src, &out, "v1", None).unwrap();
+        let p = pack(&src, &out, "v1", None, None).unwrap();
         assert_eq!(p.files, vec!["bin/decnet-agent", "share/doc/README"]);
         let mut names = Vec::new();
         let mut a = tar::Archive::new(flate2::read::GzDecoder::new(
@@ -239,6 +303,20 @@ mod tests {
         );
         let side = std::fs::read_to_string(sidecar(&out, "sha256")).unwrap();
         assert!(side.starts_with(&p.sha256));
-        assert!(pack(&d.path().join("out"), &d.path().join("x.tar.gz"), "v", None).is_err());
+        assert!(
+            pack(
+                &d.path().join("out"),
+                &d.path().join("x.tar.gz"),
+                "v",
+                None,
+                None
+            )
+            .is_err()
+        );
+        // The manifests name this tarball, for both daemons, unsigned.
+        let back = existing(&out, None, None, None).unwrap();
+        assert_eq!((back.label.as_str(), back.version.as_str()), ("v1", "v1"));
+        assert_eq!(back.manifests, p.manifests);
+        assert!(back.manifests.iter().all(|m| m.signature.is_none()));
     }
 }

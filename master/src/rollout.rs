@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use decnet_pki::{Bundle, CaLayout, Fingerprint};
-use decnet_swarm_client::updater::{ReleaseUpload, UpdateOutcome};
+use decnet_fleet::{
+    AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, UpdateKind, UpdateOutcome,
+    UpdateRecord, unix_now,
+};
+use decnet_pki::{Bundle, CaLayout};
+use decnet_swarm_client::updater::{ReleaseUpload, UpdateOutcome as PushOutcome};
 use decnet_swarm_client::{ClientError, UpdaterClient};
 use tokio::sync::Semaphore;
 
-use crate::fleet_db::{AuditEntry, FleetDb, HostRecord, UpdateRecord, unix_now};
 use crate::fleet_ops::{master_bundle, select_hosts};
 use crate::release::PackedRelease;
 
@@ -20,6 +23,8 @@ use crate::release::PackedRelease;
 pub struct RolloutPlan {
     /// Hosts by name (empty = all live hosts).
     pub hosts: Vec<String>,
+    /// Install even when the version is below the active one.
+    pub allow_downgrade: bool,
     /// Hosts updated at once.
     pub max_parallel: usize,
     /// How many hosts go first, alone, as canaries.
@@ -35,8 +40,8 @@ pub struct RolloutPlan {
 pub struct HostResult {
     /// Host.
     pub host: String,
-    /// `updated`, `rolled_back`, `failed` or `skipped`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: UpdateOutcome,
     /// Active release label afterwards, when known.
     pub release: Option<String>,
     /// What happened.
@@ -45,16 +50,13 @@ pub struct HostResult {
 
 /// A client of `host`'s updater (fails closed without a recorded fingerprint).
 pub fn updater_client(master: &Bundle, host: &HostRecord) -> Result<UpdaterClient, ClientError> {
-    let pin = match host.updater_fingerprint.as_deref() {
-        Some(fp) => Some(fp.parse::<Fingerprint>().map_err(|_| {
-            ClientError::Setup(format!(
-                "host {} has a malformed updater fingerprint",
-                host.name
-            ))
-        })?),
-        None => None,
-    };
-    UpdaterClient::new(&host.name, master, &host.address, host.updater_port, pin)
+    UpdaterClient::new(
+        &host.name,
+        master,
+        &host.address,
+        host.updater_port,
+        host.pins(CertRole::Updater),
+    )
 }
 
 async fn update_one(
@@ -62,46 +64,60 @@ async fn update_one(
     host: &HostRecord,
     rel: &PackedRelease,
     include_self: bool,
+    allow_downgrade: bool,
 ) -> HostResult {
-    let result = |outcome: &str, release: Option<String>, detail: String| HostResult {
+    let result = |outcome, release: Option<String>, detail: String| HostResult {
         host: host.name.clone(),
-        outcome: outcome.into(),
+        outcome,
         release,
         detail,
     };
     let client = match updater_client(master, host) {
         Ok(c) => c,
-        Err(e) => return result("failed", None, e.to_string()),
+        Err(e) => return result(UpdateOutcome::Failed, None, e.to_string()),
     };
     let up = ReleaseUpload {
         tarball: &rel.tarball,
         sha: &rel.label,
         sha256: &rel.sha256,
-        signature: rel.signature.as_deref(),
+        manifests: &rel.manifests,
+        allow_downgrade,
     };
     let mut res = match client.update(&up).await {
-        Ok(UpdateOutcome::Updated(done)) => result(
-            "updated",
+        Ok(PushOutcome::Updated(done)) => result(
+            UpdateOutcome::Updated,
             done.release.map(|r| r.sha),
             "new release is live and healthy".into(),
         ),
-        Ok(UpdateOutcome::RolledBack(body)) => result(
-            "rolled_back",
+        // A 409 on a first install has nothing to revert to: that is a
+        // failure, not a rollback.
+        Ok(PushOutcome::RolledBack(body)) if body["rolled_back"] == true => result(
+            UpdateOutcome::RolledBack,
             None,
             body["detail"]
                 .as_str()
                 .unwrap_or("release failed its health probe and was reverted")
                 .to_string(),
         ),
-        Err(e) => result("failed", None, e.to_string()),
+        Ok(PushOutcome::RolledBack(body)) => result(
+            UpdateOutcome::Failed,
+            None,
+            body["detail"]
+                .as_str()
+                .unwrap_or(
+                    "release failed its health probe; there was no previous release to restore",
+                )
+                .to_string(),
+        ),
+        Err(e) => result(UpdateOutcome::Failed, None, e.to_string()),
     };
-    if include_self && res.outcome == "updated" {
+    if include_self && res.outcome == UpdateOutcome::Updated {
         match client.update_self(&up, Duration::from_secs(60)).await {
             Ok(h) => {
                 res.detail = format!("{}; updater replaced (version {})", res.detail, h.version)
             }
             Err(e) => {
-                res.outcome = "failed".into();
+                res.outcome = UpdateOutcome::Failed;
                 res.detail = format!("agent updated, but the updater self-update failed: {e}");
             }
         }
@@ -154,22 +170,23 @@ pub async fn rollout(
             let (sem, master, halted, rel) =
                 (sem.clone(), master.clone(), halted.clone(), rel.clone());
             let include_self = plan.include_self;
+            let allow_downgrade = plan.allow_downgrade;
             let cont = plan.continue_on_error;
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 if halted.load(Ordering::SeqCst) {
                     return HostResult {
                         host: h.name.clone(),
-                        outcome: "skipped".into(),
+                        outcome: UpdateOutcome::Skipped,
                         release: None,
                         detail: "rollout halted after a failure".into(),
                     };
                 }
-                if progress {
+                if progress && h.updater_fingerprint.is_some() {
                     println!("{:<16} uploading {} …", h.name, rel.label);
                 }
-                let r = update_one(&master, &h, &rel, include_self).await;
-                if r.outcome != "updated" && !cont {
+                let r = update_one(&master, &h, &rel, include_self, allow_downgrade).await;
+                if r.outcome != UpdateOutcome::Updated && !cont {
                     halted.store(true, Ordering::SeqCst);
                 }
                 r
@@ -182,7 +199,7 @@ pub async fn rollout(
                 println!(
                     "[{done}/{total}] {:<16} {:<12} {}",
                     r.host,
-                    r.outcome.to_uppercase(),
+                    r.outcome.as_str().to_uppercase(),
                     r.detail
                 );
             }
@@ -190,28 +207,30 @@ pub async fn rollout(
                 host: r.host.clone(),
                 at: unix_now(),
                 kind: if plan.include_self {
-                    "update+self".into()
+                    UpdateKind::UpdateAndSelf
                 } else {
-                    "update".into()
+                    UpdateKind::Update
                 },
                 release: rel.label.clone(),
                 sha256: rel.sha256.clone(),
-                outcome: r.outcome.clone(),
+                outcome: r.outcome,
                 detail: r.detail.clone(),
             })
             .await?;
-            db.audit(&AuditEntry {
-                at: unix_now(),
-                actor: actor.into(),
-                action: "swarm.update".into(),
-                target: r.host.clone(),
-                outcome: if r.outcome == "updated" {
-                    "ok".into()
-                } else {
-                    r.outcome.clone()
+            db.audit(&AuditEntry::now(
+                actor,
+                "swarm.update",
+                &r.host,
+                match r.outcome {
+                    UpdateOutcome::Updated => AuditOutcome::Ok,
+                    UpdateOutcome::Skipped => AuditOutcome::Refused,
+                    _ => AuditOutcome::Failed,
                 },
-                detail: format!("release={} sha256={} {}", rel.label, rel.sha256, r.detail),
-            })
+                format!(
+                    "outcome={} release={} sha256={} {}",
+                    r.outcome, rel.label, rel.sha256, r.detail
+                ),
+            ))
             .await?;
             results.push(r);
         }
@@ -233,13 +252,13 @@ pub async fn rollback(
     let r = match client.rollback().await {
         Ok(done) => HostResult {
             host: host.into(),
-            outcome: "rolled_back".into(),
+            outcome: UpdateOutcome::RolledBack,
             release: done.release.map(|r| r.sha),
             detail: "previous release restored and healthy".into(),
         },
         Err(e) => HostResult {
             host: host.into(),
-            outcome: "failed".into(),
+            outcome: UpdateOutcome::Failed,
             release: None,
             detail: e.to_string(),
         },
@@ -247,25 +266,24 @@ pub async fn rollback(
     db.record_update(&UpdateRecord {
         host: host.into(),
         at: unix_now(),
-        kind: "rollback".into(),
+        kind: UpdateKind::Rollback,
         release: r.release.clone().unwrap_or_default(),
         sha256: String::new(),
-        outcome: r.outcome.clone(),
+        outcome: r.outcome,
         detail: r.detail.clone(),
     })
     .await?;
-    db.audit(&AuditEntry {
-        at: unix_now(),
-        actor: actor.into(),
-        action: "swarm.rollback".into(),
-        target: host.into(),
-        outcome: if r.outcome == "rolled_back" {
-            "ok".into()
+    db.audit(&AuditEntry::now(
+        actor,
+        "swarm.rollback",
+        host,
+        if r.outcome == UpdateOutcome::RolledBack {
+            AuditOutcome::Ok
         } else {
-            "failed".into()
+            AuditOutcome::Failed
         },
-        detail: r.detail.clone(),
-    })
+        r.detail.clone(),
+    ))
     .await?;
     Ok(r)
 }

@@ -16,12 +16,19 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 use crate::ca::IssuedLeaf;
+use crate::crl::RevocationList;
 use crate::identity::{IdentityError, PeerIdentity};
-use crate::role::HostName;
+use crate::role::{HostName, Role};
 use crate::secure_fs::{self, KEY_MODE, KeyFileError, PUBLIC_MODE};
 
 /// File name of the CA certificate in every bundle.
 pub const CA_FILE: &str = "ca.crt";
+/// File name of the CRL a worker keeps beside its bundle.
+pub const CRL_FILE: &str = "crl.pem";
+/// A committed bundle write whose files are not all in place yet.
+const PENDING_DIR: &str = ".bundle-pending";
+/// A bundle write in progress (not committed; removed when found).
+const STAGING_PREFIX: &str = ".bundle-staging-";
 
 /// Which daemon a bundle belongs to (decides file names and default dir).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +121,18 @@ pub enum BundleError {
         /// "certificate" or "private key".
         what: &'static str,
     },
+    /// The key in the bundle does not belong to its certificate.
+    #[error("{path} is not the private key of the bundle's certificate")]
+    KeyMismatch {
+        /// The key path.
+        path: String,
+    },
+    /// A bundle (from a join or a renewal) failed its checks and was not used.
+    #[error("refusing the new certificate: {reason}")]
+    NotVerified {
+        /// Why.
+        reason: String,
+    },
     /// The leaf names no role.
     #[error("{path}: {source}")]
     Identity {
@@ -164,42 +183,103 @@ impl Bundle {
         })
     }
 
-    /// Write the bundle into `dir` (created 0700): key 0600, certs 0644,
-    /// each file atomically.
-    pub fn write(&self, dir: &Path) -> Result<(), BundleError> {
-        secure_fs::ensure_private_dir(dir).map_err(|source| BundleError::Io {
-            what: "cannot create",
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let put = |name: &str, data: &str, mode| {
-            let path = dir.join(name);
-            secure_fs::write_atomic(&path, data.as_bytes(), mode).map_err(|source| {
-                BundleError::Io {
-                    what: "cannot write",
-                    path: path.display().to_string(),
-                    source,
-                }
-            })
-        };
-        put(CA_FILE, &self.ca_pem, PUBLIC_MODE)?;
-        put(self.kind.cert_file(), &self.cert_pem, PUBLIC_MODE)?;
-        put(self.kind.key_file(), &self.key_pem, KEY_MODE)?;
+    /// Check a bundle before it is written or used: the leaf names
+    /// `expected`, chains to the bundle's CA and is valid now, and the key
+    /// belongs to it.
+    pub fn verify(&self, expected: &Role) -> Result<(), BundleError> {
+        let refuse = |reason: String| BundleError::NotVerified { reason };
+        if &self.identity.role != expected {
+            return Err(refuse(format!(
+                "the certificate names {}, expected {}",
+                self.identity.cn,
+                expected.cn()
+            )));
+        }
+        let (certs, _) = crate::tls::leaf_and_key(self).map_err(|e| refuse(e.to_string()))?;
+        let roots = crate::tls::ca_roots(&self.ca_pem).map_err(|e| refuse(e.to_string()))?;
+        let parsed = rustls::server::ParsedCertificate::try_from(&certs[0])
+            .map_err(|e| refuse(format!("the certificate does not parse: {e}")))?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &certs[1..],
+            rustls_pki_types::UnixTime::now(),
+            crate::provider::crypto_provider()
+                .signature_verification_algorithms
+                .all,
+        )
+        .map_err(|e| refuse(format!("the certificate does not chain to the CA: {e}")))?;
+        crate::tls::certified_key(self)
+            .map_err(|_| refuse("the private key does not belong to the certificate".into()))?;
         Ok(())
     }
 
+    /// Write the bundle into `dir` (created 0700; key 0600, certificates
+    /// 0644) as **one unit**: the three files are staged in a private
+    /// sub-directory, committed by one rename, then moved into place. A
+    /// crash or an error at any point leaves either the old bundle or the
+    /// new one — never a new certificate beside an old key: a committed
+    /// but unfinished move is completed by the next [`load`](Self::load).
+    /// A failure before the commit (full disk, read-only directory) leaves
+    /// the old bundle untouched and nothing behind.
+    pub fn write(&self, dir: &Path) -> Result<(), BundleError> {
+        let io = |what: &'static str, path: &Path| {
+            let path = path.display().to_string();
+            move |source| BundleError::Io { what, path, source }
+        };
+        secure_fs::ensure_private_dir(dir).map_err(io("cannot create", dir))?;
+        // Finish an earlier committed write first: its files belong in place
+        // before this one is staged.
+        roll_forward(dir).map_err(io("cannot complete the pending bundle in", dir))?;
+        let staging = dir.join(format!("{STAGING_PREFIX}{}", crate::random_hex(6)));
+        let staged = (|| {
+            fault::check(fault::Point::Stage)?;
+            secure_fs::ensure_private_dir(&staging)?;
+            secure_fs::write_atomic(&staging.join(CA_FILE), self.ca_pem.as_bytes(), PUBLIC_MODE)?;
+            secure_fs::write_atomic(
+                &staging.join(self.kind.cert_file()),
+                self.cert_pem.as_bytes(),
+                PUBLIC_MODE,
+            )?;
+            fault::check(fault::Point::StageKey)?;
+            secure_fs::write_atomic(
+                &staging.join(self.kind.key_file()),
+                self.key_pem.as_bytes(),
+                KEY_MODE,
+            )?;
+            fault::check(fault::Point::Commit)?;
+            // The commit point: one rename makes the staged bundle the one to use.
+            std::fs::rename(&staging, dir.join(PENDING_DIR))?;
+            secure_fs::sync_dir(dir)
+        })();
+        if let Err(e) = staged {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(io("cannot write the bundle into", dir)(e));
+        }
+        roll_forward(dir).map_err(io("cannot move the new bundle into", dir))
+    }
+
     /// Load a bundle from `dir`, refusing a missing file (with the command
-    /// that creates it), a key readable by group/others, or a leaf without a role.
+    /// that creates it), a key readable by group/others, a key that does not
+    /// belong to the certificate, or a leaf without a role. A committed but
+    /// unfinished [`write`](Self::write) is completed first (or, on a
+    /// read-only directory, read from where it was committed).
     pub fn load(dir: &Path, kind: BundleKind) -> Result<Self, BundleError> {
-        let paths = [
-            dir.join(CA_FILE),
-            dir.join(kind.cert_file()),
-            dir.join(kind.key_file()),
-        ];
+        // Best effort: a read-only dir keeps the committed files where they are.
+        let _ = roll_forward(dir);
+        let pending = dir.join(PENDING_DIR);
+        let pick = |name: &str| {
+            let p = pending.join(name);
+            if p.exists() { p } else { dir.join(name) }
+        };
+        let paths = [pick(CA_FILE), pick(kind.cert_file()), pick(kind.key_file())];
         for p in &paths {
             if !p.exists() {
                 return Err(BundleError::Missing {
-                    path: p.display().to_string(),
+                    path: dir
+                        .join(p.file_name().unwrap_or_default())
+                        .display()
+                        .to_string(),
                     hint: kind.setup_hint(),
                 });
             }
@@ -229,18 +309,126 @@ impl Bundle {
                 source,
             },
         })?;
-        Ok(Bundle {
+        let bundle = Bundle {
             kind,
             cert_pem,
             key_pem,
             ca_pem,
             identity,
+        };
+        crate::tls::certified_key(&bundle).map_err(|_| BundleError::KeyMismatch {
+            path: paths[2].display().to_string(),
+        })?;
+        Ok(bundle)
+    }
+
+    /// The CRL stored beside the bundle in `dir`, if there is one and it is
+    /// signed by this bundle's CA (an unusable file is reported and ignored).
+    pub fn load_crl(&self, dir: &Path) -> Option<RevocationList> {
+        let path = dir.join(CRL_FILE);
+        let pem = std::fs::read_to_string(&path).ok()?;
+        match RevocationList::verify_pem(&pem, &self.ca_pem) {
+            Ok(crl) => Some(crl),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring the stored revocation list");
+                None
+            }
+        }
+    }
+
+    /// Store `crl` beside the bundle in `dir` (atomically).
+    pub fn save_crl(dir: &Path, crl: &RevocationList) -> Result<(), BundleError> {
+        let path = dir.join(CRL_FILE);
+        secure_fs::write_atomic(&path, crl.to_pem().as_bytes(), PUBLIC_MODE).map_err(|source| {
+            BundleError::Io {
+                what: "cannot write",
+                path: path.display().to_string(),
+                source,
+            }
         })
     }
 
     /// Whether the leaf is expired at `now`.
     pub fn is_expired_at(&self, now: OffsetDateTime) -> bool {
         self.identity.not_after <= now
+    }
+}
+
+/// Complete a committed bundle write in `dir`: move each file of the
+/// pending directory into place, then remove it; drop uncommitted staging
+/// directories. Idempotent, so a crash at any point is finished by the next call.
+fn roll_forward(dir: &Path) -> std::io::Result<()> {
+    let pending = dir.join(PENDING_DIR);
+    if pending.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(&pending)?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| !n.to_string_lossy().starts_with('.'))
+            .collect();
+        // Any order is safe: until the pending directory is gone, `load`
+        // reads every file it still holds from there.
+        names.sort();
+        for (i, name) in names.iter().enumerate() {
+            std::fs::rename(pending.join(name), dir.join(name))?;
+            if i == 0 {
+                fault::check(fault::Point::MidSwap)?;
+            }
+        }
+        secure_fs::sync_dir(dir)?;
+        std::fs::remove_dir_all(&pending)?;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Failure injection for the bundle write (a test seam): the variable
+/// `DECNET_BUNDLE_FAULT` names a point and what happens there —
+/// `stage=erofs`, `stage-key=enospc` fail with that error;
+/// `commit=crash`, `mid-swap=crash` abort the process there.
+mod fault {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Point {
+        Stage,
+        StageKey,
+        Commit,
+        MidSwap,
+    }
+
+    impl Point {
+        fn name(self) -> &'static str {
+            match self {
+                Point::Stage => "stage",
+                Point::StageKey => "stage-key",
+                Point::Commit => "commit",
+                Point::MidSwap => "mid-swap",
+            }
+        }
+    }
+
+    pub(super) fn check(point: Point) -> std::io::Result<()> {
+        let Ok(spec) = std::env::var("DECNET_BUNDLE_FAULT") else {
+            return Ok(());
+        };
+        let Some((at, what)) = spec.split_once('=') else {
+            return Ok(());
+        };
+        if at != point.name() {
+            return Ok(());
+        }
+        match what {
+            "crash" => {
+                tracing::error!(point = at, "injected crash during a bundle write");
+                std::process::abort()
+            }
+            "enospc" => Err(std::io::Error::from_raw_os_error(28)),
+            "erofs" => Err(std::io::Error::from_raw_os_error(30)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -73,6 +73,12 @@ pub enum CaError {
         /// The path.
         path: String,
     },
+    /// A validity period that does not fit the calendar.
+    #[error("the certificate validity is out of range")]
+    BadValidity,
+    /// A serial number in the ledger is not hex (should never happen).
+    #[error("a certificate serial number is malformed")]
+    BadSerial,
     /// A SAN is neither an IP address nor a valid DNS name.
     #[error("subject alternative name {0:?} is neither an IP address nor a valid DNS name")]
     BadSan(String),
@@ -250,6 +256,11 @@ impl CertificateAuthority {
         &self.cert_der
     }
 
+    /// The signing half of the CA (certificates and CRLs).
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// Fingerprint of the CA certificate (what join tokens embed).
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of_der(&self.cert_der)
@@ -278,7 +289,8 @@ impl CertificateAuthority {
         public_key: &impl PublicKeyData,
     ) -> Result<IssuedLeaf, CaError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&spec.common_name, Some("swarm-worker"));
+        params.distinguished_name =
+            distinguished_name(&spec.common_name, Some(unit_of(&spec.common_name)));
         params.subject_alt_names = spec.sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
@@ -324,6 +336,15 @@ fn distinguished_name(cn: &str, unit: Option<&str>) -> DistinguishedName {
     dn
 }
 
+/// The OU of a leaf: the master has its own; workers' leaves say `swarm-worker`.
+fn unit_of(cn: &str) -> &'static str {
+    if cn == MASTER_CN {
+        "swarm-master"
+    } else {
+        "swarm-worker"
+    }
+}
+
 fn san(s: &str) -> Result<SanType, CaError> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
@@ -336,6 +357,29 @@ fn san(s: &str) -> Result<SanType, CaError> {
             .try_into()
             .map_err(|_| CaError::BadSan(s.to_string()))?,
     ))
+}
+
+/// The SANs of a PEM certificate (IP addresses and DNS names, as text).
+pub fn leaf_sans(cert_pem: &str) -> Option<Vec<String>> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    let ext = cert.subject_alternative_name().ok()??;
+    Some(
+        ext.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => Some(IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                    16 => Some(IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// A fresh RSA-2048 key and a CSR for it: `(key_pem, csr_pem)`. The key
@@ -358,7 +402,7 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// Whether `s` is a valid SAN (an IP address or a DNS name), for input

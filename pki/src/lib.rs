@@ -6,33 +6,37 @@
 //! * [`fingerprint`] is the lowercase hex SHA-256 of a certificate's DER;
 //! * [`role`] turns a certificate CN into a [`Role`] and validates host names;
 //! * [`identity`] is the verified [`PeerIdentity`] of a TLS peer;
-//! * [`tls`] builds the rustls server and client configurations;
-//! * [`serve`] accepts mTLS connections (handshake off the accept path, with a
-//!   timeout) and serves an axum router over them;
-//! * [`authz`] is the role-checking middleware every server runs.
+//! * [`tls`] builds the rustls server and client configurations, with the
+//!   role-checking server verifier every client uses;
+//! * [`crl`] makes and checks the CA-signed revocation lists;
+//! * [`material`] is a daemon's live bundle + CRL, handed out through one
+//!   watch channel so renewals and new CRLs apply without restarts;
+//! * [`signing`] signs and checks release manifests.
+//!
+//! Serving (accept, limits, the role middleware) lives in `decnet-server`.
 //!
 //! Every rustls object in the workspace is built with [`provider::crypto_provider`],
 //! so exactly one crypto provider (aws-lc-rs) exists in the build.
 
-pub mod authz;
 pub mod bundle;
 pub mod ca;
+pub mod crl;
 pub mod fingerprint;
 pub mod identity;
+pub mod material;
 pub mod provider;
 pub mod random;
 pub mod role;
 pub mod secure_fs;
-pub mod serve;
 pub mod signing;
 pub mod tls;
 
-pub use authz::{AccessPolicy, Refusal, RoleSet};
 pub use bundle::{Bundle, BundleError, BundleKind, CaLayout};
 pub use ca::{CaError, CertificateAuthority, IssuedLeaf, LeafSpec};
+pub use crl::{CrlError, RevocationList, RevokedSerial};
 pub use fingerprint::Fingerprint;
 pub use identity::{IdentityError, PeerIdentity};
+pub use material::{MaterialError, MaterialSource, TlsMaterial};
 pub use random::random_hex;
 pub use role::{HostName, HostNameError, MASTER_CN, Role, RoleError, RoleKind};
-pub use serve::{AcceptOptions, MtlsListener, TlsPeer};
-pub use tls::{TlsError, client_config, server_config};
+pub use tls::{ClientAuth, ExpectedServer, TlsError, client_config, server_config};

@@ -67,6 +67,11 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// fsync a directory, so the renames inside it survive a power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Why a key file may not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {

@@ -1,11 +1,20 @@
-//! Ed25519 release signatures: the operator signs the SHA-256 digest of a
-//! release tarball; an updater configured with the public key refuses a
-//! release whose signature is missing or does not verify.
+//! Ed25519 release signatures over a **manifest** that says what is signed:
+//! which daemon the release is for (agent or updater), its label and
+//! version, the tarball's SHA-256 and when it was signed. A signature over a
+//! bare digest would let a signed agent release be pushed as an updater, or
+//! an old signed release replayed as a downgrade; the manifest binds all of
+//! it. An updater trusts a [`ReleaseKeyring`] of one or more public keys
+//! (several during a key rotation) and refuses a release whose manifest is
+//! missing, unsigned, not signed by one of them, or does not match.
 //!
 //! Files: the private key is PKCS#8 (written 0600), the public key is 64 hex
-//! characters, a signature is 128 hex characters.
+//! characters, a signature is 128 hex characters over the manifest's exact
+//! JSON bytes.
 
-use std::path::Path;
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
@@ -25,8 +34,14 @@ pub enum SigningError {
     #[error("the release signature must be 128 hex characters")]
     BadSignatureEncoding,
     /// The signature does not verify.
-    #[error("the release signature does not verify against the configured public key")]
+    #[error("the release signature does not verify against any configured public key")]
     Mismatch,
+    /// A signature is required and there is none.
+    #[error("this updater requires signed releases; the release carries no signed manifest")]
+    Unsigned,
+    /// The manifest is not one.
+    #[error("the release manifest is malformed: {0}")]
+    BadManifest(String),
     /// File access failed.
     #[error("{path}: {source}")]
     Io {
@@ -93,9 +108,14 @@ impl ReleaseSigner {
         Ok(ReleaseSigner { pair })
     }
 
-    /// Sign a SHA-256 digest; returns the signature as hex.
-    pub fn sign_digest(&self, digest: &[u8; 32]) -> String {
-        crate::ca::hex(self.pair.sign(digest).as_ref())
+    /// Sign `manifest`: its JSON text and the signature over those bytes.
+    pub fn sign_manifest(&self, manifest: &ReleaseManifest) -> SignedManifest {
+        let text = manifest.to_json();
+        let signature = crate::ca::hex(self.pair.sign(text.as_bytes()).as_ref());
+        SignedManifest {
+            manifest: text,
+            signature: Some(signature),
+        }
     }
 
     /// The public key, hex.
@@ -146,20 +166,140 @@ impl ReleaseVerifier {
         Self::from_hex(&text)
     }
 
-    /// Verify a hex signature over a SHA-256 digest.
-    pub fn verify_digest(
-        &self,
-        digest: &[u8; 32],
-        signature_hex: &str,
-    ) -> Result<(), SigningError> {
+    /// Verify a hex signature over `message`.
+    pub fn verify(&self, message: &[u8], signature_hex: &str) -> Result<(), SigningError> {
         let sig = match unhex(signature_hex) {
             Some(s) if s.len() == 64 => s,
             _ => return Err(SigningError::BadSignatureEncoding),
         };
         UnparsedPublicKey::new(&ED25519, &self.public)
-            .verify(digest, &sig)
+            .verify(message, &sig)
             .map_err(|_| SigningError::Mismatch)
     }
+}
+
+/// Which daemon a release is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseTarget {
+    /// `POST /update`: the agent's slots.
+    Agent,
+    /// `POST /update-self`: the updater's own slots.
+    Updater,
+}
+
+impl std::fmt::Display for ReleaseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReleaseTarget::Agent => "agent",
+            ReleaseTarget::Updater => "updater",
+        })
+    }
+}
+
+/// What a release signature covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseManifest {
+    /// The daemon it is for.
+    pub target: ReleaseTarget,
+    /// The release label (a commit id, a tag).
+    pub label: String,
+    /// The version, compared for downgrades (numeric parts, see [`compare_versions`]).
+    pub version: String,
+    /// SHA-256 of the tarball, hex.
+    pub sha256: String,
+    /// When it was signed (unix seconds).
+    pub signed_at: i64,
+}
+
+impl ReleaseManifest {
+    /// The manifest as JSON text (what is signed).
+    pub fn to_json(&self) -> String {
+        // Plain strings and numbers: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// This manifest, sent without a signature (updaters without keys).
+    pub fn unsigned(&self) -> SignedManifest {
+        SignedManifest {
+            manifest: self.to_json(),
+            signature: None,
+        }
+    }
+}
+
+/// A manifest as it travels: its exact JSON text and the signature over it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedManifest {
+    /// The manifest's JSON text.
+    pub manifest: String,
+    /// Ed25519 signature over `manifest`'s bytes, hex.
+    pub signature: Option<String>,
+}
+
+impl SignedManifest {
+    /// Parse the manifest text.
+    pub fn parse(&self) -> Result<ReleaseManifest, SigningError> {
+        serde_json::from_str(&self.manifest).map_err(|e| SigningError::BadManifest(e.to_string()))
+    }
+}
+
+/// The release keys an updater trusts.
+#[derive(Clone, Debug, Default)]
+pub struct ReleaseKeyring(Vec<ReleaseVerifier>);
+
+impl ReleaseKeyring {
+    /// Load every `.pub` file in `paths`.
+    pub fn load(paths: &[PathBuf]) -> Result<Self, SigningError> {
+        paths
+            .iter()
+            .map(|p| ReleaseVerifier::load(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map(ReleaseKeyring)
+    }
+
+    /// Whether no key is configured (unsigned releases accepted).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Check that one of the keys signed `m`, and return its manifest.
+    pub fn verify(&self, m: &SignedManifest) -> Result<ReleaseManifest, SigningError> {
+        let sig = m.signature.as_deref().ok_or(SigningError::Unsigned)?;
+        let mut last = SigningError::Mismatch;
+        for key in &self.0 {
+            match key.verify(m.manifest.as_bytes(), sig) {
+                Ok(()) => return m.parse(),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Compare two release versions by their numeric parts (`v1.10.2` >
+/// `1.9`, `release-7` > `release-6`); `None` when either has no number, so
+/// no order can be told.
+pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
+    fn parts(s: &str) -> Vec<u64> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<u64>().unwrap_or(u64::MAX))
+            .collect()
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    if pa.is_empty() || pb.is_empty() {
+        return None;
+    }
+    let n = pa.len().max(pb.len());
+    let get = |v: &Vec<u64>, i: usize| v.get(i).copied().unwrap_or(0);
+    Some(
+        (0..n)
+            .map(|i| get(&pa, i).cmp(&get(&pb, i)))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal),
+    )
 }
 
 /// SHA-256 of a file, streamed.
@@ -229,28 +369,62 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn manifest() -> ReleaseManifest {
+        ReleaseManifest {
+            target: ReleaseTarget::Agent,
+            label: "abc123".into(),
+            version: "1.2.0".into(),
+            sha256: "0".repeat(64),
+            signed_at: 1,
+        }
+    }
+
     #[test]
-    fn sign_and_verify_and_refuse_tampering() {
+    fn manifests_verify_with_any_trusted_key_and_refuse_tampering() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("release.key");
-        let public = ReleaseSigner::generate_to(&key).unwrap();
-        let signer = ReleaseSigner::load(&key).unwrap();
+        let old = dir.path().join("old.key");
+        let new = dir.path().join("new.key");
+        ReleaseSigner::generate_to(&old).unwrap();
+        let public = ReleaseSigner::generate_to(&new).unwrap();
+        let signer = ReleaseSigner::load(&new).unwrap();
         assert_eq!(signer.public_hex(), public);
-        let verifier = ReleaseVerifier::load(&public_key_path(&key)).unwrap();
-        let digest = [7u8; 32];
-        let sig = signer.sign_digest(&digest);
-        verifier.verify_digest(&digest, &sig).unwrap();
+        let ring = ReleaseKeyring::load(&[public_key_path(&old), public_key_path(&new)]).unwrap();
+        let signed = signer.sign_manifest(&manifest());
+        assert_eq!(ring.verify(&signed).unwrap(), manifest());
+        // Only the old key: refused.
+        let old_only = ReleaseKeyring::load(&[public_key_path(&old)]).unwrap();
         assert!(matches!(
-            verifier.verify_digest(&[8u8; 32], &sig),
+            old_only.verify(&signed),
+            Err(SigningError::Mismatch)
+        ));
+        // Any change to the signed text breaks it: retargeting included.
+        let mut retarget = signed.clone();
+        retarget.manifest = retarget.manifest.replace("\"agent\"", "\"updater\"");
+        assert!(matches!(
+            ring.verify(&retarget),
             Err(SigningError::Mismatch)
         ));
         assert!(matches!(
-            verifier.verify_digest(&digest, "zz"),
+            ring.verify(&manifest().unsigned()),
+            Err(SigningError::Unsigned)
+        ));
+        let mut garbled = signed.clone();
+        garbled.signature = Some("zz".into());
+        assert!(matches!(
+            ring.verify(&garbled),
             Err(SigningError::BadSignatureEncoding)
         ));
-        let other = ReleaseVerifier::from_hex(&"ab".repeat(32)).unwrap();
-        assert!(other.verify_digest(&digest, &sig).is_err());
         assert!(ReleaseVerifier::from_hex("abc").is_err());
+    }
+
+    #[test]
+    fn versions_compare_by_their_numbers() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("v1.10.2", "1.9"), Some(Greater));
+        assert_eq!(compare_versions("1.2", "1.2.0"), Some(Equal));
+        assert_eq!(compare_versions("release-6", "release-7"), Some(Less));
+        assert_eq!(compare_versions("2026.11.23", "2026.2.1"), Some(Greater));
+        assert_eq!(compare_versions("nightly", "1.0"), None);
     }
 
     #[test]

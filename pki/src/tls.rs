@@ -1,18 +1,25 @@
-//! rustls configurations for every decnet connection.
+//! rustls configurations for every decnet connection, and the checks both
+//! ends run on each other.
 //!
-//! * [`server_config`]: presents the bundle's leaf, **requires** a client
-//!   certificate chained to the CA, TLS 1.2 minimum. A missing, foreign or
-//!   expired client certificate fails the handshake.
-//! * [`client_config`]: presents the bundle's leaf and verifies the server
-//!   chain against the CA only — no host-name check, because workers enroll
-//!   with arbitrary SANs — and, when given, pins the server leaf's
-//!   fingerprint (fail closed on mismatch).
+//! * Servers ([`server_config`]) present their leaf and verify the client's
+//!   chain against the CA and the CRL: a missing (unless
+//!   [`ClientAuth::Optional`]), foreign, expired or revoked client
+//!   certificate fails the handshake. The *role* of the client is checked by
+//!   the serving layer's middleware, per route.
+//! * Clients ([`client_config`]) present their leaf and verify the server
+//!   with [`RoleVerifier`]: chain to the CA (no host-name check: workers enroll
+//!   with arbitrary SANs), not revoked, and **the role the client expected**
+//!   ([`ExpectedServer`]) — every leaf carries serverAuth, so the chain alone
+//!   proves nothing: a worker's certificate chains too. Optional pins
+//!   (fingerprints) narrow it further. This is the one server verifier of
+//!   the workspace; no client builds its own.
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -21,8 +28,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::bundle::Bundle;
+use crate::crl::RevocationList;
 use crate::fingerprint::Fingerprint;
+use crate::identity::PeerIdentity;
 use crate::provider::crypto_provider;
+use crate::role::Role;
 
 /// TLS versions every decnet endpoint accepts: 1.3 and 1.2, nothing older.
 pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
@@ -57,7 +67,8 @@ pub fn ca_roots(ca_pem: &str) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn leaf_and_key(
+/// The leaf chain and private key of a bundle, as rustls takes them.
+pub(crate) fn leaf_and_key(
     bundle: &Bundle,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs = CertificateDer::pem_slice_iter(bundle.cert_pem.as_bytes())
@@ -71,105 +82,111 @@ fn leaf_and_key(
     Ok((certs, key))
 }
 
-/// The server certificate of a daemon that renews it while running: the
-/// TLS config resolves it on every handshake, so [`reload`](Self::reload)
-/// takes effect for new connections at once, without a restart, while open
-/// connections carry on.
-#[derive(Debug)]
-pub struct ReloadableCert {
-    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+/// The bundle's leaf and key as a rustls [`CertifiedKey`](rustls::sign::CertifiedKey);
+/// refuses a key that does not belong to the certificate.
+pub(crate) fn certified_key(bundle: &Bundle) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let (certs, key) = leaf_and_key(bundle)?;
+    let ck = rustls::sign::CertifiedKey::from_der(certs, key, &crypto_provider())?;
+    ck.keys_match()?;
+    Ok(Arc::new(ck))
 }
 
-impl ReloadableCert {
-    fn certified(bundle: &Bundle) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
-        let (certs, key) = leaf_and_key(bundle)?;
-        let key = crypto_provider().key_provider.load_private_key(key)?;
-        Ok(Arc::new(rustls::sign::CertifiedKey::new(certs, key)))
-    }
-
-    /// Serve `bundle`'s certificate.
-    pub fn new(bundle: &Bundle) -> Result<Arc<Self>, TlsError> {
-        Ok(Arc::new(ReloadableCert {
-            current: std::sync::RwLock::new(Self::certified(bundle)?),
-        }))
-    }
-
-    /// Switch to `bundle`'s certificate for the next handshakes.
-    pub fn reload(&self, bundle: &Bundle) -> Result<(), TlsError> {
-        let next = Self::certified(bundle)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
-        Ok(())
-    }
+/// Whether a server requires client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client must present a valid certificate (every daemon).
+    Required,
+    /// A certificate is verified when presented, but not required: only the
+    /// master's control API, whose `/join` routes admit workers that have no
+    /// certificate yet.
+    Optional,
 }
 
-impl rustls::server::ResolvesServerCert for ReloadableCert {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
-    }
-}
-
-/// The server-side builder every decnet server config starts from: our
-/// provider and protocol versions, client certificates verified against the
-/// bundle's CA — required, or (`optional`) verified only when presented.
-fn server_builder(
+/// Server side: present `bundle`'s leaf; verify client certificates against
+/// its CA and, when given, the CRL.
+pub fn server_config(
     bundle: &Bundle,
-    optional: bool,
-) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, TlsError> {
+    crl: Option<&RevocationList>,
+    auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = crypto_provider();
     let roots = Arc::new(ca_roots(&bundle.ca_pem)?);
-    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-    let verifier = if optional {
-        builder.allow_unauthenticated().build()?
-    } else {
-        builder.build()?
-    };
-    Ok(ServerConfig::builder_with_provider(provider)
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if let Some(crl) = crl {
+        builder = builder
+            .with_crls([crl.der()])
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    if auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build()?;
+    let resolver = rustls::sign::SingleCertAndKey::from(certified_key(bundle)?);
+    let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier))
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(resolver));
+    Ok(Arc::new(config))
 }
 
-/// Like [`server_config`], but the certificate can be swapped at run time
-/// through the returned [`ReloadableCert`] (certificate renewal).
-pub fn server_config_reloadable(
+/// Who a client expects to find on the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedServer {
+    /// The role the server's certificate must name.
+    pub role: Role,
+    /// When not empty, the server's leaf must be one of these (the master's
+    /// recorded fingerprints of a worker).
+    pub pins: Vec<Fingerprint>,
+}
+
+impl ExpectedServer {
+    /// Expect `role`, no pin.
+    pub fn role(role: Role) -> Self {
+        ExpectedServer {
+            role,
+            pins: Vec::new(),
+        }
+    }
+
+    /// Expect the master (every worker→master connection).
+    pub fn master() -> Self {
+        Self::role(Role::Master)
+    }
+
+    /// Also require one of `pins`.
+    pub fn pinned(mut self, pins: impl IntoIterator<Item = Fingerprint>) -> Self {
+        self.pins = pins.into_iter().collect();
+        self
+    }
+}
+
+/// Client side: present `bundle`, verify the server with [`RoleVerifier`].
+/// Returned by value because reqwest takes an owned config; wrap it in an
+/// `Arc` for tokio-rustls.
+pub fn client_config(
     bundle: &Bundle,
-) -> Result<(Arc<ServerConfig>, Arc<ReloadableCert>), TlsError> {
-    let cert = ReloadableCert::new(bundle)?;
-    let config = server_builder(bundle, false)?.with_cert_resolver(cert.clone());
-    Ok((Arc::new(config), cert))
-}
-
-/// Server side: present `bundle`, require a CA-signed client certificate.
-pub fn server_config(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
-    let (certs, key) = leaf_and_key(bundle)?;
-    Ok(Arc::new(
-        server_builder(bundle, false)?.with_single_cert(certs, key)?,
-    ))
-}
-
-/// Server side for the master's control API: present `bundle`; a client
-/// certificate is verified against the CA when presented (a foreign or
-/// expired one still fails the handshake) but not required, so a worker
-/// without a certificate yet can join with a token.
-pub fn server_config_allowing_anonymous(bundle: &Bundle) -> Result<Arc<ServerConfig>, TlsError> {
-    let (certs, key) = leaf_and_key(bundle)?;
-    Ok(Arc::new(
-        server_builder(bundle, true)?.with_single_cert(certs, key)?,
-    ))
-}
-
-/// Client side without a certificate (token join), verifying the server
-/// against `ca_pem` (CA only, no host name).
-pub fn anonymous_client_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
+    crl: Option<&RevocationList>,
+    expected: &ExpectedServer,
+) -> Result<ClientConfig, TlsError> {
     let provider = crypto_provider();
-    let verifier = CaOnlyServerVerifier::new(ca_roots(ca_pem)?, None, &provider);
+    let verifier = RoleVerifier::new(&bundle.ca_pem, crl, expected.clone(), &provider)?;
+    let (certs, key) = leaf_and_key(bundle)?;
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(certs, key)?)
+}
+
+/// Client side without a certificate (the POST of a token join), verifying
+/// the server with [`RoleVerifier`] against `ca_pem`.
+pub fn anonymous_client_config(
+    ca_pem: &str,
+    expected: &ExpectedServer,
+) -> Result<ClientConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier = RoleVerifier::new(ca_pem, None, expected.clone(), &provider)?;
     Ok(ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .dangerous()
@@ -183,91 +200,117 @@ pub fn anonymous_client_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
 /// trusted or any secret is sent.
 pub fn bootstrap_client_config() -> Result<ClientConfig, TlsError> {
     let provider = crypto_provider();
-    let verifier = CaOnlyServerVerifier {
-        roots: None,
-        pin: None,
-        algorithms: provider.signature_verification_algorithms,
-    };
-    Ok(ClientConfig::builder_with_provider(provider)
+    Ok(ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_custom_certificate_verifier(Arc::new(UnverifiedServer(
+            provider.signature_verification_algorithms,
+        )))
         .with_no_client_auth())
-}
-
-/// Client side: present `bundle`, trust only its CA, no host-name check,
-/// optionally pin the server leaf's fingerprint.
-/// Returned by value because reqwest takes an owned config; wrap it in an
-/// `Arc` for tokio-rustls.
-pub fn client_config(bundle: &Bundle, pin: Option<Fingerprint>) -> Result<ClientConfig, TlsError> {
-    let provider = crypto_provider();
-    let verifier = CaOnlyServerVerifier::new(ca_roots(&bundle.ca_pem)?, pin, &provider);
-    let (certs, key) = leaf_and_key(bundle)?;
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(certs, key)?;
-    Ok(config)
 }
 
 /// The server presented a valid chain but not the pinned leaf.
 #[derive(Debug, thiserror::Error)]
-#[error("server certificate fingerprint {got} does not match the pinned {expected}")]
+#[error("server certificate fingerprint {got} is not the recorded one")]
 pub struct PinMismatch {
-    /// The pinned fingerprint.
-    pub expected: Fingerprint,
     /// What the server presented.
     pub got: Fingerprint,
 }
 
-/// Verifies a server chain against the decnet CA (validity, signatures,
-/// serverAuth EKU), deliberately without a host-name check, then the pin.
+/// The server presented a valid chain, but for another role than expected
+/// (e.g. a worker's certificate where the master was expected).
+#[derive(Debug, thiserror::Error)]
+#[error("server certificate names {got}, expected {expected}")]
+pub struct UnexpectedServer {
+    /// The CN that was expected.
+    pub expected: String,
+    /// The CN the certificate names (or why none could be read).
+    pub got: String,
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Verifies a server: chain to the decnet CA (validity, signatures, serverAuth
+/// EKU), not revoked by the CRL, then the expected role, then the pins.
+///
+/// The chain and revocation checks are webpki's (through rustls'
+/// [`WebPkiServerVerifier`]); its host-name check, which comes last, is the
+/// one result we discard — decnet identifies servers by the role in their CN,
+/// which we check instead.
 #[derive(Debug)]
-pub struct CaOnlyServerVerifier {
-    /// `None` only for the join bootstrap (see [`bootstrap_client_config`]).
-    roots: Option<RootCertStore>,
-    pin: Option<Fingerprint>,
+pub struct RoleVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    expected: ExpectedServer,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl CaOnlyServerVerifier {
-    /// A verifier trusting `roots`, optionally pinning the leaf.
-    pub fn new(roots: RootCertStore, pin: Option<Fingerprint>, provider: &CryptoProvider) -> Self {
-        CaOnlyServerVerifier {
-            roots: Some(roots),
-            pin,
-            algorithms: provider.signature_verification_algorithms,
+/// The name passed to webpki, whose name check we ignore (see [`RoleVerifier`]).
+const UNCHECKED_NAME: &str = "decnet.invalid";
+
+impl RoleVerifier {
+    /// A verifier trusting `ca_pem`, refusing what `crl` revokes, requiring `expected`.
+    pub fn new(
+        ca_pem: &str,
+        crl: Option<&RevocationList>,
+        expected: ExpectedServer,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let roots = Arc::new(ca_roots(ca_pem)?);
+        let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+        if let Some(crl) = crl {
+            builder = builder
+                .with_crls([crl.der()])
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
         }
+        Ok(RoleVerifier {
+            webpki: builder.build()?,
+            expected,
+            algorithms: provider.signature_verification_algorithms,
+        })
     }
 }
 
-impl ServerCertVerifier for CaOnlyServerVerifier {
+impl ServerCertVerifier for RoleVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let parsed = ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                roots,
-                intermediates,
-                now,
-                self.algorithms.all,
-            )?;
+        let name = ServerName::try_from(UNCHECKED_NAME)
+            .map_err(|_| rustls::Error::General("name".into()))?;
+        match self
+            .webpki
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+        {
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(e) => return Err(e),
         }
-        if let Some(expected) = self.pin {
-            let got = Fingerprint::of_der(end_entity);
-            if got != expected {
-                return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                    OtherError(Arc::new(PinMismatch { expected, got })),
-                )));
-            }
+        let expected_cn = self.expected.role.cn();
+        let identity = PeerIdentity::from_der(end_entity).map_err(|e| {
+            other(UnexpectedServer {
+                expected: expected_cn.clone(),
+                got: e.to_string(),
+            })
+        })?;
+        if identity.role != self.expected.role {
+            return Err(other(UnexpectedServer {
+                expected: expected_cn,
+                got: identity.cn,
+            }));
+        }
+        if !self.expected.pins.is_empty() && !self.expected.pins.contains(&identity.fingerprint) {
+            return Err(other(PinMismatch {
+                got: identity.fingerprint,
+            }));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -293,4 +336,107 @@ impl ServerCertVerifier for CaOnlyServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Accepts any server certificate (still checking the handshake signature):
+/// only for [`bootstrap_client_config`].
+#[derive(Debug)]
+struct UnverifiedServer(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for UnverifiedServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// When an error (chain) is a refusal of the server's identity by
+/// [`RoleVerifier`] (another role or host, or not the pinned certificate),
+/// its plain message — what an operator needs, instead of the nested
+/// TLS-library wording.
+pub fn identity_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = cur {
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) =
+            s.downcast_ref::<rustls::Error>()
+        {
+            if let Some(u) = o.0.downcast_ref::<UnexpectedServer>() {
+                return Some(u.to_string());
+            }
+            if let Some(p) = o.0.downcast_ref::<PinMismatch>() {
+                return Some(p.to_string());
+            }
+        }
+        cur = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
+    }
+    None
+}
+
+/// Whether an error (chain) says the server was refused by [`RoleVerifier`]
+/// for naming another role.
+pub fn is_unexpected_server(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_in_chain::<UnexpectedServer>(e)
+}
+
+/// Whether an error (chain) is a [`PinMismatch`].
+pub fn is_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_in_chain::<PinMismatch>(e)
+}
+
+fn find_in_chain<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = cur {
+        if s.downcast_ref::<T>().is_some() {
+            return true;
+        }
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) =
+            s.downcast_ref::<rustls::Error>()
+            && o.0.downcast_ref::<T>().is_some()
+        {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps: look inside.
+        cur = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
+    }
+    false
 }

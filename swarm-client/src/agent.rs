@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use decnet_pki::{Bundle, Fingerprint};
+
+use crate::transport::expect_worker;
 use serde::Deserialize;
 
 use crate::transport::{ClientError, Endpoint};
@@ -90,14 +92,16 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// A client of the agent at `address:port`, presenting the master
-    /// `bundle` and pinning `pin` (the recorded agent fingerprint).
+    /// A client of `host`'s agent at `address:port`, presenting the master
+    /// `bundle`; the agent must present a certificate of role Agent(`host`)
+    /// and, when `pins` is not empty, one of them (the recorded agent
+    /// fingerprints).
     pub fn new(
         host: &str,
         master: &Bundle,
         address: &str,
         port: u16,
-        pin: Option<Fingerprint>,
+        pins: Vec<Fingerprint>,
     ) -> Result<Self, ClientError> {
         Ok(AgentClient {
             ep: Endpoint::new(
@@ -105,7 +109,7 @@ impl AgentClient {
                 master,
                 address,
                 port,
-                pin,
+                &expect_worker(host, false, pins)?,
             )?,
         })
     }

@@ -4,13 +4,16 @@
 //! 1. Download the CA certificate from the master without trusting anything,
 //!    and refuse to go on unless its SHA-256 is the one the token carries.
 //! 2. Generate the private key here (it never leaves this machine) and a CSR.
-//! 3. Send the CSR and the token secret over TLS verified against that CA.
-//! 4. Write the returned certificate, the key (0600) and the CA as a bundle.
+//! 3. Send the CSR and the token secret over TLS verified against that CA
+//!    **and** requiring the master's role: a worker's certificate chains to
+//!    the same CA, and the secret must never reach a worker posing as the master.
+//! 4. Check the returned certificate (chains to the CA, our key, the role we
+//!    asked for), then write it with the key (0600) and the CA as one unit.
 
 use std::path::Path;
 use std::time::Duration;
 
-use decnet_pki::{Bundle, BundleKind, Fingerprint, RoleKind};
+use decnet_pki::{Bundle, BundleKind, ExpectedServer, Fingerprint, RoleKind};
 
 /// A token: `<id>.<secret>.<ca-sha256>`. Its `Debug` never shows the secret
 /// (`Display` is the full token, printed once for the operator).
@@ -83,15 +86,7 @@ pub enum JoinError {
     Local(String),
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s = format!("{s}: {c}");
-        cur = c.source();
-    }
-    s
-}
+use crate::transport::error_chain as chain;
 
 /// Join `master` (`host:port`) with `token` as `kind`, writing the bundle to
 /// `dir`. With `claimed_host`, the master refuses a token bound to another host.
@@ -103,7 +98,7 @@ pub async fn join(
     claimed_host: Option<&str>,
 ) -> Result<Bundle, JoinError> {
     let token = parse_token(token).ok_or(JoinError::BadToken)?;
-    let unreachable = |e: &dyn std::error::Error| JoinError::Unreachable {
+    let unreachable = |e: &(dyn std::error::Error + 'static)| JoinError::Unreachable {
         master: master.to_string(),
         detail: chain(e),
     };
@@ -145,9 +140,9 @@ pub async fn join(
     // 2. Our own key and CSR.
     let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("decnet-join")
         .map_err(|e| JoinError::Local(format!("cannot generate a key: {e}")))?;
-    // 3. The join itself, over TLS verified against the CA.
+    // 3. The join itself, over TLS verified against the CA, to the master only.
     let client = build(
-        decnet_pki::tls::anonymous_client_config(ca_pem)
+        decnet_pki::tls::anonymous_client_config(ca_pem, &ExpectedServer::master())
             .map_err(|e| JoinError::Local(e.to_string()))?,
     )?;
     let role = match kind {
@@ -196,6 +191,9 @@ pub async fn join(
         ca_pem: ca_pem.to_string(),
         identity,
     };
+    bundle
+        .verify(&bundle.identity.role.clone())
+        .map_err(|e| JoinError::Refused(e.to_string()))?;
     bundle
         .write(dir)
         .map_err(|e| JoinError::Local(format!("cannot write the bundle: {e}")))?;

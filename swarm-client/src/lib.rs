@@ -3,13 +3,14 @@
 //! * [`transport`] — the mTLS HTTP client (master bundle, CA-only
 //!   verification, fingerprint pin) and the error type shared by all clients;
 //! * [`join`] — the worker side of a token join;
-//! * [`renew`] — certificate renewal, worker side;
+//! * [`master_link`] — a worker's link to the master: heartbeats, renewal,
+//!   revocation lists;
 //! * [`agent`] — [`AgentClient`];
 //! * [`updater`] — [`UpdaterClient`] (multipart upload, fail-closed pin).
 
 pub mod agent;
 pub mod join;
-pub mod renew;
+pub mod master_link;
 pub mod transport;
 pub mod updater;
 

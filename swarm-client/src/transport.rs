@@ -1,11 +1,13 @@
 //! The mTLS HTTP transport shared by every worker client: one pooled
 //! `reqwest` client per worker, presenting the master bundle, verifying the
-//! worker against the CA and (when known) its recorded fingerprint.
+//! worker against the CA, the role of the host it dialed (`<host>` for its
+//! agent, `updater@<host>` for its updater) and, when known, its recorded
+//! fingerprints.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use decnet_pki::{Bundle, Fingerprint};
+use decnet_pki::{Bundle, ExpectedServer, Fingerprint, HostName, Role};
 use serde::de::DeserializeOwned;
 
 /// `host:port` from `host` or `host:port` (the daemons' `--master` flags).
@@ -53,6 +55,14 @@ pub enum ClientError {
     PinMismatch {
         /// Where.
         endpoint: String,
+    },
+    /// The server's certificate names another role or host than the one dialed.
+    #[error("{endpoint} presented a certificate of another identity (impersonation?): {detail}")]
+    WrongServer {
+        /// Where.
+        endpoint: String,
+        /// What it presented.
+        detail: String,
     },
     /// TLS failed (wrong CA, refused our certificate, …).
     #[error("TLS with {endpoint} failed: {detail}")]
@@ -106,15 +116,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A client of `https://address:port` presenting `bundle`, pinning `pin`.
+    /// A client of `https://address:port` presenting `bundle`, requiring the
+    /// server to prove `expected`.
     pub fn new(
         label: &str,
         bundle: &Bundle,
         address: &str,
         port: u16,
-        pin: Option<Fingerprint>,
+        expected: &ExpectedServer,
     ) -> Result<Self, ClientError> {
-        let config = decnet_pki::client_config(bundle, pin)
+        let config = decnet_pki::client_config(bundle, None, expected)
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
@@ -163,11 +174,18 @@ impl Endpoint {
             };
         }
         let chain = error_chain(&e);
-        if has_pin_mismatch(&e)
-            || chain.contains("does not match the pinned")
-            || chain.contains("PinMismatch")
-        {
+        if decnet_pki::tls::is_pin_mismatch(&e) {
             return ClientError::PinMismatch { endpoint };
+        }
+        if decnet_pki::tls::is_unexpected_server(&e) {
+            return ClientError::WrongServer {
+                endpoint,
+                detail: chain
+                    .rsplit(": ")
+                    .find(|p| p.contains("expected"))
+                    .unwrap_or("unexpected certificate")
+                    .to_string(),
+            };
         }
         let lower = chain.to_lowercase();
         if lower.contains("certificate")
@@ -235,28 +253,46 @@ impl Endpoint {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
+/// An error and its causes, `: `-joined (each cause once); a refusal of
+/// the server's identity is reported as such, in plain words.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(identity) = decnet_pki::tls::identity_failure(e) {
+        return format!("refusing the server: {identity}");
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = cur {
         let t = s.to_string();
         if !parts.iter().any(|p| p.contains(&t)) {
             parts.push(t);
         }
-        cur = s.source();
+        // `io::Error::source` skips the error it wraps: look inside.
+        cur = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
     }
     parts.join(": ")
 }
 
-fn has_pin_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = cur {
-        if s.downcast_ref::<decnet_pki::tls::PinMismatch>().is_some() {
-            return true;
-        }
-        cur = s.source();
-    }
-    false
+/// What the master expects when it dials `host`'s agent (`updater`: its
+/// updater), narrowed to `pins` when the fleet database records them.
+pub fn expect_worker(
+    host: &str,
+    updater: bool,
+    pins: Vec<Fingerprint>,
+) -> Result<ExpectedServer, ClientError> {
+    let name =
+        HostName::new(host).map_err(|e| ClientError::Setup(format!("host name {host:?}: {e}")))?;
+    let role = if updater {
+        Role::Updater(name)
+    } else {
+        Role::Agent(name)
+    };
+    Ok(ExpectedServer::role(role).pinned(pins))
 }
 
 #[cfg(test)]

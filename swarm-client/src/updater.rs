@@ -8,6 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use decnet_pki::{Bundle, Fingerprint};
+
+use crate::transport::expect_worker;
 use serde::{Deserialize, Serialize};
 
 use crate::transport::{ClientError, Endpoint};
@@ -79,8 +81,10 @@ pub struct ReleaseUpload<'a> {
     pub sha: &'a str,
     /// Tarball SHA-256, hex.
     pub sha256: &'a str,
-    /// Signature, hex.
-    pub signature: Option<&'a str>,
+    /// Its manifests (one per target daemon; signed or not).
+    pub manifests: &'a [decnet_pki::signing::SignedManifest],
+    /// Install even when the version is lower than the active one.
+    pub allow_downgrade: bool,
 }
 
 /// Typed client of one updater.
@@ -90,26 +94,28 @@ pub struct UpdaterClient {
 }
 
 impl UpdaterClient {
-    /// A client pinned to `pin`; `None` is refused (fail closed).
+    /// A client of `host`'s updater, which must present a certificate of
+    /// role Updater(`host`) that is one of `pins`; no pins is refused (fail
+    /// closed).
     pub fn new(
         host: &str,
         master: &Bundle,
         address: &str,
         port: u16,
-        pin: Option<Fingerprint>,
+        pins: Vec<Fingerprint>,
     ) -> Result<Self, ClientError> {
-        let pin = pin.ok_or_else(|| {
-            ClientError::Setup(format!(
-                "no updater certificate is recorded for {host}; enroll it with `decnet swarm enroll --host {host} --updater --reissue`"
-            ))
-        })?;
+        if pins.is_empty() {
+            return Err(ClientError::Setup(format!(
+                "no updater certificate is recorded for {host}; issue one with `decnet swarm token create --host {host} --address ADDR --updater` (or `decnet swarm enroll --host {host} --address ADDR --updater --reissue`)"
+            )));
+        }
         Ok(UpdaterClient {
             ep: Endpoint::new(
                 &format!("updater {host} ({address}:{port})"),
                 master,
                 address,
                 port,
-                Some(pin),
+                &expect_worker(host, true, pins)?,
             )?,
         })
     }
@@ -134,7 +140,10 @@ impl UpdaterClient {
         Ok(a.releases)
     }
 
-    fn form(up: &ReleaseUpload<'_>) -> Result<reqwest::multipart::Form, ClientError> {
+    fn form(
+        up: &ReleaseUpload<'_>,
+        target: decnet_pki::signing::ReleaseTarget,
+    ) -> Result<reqwest::multipart::Form, ClientError> {
         let bytes = std::fs::read(up.tarball).map_err(|e| {
             ClientError::Setup(format!("cannot read {}: {e}", up.tarball.display()))
         })?;
@@ -146,8 +155,18 @@ impl UpdaterClient {
             .part("tarball", part)
             .text("sha", up.sha.to_string())
             .text("sha256", up.sha256.to_string());
-        if let Some(sig) = up.signature {
-            form = form.text("signature", sig.to_string());
+        if let Some(m) = up
+            .manifests
+            .iter()
+            .find(|m| m.parse().is_ok_and(|p| p.target == target))
+        {
+            form = form.text("manifest", m.manifest.clone());
+            if let Some(sig) = &m.signature {
+                form = form.text("signature", sig.clone());
+            }
+        }
+        if up.allow_downgrade {
+            form = form.text("allow_downgrade", "true");
         }
         Ok(form)
     }
@@ -158,7 +177,7 @@ impl UpdaterClient {
             .ep
             .http()
             .post(self.ep.url("/update"))
-            .multipart(Self::form(up)?);
+            .multipart(Self::form(up, decnet_pki::signing::ReleaseTarget::Agent)?);
         match self.ep.send_json::<UpdateDone>(req, UPDATE_TIMEOUT).await {
             Ok(done) => Ok(UpdateOutcome::Updated(done)),
             Err(ClientError::Status {
@@ -188,7 +207,8 @@ impl UpdaterClient {
         deadline: Duration,
     ) -> Result<UpdaterHealth, ClientError> {
         let before = self.health().await?.instance;
-        let form = Self::form(up)?.text("confirm_self", "true");
+        let form = Self::form(up, decnet_pki::signing::ReleaseTarget::Updater)?
+            .text("confirm_self", "true");
         let req = self
             .ep
             .http()

@@ -398,11 +398,14 @@ impl Drop for Agent {
     }
 }
 
-/// A reqwest client presenting the bundle in `dir` (of `kind`), trusting the CA.
-pub fn mtls_client(dir: &Path, kind: decnet_pki::BundleKind) -> reqwest::Client {
+/// A reqwest client presenting the bundle in `dir` (of `kind`), trusting the
+/// CA, requiring the server to present a certificate of CN `server_cn`.
+pub fn mtls_client(dir: &Path, kind: decnet_pki::BundleKind, server_cn: &str) -> reqwest::Client {
     decnet_pki::provider::install_default();
     let b = decnet_pki::Bundle::load(dir, kind).expect("bundle");
-    let cfg = decnet_pki::client_config(&b, None).expect("client config");
+    let expected =
+        decnet_pki::ExpectedServer::role(decnet_pki::Role::from_cn(server_cn).expect("server CN"));
+    let cfg = decnet_pki::client_config(&b, None, &expected).expect("client config");
     reqwest::Client::builder()
         .tls_backend_preconfigured(cfg)
         .timeout(Duration::from_secs(30))

@@ -169,10 +169,10 @@ async fn role_matrix_and_malformed_bodies() {
     m.enroll("other");
     let agent = Agent::start(&m, "w3", &m.dir.path().join("w3-state"), &[]);
     let base = format!("https://{}", agent.daemon.addr);
-    let master = mtls_client(&m.master_bundle_dir(), BundleKind::Master);
-    let other_agent = mtls_client(&m.agent_bundle_dir("other"), BundleKind::Agent);
-    let other_updater = mtls_client(&m.updater_bundle_dir("other"), BundleKind::Updater);
-    let own_updater = mtls_client(&m.updater_bundle_dir("w3"), BundleKind::Updater);
+    let master = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "w3");
+    let other_agent = mtls_client(&m.agent_bundle_dir("other"), BundleKind::Agent, "w3");
+    let other_updater = mtls_client(&m.updater_bundle_dir("other"), BundleKind::Updater, "w3");
+    let own_updater = mtls_client(&m.updater_bundle_dir("w3"), BundleKind::Updater, "w3");
 
     let get = |c: &reqwest::Client, path: &str| c.get(format!("{base}{path}")).send();
     assert_eq!(get(&master, "/health").await.unwrap().status(), 200);
@@ -260,7 +260,7 @@ async fn role_matrix_and_malformed_bodies() {
     assert_eq!(v["field"], "version");
     let huge = format!(r#"{{"config": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
     // On its own connection: the server closes it after refusing the body.
-    let oversize = mtls_client(&m.master_bundle_dir(), BundleKind::Master);
+    let oversize = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "w3");
     let r = oversize
         .post(format!("{base}/deploy"))
         .header("content-type", "application/json")

@@ -80,7 +80,11 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
     let body = serde_json::json!({"version": "x", "deckies": []});
 
     // The current certificate is accepted.
-    let current = mtls_client(&m.agent_bundle_dir("hb2"), BundleKind::Agent);
+    let current = mtls_client(
+        &m.agent_bundle_dir("hb2"),
+        BundleKind::Agent,
+        "decnet-master",
+    );
     assert_eq!(
         current
             .post(&url)
@@ -93,7 +97,7 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
     );
 
     // Another role is refused by the middleware.
-    let as_master = mtls_client(&m.master_bundle_dir(), BundleKind::Master);
+    let as_master = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "decnet-master");
     let r = as_master.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(
@@ -114,7 +118,7 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
         .unwrap()
         .write(&dir)
         .unwrap();
-    let r = mtls_client(&dir, BundleKind::Agent)
+    let r = mtls_client(&dir, BundleKind::Agent, "decnet-master")
         .post(&url)
         .json(&body)
         .send()
@@ -134,7 +138,7 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
         .unwrap()
         .write(&dir)
         .unwrap();
-    let r = mtls_client(&dir, BundleKind::Agent)
+    let r = mtls_client(&dir, BundleKind::Agent, "decnet-master")
         .post(&url)
         .json(&body)
         .send()
@@ -157,7 +161,7 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
         "127.0.0.1",
         "--reissue",
     ]);
-    let r = mtls_client(&old, BundleKind::Agent)
+    let r = mtls_client(&old, BundleKind::Agent, "decnet-master")
         .post(&url)
         .json(&body)
         .send()
@@ -165,7 +169,11 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("revoked"));
-    let fresh = mtls_client(&m.agent_bundle_dir("hb2"), BundleKind::Agent);
+    let fresh = mtls_client(
+        &m.agent_bundle_dir("hb2"),
+        BundleKind::Agent,
+        "decnet-master",
+    );
     assert_eq!(
         fresh.post(&url).json(&body).send().await.unwrap().status(),
         200
@@ -177,7 +185,11 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
     assert_eq!(r.status(), 403);
 
     // Malformed body: 422, not a crash.
-    let hb3 = mtls_client(&m.agent_bundle_dir("hb3"), BundleKind::Agent);
+    let hb3 = mtls_client(
+        &m.agent_bundle_dir("hb3"),
+        BundleKind::Agent,
+        "decnet-master",
+    );
     let r = hb3
         .post(&url)
         .header("content-type", "application/json")
@@ -426,7 +438,13 @@ async fn the_master_decides_cn_and_sans_never_the_csr() {
     // A CSR claiming to be the master.
     let (_key, csr) = decnet_pki::ca::generate_csr("decnet-master").unwrap();
     let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(decnet_pki::tls::anonymous_client_config(&ca_pem).unwrap())
+        .tls_backend_preconfigured(
+            decnet_pki::tls::anonymous_client_config(
+                &ca_pem,
+                &decnet_pki::ExpectedServer::master(),
+            )
+            .unwrap(),
+        )
         .build()
         .unwrap();
     let r = client
@@ -495,6 +513,10 @@ fn agents_renew_before_expiry_keep_serving_and_the_master_pins_the_new_certifica
         "--no-listener",
         "--leaf-validity",
         "30s",
+        "--renew-min-interval",
+        "0s",
+        "--renew-grace",
+        "2s",
     ])
     .env("DECNET_HOME", m.home())
     .env("DECNET_LOG", "info");
@@ -526,10 +548,13 @@ fn agents_renew_before_expiry_keep_serving_and_the_master_pins_the_new_certifica
             rt.block_on(async move {
                 decnet_pki::provider::install_default();
                 let b = Bundle::load(&master_dir, BundleKind::Master).unwrap();
+                let agent_role = decnet_pki::ExpectedServer::role(Role::from_cn("rn1").unwrap());
                 let (mut ok, mut failed) = (0u32, Vec::new());
                 while !stop_flag.load(std::sync::atomic::Ordering::SeqCst) {
                     let c = reqwest::Client::builder()
-                        .tls_backend_preconfigured(decnet_pki::client_config(&b, None).unwrap())
+                        .tls_backend_preconfigured(
+                            decnet_pki::client_config(&b, None, &agent_role).unwrap(),
+                        )
                         .pool_max_idle_per_host(0)
                         .build()
                         .unwrap();
@@ -574,15 +599,16 @@ fn agents_renew_before_expiry_keep_serving_and_the_master_pins_the_new_certifica
         ok_count >= 5,
         "only {ok_count} requests during the renewal window"
     );
-    let show = m.json(&["swarm", "show", "rn1", "--json"]);
-    assert!(
-        !show["revoked_fingerprints"]
-            .as_array()
-            .unwrap()
+    // The replaced certificate retires: revoked once its grace (2 s) is over.
+    let revoked = wait_for(Duration::from_secs(15), || {
+        let show = m.json(&["swarm", "show", "rn1", "--json"]);
+        show["revoked_fingerprints"]
+            .as_array()?
             .iter()
-            .any(|f| f == first.as_str()),
-        "the old certificate stays valid until it expires"
-    );
+            .any(|f| f == first.as_str())
+            .then_some(show)
+    });
+    let show = revoked.expect("the replaced certificate was never revoked");
     let on_disk = Bundle::load(&m.agent_bundle_dir("rn1"), BundleKind::Agent).unwrap();
     assert_eq!(
         on_disk.identity.fingerprint.to_hex(),
@@ -624,7 +650,7 @@ async fn a_decommissioned_or_revoked_host_cannot_renew() {
         "127.0.0.1",
         "--reissue",
     ]);
-    let r = mtls_client(&old, BundleKind::Agent)
+    let r = mtls_client(&old, BundleKind::Agent, "decnet-master")
         .post(&url)
         .json(&serde_json::json!({"csr": csr}))
         .send()
@@ -632,7 +658,11 @@ async fn a_decommissioned_or_revoked_host_cannot_renew() {
         .unwrap();
     assert_eq!(r.status(), 403);
     // The current one can, until the host is decommissioned.
-    let current = mtls_client(&m.agent_bundle_dir("rn2"), BundleKind::Agent);
+    let current = mtls_client(
+        &m.agent_bundle_dir("rn2"),
+        BundleKind::Agent,
+        "decnet-master",
+    );
     let r = current
         .post(&url)
         .json(&serde_json::json!({"csr": csr}))
@@ -646,7 +676,7 @@ async fn a_decommissioned_or_revoked_host_cannot_renew() {
         .write(&current_dir)
         .unwrap();
     m.ok(&["swarm", "decommission", "rn2", "--yes"]);
-    let r = mtls_client(&current_dir, BundleKind::Agent)
+    let r = mtls_client(&current_dir, BundleKind::Agent, "decnet-master")
         .post(&url)
         .json(&serde_json::json!({"csr": csr}))
         .send()

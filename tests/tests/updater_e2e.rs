@@ -211,7 +211,7 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         &master,
         "127.0.0.1",
         u.daemon.port(),
-        Some(pin),
+        vec![pin],
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -225,7 +225,8 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
                 tarball: &p,
                 sha: "evil",
                 sha256: &digest,
-                signature: None,
+                manifests: &[],
+                allow_downgrade: false,
             };
             client.update(&up).await
         }
@@ -362,6 +363,80 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         key.to_str().unwrap(),
     ]);
     assert_eq!(labels(&m, "u3")[0], "v2");
+
+    // A downgrade, even signed, is refused unless the operator allows it.
+    let update_v1 = |extra: &[&str]| {
+        let mut args = vec![
+            "swarm",
+            "update",
+            "--release",
+            v1.to_str().unwrap(),
+            "--host",
+            "u3",
+            "--sign",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        m.run(&args)
+    };
+    let out = update_v1(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("older than the active v2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(labels(&m, "u3")[0], "v2");
+    assert!(update_v1(&["--allow-downgrade"]).status.success());
+    assert_eq!(labels(&m, "u3")[0], "v1");
+
+    // A release signed for the updater is refused as an agent release: the
+    // signature binds the target, so a replay to another route fails.
+    let v3 = good_release(&m.dir.path().join("v3"), true);
+    let tarball = m.dir.path().join("v3.tar.gz");
+    m.ok(&[
+        "release",
+        "pack",
+        v3.to_str().unwrap(),
+        "--out",
+        tarball.to_str().unwrap(),
+        "--sign",
+        key.to_str().unwrap(),
+    ]);
+    let manifests: Vec<decnet_pki::signing::SignedManifest> = serde_json::from_slice(
+        &std::fs::read(m.dir.path().join("v3.tar.gz.manifests.json")).unwrap(),
+    )
+    .unwrap();
+    let for_updater = manifests
+        .iter()
+        .find(|x| x.parse().unwrap().target == decnet_pki::signing::ReleaseTarget::Updater)
+        .unwrap();
+    let bytes = std::fs::read(&tarball).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "tarball",
+            reqwest::multipart::Part::bytes(bytes.clone()).file_name("r.tar.gz"),
+        )
+        .text("sha", "v3")
+        .text("sha256", sha256_hex(&bytes))
+        .text("manifest", for_updater.manifest.clone())
+        .text("signature", for_updater.signature.clone().unwrap());
+    let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
+        .post(format!("https://{}/update", u.daemon.addr))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("signed for the updater"),
+        "{v}"
+    );
+    assert_eq!(labels(&m, "u3")[0], "v1", "nothing was installed");
 }
 
 trait TakeBytes: std::io::Read + Sized {
@@ -526,7 +601,7 @@ async fn only_the_master_may_call_the_updater() {
         (m.agent_bundle_dir("u6"), BundleKind::Agent),
         (m.updater_bundle_dir("u6"), BundleKind::Updater),
     ] {
-        let c = mtls_client(&dir, kind);
+        let c = mtls_client(&dir, kind, "updater@u6");
         for path in ["/health", "/releases"] {
             let r = c.get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 403, "{path}");
@@ -536,7 +611,7 @@ async fn only_the_master_may_call_the_updater() {
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["required_role"], "master");
     }
-    let master = mtls_client(&m.master_bundle_dir(), BundleKind::Master);
+    let master = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u6");
     assert_eq!(
         master
             .get(format!("{base}/health"))

@@ -27,13 +27,7 @@ pub struct ApiState {
     pub restart_self: Box<dyn Fn() + Send + Sync>,
 }
 
-fn error(status: StatusCode, kind: &str, detail: impl Into<String>) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": kind, "detail": detail.into()})),
-    )
-        .into_response()
-}
+use decnet_server::json_error as error;
 
 impl IntoResponse for UpdateError {
     fn into_response(self) -> Response {
@@ -110,6 +104,8 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
     let mut sha = None;
     let mut sha256 = None;
     let mut signature = None;
+    let mut manifest = None;
+    let mut allow_downgrade = false;
     let mut confirm_self = None;
     let mut file: Option<(Spool, [u8; 32])> = None;
     while let Some(mut field) = mp
@@ -156,7 +152,9 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
             match name.as_str() {
                 "sha" => sha = Some(text),
                 "sha256" => sha256 = Some(text),
-                "signature" => signature = Some(text).filter(|s| !s.trim().is_empty()),
+                "signature" => signature = Some(text.trim().to_string()).filter(|s| !s.is_empty()),
+                "manifest" => manifest = Some(text).filter(|s| !s.trim().is_empty()),
+                "allow_downgrade" => allow_downgrade = text.trim().eq_ignore_ascii_case("true"),
                 "confirm_self" => confirm_self = Some(text),
                 _ => return Err(bad(format!("unknown field {name:?}"))),
             }
@@ -179,7 +177,11 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
         sha: sha.unwrap_or_default(),
         sha256: sha256.trim().to_string(),
         computed,
-        signature,
+        manifest: manifest.map(|manifest| decnet_pki::signing::SignedManifest {
+            manifest,
+            signature,
+        }),
+        allow_downgrade,
     };
     Ok((
         Form {

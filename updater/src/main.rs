@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use decnet_pki::{AcceptOptions, Bundle, BundleKind, MtlsListener, Role, RoleSet};
+use decnet_pki::{BundleKind, ClientAuth, Role};
+use decnet_server::{HttpLimits, HttpService, RoleSet, Server, ServerLimits, Transport};
+use decnet_swarm_client::master_link::{self, MasterLink};
 use decnet_updater::agent_control::{AgentControl, SpawnControl, under_systemd};
 use decnet_updater::api::{ApiState, router};
 use decnet_updater::pipeline::UpdaterCore;
@@ -83,9 +85,11 @@ enum Command {
         /// Largest release, extracted, in MiB.
         #[arg(long, default_value_t = 256)]
         max_release_mb: u64,
-        /// Require releases signed with this Ed25519 public key (file written by `decnet release keygen`).
-        #[arg(long, value_name = "FILE")]
-        release_pubkey: Option<PathBuf>,
+        /// Require releases whose manifest is signed by one of these Ed25519
+        /// public keys (files written by `decnet release keygen`; repeat the
+        /// flag to trust several, e.g. during a key rotation).
+        #[arg(long = "release-pubkey", value_name = "FILE")]
+        release_pubkeys: Vec<PathBuf>,
         /// Probe attempts.
         #[arg(long, default_value_t = 10)]
         probe_attempts: u32,
@@ -105,6 +109,9 @@ enum Command {
         /// Pin the master's certificate fingerprint (SHA-256 hex).
         #[arg(long, value_name = "SHA256")]
         master_fingerprint: Option<String>,
+        /// Seconds between fetches of the master's revocation list (with --master).
+        #[arg(long, default_value_t = 300)]
+        crl_refresh: u64,
     },
 }
 
@@ -189,13 +196,14 @@ async fn serve(cmd: Command) -> i32 {
         agent_args,
         keep,
         max_release_mb,
-        release_pubkey,
+        release_pubkeys,
         probe_attempts,
         probe_timeout,
         probe_interval_ms,
         stop_grace,
         master,
         master_fingerprint,
+        crl_refresh,
     } = cmd
     else {
         return 2;
@@ -203,25 +211,19 @@ async fn serve(cmd: Command) -> i32 {
     let home = decnet_pki::bundle::default_decnet_home();
     let bundle_dir = bundle_dir.unwrap_or_else(|| home.join("updater"));
     let agent_bundle_dir = agent_bundle_dir.unwrap_or_else(|| home.join("agent"));
-    let bundle = match Bundle::load(&bundle_dir, BundleKind::Updater) {
-        Ok(b) => b,
+    let material = match master_link::load_material(&bundle_dir, BundleKind::Updater) {
+        Ok(m) => m,
         Err(e) => return setup_error(e),
     };
-    let Role::Updater(host_name) = bundle.identity.role.clone() else {
+    let Role::Updater(host_name) = material.current().bundle().identity.role.clone() else {
         return setup_error(format!(
             "the bundle in {} is not an updater bundle (CN updater@<host>); enroll with `decnet swarm enroll --updater`",
             bundle_dir.display()
         ));
     };
-    let agent_pin = Bundle::load(&agent_bundle_dir, BundleKind::Agent)
-        .ok()
-        .map(|b| b.identity.fingerprint);
-    let verifier = match &release_pubkey {
-        Some(p) => match decnet_pki::signing::ReleaseVerifier::load(p) {
-            Ok(v) => Some(v),
-            Err(e) => return setup_error(e),
-        },
-        None => None,
+    let keyring = match decnet_pki::signing::ReleaseKeyring::load(&release_pubkeys) {
+        Ok(k) => k,
+        Err(e) => return setup_error(e),
     };
     let slots = match ReleaseSlots::open(&install_dir, keep) {
         Ok(s) => s,
@@ -253,27 +255,23 @@ async fn serve(cmd: Command) -> i32 {
             grace: Duration::from_secs(stop_grace),
         })
     };
-    let prober = match Prober::new(
-        &bundle,
-        agent_pin,
-        host_name.to_string(),
+    let prober = Prober::new(
+        material.clone(),
+        &host_name,
         ProbeOptions {
             port: agent_port,
             attempts: probe_attempts.max(1),
             timeout: Duration::from_secs(probe_timeout.max(1)),
             interval: Duration::from_millis(probe_interval_ms),
         },
-    ) {
-        Ok(p) => p,
-        Err(e) => return setup_error(e),
-    };
+    );
     let core = UpdaterCore::new(
         slots,
         self_slots,
         control,
         prober,
         max_release_mb << 20,
-        verifier,
+        keyring,
     );
     if let Err(e) = core.recover().await {
         return setup_error(format!("cannot recover the release tree: {e}"));
@@ -286,19 +284,19 @@ async fn serve(cmd: Command) -> i32 {
         Some(Err(e)) => return setup_error(format!("--master-fingerprint: {e}")),
         None => None,
     };
-    let (config, served_cert) = match decnet_pki::tls::server_config_reloadable(&bundle) {
-        Ok(c) => c,
-        Err(e) => return setup_error(e),
-    };
-    let listener = match MtlsListener::bind(
+    let server = match Server::bind(
+        "updater",
         SocketAddr::new(host, port),
-        config,
-        AcceptOptions::default(),
+        Transport::Tls {
+            material: material.clone(),
+            auth: ClientAuth::Required,
+        },
+        ServerLimits::default(),
     )
     .await
     {
-        Ok(l) => l,
-        Err(e) => return setup_error(format!("cannot listen on {host}:{port}: {e}")),
+        Ok(s) => s,
+        Err(e) => return setup_error(e),
     };
     let self_bin = core.self_binary();
     let state = Arc::new(ApiState {
@@ -323,37 +321,29 @@ async fn serve(cmd: Command) -> i32 {
     });
     if let Some(master) = master {
         let master = decnet_swarm_client::transport::with_default_port(&master, 8770);
-        let st = state.clone();
-        tokio::spawn(decnet_swarm_client::renew::keep_renewed(
-            BundleKind::Updater,
+        let link = MasterLink::new(master, material.clone(), master_pin);
+        tokio::spawn(master_link::keep_renewed(
+            link.clone(),
             bundle_dir.clone(),
-            master,
-            master_pin,
             Arc::new(tokio::sync::Notify::new()),
-            move |b| {
-                if let Err(e) = served_cert.reload(b) {
-                    tracing::error!(error = %e, "renewed certificate cannot be served");
-                }
-                if let Err(e) = st.core.prober.reload(b) {
-                    tracing::error!(error = %e, "probe client cannot use the renewed certificate");
-                }
-            },
+        ));
+        tokio::spawn(master_link::keep_crl_fresh(
+            link,
+            bundle_dir.clone(),
+            Duration::from_secs(crl_refresh.max(1)),
+            Arc::new(tokio::sync::Notify::new()),
         ));
     }
-    println!("decnet-updater listening on {}", listener.local_addr());
-    tracing::info!(addr = %listener.local_addr(), install = %install_dir.display(), "updater serving");
-    match decnet_pki::serve::serve_router(
-        listener,
-        router(state),
-        RoleSet::master_only(),
-        decnet_pki::serve::shutdown_signal(),
-    )
-    .await
-    {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: serving failed: {e}");
-            1
-        }
-    }
+    println!("decnet-updater listening on {}", server.local_addr());
+    tracing::info!(addr = %server.local_addr(), install = %install_dir.display(), "updater serving");
+    // Uploads are large: the body limit is the release limit, and a push
+    // (upload, install, probe, revert) may take minutes.
+    let limits = HttpLimits {
+        request_timeout: Duration::from_secs(900),
+        max_body_bytes: usize::try_from(max_release_mb << 20).unwrap_or(usize::MAX),
+        ..HttpLimits::default()
+    };
+    let app = HttpService::new(router(state), RoleSet::master_only(), limits);
+    server.serve(app, decnet_server::shutdown_signal()).await;
+    0
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use decnet_pki::signing::ReleaseVerifier;
+use decnet_pki::signing::{ReleaseKeyring, ReleaseTarget, SignedManifest, compare_versions};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -25,8 +25,10 @@ pub struct Upload {
     pub sha256: String,
     /// SHA-256 computed while receiving.
     pub computed: [u8; 32],
-    /// Ed25519 signature over the digest (hex), if sent.
-    pub signature: Option<String>,
+    /// The release manifest and its signature, if sent.
+    pub manifest: Option<SignedManifest>,
+    /// The operator allows installing a lower version than the active one.
+    pub allow_downgrade: bool,
 }
 
 /// Why an operation failed, mapped to an HTTP status by the API.
@@ -95,8 +97,8 @@ pub struct UpdaterCore {
     pub prober: Prober,
     /// Largest release (extracted bytes).
     pub max_release: u64,
-    /// Required signature key, if any.
-    pub verifier: Option<ReleaseVerifier>,
+    /// Trusted release keys (empty: unsigned releases accepted).
+    pub keyring: ReleaseKeyring,
     lock: Mutex<()>,
 }
 
@@ -108,7 +110,7 @@ impl UpdaterCore {
         control: AgentControl,
         prober: Prober,
         max_release: u64,
-        verifier: Option<ReleaseVerifier>,
+        keyring: ReleaseKeyring,
     ) -> Self {
         UpdaterCore {
             slots,
@@ -116,12 +118,22 @@ impl UpdaterCore {
             control,
             prober,
             max_release,
-            verifier,
+            keyring,
             lock: Mutex::new(()),
         }
     }
 
-    fn verify(&self, up: &Upload) -> Result<(), UpdateError> {
+    /// Check an upload before anything is extracted: the digest, the
+    /// manifest (signed by a trusted key when keys are configured; for
+    /// `target`; naming this digest and label) and the version (no
+    /// downgrade below the active release of `slots` unless allowed).
+    /// Returns the version to record.
+    fn verify(
+        &self,
+        up: &Upload,
+        target: ReleaseTarget,
+        slots: &ReleaseSlots,
+    ) -> Result<String, UpdateError> {
         let declared = decnet_pki::signing::parse_sha256(&up.sha256).ok_or_else(|| {
             UpdateError::Refused("sha256 must be the 64-hex-digit SHA-256 of the tarball".into())
         })?;
@@ -132,21 +144,60 @@ impl UpdaterCore {
                 decnet_pki::signing::digest_hex(&up.computed)
             )));
         }
-        if let Some(v) = &self.verifier {
-            let sig = up.signature.as_deref().ok_or_else(|| {
-                UpdateError::Refused(
-                    "this updater requires signed releases; the upload carries no signature".into(),
-                )
-            })?;
-            v.verify_digest(&up.computed, sig)
-                .map_err(|e| UpdateError::Refused(format!("release signature refused: {e}")))?;
-        }
-        if up.sha.trim().is_empty() {
+        let refused = |e: decnet_pki::signing::SigningError| {
+            UpdateError::Refused(format!("release signature refused: {e}"))
+        };
+        let manifest = match &up.manifest {
+            Some(m) if !self.keyring.is_empty() => Some(self.keyring.verify(m).map_err(refused)?),
+            Some(m) => Some(m.parse().map_err(refused)?),
+            None if !self.keyring.is_empty() => {
+                return Err(refused(decnet_pki::signing::SigningError::Unsigned));
+            }
+            None => None,
+        };
+        let label = up.sha.trim();
+        if label.is_empty() {
             return Err(UpdateError::Refused(
                 "sha (the release label) is required".into(),
             ));
         }
-        Ok(())
+        if let Some(m) = &manifest {
+            if m.target != target {
+                return Err(UpdateError::Refused(format!(
+                    "this release is signed for the {}, not the {target}; nothing was installed",
+                    m.target
+                )));
+            }
+            if decnet_pki::signing::parse_sha256(&m.sha256) != Some(up.computed) {
+                return Err(UpdateError::Refused(
+                    "the manifest names another tarball (sha256 differs); nothing was installed"
+                        .into(),
+                ));
+            }
+            if m.label != label {
+                return Err(UpdateError::Refused(format!(
+                    "the manifest is for release {:?}, not {label:?}; nothing was installed",
+                    m.label
+                )));
+            }
+        }
+        let version = manifest
+            .map(|m| m.version)
+            .unwrap_or_else(|| label.to_string());
+        if !up.allow_downgrade
+            && let Some(active) = slots
+                .state()
+                .ok()
+                .and_then(|st| st.active)
+                .and_then(|id| slots.info(&id))
+            && compare_versions(&version, active.version()) == Some(std::cmp::Ordering::Less)
+        {
+            return Err(UpdateError::Refused(format!(
+                "version {version} is older than the active {}; pass --allow-downgrade to install it anyway",
+                active.version()
+            )));
+        }
+        Ok(version)
     }
 
     fn free_space_ok(&self, dir: &Path, need: u64) -> Result<(), UpdateError> {
@@ -168,6 +219,7 @@ impl UpdaterCore {
         slots: &ReleaseSlots,
         up: &Upload,
         binary: &str,
+        version: String,
     ) -> Result<String, UpdateError> {
         let size = std::fs::metadata(&up.path).map(|m| m.len()).unwrap_or(0);
         self.free_space_ok(slots.root(), size.saturating_mul(3).max(16 << 20))?;
@@ -197,6 +249,7 @@ impl UpdaterCore {
             sha: up.sha.trim().to_string(),
             sha256: decnet_pki::signing::digest_hex(&up.computed),
             installed_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+            version: Some(version),
         };
         slots
             .finish_staging(&id, &staging, &info)
@@ -207,8 +260,8 @@ impl UpdaterCore {
     /// Install a new agent release.
     pub async fn update(&self, up: &Upload) -> Result<Success, UpdateError> {
         let _serial = self.lock.lock().await;
-        self.verify(up)?;
-        let id = self.stage(&self.slots, up, "decnet-agent").await?;
+        let version = self.verify(up, ReleaseTarget::Agent, &self.slots)?;
+        let id = self.stage(&self.slots, up, "decnet-agent", version).await?;
         self.promote_and_probe(JournalOp::Update, &id).await
     }
 
@@ -257,7 +310,8 @@ impl UpdaterCore {
         let _ = self.control.stop().await;
         self.slots.revert(&journal).map_err(internal)?;
         if journal.from.is_none() {
-            return Err(UpdateError::RolledBack(Box::new(FailureReport {
+            // Nothing to go back to: a failure, not a rollback.
+            return Err(UpdateError::Failed(Box::new(FailureReport {
                 rolled_back: false,
                 restored_healthy: false,
                 detail: "the first release failed its health probe; it was removed and nothing is installed".into(),
@@ -358,8 +412,10 @@ impl UpdaterCore {
     /// re-executes the process afterwards.
     pub async fn update_self(&self, up: &Upload) -> Result<Success, UpdateError> {
         let _serial = self.lock.lock().await;
-        self.verify(up)?;
-        let id = self.stage(&self.self_slots, up, "decnet-updater").await?;
+        let version = self.verify(up, ReleaseTarget::Updater, &self.self_slots)?;
+        let id = self
+            .stage(&self.self_slots, up, "decnet-updater", version)
+            .await?;
         self.self_slots
             .promote(JournalOp::Update, &id)
             .map_err(internal)?;

@@ -2,10 +2,17 @@
 //! mTLS with the updater's own certificate (the agent admits
 //! `updater@<its host>` on that route), bounded attempts and timeouts, and a
 //! transcript of every attempt for the operator.
+//!
+//! The agent must prove it is the agent of this very host (role
+//! Agent(host), chained to the CA, not revoked): a role check, not a pinned
+//! fingerprint, so the probe keeps working after the agent renews its
+//! certificate. The updater's own certificate comes from its live material,
+//! so its renewals apply to the probe too.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use decnet_pki::{Bundle, Fingerprint};
+use decnet_pki::{ExpectedServer, HostName, MaterialSource, Role, TlsMaterial};
 
 /// Probe settings.
 #[derive(Clone, Debug)]
@@ -32,65 +39,73 @@ pub struct ProbeReport {
 }
 
 /// Probes the local agent.
-#[derive(Debug)]
 pub struct Prober {
-    client: std::sync::RwLock<reqwest::Client>,
-    agent_pin: Option<Fingerprint>,
+    material: MaterialSource,
+    client: std::sync::Mutex<Option<(Arc<TlsMaterial>, reqwest::Client)>>,
+    expected: ExpectedServer,
     url: String,
     expected_host: String,
     opts: ProbeOptions,
 }
 
+impl std::fmt::Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Prober {
-    /// A prober presenting the updater `bundle`, pinning the agent's
-    /// certificate when known.
-    pub fn new(
-        bundle: &Bundle,
-        agent_pin: Option<Fingerprint>,
-        expected_host: String,
-        opts: ProbeOptions,
-    ) -> Result<Self, String> {
-        let client = Self::client(bundle, agent_pin, &opts)?;
-        Ok(Prober {
-            client: std::sync::RwLock::new(client),
-            agent_pin,
+    /// A prober presenting the updater's live `material`, expecting the
+    /// agent of `host` on loopback.
+    pub fn new(material: MaterialSource, host: &HostName, opts: ProbeOptions) -> Self {
+        Prober {
+            material,
+            client: std::sync::Mutex::new(None),
+            expected: ExpectedServer::role(Role::Agent(host.clone())),
             url: format!("https://127.0.0.1:{}/health", opts.port),
-            expected_host,
+            expected_host: host.to_string(),
             opts,
-        })
+        }
     }
 
-    /// Present `bundle` from now on (after a renewal of the updater's certificate).
-    pub fn reload(&self, bundle: &Bundle) -> Result<(), String> {
-        let c = Self::client(bundle, self.agent_pin, &self.opts)?;
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = c;
-        Ok(())
-    }
-
-    fn client(
-        bundle: &Bundle,
-        agent_pin: Option<Fingerprint>,
-        opts: &ProbeOptions,
-    ) -> Result<reqwest::Client, String> {
-        let cfg = decnet_pki::client_config(bundle, agent_pin).map_err(|e| e.to_string())?;
-        reqwest::Client::builder()
+    /// The client for the material in force (rebuilt after a renewal or a new CRL).
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let material = self.material.current();
+        let mut cached = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((m, c)) = cached.as_ref()
+            && Arc::ptr_eq(m, &material)
+        {
+            return Ok(c.clone());
+        }
+        let cfg = material
+            .client_config(&self.expected)
+            .map_err(|e| e.to_string())?;
+        let client = reqwest::Client::builder()
             .tls_backend_preconfigured(cfg)
-            .connect_timeout(opts.timeout)
-            .timeout(opts.timeout)
+            .connect_timeout(self.opts.timeout)
+            .timeout(self.opts.timeout)
             .pool_max_idle_per_host(0)
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        *cached = Some((material, client.clone()));
+        Ok(client)
     }
 
     /// Probe until healthy or out of attempts.
     pub async fn probe(&self) -> ProbeReport {
         let mut transcript = Vec::new();
         for attempt in 1..=self.opts.attempts {
-            let client = self
-                .client
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let client = match self.client() {
+                Ok(c) => c,
+                Err(e) => {
+                    transcript.push(format!(
+                        "attempt {attempt}: cannot build the probe client: {e}"
+                    ));
+                    break;
+                }
+            };
             match client.get(&self.url).send().await {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(v) if v["role"] == "agent" && v["host"] == self.expected_host.as_str() => {
@@ -109,15 +124,10 @@ impl Prober {
                     Err(e) => transcript.push(format!("attempt {attempt}: unreadable answer: {e}")),
                 },
                 Ok(r) => transcript.push(format!("attempt {attempt}: HTTP {}", r.status())),
-                Err(e) => {
-                    let mut msg = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(s) = src {
-                        msg = format!("{msg}: {s}");
-                        src = s.source();
-                    }
-                    transcript.push(format!("attempt {attempt}: {msg}"));
-                }
+                Err(e) => transcript.push(format!(
+                    "attempt {attempt}: {}",
+                    decnet_swarm_client::transport::error_chain(&e)
+                )),
             }
             if attempt < self.opts.attempts {
                 tokio::time::sleep(self.opts.interval).await;

@@ -55,6 +55,16 @@ pub struct ReleaseInfo {
     pub sha256: String,
     /// When it was installed (unix seconds).
     pub installed_at: i64,
+    /// The version its manifest declared (the label for releases without one).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl ReleaseInfo {
+    /// The version to compare against for downgrades.
+    pub fn version(&self) -> &str {
+        self.version.as_deref().unwrap_or(&self.sha)
+    }
 }
 
 /// Which releases are kept, in order.
@@ -371,6 +381,7 @@ mod tests {
                     sha: sha.into(),
                     sha256: "00".into(),
                     installed_at: 0,
+                    version: None,
                 },
             )
             .unwrap();

@@ -67,20 +67,23 @@ async fn main() {
     let idle = rss_kib(pid).unwrap_or(0);
     let url = format!("https://{}/health", agent.daemon.addr);
     let bundle = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
+    let expected = decnet_pki::ExpectedServer::role(decnet_pki::Role::from_cn("bench").unwrap());
     let keepalive_client = {
         let b = bundle.clone();
+        let e = expected.clone();
         move || {
             reqwest::Client::builder()
-                .tls_backend_preconfigured(decnet_pki::client_config(&b, None).unwrap())
+                .tls_backend_preconfigured(decnet_pki::client_config(&b, None, &e).unwrap())
                 .build()
                 .unwrap()
         }
     };
     let fresh_client = {
         let b = bundle.clone();
+        let e = expected.clone();
         move || {
             reqwest::Client::builder()
-                .tls_backend_preconfigured(decnet_pki::client_config(&b, None).unwrap())
+                .tls_backend_preconfigured(decnet_pki::client_config(&b, None, &e).unwrap())
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap()

@@ -25,7 +25,8 @@ async fn connect(
     bundle: &Bundle,
     addr: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let cfg = decnet_pki::client_config(bundle, None).unwrap();
+    let cfg =
+        decnet_pki::client_config(bundle, None, &decnet_pki::ExpectedServer::master()).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("decnet-master").unwrap();

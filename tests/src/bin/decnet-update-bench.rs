@@ -68,14 +68,15 @@ fn main() {
         &master,
         "127.0.0.1",
         u.daemon.port(),
-        Some(pin),
+        vec![pin],
     )
     .unwrap();
     let up = ReleaseUpload {
         tarball: &tarball,
         sha: "bench",
         sha256: &packed,
-        signature: None,
+        manifests: &[],
+        allow_downgrade: true,
     };
     for round in 1..=3 {
         let t = Instant::now();
@@ -93,7 +94,8 @@ fn main() {
         tarball: &bad_tar,
         sha: "broken",
         sha256: &bad_sha,
-        signature: None,
+        manifests: &[],
+        allow_downgrade: true,
     };
     let t = Instant::now();
     let r = rt.block_on(client.update(&bad)).unwrap();
@@ -118,7 +120,7 @@ fn main() {
     m.enroll("floor");
     let t = Instant::now();
     let agent = Agent::start(&m, "floor", &m.dir.path().join("floor-state"), &[]);
-    let c = decnet_e2e::mtls_client(&m.master_bundle_dir(), BundleKind::Master);
+    let c = decnet_e2e::mtls_client(&m.master_bundle_dir(), BundleKind::Master, "floor");
     let url = format!("https://{}/health", agent.daemon.addr);
     rt.block_on(async {
         loop {

@@ -1,12 +1,17 @@
 //! Enrollment: issue a worker's agent (and updater) bundle from the CA, keep
 //! the master's copy under `<ca>/workers/<host>/`, and record the host, its
-//! fingerprints and the certificate ledger in the fleet database.
+//! fingerprints and the certificate ledger in the fleet database — in one
+//! transaction that also revokes every earlier certificate of the host.
+//!
+//! A re-enrollment (`--reissue`) keeps what the operator did not restate:
+//! the address and ports the master dials and the recorded SANs.
 
 use std::path::{Path, PathBuf};
 
 use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, HostName, LeafSpec, Role};
 
-use crate::fleet_db::{CertRecord, DbError, FleetDb, HostRecord, HostStatus, unix_now};
+use crate::db::{DbError, FleetDb, unix_now};
+use crate::model::{CertRecord, CertRole, HostRecord, HostStatus};
 
 /// Default agent port.
 pub const AGENT_PORT: u16 = 8765;
@@ -21,9 +26,17 @@ pub enum EnrollError {
     HostName(#[from] decnet_pki::HostNameError),
     /// The host is already enrolled.
     #[error(
-        "host {0} is already enrolled; pass --reissue to issue fresh certificates (the old ones are revoked)"
+        "host {host} is already enrolled; to issue fresh certificates (the old ones are revoked) run: decnet swarm enroll --host {host} --reissue{updater}"
     )]
-    AlreadyEnrolled(String),
+    AlreadyEnrolled {
+        /// The host.
+        host: String,
+        /// ` --updater` when the request asked for one.
+        updater: &'static str,
+    },
+    /// A new host needs an address.
+    #[error("--address is required to enroll a new host")]
+    NoAddress,
     /// An invalid SAN or address.
     #[error(transparent)]
     Ca(#[from] decnet_pki::CaError),
@@ -38,14 +51,28 @@ pub enum EnrollError {
     Identity(#[from] decnet_pki::IdentityError),
 }
 
+impl EnrollError {
+    /// Whether this is the operator's mistake (usage), not a failure.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            EnrollError::AlreadyEnrolled { .. }
+                | EnrollError::HostName(_)
+                | EnrollError::NoAddress
+                | EnrollError::Ca(decnet_pki::CaError::BadSan(_))
+        )
+    }
+}
+
 /// What the operator asked for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EnrollRequest {
     /// Host name (becomes the agent CN).
     pub host: String,
-    /// Address the master dials (IP or DNS name); also a SAN.
-    pub address: String,
-    /// Extra SANs.
+    /// Address the master dials (IP or DNS name); also a SAN. Required for
+    /// a new host; a reissue keeps the recorded one when `None`.
+    pub address: Option<String>,
+    /// Extra SANs; a reissue keeps the recorded ones when empty.
     pub sans: Vec<String>,
     /// Also issue the updater bundle.
     pub updater: bool,
@@ -54,26 +81,31 @@ pub struct EnrollRequest {
     /// Also copy the bundles here (`<out>/agent/`, `<out>/updater/`), ready to
     /// be copied to the worker's `~/.decnet/`.
     pub out_dir: Option<PathBuf>,
-    /// Agent port.
-    pub agent_port: u16,
-    /// Updater port.
-    pub updater_port: u16,
+    /// Agent port (default 8765; a reissue keeps the recorded one).
+    pub agent_port: Option<u16>,
+    /// Updater port (default 8766; a reissue keeps the recorded one).
+    pub updater_port: Option<u16>,
     /// Certificate validity (default 825 days).
     pub validity: Option<std::time::Duration>,
 }
 
 /// The standard leaf for `role`, with `validity` when given.
-fn leaf_spec(role: &Role, sans: &[String], validity: Option<std::time::Duration>) -> LeafSpec {
+fn leaf_spec(
+    role: &Role,
+    sans: &[String],
+    validity: Option<std::time::Duration>,
+) -> Result<LeafSpec, EnrollError> {
     let spec = LeafSpec::for_role(role, sans);
     match validity {
         Some(v) => {
             let now = time::OffsetDateTime::now_utc();
-            spec.with_validity(
-                now - decnet_pki::ca::CLOCK_SKEW,
-                now + time::Duration::seconds(v.as_secs() as i64),
-            )
+            let v = time::Duration::try_from(v)
+                .ok()
+                .and_then(|v| now.checked_add(v))
+                .ok_or(EnrollError::Ca(decnet_pki::CaError::BadValidity))?;
+            Ok(spec.with_validity(now - decnet_pki::ca::CLOCK_SKEW, v))
         }
-        None => spec,
+        None => Ok(spec),
     }
 }
 
@@ -98,30 +130,51 @@ pub async fn enroll(
     req: &EnrollRequest,
 ) -> Result<EnrollOutcome, EnrollError> {
     let host = HostName::new(&req.host)?;
-    if let Some(existing) = db.host(host.as_str()).await?
-        && existing.status != HostStatus::Decommissioned
-        && !req.reissue
-    {
-        return Err(EnrollError::AlreadyEnrolled(host.to_string()));
+    let existing = db
+        .host(host.as_str())
+        .await?
+        .filter(|h| h.status != HostStatus::Decommissioned);
+    if existing.is_some() && !req.reissue {
+        return Err(EnrollError::AlreadyEnrolled {
+            host: host.to_string(),
+            updater: if req.updater { " --updater" } else { "" },
+        });
     }
-    let mut sans = vec![req.address.trim().to_string()];
-    sans.extend(
-        req.sans
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty()),
-    );
+    let address = match (&req.address, &existing) {
+        (Some(a), _) => a.trim().to_string(),
+        (None, Some(old)) => old.address.clone(),
+        (None, None) => return Err(EnrollError::NoAddress),
+    };
+    let extra: Vec<String> = req
+        .sans
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut sans = vec![address.clone()];
+    match &existing {
+        // A reissue without new SANs keeps the recorded ones (bar the old
+        // address when it changed).
+        Some(old) if extra.is_empty() => sans.extend(
+            old.sans
+                .iter()
+                .filter(|s| **s != old.address && !s.eq_ignore_ascii_case(host.as_str()))
+                .cloned(),
+        ),
+        _ => sans.extend(extra),
+    }
+    sans.dedup();
     for s in &sans {
         decnet_pki::ca::validate_san(s)?;
     }
-    let agent_leaf = ca.issue(&leaf_spec(&Role::Agent(host.clone()), &sans, req.validity))?;
+    let agent_leaf = ca.issue(&leaf_spec(&Role::Agent(host.clone()), &sans, req.validity)?)?;
     let agent_bundle = Bundle::from_issued(BundleKind::Agent, &agent_leaf, ca.cert_pem())?;
     let updater = if req.updater {
         let leaf = ca.issue(&leaf_spec(
             &Role::Updater(host.clone()),
             &sans,
             req.validity,
-        ))?;
+        )?)?;
         Some((
             Bundle::from_issued(BundleKind::Updater, &leaf, ca.cert_pem())?,
             leaf,
@@ -147,39 +200,30 @@ pub async fn enroll(
         }
     }
 
-    let mut certs = vec![CertRecord {
-        fingerprint: agent_leaf.fingerprint.to_hex(),
-        host: host.to_string(),
-        role: "agent".into(),
-        serial: agent_leaf.serial.clone(),
-        not_after: agent_leaf.not_after.unix_timestamp(),
-    }];
+    let mut certs = vec![CertRecord::of_leaf(
+        &agent_leaf,
+        host.as_str(),
+        CertRole::Agent,
+    )];
     if let Some((_, leaf)) = &updater {
-        certs.push(CertRecord {
-            fingerprint: leaf.fingerprint.to_hex(),
-            host: host.to_string(),
-            role: "updater".into(),
-            serial: leaf.serial.clone(),
-            not_after: leaf.not_after.unix_timestamp(),
-        });
+        certs.push(CertRecord::of_leaf(leaf, host.as_str(), CertRole::Updater));
     }
     let now = unix_now();
-    let mut record = HostRecord {
-        name: host.to_string(),
-        address: req.address.trim().to_string(),
-        agent_port: req.agent_port,
-        updater_port: req.updater_port,
-        sans: agent_sans(&sans, &host),
-        agent_fingerprint: Some(agent_leaf.fingerprint.to_hex()),
-        updater_fingerprint: updater.as_ref().map(|(_, l)| l.fingerprint.to_hex()),
-        status: HostStatus::Enrolled,
-        enrolled_at: now,
-        updated_at: now,
-        last_seen: None,
-        last_error: None,
-        agent_version: None,
-        state_json: None,
-    };
+    let mut record = HostRecord::new(
+        host.as_str(),
+        &address,
+        req.agent_port
+            .or(existing.as_ref().map(|h| h.agent_port))
+            .unwrap_or(AGENT_PORT),
+        req.updater_port
+            .or(existing.as_ref().map(|h| h.updater_port))
+            .unwrap_or(UPDATER_PORT),
+    );
+    record.sans = agent_sans(&sans, &host);
+    record.agent_fingerprint = Some(agent_leaf.fingerprint.to_hex());
+    record.updater_fingerprint = updater.as_ref().map(|(_, l)| l.fingerprint.to_hex());
+    record.enrolled_at = now;
+    record.updated_at = now;
     let revoked = db.record_enrollment(&record, &certs).await?;
     if let Some(stored) = db.host(host.as_str()).await? {
         record = stored;

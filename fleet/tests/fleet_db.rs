@@ -1,43 +1,35 @@
 //! The fleet database suite, run on SQLite (always) and on PostgreSQL (when
 //! `DECNET_TEST_POSTGRES_URL` names a server; `.ci/run` starts one and sets it).
 
-use decnet_master::fleet_db::{
-    AuditEntry, CertRecord, FleetDb, HostRecord, HostStatus, UpdateRecord, unix_now,
+use decnet_fleet::{
+    AuditEntry, AuditOutcome, CertRecord, CertRole, FleetDb, HostRecord, HostStatus, UpdateKind,
+    UpdateOutcome, UpdateRecord, unix_now,
 };
 
 fn host(name: &str, agent_fp: &str) -> HostRecord {
-    HostRecord {
-        name: name.into(),
-        address: "10.0.0.1".into(),
-        agent_port: 8765,
-        updater_port: 8766,
-        sans: vec!["10.0.0.1".into(), name.into()],
-        agent_fingerprint: Some(agent_fp.into()),
-        updater_fingerprint: None,
-        status: HostStatus::Enrolled,
-        enrolled_at: 0,
-        updated_at: 0,
-        last_seen: None,
-        last_error: None,
-        agent_version: None,
-        state_json: None,
-    }
+    let mut h = HostRecord::new(name, "10.0.0.1", 8765, 8766);
+    h.sans = vec!["10.0.0.1".into(), name.into()];
+    h.agent_fingerprint = Some(agent_fp.into());
+    h
 }
 
-fn cert(host: &str, fp: &str, role: &str) -> CertRecord {
+fn cert(host: &str, fp: &str, role: CertRole) -> CertRecord {
     CertRecord {
         fingerprint: fp.into(),
         host: host.into(),
-        role: role.into(),
+        role,
         serial: "01".into(),
         not_after: unix_now() + 1000,
     }
 }
 
+#[path = "fleet_db/issuance.rs"]
+mod issuance;
+
 async fn exercise(db: FleetDb) {
     // Enrollment and lookup.
     let revoked = db
-        .record_enrollment(&host("w1", "fp1"), &[cert("w1", "fp1", "agent")])
+        .record_enrollment(&host("w1", "fp1"), &[cert("w1", "fp1", CertRole::Agent)])
         .await
         .unwrap();
     assert!(revoked.is_empty());
@@ -52,7 +44,10 @@ async fn exercise(db: FleetDb) {
     let revoked = db
         .record_enrollment(
             &host("w1", "fp2"),
-            &[cert("w1", "fp2", "agent"), cert("w1", "ufp2", "updater")],
+            &[
+                cert("w1", "fp2", CertRole::Agent),
+                cert("w1", "ufp2", CertRole::Updater),
+            ],
         )
         .await
         .unwrap();
@@ -111,14 +106,13 @@ async fn exercise(db: FleetDb) {
     for i in 0..20 {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
-            db.audit(&AuditEntry {
-                at: unix_now(),
-                actor: "test".into(),
-                action: "swarm.test".into(),
-                target: format!("t{i}"),
-                outcome: "ok".into(),
-                detail: String::new(),
-            })
+            db.audit(&AuditEntry::now(
+                "test",
+                "swarm.test",
+                &format!("t{i}"),
+                AuditOutcome::Ok,
+                "",
+            ))
             .await
         }));
     }
@@ -129,10 +123,10 @@ async fn exercise(db: FleetDb) {
     db.record_update(&UpdateRecord {
         host: "w1".into(),
         at: unix_now(),
-        kind: "update".into(),
+        kind: UpdateKind::Update,
         release: "v1".into(),
         sha256: "ab".into(),
-        outcome: "updated".into(),
+        outcome: UpdateOutcome::Updated,
         detail: "ok".into(),
     })
     .await
@@ -140,6 +134,7 @@ async fn exercise(db: FleetDb) {
     let hist = db.update_history("w1", 10).await.unwrap();
     assert_eq!(hist.len(), 1);
     assert_eq!(hist[0].release, "v1");
+    assert_eq!(hist[0].outcome, UpdateOutcome::Updated);
     assert_eq!(db.hosts().await.unwrap().len(), 1);
 }
 
@@ -156,6 +151,14 @@ async fn fleet_db_on_sqlite() {
     db.close().await;
     let again = FleetDb::connect(&url).await.unwrap();
     assert_eq!(again.hosts().await.unwrap().len(), 1);
+    // The database file and its WAL/SHM files are private from creation.
+    use std::os::unix::fs::PermissionsExt;
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let f = f.unwrap();
+        let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.path().display());
+    }
+    issuance::all(&again).await;
 }
 
 #[tokio::test]
@@ -182,11 +185,12 @@ async fn fleet_db_on_postgres() {
     let base = &base[..base.rfind('/').unwrap()];
     let url = format!("{base}/{name}{query}");
     let db = FleetDb::connect(&url).await.unwrap();
-    assert_eq!(db.backend(), decnet_master::fleet_db::Backend::Postgres);
+    assert_eq!(db.backend(), decnet_fleet::Backend::Postgres);
     exercise(db.clone()).await;
     db.close().await;
     let again = FleetDb::connect(&url).await.unwrap();
     assert_eq!(again.hosts().await.unwrap().len(), 1);
+    issuance::all(&again).await;
     again.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
         .execute(&admin)

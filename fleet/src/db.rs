@@ -1,69 +1,29 @@
 //! The fleet database: hosts, the certificate ledger, the deny list of
-//! revoked fingerprints and the audit log.
+//! revoked fingerprints, join tokens, update history and the audit log.
 //!
 //! One set of runtime queries runs on SQLite (the default, an embedded file)
 //! and PostgreSQL through sqlx's `Any` driver; the schemas live in
 //! `migrations/sqlite` and `migrations/postgres` and are applied at connect.
+//!
+//! Every transaction that changes which certificate of a host is current
+//! (enroll, reissue, join, renew, promotion, decommission) starts with
+//! [`FleetDb::lock_host`]: SQLite serialises writers (`BEGIN IMMEDIATE`),
+//! PostgreSQL locks the host's row (`SELECT … FOR UPDATE`), so these
+//! transactions never interleave on one host.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 
-/// Add an issued certificate to the ledger inside `tx`.
-async fn insert_certificate(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    c: &CertRecord,
-) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&c.fingerprint)
-    .bind(&c.host)
-    .bind(&c.role)
-    .bind(&c.serial)
-    .bind(c.not_after)
-    .bind(unix_now())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
+use crate::model::{
+    AuditEntry, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateRecord,
+};
 
-/// Put a fingerprint on the deny list inside `tx`; returns 1 when it was
-/// not there yet.
-async fn revoke(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    fingerprint: &str,
-    host: &str,
-    role: &str,
-    reason: &str,
-) -> Result<u64, DbError> {
-    Ok(sqlx::query(
-        "INSERT INTO revoked_certificates (fingerprint, host, role, revoked_at, reason) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
-    )
-    .bind(fingerprint)
-    .bind(host)
-    .bind(role)
-    .bind(unix_now())
-    .bind(reason)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected())
-}
-
-/// The columns [`host_from_row`] reads, in its order (a macro so queries stay
-/// static strings).
-macro_rules! host_columns {
-    () => {
-        "name, address, agent_port, updater_port, sans, agent_fingerprint, updater_fingerprint, \
-         status, enrolled_at, updated_at, last_seen, last_error, agent_version, state_json"
-    };
-}
+/// A write transaction.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,154 +54,6 @@ pub enum Backend {
     Postgres,
 }
 
-/// Lifecycle of a host in the inventory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HostStatus {
-    /// Certificates issued, never heard from.
-    Enrolled,
-    /// Answered its last probe or heartbeat.
-    Active,
-    /// Did not answer its last probe, or went silent.
-    Unreachable,
-    /// Removed from the fleet; its certificates are revoked.
-    Decommissioned,
-}
-
-impl HostStatus {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostStatus::Enrolled => "enrolled",
-            HostStatus::Active => "active",
-            HostStatus::Unreachable => "unreachable",
-            HostStatus::Decommissioned => "decommissioned",
-        }
-    }
-}
-
-impl FromStr for HostStatus {
-    type Err = DbError;
-    fn from_str(s: &str) -> Result<Self, DbError> {
-        Ok(match s {
-            "enrolled" => HostStatus::Enrolled,
-            "active" => HostStatus::Active,
-            "unreachable" => HostStatus::Unreachable,
-            "decommissioned" => HostStatus::Decommissioned,
-            _ => return Err(DbError::Corrupt("hosts.status")),
-        })
-    }
-}
-
-/// One worker host as the master knows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct HostRecord {
-    /// Host name (the agent CN).
-    pub name: String,
-    /// Address the master dials.
-    pub address: String,
-    /// Agent port.
-    pub agent_port: u16,
-    /// Updater port.
-    pub updater_port: u16,
-    /// SANs in the agent certificate.
-    pub sans: Vec<String>,
-    /// Fingerprint of the current agent certificate.
-    pub agent_fingerprint: Option<String>,
-    /// Fingerprint of the current updater certificate, if one was issued.
-    pub updater_fingerprint: Option<String>,
-    /// Lifecycle state.
-    pub status: HostStatus,
-    /// When it was enrolled (unix seconds).
-    pub enrolled_at: i64,
-    /// Last change of this record (unix seconds).
-    pub updated_at: i64,
-    /// Last successful contact (unix seconds).
-    pub last_seen: Option<i64>,
-    /// Last contact error, if the last contact failed.
-    pub last_error: Option<String>,
-    /// Agent version reported at the last contact.
-    pub agent_version: Option<String>,
-    /// Last reported deployment state (JSON).
-    pub state_json: Option<String>,
-}
-
-/// A certificate in the issuance ledger.
-#[derive(Clone, Debug)]
-pub struct CertRecord {
-    /// SHA-256 fingerprint, lowercase hex.
-    pub fingerprint: String,
-    /// Host it was issued for (`decnet-master` for the master's own).
-    pub host: String,
-    /// `agent`, `updater` or `master`.
-    pub role: String,
-    /// Serial, lowercase hex.
-    pub serial: String,
-    /// End of validity (unix seconds).
-    pub not_after: i64,
-}
-
-/// One audit log entry.
-#[derive(Clone, Debug, Serialize)]
-pub struct AuditEntry {
-    /// When (unix seconds).
-    pub at: i64,
-    /// Who (`cli:<user>`, `api:<cn>`, …).
-    pub actor: String,
-    /// What (`swarm.enroll`, …).
-    pub action: String,
-    /// On what (usually a host name).
-    pub target: String,
-    /// `ok`, `refused` or `failed`.
-    pub outcome: String,
-    /// Free text; never a secret.
-    pub detail: String,
-}
-
-/// One row of a host's update history.
-#[derive(Clone, Debug, Serialize)]
-pub struct UpdateRecord {
-    /// Host.
-    pub host: String,
-    /// When (unix seconds).
-    pub at: i64,
-    /// `update`, `rollback` or `update_self`.
-    pub kind: String,
-    /// Release label.
-    pub release: String,
-    /// Tarball SHA-256.
-    pub sha256: String,
-    /// `updated`, `rolled_back`, `failed` or `skipped`.
-    pub outcome: String,
-    /// What happened.
-    pub detail: String,
-}
-
-/// A stored join token (the secret itself is never stored).
-#[derive(Clone, Debug)]
-pub struct JoinToken {
-    /// Public id (first part of the token).
-    pub id: String,
-    /// SHA-256 of the secret, hex.
-    pub secret_hash: String,
-    /// Host the token is bound to.
-    pub host: String,
-    /// Address the master will dial.
-    pub address: String,
-    /// Extra SANs.
-    pub sans: Vec<String>,
-    /// Whether an updater may join with it too.
-    pub allow_updater: bool,
-    /// Expiry (unix seconds).
-    pub expires_at: i64,
-    /// When the agent joined with it.
-    pub used_agent: Option<i64>,
-    /// When the updater joined with it.
-    pub used_updater: Option<i64>,
-    /// Failed attempts with a wrong secret.
-    pub failures: i64,
-}
-
 /// Now, in unix seconds.
 pub fn unix_now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
@@ -252,6 +64,86 @@ pub fn default_url(home: &Path) -> String {
     format!("sqlite://{}?mode=rwc", home.join("master.db").display())
 }
 
+/// Add an issued certificate to the ledger inside `tx`.
+pub(crate) async fn insert_certificate(tx: &mut Tx, c: &CertRecord) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&c.fingerprint)
+    .bind(&c.host)
+    .bind(c.role.as_str())
+    .bind(&c.serial)
+    .bind(c.not_after)
+    .bind(unix_now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Put a fingerprint on the deny list inside `tx`; returns whether it was
+/// not there yet.
+pub(crate) async fn revoke(
+    tx: &mut Tx,
+    fingerprint: &str,
+    host: &str,
+    role: CertRole,
+    reason: &str,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query(
+        "INSERT INTO revoked_certificates (fingerprint, host, role, revoked_at, reason) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING",
+    )
+    .bind(fingerprint)
+    .bind(host)
+    .bind(role.as_str())
+    .bind(unix_now())
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
+/// Revoke every certificate of `host` (of `role`, or of every role) that is
+/// not revoked yet, except `keep`. Returns the newly revoked fingerprints.
+pub(crate) async fn revoke_all_but(
+    tx: &mut Tx,
+    host: &str,
+    role: Option<CertRole>,
+    keep: &[&str],
+    reason: &str,
+) -> Result<Vec<String>, DbError> {
+    let rows = sqlx::query(
+        "SELECT fingerprint, role FROM certificates WHERE host = $1 \
+         AND fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+    )
+    .bind(host)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut revoked = Vec::new();
+    for r in rows {
+        let fp: String = r.try_get(0)?;
+        let r_role: CertRole = r.try_get::<String, _>(1)?.parse()?;
+        if keep.contains(&fp.as_str()) || role.is_some_and(|want| want != r_role) {
+            continue;
+        }
+        if revoke(tx, &fp, host, r_role, reason).await? {
+            revoked.push(fp);
+        }
+    }
+    Ok(revoked)
+}
+
+/// The columns [`host_from_row`] reads, in its order (a macro so queries stay
+/// static strings).
+macro_rules! host_columns {
+    () => {
+        "name, address, agent_port, updater_port, sans, agent_fingerprint, updater_fingerprint, \
+         agent_pending, updater_pending, status, enrolled_at, updated_at, last_seen, last_error, \
+         agent_version, state_json"
+    };
+}
+
 /// The fleet database: a connection pool plus the queries the master needs.
 #[derive(Clone, Debug)]
 pub struct FleetDb {
@@ -260,7 +152,7 @@ pub struct FleetDb {
 }
 
 impl FleetDb {
-    /// Open (creating an SQLite file if needed) and migrate.
+    /// Open (creating an SQLite file, mode 0600, if needed) and migrate.
     pub async fn connect(url: &str) -> Result<FleetDb, DbError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -270,12 +162,24 @@ impl FleetDb {
         } else {
             return Err(DbError::UnsupportedUrl);
         };
-        if let Some(parent) = sqlite_path(url).and_then(|p| Path::new(p).parent())
-            && !parent.as_os_str().is_empty()
-            && !parent.exists()
-        {
-            decnet_pki::secure_fs::ensure_private_dir(parent)
-                .map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
+        if let Some(path) = sqlite_path(url) {
+            let path = Path::new(path);
+            if let Some(parent) = path.parent()
+                && !parent.as_os_str().is_empty()
+                && !parent.exists()
+            {
+                decnet_pki::secure_fs::ensure_private_dir(parent)
+                    .map_err(|e| DbError::Connect(sqlx::Error::Io(e)))?;
+            }
+            // Create the file 0600 before SQLite does: its -wal and -shm files
+            // take the database file's mode, so all three are private from
+            // the start.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
         }
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
@@ -301,12 +205,6 @@ impl FleetDb {
             .connect(url)
             .await
             .map_err(DbError::Connect)?;
-        if let Some(path) = sqlite_path(url) {
-            // The inventory is not secret like a key, but it is nobody else's
-            // business either; SQLite's -wal/-shm files inherit this mode.
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
         let migrator = match backend {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
@@ -332,11 +230,28 @@ impl FleetDb {
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and
     /// writes later fails with "database is locked" instead of waiting when
     /// another process committed in between.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, DbError> {
+    pub(crate) async fn write_tx(&self) -> Result<Tx, DbError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// A write transaction holding `host`'s row (see the module docs), with
+    /// the row as it is now (`None`: no such host yet).
+    pub(crate) async fn lock_host(&self, host: &str) -> Result<(Tx, Option<HostRecord>), DbError> {
+        let mut tx = self.write_tx().await?;
+        let sql = match self.backend {
+            Backend::Sqlite => concat!("SELECT ", host_columns!(), " FROM hosts WHERE name = $1"),
+            Backend::Postgres => concat!(
+                "SELECT ",
+                host_columns!(),
+                " FROM hosts WHERE name = $1 FOR UPDATE"
+            ),
+        };
+        let row = sqlx::query(sql).bind(host).fetch_optional(&mut *tx).await?;
+        let record = row.map(|r| host_from_row(&r)).transpose()?;
+        Ok((tx, record))
     }
 
     /// Which dialect this database speaks.
@@ -379,44 +294,11 @@ impl FleetDb {
         rows.iter().map(host_from_row).collect()
     }
 
-    /// Record a fresh enrollment (or re-enrollment): the host row, its new
-    /// certificates in the ledger, and — atomically with them — the previous
-    /// certificates of the host on the deny list.
-    pub async fn record_enrollment(
-        &self,
-        host: &HostRecord,
-        certs: &[CertRecord],
-    ) -> Result<Vec<String>, DbError> {
+    /// Write a host row inside `tx` (insert, or replace its enrollment data:
+    /// endpoint, SANs, current certificates; pending ones are cleared, the
+    /// contact history reset).
+    pub(crate) async fn put_host(tx: &mut Tx, host: &HostRecord) -> Result<(), DbError> {
         let now = unix_now();
-        let mut tx = self.write_tx().await?;
-        let previous: Vec<(String, String)> =
-            sqlx::query("SELECT fingerprint, role FROM certificates WHERE host = $1")
-                .bind(&host.name)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-                .collect::<Result<_, sqlx::Error>>()?;
-        let mut revoked = Vec::new();
-        for (fp, role) in previous {
-            if certs.iter().any(|c| c.fingerprint == fp) {
-                continue;
-            }
-            let n = revoke(
-                &mut tx,
-                &fp,
-                &host.name,
-                &role,
-                "superseded by re-enrollment",
-            )
-            .await?;
-            if n > 0 {
-                revoked.push(fp);
-            }
-        }
-        for c in certs {
-            insert_certificate(&mut tx, c).await?;
-        }
         let sans = serde_json::to_string(&host.sans).map_err(|_| DbError::Corrupt("hosts.sans"))?;
         sqlx::query(
             "INSERT INTO hosts (name, address, agent_port, updater_port, sans, agent_fingerprint, \
@@ -425,6 +307,7 @@ impl FleetDb {
              ON CONFLICT (name) DO UPDATE SET address = excluded.address, agent_port = excluded.agent_port, \
              updater_port = excluded.updater_port, sans = excluded.sans, \
              agent_fingerprint = excluded.agent_fingerprint, updater_fingerprint = excluded.updater_fingerprint, \
+             agent_pending = NULL, updater_pending = NULL, renew_requested = NULL, \
              status = excluded.status, enrolled_at = excluded.enrolled_at, updated_at = excluded.updated_at, \
              last_seen = NULL, last_error = NULL, state_json = NULL",
         )
@@ -438,8 +321,34 @@ impl FleetDb {
         .bind(host.status.as_str())
         .bind(now)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
+        Ok(())
+    }
+
+    /// Record a fresh enrollment (or re-enrollment): the host row, its new
+    /// certificates in the ledger, and — in the same transaction — every
+    /// other certificate of the host (current, pending, retiring) on the
+    /// deny list. Returns the newly revoked fingerprints.
+    pub async fn record_enrollment(
+        &self,
+        host: &HostRecord,
+        certs: &[CertRecord],
+    ) -> Result<Vec<String>, DbError> {
+        let (mut tx, _) = self.lock_host(&host.name).await?;
+        let keep: Vec<&str> = certs.iter().map(|c| c.fingerprint.as_str()).collect();
+        let revoked = revoke_all_but(
+            &mut tx,
+            &host.name,
+            None,
+            &keep,
+            "superseded by re-enrollment",
+        )
+        .await?;
+        for c in certs {
+            insert_certificate(&mut tx, c).await?;
+        }
+        Self::put_host(&mut tx, host).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -470,29 +379,19 @@ impl FleetDb {
     /// Mark a host decommissioned and put every certificate ever issued to it
     /// on the deny list. Returns the newly revoked fingerprints.
     pub async fn decommission(&self, name: &str) -> Result<Vec<String>, DbError> {
-        let now = unix_now();
-        let mut tx = self.write_tx().await?;
-        let certs: Vec<(String, String)> = sqlx::query(
-            "SELECT fingerprint, role FROM certificates WHERE host = $1 \
-             AND fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+        let (mut tx, _) = self.lock_host(name).await?;
+        let revoked = revoke_all_but(&mut tx, name, None, &[], "host decommissioned").await?;
+        sqlx::query(
+            "UPDATE hosts SET status = $1, updated_at = $2, agent_pending = NULL, updater_pending = NULL \
+             WHERE name = $3",
         )
+        .bind(HostStatus::Decommissioned.as_str())
+        .bind(unix_now())
         .bind(name)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-        for (fp, role) in &certs {
-            revoke(&mut tx, fp, name, role, "host decommissioned").await?;
-        }
-        sqlx::query("UPDATE hosts SET status = $1, updated_at = $2 WHERE name = $3")
-            .bind(HostStatus::Decommissioned.as_str())
-            .bind(now)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(certs.into_iter().map(|(fp, _)| fp).collect())
+        Ok(revoked)
     }
 
     /// Whether a fingerprint is on the deny list.
@@ -507,7 +406,7 @@ impl FleetDb {
     /// The fingerprints on the deny list of one host.
     pub async fn revoked_of(&self, host: &str) -> Result<Vec<String>, DbError> {
         let rows = sqlx::query(
-            "SELECT fingerprint FROM revoked_certificates WHERE host = $1 ORDER BY revoked_at",
+            "SELECT fingerprint FROM revoked_certificates WHERE host = $1 ORDER BY revoked_at, fingerprint",
         )
         .bind(host)
         .fetch_all(&self.pool)
@@ -525,16 +424,23 @@ impl FleetDb {
         .bind(fingerprint)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(CertRecord {
-                fingerprint: r.try_get(0)?,
-                host: r.try_get(1)?,
-                role: r.try_get(2)?,
-                serial: r.try_get(3)?,
-                not_after: r.try_get(4)?,
-            })
-        })
-        .transpose()
+        row.map(|r| cert_from_row(&r)).transpose()
+    }
+
+    /// Every certificate of a host in the ledger, with whether it is revoked.
+    pub async fn certificates_of(&self, host: &str) -> Result<Vec<(CertRecord, bool)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT c.fingerprint, c.host, c.role, c.serial, c.not_after, \
+             CAST(CASE WHEN r.fingerprint IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+             FROM certificates c LEFT JOIN revoked_certificates r ON r.fingerprint = c.fingerprint \
+             WHERE c.host = $1 ORDER BY c.issued_at, c.fingerprint",
+        )
+        .bind(host)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((cert_from_row(r)?, r.try_get::<i64, _>(5)? != 0)))
+            .collect()
     }
 
     /// Record the outcome of a contact with a host (probe or heartbeat).
@@ -574,6 +480,34 @@ impl FleetDb {
             }
         }
         Ok(())
+    }
+
+    /// Record a heartbeat (one write) and return whether a renewal was
+    /// requested for the host.
+    pub async fn record_heartbeat(
+        &self,
+        name: &str,
+        version: &str,
+        state: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let now = unix_now();
+        let row = sqlx::query(
+            "UPDATE hosts SET status = $1, last_seen = $2, last_error = NULL, agent_version = $3, \
+             state_json = COALESCE($4, state_json), updated_at = $5 \
+             WHERE name = $6 AND status <> 'decommissioned' RETURNING renew_requested",
+        )
+        .bind(HostStatus::Active.as_str())
+        .bind(now)
+        .bind(version)
+        .bind(state)
+        .bind(now)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<i64>, _>(0)?.is_some(),
+            None => false,
+        })
     }
 
     /// Mark active hosts whose last contact is older than `cutoff` (unix
@@ -651,10 +585,14 @@ impl FleetDb {
         Ok(())
     }
 
-    /// Claim a token for `updater` or agent use; `false` when it was used
+    /// Claim a token for `role` inside `tx`; `false` when it was used
     /// already (the check and the claim are one statement: no double use).
-    pub async fn claim_token(&self, id: &str, updater: bool) -> Result<bool, DbError> {
-        let sql = if updater {
+    pub(crate) async fn claim_token(
+        tx: &mut Tx,
+        id: &str,
+        role: CertRole,
+    ) -> Result<bool, DbError> {
+        let sql = if role == CertRole::Updater {
             "UPDATE join_tokens SET used_updater = $1 WHERE id = $2 AND used_updater IS NULL"
         } else {
             "UPDATE join_tokens SET used_agent = $1 WHERE id = $2 AND used_agent IS NULL"
@@ -662,72 +600,10 @@ impl FleetDb {
         let n = sqlx::query(sql)
             .bind(unix_now())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
         Ok(n == 1)
-    }
-
-    /// Record a certificate issued by a join: the host (created when new),
-    /// its current fingerprint for `role`, the ledger, and the previous
-    /// certificates of that role on the deny list.
-    pub async fn record_join(
-        &self,
-        host: &str,
-        address: &str,
-        sans: &[String],
-        role: &str,
-        cert: &CertRecord,
-    ) -> Result<(), DbError> {
-        let now = unix_now();
-        let mut tx = self.write_tx().await?;
-        let previous: Vec<String> =
-            sqlx::query("SELECT fingerprint FROM certificates WHERE host = $1 AND role = $2")
-                .bind(host)
-                .bind(role)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, sqlx::Error>>()?;
-        for fp in previous {
-            revoke(&mut tx, &fp, host, role, "superseded by a join").await?;
-        }
-        insert_certificate(
-            &mut tx,
-            &CertRecord {
-                host: host.to_string(),
-                role: role.to_string(),
-                ..cert.clone()
-            },
-        )
-        .await?;
-        let sans_json = serde_json::to_string(sans).map_err(|_| DbError::Corrupt("hosts.sans"))?;
-        sqlx::query(
-            "INSERT INTO hosts (name, address, agent_port, updater_port, sans, agent_fingerprint, updater_fingerprint, \
-             status, enrolled_at, updated_at) VALUES ($1, $2, 8765, 8766, $3, NULL, NULL, 'enrolled', $4, $5) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(host)
-        .bind(address)
-        .bind(&sans_json)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let sql = if role == "updater" {
-            "UPDATE hosts SET updater_fingerprint = $1, updated_at = $2 WHERE name = $3"
-        } else {
-            "UPDATE hosts SET agent_fingerprint = $1, updated_at = $2, status = 'enrolled', last_error = NULL WHERE name = $3"
-        };
-        sqlx::query(sql)
-            .bind(&cert.fingerprint)
-            .bind(now)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Ask `host` to renew its certificate at its next heartbeat.
@@ -755,41 +631,6 @@ impl FleetDb {
         })
     }
 
-    /// Record a renewed certificate: ledger entry, the host's current
-    /// fingerprint for `role`, the renewal request cleared. The previous
-    /// certificate stays valid (not revoked) until it expires.
-    pub async fn record_renewal(
-        &self,
-        host: &str,
-        role: &str,
-        cert: &CertRecord,
-    ) -> Result<(), DbError> {
-        let now = unix_now();
-        let mut tx = self.write_tx().await?;
-        insert_certificate(
-            &mut tx,
-            &CertRecord {
-                host: host.to_string(),
-                role: role.to_string(),
-                ..cert.clone()
-            },
-        )
-        .await?;
-        let sql = if role == "updater" {
-            "UPDATE hosts SET updater_fingerprint = $1, updated_at = $2 WHERE name = $3"
-        } else {
-            "UPDATE hosts SET agent_fingerprint = $1, updated_at = $2, renew_requested = NULL WHERE name = $3"
-        };
-        sqlx::query(sql)
-            .bind(&cert.fingerprint)
-            .bind(now)
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Append to the audit log.
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
         sqlx::query(
@@ -801,7 +642,7 @@ impl FleetDb {
         .bind(&entry.actor)
         .bind(&entry.action)
         .bind(&entry.target)
-        .bind(&entry.outcome)
+        .bind(entry.outcome.as_str())
         .bind(&entry.detail)
         .execute(&self.pool)
         .await?;
@@ -817,10 +658,10 @@ impl FleetDb {
         .bind(decnet_pki::random_hex(16))
         .bind(&r.host)
         .bind(r.at)
-        .bind(&r.kind)
+        .bind(r.kind.as_str())
         .bind(&r.release)
         .bind(&r.sha256)
-        .bind(&r.outcome)
+        .bind(r.outcome.as_str())
         .bind(&r.detail)
         .execute(&self.pool)
         .await?;
@@ -846,10 +687,10 @@ impl FleetDb {
                 Ok(UpdateRecord {
                     host: r.try_get(0)?,
                     at: r.try_get(1)?,
-                    kind: r.try_get(2)?,
+                    kind: r.try_get::<String, _>(2)?.parse()?,
                     release: r.try_get(3)?,
                     sha256: r.try_get(4)?,
-                    outcome: r.try_get(5)?,
+                    outcome: r.try_get::<String, _>(5)?.parse()?,
                     detail: r.try_get(6)?,
                 })
             })
@@ -871,7 +712,7 @@ impl FleetDb {
                     actor: r.try_get(1)?,
                     action: r.try_get(2)?,
                     target: r.try_get(3)?,
-                    outcome: r.try_get(4)?,
+                    outcome: r.try_get::<String, _>(4)?.parse()?,
                     detail: r.try_get(5)?,
                 })
             })
@@ -879,13 +720,23 @@ impl FleetDb {
     }
 }
 
-fn host_from_row(r: &AnyRow) -> Result<HostRecord, DbError> {
+pub(crate) fn cert_from_row(r: &AnyRow) -> Result<CertRecord, DbError> {
+    Ok(CertRecord {
+        fingerprint: r.try_get(0)?,
+        host: r.try_get(1)?,
+        role: r.try_get::<String, _>(2)?.parse()?,
+        serial: r.try_get(3)?,
+        not_after: r.try_get(4)?,
+    })
+}
+
+pub(crate) fn host_from_row(r: &AnyRow) -> Result<HostRecord, DbError> {
     let port = |i: usize, what| -> Result<u16, DbError> {
         let v: i64 = r.try_get(i)?;
         u16::try_from(v).map_err(|_| DbError::Corrupt(what))
     };
     let sans: String = r.try_get(4)?;
-    let status: String = r.try_get(7)?;
+    let status: String = r.try_get(9)?;
     Ok(HostRecord {
         name: r.try_get(0)?,
         address: r.try_get(1)?,
@@ -894,13 +745,15 @@ fn host_from_row(r: &AnyRow) -> Result<HostRecord, DbError> {
         sans: serde_json::from_str(&sans).map_err(|_| DbError::Corrupt("hosts.sans"))?,
         agent_fingerprint: r.try_get(5)?,
         updater_fingerprint: r.try_get(6)?,
+        agent_pending: r.try_get(7)?,
+        updater_pending: r.try_get(8)?,
         status: status.parse()?,
-        enrolled_at: r.try_get(8)?,
-        updated_at: r.try_get(9)?,
-        last_seen: r.try_get(10)?,
-        last_error: r.try_get(11)?,
-        agent_version: r.try_get(12)?,
-        state_json: r.try_get(13)?,
+        enrolled_at: r.try_get(10)?,
+        updated_at: r.try_get(11)?,
+        last_seen: r.try_get(12)?,
+        last_error: r.try_get(13)?,
+        agent_version: r.try_get(14)?,
+        state_json: r.try_get(15)?,
     })
 }
 

@@ -15,8 +15,8 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::identity::PeerIdentity;
-use crate::role::RoleKind;
+use decnet_pki::PeerIdentity;
+use decnet_pki::RoleKind;
 
 /// Why a peer was refused: the role(s) the route requires, for the 403 body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +94,9 @@ async fn check_access(
         if policy.allows_anonymous(req.method(), req.uri().path()) {
             return next.run(req).await;
         }
-        tracing::error!(path = %req.uri().path(), "request without a verified peer identity refused");
+        // Anonymous peers reach a server only where it admits them at all
+        // (the control API's joins); their other requests are noise, not errors.
+        tracing::debug!(path = %req.uri().path(), "request without a client certificate refused");
         return refusal_body(
             StatusCode::FORBIDDEN,
             "no verified client certificate".into(),

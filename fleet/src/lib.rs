@@ -1,0 +1,27 @@
+//! decnet-fleet: the fleet database and every issuance transaction, shared
+//! by the `decnet` CLI and the master daemon.
+//!
+//! * [`model`] — hosts, certificates, audit and update records; roles,
+//!   statuses and outcomes as enums;
+//! * [`db`] — [`FleetDb`]: SQLite or PostgreSQL through sqlx, the host lock
+//!   every issuance transaction takes;
+//! * [`enrollment`] — enroll and reissue (bundles issued by the master);
+//! * [`join`] — one-time tokens and CSR joins (keys generated on the worker);
+//! * [`renewal`] — who speaks for a host, renewal that retires what it replaces;
+//! * [`revocation`] — the CRL published to workers, rotation of the
+//!   master's certificate.
+
+pub mod db;
+pub mod enrollment;
+pub mod join;
+pub mod model;
+pub mod renewal;
+pub mod revocation;
+
+pub use db::{Backend, DbError, FleetDb, default_url, unix_now};
+pub use model::{
+    AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateKind,
+    UpdateOutcome, UpdateRecord,
+};
+pub use renewal::{PeerRefusal, RenewPolicy, Renewed, Standing};
+pub use revocation::{CrlPublisher, Rotated};

@@ -1,0 +1,171 @@
+//! `decnet master serve`: the control API and the log listener on the
+//! server runner, sharing the master's live TLS material, plus the
+//! housekeeping that keeps them honest — retiring replaced certificates,
+//! publishing the CRL (and enforcing it on the master's own handshakes),
+//! picking up a rotated master certificate, marking silent hosts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use decnet_fleet::{CrlPublisher, FleetDb, RenewPolicy};
+use decnet_pki::{ClientAuth, MaterialSource};
+use decnet_server::{HttpLimits, HttpService, Server, ServerLimits, Transport};
+use tokio_util::sync::CancellationToken;
+
+use crate::control_api::{
+    ControlPolicy, ControlState, JOINS_PER_MINUTE, MAX_TRACKED_SOURCES, SourceLimiter,
+};
+use crate::home::MasterHome;
+use crate::listener_cmd::ListenerSettings;
+use crate::usage::{UsageError, load_ca};
+
+/// Settings of `decnet master serve`.
+#[derive(Clone, Debug)]
+pub struct MasterSettings {
+    /// Control API address.
+    pub api: SocketAddr,
+    /// The log listener beside it (`None`: `--no-listener`).
+    pub listener: Option<ListenerSettings>,
+    /// Silence after which a host is marked unreachable.
+    pub unreachable_after: Duration,
+    /// Renewal rules.
+    pub renew: RenewPolicy,
+}
+
+/// How often housekeeping runs.
+const HOUSEKEEPING: Duration = Duration::from_secs(2);
+
+/// Run the master daemons until SIGTERM/SIGINT.
+pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow::Result<()> {
+    let layout = home.ca_layout();
+    let bundle = crate::fleet_ops::master_bundle(&layout)?;
+    let ca = Arc::new(load_ca(&layout)?);
+    let crl = Arc::new(CrlPublisher::new());
+    crl.refresh(&db, &ca)
+        .await
+        .context("building the revocation list")?;
+    let material = MaterialSource::from_parts(bundle, crl.current())
+        .context("building the TLS configuration")?;
+    let api = Server::bind(
+        "control-api",
+        s.api,
+        Transport::Tls {
+            material: material.clone(),
+            auth: ClientAuth::Optional,
+        },
+        ServerLimits {
+            // One kept-alive connection per worker (heartbeats), many workers.
+            max_connections: 20_000,
+            max_connections_per_identity: 8,
+            ..ServerLimits::default()
+        },
+    )
+    .await
+    .map_err(|e| UsageError(e.to_string()))?;
+    println!(
+        "decnet master control API listening on {}",
+        api.local_addr()
+    );
+    let listener = match &s.listener {
+        Some(ls) => {
+            let l = crate::listener_cmd::bind(Some(&material), db.clone(), ls).await?;
+            println!("decnet listener listening on {}", l.local_addr());
+            Some(l)
+        }
+        None => None,
+    };
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        decnet_server::shutdown_signal().await;
+        trigger.cancel();
+    });
+    let silent = tokio::spawn(crate::control_api::mark_silent_hosts(
+        db.clone(),
+        s.unreachable_after,
+    ));
+    let upkeep = tokio::spawn(housekeeping(
+        db.clone(),
+        ca.clone(),
+        crl.clone(),
+        material.clone(),
+        layout.master_dir(),
+    ));
+    let state = Arc::new(ControlState {
+        db: db.clone(),
+        ca,
+        crl,
+        joins: SourceLimiter::new(JOINS_PER_MINUTE, MAX_TRACKED_SOURCES),
+        renew: s.renew.clone(),
+    });
+    let app = HttpService::new(
+        crate::control_api::router(state),
+        ControlPolicy,
+        HttpLimits {
+            // Heartbeats come every 30 s (±20 %) on a kept-alive connection.
+            header_timeout: Duration::from_secs(75),
+            ..HttpLimits::default()
+        },
+    );
+    let api_stop = stop.clone();
+    let api_task = api.serve(app, async move { api_stop.cancelled().await });
+    let result = match listener {
+        Some(l) => {
+            let l_stop = stop.clone();
+            let (_, l) = tokio::join!(api_task, l.run(async move { l_stop.cancelled().await }));
+            l
+        }
+        None => {
+            api_task.await;
+            Ok(())
+        }
+    };
+    silent.abort();
+    upkeep.abort();
+    result
+}
+
+/// Retire replaced certificates whose grace is over, publish a new CRL when
+/// the deny list grew (and enforce it on the master's own servers), and
+/// switch to a rotated master certificate.
+async fn housekeeping(
+    db: FleetDb,
+    ca: Arc<decnet_pki::CertificateAuthority>,
+    crl: Arc<CrlPublisher>,
+    material: MaterialSource,
+    master_dir: std::path::PathBuf,
+) {
+    loop {
+        tokio::time::sleep(HOUSEKEEPING).await;
+        match db.retire_due().await {
+            Ok(r) if !r.is_empty() => {
+                tracing::info!(count = r.len(), "replaced certificates retired (revoked)")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot retire replaced certificates"),
+        }
+        match crl.refresh(&db, &ca).await {
+            Ok(Some(list)) => {
+                let number = list.number();
+                match material.set_crl(list) {
+                    Ok(_) => tracing::info!(number, "revocation list published"),
+                    Err(e) => tracing::error!(error = %e, "cannot enforce the new revocation list"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot build the revocation list"),
+        }
+        let fp = material.current().bundle().identity.fingerprint;
+        if let Some(rotated) = decnet_fleet::revocation::master_bundle_changed(&master_dir, &fp) {
+            let new_fp = rotated.identity.fingerprint;
+            match material.set_bundle(rotated) {
+                Ok(()) => {
+                    tracing::info!(fingerprint = %new_fp, "rotated master certificate in use")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot use the rotated master certificate"),
+            }
+        }
+    }
+}

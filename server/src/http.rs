@@ -1,0 +1,89 @@
+//! HTTP over the runner: an axum router served connection by connection with
+//! hyper's HTTP/1 server, with its timer (header-read / keep-alive idle
+//! timeout), a header buffer cap, a request timeout and a default body
+//! limit, the peer's identity in every request and the access policy in
+//! front of every handler (the 404 fallback included).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use decnet_pki::PeerIdentity;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::authz::{self, AccessPolicy};
+use crate::limits::HttpLimits;
+use crate::runner::{Connection, ConnectionHandler};
+
+/// An axum application ready to be served by the runner.
+#[derive(Clone)]
+pub struct HttpService {
+    app: Router,
+    limits: HttpLimits,
+}
+
+impl HttpService {
+    /// `router` behind `policy`, with the limits' request timeout and default body limit.
+    pub fn new<P: AccessPolicy>(router: Router, policy: P, limits: HttpLimits) -> Arc<Self> {
+        let app = authz::enforce(router, policy)
+            .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                limits.request_timeout,
+            ));
+        Arc::new(HttpService { app, limits })
+    }
+
+    /// The complete application (policy and limits included), for
+    /// in-process tests with `oneshot` (insert a [`PeerIdentity`] and a
+    /// `ConnectInfo<TlsPeer>` into the request's extensions).
+    pub fn app(&self) -> Router {
+        self.app.clone()
+    }
+}
+
+impl ConnectionHandler for HttpService {
+    async fn handle(self: Arc<Self>, conn: Connection, stop: CancellationToken) {
+        let Connection { io, peer, deadline } = conn;
+        let app = self.app.clone();
+        let svc = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            if let Some(id) = &peer.identity {
+                req.extensions_mut().insert(PeerIdentity::clone(id));
+            }
+            req.extensions_mut().insert(ConnectInfo(peer.clone()));
+            app.clone().oneshot(req)
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let served = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+        tokio::pin!(served);
+        let end = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled() => {}
+            _ = end => {}
+        }
+        // Finish the request in flight (if any), then close.
+        served.as_mut().graceful_shutdown();
+        let _ = served.await;
+    }
+}

@@ -1,0 +1,32 @@
+//! decnet-server: the one server runner of the workspace, used by the agent,
+//! the updater, the master's control API and the log listener.
+//!
+//! * [`runner`] — [`Server`]: bind, accept (never waiting on handshakes),
+//!   TLS handshake with a short timeout, admission, graceful shutdown; a
+//!   protocol implements [`ConnectionHandler`];
+//! * [`admission`] — the per-source, per-identity and global counters;
+//! * [`limits`] — [`ServerLimits`] and [`HttpLimits`];
+//! * [`http`] — [`HttpService`]: an axum router over hyper with timers and limits;
+//! * [`authz`] — [`AccessPolicy`], the role checks every request passes;
+//! * [`error_body`] — the JSON error body of every server;
+//! * [`source`], [`refusal_log`], [`shutdown`] — source keys, rate-limited
+//!   refusal logging, the SIGTERM trigger.
+
+pub mod admission;
+pub mod authz;
+pub mod error_body;
+pub mod http;
+pub mod limits;
+pub mod refusal_log;
+pub mod runner;
+pub mod shutdown;
+pub mod source;
+
+pub use authz::{AccessPolicy, Refusal, RoleSet};
+pub use error_body::json_error;
+pub use http::HttpService;
+pub use limits::{HttpLimits, ServerLimits};
+pub use runner::{
+    Connection, ConnectionHandler, Server, ServerError, ServerIo, TlsPeer, Transport,
+};
+pub use shutdown::shutdown_signal;

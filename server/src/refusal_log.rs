@@ -1,0 +1,131 @@
+//! Refused connections and failed handshakes, logged with their reason but
+//! rate-limited, so a flood of hostile connections cannot flood the journal.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use decnet_pki::PeerIdentity;
+
+use crate::admission::Refused;
+
+/// Lines per window before further refusals are only counted.
+const LINES_PER_WINDOW: u32 = 10;
+/// The rate-limit window.
+const WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
+/// One server's refusal log.
+#[derive(Debug)]
+pub struct RefusalLog {
+    server: &'static str,
+    window: Mutex<Window>,
+}
+
+impl RefusalLog {
+    /// The refusal log of server `server`.
+    pub fn new(server: &'static str) -> Self {
+        RefusalLog {
+            server,
+            window: Mutex::new(Window {
+                start: Instant::now(),
+                lines: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether this event may be logged; reports what was suppressed before.
+    fn admit_line(&self) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.start.elapsed() >= WINDOW {
+            if w.suppressed > 0 {
+                tracing::warn!(
+                    server = self.server,
+                    suppressed = w.suppressed,
+                    "more refused connections were not logged (rate limit)"
+                );
+            }
+            *w = Window {
+                start: Instant::now(),
+                lines: 0,
+                suppressed: 0,
+            };
+        }
+        if w.lines < LINES_PER_WINDOW {
+            w.lines += 1;
+            true
+        } else {
+            w.suppressed += 1;
+            false
+        }
+    }
+
+    /// A connection refused by admission before its handshake.
+    pub fn refused(&self, why: Refused, remote: SocketAddr) {
+        if self.admit_line() {
+            tracing::warn!(server = self.server, %remote, reason = why.as_str(), "connection refused: {why}");
+        }
+    }
+
+    /// A connection refused by admission after its handshake.
+    pub fn refused_peer(&self, why: Refused, remote: SocketAddr, peer: Option<&PeerIdentity>) {
+        if self.admit_line() {
+            tracing::warn!(
+                server = self.server,
+                %remote,
+                peer_cn = peer.map(|p| p.cn.as_str()).unwrap_or("-"),
+                peer_fingerprint = %peer.map(|p| p.fingerprint.short()).unwrap_or_else(|| "-".into()),
+                reason = why.as_str(),
+                "connection refused: {why}"
+            );
+        }
+    }
+
+    /// A TLS handshake that failed or timed out.
+    pub fn handshake_failed(
+        &self,
+        reason: &'static str,
+        remote: SocketAddr,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        if self.admit_line() {
+            match error {
+                Some(e) => {
+                    tracing::info!(server = self.server, %remote, reason, error = %e, "TLS handshake refused")
+                }
+                None => {
+                    tracing::info!(server = self.server, %remote, reason, "TLS handshake refused")
+                }
+            }
+        }
+    }
+}
+
+/// A short, stable reason for a failed server-side handshake.
+pub fn reason_of(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return "io";
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no_certificate",
+        Error::InvalidCertificate(c) => match c {
+            CertificateError::Revoked => "revoked",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "foreign_ca",
+            _ => "bad_certificate",
+        },
+        Error::AlertReceived(_) => "peer_alert",
+        _ => "protocol",
+    }
+}

@@ -1,0 +1,353 @@
+//! The server runner: bind, accept, TLS handshake, admission, hand-over to a
+//! protocol handler, graceful shutdown.
+//!
+//! Accept never waits: each accepted socket is admitted (or refused and
+//! closed at once) by the [`Admission`] counters, then its handshake runs in
+//! its own task under a short timeout. After the handshake the peer's
+//! verified [`PeerIdentity`] is read once and the connection is counted
+//! against its certificate (or, anonymous, against its source). The protocol
+//! part — HTTP ([`crate::http`]) or syslog framing — only implements
+//! [`ConnectionHandler`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use decnet_pki::{ClientAuth, MaterialSource, PeerIdentity};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::limits::ServerLimits;
+use crate::refusal_log::RefusalLog;
+use crate::source::SourceKey;
+
+/// How connections are secured.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// mTLS with the daemon's live material (certificate and CRL reload
+    /// without a restart: each handshake uses the material in force).
+    Tls {
+        /// The daemon's TLS material.
+        material: MaterialSource,
+        /// Whether clients must present a certificate.
+        auth: ClientAuth,
+    },
+    /// Plain TCP: loopback addresses only (refused elsewhere at bind).
+    Plain,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Plain text was asked for on a non-loopback address.
+    #[error("refusing plain text on {0}: plain text is allowed on loopback only (use TLS)")]
+    PlaintextRefused(SocketAddr),
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The remote end of a connection: its address and verified identity.
+#[derive(Clone, Debug)]
+pub struct TlsPeer {
+    /// Remote socket address.
+    pub remote: SocketAddr,
+    /// The verified identity; `None` for anonymous peers (only on servers
+    /// that admit them) and for plain TCP.
+    pub identity: Option<Arc<PeerIdentity>>,
+}
+
+/// The byte stream of an accepted connection.
+pub enum ServerIo {
+    /// After a TLS handshake.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Plain TCP (loopback only).
+    Plain(TcpStream),
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Tls(s) => s.is_write_vectored(),
+            ServerIo::Plain(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// An admitted, handshaken connection handed to a [`ConnectionHandler`].
+pub struct Connection {
+    /// The byte stream.
+    pub io: ServerIo,
+    /// Who is on the other end.
+    pub peer: TlsPeer,
+    /// When the connection must end: its lifetime limit or its certificate's
+    /// expiry, whichever comes first.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// The protocol half of a server: serves one connection until it ends, the
+/// deadline passes, or `stop` is cancelled (then it should finish what is in
+/// flight and return; the runner cuts it after the shutdown grace).
+pub trait ConnectionHandler: Send + Sync + 'static {
+    /// Serve `conn`.
+    fn handle(
+        self: Arc<Self>,
+        conn: Connection,
+        stop: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+pub struct Server {
+    tcp: TcpListener,
+    local_addr: SocketAddr,
+    transport: Transport,
+    limits: ServerLimits,
+    admission: Arc<Admission>,
+    name: &'static str,
+}
+
+impl Server {
+    /// Bind `addr`. `name` labels this server's log lines (`agent`, `listener`, …).
+    pub async fn bind(
+        name: &'static str,
+        addr: SocketAddr,
+        transport: Transport,
+        limits: ServerLimits,
+    ) -> Result<Server, ServerError> {
+        if matches!(transport, Transport::Plain) && !addr.ip().is_loopback() {
+            return Err(ServerError::PlaintextRefused(addr));
+        }
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Server {
+            tcp,
+            local_addr,
+            transport,
+            admission: Admission::new(limits.clone()),
+            limits,
+            name,
+        })
+    }
+
+    /// The bound address (after port 0 resolution).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admission counters (open connections, pending handshakes).
+    pub fn admission(&self) -> Arc<Admission> {
+        self.admission.clone()
+    }
+
+    /// Serve connections with `handler` until `shutdown` resolves; then stop
+    /// accepting, let open connections finish for the shutdown grace, and
+    /// cut the rest.
+    pub async fn serve<H: ConnectionHandler>(
+        self,
+        handler: Arc<H>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let Server {
+            tcp,
+            transport,
+            limits,
+            admission,
+            name,
+            ..
+        } = self;
+        let stop = CancellationToken::new();
+        let refusals = Arc::new(RefusalLog::new(name));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = tcp.accept() => match accepted {
+                    Ok((sock, remote)) => {
+                        let slot = match admission.open(SourceKey::of(remote.ip())) {
+                            Ok(slot) => slot,
+                            Err(why) => {
+                                refusals.refused(why, remote);
+                                continue;
+                            }
+                        };
+                        conns.spawn(connection(
+                            sock,
+                            remote,
+                            slot,
+                            transport.clone(),
+                            limits.clone(),
+                            handler.clone(),
+                            refusals.clone(),
+                            stop.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(server = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(tcp);
+        stop.cancel();
+        let drained = tokio::time::timeout(limits.shutdown_grace, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                server = name,
+                open = conns.len(),
+                "connections still open after the shutdown grace; closing them"
+            );
+            conns.shutdown().await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection<H: ConnectionHandler>(
+    sock: TcpStream,
+    remote: SocketAddr,
+    mut slot: crate::admission::Slot,
+    transport: Transport,
+    limits: ServerLimits,
+    handler: Arc<H>,
+    refusals: Arc<RefusalLog>,
+    stop: CancellationToken,
+) {
+    let _ = sock.set_nodelay(true);
+    let (io, identity) = match transport {
+        Transport::Plain => (ServerIo::Plain(sock), None),
+        Transport::Tls { material, auth } => {
+            let acceptor = TlsAcceptor::from(material.current().server_config(auth));
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(sock)) => r,
+                _ = stop.cancelled() => return,
+            };
+            slot.handshake_done();
+            let stream = match handshake {
+                Err(_) => {
+                    refusals.handshake_failed("timeout", remote, None);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    refusals.handshake_failed(crate::refusal_log::reason_of(&e), remote, Some(&e));
+                    return;
+                }
+                Ok(Ok(s)) => s,
+            };
+            let identity = match stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            {
+                Some(der) => match PeerIdentity::from_der(der) {
+                    Ok(id) => Some(Arc::new(id)),
+                    Err(e) => {
+                        refusals.handshake_failed("no_role", remote, Some(&e));
+                        return;
+                    }
+                },
+                None if auth == ClientAuth::Optional => None,
+                None => {
+                    refusals.handshake_failed("no_certificate", remote, None);
+                    return;
+                }
+            };
+            (ServerIo::Tls(Box::new(stream)), identity)
+        }
+    };
+    if let Err(why) = slot.bind(identity.as_ref().map(|i| &i.fingerprint)) {
+        refusals.refused_peer(why, remote, identity.as_deref());
+        return;
+    }
+    let now = tokio::time::Instant::now();
+    let mut deadline = limits.max_connection_lifetime.map(|l| now + l);
+    if let Some(id) = &identity {
+        let left = (id.not_after - time_now()).whole_milliseconds().max(0);
+        let expiry =
+            now + Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX).min(u64::MAX / 4));
+        deadline = Some(deadline.map_or(expiry, |d| d.min(expiry)));
+    }
+    let conn = Connection {
+        io,
+        peer: TlsPeer { remote, identity },
+        deadline,
+    };
+    handler.handle(conn, stop).await;
+    drop(slot);
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}

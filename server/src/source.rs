@@ -1,0 +1,58 @@
+//! What counts as one "source" for per-source limits.
+
+use std::net::IpAddr;
+
+/// The network source of a connection: an IPv4 address, or the /64 prefix of
+/// an IPv6 address (one host commonly owns a whole /64, so keying by the full
+/// address would let it open as many "sources" as it likes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey(IpAddr);
+
+impl SourceKey {
+    /// The key of a peer address.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => SourceKey(ip),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SourceKey(IpAddr::V4(v4)),
+                None => {
+                    let mut seg = v6.segments();
+                    seg[4..].fill(0);
+                    SourceKey(IpAddr::V6(seg.into()))
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}"),
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64_prefix_and_mapped_v4_by_the_v4_address() {
+        let a = SourceKey::of("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = SourceKey::of("2001:db8:1:2:bbbb::9".parse().unwrap());
+        let c = SourceKey::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            SourceKey::of("::ffff:10.0.0.1".parse().unwrap()),
+            SourceKey::of("10.0.0.1".parse().unwrap())
+        );
+        assert_ne!(
+            SourceKey::of("10.0.0.1".parse().unwrap()),
+            SourceKey::of("10.0.0.2".parse().unwrap())
+        );
+    }
+}

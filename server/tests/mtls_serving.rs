@@ -1,0 +1,561 @@
+//! The server runner on a real loopback socket with real certificates: the
+//! mTLS checks of both ends, the role middleware, and what a hostile peer
+//! can hold (handshakes, connections, time).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration as StdDuration;
+
+use axum::routing::get;
+use axum::{Extension, Router};
+use decnet_pki::{
+    Bundle, BundleKind, CertificateAuthority, ClientAuth, ExpectedServer, Fingerprint, HostName,
+    LeafSpec, MaterialSource, PeerIdentity, RevokedSerial, Role, RoleKind,
+};
+use decnet_server::{HttpLimits, HttpService, RoleSet, Server, ServerLimits, Transport};
+use time::{Duration, OffsetDateTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn ca() -> &'static CertificateAuthority {
+    static CA: OnceLock<CertificateAuthority> = OnceLock::new();
+    CA.get_or_init(|| CertificateAuthority::generate().expect("generate CA"))
+}
+
+fn bundle(ca: &CertificateAuthority, role: Role, kind: BundleKind) -> Bundle {
+    let leaf = ca.issue(&LeafSpec::for_role(&role, &[])).unwrap();
+    Bundle::from_issued(kind, &leaf, ca.cert_pem()).unwrap()
+}
+
+fn srv_role() -> Role {
+    Role::Agent(HostName::new("srv").unwrap())
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    server_fp: Fingerprint,
+    material: MaterialSource,
+    admission: Arc<decnet_server::admission::Admission>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl TestServer {
+    /// Stop it and wait until the runner returns.
+    async fn shutdown(mut self) -> StdDuration {
+        let t = std::time::Instant::now();
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap();
+        t.elapsed()
+    }
+}
+
+async fn start_server_with(limits: ServerLimits, http: HttpLimits) -> TestServer {
+    decnet_pki::provider::install_default();
+    let server_bundle = bundle(ca(), srv_role(), BundleKind::Agent);
+    let material = MaterialSource::from_parts(server_bundle.clone(), None).unwrap();
+    let server = Server::bind(
+        "test",
+        "127.0.0.1:0".parse().unwrap(),
+        Transport::Tls {
+            material: material.clone(),
+            auth: ClientAuth::Required,
+        },
+        limits,
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let admission = server.admission();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let router = Router::new()
+        .route(
+            "/whoami",
+            get(move |Extension(peer): Extension<PeerIdentity>| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    format!("{}|{}", peer.cn, peer.fingerprint)
+                }
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(StdDuration::from_secs(30)).await;
+                "late"
+            }),
+        );
+    let app = HttpService::new(router, RoleSet(vec![RoleKind::Master]), http);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(server.serve(app, async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        addr,
+        hits,
+        server_fp: server_bundle.identity.fingerprint,
+        material,
+        admission,
+        stop: Some(tx),
+        done: Some(done),
+    }
+}
+
+async fn start_server() -> TestServer {
+    start_server_with(ServerLimits::default(), HttpLimits::default()).await
+}
+
+fn client_expecting(b: &Bundle, expected: ExpectedServer) -> reqwest::Client {
+    let cfg = decnet_pki::client_config(b, None, &expected).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .timeout(StdDuration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+fn client(b: &Bundle) -> reqwest::Client {
+    client_expecting(b, ExpectedServer::role(srv_role()))
+}
+
+fn master() -> Bundle {
+    bundle(ca(), Role::Master, BundleKind::Master)
+}
+
+/// A client config with no certificate at all (trusting our CA).
+fn anonymous_client() -> reqwest::Client {
+    let cfg = decnet_pki::tls::anonymous_client_config(
+        ca().cert_pem(),
+        &ExpectedServer::role(srv_role()),
+    )
+    .unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn master_is_admitted_and_handler_sees_its_identity() {
+    let srv = start_server().await;
+    let master = master();
+    let resp = client(&master)
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!("decnet-master|{}", master.identity.fingerprint)
+    );
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn wrong_role_gets_403_json_naming_the_required_role() {
+    let srv = start_server().await;
+    let agent = bundle(
+        ca(),
+        Role::Agent(HostName::new("other").unwrap()),
+        BundleKind::Agent,
+    );
+    let c = client(&agent);
+    for path in ["/whoami", "/no-such-route"] {
+        let resp = c
+            .get(format!("https://{}{path}", srv.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden");
+        assert_eq!(body["required_role"], "master");
+    }
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn no_client_certificate_fails_before_any_handler() {
+    let srv = start_server().await;
+    let r = anonymous_client()
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await;
+    assert!(r.is_err(), "request without client cert must fail: {r:?}");
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn foreign_ca_client_fails_before_any_handler() {
+    let srv = start_server().await;
+    let other = CertificateAuthority::generate().unwrap();
+    // Its bundle trusts OUR CA for the server, but its leaf is foreign.
+    let mut foreign = bundle(&other, Role::Master, BundleKind::Master);
+    foreign.ca_pem = ca().cert_pem().to_string();
+    let r = client(&foreign)
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await;
+    assert!(r.is_err(), "foreign CA must be refused: {r:?}");
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn expired_client_certificate_fails_before_any_handler() {
+    let srv = start_server().await;
+    let now = OffsetDateTime::now_utc();
+    let spec = LeafSpec::for_role(&Role::Master, &[])
+        .with_validity(now - Duration::days(10), now - Duration::days(1));
+    let leaf = ca().issue(&spec).unwrap();
+    let expired = Bundle::from_issued(BundleKind::Master, &leaf, ca().cert_pem()).unwrap();
+    let r = client(&expired)
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await;
+    assert!(r.is_err(), "expired cert must be refused: {r:?}");
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_revoked_client_is_refused_at_the_handshake_once_the_crl_is_in_force() {
+    let srv = start_server().await;
+    let master = master();
+    let url = format!("https://{}/whoami", srv.addr);
+    assert_eq!(
+        client(&master).get(&url).send().await.unwrap().status(),
+        200
+    );
+    let crl = ca()
+        .issue_crl(
+            &[RevokedSerial {
+                serial_hex: master.identity.serial.clone(),
+                revoked_at: OffsetDateTime::now_utc(),
+            }],
+            1,
+            OffsetDateTime::now_utc() + Duration::days(1),
+        )
+        .unwrap();
+    assert!(srv.material.set_crl(crl).unwrap());
+    // A new connection (the old client's pool may hold the old one).
+    let r = client(&master).get(&url).send().await;
+    assert!(r.is_err(), "revoked client must fail: {r:?}");
+    // Another master certificate, not revoked, still gets in.
+    assert_eq!(
+        client(&self::master())
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn pinned_fingerprint_mismatch_is_refused_by_the_client() {
+    let srv = start_server().await;
+    let master = master();
+    let wrong: Fingerprint = Fingerprint::of_der(b"not the server");
+    let err = client_expecting(&master, ExpectedServer::role(srv_role()).pinned([wrong]))
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(decnet_pki::tls::is_pin_mismatch(&err), "{err:?}");
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+    // The right pin passes.
+    let ok = client_expecting(
+        &master,
+        ExpectedServer::role(srv_role()).pinned([srv.server_fp]),
+    )
+    .get(format!("https://{}/whoami", srv.addr))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+/// The attack the role check exists for: a server holding a valid
+/// certificate of our CA, but for another role or host than the client
+/// dialed, gets no request at all.
+#[tokio::test]
+async fn a_server_of_another_role_or_host_is_refused_by_the_client() {
+    let srv = start_server().await;
+    let master = master();
+    let url = format!("https://{}/whoami", srv.addr);
+    for expected in [
+        ExpectedServer::master(),
+        ExpectedServer::role(Role::Agent(HostName::new("w2").unwrap())),
+        ExpectedServer::role(Role::Updater(HostName::new("srv").unwrap())),
+    ] {
+        let err = client_expecting(&master, expected.clone())
+            .get(&url)
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            decnet_pki::tls::is_unexpected_server(&err),
+            "{expected:?}: {err:?}"
+        );
+    }
+    assert_eq!(
+        srv.hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the impostor"
+    );
+}
+
+#[tokio::test]
+async fn a_server_from_a_foreign_ca_is_refused_by_the_client() {
+    decnet_pki::provider::install_default();
+    let other = CertificateAuthority::generate().unwrap();
+    let mut imposter = bundle(&other, srv_role(), BundleKind::Agent);
+    imposter.ca_pem = ca().cert_pem().to_string(); // it would accept our clients
+    let server = Server::bind(
+        "imposter",
+        "127.0.0.1:0".parse().unwrap(),
+        Transport::Tls {
+            material: MaterialSource::from_parts(imposter, None).unwrap(),
+            auth: ClientAuth::Required,
+        },
+        ServerLimits::default(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let app = HttpService::new(
+        Router::new().route("/", get(|| async { "hi" })),
+        RoleSet::master_only(),
+        HttpLimits::default(),
+    );
+    tokio::spawn(server.serve(app, std::future::pending()));
+    let r = client(&master())
+        .get(format!("https://{addr}/"))
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "server from a foreign CA must be refused: {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let srv = start_server().await;
+    let renewed = bundle(ca(), srv_role(), BundleKind::Agent);
+    let new_fp = renewed.identity.fingerprint;
+    srv.material.set_bundle(renewed).unwrap();
+    let ok = client_expecting(&master(), ExpectedServer::role(srv_role()).pinned([new_fp]))
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // A bundle of another identity is refused and the old one stays.
+    let other = bundle(ca(), Role::Master, BundleKind::Master);
+    assert!(srv.material.set_bundle(other).is_err());
+}
+
+/// Hold `n` raw TCP connections from `source` that never speak TLS.
+async fn idle_tcp(to: SocketAddr, source: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        if let Ok(s) = sock.connect(to).await {
+            held.push(s);
+        }
+    }
+    held
+}
+
+#[tokio::test]
+async fn idle_tcp_connections_from_one_source_do_not_delay_others() {
+    let srv = start_server().await;
+    // 1,000 idle connections from one (other) loopback address.
+    let mut idle = idle_tcp(srv.addr, "127.0.0.2", 1000).await;
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    // Only the per-source handshake cap of them are held; the rest were closed at once.
+    assert!(
+        srv.admission.pending_handshakes()
+            <= ServerLimits::default().max_pending_handshakes_per_source,
+        "{} pending",
+        srv.admission.pending_handshakes()
+    );
+    let mut closed = 0;
+    for s in idle.iter_mut() {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(StdDuration::from_millis(5), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 900,
+        "refused connections are closed, not parked: {closed}"
+    );
+    let t = std::time::Instant::now();
+    let resp = client(&master())
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(t.elapsed() < StdDuration::from_secs(1), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn stalled_handshakes_time_out() {
+    let srv = start_server_with(
+        ServerLimits {
+            handshake_timeout: StdDuration::from_millis(300),
+            ..ServerLimits::default()
+        },
+        HttpLimits::default(),
+    )
+    .await;
+    let mut idle = idle_tcp(srv.addr, "127.0.0.3", 3).await;
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    assert_eq!(srv.admission.pending_handshakes(), 3);
+    tokio::time::sleep(StdDuration::from_millis(600)).await;
+    assert_eq!(srv.admission.pending_handshakes(), 0);
+    assert_eq!(srv.admission.open_connections(), 0);
+    let mut b = [0u8; 1];
+    assert_eq!(
+        idle[0].read(&mut b).await.unwrap(),
+        0,
+        "closed by the server"
+    );
+}
+
+#[tokio::test]
+async fn one_certificate_cannot_hold_every_connection() {
+    let srv = start_server_with(
+        ServerLimits {
+            max_connections_per_identity: 3,
+            ..ServerLimits::default()
+        },
+        HttpLimits::default(),
+    )
+    .await;
+    let hog = master();
+    let cfg =
+        Arc::new(decnet_pki::client_config(&hog, None, &ExpectedServer::role(srv_role())).unwrap());
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        // TLS 1.3: a refusal shows on the first read.
+        tls.write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        match tokio::time::timeout(StdDuration::from_secs(5), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => held.push(tls),
+            _ => refused += 1,
+        }
+    }
+    assert_eq!(held.len(), 3);
+    assert_eq!(refused, 7);
+    // Another certificate still gets in.
+    let resp = client(&master())
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    let srv = start_server_with(
+        ServerLimits::default(),
+        HttpLimits {
+            header_timeout: StdDuration::from_millis(500),
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+    let cfg = Arc::new(
+        decnet_pki::client_config(&master(), None, &ExpectedServer::role(srv_role())).unwrap(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(StdDuration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    assert!(t.elapsed() < StdDuration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+    assert!(srv.admission.open_connections() <= 1);
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_even_with_a_request_in_flight() {
+    let srv = start_server_with(
+        ServerLimits {
+            shutdown_grace: StdDuration::from_millis(500),
+            ..ServerLimits::default()
+        },
+        HttpLimits::default(),
+    )
+    .await;
+    let c = client(&master());
+    let url = format!("https://{}/slow", srv.addr);
+    let slow = tokio::spawn(async move { c.get(url).send().await });
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    let took = srv.shutdown().await;
+    assert!(took < StdDuration::from_secs(3), "{took:?}");
+    assert!(slow.await.unwrap().is_err(), "the stuck request was cut");
+}
+
+#[tokio::test]
+async fn an_idle_server_stops_at_once() {
+    let srv = start_server().await;
+    let c = client(&master());
+    assert_eq!(
+        c.get(format!("https://{}/whoami", srv.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A kept-alive idle connection does not hold the shutdown.
+    let took = srv.shutdown().await;
+    assert!(took < StdDuration::from_millis(500), "{took:?}");
+}
+
+#[tokio::test]
+async fn plain_text_is_refused_off_loopback() {
+    let r = Server::bind(
+        "plain",
+        "0.0.0.0:0".parse().unwrap(),
+        Transport::Plain,
+        ServerLimits::default(),
+    )
+    .await;
+    assert!(matches!(
+        r,
+        Err(decnet_server::ServerError::PlaintextRefused(_))
+    ));
+}
