@@ -44,6 +44,8 @@ impl AccessPolicy for ControlPolicy {
             (Role::Agent(_) | Role::Updater(_), &Method::GET, "/crl") => Ok(()),
             (_, &Method::GET, "/join/ca") | (_, &Method::POST, "/join") => Ok(()),
             (_, &Method::GET, "/health") => Ok(()),
+            // Anything else is the master's (today: nothing; it gets a 404).
+            (Role::Master, _, p) if !matches!(p, "/heartbeat" | "/renew" | "/crl") => Ok(()),
             (_, _, "/heartbeat") => Err(Refusal {
                 required: "agent".into(),
             }),

@@ -10,7 +10,8 @@
 //! * [`authz`] — [`AccessPolicy`], the role checks every request passes;
 //! * [`error_body`] — the JSON error body of every server;
 //! * [`source`], [`refusal_log`], [`shutdown`] — source keys, rate-limited
-//!   refusal logging, the SIGTERM trigger.
+//!   refusal logging, the SIGTERM trigger;
+//! * `testing` (feature) — table-driven access tests of every route × role.
 
 pub mod admission;
 pub mod authz;
@@ -21,6 +22,8 @@ pub mod refusal_log;
 pub mod runner;
 pub mod shutdown;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use authz::{AccessPolicy, Refusal, RoleSet};
 pub use error_body::json_error;

@@ -1,0 +1,59 @@
+//! Every control API route × every kind of caller, through the served
+//! application: heartbeats from agents; renewals and CRL fetches from
+//! agents and updaters; joins from anyone, certificate or not; `/health`
+//! for any certificate; everything else for nobody but the master.
+
+use std::sync::Arc;
+
+use axum::http::Method;
+use decnet_fleet::{CrlPublisher, FleetDb, RenewPolicy};
+use decnet_master::control_api::{ControlPolicy, ControlState, SourceLimiter, router};
+use decnet_pki::{CertificateAuthority, Role};
+use decnet_server::testing::{assert_access, callers};
+use decnet_server::{HttpLimits, HttpService};
+
+#[tokio::test]
+async fn every_route_admits_exactly_the_roles_it_should() {
+    decnet_pki::provider::install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let db = FleetDb::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("m.db").display()
+    ))
+    .await
+    .unwrap();
+    let state = Arc::new(ControlState {
+        db,
+        ca: Arc::new(CertificateAuthority::generate().unwrap()),
+        crl: Arc::new(CrlPublisher::new()),
+        joins: SourceLimiter::new(1000, 1000),
+        renew: RenewPolicy::default(),
+    });
+    let app = HttpService::new(router(state), ControlPolicy, HttpLimits::default()).app();
+    let routes = [
+        (Method::POST, "/heartbeat"),
+        (Method::POST, "/renew"),
+        (Method::GET, "/crl"),
+        (Method::GET, "/join/ca"),
+        (Method::POST, "/join"),
+        (Method::GET, "/health"),
+        (Method::GET, "/heartbeat"),
+        (Method::GET, "/no-such-route"),
+    ];
+    assert_access(
+        &app,
+        &routes,
+        &callers("w1"),
+        |method, path, caller| match (caller, method, path) {
+            (_, &Method::GET, "/join/ca") | (_, &Method::POST, "/join") => true,
+            (None, _, _) => false,
+            (Some(_), &Method::GET, "/health") => true,
+            (Some(Role::Agent(_)), &Method::POST, "/heartbeat") => true,
+            (Some(Role::Agent(_) | Role::Updater(_)), &Method::POST, "/renew") => true,
+            (Some(Role::Agent(_) | Role::Updater(_)), &Method::GET, "/crl") => true,
+            (Some(Role::Master), _, p) => !matches!(p, "/heartbeat" | "/renew" | "/crl"),
+            _ => false,
+        },
+    )
+    .await;
+}
