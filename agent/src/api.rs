@@ -63,10 +63,11 @@ where
             Ok(Json(v)) => Ok(JsonBody(v)),
             Err(rejection) => {
                 let status = rejection.status();
-                let kind = if status == StatusCode::UNPROCESSABLE_ENTITY {
-                    "invalid_body"
-                } else {
-                    "bad_request"
+                let kind = match status {
+                    StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+                    StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "bad_request",
                 };
                 Err(error_response(status, kind, rejection.body_text()))
             }

@@ -239,8 +239,16 @@ impl DeckyConfig {
 impl DeploymentConfig {
     /// Parse and validate a JSON document for `driver`.
     pub fn parse(json: &[u8], driver: DriverKind) -> Result<DeploymentConfig, ConfigError> {
-        let cfg: DeploymentConfig =
-            serde_json::from_slice(json).map_err(|e| err("$", e.to_string()))?;
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let cfg: DeploymentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            // The path names the field at fault, an unknown one included.
+            let path = e.path().to_string();
+            let field = match path.as_str() {
+                "." | "?" => "$".to_string(),
+                _ => path,
+            };
+            err(field, e.into_inner().to_string())
+        })?;
         cfg.validate(driver)?;
         Ok(cfg)
     }
@@ -287,6 +295,27 @@ mod tests {
     }
 
     #[test]
+    fn decoding_errors_name_the_field_by_path() {
+        let e = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"a","command":["/bin/true"],"colour":"red"}]}"#,
+            DriverKind::Process,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "deckies[0].colour", "{e}");
+        let e = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":5}]}"#,
+            DriverKind::Process,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "deckies[0].name", "{e}");
+        let e = DeploymentConfig::parse(br#"{"version":1,"extra":true}"#, DriverKind::Process)
+            .unwrap_err();
+        assert_eq!(e.field, "extra", "{e}");
+        let e = DeploymentConfig::parse(b"{not json", DriverKind::Process).unwrap_err();
+        assert_eq!(e.field, "$", "{e}");
+    }
+
+    #[test]
     fn parses_a_valid_process_config() {
         let c = DeploymentConfig::parse(sample().as_bytes(), DriverKind::Process).unwrap();
         assert_eq!(c.deckies.len(), 2);
@@ -320,7 +349,7 @@ mod tests {
             ),
             (
                 r#"{"version":1,"deckies":[{"name":"a","command":["x"],"bogus":1}]}"#,
-                "$",
+                "deckies[0].bogus",
             ),
             (r#"not json"#, "$"),
         ];

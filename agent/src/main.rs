@@ -18,6 +18,10 @@ use std::sync::Arc;
 #[derive(Debug, Parser)]
 #[command(name = "decnet-agent", version, about)]
 struct Cli {
+    /// Log line format on stderr: text (colour only on a terminal, never
+    /// with NO_COLOR) or json (one object per line).
+    #[arg(long, global = true, env = "DECNET_LOG_FORMAT", default_value = "text")]
+    log_format: decnet_telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +52,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         stop_grace: u64,
         /// Also forward a log file to the master's listener (HOST[:6514]).
-        #[arg(long, value_name = "HOST[:PORT]", requires = "forward_log")]
+        #[arg(long, value_name = "HOST[:8765]", requires = "forward_log")]
         forward_to: Option<String>,
         /// The log file to forward (with --forward-to).
         #[arg(long, value_name = "PATH")]
@@ -57,8 +61,8 @@ enum Command {
         /// forwarder and heartbeats.
         #[arg(long, value_name = "SHA256")]
         master_fingerprint: Option<String>,
-        /// Send heartbeats to the master's control API (HOST:PORT, port 8770 by default).
-        #[arg(long, value_name = "HOST[:PORT]")]
+        /// Send heartbeats to the master's control API (HOST:8765, port 8770 by default).
+        #[arg(long, value_name = "HOST[:8765]")]
         master: Option<String>,
         /// Seconds between heartbeats (±20 % jitter).
         #[arg(long, default_value_t = 30)]
@@ -67,12 +71,24 @@ enum Command {
     /// Join the fleet with a one-time token: generate the key here, get the
     /// certificate from the master, write the agent bundle.
     Join {
-        /// The master's control API, HOST[:PORT] (port 8770 by default).
-        #[arg(long, value_name = "HOST[:PORT]")]
+        /// The master's control API, HOST[:8765] (port 8770 by default).
+        #[arg(long, value_name = "HOST[:8765]")]
         master: String,
-        /// The token printed by `decnet swarm token create`.
-        #[arg(long, env = "DECNET_JOIN_TOKEN", hide_env_values = true)]
-        token: String,
+        /// The token printed by `decnet swarm token create` (or use
+        /// --token-file, or DECNET_JOIN_TOKEN: argv is visible in /proc).
+        #[arg(
+            long,
+            env = "DECNET_JOIN_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the token from this file.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// The port this daemon will serve on (recorded by the master, which dials it).
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
         /// Where to write the bundle; default ~/.decnet/agent.
         #[arg(long, value_name = "DIR")]
         bundle_dir: Option<PathBuf>,
@@ -82,8 +98,8 @@ enum Command {
     },
     /// Forward a log file to the master's listener (RFC 5425 over mTLS).
     Forward {
-        /// The listener, HOST[:PORT] (port 6514 by default).
-        #[arg(long, value_name = "HOST[:PORT]")]
+        /// The listener, HOST[:8765] (port 6514 by default).
+        #[arg(long, value_name = "HOST[:8765]")]
         master: String,
         /// The log file to tail.
         #[arg(long, value_name = "PATH")]
@@ -111,13 +127,7 @@ enum DriverArg {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DECNET_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    decnet_telemetry::init_logging(cli.log_format, "info");
     decnet_pki::provider::install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -176,17 +186,23 @@ fn main() {
             Command::Join {
                 master,
                 token,
+                token_file,
+                port,
                 bundle_dir,
                 host,
             } => {
                 let dir = bundle_dir
                     .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("agent"));
-                join_fleet(
+                decnet_swarm_client::join::join_command(
                     &decnet_swarm_client::transport::with_default_port(&master, 8770),
-                    &token,
+                    token.as_deref(),
+                    token_file.as_deref(),
                     decnet_pki::BundleKind::Agent,
                     &dir,
-                    host.as_deref(),
+                    &decnet_swarm_client::join::JoinOptions {
+                        claimed_host: host.as_deref(),
+                        port: Some(port),
+                    },
                 )
                 .await
             }
@@ -221,37 +237,6 @@ fn main() {
         }
     });
     std::process::exit(code);
-}
-
-/// `join`: exit 0 with the bundle written, 1 when refused or unreachable,
-/// 2 for a malformed token or a CA that does not match it.
-async fn join_fleet(
-    master: &str,
-    token: &str,
-    kind: decnet_pki::BundleKind,
-    dir: &std::path::Path,
-    host: Option<&str>,
-) -> i32 {
-    use decnet_swarm_client::join::JoinError;
-    match decnet_swarm_client::join::join(master, token, kind, dir, host).await {
-        Ok(b) => {
-            println!(
-                "joined as {} (fingerprint {}); bundle written to {}",
-                b.identity.cn,
-                b.identity.fingerprint,
-                dir.display()
-            );
-            0
-        }
-        Err(e @ (JoinError::BadToken | JoinError::CaMismatch { .. })) => {
-            eprintln!("error: {e}");
-            2
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
-    }
 }
 
 /// Where to send heartbeats.

@@ -33,6 +33,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Log line format on stderr: text (colour only on a terminal, never
+    /// with NO_COLOR) or json (one object per line).
+    #[arg(long, global = true, env = "DECNET_LOG_FORMAT", default_value = "text")]
+    pub log_format: decnet_telemetry::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -491,6 +495,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         home,
         database_url,
         command,
+        ..
     } = cli;
     let resolve = |ca: Option<PathBuf>| MasterHome::resolve(home.clone(), ca, database_url.clone());
     match command {

@@ -348,6 +348,8 @@ pub struct HostReport {
     pub status: Option<AgentStatus>,
     /// The error, when it did not answer properly.
     pub error: Option<String>,
+    /// When the host's record last changed (unix seconds): this contact.
+    pub updated_at: Option<i64>,
 }
 
 async fn probe_all(
@@ -387,6 +389,7 @@ async fn probe_all(
                     version: Some(version),
                     status,
                     error: None,
+                    updated_at: None,
                 });
             }
             Err(e) => {
@@ -397,11 +400,20 @@ async fn probe_all(
                     version: None,
                     status: None,
                     error: Some(e.to_string()),
+                    updated_at: None,
                 });
             }
         }
     }
     reports.sort_by(|a, b| a.host.cmp(&b.host));
+    if let Ok(records) = db.hosts().await {
+        for r in &mut reports {
+            r.updated_at = records
+                .iter()
+                .find(|h| h.name == r.host)
+                .map(|h| h.updated_at);
+        }
+    }
     reports
 }
 

@@ -5,13 +5,7 @@ use clap::Parser;
 
 fn main() {
     let cli = decnet_master::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DECNET_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    decnet_telemetry::init_logging(cli.log_format, "warn");
     decnet_pki::provider::install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

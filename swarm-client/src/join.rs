@@ -88,27 +88,52 @@ pub enum JoinError {
 
 use crate::transport::error_chain as chain;
 
-/// Join `master` (`host:port`) with `token` as `kind`, writing the bundle to
-/// `dir`. With `claimed_host`, the master refuses a token bound to another host.
+/// Where a join writes, and what it tells the master about itself.
+#[derive(Clone, Debug, Default)]
+pub struct JoinOptions<'a> {
+    /// The host the worker believes it is: the master refuses a token bound
+    /// to another host.
+    pub claimed_host: Option<&'a str>,
+    /// The port the joining daemon will serve on (recorded by the master).
+    pub port: Option<u16>,
+}
+
+/// Read a token given on the command line, in the environment, or in a
+/// file (`--token-file`; argv is visible to every local user in `/proc`).
+pub fn read_token(text: Option<&str>, file: Option<&Path>) -> Result<String, JoinError> {
+    match (text, file) {
+        (Some(t), _) => Ok(t.trim().to_string()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                JoinError::Local(format!("cannot read the token file {}: {e}", f.display()))
+            }),
+        (None, None) => Err(JoinError::BadToken),
+    }
+}
+
+/// Join `master` (`host:port`) with `token` as `kind`, writing the bundle to `dir`.
 pub async fn join(
     master: &str,
     token: &str,
     kind: BundleKind,
     dir: &Path,
-    claimed_host: Option<&str>,
+    opts: &JoinOptions<'_>,
 ) -> Result<Bundle, JoinError> {
+    let claimed_host = opts.claimed_host;
     let token = parse_token(token).ok_or(JoinError::BadToken)?;
     let unreachable = |e: &(dyn std::error::Error + 'static)| JoinError::Unreachable {
         master: master.to_string(),
         detail: chain(e),
     };
     let build = |cfg| {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(cfg)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| JoinError::Local(e.to_string()))
+        crate::transport::http_client(
+            cfg,
+            Duration::from_secs(5),
+            Some(Duration::from_secs(30)),
+            false,
+        )
+        .map_err(|e| JoinError::Local(e.to_string()))
     };
     // 1. The CA, checked against the token before anything else.
     let boot = build(
@@ -152,7 +177,8 @@ pub async fn join(
     let resp = client
         .post(format!("https://{master}/join"))
         .json(&serde_json::json!({
-            "token_id": token.id, "secret": token.secret, "role": role, "csr": csr_pem, "host": claimed_host,
+            "token_id": token.id, "secret": token.secret, "role": role, "csr": csr_pem,
+            "host": claimed_host, "port": opts.port,
         }))
         .send()
         .await
@@ -198,6 +224,42 @@ pub async fn join(
         .write(dir)
         .map_err(|e| JoinError::Local(format!("cannot write the bundle: {e}")))?;
     Ok(bundle)
+}
+
+/// The `join` subcommand of both worker binaries: join, report, and return
+/// the exit code (0 joined; 1 refused or unreachable; 2 a malformed or
+/// missing token, or a CA that does not match it).
+pub async fn join_command(
+    master: &str,
+    token: Option<&str>,
+    token_file: Option<&Path>,
+    kind: BundleKind,
+    dir: &Path,
+    opts: &JoinOptions<'_>,
+) -> i32 {
+    let result = match read_token(token, token_file) {
+        Ok(t) => join(master, &t, kind, dir, opts).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(b) => {
+            println!(
+                "joined as {} (fingerprint {}); bundle written to {}",
+                b.identity.cn,
+                b.identity.fingerprint,
+                dir.display()
+            );
+            0
+        }
+        Err(e @ (JoinError::BadToken | JoinError::CaMismatch { .. })) => {
+            eprintln!("error: {e}");
+            2
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 #[cfg(test)]

@@ -121,14 +121,9 @@ impl MasterLink {
         let cfg = material
             .client_config(&self.expected())
             .map_err(|e| LinkError::Setup(e.to_string()))?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(cfg)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(CALL_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1)
-            .build()
-            .map_err(|e| LinkError::Setup(e.to_string()))?;
+        let client =
+            crate::transport::http_client(cfg, Duration::from_secs(5), Some(CALL_TIMEOUT), true)
+                .map_err(|e| LinkError::Setup(e.to_string()))?;
         *cached = Some(Cached {
             material,
             client: client.clone(),

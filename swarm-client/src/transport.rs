@@ -127,12 +127,7 @@ impl Endpoint {
     ) -> Result<Self, ClientError> {
         let config = decnet_pki::client_config(bundle, None, expected)
             .map_err(|e| ClientError::Setup(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(config)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let http = http_client(config, CONNECT_TIMEOUT, None, true)?;
         let host = match address.parse::<IpAddr>() {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
             _ => address.to_string(),
@@ -164,7 +159,8 @@ impl Endpoint {
         format!("{}{path}", self.base)
     }
 
-    /// Map a transport error to a [`ClientError`].
+    /// Map a transport error to a [`ClientError`], in plain words (no
+    /// HTTP-client internals: the cause an operator can act on).
     pub fn transport_error(&self, e: reqwest::Error, timeout: Duration) -> ClientError {
         let endpoint = self.label.clone();
         if e.is_timeout() {
@@ -173,60 +169,53 @@ impl Endpoint {
                 secs: timeout.as_secs(),
             };
         }
-        let chain = error_chain(&e);
         if decnet_pki::tls::is_pin_mismatch(&e) {
             return ClientError::PinMismatch { endpoint };
         }
-        if decnet_pki::tls::is_unexpected_server(&e) {
-            return ClientError::WrongServer {
-                endpoint,
-                detail: chain
-                    .rsplit(": ")
-                    .find(|p| p.contains("expected"))
-                    .unwrap_or("unexpected certificate")
-                    .to_string(),
-            };
+        if let Some(detail) = decnet_pki::tls::identity_failure(&e) {
+            return ClientError::WrongServer { endpoint, detail };
         }
-        let lower = chain.to_lowercase();
-        if lower.contains("certificate")
-            || lower.contains("tls")
-            || lower.contains("handshake")
-            || lower.contains("alert")
-        {
+        let detail = plain_cause(&e);
+        if let Some(tls) = find::<rustls::Error>(&e) {
             return ClientError::Tls {
                 endpoint,
-                detail: chain,
+                detail: tls.to_string(),
             };
         }
-        if e.is_connect() {
-            return ClientError::Unreachable {
-                endpoint,
-                detail: chain,
-            };
-        }
-        ClientError::Unreachable {
-            endpoint,
-            detail: chain,
-        }
+        ClientError::Unreachable { endpoint, detail }
     }
 
-    /// Send `req` with `timeout` and decode a JSON answer; error statuses
-    /// become [`ClientError::Status`].
+    /// Send `req` with `timeout` and decode a JSON answer of at most
+    /// [`MAX_ANSWER`] bytes; error statuses become [`ClientError::Status`].
     pub async fn send_json<T: DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let resp = req
+        let mut resp = req
             .timeout(timeout)
             .send()
             .await
             .map_err(|e| self.transport_error(e, timeout))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
+        let too_large = || ClientError::Decode {
+            endpoint: self.label.clone(),
+            detail: format!("the answer is larger than {MAX_ANSWER} bytes"),
+        };
+        if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| self.transport_error(e, timeout))?;
+            .map_err(|e| self.transport_error(e, timeout))?
+        {
+            if bytes.len() + chunk.len() > MAX_ANSWER {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             let body: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
             let kind = body
@@ -251,6 +240,81 @@ impl Endpoint {
             detail: e.to_string(),
         })
     }
+}
+
+/// The largest answer read from a worker (a worker is not trusted to be small).
+pub const MAX_ANSWER: usize = 16 << 20;
+
+/// The one builder of mTLS HTTP clients: `config` (from
+/// `decnet_pki::client_config` or a `TlsMaterial`), a connect timeout, an
+/// overall request timeout (`None`: set per request), and whether idle
+/// connections are kept for reuse (not for a probe whose server restarts).
+pub fn http_client(
+    config: rustls::ClientConfig,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    keep_alive: bool,
+) -> Result<reqwest::Client, ClientError> {
+    let mut b = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60));
+    if !keep_alive {
+        b = b.pool_max_idle_per_host(0);
+    }
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().map_err(|e| ClientError::Setup(e.to_string()))
+}
+
+/// The first error of type `T` in `e`'s chain (looking inside `io::Error`s).
+fn find<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = cur {
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
+    }
+    None
+}
+
+/// What went wrong, as an operator would say it: the network cause
+/// (`connection refused`, `no route to host`, …) rather than the layers
+/// of the HTTP client it passed through.
+pub fn plain_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(identity) = decnet_pki::tls::identity_failure(e) {
+        return identity;
+    }
+    if let Some(io) = find::<std::io::Error>(e) {
+        use std::io::ErrorKind::*;
+        let text = match io.kind() {
+            ConnectionRefused => "connection refused (nothing listens there)".to_string(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
+                "the connection was closed by the other side".to_string()
+            }
+            TimedOut => "timed out".to_string(),
+            HostUnreachable | NetworkUnreachable => "no route to the host".to_string(),
+            AddrNotAvailable => "the address is not available".to_string(),
+            _ => io.to_string(),
+        };
+        return text;
+    }
+    let chain = error_chain(e);
+    if chain.contains("dns error") || chain.contains("failed to lookup") {
+        return "the host name does not resolve".into();
+    }
+    // The innermost cause is the most specific.
+    chain.rsplit(": ").next().unwrap_or(&chain).to_string()
 }
 
 /// An error and its causes, `: `-joined (each cause once); a refusal of

@@ -521,6 +521,49 @@ pub fn append_lines(path: &Path, lines: &[String]) {
     }
 }
 
+/// Enroll `n` hosts named `<prefix>-<i>` in-process (through the fleet
+/// library: much faster than `n` CLI runs) and return their agent bundles.
+pub fn enroll_many(master: &MasterHome, prefix: &str, n: usize) -> Vec<decnet_pki::Bundle> {
+    decnet_pki::provider::install_default();
+    let home = master.home();
+    let prefix = prefix.to_string();
+    // Its own thread and runtime, so it can be called from async code too.
+    std::thread::spawn(move || enroll_many_blocking(&home, &prefix, n))
+        .join()
+        .expect("enrolling")
+}
+
+fn enroll_many_blocking(home: &Path, prefix: &str, n: usize) -> Vec<decnet_pki::Bundle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let layout = decnet_pki::CaLayout::new(home.join("ca"));
+        let ca = decnet_pki::CertificateAuthority::load(&layout).expect("CA");
+        let db = decnet_fleet::FleetDb::connect(&decnet_fleet::default_url(home))
+            .await
+            .expect("fleet database");
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let req = decnet_fleet::enrollment::EnrollRequest {
+                host: format!("{prefix}-{i}"),
+                address: Some("127.0.0.1".into()),
+                ..Default::default()
+            };
+            let e = decnet_fleet::enrollment::enroll(&ca, &layout, &db, &req)
+                .await
+                .expect("enroll");
+            out.push(
+                decnet_pki::Bundle::load(&e.agent_bundle_dir, decnet_pki::BundleKind::Agent)
+                    .expect("bundle"),
+            );
+        }
+        db.close().await;
+        out
+    })
+}
+
 /// A free loopback port (bound and released: a tiny race, acceptable in tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -269,6 +269,18 @@ async fn role_matrix_and_malformed_bodies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "payload_too_large", "{v}");
+    // An unknown field is named by its path.
+    let r = post(
+        "/deploy",
+        r#"{"config": {"version": 1, "deckies": [{"name": "a", "command": ["/bin/true"], "colour": "red"}]}}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["field"], "deckies[0].colour", "{v}");
     assert_eq!(
         get(&master, "/operations/unknown").await.unwrap().status(),
         404

@@ -277,13 +277,33 @@ fn token_join_issues_certificates_for_locally_generated_keys() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already used"));
 
-    // The updater joins with the same token (created with --updater).
+    // The updater joins with the same token (created with --updater), read
+    // from a file (argv is visible in /proc), telling the master its port.
     let up_dir = m.dir.path().join("j1-updater");
-    let out = join("decnet-updater", &master, &t, &up_dir);
+    let token_file = m.dir.path().join("token");
+    std::fs::write(&token_file, format!("{t}\n")).unwrap();
+    let out = Command::new(decnet_e2e::bin("decnet-updater"))
+        .args([
+            "join",
+            "--master",
+            &master.addr.to_string(),
+            "--port",
+            "9876",
+        ])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--bundle-dir")
+        .arg(&up_dir)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        m.json(&["swarm", "show", "j1", "--json"])["updater_port"],
+        9876
     );
     let ub = Bundle::load(&up_dir, BundleKind::Updater).unwrap();
     assert_eq!(ub.identity.cn, "updater@j1");

@@ -646,3 +646,99 @@ async fn only_the_master_may_call_the_updater() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no updater certificate is recorded"));
 }
+
+/// Every error after a promotion — stopping or starting the agent, the
+/// commit, the revert — leads to the revert-or-recover path: `current`
+/// never stays on an unverified release, and while a promotion is
+/// unresolved no other one starts.
+#[test]
+fn errors_after_the_promotion_are_reverted_or_recovered() {
+    for fail in ["stop", "start", "commit"] {
+        let m = MasterHome::new();
+        m.enroll("u7");
+        let mut u = UpdaterFixture::start(&m, "u7", &[]);
+        let v1 = good_release(&m.dir.path().join("v1"), false);
+        let v2 = good_release(&m.dir.path().join("v2"), false);
+        m.ok(&[
+            "swarm",
+            "update",
+            "--release",
+            v1.to_str().unwrap(),
+            "--host",
+            "u7",
+        ]);
+        u.restart(&m, &[("DECNET_UPDATER_FAIL_AT", fail)]);
+        let out = m.run(&[
+            "swarm",
+            "update",
+            "--release",
+            v2.to_str().unwrap(),
+            "--host",
+            "u7",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{fail}: {stdout}");
+        assert!(stdout.contains("ROLLED_BACK"), "{fail}: {stdout}");
+        assert_eq!(labels(&m, "u7")[0], "v1", "{fail}");
+        assert!(
+            !u.install.join("journal.json").exists(),
+            "{fail}: journal resolved"
+        );
+        assert!(
+            wait_for(Duration::from_secs(15), || agent_healthy(&m).then_some(())).is_some(),
+            "{fail}: the previous release runs; log:\n{}",
+            u.daemon.log_text()
+        );
+    }
+
+    // The revert itself fails: the journal stays, further promotions are
+    // refused, and the next start resolves it.
+    let m = MasterHome::new();
+    m.enroll("u8");
+    let mut u = UpdaterFixture::start(&m, "u8", &[]);
+    let v1 = good_release(&m.dir.path().join("v1"), false);
+    let v2 = good_release(&m.dir.path().join("v2"), false);
+    m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        v1.to_str().unwrap(),
+        "--host",
+        "u8",
+    ]);
+    u.restart(&m, &[("DECNET_UPDATER_FAIL_AT", "commit,revert")]);
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        v2.to_str().unwrap(),
+        "--host",
+        "u8",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        u.install.join("journal.json").exists(),
+        "the journal is kept"
+    );
+    let v3 = good_release(&m.dir.path().join("v3"), false);
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        v3.to_str().unwrap(),
+        "--host",
+        "u8",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("unresolved"), "{stdout}");
+    u.restart(&m, &[]);
+    assert!(
+        !u.install.join("journal.json").exists(),
+        "resolved at start"
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || agent_healthy(&m).then_some(())).is_some(),
+        "healthy after recovery; log:\n{}",
+        u.daemon.log_text()
+    );
+}

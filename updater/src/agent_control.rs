@@ -47,6 +47,21 @@ impl SpawnControl {
         self.install_dir.join("agent.spawn.log")
     }
 
+    /// Where the spawn log stood when the agent was last started (so a
+    /// failure report shows this start's output only).
+    fn spawn_offset(&self) -> PathBuf {
+        self.install_dir.join("agent.spawn.offset")
+    }
+
+    /// Keep the spawn log bounded: past [`SPAWN_LOG_MAX`] it moves to
+    /// `agent.spawn.log.1` (replacing the older one) and starts afresh.
+    fn rotate_spawn_log(&self) {
+        let log = self.spawn_log();
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() > SPAWN_LOG_MAX) {
+            let _ = std::fs::rename(&log, self.install_dir.join("agent.spawn.log.1"));
+        }
+    }
+
     fn read_pidfile(&self) -> Option<(u32, u64)> {
         let text = std::fs::read_to_string(self.pidfile()).ok()?;
         let mut it = text.split_whitespace();
@@ -116,6 +131,11 @@ impl SpawnControl {
 
     async fn start(&self) -> Result<u32, ControlError> {
         let bin = self.install_dir.join("current/bin/decnet-agent");
+        self.rotate_spawn_log();
+        let offset = std::fs::metadata(self.spawn_log())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let _ = std::fs::write(self.spawn_offset(), offset.to_string());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -196,7 +216,13 @@ impl AgentControl {
     /// The last lines the agent wrote (spawn mode), for failure reports.
     pub fn log_tail(&self, lines: usize) -> String {
         match self {
-            AgentControl::Spawn(s) => tail(&s.spawn_log(), lines),
+            AgentControl::Spawn(s) => {
+                let from = std::fs::read_to_string(s.spawn_offset())
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(0);
+                tail(&s.spawn_log(), from, lines)
+            }
             AgentControl::Systemd { unit } => format!("see `journalctl -u {unit}`"),
         }
     }
@@ -210,13 +236,65 @@ impl AgentControl {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// Largest spawn log before it is rotated.
+pub const SPAWN_LOG_MAX: u64 = 1 << 20;
+
+/// The last `lines` lines of `path` after byte `from`, without terminal
+/// escape sequences (a report is read in a browser or a JSON viewer).
+fn tail(path: &Path, from: u64, lines: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let from = usize::try_from(from).unwrap_or(0).min(bytes.len());
+    let text = strip_ansi(&String::from_utf8_lossy(&bytes[from..]));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `s` without ANSI escape sequences (`ESC [ … final-byte`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Whether this process runs under systemd (`INVOCATION_ID` is set by it).
 pub fn under_systemd() -> bool {
     std::env::var_os("INVOCATION_ID").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            "2026  WARN x"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
+
+    #[test]
+    fn the_tail_starts_at_this_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, "old 1\nold 2\nnew 1\nnew 2\n").unwrap();
+        assert_eq!(tail(&p, 12, 10), "new 1\nnew 2");
+        assert_eq!(tail(&p, 0, 1), "new 2");
+        assert_eq!(tail(&p, 999, 5), "");
+    }
 }

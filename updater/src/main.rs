@@ -22,6 +22,10 @@ use decnet_updater::slots::ReleaseSlots;
 #[derive(Debug, Parser)]
 #[command(name = "decnet-updater", version, about)]
 struct Cli {
+    /// Log line format on stderr: text (colour only on a terminal, never
+    /// with NO_COLOR) or json (one object per line).
+    #[arg(long, global = true, env = "DECNET_LOG_FORMAT", default_value = "text")]
+    log_format: decnet_telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,12 +41,24 @@ enum Command {
     /// Join the fleet with a one-time token (created with --updater): generate
     /// the key here, get the certificate from the master, write the updater bundle.
     Join {
-        /// The master's control API, HOST[:PORT] (port 8770 by default).
-        #[arg(long, value_name = "HOST[:PORT]")]
+        /// The master's control API, HOST[:8766] (port 8770 by default).
+        #[arg(long, value_name = "HOST[:8766]")]
         master: String,
-        /// The token printed by `decnet swarm token create --updater`.
-        #[arg(long, env = "DECNET_JOIN_TOKEN", hide_env_values = true)]
-        token: String,
+        /// The token printed by `decnet swarm token create --updater` (or use
+        /// --token-file, or DECNET_JOIN_TOKEN: argv is visible in /proc).
+        #[arg(
+            long,
+            env = "DECNET_JOIN_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the token from this file.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// The port this daemon will serve on (recorded by the master, which dials it).
+        #[arg(long, default_value_t = 8766)]
+        port: u16,
         /// Where to write the bundle; default ~/.decnet/updater.
         #[arg(long, value_name = "DIR")]
         bundle_dir: Option<PathBuf>,
@@ -103,8 +119,8 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         stop_grace: u64,
         /// Renew this updater's certificate with the master's control API
-        /// (HOST[:PORT], port 8770 by default) at about 2/3 of its lifetime.
-        #[arg(long, value_name = "HOST[:PORT]")]
+        /// (HOST[:8766], port 8770 by default) at about 2/3 of its lifetime.
+        #[arg(long, value_name = "HOST[:8766]")]
         master: Option<String>,
         /// Pin the master's certificate fingerprint (SHA-256 hex).
         #[arg(long, value_name = "SHA256")]
@@ -117,13 +133,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DECNET_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    decnet_telemetry::init_logging(cli.log_format, "info");
     decnet_pki::provider::install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,39 +149,25 @@ fn main() {
         Command::Join {
             master,
             token,
+            token_file,
+            port,
             bundle_dir,
             host,
         } => rt.block_on(async move {
             let dir = bundle_dir
                 .unwrap_or_else(|| decnet_pki::bundle::default_decnet_home().join("updater"));
-            let master = decnet_swarm_client::transport::with_default_port(&master, 8770);
-            match decnet_swarm_client::join::join(
-                &master,
-                &token,
+            decnet_swarm_client::join::join_command(
+                &decnet_swarm_client::transport::with_default_port(&master, 8770),
+                token.as_deref(),
+                token_file.as_deref(),
                 BundleKind::Updater,
                 &dir,
-                host.as_deref(),
+                &decnet_swarm_client::join::JoinOptions {
+                    claimed_host: host.as_deref(),
+                    port: Some(port),
+                },
             )
             .await
-            {
-                Ok(b) => {
-                    println!(
-                        "joined as {} (fingerprint {}); bundle written to {}",
-                        b.identity.cn,
-                        b.identity.fingerprint,
-                        dir.display()
-                    );
-                    0
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    match e {
-                        decnet_swarm_client::join::JoinError::BadToken
-                        | decnet_swarm_client::join::JoinError::CaMismatch { .. } => 2,
-                        _ => 1,
-                    }
-                }
-            }
         }),
         serve_cmd @ Command::Serve { .. } => rt.block_on(serve(serve_cmd)),
     };

@@ -85,6 +85,16 @@ fn crash_point(step: &str) {
     }
 }
 
+/// Test seam: make named steps fail with an error (`DECNET_UPDATER_FAIL_AT`,
+/// comma-separated), to prove that every error after a promotion leads to
+/// the revert path.
+fn fail_point(step: &str) -> Result<(), String> {
+    if std::env::var("DECNET_UPDATER_FAIL_AT").is_ok_and(|s| s.split(',').any(|p| p == step)) {
+        return Err(format!("injected failure at {step}"));
+    }
+    Ok(())
+}
+
 /// Settings of the pipeline.
 pub struct UpdaterCore {
     /// The agent's releases.
@@ -277,38 +287,89 @@ impl UpdaterCore {
         self.promote_and_probe(JournalOp::Rollback, &target).await
     }
 
+    /// Promote `id`, switch the agent to it and probe it; commit when
+    /// healthy. Any failure after the promotion — stopping or starting the
+    /// agent, the probe, the commit — takes the same revert path, so
+    /// `current` is never left on an unverified release once the lock is
+    /// released; a promotion is refused while an earlier one is unresolved.
     async fn promote_and_probe(&self, op: JournalOp, id: &str) -> Result<Success, UpdateError> {
-        let journal = self.slots.promote(op, id).map_err(internal)?;
+        if let Some(j) = self.slots.journal().map_err(internal)? {
+            return Err(internal_msg(format!(
+                "an earlier promotion (to {}) is unresolved; restart the updater to resolve it",
+                j.to
+            )));
+        }
+        let journal = match self.slots.promote(op, id) {
+            Ok(j) => j,
+            Err(e) => {
+                // The journal is written first: put back what was changed.
+                if let Ok(Some(j)) = self.slots.journal() {
+                    let _ = self.slots.revert(&j);
+                }
+                return Err(internal(e));
+            }
+        };
         crash_point("after_promote");
-        self.control.stop().await.map_err(|e| internal_msg(e.0))?;
-        crash_point("after_stop");
-        let started = self.control.start().await;
-        crash_point("after_start");
-        let report = match started {
+        let switched: Result<(), String> = async {
+            fail_point("stop")?;
+            self.control.stop().await.map_err(|e| e.0)?;
+            crash_point("after_stop");
+            fail_point("start")?;
+            let started = self.control.start().await.map_err(|e| e.0);
+            crash_point("after_start");
+            started
+        }
+        .await;
+        let mut report = match switched {
             Ok(()) => self.prober.probe().await,
             Err(e) => ProbeReport {
                 healthy: false,
                 version: None,
-                transcript: vec![format!("agent did not start: {e}")],
+                transcript: vec![format!("the agent could not be switched to {id}: {e}")],
             },
         };
         if report.healthy {
-            self.slots.commit().map_err(internal)?;
-            return Ok(Success {
-                status: if op == JournalOp::Update {
-                    "updated"
-                } else {
-                    "rolled_back"
-                },
-                release: self.slots.info(id),
-                probe: Some(report),
-            });
+            match fail_point("commit").and_then(|_| self.slots.commit().map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    return Ok(Success {
+                        status: if op == JournalOp::Update {
+                            "updated"
+                        } else {
+                            "rolled_back"
+                        },
+                        release: self.slots.info(id),
+                        probe: Some(report),
+                    });
+                }
+                Err(e) => {
+                    report.healthy = false;
+                    report.transcript.push(format!(
+                        "healthy, but the promotion could not be committed: {e}"
+                    ));
+                }
+            }
         }
         // Unhealthy: revert to what ran before.
         let stderr = self.control.log_tail(40);
         tracing::warn!(slot = %id, "release failed its health probe; reverting");
         let _ = self.control.stop().await;
-        self.slots.revert(&journal).map_err(internal)?;
+        if let Err(e) = fail_point("revert")
+            .and_then(|_| self.slots.revert(&journal).map_err(|e| e.to_string()))
+        {
+            // The journal stays: the next start resolves it, and no other
+            // promotion runs until then.
+            return Err(UpdateError::Failed(Box::new(FailureReport {
+                rolled_back: false,
+                restored_healthy: false,
+                detail: format!(
+                    "{id} failed and the previous release could not be restored ({e}); restart the updater to finish the recovery"
+                ),
+                probe: Some(report),
+                restore_probe: None,
+                stderr,
+            })));
+        }
         if journal.from.is_none() {
             // Nothing to go back to: a failure, not a rollback.
             return Err(UpdateError::Failed(Box::new(FailureReport {
@@ -380,11 +441,25 @@ impl UpdaterCore {
                     tracing::info!(slot = %j.to, "interrupted promotion finished: the new release is healthy");
                     slots.commit()?;
                 } else {
-                    tracing::warn!(slot = %j.to, "interrupted promotion rolled back: the new release is not healthy");
+                    tracing::warn!(slot = %j.to, "interrupted promotion: the new release is not healthy; restoring the previous one");
                     let _ = self.control.stop().await;
                     slots.revert(&j)?;
                     if j.from.is_some() {
-                        let _ = self.control.start().await;
+                        let restored = match self.control.start().await {
+                            Ok(()) => self.prober.probe().await,
+                            Err(e) => ProbeReport {
+                                healthy: false,
+                                version: None,
+                                transcript: vec![format!("the previous agent did not start: {e}")],
+                            },
+                        };
+                        if restored.healthy {
+                            tracing::info!(
+                                "interrupted promotion resolved: the previous release is healthy again"
+                            );
+                        } else {
+                            tracing::error!(transcript = ?restored.transcript, "interrupted promotion resolved, but the restored release is NOT healthy");
+                        }
                     }
                 }
             } else {

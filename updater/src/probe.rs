@@ -82,13 +82,13 @@ impl Prober {
         let cfg = material
             .client_config(&self.expected)
             .map_err(|e| e.to_string())?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(cfg)
-            .connect_timeout(self.opts.timeout)
-            .timeout(self.opts.timeout)
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = decnet_swarm_client::transport::http_client(
+            cfg,
+            self.opts.timeout,
+            Some(self.opts.timeout),
+            false,
+        )
+        .map_err(|e| e.to_string())?;
         *cached = Some((material, client.clone()));
         Ok(client)
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use decnet_e2e::{Daemon, Listener, MasterHome};
-use decnet_pki::{Bundle, BundleKind};
+use decnet_pki::Bundle;
 use tokio::io::AsyncWriteExt;
 
 fn message(i: usize) -> Vec<u8> {
@@ -39,10 +39,11 @@ fn count_lines(p: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Send `per_conn` messages on each of `conns` connections; return the
-/// seconds until `out` holds all of them.
+/// Send `per_conn` messages on each of `conns` connections (connection `i`
+/// presents `bundles[i]`: the listener allows only a few connections per
+/// certificate); return the seconds until `out` holds all of them.
 async fn load(
-    bundle: &Bundle,
+    bundles: &[Bundle],
     addr: std::net::SocketAddr,
     conns: usize,
     per_conn: usize,
@@ -53,8 +54,8 @@ async fn load(
     let before = count_lines(out);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let bundle = bundle.clone();
+    for i in 0..conns {
+        let bundle = bundles[i % bundles.len()].clone();
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             let mut s = connect(&bundle, addr).await;
@@ -102,8 +103,10 @@ async fn main() {
     let per_conn: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(50_000);
     decnet_pki::provider::install_default();
     let m = MasterHome::new();
-    m.enroll("bench-host");
-    let agent = Bundle::load(&m.agent_bundle_dir("bench-host"), BundleKind::Agent).unwrap();
+    // One identity per load connection; 250 identities x 4 connections (the
+    // listener's per-certificate cap) for the idle-connection figures.
+    let idle_ids = decnet_e2e::enroll_many(&m, "idle", 250);
+    let agents = decnet_e2e::enroll_many(&m, "bench", conns);
     let msg_len = message(0).len();
     let total = conns * per_conn;
     println!(
@@ -112,7 +115,7 @@ async fn main() {
 
     let l = Listener::start(&m, 0);
     let pid = l.daemon.child.id();
-    match load(&agent, l.daemon.addr, conns, per_conn, &l.raw).await {
+    match load(&agents, l.daemon.addr, conns, per_conn, &l.raw).await {
         Some(secs) => println!(
             "decnet listener: {:>9.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, raw + JSON written)",
             total as f64 / secs,
@@ -120,21 +123,24 @@ async fn main() {
         ),
         None => println!("decnet listener: did not ingest everything within 300 s"),
     }
-    // 1,000 idle connections.
+    // 1,000 idle connections (250 certificates x 4), then closed again.
     let base = rss_kib(pid);
     let mut idle = Vec::new();
-    for _ in 0..1000 {
-        idle.push(connect(&agent, l.daemon.addr).await);
+    for i in 0..1000 {
+        idle.push(connect(&idle_ids[i / 4], l.daemon.addr).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let with_idle = rss_kib(pid);
+    drop(idle);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid);
     println!(
-        "decnet listener RSS: {:.1} MiB before, {:.1} MiB with 1000 idle mTLS connections ({:.1} KiB each)",
+        "decnet listener RSS: {:.1} MiB before, {:.1} MiB with 1000 idle mTLS connections ({:.1} KiB each), {:.1} MiB 3 s after they closed",
         base as f64 / 1024.0,
         with_idle as f64 / 1024.0,
-        (with_idle.saturating_sub(base)) as f64 / 1000.0
+        (with_idle.saturating_sub(base)) as f64 / 1000.0,
+        after as f64 / 1024.0
     );
-    drop(idle);
 
     // rsyslog's TLS receiver under the same load.
     let rsyslogd = Path::new("/usr/sbin/rsyslogd");
@@ -143,13 +149,13 @@ async fn main() {
         return;
     }
     for with_json in [false, true] {
-        rsyslog_run(&m, &agent, rsyslogd, conns, per_conn, with_json).await;
+        rsyslog_run(&m, &agents, rsyslogd, conns, per_conn, with_json).await;
     }
 }
 
 async fn rsyslog_run(
     m: &MasterHome,
-    agent: &Bundle,
+    agents: &[Bundle],
     rsyslogd: &Path,
     conns: usize,
     per_conn: usize,
@@ -204,7 +210,7 @@ action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
     decnet_e2e::wait_for(Duration::from_secs(15), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
-    match load(agent, ([127, 0, 0, 1], port).into(), conns, per_conn, &out).await {
+    match load(agents, ([127, 0, 0, 1], port).into(), conns, per_conn, &out).await {
         Some(secs) => println!(
             "rsyslog imtcp+gtls: {:>6.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, {})",
             total as f64 / secs,
@@ -221,7 +227,7 @@ action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
     let rbase = rss_kib(rpid);
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        idle.push(connect(agent, ([127, 0, 0, 1], port).into()).await);
+        idle.push(connect(&agents[0], ([127, 0, 0, 1], port).into()).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(

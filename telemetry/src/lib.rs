@@ -1,0 +1,60 @@
+//! decnet-telemetry: how every decnet binary reports what it does.
+//!
+//! [`init_logging`] sets up `tracing` output on stderr once per process:
+//! plain text (colour only when stderr is a terminal and `NO_COLOR` is
+//! unset: journald and files get no escape codes) or one JSON object per
+//! line (`--log-format json`, for log shippers). The level filter comes
+//! from `DECNET_LOG` (e.g. `info`, `decnet_server=debug`).
+
+use std::io::IsTerminal;
+use std::str::FromStr;
+
+/// The shape of log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("unknown log format {other:?} (text or json)")),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// Whether text logs may carry colour codes.
+pub fn colour_allowed() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Install the process's log output: `format`, filtered by `DECNET_LOG`
+/// (else `default_filter`).
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DECNET_LOG")
+        .unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // An Err only means a subscriber is already installed (tests).
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colour_allowed()).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

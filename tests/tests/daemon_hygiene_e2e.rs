@@ -1,0 +1,83 @@
+//! What operators see of every daemon: logs without terminal escape codes
+//! when stderr is not a terminal, JSON logs on request, and a prompt stop
+//! on SIGTERM when idle.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use decnet_e2e::{Agent, Daemon, Listener, MasterHome, UpdaterFixture};
+
+fn stop_time(d: &mut Daemon) -> Duration {
+    let t = Instant::now();
+    assert_eq!(d.stop(), Some(0), "clean exit; log:\n{}", d.log_text());
+    t.elapsed()
+}
+
+#[test]
+fn idle_daemons_stop_promptly_and_log_without_escape_codes() {
+    let m = MasterHome::new();
+    m.enroll("hy1");
+    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
+    cmd.args([
+        "master",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-listener",
+    ])
+    .env("DECNET_HOME", m.home())
+    .env("DECNET_LOG", "info");
+    let mut master = Daemon::start(cmd, m.dir.path().join("master.log"));
+    let mut agent = Agent::start(
+        &m,
+        "hy1",
+        &m.dir.path().join("hy1-state"),
+        &[
+            "--master",
+            &master.addr.to_string(),
+            "--heartbeat-interval",
+            "1",
+        ],
+    );
+    let mut listener = Listener::start(&m, 0);
+    let mut updater = UpdaterFixture::start(&m, "hy1", &[]);
+    // Something happened and was logged.
+    std::thread::sleep(Duration::from_millis(1500));
+    for (name, d) in [
+        ("agent", &mut agent.daemon),
+        ("updater", &mut updater.daemon),
+        ("listener", &mut listener.daemon),
+        ("master", &mut master),
+    ] {
+        let took = stop_time(d);
+        let log = d.log_text();
+        assert!(!log.is_empty(), "{name} logged nothing");
+        assert!(!log.contains('\u{1b}'), "{name} wrote escape codes:\n{log}");
+        assert!(
+            took < Duration::from_millis(500),
+            "{name} took {took:?} to stop"
+        );
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let m = MasterHome::new();
+    m.enroll("hy2");
+    let mut agent = Agent::start(
+        &m,
+        "hy2",
+        &m.dir.path().join("hy2-state"),
+        &["--log-format", "json"],
+    );
+    agent.daemon.stop();
+    let log = agent.daemon.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+}
