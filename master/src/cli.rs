@@ -742,7 +742,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     label.as_deref(),
                     release_version.as_deref(),
                     signer.as_ref(),
-                )?
+                    tmp.path(),
+                )
+                .map_err(|e| UsageError(format!("{e:#}")))?
             } else {
                 return Err(UsageError(format!(
                     "{} is neither a release directory nor a tarball",

@@ -216,14 +216,62 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// An existing tarball with its digest and manifests: signed now with
-/// `signer`, else the ones packed beside it (when they name this tarball),
-/// else unsigned ones.
+/// Re-pack the tarball `src` into `dst` with the modes `release pack` uses
+/// (0755 for executables, 0644 otherwise, owner root, no timestamps): a
+/// tarball built elsewhere may carry group- or world-writable files. Only
+/// regular files are kept (directories are implied); a link, device or fifo
+/// is refused. Returns the files.
+pub fn normalize(src: &Path, dst: &Path) -> anyhow::Result<Vec<String>> {
+    let file = std::fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+    let mut archive =
+        tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let out = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        std::io::BufWriter::new(out),
+        flate2::Compression::fast(),
+    ));
+    let mut files = Vec::new();
+    for entry in archive.entries().context("not a .tar.gz")? {
+        let mut entry = entry.context("not a .tar.gz")?;
+        let path = entry.path().context("entry path")?.into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            anyhow::bail!(
+                "{} holds {} as a {kind:?} entry; a release holds regular files only",
+                src.display(),
+                path.display()
+            );
+        }
+        let exec = entry.header().mode().unwrap_or(0) & 0o111 != 0;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(entry.header().size().context("entry size")?);
+        h.set_mode(if exec { 0o755 } else { 0o644 });
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut h, &path, &mut entry)?;
+        files.push(path.display().to_string());
+    }
+    let gz = builder.into_inner()?;
+    let mut w = gz.finish()?;
+    std::io::Write::flush(&mut w)?;
+    Ok(files)
+}
+
+/// An existing tarball with its digest and manifests. Packed by `release
+/// pack` (its manifests beside it name it) and no new signature asked: as
+/// is. Otherwise it is first re-packed into `scratch` with normalized modes
+/// ([`normalize`]), then given manifests, signed with `signer` when given.
 pub fn existing(
     tarball: &Path,
     label: Option<&str>,
     version: Option<&str>,
     signer: Option<&ReleaseSigner>,
+    scratch: &Path,
 ) -> anyhow::Result<PackedRelease> {
     let digest = sha256_file(tarball).with_context(|| format!("reading {}", tarball.display()))?;
     let sha256 = digest_hex(&digest);
@@ -245,23 +293,31 @@ pub fn existing(
         .map(str::to_string)
         .or_else(|| packed_manifest.as_ref().map(|m| m.version.clone()))
         .unwrap_or_else(|| label.clone());
-    let manifests = match (signer, packed) {
-        (None, Some(ms))
-            if packed_manifest
-                .as_ref()
-                .is_some_and(|m| m.label == label && m.version == version) =>
-        {
-            ms
-        }
-        (signer, _) => manifests(&label, &version, &sha256, signer),
-    };
+    if signer.is_none()
+        && let Some(ms) = packed
+        && packed_manifest
+            .as_ref()
+            .is_some_and(|m| m.label == label && m.version == version)
+    {
+        return Ok(PackedRelease {
+            tarball: tarball.to_path_buf(),
+            sha256,
+            manifests: ms,
+            label,
+            version,
+            files: Vec::new(),
+        });
+    }
+    let normalized = scratch.join("release.tar.gz");
+    let files = normalize(tarball, &normalized)?;
+    let sha256 = digest_hex(&sha256_file(&normalized)?);
     Ok(PackedRelease {
-        tarball: tarball.to_path_buf(),
+        tarball: normalized,
+        manifests: manifests(&label, &version, &sha256, signer),
         sha256,
-        manifests,
         label,
         version,
-        files: Vec::new(),
+        files,
     })
 }
 
@@ -314,9 +370,57 @@ mod tests {
             .is_err()
         );
         // The manifests name this tarball, for both daemons, unsigned.
-        let back = existing(&out, None, None, None).unwrap();
+        let back = existing(&out, None, None, None, d.path()).unwrap();
         assert_eq!((back.label.as_str(), back.version.as_str()), ("v1", "v1"));
         assert_eq!(back.manifests, p.manifests);
         assert!(back.manifests.iter().all(|m| m.signature.is_none()));
+        assert_eq!(back.tarball, out, "a packed release goes as it is");
+    }
+
+    #[test]
+    fn a_foreign_tarball_is_repacked_with_safe_modes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("foreign.tar.gz");
+        {
+            let gz = flate2::write::GzEncoder::new(
+                std::fs::File::create(&src).unwrap(),
+                flate2::Compression::fast(),
+            );
+            let mut b = tar::Builder::new(gz);
+            for (path, mode) in [("bin/decnet-agent", 0o4777), ("share/notes", 0o666)] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(2);
+                h.set_mode(mode);
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, path, &b"ok"[..]).unwrap();
+            }
+            b.into_inner().unwrap().finish().unwrap();
+        }
+        let scratch = d.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let p = existing(&src, Some("x1"), None, None, &scratch).unwrap();
+        assert_ne!(p.tarball, src);
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(&p.tarball).unwrap(),
+        ));
+        let modes: Vec<(String, u32)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            vec![
+                ("bin/decnet-agent".into(), 0o755),
+                ("share/notes".into(), 0o644)
+            ]
+        );
+        assert_eq!(p.sha256, digest_hex(&sha256_file(&p.tarball).unwrap()));
     }
 }

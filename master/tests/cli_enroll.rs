@@ -224,6 +224,11 @@ fn second_enroll_is_refused_and_reissue_revokes_the_old_certificates() {
         2,
     );
     assert!(err.contains("--reissue"), "{err}");
+    // The suggested command runs as printed (tested below with the same args).
+    assert!(
+        err.contains("run: decnet swarm enroll --host db-1 --reissue"),
+        "{err}"
+    );
     assert_eq!(
         h.json(&["swarm", "show", "db-1", "--json"])["agent_fingerprint"],
         first["agent_fingerprint"]
@@ -252,6 +257,52 @@ fn second_enroll_is_refused_and_reissue_revokes_the_old_certificates() {
         second["agent_fingerprint"],
         bundle.identity.fingerprint.to_hex()
     );
+
+    // A reissue keeps the endpoint and the recorded SANs unless restated.
+    h.ok(&[
+        "swarm",
+        "set-endpoint",
+        "db-1",
+        "--agent-port",
+        "9100",
+        "--updater-port",
+        "9101",
+    ]);
+    h.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "db-1",
+        "--address",
+        "10.0.0.2",
+        "--sans",
+        "db-1.lab,10.9.9.9",
+        "--reissue",
+    ]);
+    let out = h.ok(&["swarm", "enroll", "--host", "db-1", "--reissue"]);
+    assert!(
+        !out.contains("updater"),
+        "no updater bundle was issued: {out}"
+    );
+    let third = h.json(&["swarm", "show", "db-1", "--json"]);
+    assert_eq!(third["address"], "10.0.0.2");
+    assert_eq!(
+        (third["agent_port"].as_u64(), third["updater_port"].as_u64()),
+        (Some(9100), Some(9101))
+    );
+    let sans: Vec<&str> = third["sans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        sans.contains(&"db-1.lab") && sans.contains(&"10.9.9.9") && sans.contains(&"10.0.0.2"),
+        "{sans:?}"
+    );
+    // A new host still needs an address.
+    let err = h.fails(&["swarm", "enroll", "--host", "db-new"], 2);
+    assert!(err.contains("--address is required"), "{err}");
 
     let audit = h.audit();
     assert!(audit.iter().any(|e| e["action"] == "swarm.enroll"
@@ -434,4 +485,74 @@ fn help_is_available_everywhere() {
         assert!(out.contains("Usage"), "{out}");
     }
     assert!(h.ok(&["--version"]).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn fleet_commands_refuse_early_and_report_unreachable_hosts_as_rows() {
+    let h = Home::new();
+    h.ok(&["ca", "init"]);
+    h.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "nu-1",
+        "--address",
+        "127.0.0.1",
+    ]);
+    // Nothing listens on port 1: the host is unreachable.
+    h.ok(&["swarm", "set-endpoint", "nu-1", "--agent-port", "1"]);
+    let rel = h.dir.path().join("rel");
+    std::fs::create_dir_all(rel.join("bin")).unwrap();
+    std::fs::write(rel.join("bin/decnet-agent"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        rel.join("bin/decnet-agent"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+
+    // An unknown host is refused before anything is packed.
+    let err = h.fails(
+        &[
+            "swarm",
+            "update",
+            "--release",
+            "/nonexistent",
+            "--host",
+            "ghost",
+        ],
+        2,
+    );
+    assert!(err.contains("not enrolled"), "{err}");
+    // No updater certificate: said plainly, with no upload announced.
+    let out = h.run(&[
+        "swarm",
+        "update",
+        "--release",
+        rel.to_str().unwrap(),
+        "--host",
+        "nu-1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no updater certificate is recorded"),
+        "{text}"
+    );
+    assert!(!text.contains("uploading"), "{text}");
+
+    // status and check: an unreachable host is a row, and exit 1.
+    for cmd in ["status", "check"] {
+        let out = h.run(&["swarm", cmd, "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["host"], "nu-1", "{cmd}: {v}");
+        assert_eq!(v[0]["reachable"], false, "{cmd}");
+        assert!(v[0]["updated_at"].is_i64(), "{cmd}: {v}");
+        let error = v[0]["error"].as_str().unwrap();
+        assert!(error.contains("connection refused"), "{cmd}: {error}");
+        assert!(
+            !error.contains("hyper") && !error.contains("client error"),
+            "{cmd}: {error}"
+        );
+    }
 }

@@ -143,6 +143,15 @@ fn updater_leaf_has_updater_cn_and_loopback_san() {
     assert!(text.contains("IP Address:127.0.0.1"), "{text}");
     let id = decnet_pki::PeerIdentity::from_pem(&leaf.cert_pem).unwrap();
     assert_eq!(id.role, Role::Updater(HostName::new("edge-7").unwrap()));
+    assert!(text.contains("OU = swarm-worker"), "{text}");
+}
+
+#[test]
+fn the_master_certificate_has_its_own_unit() {
+    let leaf = ca().issue(&LeafSpec::for_role(&Role::Master, &[])).unwrap();
+    let text = x509_text(&leaf.cert_pem);
+    assert!(text.contains("OU = swarm-master"), "{text}");
+    assert!(!text.contains("swarm-worker"), "{text}");
 }
 
 #[test]

@@ -85,6 +85,56 @@ fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
         "the failed release is gone"
     );
     assert!(agent_healthy(&m), "the old agent answers again");
+
+    // The 409 answer carries this attempt's agent output only — not earlier
+    // runs' — and no terminal escape codes.
+    let bad_tar = m.dir.path().join("bad.tar.gz");
+    m.ok(&[
+        "release",
+        "pack",
+        bad.to_str().unwrap(),
+        "--out",
+        bad_tar.to_str().unwrap(),
+    ]);
+    let manifests: Vec<decnet_pki::signing::SignedManifest> = serde_json::from_slice(
+        &std::fs::read(m.dir.path().join("bad.tar.gz.manifests.json")).unwrap(),
+    )
+    .unwrap();
+    let pin = m.json(&["swarm", "show", "u1", "--json"])["updater_fingerprint"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let master = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
+    let client = decnet_swarm_client::UpdaterClient::new(
+        "u1",
+        &master,
+        "127.0.0.1",
+        u.daemon.port(),
+        vec![pin],
+    )
+    .unwrap();
+    let digest = sha256_hex(&std::fs::read(&bad_tar).unwrap());
+    let outcome = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(client.update(&decnet_swarm_client::updater::ReleaseUpload {
+            tarball: &bad_tar,
+            sha: "bad",
+            sha256: &digest,
+            manifests: &manifests,
+            allow_downgrade: false,
+        }));
+    let Ok(decnet_swarm_client::updater::UpdateOutcome::RolledBack(body)) = outcome else {
+        panic!("expected a rollback, got {outcome:?}");
+    };
+    let stderr = body["stderr"].as_str().unwrap();
+    assert!(stderr.contains("broken agent: cannot start"), "{stderr}");
+    assert!(
+        !stderr.contains("listening on"),
+        "earlier runs leaked in: {stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    assert_eq!(body["rolled_back"], true);
     let pid3 = u.agent_pid().unwrap();
     let exe = std::fs::read_link(format!("/proc/{pid3}/exe")).unwrap();
     assert!(
@@ -141,6 +191,15 @@ fn first_install_failing_its_probe_leaves_no_dangling_current() {
         "u2",
     ]);
     assert_eq!(out.status.code(), Some(1));
+    // A failure, not a rollback: there was nothing to go back to.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAILED") && !text.contains("ROLLED_BACK"),
+        "{text}"
+    );
+    assert!(text.contains("nothing is installed"), "{text}");
+    let history = m.json(&["swarm", "releases", "u2", "--json"])["history"].clone();
+    assert_eq!(history[0]["outcome"], "failed", "{history}");
     assert!(
         std::fs::symlink_metadata(u.install.join("current")).is_err(),
         "no current symlink"

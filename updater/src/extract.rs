@@ -2,7 +2,8 @@
 //!
 //! Refused, with a message naming the entry: absolute paths, `..`, anything
 //! that is not a regular file or a directory (symlinks, hard links, devices,
-//! fifos), a total size over the cap. Setuid/setgid/sticky bits are cleared.
+//! fifos), a total size over the cap. Setuid/setgid/sticky bits and group
+//! and other write bits are cleared.
 //! Nothing is written outside the staging dir.
 
 use std::io::Read;
@@ -59,7 +60,9 @@ pub fn extract_release(tarball: &Path, dest: &Path, cap: u64) -> Result<u64, Ext
         let rel =
             safe_relative(&raw_path).ok_or_else(|| ExtractError::UnsafePath(shown.clone()))?;
         let kind = entry.header().entry_type();
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        // Owner bits as given; group and others may never write (the agent
+        // runs privileged code from here), special bits never survive.
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
         if kind.is_dir() {
             if rel.as_os_str().is_empty() {
                 continue;
@@ -187,6 +190,31 @@ pub(crate) mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
             0o755
         );
+    }
+
+    #[test]
+    fn nobody_but_the_owner_may_write_what_is_installed() {
+        let (r, dir) = try_extract(
+            tarball(&[
+                ("share/", tar::EntryType::Directory, b"", 0o777),
+                ("share/open", tar::EntryType::Regular, b"x", 0o777),
+                ("share/sticky", tar::EntryType::Regular, b"y", 0o1777),
+                ("share/group", tar::EntryType::Regular, b"z", 0o664),
+            ]),
+            1024,
+        );
+        r.unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join("stage").join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("share"), 0o755);
+        assert_eq!(mode("share/open"), 0o755);
+        assert_eq!(mode("share/sticky"), 0o755);
+        assert_eq!(mode("share/group"), 0o644);
     }
 
     #[test]
