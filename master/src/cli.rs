@@ -772,16 +772,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
                 println!();
-                println!("{:<16} {:<12} {:<20} DETAIL", "HOST", "OUTCOME", "RELEASE");
-                for r in &results {
-                    println!(
-                        "{:<16} {:<12} {:<20} {}",
-                        r.host,
-                        r.outcome,
-                        r.release.as_deref().unwrap_or("-"),
-                        r.detail
-                    );
-                }
+                print!(
+                    "{}",
+                    crate::table::render(
+                        &["HOST", "OUTCOME", "RELEASE", "DETAIL"],
+                        results.iter().map(|r| {
+                            vec![
+                                r.host.clone(),
+                                r.outcome.to_string(),
+                                r.release.clone().unwrap_or_else(|| "-".into()),
+                                r.detail.clone(),
+                            ]
+                        })
+                    )
+                );
             }
             partial(
                 results
@@ -908,36 +912,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 match &releases {
-                    Ok(rs) => {
-                        println!(
-                            "{:<8} {:<24} {:<20} {:<16} INSTALLED",
-                            "", "SLOT", "RELEASE", "SHA256"
-                        );
-                        for (i, r) in rs.iter().enumerate() {
-                            println!(
-                                "{:<8} {:<24} {:<20} {:<16} {}",
-                                if i == 0 { "active" } else { "previous" },
-                                r.slot,
-                                r.sha,
-                                r.sha256.chars().take(16).collect::<String>(),
-                                format_time(r.installed_at)
-                            );
-                        }
-                    }
+                    Ok(rs) => print!(
+                        "{}",
+                        crate::table::render(
+                            &["", "SLOT", "RELEASE", "SHA256", "INSTALLED"],
+                            rs.iter().enumerate().map(|(i, r)| {
+                                vec![
+                                    if i == 0 { "active" } else { "previous" }.to_string(),
+                                    r.slot.clone(),
+                                    r.sha.clone(),
+                                    r.sha256.chars().take(16).collect::<String>(),
+                                    format_time(r.installed_at),
+                                ]
+                            })
+                        )
+                    ),
                     Err(e) => println!("releases unavailable: {e}"),
                 }
                 if !history.is_empty() {
                     println!("\nhistory:");
-                    for u in &history {
-                        println!(
-                            "  {}  {:<12} {:<20} {:<12} {}",
-                            format_time(u.at),
-                            u.kind,
-                            u.release,
-                            u.outcome,
-                            u.detail
-                        );
-                    }
+                    print!(
+                        "{}",
+                        crate::table::render(
+                            &["AT", "KIND", "RELEASE", "OUTCOME", "DETAIL"],
+                            history.iter().map(|u| {
+                                vec![
+                                    format_time(u.at),
+                                    u.kind.to_string(),
+                                    u.release.clone(),
+                                    u.outcome.to_string(),
+                                    u.detail.clone(),
+                                ]
+                            })
+                        )
+                    );
                 }
             }
             partial(releases.is_ok(), "the updater did not answer")
@@ -1437,17 +1445,22 @@ async fn show_audit(home: &MasterHome, limit: i64, json: bool) -> anyhow::Result
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
-    for e in entries {
-        println!(
-            "{}  {:<20} {:<22} {:<16} {:<8} {}",
-            format_time(e.at),
-            e.actor,
-            e.action,
-            e.target,
-            e.outcome,
-            e.detail
-        );
-    }
+    print!(
+        "{}",
+        crate::table::render(
+            &["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"],
+            entries.iter().map(|e| {
+                vec![
+                    format_time(e.at),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    e.target.clone(),
+                    e.outcome.to_string(),
+                    e.detail.clone(),
+                ]
+            })
+        )
+    );
     Ok(())
 }
 

@@ -433,39 +433,46 @@ pub async fn status(
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(all_ok);
     }
-    println!(
-        "{:<16} {:<20} {:<10} {:>8} {:>8}  DETAIL",
-        "HOST", "DECKY", "STATE", "PID", "RESTARTS"
-    );
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for r in &reports {
         match (&r.status, &r.error) {
-            (Some(s), _) if s.deckies.is_empty() => {
-                println!("{:<16} {:<20} {:<10}", r.host, "-", "(none)")
-            }
+            (Some(s), _) if s.deckies.is_empty() => rows.push(vec![
+                r.host.clone(),
+                "-".into(),
+                "(none)".into(),
+                "-".into(),
+                "-".into(),
+                String::new(),
+            ]),
             (Some(s), _) => {
                 for d in &s.deckies {
-                    println!(
-                        "{:<16} {:<20} {:<10} {:>8} {:>8}  {}",
-                        r.host,
-                        d.name,
-                        d.state,
+                    rows.push(vec![
+                        r.host.clone(),
+                        d.name.clone(),
+                        d.state.clone(),
                         d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        d.restarts,
-                        d.error.clone().unwrap_or_default()
-                    );
+                        d.restarts.to_string(),
+                        d.error.clone().unwrap_or_default(),
+                    ]);
                 }
             }
-            (None, e) => println!(
-                "{:<16} {:<20} {:<10} {:>8} {:>8}  {}",
-                r.host,
-                "-",
-                "unreachable",
-                "-",
-                "-",
-                e.clone().unwrap_or_default()
-            ),
+            (None, e) => rows.push(vec![
+                r.host.clone(),
+                "-".into(),
+                "unreachable".into(),
+                "-".into(),
+                "-".into(),
+                e.clone().unwrap_or_default(),
+            ]),
         }
     }
+    print!(
+        "{}",
+        crate::table::render(
+            &["HOST", "DECKY", "STATE", "PID", "RESTARTS", "DETAIL"],
+            rows
+        )
+    );
     Ok(all_ok)
 }
 
@@ -479,15 +486,19 @@ pub async fn check(db: &FleetDb, layout: &CaLayout, json: bool) -> anyhow::Resul
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(all_ok);
     }
-    println!("{:<16} {:<12} {:<10} DETAIL", "HOST", "AGENT", "VERSION");
-    for r in &reports {
-        println!(
-            "{:<16} {:<12} {:<10} {}",
-            r.host,
-            if r.reachable { "ok" } else { "unreachable" },
-            r.version.as_deref().unwrap_or("-"),
-            r.error.as_deref().unwrap_or("")
-        );
-    }
+    print!(
+        "{}",
+        crate::table::render(
+            &["HOST", "AGENT", "VERSION", "DETAIL"],
+            reports.iter().map(|r| {
+                vec![
+                    r.host.clone(),
+                    if r.reachable { "ok" } else { "unreachable" }.to_string(),
+                    r.version.clone().unwrap_or_else(|| "-".into()),
+                    r.error.clone().unwrap_or_default(),
+                ]
+            })
+        )
+    );
     Ok(all_ok)
 }

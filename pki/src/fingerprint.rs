@@ -28,12 +28,7 @@ impl Fingerprint {
 
     /// Lowercase hex form (what the database stores and humans compare).
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from(HEX[(b >> 4) as usize]));
-            s.push(char::from(HEX[(b & 0x0f) as usize]));
-        }
-        s
+        hex::encode(self.0)
     }
 
     /// A short prefix for log lines and tables.
@@ -41,8 +36,6 @@ impl Fingerprint {
         self.to_hex()[..16].to_string()
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A string that is not 64 hex digits.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +55,7 @@ impl FromStr for Fingerprint {
             return Err(err());
         }
         let mut out = [0u8; 32];
-        for (i, chunk) in clean.as_bytes().chunks(2).enumerate() {
-            let hi = (chunk[0] as char).to_digit(16).ok_or_else(err)?;
-            let lo = (chunk[1] as char).to_digit(16).ok_or_else(err)?;
-            out[i] = (hi * 16 + lo) as u8;
-        }
+        hex::decode_to_slice(&clean, &mut out).map_err(|_| err())?;
         Ok(Fingerprint(out))
     }
 }

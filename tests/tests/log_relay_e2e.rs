@@ -29,7 +29,7 @@ fn lines_are_credited_to_the_peer_cn_not_the_claimed_hostname() {
             "first plain line".into(),
             "<11>1 2026-11-23T10:00:00Z master-pwned sshd 42 AUTH [meta ip=\"10.0.0.9\"] spoofed"
                 .into(),
-            "third plain line".into(),
+            "third plain line \u{1b}[2J\u{202e}gnp.exe".into(),
         ],
     );
     let _fwd = start_forwarder(&m, "w1", l.daemon.addr, &log, &state);
@@ -37,6 +37,21 @@ fn lines_are_credited_to_the_peer_cn_not_the_claimed_hostname() {
     assert_eq!(raw.len(), 3);
     assert!(raw[0].ends_with("first plain line"), "{raw:?}");
     assert!(raw[1].contains("master-pwned"));
+    // Every raw line starts with who really sent it, whatever it claims.
+    let fp16 = Bundle::load(&m.agent_bundle_dir("w1"), BundleKind::Agent)
+        .unwrap()
+        .identity
+        .fingerprint
+        .short();
+    for r in &raw {
+        assert!(r.starts_with(&format!("w1 {fp16} ")), "{r}");
+    }
+    // Terminal escapes and bidi overrides arrive as visible text.
+    assert!(
+        raw[2].ends_with("third plain line \\x1b[2J\\u{202e}gnp.exe"),
+        "{}",
+        raw[2]
+    );
     let recs = wait_for(WAIT, || {
         let r = l.records();
         (r.len() == 3).then_some(r)
@@ -65,6 +80,56 @@ fn lines_are_credited_to_the_peer_cn_not_the_claimed_hostname() {
     assert_eq!(recs[1]["facility"], 1);
     assert_eq!(recs[1]["structured_data"]["meta"]["ip"], "10.0.0.9");
     assert_eq!(recs[1]["msg"], "spoofed");
+    assert_eq!(recs[2]["msg"], "third plain line \\x1b[2J\\u{202e}gnp.exe");
+}
+
+/// A log connection ends when its certificate expires, not only when it is
+/// revoked: an expired certificate must not keep an open connection alive.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_connection_is_cut_when_its_certificate_expires() {
+    use tokio::io::AsyncReadExt;
+    let m = MasterHome::new();
+    m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "exp1",
+        "--address",
+        "127.0.0.1",
+        "--valid-for",
+        "12s",
+    ]);
+    let l = Listener::start(&m, 0);
+    decnet_pki::provider::install_default();
+    let b = Bundle::load(&m.agent_bundle_dir("exp1"), BundleKind::Agent).unwrap();
+    let left = b.identity.not_after - time::OffsetDateTime::now_utc();
+    let cfg = decnet_pki::client_config(&b, None, &decnet_pki::ExpectedServer::master()).unwrap();
+    let tcp = tokio::net::TcpStream::connect(l.daemon.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("decnet-master").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(&decnet_log_relay::frame::encode(
+        b"<13>1 - exp1 a - - - before expiry",
+    ))
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(30), tls.read(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection outlived its certificate: {n:?}"
+    );
+    let waited = t.elapsed().as_secs_f64();
+    let expected = left.as_seconds_f64();
+    assert!(
+        (expected - 2.0..expected + 5.0).contains(&waited),
+        "cut after {waited:.1}s, the certificate had {expected:.1}s left"
+    );
+    assert!(l.raw_lines().iter().any(|r| r.ends_with("before expiry")));
 }
 
 #[test]
