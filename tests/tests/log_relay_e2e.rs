@@ -303,6 +303,11 @@ async fn refused_peers_write_nothing_and_bad_peers_do_not_disturb_others() {
     assert!(l.records().is_empty());
     let log = l.daemon.log_text();
     assert!(log.contains("may not send logs"), "{log}");
+    // Refused handshakes are logged with their reason, like the other servers'.
+    assert!(
+        log.contains("TLS handshake refused") && log.contains("foreign_ca"),
+        "{log}"
+    );
     assert!(log.contains("certificate is revoked"), "{log}");
 
     // Bad peers: a dangling "99 " and a 4 GB length prefix; meanwhile a good
