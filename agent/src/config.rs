@@ -16,8 +16,15 @@
 //! ```
 //!
 //! The `process` driver runs `command` with `env` (plus `DECNET_DECKY` and
-//! `DECNET_SERVICES`); the `compose` driver runs `image` with `command`, `env`
-//! and `ports`.
+//! `DECNET_SERVICES`) and nothing else in its environment; the `compose`
+//! driver runs `image` with `command`, `env` and `ports`.
+//!
+//! A decky is assumed hostile, so the config can only narrow what it gets:
+//! `user` (root only with `allow_root: true`, which the master audits),
+//! `limits` (memory, CPU share, processes, open files), and for compose
+//! `cap_add` (from a short list of capabilities that do not reach the host)
+//! and `writable_root`. Host mounts, host namespaces, privileged mode and
+//! security options are refused by name ([`FORBIDDEN_FIELDS`]).
 
 use std::collections::BTreeMap;
 
@@ -79,7 +86,7 @@ fn tcp() -> Protocol {
 }
 
 /// One workload.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeckyConfig {
     /// Unique name within the deployment (`[a-z0-9][a-z0-9_-]{0,62}`).
@@ -102,6 +109,139 @@ pub struct DeckyConfig {
     /// Restart policy.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Account to run as: `NAME`, `UID` or `UID:GID` (default: a uid of its
+    /// own for a process decky, `65534:65534` in a compose container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Allow `user` to be root. Audited by the master; off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_root: bool,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: DeckyLimits,
+    /// Capabilities a compose decky keeps (every other one is dropped);
+    /// only from [`GRANTABLE_CAPS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Compose: a writable root filesystem (default read-only, with tmpfs
+    /// on `/tmp` and `/run`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writable_root: bool,
+}
+
+/// Resource limits of one decky.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeckyLimits {
+    /// Memory in MiB (16-65536).
+    pub memory_mb: u64,
+    /// CPU share in percent of one core (1-6400).
+    pub cpu_percent: u32,
+    /// Processes and threads (8-65536).
+    pub processes: u64,
+    /// Open files per process (16-1048576).
+    pub open_files: u64,
+}
+
+impl Default for DeckyLimits {
+    fn default() -> Self {
+        DeckyLimits {
+            memory_mb: 512,
+            cpu_percent: 100,
+            processes: 256,
+            open_files: 1024,
+        }
+    }
+}
+
+impl DeckyLimits {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let check = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(err(
+                    format!("{at}.limits.{name}"),
+                    format!("must be between {lo} and {hi}"),
+                ))
+            }
+        };
+        check("memory_mb", self.memory_mb, 16, 65536)?;
+        check("cpu_percent", u64::from(self.cpu_percent), 1, 6400)?;
+        check("processes", self.processes, 8, 65536)?;
+        check("open_files", self.open_files, 16, 1 << 20)
+    }
+
+    /// The limits in the form the confinement applies.
+    pub fn resource_limits(&self) -> decnet_confine::ResourceLimits {
+        decnet_confine::ResourceLimits {
+            open_files: self.open_files,
+            processes: self.processes,
+            memory_bytes: self.memory_mb << 20,
+            cpu_percent: self.cpu_percent,
+        }
+    }
+}
+
+/// Capabilities a compose decky may keep: the ones a network daemon needs
+/// to bind, drop privileges and chroot. Anything that reaches the host
+/// (`SYS_ADMIN`, `SYS_PTRACE`, `NET_ADMIN`, `SYS_MODULE`, `DAC_READ_SEARCH`,
+/// `BPF`, ...) is refused.
+pub const GRANTABLE_CAPS: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Fields a decky may never have, each with the reason given in the 422.
+pub const FORBIDDEN_FIELDS: &[(&str, &str)] = &[
+    ("privileged", "privileged mode hands the decky the host"),
+    (
+        "volumes",
+        "host mounts (the Docker socket among them) are never allowed",
+    ),
+    ("volumes_from", "host mounts are never allowed"),
+    ("mounts", "host mounts are never allowed"),
+    ("devices", "host devices are never allowed"),
+    (
+        "network_mode",
+        "the host network namespace is never allowed",
+    ),
+    ("networks", "networks are chosen by the agent"),
+    ("pid", "the host PID namespace is never allowed"),
+    ("ipc", "the host IPC namespace is never allowed"),
+    ("uts", "the host UTS namespace is never allowed"),
+    (
+        "userns_mode",
+        "user namespace settings are chosen by the agent",
+    ),
+    ("cgroup_parent", "cgroups are chosen by the agent"),
+    ("security_opt", "security options are chosen by the agent"),
+    (
+        "cap_drop",
+        "every capability is dropped already; use cap_add for the few a decky may keep",
+    ),
+    ("sysctls", "kernel settings are never allowed"),
+];
+
+/// Whether `user` names root: `root`, `0`, or either with a group.
+pub fn names_root(user: &str) -> bool {
+    let u = user.split(':').next().unwrap_or(user);
+    u == "root" || u.parse::<u32>() == Ok(0)
+}
+
+/// The canonical name of capability `cap` (`cap_net_raw` → `NET_RAW`).
+pub fn capability_name(cap: &str) -> String {
+    let up = cap.to_ascii_uppercase();
+    up.strip_prefix("CAP_").unwrap_or(&up).to_string()
 }
 
 /// A config that cannot be deployed, with the field at fault.
@@ -187,12 +327,38 @@ impl DeckyConfig {
                 ));
             }
         }
-        if self.command.iter().any(|a| a.contains('\0')) {
+        if self.command.iter().any(|a| a.contains('\0'))
+            || self.env.values().any(|v| v.contains('\0'))
+        {
             return Err(err(
                 format!("{at}.command"),
-                "arguments must not contain NUL",
+                "arguments and values must not contain NUL",
             ));
         }
+        if let Some(user) = &self.user {
+            let ok = !user.is_empty()
+                && user.len() <= 65
+                && user.split(':').count() <= 2
+                && user.split(':').all(|p| {
+                    !p.is_empty()
+                        && p.bytes().all(|b| {
+                            b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'
+                        })
+                });
+            if !ok {
+                return Err(err(
+                    format!("{at}.user"),
+                    format!("invalid user {user:?}: use NAME, UID or UID:GID"),
+                ));
+            }
+            if names_root(user) && !self.allow_root {
+                return Err(err(
+                    format!("{at}.user"),
+                    "a decky runs as root only with \"allow_root\": true (the master audits it)",
+                ));
+            }
+        }
+        self.limits.validate(at)?;
         match driver {
             DriverKind::Process => {
                 if self.command.is_empty() {
@@ -207,6 +373,18 @@ impl DeckyConfig {
                         "the process driver does not publish ports; the program binds them itself",
                     ));
                 }
+                if !self.cap_add.is_empty() {
+                    return Err(err(
+                        format!("{at}.cap_add"),
+                        "process deckies run without any capability; cap_add is for compose",
+                    ));
+                }
+                if self.writable_root {
+                    return Err(err(
+                        format!("{at}.writable_root"),
+                        "writable_root is for compose deckies",
+                    ));
+                }
             }
             DriverKind::Compose => {
                 let image = self.image.as_deref().unwrap_or("");
@@ -219,6 +397,17 @@ impl DeckyConfig {
                 for (i, p) in self.ports.iter().enumerate() {
                     if p.host == 0 || p.container == 0 {
                         return Err(err(format!("{at}.ports[{i}]"), "ports must be 1-65535"));
+                    }
+                }
+                for (i, c) in self.cap_add.iter().enumerate() {
+                    if !GRANTABLE_CAPS.contains(&capability_name(c).as_str()) {
+                        return Err(err(
+                            format!("{at}.cap_add[{i}]"),
+                            format!(
+                                "capability {c:?} is not granted to deckies (grantable: {})",
+                                GRANTABLE_CAPS.join(", ")
+                            ),
+                        ));
                     }
                 }
             }
@@ -236,9 +425,42 @@ impl DeckyConfig {
     }
 }
 
+/// Refuse a field of [`FORBIDDEN_FIELDS`] by name and reason, before the
+/// generic "unknown field" answer would hide why.
+fn refuse_forbidden_fields(json: &[u8]) -> Result<(), ConfigError> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(json) else {
+        return Ok(()); // the typed decode reports the syntax error
+    };
+    let Some(deckies) = doc.get("deckies").and_then(|d| d.as_array()) else {
+        return Ok(());
+    };
+    for (i, d) in deckies.iter().enumerate() {
+        let Some(obj) = d.as_object() else { continue };
+        for (field, why) in FORBIDDEN_FIELDS {
+            if obj.contains_key(*field) {
+                return Err(err(
+                    format!("deckies[{i}].{field}"),
+                    format!("{why}: a decky is assumed hostile"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl DeploymentConfig {
+    /// Names of the deckies that run as root (`allow_root`), for the audit.
+    pub fn root_deckies(&self) -> Vec<&str> {
+        self.deckies
+            .iter()
+            .filter(|d| d.allow_root)
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
     /// Parse and validate a JSON document for `driver`.
     pub fn parse(json: &[u8], driver: DriverKind) -> Result<DeploymentConfig, ConfigError> {
+        refuse_forbidden_fields(json)?;
         let de = &mut serde_json::Deserializer::from_slice(json);
         let cfg: DeploymentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             // The path names the field at fault, an unknown one included.
@@ -357,6 +579,93 @@ mod tests {
             let e = DeploymentConfig::parse(json.as_bytes(), DriverKind::Process).unwrap_err();
             assert_eq!(e.field, field, "{json}: {e}");
         }
+    }
+
+    #[test]
+    fn containment_fields_are_checked_and_host_access_is_refused_by_name() {
+        let cases = [
+            (
+                DriverKind::Process,
+                r#"{"name":"a","command":["x"],"user":"root"}"#,
+                "deckies[0].user",
+                "allow_root",
+            ),
+            (
+                DriverKind::Process,
+                r#"{"name":"a","command":["x"],"user":"0:0"}"#,
+                "deckies[0].user",
+                "allow_root",
+            ),
+            (
+                DriverKind::Process,
+                r#"{"name":"a","command":["x"],"user":"a b"}"#,
+                "deckies[0].user",
+                "invalid user",
+            ),
+            (
+                DriverKind::Process,
+                r#"{"name":"a","command":["x"],"cap_add":["NET_RAW"]}"#,
+                "deckies[0].cap_add",
+                "without any capability",
+            ),
+            (
+                DriverKind::Compose,
+                r#"{"name":"a","image":"i","cap_add":["SYS_ADMIN"]}"#,
+                "deckies[0].cap_add[0]",
+                "not granted",
+            ),
+            (
+                DriverKind::Compose,
+                r#"{"name":"a","image":"i","privileged":true}"#,
+                "deckies[0].privileged",
+                "hostile",
+            ),
+            (
+                DriverKind::Compose,
+                r#"{"name":"a","image":"i","volumes":["/var/run/docker.sock:/var/run/docker.sock"]}"#,
+                "deckies[0].volumes",
+                "Docker socket",
+            ),
+            (
+                DriverKind::Compose,
+                r#"{"name":"a","image":"i","network_mode":"host"}"#,
+                "deckies[0].network_mode",
+                "host network",
+            ),
+            (
+                DriverKind::Compose,
+                r#"{"name":"a","image":"i","pid":"host"}"#,
+                "deckies[0].pid",
+                "PID namespace",
+            ),
+            (
+                DriverKind::Process,
+                r#"{"name":"a","command":["x"],"limits":{"memory_mb":1}}"#,
+                "deckies[0].limits.memory_mb",
+                "between",
+            ),
+            (
+                DriverKind::Process,
+                r#"{"name":"a","command":["x"],"limits":{"swap":1}}"#,
+                "deckies[0].limits.swap",
+                "unknown field",
+            ),
+        ];
+        for (driver, decky, field, words) in cases {
+            let json = format!(r#"{{"version":1,"deckies":[{decky}]}}"#);
+            let e = DeploymentConfig::parse(json.as_bytes(), driver).unwrap_err();
+            assert_eq!(e.field, field, "{decky}: {e}");
+            assert!(e.message.contains(words), "{decky}: {e}");
+        }
+        let ok = r#"{"version":1,"deckies":[{"name":"a","command":["x"],"user":"root","allow_root":true,
+            "limits":{"memory_mb":64}}]}"#;
+        let c = DeploymentConfig::parse(ok.as_bytes(), DriverKind::Process).unwrap();
+        assert_eq!(c.root_deckies(), vec!["a"]);
+        assert_eq!(
+            c.deckies[0].limits.processes, 256,
+            "unset limits keep their defaults"
+        );
+        assert_eq!(c.deckies[0].limits.resource_limits().memory_bytes, 64 << 20);
     }
 
     #[test]

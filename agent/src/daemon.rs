@@ -14,7 +14,7 @@ use crate::api::{AgentPolicy, router};
 use crate::config::DriverKind;
 use crate::driver::Driver;
 use crate::driver::compose::ComposeDriver;
-use crate::driver::process::ProcessDriver;
+use crate::driver::process::{Isolation, ProcessDriver, ProcessOptions};
 use crate::executor::Executor;
 use crate::state::StateStore;
 
@@ -33,6 +33,13 @@ pub struct ServeOptions {
     pub compose_project: String,
     /// SIGTERM → SIGKILL grace for process deckies.
     pub stop_grace: Duration,
+    /// How process deckies are separated from the agent and each other.
+    pub isolation: Isolation,
+    /// Parent of the process deckies' working directories (default
+    /// `<state-dir>/deckies`).
+    pub decky_root: Option<PathBuf>,
+    /// Rotation size of a process decky's log.
+    pub decky_log_max: u64,
 }
 
 /// Why the agent cannot start: every variant is an operator-fixable setup
@@ -56,6 +63,9 @@ pub enum SetupError {
     /// The listen address cannot be bound.
     #[error(transparent)]
     Bind(#[from] decnet_server::ServerError),
+    /// The agent lacks what its driver needs.
+    #[error("{0}")]
+    Driver(String),
 }
 
 /// A started agent: its bound address and the future that serves it.
@@ -82,6 +92,43 @@ impl RunningAgent {
     }
 }
 
+/// The process driver for `opts`, after checking the agent holds what
+/// per-decky ids need.
+fn process_driver(
+    opts: &ServeOptions,
+    events: mpsc::UnboundedSender<crate::driver::DriverEvent>,
+) -> Result<ProcessDriver, SetupError> {
+    match opts.isolation {
+        Isolation::PerDeckyUid(range) => {
+            let missing = decnet_confine::caps::missing(decnet_confine::caps::FOR_PER_DECKY_IDS);
+            if !missing.is_empty() {
+                return Err(SetupError::Driver(format!(
+                    "process deckies run under uids of their own ({range}), which needs {}; run the agent as root (the shipped unit does) or, for development only, pass --decky-isolation none",
+                    missing.join(", ")
+                )));
+            }
+        }
+        Isolation::None => tracing::warn!(
+            "--decky-isolation none: deckies run as the agent's own user and can read its key (development only)"
+        ),
+    }
+    let mut p = ProcessOptions::new(opts.state_dir.clone(), opts.isolation);
+    if let Some(root) = &opts.decky_root {
+        p.decky_root = root.clone();
+    }
+    p.grace = opts.stop_grace;
+    p.log_max = opts.decky_log_max;
+    p.cgroup = decnet_confine::cgroup::CgroupTree::detect();
+    match &p.cgroup {
+        Ok(tree) => tracing::info!(root = %tree.root().display(), "decky limits through cgroup v2"),
+        Err(why) => tracing::info!(
+            reason = %why,
+            "no cgroup v2 for deckies: memory bounded by RLIMIT_AS, processes by RLIMIT_NPROC, CPU not limited"
+        ),
+    }
+    ProcessDriver::new(p, events).map_err(SetupError::Driver)
+}
+
 /// Load everything, recover deckies and bind the listener.
 pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
     let material =
@@ -93,11 +140,7 @@ pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
     let store = StateStore::open(&opts.state_dir)?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let driver: Arc<dyn Driver> = match opts.driver {
-        DriverKind::Process => Arc::new(ProcessDriver::new(
-            opts.state_dir.join("logs"),
-            opts.stop_grace,
-            events_tx,
-        )),
+        DriverKind::Process => Arc::new(process_driver(opts, events_tx)?),
         DriverKind::Compose => Arc::new(ComposeDriver::new(
             opts.compose_project.clone(),
             opts.state_dir.join("compose"),

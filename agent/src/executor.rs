@@ -47,6 +47,9 @@ pub struct DeckyStatus {
     pub services: Vec<String>,
     /// Process id (process driver).
     pub pid: Option<u32>,
+    /// The uid it runs under (process driver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     /// Restarts after exits.
     pub restarts: u32,
     /// Last change (unix seconds).
@@ -64,6 +67,8 @@ pub struct StatusSnapshot {
     pub version: String,
     /// Driver in use.
     pub driver: DriverKind,
+    /// How deckies are contained on this host.
+    pub containment: serde_json::Value,
     /// Every decky, by name.
     pub deckies: Vec<DeckyStatus>,
 }
@@ -146,8 +151,7 @@ impl Executor {
                     {
                         r.phase = DeckyPhase::Running;
                         r.error = None;
-                        r.pid = process.map(|p| p.pid);
-                        r.pid_start = process.map(|p| p.start_time);
+                        r.set_process(process);
                         r.restarts += u32::from(restart);
                         r.updated_at = now();
                         tracing::info!(decky = %name, restart, "decky started");
@@ -164,7 +168,7 @@ impl Executor {
                         };
                         tracing::warn!(decky = %name, error = ?error, "decky exited");
                         r.error = error;
-                        r.pid = None;
+                        r.set_process(None);
                         r.updated_at = now();
                     }
                 }
@@ -192,12 +196,7 @@ impl Executor {
                 .collect()
         };
         for (name, rec) in records {
-            let facts = match (rec.pid, rec.pid_start) {
-                (Some(pid), Some(start_time)) => {
-                    Some(crate::driver::ProcessFacts { pid, start_time })
-                }
-                _ => None,
-            };
+            let facts = rec.process();
             if rec.phase == DeckyPhase::Running && self.driver.adopt(&rec.config, facts).await {
                 tracing::info!(decky = %name, pid = ?rec.pid, "re-adopted running decky");
                 continue;
@@ -220,15 +219,7 @@ impl Executor {
         let rec = st
             .deckies
             .entry(config.name.clone())
-            .or_insert_with(|| DeckyRecord {
-                config: config.clone(),
-                phase: DeckyPhase::Pending,
-                error: None,
-                pid: None,
-                pid_start: None,
-                restarts: 0,
-                updated_at: now(),
-            });
+            .or_insert_with(|| DeckyRecord::pending(config.clone(), now()));
         rec.config = config.clone();
         rec.updated_at = now();
         match result {
@@ -239,14 +230,13 @@ impl Executor {
                     DeckyPhase::Running
                 };
                 rec.error = None;
-                rec.pid = started.process.filter(|_| !started.exited).map(|p| p.pid);
-                rec.pid_start = started.process.map(|p| p.start_time);
+                rec.set_process(started.process.filter(|_| !started.exited));
             }
             Err(e) => {
                 tracing::warn!(decky = %config.name, error = %e, "decky failed to start");
                 rec.phase = DeckyPhase::Failed;
                 rec.error = Some(e.0);
-                rec.pid = None;
+                rec.set_process(None);
             }
         }
         self.persist(&st);
@@ -272,18 +262,11 @@ impl Executor {
                     .get(&d.name)
                     .is_some_and(|r| r.config == *d && r.phase == DeckyPhase::Running);
                 if !unchanged {
-                    st.deckies.insert(
-                        d.name.clone(),
-                        DeckyRecord {
-                            config: d.clone(),
-                            phase: DeckyPhase::Pending,
-                            error: None,
-                            pid: None,
-                            pid_start: None,
-                            restarts: 0,
-                            updated_at: t,
-                        },
-                    );
+                    // The uid stays with the name across redeploys.
+                    let uid = st.deckies.get(&d.name).and_then(|r| r.uid);
+                    let mut rec = DeckyRecord::pending(d.clone(), t);
+                    rec.uid = uid;
+                    st.deckies.insert(d.name.clone(), rec);
                 }
             }
             st.push_operation(Operation {
@@ -349,7 +332,7 @@ impl Executor {
             let mut st = self.state.lock().await;
             if let Some(r) = st.deckies.get_mut(n) {
                 r.phase = DeckyPhase::TornDown;
-                r.pid = None;
+                r.set_process(None);
                 r.error = None;
                 r.updated_at = now();
             }
@@ -416,6 +399,7 @@ impl Executor {
             host: self.host.clone(),
             version: self.version.clone(),
             driver: self.driver.kind(),
+            containment: self.driver.containment(),
             deckies: records
                 .iter()
                 .map(|(n, r)| status_of(n, r, observed.remove(n)))
@@ -463,6 +447,7 @@ fn status_of(name: &str, r: &DeckyRecord, observed: Option<Observation>) -> Deck
         error: r.error.clone(),
         services: r.config.services.clone(),
         pid: r.pid,
+        uid: r.uid,
         restarts: r.restarts,
         updated_at: r.updated_at,
         observed,

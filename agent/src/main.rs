@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use decnet_agent::config::DriverKind;
 use decnet_agent::daemon::{self, ServeOptions};
+use decnet_agent::driver::process::Isolation;
 use decnet_log_relay::forwarder::ForwarderOptions;
 use decnet_swarm_client::master_link::{self, MasterLink};
 use std::sync::Arc;
@@ -67,7 +68,29 @@ enum Command {
         /// Seconds between heartbeats (±20 % jitter).
         #[arg(long, default_value_t = 30)]
         heartbeat_interval: u64,
+        /// How process deckies are separated: `uid` (each under a uid of its
+        /// own; needs root) or `none` (as the agent's user; development only,
+        /// a decky can then read the agent's key).
+        #[arg(long, value_enum, default_value_t = IsolationArg::Uid)]
+        decky_isolation: IsolationArg,
+        /// Uids (and gids) reserved for process deckies, FIRST-LAST; no
+        /// account may use them.
+        #[arg(long, value_name = "FIRST-LAST", default_value_t = decnet_confine::ids::DEFAULT_RANGE)]
+        decky_ids: decnet_confine::IdRange,
+        /// Parent of the process deckies' working directories; default
+        /// <state-dir>/deckies.
+        #[arg(long, value_name = "DIR")]
+        decky_root: Option<PathBuf>,
+        /// Rotate a process decky's log at this many bytes (one old file kept).
+        #[arg(long, value_name = "BYTES", default_value_t = decnet_agent::driver::process::DEFAULT_LOG_MAX)]
+        decky_log_max: u64,
     },
+    /// Internal: the per-decky shepherd, started by `serve`.
+    #[command(hide = true)]
+    Shepherd,
+    /// Internal: confine this process and exec a decky, started by a shepherd.
+    #[command(hide = true)]
+    ExecDecky,
     /// Join the fleet with a one-time token: generate the key here, get the
     /// certificate from the master, write the agent bundle.
     Join {
@@ -119,6 +142,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IsolationArg {
+    Uid,
+    None,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum DriverArg {
     Process,
@@ -127,6 +156,13 @@ enum DriverArg {
 
 fn main() {
     let cli = Cli::parse();
+    // The decky helpers run before anything starts a thread: the id switch
+    // in exec-decky changes only the calling thread.
+    match cli.command {
+        Command::Shepherd => std::process::exit(decnet_agent::driver::shepherd::shepherd_main()),
+        Command::ExecDecky => std::process::exit(decnet_agent::driver::shepherd::exec_decky_main()),
+        _ => {}
+    }
     decnet_telemetry::init_logging(cli.log_format, "info");
     decnet_pki::provider::install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -154,6 +190,10 @@ fn main() {
                 master_fingerprint,
                 master,
                 heartbeat_interval,
+                decky_isolation,
+                decky_ids,
+                decky_root,
+                decky_log_max,
             } => {
                 let heartbeat = master.map(|m| HeartbeatSpec {
                     master: decnet_swarm_client::transport::with_default_port(&m, 8770),
@@ -180,6 +220,12 @@ fn main() {
                     },
                     compose_project,
                     stop_grace: Duration::from_secs(stop_grace),
+                    isolation: match decky_isolation {
+                        IsolationArg::Uid => Isolation::PerDeckyUid(decky_ids),
+                        IsolationArg::None => Isolation::None,
+                    },
+                    decky_root,
+                    decky_log_max,
                 };
                 serve(opts, forward, heartbeat).await
             }
@@ -206,6 +252,8 @@ fn main() {
                 )
                 .await
             }
+            // Dispatched before the runtime started.
+            Command::Shepherd | Command::ExecDecky => 2,
             Command::Forward {
                 master,
                 log_file,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DeckyConfig, DriverKind};
+use crate::driver::{ProcId, ProcessFacts};
 
 /// File name of the state file inside the state dir.
 pub const STATE_FILE: &str = "decnet-state.json";
@@ -43,10 +44,53 @@ pub struct DeckyRecord {
     pub pid: Option<u32>,
     /// Kernel start time of `pid` (to tell a re-used pid apart).
     pub pid_start: Option<u64>,
+    /// The uid it runs under (process driver).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Its shepherd process (process driver).
+    #[serde(default)]
+    pub shepherd: Option<ProcId>,
     /// How many times it was restarted after exiting.
     pub restarts: u32,
     /// Last change (unix seconds).
     pub updated_at: i64,
+}
+
+impl DeckyRecord {
+    /// A pending record for `config`.
+    pub fn pending(config: DeckyConfig, now: i64) -> DeckyRecord {
+        DeckyRecord {
+            config,
+            phase: DeckyPhase::Pending,
+            error: None,
+            pid: None,
+            pid_start: None,
+            uid: None,
+            shepherd: None,
+            restarts: 0,
+            updated_at: now,
+        }
+    }
+
+    /// Record the decky's process (or its absence).
+    pub fn set_process(&mut self, facts: Option<ProcessFacts>) {
+        self.pid = facts.map(|f| f.pid);
+        self.pid_start = facts.map(|f| f.start_time);
+        self.shepherd = facts.and_then(|f| f.shepherd);
+        if let Some(uid) = facts.and_then(|f| f.uid) {
+            self.uid = Some(uid);
+        }
+    }
+
+    /// The recorded process, when there is one.
+    pub fn process(&self) -> Option<ProcessFacts> {
+        Some(ProcessFacts {
+            pid: self.pid?,
+            start_time: self.pid_start?,
+            uid: self.uid,
+            shepherd: self.shepherd,
+        })
+    }
 }
 
 /// What kind of operation.
@@ -238,21 +282,17 @@ mod tests {
         st.deckies.insert(
             "a".into(),
             DeckyRecord {
-                config: DeckyConfig {
-                    name: "a".into(),
-                    services: vec![],
-                    command: vec!["x".into()],
-                    env: Default::default(),
-                    ports: vec![],
-                    image: None,
-                    restart: Default::default(),
-                },
                 phase: DeckyPhase::Running,
-                error: None,
                 pid: Some(42),
                 pid_start: Some(7),
-                restarts: 0,
-                updated_at: 1,
+                ..DeckyRecord::pending(
+                    DeckyConfig {
+                        name: "a".into(),
+                        command: vec!["x".into()],
+                        ..Default::default()
+                    },
+                    1,
+                )
             },
         );
         store.save(&st).unwrap();

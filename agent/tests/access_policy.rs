@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use decnet_agent::api::{AgentPolicy, router};
-use decnet_agent::driver::process::ProcessDriver;
+use decnet_agent::driver::process::{Isolation, ProcessDriver, ProcessOptions};
 use decnet_agent::executor::Executor;
 use decnet_agent::state::StateStore;
 use decnet_pki::{HostName, Role};
@@ -18,11 +18,9 @@ use decnet_server::{HttpLimits, HttpService};
 async fn every_route_admits_exactly_the_roles_it_should() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = Arc::new(ProcessDriver::new(
-        dir.path().join("logs"),
-        Duration::from_secs(1),
-        tx,
-    ));
+    let mut opts = ProcessOptions::new(dir.path().join("state"), Isolation::None);
+    opts.grace = Duration::from_secs(1);
+    let driver = Arc::new(ProcessDriver::new(opts, tx).unwrap());
     let store = StateStore::open(&dir.path().join("state")).unwrap();
     let exec = Executor::start("w1".into(), "test".into(), driver, store, rx).unwrap();
     let own = HostName::new("w1").unwrap();

@@ -442,6 +442,7 @@ pub async fn status(
                 "(none)".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 String::new(),
             ]),
             (Some(s), _) => {
@@ -451,6 +452,7 @@ pub async fn status(
                         d.name.clone(),
                         d.state.clone(),
                         d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        d.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
                         d.restarts.to_string(),
                         d.error.clone().unwrap_or_default(),
                     ]);
@@ -462,6 +464,7 @@ pub async fn status(
                 "unreachable".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 e.clone().unwrap_or_default(),
             ]),
         }
@@ -469,7 +472,7 @@ pub async fn status(
     print!(
         "{}",
         crate::table::render(
-            &["HOST", "DECKY", "STATE", "PID", "RESTARTS", "DETAIL"],
+            &["HOST", "DECKY", "STATE", "PID", "UID", "RESTARTS", "DETAIL"],
             rows
         )
     );

@@ -37,6 +37,9 @@ pub struct DeckyState {
     /// Process id.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The uid it runs under (process driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     /// Restarts.
     #[serde(default)]
     pub restarts: u32,
@@ -54,6 +57,10 @@ pub struct AgentStatus {
     pub version: String,
     /// Driver.
     pub driver: String,
+    /// How deckies are contained on that host (ids, limits, what enforces
+    /// them); absent from agents that predate containment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containment: Option<serde_json::Value>,
     /// Deckies.
     pub deckies: Vec<DeckyState>,
 }

@@ -266,6 +266,48 @@ pub fn kill_group(pid: u32) {
     decnet_proc::signal_group(pid, decnet_proc::Signal::KILL);
 }
 
+/// A decky uid range of its own for each agent a test starts: tests run in
+/// parallel on one machine, and two agents must never hand out the same
+/// uid (stopping a decky sweeps every process of its uid).
+pub fn decky_id_range() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let slot = (std::process::id() % 1_000_000) * 16 + NEXT.fetch_add(1, Ordering::SeqCst) % 16;
+    let first = 3_000_000 + slot * 64;
+    format!("{first}-{}", first + 63)
+}
+
+/// Kill every decky an agent with state dir `state_dir` recorded, with its
+/// shepherd and every process of its uid (deckies outlive their agent by
+/// design, so tests clean them up).
+pub fn kill_deckies(state_dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(state_dir.join("decnet-state.json")) else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let Some(deckies) = v["deckies"].as_object() else {
+        return;
+    };
+    for d in deckies.values() {
+        if let (Some(pid), Some(t)) = (
+            d["shepherd"]["pid"].as_u64(),
+            d["shepherd"]["start_time"].as_u64(),
+        ) && let Some(h) = decnet_proc::ProcessHandle::open(pid as u32, t)
+        {
+            let _ = h.signal(decnet_proc::Signal::KILL);
+        }
+        if let (Some(pid), Some(t)) = (d["pid"].as_u64(), d["pid_start"].as_u64())
+            && let Some(h) = decnet_proc::ProcessHandle::open(pid as u32, t)
+        {
+            let _ = h.signal_group(decnet_proc::Signal::KILL);
+        }
+        // Only ids from the test ranges: never a real account's.
+        if let Some(uid) = d["uid"].as_u64().filter(|u| *u >= 3_000_000) {
+            decnet_proc::kill_user(uid as u32, Duration::from_secs(5));
+        }
+    }
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     decnet_proc::is_running(pid)
@@ -291,14 +333,18 @@ pub struct Agent {
     pub daemon: Daemon,
     /// Its state dir.
     pub state_dir: PathBuf,
+    /// The uids its process deckies get.
+    pub decky_ids: String,
 }
 
 impl Agent {
     /// Start `decnet-agent serve` with `host`'s bundle from `master` on 127.0.0.1:0.
     pub fn start(master: &MasterHome, host: &str, state_dir: &Path, extra: &[&str]) -> Agent {
+        let decky_ids = decky_id_range();
         Agent {
-            daemon: Self::spawn(master, host, state_dir, extra),
+            daemon: Self::spawn(master, host, state_dir, &decky_ids, extra),
             state_dir: state_dir.to_path_buf(),
+            decky_ids,
         }
     }
 
@@ -311,6 +357,7 @@ impl Agent {
         state_dir: &Path,
         extra: &[&str],
     ) -> Agent {
+        let decky_ids = decky_id_range();
         let mut cmd = Command::new(bin("decnet-agent"));
         cmd.args([
             "serve",
@@ -320,6 +367,8 @@ impl Agent {
             "0",
             "--stop-grace",
             "2",
+            "--decky-ids",
+            &decky_ids,
         ])
         .arg("--bundle-dir")
         .arg(bundle_dir)
@@ -332,6 +381,7 @@ impl Agent {
         Agent {
             daemon,
             state_dir: state_dir.to_path_buf(),
+            decky_ids,
         }
     }
 
@@ -343,10 +393,16 @@ impl Agent {
             Some(0),
             "agent did not shut down cleanly"
         );
-        self.daemon = Self::spawn(master, host, &self.state_dir, extra);
+        self.daemon = Self::spawn(master, host, &self.state_dir, &self.decky_ids, extra);
     }
 
-    fn spawn(master: &MasterHome, host: &str, state_dir: &Path, extra: &[&str]) -> Daemon {
+    fn spawn(
+        master: &MasterHome,
+        host: &str,
+        state_dir: &Path,
+        decky_ids: &str,
+        extra: &[&str],
+    ) -> Daemon {
         let mut cmd = Command::new(bin("decnet-agent"));
         cmd.args([
             "serve",
@@ -356,6 +412,8 @@ impl Agent {
             "0",
             "--stop-grace",
             "2",
+            "--decky-ids",
+            decky_ids,
         ])
         .arg("--bundle-dir")
         .arg(master.agent_bundle_dir(host))
@@ -390,11 +448,8 @@ impl Agent {
 /// Kills every decky process the agent recorded (they outlive the agent by design).
 impl Drop for Agent {
     fn drop(&mut self) {
-        let pids = self.recorded_pids();
         self.daemon.stop();
-        for p in pids.into_iter().chain(self.recorded_pids()) {
-            kill_group(p);
-        }
+        kill_deckies(&self.state_dir);
     }
 }
 
@@ -580,6 +635,7 @@ struct Node<'a> {
     agent_state: &'a Path,
     agent_port: u16,
     port: u16,
+    decky_ids: &'a str,
 }
 
 /// A running `decnet-updater` (spawn mode) for one enrolled host, with its
@@ -595,6 +651,8 @@ pub struct UpdaterFixture {
     pub agent_state: PathBuf,
     /// Host name.
     pub host: String,
+    /// The uids its agent's process deckies get.
+    pub decky_ids: String,
 }
 
 impl UpdaterFixture {
@@ -615,12 +673,14 @@ impl UpdaterFixture {
         let install = base.join("opt");
         let agent_state = base.join("agent-state");
         let agent_port = free_port();
+        let decky_ids = decky_id_range();
         let node = Node {
             host,
             install: &install,
             agent_state: &agent_state,
             agent_port,
             port: free_port(),
+            decky_ids: &decky_ids,
         };
         let daemon = Self::spawn(master, &node, env, extra);
         master.ok(&[
@@ -638,6 +698,7 @@ impl UpdaterFixture {
             agent_port,
             agent_state,
             host: host.to_string(),
+            decky_ids,
         }
     }
 
@@ -648,6 +709,7 @@ impl UpdaterFixture {
             agent_state,
             agent_port,
             port,
+            decky_ids,
         } = *node;
         std::fs::create_dir_all(install).expect("install dir");
         let mut cmd = Command::new(bin("decnet-updater"));
@@ -675,6 +737,7 @@ impl UpdaterFixture {
             "--agent-arg=2",
         ])
         .arg(format!("--agent-arg=--state-dir={}", agent_state.display()))
+        .arg(format!("--agent-arg=--decky-ids={decky_ids}"))
         .args([
             "--probe-attempts",
             "12",
@@ -704,6 +767,7 @@ impl UpdaterFixture {
             agent_state: &self.agent_state,
             agent_port: self.agent_port,
             port,
+            decky_ids: &self.decky_ids,
         };
         self.daemon = Self::spawn(master, &node, env, &[]);
         master.ok(&[
@@ -729,6 +793,7 @@ impl Drop for UpdaterFixture {
         if let Some(pid) = self.agent_pid() {
             signal(pid, rustix::process::Signal::KILL);
         }
+        kill_deckies(&self.agent_state);
     }
 }
 

@@ -139,11 +139,10 @@ fn one_failing_decky_never_marks_the_others_failed() {
     let st = m.json(&["swarm", "status", "w2", "--json"]);
     assert_eq!(decky(&st, "w2", "good")["state"], "running");
     assert_eq!(decky(&st, "w2", "bad")["state"], "failed");
+    let why = decky(&st, "w2", "bad")["error"].as_str().unwrap();
     assert!(
-        decky(&st, "w2", "bad")["error"]
-            .as_str()
-            .unwrap()
-            .contains("cannot start /nonexistent/honeypot")
+        why.contains("cannot start the program: /nonexistent/honeypot"),
+        "{why}"
     );
     assert_eq!(decky(&st, "w2", "crashy")["state"], "failed");
     assert!(

@@ -15,7 +15,9 @@ use tokio::process::Command;
 use tokio::sync::OnceCell;
 
 use super::{Driver, DriverError, DriverFuture, Observation, ProcessFacts, Started};
-use crate::config::{DeckyConfig, DeploymentConfig, DriverKind, Protocol, RestartPolicy};
+use crate::config::{
+    DeckyConfig, DeploymentConfig, DriverKind, Protocol, RestartPolicy, capability_name,
+};
 
 /// Longest a single compose invocation may take (image start, not pull: no registry).
 const COMPOSE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -164,6 +166,14 @@ async fn run(mut cmd: Command, what: &str) -> Result<String, DriverError> {
     }
 }
 
+/// The user a compose decky runs as when its config names none.
+pub const DEFAULT_USER: &str = "65534:65534";
+
+/// `s` as compose will pass it on: `$` doubled, so no interpolation happens.
+pub fn literal(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
 /// The compose document for a set of deckies.
 pub fn render_project<'a>(deckies: impl Iterator<Item = &'a DeckyConfig>) -> serde_json::Value {
     let mut services = serde_json::Map::new();
@@ -171,12 +181,18 @@ pub fn render_project<'a>(deckies: impl Iterator<Item = &'a DeckyConfig>) -> ser
         let mut svc = serde_json::Map::new();
         svc.insert(
             "image".into(),
-            serde_json::json!(d.image.clone().unwrap_or_default()),
+            serde_json::json!(literal(d.image.as_deref().unwrap_or_default())),
         );
         if !d.command.is_empty() {
-            svc.insert("command".into(), serde_json::json!(d.command));
+            let argv: Vec<String> = d.command.iter().map(|a| literal(a)).collect();
+            svc.insert("command".into(), serde_json::json!(argv));
         }
-        svc.insert("environment".into(), serde_json::json!(d.effective_env()));
+        let env: BTreeMap<String, String> = d
+            .effective_env()
+            .into_iter()
+            .map(|(k, v)| (k, literal(&v)))
+            .collect();
+        svc.insert("environment".into(), serde_json::json!(env));
         if !d.ports.is_empty() {
             let ports: Vec<String> = d
                 .ports
@@ -199,11 +215,45 @@ pub fn render_project<'a>(deckies: impl Iterator<Item = &'a DeckyConfig>) -> ser
         svc.insert("restart".into(), serde_json::json!(restart));
         svc.insert(
             "labels".into(),
-            serde_json::json!({ "decnet.decky": d.name, "decnet.services": d.services.join(",") }),
+            serde_json::json!({ "decnet.decky": d.name, "decnet.services": literal(&d.services.join(",")) }),
+        );
+        // Containment.
+        svc.insert(
+            "user".into(),
+            serde_json::json!(literal(d.user.as_deref().unwrap_or(DEFAULT_USER))),
+        );
+        svc.insert("cap_drop".into(), serde_json::json!(["ALL"]));
+        if !d.cap_add.is_empty() {
+            let caps: Vec<String> = d.cap_add.iter().map(|c| capability_name(c)).collect();
+            svc.insert("cap_add".into(), serde_json::json!(caps));
+        }
+        svc.insert(
+            "security_opt".into(),
+            serde_json::json!(["no-new-privileges:true"]),
+        );
+        svc.insert("read_only".into(), serde_json::json!(!d.writable_root));
+        svc.insert(
+            "tmpfs".into(),
+            serde_json::json!([
+                "/tmp:rw,nosuid,nodev,size=64m",
+                "/run:rw,nosuid,nodev,size=16m"
+            ]),
+        );
+        let l = &d.limits;
+        svc.insert("mem_limit".into(), serde_json::json!(l.memory_mb << 20));
+        svc.insert("memswap_limit".into(), serde_json::json!(l.memory_mb << 20));
+        svc.insert(
+            "cpus".into(),
+            serde_json::json!(f64::from(l.cpu_percent) / 100.0),
+        );
+        svc.insert("pids_limit".into(), serde_json::json!(l.processes));
+        svc.insert(
+            "ulimits".into(),
+            serde_json::json!({ "nofile": { "soft": l.open_files, "hard": l.open_files } }),
         );
         services.insert(d.name.clone(), serde_json::Value::Object(svc));
     }
-    serde_json::json!({ "version": "3.7", "services": services })
+    serde_json::json!({ "services": services })
 }
 
 impl Driver for ComposeDriver {
@@ -305,6 +355,16 @@ impl Driver for ComposeDriver {
             "compose": render_project(config.deckies.iter()),
         }))
     }
+
+    fn containment(&self) -> serde_json::Value {
+        serde_json::json!({
+            "isolation": {
+                "mode": "container",
+                "defaults": format!("cap_drop ALL, no-new-privileges, read-only root with tmpfs /tmp and /run, user {DEFAULT_USER}"),
+            },
+            "limits": { "memory_cpu_pids": "docker: mem_limit, cpus, pids_limit, ulimit nofile" },
+        })
+    }
 }
 
 #[cfg(test)]
@@ -332,5 +392,61 @@ mod tests {
         assert_eq!(web["environment"]["A"], "b");
         assert_eq!(web["environment"]["DECNET_SERVICES"], "http");
         assert_eq!(web["labels"]["decnet.decky"], "web");
+        assert!(
+            doc.get("version").is_none(),
+            "compose spec format, no version key"
+        );
+    }
+
+    #[test]
+    fn containers_are_hardened_by_default_and_values_stay_literal() {
+        let cfg = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"web","image":"img:1",
+                "command":["sh","-c","echo $HOME ${PATH}"],"env":{"A":"$HOME","B":"$${X}"}},
+                {"name":"ssh","image":"img:1","cap_add":["net_bind_service","CAP_SETUID"],
+                 "user":"root","allow_root":true,"writable_root":true,
+                 "limits":{"memory_mb":64,"cpu_percent":50,"processes":32,"open_files":256}}]}"#,
+            DriverKind::Compose,
+        )
+        .unwrap();
+        let doc = render_project(cfg.deckies.iter());
+        let web = &doc["services"]["web"];
+        assert_eq!(web["cap_drop"], serde_json::json!(["ALL"]));
+        assert!(web.get("cap_add").is_none());
+        assert_eq!(
+            web["security_opt"],
+            serde_json::json!(["no-new-privileges:true"])
+        );
+        assert_eq!(web["read_only"], true);
+        assert_eq!(web["user"], DEFAULT_USER);
+        assert_eq!(web["mem_limit"], 512u64 << 20);
+        assert_eq!(web["pids_limit"], 256);
+        assert_eq!(web["cpus"], 1.0);
+        assert_eq!(web["ulimits"]["nofile"]["hard"], 1024);
+        assert!(web["tmpfs"].as_array().unwrap().len() == 2);
+        // Compose turns `$$` back into `$`: the container sees the text as written.
+        assert_eq!(web["environment"]["A"], "$$HOME");
+        assert_eq!(web["environment"]["B"], "$$$${X}");
+        assert_eq!(web["command"][2], "echo $$HOME $${PATH}");
+        for key in [
+            "privileged",
+            "volumes",
+            "network_mode",
+            "pid",
+            "ipc",
+            "devices",
+        ] {
+            assert!(web.get(key).is_none(), "{key}");
+        }
+        let ssh = &doc["services"]["ssh"];
+        assert_eq!(
+            ssh["cap_add"],
+            serde_json::json!(["NET_BIND_SERVICE", "SETUID"])
+        );
+        assert_eq!(ssh["user"], "root");
+        assert_eq!(ssh["read_only"], false);
+        assert_eq!(ssh["mem_limit"], 64u64 << 20);
+        assert_eq!(ssh["cpus"], 0.5);
+        assert_eq!(ssh["pids_limit"], 32);
     }
 }

@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{DeckyConfig, DeploymentConfig, DriverKind};
 
 pub mod compose;
+pub mod decky_ids;
 pub mod process;
+pub mod shepherd;
 
 /// The boxed future drivers return (keeps [`Driver`] object-safe).
 pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -25,13 +27,26 @@ pub type DriverFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[error("{0}")]
 pub struct DriverError(pub String);
 
-/// A running decky's process facts, for re-adoption after an agent restart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcessFacts {
+/// One process for its whole life: pid plus kernel start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcId {
     /// Process id.
     pub pid: u32,
     /// Kernel start time (clock ticks since boot), to detect pid reuse.
     pub start_time: u64,
+}
+
+/// A running decky's process facts, for re-adoption after an agent restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessFacts {
+    /// Process id of the decky's program.
+    pub pid: u32,
+    /// Its kernel start time.
+    pub start_time: u64,
+    /// The uid it runs under.
+    pub uid: Option<u32>,
+    /// The shepherd that holds its output pipe and records its exit.
+    pub shepherd: Option<ProcId>,
 }
 
 /// The result of a successful start.
@@ -104,4 +119,8 @@ pub trait Driver: Send + Sync + 'static {
 
     /// What a deploy of `config` would run, without running it (dry run).
     fn render(&self, config: &DeploymentConfig) -> Result<serde_json::Value, DriverError>;
+
+    /// How deckies are contained on this host (ids, limits and what
+    /// enforces them), for `/status`.
+    fn containment(&self) -> serde_json::Value;
 }

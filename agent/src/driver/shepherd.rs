@@ -1,0 +1,407 @@
+//! The shepherd: one small privileged process per running process decky,
+//! between the agent and the decky.
+//!
+//! ```text
+//! decnet-agent serve ──spawns──▶ decnet-agent shepherd ──spawns──▶ decnet-agent exec-decky ══exec══▶ program
+//!   (supervises)                  (own session; holds the            (confines itself, see
+//!                                  output pipe, rotates the log,      decnet_confine::exec)
+//!                                  records the exit)
+//! ```
+//!
+//! Why a process of its own: a decky must outlive an agent restart, and its
+//! output must go through a pipe the agent side holds (a log file handed to
+//! the decky could be truncated or grown without bound by it). The shepherd
+//! keeps that pipe across agent restarts, caps the log by rotating it, and
+//! when the program ends it sweeps whatever the decky left behind (every
+//! process of its uid, or its cgroup) and writes an exit record that any
+//! later agent reads.
+//!
+//! Both helpers talk over their stdin, a Unix socket pair: the spec goes in
+//! as JSON up to EOF, one answer comes back. `exec-decky` answers only on
+//! failure; on success the socket (close-on-exec) just closes.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use decnet_confine::ConfinedExec;
+use serde::{Deserialize, Serialize};
+
+use super::{DriverError, ProcId};
+
+/// Largest spec a helper accepts.
+const MAX_SPEC: u64 = 1 << 20;
+/// How long the agent waits for a shepherd's answer.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the agent hands a shepherd.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShepherdSpec {
+    /// The decky.
+    pub decky: String,
+    /// Its log file (rotated to `<log>.1` at `log_max` bytes).
+    pub log_path: PathBuf,
+    /// Rotation size in bytes.
+    pub log_max: u64,
+    /// Where the exit record goes.
+    pub exit_path: PathBuf,
+    /// The uid that belongs to this decky alone: every process of it is
+    /// killed when the program ends.
+    pub exclusive_uid: Option<u32>,
+    /// The decky's cgroup, killed when the program ends.
+    pub cgroup: Option<PathBuf>,
+    /// How the program is confined and started.
+    pub exec: ConfinedExec,
+}
+
+/// The shepherd's one answer to the agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShepherdReport {
+    /// The program runs.
+    Started {
+        /// Its pid.
+        pid: u32,
+        /// Its kernel start time.
+        start_time: u64,
+    },
+    /// It could not be started; why.
+    Failed {
+        /// The reason (no secrets: a step and an OS error).
+        error: String,
+    },
+}
+
+/// How a decky's program ended, as the shepherd recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal, when one killed it.
+    pub signal: Option<i32>,
+}
+
+impl ExitRecord {
+    /// `None` for a clean exit, otherwise what happened in words.
+    pub fn failure(&self) -> Option<String> {
+        match (self.code, self.signal) {
+            (Some(0), _) => None,
+            (Some(c), _) => Some(format!("exited with status {c}")),
+            (None, Some(s)) => Some(format!("killed by signal {s}")),
+            _ => Some("exited".into()),
+        }
+    }
+}
+
+/// Read the exit record at `path`, leaving it in place.
+pub fn read_exit_record(path: &Path) -> Option<ExitRecord> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Read and remove the exit record at `path`.
+pub fn take_exit_record(path: &Path) -> Option<ExitRecord> {
+    let rec = read_exit_record(path);
+    let _ = std::fs::remove_file(path);
+    rec
+}
+
+fn read_spec<T: for<'de> Deserialize<'de>>(chan: &UnixStream) -> Result<T, String> {
+    let mut buf = Vec::new();
+    chan.take(MAX_SPEC)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read the spec: {e}"))?;
+    serde_json::from_slice(&buf).map_err(|e| format!("bad spec: {e}"))
+}
+
+/// Our stdin as the socket it is (a close-on-exec duplicate).
+fn stdin_channel() -> Result<UnixStream, String> {
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(UnixStream::from)
+        .map_err(|e| format!("no spec channel on stdin: {e}"))
+}
+
+/// `decnet-agent exec-decky`: confine this process and become the decky's
+/// program. Returns (an exit code) only on failure, after telling the
+/// shepherd why.
+pub fn exec_decky_main() -> i32 {
+    let Ok(mut chan) = stdin_channel() else {
+        eprintln!("exec-decky is started by the agent's shepherd, not by hand");
+        return 2;
+    };
+    let spec: ConfinedExec = match read_spec(&chan) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = chan.write_all(e.as_bytes());
+            return 2;
+        }
+    };
+    let err = decnet_confine::exec::exec_confined(&spec);
+    let _ = chan.write_all(err.to_string().as_bytes());
+    127
+}
+
+/// A log file capped by rotating it to `<path>.1`.
+struct RotatingLog {
+    path: PathBuf,
+    max: u64,
+    file: std::fs::File,
+    size: u64,
+}
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+impl RotatingLog {
+    fn open(path: PathBuf, max: u64) -> std::io::Result<RotatingLog> {
+        let file = open_log(&path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingLog {
+            path,
+            max: max.max(4096),
+            file,
+            size,
+        })
+    }
+
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.max {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            std::fs::rename(&self.path, &old)?;
+            self.file = open_log(&self.path)?;
+            self.size = 0;
+        }
+        self.file.write_all(buf)?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+}
+
+fn pump(mut from: std::io::PipeReader, mut log: RotatingLog) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                // A full disk loses output, never the decky.
+                let _ = log.write(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn report(chan: &mut UnixStream, r: &ShepherdReport) {
+    if let Ok(line) = serde_json::to_vec(r) {
+        let _ = chan.write_all(&line);
+    }
+    let _ = chan.shutdown(std::net::Shutdown::Write);
+}
+
+/// `decnet-agent shepherd`: start one decky and stay with it until it ends.
+pub fn shepherd_main() -> i32 {
+    let Ok(mut chan) = stdin_channel() else {
+        eprintln!("shepherd is started by the agent, not by hand");
+        return 2;
+    };
+    let spec: ShepherdSpec = match read_spec(&chan) {
+        Ok(s) => s,
+        Err(error) => {
+            report(&mut chan, &ShepherdReport::Failed { error });
+            return 2;
+        }
+    };
+    match run(&spec, &mut chan) {
+        Ok(()) => 0,
+        Err(error) => {
+            report(&mut chan, &ShepherdReport::Failed { error });
+            1
+        }
+    }
+}
+
+fn run(spec: &ShepherdSpec, chan: &mut UnixStream) -> Result<(), String> {
+    // A session of its own: the agent's stop or its terminal never reach it.
+    let _ = decnet_proc::new_session();
+    let log = RotatingLog::open(spec.log_path.clone(), spec.log_max)
+        .map_err(|e| format!("cannot open {}: {e}", spec.log_path.display()))?;
+    let (out_r, out_w) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let err_w = out_w
+        .try_clone()
+        .map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let (mut ours, theirs) =
+        UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
+    let mut child = {
+        // The command (holding our copies of the pipe's write end) is
+        // dropped right after the spawn, so the pump sees EOF once the
+        // decky's processes are gone.
+        let mut cmd = Command::new("/proc/self/exe");
+        cmd.arg("exec-decky")
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        cmd.spawn()
+            .map_err(|e| format!("cannot start the confinement helper: {e}"))?
+    };
+    let spec_bytes = serde_json::to_vec(&spec.exec).map_err(|e| e.to_string())?;
+    let _ = ours.write_all(&spec_bytes);
+    let _ = ours.shutdown(std::net::Shutdown::Write);
+    let mut failure = String::new();
+    let _ = (&ours).take(64 * 1024).read_to_string(&mut failure);
+    if !failure.is_empty() {
+        let _ = child.wait();
+        return Err(failure);
+    }
+    let pid = child.id();
+    let start_time = decnet_proc::start_time(pid).unwrap_or(0);
+    let pump = std::thread::spawn(move || pump(out_r, log));
+    report(chan, &ShepherdReport::Started { pid, start_time });
+
+    // Observe the end without reaping, so the leader's pid and group stay
+    // reserved while what it left behind is swept.
+    let _ = decnet_proc::wait_exited_unreaped(pid);
+    sweep(spec, pid);
+    let status = child.wait().map_err(|e| format!("cannot wait: {e}"))?;
+    // Output still in flight drains; processes outside our reach (a decky
+    // under a shared account that escaped its group) cannot hold us.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = pump.join();
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    use std::os::unix::process::ExitStatusExt;
+    let record = ExitRecord {
+        code: status.code(),
+        signal: status.signal(),
+    };
+    let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+    decnet_pki::secure_fs::write_atomic(&spec.exit_path, &bytes, 0o600)
+        .map_err(|e| format!("cannot write {}: {e}", spec.exit_path.display()))
+}
+
+/// Kill what the decky's program left behind once it has ended.
+fn sweep(spec: &ShepherdSpec, leader: u32) {
+    if let Some(cg) = &spec.cgroup {
+        let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+    }
+    match spec.exclusive_uid {
+        Some(uid) => {
+            decnet_proc::kill_user(uid, Duration::from_secs(5));
+        }
+        None => {
+            // The leader is a zombie we have not reaped: its group id is
+            // still its own.
+            decnet_proc::signal_unreaped_group(leader, decnet_proc::Signal::KILL);
+        }
+    }
+}
+
+/// Start a shepherd for `spec` from the agent binary `helper`; returns the
+/// shepherd (a child of this process) and the facts of both processes.
+pub async fn launch(
+    helper: &Path,
+    spec: &ShepherdSpec,
+) -> Result<(tokio::process::Child, ProcId, ProcId), DriverError> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| DriverError(format!("cannot make a socket pair: {e}")))?;
+    let child = tokio::process::Command::new(helper)
+        .arg("shepherd")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| DriverError(format!("cannot start a shepherd: {e}")))?;
+    let shepherd_pid = child
+        .id()
+        .ok_or_else(|| DriverError("the shepherd exited at once".into()))?;
+    let shepherd_start = decnet_proc::start_time(shepherd_pid).unwrap_or(0);
+    let bytes = serde_json::to_vec(spec).map_err(|e| DriverError(e.to_string()))?;
+    let answer = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let mut s = ours;
+        s.set_read_timeout(Some(REPORT_TIMEOUT))?;
+        s.write_all(&bytes)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut buf = Vec::new();
+        (&s).take(64 * 1024).read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| DriverError(format!("shepherd handshake: {e}")))?
+    .map_err(|e| DriverError(format!("no answer from the shepherd: {e}")))?;
+    match serde_json::from_slice::<ShepherdReport>(&answer) {
+        Ok(ShepherdReport::Started { pid, start_time }) => Ok((
+            child,
+            ProcId {
+                pid: shepherd_pid,
+                start_time: shepherd_start,
+            },
+            ProcId { pid, start_time },
+        )),
+        Ok(ShepherdReport::Failed { error }) => Err(DriverError(error)),
+        Err(_) => Err(DriverError(
+            "the shepherd ended without an answer (see the agent log)".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rotates_at_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        let mut log = RotatingLog::open(path.clone(), 4096).unwrap();
+        log.write(&[b'a'; 3000]).unwrap();
+        log.write(&[b'b'; 3000]).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("d.log.1")).unwrap(),
+            vec![b'a'; 3000]
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), vec![b'b'; 3000]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn exit_records_describe_failures() {
+        let clean = ExitRecord {
+            code: Some(0),
+            signal: None,
+        };
+        assert_eq!(clean.failure(), None);
+        let code = ExitRecord {
+            code: Some(3),
+            signal: None,
+        };
+        assert_eq!(code.failure().unwrap(), "exited with status 3");
+        let sig = ExitRecord {
+            code: None,
+            signal: Some(9),
+        };
+        assert_eq!(sig.failure().unwrap(), "killed by signal 9");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.exit");
+        std::fs::write(&p, serde_json::to_vec(&code).unwrap()).unwrap();
+        assert_eq!(take_exit_record(&p), Some(code));
+        assert!(!p.exists(), "an exit record is read once");
+    }
+}

@@ -1,0 +1,260 @@
+//! The last step before a decky's program runs: [`exec_confined`].
+//!
+//! It runs in a process of its own that is still privileged (the agent's
+//! helper, re-executed as `decnet-agent exec-decky`), single-threaded so the
+//! per-thread id syscalls change the whole process, and in this order:
+//!
+//! 1. join the decky's cgroup (while still allowed to write it);
+//! 2. start a session of its own (no terminal, no shared process group);
+//! 3. lower the rlimits, hard limits included;
+//! 4. create or reuse its working directory `0700` under a root-owned
+//!    parent, hand it to the decky's ids and enter it (so the decky reaches
+//!    it even when the parent's path is closed to it);
+//! 5. drop every supplementary group, then the gid, then the uid, and check
+//!    that root cannot be regained;
+//! 6. set `no_new_privs`, so no setuid binary or file capability can raise
+//!    it again;
+//! 7. execute the program with only the environment the config names.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::ResourceLimits;
+
+/// The ids a decky runs under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecIdentity {
+    /// User id.
+    pub uid: u32,
+    /// Group id (the only group: supplementary groups are dropped).
+    pub gid: u32,
+}
+
+/// Everything the confined start of one decky needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfinedExec {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The whole environment of the program.
+    pub env: BTreeMap<String, String>,
+    /// Ids to switch to; `None` keeps the current ones (development only,
+    /// for an agent that cannot switch ids).
+    pub identity: Option<ExecIdentity>,
+    /// Root-owned directory holding the decky's working directory.
+    pub workdir_parent: PathBuf,
+    /// Name of the working directory inside `workdir_parent`.
+    pub workdir_name: String,
+    /// Resource limits.
+    pub limits: ResourceLimits,
+    /// Bound memory with `RLIMIT_AS` (no cgroup does it).
+    pub memory_by_rlimit: bool,
+    /// The decky's cgroup to join, when cgroup v2 is in use.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Which step of the confined start failed, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {step}: {source}")]
+pub struct ExecError {
+    /// The step, in words.
+    pub step: &'static str,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn at(step: &'static str) -> impl FnOnce(std::io::Error) -> ExecError {
+    move |source| ExecError { step, source }
+}
+
+fn errno(step: &'static str) -> impl FnOnce(rustix::io::Errno) -> ExecError {
+    move |e| ExecError {
+        step,
+        source: e.into(),
+    }
+}
+
+fn invalid(step: &'static str, msg: &str) -> ExecError {
+    ExecError {
+        step,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_string()),
+    }
+}
+
+/// The search path when the config names none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Resolve `program` like a shell would: as given when it holds a `/`,
+/// otherwise the first executable file of that name on `path`.
+pub fn resolve_program(program: &str, path: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok() && p.is_file())
+}
+
+fn threads_of_self() -> Option<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
+    let name = &spec.workdir_name;
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(invalid(
+            "prepare the working directory",
+            "bad directory name",
+        ));
+    }
+    let dir_flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+    let parent = rustix::fs::open(&spec.workdir_parent, dir_flags, Mode::empty())
+        .map_err(errno("open the working directory's parent"))?;
+    match rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(errno("create the working directory")(e)),
+    }
+    let dir = rustix::fs::openat(&parent, name.as_str(), dir_flags, Mode::empty())
+        .map_err(errno("open the working directory"))?;
+    if let Some(id) = spec.identity {
+        rustix::fs::fchown(
+            &dir,
+            Some(rustix::fs::Uid::from_raw(id.uid)),
+            Some(rustix::fs::Gid::from_raw(id.gid)),
+        )
+        .map_err(errno("hand the working directory to the decky"))?;
+    }
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700))
+        .map_err(errno("set the working directory's mode"))?;
+    rustix::process::fchdir(&dir).map_err(errno("enter the working directory"))
+}
+
+fn drop_ids(id: ExecIdentity) -> Result<(), ExecError> {
+    use rustix::thread::{set_thread_gid, set_thread_groups, set_thread_uid};
+    let (uid, gid) = (
+        rustix::process::Uid::from_raw(id.uid),
+        rustix::process::Gid::from_raw(id.gid),
+    );
+    set_thread_groups(&[]).map_err(errno("drop the supplementary groups"))?;
+    set_thread_gid(gid).map_err(errno("switch to the decky's group"))?;
+    set_thread_uid(uid).map_err(errno("switch to the decky's user"))?;
+    let (r, e) = (rustix::process::getuid(), rustix::process::geteuid());
+    if r != uid || e != uid || rustix::process::getegid() != gid {
+        return Err(invalid("switch ids", "the ids did not change"));
+    }
+    if id.uid != 0 && set_thread_uid(rustix::process::Uid::ROOT).is_ok() {
+        return Err(invalid("drop root", "root could be regained"));
+    }
+    Ok(())
+}
+
+/// Confine this process as `spec` says and execute the program. Returns
+/// only on failure, saying which step failed. Must run single-threaded.
+pub fn exec_confined(spec: &ConfinedExec) -> ExecError {
+    match prepare(spec) {
+        Ok(program) => {
+            let err = std::process::Command::new(&program)
+                .arg0(&spec.argv[0])
+                .args(&spec.argv[1..])
+                .env_clear()
+                .envs(&spec.env)
+                .stdin(std::process::Stdio::null())
+                .exec();
+            ExecError {
+                step: "start the program",
+                source: std::io::Error::new(err.kind(), format!("{}: {err}", program.display())),
+            }
+        }
+        Err(e) => e,
+    }
+}
+
+fn prepare(spec: &ConfinedExec) -> Result<PathBuf, ExecError> {
+    if spec.argv.is_empty() {
+        return Err(invalid("start the program", "no command"));
+    }
+    if threads_of_self() != Some(1) {
+        return Err(invalid(
+            "confine the decky",
+            "the helper is not single-threaded",
+        ));
+    }
+    if let Some(cg) = &spec.cgroup {
+        crate::cgroup::join(cg).map_err(at("join the decky's cgroup"))?;
+    }
+    rustix::process::setsid().map_err(errno("start a session"))?;
+    spec.limits
+        .apply_rlimits(spec.memory_by_rlimit)
+        .map_err(at("set resource limits"))?;
+    rustix::process::umask(Mode::from_raw_mode(0o077));
+    enter_workdir(spec)?;
+    if let Some(id) = spec.identity {
+        drop_ids(id)?;
+    }
+    rustix::thread::set_no_new_privs(true).map_err(errno("set no_new_privs"))?;
+    let path = spec
+        .env
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_PATH);
+    resolve_program(&spec.argv[0], path).ok_or_else(|| ExecError {
+        step: "start the program",
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} not found on PATH {path}", spec.argv[0]),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_resolve_on_the_given_path_only() {
+        assert_eq!(resolve_program("/x/y", ""), Some(PathBuf::from("/x/y")));
+        assert_eq!(resolve_program("./y", ""), Some(PathBuf::from("./y")));
+        assert_eq!(
+            resolve_program("sh", "/nonexistent:/bin"),
+            Some(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(resolve_program("sh", "/nonexistent"), None);
+        assert_eq!(
+            resolve_program("definitely-not-a-program", DEFAULT_PATH),
+            None
+        );
+    }
+
+    #[test]
+    fn a_multithreaded_caller_is_refused_before_anything_changes() {
+        // A second thread that lives through the call, whatever the harness does.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || rx.recv());
+        let spec = ConfinedExec {
+            argv: vec!["/bin/true".into()],
+            env: BTreeMap::new(),
+            identity: None,
+            workdir_parent: std::env::temp_dir(),
+            workdir_name: "never-created".into(),
+            limits: ResourceLimits::default(),
+            memory_by_rlimit: false,
+            cgroup: None,
+        };
+        let e = exec_confined(&spec);
+        drop(tx);
+        let _ = helper.join();
+        assert!(e.to_string().contains("single-threaded"), "{e}");
+        assert!(!std::env::temp_dir().join("never-created").exists());
+    }
+}

@@ -1,0 +1,166 @@
+//! A decky that plays the attacker: deployed by the containment tests, it
+//! tries everything a compromised workload would try against the agent, its
+//! host and the other deckies, prints one line per attempt and stays
+//! running (so the tests can check the agent still serves and can stop it).
+//!
+//! ```text
+//! decnet-hostile-decky attack [--read PATH]... [--write PATH]...
+//!     [--create-in DIR]... [--signal PID]... [--trace PID]...
+//!     [--suid PATH] [--fork-bomb] [--eat-memory] [--spam BYTES]
+//! decnet-hostile-decky whoami        (used as the setuid binary)
+//! ```
+//!
+//! Output lines: `ATTEMPT <what>: blocked (<why>)` or `ATTEMPT <what>:
+//! SUCCEEDED`, `FORKS <n> (<why it stopped>)`, `MEMORY <mib> MiB`, `EUID <n>`
+//! and finally `DONE`.
+
+use std::io::Write;
+use std::time::Duration;
+
+fn attempt(what: &str, r: std::io::Result<()>) {
+    match r {
+        Ok(()) => println!("ATTEMPT {what}: SUCCEEDED"),
+        Err(e) => println!("ATTEMPT {what}: blocked ({e})"),
+    }
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) -> std::io::Result<()> {
+    let p = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| std::io::Error::other("bad pid"))?;
+    rustix::process::kill_process(p, sig).map_err(std::io::Error::from)
+}
+
+/// Open `/proc/PID/mem`: the kernel grants it only to a tracer-capable
+/// caller (the same `ptrace_may_access` check as `PTRACE_ATTACH`).
+fn trace(pid: u32) -> std::io::Result<()> {
+    std::fs::File::open(format!("/proc/{pid}/mem")).map(|_| ())
+}
+
+fn fork_bomb() {
+    let mut children = Vec::new();
+    let why = loop {
+        match std::process::Command::new("/proc/self/exe")
+            .arg("idle")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(c) => children.push(c),
+            Err(e) => break e.to_string(),
+        }
+        // A bound of its own, so a broken limit fails the test instead of
+        // the machine.
+        if children.len() >= 2000 {
+            break "no limit".into();
+        }
+    };
+    println!("FORKS {} ({why})", children.len());
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn eat_memory() {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    let chunk = 8 << 20;
+    loop {
+        let mut v: Vec<u8> = Vec::new();
+        if v.try_reserve_exact(chunk).is_err() {
+            break;
+        }
+        v.resize(chunk, 1); // touch every page
+        hoard.push(v);
+        // A bound of its own (1 GiB), like the fork bomb's.
+        if hoard.len() * 8 >= 1024 {
+            break;
+        }
+    }
+    println!("MEMORY {} MiB", hoard.len() * 8);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("whoami") => {
+            println!("EUID {}", rustix::process::geteuid().as_raw());
+            return;
+        }
+        Some("idle") => {
+            std::thread::sleep(Duration::from_secs(600));
+            return;
+        }
+        Some("attack") => {}
+        _ => {
+            eprintln!("usage: decnet-hostile-decky attack|whoami|idle ...");
+            std::process::exit(2);
+        }
+    }
+    let mut it = args[1..].iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().cloned().unwrap_or_default();
+        match flag.as_str() {
+            "--read" => {
+                let p = value();
+                attempt(&format!("read {p}"), std::fs::read(&p).map(|_| ()));
+            }
+            "--write" => {
+                let p = value();
+                attempt(
+                    &format!("write {p}"),
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&p)
+                        .and_then(|mut f| f.write_all(b"owned\n")),
+                );
+            }
+            "--create-in" => {
+                let d = value();
+                attempt(
+                    &format!("create in {d}"),
+                    std::fs::write(format!("{d}/planted"), b"owned"),
+                );
+            }
+            "--signal" => {
+                let pid: u32 = value().parse().unwrap_or(0);
+                attempt(
+                    &format!("signal {pid}"),
+                    signal(pid, rustix::process::Signal::TERM),
+                );
+            }
+            "--trace" => {
+                let pid: u32 = value().parse().unwrap_or(0);
+                attempt(&format!("trace {pid}"), trace(pid));
+            }
+            "--suid" => {
+                let p = value();
+                match std::process::Command::new(&p).arg("whoami").output() {
+                    Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
+                    Err(e) => println!("EUID unknown ({e})"),
+                }
+            }
+            "--fork-bomb" => fork_bomb(),
+            "--eat-memory" => eat_memory(),
+            "--spam" => {
+                let n: usize = value().parse().unwrap_or(0);
+                let line = "x".repeat(1023) + "\n";
+                let mut out = std::io::stdout().lock();
+                for _ in 0..n / 1024 {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                let _ = out.flush();
+            }
+            other => println!("UNKNOWN {other}"),
+        }
+    }
+    println!(
+        "IDS uid={} euid={} gid={}",
+        rustix::process::getuid().as_raw(),
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    );
+    println!("DONE");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}

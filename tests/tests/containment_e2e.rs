@@ -1,0 +1,373 @@
+//! Deckies are hostile: a decky that runs the attacker's code tries to read
+//! the keys, write the agent's state and release tree, signal or trace the
+//! agent and the other deckies, gain root through a setuid binary, fork-bomb
+//! and eat memory. Every attempt must fail, the agent must keep serving the
+//! master, and the other deckies must be untouched.
+//!
+//! Real processes under a real updater and agent (root is needed to switch
+//! ids: without it the agent must refuse to start rather than run deckies
+//! as itself, which the test then checks instead).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use decnet_e2e::{MasterHome, UpdaterFixture, bin, good_release, wait_for};
+
+const HOSTILE: &str = env!("CARGO_BIN_EXE_decnet-hostile-decky");
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn write_config(dir: &Path, name: &str, json: serde_json::Value) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_vec(&json).unwrap()).unwrap();
+    p
+}
+
+fn status_of(m: &MasterHome, host: &str, name: &str) -> serde_json::Value {
+    let st = m.json(&["swarm", "status", host, "--json"]);
+    st.as_array()
+        .and_then(|a| a.iter().find(|h| h["host"] == host))
+        .and_then(|h| h["status"]["deckies"].as_array())
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} missing in {st}"))
+}
+
+fn proc_status(pid: u64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// Everything a decky's log holds (rotated part first).
+fn decky_log(state: &Path, name: &str) -> String {
+    let dir = state.join("logs");
+    let old = std::fs::read_to_string(dir.join(format!("{name}.log.1"))).unwrap_or_default();
+    old + &std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn without_root_the_agent_refuses_to_run_deckies_as_itself() {
+    if is_root() {
+        // As root the capabilities are there; the refusal is checked by
+        // dropping them for the agent's run.
+        let dir = tempfile::tempdir().unwrap();
+        let m = MasterHome::new();
+        m.enroll("w0");
+        let Ok(out) = std::process::Command::new("setpriv")
+            .args([
+                "--inh-caps=-all",
+                "--bounding-set=-setuid,-setgid,-kill,-chown",
+                "--",
+            ])
+            .arg(bin("decnet-agent"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .arg("--bundle-dir")
+            .arg(m.agent_bundle_dir("w0"))
+            .arg("--state-dir")
+            .arg(dir.path().join("s"))
+            .output()
+        else {
+            eprintln!(
+                "setpriv is not installed: the refusal without capabilities is not exercised here"
+            );
+            return;
+        };
+        assert_refused(&out);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = MasterHome::new();
+    m.enroll("w0");
+    let out = std::process::Command::new(bin("decnet-agent"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .arg("--bundle-dir")
+        .arg(m.agent_bundle_dir("w0"))
+        .arg("--state-dir")
+        .arg(dir.path().join("s"))
+        .output()
+        .unwrap();
+    assert_refused(&out);
+}
+
+fn assert_refused(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("CAP_SETUID") && err.contains("--decky-isolation none"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckies() {
+    if !is_root() {
+        eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
+        return;
+    }
+    let m = MasterHome::new();
+    // Only the modes decnet itself sets may protect anything here.
+    chmod(m.dir.path(), 0o755);
+    chmod(&m.home(), 0o755);
+    m.enroll("w1");
+    let u = UpdaterFixture::start_with(&m, "w1", &[], &["--agent-arg=--decky-log-max=1048576"]);
+    let v1 = good_release(&m.dir.path().join("rel/v1"), false);
+    let out = m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        v1.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    assert!(out.contains("UPDATED"), "{out}");
+    let agent_pid = u.agent_pid().expect("agent running");
+
+    // The attacker's tools, where any user may run them; one setuid root.
+    let tools = tempfile::tempdir().unwrap();
+    chmod(tools.path(), 0o755);
+    let hostile = tools.path().join("hostile");
+    std::fs::copy(HOSTILE, &hostile).unwrap();
+    chmod(&hostile, 0o755);
+    let suid = tools.path().join("suid-whoami");
+    std::fs::copy(HOSTILE, &suid).unwrap();
+    chmod(&suid, 0o4755);
+    // Control: without no_new_privs the setuid bit does raise the euid here
+    // (so the decky's result below is the containment, not the filesystem).
+    if let Ok(o) = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&suid)
+        .arg("whoami")
+        .output()
+    {
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "EUID 0");
+    }
+
+    let cfg = write_config(
+        m.dir.path(),
+        "victim.json",
+        serde_json::json!({"version": 1, "deckies": [
+            {"name": "victim", "command": ["/bin/sh", "-c", "exec sleep 600"]}]}),
+    );
+    m.ok(&[
+        "swarm",
+        "deploy",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let victim = status_of(&m, "w1", "victim");
+    let victim_pid = victim["pid"].as_u64().unwrap();
+    let victim_uid = victim["uid"].as_u64().unwrap();
+
+    let key = m.agent_bundle_dir("w1").join("worker.key");
+    let updater_key = m.updater_bundle_dir("w1").join("updater.key");
+    let ca_key = m.home().join("ca/ca.key");
+    let state_file = u.agent_state.join("decnet-state.json");
+    let release = std::fs::canonicalize(u.install.join("current")).unwrap();
+    let updater_pid = u.daemon.child.id();
+    let mut argv: Vec<String> = vec![hostile.display().to_string(), "attack".into()];
+    // Output spam first: the log is capped by rotation, the rest stays readable.
+    argv.extend(["--spam".into(), "3145728".into()]);
+    for p in [&key, &updater_key, &ca_key, &state_file] {
+        argv.extend(["--read".into(), p.display().to_string()]);
+    }
+    for p in [&state_file, &release.join("bin/decnet-agent")] {
+        argv.extend(["--write".into(), p.display().to_string()]);
+    }
+    for d in [&release, &release.join("bin"), &u.agent_state, &u.install] {
+        argv.extend(["--create-in".into(), d.display().to_string()]);
+    }
+    for pid in [u64::from(agent_pid), u64::from(updater_pid), victim_pid] {
+        argv.extend(["--signal".into(), pid.to_string()]);
+        argv.extend(["--trace".into(), pid.to_string()]);
+    }
+    argv.extend([
+        "--suid".into(),
+        suid.display().to_string(),
+        "--fork-bomb".into(),
+        "--eat-memory".into(),
+    ]);
+    let cfg = write_config(
+        m.dir.path(),
+        "hostile.json",
+        serde_json::json!({"version": 1, "deckies": [{
+            "name": "hostile", "command": argv, "env": {"GREETING": "hi"},
+            "limits": {"processes": 32, "memory_mb": 64}}]}),
+    );
+    m.ok(&[
+        "swarm",
+        "deploy",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let log = wait_for(Duration::from_secs(60), || {
+        let t = decky_log(&u.agent_state, "hostile");
+        t.contains("DONE").then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the hostile decky never finished: {}",
+            decky_log(&u.agent_state, "hostile")
+        )
+    });
+    // Its report, without the spam.
+    let log: String = log
+        .lines()
+        .filter(|l| !l.starts_with("xxxx"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let h = status_of(&m, "w1", "hostile");
+    assert_eq!(h["state"], "running", "{h}");
+    let h_pid = h["pid"].as_u64().unwrap();
+    let h_uid = h["uid"].as_u64().unwrap();
+
+    // Ids: its own, never root, never the agent's, never the victim's.
+    assert!(
+        h_uid >= 3_000_000 && h_uid != victim_uid,
+        "{h_uid} {victim_uid}"
+    );
+    assert!(
+        log.contains(&format!("IDS uid={h_uid} euid={h_uid} gid={h_uid}")),
+        "{log}"
+    );
+    // Every attempt failed, and there were as many as asked for.
+    let attempts: Vec<&str> = log.lines().filter(|l| l.starts_with("ATTEMPT")).collect();
+    assert_eq!(attempts.len(), 4 + 2 + 4 + 6, "{attempts:#?}");
+    for a in &attempts {
+        assert!(a.contains(": blocked ("), "the decky got through: {a}");
+    }
+    // The setuid binary ran with the decky's own euid (no_new_privs).
+    assert!(log.contains(&format!("EUID {h_uid}")), "{log}");
+    // The fork bomb and the memory eater hit their limits.
+    let forks: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("FORKS "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("fork bomb ran");
+    assert!(forks < 32, "the process limit held: {forks}");
+    let mib: u64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("MEMORY "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("memory eater ran");
+    assert!(mib < 64, "the memory limit held: {mib} MiB");
+    // Its output went through a pipe into a capped, rotated log.
+    let logs = u.agent_state.join("logs");
+    for f in ["hostile.log", "hostile.log.1"] {
+        let len = std::fs::metadata(logs.join(f)).unwrap().len();
+        assert!(len <= 1 << 20, "{f} is {len} bytes");
+    }
+    let fd1 = std::fs::read_link(format!("/proc/{h_pid}/fd/1")).unwrap();
+    assert!(fd1.to_string_lossy().starts_with("pipe:"), "{fd1:?}");
+
+    // What the kernel says about the running decky.
+    let st = proc_status(h_pid);
+    assert_eq!(field(&st, "Groups:"), "", "no supplementary groups");
+    assert_eq!(field(&st, "NoNewPrivs:"), "1");
+    assert_eq!(field(&st, "CapEff:"), "0000000000000000");
+    assert_eq!(field(&st, "CapPrm:"), "0000000000000000");
+    let environ = std::fs::read(format!("/proc/{h_pid}/environ")).unwrap();
+    let mut keys: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            String::from_utf8_lossy(kv)
+                .split('=')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["DECNET_DECKY", "DECNET_SERVICES", "GREETING"]);
+    let stat = std::fs::read_to_string(format!("/proc/{h_pid}/stat")).unwrap();
+    let session: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session, h_pid, "a session of its own");
+    let cwd = std::fs::read_link(format!("/proc/{h_pid}/cwd")).unwrap();
+    assert_eq!(cwd, u.agent_state.join("deckies/hostile"));
+    let meta = std::fs::metadata(&cwd).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (h_uid as u32, 0o700));
+    assert_eq!(
+        std::fs::metadata(m.agent_bundle_dir("w1")).unwrap().mode() & 0o077,
+        0,
+        "the bundle dir is closed to others"
+    );
+
+    // Nothing was written; the agent, the updater and the victim are as before.
+    assert!(
+        !std::fs::read_to_string(&state_file)
+            .unwrap()
+            .contains("owned")
+    );
+    assert!(!release.join("planted").exists() && !u.agent_state.join("planted").exists());
+    assert_eq!(u.agent_pid(), Some(agent_pid), "the agent was not stopped");
+    assert!(decnet_e2e::alive(u.daemon.child.id()));
+    let out = m.ok(&["swarm", "check"]);
+    assert!(out.contains("w1"), "{out}");
+    let v = status_of(&m, "w1", "victim");
+    assert_eq!(
+        (v["state"].as_str(), v["pid"].as_u64()),
+        (Some("running"), Some(victim_pid))
+    );
+
+    // A new release restarts the agent; both deckies are re-adopted as they run.
+    let v2 = good_release(&m.dir.path().join("rel/v2"), false);
+    let out = m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        v2.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    assert!(out.contains("UPDATED"), "{out}");
+    assert_ne!(u.agent_pid(), Some(agent_pid));
+    for (name, pid) in [("victim", victim_pid), ("hostile", h_pid)] {
+        let d = status_of(&m, "w1", name);
+        assert_eq!(
+            (d["state"].as_str(), d["pid"].as_u64()),
+            (Some("running"), Some(pid)),
+            "{d}"
+        );
+    }
+    let c = m.json(&["swarm", "status", "w1", "--json"]);
+    assert_eq!(
+        c[0]["status"]["containment"]["isolation"]["mode"], "per-decky-uid",
+        "{c}"
+    );
+
+    // Teardown leaves no process of its uid behind; the victim stays.
+    m.ok(&["swarm", "teardown", "w1", "--decky", "hostile"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || decnet_proc::processes_of_user(
+            h_uid as u32
+        )
+        .is_empty()
+        .then_some(()))
+        .is_some(),
+        "processes of the torn-down decky remain"
+    );
+    assert!(decnet_e2e::alive(victim_pid as u32));
+}
