@@ -7,6 +7,7 @@
 //! decnet-hostile-decky attack [--read PATH]... [--write PATH]...
 //!     [--create-in DIR]... [--signal PID]... [--trace PID]...
 //!     [--suid PATH] [--fork-bomb] [--eat-memory] [--spam BYTES]
+//!     [--print-env NAME] [--print-arg VALUE]
 //! decnet-hostile-decky whoami        (used as the setuid binary)
 //! ```
 //!
@@ -60,9 +61,31 @@ fn fork_bomb() {
     }
 }
 
+/// Eat memory in a child process (under a cgroup limit the kernel kills
+/// the eater instead of failing its allocation), reporting how far it got.
 fn eat_memory() {
+    let child = std::process::Command::new("/proc/self/exe")
+        .arg("eat")
+        .stdout(std::process::Stdio::piped())
+        .output();
+    match child {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mib = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("ATE ")?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0);
+            println!("MEMORY {mib} MiB ({})", out.status);
+        }
+        Err(e) => println!("MEMORY 0 MiB (cannot start the eater: {e})"),
+    }
+}
+
+fn eat() {
     let mut hoard: Vec<Vec<u8>> = Vec::new();
     let chunk = 8 << 20;
+    let mut out = std::io::stdout().lock();
     loop {
         let mut v: Vec<u8> = Vec::new();
         if v.try_reserve_exact(chunk).is_err() {
@@ -70,12 +93,14 @@ fn eat_memory() {
         }
         v.resize(chunk, 1); // touch every page
         hoard.push(v);
-        // A bound of its own (1 GiB), like the fork bomb's.
+        let _ = writeln!(out, "ATE {}", hoard.len() * 8);
+        let _ = out.flush();
+        // A bound of its own (1 GiB), so a broken limit fails the test
+        // instead of the machine.
         if hoard.len() * 8 >= 1024 {
             break;
         }
     }
-    println!("MEMORY {} MiB", hoard.len() * 8);
 }
 
 fn main() {
@@ -83,6 +108,10 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("whoami") => {
             println!("EUID {}", rustix::process::geteuid().as_raw());
+            return;
+        }
+        Some("eat") => {
+            eat();
             return;
         }
         Some("idle") => {
@@ -138,6 +167,11 @@ fn main() {
                     Err(e) => println!("EUID unknown ({e})"),
                 }
             }
+            "--print-env" => {
+                let k = value();
+                println!("ENV {k}={}", std::env::var(&k).unwrap_or_default());
+            }
+            "--print-arg" => println!("ARG {}", value()),
             "--fork-bomb" => fork_bomb(),
             "--eat-memory" => eat_memory(),
             "--spam" => {
