@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, LeafSpec, Role};
-use decnet_proc::{Signal, signal, signal_group};
+use decnet_proc::{ProcessHandle, Signal, signal};
 
 use crate::home::MasterHome;
 use crate::release;
@@ -69,8 +69,11 @@ impl Fleet {
                 && let Some(m) = v["deckies"].as_object()
             {
                 for d in m.values() {
-                    if let Some(pid) = d["pid"].as_u64() {
-                        signal_group(pid as u32, Signal::KILL);
+                    // The decky's shepherd sweeps the rest once it ends.
+                    if let (Some(pid), Some(t)) = (d["pid"].as_u64(), d["pid_start"].as_u64())
+                        && let Some(h) = ProcessHandle::open(pid as u32, t)
+                    {
+                        let _ = h.signal_group(Signal::KILL);
                     }
                 }
             }
@@ -273,9 +276,22 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             std::fs::Permissions::from_mode(0o755),
         )?;
     }
-    for n in &names {
+    // Deckies run under uids of their own when the demo runs as root;
+    // otherwise (a developer's account) as the agent's user, said loudly.
+    let isolation = if decnet_proc::current_uid() == 0 {
+        "uid"
+    } else {
+        println!(
+            "  note: not root, so deckies run as your user (--decky-isolation none); run as root to see them contained"
+        );
+        "none"
+    };
+    for (i, n) in names.iter().enumerate() {
         let node = root.join(n);
         let whome = node.join("home");
+        // One id range per worker: they share this machine.
+        let first = 2_000_000 + 1000 * i as u32;
+        let decky_ids = format!("{first}-{}", first + 999);
         let install = node.join("opt");
         let state = node.join("agent-state");
         std::fs::create_dir_all(&install)?;
@@ -305,6 +321,8 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         ])
         .arg(format!("--agent-arg=--state-dir={}", state.display()))
         .args(["--agent-arg=--stop-grace", "--agent-arg=2"])
+        .arg(format!("--agent-arg=--decky-isolation={isolation}"))
+        .arg(format!("--agent-arg=--decky-ids={decky_ids}"))
         .args([
             "--probe-attempts",
             "12",

@@ -143,6 +143,19 @@ pub async fn deploy(
         )
         .into());
     }
+    // Deckies allowed to run as root are named in every audit entry.
+    let root_deckies = root_deckies(&config);
+    if !root_deckies.is_empty() && !json {
+        eprintln!(
+            "warning: {} may run as root (allow_root); the audit log records it",
+            root_deckies.join(", ")
+        );
+    }
+    let root_note = if root_deckies.is_empty() {
+        String::new()
+    } else {
+        format!(" allow_root=[{}]", root_deckies.join(","))
+    };
     let mut set = JoinSet::new();
     for h in targets {
         let master = master.clone();
@@ -245,7 +258,7 @@ pub async fn deploy(
             &out.host,
             outcome,
             format!(
-                "config={} operation={} failed_deckies=[{}]{}",
+                "config={} operation={} failed_deckies=[{}]{root_note}{}",
                 config_path.display(),
                 out.operation_id.as_deref().unwrap_or("-"),
                 failed.join(","),
@@ -415,6 +428,19 @@ async fn probe_all(
         }
     }
     reports
+}
+
+/// Names of the deckies a config allows to run as root.
+fn root_deckies(config: &serde_json::Value) -> Vec<String> {
+    config["deckies"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .filter(|d| d["allow_root"] == true)
+                .filter_map(|d| d["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `decnet swarm status [HOST]`.

@@ -371,3 +371,79 @@ fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckie
     );
     assert!(decnet_e2e::alive(victim_pid as u32));
 }
+
+#[test]
+fn named_accounts_run_as_asked_and_root_only_when_allowed_and_audited() {
+    if !is_root() {
+        eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
+        return;
+    }
+    let m = MasterHome::new();
+    m.enroll("w2");
+    let _agent = decnet_e2e::Agent::start(&m, "w2", &m.dir.path().join("w2-state"), &[]);
+    let sleeper = |name: &str, extra: serde_json::Value| {
+        let mut d =
+            serde_json::json!({"name": name, "command": ["/bin/sh", "-c", "exec sleep 600"]});
+        d.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        d
+    };
+    // Root without allow_root: refused by name before anything runs.
+    let cfg = write_config(
+        m.dir.path(),
+        "root.json",
+        serde_json::json!({"version": 1, "deckies": [sleeper("rooty", serde_json::json!({"user": "root"}))]}),
+    );
+    let out = m.run(&["swarm", "deploy", "--config", cfg.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("deckies[0].user") && text.contains("allow_root"),
+        "{text}"
+    );
+
+    let cfg = write_config(
+        m.dir.path(),
+        "named.json",
+        serde_json::json!({"version": 1, "deckies": [
+            sleeper("named", serde_json::json!({"user": "nobody"})),
+            sleeper("rooty", serde_json::json!({"user": "root", "allow_root": true})),
+        ]}),
+    );
+    let out = m.run(&["swarm", "deploy", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rooty may run as root"));
+    let named = status_of(&m, "w2", "named");
+    assert_eq!(
+        (named["state"].as_str(), named["uid"].as_u64()),
+        (Some("running"), Some(65534))
+    );
+    let rooty = status_of(&m, "w2", "rooty");
+    assert_eq!(
+        (rooty["state"].as_str(), rooty["uid"].as_u64()),
+        (Some("running"), Some(0))
+    );
+    let audit = m.json(&["audit", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.deploy"
+                && e["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("allow_root=[rooty]")),
+        "{audit}"
+    );
+    // A shared account is not swept by uid: the decky's own group goes.
+    let named_pid = named["pid"].as_u64().unwrap() as u32;
+    m.ok(&["swarm", "teardown", "w2"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || (!decnet_e2e::alive(named_pid))
+            .then_some(()))
+        .is_some()
+    );
+}

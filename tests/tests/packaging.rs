@@ -32,7 +32,31 @@ fn units_restart_on_failure_and_are_hardened() {
         }
     }
     // Deckies must survive an agent restart.
-    assert!(unit("decnet-agent.service").contains("KillMode=process"));
+    let agent = unit("decnet-agent.service");
+    assert!(agent.contains("KillMode=process"));
+    // Least privilege: exactly what per-decky ids need, and only the state
+    // and bundle dirs writable.
+    let caps = agent
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("a capability bounding set");
+    let mut caps: Vec<&str> = caps.split_whitespace().collect();
+    caps.sort();
+    let mut needed: Vec<&str> = decnet_confine::caps::FOR_PER_DECKY_IDS
+        .iter()
+        .map(|(_, n)| *n)
+        .collect();
+    needed.sort();
+    assert_eq!(caps, needed);
+    for key in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/decnet/agent /etc/decnet/agent",
+        "ProtectHome=yes",
+        "Delegate=yes",
+        "RestrictNamespaces=yes",
+    ] {
+        assert!(agent.contains(key), "agent unit lacks {key}");
+    }
     // The updater drives the agent unit through systemd and may self-update.
     let up = unit("decnet-updater.service");
     assert!(

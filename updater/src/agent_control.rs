@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use decnet_proc::{Signal, is_same_process as alive, signal, start_time};
+use decnet_proc::{ProcessHandle, Signal, is_same_process as alive, start_time};
 
 /// How the agent is controlled.
 #[derive(Clone, Debug)]
@@ -102,28 +102,35 @@ impl SpawnControl {
     }
 
     async fn stop(&self) {
-        let mut targets: Vec<(u32, u64)> = self
+        // Only processes verified through a pidfd are signalled: the
+        // recorded one (pid + start time), or the ones discovered running
+        // from this install tree.
+        let mut targets: Vec<ProcessHandle> = self
             .read_pidfile()
-            .filter(|(p, t)| alive(*p, *t))
+            .and_then(|(p, t)| ProcessHandle::open(p, t))
             .into_iter()
             .collect();
         if targets.is_empty() {
-            targets = self.discover();
+            targets = self
+                .discover()
+                .into_iter()
+                .filter_map(|(p, t)| ProcessHandle::open(p, t))
+                .collect();
         }
-        for (pid, _) in &targets {
-            signal(*pid, Signal::TERM);
+        for h in &targets {
+            let _ = h.signal(Signal::TERM);
         }
         let deadline = tokio::time::Instant::now() + self.grace;
-        while targets.iter().any(|(p, t)| alive(*p, *t)) && tokio::time::Instant::now() < deadline {
+        while targets.iter().any(|h| !h.has_exited()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for (pid, t) in &targets {
-            if alive(*pid, *t) {
-                tracing::warn!(pid, "agent ignored SIGTERM; killing it");
-                signal(*pid, Signal::KILL);
+        for h in &targets {
+            if !h.has_exited() {
+                tracing::warn!(pid = h.pid(), "agent ignored SIGTERM; killing it");
+                let _ = h.signal(Signal::KILL);
             }
         }
-        while targets.iter().any(|(p, t)| alive(*p, *t)) {
+        while targets.iter().any(|h| !h.has_exited()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = std::fs::remove_file(self.pidfile());
@@ -156,6 +163,8 @@ impl SpawnControl {
         let pid = child
             .id()
             .ok_or_else(|| ControlError("agent exited at once".into()))?;
+        // A start time the kernel no longer reports means it already ended;
+        // `0` is recorded then, and never matches a process later.
         let t = start_time(pid).unwrap_or(0);
         decnet_pki::secure_fs::write_atomic(
             &self.pidfile(),
