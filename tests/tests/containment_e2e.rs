@@ -447,3 +447,60 @@ fn named_accounts_run_as_asked_and_root_only_when_allowed_and_audited() {
         .is_some()
     );
 }
+
+#[test]
+fn an_unconfined_decky_is_replaced_by_a_contained_one_when_the_agent_restarts_confined() {
+    if !is_root() {
+        eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
+        return;
+    }
+    let m = MasterHome::new();
+    m.enroll("w3");
+    let mut agent = decnet_e2e::Agent::start(
+        &m,
+        "w3",
+        &m.dir.path().join("w3-state"),
+        &["--decky-isolation", "none"],
+    );
+    let c = m.json(&["swarm", "status", "w3", "--json"]);
+    assert_eq!(
+        c[0]["status"]["containment"]["isolation"]["mode"], "none",
+        "{c}"
+    );
+    let cfg = write_config(
+        m.dir.path(),
+        "d.json",
+        serde_json::json!({"version": 1, "deckies": [
+            {"name": "d", "command": ["/bin/sh", "-c", "exec sleep 600"]}]}),
+    );
+    m.ok(&["swarm", "deploy", "--config", cfg.to_str().unwrap()]);
+    let before = status_of(&m, "w3", "d");
+    let old_pid = before["pid"].as_u64().unwrap() as u32;
+    assert!(before.get("uid").is_none(), "{before}");
+    assert_eq!(
+        decnet_proc::real_uid(old_pid),
+        Some(0),
+        "runs as the agent's user"
+    );
+
+    agent.restart(&m, "w3", &[]);
+    let after = status_of(&m, "w3", "d");
+    assert_eq!(after["state"], "running", "{after}");
+    let uid = after["uid"].as_u64().unwrap();
+    let new_pid = after["pid"].as_u64().unwrap() as u32;
+    assert!(uid >= 3_000_000, "{after}");
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(decnet_proc::real_uid(new_pid), Some(uid as u32));
+    assert!(
+        wait_for(Duration::from_secs(10), || (!decnet_e2e::alive(old_pid))
+            .then_some(()))
+        .is_some(),
+        "the unconfined process was stopped"
+    );
+    assert!(
+        agent
+            .daemon
+            .log_text()
+            .contains("replacing an unconfined decky")
+    );
+}

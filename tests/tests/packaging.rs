@@ -63,7 +63,7 @@ fn units_restart_on_failure_and_are_hardened() {
         up.contains("--agent-control systemd") && up.contains("--agent-unit decnet-agent.service")
     );
     assert!(up.contains("/opt/decnet/updater/current/bin/decnet-updater"));
-    assert!(up.contains("ReadWritePaths=/opt/decnet"));
+    assert!(up.contains("ReadWritePaths=/opt/decnet /etc/decnet/updater"));
 }
 
 #[test]

@@ -538,13 +538,21 @@ impl Driver for ProcessDriver {
     ) -> DriverFuture<'a, bool> {
         Box::pin(async move {
             let Some(facts) = facts else { return false };
-            let Some(shep) = facts.shepherd else {
-                // Started by an older agent, unconfined and without a
-                // shepherd: replace it with a contained run.
+            let unconfined = matches!(self.inner.opts.isolation, Isolation::PerDeckyUid(_))
+                && facts.uid.is_none();
+            let Some(shep) = facts.shepherd.filter(|_| !unconfined) else {
+                // Started by an older agent without a shepherd, or under
+                // `--decky-isolation none`: replace it with a contained run.
                 if let Some(h) = ProcessHandle::open(facts.pid, facts.start_time) {
                     tracing::warn!(decky = %decky.name, pid = facts.pid,
-                        "replacing an unconfined decky started by an older agent");
+                        "replacing an unconfined decky with a contained one");
                     let _ = h.signal_group(Signal::KILL);
+                    h.wait_exit(Duration::from_secs(5));
+                }
+                if let Some(h) = facts
+                    .shepherd
+                    .and_then(|s| ProcessHandle::open(s.pid, s.start_time))
+                {
                     h.wait_exit(Duration::from_secs(5));
                 }
                 return false;
