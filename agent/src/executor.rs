@@ -115,6 +115,7 @@ impl Executor {
         events: mpsc::UnboundedReceiver<DriverEvent>,
     ) -> Result<Arc<Executor>, StateError> {
         let state = store.load(driver.kind())?;
+        crate::metrics::observe_state(&state);
         let exec = Arc::new(Executor {
             host,
             version,
@@ -153,6 +154,14 @@ impl Executor {
                         r.error = None;
                         r.set_process(process);
                         r.restarts += u32::from(restart);
+                        if restart {
+                            crate::metrics::agent_metrics()
+                                .restarts
+                                .get_or_create(&crate::metrics::DeckyLabel {
+                                    decky: name.clone(),
+                                })
+                                .inc();
+                        }
                         r.updated_at = now();
                         tracing::info!(decky = %name, restart, "decky started");
                     }
@@ -178,6 +187,7 @@ impl Executor {
     }
 
     fn persist(&self, st: &AgentState) {
+        crate::metrics::observe_state(st);
         if let Err(e) = self.store.save(st) {
             tracing::error!(error = %e, "cannot persist agent state");
         }

@@ -16,6 +16,23 @@ pub fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.8 + 0.4 * unit_random())
 }
 
+fn count(outcome: &str) {
+    crate::metrics::agent_metrics()
+        .heartbeats
+        .get_or_create(&crate::metrics::OutcomeLabel {
+            outcome: outcome.into(),
+        })
+        .inc();
+}
+
+/// This host's clock, in milliseconds since the epoch.
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// What a heartbeat answer asks the agent to do.
 #[derive(Clone, Debug)]
 pub struct Wakeups {
@@ -31,6 +48,8 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
     loop {
         let snap = exec.snapshot().await;
         let body = serde_json::json!({
+            // The master compares it with its own clock (`swarm doctor`).
+            "sent_at_ms": unix_millis(),
             "version": snap.version,
             "driver": snap.driver,
             "deckies": snap.deckies.iter().map(|d| serde_json::json!({
@@ -39,6 +58,7 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
         });
         match link.heartbeat(&body).await {
             Ok(answer) => {
+                count("ok");
                 if failures > 0 {
                     tracing::info!(master = %link.master(), "heartbeats accepted again");
                 }
@@ -52,6 +72,7 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
                 }
             }
             Err(e) => {
+                count("failed");
                 failures += 1;
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(master = %link.master(), error = %e, failures, "heartbeat failed");

@@ -7,6 +7,7 @@
 //! * [`executor`] — requests → driver calls, state, recovery;
 //! * [`heartbeat`] — periodic reports to the master's control API;
 //! * [`api`] — the HTTP routes and the role policy;
+//! * [`metrics`] — deckies by state, restarts, heartbeats;
 //! * [`daemon`] — wiring it all together for `decnet-agent serve`.
 
 pub mod api;
@@ -15,4 +16,5 @@ pub mod daemon;
 pub mod driver;
 pub mod executor;
 pub mod heartbeat;
+pub mod metrics;
 pub mod state;

@@ -55,6 +55,8 @@ stored_enum!(
         Updater => "updater",
         /// The master itself.
         Master => "master",
+        /// A metrics scraper (`monitor@name`).
+        Monitor => "monitor",
     }
 );
 
@@ -65,6 +67,7 @@ impl CertRole {
             decnet_pki::Role::Agent(_) => CertRole::Agent,
             decnet_pki::Role::Updater(_) => CertRole::Updater,
             decnet_pki::Role::Master => CertRole::Master,
+            decnet_pki::Role::Monitor(_) => CertRole::Monitor,
         }
     }
 }

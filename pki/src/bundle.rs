@@ -39,6 +39,8 @@ pub enum BundleKind {
     Agent,
     /// A worker's updater.
     Updater,
+    /// A metrics scraper's client identity (`monitor@<name>`).
+    Monitor,
 }
 
 impl BundleKind {
@@ -47,6 +49,7 @@ impl BundleKind {
         match self {
             BundleKind::Master | BundleKind::Agent => "worker.key",
             BundleKind::Updater => "updater.key",
+            BundleKind::Monitor => "monitor.key",
         }
     }
 
@@ -55,6 +58,7 @@ impl BundleKind {
         match self {
             BundleKind::Master | BundleKind::Agent => "worker.crt",
             BundleKind::Updater => "updater.crt",
+            BundleKind::Monitor => "monitor.crt",
         }
     }
 
@@ -64,6 +68,7 @@ impl BundleKind {
             BundleKind::Master => decnet_home.join("ca").join("master"),
             BundleKind::Agent => decnet_home.join("agent"),
             BundleKind::Updater => decnet_home.join("updater"),
+            BundleKind::Monitor => decnet_home.join("monitor"),
         }
     }
 
@@ -76,6 +81,9 @@ impl BundleKind {
             }
             BundleKind::Updater => {
                 "enroll this worker on the master with `decnet swarm enroll --host NAME --address ADDR --updater` and copy the issued updater bundle (~/.decnet/ca/workers/NAME/updater/) here"
+            }
+            BundleKind::Monitor => {
+                "issue a monitor certificate on the master with `decnet ca issue-monitor NAME --out DIR`"
             }
         }
     }

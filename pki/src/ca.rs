@@ -118,6 +118,8 @@ impl LeafSpec {
                 add(h.as_str());
                 add("127.0.0.1");
             }
+            // A scraper only ever dials out: its name is its CN.
+            Role::Monitor(_) => {}
         }
         let now = OffsetDateTime::now_utc();
         LeafSpec {

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `decnet-master` | [`Role::Master`] |
 //! | `updater@<host>` | [`Role::Updater`] of `<host>` |
+//! | `monitor@<name>` | [`Role::Monitor`] named `<name>` (a metrics scraper) |
 //! | `<host>` (a valid host name) | [`Role::Agent`] of `<host>` |
 //!
 //! Servers authorize on the role, never on a CN string comparison scattered
@@ -19,6 +20,8 @@ pub const MASTER_CN: &str = "decnet-master";
 
 /// Prefix of an updater CN (`updater@<host>`).
 const UPDATER_PREFIX: &str = "updater@";
+/// Prefix of a monitor CN (`monitor@<name>`).
+const MONITOR_PREFIX: &str = "monitor@";
 
 /// A validated worker host name: DNS labels (letters, digits, `-`), each
 /// 1–63 characters not starting or ending with `-`, at most 253 characters in
@@ -146,6 +149,9 @@ pub enum Role {
     Agent(HostName),
     /// The updater daemon of a worker host (CN = `updater@<host>`).
     Updater(HostName),
+    /// A metrics scraper (CN = `monitor@<name>`): may read `/metrics`, and
+    /// nothing else anywhere.
+    Monitor(HostName),
 }
 
 /// The role without its host, for policies ("admit Master and Agent").
@@ -158,6 +164,8 @@ pub enum RoleKind {
     Agent,
     /// See [`Role::Updater`].
     Updater,
+    /// See [`Role::Monitor`].
+    Monitor,
 }
 
 impl fmt::Display for RoleKind {
@@ -166,6 +174,7 @@ impl fmt::Display for RoleKind {
             RoleKind::Master => "master",
             RoleKind::Agent => "agent",
             RoleKind::Updater => "updater",
+            RoleKind::Monitor => "monitor",
         })
     }
 }
@@ -191,6 +200,9 @@ impl Role {
         if let Some(host) = cn.strip_prefix(UPDATER_PREFIX) {
             return HostName::new(host).map(Role::Updater).map_err(wrap);
         }
+        if let Some(name) = cn.strip_prefix(MONITOR_PREFIX) {
+            return HostName::new(name).map(Role::Monitor).map_err(wrap);
+        }
         HostName::new(cn).map(Role::Agent).map_err(wrap)
     }
 
@@ -200,6 +212,7 @@ impl Role {
             Role::Master => MASTER_CN.to_string(),
             Role::Agent(h) => h.to_string(),
             Role::Updater(h) => h.updater_cn(),
+            Role::Monitor(n) => format!("{MONITOR_PREFIX}{n}"),
         }
     }
 
@@ -209,13 +222,15 @@ impl Role {
             Role::Master => RoleKind::Master,
             Role::Agent(_) => RoleKind::Agent,
             Role::Updater(_) => RoleKind::Updater,
+            Role::Monitor(_) => RoleKind::Monitor,
         }
     }
 
-    /// The worker host this role belongs to (none for the master).
+    /// The worker host this role belongs to (none for the master and for
+    /// monitors).
     pub fn host(&self) -> Option<&HostName> {
         match self {
-            Role::Master => None,
+            Role::Master | Role::Monitor(_) => None,
             Role::Agent(h) | Role::Updater(h) => Some(h),
         }
     }
@@ -242,11 +257,21 @@ mod tests {
         assert!(Role::from_cn("a@b").is_err());
         assert!(Role::from_cn("").is_err());
         assert!(Role::from_cn("updater@updater@x").is_err());
+        let prom = HostName::new("prom").unwrap();
+        assert_eq!(Role::from_cn("monitor@prom").unwrap(), Role::Monitor(prom));
+        assert_eq!(Role::from_cn("monitor@prom").unwrap().host(), None);
+        assert!(Role::from_cn("monitor@").is_err());
+        assert!(Role::from_cn("monitor@decnet-master").is_err());
     }
 
     #[test]
     fn cn_round_trip() {
-        for cn in ["decnet-master", "w-1.lab", "updater@w-1.lab"] {
+        for cn in [
+            "decnet-master",
+            "w-1.lab",
+            "updater@w-1.lab",
+            "monitor@prom",
+        ] {
             assert_eq!(Role::from_cn(cn).unwrap().cn(), cn);
         }
     }

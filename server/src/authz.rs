@@ -85,6 +85,19 @@ fn refusal_body(status: StatusCode, detail: String, required: &str) -> Response 
     (status, axum::Json(body)).into_response()
 }
 
+/// `decnet_role_refusals_total` for the server and route of `req`.
+fn count_refusal(req: &Request) {
+    if let Some(server) = req.extensions().get::<crate::http::ServerName>() {
+        crate::metrics::server_metrics()
+            .role_refusals
+            .get_or_create(&crate::metrics::RouteLabels {
+                server: server.0.to_string(),
+                route: crate::http::route_label(req),
+            })
+            .inc();
+    }
+}
+
 async fn check_access(
     State(policy): State<Arc<dyn AccessPolicy>>,
     req: Request,
@@ -96,6 +109,7 @@ async fn check_access(
         }
         // Anonymous peers reach a server only where it admits them at all
         // (the control API's joins); their other requests are noise, not errors.
+        count_refusal(&req);
         tracing::debug!(path = %req.uri().path(), "request without a client certificate refused");
         return refusal_body(
             StatusCode::FORBIDDEN,
@@ -106,6 +120,7 @@ async fn check_access(
     match policy.check(peer, req.method(), req.uri().path()) {
         Ok(()) => next.run(req).await,
         Err(refusal) => {
+            count_refusal(&req);
             tracing::warn!(
                 peer_cn = %peer.cn,
                 peer_fingerprint = %peer.fingerprint,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use decnet_pki::PeerIdentity;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -35,7 +35,8 @@ impl HttpService {
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
                 limits.request_timeout,
-            ));
+            ))
+            .layer(axum::middleware::from_fn(count_request));
         Arc::new(HttpService { app, limits })
     }
 
@@ -47,11 +48,48 @@ impl HttpService {
     }
 }
 
+/// Which server a request arrived on (an extension set per connection).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerName(pub &'static str);
+
+/// The route template of a request (`unmatched` for the 404 fallback), as
+/// metrics label it.
+pub fn route_label(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into())
+}
+
+/// Count every request by server, route template and status.
+async fn count_request(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let server = req.extensions().get::<ServerName>().map(|s| s.0);
+    let route = route_label(&req);
+    let resp = next.run(req).await;
+    if let Some(server) = server {
+        crate::metrics::server_metrics()
+            .requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                server: server.to_string(),
+                route,
+                status: resp.status().as_u16().to_string(),
+            })
+            .inc();
+    }
+    resp
+}
+
 impl ConnectionHandler for HttpService {
     async fn handle(self: Arc<Self>, conn: Connection, stop: CancellationToken) {
-        let Connection { io, peer, deadline } = conn;
+        let Connection {
+            io,
+            peer,
+            deadline,
+            server,
+        } = conn;
         let app = self.app.clone();
         let svc = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ServerName(server));
             if let Some(id) = &peer.identity {
                 req.extensions_mut().insert(PeerIdentity::clone(id));
             }

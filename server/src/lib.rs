@@ -8,6 +8,8 @@
 //! * [`limits`] — [`ServerLimits`] and [`HttpLimits`];
 //! * [`http`] — [`HttpService`]: an axum router over hyper with timers and limits;
 //! * [`authz`] — [`AccessPolicy`], the role checks every request passes;
+//! * [`metrics`] — the runner's series and the `/metrics` endpoint
+//!   ([`metrics::MetricsEndpoint`]), monitors only;
 //! * [`error_body`] — the JSON error body of every server;
 //! * [`source`], [`refusal_log`], [`shutdown`] — source keys, rate-limited
 //!   refusal logging, the SIGTERM trigger;
@@ -18,6 +20,7 @@ pub mod authz;
 pub mod error_body;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod refusal_log;
 pub mod runner;
 pub mod shutdown;

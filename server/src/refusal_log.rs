@@ -1,5 +1,7 @@
 //! Refused connections and failed handshakes, logged with their reason but
-//! rate-limited, so a flood of hostile connections cannot flood the journal.
+//! rate-limited, so a flood of hostile connections cannot flood the journal;
+//! every one of them is also counted (`decnet_connections_refused_total`,
+//! `decnet_handshake_failures_total`), without a rate limit.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -8,6 +10,9 @@ use std::time::{Duration, Instant};
 use decnet_pki::PeerIdentity;
 
 use crate::admission::Refused;
+use crate::metrics::{ReasonLabels, server_metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Lines per window before further refusals are only counted.
 const LINES_PER_WINDOW: u32 = 10;
@@ -67,8 +72,18 @@ impl RefusalLog {
         }
     }
 
+    fn count(&self, family: &Family<ReasonLabels, Counter>, reason: &str) {
+        family
+            .get_or_create(&ReasonLabels {
+                server: self.server.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     /// A connection refused by admission before its handshake.
     pub fn refused(&self, why: Refused, remote: SocketAddr) {
+        self.count(&server_metrics().connections_refused, why.as_str());
         if self.admit_line() {
             tracing::warn!(server = self.server, %remote, reason = why.as_str(), "connection refused: {why}");
         }
@@ -76,6 +91,7 @@ impl RefusalLog {
 
     /// A connection refused by admission after its handshake.
     pub fn refused_peer(&self, why: Refused, remote: SocketAddr, peer: Option<&PeerIdentity>) {
+        self.count(&server_metrics().connections_refused, why.as_str());
         if self.admit_line() {
             tracing::warn!(
                 server = self.server,
@@ -95,6 +111,7 @@ impl RefusalLog {
         remote: SocketAddr,
         error: Option<&dyn std::fmt::Display>,
     ) {
+        self.count(&server_metrics().handshake_failures, reason);
         if self.admit_line() {
             match error {
                 Some(e) => {

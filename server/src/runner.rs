@@ -143,6 +143,8 @@ pub struct Connection {
     /// When the connection must end: its lifetime limit or its certificate's
     /// expiry, whichever comes first.
     pub deadline: Option<tokio::time::Instant>,
+    /// The server's name (`agent`, `listener`, ...), for metrics.
+    pub server: &'static str,
 }
 
 /// The protocol half of a server: serves one connection until it ends, the
@@ -238,6 +240,7 @@ impl Server {
                             }
                         };
                         conns.spawn(connection(
+                            name,
                             sock,
                             remote,
                             slot,
@@ -275,6 +278,7 @@ impl Server {
 
 #[allow(clippy::too_many_arguments)]
 async fn connection<H: ConnectionHandler>(
+    name: &'static str,
     sock: TcpStream,
     remote: SocketAddr,
     mut slot: crate::admission::Slot,
@@ -331,6 +335,7 @@ async fn connection<H: ConnectionHandler>(
         refusals.refused_peer(why, remote, identity.as_deref());
         return;
     }
+    let _open = crate::metrics::OpenConnection::new(name);
     let now = tokio::time::Instant::now();
     let mut deadline = limits.max_connection_lifetime.map(|l| now + l);
     if let Some(id) = &identity {
@@ -343,6 +348,7 @@ async fn connection<H: ConnectionHandler>(
         io,
         peer: TlsPeer { remote, identity },
         deadline,
+        server: name,
     };
     handler.handle(conn, stop).await;
     drop(slot);

@@ -5,6 +5,11 @@
 //! unset: journald and files get no escape codes) or one JSON object per
 //! line (`--log-format json`, for log shippers). The level filter comes
 //! from `DECNET_LOG` (e.g. `info`, `decnet_server=debug`).
+//!
+//! [`metrics`] holds the process's one metrics registry (Prometheus /
+//! OpenMetrics), which every crate registers its series into.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 use std::str::FromStr;

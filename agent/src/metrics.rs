@@ -1,0 +1,110 @@
+//! The agent's series: deckies by state and their restarts, plus the
+//! heartbeats it sends.
+//!
+//! | series | what |
+//! |---|---|
+//! | `decnet_deckies{state}` | deckies in each state (`pending`, `running`, `exited`, `failed`, `torn_down`) |
+//! | `decnet_decky_restarts_total{decky}` | restarts after an exit |
+//! | `decnet_heartbeats_sent_total{outcome}` | heartbeats to the master (`ok`, `failed`) |
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use decnet_telemetry::metrics::register;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::state::{AgentState, DeckyPhase};
+
+/// `state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// The phase, as `/status` names it.
+    pub state: String,
+}
+
+/// `decky`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeckyLabel {
+    /// The decky's name.
+    pub decky: String,
+}
+
+/// `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// How it went.
+    pub outcome: String,
+}
+
+/// The agent's series.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// Deckies by state.
+    pub deckies: Family<StateLabel, Gauge>,
+    /// Restarts by decky.
+    pub restarts: Family<DeckyLabel, Counter>,
+    /// Heartbeats by outcome.
+    pub heartbeats: Family<OutcomeLabel, Counter>,
+}
+
+/// The agent's series, registered on first use.
+pub fn agent_metrics() -> &'static AgentMetrics {
+    static M: OnceLock<AgentMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = AgentMetrics {
+            deckies: Family::default(),
+            restarts: Family::default(),
+            heartbeats: Family::default(),
+        };
+        register("decnet_deckies", "Deckies in each state", m.deckies.clone());
+        register(
+            "decnet_decky_restarts",
+            "Restarts of a decky after it exited",
+            m.restarts.clone(),
+        );
+        register(
+            "decnet_heartbeats_sent",
+            "Heartbeats sent to the master, by outcome",
+            m.heartbeats.clone(),
+        );
+        m
+    })
+}
+
+fn phase_name(p: DeckyPhase) -> &'static str {
+    match p {
+        DeckyPhase::Pending => "pending",
+        DeckyPhase::Running => "running",
+        DeckyPhase::Exited => "exited",
+        DeckyPhase::Failed => "failed",
+        DeckyPhase::TornDown => "torn_down",
+    }
+}
+
+/// Set `decnet_deckies` from `state` (every phase, zeros included).
+pub fn observe_state(state: &AgentState) {
+    let mut counts: BTreeMap<&'static str, i64> = [
+        DeckyPhase::Pending,
+        DeckyPhase::Running,
+        DeckyPhase::Exited,
+        DeckyPhase::Failed,
+        DeckyPhase::TornDown,
+    ]
+    .into_iter()
+    .map(|p| (phase_name(p), 0))
+    .collect();
+    for r in state.deckies.values() {
+        *counts.entry(phase_name(r.phase)).or_default() += 1;
+    }
+    let m = agent_metrics();
+    for (state, n) in counts {
+        m.deckies
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .set(n);
+    }
+}

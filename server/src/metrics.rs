@@ -1,0 +1,275 @@
+//! The runner's own series, and the `/metrics` endpoint every daemon can
+//! serve (`--metrics-addr`).
+//!
+//! Series (all labelled by `server`: `agent`, `updater`, `control`,
+//! `listener`, `metrics`):
+//!
+//! | series | what |
+//! |---|---|
+//! | `decnet_connections_open` | connections being served now |
+//! | `decnet_connections_refused_total{reason}` | refused by admission (before or after the handshake) |
+//! | `decnet_handshake_failures_total{reason}` | TLS handshakes that failed (`timeout`, `no_certificate`, `unknown_ca`, `revoked`, ...) |
+//! | `decnet_http_requests_total{route,status}` | HTTP requests by route template and status |
+//! | `decnet_role_refusals_total{route}` | requests the role check refused |
+//! | `decnet_certificate_expiry_timestamp_seconds{cn,role}` | when this daemon's own certificate expires |
+//!
+//! The endpoint: plain HTTP on a loopback address (like the listener's
+//! plain-text mode), mTLS anywhere else, admitting only certificates of the
+//! monitor role (`monitor@<name>`, issued by `decnet ca issue-monitor`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::http::{Method, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use decnet_pki::{ClientAuth, MaterialSource, PeerIdentity, RoleKind};
+use decnet_telemetry::metrics::register;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::authz::{AccessPolicy, Refusal};
+use crate::http::HttpService;
+use crate::limits::{HttpLimits, ServerLimits};
+use crate::runner::{Server, ServerError, Transport};
+
+/// `server`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// Which server.
+    pub server: String,
+}
+
+/// `server`, `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Which server.
+    pub server: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// `server`, `route`, `status`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Which server.
+    pub server: String,
+    /// The route template (`/operations/{id}`), or `unmatched`.
+    pub route: String,
+    /// HTTP status code.
+    pub status: String,
+}
+
+/// `server`, `route`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Which server.
+    pub server: String,
+    /// The route template, or `unmatched`.
+    pub route: String,
+}
+
+/// `cn`, `role`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// The certificate's CN.
+    pub cn: String,
+    /// Its role.
+    pub role: String,
+}
+
+/// The runner's series.
+#[derive(Debug)]
+pub struct ServerMetrics {
+    /// Connections being served.
+    pub connections_open: Family<ServerLabel, Gauge>,
+    /// Connections refused by admission.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Failed TLS handshakes.
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    /// HTTP requests.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Requests refused by the role check.
+    pub role_refusals: Family<RouteLabels, Counter>,
+    /// Expiry of this process's own certificates.
+    pub cert_expiry: Family<CertLabels, Gauge>,
+}
+
+/// The runner's series, registered on first use.
+pub fn server_metrics() -> &'static ServerMetrics {
+    static M: OnceLock<ServerMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = ServerMetrics {
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
+            handshake_failures: Family::default(),
+            requests: Family::default(),
+            role_refusals: Family::default(),
+            cert_expiry: Family::default(),
+        };
+        register(
+            "decnet_connections_open",
+            "Connections being served",
+            m.connections_open.clone(),
+        );
+        register(
+            "decnet_connections_refused",
+            "Connections refused by admission limits, by reason",
+            m.connections_refused.clone(),
+        );
+        register(
+            "decnet_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            m.handshake_failures.clone(),
+        );
+        register(
+            "decnet_http_requests",
+            "HTTP requests served, by route template and status",
+            m.requests.clone(),
+        );
+        register(
+            "decnet_role_refusals",
+            "Requests refused by the role check, by route",
+            m.role_refusals.clone(),
+        );
+        register(
+            "decnet_certificate_expiry_timestamp_seconds",
+            "When this process's own certificate expires (unix seconds)",
+            m.cert_expiry.clone(),
+        );
+        m
+    })
+}
+
+/// A connection counted in `decnet_connections_open` until dropped.
+pub(crate) struct OpenConnection(Gauge);
+
+impl OpenConnection {
+    pub(crate) fn new(server: &str) -> OpenConnection {
+        let g = server_metrics()
+            .connections_open
+            .get_or_create(&ServerLabel {
+                server: server.to_string(),
+            })
+            .clone();
+        g.inc();
+        OpenConnection(g)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Keep `decnet_certificate_expiry_timestamp_seconds` true for `material`:
+/// now, and after every renewal (a task follows the material's changes).
+pub fn observe_certificate(material: &MaterialSource) {
+    fn set(material: &decnet_pki::TlsMaterial) {
+        let id = &material.bundle().identity;
+        server_metrics()
+            .cert_expiry
+            .get_or_create(&CertLabels {
+                cn: id.cn.clone(),
+                role: id.role.kind().to_string(),
+            })
+            .set(id.not_after.unix_timestamp());
+    }
+    set(&material.current());
+    let mut rx = material.subscribe();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let m = rx.borrow_and_update().clone();
+            set(&m);
+        }
+    });
+}
+
+/// Who may read `/metrics`: monitors over mTLS; anyone on a loopback
+/// plain-text endpoint (the address itself is the boundary there).
+#[derive(Clone, Copy, Debug)]
+pub struct MonitorPolicy {
+    /// The endpoint is plain text on loopback.
+    pub plain: bool,
+}
+
+impl AccessPolicy for MonitorPolicy {
+    fn check(&self, peer: &PeerIdentity, _method: &Method, _path: &str) -> Result<(), Refusal> {
+        if peer.role.kind() == RoleKind::Monitor {
+            Ok(())
+        } else {
+            Err(Refusal {
+                required: "monitor".into(),
+            })
+        }
+    }
+
+    fn allows_anonymous(&self, _method: &Method, _path: &str) -> bool {
+        self.plain
+    }
+}
+
+async fn serve_metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            decnet_telemetry::metrics::CONTENT_TYPE,
+        )],
+        decnet_telemetry::metrics::encode(),
+    )
+}
+
+/// A bound `/metrics` endpoint.
+pub struct MetricsEndpoint {
+    server: Server,
+    app: Arc<HttpService>,
+}
+
+impl MetricsEndpoint {
+    /// Bind `addr`: plain text when it is a loopback address and `mtls` is
+    /// false, otherwise mTLS with `material` (the daemon's own certificate)
+    /// admitting monitors only. Also starts following `material`'s expiry.
+    pub async fn bind(
+        addr: SocketAddr,
+        material: Option<&MaterialSource>,
+        mtls: bool,
+    ) -> Result<MetricsEndpoint, ServerError> {
+        if let Some(m) = material {
+            observe_certificate(m);
+        }
+        let plain = addr.ip().is_loopback() && !mtls;
+        let transport = match (plain, material) {
+            (true, _) => Transport::Plain,
+            (false, Some(m)) => Transport::Tls {
+                material: m.clone(),
+                auth: ClientAuth::Required,
+            },
+            (false, None) => return Err(ServerError::PlaintextRefused(addr)),
+        };
+        let server = Server::bind("metrics", addr, transport, ServerLimits::default()).await?;
+        let router = Router::new().route("/metrics", get(serve_metrics));
+        let app = HttpService::new(router, MonitorPolicy { plain }, HttpLimits::default());
+        Ok(MetricsEndpoint { server, app })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serve until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        self.server.serve(self.app, shutdown).await;
+    }
+
+    /// Serve in a task of its own until SIGTERM/SIGINT.
+    pub fn spawn(self) -> SocketAddr {
+        let addr = self.local_addr();
+        tokio::spawn(self.serve(crate::shutdown_signal()));
+        addr
+    }
+}
