@@ -84,6 +84,8 @@ enum Command {
         /// Rotate a process decky's log at this many bytes (one old file kept).
         #[arg(long, value_name = "BYTES", default_value_t = decnet_agent::driver::process::DEFAULT_LOG_MAX)]
         decky_log_max: u64,
+        #[command(flatten)]
+        metrics: decnet_server::metrics::MetricsArgs,
     },
     /// Internal: the per-decky shepherd, started by `serve`.
     #[command(hide = true)]
@@ -194,6 +196,7 @@ fn main() {
                 decky_ids,
                 decky_root,
                 decky_log_max,
+                metrics,
             } => {
                 let heartbeat = master.map(|m| HeartbeatSpec {
                     master: decnet_swarm_client::transport::with_default_port(&m, 8770),
@@ -227,7 +230,7 @@ fn main() {
                     decky_root,
                     decky_log_max,
                 };
-                serve(opts, forward, heartbeat).await
+                serve(opts, forward, heartbeat, metrics).await
             }
             Command::Join {
                 master,
@@ -369,6 +372,7 @@ async fn serve(
     opts: ServeOptions,
     forward_spec: Option<ForwardSpec>,
     heartbeat: Option<HeartbeatSpec>,
+    metrics: decnet_server::metrics::MetricsArgs,
 ) -> i32 {
     let heartbeat_pin = match parse_pin(heartbeat.as_ref().and_then(|h| h.pin.as_deref())) {
         Ok(p) => p,
@@ -394,6 +398,11 @@ async fn serve(
         },
         None => None,
     };
+    decnet_agent::metrics::agent_metrics();
+    if let Err(e) = metrics.start("decnet-agent", Some(&agent.material)).await {
+        eprintln!("error: --metrics-addr: {e}");
+        return 2;
+    }
     let mut tasks = Vec::new();
     if let Some(hb) = heartbeat {
         tracing::info!(master = %hb.master, interval = ?hb.interval, "sending heartbeats; renewing the certificate with the master");

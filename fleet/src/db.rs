@@ -140,7 +140,7 @@ macro_rules! host_columns {
     () => {
         "name, address, agent_port, updater_port, sans, agent_fingerprint, updater_fingerprint, \
          agent_pending, updater_pending, status, enrolled_at, updated_at, last_seen, last_error, \
-         agent_version, state_json"
+         agent_version, state_json, clock_skew_ms"
     };
 }
 
@@ -309,7 +309,7 @@ impl FleetDb {
              agent_fingerprint = excluded.agent_fingerprint, updater_fingerprint = excluded.updater_fingerprint, \
              agent_pending = NULL, updater_pending = NULL, renew_requested = NULL, \
              status = excluded.status, enrolled_at = excluded.enrolled_at, updated_at = excluded.updated_at, \
-             last_seen = NULL, last_error = NULL, state_json = NULL",
+             last_seen = NULL, last_error = NULL, state_json = NULL, clock_skew_ms = NULL",
         )
         .bind(&host.name)
         .bind(&host.address)
@@ -483,24 +483,29 @@ impl FleetDb {
     }
 
     /// Record a heartbeat (one write) and return whether a renewal was
-    /// requested for the host.
+    /// requested for the host. `clock_skew_ms` is the worker's clock minus
+    /// ours when the heartbeat arrived (`None`: an agent that does not say
+    /// when it sent it; the last known skew is kept).
     pub async fn record_heartbeat(
         &self,
         name: &str,
         version: &str,
         state: Option<&str>,
+        clock_skew_ms: Option<i64>,
     ) -> Result<bool, DbError> {
         let now = unix_now();
         let row = sqlx::query(
             "UPDATE hosts SET status = $1, last_seen = $2, last_error = NULL, agent_version = $3, \
-             state_json = COALESCE($4, state_json), updated_at = $5 \
-             WHERE name = $6 AND status <> 'decommissioned' RETURNING renew_requested",
+             state_json = COALESCE($4, state_json), updated_at = $5, \
+             clock_skew_ms = COALESCE($6, clock_skew_ms) \
+             WHERE name = $7 AND status <> 'decommissioned' RETURNING renew_requested",
         )
         .bind(HostStatus::Active.as_str())
         .bind(now)
         .bind(version)
         .bind(state)
         .bind(now)
+        .bind(clock_skew_ms)
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
@@ -754,6 +759,7 @@ pub(crate) fn host_from_row(r: &AnyRow) -> Result<HostRecord, DbError> {
         last_error: r.try_get(13)?,
         agent_version: r.try_get(14)?,
         state_json: r.try_get(15)?,
+        clock_skew_ms: r.try_get(16)?,
     })
 }
 

@@ -7,6 +7,7 @@
 //!   every issuance transaction takes;
 //! * [`enrollment`] — enroll and reissue (bundles issued by the master);
 //! * [`join`] — one-time tokens and CSR joins (keys generated on the worker);
+//! * [`monitor`] — certificates of metrics scrapers, revocable;
 //! * [`renewal`] — who speaks for a host, renewal that retires what it replaces;
 //! * [`revocation`] — the CRL published to workers, rotation of the
 //!   master's certificate.
@@ -15,6 +16,7 @@ pub mod db;
 pub mod enrollment;
 pub mod join;
 pub mod model;
+pub mod monitor;
 pub mod renewal;
 pub mod revocation;
 

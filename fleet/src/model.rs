@@ -164,6 +164,8 @@ pub struct HostRecord {
     pub agent_version: Option<String>,
     /// Last reported deployment state (JSON).
     pub state_json: Option<String>,
+    /// The host's clock minus the master's at its last heartbeat (ms).
+    pub clock_skew_ms: Option<i64>,
 }
 
 impl HostRecord {
@@ -186,6 +188,7 @@ impl HostRecord {
             last_error: None,
             agent_version: None,
             state_json: None,
+            clock_skew_ms: None,
         }
     }
 

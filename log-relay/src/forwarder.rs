@@ -350,6 +350,29 @@ pub async fn run(
     let mut connector = connector_for(&in_use, pin)?;
     let store = OffsetStore::new(opts.offset_file.clone());
     let mut committed = store.load();
+    let file_label = opts.log_file.display().to_string();
+    let metrics = crate::metrics::forwarder_metrics();
+    let lag = crate::metrics::LagTracker::register(opts.log_file.clone(), committed);
+    let connected = metrics
+        .connected
+        .get_or_create(&crate::metrics::FileLabel {
+            file: file_label.clone(),
+        })
+        .clone();
+    let delivered_lines = metrics
+        .delivered_lines
+        .get_or_create(&crate::metrics::FileLabel {
+            file: file_label.clone(),
+        })
+        .clone();
+    let delivered_bytes = metrics
+        .delivered_bytes
+        .get_or_create(&crate::metrics::FileLabel {
+            file: file_label.clone(),
+        })
+        .clone();
+    // Lines and bytes of the batch awaiting confirmation.
+    let mut pending_count = (0u64, 0u64);
     let mut pending: Option<Position> = None;
     let mut conn: Option<Connection> = None;
     let mut backoff = Duration::from_millis(500);
@@ -374,6 +397,7 @@ pub async fn run(
             match connect(&connector, &opts).await {
                 Ok(c) => {
                     tracing::info!(master = %opts.master, "forwarder connected");
+                    connected.set(1);
                     conn = Some(c);
                     backoff = Duration::from_millis(500);
                 }
@@ -385,6 +409,7 @@ pub async fn run(
                         .map(|m| format!("refusing the listener: {m}"))
                         .unwrap_or_else(|| e.to_string());
                     tracing::warn!(master = %opts.master, %error, retry_in = ?(backoff + jitter), "forwarder cannot deliver");
+                    metrics.retry(&file_label, "connect");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff + jitter) => {}
                         _ = shutdown.wait_for(|s| *s) => break,
@@ -398,6 +423,8 @@ pub async fn run(
             tracing::warn!(
                 "connection to the listener lost; resending from the last confirmed offset"
             );
+            metrics.retry(&file_label, "lost");
+            connected.set(0);
             pending = None;
             conn = None;
             continue;
@@ -407,6 +434,9 @@ pub async fn run(
                 tracing::error!(error = %e, "cannot persist the forwarder offset");
             }
             committed = Some(p);
+            delivered_lines.inc_by(pending_count.0);
+            delivered_bytes.inc_by(pending_count.1);
+            lag.committed(p);
         }
         let batch = match next_batch(&opts, committed) {
             Ok(b) => b,
@@ -443,6 +473,14 @@ pub async fn run(
         match tokio::time::timeout(Duration::from_secs(30), written).await {
             Ok(Ok(())) => {
                 pending = Some(batch.end);
+                pending_count = (
+                    batch.lines.len() as u64,
+                    batch.end.offset.saturating_sub(
+                        committed
+                            .filter(|c| (c.dev, c.ino) == (batch.end.dev, batch.end.ino))
+                            .map_or(0, |c| c.offset),
+                    ),
+                );
                 // Give a refusal or a closing listener the time to show up
                 // before this batch counts as delivered.
                 if batch.lines.len() < opts.batch_lines {
@@ -456,10 +494,14 @@ pub async fn run(
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "sending to the listener failed");
+                metrics.retry(&file_label, "send");
+                connected.set(0);
                 conn = None;
             }
             Err(_) => {
                 tracing::warn!("sending to the listener timed out");
+                metrics.retry(&file_label, "send");
+                connected.set(0);
                 conn = None;
             }
         }
@@ -471,9 +513,12 @@ pub async fn run(
             && !c.dead.load(Ordering::SeqCst)
         {
             let _ = store.save(p);
+            delivered_lines.inc_by(pending_count.0);
+            delivered_bytes.inc_by(pending_count.1);
         }
         let _ = c.writer.shutdown().await;
     }
+    connected.set(0);
     Ok(())
 }
 

@@ -7,10 +7,12 @@
 //! * [`forwarder`] — the worker side: tail, batch, persist offsets, reconnect;
 //! * [`listener`] — the master side: gate, decode, write (on the
 //!   `decnet-server` runner);
-//! * [`neutralize`] — hostile text made safe to read (pure).
+//! * [`neutralize`] — hostile text made safe to read (pure);
+//! * [`metrics`] — the listener's and forwarder's series.
 
 pub mod forwarder;
 pub mod frame;
 pub mod listener;
+pub mod metrics;
 pub mod neutralize;
 pub mod syslog;

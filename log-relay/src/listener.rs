@@ -114,6 +114,9 @@ pub struct LogSink {
 struct Formatted {
     raw: Vec<u8>,
     json: Vec<u8>,
+    /// Whose lines, and how many (counted as written once flushed).
+    cn: String,
+    lines: u64,
 }
 
 /// Who sent a message, as credited.
@@ -176,15 +179,22 @@ impl LogSink {
                 use std::io::Write;
                 let mut raw = std::io::BufWriter::with_capacity(256 * 1024, raw_file);
                 let mut json = std::io::BufWriter::with_capacity(256 * 1024, json_file);
+                let metrics = crate::metrics::listener_metrics();
+                let mut flushed: Vec<(String, u64, u64)> = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
                     raw.write_all(&first.raw)?;
                     json.write_all(&first.json)?;
+                    flushed.push((first.cn, first.lines, first.raw.len() as u64));
                     while let Ok(more) = rx.try_recv() {
                         raw.write_all(&more.raw)?;
                         json.write_all(&more.json)?;
+                        flushed.push((more.cn, more.lines, more.raw.len() as u64));
                     }
                     raw.flush()?;
                     json.flush()?;
+                    for (cn, lines, bytes) in flushed.drain(..) {
+                        metrics.written(&cn, lines, bytes);
+                    }
                 }
                 raw.flush()?;
                 json.flush()?;
@@ -314,7 +324,12 @@ fn format_batch(credit: &Credit, frames: &[Bytes]) -> Formatted {
         let _ = serde_json::to_writer(&mut json, &record);
         json.push(b'\n');
     }
-    Formatted { raw, json }
+    Formatted {
+        raw,
+        json,
+        cn: credit.cn.clone(),
+        lines: frames.len() as u64,
+    }
 }
 
 /// A peer's connection as the listener sees it once admitted.
@@ -347,6 +362,12 @@ impl LogListener {
             Some(identity) => {
                 if let Err(reason) = self.gate.admit(identity).await {
                     tracing::warn!(%remote, peer_cn = %identity.cn, peer_fingerprint = %identity.fingerprint, %reason, "log peer refused");
+                    crate::metrics::listener_metrics()
+                        .connections_refused
+                        .get_or_create(&crate::metrics::PeerLabel {
+                            cn: identity.cn.clone(),
+                        })
+                        .inc();
                     return None;
                 }
                 Some(Peer {
@@ -395,6 +416,7 @@ impl ConnectionHandler for LogListener {
         let mut oversized = 0u64;
         let mut next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
         let mut batch: Vec<Bytes> = Vec::new();
+        let metrics = crate::metrics::listener_metrics();
         loop {
             // While draining, a short silence means the peer has nothing more in flight.
             let wait = match draining {
@@ -438,6 +460,7 @@ impl ConnectionHandler for LogListener {
                     Ok(FrameItem::Frame(f)) => batch.push(f),
                     Ok(FrameItem::Oversized { declared }) => {
                         oversized += 1;
+                        metrics.oversized(&credit.cn, declared as u64);
                         if oversized <= OVERSIZE_LINES {
                             tracing::warn!(
                                 peer_cn = %credit.cn,
@@ -455,6 +478,11 @@ impl ConnectionHandler for LogListener {
             }
             if !batch.is_empty() {
                 received += batch.len() as u64;
+                metrics.received(
+                    &credit.cn,
+                    batch.len() as u64,
+                    batch.iter().map(|f| f.len() as u64).sum(),
+                );
                 if let Err(e) = self.sink.write_batch(credit, &batch).await {
                     tracing::error!(error = %e, "cannot write received logs");
                     break;
@@ -462,6 +490,7 @@ impl ConnectionHandler for LogListener {
                 batch.clear();
             }
             if let Some(e) = bad {
+                metrics.frame_error(&credit.cn, "malformed");
                 tracing::warn!(peer_cn = %credit.cn, error = %e, "malformed syslog stream; closing this connection");
                 break;
             }

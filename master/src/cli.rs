@@ -95,6 +95,9 @@ pub enum Command {
         /// Close a connection silent this many seconds.
         #[arg(long, default_value_t = 600)]
         idle_timeout: u64,
+        /// The Prometheus endpoint.
+        #[command(flatten)]
+        metrics: decnet_server::metrics::MetricsArgs,
     },
     /// The master daemon: control API (heartbeats) and log listener.
     #[command(subcommand)]
@@ -162,6 +165,29 @@ pub enum CaCommand {
         #[arg(long, value_delimiter = ',', value_name = "SAN,…")]
         sans: Vec<String>,
     },
+    /// Issue a certificate for a metrics scraper (CN `monitor@NAME`): the
+    /// only identity the daemons' mTLS `/metrics` endpoints admit. Issuing
+    /// NAME again revokes its earlier certificate.
+    IssueMonitor {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// The monitor's name (e.g. prometheus).
+        name: String,
+        /// Where to write monitor.key, monitor.crt and ca.crt; default
+        /// <home>/monitors/NAME.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Revoke every certificate of monitor NAME (the daemons refuse it from
+    /// their next revocation list).
+    RevokeMonitor {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// The monitor's name.
+        name: String,
+    },
     /// Show the CA and the master bundle.
     Show {
         /// CA location.
@@ -212,6 +238,9 @@ pub enum MasterCommand {
         /// its successor was first presented; then it is revoked.
         #[arg(long, default_value = "5m")]
         renew_grace: String,
+        /// The Prometheus endpoint.
+        #[command(flatten)]
+        metrics: decnet_server::metrics::MetricsArgs,
     },
 }
 
@@ -503,6 +532,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_init(&resolve(ca.ca_dir), force, &sans).await
         }
         Command::Ca(CaCommand::Show { ca, json }) => ca_show(&resolve(ca.ca_dir), json),
+        Command::Ca(CaCommand::IssueMonitor { ca, name, out }) => {
+            crate::monitor_cmd::issue(&resolve(ca.ca_dir), &name, out.as_deref()).await
+        }
+        Command::Ca(CaCommand::RevokeMonitor { ca, name }) => {
+            crate::monitor_cmd::revoke(&resolve(ca.ca_dir), &name).await
+        }
         Command::Ca(CaCommand::RotateMaster { ca, sans }) => {
             ca_rotate_master(&resolve(ca.ca_dir), &sans).await
         }
@@ -959,6 +994,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             plaintext,
             max_frame,
             idle_timeout,
+            metrics,
         } => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
@@ -983,6 +1019,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = async {
                 let l = crate::listener_cmd::bind(material.as_ref(), db.clone(), &settings).await?;
+                decnet_log_relay::metrics::listener_metrics();
+                metrics
+                    .start("decnet listener", material.as_ref())
+                    .await
+                    .map_err(|e| UsageError(format!("--metrics-addr: {e}")))?;
                 println!("decnet listener listening on {}", l.local_addr());
                 l.run(decnet_server::shutdown_signal()).await
             }
@@ -1002,6 +1043,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             leaf_validity,
             renew_min_interval,
             renew_grace,
+            metrics,
         }) => {
             let home = resolve(ca.ca_dir);
             let renew = RenewPolicy {
@@ -1030,6 +1072,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 unreachable_after: std::time::Duration::from_secs(unreachable_after.max(1)),
                 renew,
+                metrics,
             };
             let db = open_db(&home).await?;
             let r = crate::daemon::serve(&home, db.clone(), &settings).await;

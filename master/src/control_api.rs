@@ -143,6 +143,17 @@ pub struct Heartbeat {
     /// Per-decky states as the agent reports them.
     #[serde(default)]
     pub deckies: serde_json::Value,
+    /// The agent's clock when it sent this (unix milliseconds), for the
+    /// clock-skew check; older agents do not send it.
+    #[serde(default)]
+    pub sent_at_ms: Option<i64>,
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn refusal_response(r: &PeerRefusal) -> Response {
@@ -193,6 +204,7 @@ async fn join(
 ) -> Response {
     let ip = peer.remote.ip();
     if !st.joins.allow(ip) {
+        crate::metrics::master_metrics().join("rate_limited");
         return json_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -202,6 +214,7 @@ async fn join(
     let req: JoinRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
+            crate::metrics::master_metrics().join("bad_request");
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -212,11 +225,16 @@ async fn join(
     // Nothing the peer chose is logged or audited before it is validated.
     if !valid_token_id(&req.token_id) {
         tracing::debug!(%ip, "join with a malformed token id refused");
+        crate::metrics::master_metrics().join("bad_request");
         return json_error(StatusCode::BAD_REQUEST, "bad_request", "malformed token id");
     }
     match decnet_fleet::join::join(&st.db, &st.ca, &req, ip).await {
-        Ok(answer) => Json(answer).into_response(),
+        Ok(answer) => {
+            crate::metrics::master_metrics().join("ok");
+            Json(answer).into_response()
+        }
         Err(refusal) => {
+            crate::metrics::master_metrics().join("refused");
             let msg = refusal.to_string();
             tracing::warn!(%ip, token = %req.token_id, reason = %msg, "join refused");
             let _ = st
@@ -270,9 +288,12 @@ async fn heartbeat(
         }
     };
     let state = serde_json::to_string(&hb.deckies).ok();
+    // The transit time is counted as skew: small next to what matters
+    // (seconds), and always in the worker's favour.
+    let skew = hb.sent_at_ms.map(|sent| sent - unix_millis());
     let renew = match st
         .db
-        .record_heartbeat(&peer.cn, &hb.version, state.as_deref())
+        .record_heartbeat(&peer.cn, &hb.version, state.as_deref(), skew)
         .await
     {
         Ok(r) => r,
@@ -285,7 +306,8 @@ async fn heartbeat(
             );
         }
     };
-    tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, "heartbeat");
+    crate::metrics::master_metrics().heartbeat(&peer.cn, decnet_fleet::unix_now(), skew);
+    tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, skew_ms = ?skew, "heartbeat");
     Json(serde_json::json!({"ok": true, "renew": renew, "crl_number": st.crl.number()}))
         .into_response()
 }
@@ -335,6 +357,7 @@ async fn renew(
                 ))
                 .await;
             tracing::info!(host = %host, role = %peer.role.kind(), fingerprint = %renewed.fingerprint, "certificate renewed (pending until presented)");
+            crate::metrics::master_metrics().renewal(&peer.role.kind().to_string(), "renewed");
             Json(serde_json::json!({
                 "cert_pem": renewed.cert_pem,
                 "ca_pem": st.ca.cert_pem(),
@@ -344,6 +367,7 @@ async fn renew(
         }
         Err(r) => {
             tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint.short(), reason = %r, "renewal refused");
+            crate::metrics::master_metrics().renewal(&peer.role.kind().to_string(), r.kind());
             let _ = st
                 .db
                 .audit(&AuditEntry::now(

@@ -32,6 +32,8 @@ pub struct MasterSettings {
     pub unreachable_after: Duration,
     /// Renewal rules.
     pub renew: RenewPolicy,
+    /// The `/metrics` endpoint, if asked for.
+    pub metrics: decnet_server::metrics::MetricsArgs,
 }
 
 /// How often housekeeping runs.
@@ -71,11 +73,18 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     let listener = match &s.listener {
         Some(ls) => {
             let l = crate::listener_cmd::bind(Some(&material), db.clone(), ls).await?;
+            decnet_log_relay::metrics::listener_metrics();
             println!("decnet listener listening on {}", l.local_addr());
             Some(l)
         }
         None => None,
     };
+    crate::metrics::master_metrics();
+    s.metrics
+        .start("decnet master", Some(&material))
+        .await
+        .map_err(|e| UsageError(format!("--metrics-addr: {e}")))?;
+    let host_view = tokio::spawn(crate::metrics::keep_host_view(db.clone()));
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {
@@ -124,6 +133,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     };
     silent.abort();
     upkeep.abort();
+    host_view.abort();
     result
 }
 

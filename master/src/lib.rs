@@ -12,6 +12,9 @@
 //! * [`demo`] — the one-command local fleet demo;
 //! * [`control_api`], [`daemon`] — `decnet master serve`: heartbeats, joins,
 //!   renewals, the CRL, and the listener beside them;
+//! * [`monitor_cmd`] — certificates of metrics scrapers;
+//! * [`metrics`] — the master's fleet series (heartbeats, ages, clock skew,
+//!   renewals, joins);
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
@@ -22,6 +25,8 @@ pub mod fleet_ops;
 pub mod home;
 pub mod listener_cmd;
 pub mod log_gate;
+pub mod metrics;
+pub mod monitor_cmd;
 pub mod release;
 pub mod rollout;
 pub mod table;

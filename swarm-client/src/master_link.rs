@@ -282,6 +282,7 @@ pub async fn keep_renewed(
     dir: PathBuf,
     renew_now: Arc<tokio::sync::Notify>,
 ) {
+    renewal_metrics();
     loop {
         let bundle = link.material().current().bundle().clone();
         let wait =
@@ -290,7 +291,15 @@ pub async fn keep_renewed(
             _ = tokio::time::sleep(Duration::from_secs_f64(wait.as_seconds_f64())) => {}
             _ = renew_now.notified() => tracing::info!("the master asked for a certificate renewal"),
         }
-        match link.renew(&dir).await {
+        let role = bundle.identity.role.kind().to_string();
+        let renewed = link.renew(&dir).await;
+        renewal_metrics()
+            .get_or_create(&RenewalLabels {
+                role,
+                outcome: if renewed.is_ok() { "renewed" } else { "failed" }.into(),
+            })
+            .inc();
+        match renewed {
             Ok(new) => {
                 tracing::info!(
                     fingerprint = %new.identity.fingerprint,
@@ -313,6 +322,35 @@ pub async fn keep_renewed(
             }
         }
     }
+}
+
+/// `role`, `outcome` of `decnet_certificate_renewals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RenewalLabels {
+    /// The renewing certificate's role (`agent`, `updater`).
+    pub role: String,
+    /// `renewed` or `failed`.
+    pub outcome: String,
+}
+
+/// `decnet_certificate_renewals_total{role,outcome}`: this worker's
+/// renewal attempts, registered on first use.
+pub fn renewal_metrics() -> &'static prometheus_client::metrics::family::Family<
+    RenewalLabels,
+    prometheus_client::metrics::counter::Counter,
+> {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    static M: std::sync::OnceLock<Family<RenewalLabels, Counter>> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let f = Family::default();
+        decnet_telemetry::metrics::register(
+            "decnet_certificate_renewals",
+            "Renewals of this process's certificate with the master, by outcome",
+            f.clone(),
+        );
+        f
+    })
 }
 
 /// Refresh the CRL every `every` (the updater, which sends no heartbeats),

@@ -13,6 +13,7 @@
 pub mod agent_control;
 pub mod api;
 pub mod extract;
+pub mod metrics;
 pub mod pipeline;
 pub mod probe;
 pub mod slots;

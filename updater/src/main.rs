@@ -128,6 +128,8 @@ enum Command {
         /// Seconds between fetches of the master's revocation list (with --master).
         #[arg(long, default_value_t = 300)]
         crl_refresh: u64,
+        #[command(flatten)]
+        metrics: decnet_server::metrics::MetricsArgs,
     },
 }
 
@@ -200,6 +202,7 @@ async fn serve(cmd: Command) -> i32 {
         master,
         master_fingerprint,
         crl_refresh,
+        metrics,
     } = cmd
     else {
         return 2;
@@ -329,6 +332,10 @@ async fn serve(cmd: Command) -> i32 {
             Duration::from_secs(crl_refresh.max(1)),
             Arc::new(tokio::sync::Notify::new()),
         ));
+    }
+    decnet_updater::metrics::updater_metrics();
+    if let Err(e) = metrics.start("decnet-updater", Some(&material)).await {
+        return setup_error(e);
     }
     println!("decnet-updater listening on {}", server.local_addr());
     tracing::info!(addr = %server.local_addr(), install = %install_dir.display(), "updater serving");

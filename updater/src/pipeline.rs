@@ -270,21 +270,31 @@ impl UpdaterCore {
     /// Install a new agent release.
     pub async fn update(&self, up: &Upload) -> Result<Success, UpdateError> {
         let _serial = self.lock.lock().await;
-        let version = self.verify(up, ReleaseTarget::Agent, &self.slots)?;
-        let id = self.stage(&self.slots, up, "decnet-agent", version).await?;
-        self.promote_and_probe(JournalOp::Update, &id).await
+        let result = async {
+            let version = self.verify(up, ReleaseTarget::Agent, &self.slots)?;
+            let id = self.stage(&self.slots, up, "decnet-agent", version).await?;
+            self.promote_and_probe(JournalOp::Update, &id).await
+        }
+        .await;
+        crate::metrics::record_operation("update", &result);
+        result
     }
 
     /// Go back to the previous release.
     pub async fn rollback(&self) -> Result<Success, UpdateError> {
         let _serial = self.lock.lock().await;
-        let st = self.slots.state().map_err(internal)?;
-        let Some(target) = st.previous.first().cloned() else {
-            return Err(UpdateError::NotFound(
-                "no previous release to roll back to".into(),
-            ));
-        };
-        self.promote_and_probe(JournalOp::Rollback, &target).await
+        let result = async {
+            let st = self.slots.state().map_err(internal)?;
+            let Some(target) = st.previous.first().cloned() else {
+                return Err(UpdateError::NotFound(
+                    "no previous release to roll back to".into(),
+                ));
+            };
+            self.promote_and_probe(JournalOp::Rollback, &target).await
+        }
+        .await;
+        crate::metrics::record_operation("rollback", &result);
+        result
     }
 
     /// Promote `id`, switch the agent to it and probe it; commit when
@@ -353,6 +363,7 @@ impl UpdaterCore {
         // Unhealthy: revert to what ran before.
         let stderr = self.control.log_tail(40);
         tracing::warn!(slot = %id, "release failed its health probe; reverting");
+        crate::metrics::record_revert("unhealthy");
         let _ = self.control.stop().await;
         if let Err(e) = fail_point("revert")
             .and_then(|_| self.slots.revert(&journal).map_err(|e| e.to_string()))
@@ -442,6 +453,7 @@ impl UpdaterCore {
                     slots.commit()?;
                 } else {
                     tracing::warn!(slot = %j.to, "interrupted promotion: the new release is not healthy; restoring the previous one");
+                    crate::metrics::record_revert("recovery");
                     let _ = self.control.stop().await;
                     slots.revert(&j)?;
                     if j.from.is_some() {
@@ -487,18 +499,23 @@ impl UpdaterCore {
     /// re-executes the process afterwards.
     pub async fn update_self(&self, up: &Upload) -> Result<Success, UpdateError> {
         let _serial = self.lock.lock().await;
-        let version = self.verify(up, ReleaseTarget::Updater, &self.self_slots)?;
-        let id = self
-            .stage(&self.self_slots, up, "decnet-updater", version)
-            .await?;
-        self.self_slots
-            .promote(JournalOp::Update, &id)
-            .map_err(internal)?;
-        Ok(Success {
-            status: "restarting",
-            release: self.self_slots.info(&id),
-            probe: None,
-        })
+        let result = async {
+            let version = self.verify(up, ReleaseTarget::Updater, &self.self_slots)?;
+            let id = self
+                .stage(&self.self_slots, up, "decnet-updater", version)
+                .await?;
+            self.self_slots
+                .promote(JournalOp::Update, &id)
+                .map_err(internal)?;
+            Ok(Success {
+                status: "restarting",
+                release: self.self_slots.info(&id),
+                probe: None,
+            })
+        }
+        .await;
+        crate::metrics::record_operation("self_update", &result);
+        result
     }
 
     /// The path a self-update re-executes.

@@ -95,6 +95,13 @@ impl Prober {
 
     /// Probe until healthy or out of attempts.
     pub async fn probe(&self) -> ProbeReport {
+        let started = std::time::Instant::now();
+        let report = self.probe_attempts().await;
+        crate::metrics::record_probe(started.elapsed().as_secs_f64(), report.healthy);
+        report
+    }
+
+    async fn probe_attempts(&self) -> ProbeReport {
         let mut transcript = Vec::new();
         for attempt in 1..=self.opts.attempts {
             let client = match self.client() {
