@@ -443,6 +443,22 @@ impl FleetDb {
             .collect()
     }
 
+    /// When each host's current certificates expire: fingerprint → not_after
+    /// (unix seconds), for every current agent and updater certificate.
+    pub async fn current_certificate_expiry(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, i64>, DbError> {
+        let rows = sqlx::query(
+            "SELECT c.fingerprint, c.not_after FROM certificates c JOIN hosts h \
+             ON c.fingerprint = h.agent_fingerprint OR c.fingerprint = h.updater_fingerprint",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+            .collect()
+    }
+
     /// Record the outcome of a contact with a host (probe or heartbeat).
     pub async fn record_contact(
         &self,

@@ -431,6 +431,29 @@ pub enum SwarmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Report what needs attention: expiring certificates, silent hosts,
+    /// clock skew (from heartbeats), and, by dialing every host, pin
+    /// mismatches. Exit code: 0 all clear, 1 warnings, 3 errors.
+    Doctor {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Warn about certificates expiring within this (e.g. 30d).
+        #[arg(long, default_value = "30d")]
+        expiry_warning: String,
+        /// A host silent longer than this is an error (e.g. 90s, 5m).
+        #[arg(long, default_value = "90s")]
+        silent_after: String,
+        /// Warn when a host's clock is off by more than this (e.g. 5s).
+        #[arg(long, default_value = "5s")]
+        max_skew: String,
+        /// Do not dial the hosts (database checks only; no pin check).
+        #[arg(long)]
+        no_probe: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe every host's agent concurrently and record who answered.
     Check {
         /// CA location.
@@ -655,6 +678,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = crate::fleet_ops::status(&db, &home.ca_layout(), host.as_deref(), json).await;
             db.close().await;
             partial(r?, "some hosts did not answer")
+        }
+        Command::Swarm(SwarmCommand::Doctor {
+            ca,
+            expiry_warning,
+            silent_after,
+            max_skew,
+            no_probe,
+            json,
+        }) => {
+            let policy = crate::doctor::DoctorPolicy {
+                expiry_warning: parse_duration(
+                    "--expiry-warning",
+                    &expiry_warning,
+                    std::time::Duration::ZERO,
+                )?
+                .as_secs() as i64,
+                silent_after: parse_duration(
+                    "--silent-after",
+                    &silent_after,
+                    std::time::Duration::from_secs(1),
+                )?
+                .as_secs() as i64,
+                max_skew_ms: parse_duration("--max-skew", &max_skew, std::time::Duration::ZERO)?
+                    .as_millis() as i64,
+            };
+            let code = crate::doctor::run(&resolve(ca.ca_dir), &policy, !no_probe, json).await?;
+            match code {
+                0 => Ok(()),
+                1 => Err(crate::usage::ExitWith {
+                    code,
+                    message: "swarm doctor: warnings found".into(),
+                }
+                .into()),
+                _ => Err(crate::usage::ExitWith {
+                    code,
+                    message: "swarm doctor: errors found".into(),
+                }
+                .into()),
+            }
         }
         Command::Swarm(SwarmCommand::Check { ca, json }) => {
             let home = resolve(ca.ca_dir);
@@ -1248,6 +1310,11 @@ fn ca_show(home: &MasterHome, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When the certificate in `pem` expires (unix seconds).
+pub fn cert_not_after(pem: &str) -> anyhow::Result<i64> {
+    x509_summary(pem).map(|(_, t)| t)
+}
+
 fn x509_summary(pem: &str) -> anyhow::Result<(String, i64)> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
@@ -1351,17 +1418,34 @@ async fn swarm_enroll(home: &MasterHome, req: &EnrollRequest) -> anyhow::Result<
 async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
     let db = open_db(home).await?;
     let hosts = db.hosts().await?;
+    let expiry = db.current_certificate_expiry().await?;
     db.close().await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&hosts)?);
+        let mut out = Vec::with_capacity(hosts.len());
+        for h in &hosts {
+            out.push(host_json(h, &expiry)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if hosts.is_empty() {
         println!("no hosts enrolled (decnet swarm enroll --host NAME --address ADDR)");
         return Ok(());
     }
-    print!("{}", fleet_table(&hosts, unix_now()));
+    print!("{}", fleet_table(&hosts, &expiry, unix_now()));
     Ok(())
+}
+
+/// A host as JSON, with its certificates' expiry (unix seconds).
+fn host_json(
+    h: &decnet_fleet::HostRecord,
+    expiry: &std::collections::BTreeMap<String, i64>,
+) -> anyhow::Result<serde_json::Value> {
+    let (a, u) = crate::table::cert_expiry(h, expiry);
+    let mut v = serde_json::to_value(h)?;
+    v["agent_cert_not_after"] = serde_json::json!(a);
+    v["updater_cert_not_after"] = serde_json::json!(u);
+    Ok(v)
 }
 
 async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result<()> {
@@ -1374,9 +1458,12 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
         .into());
     };
     let revoked = db.revoked_of(host).await?;
+    let expiry = db.current_certificate_expiry().await?;
     db.close().await;
+    let (agent_expiry, updater_expiry) = crate::table::cert_expiry(&h, &expiry);
+    let now = unix_now();
     if json {
-        let mut v = serde_json::to_value(&h)?;
+        let mut v = host_json(&h, &expiry)?;
         v["revoked_fingerprints"] = serde_json::json!(revoked);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -1395,6 +1482,18 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
         "updater fingerprint: {}",
         h.updater_fingerprint.as_deref().unwrap_or("-")
     );
+    let expires = |t: Option<i64>| {
+        t.map(|t| {
+            format!(
+                "{} ({})",
+                format_time(t),
+                crate::table::format_expiry(t, now)
+            )
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    println!("agent cert expiry:   {}", expires(agent_expiry));
+    println!("updater cert expiry: {}", expires(updater_expiry));
     println!("enrolled:            {}", format_time(h.enrolled_at));
     println!(
         "last seen:           {}",
@@ -1407,6 +1506,12 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
     }
     if let Some(v) = &h.agent_version {
         println!("agent version:       {v}");
+    }
+    if let Some(ms) = h.clock_skew_ms {
+        println!(
+            "clock skew:          {:+.1}s (host minus master)",
+            ms as f64 / 1000.0
+        );
     }
     println!("revoked certs:       {}", revoked.len());
     Ok(())

@@ -161,7 +161,11 @@ fn ok(msg: &str) {
 async fn fleet_table(db: &FleetDb) -> anyhow::Result<()> {
     print!(
         "{}",
-        crate::table::fleet_table(&db.hosts().await?, decnet_fleet::unix_now())
+        crate::table::fleet_table(
+            &db.hosts().await?,
+            &db.current_certificate_expiry().await?,
+            decnet_fleet::unix_now()
+        )
     );
     Ok(())
 }

@@ -12,6 +12,8 @@
 //! * [`demo`] — the one-command local fleet demo;
 //! * [`control_api`], [`daemon`] — `decnet master serve`: heartbeats, joins,
 //!   renewals, the CRL, and the listener beside them;
+//! * [`doctor`] — `swarm doctor`: expiring certificates, silent hosts, clock
+//!   skew, pin mismatches, as findings and an exit code;
 //! * [`monitor_cmd`] — certificates of metrics scrapers;
 //! * [`metrics`] — the master's fleet series (heartbeats, ages, clock skew,
 //!   renewals, joins);
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod control_api;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod fleet_ops;
 pub mod home;
 pub mod listener_cmd;

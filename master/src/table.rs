@@ -1,7 +1,31 @@
 //! Human output of the CLI: the fleet table, ages and times.
 
+use std::collections::BTreeMap;
+
 use decnet_fleet::HostRecord;
 use time::OffsetDateTime;
+
+/// When a host's current certificates expire (unix seconds), from
+/// `FleetDb::current_certificate_expiry`: (agent, updater).
+pub fn cert_expiry(h: &HostRecord, expiry: &BTreeMap<String, i64>) -> (Option<i64>, Option<i64>) {
+    let of = |fp: &Option<String>| fp.as_ref().and_then(|f| expiry.get(f).copied());
+    (of(&h.agent_fingerprint), of(&h.updater_fingerprint))
+}
+
+/// "in 824d", "in 3h", "EXPIRED 2d ago".
+pub fn format_expiry(not_after: i64, now: i64) -> String {
+    let left = not_after - now;
+    if left <= 0 {
+        return format!("EXPIRED {}", format_age(-left));
+    }
+    let span = match left {
+        0..60 => format!("{left}s"),
+        60..3600 => format!("{}m", left / 60),
+        3600..86400 => format!("{}h", left / 3600),
+        _ => format!("{}d", left / 86400),
+    };
+    format!("in {span}")
+}
 
 /// A borderless, left-aligned table with a header row (comfy-table), each
 /// line trimmed, ending with a newline.
@@ -25,8 +49,9 @@ where
     out
 }
 
-/// The table of hosts `swarm list` prints.
-pub fn fleet_table(hosts: &[HostRecord], now: i64) -> String {
+/// The table of hosts `swarm list` prints; CERTS EXPIRE is the sooner of
+/// the host's current agent and updater certificates.
+pub fn fleet_table(hosts: &[HostRecord], expiry: &BTreeMap<String, i64>, now: i64) -> String {
     render(
         &[
             "HOST",
@@ -34,10 +59,16 @@ pub fn fleet_table(hosts: &[HostRecord], now: i64) -> String {
             "STATUS",
             "LAST SEEN",
             "VERSION",
+            "CERTS EXPIRE",
             "AGENT FP",
             "UPDATER FP",
         ],
         hosts.iter().map(|h| {
+            let (a, u) = cert_expiry(h, expiry);
+            let soonest = match (a, u) {
+                (Some(a), Some(u)) => Some(a.min(u)),
+                (a, u) => a.or(u),
+            };
             vec![
                 h.name.clone(),
                 format!("{}:{}", h.address, h.agent_port),
@@ -46,6 +77,9 @@ pub fn fleet_table(hosts: &[HostRecord], now: i64) -> String {
                     .map(|t| format_age(now - t))
                     .unwrap_or_else(|| "never".into()),
                 h.agent_version.clone().unwrap_or_else(|| "-".into()),
+                soonest
+                    .map(|t| format_expiry(t, now))
+                    .unwrap_or_else(|| "-".into()),
                 h.agent_fingerprint
                     .as_deref()
                     .map(short_fp)
@@ -89,6 +123,26 @@ pub fn format_time(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_reads_as_time_left_or_expired() {
+        assert_eq!(format_expiry(1000 + 90 * 86400, 1000), "in 90d");
+        assert_eq!(format_expiry(1000 + 7200, 1000), "in 2h");
+        assert_eq!(format_expiry(1000 - 2 * 86400, 1000), "EXPIRED 2d ago");
+        let mut h = HostRecord::new("w1", "10.0.0.1", 8765, 8766);
+        h.agent_fingerprint = Some("aa".into());
+        h.updater_fingerprint = Some("bb".into());
+        let e: BTreeMap<String, i64> =
+            [("aa".into(), 1000 + 86400 * 3), ("bb".into(), 1000 + 3600)]
+                .into_iter()
+                .collect();
+        assert_eq!(
+            cert_expiry(&h, &e),
+            (Some(1000 + 86400 * 3), Some(1000 + 3600))
+        );
+        let t = fleet_table(&[h], &e, 1000);
+        assert!(t.contains("CERTS EXPIRE") && t.contains("in 1h"), "{t}");
+    }
 
     #[test]
     fn tables_align_columns_without_borders() {

@@ -13,9 +13,22 @@ use crate::home::MasterHome;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A command's verdict that is not a plain failure: exit with this code
+/// (e.g. `swarm doctor`: 1 warnings, 3 errors) after printing the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    /// The exit code.
+    pub code: i32,
+    /// What to say on stderr.
+    pub message: String,
+}
+
 /// The process exit code for an error returned by [`crate::cli::run`].
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.is::<UsageError>()) {
+    if let Some(e) = err.chain().find_map(|e| e.downcast_ref::<ExitWith>()) {
+        e.code
+    } else if err.chain().any(|e| e.is::<UsageError>()) {
         2
     } else {
         1

@@ -1,0 +1,462 @@
+//! `decnet swarm doctor`: what needs an operator's attention, from the
+//! fleet database (certificate expiry, silent hosts, clock skew reported by
+//! heartbeats) and, unless `--no-probe`, from dialing every host (a
+//! certificate other than the recorded one is a pin mismatch).
+//!
+//! The verdict is also the exit code, for scripts and cron: 0 nothing
+//! found, 1 warnings only, 3 at least one error (2 stays the usage-error
+//! code of every command).
+
+use std::collections::BTreeMap;
+
+use decnet_fleet::{CertRole, HostRecord, HostStatus};
+use decnet_pki::Bundle;
+use decnet_swarm_client::ClientError;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::table::{format_age, format_expiry};
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Needs attention soon.
+    Warning,
+    /// Broken now, or about to be.
+    Error,
+}
+
+/// One thing the doctor found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// How serious.
+    pub severity: Severity,
+    /// The host it concerns (`None`: the master or the CA).
+    pub host: Option<String>,
+    /// Which check: `cert_expiry`, `silent`, `never_seen`, `clock_skew`,
+    /// `pin_mismatch`, `wrong_identity`, `unreachable`.
+    pub check: &'static str,
+    /// What, in words.
+    pub detail: String,
+}
+
+/// The thresholds.
+#[derive(Clone, Copy, Debug)]
+pub struct DoctorPolicy {
+    /// Warn about certificates expiring within this many seconds.
+    pub expiry_warning: i64,
+    /// A host silent this long is an error.
+    pub silent_after: i64,
+    /// Warn when a host's clock is off by more than this (ms).
+    pub max_skew_ms: i64,
+}
+
+/// Skew beyond which certificate validity checks start failing: an error.
+pub const SKEW_ERROR_MS: i64 = 300_000;
+
+/// What the database says, at `now`.
+#[derive(Clone, Debug)]
+pub struct FleetFacts {
+    /// The time of the examination (unix seconds).
+    pub now: i64,
+    /// The CA certificate's expiry.
+    pub ca_not_after: Option<i64>,
+    /// The master certificate's expiry.
+    pub master_not_after: Option<i64>,
+    /// Every host.
+    pub hosts: Vec<HostRecord>,
+    /// Current certificate fingerprint → expiry.
+    pub expiry: BTreeMap<String, i64>,
+}
+
+fn expiry_finding(
+    host: Option<&str>,
+    what: &str,
+    not_after: i64,
+    now: i64,
+    warn_within: i64,
+) -> Option<Finding> {
+    let left = not_after - now;
+    let severity = if left <= 0 {
+        Severity::Error
+    } else if left <= warn_within {
+        Severity::Warning
+    } else {
+        return None;
+    };
+    Some(Finding {
+        severity,
+        host: host.map(str::to_string),
+        check: "cert_expiry",
+        detail: format!(
+            "{what} certificate expires {}{}",
+            format_expiry(not_after, now),
+            if host.is_some() && left > 0 {
+                " (workers renew at 2/3 of the lifetime: is the renewal failing?)"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
+/// Examine the facts (pure: no IO). Findings are sorted, errors first.
+pub fn examine(f: &FleetFacts, p: &DoctorPolicy) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Some(t) = f.ca_not_after {
+        out.extend(expiry_finding(None, "the CA", t, f.now, p.expiry_warning));
+    }
+    if let Some(t) = f.master_not_after {
+        out.extend(expiry_finding(
+            None,
+            "the master's",
+            t,
+            f.now,
+            p.expiry_warning,
+        ));
+    }
+    for h in f
+        .hosts
+        .iter()
+        .filter(|h| h.status != HostStatus::Decommissioned)
+    {
+        let name = Some(h.name.as_str());
+        for (role, fp) in [
+            ("agent", &h.agent_fingerprint),
+            ("updater", &h.updater_fingerprint),
+        ] {
+            if let Some(t) = fp.as_ref().and_then(|fp| f.expiry.get(fp)) {
+                out.extend(expiry_finding(name, role, *t, f.now, p.expiry_warning));
+            }
+        }
+        match h.last_seen {
+            None => out.push(Finding {
+                severity: Severity::Warning,
+                host: Some(h.name.clone()),
+                check: "never_seen",
+                detail: format!(
+                    "enrolled {} and never heard from (agent not started, or not sending heartbeats with --master?)",
+                    format_age(f.now - h.enrolled_at)
+                ),
+            }),
+            Some(seen) if f.now - seen > p.silent_after || h.status == HostStatus::Unreachable => {
+                out.push(Finding {
+                    severity: Severity::Error,
+                    host: Some(h.name.clone()),
+                    check: "silent",
+                    detail: format!(
+                        "last heard from {}{}",
+                        format_age(f.now - seen),
+                        h.last_error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+        if let Some(ms) = h.clock_skew_ms
+            && ms.abs() > p.max_skew_ms
+        {
+            out.push(Finding {
+                severity: if ms.abs() > SKEW_ERROR_MS {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                },
+                host: Some(h.name.clone()),
+                check: "clock_skew",
+                detail: format!(
+                    "clock is {:.1}s {} the master's (is NTP running there?)",
+                    ms.abs() as f64 / 1000.0,
+                    if ms > 0 { "ahead of" } else { "behind" }
+                ),
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.host.cmp(&b.host))
+            .then_with(|| a.check.cmp(b.check))
+    });
+    out
+}
+
+/// The finding a failed probe of `host`'s `role` daemon makes.
+pub fn probe_finding(host: &str, role: &str, e: &ClientError) -> Finding {
+    let (severity, check) = match e {
+        ClientError::PinMismatch { .. } => (Severity::Error, "pin_mismatch"),
+        ClientError::WrongServer { .. } => (Severity::Error, "wrong_identity"),
+        _ => (Severity::Warning, "unreachable"),
+    };
+    Finding {
+        severity,
+        host: Some(host.to_string()),
+        check,
+        detail: format!("{role}: {e}"),
+    }
+}
+
+/// Dial every live host's agent (and updater, when it has one) and report
+/// those that do not present their recorded certificate, or do not answer.
+pub async fn probe(master: &Bundle, hosts: &[HostRecord]) -> Vec<Finding> {
+    let mut set = JoinSet::new();
+    for h in hosts
+        .iter()
+        .filter(|h| h.status != HostStatus::Decommissioned)
+        .cloned()
+    {
+        let master = master.clone();
+        set.spawn(async move {
+            let mut found = Vec::new();
+            match crate::fleet_ops::agent_client(&master, &h) {
+                Ok(c) => {
+                    if let Err(e) = c.health().await {
+                        found.push(probe_finding(&h.name, "agent", &e));
+                    }
+                }
+                Err(e) => found.push(probe_finding(&h.name, "agent", &e)),
+            }
+            if !h.pins(CertRole::Updater).is_empty() {
+                match crate::rollout::updater_client(&master, &h) {
+                    Ok(c) => {
+                        if let Err(e) = c.health().await {
+                            found.push(probe_finding(&h.name, "updater", &e));
+                        }
+                    }
+                    Err(e) => found.push(probe_finding(&h.name, "updater", &e)),
+                }
+            }
+            found
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok(f) = r {
+            out.extend(f);
+        }
+    }
+    out
+}
+
+/// Run the doctor for `home`: gather the facts, probe (unless `probe` is
+/// false), print, and return the verdict's exit code.
+pub async fn run(
+    home: &crate::home::MasterHome,
+    policy: &DoctorPolicy,
+    probe_hosts: bool,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let layout = home.ca_layout();
+    let ca = crate::usage::load_ca(&layout)?;
+    let master = crate::fleet_ops::master_bundle(&layout)?;
+    let db = crate::usage::open_db(home).await?;
+    let hosts = db.hosts().await;
+    let expiry = db.current_certificate_expiry().await;
+    db.close().await;
+    let (hosts, expiry) = (hosts?, expiry?);
+    let facts = FleetFacts {
+        now: decnet_fleet::unix_now(),
+        ca_not_after: crate::cli::cert_not_after(ca.cert_pem()).ok(),
+        master_not_after: Some(master.identity.not_after.unix_timestamp()),
+        hosts,
+        expiry,
+    };
+    let mut findings = examine(&facts, policy);
+    if probe_hosts {
+        findings.extend(probe(&master, &facts.hosts).await);
+        findings.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then_with(|| a.host.cmp(&b.host))
+                .then_with(|| a.check.cmp(b.check))
+        });
+    }
+    let code = verdict_code(&findings);
+    let live = facts
+        .hosts
+        .iter()
+        .filter(|h| h.status != HostStatus::Decommissioned)
+        .count();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "verdict": match code { 0 => "ok", 1 => "warning", _ => "error" },
+                "hosts_examined": live,
+                "probed": probe_hosts,
+                "findings": findings,
+            }))?
+        );
+        return Ok(code);
+    }
+    if findings.is_empty() {
+        println!(
+            "all clear: {live} host(s) examined{}",
+            if probe_hosts { ", all probed" } else { "" }
+        );
+        return Ok(code);
+    }
+    print!(
+        "{}",
+        crate::table::render(
+            &["SEVERITY", "HOST", "CHECK", "DETAIL"],
+            findings.iter().map(|f| {
+                vec![
+                    match f.severity {
+                        Severity::Error => "ERROR",
+                        Severity::Warning => "warning",
+                    }
+                    .to_string(),
+                    f.host.clone().unwrap_or_else(|| "(master)".into()),
+                    f.check.to_string(),
+                    f.detail.clone(),
+                ]
+            })
+        )
+    );
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    println!(
+        "{errors} error(s), {} warning(s) across {live} host(s)",
+        findings.len() - errors
+    );
+    Ok(code)
+}
+
+/// The exit code of a list of findings: 0, 1 (warnings), 3 (errors).
+pub fn verdict_code(findings: &[Finding]) -> i32 {
+    match findings.iter().map(|f| f.severity).max() {
+        None => 0,
+        Some(Severity::Warning) => 1,
+        Some(Severity::Error) => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86400;
+
+    fn policy() -> DoctorPolicy {
+        DoctorPolicy {
+            expiry_warning: 30 * DAY,
+            silent_after: 90,
+            max_skew_ms: 5000,
+        }
+    }
+
+    fn host(name: &str, fp: &str, last_seen: Option<i64>) -> HostRecord {
+        let mut h = HostRecord::new(name, "10.0.0.1", 8765, 8766);
+        h.agent_fingerprint = Some(fp.into());
+        h.status = HostStatus::Active;
+        h.last_seen = last_seen;
+        h
+    }
+
+    #[test]
+    fn a_healthy_fleet_has_no_findings() {
+        let now = 1_000_000_000;
+        let f = FleetFacts {
+            now,
+            ca_not_after: Some(now + 3650 * DAY),
+            master_not_after: Some(now + 800 * DAY),
+            hosts: vec![host("w1", "aa", Some(now - 10))],
+            expiry: [("aa".to_string(), now + 800 * DAY)].into_iter().collect(),
+        };
+        let found = examine(&f, &policy());
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(verdict_code(&found), 0);
+    }
+
+    #[test]
+    fn each_problem_is_found_with_its_severity() {
+        let now = 1_000_000_000;
+        let mut skewed = host("skewed", "cc", Some(now - 5));
+        skewed.clock_skew_ms = Some(-12_000);
+        let mut far = host("far", "dd", Some(now - 5));
+        far.clock_skew_ms = Some(600_000);
+        let mut never = host("never", "ee", None);
+        never.status = HostStatus::Enrolled;
+        let mut gone = host("gone", "ff", Some(now - 5000));
+        gone.status = HostStatus::Decommissioned;
+        let f = FleetFacts {
+            now,
+            ca_not_after: Some(now + 3650 * DAY),
+            master_not_after: Some(now + 10 * DAY),
+            hosts: vec![
+                host("expiring", "aa", Some(now - 1)),
+                host("silent", "bb", Some(now - 600)),
+                skewed,
+                far,
+                never,
+                gone,
+            ],
+            expiry: [
+                ("aa".to_string(), now + 5 * DAY),
+                ("bb".to_string(), now - DAY),
+                ("cc".to_string(), now + 800 * DAY),
+                ("dd".to_string(), now + 800 * DAY),
+                ("ee".to_string(), now + 800 * DAY),
+                ("ff".to_string(), now - DAY),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let found = examine(&f, &policy());
+        let has = |host: Option<&str>, check: &str, sev: Severity| {
+            found
+                .iter()
+                .any(|x| x.host.as_deref() == host && x.check == check && x.severity == sev)
+        };
+        assert!(has(None, "cert_expiry", Severity::Warning), "{found:#?}");
+        assert!(has(Some("expiring"), "cert_expiry", Severity::Warning));
+        assert!(has(Some("silent"), "cert_expiry", Severity::Error));
+        assert!(has(Some("silent"), "silent", Severity::Error));
+        assert!(has(Some("skewed"), "clock_skew", Severity::Warning));
+        assert!(has(Some("far"), "clock_skew", Severity::Error));
+        assert!(has(Some("never"), "never_seen", Severity::Warning));
+        assert!(
+            !found.iter().any(|x| x.host.as_deref() == Some("gone")),
+            "decommissioned hosts are not examined: {found:#?}"
+        );
+        assert_eq!(found[0].severity, Severity::Error, "errors first");
+        assert_eq!(verdict_code(&found), 3);
+        let warnings: Vec<Finding> = found
+            .into_iter()
+            .filter(|x| x.severity == Severity::Warning)
+            .collect();
+        assert_eq!(verdict_code(&warnings), 1);
+    }
+
+    #[test]
+    fn probe_failures_are_classified() {
+        let pin = probe_finding(
+            "w1",
+            "agent",
+            &ClientError::PinMismatch {
+                endpoint: "agent w1".into(),
+            },
+        );
+        assert_eq!((pin.check, pin.severity), ("pin_mismatch", Severity::Error));
+        let down = probe_finding(
+            "w1",
+            "updater",
+            &ClientError::Unreachable {
+                endpoint: "updater w1".into(),
+                detail: "connection refused".into(),
+            },
+        );
+        assert_eq!(
+            (down.check, down.severity),
+            ("unreachable", Severity::Warning)
+        );
+        assert!(down.detail.starts_with("updater: "));
+    }
+}
