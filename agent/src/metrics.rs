@@ -70,6 +70,11 @@ pub fn agent_metrics() -> &'static AgentMetrics {
             "Heartbeats sent to the master, by outcome",
             m.heartbeats.clone(),
         );
+        for outcome in ["ok", "failed"] {
+            let _ = m.heartbeats.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
         m
     })
 }

@@ -106,6 +106,16 @@ pub fn master_metrics() -> &'static MasterMetrics {
             "Token join requests, by outcome",
             m.joins.clone(),
         );
+        // Known series from the start, at 0.
+        for outcome in ["ok", "refused", "rate_limited", "bad_request"] {
+            m.join_counter(outcome);
+        }
+        for role in ["agent", "updater"] {
+            let _ = m.renewals.get_or_create(&RenewalLabels {
+                role: role.into(),
+                outcome: "renewed".into(),
+            });
+        }
         m
     });
     COLLECTOR.get_or_init(|| register_collector(Box::new(FleetCollector)));
@@ -145,11 +155,15 @@ impl MasterMetrics {
 
     /// Count a join request.
     pub fn join(&self, outcome: &str) {
+        self.join_counter(outcome).inc();
+    }
+
+    fn join_counter(&self, outcome: &str) -> Counter {
         self.joins
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
             })
-            .inc();
+            .clone()
     }
 
     /// Replace the per-host view with the database's.

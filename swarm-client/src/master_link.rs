@@ -282,7 +282,20 @@ pub async fn keep_renewed(
     dir: PathBuf,
     renew_now: Arc<tokio::sync::Notify>,
 ) {
-    renewal_metrics();
+    let role = link
+        .material()
+        .current()
+        .bundle()
+        .identity
+        .role
+        .kind()
+        .to_string();
+    for outcome in ["renewed", "failed"] {
+        let _ = renewal_metrics().get_or_create(&RenewalLabels {
+            role: role.clone(),
+            outcome: outcome.into(),
+        });
+    }
     loop {
         let bundle = link.material().current().bundle().clone();
         let wait =
@@ -291,7 +304,7 @@ pub async fn keep_renewed(
             _ = tokio::time::sleep(Duration::from_secs_f64(wait.as_seconds_f64())) => {}
             _ = renew_now.notified() => tracing::info!("the master asked for a certificate renewal"),
         }
-        let role = bundle.identity.role.kind().to_string();
+        let role = role.clone();
         let renewed = link.renew(&dir).await;
         renewal_metrics()
             .get_or_create(&RenewalLabels {

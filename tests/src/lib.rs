@@ -481,6 +481,11 @@ pub struct Listener {
 impl Listener {
     /// Start `decnet listener` for `master` on 127.0.0.1:`port` (0 = any).
     pub fn start(master: &MasterHome, port: u16) -> Listener {
+        Self::start_with(master, port, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra arguments.
+    pub fn start_with(master: &MasterHome, port: u16, extra: &[&str]) -> Listener {
         let raw = master.dir.path().join("fleet.log");
         let json = master.dir.path().join("fleet.json");
         let mut cmd = Command::new(bin("decnet"));
@@ -495,6 +500,7 @@ impl Listener {
         .arg(&raw)
         .arg("--json-path")
         .arg(&json)
+        .args(extra)
         .env("DECNET_HOME", master.home())
         .env("DECNET_LOG", "info");
         let daemon = Daemon::start(
@@ -617,6 +623,48 @@ fn enroll_many_blocking(home: &Path, prefix: &str, n: usize) -> Vec<decnet_pki::
         db.close().await;
         out
     })
+}
+
+/// `GET /metrics` over plain HTTP from a daemon's loopback `--metrics-addr`;
+/// checks the status, the content type and the `# EOF` end; the body.
+pub fn scrape_metrics(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("content-type: application/openmetrics-text"),
+        "{out}"
+    );
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    body.to_string()
+}
+
+/// The value of the sample named exactly `series` (labels included) in a
+/// scrape.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrape `addr` until `series` satisfies `ok` (45 s at most); the last scrape.
+pub fn wait_metric(addr: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) -> String {
+    let mut last = String::new();
+    wait_for(Duration::from_secs(45), || {
+        last = scrape_metrics(addr);
+        metric_value(&last, series).filter(|v| ok(*v)).map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("{series} never reached the expected value; last scrape:\n{last}"));
+    last
 }
 
 /// A free loopback port (bound and released: a tiny race, acceptable in tests).

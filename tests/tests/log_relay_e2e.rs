@@ -256,7 +256,8 @@ async fn refused_peers_write_nothing_and_bad_peers_do_not_disturb_others() {
     let m = MasterHome::new();
     m.enroll("good");
     m.enroll("gone");
-    let l = Listener::start(&m, 0);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], decnet_e2e::free_port()));
+    let l = Listener::start_with(&m, 0, &["--metrics-addr", &metrics.to_string()]);
     let addr = l.daemon.addr;
     let frame =
         decnet_log_relay::frame::encode(b"<13>1 - intruder - - - - should never be written");
@@ -309,6 +310,23 @@ async fn refused_peers_write_nothing_and_bad_peers_do_not_disturb_others() {
         "{log}"
     );
     assert!(log.contains("certificate is revoked"), "{log}");
+    // ... and counted, by CN (refused after the handshake) or by reason.
+    let body = tokio::task::spawn_blocking(move || decnet_e2e::scrape_metrics(metrics))
+        .await
+        .unwrap();
+    let count = |series: &str| decnet_e2e::metric_value(&body, series).unwrap_or(0.0);
+    assert!(
+        count("decnet_log_connections_refused_total{cn=\"decnet-master\"}") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        count("decnet_log_connections_refused_total{cn=\"updater@good\"}") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        count("decnet_handshake_failures_total{server=\"listener\",reason=\"foreign_ca\"}") >= 1.0,
+        "{body}"
+    );
 
     // Bad peers: a dangling "99 " and a 4 GB length prefix; meanwhile a good
     // forwarder delivers everything.
@@ -323,11 +341,31 @@ async fn refused_peers_write_nothing_and_bad_peers_do_not_disturb_others() {
     let bad2 = tokio::spawn(async move { send_raw(&g2, addr, b"4294967296 ").await });
     let _ = tokio::join!(bad1, bad2);
     append_lines(&log_file, &lines("more", 5));
-    let raw = tokio::task::spawn_blocking(move || l.wait_lines(25, WAIT))
+    let (raw, _l) = tokio::task::spawn_blocking(move || (l.wait_lines(25, WAIT), l))
         .await
         .unwrap();
     assert_eq!(raw.len(), 25);
     assert!(raw.iter().all(|r| !r.contains("intruder")));
+    // The 4 GB frame was skipped and counted against its sender.
+    let body = tokio::task::spawn_blocking(move || {
+        decnet_e2e::wait_metric(
+            metrics,
+            "decnet_log_lines_written_total{cn=\"good\"}",
+            |v| v >= 25.0,
+        )
+    })
+    .await
+    .unwrap();
+    let count = |series: &str| decnet_e2e::metric_value(&body, series).unwrap_or(0.0);
+    assert!(
+        count("decnet_log_frame_errors_total{cn=\"good\",kind=\"oversized\"}") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        count("decnet_log_bytes_refused_total{cn=\"good\",reason=\"oversized\"}") >= 4294967296.0,
+        "{body}"
+    );
+    assert_eq!(count("decnet_log_lines_received_total{cn=\"good\"}"), 25.0);
 }
 
 #[test]

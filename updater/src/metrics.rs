@@ -87,6 +87,26 @@ pub fn updater_metrics() -> &'static UpdaterMetrics {
             "Health probes of the agent, by verdict",
             m.probes.clone(),
         );
+        // Every known series from the start (at 0), so rates and alerts
+        // work before the first event.
+        for op in ["update", "rollback", "self_update"] {
+            for outcome in ["ok", "reverted", "refused", "not_found", "failed"] {
+                let _ = m.updates.get_or_create(&UpdateLabels {
+                    op: op.into(),
+                    outcome: outcome.into(),
+                });
+            }
+        }
+        for reason in ["unhealthy", "recovery"] {
+            let _ = m.reverts.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
+        for healthy in ["true", "false"] {
+            let _ = m.probes.get_or_create(&VerdictLabel {
+                healthy: healthy.into(),
+            });
+        }
         m
     })
 }
