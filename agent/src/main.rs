@@ -84,6 +84,7 @@ enum Command {
         /// Rotate a process decky's log at this many bytes (one old file kept).
         #[arg(long, value_name = "BYTES", default_value_t = decnet_agent::driver::process::DEFAULT_LOG_MAX)]
         decky_log_max: u64,
+        /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
     },
@@ -141,6 +142,9 @@ enum Command {
         /// APP-NAME of wrapped lines.
         #[arg(long, default_value = "decnet")]
         app_name: String,
+        /// The Prometheus endpoint.
+        #[command(flatten)]
+        metrics: decnet_server::metrics::MetricsArgs,
     },
 }
 
@@ -264,6 +268,7 @@ fn main() {
                 state_dir,
                 master_fingerprint,
                 app_name,
+                metrics,
             } => {
                 let home = decnet_pki::bundle::default_decnet_home();
                 let spec = ForwardSpec {
@@ -282,6 +287,7 @@ fn main() {
                     &bundle_dir.unwrap_or_else(|| home.join("agent")),
                     &state_dir.unwrap_or_else(|| home.join("agent-state")),
                     rx,
+                    &metrics,
                 )
                 .await
             }
@@ -336,6 +342,7 @@ async fn forward(
     bundle_dir: &std::path::Path,
     state_dir: &std::path::Path,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    metrics: &decnet_server::metrics::MetricsArgs,
 ) -> i32 {
     let material = match decnet_swarm_client::master_link::load_material(
         bundle_dir,
@@ -354,6 +361,11 @@ async fn forward(
             return 2;
         }
     };
+    decnet_log_relay::metrics::forwarder_metrics();
+    if let Err(e) = metrics.start("decnet-agent forward", Some(&material)).await {
+        eprintln!("error: --metrics-addr: {e}");
+        return 2;
+    }
     println!(
         "decnet-agent forwarding {} to {}",
         opts.log_file.display(),

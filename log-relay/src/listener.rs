@@ -460,7 +460,7 @@ impl ConnectionHandler for LogListener {
                     Ok(FrameItem::Frame(f)) => batch.push(f),
                     Ok(FrameItem::Oversized { declared }) => {
                         oversized += 1;
-                        metrics.oversized(&credit.cn, declared as u64);
+                        metrics.oversized(&credit.cn, declared);
                         if oversized <= OVERSIZE_LINES {
                             tracing::warn!(
                                 peer_cn = %credit.cn,

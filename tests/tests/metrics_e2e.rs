@@ -309,10 +309,7 @@ fn only_monitor_certificates_read_metrics_over_mtls_and_revocation_ends_it() {
     let out = m.ok(&["ca", "revoke-monitor", "prom"]);
     assert!(out.contains("revoked"), "{out}");
     let refused = wait_for(Duration::from_secs(30), || {
-        match get(&mon_dir, decnet_pki::BundleKind::Monitor) {
-            Err(e) => Some(e),
-            Ok(_) => None,
-        }
+        get(&mon_dir, decnet_pki::BundleKind::Monitor).err()
     });
     assert!(
         refused.is_some(),

@@ -128,6 +128,7 @@ enum Command {
         /// Seconds between fetches of the master's revocation list (with --master).
         #[arg(long, default_value_t = 300)]
         crl_refresh: u64,
+        /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
     },

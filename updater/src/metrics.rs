@@ -62,9 +62,9 @@ pub fn updater_metrics() -> &'static UpdaterMetrics {
             reverts: Family::default(),
             // 0.1 s .. ~100 s: a healthy agent answers in well under a
             // second; an unhealthy one uses every attempt.
-            probe_duration: Histogram::new(
-                [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0].into_iter(),
-            ),
+            probe_duration: Histogram::new([
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
             probes: Family::default(),
         };
         register(
