@@ -86,7 +86,8 @@ pub async fn assert_access(
 }
 
 /// The callers every table should try: the master, the agent and updater
-/// of `own` and of another host, and no certificate at all.
+/// of `own` and of another host, a metrics scraper, and no certificate at
+/// all.
 pub fn callers(own: &str) -> Vec<Option<Role>> {
     let own = decnet_pki::HostName::new(own).expect("host");
     let other = decnet_pki::HostName::new("someone-else").expect("host");
@@ -96,6 +97,9 @@ pub fn callers(own: &str) -> Vec<Option<Role>> {
         Some(Role::Updater(own)),
         Some(Role::Agent(other.clone())),
         Some(Role::Updater(other)),
+        Some(Role::Monitor(
+            decnet_pki::HostName::new("prometheus").expect("name"),
+        )),
         None,
     ]
 }
