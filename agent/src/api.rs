@@ -86,6 +86,18 @@ impl IntoResponse for ExecError {
                 "driver_failed",
                 self.to_string(),
             ),
+            ExecError::Config(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(serde_json::json!({
+                    "error": "invalid_config",
+                    "field": e.field,
+                    "detail": e.to_string(),
+                })),
+            )
+                .into_response(),
+            ExecError::Conflict(_) => {
+                error_response(StatusCode::CONFLICT, "conflict", self.to_string())
+            }
             ExecError::State(e) => {
                 tracing::error!(error = %e, "state file error");
                 error_response(
@@ -186,7 +198,7 @@ async fn deploy(
         }
     };
     if req.dry_run {
-        return match exec.render(&config) {
+        return match exec.render(&config).await {
             Ok(rendered) => {
                 Json(serde_json::json!({ "dry_run": true, "rendered": rendered })).into_response()
             }

@@ -19,6 +19,18 @@
 //! `DECNET_SERVICES`) and nothing else in its environment; the `compose`
 //! driver runs `image` with `command`, `env` and `ports`.
 //!
+//! Version 2 adds a `network` section and per decky an `address` (and, for
+//! macvlan, a `mac`): deckies then sit on the LAN as hosts of their own
+//! (compose driver only; see [`crate::lan`]):
+//!
+//! ```json
+//! { "version": 2,
+//!   "network": { "mode": "macvlan", "parent": "eth0",
+//!                "subnet": "192.168.1.0/24", "gateway": "192.168.1.1",
+//!                "range": "192.168.1.192/27" },
+//!   "deckies": [ { "name": "nas", "image": "…", "address": "192.168.1.20" } ] }
+//! ```
+//!
 //! A decky is assumed hostile, so the config can only narrow what it gets:
 //! `user` (root only with `allow_root: true`, which the master audits),
 //! `limits` (memory, CPU share, processes, open files), and for compose
@@ -27,11 +39,14 @@
 //! security options are refused by name ([`FORBIDDEN_FIELDS`]).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-/// The only schema version this agent understands.
-pub const CONFIG_VERSION: u32 = 1;
+use crate::lan::{LanPlacement, NetworkConfig};
+
+/// The newest schema version this agent understands (1 is still read).
+pub const CONFIG_VERSION: u32 = 2;
 /// At most this many deckies per deployment.
 pub const MAX_DECKIES: usize = 256;
 
@@ -39,8 +54,11 @@ pub const MAX_DECKIES: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentConfig {
-    /// Schema version; must be [`CONFIG_VERSION`].
+    /// Schema version: 1, or 2 for `network`.
     pub version: u32,
+    /// Where the deckies sit on the LAN (version 2, compose driver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
     /// The workloads.
     pub deckies: Vec<DeckyConfig>,
 }
@@ -127,6 +145,16 @@ pub struct DeckyConfig {
     /// on `/tmp` and `/run`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub writable_root: bool,
+    /// Its address on the LAN (version 2, with `network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// Its MAC address (macvlan only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Where the agent placed it on this worker's LAN. Set by the agent
+    /// (after relocalisation), refused in a config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanPlacement>,
 }
 
 /// Resource limits of one decky.
@@ -458,6 +486,55 @@ impl DeploymentConfig {
             .collect()
     }
 
+    /// The LAN fields: version 2 only, compose only, every address and MAC
+    /// valid and unique, never `lan` (the agent's own).
+    fn validate_lan(&self, driver: DriverKind) -> Result<(), ConfigError> {
+        for (i, d) in self.deckies.iter().enumerate() {
+            if d.lan.is_some() {
+                return Err(err(
+                    format!("deckies[{i}].lan"),
+                    "set by the agent when it places the decky; a config cannot name it",
+                ));
+            }
+        }
+        let named = self
+            .deckies
+            .iter()
+            .position(|d| d.address.is_some() || d.mac.is_some());
+        if self.network.is_none() && named.is_none() {
+            return Ok(());
+        }
+        if self.version < 2 {
+            return Err(err(
+                "version",
+                "network, address and mac need config version 2",
+            ));
+        }
+        if driver == DriverKind::Process {
+            return Err(err(
+                if self.network.is_some() {
+                    "network".to_string()
+                } else {
+                    format!("deckies[{}].address", named.unwrap_or(0))
+                },
+                "the process driver cannot give deckies addresses of their own on the LAN; run the agent with --driver compose",
+            ));
+        }
+        let Some(net) = &self.network else {
+            let i = named.unwrap_or(0);
+            let field = if self.deckies[i].address.is_some() {
+                "address"
+            } else {
+                "mac"
+            };
+            return Err(err(
+                format!("deckies[{i}].{field}"),
+                "needs a network section",
+            ));
+        };
+        crate::lan::validate(net, &self.deckies)
+    }
+
     /// Parse and validate a JSON document for `driver`.
     pub fn parse(json: &[u8], driver: DriverKind) -> Result<DeploymentConfig, ConfigError> {
         refuse_forbidden_fields(json)?;
@@ -477,15 +554,16 @@ impl DeploymentConfig {
 
     /// Validate an already-decoded config for `driver`.
     pub fn validate(&self, driver: DriverKind) -> Result<(), ConfigError> {
-        if self.version != CONFIG_VERSION {
+        if !(1..=CONFIG_VERSION).contains(&self.version) {
             return Err(err(
                 "version",
                 format!(
-                    "unsupported config version {} (this agent reads {CONFIG_VERSION})",
+                    "unsupported config version {} (this agent reads 1 to {CONFIG_VERSION})",
                     self.version
                 ),
             ));
         }
+        self.validate_lan(driver)?;
         if self.deckies.is_empty() {
             return Err(err("deckies", "at least one decky is required"));
         }
@@ -551,7 +629,7 @@ mod tests {
     #[test]
     fn refuses_with_the_field_at_fault() {
         let cases = [
-            (r#"{"version":2,"deckies":[]}"#, "version"),
+            (r#"{"version":3,"deckies":[]}"#, "version"),
             (r#"{"version":1,"deckies":[]}"#, "deckies"),
             (
                 r#"{"version":1,"deckies":[{"name":"Bad","command":["x"]}]}"#,
@@ -680,5 +758,59 @@ mod tests {
         let ok = r#"{"version":1,"deckies":[{"name":"a","image":"busybox:local","ports":[{"host":8080,"container":80}]}]}"#;
         let c = DeploymentConfig::parse(ok.as_bytes(), DriverKind::Compose).unwrap();
         assert_eq!(c.deckies[0].ports[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn lan_fields_need_version_2_the_compose_driver_and_a_network() {
+        let lan = r#"{"version":2,
+            "network":{"mode":"macvlan","parent":"eth0","subnet":"10.0.0.0/24","gateway":"10.0.0.1"},
+            "deckies":[{"name":"a","image":"i","address":"10.0.0.5","mac":"02:00:00:00:00:05"},
+                       {"name":"b","image":"i"}]}"#;
+        let cfg = DeploymentConfig::parse(lan.as_bytes(), DriverKind::Compose).unwrap();
+        assert_eq!(
+            cfg.network.as_ref().unwrap().subnet.to_string(),
+            "10.0.0.0/24"
+        );
+        assert_eq!(cfg.deckies[0].address, Some("10.0.0.5".parse().unwrap()));
+        // Version 1 still reads, without LAN fields.
+        DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"a","image":"i"}]}"#,
+            DriverKind::Compose,
+        )
+        .unwrap();
+        let cases: &[(&str, DriverKind, &str)] = &[
+            (&lan.replace(r#""version":2"#, r#""version":1"#), DriverKind::Compose, "version"),
+            (lan, DriverKind::Process, "network"),
+            (
+                r#"{"version":2,"deckies":[{"name":"a","image":"i","address":"10.0.0.5"}]}"#,
+                DriverKind::Compose,
+                "deckies[0].address",
+            ),
+            (
+                &lan.replace("10.0.0.5", "10.0.9.5"),
+                DriverKind::Compose,
+                "deckies[0].address",
+            ),
+            (
+                &lan.replace(r#""subnet":"10.0.0.0/24""#, r#""subnet":"10.0.0.7/24""#),
+                DriverKind::Compose,
+                "network.subnet",
+            ),
+            (
+                &lan.replace(r#""mode":"macvlan""#, r#""mode":"vxlan""#),
+                DriverKind::Compose,
+                "network.mode",
+            ),
+            (
+                &lan.replace(r#"{"name":"b","image":"i"}"#, r#"{"name":"b","image":"i","lan":null}"#)
+                    .replace(r#""lan":null"#, r#""lan":{"network":{"mode":"bridge","subnet":"10.0.0.0/24","gateway":"10.0.0.1"},"address":"10.0.0.9"}"#),
+                DriverKind::Compose,
+                "deckies[1].lan",
+            ),
+        ];
+        for (json, driver, field) in cases {
+            let e = DeploymentConfig::parse(json.as_bytes(), *driver).unwrap_err();
+            assert_eq!(e.field, *field, "{json}: {e}");
+        }
     }
 }

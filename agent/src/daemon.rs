@@ -40,6 +40,9 @@ pub struct ServeOptions {
     pub decky_root: Option<PathBuf>,
     /// Rotation size of a process decky's log.
     pub decky_log_max: u64,
+    /// Where a LAN config for another interface or subnet is relocalised
+    /// (default: the default-route interface).
+    pub decky_interface: Option<String>,
 }
 
 /// Why the agent cannot start: every variant is an operator-fixable setup
@@ -152,6 +155,7 @@ pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
         driver,
         store,
         events_rx,
+        opts.decky_interface.clone(),
     )?;
     executor.recover().await;
     let server = Server::bind(

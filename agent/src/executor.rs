@@ -11,8 +11,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::config::{DeckyConfig, DeploymentConfig, DriverKind};
+use crate::config::{ConfigError, DeckyConfig, DeploymentConfig, DriverKind};
 use crate::driver::{Driver, DriverEvent, Observation};
+use crate::lan::{HostNet, PlacementContext, Relocation};
 use crate::state::{
     AgentState, DeckyPhase, DeckyRecord, Operation, OperationKind, StateError, StateStore,
 };
@@ -32,6 +33,12 @@ pub enum ExecError {
     /// The state file could not be written.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The config cannot be placed on this worker (field at fault).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The request conflicts with what runs here.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// One decky as `/status` reports it.
@@ -50,6 +57,12 @@ pub struct DeckyStatus {
     /// The uid it runs under (process driver).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// Its address on the LAN (a deployment with a network section).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// The worker interface it sits on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     /// Restarts after exits.
     pub restarts: u32,
     /// Last change (unix seconds).
@@ -88,6 +101,9 @@ pub struct OperationStatus {
     pub finished_at: Option<i64>,
     /// The deckies it concerns, with their current state.
     pub deckies: Vec<DeckyStatus>,
+    /// How the config was mapped onto this worker's network, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relocation: Option<Relocation>,
 }
 
 /// The agent's executor.
@@ -98,6 +114,7 @@ pub struct Executor {
     store: StateStore,
     state: Mutex<AgentState>,
     serial: Mutex<()>,
+    lan_interface: Option<String>,
 }
 
 fn now() -> i64 {
@@ -106,13 +123,17 @@ fn now() -> i64 {
 
 impl Executor {
     /// An executor over `driver`, persisting to `store`; loads the previous
-    /// state and starts consuming the driver's `events`.
+    /// state and starts consuming the driver's `events`. `lan_interface`
+    /// (`--decky-interface`) is where a LAN config written for another
+    /// interface or subnet is relocalised to (default: the default-route
+    /// interface).
     pub fn start(
         host: String,
         version: String,
         driver: Arc<dyn Driver>,
         store: StateStore,
         events: mpsc::UnboundedReceiver<DriverEvent>,
+        lan_interface: Option<String>,
     ) -> Result<Arc<Executor>, StateError> {
         let state = store.load(driver.kind())?;
         crate::metrics::observe_state(&state);
@@ -123,6 +144,7 @@ impl Executor {
             store,
             state: Mutex::new(state),
             serial: Mutex::new(()),
+            lan_interface,
         });
         tokio::spawn(Arc::clone(&exec).consume_events(events));
         Ok(exec)
@@ -252,16 +274,100 @@ impl Executor {
         self.persist(&st);
     }
 
+    /// Give every decky of a config with a `network` section its place on
+    /// this worker's LAN (relocalised when the config was written for
+    /// another interface or subnet); returns the relocalisation, if any.
+    async fn place(&self, config: &mut DeploymentConfig) -> Result<Option<Relocation>, ExecError> {
+        let Some(net) = config.network.clone() else {
+            return Ok(None);
+        };
+        let host = tokio::task::spawn_blocking(HostNet::read)
+            .await
+            .map_err(|e| ExecError::Driver(format!("cannot read the network interfaces: {e}")))?
+            .map_err(ExecError::Driver)?;
+        let names: std::collections::BTreeSet<String> =
+            config.deckies.iter().map(|d| d.name.clone()).collect();
+        let st = self.state.lock().await;
+        let previous = st
+            .deckies
+            .iter()
+            .filter_map(|(n, r)| r.config.lan.as_ref().map(|l| (n.clone(), l.address)))
+            .collect();
+        let others: Vec<&DeckyRecord> = st
+            .deckies
+            .values()
+            .filter(|r| {
+                r.phase != DeckyPhase::TornDown
+                    && r.config.lan.is_some()
+                    && !names.contains(&r.config.name)
+            })
+            .collect();
+        let ctx = PlacementContext {
+            host: &host,
+            interface: self.lan_interface.as_deref(),
+            previous,
+            taken: others
+                .iter()
+                .filter_map(|r| r.config.lan.as_ref().map(|l| l.address))
+                .collect(),
+        };
+        let placement = crate::lan::place(&net, &config.deckies, &ctx)?;
+        // One LAN per worker: deckies of earlier deployments must be on the same one.
+        if let Some(r) = others.iter().find(|r| {
+            r.config
+                .lan
+                .as_ref()
+                .is_some_and(|l| l.network != placement.network)
+        }) {
+            return Err(ExecError::Conflict(format!(
+                "decky {} is on another LAN of this worker; tear it down first, or deploy it again with this network section",
+                r.config.name
+            )));
+        }
+        drop(st);
+        for d in &mut config.deckies {
+            d.lan = placement.deckies.get(&d.name).cloned();
+        }
+        if let Some(r) = &placement.relocation {
+            tracing::info!(
+                reason = %r.reason,
+                from = %r.from_subnet,
+                to = %r.to_subnet,
+                interface = ?r.to_parent,
+                "LAN config relocalised onto this worker"
+            );
+        }
+        Ok(placement.relocation)
+    }
+
     /// What a deploy of `config` would do (dry run): nothing is started.
-    pub fn render(&self, config: &DeploymentConfig) -> Result<serde_json::Value, ExecError> {
-        self.driver
-            .render(config)
-            .map_err(|e| ExecError::Driver(e.0))
+    pub async fn render(&self, config: &DeploymentConfig) -> Result<serde_json::Value, ExecError> {
+        let mut config = config.clone();
+        let relocation = self.place(&mut config).await?;
+        let mut rendered = self
+            .driver
+            .render(&config)
+            .map_err(|e| ExecError::Driver(e.0))?;
+        if config.network.is_some() {
+            rendered["addresses"] = serde_json::json!(
+                config
+                    .deckies
+                    .iter()
+                    .filter_map(|d| d.lan.as_ref().map(|l| (d.name.clone(), l.address)))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            );
+            rendered["relocation"] = serde_json::json!(relocation);
+        }
+        Ok(rendered)
     }
 
     /// Accept a deploy: mark its deckies pending, run it in the background,
     /// and return the operation id at once.
-    pub async fn deploy(self: &Arc<Self>, config: DeploymentConfig) -> Result<String, ExecError> {
+    pub async fn deploy(
+        self: &Arc<Self>,
+        mut config: DeploymentConfig,
+    ) -> Result<String, ExecError> {
+        let relocation = self.place(&mut config).await?;
         let id = decnet_pki::random_hex(12);
         {
             let mut st = self.state.lock().await;
@@ -285,6 +391,7 @@ impl Executor {
                 deckies: config.deckies.iter().map(|d| d.name.clone()).collect(),
                 started_at: t,
                 finished_at: None,
+                relocation,
             });
             self.store.save(&st)?;
         }
@@ -356,6 +463,7 @@ impl Executor {
             deckies: names.clone(),
             started_at: t,
             finished_at: Some(t),
+            relocation: None,
         });
         self.store.save(&st)?;
         if errors.is_empty() {
@@ -392,6 +500,7 @@ impl Executor {
             deckies: vec![decky.to_string()],
             started_at: t,
             finished_at: Some(t),
+            relocation: None,
         });
         self.store.save(&st)?;
         let rec = st.deckies.get(decky).cloned();
@@ -441,6 +550,7 @@ impl Executor {
             done: op.finished_at.is_some(),
             started_at: op.started_at,
             finished_at: op.finished_at,
+            relocation: op.relocation.clone(),
             deckies: op
                 .deckies
                 .iter()
@@ -458,6 +568,8 @@ fn status_of(name: &str, r: &DeckyRecord, observed: Option<Observation>) -> Deck
         services: r.config.services.clone(),
         pid: r.pid,
         uid: r.uid,
+        address: r.config.lan.as_ref().map(|l| l.address),
+        interface: r.config.lan.as_ref().and_then(|l| l.network.parent.clone()),
         restarts: r.restarts,
         updated_at: r.updated_at,
         observed,

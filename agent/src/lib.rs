@@ -2,6 +2,8 @@
 //! workloads ("deckies") on command of the master.
 //!
 //! * [`config`] — the versioned deployment config (pure);
+//! * [`lan`] — deckies on the LAN: network section, validation, placement
+//!   and relocalisation onto this worker (pure but for reading `ip -j`);
 //! * [`state`] — the persisted state file;
 //! * [`driver`] — the `process` and `compose` drivers behind one trait;
 //! * [`executor`] — requests → driver calls, state, recovery;
@@ -16,5 +18,6 @@ pub mod daemon;
 pub mod driver;
 pub mod executor;
 pub mod heartbeat;
+pub mod lan;
 pub mod metrics;
 pub mod state;

@@ -84,6 +84,11 @@ enum Command {
         /// Rotate a process decky's log at this many bytes (one old file kept).
         #[arg(long, value_name = "BYTES", default_value_t = decnet_agent::driver::process::DEFAULT_LOG_MAX)]
         decky_log_max: u64,
+        /// Put LAN deckies (config version 2, compose driver) on this
+        /// interface when the config names a parent this worker lacks or a
+        /// subnet it is not on; default: the default-route interface.
+        #[arg(long, value_name = "IFACE")]
+        decky_interface: Option<String>,
         /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
@@ -200,6 +205,7 @@ fn main() {
                 decky_ids,
                 decky_root,
                 decky_log_max,
+                decky_interface,
                 metrics,
             } => {
                 let heartbeat = master.map(|m| HeartbeatSpec {
@@ -233,6 +239,7 @@ fn main() {
                     },
                     decky_root,
                     decky_log_max,
+                    decky_interface,
                 };
                 serve(opts, forward, heartbeat, metrics).await
             }

@@ -118,6 +118,9 @@ pub struct Operation {
     pub started_at: i64,
     /// End (unix seconds), once finished.
     pub finished_at: Option<i64>,
+    /// How a LAN config was mapped onto this worker (deploys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocation: Option<crate::lan::Relocation>,
 }
 
 /// Everything the agent persists.
@@ -319,6 +322,7 @@ mod tests {
                 deckies: vec![],
                 started_at: 0,
                 finished_at: (i != 0).then_some(1),
+                relocation: None,
             });
         }
         assert_eq!(st.operations.len(), KEEP_OPERATIONS);

@@ -22,7 +22,7 @@ async fn every_route_admits_exactly_the_roles_it_should() {
     opts.grace = Duration::from_secs(1);
     let driver = Arc::new(ProcessDriver::new(opts, tx).unwrap());
     let store = StateStore::open(&dir.path().join("state")).unwrap();
-    let exec = Executor::start("w1".into(), "test".into(), driver, store, rx).unwrap();
+    let exec = Executor::start("w1".into(), "test".into(), driver, store, rx, None).unwrap();
     let own = HostName::new("w1").unwrap();
     let app = HttpService::new(
         router(exec),

@@ -405,6 +405,11 @@ pub enum SwarmCommand {
         /// Return once the agents accepted the deploy, without waiting.
         #[arg(long)]
         no_wait: bool,
+        /// Ask each agent what it would run (its compose file, the LAN
+        /// addresses and any relocalisation) without running anything;
+        /// prints JSON.
+        #[arg(long, conflicts_with = "no_wait")]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -602,10 +607,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             hosts,
             no_wait,
+            dry_run,
             json,
         }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
+            if dry_run {
+                let r =
+                    crate::fleet_ops::deploy_plan(&db, &home.ca_layout(), &config, &hosts).await;
+                db.close().await;
+                return partial(r?, "some agents refused the config");
+            }
             let r = crate::fleet_ops::deploy(
                 &db,
                 &home.ca_layout(),

@@ -105,6 +105,9 @@ pub struct HostDeploy {
     pub operation_id: Option<String>,
     /// Final decky states (when waited for).
     pub deckies: Vec<DeckyState>,
+    /// How the agent mapped a LAN config onto the host, if it had to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relocation: Option<serde_json::Value>,
     /// Why the host failed, if it did.
     pub error: Option<String>,
 }
@@ -120,6 +123,45 @@ impl HostDeploy {
     }
 }
 
+/// Read and parse a deployment config file (a usage error when it cannot be).
+fn read_config(config_path: &Path) -> anyhow::Result<serde_json::Value> {
+    let raw = std::fs::read(config_path)
+        .with_context(|| format!("reading the deployment config {}", config_path.display()))
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    Ok(serde_json::from_slice(&raw)
+        .map_err(|e| UsageError(format!("{} is not valid JSON: {e}", config_path.display())))?)
+}
+
+/// `decnet swarm deploy --dry-run`: each agent's plan (nothing runs);
+/// prints `[{host, plan} | {host, error}]`.
+pub async fn deploy_plan(
+    db: &FleetDb,
+    layout: &CaLayout,
+    config_path: &Path,
+    hosts: &[String],
+) -> anyhow::Result<bool> {
+    let config = read_config(config_path)?;
+    let master = master_bundle(layout)?;
+    let targets = select_hosts(db, hosts).await?;
+    let mut out = Vec::new();
+    let mut all_ok = true;
+    for h in targets {
+        let plan = match agent_client(&master, &h) {
+            Ok(c) => c.dry_run(&config).await,
+            Err(e) => Err(e),
+        };
+        match plan {
+            Ok(p) => out.push(serde_json::json!({ "host": h.name, "plan": p["rendered"] })),
+            Err(e) => {
+                all_ok = false;
+                out.push(serde_json::json!({ "host": h.name, "error": e.to_string() }));
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(all_ok)
+}
+
 /// `decnet swarm deploy`.
 pub async fn deploy(
     db: &FleetDb,
@@ -130,11 +172,7 @@ pub async fn deploy(
     wait: bool,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let raw = std::fs::read(config_path)
-        .with_context(|| format!("reading the deployment config {}", config_path.display()))
-        .map_err(|e| UsageError(format!("{e:#}")))?;
-    let config: serde_json::Value = serde_json::from_slice(&raw)
-        .map_err(|e| UsageError(format!("{} is not valid JSON: {e}", config_path.display())))?;
+    let config = read_config(config_path)?;
     let master = master_bundle(layout)?;
     let targets = select_hosts(db, hosts).await?;
     if targets.is_empty() {
@@ -165,6 +203,7 @@ pub async fn deploy(
                 host: h.name.clone(),
                 operation_id: None,
                 deckies: Vec::new(),
+                relocation: None,
                 error: None,
             };
             let client = match agent_client(&master, &h) {
@@ -193,16 +232,34 @@ pub async fn deploy(
             }
             let deadline = tokio::time::Instant::now() + DEPLOY_WAIT;
             let mut shown: BTreeMap<String, String> = BTreeMap::new();
+            let mut relocation_shown = false;
             loop {
                 match client.operation(&accepted.operation_id).await {
                     Ok(op) => {
+                        if let (Some(r), false, false) = (&op.relocation, json, relocation_shown) {
+                            relocation_shown = true;
+                            println!(
+                                "{:<16} LAN relocalised: {} {} -> {} {} (gateway {}): {}",
+                                h.name,
+                                r["from_parent"].as_str().unwrap_or("-"),
+                                r["from_subnet"].as_str().unwrap_or("?"),
+                                r["to_parent"].as_str().unwrap_or("-"),
+                                r["to_subnet"].as_str().unwrap_or("?"),
+                                r["to_gateway"].as_str().unwrap_or("?"),
+                                r["reason"].as_str().unwrap_or("")
+                            );
+                        }
                         for d in &op.deckies {
                             if !json && shown.get(&d.name) != Some(&d.state) {
                                 println!(
-                                    "{:<16} {:<20} {}{}",
+                                    "{:<16} {:<20} {}{}{}",
                                     h.name,
                                     d.name,
                                     d.state,
+                                    d.address
+                                        .as_deref()
+                                        .map(|a| format!(" at {a}"))
+                                        .unwrap_or_default(),
                                     d.error
                                         .as_deref()
                                         .map(|e| format!(": {e}"))
@@ -212,6 +269,7 @@ pub async fn deploy(
                             }
                         }
                         if op.done {
+                            out.relocation = op.relocation;
                             out.deckies = op.deckies;
                             return (out, None);
                         }
@@ -469,6 +527,7 @@ pub async fn status(
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 String::new(),
             ]),
             (Some(s), _) => {
@@ -477,6 +536,7 @@ pub async fn status(
                         r.host.clone(),
                         d.name.clone(),
                         d.state.clone(),
+                        d.address.clone().unwrap_or_else(|| "-".into()),
                         d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                         d.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
                         d.restarts.to_string(),
@@ -491,6 +551,7 @@ pub async fn status(
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
                 e.clone().unwrap_or_default(),
             ]),
         }
@@ -498,7 +559,9 @@ pub async fn status(
     print!(
         "{}",
         crate::table::render(
-            &["HOST", "DECKY", "STATE", "PID", "UID", "RESTARTS", "DETAIL"],
+            &[
+                "HOST", "DECKY", "STATE", "ADDRESS", "PID", "UID", "RESTARTS", "DETAIL"
+            ],
             rows
         )
     );

@@ -40,6 +40,12 @@ pub struct DeckyState {
     /// The uid it runs under (process driver).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
+    /// Its own address on the LAN (config version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The worker interface it sits on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     /// Restarts.
     #[serde(default)]
     pub restarts: u32,
@@ -74,6 +80,11 @@ pub struct OperationState {
     pub done: bool,
     /// Its deckies.
     pub deckies: Vec<DeckyState>,
+    /// How the agent mapped a LAN config onto its worker's network, if it
+    /// had to (`reason`, `from_parent`, `from_subnet`, `to_parent`,
+    /// `to_subnet`, `to_gateway`, `addresses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocation: Option<serde_json::Value>,
 }
 
 /// `/health` answer.

@@ -864,3 +864,82 @@ pub fn broken_release(dir: &Path) -> PathBuf {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir.to_path_buf()
 }
+
+/// Docker helpers of the tests that drive a real engine.
+pub mod docker {
+    use std::process::Command;
+
+    /// The test image: Debian's static busybox in a scratch image, built locally
+    /// (nothing can be pulled).
+    pub const BUSYBOX_IMAGE: &str = "decnet-e2e-busybox:local";
+
+    /// Whether a Docker engine answers.
+    pub fn available() -> bool {
+        Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Build [`BUSYBOX_IMAGE`] (quick when cached).
+    pub fn build_busybox_image() -> Result<(), String> {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .ok_or("busybox-static is not installed")?;
+        let ctx = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::fs::copy(busybox, ctx.path().join("busybox")).map_err(|e| e.to_string())?;
+        std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
+    )
+    .map_err(|e| e.to_string())?;
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", BUSYBOX_IMAGE])
+            .arg(ctx.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Removes a compose project's containers and networks on drop.
+    pub struct ProjectCleanup(pub String);
+
+    impl Drop for ProjectCleanup {
+        fn drop(&mut self) {
+            let ids = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=com.docker.compose.project={}", self.0),
+                ])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+            for net in ["default", "lan"] {
+                let _ = Command::new("docker")
+                    .args(["network", "rm", &format!("{}_{net}", self.0)])
+                    .output();
+            }
+        }
+    }
+}

@@ -9,72 +9,10 @@ use std::time::Duration;
 
 use decnet_e2e::{Agent, MasterHome, wait_for};
 
-const IMAGE: &str = "decnet-e2e-busybox:local";
-
-fn docker_available() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn build_image() -> Result<(), String> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .ok_or("busybox-static is not installed")?;
-    let ctx = tempfile::tempdir().map_err(|e| e.to_string())?;
-    std::fs::copy(busybox, ctx.path().join("busybox")).map_err(|e| e.to_string())?;
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", IMAGE])
-        .arg(ctx.path())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-struct ProjectCleanup(String);
-
-impl Drop for ProjectCleanup {
-    fn drop(&mut self) {
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.docker.compose.project={}", self.0),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &format!("{}_default", self.0)])
-            .output();
-    }
-}
+use decnet_e2e::docker::{
+    BUSYBOX_IMAGE as IMAGE, ProjectCleanup, available as docker_available,
+    build_busybox_image as build_image,
+};
 
 fn container_state(project: &str, service: &str) -> Option<String> {
     let out = Command::new("docker")

@@ -4,6 +4,11 @@
 //! local engine: `up -d <decky>` per decky, so one failing decky does not
 //! fail the others, `rm -s -f <decky>` to tear one down, and the engine's own
 //! view of the project's containers for status.
+//!
+//! Deckies placed on the LAN ([`crate::lan`]) join one project network,
+//! `<project>_lan`, of the placement's driver (macvlan, ipvlan L2 or bridge)
+//! at their own address (and MAC); compose creates it with the first such
+//! decky, and the last teardown removes it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -98,7 +103,7 @@ impl ComposeDriver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let doc = render_project(desired.values());
+        let doc = render_project(&self.project, desired.values());
         decnet_pki::secure_fs::ensure_private_dir(&self.dir)
             .map_err(|e| DriverError(format!("cannot create {}: {e}", self.dir.display())))?;
         let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| DriverError(e.to_string()))?;
@@ -108,6 +113,20 @@ impl ComposeDriver {
                 self.compose_file().display()
             ))
         })
+    }
+
+    /// Remove the project's LAN network (after its last decky left).
+    async fn remove_lan(&self) {
+        let name = lan_network_name(&self.project);
+        let mut cmd = Command::new("docker");
+        cmd.args(["network", "rm", &name])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match run(cmd, "docker network rm").await {
+            Ok(_) => tracing::info!(network = %name, "LAN network removed with its last decky"),
+            Err(e) if e.0.contains("No such network") || e.0.contains("not found") => {}
+            Err(e) => tracing::warn!(network = %name, error = %e, "cannot remove the LAN network"),
+        }
     }
 
     /// The engine's view of this project's containers, by decky name.
@@ -174,11 +193,56 @@ pub fn literal(s: &str) -> String {
     s.replace('$', "$$")
 }
 
-/// The compose document for a set of deckies.
-pub fn render_project<'a>(deckies: impl Iterator<Item = &'a DeckyConfig>) -> serde_json::Value {
+/// The key of the LAN network in the compose file.
+const LAN_KEY: &str = "decnet_lan";
+
+/// The Docker name of project `project`'s LAN network.
+pub fn lan_network_name(project: &str) -> String {
+    format!("{project}_lan")
+}
+
+/// The compose network of a LAN placement.
+fn render_lan(project: &str, net: &crate::lan::ResolvedNetwork) -> serde_json::Value {
+    let mut opts = serde_json::Map::new();
+    if let Some(p) = &net.parent {
+        opts.insert("parent".into(), serde_json::json!(literal(p)));
+    }
+    if net.mode == crate::lan::LanMode::Ipvlan {
+        opts.insert("ipvlan_mode".into(), serde_json::json!("l2"));
+    }
+    serde_json::json!({
+        "name": lan_network_name(project),
+        "driver": net.mode.driver(),
+        "driver_opts": opts,
+        "ipam": { "config": [ {
+            "subnet": net.subnet.to_string(),
+            "gateway": net.gateway.to_string(),
+        } ] },
+        "labels": { "decnet.lan": "true" },
+    })
+}
+
+/// The compose document for a set of deckies of project `project`.
+pub fn render_project<'a>(
+    project: &str,
+    deckies: impl Iterator<Item = &'a DeckyConfig>,
+) -> serde_json::Value {
     let mut services = serde_json::Map::new();
+    let mut lan = None;
     for d in deckies {
         let mut svc = serde_json::Map::new();
+        if let Some(p) = &d.lan {
+            let mut attach = serde_json::Map::new();
+            attach.insert(
+                "ipv4_address".into(),
+                serde_json::json!(p.address.to_string()),
+            );
+            svc.insert("networks".into(), serde_json::json!({ LAN_KEY: attach }));
+            if let Some(mac) = &p.mac {
+                svc.insert("mac_address".into(), serde_json::json!(mac));
+            }
+            lan.get_or_insert_with(|| render_lan(project, &p.network));
+        }
         svc.insert(
             "image".into(),
             serde_json::json!(literal(d.image.as_deref().unwrap_or_default())),
@@ -253,7 +317,10 @@ pub fn render_project<'a>(deckies: impl Iterator<Item = &'a DeckyConfig>) -> ser
         );
         services.insert(d.name.clone(), serde_json::Value::Object(svc));
     }
-    serde_json::json!({ "services": services })
+    match lan {
+        Some(net) => serde_json::json!({ "services": services, "networks": { LAN_KEY: net } }),
+        None => serde_json::json!({ "services": services }),
+    }
 }
 
 impl Driver for ComposeDriver {
@@ -301,11 +368,16 @@ impl Driver for ComposeDriver {
     fn stop<'a>(&'a self, name: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let result = self.compose(&["rm", "-s", "-f", name]).await;
-            self.desired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(name);
+            let lan_left = {
+                let mut desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+                let had_lan = desired.get(name).is_some_and(|d| d.lan.is_some());
+                desired.remove(name);
+                !had_lan || desired.values().any(|d| d.lan.is_some())
+            };
             self.write_file()?;
+            if result.is_ok() && !lan_left {
+                self.remove_lan().await;
+            }
             result.map(|_| ())
         })
     }
@@ -352,7 +424,7 @@ impl Driver for ComposeDriver {
             "driver": "compose",
             "project": self.project,
             "file": self.compose_file(),
-            "compose": render_project(config.deckies.iter()),
+            "compose": render_project(&self.project, config.deckies.iter()),
         }))
     }
 
@@ -380,7 +452,7 @@ mod tests {
             DriverKind::Compose,
         )
         .unwrap();
-        let doc = render_project(cfg.deckies.iter());
+        let doc = render_project("p", cfg.deckies.iter());
         let web = &doc["services"]["web"];
         assert_eq!(web["image"], "img:1");
         assert_eq!(web["command"], serde_json::json!(["httpd", "-f"]));
@@ -409,7 +481,7 @@ mod tests {
             DriverKind::Compose,
         )
         .unwrap();
-        let doc = render_project(cfg.deckies.iter());
+        let doc = render_project("p", cfg.deckies.iter());
         let web = &doc["services"]["web"];
         assert_eq!(web["cap_drop"], serde_json::json!(["ALL"]));
         assert!(web.get("cap_add").is_none());
@@ -448,5 +520,53 @@ mod tests {
         assert_eq!(ssh["mem_limit"], 64u64 << 20);
         assert_eq!(ssh["cpus"], 0.5);
         assert_eq!(ssh["pids_limit"], 32);
+    }
+
+    #[test]
+    fn lan_deckies_join_one_project_network_at_their_address() {
+        use crate::lan::{LanMode, LanPlacement, ResolvedNetwork};
+        let network = ResolvedNetwork {
+            mode: LanMode::Macvlan,
+            parent: Some("eth0".into()),
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            range: None,
+        };
+        let mut a = DeckyConfig {
+            name: "a".into(),
+            image: Some("i".into()),
+            ..DeckyConfig::default()
+        };
+        let plain = a.clone();
+        a.lan = Some(LanPlacement {
+            network: network.clone(),
+            address: "10.0.0.5".parse().unwrap(),
+            mac: Some("02:00:00:00:00:05".into()),
+        });
+        let doc = render_project("proj", [&a].into_iter());
+        let net = &doc["networks"]["decnet_lan"];
+        assert_eq!(net["name"], "proj_lan");
+        assert_eq!(net["driver"], "macvlan");
+        assert_eq!(net["driver_opts"]["parent"], "eth0");
+        assert_eq!(net["ipam"]["config"][0]["subnet"], "10.0.0.0/24");
+        assert_eq!(net["ipam"]["config"][0]["gateway"], "10.0.0.1");
+        let svc = &doc["services"]["a"];
+        assert_eq!(svc["networks"]["decnet_lan"]["ipv4_address"], "10.0.0.5");
+        assert_eq!(svc["mac_address"], "02:00:00:00:00:05");
+        // ipvlan is L2; deckies without a placement stay off the LAN.
+        let mut b = a.clone();
+        b.name = "b".into();
+        if let Some(l) = b.lan.as_mut() {
+            l.network.mode = LanMode::Ipvlan;
+            l.mac = None;
+        }
+        let doc = render_project("proj", [&b, &plain].into_iter());
+        assert_eq!(
+            doc["networks"]["decnet_lan"]["driver_opts"]["ipvlan_mode"],
+            "l2"
+        );
+        assert!(doc["services"]["a"].get("networks").is_none());
+        let doc = render_project("proj", [&plain].into_iter());
+        assert!(doc.get("networks").is_none());
     }
 }
