@@ -813,4 +813,17 @@ mod tests {
             assert_eq!(e.field, *field, "{json}: {e}");
         }
     }
+
+    #[test]
+    fn the_shipped_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for (file, driver) in [
+            ("deployment.json", DriverKind::Process),
+            ("deployment-compose.json", DriverKind::Compose),
+            ("deployment-lan.json", DriverKind::Compose),
+        ] {
+            let json = std::fs::read(dir.join(file)).unwrap();
+            DeploymentConfig::parse(&json, driver).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
 }
