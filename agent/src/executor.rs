@@ -84,6 +84,10 @@ pub struct StatusSnapshot {
     pub containment: serde_json::Value,
     /// Every decky, by name.
     pub deckies: Vec<DeckyStatus>,
+    /// The LAN the deckies are on (the network as set up on this worker)
+    /// and how the latest deploy's config was mapped onto it, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lan: Option<serde_json::Value>,
 }
 
 /// An operation as `/operations/{id}` reports it.
@@ -511,10 +515,29 @@ impl Executor {
 
     /// The current state of every decky, with what the driver observes.
     pub async fn snapshot(&self) -> StatusSnapshot {
-        let records = self.state.lock().await.deckies.clone();
+        let (records, lan) = {
+            let st = self.state.lock().await;
+            let network = st
+                .deckies
+                .values()
+                .filter(|r| r.phase != DeckyPhase::TornDown)
+                .find_map(|r| r.config.lan.as_ref().map(|l| l.network.clone()));
+            let lan = network.map(|n| {
+                let relocation = st
+                    .operations
+                    .iter()
+                    .rev()
+                    .find(|o| o.kind == OperationKind::Deploy && o.relocation.is_some())
+                    .and_then(|o| o.relocation.clone())
+                    .filter(|r| r.to_subnet == n.subnet && r.to_parent == n.parent);
+                serde_json::json!({ "network": n, "relocation": relocation })
+            });
+            (st.deckies.clone(), lan)
+        };
         let names: Vec<String> = records.keys().cloned().collect();
         let mut observed = self.driver.observe(&names).await;
         StatusSnapshot {
+            lan,
             host: self.host.clone(),
             version: self.version.clone(),
             driver: self.driver.kind(),

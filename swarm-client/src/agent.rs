@@ -69,6 +69,10 @@ pub struct AgentStatus {
     pub containment: Option<serde_json::Value>,
     /// Deckies.
     pub deckies: Vec<DeckyState>,
+    /// The LAN the deckies are on and how the config was mapped onto the
+    /// host (`network`, `relocation`); absent when no decky is on a LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<serde_json::Value>,
 }
 
 /// `/operations/{id}` answer.

@@ -338,6 +338,11 @@ fn a_config_for_another_interface_and_subnet_is_relocalised_onto_the_worker() {
     );
     let c_last: u8 = clash.rsplit('.').next().unwrap().parse().unwrap();
     assert!((64..96).contains(&c_last), "{clash}");
+    // Status shows the network and the mapping too.
+    let st = m.json(&["swarm", "status", "lan2", "--json"]);
+    let lan = &st[0]["status"]["lan"];
+    assert_eq!(lan["network"]["parent"], seg.parent.as_str(), "{st}");
+    assert_eq!(lan["relocation"]["from_subnet"], "10.0.0.0/24", "{st}");
     let answer = wait_for(Duration::from_secs(20), || seg.ask(&alpha));
     assert_eq!(answer.as_deref(), Some("hello-alpha"));
     let answer = wait_for(Duration::from_secs(20), || seg.ask(&clash));
