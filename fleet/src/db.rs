@@ -144,6 +144,15 @@ macro_rules! host_columns {
     };
 }
 
+/// The outcome of one contact with a host, for [`FleetDb::record_contacts`].
+#[derive(Clone, Debug)]
+pub struct Contact {
+    /// The host.
+    pub host: String,
+    /// `Ok((agent version, deployment state JSON))` or the error.
+    pub outcome: Result<(Option<String>, Option<String>), String>,
+}
+
 /// The fleet database: a connection pool plus the queries the master needs.
 #[derive(Clone, Debug)]
 pub struct FleetDb {
@@ -457,6 +466,46 @@ impl FleetDb {
         rows.iter()
             .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
             .collect()
+    }
+
+    /// Record the outcomes of many contacts (a fleet-wide probe) in one
+    /// transaction: per host `Ok((version, state))` or `Err(error)`.
+    pub async fn record_contacts(&self, contacts: &[Contact]) -> Result<(), DbError> {
+        let now = unix_now();
+        let mut tx = self.write_tx().await?;
+        for c in contacts {
+            match &c.outcome {
+                Ok((version, state)) => {
+                    sqlx::query(
+                        "UPDATE hosts SET status = $1, last_seen = $2, last_error = NULL, \
+                         agent_version = COALESCE($3, agent_version), state_json = COALESCE($4, state_json), \
+                         updated_at = $5 WHERE name = $6 AND status <> 'decommissioned'",
+                    )
+                    .bind(HostStatus::Active.as_str())
+                    .bind(now)
+                    .bind(version.as_deref())
+                    .bind(state.as_deref())
+                    .bind(now)
+                    .bind(&c.host)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Err(error) => {
+                    sqlx::query(
+                        "UPDATE hosts SET status = $1, last_error = $2, updated_at = $3 \
+                         WHERE name = $4 AND status <> 'decommissioned'",
+                    )
+                    .bind(HostStatus::Unreachable.as_str())
+                    .bind(error)
+                    .bind(now)
+                    .bind(&c.host)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Record the outcome of a contact with a host (probe or heartbeat).

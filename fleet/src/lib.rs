@@ -20,7 +20,7 @@ pub mod monitor;
 pub mod renewal;
 pub mod revocation;
 
-pub use db::{Backend, DbError, FleetDb, default_url, unix_now};
+pub use db::{Backend, Contact, DbError, FleetDb, default_url, unix_now};
 pub use model::{
     AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateKind,
     UpdateOutcome, UpdateRecord,

@@ -70,6 +70,34 @@ async fn exercise(db: FleetDb) {
     let h = db.host("w1").await.unwrap().unwrap();
     assert_eq!(h.status, HostStatus::Unreachable);
     assert_eq!(h.last_error.as_deref(), Some("connection refused"));
+    // A fleet-wide probe records every outcome in one transaction.
+    db.record_contacts(&[
+        decnet_fleet::Contact {
+            host: "w1".into(),
+            outcome: Ok((Some("1.2.4".into()), Some("[1]".into()))),
+        },
+        decnet_fleet::Contact {
+            host: "ghost".into(),
+            outcome: Err("no such host is harmless".into()),
+        },
+    ])
+    .await
+    .unwrap();
+    let h = db.host("w1").await.unwrap().unwrap();
+    assert_eq!(h.status, HostStatus::Active);
+    assert_eq!(h.agent_version.as_deref(), Some("1.2.4"));
+    assert_eq!(h.state_json.as_deref(), Some("[1]"));
+    assert!(h.last_error.is_none());
+    db.record_contacts(&[decnet_fleet::Contact {
+        host: "w1".into(),
+        outcome: Err("timed out".into()),
+    }])
+    .await
+    .unwrap();
+    let h = db.host("w1").await.unwrap().unwrap();
+    assert_eq!(h.status, HostStatus::Unreachable);
+    assert_eq!(h.last_error.as_deref(), Some("timed out"));
+    assert_eq!(h.agent_version.as_deref(), Some("1.2.4"), "kept on failure");
     assert!(
         db.update_endpoint("w1", Some("10.9.9.9"), Some(9000), None)
             .await

@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use decnet_fleet::enrollment::{self, EnrollRequest};
 use decnet_fleet::{AuditOutcome, CertRecord, CertRole, RenewPolicy, unix_now};
@@ -410,6 +411,9 @@ pub enum SwarmCommand {
         /// prints JSON.
         #[arg(long, conflicts_with = "no_wait")]
         dry_run: bool,
+        /// Hosts talked to at once.
+        #[arg(long, default_value_t = crate::fleet_ops::DEFAULT_PARALLEL, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+        max_parallel: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -435,6 +439,9 @@ pub enum SwarmCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Hosts talked to at once.
+        #[arg(long, default_value_t = crate::fleet_ops::DEFAULT_PARALLEL, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+        max_parallel: usize,
     },
     /// Report what needs attention: expiring certificates, silent hosts,
     /// clock skew (from heartbeats), and, by dialing every host, pin
@@ -455,6 +462,9 @@ pub enum SwarmCommand {
         /// Do not dial the hosts (database checks only; no pin check).
         #[arg(long)]
         no_probe: bool,
+        /// Hosts talked to at once.
+        #[arg(long, default_value_t = crate::fleet_ops::DEFAULT_PARALLEL, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+        max_parallel: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -467,6 +477,9 @@ pub enum SwarmCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Hosts talked to at once.
+        #[arg(long, default_value_t = crate::fleet_ops::DEFAULT_PARALLEL, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+        max_parallel: usize,
     },
     /// Push a release to hosts' updaters: canaries first, bounded
     /// parallelism, halt at the first failure.
@@ -608,6 +621,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             hosts,
             no_wait,
             dry_run,
+            max_parallel,
             json,
         }) => {
             let home = resolve(ca.ca_dir);
@@ -626,6 +640,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &hosts,
                 !no_wait,
                 json,
+                max_parallel,
             )
             .await;
             db.close().await;
@@ -684,10 +699,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             r
         }
-        Command::Swarm(SwarmCommand::Status { ca, host, json }) => {
+        Command::Swarm(SwarmCommand::Status {
+            ca,
+            host,
+            json,
+            max_parallel,
+        }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
-            let r = crate::fleet_ops::status(&db, &home.ca_layout(), host.as_deref(), json).await;
+            let r = crate::fleet_ops::status(
+                &db,
+                &home.ca_layout(),
+                host.as_deref(),
+                json,
+                max_parallel,
+            )
+            .await;
             db.close().await;
             partial(r?, "some hosts did not answer")
         }
@@ -697,6 +724,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             silent_after,
             max_skew,
             no_probe,
+            max_parallel,
             json,
         }) => {
             let policy = crate::doctor::DoctorPolicy {
@@ -715,7 +743,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_skew_ms: parse_duration("--max-skew", &max_skew, std::time::Duration::ZERO)?
                     .as_millis() as i64,
             };
-            let code = crate::doctor::run(&resolve(ca.ca_dir), &policy, !no_probe, json).await?;
+            let code = crate::doctor::run(
+                &resolve(ca.ca_dir),
+                &policy,
+                (!no_probe).then_some(max_parallel),
+                json,
+            )
+            .await?;
             match code {
                 0 => Ok(()),
                 1 => Err(crate::usage::ExitWith {
@@ -730,10 +764,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into()),
             }
         }
-        Command::Swarm(SwarmCommand::Check { ca, json }) => {
+        Command::Swarm(SwarmCommand::Check {
+            ca,
+            json,
+            max_parallel,
+        }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
-            let r = crate::fleet_ops::check(&db, &home.ca_layout(), json).await;
+            let r = crate::fleet_ops::check(&db, &home.ca_layout(), json, max_parallel).await;
             db.close().await;
             partial(r?, "some hosts did not answer")
         }

@@ -381,7 +381,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         "release v1 did not install everywhere"
     );
     ensure!(
-        crate::fleet_ops::check(&db, &layout, false).await?,
+        crate::fleet_ops::check(&db, &layout, false, crate::fleet_ops::DEFAULT_PARALLEL).await?,
         "not every agent answers after v1"
     );
     ok("every worker runs release v1; every agent answers over mTLS");
@@ -401,11 +401,28 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         }))?,
     )?;
     ensure!(
-        crate::fleet_ops::deploy(&db, &layout, actor, &config, &[], true, false).await?,
+        crate::fleet_ops::deploy(
+            &db,
+            &layout,
+            actor,
+            &config,
+            &[],
+            true,
+            false,
+            crate::fleet_ops::DEFAULT_PARALLEL
+        )
+        .await?,
         "the deploy did not succeed everywhere"
     );
     ensure!(
-        crate::fleet_ops::status(&db, &layout, None, false).await?,
+        crate::fleet_ops::status(
+            &db,
+            &layout,
+            None,
+            false,
+            crate::fleet_ops::DEFAULT_PARALLEL
+        )
+        .await?,
         "status failed"
     );
     ok("ssh-trap runs on every worker");
@@ -451,7 +468,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         "the rollout did not halt after the canary failed"
     );
     ensure!(
-        crate::fleet_ops::check(&db, &layout, false).await?,
+        crate::fleet_ops::check(&db, &layout, false, crate::fleet_ops::DEFAULT_PARALLEL).await?,
         "an agent does not answer after the revert"
     );
     let master = crate::fleet_ops::master_bundle(&layout)?;

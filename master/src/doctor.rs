@@ -202,7 +202,8 @@ pub fn probe_finding(host: &str, role: &str, e: &ClientError) -> Finding {
 
 /// Dial every live host's agent (and updater, when it has one) and report
 /// those that do not present their recorded certificate, or do not answer.
-pub async fn probe(master: &Bundle, hosts: &[HostRecord]) -> Vec<Finding> {
+pub async fn probe(master: &Bundle, hosts: &[HostRecord], parallel: usize) -> Vec<Finding> {
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
     for h in hosts
         .iter()
@@ -210,7 +211,9 @@ pub async fn probe(master: &Bundle, hosts: &[HostRecord]) -> Vec<Finding> {
         .cloned()
     {
         let master = master.clone();
+        let limit = limit.clone();
         set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
             let mut found = Vec::new();
             match crate::fleet_ops::agent_client(&master, &h) {
                 Ok(c) => {
@@ -242,14 +245,15 @@ pub async fn probe(master: &Bundle, hosts: &[HostRecord]) -> Vec<Finding> {
     out
 }
 
-/// Run the doctor for `home`: gather the facts, probe (unless `probe` is
-/// false), print, and return the verdict's exit code.
+/// Run the doctor for `home`: gather the facts, probe `parallel` hosts at
+/// a time (`None`: no probing), print, and return the verdict's exit code.
 pub async fn run(
     home: &crate::home::MasterHome,
     policy: &DoctorPolicy,
-    probe_hosts: bool,
+    parallel: Option<usize>,
     json: bool,
 ) -> anyhow::Result<i32> {
+    let probe_hosts = parallel.is_some();
     let layout = home.ca_layout();
     let ca = crate::usage::load_ca(&layout)?;
     let master = crate::fleet_ops::master_bundle(&layout)?;
@@ -266,8 +270,8 @@ pub async fn run(
         expiry,
     };
     let mut findings = examine(&facts, policy);
-    if probe_hosts {
-        findings.extend(probe(&master, &facts.hosts).await);
+    if let Some(parallel) = parallel {
+        findings.extend(probe(&master, &facts.hosts, parallel).await);
         findings.sort_by(|a, b| {
             b.severity
                 .cmp(&a.severity)

@@ -3,7 +3,9 @@
 //! unreachable host is a row in the table, never a stack trace).
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -171,6 +173,7 @@ pub async fn deploy(
     hosts: &[String],
     wait: bool,
     json: bool,
+    parallel: usize,
 ) -> anyhow::Result<bool> {
     let config = read_config(config_path)?;
     let master = master_bundle(layout)?;
@@ -194,10 +197,13 @@ pub async fn deploy(
     } else {
         format!(" allow_root=[{}]", root_deckies.join(","))
     };
+    // Requests in flight at once (a host waiting for its deckies holds none).
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
     for h in targets {
         let master = master.clone();
         let config = config.clone();
+        let limit = limit.clone();
         set.spawn(async move {
             let mut out = HostDeploy {
                 host: h.name.clone(),
@@ -213,7 +219,10 @@ pub async fn deploy(
                     return (out, None);
                 }
             };
-            let accepted = match client.deploy(&config).await {
+            let permit = limit.acquire().await;
+            let accepted = client.deploy(&config).await;
+            drop(permit);
+            let accepted = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     out.error = Some(e.to_string());
@@ -234,7 +243,10 @@ pub async fn deploy(
             let mut shown: BTreeMap<String, String> = BTreeMap::new();
             let mut relocation_shown = false;
             loop {
-                match client.operation(&accepted.operation_id).await {
+                let permit = limit.acquire().await;
+                let polled = client.operation(&accepted.operation_id).await;
+                drop(permit);
+                match polled {
                     Ok(op) => {
                         if let (Some(r), false, false) = (&op.relocation, json, relocation_shown) {
                             relocation_shown = true;
@@ -423,16 +435,60 @@ pub struct HostReport {
     pub updated_at: Option<i64>,
 }
 
+/// How many hosts a fleet-wide command talks to at once by default
+/// (`--max-parallel`): enough to keep a large fleet quick, few enough to
+/// stay far from the open-file limit and not to storm the CPU with
+/// handshakes.
+pub const DEFAULT_PARALLEL: usize = 64;
+
+/// A progress line on stderr for long fleet-wide commands (on a terminal
+/// only, at most every 10 %).
+struct Progress {
+    total: usize,
+    done: usize,
+    shown_at: usize,
+    what: &'static str,
+    on: bool,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: usize) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            shown_at: 0,
+            what,
+            on: total >= 50 && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.done += 1;
+        if self.on && (self.done - self.shown_at) * 10 >= self.total {
+            self.shown_at = self.done;
+            eprint!("\r{} {}/{}", self.what, self.done, self.total);
+            if self.done == self.total {
+                eprintln!();
+            }
+        }
+    }
+}
+
 async fn probe_all(
     db: &FleetDb,
     master: &Bundle,
     hosts: Vec<HostRecord>,
     full: bool,
+    parallel: usize,
 ) -> Vec<HostReport> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut progress = Progress::new(if full { "status" } else { "checked" }, hosts.len());
     let mut set = JoinSet::new();
     for h in hosts {
         let master = master.clone();
+        let limit = limit.clone();
         set.spawn(async move {
+            let _permit = limit.acquire_owned().await;
             let client = match agent_client(&master, &h) {
                 Ok(c) => c,
                 Err(e) => return (h.name.clone(), Err(e)),
@@ -446,14 +502,19 @@ async fn probe_all(
         });
     }
     let mut reports = Vec::new();
+    let mut contacts = Vec::new();
     while let Some(joined) = set.join_next().await {
+        progress.tick();
         let Ok((host, r)) = joined else { continue };
         match r {
             Ok((version, status)) => {
                 let state = status
                     .as_ref()
                     .and_then(|s| serde_json::to_string(&s.deckies).ok());
-                record(db, &host, Ok((Some(&version), state.as_deref()))).await;
+                contacts.push(decnet_fleet::Contact {
+                    host: host.clone(),
+                    outcome: Ok((Some(version.clone()), state)),
+                });
                 reports.push(HostReport {
                     host,
                     reachable: true,
@@ -464,7 +525,13 @@ async fn probe_all(
                 });
             }
             Err(e) => {
-                record(db, &host, Err(&e)).await;
+                // Unreachable, or answered with an error or the wrong
+                // certificate: either way not healthy; the error is kept
+                // for `swarm show`.
+                contacts.push(decnet_fleet::Contact {
+                    host: host.clone(),
+                    outcome: Err(e.to_string()),
+                });
                 reports.push(HostReport {
                     host,
                     reachable: false,
@@ -475,6 +542,10 @@ async fn probe_all(
                 });
             }
         }
+    }
+    // One transaction for the whole fleet, not one per host.
+    if let Err(e) = db.record_contacts(&contacts).await {
+        eprintln!("warning: cannot record the contacts with the hosts: {e}");
     }
     reports.sort_by(|a, b| a.host.cmp(&b.host));
     if let Ok(records) = db.hosts().await {
@@ -507,11 +578,12 @@ pub async fn status(
     layout: &CaLayout,
     host: Option<&str>,
     json: bool,
+    parallel: usize,
 ) -> anyhow::Result<bool> {
     let master = master_bundle(layout)?;
     let names: Vec<String> = host.map(|h| vec![h.to_string()]).unwrap_or_default();
     let hosts = select_hosts(db, &names).await?;
-    let reports = probe_all(db, &master, hosts, true).await;
+    let reports = probe_all(db, &master, hosts, true, parallel).await;
     let all_ok = reports.iter().all(|r| r.reachable);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -569,10 +641,15 @@ pub async fn status(
 }
 
 /// `decnet swarm check`: probe every host's agent concurrently.
-pub async fn check(db: &FleetDb, layout: &CaLayout, json: bool) -> anyhow::Result<bool> {
+pub async fn check(
+    db: &FleetDb,
+    layout: &CaLayout,
+    json: bool,
+    parallel: usize,
+) -> anyhow::Result<bool> {
     let master = master_bundle(layout)?;
     let hosts = select_hosts(db, &[]).await?;
-    let reports = probe_all(db, &master, hosts, false).await;
+    let reports = probe_all(db, &master, hosts, false, parallel).await;
     let all_ok = reports.iter().all(|r| r.reachable);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

@@ -404,6 +404,13 @@ fn check_reports_unreachable_hosts_and_records_them() {
         .unwrap()
         .port();
     m.set_agent_port("down", port);
+    // One host at a time: the same answers (the bound only paces them).
+    let out = m.run(&["swarm", "check", "--json", "--max-parallel", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let paced: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(paced.as_array().map(Vec::len), Some(2));
+    let out = m.run(&["swarm", "check", "--max-parallel", "0"]);
+    assert_eq!(out.status.code(), Some(2), "a bound of 0 is a usage error");
     let out = m.run(&["swarm", "check", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
