@@ -638,9 +638,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &cli_actor(),
                 &config,
                 &hosts,
-                !no_wait,
-                json,
-                max_parallel,
+                crate::fleet_ops::DeployOptions {
+                    wait: !no_wait,
+                    json,
+                    parallel: max_parallel,
+                },
             )
             .await;
             db.close().await;

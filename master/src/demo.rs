@@ -407,9 +407,11 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             actor,
             &config,
             &[],
-            true,
-            false,
-            crate::fleet_ops::DEFAULT_PARALLEL
+            crate::fleet_ops::DeployOptions {
+                wait: true,
+                json: false,
+                parallel: crate::fleet_ops::DEFAULT_PARALLEL,
+            },
         )
         .await?,
         "the deploy did not succeed everywhere"

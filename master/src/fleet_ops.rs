@@ -164,6 +164,17 @@ pub async fn deploy_plan(
     Ok(all_ok)
 }
 
+/// How `swarm deploy` runs.
+#[derive(Clone, Copy, Debug)]
+pub struct DeployOptions {
+    /// Wait for the deckies to start (`--no-wait` clears it).
+    pub wait: bool,
+    /// Print JSON.
+    pub json: bool,
+    /// Requests in flight at once (`--max-parallel`).
+    pub parallel: usize,
+}
+
 /// `decnet swarm deploy`.
 pub async fn deploy(
     db: &FleetDb,
@@ -171,10 +182,13 @@ pub async fn deploy(
     actor: &str,
     config_path: &Path,
     hosts: &[String],
-    wait: bool,
-    json: bool,
-    parallel: usize,
+    how: DeployOptions,
 ) -> anyhow::Result<bool> {
+    let DeployOptions {
+        wait,
+        json,
+        parallel,
+    } = how;
     let config = read_config(config_path)?;
     let master = master_bundle(layout)?;
     let targets = select_hosts(db, hosts).await?;
