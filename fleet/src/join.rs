@@ -16,7 +16,7 @@ use decnet_pki::signing::{constant_time_eq, sha256_hex};
 use decnet_pki::{CertificateAuthority, HostName, LeafSpec, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{FleetDb, insert_certificate, revoke_all_but, unix_now};
+use crate::db::{DbError, FleetDb, insert_certificate, revoke_all_but, unix_now};
 use crate::model::{
     AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken,
 };
@@ -294,6 +294,39 @@ pub async fn join(
         ca_pem: ca.cert_pem().to_string(),
         fingerprint: fp,
     })
+}
+
+impl FleetDb {
+    /// Count one join attempt from `source` in the current minute and
+    /// return how many that minute has seen, across every master process
+    /// on this database.
+    pub async fn count_join_attempt(&self, source: &str) -> Result<u64, DbError> {
+        use sqlx::Row;
+        let window = unix_now() / 60 * 60;
+        let n: i64 = sqlx::query(
+            "INSERT INTO join_attempts (source, window_start, attempts) VALUES ($1, $2, 1) \
+             ON CONFLICT (source, window_start) DO UPDATE SET attempts = join_attempts.attempts + 1 \
+             RETURNING attempts",
+        )
+        .bind(source)
+        .bind(window)
+        .fetch_one(self.pool())
+        .await?
+        .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Forget join-attempt windows older than the previous minute.
+    pub async fn prune_join_attempts(&self) -> Result<u64, DbError> {
+        let cutoff = unix_now() / 60 * 60 - 60;
+        Ok(
+            sqlx::query("DELETE FROM join_attempts WHERE window_start < $1")
+                .bind(cutoff)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -183,16 +183,45 @@ pub fn router(state: Arc<ControlState>) -> Router {
         .with_state(state)
 }
 
+/// The join rate limit: this process's own limiter first (it keeps a flood
+/// off the database), then the per-minute count every master on the
+/// database shares, so the limit holds however many masters there are.
+async fn join_allowed(st: &ControlState, ip: IpAddr) -> Result<(), Response> {
+    let limited = || {
+        crate::metrics::master_metrics().join("rate_limited");
+        json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many join attempts from this address; wait a minute",
+        )
+    };
+    if !st.joins.allow(ip) {
+        return Err(limited());
+    }
+    match st
+        .db
+        .count_join_attempt(&SourceKey::of(ip).to_string())
+        .await
+    {
+        Ok(n) if n > u64::from(JOINS_PER_MINUTE) => Err(limited()),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot count a join attempt");
+            Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "fleet database unavailable",
+            ))
+        }
+    }
+}
+
 async fn join_ca(
     State(st): State<Arc<ControlState>>,
     ConnectInfo(peer): ConnectInfo<TlsPeer>,
 ) -> Response {
-    if !st.joins.allow(peer.remote.ip()) {
-        return json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many join attempts from this address; wait a minute",
-        );
+    if let Err(r) = join_allowed(&st, peer.remote.ip()).await {
+        return r;
     }
     Json(serde_json::json!({ "ca_pem": st.ca.cert_pem() })).into_response()
 }
@@ -203,13 +232,8 @@ async fn join(
     body: axum::body::Bytes,
 ) -> Response {
     let ip = peer.remote.ip();
-    if !st.joins.allow(ip) {
-        crate::metrics::master_metrics().join("rate_limited");
-        return json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many join attempts from this address; wait a minute",
-        );
+    if let Err(r) = join_allowed(&st, ip).await {
+        return r;
     }
     let req: JoinRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -147,8 +147,15 @@ async fn housekeeping(
     material: MaterialSource,
     master_dir: std::path::PathBuf,
 ) {
+    let mut round: u64 = 0;
     loop {
         tokio::time::sleep(HOUSEKEEPING).await;
+        round += 1;
+        if round.is_multiple_of(30)
+            && let Err(e) = db.prune_join_attempts().await
+        {
+            tracing::warn!(error = %e, "cannot prune old join attempts");
+        }
         match db.retire_due().await {
             Ok(r) if !r.is_empty() => {
                 tracing::info!(count = r.len(), "replaced certificates retired (revoked)")

@@ -59,13 +59,22 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct MasterHome {
     /// The temp dir (removed on drop).
     pub dir: tempfile::TempDir,
+    /// The fleet database URL every command gets (`None`: the home's
+    /// SQLite file).
+    pub database_url: Option<String>,
 }
 
 impl MasterHome {
     /// A fresh home with `decnet ca init` done.
     pub fn new() -> MasterHome {
+        Self::with_database(None)
+    }
+
+    /// A fresh home whose fleet database is `url` (e.g. PostgreSQL).
+    pub fn with_database(url: Option<String>) -> MasterHome {
         let h = MasterHome {
             dir: tempfile::tempdir().expect("tempdir"),
+            database_url: url,
         };
         h.ok(&["ca", "init"]);
         h
@@ -93,14 +102,16 @@ impl MasterHome {
 
     /// Run `decnet ARGS`.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(bin("decnet"))
-            .args(args)
+        let mut cmd = Command::new(bin("decnet"));
+        cmd.args(args)
             .env("DECNET_HOME", self.home())
             .env_remove("DECNET_DATABASE_URL")
             .env_remove("DECNET_CA_DIR")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run decnet")
+            .stdin(Stdio::null());
+        if let Some(url) = &self.database_url {
+            cmd.env("DECNET_DATABASE_URL", url);
+        }
+        cmd.output().expect("run decnet")
     }
 
     /// Run `decnet ARGS`, asserting success; returns stdout.
