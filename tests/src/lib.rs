@@ -100,6 +100,30 @@ impl MasterHome {
         self.agent_bundle_dir(host).join("updater")
     }
 
+    /// `decnet master serve` on 127.0.0.1, port 0, against this home (and
+    /// its database), with `extra` arguments (e.g. `--no-listener`); waits
+    /// for the control API's address. Its log: `master-<random>.log`.
+    pub fn serve(&self, extra: &[&str]) -> Daemon {
+        let mut cmd = Command::new(bin("decnet"));
+        cmd.args(["master", "serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(extra)
+            .env("DECNET_HOME", self.home())
+            .env(
+                "DECNET_LOG",
+                std::env::var("DECNET_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("DECNET_DATABASE_URL");
+        if let Some(url) = &self.database_url {
+            cmd.env("DECNET_DATABASE_URL", url);
+        }
+        Daemon::start(
+            cmd,
+            self.dir
+                .path()
+                .join(format!("master-{}.log", decnet_pki::random_hex(3))),
+        )
+    }
+
     /// Run `decnet ARGS`.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(bin("decnet"));
@@ -952,5 +976,41 @@ pub mod docker {
                     .output();
             }
         }
+    }
+}
+
+/// Figures of a process from `/proc`, for the benchmarks.
+pub mod procstat {
+    fn stat_fields(pid: &str) -> Vec<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name (which may contain spaces).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        rest.split_whitespace()
+            .map(|v| v.parse::<f64>().unwrap_or(0.0))
+            .collect()
+    }
+
+    /// CPU seconds (user + system) process `pid` has used.
+    pub fn cpu_seconds(pid: u32) -> f64 {
+        let f = stat_fields(&pid.to_string());
+        // utime, stime: fields 14 and 15 (1-based), 11 and 12 after ')'.
+        (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+    }
+
+    /// CPU seconds used by this process's reaped children.
+    pub fn children_cpu_seconds() -> f64 {
+        let f = stat_fields("self");
+        // cutime, cstime: fields 16 and 17 (1-based), 13 and 14 after ')'.
+        (f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0)) / 100.0
+    }
+
+    /// Resident memory of process `pid` (`"self"` for this one), KiB.
+    pub fn rss_kib(pid: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
     }
 }

@@ -8,12 +8,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use decnet_e2e::{
-    Agent, Daemon, MasterHome, UpdaterFixture, append_lines, bin, free_port, good_release,
-    metric_value, mtls_client, scrape_metrics, wait_for, wait_metric,
+    Agent, Daemon, MasterHome, UpdaterFixture, append_lines, free_port, good_release, metric_value,
+    mtls_client, scrape_metrics, wait_for, wait_metric,
 };
 
 fn must(body: &str, series: &str) -> f64 {
@@ -21,18 +20,12 @@ fn must(body: &str, series: &str) -> f64 {
 }
 
 fn start_master(m: &MasterHome, listener_port: u16, metrics: SocketAddr) -> Daemon {
-    let mut cmd = Command::new(bin("decnet"));
-    cmd.args(["master", "serve", "--host", "127.0.0.1", "--port", "0"])
-        .args(["--listener-port", &listener_port.to_string()])
-        .args(["--metrics-addr", &metrics.to_string()])
-        .env("DECNET_HOME", m.home())
-        .env("DECNET_LOG", "info");
-    Daemon::start(
-        cmd,
-        m.dir
-            .path()
-            .join(format!("master-{}.log", decnet_pki::random_hex(3))),
-    )
+    m.serve(&[
+        "--listener-port",
+        &listener_port.to_string(),
+        "--metrics-addr",
+        &metrics.to_string(),
+    ])
 }
 
 fn loopback(port: u16) -> SocketAddr {

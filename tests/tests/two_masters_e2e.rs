@@ -40,23 +40,6 @@ fn fresh_database() -> Option<String> {
     Some(format!("{base}/{name}{query}"))
 }
 
-fn master(m: &MasterHome, db: &str, tag: &str) -> Daemon {
-    let mut cmd = Command::new(bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-listener",
-    ])
-    .args(["--database-url", db])
-    .env("DECNET_HOME", m.home())
-    .env("DECNET_LOG", "info");
-    Daemon::start(cmd, m.dir.path().join(format!("master-{tag}.log")))
-}
-
 fn join(master: &Daemon, token: &str, dir: &Path) -> std::process::Output {
     Command::new(bin("decnet-agent"))
         .args([
@@ -80,8 +63,8 @@ fn two_masters_on_one_postgresql_share_the_fleet() {
     let m = MasterHome::with_database(Some(db.clone()));
     let pg = |args: &[&str]| -> String { m.ok(args) };
     pg(&["swarm", "enroll", "--host", "w1", "--address", "127.0.0.1"]);
-    let a = master(&m, &db, "a");
-    let mut b = master(&m, &db, "b");
+    let a = m.serve(&["--no-listener"]);
+    let mut b = m.serve(&["--no-listener"]);
 
     // A token created once is spent once, whichever master takes it.
     let token = pg(&[

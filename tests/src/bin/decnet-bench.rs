@@ -25,33 +25,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use decnet_e2e::{Agent, MasterHome};
+use decnet_e2e::{Agent, MasterHome, procstat};
 use decnet_pki::{BundleKind, ExpectedServer, Role};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::HandshakeKind;
 use rustls::client::Resumption;
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based); here 0-based after ')': 11, 12.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 #[derive(Default)]
 struct Counts {
@@ -105,7 +85,7 @@ async fn run(
     agent_pid: u32,
 ) -> (f64, f64, Arc<Counts>) {
     let counts = Arc::new(Counts::default());
-    let cpu0 = cpu_seconds(agent_pid);
+    let cpu0 = procstat::cpu_seconds(agent_pid);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -134,7 +114,7 @@ async fn run(
         let _ = t.await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(agent_pid) - cpu0;
+    let cpu = procstat::cpu_seconds(agent_pid) - cpu0;
     let ok = counts.ok.load(Ordering::Relaxed).max(1) as f64;
     (ok / secs, cpu * 1000.0 / ok, counts)
 }
@@ -163,7 +143,7 @@ async fn main() {
     let agent = Agent::start(&m, "w1", &m.dir.path().join("w1-state"), &[]);
     let pid = agent.daemon.child.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_kib(pid).unwrap_or(0);
+    let idle = procstat::rss_kib(&pid.to_string()).unwrap_or(0);
     let bundle = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
     let expected = ExpectedServer::role(Role::from_cn("w1").unwrap());
     let config = |resume: bool| {
@@ -192,7 +172,7 @@ async fn main() {
     );
     println!(
         "agent RSS after the load: {:.1} MiB",
-        rss_kib(pid).unwrap_or(0) as f64 / 1024.0
+        procstat::rss_kib(&pid.to_string()).unwrap_or(0) as f64 / 1024.0
     );
     drop(agent);
 }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::extract::Path;
 use axum::routing::{get, post};
-use decnet_e2e::MasterHome;
+use decnet_e2e::{MasterHome, procstat};
 use decnet_fleet::{CertRecord, CertRole, FleetDb, HostRecord};
 use decnet_pki::{Bundle, BundleKind, ClientAuth, HostName, LeafSpec, MaterialSource, Role};
 use decnet_server::{HttpLimits, HttpService, RoleSet, Server, ServerLimits, Transport};
@@ -89,22 +89,16 @@ fn raise_open_files() {
     let _ = setrlimit(Resource::Nofile, l);
 }
 
-/// CPU seconds used by this process's reaped children (the `decnet` runs).
-fn children_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // cutime and cstime are fields 16 and 17 (1-based); 13 and 14 after ')'.
-    (ticks(13) + ticks(14)) / 100.0
-}
-
 /// Run `decnet ARGS`: wall seconds, the command's CPU seconds, its output.
 fn run_timed(m: &MasterHome, args: &[&str]) -> (f64, f64, std::process::Output) {
-    let cpu = children_cpu();
+    let cpu = procstat::children_cpu_seconds();
     let t = Instant::now();
     let out = m.run(args);
-    (t.elapsed().as_secs_f64(), children_cpu() - cpu, out)
+    (
+        t.elapsed().as_secs_f64(),
+        procstat::children_cpu_seconds() - cpu,
+        out,
+    )
 }
 
 fn main() {
@@ -220,14 +214,7 @@ fn main() {
             );
         }
     }
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let rss = procstat::rss_kib("self").unwrap_or(0);
     println!(
         "simulator RSS {} MiB ({:.1} KiB per simulated agent)",
         rss / 1024,

@@ -16,35 +16,17 @@
 //! master checks certificates, not keys' uniqueness).
 //!
 //! Run: `cargo run --release -p decnet-e2e --bin decnet-heartbeat-bench -- [HOSTS] [SECONDS] [INTERVAL_MS]`
-//! (with `DECNET_DATABASE_URL=postgres://…` the master uses PostgreSQL).
+//! (with `DECNET_DATABASE_URL=postgres://…` the master uses PostgreSQL;
+//! `DECNET_LOG=warn` keeps its log small).
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use decnet_e2e::{Daemon, MasterHome, bin};
+use decnet_e2e::{MasterHome, procstat};
 use decnet_fleet::{CertRecord, CertRole, FleetDb, HostRecord};
 use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, MaterialSource, Role};
 use decnet_swarm_client::master_link::MasterLink;
-
-fn proc_field(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 fn arg(i: usize, default: u64) -> u64 {
     std::env::args()
@@ -101,24 +83,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let mut cmd = Command::new(bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-listener",
-        "--unreachable-after",
-        "600",
-    ])
-    .env("DECNET_HOME", m.home())
-    .env("DECNET_LOG", "warn");
-    if let Some(u) = &m.database_url {
-        cmd.env("DECNET_DATABASE_URL", u);
-    }
-    let master = Daemon::start(cmd, m.dir.path().join("master.log"));
+    let master = m.serve(&["--no-listener", "--unreachable-after", "600"]);
     let pid = master.child.id();
     let addr = master.addr.to_string();
 
@@ -180,13 +145,13 @@ fn main() {
         }
         tokio::time::sleep(interval).await;
         let warm = warm_start.elapsed();
-        let cpu0 = cpu_seconds(pid);
+        let cpu0 = procstat::cpu_seconds(pid);
         let t0 = Instant::now();
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         measuring.store(false, Ordering::Relaxed);
         let elapsed = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid) - cpu0;
+        let cpu = procstat::cpu_seconds(pid) - cpu0;
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             t.abort();
@@ -196,7 +161,7 @@ fn main() {
     let (warm, elapsed, cpu) = report;
     let ok = ok.load(Ordering::Relaxed);
     let failed = failed.load(Ordering::Relaxed);
-    let rss = proc_field(pid, "VmRSS:").unwrap_or(0);
+    let rss = procstat::rss_kib(&pid.to_string()).unwrap_or(0);
     println!(
         "hosts {hosts}, interval {} ms, database {}",
         interval.as_millis(),
