@@ -930,9 +930,15 @@ pub mod docker {
         "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
     )
     .map_err(|e| e.to_string())?;
+        build_image(BUSYBOX_IMAGE, ctx.path())
+    }
+
+    /// `docker build` the context `dir` as `tag` (the classic builder: no
+    /// registry, no BuildKit needed); the engine's message on failure.
+    pub fn build_image(tag: &str, dir: &std::path::Path) -> Result<(), String> {
         let out = Command::new("docker")
-            .args(["build", "-q", "-t", BUSYBOX_IMAGE])
-            .arg(ctx.path())
+            .args(["build", "-q", "-t", tag])
+            .arg(dir)
             .env("DOCKER_BUILDKIT", "0")
             .output()
             .map_err(|e| e.to_string())?;

@@ -162,17 +162,7 @@ fn build_hostile_image() -> Result<(), String> {
         "FROM scratch\nCOPY rootfs/ /\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/busybox\", \"chmod\", \"4755\", \"/bin/suid-hostile\"]\nRUN [\"/bin/busybox\", \"chmod\", \"755\", \"/bin/hostile\"]\n",
     )
     .map_err(|e| e.to_string())?;
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", HOSTILE_IMAGE])
-        .arg(ctx.path())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    decnet_e2e::docker::build_image(HOSTILE_IMAGE, ctx.path())
 }
 
 fn container_id(project: &str, service: &str) -> Option<String> {

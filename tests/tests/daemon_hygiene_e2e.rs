@@ -2,7 +2,6 @@
 //! when stderr is not a terminal, JSON logs on request, and a prompt stop
 //! on SIGTERM when idle.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use decnet_e2e::{Agent, Daemon, Listener, MasterHome, UpdaterFixture};
@@ -17,19 +16,7 @@ fn stop_time(d: &mut Daemon) -> Duration {
 fn idle_daemons_stop_promptly_and_log_without_escape_codes() {
     let m = MasterHome::new();
     m.enroll("hy1");
-    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-listener",
-    ])
-    .env("DECNET_HOME", m.home())
-    .env("DECNET_LOG", "info");
-    let mut master = Daemon::start(cmd, m.dir.path().join("master.log"));
+    let mut master = m.serve(&["--no-listener"]);
     let mut agent = Agent::start(
         &m,
         "hy1",

@@ -103,25 +103,9 @@ fn ca_pem(m: &MasterHome) -> String {
 }
 
 fn start_master(m: &MasterHome, extra: &[&str]) -> Daemon {
-    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-listener",
-    ])
-    .args(extra)
-    .env("DECNET_HOME", m.home())
-    .env("DECNET_LOG", "info");
-    Daemon::start(
-        cmd,
-        m.dir
-            .path()
-            .join(format!("master-{}.log", decnet_pki::random_hex(3))),
-    )
+    let mut args = vec!["--no-listener"];
+    args.extend_from_slice(extra);
+    m.serve(&args)
 }
 
 /// `decnet-agent serve` for `host` with its bundle in `bundle_dir`, extra

@@ -8,20 +8,11 @@ use decnet_e2e::{Agent, Daemon, MasterHome, mtls_client, wait_for};
 use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, HostName, LeafSpec, Role};
 
 fn start_master(m: &MasterHome, unreachable_after: u64) -> Daemon {
-    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
+    m.serve(&[
         "--no-listener",
+        "--unreachable-after",
+        &unreachable_after.to_string(),
     ])
-    .args(["--unreachable-after", &unreachable_after.to_string()])
-    .env("DECNET_HOME", m.home())
-    .env("DECNET_LOG", "info");
-    Daemon::start(cmd, m.dir.path().join("master-serve.log"))
 }
 
 #[test]
@@ -522,14 +513,7 @@ fn agents_renew_before_expiry_keep_serving_and_the_master_pins_the_new_certifica
         "--valid-for",
         "24s",
     ]);
-    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
+    let master = m.serve(&[
         "--no-listener",
         "--leaf-validity",
         "30s",
@@ -537,10 +521,7 @@ fn agents_renew_before_expiry_keep_serving_and_the_master_pins_the_new_certifica
         "0s",
         "--renew-grace",
         "2s",
-    ])
-    .env("DECNET_HOME", m.home())
-    .env("DECNET_LOG", "info");
-    let master = Daemon::start(cmd, m.dir.path().join("master-renew.log"));
+    ]);
     let agent = Agent::start(
         &m,
         "rn1",
@@ -719,20 +700,7 @@ fn updaters_renew_too_and_keep_installing_releases() {
         "--valid-for",
         "24s",
     ]);
-    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-listener",
-        "--leaf-validity",
-        "1h",
-    ])
-    .env("DECNET_HOME", m.home());
-    let master = Daemon::start(cmd, m.dir.path().join("master-ru.log"));
+    let master = m.serve(&["--no-listener", "--leaf-validity", "1h"]);
     let u = decnet_e2e::UpdaterFixture::start_with(
         &m,
         "ru1",

@@ -14,11 +14,10 @@
 //! Run: `cargo run --release -p decnet-e2e --bin decnet-hostile-bench`
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use decnet_e2e::{Daemon, Listener, MasterHome};
+use decnet_e2e::{Listener, MasterHome};
 use decnet_pki::{Bundle, BundleKind, ExpectedServer, MaterialSource, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -176,18 +175,7 @@ async fn main() {
     let w1 = Bundle::load(&m.agent_bundle_dir("w1"), BundleKind::Agent).unwrap();
     let evil = Bundle::load(&m.agent_bundle_dir("evil"), BundleKind::Agent).unwrap();
 
-    let mut cmd = Command::new(decnet_e2e::bin("decnet"));
-    cmd.args([
-        "master",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-listener",
-    ])
-    .env("DECNET_HOME", m.home());
-    let api = Daemon::start(cmd, m.dir.path().join("master.log"));
+    let api = m.serve(&["--no-listener"]);
     let agent = decnet_e2e::Agent::start(&m, "w1", &m.dir.path().join("w1-state"), &[]);
     let listener = Listener::start(&m, 0);
     println!("decnet-hostile-bench: attackers on 127.0.0.2-4, legitimate callers on 127.0.0.1");
