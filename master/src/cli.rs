@@ -1041,12 +1041,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Releases { ca, host, json }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
-            let master = crate::fleet_ops::master_bundle(&home.ca_layout())?;
+            let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
             let h = crate::fleet_ops::select_hosts(&db, std::slice::from_ref(&host))
                 .await?
                 .remove(0);
             let history = db.update_history(&host, 20).await?;
-            let releases = match crate::rollout::updater_client(&master, &h) {
+            let releases = match crate::rollout::updater_client(&pool, &h) {
                 Ok(c) => c.releases().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };

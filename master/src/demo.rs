@@ -473,9 +473,9 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         crate::fleet_ops::check(&db, &layout, false, crate::fleet_ops::DEFAULT_PARALLEL).await?,
         "an agent does not answer after the revert"
     );
-    let master = crate::fleet_ops::master_bundle(&layout)?;
+    let pool = crate::fleet_ops::worker_pool(&layout)?;
     for h in db.hosts().await? {
-        let active = rollout::updater_client(&master, &h)?.releases().await?;
+        let active = rollout::updater_client(&pool, &h)?.releases().await?;
         ensure!(
             active.first().map(|r| r.sha.as_str()) == Some("v2"),
             "{} is not on v2 after the revert",

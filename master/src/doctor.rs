@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 
 use decnet_fleet::{CertRole, HostRecord, HostStatus};
-use decnet_pki::Bundle;
-use decnet_swarm_client::ClientError;
+use decnet_swarm_client::{ClientError, WorkerPool};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -202,7 +201,7 @@ pub fn probe_finding(host: &str, role: &str, e: &ClientError) -> Finding {
 
 /// Dial every live host's agent (and updater, when it has one) and report
 /// those that do not present their recorded certificate, or do not answer.
-pub async fn probe(master: &Bundle, hosts: &[HostRecord], parallel: usize) -> Vec<Finding> {
+pub async fn probe(pool: &WorkerPool, hosts: &[HostRecord], parallel: usize) -> Vec<Finding> {
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
     for h in hosts
@@ -210,12 +209,12 @@ pub async fn probe(master: &Bundle, hosts: &[HostRecord], parallel: usize) -> Ve
         .filter(|h| h.status != HostStatus::Decommissioned)
         .cloned()
     {
-        let master = master.clone();
+        let pool = pool.clone();
         let limit = limit.clone();
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let mut found = Vec::new();
-            match crate::fleet_ops::agent_client(&master, &h) {
+            match crate::fleet_ops::agent_client(&pool, &h) {
                 Ok(c) => {
                     if let Err(e) = c.health().await {
                         found.push(probe_finding(&h.name, "agent", &e));
@@ -224,7 +223,7 @@ pub async fn probe(master: &Bundle, hosts: &[HostRecord], parallel: usize) -> Ve
                 Err(e) => found.push(probe_finding(&h.name, "agent", &e)),
             }
             if !h.pins(CertRole::Updater).is_empty() {
-                match crate::rollout::updater_client(&master, &h) {
+                match crate::rollout::updater_client(&pool, &h) {
                     Ok(c) => {
                         if let Err(e) = c.health().await {
                             found.push(probe_finding(&h.name, "updater", &e));
@@ -257,6 +256,8 @@ pub async fn run(
     let layout = home.ca_layout();
     let ca = crate::usage::load_ca(&layout)?;
     let master = crate::fleet_ops::master_bundle(&layout)?;
+    let pool = WorkerPool::new(&master)
+        .map_err(|e| anyhow::anyhow!("building the master's TLS client: {e}"))?;
     let db = crate::usage::open_db(home).await?;
     let hosts = db.hosts().await;
     let expiry = db.current_certificate_expiry().await;
@@ -271,7 +272,7 @@ pub async fn run(
     };
     let mut findings = examine(&facts, policy);
     if let Some(parallel) = parallel {
-        findings.extend(probe(&master, &facts.hosts, parallel).await);
+        findings.extend(probe(&pool, &facts.hosts, parallel).await);
         findings.sort_by(|a, b| {
             b.severity
                 .cmp(&a.severity)

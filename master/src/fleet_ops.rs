@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use decnet_pki::{Bundle, BundleKind, CaLayout};
 use decnet_swarm_client::agent::{AgentStatus, DeckyState};
-use decnet_swarm_client::{AgentClient, ClientError};
+use decnet_swarm_client::{AgentClient, ClientError, WorkerPool};
 use tokio::task::JoinSet;
 
 use crate::usage::UsageError;
@@ -28,12 +28,19 @@ pub fn master_bundle(layout: &CaLayout) -> anyhow::Result<Bundle> {
     })
 }
 
+/// The master's one [`WorkerPool`] for a command: every host it dials goes
+/// through one TLS configuration and HTTP client.
+pub fn worker_pool(layout: &CaLayout) -> anyhow::Result<WorkerPool> {
+    let master = master_bundle(layout)?;
+    WorkerPool::new(&master).context("building the master's TLS client")
+}
+
 /// A client of `host`'s agent: role Agent(host), pinned to its recorded
 /// fingerprints (current, and a renewed one not yet presented).
-pub fn agent_client(master: &Bundle, host: &HostRecord) -> Result<AgentClient, ClientError> {
-    AgentClient::new(
+pub fn agent_client(pool: &WorkerPool, host: &HostRecord) -> Result<AgentClient, ClientError> {
+    AgentClient::in_pool(
+        pool,
         &host.name,
-        master,
         &host.address,
         host.agent_port,
         host.pins(CertRole::Agent),
@@ -143,12 +150,12 @@ pub async fn deploy_plan(
     hosts: &[String],
 ) -> anyhow::Result<bool> {
     let config = read_config(config_path)?;
-    let master = master_bundle(layout)?;
+    let pool = worker_pool(layout)?;
     let targets = select_hosts(db, hosts).await?;
     let mut out = Vec::new();
     let mut all_ok = true;
     for h in targets {
-        let plan = match agent_client(&master, &h) {
+        let plan = match agent_client(&pool, &h) {
             Ok(c) => c.dry_run(&config).await,
             Err(e) => Err(e),
         };
@@ -190,7 +197,7 @@ pub async fn deploy(
         parallel,
     } = how;
     let config = read_config(config_path)?;
-    let master = master_bundle(layout)?;
+    let pool = worker_pool(layout)?;
     let targets = select_hosts(db, hosts).await?;
     if targets.is_empty() {
         return Err(UsageError(
@@ -215,7 +222,7 @@ pub async fn deploy(
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
     for h in targets {
-        let master = master.clone();
+        let pool = pool.clone();
         let config = config.clone();
         let limit = limit.clone();
         set.spawn(async move {
@@ -226,7 +233,7 @@ pub async fn deploy(
                 relocation: None,
                 error: None,
             };
-            let client = match agent_client(&master, &h) {
+            let client = match agent_client(&pool, &h) {
                 Ok(c) => c,
                 Err(e) => {
                     out.error = Some(e.to_string());
@@ -392,9 +399,9 @@ pub async fn teardown(
     host: &str,
     decky: Option<&str>,
 ) -> anyhow::Result<()> {
-    let master = master_bundle(layout)?;
+    let pool = worker_pool(layout)?;
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
-    let client = agent_client(&master, &h)?;
+    let client = agent_client(&pool, &h)?;
     match client.teardown(decky).await {
         Ok(names) => {
             audit(
@@ -490,7 +497,7 @@ impl Progress {
 
 async fn probe_all(
     db: &FleetDb,
-    master: &Bundle,
+    pool: &WorkerPool,
     hosts: Vec<HostRecord>,
     full: bool,
     parallel: usize,
@@ -499,11 +506,11 @@ async fn probe_all(
     let mut progress = Progress::new(if full { "status" } else { "checked" }, hosts.len());
     let mut set = JoinSet::new();
     for h in hosts {
-        let master = master.clone();
+        let pool = pool.clone();
         let limit = limit.clone();
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let client = match agent_client(&master, &h) {
+            let client = match agent_client(&pool, &h) {
                 Ok(c) => c,
                 Err(e) => return (h.name.clone(), Err(e)),
             };
@@ -594,10 +601,10 @@ pub async fn status(
     json: bool,
     parallel: usize,
 ) -> anyhow::Result<bool> {
-    let master = master_bundle(layout)?;
+    let pool = worker_pool(layout)?;
     let names: Vec<String> = host.map(|h| vec![h.to_string()]).unwrap_or_default();
     let hosts = select_hosts(db, &names).await?;
-    let reports = probe_all(db, &master, hosts, true, parallel).await;
+    let reports = probe_all(db, &pool, hosts, true, parallel).await;
     let all_ok = reports.iter().all(|r| r.reachable);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -661,9 +668,9 @@ pub async fn check(
     json: bool,
     parallel: usize,
 ) -> anyhow::Result<bool> {
-    let master = master_bundle(layout)?;
+    let pool = worker_pool(layout)?;
     let hosts = select_hosts(db, &[]).await?;
-    let reports = probe_all(db, &master, hosts, false, parallel).await;
+    let reports = probe_all(db, &pool, hosts, false, parallel).await;
     let all_ok = reports.iter().all(|r| r.reachable);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

@@ -10,12 +10,12 @@ use decnet_fleet::{
     AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, UpdateKind, UpdateOutcome,
     UpdateRecord, unix_now,
 };
-use decnet_pki::{Bundle, CaLayout};
+use decnet_pki::CaLayout;
 use decnet_swarm_client::updater::{ReleaseUpload, UpdateOutcome as PushOutcome};
-use decnet_swarm_client::{ClientError, UpdaterClient};
+use decnet_swarm_client::{ClientError, UpdaterClient, WorkerPool};
 use tokio::sync::Semaphore;
 
-use crate::fleet_ops::{master_bundle, select_hosts};
+use crate::fleet_ops::{select_hosts, worker_pool};
 use crate::release::PackedRelease;
 
 /// How to roll out.
@@ -49,10 +49,10 @@ pub struct HostResult {
 }
 
 /// A client of `host`'s updater (fails closed without a recorded fingerprint).
-pub fn updater_client(master: &Bundle, host: &HostRecord) -> Result<UpdaterClient, ClientError> {
-    UpdaterClient::new(
+pub fn updater_client(pool: &WorkerPool, host: &HostRecord) -> Result<UpdaterClient, ClientError> {
+    UpdaterClient::in_pool(
+        pool,
         &host.name,
-        master,
         &host.address,
         host.updater_port,
         host.pins(CertRole::Updater),
@@ -60,7 +60,7 @@ pub fn updater_client(master: &Bundle, host: &HostRecord) -> Result<UpdaterClien
 }
 
 async fn update_one(
-    master: &Bundle,
+    pool: &WorkerPool,
     host: &HostRecord,
     rel: &PackedRelease,
     include_self: bool,
@@ -72,7 +72,7 @@ async fn update_one(
         release,
         detail,
     };
-    let client = match updater_client(master, host) {
+    let client = match updater_client(pool, host) {
         Ok(c) => c,
         Err(e) => return result(UpdateOutcome::Failed, None, e.to_string()),
     };
@@ -134,7 +134,7 @@ pub async fn rollout(
     plan: &RolloutPlan,
     progress: bool,
 ) -> anyhow::Result<Vec<HostResult>> {
-    let master = Arc::new(master_bundle(layout)?);
+    let pool = worker_pool(layout)?;
     let hosts = select_hosts(db, &plan.hosts).await?;
     let halted = Arc::new(AtomicBool::new(false));
     let mut results: Vec<HostResult> = Vec::new();
@@ -167,8 +167,7 @@ pub async fn rollout(
         }));
         let mut set = tokio::task::JoinSet::new();
         for h in batch {
-            let (sem, master, halted, rel) =
-                (sem.clone(), master.clone(), halted.clone(), rel.clone());
+            let (sem, pool, halted, rel) = (sem.clone(), pool.clone(), halted.clone(), rel.clone());
             let include_self = plan.include_self;
             let allow_downgrade = plan.allow_downgrade;
             let cont = plan.continue_on_error;
@@ -185,7 +184,7 @@ pub async fn rollout(
                 if progress && h.updater_fingerprint.is_some() {
                     println!("{:<16} uploading {} …", h.name, rel.label);
                 }
-                let r = update_one(&master, &h, &rel, include_self, allow_downgrade).await;
+                let r = update_one(&pool, &h, &rel, include_self, allow_downgrade).await;
                 if r.outcome != UpdateOutcome::Updated && !cont {
                     halted.store(true, Ordering::SeqCst);
                 }
@@ -246,9 +245,9 @@ pub async fn rollback(
     actor: &str,
     host: &str,
 ) -> anyhow::Result<HostResult> {
-    let master = master_bundle(layout)?;
+    let pool = worker_pool(layout)?;
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
-    let client = updater_client(&master, &h)?;
+    let client = updater_client(&pool, &h)?;
     let r = match client.rollback().await {
         Ok(done) => HostResult {
             host: host.into(),

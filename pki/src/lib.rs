@@ -39,4 +39,7 @@ pub use identity::{IdentityError, PeerIdentity};
 pub use material::{MaterialError, MaterialSource, TlsMaterial};
 pub use random::random_hex;
 pub use role::{HostName, HostNameError, MASTER_CN, Role, RoleError, RoleKind};
-pub use tls::{ClientAuth, ExpectedServer, TlsError, client_config, server_config};
+pub use tls::{
+    ClientAuth, ExpectedServer, ServerDirectory, TlsError, client_config, fleet_client_config,
+    server_config,
+};

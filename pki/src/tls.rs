@@ -14,10 +14,11 @@
 //!   (fingerprints) narrow it further. This is the one server verifier of
 //!   the workspace; no client builds its own.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
@@ -179,6 +180,104 @@ pub fn client_config(
         .with_client_auth_cert(certs, key)?)
 }
 
+/// How many TLS sessions a [`fleet_client_config`] keeps for resumption:
+/// one per host of a large fleet (10 000) with room to spare.
+pub const FLEET_SESSIONS: usize = 16_384;
+
+/// Client side for dialing many servers with ONE configuration (the
+/// master's fan-out to its workers): present `bundle`, and verify each
+/// server against the [`ExpectedServer`] that `directory` holds for the
+/// TLS server name the connection was opened for (see [`ServerDirectory`]).
+/// Sessions are kept for resumption ([`FLEET_SESSIONS`]); SNI is not sent
+/// (the names are the client's own, meaningless to a server).
+pub fn fleet_client_config(
+    bundle: &Bundle,
+    crl: Option<&RevocationList>,
+    directory: Arc<ServerDirectory>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier = RoleVerifier::with_directory(&bundle.ca_pem, crl, directory, &provider)?;
+    let (certs, key) = leaf_and_key(bundle)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(certs, key)?;
+    config.resumption = Resumption::in_memory_sessions(FLEET_SESSIONS);
+    config.enable_sni = false;
+    Ok(config)
+}
+
+/// The expected identity of every server a [`fleet_client_config`] dials,
+/// by the TLS server name the connection is opened for.
+///
+/// Why: one TLS configuration (and one connection pool) serves the whole
+/// fleet only if the verifier can tell, per connection, which host it is
+/// meant to be talking to. The client gives each (expected identity,
+/// address) its own synthetic name under `decnet.invalid` (a hash of the
+/// role, the pins and the address), dials that name, and the verifier looks
+/// the expectation up by it. Because the pins are part of the name, a TLS
+/// session resumed for a name was verified against exactly the same
+/// expectation, and a change of pins (a renewal, a re-enrollment) opens a
+/// new name: nothing verified under old pins is reused. A name that is not
+/// in the directory is refused (fail closed).
+#[derive(Debug, Default)]
+pub struct ServerDirectory {
+    names: RwLock<HashMap<String, ExpectedServer>>,
+}
+
+/// The domain of [`ServerDirectory`] names (reserved: never resolvable).
+pub const DIRECTORY_DOMAIN: &str = "decnet.invalid";
+
+impl ServerDirectory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The server name under which `expected`, reached at `address` (where
+    /// the client dials it: address and port), is registered (registering
+    /// it if new): `s<32 hex>.decnet.invalid`.
+    pub fn register(&self, expected: &ExpectedServer, address: &str) -> String {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(expected.role.cn().as_bytes());
+        ctx.update(b"\0");
+        let mut pins: Vec<&Fingerprint> = expected.pins.iter().collect();
+        pins.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for pin in pins {
+            ctx.update(pin.as_bytes());
+        }
+        ctx.update(b"\0");
+        ctx.update(address.as_bytes());
+        let digest = ctx.finish();
+        let name = format!(
+            "s{}.{DIRECTORY_DOMAIN}",
+            hex::encode(&digest.as_ref()[..16])
+        );
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        names
+            .entry(name.clone())
+            .or_insert_with(|| expected.clone());
+        name
+    }
+
+    /// The expectation registered under `name`, if any.
+    pub fn lookup(&self, name: &str) -> Option<ExpectedServer> {
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner());
+        names.get(name).cloned()
+    }
+
+    /// How many names are registered.
+    pub fn len(&self) -> usize {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no name is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Client side without a certificate (the POST of a token join), verifying
 /// the server with [`RoleVerifier`] against `ca_pem`.
 pub fn anonymous_client_config(
@@ -242,8 +341,17 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
 #[derive(Debug)]
 pub struct RoleVerifier {
     webpki: Arc<WebPkiServerVerifier>,
-    expected: ExpectedServer,
+    expected: Expectation,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// Where a [`RoleVerifier`] takes the identity it requires from.
+#[derive(Debug)]
+enum Expectation {
+    /// One server, always the same.
+    Fixed(ExpectedServer),
+    /// Per connection, by server name (see [`ServerDirectory`]).
+    Directory(Arc<ServerDirectory>),
 }
 
 /// The name passed to webpki, whose name check we ignore (see [`RoleVerifier`]).
@@ -255,6 +363,26 @@ impl RoleVerifier {
         ca_pem: &str,
         crl: Option<&RevocationList>,
         expected: ExpectedServer,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        Self::build(ca_pem, crl, Expectation::Fixed(expected), provider)
+    }
+
+    /// A verifier trusting `ca_pem`, refusing what `crl` revokes, requiring
+    /// of each server what `directory` holds for the name it was dialed by.
+    pub fn with_directory(
+        ca_pem: &str,
+        crl: Option<&RevocationList>,
+        directory: Arc<ServerDirectory>,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        Self::build(ca_pem, crl, Expectation::Directory(directory), provider)
+    }
+
+    fn build(
+        ca_pem: &str,
+        crl: Option<&RevocationList>,
+        expected: Expectation,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, TlsError> {
         let roots = Arc::new(ca_roots(ca_pem)?);
@@ -278,10 +406,27 @@ impl ServerCertVerifier for RoleVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let looked_up;
+        let expected = match &self.expected {
+            Expectation::Fixed(e) => e,
+            Expectation::Directory(directory) => {
+                looked_up = match server_name {
+                    ServerName::DnsName(n) => directory.lookup(n.as_ref()),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    other(UnexpectedServer {
+                        expected: "a server registered with this client".into(),
+                        got: format!("a connection to {}", server_name.to_str()),
+                    })
+                })?;
+                &looked_up
+            }
+        };
         let name = ServerName::try_from(UNCHECKED_NAME)
             .map_err(|_| rustls::Error::General("name".into()))?;
         match self
@@ -294,20 +439,20 @@ impl ServerCertVerifier for RoleVerifier {
             )) => {}
             Err(e) => return Err(e),
         }
-        let expected_cn = self.expected.role.cn();
+        let expected_cn = expected.role.cn();
         let identity = PeerIdentity::from_der(end_entity).map_err(|e| {
             other(UnexpectedServer {
                 expected: expected_cn.clone(),
                 got: e.to_string(),
             })
         })?;
-        if identity.role != self.expected.role {
+        if identity.role != expected.role {
             return Err(other(UnexpectedServer {
                 expected: expected_cn,
                 got: identity.cn,
             }));
         }
-        if !self.expected.pins.is_empty() && !self.expected.pins.contains(&identity.fingerprint) {
+        if !expected.pins.is_empty() && !expected.pins.contains(&identity.fingerprint) {
             return Err(other(PinMismatch {
                 got: identity.fingerprint,
             }));

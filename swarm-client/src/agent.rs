@@ -7,7 +7,7 @@ use decnet_pki::{Bundle, Fingerprint};
 use crate::transport::expect_worker;
 use serde::Deserialize;
 
-use crate::transport::{ClientError, Endpoint};
+use crate::transport::{ClientError, Endpoint, WorkerPool};
 
 /// Timeout of quick calls (health, status, operations).
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -125,14 +125,25 @@ impl AgentClient {
         port: u16,
         pins: Vec<Fingerprint>,
     ) -> Result<Self, ClientError> {
+        Self::in_pool(&WorkerPool::new(master)?, host, address, port, pins)
+    }
+
+    /// The same, reached through `pool` (a fleet-wide command's one TLS
+    /// configuration and HTTP client).
+    pub fn in_pool(
+        pool: &WorkerPool,
+        host: &str,
+        address: &str,
+        port: u16,
+        pins: Vec<Fingerprint>,
+    ) -> Result<Self, ClientError> {
         Ok(AgentClient {
-            ep: Endpoint::new(
+            ep: pool.endpoint(
                 &format!("agent {host} ({address}:{port})"),
-                master,
                 address,
                 port,
                 &expect_worker(host, false, pins)?,
-            )?,
+            ),
         })
     }
 

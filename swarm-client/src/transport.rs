@@ -1,13 +1,16 @@
-//! The mTLS HTTP transport shared by every worker client: one pooled
-//! `reqwest` client per worker, presenting the master bundle, verifying the
-//! worker against the CA, the role of the host it dialed (`<host>` for its
-//! agent, `updater@<host>` for its updater) and, when known, its recorded
-//! fingerprints.
+//! The mTLS HTTP transport shared by every worker client: one
+//! [`WorkerPool`] (one TLS configuration, one session cache, one HTTP
+//! client) for every worker a command talks to, presenting the master
+//! bundle and verifying each worker against the CA, the role of the host it
+//! dialed (`<host>` for its agent, `updater@<host>` for its updater) and,
+//! when known, its recorded fingerprints.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use decnet_pki::{Bundle, ExpectedServer, Fingerprint, HostName, Role};
+use decnet_pki::{Bundle, ExpectedServer, Fingerprint, HostName, Role, ServerDirectory};
 use serde::de::DeserializeOwned;
 
 /// `host:port` from `host` or `host:port` (the daemons' `--master` flags).
@@ -107,7 +110,116 @@ impl ClientError {
     }
 }
 
-/// One worker daemon's address and its pooled mTLS client.
+/// The master's connections to its workers: ONE TLS configuration (the
+/// master bundle, parsed once), one TLS session cache and one HTTP client
+/// for every worker a command talks to, however many.
+///
+/// Why: building a TLS configuration and a client per host cost more master
+/// CPU than the handshake itself at fleet scale (10 000 hosts). Each worker
+/// is still verified as the host it is meant to be: its [`Endpoint`] dials
+/// a name of its own (see [`ServerDirectory`]) that the verifier maps back
+/// to the expected role and pins, and that this pool's resolver maps to the
+/// worker's address. Connections are not kept idle (a fan-out over 10 000
+/// hosts must not hold 10 000 sockets); a host dialed again resumes its TLS
+/// session instead (no RSA signature on either side). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerPool {
+    http: reqwest::Client,
+    directory: Arc<ServerDirectory>,
+    addresses: Arc<AddressBook>,
+}
+
+impl WorkerPool {
+    /// A pool presenting the master `bundle`.
+    pub fn new(master: &Bundle) -> Result<Self, ClientError> {
+        let directory = Arc::new(ServerDirectory::new());
+        let config = decnet_pki::fleet_client_config(master, None, directory.clone())
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let addresses = Arc::new(AddressBook::default());
+        let http = http_client_builder(config, CONNECT_TIMEOUT, None, false)
+            .dns_resolver(addresses.clone())
+            .build()
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(WorkerPool {
+            http,
+            directory,
+            addresses,
+        })
+    }
+
+    /// The endpoint `https://address:port` of a server that must prove
+    /// `expected`; `label` names it in errors.
+    pub fn endpoint(
+        &self,
+        label: &str,
+        address: &str,
+        port: u16,
+        expected: &ExpectedServer,
+    ) -> Endpoint {
+        let address = address.trim_start_matches('[').trim_end_matches(']');
+        // One name per identity and place (address and port): TLS sessions
+        // are cached per name.
+        let name = self
+            .directory
+            .register(expected, &format!("{address} {port}"));
+        self.addresses.insert(&name, address);
+        Endpoint {
+            base: format!("https://{name}:{port}"),
+            label: label.to_string(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// How many distinct servers the pool has been asked to reach.
+    pub fn servers(&self) -> usize {
+        self.directory.len()
+    }
+}
+
+/// The pool's resolver: a [`ServerDirectory`] name → the worker's address
+/// (an IP, or a host name resolved by the system when dialed). A name that
+/// was never registered does not resolve (no lookup leaves the process).
+#[derive(Debug, Default)]
+struct AddressBook(RwLock<HashMap<String, String>>);
+
+impl AddressBook {
+    fn insert(&self, name: &str, address: &str) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(name).map(String::as_str) != Some(address) {
+            map.insert(name.to_string(), address.to_string());
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for AddressBook {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let address = self
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name.as_str())
+            .cloned();
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let Some(address) = address else {
+                return Err(format!("{name} is not a registered worker").into());
+            };
+            if let Ok(ip) = address.parse::<IpAddr>() {
+                let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(SocketAddr::new(ip, 0)));
+                return Ok(addrs);
+            }
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((address.as_str(), 0))
+                .await
+                .map_err(|e| format!("failed to lookup address {address}: {e}"))?
+                .collect();
+            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// One worker daemon's address, the identity it must prove, and the
+/// [`WorkerPool`] it is reached through.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     base: String,
@@ -116,29 +228,6 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A client of `https://address:port` presenting `bundle`, requiring the
-    /// server to prove `expected`.
-    pub fn new(
-        label: &str,
-        bundle: &Bundle,
-        address: &str,
-        port: u16,
-        expected: &ExpectedServer,
-    ) -> Result<Self, ClientError> {
-        let config = decnet_pki::client_config(bundle, None, expected)
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
-        let http = http_client(config, CONNECT_TIMEOUT, None, true)?;
-        let host = match address.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
-            _ => address.to_string(),
-        };
-        Ok(Endpoint {
-            base: format!("https://{host}:{port}"),
-            label: label.to_string(),
-            http,
-        })
-    }
-
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -255,6 +344,17 @@ pub fn http_client(
     timeout: Option<Duration>,
     keep_alive: bool,
 ) -> Result<reqwest::Client, ClientError> {
+    http_client_builder(config, connect_timeout, timeout, keep_alive)
+        .build()
+        .map_err(|e| ClientError::Setup(e.to_string()))
+}
+
+fn http_client_builder(
+    config: rustls::ClientConfig,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    keep_alive: bool,
+) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
         .tls_backend_preconfigured(config)
         .connect_timeout(connect_timeout)
@@ -265,7 +365,7 @@ pub fn http_client(
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
-    b.build().map_err(|e| ClientError::Setup(e.to_string()))
+    b
 }
 
 /// The first error of type `T` in `e`'s chain (looking inside `io::Error`s).

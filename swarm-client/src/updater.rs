@@ -12,7 +12,7 @@ use decnet_pki::{Bundle, Fingerprint};
 use crate::transport::expect_worker;
 use serde::{Deserialize, Serialize};
 
-use crate::transport::{ClientError, Endpoint};
+use crate::transport::{ClientError, Endpoint, WorkerPool};
 
 /// Timeout of quick calls.
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -104,19 +104,30 @@ impl UpdaterClient {
         port: u16,
         pins: Vec<Fingerprint>,
     ) -> Result<Self, ClientError> {
+        Self::in_pool(&WorkerPool::new(master)?, host, address, port, pins)
+    }
+
+    /// The same, reached through `pool` (a fleet-wide command's one TLS
+    /// configuration and HTTP client).
+    pub fn in_pool(
+        pool: &WorkerPool,
+        host: &str,
+        address: &str,
+        port: u16,
+        pins: Vec<Fingerprint>,
+    ) -> Result<Self, ClientError> {
         if pins.is_empty() {
             return Err(ClientError::Setup(format!(
                 "no updater certificate is recorded for {host}; issue one with `decnet swarm token create --host {host} --address ADDR --updater` (or `decnet swarm enroll --host {host} --address ADDR --updater --reissue`)"
             )));
         }
         Ok(UpdaterClient {
-            ep: Endpoint::new(
+            ep: pool.endpoint(
                 &format!("updater {host} ({address}:{port})"),
-                master,
                 address,
                 port,
                 &expect_worker(host, true, pins)?,
-            )?,
+            ),
         })
     }
 

@@ -1,0 +1,176 @@
+//! One [`WorkerPool`] for many workers, on real sockets with real
+//! certificates: each worker is still held to its own identity, per
+//! connection, and a resumed TLS session never stands in for a check that
+//! would now fail. The attacker here owns a worker (a valid certificate of
+//! our CA) and answers where another host was dialed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::routing::get;
+use decnet_pki::{
+    Bundle, BundleKind, CertificateAuthority, ClientAuth, Fingerprint, HostName, LeafSpec,
+    MaterialSource, Role, RoleKind,
+};
+use decnet_server::{HttpLimits, HttpService, RoleSet, Server, ServerLimits, Transport};
+use decnet_swarm_client::{AgentClient, ClientError, WorkerPool};
+
+fn ca() -> &'static CertificateAuthority {
+    static CA: OnceLock<CertificateAuthority> = OnceLock::new();
+    CA.get_or_init(|| CertificateAuthority::generate().expect("generate CA"))
+}
+
+fn bundle(role: Role, kind: BundleKind) -> Bundle {
+    let leaf = ca().issue(&LeafSpec::for_role(&role, &[])).unwrap();
+    Bundle::from_issued(kind, &leaf, ca().cert_pem()).unwrap()
+}
+
+/// A real agent-shaped server for `host` (the production runner, mTLS, only
+/// the master admitted) answering `/health`; counts the requests it served.
+struct FakeAgent {
+    addr: SocketAddr,
+    fingerprint: Fingerprint,
+    hits: Arc<AtomicUsize>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn agent(host: &str) -> FakeAgent {
+    decnet_pki::provider::install_default();
+    let b = bundle(Role::Agent(HostName::new(host).unwrap()), BundleKind::Agent);
+    let fingerprint = b.identity.fingerprint;
+    let server = Server::bind(
+        "agent",
+        "127.0.0.1:0".parse().unwrap(),
+        Transport::Tls {
+            material: MaterialSource::from_parts(b, None).unwrap(),
+            auth: ClientAuth::Required,
+        },
+        ServerLimits::default(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (h, name) = (hits.clone(), host.to_string());
+    let router = Router::new().route(
+        "/health",
+        get(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            let name = name.clone();
+            async move {
+                axum::Json(serde_json::json!({
+                    "status": "ok", "role": "agent", "host": name, "version": "test"
+                }))
+            }
+        }),
+    );
+    let app = HttpService::new(
+        router,
+        RoleSet(vec![RoleKind::Master]),
+        HttpLimits::default(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(app, async {
+        let _ = rx.await;
+    }));
+    FakeAgent {
+        addr,
+        fingerprint,
+        hits,
+        _stop: tx,
+    }
+}
+
+fn client(pool: &WorkerPool, host: &str, at: &FakeAgent, pins: Vec<Fingerprint>) -> AgentClient {
+    AgentClient::in_pool(pool, host, "127.0.0.1", at.addr.port(), pins).unwrap()
+}
+
+fn master_pool() -> WorkerPool {
+    WorkerPool::new(&bundle(Role::Master, BundleKind::Master)).unwrap()
+}
+
+#[tokio::test]
+async fn one_pool_holds_each_worker_to_its_own_identity() {
+    let (w1, w2) = (agent("w1").await, agent("w2").await);
+    let pool = master_pool();
+    let c1 = client(&pool, "w1", &w1, vec![w1.fingerprint]);
+    let c2 = client(&pool, "w2", &w2, vec![w2.fingerprint]);
+
+    // Interleaved, concurrently, many times: every answer comes from the
+    // host that was asked (no connection is handed to the wrong host).
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (c, want) = if i % 2 == 0 {
+            (c1.clone(), "w1")
+        } else {
+            (c2.clone(), "w2")
+        };
+        calls.spawn(async move { (c.health().await.unwrap().host, want) });
+    }
+    while let Some(r) = calls.join_next().await {
+        let (got, want) = r.unwrap();
+        assert_eq!(got, want);
+    }
+    assert_eq!(w1.hits.load(Ordering::SeqCst), 20);
+    assert_eq!(w2.hits.load(Ordering::SeqCst), 20);
+
+    // The attacker's worker w2 answers at the address the master has for
+    // w1: refused at the handshake, for its role; it is sent no request.
+    let spoofed = client(&pool, "w1", &w2, vec![w1.fingerprint]);
+    let err = spoofed.health().await.unwrap_err();
+    assert!(matches!(err, ClientError::WrongServer { .. }), "{err}");
+    assert_eq!(w2.hits.load(Ordering::SeqCst), 20);
+
+    // Through the same pool w1 still answers, under its own name.
+    assert_eq!(c1.health().await.unwrap().host, "w1");
+    assert_eq!(pool.servers(), 3);
+}
+
+/// w1's session is cached (it was just dialed); then its recorded
+/// fingerprint changes (the master re-enrolled w1 elsewhere). The old
+/// session must not resume past the new pin: the call is refused and the
+/// server sees no request.
+#[tokio::test]
+async fn a_cached_session_does_not_outlive_a_change_of_pins() {
+    let w1 = agent("w1").await;
+    let pool = master_pool();
+    let before = client(&pool, "w1", &w1, vec![w1.fingerprint]);
+    for _ in 0..3 {
+        before.health().await.unwrap();
+    }
+    let hits = w1.hits.load(Ordering::SeqCst);
+    let other = Fingerprint::of_der(b"the re-enrolled w1");
+    let after = client(&pool, "w1", &w1, vec![other]);
+    let err = after.health().await.unwrap_err();
+    assert!(matches!(err, ClientError::PinMismatch { .. }), "{err}");
+    assert_eq!(w1.hits.load(Ordering::SeqCst), hits);
+}
+
+#[tokio::test]
+async fn a_worker_recorded_by_host_name_is_resolved_when_dialed() {
+    let w1 = agent("w1").await;
+    let pool = master_pool();
+    let by_name = AgentClient::in_pool(
+        &pool,
+        "w1",
+        "localhost",
+        w1.addr.port(),
+        vec![w1.fingerprint],
+    )
+    .unwrap();
+    assert_eq!(by_name.health().await.unwrap().host, "w1");
+    // A name that does not resolve is an unreachable host, said plainly.
+    let nowhere = AgentClient::in_pool(
+        &pool,
+        "w1",
+        "no-such-host.invalid",
+        w1.addr.port(),
+        vec![w1.fingerprint],
+    )
+    .unwrap();
+    let err = nowhere.health().await.unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+    assert!(err.to_string().contains("does not resolve"), "{err}");
+}
