@@ -786,6 +786,22 @@ impl UpdaterFixture {
     }
 
     fn spawn(master: &MasterHome, node: &Node<'_>, env: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        let cmd = Self::command(master, node, env, extra, false);
+        let log = node
+            .install
+            .with_extension(format!("updater-{}.log", decnet_pki::random_hex(3)));
+        Daemon::start(cmd, log)
+    }
+
+    /// The updater's command line; `launched`: through `decnet-updater
+    /// launch` (as its systemd unit starts it) rather than `serve` directly.
+    fn command(
+        master: &MasterHome,
+        node: &Node<'_>,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        launched: bool,
+    ) -> Command {
         let Node {
             host,
             install,
@@ -796,6 +812,12 @@ impl UpdaterFixture {
         } = *node;
         std::fs::create_dir_all(install).expect("install dir");
         let mut cmd = Command::new(bin("decnet-updater"));
+        if launched {
+            cmd.arg("launch")
+                .arg("--install-dir")
+                .arg(install)
+                .arg("--");
+        }
         // A fixed port: a self-updated updater re-executes and binds it again.
         cmd.args([
             "serve",
@@ -836,8 +858,57 @@ impl UpdaterFixture {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let log = install.with_extension(format!("updater-{}.log", decnet_pki::random_hex(3)));
-        Daemon::start(cmd, log)
+        cmd
+    }
+
+    /// One start of the updater as its systemd unit does it (through
+    /// `decnet-updater launch`, same install dir and ports), the way a
+    /// supervisor restarts it: `Ok` with the daemon once it listens, `Err`
+    /// with its log when the process exits first.
+    pub fn launch(&mut self, master: &MasterHome) -> Result<(), String> {
+        if matches!(self.daemon.child.try_wait(), Ok(None)) {
+            self.daemon.stop();
+        }
+        let node = Node {
+            host: &self.host,
+            install: &self.install,
+            agent_state: &self.agent_state,
+            agent_port: self.agent_port,
+            port: self.daemon.port(),
+            decky_ids: &self.decky_ids,
+        };
+        let mut cmd = Self::command(master, &node, &[], &[], true);
+        let log = self
+            .install
+            .with_extension(format!("launch-{}.log", decnet_pki::random_hex(3)));
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn the launcher");
+        let port = self.daemon.port();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                self.daemon = Daemon {
+                    child,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    log,
+                };
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "neither listening nor exited; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Restart the updater (same install dir and ports), with `env`.
@@ -896,6 +967,17 @@ pub fn broken_release(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir.join("bin")).expect("release dir");
     let p = dir.join("bin/decnet-agent");
     std::fs::write(&p, "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'decnet-agent 99.0-broken'; exit 0; fi\necho 'broken agent: cannot start' >&2\nexit 3\n").expect("write");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir.to_path_buf()
+}
+
+/// A release whose updater passes `--version` (so it is installed) but
+/// dies at every start, with the real agent beside it.
+pub fn crash_looping_updater_release(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    good_release(dir, false);
+    let p = dir.join("bin/decnet-updater");
+    std::fs::write(&p, "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'decnet-updater 99.0-crashes'; exit 0; fi\necho 'crashing updater: cannot start' >&2\nexit 3\n").expect("write");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir.to_path_buf()
 }

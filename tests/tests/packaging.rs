@@ -1,10 +1,12 @@
 //! The systemd units parse and say what they must (checked with the real
-//! `systemd-analyze verify` where it exists).
+//! `systemd-analyze verify` where it exists); the Debian packages build
+//! and carry what they must (checked with the real `dpkg-deb`).
 
 use std::path::Path;
 use std::process::Command;
 
 const UNITS: &[&str] = &[
+    "decnet-master.service",
     "decnet-agent.service",
     "decnet-updater.service",
     "decnet-forwarder.service",
@@ -62,8 +64,17 @@ fn units_restart_on_failure_and_are_hardened() {
     assert!(
         up.contains("--agent-control systemd") && up.contains("--agent-unit decnet-agent.service")
     );
-    assert!(up.contains("/opt/decnet/updater/current/bin/decnet-updater"));
+    // Through the packaged launcher, which falls back from a new updater
+    // that does not come up.
+    assert!(up.contains("launch --install-dir /opt/decnet -- serve"));
     assert!(up.contains("ReadWritePaths=/opt/decnet /etc/decnet/updater"));
+    // Installed enabled, the worker units wait for their bundles; the agent
+    // runs the packaged binary until the updater installs a release.
+    assert!(agent.contains("ConditionPathExists=/etc/decnet/agent/worker.crt"));
+    assert!(agent.contains("bin=/usr/bin/decnet-agent"));
+    assert!(up.contains("ConditionPathExists=/etc/decnet/updater/updater.crt"));
+    let master = unit("decnet-master.service");
+    assert!(master.contains("User=decnet") && master.contains("ConditionPathExists="));
 }
 
 #[test]
@@ -247,5 +258,159 @@ fn the_target_generator_turns_the_fleet_list_into_file_sd() {
     assert_eq!(
         run("updater", "9472"),
         serde_json::json!([{"targets": ["[fd00::2]:9472"], "labels": {"host": "w2"}}])
+    );
+}
+
+/// `dpkg-deb` output for `args` on `deb`.
+fn dpkg_deb(args: &[&str], deb: &Path) -> String {
+    let out = Command::new("dpkg-deb")
+        .args(args)
+        .arg(deb)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn debian_packages_build_with_their_files_modes_and_scripts() {
+    if Command::new("dpkg-deb").arg("--version").output().is_err() {
+        eprintln!("!!! dpkg-deb not installed: the Debian packages are NOT built or checked");
+        return;
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deb/build-debs.sh");
+    let bin_dir = decnet_e2e::bin("decnet").parent().unwrap().to_path_buf();
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(out_dir.path())
+        .env("DECNET_BIN_DIR", &bin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-debs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let find = |prefix: &str| {
+        std::fs::read_dir(out_dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{prefix}_"))
+            })
+            .unwrap_or_else(|| panic!("no {prefix} package"))
+    };
+    let master = find("decnet");
+    let worker = find("decnet-worker");
+
+    // Fields.
+    assert_eq!(
+        dpkg_deb(&["-f"], &master).lines().next(),
+        Some("Package: decnet")
+    );
+    let fields = dpkg_deb(&["-f"], &worker);
+    assert!(fields.contains("Package: decnet-worker"), "{fields}");
+    assert!(
+        fields.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION"))),
+        "{fields}"
+    );
+
+    // Contents: path -> (mode, owner).
+    let contents = |deb: &Path| -> std::collections::BTreeMap<String, (String, String)> {
+        dpkg_deb(&["-c"], deb)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let path = f.get(5)?.trim_start_matches('.').to_string();
+                Some((path, (f[0].to_string(), f[1].to_string())))
+            })
+            .collect()
+    };
+    let m = contents(&master);
+    assert_eq!(
+        m["/usr/bin/decnet"],
+        ("-rwxr-xr-x".into(), "root/root".into())
+    );
+    assert!(
+        m.contains_key("/lib/systemd/system/decnet-master.service"),
+        "{m:?}"
+    );
+    assert!(m.contains_key("/usr/share/doc/decnet/Install.md"));
+    let w = contents(&worker);
+    for b in ["/usr/bin/decnet-agent", "/usr/bin/decnet-updater"] {
+        assert_eq!(w[b], ("-rwxr-xr-x".into(), "root/root".into()), "{b}");
+    }
+    for u in [
+        "decnet-agent.service",
+        "decnet-updater.service",
+        "decnet-forwarder.service",
+    ] {
+        let p = format!("/lib/systemd/system/{u}");
+        assert_eq!(w[&p].0, "-rw-r--r--", "{p}");
+    }
+    assert_eq!(w["/etc/default/decnet"].0, "-rw-r--r--");
+    // No key, no bundle, no state ships in a package.
+    for p in m.keys().chain(w.keys()) {
+        assert!(
+            !(p.ends_with(".key") || p.ends_with(".crt") || p.starts_with("/var/")),
+            "{p} must not ship"
+        );
+    }
+
+    // Maintainer scripts: the settings file is a conffile; the scripts
+    // parse; purge removes the keys, remove keeps them.
+    let ctl = tempfile::tempdir().unwrap();
+    let status = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&worker)
+        .arg(ctl.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read_to_string(ctl.path().join("conffiles"))
+            .unwrap()
+            .trim(),
+        "/etc/default/decnet"
+    );
+    for s in ["postinst", "prerm", "postrm"] {
+        let ok = Command::new("sh")
+            .arg("-n")
+            .arg(ctl.path().join(s))
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{s} does not parse");
+    }
+    let postinst = std::fs::read_to_string(ctl.path().join("postinst")).unwrap();
+    assert!(
+        postinst.contains("-m 0700 /etc/decnet/agent /etc/decnet/updater"),
+        "{postinst}"
+    );
+    assert!(postinst.contains("waits for its bundle"), "{postinst}");
+    let postrm = std::fs::read_to_string(ctl.path().join("postrm")).unwrap();
+    let purge = postrm.split("purge)").nth(1).expect("a purge branch");
+    assert!(
+        purge.contains("rm -rf /etc/decnet/agent /etc/decnet/updater"),
+        "{postrm}"
+    );
+    let remove = postrm
+        .split("remove)")
+        .nth(1)
+        .unwrap()
+        .split(";;")
+        .next()
+        .unwrap();
+    assert!(
+        !remove.contains("rm -rf"),
+        "remove keeps the keys: {remove}"
     );
 }

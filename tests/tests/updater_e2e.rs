@@ -650,6 +650,121 @@ fn update_self_replaces_the_updater_binary() {
     assert!(m.run(&["swarm", "releases", "u5"]).status.success());
 }
 
+/// A self-update whose new updater passes `--version` but dies at every
+/// start. Started as its systemd unit starts it (through `decnet-updater
+/// launch`, restarted after each exit), it gets three starts; then the
+/// previous updater runs, reverts the self-update and serves. A good
+/// self-update, by contrast, is confirmed once the new updater answers.
+#[test]
+fn a_self_update_that_crash_loops_falls_back_to_the_previous_updater() {
+    let m = MasterHome::new();
+    m.enroll("u8");
+    let mut u = UpdaterFixture::start(&m, "u8", &[]);
+    let journal = u.install.join("updater/journal.json");
+
+    let good = good_release(&m.dir.path().join("v1-good"), true);
+    let out = m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        good.to_str().unwrap(),
+        "--host",
+        "u8",
+        "--include-self",
+    ]);
+    assert!(out.contains("updater replaced"), "{out}");
+    assert!(!journal.exists(), "confirmed once the new updater answered");
+    let good_slot = std::fs::canonicalize(u.install.join("updater/current")).unwrap();
+
+    // The crash-looping updater, pushed straight to the updater.
+    let bad = decnet_e2e::crash_looping_updater_release(&m.dir.path().join("v9-crashes"));
+    let bad_tar = m.dir.path().join("bad-updater.tar.gz");
+    m.ok(&[
+        "release",
+        "pack",
+        bad.to_str().unwrap(),
+        "--out",
+        bad_tar.to_str().unwrap(),
+    ]);
+    let manifests: Vec<decnet_pki::signing::SignedManifest> = serde_json::from_slice(
+        &std::fs::read(m.dir.path().join("bad-updater.tar.gz.manifests.json")).unwrap(),
+    )
+    .unwrap();
+    let pin = m.json(&["swarm", "show", "u8", "--json"])["updater_fingerprint"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let master = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
+    let client = decnet_swarm_client::UpdaterClient::new(
+        "u8",
+        &master,
+        "127.0.0.1",
+        u.daemon.port(),
+        vec![pin],
+    )
+    .unwrap();
+    let digest = sha256_hex(&std::fs::read(&bad_tar).unwrap());
+    let outcome = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(client.update_self(
+            &decnet_swarm_client::updater::ReleaseUpload {
+                tarball: &bad_tar,
+                sha: "v9-crashes",
+                sha256: &digest,
+                manifests: &manifests,
+                allow_downgrade: true,
+            },
+            Duration::from_secs(3),
+        ));
+    assert!(
+        matches!(
+            outcome,
+            Err(decnet_swarm_client::ClientError::Timeout { .. })
+        ),
+        "no new updater answers: {outcome:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || u
+            .daemon
+            .child
+            .try_wait()
+            .ok()
+            .flatten())
+        .is_some(),
+        "the re-executed updater died"
+    );
+    assert!(journal.exists(), "unconfirmed: the journal stays");
+
+    // The supervisor restarts it through the launcher: three starts of the
+    // new updater, each dying.
+    for attempt in 1..=3 {
+        let log = u
+            .launch(&m)
+            .err()
+            .unwrap_or_else(|| panic!("start {attempt} of the crashing updater served"));
+        assert!(log.contains("crashing updater: cannot start"), "{log}");
+        assert!(log.contains("not confirmed yet"), "{log}");
+    }
+    // Then the previous one: it reverts the self-update and serves.
+    u.launch(&m)
+        .unwrap_or_else(|log| panic!("the previous updater did not serve:\n{log}"));
+    assert!(!journal.exists(), "the self-update is resolved");
+    assert_eq!(
+        std::fs::canonicalize(u.install.join("updater/current")).unwrap(),
+        good_slot
+    );
+    let exe = std::fs::read_link(format!("/proc/{}/exe", u.daemon.child.id())).unwrap();
+    assert!(exe.starts_with(&good_slot), "{}", exe.display());
+    let log = u.daemon.log_text();
+    assert!(log.contains("reverting the self-update"), "{log}");
+    assert!(m.run(&["swarm", "releases", "u8"]).status.success());
+    assert!(
+        !u.install.join("updater/starts").exists(),
+        "the start count went with the journal"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_master_may_call_the_updater() {
     let m = MasterHome::new();

@@ -65,6 +65,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 async fn health(State(st): State<Arc<ApiState>>) -> Response {
+    // Answering /health is what confirms a self-update of this updater.
+    st.core.confirm_self_update();
     Json(serde_json::json!({
         "status": "ok",
         "role": "updater",

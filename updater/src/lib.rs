@@ -8,11 +8,14 @@
 //! * [`agent_control`] — start/stop the agent (spawn or systemd);
 //! * [`probe`] — the mTLS health probe;
 //! * [`pipeline`] — update, rollback, recovery, self-update;
+//! * [`launch`] — the packaged launcher's choice of updater binary (falls
+//!   back to the previous updater after failed starts of a new one);
 //! * [`api`] — the HTTP routes.
 
 pub mod agent_control;
 pub mod api;
 pub mod extract;
+pub mod launch;
 pub mod metrics;
 pub mod pipeline;
 pub mod probe;

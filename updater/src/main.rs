@@ -132,11 +132,36 @@ enum Command {
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
     },
+    /// Start the updater the way its unit does: run the installed updater
+    /// (`<install-dir>/updater/current`, else this binary) with ARGS; while
+    /// a self-update is unconfirmed, count the new updater's starts and,
+    /// after --max-failed-starts, run the previous updater instead (which
+    /// reverts the self-update). Meant for the packaged binary, which no
+    /// self-update replaces.
+    Launch {
+        /// Install dir of the releases (the updater's own are under `updater/`).
+        #[arg(long, default_value = "/opt/decnet", value_name = "DIR")]
+        install_dir: PathBuf,
+        /// Starts a new updater gets before the previous one runs instead.
+        #[arg(long, default_value_t = decnet_updater::launch::MAX_FAILED_STARTS)]
+        max_failed_starts: u32,
+        /// The updater's arguments (`serve …`), after `--`.
+        #[arg(last = true, required = true, value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     decnet_telemetry::init_logging(cli.log_format, "info");
+    if let Command::Launch {
+        install_dir,
+        max_failed_starts,
+        args,
+    } = &cli.command
+    {
+        std::process::exit(launch(install_dir, *max_failed_starts, args));
+    }
     decnet_pki::provider::install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -173,9 +198,55 @@ fn main() {
             .await
         }),
         serve_cmd @ Command::Serve { .. } => rt.block_on(serve(serve_cmd)),
+        Command::Launch { .. } => 2,
     };
     std::process::exit(code);
 }
+
+/// `decnet-updater launch`: pick the updater binary and execute it.
+fn launch(
+    install_dir: &std::path::Path,
+    max_failed_starts: u32,
+    args: &[std::ffi::OsString],
+) -> i32 {
+    use decnet_updater::launch::{LaunchChoice, choose};
+    use std::os::unix::process::CommandExt;
+    let launcher = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => return setup_error(format!("cannot find this binary: {e}")),
+    };
+    let slots = match ReleaseSlots::open(&install_dir.join("updater"), 2) {
+        Ok(s) => s,
+        Err(e) => return setup_error(e),
+    };
+    let choice = match choose(&slots, &launcher, max_failed_starts) {
+        Ok(c) => c,
+        Err(e) => return setup_error(format!("cannot read the updater's slots: {e}")),
+    };
+    match &choice {
+        LaunchChoice::Run { bin, attempt: 0 } => {
+            tracing::info!(binary = %bin.display(), "starting the updater");
+        }
+        LaunchChoice::Run { bin, attempt } => tracing::warn!(
+            binary = %bin.display(),
+            attempt,
+            max = max_failed_starts,
+            "starting a new updater whose self-update is not confirmed yet"
+        ),
+        LaunchChoice::Fallback { bin, starts } => tracing::error!(
+            binary = %bin.display(),
+            failed_starts = starts - 1,
+            "the new updater did not come up; starting the previous one, which reverts the self-update"
+        ),
+    }
+    let err = std::process::Command::new(choice.bin()).args(args).exec();
+    eprintln!("error: cannot execute {}: {err}", choice.bin().display());
+    1
+}
+
+/// How long a new updater serves before its self-update is confirmed even
+/// without a `/health` request.
+const SELF_CONFIRM_AFTER: Duration = Duration::from_secs(60);
 
 fn setup_error(msg: impl std::fmt::Display) -> i32 {
     eprintln!("error: {msg}");
@@ -347,6 +418,15 @@ async fn serve(cmd: Command) -> i32 {
         max_body_bytes: usize::try_from(max_release_mb << 20).unwrap_or(usize::MAX),
         ..HttpLimits::default()
     };
+    if state.core.self_update_unconfirmed() {
+        // Serving this long is proof enough that a new updater does not
+        // crash-loop, should nobody ask /health meanwhile.
+        let st = state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SELF_CONFIRM_AFTER).await;
+            st.core.confirm_self_update();
+        });
+    }
     let app = HttpService::new(router(state), RoleSet::master_only(), limits);
     server.serve(app, decnet_server::shutdown_signal()).await;
     0

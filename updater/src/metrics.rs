@@ -3,7 +3,7 @@
 //! | series | what |
 //! |---|---|
 //! | `decnet_updates_total{op,outcome}` | operations (`update`, `rollback`, `self_update`) by outcome (`ok`, `reverted`, `refused`, `not_found`, `failed`) |
-//! | `decnet_reverts_total{reason}` | automatic reverts (`unhealthy` after an update or rollback, `recovery` of an interrupted one at start) |
+//! | `decnet_reverts_total{reason}` | automatic reverts (`unhealthy` after an update or rollback, `recovery` of an interrupted one at start, `self_update` when a new updater did not come up) |
 //! | `decnet_probe_duration_seconds` | health probes of the agent, from the first attempt to the verdict |
 //! | `decnet_probes_total{healthy}` | probes by verdict |
 
@@ -97,7 +97,7 @@ pub fn updater_metrics() -> &'static UpdaterMetrics {
                 });
             }
         }
-        for reason in ["unhealthy", "recovery"] {
+        for reason in ["unhealthy", "recovery", "self_update"] {
             let _ = m.reverts.get_or_create(&ReasonLabel {
                 reason: reason.into(),
             });

@@ -110,6 +110,9 @@ pub struct UpdaterCore {
     /// Trusted release keys (empty: unsigned releases accepted).
     pub keyring: ReleaseKeyring,
     lock: Mutex<()>,
+    /// This process is a new updater whose self-update is not confirmed
+    /// yet (its journal stays until it has answered `/health`).
+    self_unconfirmed: std::sync::atomic::AtomicBool,
 }
 
 impl UpdaterCore {
@@ -130,7 +133,34 @@ impl UpdaterCore {
             max_release,
             keyring,
             lock: Mutex::new(()),
+            self_unconfirmed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The new updater has answered `/health` (or served long enough): its
+    /// self-update is confirmed and the journal goes (a later crash loop is
+    /// no longer this update's doing). No-op when nothing is pending.
+    pub fn confirm_self_update(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.self_unconfirmed.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match self.self_slots.commit() {
+            Ok(()) => tracing::info!(
+                release = ?self.self_slots.current_target(),
+                "self-update confirmed: the new updater answers"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot confirm the self-update");
+                self.self_unconfirmed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Whether a self-update of this updater awaits confirmation.
+    pub fn self_update_unconfirmed(&self) -> bool {
+        self.self_unconfirmed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Check an upload before anything is extracted: the digest, the
@@ -433,8 +463,19 @@ impl UpdaterCore {
         for slots in [&self.slots, &self.self_slots] {
             if let Some(j) = slots.journal()? {
                 if std::ptr::eq(slots, &self.self_slots) {
-                    // Our own binary started fine (we are running it): keep it.
-                    slots.commit()?;
+                    if crate::launch::running_from(&slots.slot_dir(&j.to)) {
+                        // We are the new updater: the journal stays until
+                        // we have answered /health (confirm_self_update).
+                        tracing::info!(release = %j.to, starts = slots.starts().unwrap_or(0), "new updater started; the self-update is confirmed once it answers /health");
+                        self.self_unconfirmed
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    } else {
+                        // The launcher gave up on the new updater and runs
+                        // us, the previous one: undo the self-update.
+                        tracing::error!(release = %j.to, starts = slots.starts().unwrap_or(0), "the new updater did not come up; reverting the self-update to the previous updater");
+                        crate::metrics::record_revert("self_update");
+                        slots.revert(&j)?;
+                    }
                     continue;
                 }
                 tracing::warn!(op = ?j.op, to = %j.to, "resolving an interrupted promotion");

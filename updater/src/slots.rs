@@ -8,6 +8,7 @@
 //! <install>/releases/.staging-<id>/       extraction in progress (never promoted)
 //! <install>/state.json                    {"active": id, "previous": [ids, newest first]}
 //! <install>/journal.json                  present only while a promotion is unresolved
+//! <install>/starts                        starts of the promoted release while it is (self-update)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -271,9 +272,28 @@ impl ReleaseSlots {
         Ok(journal)
     }
 
+    fn starts_path(&self) -> PathBuf {
+        self.root.join("starts")
+    }
+
+    /// Count one more start of the promoted release while the journal is
+    /// unresolved (the updater's own slots: a new updater that never comes
+    /// up is given up on after a few); returns the count so far.
+    pub fn count_start(&self) -> Result<u32, SlotError> {
+        let n = self.starts()? + 1;
+        write_json(&self.starts_path(), &n)?;
+        Ok(n)
+    }
+
+    /// Starts counted by [`count_start`](Self::count_start) since the promotion.
+    pub fn starts(&self) -> Result<u32, SlotError> {
+        Ok(read_json::<u32>(&self.starts_path())?.unwrap_or(0))
+    }
+
     /// The promotion succeeded: drop the journal and collect old releases.
     pub fn commit(&self) -> Result<(), SlotError> {
         remove_if_exists(&self.journal_path())?;
+        remove_if_exists(&self.starts_path())?;
         self.collect_garbage()
     }
 
@@ -287,6 +307,7 @@ impl ReleaseSlots {
             let dir = self.slot_dir(&journal.to);
             let _ = std::fs::remove_dir_all(&dir);
         }
+        remove_if_exists(&self.starts_path())?;
         remove_if_exists(&self.journal_path())
     }
 
