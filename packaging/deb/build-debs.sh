@@ -6,7 +6,8 @@
 #   packaging/deb/build-debs.sh [OUT_DIR]     (default target/debian)
 #
 # Binaries come from `cargo build --release` (or DECNET_BIN_DIR when set,
-# e.g. a debug build for tests). Architecture from dpkg.
+# e.g. a debug build for tests). Architecture from dpkg. DECNET_DEB_COMPRESS
+# picks dpkg-deb's compressor (default xz; the tests use none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/debian}
@@ -20,6 +21,7 @@ fi
 for b in decnet decnet-agent decnet-updater; do
     [ -x "$bin_dir/$b" ] || { echo "error: $bin_dir/$b is missing" >&2; exit 2; }
 done
+compress=${DECNET_DEB_COMPRESS:-xz}
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -66,7 +68,7 @@ control "$root" decnet "adduser, libc6, openssl" \
     "The master of a decnet fleet: the certificate authority, enrollment," \
     "the control API workers heartbeat to, the RFC 5425 log listener, and" \
     "the \`decnet\` CLI that deploys, updates and rolls back workers."
-dpkg-deb --root-owner-group --build "$root" "$out/decnet_${version}_${arch}.deb" >/dev/null
+dpkg-deb -Z"$compress" --root-owner-group --build "$root" "$out/decnet_${version}_${arch}.deb" >/dev/null
 
 # --- decnet-worker -----------------------------------------------------------
 root=$(stage decnet-worker)
@@ -87,6 +89,6 @@ control "$root" decnet-worker "libc6" \
     "A decnet worker host: the agent (deploys and reports decoy workloads)" \
     "and the updater (release slots, health probe, automatic revert," \
     "rollback, self-update), both driven by the master over mutual TLS."
-dpkg-deb --root-owner-group --build "$root" "$out/decnet-worker_${version}_${arch}.deb" >/dev/null
+dpkg-deb -Z"$compress" --root-owner-group --build "$root" "$out/decnet-worker_${version}_${arch}.deb" >/dev/null
 
 ls -1 "$out"/*.deb
