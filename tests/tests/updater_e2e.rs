@@ -25,6 +25,46 @@ fn agent_healthy(m: &MasterHome) -> bool {
     m.run(&["swarm", "check"]).status.success()
 }
 
+/// `decnet release pack DIR` into `name` in the home: (tarball, its
+/// manifests, its SHA-256 hex).
+fn packed(
+    m: &MasterHome,
+    dir: &Path,
+    name: &str,
+) -> (PathBuf, Vec<decnet_pki::signing::SignedManifest>, String) {
+    let tar = m.dir.path().join(name);
+    m.ok(&[
+        "release",
+        "pack",
+        dir.to_str().unwrap(),
+        "--out",
+        tar.to_str().unwrap(),
+    ]);
+    let manifests = serde_json::from_slice(
+        &std::fs::read(m.dir.path().join(format!("{name}.manifests.json"))).unwrap(),
+    )
+    .unwrap();
+    let digest = sha256_hex(&std::fs::read(&tar).unwrap());
+    (tar, manifests, digest)
+}
+
+/// A client of `host`'s updater as the master's (pinned to its recorded
+/// fingerprint), for calls the CLI does not make as such.
+fn direct_client(
+    m: &MasterHome,
+    host: &str,
+    u: &UpdaterFixture,
+) -> decnet_swarm_client::UpdaterClient {
+    let pin = m.json(&["swarm", "show", host, "--json"])["updater_fingerprint"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let master = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
+    decnet_swarm_client::UpdaterClient::new(host, &master, "127.0.0.1", u.daemon.port(), vec![pin])
+        .unwrap()
+}
+
 #[test]
 fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
     let m = MasterHome::new();
@@ -88,33 +128,8 @@ fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
 
     // The 409 answer carries this attempt's agent output only — not earlier
     // runs' — and no terminal escape codes.
-    let bad_tar = m.dir.path().join("bad.tar.gz");
-    m.ok(&[
-        "release",
-        "pack",
-        bad.to_str().unwrap(),
-        "--out",
-        bad_tar.to_str().unwrap(),
-    ]);
-    let manifests: Vec<decnet_pki::signing::SignedManifest> = serde_json::from_slice(
-        &std::fs::read(m.dir.path().join("bad.tar.gz.manifests.json")).unwrap(),
-    )
-    .unwrap();
-    let pin = m.json(&["swarm", "show", "u1", "--json"])["updater_fingerprint"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let master = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
-    let client = decnet_swarm_client::UpdaterClient::new(
-        "u1",
-        &master,
-        "127.0.0.1",
-        u.daemon.port(),
-        vec![pin],
-    )
-    .unwrap();
-    let digest = sha256_hex(&std::fs::read(&bad_tar).unwrap());
+    let (bad_tar, manifests, digest) = packed(&m, &bad, "bad.tar.gz");
+    let client = direct_client(&m, "u1", &u);
     let outcome = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(client.update(&decnet_swarm_client::updater::ReleaseUpload {
@@ -678,33 +693,8 @@ fn a_self_update_that_crash_loops_falls_back_to_the_previous_updater() {
 
     // The crash-looping updater, pushed straight to the updater.
     let bad = decnet_e2e::crash_looping_updater_release(&m.dir.path().join("v9-crashes"));
-    let bad_tar = m.dir.path().join("bad-updater.tar.gz");
-    m.ok(&[
-        "release",
-        "pack",
-        bad.to_str().unwrap(),
-        "--out",
-        bad_tar.to_str().unwrap(),
-    ]);
-    let manifests: Vec<decnet_pki::signing::SignedManifest> = serde_json::from_slice(
-        &std::fs::read(m.dir.path().join("bad-updater.tar.gz.manifests.json")).unwrap(),
-    )
-    .unwrap();
-    let pin = m.json(&["swarm", "show", "u8", "--json"])["updater_fingerprint"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let master = decnet_pki::Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
-    let client = decnet_swarm_client::UpdaterClient::new(
-        "u8",
-        &master,
-        "127.0.0.1",
-        u.daemon.port(),
-        vec![pin],
-    )
-    .unwrap();
-    let digest = sha256_hex(&std::fs::read(&bad_tar).unwrap());
+    let (bad_tar, manifests, digest) = packed(&m, &bad, "bad-updater.tar.gz");
+    let client = direct_client(&m, "u8", &u);
     let outcome = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(client.update_self(
