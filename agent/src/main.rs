@@ -62,8 +62,10 @@ enum Command {
         /// forwarder and heartbeats.
         #[arg(long, value_name = "SHA256")]
         master_fingerprint: Option<String>,
-        /// Send heartbeats to the master's control API (HOST:8765, port 8770 by default).
-        #[arg(long, value_name = "HOST[:8765]")]
+        /// Send heartbeats to (and renew with) the master's control API,
+        /// HOST[:8770]; default: the master recorded at join
+        /// (`<bundle-dir>/master`), else none.
+        #[arg(long, value_name = "HOST[:8770]")]
         master: Option<String>,
         /// Seconds between heartbeats (±20 % jitter).
         #[arg(long, default_value_t = 30)]
@@ -208,12 +210,16 @@ fn main() {
                 decky_interface,
                 metrics,
             } => {
+                let home = decnet_pki::bundle::default_decnet_home();
+                let bundle_dir = bundle_dir.unwrap_or_else(|| home.join("agent"));
+                // No --master: the master this bundle was joined through.
+                let master =
+                    master.or_else(|| decnet_swarm_client::join::recorded_master(&bundle_dir));
                 let heartbeat = master.map(|m| HeartbeatSpec {
                     master: decnet_swarm_client::transport::with_default_port(&m, 8770),
                     interval: Duration::from_secs(heartbeat_interval.max(1)),
                     pin: master_fingerprint.clone(),
                 });
-                let home = decnet_pki::bundle::default_decnet_home();
                 let forward = match (forward_to, forward_log) {
                     (Some(master), Some(log)) => Some(ForwardSpec {
                         master,
@@ -225,7 +231,7 @@ fn main() {
                 };
                 let opts = ServeOptions {
                     listen: SocketAddr::new(host, port),
-                    bundle_dir: bundle_dir.unwrap_or_else(|| home.join("agent")),
+                    bundle_dir,
                     state_dir: state_dir.unwrap_or_else(|| home.join("agent-state")),
                     driver: match driver {
                         DriverArg::Process => DriverKind::Process,

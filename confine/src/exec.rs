@@ -125,8 +125,28 @@ fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(errno("create the working directory")(e)),
     }
+    // Without CAP_DAC_OVERRIDE and CAP_FOWNER (the agent's unit keeps
+    // CAP_CHOWN only) root may neither open a decky's 0700 directory (left
+    // by an earlier run) nor set the mode of one it does not own: take it
+    // first, by name and never through a link (the parent is the agent's),
+    // set its mode, then hand it to the decky.
+    if spec.identity.is_some() {
+        rustix::fs::chownat(
+            &parent,
+            name.as_str(),
+            Some(rustix::process::geteuid()),
+            Some(rustix::process::getegid()),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(errno("take the working directory"))?;
+    }
     let dir = rustix::fs::openat(&parent, name.as_str(), dir_flags, Mode::empty())
         .map_err(errno("open the working directory"))?;
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700))
+        .map_err(errno("set the working directory's mode"))?;
+    // Entered while still ours: root without CAP_DAC_OVERRIDE could not
+    // search it once the decky owns it.
+    rustix::process::fchdir(&dir).map_err(errno("enter the working directory"))?;
     if let Some(id) = spec.identity {
         rustix::fs::fchown(
             &dir,
@@ -135,9 +155,7 @@ fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
         )
         .map_err(errno("hand the working directory to the decky"))?;
     }
-    rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700))
-        .map_err(errno("set the working directory's mode"))?;
-    rustix::process::fchdir(&dir).map_err(errno("enter the working directory"))
+    Ok(())
 }
 
 fn drop_ids(id: ExecIdentity) -> Result<(), ExecError> {

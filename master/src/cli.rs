@@ -387,7 +387,8 @@ pub enum SwarmCommand {
     /// One-time join tokens (the worker generates its own key).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Ask a host to renew its agent certificate at its next heartbeat.
+    /// Ask a host to renew its certificates: the agent at its next
+    /// heartbeat, the updater (asked directly) at once.
     Renew {
         /// Host name.
         host: String,
@@ -1014,17 +1015,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "renewal requested",
             )
             .await?;
-            db.close().await;
             if !found {
+                db.close().await;
                 return Err(UsageError(format!(
                     "host {host} is not enrolled or is decommissioned"
                 ))
                 .into());
             }
             println!(
-                "{host} will renew its certificate at its next heartbeat (decnet master serve must be running)"
+                "{host}: the agent will renew its certificate at its next heartbeat (decnet master serve must be running)"
             );
-            Ok(())
+            // The updater has no heartbeat: it is asked directly.
+            let h = crate::fleet_ops::select_hosts(&db, std::slice::from_ref(&host))
+                .await?
+                .remove(0);
+            let updater = if h.updater_fingerprint.is_none() {
+                None
+            } else {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                Some(match crate::rollout::updater_client(&pool, &h) {
+                    Ok(c) => c.renew().await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                })
+            };
+            if let Some(r) = &updater {
+                audit(
+                    &db,
+                    "swarm.renew.updater",
+                    &host,
+                    if r.is_ok() {
+                        AuditOutcome::Ok
+                    } else {
+                        AuditOutcome::Failed
+                    },
+                    match r {
+                        Ok(()) => "updater renewal requested",
+                        Err(_) => "the updater did not take the renewal request",
+                    },
+                )
+                .await?;
+            }
+            db.close().await;
+            match updater {
+                None => Ok(()),
+                Some(Ok(())) => {
+                    println!("{host}: the updater is renewing its certificate now");
+                    Ok(())
+                }
+                Some(Err(e)) => partial(
+                    false,
+                    &format!("{host}: the updater did not take the renewal request: {e}"),
+                ),
+            }
         }
         Command::Swarm(SwarmCommand::Rollback { ca, host }) => {
             let home = resolve(ca.ca_dir);

@@ -113,8 +113,23 @@ async fn update_one(
     };
     if include_self && res.outcome == UpdateOutcome::Updated {
         match client.update_self(&up, Duration::from_secs(60)).await {
-            Ok(h) => {
+            // A new process answered; it must run the release pushed: the
+            // previous updater answers instead when the new one crash-looped
+            // and its launcher fell back (it reverted the self-update).
+            Ok(h)
+                if h.updater_release.as_ref().map(|r| r.sha256.as_str())
+                    == Some(rel.sha256.as_str()) =>
+            {
                 res.detail = format!("{}; updater replaced (version {})", res.detail, h.version)
+            }
+            Ok(h) => {
+                res.outcome = UpdateOutcome::Failed;
+                res.detail = format!(
+                    "agent updated, but the new updater did not come up: the previous one ({}) reverted the self-update",
+                    h.updater_release
+                        .map(|r| format!("release {}", r.sha))
+                        .unwrap_or_else(|| "the packaged updater".into())
+                );
             }
             Err(e) => {
                 res.outcome = UpdateOutcome::Failed;

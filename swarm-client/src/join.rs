@@ -223,7 +223,30 @@ pub async fn join(
     bundle
         .write(dir)
         .map_err(|e| JoinError::Local(format!("cannot write the bundle: {e}")))?;
+    record_master(dir, master)
+        .map_err(|e| JoinError::Local(format!("cannot record the master's address: {e}")))?;
     Ok(bundle)
+}
+
+/// The file in a bundle directory naming the master's control API the
+/// bundle was joined through (`host:port`, one line): `serve` heartbeats and
+/// renews there when no `--master` is given, so a packaged worker works once
+/// joined, without editing its settings.
+pub const MASTER_FILE: &str = "master";
+
+/// Record `master` (`host:port`) in `dir` (written whole, then renamed).
+pub fn record_master(dir: &Path, master: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{MASTER_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{master}\n"))?;
+    std::fs::rename(&tmp, dir.join(MASTER_FILE))
+}
+
+/// The master recorded at join in `dir`, if any (an empty or unreadable file
+/// counts as none).
+pub fn recorded_master(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(MASTER_FILE)).ok()?;
+    let master = text.trim();
+    (!master.is_empty()).then(|| master.to_string())
 }
 
 /// The `join` subcommand of both worker binaries: join, report, and return
@@ -265,6 +288,19 @@ pub async fn join_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_master_recorded_at_join_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(recorded_master(dir.path()), None);
+        record_master(dir.path(), "master.example.net:8770").unwrap();
+        assert_eq!(
+            recorded_master(dir.path()).as_deref(),
+            Some("master.example.net:8770")
+        );
+        std::fs::write(dir.path().join(MASTER_FILE), "  \n").unwrap();
+        assert_eq!(recorded_master(dir.path()), None);
+    }
 
     #[test]
     fn debug_output_never_contains_the_secret() {

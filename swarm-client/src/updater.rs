@@ -49,6 +49,17 @@ pub struct UpdaterHealth {
     /// Identity of this updater process (changes when it re-executes).
     #[serde(default)]
     pub instance: Option<String>,
+    /// The updater release this process runs, `None` for the packaged
+    /// updater (or one too old to say).
+    #[serde(default)]
+    pub updater_release: Option<Release>,
+}
+
+/// The updater's answer to `POST /renew`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RenewalRequested {
+    /// Its renewal task was woken.
+    pub renewing: bool,
 }
 
 /// A successful update or rollback.
@@ -198,6 +209,14 @@ impl UpdaterClient {
             }) => Ok(UpdateOutcome::RolledBack(body)),
             Err(e) => Err(e),
         }
+    }
+
+    /// `POST /renew`: the updater renews its certificate with the master now
+    /// (`decnet swarm renew`); it answers as soon as its renewal task is woken.
+    pub async fn renew(&self) -> Result<RenewalRequested, ClientError> {
+        self.ep
+            .send_json(self.ep.http().post(self.ep.url("/renew")), QUICK_TIMEOUT)
+            .await
     }
 
     /// `POST /rollback`.

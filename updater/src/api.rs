@@ -25,6 +25,9 @@ pub struct ApiState {
     pub instance: String,
     /// Called after a successful self-update (re-executes the process).
     pub restart_self: Box<dyn Fn() + Send + Sync>,
+    /// Wakes the renewal task (`POST /renew`, `decnet swarm renew`); `None`
+    /// when this updater knows no master to renew with.
+    pub renew_now: Option<Arc<tokio::sync::Notify>>,
 }
 
 use decnet_server::json_error as error;
@@ -59,6 +62,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/update", post(update))
         .route("/update-self", post(update_self))
         .route("/rollback", post(rollback))
+        .route("/renew", post(renew))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -73,11 +77,35 @@ async fn health(State(st): State<Arc<ApiState>>) -> Response {
         "host": st.host,
         "version": env!("CARGO_PKG_VERSION"),
         "releases": st.core.slots.releases().unwrap_or_default(),
+        // The updater release this process runs (none: the packaged one):
+        // after a self-update, the master checks it is the one it pushed.
+        "updater_release": st.core.self_slots.releases().ok().and_then(|r| r.into_iter().next()),
         "agent_running": st.core.control.is_running().await,
         "agent_pid": st.core.control.pid(),
         "instance": st.instance,
     }))
     .into_response()
+}
+
+/// Renew this updater's certificate now (the master's `swarm renew`): the
+/// renewal task does it, exactly as when it falls due.
+async fn renew(State(st): State<Arc<ApiState>>) -> Response {
+    match &st.renew_now {
+        Some(now) => {
+            tracing::info!(host = %st.host, "the master asked for a certificate renewal");
+            now.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "renewing": true })),
+            )
+                .into_response()
+        }
+        None => error(
+            StatusCode::CONFLICT,
+            "no_master",
+            "this updater knows no master to renew with (join it, or start it with --master)",
+        ),
+    }
 }
 
 async fn releases(State(st): State<Arc<ApiState>>) -> Response {

@@ -119,8 +119,9 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         stop_grace: u64,
         /// Renew this updater's certificate with the master's control API
-        /// (HOST[:8766], port 8770 by default) at about 2/3 of its lifetime.
-        #[arg(long, value_name = "HOST[:8766]")]
+        /// (HOST[:8770]) at about 2/3 of its lifetime; default: the master
+        /// recorded at join (`<bundle-dir>/master`), else none.
+        #[arg(long, value_name = "HOST[:8770]")]
         master: Option<String>,
         /// Pin the master's certificate fingerprint (SHA-256 hex).
         #[arg(long, value_name = "SHA256")]
@@ -282,6 +283,8 @@ async fn serve(cmd: Command) -> i32 {
     let home = decnet_pki::bundle::default_decnet_home();
     let bundle_dir = bundle_dir.unwrap_or_else(|| home.join("updater"));
     let agent_bundle_dir = agent_bundle_dir.unwrap_or_else(|| home.join("agent"));
+    // No --master: the master this bundle was joined through.
+    let master = master.or_else(|| decnet_swarm_client::join::recorded_master(&bundle_dir));
     let material = match master_link::load_material(&bundle_dir, BundleKind::Updater) {
         Ok(m) => m,
         Err(e) => return setup_error(e),
@@ -370,6 +373,9 @@ async fn serve(cmd: Command) -> i32 {
         Err(e) => return setup_error(e),
     };
     let self_bin = core.self_binary();
+    let renew_now = master
+        .as_ref()
+        .map(|_| Arc::new(tokio::sync::Notify::new()));
     let state = Arc::new(ApiState {
         core,
         host: host_name.to_string(),
@@ -389,6 +395,7 @@ async fn serve(cmd: Command) -> i32 {
                 std::process::exit(1);
             });
         }),
+        renew_now: renew_now.clone(),
     });
     if let Some(master) = master {
         let master = decnet_swarm_client::transport::with_default_port(&master, 8770);
@@ -396,7 +403,7 @@ async fn serve(cmd: Command) -> i32 {
         tokio::spawn(master_link::keep_renewed(
             link.clone(),
             bundle_dir.clone(),
-            Arc::new(tokio::sync::Notify::new()),
+            renew_now.unwrap_or_default(),
         ));
         tokio::spawn(master_link::keep_crl_fresh(
             link,

@@ -55,6 +55,7 @@ async fn every_route_admits_only_the_master() {
         upload_dir: install.join(".uploads"),
         instance: "test".into(),
         restart_self: Box::new(|| {}),
+        renew_now: Some(Arc::default()),
     });
     let app = HttpService::new(router(state), RoleSet::master_only(), HttpLimits::default()).app();
     let routes = [
@@ -63,6 +64,7 @@ async fn every_route_admits_only_the_master() {
         (Method::POST, "/update"),
         (Method::POST, "/update-self"),
         (Method::POST, "/rollback"),
+        (Method::POST, "/renew"),
         (Method::GET, "/no-such-route"),
         (Method::DELETE, "/releases"),
     ];
