@@ -68,6 +68,8 @@ fn units_restart_on_failure_and_are_hardened() {
     // that does not come up.
     assert!(up.contains("launch --install-dir /opt/decnet -- serve"));
     assert!(up.contains("ReadWritePaths=/opt/decnet /etc/decnet/updater"));
+    // The way back from a bad release never stops restarting.
+    assert!(up.contains("StartLimitIntervalSec=0"));
     // Installed enabled, the worker units wait for their bundles; the agent
     // runs the packaged binary until the updater installs a release.
     assert!(agent.contains("ConditionPathExists=/etc/decnet/agent/worker.crt"));

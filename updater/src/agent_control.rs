@@ -210,7 +210,14 @@ impl AgentControl {
     pub async fn start(&self) -> Result<(), ControlError> {
         match self {
             AgentControl::Spawn(s) => s.start().await.map(|_| ()),
-            AgentControl::Systemd { unit } => systemctl("start", unit).await,
+            AgentControl::Systemd { unit } => {
+                // A deliberate start: clear an earlier failure and systemd's
+                // start-rate limit first (a quick series of updates and
+                // reverts exceeds the default 5 starts in 10 s, and systemd
+                // would then refuse, leaving the agent down).
+                let _ = systemctl("reset-failed", unit).await;
+                systemctl("start", unit).await
+            }
         }
     }
 
