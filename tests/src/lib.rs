@@ -982,6 +982,55 @@ pub fn crash_looping_updater_release(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// The two Debian packages (`decnet`, `decnet-worker`) built by
+/// `packaging/deb/build-debs.sh` from this workspace's binaries,
+/// uncompressed (xz of debug binaries takes minutes), in a temp dir.
+pub struct DebianPackages {
+    /// Holds the packages (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// `decnet_<version>_<arch>.deb`.
+    pub master: PathBuf,
+    /// `decnet-worker_<version>_<arch>.deb`.
+    pub worker: PathBuf,
+}
+
+impl DebianPackages {
+    /// Build both; panics with the script's output if it fails.
+    pub fn build() -> DebianPackages {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deb/build-debs.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(dir.path())
+            .env("DECNET_BIN_DIR", bin_dir())
+            .env("DECNET_DEB_COMPRESS", "none")
+            .output()
+            .expect("run build-debs.sh");
+        assert!(
+            out.status.success(),
+            "build-debs.sh: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let find = |package: &str| {
+            std::fs::read_dir(dir.path())
+                .expect("read the package dir")
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+                })
+                .unwrap_or_else(|| panic!("no {package} package"))
+        };
+        DebianPackages {
+            master: find("decnet"),
+            worker: find("decnet-worker"),
+            dir,
+        }
+    }
+}
+
 /// Docker helpers of the tests that drive a real engine.
 pub mod docker {
     use std::process::Command;

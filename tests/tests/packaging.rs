@@ -284,37 +284,8 @@ fn debian_packages_build_with_their_files_modes_and_scripts() {
         eprintln!("!!! dpkg-deb not installed: the Debian packages are NOT built or checked");
         return;
     }
-    let out_dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/deb/build-debs.sh");
-    let bin_dir = decnet_e2e::bin("decnet").parent().unwrap().to_path_buf();
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(out_dir.path())
-        .env("DECNET_BIN_DIR", &bin_dir)
-        // Debug binaries are large: xz would take minutes.
-        .env("DECNET_DEB_COMPRESS", "none")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "build-debs.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let find = |prefix: &str| {
-        std::fs::read_dir(out_dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("{prefix}_"))
-            })
-            .unwrap_or_else(|| panic!("no {prefix} package"))
-    };
-    let master = find("decnet");
-    let worker = find("decnet-worker");
+    let debs = decnet_e2e::DebianPackages::build();
+    let (master, worker) = (debs.master.clone(), debs.worker.clone());
 
     // Fields.
     assert_eq!(

@@ -62,40 +62,6 @@ fn ready() -> bool {
     true
 }
 
-/// The two packages, built from this workspace's binaries (uncompressed).
-struct Debs {
-    _dir: tempfile::TempDir,
-    master: PathBuf,
-    worker: PathBuf,
-}
-
-fn build_debs() -> Debs {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(workspace().join("packaging/deb/build-debs.sh"))
-        .arg(dir.path())
-        .env("DECNET_BIN_DIR", decnet_e2e::bin_dir())
-        .env("DECNET_DEB_COMPRESS", "none")
-        .output()
-        .expect("run build-debs.sh");
-    assert!(out.status.success(), "build-debs.sh:\n{}", text(&out));
-    let find = |prefix: &str| {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-            })
-            .unwrap_or_else(|| panic!("no {prefix}*.deb"))
-    };
-    Debs {
-        master: find("decnet_"),
-        worker: find("decnet-worker_"),
-        _dir: dir,
-    }
-}
-
 /// A private, internal Docker network (removed on drop, after its hosts).
 struct Network(String);
 
@@ -280,7 +246,7 @@ fn packages_install_wait_for_their_bundles_and_remove_and_purge_cleanly() {
     if !ready() {
         return;
     }
-    let debs = build_debs();
+    let debs = decnet_e2e::DebianPackages::build();
     let net = Network::create("pkg");
     let host = Host::start(&net, "solo").booted();
     host.copy_in(&debs.master, "/tmp/decnet.deb");
@@ -461,7 +427,7 @@ fn a_fleet_of_systemd_hosts_installed_from_the_packages() {
     if !ready() {
         return;
     }
-    let debs = build_debs();
+    let debs = decnet_e2e::DebianPackages::build();
     let net = Network::create("fleet");
     let master = Host::start(&net, "master");
     let w1 = Host::start(&net, "w1");
