@@ -234,11 +234,13 @@ pub async fn join(
 /// joined, without editing its settings.
 pub const MASTER_FILE: &str = "master";
 
-/// Record `master` (`host:port`) in `dir` (written whole, then renamed).
+/// Record `master` (`host:port`) in `dir` (atomically, like the bundle).
 pub fn record_master(dir: &Path, master: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{MASTER_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{master}\n"))?;
-    std::fs::rename(&tmp, dir.join(MASTER_FILE))
+    decnet_pki::secure_fs::write_atomic(
+        &dir.join(MASTER_FILE),
+        format!("{master}\n").as_bytes(),
+        decnet_pki::secure_fs::PUBLIC_MODE,
+    )
 }
 
 /// The master recorded at join in `dir`, if any (an empty or unreadable file
