@@ -148,6 +148,27 @@ async fn exercise(db: FleetDb) {
         t.await.unwrap().unwrap();
     }
     assert_eq!(db.audit_log(100).await.unwrap().len(), 20);
+    // A fleet-wide command's batch: all in one transaction, each kept.
+    let batch: Vec<AuditEntry> = (0..300)
+        .map(|i| {
+            AuditEntry::now(
+                "test",
+                "swarm.deploy",
+                &format!("b{i}"),
+                AuditOutcome::Partial,
+                format!("operation=op{i}"),
+            )
+        })
+        .collect();
+    db.audit_all(&batch).await.unwrap();
+    db.audit_all(&[]).await.unwrap();
+    let log = db.audit_log(1000).await.unwrap();
+    assert_eq!(log.len(), 320);
+    let b7 = log.iter().find(|e| e.target == "b7").expect("b7 audited");
+    assert_eq!(
+        (b7.action.as_str(), b7.outcome, b7.detail.as_str()),
+        ("swarm.deploy", AuditOutcome::Partial, "operation=op7")
+    );
     db.record_update(&UpdateRecord {
         host: "w1".into(),
         at: unix_now(),

@@ -105,6 +105,65 @@ async fn record(
     }
 }
 
+/// The results of a fleet-wide command waiting to be written: audit
+/// entries and failed contacts, written in batches of [`Self::BATCH`] (one
+/// transaction each) as hosts finish, and the rest by [`Self::flush`].
+///
+/// Why: one commit per host cost the master more than the deploy itself at
+/// 10 000 hosts; batches keep that to a few dozen commits while a crash of
+/// the command loses at most one batch of audit entries.
+struct PendingRecords<'a> {
+    db: &'a FleetDb,
+    audits: Vec<AuditEntry>,
+    contacts: Vec<decnet_fleet::Contact>,
+}
+
+impl<'a> PendingRecords<'a> {
+    /// Entries held before they are written.
+    const BATCH: usize = 256;
+
+    fn new(db: &'a FleetDb) -> Self {
+        PendingRecords {
+            db,
+            audits: Vec::new(),
+            contacts: Vec::new(),
+        }
+    }
+
+    /// Queue a failed contact with `host` (kept for `swarm show`; written
+    /// with the next batch).
+    fn failed_contact(&mut self, host: &str, error: &ClientError) {
+        self.contacts.push(decnet_fleet::Contact {
+            host: host.to_string(),
+            outcome: Err(error.to_string()),
+        });
+    }
+
+    /// Queue an audit entry, writing the batch when it is full.
+    async fn audit(&mut self, entry: AuditEntry) {
+        self.audits.push(entry);
+        if self.audits.len() >= Self::BATCH {
+            self.flush().await;
+        }
+    }
+
+    /// Write everything queued.
+    async fn flush(&mut self) {
+        if !self.contacts.is_empty() {
+            if let Err(e) = self.db.record_contacts(&self.contacts).await {
+                eprintln!("warning: cannot record the contacts with the hosts: {e}");
+            }
+            self.contacts.clear();
+        }
+        if !self.audits.is_empty() {
+            if let Err(e) = self.db.audit_all(&self.audits).await {
+                eprintln!("warning: cannot write the audit log: {e}");
+            }
+            self.audits.clear();
+        }
+    }
+}
+
 /// The outcome of a deploy on one host.
 #[derive(Debug, serde::Serialize)]
 pub struct HostDeploy {
@@ -324,10 +383,11 @@ pub async fn deploy(
         });
     }
     let mut results = Vec::new();
+    let mut records = PendingRecords::new(db);
     while let Some(joined) = set.join_next().await {
         let (out, err) = joined.context("a deploy task failed")?;
         if let Some(e) = &err {
-            record(db, &out.host, Err(e)).await;
+            records.failed_contact(&out.host, e);
         }
         let outcome = if out.error.is_some() {
             AuditOutcome::Failed
@@ -342,26 +402,27 @@ pub async fn deploy(
             .filter(|d| d.state == "failed")
             .map(|d| d.name.clone())
             .collect();
-        audit(
-            db,
-            actor,
-            "swarm.deploy",
-            &out.host,
-            outcome,
-            format!(
-                "config={} operation={} failed_deckies=[{}]{root_note}{}",
-                config_path.display(),
-                out.operation_id.as_deref().unwrap_or("-"),
-                failed.join(","),
-                out.error
-                    .as_deref()
-                    .map(|e| format!(" error={e}"))
-                    .unwrap_or_default()
-            ),
-        )
-        .await;
+        records
+            .audit(AuditEntry::now(
+                actor,
+                "swarm.deploy",
+                &out.host,
+                outcome,
+                format!(
+                    "config={} operation={} failed_deckies=[{}]{root_note}{}",
+                    config_path.display(),
+                    out.operation_id.as_deref().unwrap_or("-"),
+                    failed.join(","),
+                    out.error
+                        .as_deref()
+                        .map(|e| format!(" error={e}"))
+                        .unwrap_or_default()
+                ),
+            ))
+            .await;
         results.push(out);
     }
+    records.flush().await;
     results.sort_by(|a, b| a.host.cmp(&b.host));
     let ok = results.iter().all(|r| {
         if wait {
@@ -570,11 +631,12 @@ async fn probe_all(
     }
     reports.sort_by(|a, b| a.host.cmp(&b.host));
     if let Ok(records) = db.hosts().await {
+        let updated: std::collections::HashMap<&str, i64> = records
+            .iter()
+            .map(|h| (h.name.as_str(), h.updated_at))
+            .collect();
         for r in &mut reports {
-            r.updated_at = records
-                .iter()
-                .find(|h| h.name == r.host)
-                .map(|h| h.updated_at);
+            r.updated_at = updated.get(r.host.as_str()).copied();
         }
     }
     reports

@@ -180,9 +180,15 @@ pub fn client_config(
         .with_client_auth_cert(certs, key)?)
 }
 
-/// How many TLS sessions a [`fleet_client_config`] keeps for resumption:
-/// one per host of a large fleet (10 000) with room to spare.
+/// How many servers a [`fleet_client_config`] keeps TLS sessions of, for
+/// resumption: every host of a large fleet (10 000) with room to spare.
 pub const FLEET_SESSIONS: usize = 16_384;
+
+/// TLS 1.3 tickets rustls keeps per server: its memory cache is sized in
+/// tickets (`in_memory_sessions(n)` remembers `n / 8` servers), so the
+/// fleet cache is sized `FLEET_SESSIONS * TICKETS_PER_SERVER`. Sized in
+/// servers by mistake, a fan-out over more than 2 048 hosts resumed nothing.
+const TICKETS_PER_SERVER: usize = 8;
 
 /// Client side for dialing many servers with ONE configuration (the
 /// master's fan-out to its workers): present `bundle`, and verify each
@@ -203,7 +209,7 @@ pub fn fleet_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(certs, key)?;
-    config.resumption = Resumption::in_memory_sessions(FLEET_SESSIONS);
+    config.resumption = Resumption::in_memory_sessions(FLEET_SESSIONS * TICKETS_PER_SERVER);
     config.enable_sni = false;
     Ok(config)
 }

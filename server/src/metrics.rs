@@ -9,6 +9,7 @@
 //! | `decnet_connections_open` | connections being served now |
 //! | `decnet_connections_refused_total{reason}` | refused by admission (before or after the handshake) |
 //! | `decnet_handshake_failures_total{reason}` | TLS handshakes that failed (`timeout`, `no_certificate`, `unknown_ca`, `revoked`, ...) |
+//! | `decnet_tls_handshakes_total{kind}` | TLS handshakes completed: `full` (certificates and signatures on both sides) or `resumed` (a session resumed, no signature) |
 //! | `decnet_http_requests_total{route,status}` | HTTP requests by route template and status |
 //! | `decnet_role_refusals_total{route}` | requests the role check refused |
 //! | `decnet_certificate_expiry_timestamp_seconds{cn,role}` | when this daemon's own certificate expires |
@@ -52,6 +53,15 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// `server`, `kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// Which server.
+    pub server: String,
+    /// `full` or `resumed`.
+    pub kind: String,
+}
+
 /// `server`, `route`, `status`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -90,6 +100,8 @@ pub struct ServerMetrics {
     pub connections_refused: Family<ReasonLabels, Counter>,
     /// Failed TLS handshakes.
     pub handshake_failures: Family<ReasonLabels, Counter>,
+    /// Completed TLS handshakes, full or resumed.
+    pub handshakes: Family<HandshakeLabels, Counter>,
     /// HTTP requests.
     pub requests: Family<RequestLabels, Counter>,
     /// Requests refused by the role check.
@@ -106,6 +118,7 @@ pub fn server_metrics() -> &'static ServerMetrics {
             connections_open: Family::default(),
             connections_refused: Family::default(),
             handshake_failures: Family::default(),
+            handshakes: Family::default(),
             requests: Family::default(),
             role_refusals: Family::default(),
             cert_expiry: Family::default(),
@@ -124,6 +137,11 @@ pub fn server_metrics() -> &'static ServerMetrics {
             "decnet_handshake_failures",
             "TLS handshakes that failed, by reason",
             m.handshake_failures.clone(),
+        );
+        register(
+            "decnet_tls_handshakes",
+            "TLS handshakes completed, by kind (full or resumed)",
+            m.handshakes.clone(),
         );
         register(
             "decnet_http_requests",

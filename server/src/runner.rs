@@ -309,6 +309,17 @@ async fn connection<H: ConnectionHandler>(
                 }
                 Ok(Ok(s)) => s,
             };
+            let kind = match stream.get_ref().1.handshake_kind() {
+                Some(rustls::HandshakeKind::Resumed) => "resumed",
+                _ => "full",
+            };
+            crate::metrics::server_metrics()
+                .handshakes
+                .get_or_create(&crate::metrics::HandshakeLabels {
+                    server: name.to_string(),
+                    kind: kind.to_string(),
+                })
+                .inc();
             let identity = match stream
                 .get_ref()
                 .1

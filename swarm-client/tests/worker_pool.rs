@@ -37,11 +37,17 @@ struct FakeAgent {
 }
 
 async fn agent(host: &str) -> FakeAgent {
+    agent_named(host, "agent").await
+}
+
+/// Like [`agent`], served under the runner name `server` (the label of its
+/// handshake counters, so a test can read its own).
+async fn agent_named(host: &str, server: &'static str) -> FakeAgent {
     decnet_pki::provider::install_default();
     let b = bundle(Role::Agent(HostName::new(host).unwrap()), BundleKind::Agent);
     let fingerprint = b.identity.fingerprint;
     let server = Server::bind(
-        "agent",
+        server,
         "127.0.0.1:0".parse().unwrap(),
         Transport::Tls {
             material: MaterialSource::from_parts(b, None).unwrap(),
@@ -173,4 +179,63 @@ async fn a_worker_recorded_by_host_name_is_resolved_when_dialed() {
     let err = nowhere.health().await.unwrap_err();
     assert!(err.is_unreachable(), "{err}");
     assert!(err.to_string().contains("does not resolve"), "{err}");
+}
+
+/// TLS handshakes the runner named `server` completed: (full, resumed).
+fn handshakes(server: &str) -> (u64, u64) {
+    let count = |kind: &str| {
+        decnet_server::metrics::server_metrics()
+            .handshakes
+            .get_or_create(&decnet_server::metrics::HandshakeLabels {
+                server: server.into(),
+                kind: kind.into(),
+            })
+            .get()
+    };
+    (count("full"), count("resumed"))
+}
+
+/// A fleet-wide command dials every host, then dials each again (a deploy
+/// polls its operation): the second dial must resume the host's session
+/// even after thousands of other hosts were dialed in between. (The pool's
+/// session cache was once sized in tickets where servers were meant: past
+/// 2 048 hosts nothing resumed and every poll paid a full handshake.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_resumes_its_session_after_thousands_of_others() {
+    const SERVER: &str = "agent-resumes";
+    let first = agent_named("w1", SERVER).await;
+    let others = agent("w2").await;
+    let pool = master_pool();
+    let c1 = client(&pool, "w1", &first, vec![first.fingerprint]);
+    c1.health().await.unwrap();
+    assert_eq!(handshakes(SERVER), (1, 0));
+
+    // 2 100 other hosts, each under a name of its own (a pin list of its
+    // own; the real pin is among them so each is verified and answers).
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..2_100u32 {
+        let c = client(
+            &pool,
+            "w2",
+            &others,
+            vec![others.fingerprint, Fingerprint::of_der(&i.to_be_bytes())],
+        );
+        let limit = limit.clone();
+        calls.spawn(async move {
+            let _permit = limit.acquire().await.unwrap();
+            c.health().await.map(|h| h.host)
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), "w2");
+    }
+    assert!(pool.servers() > 2_100);
+
+    c1.health().await.unwrap();
+    assert_eq!(
+        handshakes(SERVER),
+        (1, 1),
+        "w1's second dial must resume its session, not sign again"
+    );
 }

@@ -82,6 +82,20 @@ fn agent_router(host: String) -> Router {
         )
 }
 
+/// Handshakes the simulated agents completed so far: (full, resumed).
+fn agent_handshakes() -> (u64, u64) {
+    let count = |kind: &str| {
+        decnet_server::metrics::server_metrics()
+            .handshakes
+            .get_or_create(&decnet_server::metrics::HandshakeLabels {
+                server: "agent".into(),
+                kind: kind.into(),
+            })
+            .get()
+    };
+    (count("full"), count("resumed"))
+}
+
 fn raise_open_files() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut l = getrlimit(Resource::Nofile);
@@ -189,7 +203,12 @@ fn main() {
             ],
         ),
     ] {
+        let (full, resumed) = agent_handshakes();
         let (secs, cpu, out) = run_timed(&m, &args);
+        let (full, resumed) = {
+            let (f, r) = agent_handshakes();
+            (f - full, r - resumed)
+        };
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let rows = v.as_array().cloned().unwrap_or_default();
         let answered = rows
@@ -197,7 +216,7 @@ fn main() {
             .filter(|r| r["reachable"] == true || r["operation_id"].is_string())
             .count();
         println!(
-            "{what:<13} {secs:>6.2}s  {answered}/{hosts} answered  master CPU {cpu:.2}s ({:.2} ms per host)  (exit {:?})",
+            "{what:<13} {secs:>6.2}s  {answered}/{hosts} answered  master CPU {cpu:.2}s ({:.2} ms per host)  handshakes {full} full, {resumed} resumed  (exit {:?})",
             cpu * 1000.0 / hosts as f64,
             out.status.code()
         );
