@@ -166,10 +166,15 @@ pub fn processes_of_user(uid: u32) -> Vec<ProcessHandle> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
+            // Only a process of `uid` is pinned (a pidfd for every process
+            // on the box made each call cost the kernel far more).
+            if real_uid(pid)? != uid {
+                return None;
+            }
             let h = ProcessHandle::open_any(pid)?;
-            let owner = real_uid(pid)?;
-            // Still running after the read: the uid was this process's.
-            (owner == uid && !h.has_exited()).then_some(h)
+            // Read again with the process pinned, and still running after
+            // the read: the uid is this process's, not a reused pid's.
+            (real_uid(pid)? == uid && !h.has_exited()).then_some(h)
         })
         .collect()
 }

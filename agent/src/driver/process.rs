@@ -196,15 +196,16 @@ impl Inner {
         self.opts.state_dir.join("run").join(format!("{name}.exit"))
     }
 
-    /// The ids `decky` runs under, and whether the uid is its alone.
-    fn identity(&self, decky: &DeckyConfig) -> Result<Option<ExecIdentity>, DriverError> {
+    /// The ids `decky` runs under, and whether a process of that uid was
+    /// running when they were picked (`true` when unknown).
+    fn identity(&self, decky: &DeckyConfig) -> Result<(Option<ExecIdentity>, bool), DriverError> {
         let Isolation::PerDeckyUid(_) = self.opts.isolation else {
             if decky.user.is_some() {
                 return Err(DriverError(
                     "user needs per-decky isolation, and this agent runs with --decky-isolation none".into(),
                 ));
             }
-            return Ok(None);
+            return Ok((None, true));
         };
         let accounts = AccountDb::load();
         if let Some(user) = &decky.user {
@@ -221,10 +222,13 @@ impl Inner {
                     "user {user:?} is the agent's own user; a decky never runs as the agent"
                 )));
             }
-            return Ok(Some(ExecIdentity {
-                uid: ids.uid,
-                gid: ids.gid,
-            }));
+            return Ok((
+                Some(ExecIdentity {
+                    uid: ids.uid,
+                    gid: ids.gid,
+                }),
+                true,
+            ));
         }
         let in_use = decnet_confine::ids::ids_in_use();
         let mut book = lock(&self.ids);
@@ -238,16 +242,19 @@ impl Inner {
                 |id| in_use.contains(&id) || id == self.agent_uid,
             )
             .map_err(DriverError)?;
-        Ok(Some(ExecIdentity { uid, gid: uid }))
+        Ok((Some(ExecIdentity { uid, gid: uid }), in_use.contains(&uid)))
     }
 
     /// Confine and start `decky` under a new shepherd.
     async fn launch(&self, decky: &DeckyConfig) -> Result<(Child, ProcessFacts), DriverError> {
-        let identity = self.identity(decky)?;
+        let (identity, uid_was_running) = self.identity(decky)?;
         let exclusive = exclusive_uid(self, decky, identity.map(|i| i.uid));
-        if let Some(uid) = exclusive {
+        if let Some(uid) = exclusive.filter(|_| uid_was_running) {
             // Leftovers of an earlier run of this very decky (its uid is
-            // its own) go before a new run starts.
+            // its own) go before a new run starts. None ran a moment ago
+            // (the scan that picked the uid), and only a process of the
+            // uid could have started one since: then there is nothing to
+            // sweep, and no second walk over every process on the host.
             tokio::task::spawn_blocking(move || {
                 decnet_proc::kill_user(uid, Duration::from_secs(5))
             })

@@ -14,20 +14,28 @@
 //! one transaction for the results. It prints each command's wall time and
 //! the `decnet` process's own CPU time (the simulator's does not count).
 //!
-//! Run: `cargo run --release -p decnet-e2e --bin decnet-fleet-bench -- [HOSTS] [MAX_PARALLEL]`
+//! With `--real-agents` the fleet is HOSTS real `decnet-agent serve`
+//! processes instead (the release binary, each with a key and certificate
+//! of its own from an in-process enrollment, a state dir and a decky uid
+//! range of its own, the process driver); `swarm deploy` then really starts
+//! one decky (`sleep`) per host, and every process is stopped at the end.
+//!
+//! Run: `cargo run --release -p decnet-e2e --bin decnet-fleet-bench -- [HOSTS] [MAX_PARALLEL] [--real-agents]`
 
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::Path;
 use axum::routing::{get, post};
-use decnet_e2e::{MasterHome, procstat};
+use decnet_e2e::{Daemon, MasterHome, bin, enroll_many, kill_deckies, procstat};
 use decnet_fleet::{CertRecord, CertRole, FleetDb, HostRecord};
 use decnet_pki::{Bundle, BundleKind, ClientAuth, HostName, LeafSpec, MaterialSource, Role};
 use decnet_server::{HttpLimits, HttpService, RoleSet, Server, ServerLimits, Transport};
 
+/// The `i`th positional argument (flags are not counted), or `default`.
 fn arg(i: usize, default: u64) -> u64 {
     std::env::args()
+        .filter(|a| !a.starts_with("--"))
         .nth(i)
         .and_then(|a| a.parse().ok())
         .unwrap_or(default)
@@ -115,16 +123,9 @@ fn run_timed(m: &MasterHome, args: &[&str]) -> (f64, f64, std::process::Output) 
     )
 }
 
-fn main() {
-    let hosts = arg(1, 1000) as usize;
-    let parallel = arg(2, 64).to_string();
-    raise_open_files();
-    decnet_pki::provider::install_default();
-    let m = MasterHome::new();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+/// Serve `hosts` simulated agents on the runtime `rt` and enroll them in
+/// `m`'s fleet database.
+fn simulate(m: &MasterHome, rt: &tokio::runtime::Runtime, hosts: usize) {
     let started = Instant::now();
     let layout = decnet_pki::CaLayout::new(m.home().join("ca"));
     let ca = decnet_pki::CertificateAuthority::load(&layout).expect("CA");
@@ -171,16 +172,125 @@ fn main() {
         "{hosts} simulated agents issued, enrolled and serving in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    // The simulated agents keep serving on the runtime's threads while the
-    // real CLI runs.
+}
+
+/// `hosts` real agents: enrolled in `m`'s fleet (keys of their own), each a
+/// `decnet-agent serve` process on a loopback port of its own, recorded as
+/// the host's endpoint. Stopped (with their deckies) when dropped.
+struct RealAgents {
+    daemons: Vec<Daemon>,
+    state_dirs: Vec<std::path::PathBuf>,
+}
+
+impl RealAgents {
+    fn start(m: &MasterHome, rt: &tokio::runtime::Runtime, hosts: usize) -> RealAgents {
+        let started = Instant::now();
+        let bundles = enroll_many(m, "real", hosts);
+        eprintln!(
+            "{hosts} hosts enrolled in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let mut agents = RealAgents {
+            daemons: Vec::with_capacity(hosts),
+            state_dirs: Vec::with_capacity(hosts),
+        };
+        let mut ports = Vec::with_capacity(hosts);
+        for (i, bundle) in bundles.iter().enumerate() {
+            let host = bundle.identity.cn.clone();
+            let state_dir = m.dir.path().join(format!("state-{host}"));
+            // A uid range of its own per agent, clear of the tests' ranges.
+            let first = 2_000_000_000u64 + i as u64 * 64;
+            let mut cmd = std::process::Command::new(bin("decnet-agent"));
+            cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
+                .args(["--stop-grace", "1"])
+                .arg("--decky-ids")
+                .arg(format!("{first}-{}", first + 63))
+                .arg("--bundle-dir")
+                .arg(m.agent_bundle_dir(&host))
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .env("DECNET_LOG", "warn");
+            let daemon = Daemon::start(cmd, state_dir.with_extension("log"));
+            ports.push((host, daemon.port()));
+            agents.daemons.push(daemon);
+            agents.state_dirs.push(state_dir);
+        }
+        let url = decnet_fleet::default_url(&m.home());
+        rt.block_on(async {
+            let db = FleetDb::connect(&url).await.expect("fleet database");
+            for (host, port) in &ports {
+                db.update_endpoint(host, None, Some(*port), None)
+                    .await
+                    .expect("record the agent's port");
+            }
+            db.close().await;
+        });
+        eprintln!(
+            "{hosts} real agents started in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        agents
+    }
+
+    /// The agents' summed RSS (KiB).
+    fn rss_kib(&self) -> u64 {
+        self.daemons
+            .iter()
+            .filter_map(|d| procstat::rss_kib(&d.child.id().to_string()))
+            .sum()
+    }
+}
+
+impl Drop for RealAgents {
+    fn drop(&mut self) {
+        // SIGTERM every agent first (they stop in parallel), then reap.
+        for d in &self.daemons {
+            decnet_e2e::signal(d.child.id(), rustix::process::Signal::TERM);
+        }
+        for d in &mut self.daemons {
+            d.stop();
+        }
+        for dir in &self.state_dirs {
+            kill_deckies(dir);
+        }
+    }
+}
+
+fn main() {
+    let hosts = arg(1, 1000) as usize;
+    let parallel = arg(2, 64).to_string();
+    let real = std::env::args().any(|a| a == "--real-agents");
+    raise_open_files();
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let agents = if real {
+        Some(RealAgents::start(&m, &rt, hosts))
+    } else {
+        // The simulated agents keep serving on the runtime's threads while
+        // the real CLI runs.
+        simulate(&m, &rt, hosts);
+        None
+    };
     let _guard = rt.enter();
     let cfg = m.dir.path().join("deploy.json");
     std::fs::write(
         &cfg,
-        r#"{"version":1,"deckies":[{"name":"web","command":["/bin/true"]}]}"#,
+        r#"{"version":1,"deckies":[{"name":"web","command":["/bin/sleep","600"]}]}"#,
     )
     .expect("config");
-    println!("hosts {hosts}, --max-parallel {parallel}, database SQLite");
+    println!(
+        "hosts {hosts} ({}), --max-parallel {parallel}, database SQLite",
+        if real {
+            "real decnet-agent processes"
+        } else {
+            "simulated in this process"
+        }
+    );
     for (what, args) in [
         (
             "swarm check",
@@ -216,8 +326,13 @@ fn main() {
             .filter(|r| r["reachable"] == true || r["operation_id"].is_string())
             .count();
         println!(
-            "{what:<13} {secs:>6.2}s  {answered}/{hosts} answered  master CPU {cpu:.2}s ({:.2} ms per host)  handshakes {full} full, {resumed} resumed  (exit {:?})",
+            "{what:<13} {secs:>6.2}s  {answered}/{hosts} answered  master CPU {cpu:.2}s ({:.2} ms per host){}  (exit {:?})",
             cpu * 1000.0 / hosts as f64,
+            if real {
+                String::new()
+            } else {
+                format!("  handshakes {full} full, {resumed} resumed")
+            },
             out.status.code()
         );
         if answered < hosts {
@@ -233,10 +348,23 @@ fn main() {
             );
         }
     }
-    let rss = procstat::rss_kib("self").unwrap_or(0);
-    println!(
-        "simulator RSS {} MiB ({:.1} KiB per simulated agent)",
-        rss / 1024,
-        rss as f64 / hosts as f64
-    );
+    match &agents {
+        Some(a) => {
+            let rss = a.rss_kib();
+            println!(
+                "agents' RSS {} MiB ({:.1} MiB per agent)",
+                rss / 1024,
+                rss as f64 / 1024.0 / hosts as f64
+            );
+        }
+        None => {
+            let rss = procstat::rss_kib("self").unwrap_or(0);
+            println!(
+                "simulator RSS {} MiB ({:.1} KiB per simulated agent)",
+                rss / 1024,
+                rss as f64 / hosts as f64
+            );
+        }
+    }
+    drop(agents);
 }
