@@ -132,6 +132,10 @@ async fn monitors_only_over_mtls_and_the_series_count_what_happened() {
             1.0,
         ),
         ("decnet_connections_open{server=\"metrics\"}", 1.0),
+        (
+            "decnet_tls_handshakes_total{server=\"metrics\",kind=\"full\"}",
+            4.0,
+        ),
     ] {
         let v = value(&body, series).unwrap_or_else(|| panic!("missing {series}:\n{body}"));
         assert!(v >= at_least, "{series} = {v}");
