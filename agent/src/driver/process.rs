@@ -24,7 +24,7 @@
 //! processes verified through a pidfd ([`decnet_proc::ProcessHandle`]), or
 //! to every process of a uid that belongs to one decky alone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -198,7 +198,11 @@ impl Inner {
 
     /// The ids `decky` runs under, and whether a process of that uid was
     /// running when they were picked (`true` when unknown).
-    fn identity(&self, decky: &DeckyConfig) -> Result<(Option<ExecIdentity>, bool), DriverError> {
+    fn identity(
+        &self,
+        decky: &DeckyConfig,
+        in_use: &BTreeSet<u32>,
+    ) -> Result<(Option<ExecIdentity>, bool), DriverError> {
         let Isolation::PerDeckyUid(_) = self.opts.isolation else {
             if decky.user.is_some() {
                 return Err(DriverError(
@@ -230,7 +234,6 @@ impl Inner {
                 true,
             ));
         }
-        let in_use = decnet_confine::ids::ids_in_use();
         let mut book = lock(&self.ids);
         let book = book
             .as_mut()
@@ -247,7 +250,18 @@ impl Inner {
 
     /// Confine and start `decky` under a new shepherd.
     async fn launch(&self, decky: &DeckyConfig) -> Result<(Child, ProcessFacts), DriverError> {
-        let (identity, uid_was_running) = self.identity(decky)?;
+        // The uids running now, for picking a free one: a walk over every
+        // process on the host, off the async workers.
+        let allocates =
+            matches!(self.opts.isolation, Isolation::PerDeckyUid(_)) && decky.user.is_none();
+        let in_use = if allocates {
+            tokio::task::spawn_blocking(decnet_confine::ids::ids_in_use)
+                .await
+                .map_err(|e| DriverError(e.to_string()))?
+        } else {
+            BTreeSet::new()
+        };
+        let (identity, uid_was_running) = self.identity(decky, &in_use)?;
         let exclusive = exclusive_uid(self, decky, identity.map(|i| i.uid));
         if let Some(uid) = exclusive.filter(|_| uid_was_running) {
             // Leftovers of an earlier run of this very decky (its uid is
