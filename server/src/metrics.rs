@@ -110,6 +110,23 @@ pub struct ServerMetrics {
     pub cert_expiry: Family<CertLabels, Gauge>,
 }
 
+impl ServerMetrics {
+    /// TLS handshakes the runner named `server` completed in this process:
+    /// (full, resumed). Why: benchmarks and tests tell full handshakes from
+    /// resumed ones by counting, not by assuming.
+    pub fn handshake_counts(&self, server: &str) -> (u64, u64) {
+        let count = |kind: &str| {
+            self.handshakes
+                .get_or_create(&HandshakeLabels {
+                    server: server.into(),
+                    kind: kind.into(),
+                })
+                .get()
+        };
+        (count("full"), count("resumed"))
+    }
+}
+
 /// The runner's series, registered on first use.
 pub fn server_metrics() -> &'static ServerMetrics {
     static M: OnceLock<ServerMetrics> = OnceLock::new();

@@ -183,16 +183,7 @@ async fn a_worker_recorded_by_host_name_is_resolved_when_dialed() {
 
 /// TLS handshakes the runner named `server` completed: (full, resumed).
 fn handshakes(server: &str) -> (u64, u64) {
-    let count = |kind: &str| {
-        decnet_server::metrics::server_metrics()
-            .handshakes
-            .get_or_create(&decnet_server::metrics::HandshakeLabels {
-                server: server.into(),
-                kind: kind.into(),
-            })
-            .get()
-    };
-    (count("full"), count("resumed"))
+    decnet_server::metrics::server_metrics().handshake_counts(server)
 }
 
 /// A fleet-wide command dials every host, then dials each again (a deploy

@@ -92,16 +92,7 @@ fn agent_router(host: String) -> Router {
 
 /// Handshakes the simulated agents completed so far: (full, resumed).
 fn agent_handshakes() -> (u64, u64) {
-    let count = |kind: &str| {
-        decnet_server::metrics::server_metrics()
-            .handshakes
-            .get_or_create(&decnet_server::metrics::HandshakeLabels {
-                server: "agent".into(),
-                kind: kind.into(),
-            })
-            .get()
-    };
-    (count("full"), count("resumed"))
+    decnet_server::metrics::server_metrics().handshake_counts("agent")
 }
 
 fn raise_open_files() {
