@@ -106,28 +106,43 @@ async fn record(
 }
 
 /// The results of a fleet-wide command waiting to be written: audit
-/// entries and failed contacts, written in batches of [`Self::BATCH`] (one
-/// transaction each) as hosts finish, and the rest by [`Self::flush`].
+/// entries and failed contacts, written in one transaction per batch: when
+/// [`Self::BATCH`] are queued, when the oldest has waited [`Self::MAX_HOLD`]
+/// (see [`Self::due`]), and at the end ([`Self::flush`]).
 ///
 /// Why: one commit per host cost the master more than the deploy itself at
-/// 10 000 hosts; batches keep that to a few dozen commits while a crash of
-/// the command loses at most one batch of audit entries.
+/// 10 000 hosts; batches keep that to a few dozen commits, while an
+/// interrupted command (Ctrl-C, a crash) loses at most half a second of
+/// audit entries.
 struct PendingRecords<'a> {
     db: &'a FleetDb,
     audits: Vec<AuditEntry>,
     contacts: Vec<decnet_fleet::Contact>,
+    since: Option<tokio::time::Instant>,
 }
 
 impl<'a> PendingRecords<'a> {
     /// Entries held before they are written.
     const BATCH: usize = 256;
+    /// How long an entry is held at most.
+    const MAX_HOLD: Duration = Duration::from_millis(500);
 
     fn new(db: &'a FleetDb) -> Self {
         PendingRecords {
             db,
             audits: Vec::new(),
             contacts: Vec::new(),
+            since: None,
         }
+    }
+
+    /// When the queued entries must be written (`None`: nothing queued).
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|t| t + Self::MAX_HOLD)
+    }
+
+    fn queued(&mut self) {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
     }
 
     /// Queue a failed contact with `host` (kept for `swarm show`; written
@@ -137,11 +152,13 @@ impl<'a> PendingRecords<'a> {
             host: host.to_string(),
             outcome: Err(error.to_string()),
         });
+        self.queued();
     }
 
     /// Queue an audit entry, writing the batch when it is full.
     async fn audit(&mut self, entry: AuditEntry) {
         self.audits.push(entry);
+        self.queued();
         if self.audits.len() >= Self::BATCH {
             self.flush().await;
         }
@@ -149,6 +166,7 @@ impl<'a> PendingRecords<'a> {
 
     /// Write everything queued.
     async fn flush(&mut self) {
+        self.since = None;
         if !self.contacts.is_empty() {
             if let Err(e) = self.db.record_contacts(&self.contacts).await {
                 eprintln!("warning: cannot record the contacts with the hosts: {e}");
@@ -384,8 +402,26 @@ pub async fn deploy(
     }
     let mut results = Vec::new();
     let mut records = PendingRecords::new(db);
-    while let Some(joined) = set.join_next().await {
-        let (out, err) = joined.context("a deploy task failed")?;
+    loop {
+        let joined = match records.due() {
+            Some(at) => tokio::select! {
+                joined = set.join_next() => joined,
+                _ = tokio::time::sleep_until(at) => {
+                    records.flush().await;
+                    continue;
+                }
+            },
+            None => set.join_next().await,
+        };
+        let Some(joined) = joined else { break };
+        let (out, err) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // What finished before is still audited.
+                records.flush().await;
+                return Err(anyhow::Error::new(e).context("a deploy task failed"));
+            }
+        };
         if let Some(e) = &err {
             records.failed_contact(&out.host, e);
         }

@@ -124,8 +124,9 @@ impl MasterHome {
         )
     }
 
-    /// Run `decnet ARGS`.
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// The command `decnet ARGS` against this home (and its database), not
+    /// started: for a test that watches a command while it runs.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("decnet"));
         cmd.args(args)
             .env("DECNET_HOME", self.home())
@@ -135,7 +136,12 @@ impl MasterHome {
         if let Some(url) = &self.database_url {
             cmd.env("DECNET_DATABASE_URL", url);
         }
-        cmd.output().expect("run decnet")
+        cmd
+    }
+
+    /// Run `decnet ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run decnet")
     }
 
     /// Run `decnet ARGS`, asserting success; returns stdout.

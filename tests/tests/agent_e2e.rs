@@ -457,3 +457,72 @@ fn agent_without_a_bundle_exits_2_naming_enroll() {
         .unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+/// A fleet-wide deploy audits each host soon after it finishes, not only
+/// when the last host is done: while one host stalls (it takes the TCP
+/// connection and never answers), the deploy to the other is already in
+/// the audit log. An interrupted command must not lose what was done.
+#[test]
+fn a_deploy_audits_each_host_while_others_are_still_pending() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    m.enroll("w2");
+    let _agent = Agent::start(&m, "w1", &m.dir.path().join("w1-state"), &[]);
+    // w2 "listens" but never speaks TLS.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    m.set_agent_port("w2", stall.local_addr().unwrap().port());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in stall.incoming().flatten() {
+            keep.lock().unwrap().push(c);
+        }
+    });
+    let cfg = write_config(
+        m.dir.path(),
+        "deploy.json",
+        serde_json::json!({"version": 1, "deckies": [sleeper("alpha", &["ssh"])]}),
+    );
+    let mut deploy = m
+        .command(&[
+            "swarm",
+            "deploy",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--json",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let audited_while_running = wait_for(Duration::from_secs(30), || {
+        let running = deploy.try_wait().unwrap().is_none();
+        let audit = m.json(&["audit", "--json"]);
+        let w1 = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.deploy" && e["target"] == "w1");
+        match (w1, running) {
+            (true, true) => Some(true),
+            (_, false) => Some(false),
+            (false, true) => None,
+        }
+    });
+    assert_eq!(
+        audited_while_running,
+        Some(true),
+        "w1's deploy was not audited while w2 was still pending"
+    );
+    assert!(!held.lock().unwrap().is_empty(), "w2 was never dialed");
+    let status = deploy.wait().unwrap();
+    assert!(!status.success(), "w2 cannot have succeeded");
+    let audit = m.json(&["audit", "--json"]);
+    let w2 = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "swarm.deploy" && e["target"] == "w2")
+        .expect("w2's failed deploy is audited too");
+    assert_eq!(w2["outcome"], "failed", "{w2}");
+}
