@@ -178,6 +178,8 @@ fn main() {
     }
     decnet_telemetry::init_logging(cli.log_format, "info");
     decnet_pki::provider::install_default();
+    // Descriptors must not run out before the connection caps do.
+    decnet_server::descriptors::raise_nofile_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

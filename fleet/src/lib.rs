@@ -23,7 +23,7 @@ pub mod revocation;
 pub use db::{Backend, Contact, DbError, FleetDb, default_url, unix_now};
 pub use model::{
     AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateKind,
-    UpdateOutcome, UpdateRecord,
+    UpdateOutcome, UpdateRecord, is_reported_version,
 };
 pub use renewal::{PeerRefusal, RenewPolicy, Renewed, Standing};
 pub use revocation::{CrlPublisher, Rotated};

@@ -315,3 +315,39 @@ pub struct JoinToken {
     /// Failed attempts with a wrong secret.
     pub failures: i64,
 }
+
+/// The longest agent version a worker may report.
+pub const MAX_REPORTED_VERSION: usize = 64;
+
+/// Whether `v` is an acceptable agent version as a worker reports it
+/// (heartbeat, `/health`, `/status`): 1 to [`MAX_REPORTED_VERSION`] ASCII
+/// letters, digits and `.`, `-`, `+`, `_`, `~` — what semver and release
+/// labels use, and nothing a terminal would interpret.
+pub fn is_reported_version(v: &str) -> bool {
+    (1..=MAX_REPORTED_VERSION).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+~".contains(&b))
+}
+
+#[cfg(test)]
+mod reported_version_tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_plain_short_labels() {
+        for ok in ["0.1.0", "1.2.3-rc1+g1a2b3c", "20261205_abc~1"] {
+            assert!(is_reported_version(ok), "{ok}");
+        }
+        let long = "1".repeat(MAX_REPORTED_VERSION + 1);
+        for bad in [
+            "",
+            "1.0\u{1b}[8m",
+            "1.0 beta",
+            "1.0\n",
+            "v\u{202e}1",
+            long.as_str(),
+        ] {
+            assert!(!is_reported_version(bad), "{bad:?}");
+        }
+    }
+}

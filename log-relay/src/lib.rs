@@ -7,9 +7,13 @@
 //! * [`forwarder`] — the worker side: tail, batch, persist offsets, reconnect;
 //! * [`listener`] — the master side: gate, decode, write (on the
 //!   `decnet-server` runner);
+//! * [`budget`] — what one peer may make the listener write (token buckets, pure);
+//! * [`disk`] — log files rotated by size, the free-space watermark;
 //! * [`neutralize`] — hostile text made safe to read (pure);
 //! * [`metrics`] — the listener's and forwarder's series.
 
+pub mod budget;
+pub mod disk;
 pub mod forwarder;
 pub mod frame;
 pub mod listener;

@@ -27,6 +27,8 @@ use futures_util::StreamExt;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{LogBudget, PeerBudgets};
+use crate::disk::{DiskPolicy, FreeSpaceGuard, RotatingFile, SpaceChange};
 use crate::frame::{DEFAULT_MAX_FRAME, FrameDecoder, FrameItem};
 use crate::neutralize::{neutralize, neutralize_bytes_into};
 use crate::syslog;
@@ -72,6 +74,8 @@ pub struct ListenerOptions {
     pub idle_timeout: Duration,
     /// On shutdown, how long to keep draining a peer that keeps sending.
     pub drain_timeout: Duration,
+    /// What one certificate may make the listener write.
+    pub budget: LogBudget,
 }
 
 impl Default for ListenerOptions {
@@ -80,6 +84,7 @@ impl Default for ListenerOptions {
             max_frame: DEFAULT_MAX_FRAME,
             idle_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(5),
+            budget: LogBudget::default(),
         }
     }
 }
@@ -91,7 +96,7 @@ pub fn listener_limits() -> decnet_server::ServerLimits {
     decnet_server::ServerLimits {
         max_connections: 10_000,
         max_connections_per_identity: 4,
-        max_connection_lifetime: Some(Duration::from_secs(24 * 3600)),
+        max_connection_lifetime: Some(Duration::from_secs(6 * 3600)),
         ..decnet_server::ServerLimits::default()
     }
 }
@@ -155,40 +160,59 @@ static EMPTY_SD: syslog::StructuredData<'static> = syslog::StructuredData(Vec::n
 pub struct SinkClosed;
 
 impl LogSink {
-    /// Open (append, create 0640) both files and start the writer thread.
-    pub async fn open(raw: &Path, json: &Path) -> std::io::Result<LogSink> {
-        fn open(p: &Path) -> std::io::Result<std::fs::File> {
-            use std::os::unix::fs::OpenOptionsExt;
-            if let Some(parent) = p.parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(p)
-        }
-        let raw_file = open(raw)?;
-        let json_file = open(json)?;
+    /// Open (append, create 0640, never through a symlink) both files and
+    /// start the writer thread, which rotates them and keeps the
+    /// free-space watermark of `policy`.
+    pub async fn open(raw: &Path, json: &Path, policy: DiskPolicy) -> std::io::Result<LogSink> {
+        let mut raw_file = RotatingFile::open(raw, &policy)?;
+        let mut json_file = RotatingFile::open(json, &policy)?;
+        let mut dirs: Vec<PathBuf> = [raw, json]
+            .iter()
+            .map(|p| match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.dedup();
+        let mut guard = FreeSpaceGuard::new(dirs, policy);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Formatted>(256);
         let writer = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
-                use std::io::Write;
-                let mut raw = std::io::BufWriter::with_capacity(256 * 1024, raw_file);
-                let mut json = std::io::BufWriter::with_capacity(256 * 1024, json_file);
+                let (raw, json) = (&mut raw_file, &mut json_file);
                 let metrics = crate::metrics::listener_metrics();
                 let mut flushed: Vec<(String, u64, u64)> = Vec::new();
+                let mut group: Vec<Formatted> = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
-                    raw.write_all(&first.raw)?;
-                    json.write_all(&first.json)?;
-                    flushed.push((first.cn, first.lines, first.raw.len() as u64));
+                    group.push(first);
                     while let Ok(more) = rx.try_recv() {
-                        raw.write_all(&more.raw)?;
-                        json.write_all(&more.json)?;
-                        flushed.push((more.cn, more.lines, more.raw.len() as u64));
+                        group.push(more);
+                    }
+                    for b in group.drain(..) {
+                        let bytes = (b.raw.len() + b.json.len()) as u64;
+                        let (ok, change) = guard.allow(bytes, std::time::Instant::now());
+                        match change {
+                            Some(SpaceChange::Paused { free, watermark }) => {
+                                metrics.writing_paused.set(1);
+                                tracing::error!(
+                                    free_bytes = free,
+                                    watermark_bytes = watermark,
+                                    "free space below the watermark: log writing paused (lines are dropped and counted until space is back)"
+                                );
+                            }
+                            Some(SpaceChange::Resumed { free }) => {
+                                metrics.writing_paused.set(0);
+                                tracing::warn!(free_bytes = free, "free space is back: log writing resumed");
+                            }
+                            None => {}
+                        }
+                        if ok {
+                            raw.write_all(&b.raw)?;
+                            json.write_all(&b.json)?;
+                            flushed.push((b.cn, b.lines, b.raw.len() as u64));
+                        } else {
+                            metrics.dropped(&b.cn, "disk", b.lines, bytes);
+                        }
                     }
                     raw.flush()?;
                     json.flush()?;
@@ -196,10 +220,8 @@ impl LogSink {
                         metrics.written(&cn, lines, bytes);
                     }
                 }
-                raw.flush()?;
-                json.flush()?;
-                raw.get_ref().sync_all()?;
-                json.get_ref().sync_all()
+                raw.sync()?;
+                json.sync()
             })?;
         Ok(LogSink {
             tx,
@@ -244,10 +266,23 @@ impl SinkHandle {
         self.tx.closed().await;
     }
 
-    /// Format a batch of frames from one peer and queue it for writing.
-    pub async fn write_batch(&self, credit: &Credit, frames: &[Bytes]) -> Result<(), SinkClosed> {
-        let batch = format_batch(credit, frames);
-        self.tx.send(batch).await.map_err(|_| SinkClosed)
+    /// Format a batch of frames from one peer and queue it for writing;
+    /// every line is first charged to `budgets` (what does not fit is
+    /// dropped). Returns the lines and bytes dropped.
+    pub async fn write_batch(
+        &self,
+        credit: &Credit,
+        frames: &[Bytes],
+        budgets: &PeerBudgets,
+    ) -> Result<(u64, u64), SinkClosed> {
+        let key = credit.fingerprint.as_deref().unwrap_or(&credit.cn);
+        let now = std::time::Instant::now();
+        let (batch, dropped) =
+            format_batch(credit, frames, &mut |cost| budgets.admit(key, cost, now));
+        if batch.lines > 0 {
+            self.tx.send(batch).await.map_err(|_| SinkClosed)?;
+        }
+        Ok(dropped)
     }
 }
 
@@ -261,7 +296,46 @@ fn raw_prefix(credit: &Credit) -> Vec<u8> {
     format!("{} {fp} ", credit.cn).into_bytes()
 }
 
-fn format_batch(credit: &Credit, frames: &[Bytes]) -> Formatted {
+/// The longest escaped form of one message (raw line or JSON `msg`):
+/// escaping can multiply control bytes several times; past this the line
+/// is cut and marked.
+pub const MAX_ESCAPED: usize = 128 * 1024;
+
+/// The mark of a cut line.
+const CUT_MARK: &str = "…[cut]";
+
+/// Cut `buf[start..]` to [`MAX_ESCAPED`] bytes at a character boundary.
+fn cap_escaped(buf: &mut Vec<u8>, start: usize) {
+    if buf.len() - start <= MAX_ESCAPED {
+        return;
+    }
+    let mut end = start + MAX_ESCAPED;
+    while end > start && (buf[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    buf.truncate(end);
+    buf.extend_from_slice(CUT_MARK.as_bytes());
+}
+
+fn cap_str(s: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_ESCAPED {
+        return s;
+    }
+    let mut end = MAX_ESCAPED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{CUT_MARK}", &s[..end]))
+}
+
+/// Format `frames`; each line's cost (raw and JSON bytes) is offered to
+/// `admit` and the line dropped when refused. Returns the batch and the
+/// (lines, bytes) dropped.
+fn format_batch(
+    credit: &Credit,
+    frames: &[Bytes],
+    admit: &mut dyn FnMut(u64) -> bool,
+) -> (Formatted, (u64, u64)) {
     let received_at = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -269,14 +343,18 @@ fn format_batch(credit: &Credit, frames: &[Bytes]) -> Formatted {
     let total: usize = frames.iter().map(|f| f.len()).sum();
     let mut raw = Vec::with_capacity(total + frames.len() * (prefix.len() + 1));
     let mut json = Vec::with_capacity(total * 2 + 256 * frames.len());
+    let (mut lines, mut dropped, mut dropped_bytes) = (0u64, 0u64, 0u64);
     for f in frames {
+        let (raw_at, json_at) = (raw.len(), json.len());
         let f = &f[..];
         // Senders that frame newline-terminated lines (rsyslog's templates)
         // leave the newline inside the frame.
         let f = f.strip_suffix(b"\n").unwrap_or(f);
         let f = f.strip_suffix(b"\r").unwrap_or(f);
         raw.extend_from_slice(&prefix);
+        let line_at = raw.len();
         neutralize_bytes_into(f, &mut raw);
+        cap_escaped(&mut raw, line_at);
         raw.push(b'\n');
         let parsed = syslog::parse(f);
         let lossy;
@@ -295,7 +373,7 @@ fn format_batch(credit: &Credit, frames: &[Bytes]) -> Formatted {
                 timestamp: m.timestamp,
                 structured_data: &m.structured_data,
                 msg: {
-                    safe_msg = neutralize(&m.msg);
+                    safe_msg = cap_str(neutralize(&m.msg));
                     &safe_msg
                 },
                 format: None,
@@ -314,7 +392,7 @@ fn format_batch(credit: &Credit, frames: &[Bytes]) -> Formatted {
                 structured_data: &EMPTY_SD,
                 msg: {
                     lossy = String::from_utf8_lossy(f);
-                    safe_msg = neutralize(&lossy);
+                    safe_msg = cap_str(neutralize(&lossy));
                     &safe_msg
                 },
                 format: Some("not-rfc5424"),
@@ -323,13 +401,25 @@ fn format_batch(credit: &Credit, frames: &[Bytes]) -> Formatted {
         // Serializing plain strings and numbers cannot fail.
         let _ = serde_json::to_writer(&mut json, &record);
         json.push(b'\n');
+        let cost = (raw.len() - raw_at + json.len() - json_at) as u64;
+        if admit(cost) {
+            lines += 1;
+        } else {
+            raw.truncate(raw_at);
+            json.truncate(json_at);
+            dropped += 1;
+            dropped_bytes += cost;
+        }
     }
-    Formatted {
-        raw,
-        json,
-        cn: credit.cn.clone(),
-        lines: frames.len() as u64,
-    }
+    (
+        Formatted {
+            raw,
+            json,
+            cn: credit.cn.clone(),
+            lines,
+        },
+        (dropped, dropped_bytes),
+    )
 }
 
 /// A peer's connection as the listener sees it once admitted.
@@ -343,6 +433,7 @@ struct Peer {
 pub struct LogListener {
     gate: Arc<dyn PeerGate>,
     sink: SinkHandle,
+    budgets: PeerBudgets,
     options: ListenerOptions,
 }
 
@@ -352,6 +443,7 @@ impl LogListener {
         Arc::new(LogListener {
             gate,
             sink,
+            budgets: PeerBudgets::new(options.budget),
             options,
         })
     }
@@ -390,6 +482,9 @@ impl LogListener {
     }
 }
 
+/// A peer over its budget is named in the log at most this often.
+const BUDGET_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How many oversized frames of one connection are logged one by one.
 const OVERSIZE_LINES: u64 = 5;
 
@@ -417,6 +512,8 @@ impl ConnectionHandler for LogListener {
         let mut next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
         let mut batch: Vec<Bytes> = Vec::new();
         let metrics = crate::metrics::listener_metrics();
+        let mut over_budget = 0u64;
+        let mut last_budget_line: Option<tokio::time::Instant> = None;
         loop {
             // While draining, a short silence means the peer has nothing more in flight.
             let wait = match draining {
@@ -483,9 +580,26 @@ impl ConnectionHandler for LogListener {
                     batch.len() as u64,
                     batch.iter().map(|f| f.len() as u64).sum(),
                 );
-                if let Err(e) = self.sink.write_batch(credit, &batch).await {
-                    tracing::error!(error = %e, "cannot write received logs");
-                    break;
+                match self.sink.write_batch(credit, &batch, &self.budgets).await {
+                    Ok((0, _)) => {}
+                    Ok((lines, bytes)) => {
+                        metrics.dropped(&credit.cn, "budget", lines, bytes);
+                        over_budget += lines;
+                        let now = tokio::time::Instant::now();
+                        if last_budget_line.is_none_or(|t| now - t >= BUDGET_LOG_EVERY) {
+                            last_budget_line = Some(now);
+                            tracing::warn!(
+                                peer_cn = %credit.cn,
+                                dropped_lines = over_budget,
+                                bytes_per_s = self.budgets.budget().bytes_per_s,
+                                "log peer over its budget: lines dropped"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot write received logs");
+                        break;
+                    }
                 }
                 batch.clear();
             }
@@ -498,7 +612,7 @@ impl ConnectionHandler for LogListener {
                 break;
             }
         }
-        tracing::info!(peer_cn = %credit.cn, messages = received, oversized, "log peer disconnected");
+        tracing::info!(peer_cn = %credit.cn, messages = received, oversized, over_budget, "log peer disconnected");
     }
 }
 

@@ -7,7 +7,8 @@
 //! |---|---|
 //! | `decnet_log_lines_received_total{cn}` / `decnet_log_bytes_received_total{cn}` | frames decoded from a peer |
 //! | `decnet_log_lines_written_total{cn}` / `decnet_log_bytes_written_total{cn}` | lines flushed to the raw log (bytes as written there) |
-//! | `decnet_log_lines_refused_total{cn,reason}` / `decnet_log_bytes_refused_total{cn,reason}` | frames skipped (`oversized`; bytes as declared) |
+//! | `decnet_log_lines_refused_total{cn,reason}` / `decnet_log_bytes_refused_total{cn,reason}` | frames skipped: `oversized` (bytes as declared), `budget` (over the peer's budget) and `disk` (free space below the watermark; bytes as they would have been written) |
+//! | `decnet_log_writing_paused` | 1 while free space is below the watermark and nothing is written |
 //! | `decnet_log_connections_refused_total{cn}` | connections the gate refused after the handshake (role, not enrolled, revoked) |
 //! | `decnet_log_frame_errors_total{cn,kind}` | `oversized` frames, `malformed` streams (the connection is closed) |
 //!
@@ -95,6 +96,8 @@ pub struct ListenerMetrics {
     pub connections_refused: Family<PeerLabel, Counter>,
     /// Frame errors.
     pub frame_errors: Family<PeerKindLabels, Counter>,
+    /// 1 while writing is paused for lack of free space.
+    pub writing_paused: Gauge,
 }
 
 /// The listener's series, registered on first use.
@@ -110,6 +113,7 @@ pub fn listener_metrics() -> &'static ListenerMetrics {
             bytes_refused: Family::default(),
             connections_refused: Family::default(),
             frame_errors: Family::default(),
+            writing_paused: Gauge::default(),
         };
         register(
             "decnet_log_lines_received",
@@ -151,6 +155,11 @@ pub fn listener_metrics() -> &'static ListenerMetrics {
             "Syslog framing errors, by peer CN and kind",
             m.frame_errors.clone(),
         );
+        register(
+            "decnet_log_writing_paused",
+            "1 while log writing is paused because free space is below the watermark",
+            m.writing_paused.clone(),
+        );
         m
     })
 }
@@ -179,6 +188,16 @@ impl ListenerMetrics {
         self.lines_refused.get_or_create(&l).inc();
         self.bytes_refused.get_or_create(&l).inc_by(declared);
         self.frame_error(cn, "oversized");
+    }
+
+    /// Count lines of `cn` dropped for `reason` (`budget`, `disk`).
+    pub fn dropped(&self, cn: &str, reason: &str, lines: u64, bytes: u64) {
+        let l = PeerReasonLabels {
+            cn: cn.into(),
+            reason: reason.into(),
+        };
+        self.lines_refused.get_or_create(&l).inc_by(lines);
+        self.bytes_refused.get_or_create(&l).inc_by(bytes);
     }
 
     /// Count a framing error of `cn`.

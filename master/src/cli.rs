@@ -96,6 +96,9 @@ pub enum Command {
         /// Close a connection silent this many seconds.
         #[arg(long, default_value_t = 600)]
         idle_timeout: u64,
+        /// Per-certificate budgets, rotation and the free-space watermark.
+        #[command(flatten)]
+        storage: crate::listener_cmd::LogStorageArgs,
         /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
@@ -226,6 +229,9 @@ pub enum MasterCommand {
         /// JSON log file; default <home>/logs/fleet.json.
         #[arg(long, value_name = "PATH")]
         json_path: Option<PathBuf>,
+        /// Per-certificate log budgets, rotation and the free-space watermark.
+        #[command(flatten)]
+        storage: crate::listener_cmd::LogStorageArgs,
         /// Mark a host unreachable after this many seconds without a heartbeat.
         #[arg(long, default_value_t = 90)]
         unreachable_after: u64,
@@ -1066,7 +1072,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 // updater renews when due, or when asked again.
                 Some(Err(e)) => {
                     eprintln!(
-                        "warning: {host}: the updater did not take the renewal request: {e}; it renews when due (at 2/3 of its lifetime), or run `decnet swarm renew {host}` again once it answers"
+                        "warning: {host}: the updater did not take the renewal request: {}; it renews when due (at 2/3 of its lifetime), or run `decnet swarm renew {host}` again once it answers",
+                        crate::table::inert(&e.to_string())
                     );
                     Ok(())
                 }
@@ -1078,7 +1085,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = crate::rollout::rollback(&db, &home.ca_layout(), &cli_actor(), &host).await;
             db.close().await;
             let r = r?;
-            println!("{}: {} — {}", r.host, r.outcome, r.detail);
+            println!(
+                "{}: {} — {}",
+                r.host,
+                r.outcome,
+                crate::table::inert(&r.detail)
+            );
             partial(
                 r.outcome == decnet_fleet::UpdateOutcome::RolledBack,
                 "rollback failed",
@@ -1122,7 +1134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             })
                         )
                     ),
-                    Err(e) => println!("releases unavailable: {e}"),
+                    Err(e) => println!("releases unavailable: {}", crate::table::inert(e)),
                 }
                 if !history.is_empty() {
                     println!("\nhistory:");
@@ -1154,6 +1166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             plaintext,
             max_frame,
             idle_timeout,
+            storage,
             metrics,
         } => {
             let home = resolve(ca.ca_dir);
@@ -1166,6 +1179,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_frame,
                 idle_timeout: std::time::Duration::from_secs(idle_timeout),
                 grace: RenewPolicy::default().grace,
+                budget: storage.budget(),
+                disk: storage.disk(),
             };
             let material = if plaintext {
                 // Never used for plain TCP; any material will do.
@@ -1199,6 +1214,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_listener,
             log_path,
             json_path,
+            storage,
             unreachable_after,
             leaf_validity,
             renew_min_interval,
@@ -1229,6 +1245,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_frame: decnet_log_relay::frame::DEFAULT_MAX_FRAME,
                     idle_timeout: std::time::Duration::from_secs(600),
                     grace: renew.grace,
+                    budget: storage.budget(),
+                    disk: storage.disk(),
                 }),
                 unreachable_after: std::time::Duration::from_secs(unreachable_after.max(1)),
                 renew,
@@ -1600,10 +1618,10 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
             .unwrap_or_else(|| "never".into())
     );
     if let Some(e) = &h.last_error {
-        println!("last error:          {e}");
+        println!("last error:          {}", crate::table::inert(e));
     }
     if let Some(v) = &h.agent_version {
-        println!("agent version:       {v}");
+        println!("agent version:       {}", crate::table::inert(v));
     }
     if let Some(ms) = h.clock_skew_ms {
         println!(

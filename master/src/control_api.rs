@@ -293,6 +293,10 @@ async fn standing(st: &ControlState, peer: &PeerIdentity, what: &str) -> Result<
     }
 }
 
+/// The largest clock skew recorded (a year): beyond it a worker's clock is
+/// simply wrong, and no stored value can overflow what reads it.
+const MAX_SKEW_MS: i64 = 365 * 24 * 3600 * 1000;
+
 async fn heartbeat(
     State(st): State<Arc<ControlState>>,
     Extension(peer): Extension<PeerIdentity>,
@@ -311,10 +315,24 @@ async fn heartbeat(
             );
         }
     };
+    if !decnet_fleet::is_reported_version(&hb.version) {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_version",
+            format!(
+                "invalid heartbeat: version must be 1 to {} letters, digits or . - + _ ~",
+                decnet_fleet::model::MAX_REPORTED_VERSION
+            ),
+        );
+    }
     let state = serde_json::to_string(&hb.deckies).ok();
     // The transit time is counted as skew: small next to what matters
-    // (seconds), and always in the worker's favour.
-    let skew = hb.sent_at_ms.map(|sent| sent - unix_millis());
+    // (seconds), and always in the worker's favour. Any i64 may arrive:
+    // the difference saturates instead of overflowing.
+    let skew = hb.sent_at_ms.map(|sent| {
+        sent.saturating_sub(unix_millis())
+            .clamp(-MAX_SKEW_MS, MAX_SKEW_MS)
+    });
     let renew = match st
         .db
         .record_heartbeat(&peer.cn, &hb.version, state.as_deref(), skew)

@@ -157,10 +157,10 @@ pub fn examine(f: &FleetFacts, p: &DoctorPolicy) -> Vec<Finding> {
             Some(_) => {}
         }
         if let Some(ms) = h.clock_skew_ms
-            && ms.abs() > p.max_skew_ms
+            && ms.saturating_abs() > p.max_skew_ms
         {
             out.push(Finding {
-                severity: if ms.abs() > SKEW_ERROR_MS {
+                severity: if ms.saturating_abs() > SKEW_ERROR_MS {
                     Severity::Error
                 } else {
                     Severity::Warning
@@ -169,7 +169,7 @@ pub fn examine(f: &FleetFacts, p: &DoctorPolicy) -> Vec<Finding> {
                 check: "clock_skew",
                 detail: format!(
                     "clock is {:.1}s {} the master's (is NTP running there?)",
-                    ms.abs() as f64 / 1000.0,
+                    ms.saturating_abs() as f64 / 1000.0,
                     if ms > 0 { "ahead of" } else { "behind" }
                 ),
             });

@@ -14,6 +14,8 @@ use decnet_swarm_client::agent::{AgentStatus, DeckyState};
 use decnet_swarm_client::{AgentClient, ClientError, WorkerPool};
 use tokio::task::JoinSet;
 
+use crate::table::inert;
+
 use crate::usage::UsageError;
 use decnet_fleet::{AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, HostStatus};
 
@@ -331,7 +333,8 @@ pub async fn deploy(
             if !json {
                 println!(
                     "{:<16} deploy accepted (operation {})",
-                    h.name, accepted.operation_id
+                    h.name,
+                    inert(&accepted.operation_id)
                 );
             }
             if !wait {
@@ -351,12 +354,12 @@ pub async fn deploy(
                             println!(
                                 "{:<16} LAN relocalised: {} {} -> {} {} (gateway {}): {}",
                                 h.name,
-                                r["from_parent"].as_str().unwrap_or("-"),
-                                r["from_subnet"].as_str().unwrap_or("?"),
-                                r["to_parent"].as_str().unwrap_or("-"),
-                                r["to_subnet"].as_str().unwrap_or("?"),
-                                r["to_gateway"].as_str().unwrap_or("?"),
-                                r["reason"].as_str().unwrap_or("")
+                                inert(r["from_parent"].as_str().unwrap_or("-")),
+                                inert(r["from_subnet"].as_str().unwrap_or("?")),
+                                inert(r["to_parent"].as_str().unwrap_or("-")),
+                                inert(r["to_subnet"].as_str().unwrap_or("?")),
+                                inert(r["to_gateway"].as_str().unwrap_or("?")),
+                                inert(r["reason"].as_str().unwrap_or(""))
                             );
                         }
                         for d in &op.deckies {
@@ -364,15 +367,15 @@ pub async fn deploy(
                                 println!(
                                     "{:<16} {:<20} {}{}{}",
                                     h.name,
-                                    d.name,
-                                    d.state,
+                                    inert(&d.name),
+                                    inert(&d.state),
                                     d.address
                                         .as_deref()
-                                        .map(|a| format!(" at {a}"))
+                                        .map(|a| format!(" at {}", inert(a)))
                                         .unwrap_or_default(),
                                     d.error
                                         .as_deref()
-                                        .map(|e| format!(": {e}"))
+                                        .map(|e| format!(": {}", inert(e)))
                                         .unwrap_or_default()
                                 );
                                 shown.insert(d.name.clone(), d.state.clone());
@@ -472,7 +475,7 @@ pub async fn deploy(
     } else {
         for r in &results {
             match &r.error {
-                Some(e) => println!("{:<16} FAILED: {e}", r.host),
+                Some(e) => println!("{:<16} FAILED: {}", r.host, inert(e)),
                 None if wait => {
                     let running = r.deckies.iter().filter(|d| d.state == "running").count();
                     println!(
@@ -515,7 +518,7 @@ pub async fn teardown(
                 if names.is_empty() {
                     "nothing".into()
                 } else {
-                    names.join(", ")
+                    inert(&names.join(", ")).into_owned()
                 }
             );
             Ok(())
@@ -629,9 +632,11 @@ async fn probe_all(
                 let state = status
                     .as_ref()
                     .and_then(|s| serde_json::to_string(&s.deckies).ok());
+                // A version that is not a plain label is not stored.
+                let stored = decnet_fleet::is_reported_version(&version).then(|| version.clone());
                 contacts.push(decnet_fleet::Contact {
                     host: host.clone(),
-                    outcome: Ok((Some(version.clone()), state)),
+                    outcome: Ok((stored, state)),
                 });
                 reports.push(HostReport {
                     host,

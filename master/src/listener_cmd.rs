@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use decnet_fleet::FleetDb;
+use decnet_log_relay::budget::LogBudget;
+use decnet_log_relay::disk::DiskPolicy;
 use decnet_log_relay::listener::{self, ListenerOptions, LogSink, listener_limits};
 use decnet_pki::{ClientAuth, MaterialSource};
 use decnet_server::{Server, Transport};
@@ -32,6 +34,83 @@ pub struct ListenerSettings {
     pub idle_timeout: Duration,
     /// How long a renewed agent's old certificate stays admitted.
     pub grace: Duration,
+    /// What one certificate may make the listener write.
+    pub budget: LogBudget,
+    /// Rotation, retention and the free-space watermark.
+    pub disk: DiskPolicy,
+}
+
+/// `"64M"`, `"1G"`, `"512k"`, `"4096"` → bytes (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (t, 1u64),
+        Some((at, _)) => {
+            let mult = match t[at..].to_ascii_lowercase().as_str() {
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                "t" | "tb" | "tib" => 1 << 40,
+                other => return Err(format!("unknown unit {other:?} (use k, M, G or T)")),
+            };
+            (t[..at].trim(), mult)
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512k, 64M, 1G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// The listener's storage and budget flags (`decnet listener` and
+/// `decnet master serve` share them).
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogStorageArgs {
+    /// Bytes per second one certificate may make the listener write
+    /// (raw and JSON together; 0 turns the byte and line budgets off).
+    #[arg(long, value_name = "BYTES_PER_S", default_value = "1M", value_parser = parse_bytes)]
+    pub log_budget: u64,
+    /// Bytes one certificate may write in a burst above its rate.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+    pub log_burst: u64,
+    /// Lines per second one certificate may make the listener write.
+    #[arg(long, value_name = "LINES_PER_S", default_value_t = 5000)]
+    pub log_line_budget: u64,
+    /// Rotate fleet.log / fleet.json at this size (0: never).
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_bytes)]
+    pub log_rotate_size: u64,
+    /// Rotated files kept per log (fleet.log.1 ... .N).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub log_keep: usize,
+    /// Stop writing logs while their filesystem has less free space than
+    /// this (default: 5 % of it, at most 1G; 0: never stop).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub log_min_free: Option<u64>,
+}
+
+impl LogStorageArgs {
+    /// The budget these flags set.
+    pub fn budget(&self) -> LogBudget {
+        if self.log_budget == 0 {
+            return LogBudget::unlimited();
+        }
+        LogBudget {
+            bytes_per_s: self.log_budget,
+            burst_bytes: self.log_burst.max(self.log_budget),
+            lines_per_s: self.log_line_budget,
+            burst_lines: self.log_line_budget.saturating_mul(40),
+        }
+    }
+
+    /// The disk policy these flags set.
+    pub fn disk(&self) -> DiskPolicy {
+        DiskPolicy {
+            rotate_bytes: self.log_rotate_size,
+            keep: self.log_keep.max(1),
+            min_free_bytes: self.log_min_free,
+        }
+    }
 }
 
 /// A bound listener, ready to run.
@@ -82,7 +161,7 @@ pub async fn bind(
     let server = Server::bind("listener", s.listen, transport, listener_limits())
         .await
         .map_err(|e| UsageError(e.to_string()))?;
-    let sink = LogSink::open(&s.log_path, &s.json_path)
+    let sink = LogSink::open(&s.log_path, &s.json_path, s.disk)
         .await
         .map_err(|e| UsageError(format!("cannot open the log files: {e}")))?;
     Ok(BoundListener {
@@ -92,7 +171,24 @@ pub async fn bind(
         options: ListenerOptions {
             max_frame: s.max_frame,
             idle_timeout: s.idle_timeout,
+            budget: s.budget,
             ..ListenerOptions::default()
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("512k"), Ok(512 * 1024));
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
 }

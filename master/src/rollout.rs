@@ -214,7 +214,7 @@ pub async fn rollout(
                     "[{done}/{total}] {:<16} {:<12} {}",
                     r.host,
                     r.outcome.as_str().to_uppercase(),
-                    r.detail
+                    crate::table::inert(&r.detail)
                 );
             }
             db.record_update(&UpdateRecord {

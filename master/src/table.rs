@@ -27,18 +27,34 @@ pub fn format_expiry(not_after: i64, now: i64) -> String {
     format!("in {span}")
 }
 
+/// The longest worker-supplied text shown in a table cell or a line.
+pub const MAX_SHOWN_CHARS: usize = 512;
+
+/// Text a worker sent (a version, a decky's name or state, an error
+/// detail), made inert for an operator's terminal: every control, bidi and
+/// line-separator character escaped by the log relay's neutralizer, and the
+/// length capped. Every human output of worker strings goes through here;
+/// `--json` output stays exact JSON.
+pub fn inert(s: &str) -> std::borrow::Cow<'_, str> {
+    let safe = decnet_log_relay::neutralize::neutralize(s);
+    match safe.char_indices().nth(MAX_SHOWN_CHARS) {
+        None => safe,
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &safe[..cut])),
+    }
+}
+
 /// A borderless, left-aligned table with a header row (comfy-table), each
-/// line trimmed, ending with a newline.
+/// line trimmed, ending with a newline. Every cell is made [`inert`].
 pub fn render<R, C>(header: &[&str], rows: R) -> String
 where
     R: IntoIterator<Item = Vec<C>>,
-    C: Into<comfy_table::Cell>,
+    C: AsRef<str>,
 {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
     t.set_header(header.to_vec());
     for r in rows {
-        t.add_row(r);
+        t.add_row(r.iter().map(|c| inert(c.as_ref()).into_owned()));
     }
     let mut out = String::new();
     for line in t.to_string().lines() {

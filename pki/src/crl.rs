@@ -149,6 +149,13 @@ impl RevocationList {
         self.revoked.iter().any(|r| r == s)
     }
 
+    /// Whether it revokes the certificate of `peer` (serial as the identity
+    /// carries it, lowercase hex): how a server finds the open connections
+    /// a new list ends.
+    pub fn revokes(&self, peer: &crate::PeerIdentity) -> bool {
+        hex::decode(&peer.serial).is_ok_and(|s| self.revokes_serial(&s))
+    }
+
     /// The DER encoding (what rustls takes).
     pub fn der(&self) -> CertificateRevocationListDer<'static> {
         CertificateRevocationListDer::from(self.der.clone())

@@ -4,11 +4,26 @@
 //! Pure bookkeeping (no IO), so the rules are unit-tested here and the
 //! runner only asks and obeys. Maps hold only keys with a non-zero count, so
 //! their size is bounded by the open connections themselves.
+//!
+//! Handshakes in progress are not refused when their budget is full: the
+//! oldest one of the crowded source (or, for the global budget, of the most
+//! crowded source) is *evicted* instead — its task is told to stop through
+//! its eviction token — and the newcomer takes its place. One that has
+//! already sent its ClientHello is evicted only when its source holds no
+//! silent one. So a source holding idle connections (a decky sharing its
+//! worker's address, hosts behind one NAT) cannot lock a peer that speaks
+//! TLS out of a handshake: the peer's ClientHello arrives at once, and
+//! silent connections go first. Peers presenting a certificate are never
+//! counted against the anonymous budgets, and every connection, of every
+//! server in the process, counts against one process-wide budget sized
+//! below the descriptor limit ([`crate::descriptors`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use decnet_pki::Fingerprint;
+use tokio_util::sync::CancellationToken;
 
 use crate::limits::ServerLimits;
 use crate::source::SourceKey;
@@ -19,15 +34,18 @@ pub enum Refused {
     /// The server holds its maximum of connections.
     #[error("too many connections")]
     TooManyConnections,
-    /// The server holds its maximum of handshakes in progress.
+    /// The process holds as many connections as its descriptor budget allows.
+    #[error("too many connections for the process's descriptor limit")]
+    DescriptorBudget,
+    /// The server holds its maximum of handshakes in progress, none evictable.
     #[error("too many handshakes in progress")]
     TooManyHandshakes,
-    /// This source holds its maximum of handshakes in progress.
-    #[error("too many handshakes in progress from this source")]
-    TooManyHandshakesFromSource,
     /// This source holds its maximum of connections without a certificate.
     #[error("too many connections without a certificate from this source")]
     TooManyAnonymousFromSource,
+    /// The server holds its maximum of connections without a certificate.
+    #[error("too many connections without a certificate")]
+    TooManyAnonymous,
     /// This certificate holds its maximum of connections.
     #[error("too many connections under this certificate")]
     TooManyForIdentity,
@@ -38,19 +56,32 @@ impl Refused {
     pub fn as_str(self) -> &'static str {
         match self {
             Refused::TooManyConnections => "connections",
+            Refused::DescriptorBudget => "descriptors",
             Refused::TooManyHandshakes => "handshakes",
-            Refused::TooManyHandshakesFromSource => "source_handshakes",
             Refused::TooManyAnonymousFromSource => "source_anonymous",
+            Refused::TooManyAnonymous => "anonymous",
             Refused::TooManyForIdentity => "identity_connections",
         }
     }
+}
+
+/// A handshake in progress, as its source's queue holds it (oldest first).
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    /// Its ClientHello has arrived.
+    hello: bool,
+    /// Cancelled when it is evicted.
+    evict: CancellationToken,
 }
 
 #[derive(Default, Debug)]
 struct Counts {
     connections: usize,
     handshakes: usize,
-    handshakes_by_source: HashMap<SourceKey, usize>,
+    next_id: u64,
+    pending_by_source: HashMap<SourceKey, VecDeque<Pending>>,
+    anonymous: usize,
     anonymous_by_source: HashMap<SourceKey, usize>,
     by_identity: HashMap<Fingerprint, usize>,
 }
@@ -62,6 +93,50 @@ fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: &K) {
             map.remove(k);
         }
     }
+}
+
+impl Counts {
+    /// Evict the oldest silent handshake of `source` (else its oldest).
+    fn evict_from(&mut self, source: &SourceKey) -> bool {
+        let Some(queue) = self.pending_by_source.get_mut(source) else {
+            return false;
+        };
+        let at = queue.iter().position(|p| !p.hello).unwrap_or(0);
+        let Some(victim) = queue.remove(at) else {
+            return false;
+        };
+        if queue.is_empty() {
+            self.pending_by_source.remove(source);
+        }
+        self.handshakes -= 1;
+        victim.evict.cancel();
+        true
+    }
+
+    /// The source holding the most handshakes (ties: any).
+    fn most_crowded(&self) -> Option<SourceKey> {
+        self.pending_by_source
+            .iter()
+            .max_by_key(|(_, q)| (q.iter().filter(|p| !p.hello).count(), q.len()))
+            .map(|(s, _)| *s)
+    }
+}
+
+/// Every server's connections in this process together: each holds a
+/// descriptor, and the process has only so many ([`crate::descriptors`]).
+static PROCESS_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn acquire_process_slot() -> bool {
+    let cap = crate::descriptors::connection_budget();
+    PROCESS_CONNECTIONS
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+fn release_process_slot() {
+    PROCESS_CONNECTIONS.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// The shared counters of one server.
@@ -84,8 +159,20 @@ enum Bound {
 pub struct Slot {
     admission: Arc<Admission>,
     source: SourceKey,
+    id: u64,
     handshaking: bool,
+    evicted: CancellationToken,
     bound: Bound,
+}
+
+/// A newcomer admitted into its handshake, and how many older handshakes
+/// made room for it.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The newcomer's slot.
+    pub slot: Slot,
+    /// Older handshakes evicted to make room (0 or 1).
+    pub evicted: usize,
 }
 
 impl Admission {
@@ -101,27 +188,52 @@ impl Admission {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admit a new TCP connection from `source` into its handshake.
-    pub fn open(self: &Arc<Self>, source: SourceKey) -> Result<Slot, Refused> {
+    /// Admit a new TCP connection from `source` into its handshake, evicting
+    /// the oldest handshake of its source (or of the most crowded source)
+    /// when a handshake budget is full.
+    pub fn open(self: &Arc<Self>, source: SourceKey) -> Result<Admitted, Refused> {
         let mut c = self.lock();
         if c.connections >= self.limits.max_connections {
             return Err(Refused::TooManyConnections);
         }
-        if c.handshakes >= self.limits.max_pending_handshakes {
-            return Err(Refused::TooManyHandshakes);
+        let mut evicted = 0;
+        let from_source = c.pending_by_source.get(&source).map_or(0, VecDeque::len);
+        if from_source >= self.limits.max_pending_handshakes_per_source.max(1) {
+            if c.evict_from(&source) {
+                evicted += 1;
+            }
+        } else if c.handshakes >= self.limits.max_pending_handshakes {
+            match c.most_crowded() {
+                Some(crowded) if c.evict_from(&crowded) => evicted += 1,
+                _ => return Err(Refused::TooManyHandshakes),
+            }
         }
-        let from_source = c.handshakes_by_source.get(&source).copied().unwrap_or(0);
-        if from_source >= self.limits.max_pending_handshakes_per_source {
-            return Err(Refused::TooManyHandshakesFromSource);
+        if !acquire_process_slot() {
+            return Err(Refused::DescriptorBudget);
         }
         c.connections += 1;
         c.handshakes += 1;
-        *c.handshakes_by_source.entry(source).or_insert(0) += 1;
-        Ok(Slot {
-            admission: self.clone(),
-            source,
-            handshaking: true,
-            bound: Bound::Nothing,
+        c.next_id += 1;
+        let id = c.next_id;
+        let evict = CancellationToken::new();
+        c.pending_by_source
+            .entry(source)
+            .or_default()
+            .push_back(Pending {
+                id,
+                hello: false,
+                evict: evict.clone(),
+            });
+        Ok(Admitted {
+            slot: Slot {
+                admission: self.clone(),
+                source,
+                id,
+                handshaking: true,
+                evicted: evict,
+                bound: Bound::Nothing,
+            },
+            evicted,
         })
     }
 
@@ -134,21 +246,62 @@ impl Admission {
     pub fn pending_handshakes(&self) -> usize {
         self.lock().handshakes
     }
+
+    /// Connections without a certificate open now.
+    pub fn anonymous_connections(&self) -> usize {
+        self.lock().anonymous
+    }
+
+    /// The limits in force (after fitting them to the descriptor limit).
+    pub fn limits(&self) -> &ServerLimits {
+        &self.limits
+    }
 }
 
 impl Slot {
-    /// The handshake finished (or failed): its handshake slot is free again.
-    pub fn handshake_done(&mut self) {
-        if self.handshaking {
-            self.handshaking = false;
-            let mut c = self.admission.lock();
-            c.handshakes -= 1;
-            dec(&mut c.handshakes_by_source, &self.source);
+    /// Cancelled when this handshake is evicted to make room for a newer
+    /// one: the runner drops the connection.
+    pub fn eviction(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
+
+    /// Its ClientHello arrived: it is evicted only after the silent ones.
+    pub fn hello_received(&mut self) {
+        if !self.handshaking {
+            return;
+        }
+        let mut c = self.admission.lock();
+        if let Some(p) = c
+            .pending_by_source
+            .get_mut(&self.source)
+            .and_then(|q| q.iter_mut().find(|p| p.id == self.id))
+        {
+            p.hello = true;
         }
     }
 
+    /// The handshake finished (or failed): its handshake slot is free again.
+    pub fn handshake_done(&mut self) {
+        if !self.handshaking {
+            return;
+        }
+        self.handshaking = false;
+        let mut c = self.admission.lock();
+        let Some(queue) = c.pending_by_source.get_mut(&self.source) else {
+            return; // evicted: already taken off the counts
+        };
+        let Some(at) = queue.iter().position(|p| p.id == self.id) else {
+            return;
+        };
+        queue.remove(at);
+        if queue.is_empty() {
+            c.pending_by_source.remove(&self.source);
+        }
+        c.handshakes -= 1;
+    }
+
     /// Count the connection against its certificate (`None`: anonymous,
-    /// counted against its source).
+    /// counted against its source and the server's anonymous budget).
     pub fn bind(&mut self, identity: Option<&Fingerprint>) -> Result<(), Refused> {
         self.handshake_done();
         debug_assert_eq!(self.bound, Bound::Nothing);
@@ -164,6 +317,9 @@ impl Slot {
                 self.bound = Bound::Identity(*fp);
             }
             None => {
+                if c.anonymous >= limits.max_anonymous {
+                    return Err(Refused::TooManyAnonymous);
+                }
                 let n = c
                     .anonymous_by_source
                     .get(&self.source)
@@ -173,6 +329,7 @@ impl Slot {
                     return Err(Refused::TooManyAnonymousFromSource);
                 }
                 *c.anonymous_by_source.entry(self.source).or_insert(0) += 1;
+                c.anonymous += 1;
                 self.bound = Bound::Anonymous;
             }
         }
@@ -185,9 +342,13 @@ impl Drop for Slot {
         self.handshake_done();
         let mut c = self.admission.lock();
         c.connections -= 1;
+        release_process_slot();
         match self.bound {
             Bound::Nothing => {}
-            Bound::Anonymous => dec(&mut c.anonymous_by_source, &self.source),
+            Bound::Anonymous => {
+                c.anonymous -= 1;
+                dec(&mut c.anonymous_by_source, &self.source)
+            }
             Bound::Identity(fp) => dec(&mut c.by_identity, &fp),
         }
     }
@@ -202,6 +363,7 @@ mod tests {
             max_pending_handshakes: 4,
             max_pending_handshakes_per_source: 2,
             max_connections: 6,
+            max_anonymous: 3,
             max_anonymous_per_source: 1,
             max_connections_per_identity: 2,
             ..ServerLimits::default()
@@ -212,20 +374,53 @@ mod tests {
         SourceKey::of(s.parse().unwrap())
     }
 
+    fn open(a: &Arc<Admission>, s: &str) -> Slot {
+        a.open(src(s)).unwrap().slot
+    }
+
     #[test]
-    fn per_source_handshakes_are_capped_and_freed() {
+    fn a_full_source_evicts_its_oldest_silent_handshake_not_the_newcomer() {
         let a = Admission::new(limits());
-        let s1 = a.open(src("10.0.0.1")).unwrap();
-        let _s2 = a.open(src("10.0.0.1")).unwrap();
-        assert_eq!(
-            a.open(src("10.0.0.1")).unwrap_err(),
-            Refused::TooManyHandshakesFromSource
-        );
+        let mut first = open(&a, "10.0.0.1");
+        first.hello_received(); // speaks TLS: evicted last
+        let second = open(&a, "10.0.0.1");
+        let third = a.open(src("10.0.0.1")).unwrap();
+        assert_eq!(third.evicted, 1);
+        assert!(second.eviction().is_cancelled(), "the silent one goes");
+        assert!(!first.eviction().is_cancelled(), "the speaking one stays");
+        assert_eq!(a.pending_handshakes(), 2);
         // Another source is not affected.
-        let _s3 = a.open(src("10.0.0.2")).unwrap();
-        drop(s1);
-        let _s4 = a.open(src("10.0.0.1")).unwrap();
+        let other = open(&a, "10.0.0.2");
+        assert!(!other.eviction().is_cancelled());
+        // With only speaking handshakes left, the oldest of them goes.
+        let mut third = third.slot;
+        third.hello_received();
+        let fourth = a.open(src("10.0.0.1")).unwrap();
+        assert_eq!(fourth.evicted, 1);
+        assert!(first.eviction().is_cancelled());
+        // An evicted slot gives back only its connection when dropped.
+        drop((first, second));
         assert_eq!(a.pending_handshakes(), 3);
+        drop((third, fourth, other));
+        assert_eq!(a.pending_handshakes(), 0);
+        assert_eq!(a.open_connections(), 0);
+        assert!(a.lock().pending_by_source.is_empty());
+    }
+
+    #[test]
+    fn a_full_server_evicts_from_the_most_crowded_source() {
+        let a = Admission::new(limits());
+        let crowd1 = open(&a, "10.0.0.1");
+        let _crowd2 = open(&a, "10.0.0.1");
+        let mut lone = open(&a, "10.0.0.2");
+        lone.hello_received();
+        let _other = open(&a, "10.0.0.3");
+        // 4 pending: the global budget is full; a fifth source gets in.
+        let new = a.open(src("10.0.0.4")).unwrap();
+        assert_eq!(new.evicted, 1);
+        assert!(crowd1.eviction().is_cancelled());
+        assert!(!lone.eviction().is_cancelled());
+        assert_eq!(a.pending_handshakes(), 4);
     }
 
     #[test]
@@ -233,7 +428,7 @@ mod tests {
         let a = Admission::new(limits());
         let mut held = Vec::new();
         for i in 0..6 {
-            let mut s = a.open(src(&format!("10.0.1.{i}"))).unwrap();
+            let mut s = open(&a, &format!("10.0.1.{i}"));
             s.handshake_done();
             held.push(s);
         }
@@ -248,29 +443,49 @@ mod tests {
 
     #[test]
     fn identities_and_anonymous_peers_have_their_own_caps() {
-        let a = Admission::new(limits());
+        let a = Admission::new(ServerLimits {
+            max_connections: 20,
+            max_pending_handshakes: 20,
+            ..limits()
+        });
         let fp = Fingerprint::of_der(b"one certificate");
-        let mut x = a.open(src("10.0.0.1")).unwrap();
+        let mut x = open(&a, "10.0.0.1");
         x.bind(Some(&fp)).unwrap();
-        let mut y = a.open(src("10.0.0.2")).unwrap();
+        let mut y = open(&a, "10.0.0.2");
         y.bind(Some(&fp)).unwrap();
-        let mut z = a.open(src("10.0.0.3")).unwrap();
+        let mut z = open(&a, "10.0.0.3");
         assert_eq!(z.bind(Some(&fp)).unwrap_err(), Refused::TooManyForIdentity);
         let other = Fingerprint::of_der(b"another certificate");
-        let mut w = a.open(src("10.0.0.3")).unwrap();
+        let mut w = open(&a, "10.0.0.3");
         w.bind(Some(&other)).unwrap();
 
-        let mut anon1 = a.open(src("10.0.0.9")).unwrap();
+        let mut anon1 = open(&a, "10.0.0.9");
         anon1.bind(None).unwrap();
-        let mut anon2 = a.open(src("10.0.0.9")).unwrap();
+        let mut anon2 = open(&a, "10.0.0.9");
         assert_eq!(
             anon2.bind(None).unwrap_err(),
             Refused::TooManyAnonymousFromSource
         );
-        drop((x, y, z, w, anon1, anon2));
+        // The server-wide anonymous budget: 3.
+        let mut more: Vec<Slot> = (10..12)
+            .map(|i| {
+                let mut s = open(&a, &format!("10.0.0.{i}"));
+                s.bind(None).unwrap();
+                s
+            })
+            .collect();
+        let mut over = open(&a, "10.0.0.12");
+        assert_eq!(over.bind(None).unwrap_err(), Refused::TooManyAnonymous);
+        // ... which never limits peers with a certificate.
+        let mut certified = open(&a, "10.0.0.12");
+        certified.bind(Some(&other)).unwrap();
+        assert_eq!(a.anonymous_connections(), 3);
+        more.clear();
+        drop((x, y, z, w, anon1, anon2, over, certified));
         assert_eq!(a.open_connections(), 0);
+        assert_eq!(a.anonymous_connections(), 0);
         let c = a.lock();
         assert!(c.by_identity.is_empty() && c.anonymous_by_source.is_empty());
-        assert!(c.handshakes_by_source.is_empty());
+        assert!(c.pending_by_source.is_empty());
     }
 }

@@ -4,7 +4,9 @@
 //! * [`runner`] — [`Server`]: bind, accept (never waiting on handshakes),
 //!   TLS handshake with a short timeout, admission, graceful shutdown; a
 //!   protocol implements [`ConnectionHandler`];
-//! * [`admission`] — the per-source, per-identity and global counters;
+//! * [`admission`] — the per-source, per-identity and global counters,
+//!   evicting the oldest silent handshake rather than refusing a newcomer;
+//! * [`descriptors`] — the open-file limit raised at start, the caps fitted to it;
 //! * [`limits`] — [`ServerLimits`] and [`HttpLimits`];
 //! * [`http`] — [`HttpService`]: an axum router over hyper with timers and limits;
 //! * [`authz`] — [`AccessPolicy`], the role checks every request passes;
@@ -17,6 +19,7 @@
 
 pub mod admission;
 pub mod authz;
+pub mod descriptors;
 pub mod error_body;
 pub mod http;
 pub mod limits;

@@ -5,23 +5,32 @@ use std::time::Duration;
 /// Limits of the connection layer, common to every server.
 #[derive(Clone, Debug)]
 pub struct ServerLimits {
+    /// A connection that has not sent its TLS ClientHello within this is
+    /// closed (a peer that speaks TLS sends it at once).
+    pub client_hello_timeout: Duration,
     /// A TLS handshake not finished within this is dropped.
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at once, over all sources; more are refused
-    /// (closed at once — accept never waits).
+    /// Handshakes in progress at once, over all sources; a newcomer over it
+    /// evicts the oldest silent handshake of the most crowded source (accept
+    /// never waits).
     pub max_pending_handshakes: usize,
     /// Handshakes in progress at once from one source (IPv4 address or IPv6
-    /// /64); more from that source are refused.
+    /// /64); a newcomer over it evicts that source's oldest silent one.
     pub max_pending_handshakes_per_source: usize,
     /// Open connections at once, over all sources; more are refused.
     pub max_connections: usize,
     /// Open connections without a client certificate from one source (only
     /// servers that admit anonymous peers at all: the control API's joins).
     pub max_anonymous_per_source: usize,
+    /// Open connections without a client certificate over all sources: kept
+    /// well below the descriptor limit, so anonymous peers can never hold
+    /// the descriptors certified peers need.
+    pub max_anonymous: usize,
     /// Open connections at once under one certificate (fingerprint).
     pub max_connections_per_identity: usize,
     /// A connection is closed after this long, however busy (and always when
-    /// its certificate expires).
+    /// its certificate expires): clients reconnect, and a long-lived
+    /// connection never outlives its peer's standing by more than this.
     pub max_connection_lifetime: Option<Duration>,
     /// On shutdown, open connections get this long to finish; then they are cut.
     pub shutdown_grace: Duration,
@@ -30,13 +39,15 @@ pub struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
+            client_hello_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
             max_pending_handshakes: 512,
             max_pending_handshakes_per_source: 32,
             max_connections: 8192,
             max_anonymous_per_source: 16,
+            max_anonymous: 256,
             max_connections_per_identity: 64,
-            max_connection_lifetime: None,
+            max_connection_lifetime: Some(Duration::from_secs(3600)),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -66,5 +77,61 @@ impl Default for HttpLimits {
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
         }
+    }
+}
+
+impl ServerLimits {
+    /// These limits, lowered where needed so that every connection they
+    /// allow fits in `budget` descriptors, with the handshake and anonymous
+    /// budgets each at most an eighth of it (so anonymous or silent peers
+    /// can never hold what certified peers need). Returns what was lowered.
+    pub fn fit_descriptors(mut self, budget: usize) -> (ServerLimits, Vec<String>) {
+        let mut lowered = Vec::new();
+        let eighth = (budget / 8).max(1);
+        let mut clamp = |name: &str, v: &mut usize, cap: usize| {
+            if *v > cap {
+                lowered.push(format!("{name} {v} -> {cap}"));
+                *v = cap;
+            }
+        };
+        clamp("max_connections", &mut self.max_connections, budget.max(1));
+        clamp(
+            "max_pending_handshakes",
+            &mut self.max_pending_handshakes,
+            eighth,
+        );
+        clamp("max_anonymous", &mut self.max_anonymous, eighth);
+        let per_source = self.max_pending_handshakes;
+        clamp(
+            "max_pending_handshakes_per_source",
+            &mut self.max_pending_handshakes_per_source,
+            per_source,
+        );
+        (self, lowered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_fitted_to_the_descriptor_budget() {
+        let (fit, lowered) = ServerLimits {
+            max_connections: 20_000,
+            ..ServerLimits::default()
+        }
+        .fit_descriptors(896);
+        assert_eq!(fit.max_connections, 896);
+        assert_eq!(fit.max_pending_handshakes, 112);
+        assert_eq!(fit.max_anonymous, 112);
+        assert_eq!(fit.max_pending_handshakes_per_source, 32);
+        assert_eq!(lowered.len(), 3, "{lowered:?}");
+        let (same, none) = ServerLimits::default().fit_descriptors(100_000);
+        assert!(none.is_empty());
+        assert_eq!(
+            same.max_connections,
+            ServerLimits::default().max_connections
+        );
     }
 }

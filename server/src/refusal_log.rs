@@ -89,6 +89,27 @@ impl RefusalLog {
         }
     }
 
+    /// `accept` failed (descriptors exhausted, ...): logged at a bounded rate.
+    pub fn accept_failed(&self, e: &std::io::Error) {
+        self.count(&server_metrics().connections_refused, "accept_failed");
+        if self.admit_line() {
+            tracing::warn!(server = self.server, error = %e, "accept failed");
+        }
+    }
+
+    /// An open connection closed because the revocation list now in force
+    /// revokes its peer.
+    pub fn revoked_while_open(&self, remote: SocketAddr, peer: &PeerIdentity) {
+        self.count(&server_metrics().connections_refused, "revoked_while_open");
+        tracing::warn!(
+            server = self.server,
+            %remote,
+            peer_cn = %peer.cn,
+            peer_fingerprint = %peer.fingerprint.short(),
+            "open connection closed: its certificate was revoked"
+        );
+    }
+
     /// A connection refused by admission after its handshake.
     pub fn refused_peer(&self, why: Refused, remote: SocketAddr, peer: Option<&PeerIdentity>) {
         self.count(&server_metrics().connections_refused, why.as_str());

@@ -21,7 +21,6 @@ use decnet_pki::{ClientAuth, MaterialSource, PeerIdentity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
@@ -186,6 +185,15 @@ impl Server {
         let local_addr = tcp
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let (limits, lowered) = limits.fit_descriptors(crate::descriptors::connection_budget());
+        if !lowered.is_empty() {
+            tracing::warn!(
+                server = name,
+                budget = crate::descriptors::connection_budget(),
+                lowered = %lowered.join(", "),
+                "connection caps lowered to fit the open-file limit"
+            );
+        }
         Ok(Server {
             tcp,
             local_addr,
@@ -233,7 +241,9 @@ impl Server {
                 accepted = tcp.accept() => match accepted {
                     Ok((sock, remote)) => {
                         let slot = match admission.open(SourceKey::of(remote.ip())) {
-                            Ok(slot) => slot,
+                            // An evicted handshake reports itself
+                            // (`decnet_handshake_failures_total{reason="evicted"}`).
+                            Ok(admitted) => admitted.slot,
                             Err(why) => {
                                 refusals.refused(why, remote);
                                 continue;
@@ -252,8 +262,9 @@ impl Server {
                         ));
                     }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(server = name, error = %e, "accept failed");
+                        // EMFILE and friends: back off instead of spinning,
+                        // and say so at a bounded rate.
+                        refusals.accept_failed(&e);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -289,12 +300,44 @@ async fn connection<H: ConnectionHandler>(
     stop: CancellationToken,
 ) {
     let _ = sock.set_nodelay(true);
-    let (io, identity) = match transport {
-        Transport::Plain => (ServerIo::Plain(sock), None),
+    let evicted = slot.eviction();
+    let (io, identity, material) = match transport {
+        Transport::Plain => (ServerIo::Plain(sock), None, None),
         Transport::Tls { material, auth } => {
-            let acceptor = TlsAcceptor::from(material.current().server_config(auth));
+            let started = tokio::time::Instant::now();
+            // A peer that speaks TLS sends its ClientHello at once; a silent
+            // one is closed after `client_hello_timeout` (or evicted sooner
+            // by a newcomer from a crowded source).
+            let lazy =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), sock);
+            let hello = tokio::select! {
+                r = tokio::time::timeout(limits.client_hello_timeout.min(limits.handshake_timeout), lazy) => r,
+                _ = evicted.cancelled() => {
+                    refusals.handshake_failed("evicted", remote, None);
+                    return;
+                }
+                _ = stop.cancelled() => return,
+            };
+            let start = match hello {
+                Err(_) => {
+                    refusals.handshake_failed("no_client_hello", remote, None);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    refusals.handshake_failed(crate::refusal_log::reason_of(&e), remote, Some(&e));
+                    return;
+                }
+                Ok(Ok(start)) => start,
+            };
+            slot.hello_received();
+            let left = limits.handshake_timeout.saturating_sub(started.elapsed());
+            let config = material.current().server_config(auth);
             let handshake = tokio::select! {
-                r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(sock)) => r,
+                r = tokio::time::timeout(left, start.into_stream(config)) => r,
+                _ = evicted.cancelled() => {
+                    refusals.handshake_failed("evicted", remote, None);
+                    return;
+                }
                 _ = stop.cancelled() => return,
             };
             slot.handshake_done();
@@ -339,7 +382,7 @@ async fn connection<H: ConnectionHandler>(
                     return;
                 }
             };
-            (ServerIo::Tls(Box::new(stream)), identity)
+            (ServerIo::Tls(Box::new(stream)), identity, Some(material))
         }
     };
     if let Err(why) = slot.bind(identity.as_ref().map(|i| &i.fingerprint)) {
@@ -355,14 +398,53 @@ async fn connection<H: ConnectionHandler>(
             now + Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX).min(u64::MAX / 4));
         deadline = Some(deadline.map_or(expiry, |d| d.min(expiry)));
     }
+    let revoked = match (&identity, material) {
+        (Some(id), Some(material)) => Some(revocation_of(id.clone(), material)),
+        _ => None,
+    };
     let conn = Connection {
         io,
-        peer: TlsPeer { remote, identity },
+        peer: TlsPeer {
+            remote,
+            identity: identity.clone(),
+        },
         deadline,
         server: name,
     };
-    handler.handle(conn, stop).await;
+    match revoked {
+        None => handler.handle(conn, stop).await,
+        Some(revoked) => {
+            tokio::select! {
+                _ = handler.handle(conn, stop) => {}
+                _ = revoked => {
+                    // Dropping the handler closes the connection at once.
+                    if let Some(id) = &identity {
+                        refusals.revoked_while_open(remote, id);
+                    }
+                }
+            }
+        }
+    }
     drop(slot);
+}
+
+/// Resolves when the material in force revokes `peer` — a CRL published
+/// while its connection is open ends that connection, not only the next
+/// handshake. Pending forever once the material source is gone.
+async fn revocation_of(peer: Arc<PeerIdentity>, material: MaterialSource) {
+    let mut changes = material.subscribe();
+    loop {
+        if changes
+            .borrow_and_update()
+            .crl()
+            .is_some_and(|crl| crl.revokes(&peer))
+        {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 fn time_now() -> time::OffsetDateTime {

@@ -60,6 +60,10 @@ impl TestServer {
 }
 
 async fn start_server_with(limits: ServerLimits, http: HttpLimits) -> TestServer {
+    start_server_auth(limits, http, ClientAuth::Required).await
+}
+
+async fn start_server_auth(limits: ServerLimits, http: HttpLimits, auth: ClientAuth) -> TestServer {
     decnet_pki::provider::install_default();
     let server_bundle = bundle(ca(), srv_role(), BundleKind::Agent);
     let material = MaterialSource::from_parts(server_bundle.clone(), None).unwrap();
@@ -68,7 +72,7 @@ async fn start_server_with(limits: ServerLimits, http: HttpLimits) -> TestServer
         "127.0.0.1:0".parse().unwrap(),
         Transport::Tls {
             material: material.clone(),
-            auth: ClientAuth::Required,
+            auth,
         },
         limits,
     )
@@ -558,4 +562,187 @@ async fn plain_text_is_refused_off_loopback() {
         r,
         Err(decnet_server::ServerError::PlaintextRefused(_))
     ));
+}
+
+/// Keep `n` silent TCP connections from `source` open, opening new ones as
+/// the server closes (evicts) old ones, until the task is aborted.
+fn silent_flood(to: SocketAddr, source: &'static str, n: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut held: std::collections::VecDeque<tokio::net::TcpStream> = Default::default();
+        loop {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            if let Ok(s) = sock.connect(to).await {
+                held.push_back(s);
+            }
+            if held.len() > n {
+                held.pop_front();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+}
+
+/// A decky sharing its worker's address (or hosts behind one NAT) floods
+/// the server with silent connections from that very address: the worker's
+/// own new connections still complete, each within a second.
+#[tokio::test]
+async fn silent_connections_from_a_peers_own_address_do_not_lock_it_out() {
+    let srv = start_server().await;
+    let flood = silent_flood(srv.addr, "127.0.0.1", 1000);
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    let master = master();
+    for i in 0..10 {
+        let t = std::time::Instant::now();
+        // A fresh client each time: a new connection and a full handshake.
+        let resp = client(&master)
+            .get(format!("https://{}/whoami", srv.addr))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("attempt {i}: {e:?}"));
+        assert_eq!(resp.status(), 200);
+        assert!(
+            t.elapsed() < StdDuration::from_secs(1),
+            "attempt {i}: {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(
+        srv.admission.pending_handshakes()
+            <= ServerLimits::default().max_pending_handshakes_per_source,
+        "the flood holds at most one source's budget"
+    );
+    flood.abort();
+}
+
+/// Hold `n` TLS connections without a certificate that never send a
+/// request (each completes its handshake, then idles).
+async fn anonymous_tls(
+    to: SocketAddr,
+    n: usize,
+) -> Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let cfg = Arc::new(
+        decnet_pki::tls::anonymous_client_config(
+            ca().cert_pem(),
+            &ExpectedServer::role(srv_role()),
+        )
+        .unwrap(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let Ok(tcp) = tokio::net::TcpStream::connect(to).await else {
+            continue;
+        };
+        let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
+        if let Ok(Ok(tls)) =
+            tokio::time::timeout(StdDuration::from_secs(2), connector.connect(name, tcp)).await
+        {
+            held.push(tls);
+        }
+    }
+    held
+}
+
+/// On a server that admits anonymous peers (the control API's joins), 500
+/// slow anonymous TLS connections and 1,000 silent ones from the peer's own
+/// address neither hold more than their budgets nor keep the certified
+/// peer out.
+#[tokio::test]
+async fn slow_anonymous_peers_are_held_to_their_budget_and_never_starve_a_certified_one() {
+    let srv = start_server_auth(
+        ServerLimits::default(),
+        HttpLimits::default(),
+        ClientAuth::Optional,
+    )
+    .await;
+    let anon = anonymous_tls(srv.addr, 500).await;
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    assert!(
+        srv.admission.anonymous_connections() <= ServerLimits::default().max_anonymous_per_source,
+        "{} anonymous held from one source",
+        srv.admission.anonymous_connections()
+    );
+    let flood = silent_flood(srv.addr, "127.0.0.1", 1000);
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    let resp = client(&master())
+        .get(format!("https://{}/whoami", srv.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(t.elapsed() < StdDuration::from_secs(1), "{:?}", t.elapsed());
+    flood.abort();
+    drop(anon);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed_after_the_hello_timeout() {
+    let srv = start_server_with(
+        ServerLimits {
+            client_hello_timeout: StdDuration::from_millis(300),
+            handshake_timeout: StdDuration::from_secs(30),
+            ..ServerLimits::default()
+        },
+        HttpLimits::default(),
+    )
+    .await;
+    let mut idle = idle_tcp(srv.addr, "127.0.0.4", 1).await;
+    let t = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(StdDuration::from_secs(5), idle[0].read(&mut b))
+        .await
+        .expect("closed by the server")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t.elapsed() < StdDuration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(srv.admission.open_connections(), 0);
+}
+
+/// A revocation list published while a kept-alive connection is open ends
+/// that connection at once, not only the next handshake.
+#[tokio::test]
+async fn an_open_connection_is_closed_when_its_certificate_is_revoked() {
+    let srv = start_server().await;
+    let thief = master();
+    let cfg = Arc::new(
+        decnet_pki::client_config(&thief, None, &ExpectedServer::role(srv_role())).unwrap(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let hits = srv.hits.load(Ordering::SeqCst);
+    let crl = ca()
+        .issue_crl(
+            &[RevokedSerial {
+                serial_hex: thief.identity.serial.clone(),
+                revoked_at: OffsetDateTime::now_utc(),
+            }],
+            1,
+            OffsetDateTime::now_utc() + Duration::days(1),
+        )
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(srv.material.set_crl(crl).unwrap());
+    // The server closes the connection by itself...
+    let end = tokio::time::timeout(StdDuration::from_secs(2), tls.read(&mut buf))
+        .await
+        .expect("the server closed the revoked peer's connection");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    assert!(t.elapsed() < StdDuration::from_secs(1), "{:?}", t.elapsed());
+    // ... and nothing more is served on it.
+    let _ = tls
+        .write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    assert_eq!(srv.hits.load(Ordering::SeqCst), hits);
+    assert_eq!(srv.admission.open_connections(), 0);
 }

@@ -164,6 +164,8 @@ fn main() {
         std::process::exit(launch(install_dir, *max_failed_starts, args));
     }
     decnet_pki::provider::install_default();
+    // Descriptors must not run out before the connection caps do.
+    decnet_server::descriptors::raise_nofile_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,257 @@
+//! What one log peer may make the listener write: a byte and a line budget
+//! per certificate, each a token bucket (a sustained rate and a burst).
+//!
+//! A decky's own output is forwarded by design, so a decky can make its
+//! worker send as much as it likes; escaping can multiply control bytes
+//! several times on the way to disk. Every line is charged the bytes it
+//! would write (raw and JSON together) before it is written; what does not
+//! fit is dropped and counted, never buffered. Buckets are kept per
+//! certificate across reconnects (a full bucket is forgotten, as it is the
+//! same as a new one), so reconnecting buys nothing.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A token bucket: `rate` tokens a second up to `burst`. Pure: the clock
+/// is passed in.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u64, burst: u64, now: Instant) -> Self {
+        TokenBucket {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Whether `n` tokens are there now; if so they are taken.
+    pub fn take(&mut self, n: u64, now: Instant) -> bool {
+        self.refill(now);
+        let n = n as f64;
+        if n <= self.tokens {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether it has refilled completely (then it equals a new bucket).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+}
+
+/// The budget of every log peer: `0` rates turn a budget off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogBudget {
+    /// Bytes written per second, sustained (0: no byte budget).
+    pub bytes_per_s: u64,
+    /// Bytes written in a burst.
+    pub burst_bytes: u64,
+    /// Lines per second, sustained (0: no line budget).
+    pub lines_per_s: u64,
+    /// Lines in a burst.
+    pub burst_lines: u64,
+}
+
+impl Default for LogBudget {
+    /// Enough for a busy honeypot (a brute-force storm on a Cowrie decky
+    /// logs a few hundred lines a second), far below what fills a disk.
+    fn default() -> Self {
+        LogBudget {
+            bytes_per_s: 1024 * 1024,
+            burst_bytes: 64 * 1024 * 1024,
+            lines_per_s: 5_000,
+            burst_lines: 200_000,
+        }
+    }
+}
+
+impl LogBudget {
+    /// No budget at all (benchmarks).
+    pub fn unlimited() -> Self {
+        LogBudget {
+            bytes_per_s: 0,
+            burst_bytes: 0,
+            lines_per_s: 0,
+            burst_lines: 0,
+        }
+    }
+
+    /// Whether any budget is in force.
+    pub fn is_limited(&self) -> bool {
+        self.bytes_per_s > 0 || self.lines_per_s > 0
+    }
+}
+
+#[derive(Debug)]
+struct PeerBuckets {
+    bytes: Option<TokenBucket>,
+    lines: Option<TokenBucket>,
+}
+
+impl PeerBuckets {
+    fn new(b: &LogBudget, now: Instant) -> Self {
+        PeerBuckets {
+            bytes: (b.bytes_per_s > 0).then(|| TokenBucket::new(b.bytes_per_s, b.burst_bytes, now)),
+            lines: (b.lines_per_s > 0).then(|| TokenBucket::new(b.lines_per_s, b.burst_lines, now)),
+        }
+    }
+
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.bytes.as_mut().is_none_or(|b| b.is_full(now))
+            && self.lines.as_mut().is_none_or(|b| b.is_full(now))
+    }
+}
+
+/// Buckets above this many are pruned of full ones.
+const PRUNE_ABOVE: usize = 1024;
+
+/// The buckets of every peer, keyed by certificate fingerprint.
+#[derive(Debug)]
+pub struct PeerBudgets {
+    budget: LogBudget,
+    peers: Mutex<HashMap<String, PeerBuckets>>,
+}
+
+impl PeerBudgets {
+    /// Buckets enforcing `budget`.
+    pub fn new(budget: LogBudget) -> Self {
+        PeerBudgets {
+            budget,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The budget in force.
+    pub fn budget(&self) -> LogBudget {
+        self.budget
+    }
+
+    /// Charge one line of `bytes` written bytes to peer `key`; `false`
+    /// means it is over budget and must be dropped (nothing is taken).
+    pub fn admit(&self, key: &str, bytes: u64, now: Instant) -> bool {
+        if !self.budget.is_limited() {
+            return true;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.len() > PRUNE_ABOVE && !peers.contains_key(key) {
+            peers.retain(|_, b| !b.is_full(now));
+        }
+        let b = peers
+            .entry(key.to_string())
+            .or_insert_with(|| PeerBuckets::new(&self.budget, now));
+        // Check both before taking from either.
+        let bytes_ok = b.bytes.as_mut().is_none_or(|t| {
+            t.refill(now);
+            t.tokens >= bytes as f64
+        });
+        let lines_ok = b.lines.as_mut().is_none_or(|t| {
+            t.refill(now);
+            t.tokens >= 1.0
+        });
+        if !(bytes_ok && lines_ok) {
+            return false;
+        }
+        if let Some(t) = b.bytes.as_mut() {
+            t.take(bytes, now);
+        }
+        if let Some(t) = b.lines.as_mut() {
+            t.take(1, now);
+        }
+        true
+    }
+
+    /// How many peers have buckets now.
+    pub fn tracked(&self) -> usize {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100, 1000, t0);
+        assert!(b.take(1000, t0));
+        assert!(!b.take(1, t0));
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(b.take(50, t1));
+        assert!(!b.take(1, t1));
+        assert!(!b.is_full(t1));
+        assert!(b.is_full(t1 + Duration::from_secs(10)));
+        // Never more than the burst.
+        assert!(!b.take(1001, t1 + Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn peers_have_their_own_budgets_and_reconnecting_resets_nothing() {
+        let budget = LogBudget {
+            bytes_per_s: 1000,
+            burst_bytes: 10_000,
+            lines_per_s: 10,
+            burst_lines: 100,
+        };
+        let p = PeerBudgets::new(budget);
+        let t0 = Instant::now();
+        let mut written = 0;
+        for _ in 0..1000 {
+            if p.admit("hostile", 500, t0) {
+                written += 500;
+            }
+        }
+        assert_eq!(written, 10_000, "the byte burst, no more");
+        assert!(p.admit("quiet", 500, t0), "another peer is not affected");
+        // Many small lines hit the line budget first.
+        let t1 = t0 + Duration::from_secs(1000);
+        let lines = (0..1000).filter(|_| p.admit("chatty", 1, t1)).count();
+        assert_eq!(lines, 100);
+        // One second later: the rate, not a new burst.
+        let t2 = t1 + Duration::from_secs(1);
+        let lines = (0..1000).filter(|_| p.admit("chatty", 1, t2)).count();
+        assert_eq!(lines, 10);
+        // A line over budget takes nothing from the other bucket.
+        assert!(!p.admit("hostile", 500, t0));
+    }
+
+    #[test]
+    fn unlimited_admits_everything_and_tracks_nobody() {
+        let p = PeerBudgets::new(LogBudget::unlimited());
+        assert!((0..10_000).all(|_| p.admit("x", 1 << 20, Instant::now())));
+        assert_eq!(p.tracked(), 0);
+    }
+
+    #[test]
+    fn full_buckets_are_pruned_when_many_peers_come_and_go() {
+        let p = PeerBudgets::new(LogBudget::default());
+        let t0 = Instant::now();
+        for i in 0..(PRUNE_ABOVE + 10) {
+            assert!(p.admit(&format!("peer{i}"), 10, t0));
+        }
+        // Long after, every bucket is full again: a newcomer prunes them.
+        assert!(p.admit("late", 10, t0 + Duration::from_secs(3600)));
+        assert_eq!(p.tracked(), 1);
+    }
+}
