@@ -138,6 +138,11 @@ impl RotatingFile {
     }
 }
 
+/// The file the guard keeps beside the raw log while writing is paused
+/// (`{"since":…,"free_bytes":…,"watermark_bytes":…}`): how `swarm doctor`
+/// and an operator see it without the metrics endpoint.
+pub const PAUSED_MARKER: &str = "writing-paused";
+
 /// How often the free space is looked at, at most, while writing goes on.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -154,6 +159,9 @@ pub struct FreeSpaceGuard {
     /// The free space seen at the last check (for reports).
     last_free: u64,
     last_mark: u64,
+    /// The write refused when writing paused: space must come back for it
+    /// too before writing resumes (no flapping on the next big batch).
+    pause_margin: u64,
 }
 
 /// What the guard saw, for logs and metrics.
@@ -174,8 +182,12 @@ pub enum SpaceChange {
 }
 
 impl FreeSpaceGuard {
-    /// A guard for files in `dirs`.
+    /// A guard for files in `dirs` (the first holds the paused marker; a
+    /// stale one from an earlier run is removed).
     pub fn new(dirs: Vec<PathBuf>, policy: DiskPolicy) -> Self {
+        if let Some(d) = dirs.first() {
+            let _ = std::fs::remove_file(d.join(PAUSED_MARKER));
+        }
         FreeSpaceGuard {
             dirs,
             policy,
@@ -185,6 +197,7 @@ impl FreeSpaceGuard {
             check_bytes: 1 << 20,
             last_free: u64::MAX,
             last_mark: 0,
+            pause_margin: 0,
         }
     }
 
@@ -218,10 +231,14 @@ impl FreeSpaceGuard {
             let was = std::mem::replace(&mut self.paused, false);
             return was.then_some(SpaceChange::Resumed { free });
         }
-        // Hysteresis: resume a quarter of the watermark above it.
-        let resume_at = mark.saturating_add(mark / 4);
+        // Hysteresis: resume a quarter of the watermark above it (plus the
+        // write that paused it).
+        let resume_at = mark
+            .saturating_add(mark / 4)
+            .saturating_add(self.pause_margin);
         if !self.paused && free < mark {
             self.paused = true;
+            self.pause_margin = 0;
             return Some(SpaceChange::Paused {
                 free,
                 watermark: mark,
@@ -234,9 +251,42 @@ impl FreeSpaceGuard {
         None
     }
 
+    /// Keep the paused marker in step with a change.
+    fn note(&self, change: Option<SpaceChange>) -> Option<SpaceChange> {
+        let Some(marker) = self.dirs.first().map(|d| d.join(PAUSED_MARKER)) else {
+            return change;
+        };
+        match change {
+            Some(SpaceChange::Paused { free, watermark }) => {
+                let since = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let body = format!(
+                    "{{\"since\":{since},\"free_bytes\":{free},\"watermark_bytes\":{watermark}}}\n"
+                );
+                if let Err(e) = std::fs::write(&marker, body) {
+                    tracing::warn!(file = %marker.display(), error = %e, "cannot write the paused marker");
+                }
+            }
+            Some(SpaceChange::Resumed { .. }) => {
+                let _ = std::fs::remove_file(&marker);
+            }
+            None => {}
+        }
+        change
+    }
+
     /// Whether `bytes` more may be written now (checks the filesystems when
-    /// due); reports a change of state.
+    /// due); reports a change of state (and keeps [`PAUSED_MARKER`]). A
+    /// write that would take the free space below the watermark is refused
+    /// and pauses writing.
     pub fn allow(&mut self, bytes: u64, now: Instant) -> (bool, Option<SpaceChange>) {
+        let (ok, change) = self.decide(bytes, now);
+        (ok, self.note(change))
+    }
+
+    fn decide(&mut self, bytes: u64, now: Instant) -> (bool, Option<SpaceChange>) {
         let due = match self.last_check {
             None => true,
             Some(t) if now.duration_since(t) >= CHECK_EVERY => true,
@@ -245,6 +295,21 @@ impl FreeSpaceGuard {
         let change = if due { self.check(now) } else { None };
         if self.paused {
             return (false, change);
+        }
+        let left = self
+            .last_free
+            .saturating_sub(self.written_since)
+            .saturating_sub(bytes);
+        if self.last_mark > 0 && left < self.last_mark {
+            self.paused = true;
+            self.pause_margin = bytes;
+            return (
+                false,
+                change.or(Some(SpaceChange::Paused {
+                    free: self.last_free.saturating_sub(self.written_since),
+                    watermark: self.last_mark,
+                })),
+            );
         }
         self.written_since += bytes;
         (true, change)
@@ -305,13 +370,32 @@ mod tests {
         let (ok, change) = g.allow(10, t0);
         assert!(!ok);
         assert!(matches!(change, Some(SpaceChange::Paused { .. })));
+        let marker = dir.path().join(PAUSED_MARKER);
+        assert!(
+            std::fs::read_to_string(&marker)
+                .unwrap()
+                .contains("watermark_bytes")
+        );
         // No change reported again while it stays paused.
         assert_eq!(g.allow(10, t0 + Duration::from_secs(2)), (false, None));
+        // A write that would cross the watermark is refused before it is made.
+        let mut g2 = FreeSpaceGuard::new(
+            vec![dir.path().to_path_buf()],
+            DiskPolicy {
+                min_free_bytes: Some(free / 2),
+                ..DiskPolicy::default()
+            },
+        );
+        assert!(g2.allow(10, t0).0);
+        let (ok, change) = g2.allow(free, t0);
+        assert!(!ok, "a batch of all the free space is refused");
+        assert!(matches!(change, Some(SpaceChange::Paused { .. })));
         // Space comes back (here: the watermark drops).
         g.policy.min_free_bytes = Some(1);
         let (ok, change) = g.allow(10, t0 + Duration::from_secs(4));
         assert!(ok);
         assert!(matches!(change, Some(SpaceChange::Resumed { .. })));
+        assert!(!marker.exists(), "the marker goes when writing resumes");
     }
 
     #[test]

@@ -277,10 +277,25 @@ impl SinkHandle {
     ) -> Result<(u64, u64), SinkClosed> {
         let key = credit.fingerprint.as_deref().unwrap_or(&credit.cn);
         let now = std::time::Instant::now();
-        let (batch, dropped) =
-            format_batch(credit, frames, &mut |cost| budgets.admit(key, cost, now));
-        if batch.lines > 0 {
-            self.tx.send(batch).await.map_err(|_| SinkClosed)?;
+        let mut dropped = (0, 0);
+        // Batches of at most about SINK_BATCH received bytes, so the
+        // writer's free-space check is never asked about a huge write.
+        let mut rest = frames;
+        while !rest.is_empty() {
+            let mut n = 0;
+            let mut size = 0;
+            while n < rest.len() && (n == 0 || size + rest[n].len() <= SINK_BATCH) {
+                size += rest[n].len();
+                n += 1;
+            }
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let (batch, d) = format_batch(credit, chunk, &mut |cost| budgets.admit(key, cost, now));
+            dropped.0 += d.0;
+            dropped.1 += d.1;
+            if batch.lines > 0 {
+                self.tx.send(batch).await.map_err(|_| SinkClosed)?;
+            }
         }
         Ok(dropped)
     }
@@ -295,6 +310,10 @@ fn raw_prefix(credit: &Credit) -> Vec<u8> {
         .unwrap_or("-");
     format!("{} {fp} ", credit.cn).into_bytes()
 }
+
+/// Received bytes formatted into one batch for the writer, at most (one
+/// frame larger than this is a batch of its own).
+const SINK_BATCH: usize = 256 * 1024;
 
 /// The longest escaped form of one message (raw line or JSON `msg`):
 /// escaping can multiply control bytes several times; past this the line

@@ -36,8 +36,10 @@ pub struct MasterSettings {
     pub metrics: decnet_server::metrics::MetricsArgs,
 }
 
-/// How often housekeeping runs.
-const HOUSEKEEPING: Duration = Duration::from_secs(2);
+/// How often housekeeping runs: a revocation (decommission, burn, a
+/// master rotation) reaches the master's own servers — and closes the open
+/// connections of the revoked — within this.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Run the master daemons until SIGTERM/SIGINT.
 pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow::Result<()> {
@@ -151,7 +153,7 @@ async fn housekeeping(
     loop {
         tokio::time::sleep(HOUSEKEEPING).await;
         round += 1;
-        if round.is_multiple_of(30)
+        if round.is_multiple_of(60)
             && let Err(e) = db.prune_join_attempts().await
         {
             tracing::warn!(error = %e, "cannot prune old join attempts");

@@ -34,7 +34,7 @@ pub struct Finding {
     /// The host it concerns (`None`: the master or the CA).
     pub host: Option<String>,
     /// Which check: `cert_expiry`, `silent`, `never_seen`, `clock_skew`,
-    /// `pin_mismatch`, `wrong_identity`, `unreachable`.
+    /// `pin_mismatch`, `wrong_identity`, `unreachable`, `disk_space`.
     pub check: &'static str,
     /// What, in words.
     pub detail: String,
@@ -244,6 +244,85 @@ pub async fn probe(pool: &WorkerPool, hosts: &[HostRecord], parallel: usize) -> 
     out
 }
 
+/// The free space of the filesystems holding the fleet's logs and its
+/// database, against the listener's default watermark: below it the
+/// listener has stopped writing (an error), below twice it soon will (a
+/// warning). Directories that do not exist are skipped.
+pub fn disk_findings(dirs: &[(&str, &std::path::Path)]) -> Vec<Finding> {
+    use std::os::unix::fs::MetadataExt;
+    let policy = decnet_log_relay::disk::DiskPolicy::default();
+    let mut out = Vec::new();
+    // One finding per filesystem, naming everything on it.
+    let mut filesystems: Vec<(u64, String, &std::path::Path)> = Vec::new();
+    for (what, dir) in dirs {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        match filesystems
+            .iter_mut()
+            .find(|(dev, _, _)| *dev == meta.dev())
+        {
+            Some((_, names, _)) => *names = format!("{names} and {what}"),
+            None => filesystems.push((meta.dev(), what.to_string(), dir)),
+        }
+    }
+    for (_, what, dir) in filesystems {
+        let Ok((free, total)) = decnet_log_relay::disk::free_space(dir) else {
+            continue;
+        };
+        let mark = decnet_log_relay::disk::watermark(&policy, total);
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let (severity, verdict) = if free < mark {
+            (
+                Severity::Error,
+                "below the watermark: the log listener has stopped writing",
+            )
+        } else if free < mark.saturating_mul(2) {
+            (
+                Severity::Warning,
+                "near the watermark below which the log listener stops writing",
+            )
+        } else {
+            continue;
+        };
+        out.push(Finding {
+            severity,
+            host: None,
+            check: "disk_space",
+            detail: format!(
+                "{what} filesystem ({}): {:.1} MiB free, {verdict} ({:.1} MiB); free space or move the logs (--log-path)",
+                dir.display(),
+                mib(free),
+                mib(mark)
+            ),
+        });
+    }
+    out
+}
+
+/// The listener's own word that it stopped writing (its marker beside the
+/// logs, see `decnet_log_relay::disk::PAUSED_MARKER`).
+pub fn paused_finding(log_dir: &std::path::Path) -> Option<Finding> {
+    let body = std::fs::read_to_string(log_dir.join(decnet_log_relay::disk::PAUSED_MARKER)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let mib = |k: &str| v[k].as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    Some(Finding {
+        severity: Severity::Error,
+        host: None,
+        check: "disk_space",
+        detail: format!(
+            "the log listener stopped writing {}: {:.1} MiB free, below its watermark of {:.1} MiB; lines are dropped (counted) until space is freed in {}",
+            v["since"]
+                .as_i64()
+                .map(|t| format!("{} ago", format_age(decnet_fleet::unix_now() - t)))
+                .unwrap_or_else(|| "some time ago".into()),
+            mib("free_bytes"),
+            mib("watermark_bytes"),
+            log_dir.display()
+        ),
+    })
+}
+
 /// Run the doctor for `home`: gather the facts, probe `parallel` hosts at
 /// a time (`None`: no probing), print, and return the verdict's exit code.
 pub async fn run(
@@ -271,15 +350,21 @@ pub async fn run(
         expiry,
     };
     let mut findings = examine(&facts, policy);
+    let logs = home.home.join("logs");
+    findings.extend(paused_finding(&logs));
+    findings.extend(disk_findings(&[
+        ("log", logs.as_path()),
+        ("database", home.home.as_path()),
+    ]));
     if let Some(parallel) = parallel {
         findings.extend(probe(&pool, &facts.hosts, parallel).await);
-        findings.sort_by(|a, b| {
-            b.severity
-                .cmp(&a.severity)
-                .then_with(|| a.host.cmp(&b.host))
-                .then_with(|| a.check.cmp(b.check))
-        });
     }
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.host.cmp(&b.host))
+            .then_with(|| a.check.cmp(b.check))
+    });
     let code = verdict_code(&findings);
     let live = facts
         .hosts

@@ -63,6 +63,10 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// The smallest burst: the most one line can cost (its raw and JSON forms
+/// at their escaped cap), with room to spare.
+pub const MIN_BURST: u64 = 4 * decnet_log_relay::listener::MAX_ESCAPED as u64;
+
 /// The listener's storage and budget flags (`decnet listener` and
 /// `decnet master serve` share them).
 #[derive(Clone, Debug, clap::Args)]
@@ -97,7 +101,8 @@ impl LogStorageArgs {
         }
         LogBudget {
             bytes_per_s: self.log_budget,
-            burst_bytes: self.log_burst.max(self.log_budget),
+            // A burst smaller than the costliest line would never let it through.
+            burst_bytes: self.log_burst.max(self.log_budget).max(MIN_BURST),
             lines_per_s: self.log_line_budget,
             burst_lines: self.log_line_budget.saturating_mul(40),
         }

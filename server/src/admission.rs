@@ -65,14 +65,46 @@ impl Refused {
     }
 }
 
+/// Asks whether a silent connection has spoken since (its first bytes are
+/// waiting to be read, even if its task has not run yet): the runner peeks
+/// its socket. Holding a probe holds one descriptor.
+pub type SpokeProbe = Box<dyn Fn() -> bool + Send>;
+
 /// A handshake in progress, as its source's queue holds it (oldest first).
-#[derive(Debug)]
 struct Pending {
     id: u64,
     /// Its ClientHello has arrived.
     hello: bool,
     /// Cancelled when it is evicted.
     evict: CancellationToken,
+    /// Looked at before it is evicted as silent.
+    spoke: Option<SpokeProbe>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("id", &self.id)
+            .field("hello", &self.hello)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// Whether it has spoken, asking its probe when it has not yet said so.
+    fn speaking(&mut self) -> bool {
+        if !self.hello && self.spoke.as_ref().is_some_and(|f| f()) {
+            self.hello = true;
+        }
+        self.hello
+    }
+}
+
+/// Take `p` off the counts: its probe (and the descriptor it holds) goes.
+fn forget(p: Pending) {
+    if p.spoke.is_some() {
+        release_process_slot();
+    }
 }
 
 #[derive(Default, Debug)]
@@ -97,11 +129,14 @@ fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: &K) {
 
 impl Counts {
     /// Evict the oldest silent handshake of `source` (else its oldest).
+    /// "Silent" is asked of each candidate's probe first: a peer whose
+    /// ClientHello is waiting in its socket is speaking, whether or not its
+    /// task has run yet.
     fn evict_from(&mut self, source: &SourceKey) -> bool {
         let Some(queue) = self.pending_by_source.get_mut(source) else {
             return false;
         };
-        let at = queue.iter().position(|p| !p.hello).unwrap_or(0);
+        let at = queue.iter_mut().position(|p| !p.speaking()).unwrap_or(0);
         let Some(victim) = queue.remove(at) else {
             return false;
         };
@@ -110,6 +145,7 @@ impl Counts {
         }
         self.handshakes -= 1;
         victim.evict.cancel();
+        forget(victim);
         true
     }
 
@@ -122,15 +158,16 @@ impl Counts {
     }
 }
 
-/// Every server's connections in this process together: each holds a
-/// descriptor, and the process has only so many ([`crate::descriptors`]).
+/// The descriptors every server's connections hold in this process (one a
+/// connection, one more for a pending handshake's probe): the process has
+/// only so many ([`crate::descriptors`]).
 static PROCESS_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
-fn acquire_process_slot() -> bool {
+fn acquire_process_slots(k: usize) -> bool {
     let cap = crate::descriptors::connection_budget();
     PROCESS_CONNECTIONS
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < cap).then_some(n + 1)
+            (n + k <= cap).then_some(n + k)
         })
         .is_ok()
 }
@@ -189,9 +226,16 @@ impl Admission {
     }
 
     /// Admit a new TCP connection from `source` into its handshake, evicting
-    /// the oldest handshake of its source (or of the most crowded source)
-    /// when a handshake budget is full.
-    pub fn open(self: &Arc<Self>, source: SourceKey) -> Result<Admitted, Refused> {
+    /// the oldest silent handshake of its source (or of the most crowded
+    /// source) when a handshake budget is full. `spoke` tells, at any time
+    /// until the handshake ends, whether the connection's first bytes (its
+    /// ClientHello) are waiting: a peer that speaks TLS is never taken for
+    /// a silent one because its task has not run yet.
+    pub fn open(
+        self: &Arc<Self>,
+        source: SourceKey,
+        spoke: Option<SpokeProbe>,
+    ) -> Result<Admitted, Refused> {
         let mut c = self.lock();
         if c.connections >= self.limits.max_connections {
             return Err(Refused::TooManyConnections);
@@ -208,9 +252,11 @@ impl Admission {
                 _ => return Err(Refused::TooManyHandshakes),
             }
         }
-        if !acquire_process_slot() {
+        // The connection's descriptor, and its probe's while it is pending.
+        if !acquire_process_slots(1 + usize::from(spoke.is_some())) {
             return Err(Refused::DescriptorBudget);
         }
+        let hello = spoke.as_ref().is_some_and(|f| f());
         c.connections += 1;
         c.handshakes += 1;
         c.next_id += 1;
@@ -221,8 +267,9 @@ impl Admission {
             .or_default()
             .push_back(Pending {
                 id,
-                hello: false,
+                hello,
                 evict: evict.clone(),
+                spoke,
             });
         Ok(Admitted {
             slot: Slot {
@@ -293,11 +340,13 @@ impl Slot {
         let Some(at) = queue.iter().position(|p| p.id == self.id) else {
             return;
         };
-        queue.remove(at);
+        let done = queue.remove(at);
         if queue.is_empty() {
             c.pending_by_source.remove(&self.source);
         }
         c.handshakes -= 1;
+        drop(c);
+        done.into_iter().for_each(forget);
     }
 
     /// Count the connection against its certificate (`None`: anonymous,
@@ -375,7 +424,13 @@ mod tests {
     }
 
     fn open(a: &Arc<Admission>, s: &str) -> Slot {
-        a.open(src(s)).unwrap().slot
+        a.open(src(s), None).unwrap().slot
+    }
+
+    /// A probe answering what `flag` holds.
+    fn probe(flag: &Arc<std::sync::atomic::AtomicBool>) -> Option<SpokeProbe> {
+        let f = flag.clone();
+        Some(Box::new(move || f.load(Ordering::SeqCst)))
     }
 
     #[test]
@@ -384,7 +439,7 @@ mod tests {
         let mut first = open(&a, "10.0.0.1");
         first.hello_received(); // speaks TLS: evicted last
         let second = open(&a, "10.0.0.1");
-        let third = a.open(src("10.0.0.1")).unwrap();
+        let third = a.open(src("10.0.0.1"), None).unwrap();
         assert_eq!(third.evicted, 1);
         assert!(second.eviction().is_cancelled(), "the silent one goes");
         assert!(!first.eviction().is_cancelled(), "the speaking one stays");
@@ -395,7 +450,7 @@ mod tests {
         // With only speaking handshakes left, the oldest of them goes.
         let mut third = third.slot;
         third.hello_received();
-        let fourth = a.open(src("10.0.0.1")).unwrap();
+        let fourth = a.open(src("10.0.0.1"), None).unwrap();
         assert_eq!(fourth.evicted, 1);
         assert!(first.eviction().is_cancelled());
         // An evicted slot gives back only its connection when dropped.
@@ -408,6 +463,27 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_whose_hello_is_waiting_is_not_taken_for_a_silent_one() {
+        use std::sync::atomic::AtomicBool;
+        let a = Admission::new(limits());
+        // Its ClientHello arrives after it was admitted, before its task runs.
+        let arrived = Arc::new(AtomicBool::new(false));
+        let peer = a.open(src("10.0.0.1"), probe(&arrived)).unwrap().slot;
+        let silent = a.open(src("10.0.0.1"), probe(&Arc::new(AtomicBool::new(false))));
+        let silent = silent.unwrap().slot;
+        arrived.store(true, Ordering::SeqCst);
+        let _third = a.open(src("10.0.0.1"), None).unwrap();
+        assert!(silent.eviction().is_cancelled());
+        assert!(!peer.eviction().is_cancelled());
+        // Already waiting when admitted: speaking from the start.
+        let b = Admission::new(limits());
+        let early = b.open(src("10.0.0.1"), probe(&arrived)).unwrap().slot;
+        let _quiet = open(&b, "10.0.0.1");
+        let _next = b.open(src("10.0.0.1"), None).unwrap();
+        assert!(!early.eviction().is_cancelled());
+    }
+
+    #[test]
     fn a_full_server_evicts_from_the_most_crowded_source() {
         let a = Admission::new(limits());
         let crowd1 = open(&a, "10.0.0.1");
@@ -416,7 +492,7 @@ mod tests {
         lone.hello_received();
         let _other = open(&a, "10.0.0.3");
         // 4 pending: the global budget is full; a fifth source gets in.
-        let new = a.open(src("10.0.0.4")).unwrap();
+        let new = a.open(src("10.0.0.4"), None).unwrap();
         assert_eq!(new.evicted, 1);
         assert!(crowd1.eviction().is_cancelled());
         assert!(!lone.eviction().is_cancelled());
@@ -434,11 +510,11 @@ mod tests {
         }
         assert_eq!(a.pending_handshakes(), 0);
         assert_eq!(
-            a.open(src("10.0.2.1")).unwrap_err(),
+            a.open(src("10.0.2.1"), None).unwrap_err(),
             Refused::TooManyConnections
         );
         held.pop();
-        assert!(a.open(src("10.0.2.1")).is_ok());
+        assert!(a.open(src("10.0.2.1"), None).is_ok());
     }
 
     #[test]

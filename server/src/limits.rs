@@ -41,8 +41,12 @@ impl Default for ServerLimits {
         ServerLimits {
             client_hello_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
-            max_pending_handshakes: 512,
-            max_pending_handshakes_per_source: 32,
+            // Silent connections are cheap (a descriptor each) and a peer
+            // that speaks TLS is evicted only after a source's whole
+            // budget of them has turned over: the larger the budget, the
+            // longer a legitimate peer sharing the address has to say hello.
+            max_pending_handshakes: 4096,
+            max_pending_handshakes_per_source: 512,
             max_connections: 8192,
             max_anonymous_per_source: 16,
             max_anonymous: 256,
@@ -84,7 +88,8 @@ impl ServerLimits {
     /// These limits, lowered where needed so that every connection they
     /// allow fits in `budget` descriptors, with the handshake and anonymous
     /// budgets each at most an eighth of it (so anonymous or silent peers
-    /// can never hold what certified peers need). Returns what was lowered.
+    /// can never hold what certified peers need) and one source's handshakes
+    /// at most half of all. Returns what was lowered.
     pub fn fit_descriptors(mut self, budget: usize) -> (ServerLimits, Vec<String>) {
         let mut lowered = Vec::new();
         let eighth = (budget / 8).max(1);
@@ -101,7 +106,7 @@ impl ServerLimits {
             eighth,
         );
         clamp("max_anonymous", &mut self.max_anonymous, eighth);
-        let per_source = self.max_pending_handshakes;
+        let per_source = (self.max_pending_handshakes / 2).max(1);
         clamp(
             "max_pending_handshakes_per_source",
             &mut self.max_pending_handshakes_per_source,
@@ -125,8 +130,8 @@ mod tests {
         assert_eq!(fit.max_connections, 896);
         assert_eq!(fit.max_pending_handshakes, 112);
         assert_eq!(fit.max_anonymous, 112);
-        assert_eq!(fit.max_pending_handshakes_per_source, 32);
-        assert_eq!(lowered.len(), 3, "{lowered:?}");
+        assert_eq!(fit.max_pending_handshakes_per_source, 56);
+        assert_eq!(lowered.len(), 4, "{lowered:?}");
         let (same, none) = ServerLimits::default().fit_descriptors(100_000);
         assert!(none.is_empty());
         assert_eq!(

@@ -240,7 +240,7 @@ impl Server {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = tcp.accept() => match accepted {
                     Ok((sock, remote)) => {
-                        let slot = match admission.open(SourceKey::of(remote.ip())) {
+                        let slot = match admission.open(SourceKey::of(remote.ip()), spoke_probe(&sock)) {
                             // An evicted handshake reports itself
                             // (`decnet_handshake_failures_total{reason="evicted"}`).
                             Ok(admitted) => admitted.slot,
@@ -260,6 +260,11 @@ impl Server {
                             refusals.clone(),
                             stop.clone(),
                         ));
+                        // Let the new connection read its ClientHello before
+                        // the next accept: under a flood of silent sockets a
+                        // peer that speaks TLS must be seen speaking before
+                        // it is the oldest silent handshake of its source.
+                        tokio::task::yield_now().await;
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning,
@@ -426,6 +431,25 @@ async fn connection<H: ConnectionHandler>(
         }
     }
     drop(slot);
+}
+
+/// Whether the peer has already sent its first bytes (without reading them).
+fn first_bytes_waiting(sock: impl std::os::fd::AsFd) -> bool {
+    use rustix::net::RecvFlags;
+    let mut b = [0u8; 1];
+    matches!(
+        rustix::net::recv(sock, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT),
+        Ok((n, _)) if n > 0
+    )
+}
+
+/// A probe admission can ask, until the handshake ends, whether the peer
+/// has spoken: it peeks a duplicate of the socket's descriptor (the
+/// connection's task may not have run yet).
+fn spoke_probe(sock: &TcpStream) -> Option<crate::admission::SpokeProbe> {
+    use std::os::fd::AsFd;
+    let fd = sock.as_fd().try_clone_to_owned().ok()?;
+    Some(Box::new(move || first_bytes_waiting(&fd)))
 }
 
 /// Resolves when the material in force revokes `peer` — a CRL published

@@ -406,9 +406,10 @@ async fn idle_tcp_connections_from_one_source_do_not_delay_others() {
             closed += 1;
         }
     }
+    let budget = ServerLimits::default().max_pending_handshakes_per_source;
     assert!(
-        closed >= 900,
-        "refused connections are closed, not parked: {closed}"
+        closed + budget >= 1000,
+        "connections beyond the source's budget are closed, not parked: {closed} closed"
     );
     let t = std::time::Instant::now();
     let resp = client(&master())

@@ -2,6 +2,8 @@
 //! binaries, run the `decnet` CLI in a temp home, start daemons on loopback
 //! port 0 and read back their bound address, and clean every process up.
 
+pub mod hostile;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,17 @@ impl MasterHome {
         h
     }
 
+    /// A fresh home (SQLite) in a temp dir under `parent` (e.g. a small
+    /// filesystem a test mounted).
+    pub fn in_dir(parent: &Path) -> MasterHome {
+        let h = MasterHome {
+            dir: tempfile::tempdir_in(parent).expect("tempdir"),
+            database_url: None,
+        };
+        h.ok(&["ca", "init"]);
+        h
+    }
+
     /// The decnet home.
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("decnet")
@@ -104,7 +117,20 @@ impl MasterHome {
     /// its database), with `extra` arguments (e.g. `--no-listener`); waits
     /// for the control API's address. Its log: `master-<random>.log`.
     pub fn serve(&self, extra: &[&str]) -> Daemon {
-        let mut cmd = Command::new(bin("decnet"));
+        self.serve_under(&[], extra)
+    }
+
+    /// Like [`serve`](Self::serve), run through the command `wrapper`
+    /// (e.g. `["prlimit", "--nofile=1024:1024", "--"]`).
+    pub fn serve_under(&self, wrapper: &[&str], extra: &[&str]) -> Daemon {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin("decnet")),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("decnet"));
+                c
+            }
+        };
         cmd.args(["master", "serve", "--host", "127.0.0.1", "--port", "0"])
             .args(extra)
             .env("DECNET_HOME", self.home())

@@ -1,0 +1,510 @@
+//! The hostile edge (#25), each test playing the attacker against the real
+//! `decnet master serve` and `decnet-agent` on loopback: floods from a
+//! worker's own address, a descriptor-starved master, a peer flooding the
+//! listener with control bytes, a filled log filesystem, and revocations
+//! that must reach connections already open.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use decnet_e2e::hostile::{
+    Tls, anonymous_flood, silent_flood, syslog_frame, tls_from, try_tls_from,
+};
+use decnet_e2e::{MasterHome, free_port};
+use decnet_pki::{Bundle, BundleKind, ExpectedServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn agent_bundle(m: &MasterHome, host: &str) -> Bundle {
+    Bundle::load(&m.agent_bundle_dir(host), BundleKind::Agent).unwrap()
+}
+
+fn ca_pem(m: &MasterHome) -> String {
+    std::fs::read_to_string(m.home().join("ca/ca.crt")).unwrap()
+}
+
+/// A heartbeat of `b` on a new connection (a full handshake); how long it took.
+async fn heartbeat(api: SocketAddr, b: &Bundle) -> Result<Duration, String> {
+    let cfg = decnet_pki::client_config(b, None, &ExpectedServer::master()).unwrap();
+    let c = reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let r = c
+        .post(format!("https://{api}/heartbeat"))
+        .json(&serde_json::json!({"version": "0.1.0", "deckies": {}}))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = r.status();
+    if status != 200 {
+        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
+    }
+    Ok(t.elapsed())
+}
+
+/// A new log connection of `b` from 127.0.0.1, how long its handshake
+/// took, and `msg` sent on it.
+async fn log_line(
+    listener: SocketAddr,
+    b: &Bundle,
+    ca: &str,
+    msg: &str,
+) -> Result<(Duration, Tls), String> {
+    let t = Instant::now();
+    let mut s = try_tls_from(
+        "127.0.0.1",
+        listener,
+        Some(b),
+        ca,
+        &ExpectedServer::master(),
+    )
+    .await
+    .map_err(|e| format!("no log connection: {e}"))?;
+    let took = t.elapsed();
+    s.write_all(&syslog_frame(&b.identity.cn, msg.as_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    Ok((took, s))
+}
+
+fn raw_log(m: &MasterHome) -> String {
+    std::fs::read_to_string(m.home().join("logs/fleet.log")).unwrap_or_default()
+}
+
+/// Wait (off the async workers) until the raw log contains `marker`.
+async fn arrives(m: &MasterHome, marker: &str, within: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if raw_log(m).contains(marker) {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// A master with its listener on a port of its own.
+fn serve_with_listener(m: &MasterHome, extra: &[&str]) -> (decnet_e2e::Daemon, SocketAddr) {
+    let port = free_port();
+    let mut args = vec!["--listener-port".to_string(), port.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let d = m.serve(&args);
+    (d, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A decky sharing its worker's address (or hosts behind one NAT) holds
+/// 1,000 silent TCP connections to the control API and to the listener and
+/// 500 slow anonymous TLS connections to the control API, all from the
+/// worker's own address: the worker's new connections still complete, each
+/// within a second, and its lines arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_from_a_workers_own_address_does_not_cut_it_off() {
+    decnet_server::descriptors::raise_nofile_limit();
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (master, listener) = serve_with_listener(&m, &["--metrics-addr", &metrics.to_string()]);
+    let api = master.addr;
+    wait_listening(listener).await;
+    let (w1, ca) = (agent_bundle(&m, "w1"), ca_pem(&m));
+    let refusals = || {
+        decnet_e2e::scrape_metrics(metrics)
+            .lines()
+            .filter(|l| {
+                l.starts_with("decnet_connections_refused")
+                    || l.starts_with("decnet_handshake_failures")
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let floods = [
+        silent_flood(api, "127.0.0.1", 1000),
+        silent_flood(listener, "127.0.0.1", 1000),
+        anonymous_flood(
+            api,
+            vec!["127.0.0.1".into()],
+            500,
+            ca.clone(),
+            ExpectedServer::master(),
+        ),
+    ];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..5 {
+        let took = heartbeat(api, &w1).await.unwrap_or_else(|e| {
+            panic!(
+                "heartbeat {i} failed under the flood: {e}\nrefusals:\n{}",
+                refusals()
+            )
+        });
+        assert!(took < Duration::from_secs(1), "heartbeat {i}: {took:?}");
+        let marker = format!("same-source-{i}");
+        let (took, _conn) = log_line(listener, &w1, &ca, &marker)
+            .await
+            .unwrap_or_else(|e| panic!("log connection {i}: {e}\nrefusals:\n{}", refusals()));
+        assert!(took < Duration::from_secs(1), "log handshake {i}: {took:?}");
+        assert!(
+            arrives(&m, &marker, Duration::from_secs(5)).await.is_some(),
+            "line {i} never arrived; refusals:\n{}",
+            refusals()
+        );
+    }
+    for f in floods {
+        f.abort();
+    }
+}
+
+/// Under systemd's default open-file limit (1,024), 64 sources holding 16
+/// anonymous TLS connections each would exhaust the master's descriptors:
+/// it fits its caps below the limit instead, and keeps taking heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_limited_to_1024_descriptors_keeps_taking_heartbeats_under_64_sources() {
+    decnet_server::descriptors::raise_nofile_limit();
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let master = m.serve_under(&["prlimit", "--nofile=1024:1024", "--"], &["--no-listener"]);
+    let api = master.addr;
+    let (w1, ca) = (agent_bundle(&m, "w1"), ca_pem(&m));
+    let sources: Vec<String> = (2..66).map(|i| format!("127.0.0.{i}")).collect();
+    let flood = anonymous_flood(api, sources, 16, ca, ExpectedServer::master());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for i in 0..10 {
+        let took = heartbeat(api, &w1).await.unwrap_or_else(|e| {
+            panic!(
+                "heartbeat {i} failed under the descriptor attack: {e}\nmaster log:\n{}",
+                master.log_text()
+            )
+        });
+        assert!(took < Duration::from_secs(3), "heartbeat {i}: {took:?}");
+    }
+    let log = master.log_text();
+    assert!(
+        log.contains("connection caps lowered to fit the open-file limit"),
+        "the master said nothing about its caps:\n{log}"
+    );
+    assert!(
+        log.matches("accept failed").count() < 20,
+        "accept failures flood the log:\n{log}"
+    );
+    flood.abort();
+}
+
+/// Bytes the listener wrote for `cn` (raw lines and JSON records).
+fn written_for(m: &MasterHome, cn: &str) -> usize {
+    let raw: usize = raw_log(m)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{cn} ")))
+        .map(|l| l.len() + 1)
+        .sum();
+    let json: usize = std::fs::read_to_string(m.home().join("logs/fleet.json"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("\"peer_cn\":\"{cn}\"")))
+        .map(|l| l.len() + 1)
+        .sum();
+    raw + json
+}
+
+/// Send frames of `byte` on `cn`'s connections as fast as possible for
+/// `secs` (reconnecting when cut); the bytes sent.
+fn flood_lines(
+    listener: SocketAddr,
+    b: Bundle,
+    ca: String,
+    byte: u8,
+    secs: u64,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let frame = syslog_frame(&b.identity.cn, &vec![byte; 60_000]);
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            let Some(mut s) = tls_from(
+                "127.0.0.1",
+                listener,
+                Some(&b),
+                &ca,
+                &ExpectedServer::master(),
+            )
+            .await
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            while Instant::now() < end {
+                if s.write_all(&frame).await.is_err() {
+                    break;
+                }
+                sent += frame.len() as u64;
+            }
+        }
+        sent
+    })
+}
+
+/// A worker (or a decky through it) floods the listener with control bytes
+/// for 20 s: what it gets written stays within its budget, another host's
+/// lines arrive within 2 s meanwhile, and heartbeats go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_log_flood_stays_within_its_budget_and_leaves_room_for_everyone_else() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    m.enroll("evil");
+    let (master, listener) = serve_with_listener(&m, &["--log-budget", "64k", "--log-burst", "1M"]);
+    wait_listening(listener).await;
+    let ca = ca_pem(&m);
+    let (w1, evil) = (agent_bundle(&m, "w1"), agent_bundle(&m, "evil"));
+    let flood = flood_lines(listener, evil, ca.clone(), 0x1b, 20);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, mut conn) = log_line(listener, &w1, &ca, "calm-0").await.unwrap();
+    let mut worst = Duration::ZERO;
+    for i in 1..=12 {
+        let marker = format!("calm-{i}");
+        conn.write_all(&syslog_frame("w1", marker.as_bytes()))
+            .await
+            .unwrap();
+        let took = arrives(&m, &marker, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{marker} never arrived during the flood"));
+        worst = worst.max(took);
+        heartbeat(master.addr, &w1)
+            .await
+            .unwrap_or_else(|e| panic!("heartbeat during the flood: {e}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(worst < Duration::from_secs(2), "a calm line took {worst:?}");
+    let sent = flood.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = written_for(&m, "evil");
+    // The burst, the rate over the flood, and one line of slack.
+    let allowed = 1024 * 1024 + 64 * 1024 * 22 + 300 * 1024;
+    assert!(
+        written <= allowed,
+        "evil got {written} bytes written (allowed {allowed}) of {sent} sent"
+    );
+    assert!(
+        sent > 10 * allowed as u64,
+        "the flood was too weak to prove anything: {sent} bytes sent"
+    );
+    assert!(written > 0, "the budget lets some of it through");
+    let log = master.log_text();
+    assert!(
+        log.contains("log peer over its budget") && log.contains("evil"),
+        "the listener did not name the peer over its budget:\n{log}"
+    );
+}
+
+/// Unmounts a test's filesystem when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn mount_tmpfs(at: &Path, size: &str) -> Mounted {
+    std::fs::create_dir_all(at).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(at)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "this test mounts a small tmpfs (it needs root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Mounted(at.to_path_buf())
+}
+
+/// The logs share a small filesystem with the fleet database; a peer with
+/// no budget fills it: the listener stops at the watermark, the database
+/// stays writable (heartbeats, `swarm list`), `swarm doctor` says so, and
+/// writing resumes by itself once space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_filled_log_filesystem_leaves_the_database_writable() {
+    decnet_pki::provider::install_default();
+    let outer = tempfile::tempdir().unwrap();
+    let mnt = outer.path().join("small");
+    let _mounted = mount_tmpfs(&mnt, "64m");
+    let m = MasterHome::in_dir(&mnt);
+    m.enroll("w1");
+    m.enroll("evil");
+    let (master, listener) = serve_with_listener(&m, &["--log-budget", "0"]);
+    wait_listening(listener).await;
+    let ca = ca_pem(&m);
+    let (w1, evil) = (agent_bundle(&m, "w1"), agent_bundle(&m, "evil"));
+    let flood = flood_lines(listener, evil, ca.clone(), b'A', 60);
+    let paused = {
+        let t = Instant::now();
+        loop {
+            if master.log_text().contains("log writing paused") {
+                break true;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert!(paused, "the listener never paused:\n{}", master.log_text());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (free, total) = decnet_log_relay::disk::free_space(&mnt).unwrap();
+    let mark = total / 20;
+    assert!(
+        free >= mark / 2,
+        "the logs ate the filesystem: {free} bytes free of {total}"
+    );
+    // The database still takes writes.
+    heartbeat(master.addr, &w1)
+        .await
+        .unwrap_or_else(|e| panic!("heartbeat with the log filesystem full: {e}"));
+    m.ok(&["swarm", "enroll", "--host", "w2", "--address", "127.0.0.1"]);
+    assert!(m.ok(&["swarm", "list"]).contains("w2"));
+    let doctor = m.run(&["swarm", "doctor", "--no-probe"]);
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("disk_space") && text.contains("stopped writing"),
+        "{text}"
+    );
+    flood.abort();
+    // The operator frees space: writing resumes without a restart.
+    for f in ["fleet.log", "fleet.json"] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.home().join("logs").join(f))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+    let mut resumed = false;
+    for i in 0..20 {
+        let marker = format!("after-{i}");
+        if let Ok((_, _conn)) = log_line(listener, &w1, &ca, &marker).await
+            && arrives(&m, &marker, Duration::from_secs(1)).await.is_some()
+        {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "writing never resumed:\n{}", master.log_text());
+    drop(master);
+}
+
+/// Whether the server closes `s` within `within` (EOF or an error).
+async fn closed_within(s: &mut Tls, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let end = Instant::now() + within;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A decommissioned host's log connection, already open, is closed within
+/// two seconds, not at the listener's next periodic check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_hosts_open_log_connection_is_closed_at_once() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let (master, listener) = serve_with_listener(&m, &[]);
+    wait_listening(listener).await;
+    let (w1, ca) = (agent_bundle(&m, "w1"), ca_pem(&m));
+    let (_, mut conn) = log_line(listener, &w1, &ca, "before-decommission")
+        .await
+        .unwrap();
+    assert!(
+        arrives(&m, "before-decommission", Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    m.ok(&["swarm", "decommission", "w1", "--yes"]);
+    let t = Instant::now();
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(2)).await,
+        "the decommissioned host's log connection stayed open; master log:\n{}",
+        master.log_text()
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // Nothing it sends now is written.
+    let _ = conn
+        .write_all(&syslog_frame("w1", b"after-decommission"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!raw_log(&m).contains("after-decommission"));
+}
+
+/// `decnet ca rotate-master` revokes the old master certificate: a
+/// connection kept alive under it to an agent is closed as soon as the
+/// agent has the new CRL (one heartbeat and one fetch), and runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_of_a_rotated_out_master_is_closed_by_the_agent() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let master = m.serve(&["--no-listener"]);
+    let api = master.addr.to_string();
+    let agent = decnet_e2e::Agent::start(
+        &m,
+        "w1",
+        &m.dir.path().join("w1-state"),
+        &["--master", &api, "--heartbeat-interval", "1"],
+    );
+    let old_master = Bundle::load(&m.master_bundle_dir(), BundleKind::Master).unwrap();
+    let cfg = decnet_pki::client_config(
+        &old_master,
+        None,
+        &ExpectedServer::role(decnet_pki::Role::from_cn("w1").unwrap()),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(agent.daemon.addr)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("w1").unwrap();
+    let mut conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    conn.write_all(b"GET /health HTTP/1.1\r\nhost: w1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    m.ok(&["ca", "rotate-master"]);
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(15)).await,
+        "the agent kept serving the rotated-out master; agent log:\n{}",
+        agent.daemon.log_text()
+    );
+}
