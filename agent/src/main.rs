@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         stop_grace: u64,
         /// Also forward a log file to the master's listener (HOST[:6514]).
-        #[arg(long, value_name = "HOST[:8765]", requires = "forward_log")]
+        #[arg(long, value_name = "HOST[:6514]", requires = "forward_log")]
         forward_to: Option<String>,
         /// The log file to forward (with --forward-to).
         #[arg(long, value_name = "PATH")]
@@ -62,11 +62,16 @@ enum Command {
         /// forwarder and heartbeats.
         #[arg(long, value_name = "SHA256")]
         master_fingerprint: Option<String>,
-        /// Send heartbeats to (and renew with) the master's control API,
-        /// HOST[:8770]; default: the master recorded at join
-        /// (`<bundle-dir>/master`), else none.
+        /// Send heartbeats to (and renew with, and fetch revocations from) the
+        /// master's control API, HOST[:8770]; default: the master recorded at
+        /// join or enrolment (`<bundle-dir>/master`). Without either the
+        /// agent refuses to start, unless --no-master.
         #[arg(long, value_name = "HOST[:8770]")]
         master: Option<String>,
+        /// Start even though no master is known: no heartbeats, no renewal,
+        /// and no revocation list ever fetched (development only).
+        #[arg(long, conflicts_with = "master")]
+        no_master: bool,
         /// Seconds between heartbeats (±20 % jitter).
         #[arg(long, default_value_t = 30)]
         heartbeat_interval: u64,
@@ -104,8 +109,8 @@ enum Command {
     /// Join the fleet with a one-time token: generate the key here, get the
     /// certificate from the master, write the agent bundle.
     Join {
-        /// The master's control API, HOST[:8765] (port 8770 by default).
-        #[arg(long, value_name = "HOST[:8765]")]
+        /// The master's control API, HOST[:8770] (port 8770 by default).
+        #[arg(long, value_name = "HOST[:8770]")]
         master: String,
         /// The token printed by `decnet swarm token create` (or use
         /// --token-file, or DECNET_JOIN_TOKEN: argv is visible in /proc).
@@ -131,8 +136,8 @@ enum Command {
     },
     /// Forward a log file to the master's listener (RFC 5425 over mTLS).
     Forward {
-        /// The listener, HOST[:8765] (port 6514 by default).
-        #[arg(long, value_name = "HOST[:8765]")]
+        /// The listener, HOST[:6514] (port 6514 by default).
+        #[arg(long, value_name = "HOST[:6514]")]
         master: String,
         /// The log file to tail.
         #[arg(long, value_name = "PATH")]
@@ -204,6 +209,7 @@ fn main() {
                 forward_log,
                 master_fingerprint,
                 master,
+                no_master,
                 heartbeat_interval,
                 decky_isolation,
                 decky_ids,
@@ -214,14 +220,12 @@ fn main() {
             } => {
                 let home = decnet_pki::bundle::default_decnet_home();
                 let bundle_dir = bundle_dir.unwrap_or_else(|| home.join("agent"));
-                // No --master: the master this bundle was joined through.
-                let master =
-                    master.or_else(|| decnet_swarm_client::join::recorded_master(&bundle_dir));
-                let heartbeat = master.map(|m| HeartbeatSpec {
-                    master: decnet_swarm_client::transport::with_default_port(&m, 8770),
+                let heartbeat = HeartbeatSpec {
+                    master,
+                    no_master,
                     interval: Duration::from_secs(heartbeat_interval.max(1)),
                     pin: master_fingerprint.clone(),
-                });
+                };
                 let forward = match (forward_to, forward_log) {
                     (Some(master), Some(log)) => Some(ForwardSpec {
                         master,
@@ -313,7 +317,10 @@ fn main() {
 
 /// Where to send heartbeats.
 struct HeartbeatSpec {
-    master: String,
+    /// `--master` (else the one recorded beside the bundle).
+    master: Option<String>,
+    /// `--no-master`: start even without one.
+    no_master: bool,
     interval: Duration,
     pin: Option<String>,
 }
@@ -398,10 +405,10 @@ async fn forward(
 async fn serve(
     opts: ServeOptions,
     forward_spec: Option<ForwardSpec>,
-    heartbeat: Option<HeartbeatSpec>,
+    heartbeat: HeartbeatSpec,
     metrics: decnet_server::metrics::MetricsArgs,
 ) -> i32 {
-    let heartbeat_pin = match parse_pin(heartbeat.as_ref().and_then(|h| h.pin.as_deref())) {
+    let heartbeat_pin = match parse_pin(heartbeat.pin.as_deref()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -410,6 +417,20 @@ async fn serve(
     };
     let agent = match daemon::start(&opts).await {
         Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    // No --master: the master this bundle was joined through or enrolled
+    // for; none at all refuses to start (checked once the bundle loaded,
+    // so a missing bundle is reported first).
+    let master = match decnet_swarm_client::join::master_for(
+        heartbeat.master.clone(),
+        &opts.bundle_dir,
+        heartbeat.no_master,
+    ) {
+        Ok(m) => m.map(|m| decnet_swarm_client::transport::with_default_port(&m, 8770)),
         Err(e) => {
             eprintln!("error: {e}");
             return 2;
@@ -431,9 +452,10 @@ async fn serve(
         return 2;
     }
     let mut tasks = Vec::new();
-    if let Some(hb) = heartbeat {
-        tracing::info!(master = %hb.master, interval = ?hb.interval, "sending heartbeats; renewing the certificate with the master");
-        let link = MasterLink::new(hb.master, agent.material.clone(), heartbeat_pin);
+    if let Some(master) = master {
+        let hb = &heartbeat;
+        tracing::info!(%master, interval = ?hb.interval, "sending heartbeats; renewing the certificate with the master");
+        let link = MasterLink::new(master, agent.material.clone(), heartbeat_pin);
         let wake = decnet_agent::heartbeat::Wakeups {
             renew_now: Arc::new(tokio::sync::Notify::new()),
             crl_now: Arc::new(tokio::sync::Notify::new()),

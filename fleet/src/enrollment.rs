@@ -49,6 +49,9 @@ pub enum EnrollError {
     /// The issued certificate could not be read back (should never happen).
     #[error("issued certificate is unreadable: {0}")]
     Identity(#[from] decnet_pki::IdentityError),
+    /// The master's address could not be recorded beside a bundle.
+    #[error("cannot record the master's address beside the bundle: {0}")]
+    RecordMaster(#[from] std::io::Error),
 }
 
 impl EnrollError {
@@ -78,9 +81,14 @@ pub struct EnrollRequest {
     pub updater: bool,
     /// Replace an existing enrollment.
     pub reissue: bool,
-    /// Also copy the bundles here (`<out>/agent/`, `<out>/updater/`), ready to
-    /// be copied to the worker's `~/.decnet/`.
+    /// Write the bundles here only (`<out>/agent/`, `<out>/updater/`), ready
+    /// to be copied to the worker's `~/.decnet/`: no copy of the keys stays
+    /// under the CA directory (nor in the master's backups).
     pub out_dir: Option<PathBuf>,
+    /// The master's control API (`host:port`) recorded in each bundle, so
+    /// the worker heartbeats, renews and fetches revocations there without
+    /// a `--master` (as a joined worker does).
+    pub master: Option<String>,
     /// Agent port (default 8765; a reissue keeps the recorded one).
     pub agent_port: Option<u16>,
     /// Updater port (default 8766; a reissue keeps the recorded one).
@@ -183,8 +191,17 @@ pub async fn enroll(
         None
     };
 
-    let agent_dir = layout.worker_dir(&host);
-    let updater_dir = layout.worker_updater_dir(&host);
+    let (agent_dir, updater_dir) = match &req.out_dir {
+        Some(out) => {
+            // Written there only: what the master kept of this host goes.
+            remove_issued_bundles(layout, &host);
+            (
+                BundleKind::Agent.default_dir(out),
+                BundleKind::Updater.default_dir(out),
+            )
+        }
+        None => (layout.worker_dir(&host), layout.worker_updater_dir(&host)),
+    };
     // A reissue without --updater must not leave a stale updater bundle behind.
     if updater.is_none() {
         remove_dir_if_exists(&updater_dir);
@@ -193,10 +210,10 @@ pub async fn enroll(
     if let Some((b, _)) = &updater {
         b.write(&updater_dir)?;
     }
-    if let Some(out) = &req.out_dir {
-        agent_bundle.write(&BundleKind::Agent.default_dir(out))?;
-        if let Some((b, _)) = &updater {
-            b.write(&BundleKind::Updater.default_dir(out))?;
+    if let Some(master) = &req.master {
+        decnet_pki::bundle::record_master(&agent_dir, master)?;
+        if updater.is_some() {
+            decnet_pki::bundle::record_master(&updater_dir, master)?;
         }
     }
 

@@ -348,10 +348,16 @@ pub enum SwarmCommand {
         /// Re-enroll an enrolled host: fresh certificates, the old ones revoked.
         #[arg(long)]
         reissue: bool,
-        /// Also write the bundles here as <DIR>/agent and <DIR>/updater, ready
-        /// to copy to the worker's ~/.decnet/.
+        /// Write the bundles here (only here: no copy of the keys stays on
+        /// the master) as <DIR>/agent and <DIR>/updater, ready to copy to
+        /// the worker's ~/.decnet/.
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// The master's control API as workers reach it, HOST[:8770],
+        /// recorded in the bundles: the worker heartbeats, renews and fetches
+        /// revocations there (a worker without a master refuses to start).
+        #[arg(long, value_name = "HOST[:8770]", env = "DECNET_MASTER_ADDRESS")]
+        master: Option<String>,
         /// Agent port the master dials (default 8765; a reissue keeps the recorded one).
         #[arg(long)]
         agent_port: Option<u16>,
@@ -600,6 +606,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             reissue,
             out_dir,
+            master,
             agent_port,
             updater_port,
             valid_for,
@@ -617,6 +624,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 updater,
                 reissue,
                 out_dir,
+                master: master.map(|m| decnet_swarm_client::transport::with_default_port(&m, 8770)),
                 agent_port,
                 updater_port,
             };
@@ -1505,6 +1513,16 @@ async fn swarm_enroll(home: &MasterHome, req: &EnrollRequest) -> anyhow::Result<
                     out.agent_bundle_dir.display()
                 ),
             }
+            match &req.master {
+                Some(m) => println!("The bundles record the master at {m}."),
+                None => println!(
+                    "The bundles record no master: start the worker's daemons with --master HOST[:8770] (they refuse to start without one), or enroll with --master."
+                ),
+            }
+            println!(
+                "Better: `decnet swarm token create --host {} ...` and `decnet-agent join` on the worker: its key never leaves it.",
+                out.host.name
+            );
             Ok(())
         }
         Err(e) => {

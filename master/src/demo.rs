@@ -218,8 +218,15 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         ca.fingerprint().short()
     ));
 
-    step(2, "enroll the workers (agent + updater certificates)");
+    step(
+        2,
+        "enroll the workers (agent + updater certificates, the master's address recorded)",
+    );
     let names: Vec<String> = (1..=opts.workers).map(|i| format!("worker-{i}")).collect();
+    // The control API's address, recorded in every bundle: the workers
+    // heartbeat, renew and fetch revocations there.
+    let api_port = free_port()?;
+    let listener_port = free_port()?;
     for n in &names {
         let out = enrollment::enroll(
             &ca,
@@ -230,6 +237,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 address: Some("127.0.0.1".into()),
                 updater: true,
                 out_dir: Some(root.join(n).join("home")),
+                master: Some(format!("127.0.0.1:{api_port}")),
                 agent_port: Some(0),
                 updater_port: Some(0),
                 ..EnrollRequest::default()
@@ -243,19 +251,24 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     }
     fleet_table(&db).await?;
 
-    step(3, "start the log listener");
+    step(3, "start the master: control API and log listener");
     let logs = root.join("logs");
     let mut cmd = Command::new(&decnet_bin);
-    cmd.args(["listener", "--host", "127.0.0.1", "--port", "0"])
+    cmd.args(["master", "serve", "--host", "127.0.0.1"])
+        .args(["--port", &api_port.to_string()])
+        .args(["--listener-port", &listener_port.to_string()])
         .arg("--log-path")
         .arg(logs.join("fleet.log"))
         .arg("--json-path")
         .arg(logs.join("fleet.json"))
         .env("DECNET_HOME", &home_dir)
         .env("DECNET_DATABASE_URL", &home.database_url);
-    let (child, listener_addr) = spawn_listening("listener", cmd, &root.join("listener.log"))?;
-    fleet.children.push(("listener".into(), child));
-    ok(&format!("listener on {listener_addr} (mTLS, agents only)"));
+    let (child, api_addr) = spawn_listening("master", cmd, &root.join("master.log"))?;
+    fleet.children.push(("master".into(), child));
+    let listener_addr = SocketAddr::from(([127, 0, 0, 1], listener_port));
+    ok(&format!(
+        "control API on {api_addr} (heartbeats, renewals, revocations); listener on {listener_addr} (mTLS, agents only)"
+    ));
 
     step(
         4,

@@ -494,3 +494,26 @@ impl CaLayout {
         self.worker_dir(host).join("updater")
     }
 }
+
+/// The file in a bundle directory naming the master's control API the
+/// bundle was joined through (or enrolled for) (`host:port`, one line): `serve` heartbeats and
+/// renews there when no `--master` is given, so a packaged worker works once
+/// joined, without editing its settings.
+pub const MASTER_FILE: &str = "master";
+
+/// Record `master` (`host:port`) in `dir` (atomically, like the bundle).
+pub fn record_master(dir: &Path, master: &str) -> std::io::Result<()> {
+    secure_fs::write_atomic(
+        &dir.join(MASTER_FILE),
+        format!("{master}\n").as_bytes(),
+        PUBLIC_MODE,
+    )
+}
+
+/// The master recorded at join (or enrolment) in `dir`, if any (an empty or unreadable file
+/// counts as none).
+pub fn recorded_master(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(MASTER_FILE)).ok()?;
+    let master = text.trim();
+    (!master.is_empty()).then(|| master.to_string())
+}

@@ -228,27 +228,42 @@ pub async fn join(
     Ok(bundle)
 }
 
-/// The file in a bundle directory naming the master's control API the
-/// bundle was joined through (`host:port`, one line): `serve` heartbeats and
-/// renews there when no `--master` is given, so a packaged worker works once
-/// joined, without editing its settings.
-pub const MASTER_FILE: &str = "master";
+pub use decnet_pki::bundle::{MASTER_FILE, record_master, recorded_master};
 
-/// Record `master` (`host:port`) in `dir` (atomically, like the bundle).
-pub fn record_master(dir: &Path, master: &str) -> std::io::Result<()> {
-    decnet_pki::secure_fs::write_atomic(
-        &dir.join(MASTER_FILE),
-        format!("{master}\n").as_bytes(),
-        decnet_pki::secure_fs::PUBLIC_MODE,
-    )
+/// Why a worker daemon will not start: it would have no master to fetch
+/// revocations from (nor to heartbeat to, nor to renew with).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no master to fetch revocations from: {bundle_dir} records none (bundles written by `join` or by `decnet swarm enroll --master` do); pass --master HOST[:PORT], or --no-master to run without one (development only: no revocation list is ever enforced)"
+)]
+pub struct NoMaster {
+    /// The bundle directory that records no master.
+    pub bundle_dir: String,
 }
 
-/// The master recorded at join in `dir`, if any (an empty or unreadable file
-/// counts as none).
-pub fn recorded_master(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(MASTER_FILE)).ok()?;
-    let master = text.trim();
-    (!master.is_empty()).then(|| master.to_string())
+/// The master a worker daemon talks to: `flag` (`--master`), else the one
+/// recorded in `bundle_dir`. A worker with neither refuses to start —
+/// without a master it never learns a revocation and would keep trusting
+/// a revoked master certificate — unless `allow_none` (`--no-master`),
+/// which it then says loudly.
+pub fn master_for(
+    flag: Option<String>,
+    bundle_dir: &Path,
+    allow_none: bool,
+) -> Result<Option<String>, NoMaster> {
+    if let Some(m) = flag.or_else(|| recorded_master(bundle_dir)) {
+        return Ok(Some(m));
+    }
+    if allow_none {
+        tracing::warn!(
+            bundle_dir = %bundle_dir.display(),
+            "running WITHOUT a master (--no-master): no heartbeats, no renewal, and no revocation list is ever fetched; for development only"
+        );
+        return Ok(None);
+    }
+    Err(NoMaster {
+        bundle_dir: bundle_dir.display().to_string(),
+    })
 }
 
 /// The `join` subcommand of both worker binaries: join, report, and return

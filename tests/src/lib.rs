@@ -380,6 +380,19 @@ pub fn alive(pid: u32) -> bool {
     decnet_proc::is_running(pid)
 }
 
+/// `--no-master` unless `extra` names a master: a worker daemon refuses to
+/// start without a master, and most tests run workers without one.
+pub fn no_master_unless(extra: &[&str]) -> &'static [&'static str] {
+    if extra
+        .iter()
+        .any(|a| *a == "--master" || a.starts_with("--master="))
+    {
+        &[]
+    } else {
+        &["--no-master"]
+    }
+}
+
 /// Poll `f` every 100 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -442,6 +455,7 @@ impl Agent {
         .arg("--state-dir")
         .arg(state_dir)
         .args(extra)
+        .args(no_master_unless(extra))
         .env("DECNET_LOG", "info");
         let daemon = Daemon::start(cmd, state_dir.with_extension("agent.log"));
         master.set_agent_port(host, daemon.port());
@@ -487,6 +501,7 @@ impl Agent {
         .arg("--state-dir")
         .arg(state_dir)
         .args(extra)
+        .args(no_master_unless(extra))
         .env("DECNET_LOG", "info");
         let log = state_dir.with_extension("agent.log");
         let daemon = Daemon::start(cmd, log);
@@ -886,7 +901,11 @@ impl UpdaterFixture {
             "3",
         ])
         .args(extra)
-        .env("DECNET_LOG", "info");
+        .args(no_master_unless(extra));
+        if !extra.iter().any(|a| a.starts_with("--agent-arg=--master")) {
+            cmd.arg("--agent-arg=--no-master");
+        }
+        cmd.env("DECNET_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }

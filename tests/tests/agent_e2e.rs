@@ -365,6 +365,7 @@ fn a_reissued_agent_certificate_is_refused_by_the_pinning_client() {
         "127.0.0.1",
         "--port",
         "0",
+        "--no-master",
         "--bundle-dir",
     ])
     .arg(&copy)

@@ -74,7 +74,7 @@ fn without_root_the_agent_refuses_to_run_deckies_as_itself() {
                 "--",
             ])
             .arg(bin("decnet-agent"))
-            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--no-master"])
             .arg("--bundle-dir")
             .arg(m.agent_bundle_dir("w0"))
             .arg("--state-dir")
@@ -93,7 +93,7 @@ fn without_root_the_agent_refuses_to_run_deckies_as_itself() {
     let m = MasterHome::new();
     m.enroll("w0");
     let out = std::process::Command::new(bin("decnet-agent"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--no-master"])
         .arg("--bundle-dir")
         .arg(m.agent_bundle_dir("w0"))
         .arg("--state-dir")

@@ -508,3 +508,87 @@ async fn a_kept_alive_connection_of_a_rotated_out_master_is_closed_by_the_agent(
         agent.daemon.log_text()
     );
 }
+
+/// A worker with no master never learns a revocation: started from a
+/// copied bundle without `--master` it refuses to start (saying how to fix
+/// it); `swarm enroll --master` records the master in the bundles it
+/// writes — only in `--out-dir`, keeping no copy of the keys — and an agent
+/// started from them heartbeats without any flag.
+#[test]
+fn a_worker_without_a_master_refuses_to_start_and_enrolled_bundles_record_it() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let state = m.dir.path().join("w1-state");
+    let out = std::process::Command::new(decnet_e2e::bin("decnet-agent"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .arg("--bundle-dir")
+        .arg(m.agent_bundle_dir("w1"))
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no master to fetch revocations from") && err.contains("--no-master"),
+        "{err}"
+    );
+    let out = std::process::Command::new(decnet_e2e::bin("decnet-updater"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .arg("--bundle-dir")
+        .arg(m.updater_bundle_dir("w1"))
+        .arg("--agent-bundle-dir")
+        .arg(m.agent_bundle_dir("w1"))
+        .arg("--install-dir")
+        .arg(m.dir.path().join("w1-opt"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no master to fetch revocations from"), "{err}");
+
+    let master = m.serve(&["--no-listener"]);
+    let ship = m.dir.path().join("w2-ship");
+    let printed = m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "w2",
+        "--address",
+        "127.0.0.1",
+        "--updater",
+        "--out-dir",
+        ship.to_str().unwrap(),
+        "--master",
+        &master.addr.to_string(),
+    ]);
+    assert!(printed.contains("record the master"), "{printed}");
+    assert!(
+        !m.agent_bundle_dir("w2").exists(),
+        "--out-dir left a copy of the keys under the CA directory"
+    );
+    for kind in ["agent", "updater"] {
+        assert_eq!(
+            std::fs::read_to_string(ship.join(kind).join("master"))
+                .unwrap()
+                .trim(),
+            master.addr.to_string()
+        );
+    }
+    let agent = decnet_e2e::Agent::start_with_bundle(
+        &m,
+        "w2",
+        &ship.join("agent"),
+        &m.dir.path().join("w2-state"),
+        &["--heartbeat-interval", "1"],
+    );
+    let seen = decnet_e2e::wait_for(Duration::from_secs(20), || {
+        let h = m.json(&["swarm", "show", "w2", "--json"]);
+        (h["status"] == "active").then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the agent never heartbeated to the recorded master:\n{}",
+        agent.daemon.log_text()
+    );
+}

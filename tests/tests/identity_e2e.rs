@@ -125,6 +125,7 @@ fn agent(
         .arg("--state-dir")
         .arg(&state)
         .args(extra)
+        .args(decnet_e2e::no_master_unless(extra))
         .env("DECNET_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);

@@ -205,14 +205,17 @@ fn fleet_across_namespaces_survives_a_cut_link() {
     ok(&["ca", "init", "--sans", &topo.master_addr()]);
     let mut procs = Procs(Vec::new(), Vec::new());
 
-    // The listener on the master's address.
+    // The master (control API and listener) on the master's address.
     let json_log = dir.path().join("fleet.json");
     let mut cmd = in_ns(&topo.master_ns(), &bin("decnet"));
     cmd.args([
-        "listener",
+        "master",
+        "serve",
         "--host",
         &topo.master_addr(),
         "--port",
+        "8770",
+        "--listener-port",
         "6514",
         "--log-path",
     ])
@@ -240,6 +243,8 @@ fn fleet_across_namespaces_survives_a_cut_link() {
             "--updater",
             "--out-dir",
             ship.to_str().unwrap(),
+            "--master",
+            &format!("{}:8770", topo.master_addr()),
         ]);
         let install = dir.path().join(format!("{name}/opt"));
         let state = dir.path().join(format!("{name}/state"));

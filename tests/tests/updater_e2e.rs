@@ -551,6 +551,8 @@ fn restart_with_pubkey(m: &MasterHome, u: &mut UpdaterFixture, pubkey: &str) {
         "250",
         "--release-pubkey",
         pubkey,
+        "--no-master",
+        "--agent-arg=--no-master",
     ]);
     u.daemon = decnet_e2e::Daemon::start(cmd, m.dir.path().join("u3-signed.log"));
     m.ok(&[

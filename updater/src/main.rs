@@ -41,8 +41,8 @@ enum Command {
     /// Join the fleet with a one-time token (created with --updater): generate
     /// the key here, get the certificate from the master, write the updater bundle.
     Join {
-        /// The master's control API, HOST[:8766] (port 8770 by default).
-        #[arg(long, value_name = "HOST[:8766]")]
+        /// The master's control API, HOST[:8770] (port 8770 by default).
+        #[arg(long, value_name = "HOST[:8770]")]
         master: String,
         /// The token printed by `decnet swarm token create --updater` (or use
         /// --token-file, or DECNET_JOIN_TOKEN: argv is visible in /proc).
@@ -118,11 +118,16 @@ enum Command {
         /// SIGTERM → SIGKILL grace when stopping the agent, seconds.
         #[arg(long, default_value_t = 10)]
         stop_grace: u64,
-        /// Renew this updater's certificate with the master's control API
-        /// (HOST[:8770]) at about 2/3 of its lifetime; default: the master
-        /// recorded at join (`<bundle-dir>/master`), else none.
+        /// Renew this updater's certificate with (and fetch revocations from)
+        /// the master's control API, HOST[:8770]; default: the master
+        /// recorded at join or enrolment (`<bundle-dir>/master`). Without
+        /// either the updater refuses to start, unless --no-master.
         #[arg(long, value_name = "HOST[:8770]")]
         master: Option<String>,
+        /// Start even though no master is known: no renewal and no
+        /// revocation list ever fetched (development only).
+        #[arg(long, conflicts_with = "master")]
+        no_master: bool,
         /// Pin the master's certificate fingerprint (SHA-256 hex).
         #[arg(long, value_name = "SHA256")]
         master_fingerprint: Option<String>,
@@ -275,6 +280,7 @@ async fn serve(cmd: Command) -> i32 {
         probe_interval_ms,
         stop_grace,
         master,
+        no_master,
         master_fingerprint,
         crl_refresh,
         metrics,
@@ -285,9 +291,13 @@ async fn serve(cmd: Command) -> i32 {
     let home = decnet_pki::bundle::default_decnet_home();
     let bundle_dir = bundle_dir.unwrap_or_else(|| home.join("updater"));
     let agent_bundle_dir = agent_bundle_dir.unwrap_or_else(|| home.join("agent"));
-    // No --master: the master this bundle was joined through.
-    let master = master.or_else(|| decnet_swarm_client::join::recorded_master(&bundle_dir));
     let material = match master_link::load_material(&bundle_dir, BundleKind::Updater) {
+        Ok(m) => m,
+        Err(e) => return setup_error(e),
+    };
+    // No --master: the master this bundle was joined through or enrolled
+    // for; none at all refuses to start.
+    let master = match decnet_swarm_client::join::master_for(master, &bundle_dir, no_master) {
         Ok(m) => m,
         Err(e) => return setup_error(e),
     };

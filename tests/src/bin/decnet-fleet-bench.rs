@@ -193,7 +193,7 @@ impl RealAgents {
             // A uid range of its own per agent, clear of the tests' ranges.
             let first = 2_000_000_000u64 + i as u64 * 64;
             let mut cmd = std::process::Command::new(bin("decnet-agent"));
-            cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            cmd.args(["serve", "--host", "127.0.0.1", "--port", "0", "--no-master"])
                 .args(["--stop-grace", "1"])
                 .arg("--decky-ids")
                 .arg(format!("{first}-{}", first + 63))
