@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 
 use crate::model::{
-    AuditEntry, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateRecord,
+    AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateRecord,
 };
 
 /// A write transaction.
@@ -102,6 +102,18 @@ pub(crate) async fn revoke(
     .await?
     .rows_affected()
         > 0)
+}
+
+/// Forget a certificate that was never presented (a pending renewal
+/// superseded by a newer one): nobody but its requester ever held it, so it
+/// goes from the ledger instead of growing every worker's CRL. Presented
+/// later, it is "not issued to" its host — the sign of a second holder.
+pub(crate) async fn forget_unpresented(tx: &mut Tx, fingerprint: &str) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM certificates WHERE fingerprint = $1")
+        .bind(fingerprint)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Revoke every certificate of `host` (of `role`, or of every role) that is
@@ -403,6 +415,60 @@ impl FleetDb {
         Ok(revoked)
     }
 
+    /// Mark `name` suspect — two live holders of its identity were seen —
+    /// unless an operator already acted on it (decommissioned, burned) or
+    /// it is suspect already. Returns whether it changed (then audited).
+    pub async fn mark_suspect(&self, name: &str, why: &str) -> Result<bool, DbError> {
+        let n = sqlx::query(
+            "UPDATE hosts SET status = 'suspect', last_error = $1, updated_at = $2 \
+             WHERE name = $3 AND status NOT IN ('decommissioned', 'burned', 'suspect')",
+        )
+        .bind(format!("suspect: {why}"))
+        .bind(unix_now())
+        .bind(name)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            self.audit(&AuditEntry::now(
+                "master",
+                "swarm.suspect",
+                name,
+                AuditOutcome::Ok,
+                why,
+            ))
+            .await?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Burn `name` after a compromise: every certificate ever issued to it
+    /// is revoked (whoever holds them) and it is marked burned until a
+    /// fresh join or a reissue re-admits it. Returns the newly revoked
+    /// fingerprints.
+    pub async fn burn(&self, name: &str) -> Result<Vec<String>, DbError> {
+        let (mut tx, _) = self.lock_host(name).await?;
+        let revoked = revoke_all_but(
+            &mut tx,
+            name,
+            None,
+            &[],
+            "host burned: its identity was compromised",
+        )
+        .await?;
+        sqlx::query(
+            "UPDATE hosts SET status = $1, updated_at = $2, agent_pending = NULL, updater_pending = NULL, \
+             renew_requested = NULL WHERE name = $3",
+        )
+        .bind(HostStatus::Burned.as_str())
+        .bind(unix_now())
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
     /// Whether a fingerprint is on the deny list.
     pub async fn is_revoked(&self, fingerprint: &str) -> Result<bool, DbError> {
         let row = sqlx::query("SELECT 1 FROM revoked_certificates WHERE fingerprint = $1")
@@ -477,7 +543,8 @@ impl FleetDb {
             match &c.outcome {
                 Ok((version, state)) => {
                     sqlx::query(
-                        "UPDATE hosts SET status = $1, last_seen = $2, last_error = NULL, \
+                        "UPDATE hosts SET status = CASE WHEN status IN ('suspect', 'burned') THEN status ELSE $1 END, \
+                         last_seen = $2, last_error = NULL, \
                          agent_version = COALESCE($3, agent_version), state_json = COALESCE($4, state_json), \
                          updated_at = $5 WHERE name = $6 AND status <> 'decommissioned'",
                     )
@@ -492,7 +559,8 @@ impl FleetDb {
                 }
                 Err(error) => {
                     sqlx::query(
-                        "UPDATE hosts SET status = $1, last_error = $2, updated_at = $3 \
+                        "UPDATE hosts SET status = CASE WHEN status IN ('suspect', 'burned') THEN status ELSE $1 END, \
+                         last_error = $2, updated_at = $3 \
                          WHERE name = $4 AND status <> 'decommissioned'",
                     )
                     .bind(HostStatus::Unreachable.as_str())
@@ -518,7 +586,8 @@ impl FleetDb {
         match reachable {
             Ok((version, state)) => {
                 sqlx::query(
-                    "UPDATE hosts SET status = $1, last_seen = $2, last_error = NULL, \
+                    "UPDATE hosts SET status = CASE WHEN status IN ('suspect', 'burned') THEN status ELSE $1 END, \
+                     last_seen = $2, last_error = NULL, \
                      agent_version = COALESCE($3, agent_version), state_json = COALESCE($4, state_json), \
                      updated_at = $5 WHERE name = $6 AND status <> 'decommissioned'",
                 )
@@ -533,7 +602,8 @@ impl FleetDb {
             }
             Err(error) => {
                 sqlx::query(
-                    "UPDATE hosts SET status = $1, last_error = $2, updated_at = $3 \
+                    "UPDATE hosts SET status = CASE WHEN status IN ('suspect', 'burned') THEN status ELSE $1 END, \
+                     last_error = $2, updated_at = $3 \
                      WHERE name = $4 AND status <> 'decommissioned'",
                 )
                 .bind(HostStatus::Unreachable.as_str())
@@ -560,10 +630,12 @@ impl FleetDb {
     ) -> Result<bool, DbError> {
         let now = unix_now();
         let row = sqlx::query(
-            "UPDATE hosts SET status = $1, last_seen = $2, last_error = NULL, agent_version = $3, \
+            "UPDATE hosts SET status = CASE WHEN status = 'suspect' THEN status ELSE $1 END, \
+             last_seen = $2, agent_version = $3, \
+             last_error = CASE WHEN status = 'suspect' THEN last_error ELSE NULL END, \
              state_json = COALESCE($4, state_json), updated_at = $5, \
              clock_skew_ms = COALESCE($6, clock_skew_ms) \
-             WHERE name = $7 AND status <> 'decommissioned' RETURNING renew_requested",
+             WHERE name = $7 AND status NOT IN ('decommissioned', 'burned') RETURNING renew_requested",
         )
         .bind(HostStatus::Active.as_str())
         .bind(now)
@@ -705,6 +777,16 @@ impl FleetDb {
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
         audit_query(entry).execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Delete audit entries older than `before` (unix seconds): the
+    /// retention `master serve --audit-retention` keeps. Returns how many.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64, DbError> {
+        Ok(sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// Append many entries to the audit log in one transaction (all or

@@ -21,9 +21,6 @@ use crate::model::{
     AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken,
 };
 
-/// Wrong-secret attempts after which a token is locked.
-pub const MAX_TOKEN_FAILURES: i64 = 5;
-
 pub use decnet_swarm_client::join::{TokenText, parse_token};
 
 /// Whether `id` has the shape of a token id (12 hex digits): checked before
@@ -144,12 +141,25 @@ impl From<crate::db::DbError> for JoinRefusal {
     }
 }
 
-/// Handle a join: check the token, sign the CSR, record (one transaction), audit.
+/// Wrong token secrets one source may send per minute; past them it is
+/// refused for every token until the minute is over. A wrong secret never
+/// locks the token itself: a stranger who learnt a token's id cannot deny
+/// its host the join.
+pub const MAX_WRONG_SECRETS_PER_MINUTE: u64 = 5;
+
+/// How long after one half of a `--updater` token was used the other half
+/// may still be: the install of one worker joins both at once; a token
+/// found later on its disk opens nothing.
+pub const TOKEN_HALF_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Handle a join: check the token, sign the CSR, record (one transaction),
+/// audit. `source` is the caller's rate-limit key (its address, or IPv6 /64).
 pub async fn join(
     db: &FleetDb,
     ca: &CertificateAuthority,
     req: &JoinRequest,
     from: IpAddr,
+    source: &str,
 ) -> Result<JoinAnswer, JoinRefusal> {
     let forbidden = |msg: &str| JoinRefusal::Forbidden(msg.to_string());
     let role = match req.role.as_str() {
@@ -167,16 +177,20 @@ pub async fn join(
     let Some(token) = db.token(&req.token_id).await? else {
         return Err(forbidden("invalid token"));
     };
-    if token.failures >= MAX_TOKEN_FAILURES {
+    let wrong_key = format!("wrong-secret:{source}");
+    if db.join_attempts_now(&wrong_key).await? >= MAX_WRONG_SECRETS_PER_MINUTE {
         return Err(forbidden(
-            "token locked after repeated wrong secrets; create a new one",
+            "too many wrong token secrets from this address; wait a minute",
         ));
     }
     if !constant_time_eq(
         sha256_hex(req.secret.as_bytes()).as_bytes(),
         token.secret_hash.as_bytes(),
     ) {
+        // Counted against the token (for the record) and the source (the
+        // limit): never a lockout of the token.
         db.token_failure(&token.id).await?;
+        db.count_join_attempt(&wrong_key).await?;
         return Err(forbidden("invalid token"));
     }
     if token.expires_at <= unix_now() {
@@ -193,6 +207,17 @@ pub async fn join(
                 .map(|h| h.to_string())
                 .unwrap_or_else(|_| "the one claimed".into())
         )));
+    }
+    let other_half = match role {
+        CertRole::Updater => token.used_agent,
+        _ => token.used_updater,
+    };
+    if let Some(at) = other_half
+        && unix_now() - at > TOKEN_HALF_GRACE.as_secs() as i64
+    {
+        return Err(forbidden(
+            "the other half of this token was used over 10 minutes ago, which ended this half; create a new token",
+        ));
     }
     if role == CertRole::Updater && !token.allow_updater {
         return Err(forbidden(
@@ -314,6 +339,24 @@ impl FleetDb {
         .await?
         .try_get(0)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// How many attempts `source` made in the current minute (not counting
+    /// this look).
+    pub async fn join_attempts_now(&self, source: &str) -> Result<u64, DbError> {
+        use sqlx::Row;
+        let window = unix_now() / 60 * 60;
+        let row = sqlx::query(
+            "SELECT attempts FROM join_attempts WHERE source = $1 AND window_start = $2",
+        )
+        .bind(source)
+        .bind(window)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0),
+            None => 0,
+        })
     }
 
     /// Forget join-attempt windows older than the previous minute.

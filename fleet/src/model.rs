@@ -83,8 +83,25 @@ stored_enum!(
         Unreachable => "unreachable",
         /// Removed from the fleet; its certificates are revoked.
         Decommissioned => "decommissioned",
+        /// Two live holders of its identity were seen (a cloned key): its
+        /// renewals are frozen until an operator burns it.
+        Suspect => "suspect",
+        /// Every certificate revoked after a compromise; re-admitted by a
+        /// fresh join or a reissue.
+        Burned => "burned",
     }
 );
+
+impl HostStatus {
+    /// Statuses only an operator's action ends: contacts and heartbeats
+    /// never overwrite them.
+    pub fn is_sticky(self) -> bool {
+        matches!(
+            self,
+            HostStatus::Decommissioned | HostStatus::Suspect | HostStatus::Burned
+        )
+    }
+}
 
 stored_enum!(
     /// How an audited action ended.

@@ -13,16 +13,18 @@
 //! * [`FleetDb::renew`] signs a CSR only for the *current* certificate of a
 //!   host (compare-and-set on it, inside the host's lock), at most once per
 //!   minimum interval per host and role, and makes the new certificate
-//!   pending — revoking any earlier pending one. A stolen key therefore
-//!   stops renewing as soon as the real host has renewed, and is revoked
-//!   when its grace ends.
+//!   pending — forgetting any earlier pending one (never presented, so
+//!   nobody else holds it: it is deleted, not published in the CRL). A
+//!   stolen key therefore stops renewing as soon as the real host has
+//!   renewed, and is revoked when its grace ends. The cheap refusals (a
+//!   malformed CSR, too soon) are decided before the host's write lock.
 
 use std::time::Duration;
 
 use decnet_pki::{CertificateAuthority, LeafSpec, PeerIdentity, Role};
 use sqlx::Row;
 
-use crate::db::{DbError, FleetDb, insert_certificate, revoke, unix_now};
+use crate::db::{DbError, FleetDb, forget_unpresented, insert_certificate, revoke, unix_now};
 use crate::model::{AuditEntry, AuditOutcome, CertRecord, CertRole, HostStatus};
 
 /// How a presented certificate stands.
@@ -48,6 +50,14 @@ pub enum PeerRefusal {
     /// The host was decommissioned.
     #[error("host {0} is decommissioned")]
     Decommissioned(String),
+    /// The host was burned: every certificate it had is revoked.
+    #[error("host {0} was burned after a compromise; it must join again")]
+    Burned(String),
+    /// Two holders of the host's identity were seen: renewals are frozen.
+    #[error(
+        "host {0} is suspect (two holders of its identity were seen): renewals are frozen until an operator burns it"
+    )]
+    Suspect(String),
     /// The certificate is on the deny list.
     #[error("this certificate is revoked")]
     Revoked,
@@ -95,6 +105,28 @@ impl From<DbError> for PeerRefusal {
     }
 }
 
+/// How long after a renewed certificate was first presented the one it
+/// replaced may still be seen at the control API: a request already in
+/// flight. Later, someone else holds the old key — a clone.
+pub const CLONE_TOLERANCE: Duration = Duration::from_secs(5);
+
+impl Standing {
+    /// Whether this is a replaced certificate still in use longer after its
+    /// successor was presented than [`CLONE_TOLERANCE`] allows: the worker
+    /// switches to a renewed certificate at once, so whoever still uses
+    /// the old one holds a copy of the key. `grace` is the policy's (the
+    /// successor was presented at `until - grace`), `now` in unix seconds.
+    pub fn outlives_its_successor(&self, grace: Duration, now: i64) -> bool {
+        match self {
+            Standing::Retiring { until } => {
+                let presented_at = until - grace.as_secs() as i64;
+                now - presented_at > CLONE_TOLERANCE.as_secs() as i64
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The rules of renewal.
 #[derive(Clone, Debug)]
 pub struct RenewPolicy {
@@ -124,7 +156,7 @@ pub struct Renewed {
     pub cert_pem: String,
     /// Its fingerprint.
     pub fingerprint: String,
-    /// The pending certificate it replaced (now revoked), if any.
+    /// The pending certificate it replaced (never presented: forgotten), if any.
     pub superseded_pending: Option<String>,
 }
 
@@ -190,8 +222,10 @@ impl FleetDb {
             .try_get::<String, _>(0)
             .map_err(DbError::from)?
             .parse()?;
-        if status == HostStatus::Decommissioned {
-            return Err(PeerRefusal::Decommissioned(host));
+        match status {
+            HostStatus::Decommissioned => return Err(PeerRefusal::Decommissioned(host)),
+            HostStatus::Burned => return Err(PeerRefusal::Burned(host)),
+            _ => {}
         }
         if row.try_get::<i64, _>(8).map_err(DbError::from)? != 0 {
             return Err(PeerRefusal::Revoked);
@@ -292,12 +326,26 @@ impl FleetDb {
         }
         let (host, role) = host_and_role(peer)?;
         let presented = peer.fingerprint.to_hex();
+        // Refusals that need no lock come first: a flood of bad or early
+        // renewals costs reads, never the database's write lock.
+        CertificateAuthority::check_csr(csr_pem).map_err(|_| PeerRefusal::BadCsr)?;
+        if self
+            .last_renewed(&host, role)
+            .await?
+            .is_some_and(|last| unix_now() - last < policy.min_interval.as_secs() as i64)
+        {
+            return Err(PeerRefusal::TooSoon(policy.min_interval.as_secs()));
+        }
         let (mut tx, record) = self.lock_host(&host).await?;
         let Some(record) = record else {
             return Err(PeerRefusal::UnknownHost(host));
         };
-        if record.status == HostStatus::Decommissioned {
-            return Err(PeerRefusal::Decommissioned(host));
+        match record.status {
+            HostStatus::Decommissioned => return Err(PeerRefusal::Decommissioned(host)),
+            HostStatus::Burned => return Err(PeerRefusal::Burned(host)),
+            // Whoever renewed now would keep the identity: nobody does.
+            HostStatus::Suspect => return Err(PeerRefusal::Suspect(host)),
+            _ => {}
         }
         let (current, pending) = match role {
             CertRole::Updater => (&record.updater_fingerprint, &record.updater_pending),
@@ -334,7 +382,7 @@ impl FleetDb {
         insert_certificate(&mut tx, &CertRecord::of_leaf(&leaf, &host, role)).await?;
         let mut superseded_pending = None;
         if let Some(old) = pending {
-            revoke(&mut tx, old, &host, role, "superseded by a newer renewal").await?;
+            forget_unpresented(&mut tx, old).await?;
             superseded_pending = Some(old.clone());
         }
         let n = sqlx::query(role_sql(role).set_pending)
@@ -354,6 +402,19 @@ impl FleetDb {
             cert_pem: leaf.cert_pem,
             fingerprint: new_fp,
             superseded_pending,
+        })
+    }
+
+    /// When `host` last renewed its `role` certificate (unix seconds).
+    async fn last_renewed(&self, host: &str, role: CertRole) -> Result<Option<i64>, DbError> {
+        let row =
+            sqlx::query("SELECT agent_renewed_at, updater_renewed_at FROM hosts WHERE name = $1")
+                .bind(host)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(match row {
+            Some(r) => r.try_get(if role == CertRole::Updater { 1 } else { 0 })?,
+            None => None,
         })
     }
 
@@ -387,5 +448,24 @@ impl FleetDb {
             tx.commit().await?;
         }
         Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_certificate_used_after_its_tolerance_is_a_second_holder() {
+        let grace = Duration::from_secs(300);
+        let presented_at = 1_000_000;
+        let s = Standing::Retiring {
+            until: presented_at + 300,
+        };
+        assert!(!s.outlives_its_successor(grace, presented_at + 1));
+        assert!(!s.outlives_its_successor(grace, presented_at + 5));
+        assert!(s.outlives_its_successor(grace, presented_at + 6));
+        assert!(!Standing::Current.outlives_its_successor(grace, presented_at + 100));
+        assert!(!Standing::Promoted.outlives_its_successor(grace, presented_at + 100));
     }
 }

@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use decnet_fleet::enrollment::{self, EnrollRequest};
-use decnet_fleet::{AuditOutcome, CertRecord, CertRole, RenewPolicy, unix_now};
+use decnet_fleet::{
+    AuditOutcome, CertRecord, CertRole, FleetDb, HostStatus, RenewPolicy, unix_now,
+};
 use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, Role};
 
 use crate::home::MasterHome;
@@ -245,6 +247,9 @@ pub enum MasterCommand {
         /// its successor was first presented; then it is revoked.
         #[arg(long, default_value = "5m")]
         renew_grace: String,
+        /// Delete audit entries older than this (e.g. 400d; 0 keeps them forever).
+        #[arg(long, default_value = "400d")]
+        audit_retention: String,
         /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
@@ -557,6 +562,16 @@ pub enum SwarmCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// A compromised host (suspect, or known stolen): revoke every
+    /// certificate it has, whoever holds it; it stays listed, burned, until
+    /// it joins again with a fresh token.
+    Burn {
+        /// Host name.
+        host: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Remove a host from the fleet: revoke its certificates and delete the
     /// master's copies of its bundles.
@@ -1016,6 +1031,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Renew { host }) => {
             let home = resolve(None);
             let db = open_db(&home).await?;
+            if db
+                .host(&host)
+                .await?
+                .is_some_and(|h| h.status == HostStatus::Suspect)
+            {
+                audit(
+                    &db,
+                    "swarm.renew",
+                    &host,
+                    AuditOutcome::Refused,
+                    "host is suspect",
+                )
+                .await?;
+                db.close().await;
+                return Err(UsageError(format!(
+                    "{host} is suspect: two holders of its identity were seen, and a renewal would go to whichever asks first; burn it instead: decnet swarm burn {host}"
+                ))
+                .into());
+            }
             let found = db.request_renewal(&host).await?;
             audit(
                 &db,
@@ -1227,6 +1261,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             leaf_validity,
             renew_min_interval,
             renew_grace,
+            audit_retention,
             metrics,
         }) => {
             let home = resolve(ca.ca_dir);
@@ -1259,6 +1294,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 unreachable_after: std::time::Duration::from_secs(unreachable_after.max(1)),
                 renew,
                 metrics,
+                audit_retention: match parse_duration(
+                    "--audit-retention",
+                    &audit_retention,
+                    std::time::Duration::ZERO,
+                )? {
+                    d if d.is_zero() => None,
+                    d => Some(d),
+                },
             };
             let db = open_db(&home).await?;
             let r = crate::daemon::serve(&home, db.clone(), &settings).await;
@@ -1272,6 +1315,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Swarm(SwarmCommand::Decommission { ca, host, yes }) => {
             swarm_decommission(&resolve(ca.ca_dir), &host, yes).await
+        }
+        Command::Swarm(SwarmCommand::Burn { host, yes }) => {
+            swarm_burn(&resolve(None), &host, yes).await
         }
     }
 }
@@ -1651,72 +1697,137 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
     Ok(())
 }
 
-async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<()> {
-    let name = HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
-    let db = open_db(home).await?;
-    if db.host(host).await?.is_none() {
-        db.close().await;
-        return Err(UsageError(format!(
-            "host {host} is not enrolled (see `decnet swarm list`)"
-        ))
-        .into());
+/// An operator's confirmation of a destructive `action` on `host`: `--yes`,
+/// or the host's name typed at a terminal. A refusal is audited.
+async fn confirm_destructive(
+    db: &FleetDb,
+    action: &str,
+    host: &str,
+    yes: bool,
+    question: &str,
+) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
     }
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            audit(
-                &db,
-                "swarm.decommission",
-                host,
-                AuditOutcome::Refused,
-                "not confirmed",
-            )
-            .await?;
-            db.close().await;
-            return Err(UsageError(format!(
-                "refusing to decommission {host} without confirmation; pass --yes"
-            ))
-            .into());
-        }
-        print!(
-            "Decommission {host}? Its certificates are revoked and its bundles deleted. Type the host name to confirm: "
-        );
+    let confirmed = if std::io::stdin().is_terminal() {
+        print!("{question} Type the host name to confirm: ");
         std::io::stdout().flush()?;
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() != host {
-            audit(
-                &db,
-                "swarm.decommission",
-                host,
-                AuditOutcome::Refused,
-                "not confirmed",
-            )
-            .await?;
-            db.close().await;
-            return Err(UsageError("not confirmed; nothing changed".into()).into());
-        }
+        answer.trim() == host
+    } else {
+        false
+    };
+    if confirmed {
+        return Ok(());
     }
-    let revoked = db.decommission(host).await?;
-    let removed = enrollment::remove_issued_bundles(&home.ca_layout(), &name);
-    audit(
-        &db,
-        "swarm.decommission",
-        host,
-        AuditOutcome::Ok,
-        format!(
-            "revoked={} removed_bundles={}",
+    audit(db, action, host, AuditOutcome::Refused, "not confirmed").await?;
+    Err(UsageError(format!(
+        "refusing to {} {host} without confirmation; pass --yes",
+        action.trim_start_matches("swarm.")
+    ))
+    .into())
+}
+
+/// The host `host` as recorded, or a usage error naming `swarm list`.
+async fn enrolled_host(db: &FleetDb, host: &str) -> anyhow::Result<decnet_fleet::HostRecord> {
+    match db.host(host).await? {
+        Some(h) => Ok(h),
+        None => Err(UsageError(format!(
+            "host {host} is not enrolled (see `decnet swarm list`)"
+        ))
+        .into()),
+    }
+}
+
+async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<()> {
+    let name = HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
+    let db = open_db(home).await?;
+    let r = async {
+        enrolled_host(&db, host).await?;
+        confirm_destructive(
+            &db,
+            "swarm.decommission",
+            host,
+            yes,
+            &format!("Decommission {host}? Its certificates are revoked and its bundles deleted."),
+        )
+        .await?;
+        let revoked = db.decommission(host).await?;
+        let removed = enrollment::remove_issued_bundles(&home.ca_layout(), &name);
+        audit(
+            &db,
+            "swarm.decommission",
+            host,
+            AuditOutcome::Ok,
+            format!(
+                "revoked={} removed_bundles={}",
+                revoked.len(),
+                removed.len()
+            ),
+        )
+        .await?;
+        println!(
+            "decommissioned {host}: {} certificate(s) revoked, {} bundle dir(s) removed",
             revoked.len(),
             removed.len()
-        ),
-    )
-    .await?;
+        );
+        Ok(())
+    }
+    .await;
     db.close().await;
-    println!(
-        "decommissioned {host}: {} certificate(s) revoked, {} bundle dir(s) removed",
-        revoked.len(),
-        removed.len()
-    );
-    Ok(())
+    r
+}
+
+/// `swarm burn`: every certificate of a compromised host revoked, whoever
+/// holds it; the host stays in the inventory, burned, until it joins again.
+async fn swarm_burn(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<()> {
+    let name = HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
+    let db = open_db(home).await?;
+    let r = async {
+        let h = enrolled_host(&db, host).await?;
+        if h.status == HostStatus::Decommissioned {
+            return Err(UsageError(format!("host {host} is decommissioned already")).into());
+        }
+        confirm_destructive(
+            &db,
+            "swarm.burn",
+            host,
+            yes,
+            &format!(
+                "Burn {host}? Every certificate it has is revoked, whoever holds it; it must join again."
+            ),
+        )
+        .await?;
+        let revoked = db.burn(host).await?;
+        let removed = enrollment::remove_issued_bundles(&home.ca_layout(), &name);
+        audit(
+            &db,
+            "swarm.burn",
+            host,
+            AuditOutcome::Ok,
+            format!(
+                "was={} revoked={} removed_bundles={}",
+                h.status,
+                revoked.len(),
+                removed.len()
+            ),
+        )
+        .await?;
+        println!(
+            "burned {host}: {} certificate(s) revoked. The master refuses them within a second (open connections included); every worker once it fetches the new revocation list.",
+            revoked.len()
+        );
+        println!("To re-admit {host}, rebuild it (its keys and binaries are not to be trusted), then:");
+        println!("  decnet swarm token create --host {host} --updater     # on the master");
+        println!(
+            "  decnet-agent join --master MASTER:8770 --token-file FILE   # on {host}; also decnet-updater join"
+        );
+        Ok(())
+    }
+    .await;
+    db.close().await;
+    r
 }
 
 async fn show_audit(home: &MasterHome, limit: i64, json: bool) -> anyhow::Result<()> {

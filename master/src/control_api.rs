@@ -13,11 +13,16 @@
 //! certificate must be the host's current one (or a pending renewal, which
 //! becomes current by being presented, or a retiring one within its grace),
 //! not revoked, the host not decommissioned — before any handler runs.
+//! Worker routes are rate-limited per certificate and per connection before
+//! the database is touched; refusals of one identity or source are audited
+//! once per window ([`RefusalAudit`]); a new revocation list is announced
+//! to the fleet at most once per [`CRL_ANNOUNCE_INTERVAL`].
 
-use std::net::IpAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, StatusCode};
@@ -26,11 +31,14 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use decnet_fleet::join::{JoinRefusal, JoinRequest, valid_token_id};
 use decnet_fleet::{AuditEntry, AuditOutcome, CrlPublisher, FleetDb, PeerRefusal, RenewPolicy};
-use decnet_pki::{CertificateAuthority, PeerIdentity, Role};
+use decnet_pki::{CertificateAuthority, Fingerprint, PeerIdentity, Role};
 use decnet_server::source::SourceKey;
 use decnet_server::{AccessPolicy, Refusal, TlsPeer, json_error};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
+
+use crate::clone_watch::SourceFlips;
+use crate::refusal_audit::RefusalAudit;
 
 /// Who may call what (role checks; the database checks run in [`standing`]).
 #[derive(Clone, Copy, Debug)]
@@ -73,48 +81,136 @@ pub const JOINS_PER_MINUTE: u32 = 60;
 /// forgotten when idle, and while still over, new sources are refused.
 pub const MAX_TRACKED_SOURCES: usize = 50_000;
 
-/// A keyed rate limiter with bounded memory, per source.
-pub struct SourceLimiter {
-    limiter: DefaultKeyedRateLimiter<SourceKey>,
+/// A keyed rate limiter with bounded memory (governor's GCRA per key).
+pub struct KeyedLimiter<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
     max_keys: usize,
 }
 
-impl std::fmt::Debug for SourceLimiter {
+impl<K: Hash + Eq + Clone> std::fmt::Debug for KeyedLimiter<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceLimiter")
+        f.debug_struct("KeyedLimiter")
             .field("tracked", &self.limiter.len())
             .finish()
     }
 }
 
-impl SourceLimiter {
-    /// `per_minute` attempts per source, at most `max_keys` sources tracked.
-    pub fn new(per_minute: u32, max_keys: usize) -> Self {
-        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-        SourceLimiter {
-            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+    /// `quota` per key, at most `max_keys` keys tracked.
+    pub fn new(quota: Quota, max_keys: usize) -> Self {
+        KeyedLimiter {
+            limiter: RateLimiter::keyed(quota),
             max_keys,
         }
     }
 
-    /// Count an attempt from `ip`; `false` when it is over its rate.
-    pub fn allow(&self, ip: IpAddr) -> bool {
-        let key = SourceKey::of(ip);
+    /// Count an attempt of `key`; `false` when it is over its rate.
+    pub fn allow_key(&self, key: &K) -> bool {
         if self.limiter.len() >= self.max_keys {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
             if self.limiter.len() >= self.max_keys {
-                // Full of sources that are all still active: refuse newcomers
+                // Full of keys that are all still active: refuse newcomers
                 // rather than grow without bound.
                 return false;
             }
         }
-        self.limiter.check_key(&key).is_ok()
+        self.limiter.check_key(key).is_ok()
     }
 
-    /// How many sources are tracked now.
+    /// How many keys are tracked now.
     pub fn tracked(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+/// The join limiter: per source (IPv4 address or IPv6 /64).
+pub type SourceLimiter = KeyedLimiter<SourceKey>;
+
+impl SourceLimiter {
+    /// `per_minute` attempts per source, at most `max_keys` sources tracked.
+    pub fn per_minute(per_minute: u32, max_keys: usize) -> Self {
+        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        KeyedLimiter::new(Quota::per_minute(n), max_keys)
+    }
+
+    /// Count an attempt from `ip`; `false` when it is over its rate.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        self.allow_key(&SourceKey::of(ip))
+    }
+}
+
+/// Worker requests per second, sustained, per certificate and per
+/// connection (a heartbeat every 30 s, a CRL fetch or a renewal now and
+/// then: anything near this is an attack on the database).
+pub const WORKER_REQUESTS_PER_SECOND: u32 = 2;
+/// Worker requests in a burst above that.
+pub const WORKER_REQUEST_BURST: u32 = 20;
+
+/// The rate limits of worker requests: per certificate (however many
+/// connections it opens) and per connection.
+#[derive(Debug)]
+pub struct WorkerLimits {
+    per_certificate: KeyedLimiter<Fingerprint>,
+    per_connection: KeyedLimiter<SocketAddr>,
+}
+
+impl WorkerLimits {
+    /// `per_second` sustained and `burst` requests, per certificate and per
+    /// connection.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(rate).allow_burst(burst);
+        WorkerLimits {
+            per_certificate: KeyedLimiter::new(quota, MAX_TRACKED_SOURCES),
+            per_connection: KeyedLimiter::new(quota, MAX_TRACKED_SOURCES),
+        }
+    }
+
+    /// Whether a request of `peer` on the connection from `remote` may go on.
+    pub fn allow(&self, peer: &PeerIdentity, remote: SocketAddr) -> bool {
+        self.per_certificate.allow_key(&peer.fingerprint) && self.per_connection.allow_key(&remote)
+    }
+}
+
+/// How often, at most, a new revocation list is announced to the fleet in
+/// heartbeat answers (each announcement makes every agent fetch it): a
+/// host that keeps changing the deny list cannot make the fleet re-fetch
+/// more often than this. The master's own servers enforce a new list at
+/// once.
+pub const CRL_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The CRL number heartbeats announce: the current one, but a change at
+/// most once per interval (the first change after a quiet interval goes
+/// out at once).
+#[derive(Debug)]
+pub struct CrlAnnouncer {
+    interval: Duration,
+    last: Mutex<Option<(u64, Instant)>>,
+}
+
+impl CrlAnnouncer {
+    /// Announce at most once per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        CrlAnnouncer {
+            interval,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The number to announce now, given the `current` one.
+    pub fn announce(&self, current: Option<u64>, now: Instant) -> Option<u64> {
+        let current = current?;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some((n, _)) if n == current => Some(n),
+            Some((n, at)) if now.saturating_duration_since(at) < self.interval => Some(n),
+            _ => {
+                *last = Some((current, now));
+                Some(current)
+            }
+        }
     }
 }
 
@@ -128,8 +224,89 @@ pub struct ControlState {
     pub crl: Arc<CrlPublisher>,
     /// Join rate limiter.
     pub joins: SourceLimiter,
+    /// Worker request rate limits.
+    pub workers: WorkerLimits,
+    /// Refusals aggregated into the audit log.
+    pub refusals: RefusalAudit,
+    /// The CRL number heartbeats announce.
+    pub announcer: CrlAnnouncer,
+    /// Where each certificate heartbeats from (two holders alternate).
+    pub sources: SourceFlips,
     /// Renewal rules.
     pub renew: RenewPolicy,
+}
+
+/// How long a certificate's return to a source it left counts as two
+/// holders heartbeating in turn.
+pub const SOURCE_FLIP_WINDOW: Duration = Duration::from_secs(600);
+
+impl ControlState {
+    /// The control API's state with the production limits and windows.
+    pub fn new(
+        db: FleetDb,
+        ca: Arc<CertificateAuthority>,
+        crl: Arc<CrlPublisher>,
+        renew: RenewPolicy,
+    ) -> Self {
+        ControlState {
+            db,
+            ca,
+            crl,
+            joins: SourceLimiter::per_minute(JOINS_PER_MINUTE, MAX_TRACKED_SOURCES),
+            workers: WorkerLimits::new(WORKER_REQUESTS_PER_SECOND, WORKER_REQUEST_BURST),
+            refusals: RefusalAudit::new(REFUSAL_AUDIT_WINDOW, MAX_TRACKED_SOURCES),
+            announcer: CrlAnnouncer::new(CRL_ANNOUNCE_INTERVAL),
+            sources: SourceFlips::new(SOURCE_FLIP_WINDOW, MAX_TRACKED_SOURCES),
+            renew,
+        }
+    }
+
+    /// Two holders of `host`'s identity were seen: mark it suspect (its
+    /// renewals freeze; the operator is told by `swarm list`, `show`,
+    /// `doctor` and the audit log).
+    async fn suspect(&self, host: &str, why: &str) {
+        match self.db.mark_suspect(host, why).await {
+            Ok(true) => tracing::error!(
+                host,
+                why,
+                "host marked SUSPECT: two holders of its identity; burn it (decnet swarm burn {host})"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::error!(host, error = %e, "cannot mark a host suspect"),
+        }
+    }
+
+    /// Audit a refusal, aggregated per (actor, action, reason) and window.
+    async fn audit_refusal(
+        &self,
+        actor: &str,
+        action: &'static str,
+        target: &str,
+        reason: &str,
+        detail: String,
+    ) {
+        let entries = self
+            .refusals
+            .refused(actor, action, target, reason, detail, Instant::now());
+        if let Err(e) = self.db.audit_all(&entries).await {
+            tracing::warn!(error = %e, "cannot audit a refusal");
+        }
+    }
+}
+
+/// How long repeated refusals of one identity or source are counted before
+/// they are written as one entry.
+pub const REFUSAL_AUDIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Write the summaries of ended refusal windows, every few seconds.
+pub async fn flush_refusal_audits(state: Arc<ControlState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let due = state.refusals.due(Instant::now());
+        if let Err(e) = state.db.audit_all(&due).await {
+            tracing::warn!(error = %e, "cannot write aggregated refusals");
+        }
+    }
 }
 
 /// A heartbeat's body.
@@ -174,13 +351,45 @@ pub fn router(state: Arc<ControlState>) -> Router {
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok", "role": "master", "version": env!("CARGO_PKG_VERSION")})) }),
         )
-        .route("/heartbeat", post(heartbeat))
+        .merge(
+            Router::new()
+                .route("/heartbeat", post(heartbeat))
+                .route("/renew", post(renew))
+                .route("/crl", get(crl))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    worker_rate_limit,
+                )),
+        )
         .route("/join/ca", get(join_ca))
         .route("/join", post(join))
-        .route("/renew", post(renew))
-        .route("/crl", get(crl))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
+}
+
+/// Worker requests over their rate (per certificate or per connection)
+/// get `429` before the database is touched.
+async fn worker_rate_limit(
+    State(st): State<Arc<ControlState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req.extensions().get::<PeerIdentity>();
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<TlsPeer>>()
+        .map(|c| c.0.remote);
+    if let (Some(peer), Some(remote)) = (peer, remote)
+        && !st.workers.allow(peer, remote)
+    {
+        crate::metrics::master_metrics().worker_rate_limited(&peer.role.kind().to_string());
+        return json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests under this certificate; slow down",
+        );
+    }
+    next.run(req).await
 }
 
 /// The join rate limit: this process's own limiter first (it keeps a flood
@@ -252,7 +461,8 @@ async fn join(
         crate::metrics::master_metrics().join("bad_request");
         return json_error(StatusCode::BAD_REQUEST, "bad_request", "malformed token id");
     }
-    match decnet_fleet::join::join(&st.db, &st.ca, &req, ip).await {
+    let source = SourceKey::of(ip).to_string();
+    match decnet_fleet::join::join(&st.db, &st.ca, &req, ip, &source).await {
         Ok(answer) => {
             crate::metrics::master_metrics().join("ok");
             Json(answer).into_response()
@@ -261,16 +471,14 @@ async fn join(
             crate::metrics::master_metrics().join("refused");
             let msg = refusal.to_string();
             tracing::warn!(%ip, token = %req.token_id, reason = %msg, "join refused");
-            let _ = st
-                .db
-                .audit(&AuditEntry::now(
-                    format!("join:{ip}"),
-                    "swarm.join",
-                    &req.token_id,
-                    AuditOutcome::Refused,
-                    msg.clone(),
-                ))
-                .await;
+            st.audit_refusal(
+                &format!("join:{}", SourceKey::of(ip)),
+                "swarm.join",
+                &req.token_id,
+                &msg,
+                msg.clone(),
+            )
+            .await;
             let status = match refusal {
                 JoinRefusal::BadRequest(_) => StatusCode::BAD_REQUEST,
                 JoinRefusal::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -282,12 +490,39 @@ async fn join(
 }
 
 /// Whether `peer` speaks for its host now (the database check of every
-/// worker route); a refusal is logged and becomes the response.
+/// worker route); a refusal is logged and becomes the response. What shows
+/// a second holder of the identity marks the host suspect: a replaced
+/// certificate still in use after its successor was presented, or a
+/// certificate of this host that it never presented (a renewal superseded
+/// by another holder's).
 async fn standing(st: &ControlState, peer: &PeerIdentity, what: &str) -> Result<(), Response> {
+    let host = peer.role.host().map(|h| h.to_string()).unwrap_or_default();
     match st.db.authenticate(peer, st.renew.grace).await {
-        Ok(_) => Ok(()),
+        Ok(s) => {
+            if s.outlives_its_successor(st.renew.grace, decnet_fleet::unix_now()) {
+                st.suspect(
+                    &host,
+                    &format!(
+                        "certificate {} was replaced by a renewal, yet is still in use ({what})",
+                        peer.fingerprint.short()
+                    ),
+                )
+                .await;
+            }
+            Ok(())
+        }
         Err(r) => {
             tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint.short(), reason = %r, "{what} refused");
+            if matches!(r, PeerRefusal::NotIssuedToPeer(_)) && !host.is_empty() {
+                st.suspect(
+                    &host,
+                    &format!(
+                        "certificate {} of this host was never presented by it, yet is in use ({what})",
+                        peer.fingerprint.short()
+                    ),
+                )
+                .await;
+            }
             Err(refusal_response(&r))
         }
     }
@@ -300,10 +535,26 @@ const MAX_SKEW_MS: i64 = 365 * 24 * 3600 * 1000;
 async fn heartbeat(
     State(st): State<Arc<ControlState>>,
     Extension(peer): Extension<PeerIdentity>,
+    ConnectInfo(conn): ConnectInfo<TlsPeer>,
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = standing(&st, &peer, "heartbeat").await {
         return r;
+    }
+    if let Some(flip) = st
+        .sources
+        .heartbeat(&peer.fingerprint, conn.remote.ip(), Instant::now())
+    {
+        st.suspect(
+            &peer.cn,
+            &format!(
+                "certificate {} heartbeats from {} and {} in turn",
+                peer.fingerprint.short(),
+                flip.other,
+                flip.returned_to
+            ),
+        )
+        .await;
     }
     let hb: Heartbeat = match serde_json::from_slice(&body) {
         Ok(h) => h,
@@ -350,8 +601,8 @@ async fn heartbeat(
     };
     crate::metrics::master_metrics().heartbeat(&peer.cn, decnet_fleet::unix_now(), skew);
     tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, skew_ms = ?skew, "heartbeat");
-    Json(serde_json::json!({"ok": true, "renew": renew, "crl_number": st.crl.number()}))
-        .into_response()
+    let crl_number = st.announcer.announce(st.crl.number(), Instant::now());
+    Json(serde_json::json!({"ok": true, "renew": renew, "crl_number": crl_number})).into_response()
 }
 
 /// `POST /renew` body.
@@ -377,6 +628,10 @@ async fn renew(
         }
     };
     let host = peer.role.host().map(|h| h.to_string()).unwrap_or_default();
+    // A second holder shows here as it does on heartbeats.
+    if let Err(r) = standing(&st, &peer, "renewal").await {
+        return r;
+    }
     match st.db.renew(&st.ca, &peer, &req.csr, &st.renew).await {
         Ok(renewed) => {
             let _ = st
@@ -393,7 +648,7 @@ async fn renew(
                         renewed.fingerprint,
                         renewed
                             .superseded_pending
-                            .map(|p| format!(" revoked_pending={p}"))
+                            .map(|p| format!(" dropped_pending={p}"))
                             .unwrap_or_default()
                     ),
                 ))
@@ -410,16 +665,14 @@ async fn renew(
         Err(r) => {
             tracing::warn!(peer_cn = %peer.cn, peer_fingerprint = %peer.fingerprint.short(), reason = %r, "renewal refused");
             crate::metrics::master_metrics().renewal(&peer.role.kind().to_string(), r.kind());
-            let _ = st
-                .db
-                .audit(&AuditEntry::now(
-                    format!("api:{}", peer.cn),
-                    "swarm.renew",
-                    &host,
-                    AuditOutcome::Refused,
-                    format!("presented={} reason={r}", peer.fingerprint),
-                ))
-                .await;
+            st.audit_refusal(
+                &format!("api:{}", peer.cn),
+                "swarm.renew",
+                &host,
+                &r.to_string(),
+                format!("presented={} reason={r}", peer.fingerprint),
+            )
+            .await;
             refusal_response(&r)
         }
     }
@@ -464,7 +717,7 @@ mod tests {
 
     #[test]
     fn join_limiter_keys_by_source_and_bounds_memory() {
-        let l = SourceLimiter::new(3, 4);
+        let l = SourceLimiter::per_minute(3, 4);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
             assert!(l.allow(a));

@@ -14,9 +14,7 @@ use decnet_pki::{ClientAuth, MaterialSource};
 use decnet_server::{HttpLimits, HttpService, Server, ServerLimits, Transport};
 use tokio_util::sync::CancellationToken;
 
-use crate::control_api::{
-    ControlPolicy, ControlState, JOINS_PER_MINUTE, MAX_TRACKED_SOURCES, SourceLimiter,
-};
+use crate::control_api::{ControlPolicy, ControlState, REFUSAL_AUDIT_WINDOW};
 use crate::home::MasterHome;
 use crate::listener_cmd::ListenerSettings;
 use crate::usage::{UsageError, load_ca};
@@ -34,6 +32,8 @@ pub struct MasterSettings {
     pub renew: RenewPolicy,
     /// The `/metrics` endpoint, if asked for.
     pub metrics: decnet_server::metrics::MetricsArgs,
+    /// Audit entries older than this are deleted (`None`: kept forever).
+    pub audit_retention: Option<Duration>,
 }
 
 /// How often housekeeping runs: a revocation (decommission, burn, a
@@ -103,16 +103,12 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         crl.clone(),
         material.clone(),
         layout.master_dir(),
+        s.audit_retention,
     ));
-    let state = Arc::new(ControlState {
-        db: db.clone(),
-        ca,
-        crl,
-        joins: SourceLimiter::new(JOINS_PER_MINUTE, MAX_TRACKED_SOURCES),
-        renew: s.renew.clone(),
-    });
+    let state = Arc::new(ControlState::new(db.clone(), ca, crl, s.renew.clone()));
+    let refusal_flush = tokio::spawn(crate::control_api::flush_refusal_audits(state.clone()));
     let app = HttpService::new(
-        crate::control_api::router(state),
+        crate::control_api::router(state.clone()),
         ControlPolicy,
         HttpLimits {
             // Heartbeats come every 30 s (±20 %) on a kept-alive connection.
@@ -135,6 +131,14 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     };
     silent.abort();
     upkeep.abort();
+    refusal_flush.abort();
+    // What the refusal windows still count is written before leaving.
+    let rest = state
+        .refusals
+        .due(std::time::Instant::now() + REFUSAL_AUDIT_WINDOW);
+    if let Err(e) = db.audit_all(&rest).await {
+        tracing::warn!(error = %e, "cannot write aggregated refusals");
+    }
     host_view.abort();
     result
 }
@@ -148,6 +152,7 @@ async fn housekeeping(
     crl: Arc<CrlPublisher>,
     material: MaterialSource,
     master_dir: std::path::PathBuf,
+    audit_retention: Option<Duration>,
 ) {
     let mut round: u64 = 0;
     loop {
@@ -157,6 +162,16 @@ async fn housekeeping(
             && let Err(e) = db.prune_join_attempts().await
         {
             tracing::warn!(error = %e, "cannot prune old join attempts");
+        }
+        if let Some(keep) = audit_retention
+            && round % 3600 == 1
+        {
+            let before = decnet_fleet::unix_now() - keep.as_secs() as i64;
+            match db.prune_audit(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "audit entries past their retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+            }
         }
         match db.retire_due().await {
             Ok(r) if !r.is_empty() => {

@@ -34,7 +34,8 @@ pub struct Finding {
     /// The host it concerns (`None`: the master or the CA).
     pub host: Option<String>,
     /// Which check: `cert_expiry`, `silent`, `never_seen`, `clock_skew`,
-    /// `pin_mismatch`, `wrong_identity`, `unreachable`, `disk_space`.
+    /// `pin_mismatch`, `wrong_identity`, `unreachable`, `disk_space`,
+    /// `suspect`, `burned`.
     pub check: &'static str,
     /// What, in words.
     pub detail: String,
@@ -121,6 +122,31 @@ pub fn examine(f: &FleetFacts, p: &DoctorPolicy) -> Vec<Finding> {
         .filter(|h| h.status != HostStatus::Decommissioned)
     {
         let name = Some(h.name.as_str());
+        match h.status {
+            HostStatus::Suspect => {
+                out.push(Finding {
+                    severity: Severity::Error,
+                    host: Some(h.name.clone()),
+                    check: "suspect",
+                    detail: format!(
+                        "two holders of its identity were seen ({}); renewals are frozen: burn it (decnet swarm burn {})",
+                        h.last_error.as_deref().unwrap_or("see the audit log"),
+                        h.name
+                    ),
+                });
+            }
+            HostStatus::Burned => {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    host: Some(h.name.clone()),
+                    check: "burned",
+                    detail: "burned: every certificate revoked; rebuild it and let it join again with a fresh token".into(),
+                });
+                // Nothing else about a burned host matters until it joins.
+                continue;
+            }
+            _ => {}
+        }
         for (role, fp) in [
             ("agent", &h.agent_fingerprint),
             ("updater", &h.updater_fingerprint),

@@ -12,6 +12,9 @@
 //! * [`demo`] — the one-command local fleet demo;
 //! * [`control_api`], [`daemon`] — `decnet master serve`: heartbeats, joins,
 //!   renewals, the CRL, and the listener beside them;
+//! * [`clone_watch`] — one certificate heartbeating from two sources in turn;
+//! * [`refusal_audit`] — repeated refusals of one identity or source as one
+//!   counted audit entry per window;
 //! * [`doctor`] — `swarm doctor`: expiring certificates, silent hosts, clock
 //!   skew, pin mismatches, as findings and an exit code;
 //! * [`monitor_cmd`] — certificates of metrics scrapers;
@@ -20,6 +23,7 @@
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod cli;
+pub mod clone_watch;
 pub mod control_api;
 pub mod daemon;
 pub mod demo;
@@ -30,6 +34,7 @@ pub mod listener_cmd;
 pub mod log_gate;
 pub mod metrics;
 pub mod monitor_cmd;
+pub mod refusal_audit;
 pub mod release;
 pub mod rollout;
 pub mod table;

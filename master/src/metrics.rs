@@ -3,12 +3,13 @@
 //! | series | what |
 //! |---|---|
 //! | `decnet_heartbeats_received_total{host}` | heartbeats accepted |
-//! | `decnet_hosts{status}` | hosts by status (`enrolled`, `active`, `unreachable`, `decommissioned`) |
+//! | `decnet_hosts{status}` | hosts by status (`enrolled`, `active`, `unreachable`, `decommissioned`, `suspect`, `burned`) |
 //! | `decnet_host_last_heartbeat_timestamp_seconds{host}` | when each host was last heard from |
 //! | `decnet_host_heartbeat_age_seconds{host}` | seconds since then, at the scrape |
 //! | `decnet_host_clock_skew_seconds{host}` | the host's clock minus the master's, from its last heartbeat |
 //! | `decnet_renewals_served_total{role,outcome}` | renewal requests (`renewed`, or the refusal kind) |
 //! | `decnet_joins_total{outcome}` | join requests (`ok`, `refused`, `rate_limited`, `bad_request`) |
+//! | `decnet_worker_requests_limited_total{role}` | worker requests refused with 429 by the per-certificate or per-connection rate limit |
 //!
 //! The per-host view is kept in memory: every accepted heartbeat updates
 //! it, and it is reloaded from the fleet database every
@@ -77,7 +78,16 @@ pub struct MasterMetrics {
     pub renewals: Family<RenewalLabels, Counter>,
     /// Joins.
     pub joins: Family<OutcomeLabel, Counter>,
+    /// Worker requests over their rate.
+    pub worker_limited: Family<RoleLabel, Counter>,
     hosts: Mutex<BTreeMap<String, HostView>>,
+}
+
+/// `role`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    /// The certificate's role.
+    pub role: String,
 }
 
 /// The master's series, registered on first use.
@@ -89,8 +99,14 @@ pub fn master_metrics() -> &'static MasterMetrics {
             heartbeats: Family::default(),
             renewals: Family::default(),
             joins: Family::default(),
+            worker_limited: Family::default(),
             hosts: Mutex::new(BTreeMap::new()),
         };
+        register(
+            "decnet_worker_requests_limited",
+            "Worker requests refused by the per-certificate or per-connection rate limit, by role",
+            m.worker_limited.clone(),
+        );
         register(
             "decnet_heartbeats_received",
             "Heartbeats accepted, by host",
@@ -136,7 +152,9 @@ impl MasterMetrics {
             last_seen: None,
             clock_skew_ms: None,
         });
-        v.status = HostStatus::Active;
+        if v.status != HostStatus::Suspect {
+            v.status = HostStatus::Active;
+        }
         v.last_seen = Some(now);
         if clock_skew_ms.is_some() {
             v.clock_skew_ms = clock_skew_ms;
@@ -150,6 +168,13 @@ impl MasterMetrics {
                 role: role.into(),
                 outcome: outcome.into(),
             })
+            .inc();
+    }
+
+    /// Count a worker request refused by its rate limit.
+    pub fn worker_rate_limited(&self, role: &str) {
+        self.worker_limited
+            .get_or_create(&RoleLabel { role: role.into() })
             .inc();
     }
 
@@ -214,6 +239,8 @@ impl Collector for FleetCollector {
             HostStatus::Active,
             HostStatus::Unreachable,
             HostStatus::Decommissioned,
+            HostStatus::Suspect,
+            HostStatus::Burned,
         ] {
             let _ = by_status.get_or_create(&StatusLabel {
                 status: s.as_str().into(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::http::Method;
 use decnet_fleet::{CrlPublisher, FleetDb, RenewPolicy};
-use decnet_master::control_api::{ControlPolicy, ControlState, SourceLimiter, router};
+use decnet_master::control_api::{ControlPolicy, ControlState, router};
 use decnet_pki::{CertificateAuthority, Role};
 use decnet_server::testing::{assert_access, callers};
 use decnet_server::{HttpLimits, HttpService};
@@ -22,13 +22,12 @@ async fn every_route_admits_exactly_the_roles_it_should() {
     ))
     .await
     .unwrap();
-    let state = Arc::new(ControlState {
+    let state = Arc::new(ControlState::new(
         db,
-        ca: Arc::new(CertificateAuthority::generate().unwrap()),
-        crl: Arc::new(CrlPublisher::new()),
-        joins: SourceLimiter::new(1000, 1000),
-        renew: RenewPolicy::default(),
-    });
+        Arc::new(CertificateAuthority::generate().unwrap()),
+        Arc::new(CrlPublisher::new()),
+        RenewPolicy::default(),
+    ));
     let app = HttpService::new(router(state), ControlPolicy, HttpLimits::default()).app();
     let routes = [
         (Method::POST, "/heartbeat"),

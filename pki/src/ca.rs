@@ -276,6 +276,14 @@ impl CertificateAuthority {
         Ok(leaf)
     }
 
+    /// Whether `csr_pem` is a well-formed PKCS#10 request whose signature
+    /// verifies (what [`sign_csr`](Self::sign_csr) checks before signing):
+    /// cheap, so a server can refuse a bad request before it takes a lock.
+    pub fn check_csr(csr_pem: &str) -> Result<(), CaError> {
+        rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        Ok(())
+    }
+
     /// Sign the public key of a PEM CSR (its signature is verified; its
     /// subject and SANs are ignored: `spec` decides the CN and SANs).
     pub fn sign_csr(&self, spec: &LeafSpec, csr_pem: &str) -> Result<IssuedLeaf, CaError> {

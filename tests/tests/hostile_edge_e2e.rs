@@ -592,3 +592,214 @@ fn a_worker_without_a_master_refuses_to_start_and_enrolled_bundles_record_it() {
         agent.daemon.log_text()
     );
 }
+
+/// Copy a bundle directory's files (a thief's copy of a worker's key).
+fn steal(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+fn host_status(m: &MasterHome, host: &str) -> String {
+    m.json(&["swarm", "show", host, "--json"])["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn wait_status(m: &MasterHome, host: &str, want: &str, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if host_status(m, host) == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+/// A thief with a copy of a worker's key renews first and uses its new
+/// certificate; the real worker heartbeats on with the one the thief's
+/// renewal replaced. Two holders of one identity: the host turns `suspect`
+/// within seconds (listed, reported by the doctor, audited), renewals are
+/// frozen (the thief's and `swarm renew`'s), and `swarm burn` cuts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thief_renewing_with_a_copied_key_makes_the_host_suspect_and_burn_cuts_both() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let master = m.serve(&["--no-listener", "--renew-min-interval", "0s"]);
+    let api = master.addr.to_string();
+    let thief_dir = m.dir.path().join("thief");
+    steal(&m.agent_bundle_dir("w1"), &thief_dir);
+    let _agent = decnet_e2e::Agent::start(
+        &m,
+        "w1",
+        &m.dir.path().join("w1-state"),
+        &["--master", &api, "--heartbeat-interval", "1"],
+    );
+    assert!(wait_status(&m, "w1", "active", Duration::from_secs(15)).await);
+
+    let material =
+        decnet_swarm_client::master_link::load_material(&thief_dir, BundleKind::Agent).unwrap();
+    let thief = decnet_swarm_client::master_link::MasterLink::new(api.clone(), material, None);
+    thief
+        .renew(&thief_dir)
+        .await
+        .expect("the thief renews first");
+    let beat = serde_json::json!({"version": "0.1.0", "deckies": {}});
+    thief
+        .heartbeat(&beat)
+        .await
+        .expect("its new certificate is presented");
+    let t = Instant::now();
+    assert!(
+        wait_status(&m, "w1", "suspect", Duration::from_secs(15)).await,
+        "no suspicion; master log:\n{}",
+        master.log_text()
+    );
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+    assert!(m.ok(&["swarm", "list"]).contains("suspect"));
+    let doctor = m.run(&["swarm", "doctor", "--no-probe"]);
+    assert_eq!(doctor.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&doctor.stdout).contains("suspect"));
+    let audit = m.json(&["audit", "--json", "--limit", "200"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.suspect" && e["target"] == "w1"),
+        "{audit}"
+    );
+    // Renewals are frozen: the thief cannot renew again, nor can an
+    // operator hand a renewal to whoever asks first.
+    let err = thief.renew(&thief_dir).await.unwrap_err().to_string();
+    assert!(err.contains("suspect"), "{err}");
+    let out = m.run(&["swarm", "renew", "w1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("swarm burn w1"));
+
+    let real = agent_bundle(&m, "w1");
+    let printed = m.ok(&["swarm", "burn", "w1", "--yes"]);
+    assert!(
+        printed.contains("swarm token create --host w1"),
+        "{printed}"
+    );
+    assert_eq!(host_status(&m, "w1"), "burned");
+    // Both holders are cut: the thief's renewed certificate and the real
+    // worker's old one.
+    let cut = {
+        let t = Instant::now();
+        loop {
+            let thief_refused = thief.heartbeat(&beat).await.is_err();
+            let real_refused = heartbeat(master.addr, &real).await.is_err();
+            if thief_refused && real_refused {
+                break true;
+            }
+            if t.elapsed() > Duration::from_secs(3) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert!(cut, "a holder of the burned identity still heartbeats");
+}
+
+/// The same certificate heartbeating from two addresses in turn is two
+/// holders too: suspect, without any renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_heartbeating_from_two_sources_makes_the_host_suspect() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let master = m.serve(&["--no-listener"]);
+    let w1 = agent_bundle(&m, "w1");
+    let from = |last: u8| {
+        let cfg = decnet_pki::client_config(&w1, None, &ExpectedServer::master()).unwrap();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(cfg)
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://{}/heartbeat", master.addr);
+    let beat = serde_json::json!({"version": "0.1.0", "deckies": {}});
+    for (i, last) in [1u8, 1, 9, 1].into_iter().enumerate() {
+        let r = from(last).post(&url).json(&beat).send().await.unwrap();
+        assert_eq!(r.status(), 200, "beat {i}");
+        let want = if i < 3 { "active" } else { "suspect" };
+        assert_eq!(
+            host_status(&m, "w1"),
+            want,
+            "after beat {i} from 127.0.0.{last}"
+        );
+    }
+}
+
+/// A worker asking to be refused 2,000 times (a malformed renewal on a
+/// kept-alive connection) gets most answers from the rate limit, before the
+/// database, and the refusals that reach it are audited as a handful of
+/// counted entries, not one row each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_refused_renewals_write_a_handful_of_audit_rows() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("evil");
+    let master = m.serve(&["--no-listener", "--renew-min-interval", "0s"]);
+    let evil = agent_bundle(&m, "evil");
+    let cfg = decnet_pki::client_config(&evil, None, &ExpectedServer::master()).unwrap();
+    let c = reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap();
+    let url = format!("https://{}/renew", master.addr);
+    let (mut limited, mut refused) = (0, 0);
+    for _ in 0..2000 {
+        let r = c
+            .post(&url)
+            .json(&serde_json::json!({"csr": "not a csr"}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            429 => limited += 1,
+            400 => refused += 1,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(limited > 1500, "{limited} limited, {refused} refused");
+    let rows = || {
+        m.json(&["audit", "--json", "--limit", "5000"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "swarm.renew")
+            .count()
+    };
+    assert!(rows() <= 2, "{} audit rows for {refused} refusals", rows());
+    // Stopping the master writes what its windows counted.
+    drop(master);
+    let audit = m.json(&["audit", "--json", "--limit", "5000"]);
+    let renewals: Vec<&serde_json::Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "swarm.renew")
+        .collect();
+    assert!(renewals.len() <= 3, "{renewals:?}");
+    if refused > 1 {
+        assert!(
+            renewals
+                .iter()
+                .any(|e| e["detail"].as_str().unwrap().contains("more time(s)")),
+            "{renewals:?}"
+        );
+    }
+}

@@ -298,6 +298,50 @@ fn token_join_issues_certificates_for_locally_generated_keys() {
     );
     let ub = Bundle::load(&up_dir, BundleKind::Updater).unwrap();
     assert_eq!(ub.identity.cn, "updater@j1");
+
+    // The updater half of a token ends once its agent half was used long
+    // enough ago: a token found later on the worker's disk opens nothing.
+    let t_late = token(&m, "j1late", &["--updater"]);
+    let out = join(
+        "decnet-agent",
+        &master,
+        &t_late,
+        &m.dir.path().join("j1late"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let late_id = t_late.split('.').next().unwrap().to_string();
+    let url = decnet_fleet::default_url(&m.home());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        // Eleven minutes pass.
+        sqlx::query("UPDATE join_tokens SET used_agent = used_agent - 660 WHERE id = $1")
+            .bind(&late_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    let late_file = m.dir.path().join("late-token");
+    std::fs::write(&late_file, format!("{t_late}\n")).unwrap();
+    let out = Command::new(decnet_e2e::bin("decnet-updater"))
+        .args(["join", "--master", &master.addr.to_string()])
+        .arg("--token-file")
+        .arg(&late_file)
+        .arg("--bundle-dir")
+        .arg(m.dir.path().join("j1late-updater"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ended this half"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         m.json(&["swarm", "show", "j1", "--json"])["updater_fingerprint"],
         ub.identity.fingerprint.to_hex()
@@ -365,24 +409,55 @@ fn expired_reused_tampered_and_guessed_tokens_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not the one the token names"));
 
-    // Guessing the secret locks the token.
-    let mut guess = t.split('.').map(String::from).collect::<Vec<_>>();
-    guess[1] = "f".repeat(32);
-    for _ in 0..5 {
-        let out = join(
-            "decnet-agent",
-            &master,
-            &guess.join("."),
-            &m.dir.path().join("g"),
-        );
-        assert_eq!(out.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid token"));
-    }
-    let out = join("decnet-agent", &master, &t, &m.dir.path().join("j3"));
-    assert_eq!(out.status.code(), Some(1));
+    // A stranger who learnt the token's id guesses secrets from another
+    // address: it shuts itself out, never the token's host.
+    let ca_pem = std::fs::read_to_string(m.home().join("ca/ca.crt")).unwrap();
+    let id = t.split('.').next().unwrap().to_string();
+    let stranger = reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            decnet_pki::tls::anonymous_client_config(
+                &ca_pem,
+                &decnet_pki::ExpectedServer::master(),
+            )
+            .unwrap(),
+        )
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let url = format!("https://{}/join", master.addr);
+    let answers: Vec<(u16, String)> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            let r = stranger
+                .post(&url)
+                .json(&serde_json::json!({
+                    "token_id": id, "secret": "f".repeat(32), "role": "agent", "csr": "x"
+                }))
+                .send()
+                .await
+                .unwrap();
+            out.push((r.status().as_u16(), r.text().await.unwrap()));
+        }
+        out
+    });
+    assert!(answers.iter().all(|(s, _)| *s == 403), "{answers:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("locked"),
-        "{}",
+        answers[..5]
+            .iter()
+            .all(|(_, b)| b.contains("invalid token")),
+        "{answers:?}"
+    );
+    assert!(
+        answers[5..]
+            .iter()
+            .all(|(_, b)| b.contains("too many wrong token secrets")),
+        "{answers:?}"
+    );
+    // The token's own host, from its own address, still joins with it.
+    let out = join("decnet-agent", &master, &t, &m.dir.path().join("j3"));
+    assert!(
+        out.status.success(),
+        "a stranger's guesses locked the token: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 

@@ -71,7 +71,7 @@ pub async fn all(db: &FleetDb) {
     let dir = tempfile::tempdir().unwrap();
     let layout = CaLayout::new(dir.path().join("ca"));
     renewal_retires_what_it_replaces(db, &layout).await;
-    a_newer_renewal_revokes_the_pending_one(db, &layout).await;
+    a_newer_renewal_forgets_the_pending_one(db, &layout).await;
     renewals_are_rate_limited_per_host(db, &layout).await;
     renew_reissue_race_leaves_one_current_certificate(db, &layout).await;
     the_crl_lists_what_was_revoked(db).await;
@@ -167,19 +167,22 @@ async fn renewal_retires_what_it_replaces(db: &FleetDb, layout: &CaLayout) {
     );
 }
 
-async fn a_newer_renewal_revokes_the_pending_one(db: &FleetDb, layout: &CaLayout) {
+async fn a_newer_renewal_forgets_the_pending_one(db: &FleetDb, layout: &CaLayout) {
     let (cur, _) = enrolled(db, layout, "rn-c", false).await;
     let p = policy(0, 3600);
     let first = db.renew(ca(), &cur, &csr("rn-c"), &p).await.unwrap();
+    let revocations = db.revocation_count().await.unwrap();
     let second = db.renew(ca(), &cur, &csr("rn-c"), &p).await.unwrap();
     assert_eq!(
         second.superseded_pending.as_deref(),
         Some(first.fingerprint.as_str())
     );
+    // Never presented, so nobody else holds it: forgotten, not published.
+    assert_eq!(db.revocation_count().await.unwrap(), revocations);
     let first_id = PeerIdentity::from_pem(&first.cert_pem).unwrap();
     assert_eq!(
         db.authenticate(&first_id, p.grace).await.unwrap_err(),
-        PeerRefusal::Revoked
+        PeerRefusal::NotIssuedToPeer("rn-c".into())
     );
     // A reissue revokes the pending renewal too.
     enrolled(db, layout, "rn-c", true).await;
