@@ -329,13 +329,17 @@ pub enum ReleaseCommand {
         /// Release label (default: the directory name).
         #[arg(long)]
         label: Option<String>,
-        /// Release version, compared by updaters to refuse downgrades
-        /// (default: the label).
+        /// Release version (semver, e.g. 1.4.0 or v1.4.0-rc.1), compared by
+        /// updaters to refuse downgrades; none: ordered by signing time.
         #[arg(long = "release-version", value_name = "VERSION")]
         release_version: Option<String>,
         /// Sign with this private key.
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// Sign a downgrade permit: updaters with a release keyring install
+        /// it even below their floor (needs --sign).
+        #[arg(long, requires = "sign")]
+        permit_downgrade: bool,
     },
 }
 
@@ -530,16 +534,22 @@ pub enum SwarmCommand {
         /// Release label (default: directory or file name).
         #[arg(long)]
         label: Option<String>,
-        /// Release version (default: the label); updaters refuse a version
-        /// below the active one unless --allow-downgrade.
+        /// Release version (semver); updaters refuse a version below the
+        /// active one (with a release keyring: below their floor). None:
+        /// ordered by signing time.
         #[arg(long = "release-version", value_name = "VERSION")]
         release_version: Option<String>,
-        /// Install even when the version is below the active one.
+        /// Install even when the version is below the active one (updaters
+        /// without a release keyring only; with one, see --permit-downgrade).
         #[arg(long)]
         allow_downgrade: bool,
         /// Sign the release with this key.
         #[arg(long, value_name = "KEY")]
         sign: Option<PathBuf>,
+        /// Sign a downgrade permit into the manifests: updaters with a
+        /// release keyring install it below their floor (needs --sign).
+        #[arg(long, requires = "sign")]
+        permit_downgrade: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -846,33 +856,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             label,
             release_version,
             sign,
+            permit_downgrade,
         }) => {
-            let signer = match &sign {
-                Some(k) => Some(
-                    decnet_pki::signing::ReleaseSigner::load(k)
-                        .map_err(|e| UsageError(e.to_string()))?,
-                ),
-                None => None,
-            };
+            let signing = signing_of(sign.as_deref(), permit_downgrade)?;
             let label = label.unwrap_or_else(|| dir_label(&dir));
-            let p = crate::release::pack(
-                &dir,
-                &out,
-                &label,
-                release_version.as_deref(),
-                signer.as_ref(),
-            )
-            .map_err(|e| UsageError(format!("{e:#}")))?;
+            let p = crate::release::pack(&dir, &out, &label, release_version.as_deref(), &signing)
+                .map_err(|e| UsageError(format!("{e:#}")))?;
             println!("{}  {}", p.sha256, p.tarball.display());
             println!(
                 "label {} version {} — {} file(s){}",
                 p.label,
                 p.version,
                 p.files.len(),
-                if signer.is_some() {
-                    ", manifests signed"
-                } else {
-                    ""
+                match (signing.signer.is_some(), permit_downgrade) {
+                    (true, true) => ", manifests signed with a downgrade permit",
+                    (true, false) => ", manifests signed",
+                    _ => "",
                 }
             );
             Ok(())
@@ -890,6 +889,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             release_version,
             allow_downgrade,
             sign,
+            permit_downgrade,
             json,
         }) => {
             let _ = all;
@@ -897,13 +897,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Unknown or decommissioned hosts are refused before anything is packed.
             let db = open_db(&home).await?;
             crate::fleet_ops::select_hosts(&db, &hosts).await?;
-            let signer = match &sign {
-                Some(k) => Some(
-                    decnet_pki::signing::ReleaseSigner::load(k)
-                        .map_err(|e| UsageError(e.to_string()))?,
-                ),
-                None => None,
-            };
+            let signing = signing_of(sign.as_deref(), permit_downgrade)?;
             let tmp = tempfile::tempdir()?;
             let rel = if release.is_dir() {
                 let label = label.clone().unwrap_or_else(|| dir_label(&release));
@@ -912,7 +906,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     &tmp.path().join("release.tar.gz"),
                     &label,
                     release_version.as_deref(),
-                    signer.as_ref(),
+                    &signing,
                 )
                 .map_err(|e| UsageError(format!("{e:#}")))?
             } else if release.is_file() {
@@ -920,7 +914,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     &release,
                     label.as_deref(),
                     release_version.as_deref(),
-                    signer.as_ref(),
+                    &signing,
                     tmp.path(),
                 )
                 .map_err(|e| UsageError(format!("{e:#}")))?
@@ -1018,9 +1012,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             println!("{token}");
             eprintln!(
-                "On {host}: decnet-agent join --master MASTER --token <token>{}; valid {}s, single use.",
+                "On {host}: save the token to a file only root can read (chmod 600 FILE), then: decnet-agent join --master MASTER:8770 --token-file FILE{}; valid {}s, single use (a token in argv is visible to every process in /proc).",
                 if updater {
-                    " (and decnet-updater join … with the same token)"
+                    " (and decnet-updater join --master MASTER:8770 --token-file FILE right after: the second half ends 10 minutes after the first is used)"
                 } else {
                     ""
                 },
@@ -1320,6 +1314,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             swarm_burn(&resolve(None), &host, yes).await
         }
     }
+}
+
+/// The manifests' signing from `--sign KEY` and `--permit-downgrade`.
+fn signing_of(
+    key: Option<&std::path::Path>,
+    permit_downgrade: bool,
+) -> anyhow::Result<crate::release::Signing> {
+    Ok(crate::release::Signing {
+        signer: match key {
+            Some(k) => Some(
+                decnet_pki::signing::ReleaseSigner::load(k)
+                    .map_err(|e| UsageError(e.to_string()))?,
+            ),
+            None => None,
+        },
+        permit_downgrade,
+    })
 }
 
 /// The default release label: the directory's name.

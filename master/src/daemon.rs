@@ -183,6 +183,10 @@ async fn housekeeping(
         match crl.refresh(&db, &ca).await {
             Ok(Some(list)) => {
                 let number = list.number();
+                // Beside the master bundle, for the CLI's worker pool.
+                if let Err(e) = decnet_pki::Bundle::save_crl(&master_dir, &list) {
+                    tracing::warn!(error = %e, "cannot store the revocation list beside the master bundle");
+                }
                 match material.set_crl(list) {
                     Ok(_) => tracing::info!(number, "revocation list published"),
                     Err(e) => tracing::error!(error = %e, "cannot enforce the new revocation list"),

@@ -377,7 +377,13 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             cmd.spawn().context("starting a forwarder")?,
         ));
     }
-    let rel_v1 = release::pack(&v1, &root.join("releases/v1.tar.gz"), "v1", None, None)?;
+    let rel_v1 = release::pack(
+        &v1,
+        &root.join("releases/v1.tar.gz"),
+        "v1",
+        None,
+        &release::Signing::unsigned(),
+    )?;
     let plan = RolloutPlan {
         hosts: vec![],
         allow_downgrade: false,
@@ -443,7 +449,13 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     ok("ssh-trap runs on every worker");
 
     step(6, "push release v2 to every worker");
-    let rel_v2 = release::pack(&v2, &root.join("releases/v2.tar.gz"), "v2", None, None)?;
+    let rel_v2 = release::pack(
+        &v2,
+        &root.join("releases/v2.tar.gz"),
+        "v2",
+        None,
+        &release::Signing::unsigned(),
+    )?;
     let results = rollout::rollout(&db, &layout, actor, &rel_v2, &plan, true).await?;
     ensure!(
         results
@@ -462,8 +474,8 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         &broken,
         &root.join("releases/broken.tar.gz"),
         "broken",
-        Some("3"),
-        None,
+        Some("3.0.0"),
+        &release::Signing::unsigned(),
     )?;
     let canary_plan = RolloutPlan {
         canary: 1,

@@ -232,7 +232,7 @@ pub async fn probe(pool: &WorkerPool, hosts: &[HostRecord], parallel: usize) -> 
     let mut set = JoinSet::new();
     for h in hosts
         .iter()
-        .filter(|h| h.status != HostStatus::Decommissioned)
+        .filter(|h| !matches!(h.status, HostStatus::Decommissioned | HostStatus::Burned))
         .cloned()
     {
         let pool = pool.clone();

@@ -34,7 +34,10 @@ pub fn master_bundle(layout: &CaLayout) -> anyhow::Result<Bundle> {
 /// through one TLS configuration and HTTP client.
 pub fn worker_pool(layout: &CaLayout) -> anyhow::Result<WorkerPool> {
     let master = master_bundle(layout)?;
-    WorkerPool::new(&master).context("building the master's TLS client")
+    // The revocation list `master serve` last published beside the bundle:
+    // a worker certificate revoked since its pin was recorded is refused.
+    let crl = master.load_crl(&layout.master_dir());
+    WorkerPool::with_crl(&master, crl.as_ref()).context("building the master's TLS client")
 }
 
 /// A client of `host`'s agent: role Agent(host), pinned to its recorded
@@ -56,7 +59,7 @@ pub async fn select_hosts(db: &FleetDb, names: &[String]) -> anyhow::Result<Vec<
     if names.is_empty() {
         return Ok(all
             .into_iter()
-            .filter(|h| h.status != HostStatus::Decommissioned)
+            .filter(|h| !matches!(h.status, HostStatus::Decommissioned | HostStatus::Burned))
             .collect());
     }
     let mut picked = Vec::new();
@@ -64,6 +67,12 @@ pub async fn select_hosts(db: &FleetDb, names: &[String]) -> anyhow::Result<Vec<
         match all.iter().find(|h| &h.name == n) {
             Some(h) if h.status == HostStatus::Decommissioned => {
                 return Err(UsageError(format!("host {n} is decommissioned")).into());
+            }
+            Some(h) if h.status == HostStatus::Burned => {
+                return Err(UsageError(format!(
+                    "host {n} was burned: it must join again before the master talks to it"
+                ))
+                .into());
             }
             Some(h) => picked.push(h.clone()),
             None => {

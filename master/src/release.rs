@@ -4,9 +4,11 @@
 //! `share/` — never private keys, certificates, `.env*` files, databases or
 //! logs, plus a generated `release.json` (version, build time, per-file
 //! SHA-256). Beside the tarball go `<tarball>.sha256` and
-//! `<tarball>.manifests.json`: one manifest per target daemon (agent,
-//! updater) naming the label, version and digest — Ed25519-signed when a
-//! key was given (see `decnet_pki::signing`).
+//! `<tarball>.manifests.json`: one manifest per target daemon whose binary
+//! the release holds (`bin/decnet-agent`: agent, `bin/decnet-updater`:
+//! updater), naming the label, the semver version (none: the updaters order
+//! it by signing time), the digest and, when asked, a downgrade permit —
+//! Ed25519-signed when a key was given (see `decnet_pki::signing`).
 
 use std::path::{Path, PathBuf};
 
@@ -74,16 +76,49 @@ fn collect(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The manifests of a tarball with digest `sha256`: one per target daemon,
-/// signed with `signer` when given.
+/// How a release's manifests are made: the signing key (none: unsigned)
+/// and whether they carry a downgrade permit.
+#[derive(Default)]
+pub struct Signing {
+    /// The key.
+    pub signer: Option<ReleaseSigner>,
+    /// Let updaters install it below their floor (signed: only a holder of
+    /// the release key can grant it).
+    pub permit_downgrade: bool,
+}
+
+impl Signing {
+    /// Unsigned manifests, no permit.
+    pub fn unsigned() -> Self {
+        Signing::default()
+    }
+}
+
+/// The targets whose binary `files` hold.
+fn targets_of(files: &[String]) -> Vec<ReleaseTarget> {
+    let has = |b: &str| files.iter().any(|f| f == b);
+    let mut t = Vec::new();
+    if has("bin/decnet-agent") {
+        t.push(ReleaseTarget::Agent);
+    }
+    if has("bin/decnet-updater") {
+        t.push(ReleaseTarget::Updater);
+    }
+    t
+}
+
+/// The manifests of a tarball with digest `sha256` holding `files`: one per
+/// target daemon whose binary it holds (never a signature for a daemon it
+/// cannot update), signed when `signing` has a key. `version` empty: none.
 pub fn manifests(
     label: &str,
     version: &str,
     sha256: &str,
-    signer: Option<&ReleaseSigner>,
+    signing: &Signing,
+    files: &[String],
 ) -> Vec<SignedManifest> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    [ReleaseTarget::Agent, ReleaseTarget::Updater]
+    targets_of(files)
         .into_iter()
         .map(|target| {
             let m = ReleaseManifest {
@@ -92,8 +127,9 @@ pub fn manifests(
                 version: version.to_string(),
                 sha256: sha256.to_string(),
                 signed_at: now,
+                permit_downgrade: signing.permit_downgrade,
             };
-            match signer {
+            match &signing.signer {
                 Some(s) => s.sign_manifest(&m),
                 None => m.unsigned(),
             }
@@ -101,16 +137,28 @@ pub fn manifests(
         .collect()
 }
 
+/// A `--release-version`: semver (a leading `v` allowed), or a usage error.
+pub fn checked_version(v: Option<&str>) -> anyhow::Result<String> {
+    match v {
+        None => Ok(String::new()),
+        Some(v) => {
+            decnet_pki::signing::release_version(v)
+                .map_err(|e| anyhow::anyhow!("--release-version: {e}"))?;
+            Ok(v.trim().to_string())
+        }
+    }
+}
+
 /// Pack `dir` into `out` (a `.tar.gz`), labelled `label`, at `version`
-/// (default: the label), optionally signed.
+/// (semver; none: ordered by signing time), its manifests made by `signing`.
 pub fn pack(
     dir: &Path,
     out: &Path,
     label: &str,
     version: Option<&str>,
-    signer: Option<&ReleaseSigner>,
+    signing: &Signing,
 ) -> anyhow::Result<PackedRelease> {
-    let version = version.unwrap_or(label);
+    let version = checked_version(version)?;
     let mut files = Vec::new();
     for top in INCLUDED_DIRS {
         if dir.join(top).is_dir() {
@@ -135,7 +183,7 @@ pub fn pack(
     }
     let release_json = serde_json::to_vec_pretty(&serde_json::json!({
         "label": label,
-        "version": version,
+        "version": if version.is_empty() { label } else { &version },
         "built_at": time::OffsetDateTime::now_utc().unix_timestamp(),
         "files": manifest,
     }))?;
@@ -187,7 +235,8 @@ pub fn pack(
         sidecar(out, "sha256"),
         format!("{sha256}  {}\n", file_name(out)),
     )?;
-    let manifests = manifests(label, version, &sha256, signer);
+    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let manifests = manifests(label, &version, &sha256, signing, &files);
     std::fs::write(
         sidecar(out, "manifests.json"),
         serde_json::to_vec_pretty(&manifests)?,
@@ -197,8 +246,12 @@ pub fn pack(
         sha256,
         manifests,
         label: label.to_string(),
-        version: version.to_string(),
-        files: files.iter().map(|f| f.display().to_string()).collect(),
+        version: if version.is_empty() {
+            label.to_string()
+        } else {
+            version
+        },
+        files,
     })
 }
 
@@ -270,7 +323,7 @@ pub fn existing(
     tarball: &Path,
     label: Option<&str>,
     version: Option<&str>,
-    signer: Option<&ReleaseSigner>,
+    signing: &Signing,
     scratch: &Path,
 ) -> anyhow::Result<PackedRelease> {
     let digest = sha256_file(tarball).with_context(|| format!("reading {}", tarball.display()))?;
@@ -289,11 +342,22 @@ pub fn existing(
         .map(str::to_string)
         .or_else(|| packed_manifest.as_ref().map(|m| m.label.clone()))
         .unwrap_or_else(|| file_name(tarball).trim_end_matches(".tar.gz").to_string());
-    let version = version
-        .map(str::to_string)
-        .or_else(|| packed_manifest.as_ref().map(|m| m.version.clone()))
-        .unwrap_or_else(|| label.clone());
-    if signer.is_none()
+    let version = match version {
+        Some(v) => checked_version(Some(v))?,
+        None => packed_manifest
+            .as_ref()
+            .map(|m| m.version.clone())
+            .unwrap_or_default(),
+    };
+    let shown = |v: &str| {
+        if v.is_empty() {
+            label.clone()
+        } else {
+            v.to_string()
+        }
+    };
+    if signing.signer.is_none()
+        && !signing.permit_downgrade
         && let Some(ms) = packed
         && packed_manifest
             .as_ref()
@@ -303,8 +367,8 @@ pub fn existing(
             tarball: tarball.to_path_buf(),
             sha256,
             manifests: ms,
+            version: shown(&version),
             label,
-            version,
             files: Vec::new(),
         });
     }
@@ -313,10 +377,10 @@ pub fn existing(
     let sha256 = digest_hex(&sha256_file(&normalized)?);
     Ok(PackedRelease {
         tarball: normalized,
-        manifests: manifests(&label, &version, &sha256, signer),
+        manifests: manifests(&label, &version, &sha256, signing, &files),
         sha256,
+        version: shown(&version),
         label,
-        version,
         files,
     })
 }
@@ -344,7 +408,7 @@ mod tests {
         }
         std::fs::write(src.join("notes.txt"), b"outside the include-list").unwrap();
         let out = d.path().join("out/r.tar.gz");
-        let p = pack(&src, &out, "v1", None, None).unwrap();
+        let p = pack(&src, &out, "v1", None, &Signing::unsigned()).unwrap();
         assert_eq!(p.files, vec!["bin/decnet-agent", "share/doc/README"]);
         let mut names = Vec::new();
         let mut a = tar::Archive::new(flate2::read::GzDecoder::new(
@@ -365,15 +429,32 @@ mod tests {
                 &d.path().join("x.tar.gz"),
                 "v",
                 None,
-                None
+                &Signing::unsigned()
             )
             .is_err()
         );
-        // The manifests name this tarball, for both daemons, unsigned.
-        let back = existing(&out, None, None, None, d.path()).unwrap();
+        // The manifests name this tarball, for the one daemon it holds, unsigned.
+        let back = existing(&out, None, None, &Signing::unsigned(), d.path()).unwrap();
         assert_eq!((back.label.as_str(), back.version.as_str()), ("v1", "v1"));
         assert_eq!(back.manifests, p.manifests);
+        assert_eq!(
+            p.manifests.len(),
+            1,
+            "an agent release is never signed for the updater"
+        );
+        assert_eq!(p.manifests[0].parse().unwrap().target, ReleaseTarget::Agent);
         assert!(back.manifests.iter().all(|m| m.signature.is_none()));
+        // A version must be semver.
+        assert!(
+            pack(
+                &src,
+                &d.path().join("y.tar.gz"),
+                "v1",
+                Some("banana"),
+                &Signing::unsigned()
+            )
+            .is_err()
+        );
         assert_eq!(back.tarball, out, "a packed release goes as it is");
     }
 
@@ -398,7 +479,7 @@ mod tests {
         }
         let scratch = d.path().join("scratch");
         std::fs::create_dir(&scratch).unwrap();
-        let p = existing(&src, Some("x1"), None, None, &scratch).unwrap();
+        let p = existing(&src, Some("x1"), None, &Signing::unsigned(), &scratch).unwrap();
         assert_ne!(p.tarball, src);
         let mut a = tar::Archive::new(flate2::read::GzDecoder::new(
             std::fs::File::open(&p.tarball).unwrap(),

@@ -198,12 +198,31 @@ pub struct ReleaseManifest {
     pub target: ReleaseTarget,
     /// The release label (a commit id, a tag).
     pub label: String,
-    /// The version, compared for downgrades (numeric parts, see [`compare_versions`]).
+    /// The version: semver (a leading `v` allowed), compared for
+    /// downgrades with [`release_version`]; empty when the release has none
+    /// (it is then ordered by `signed_at`).
     pub version: String,
     /// SHA-256 of the tarball, hex.
     pub sha256: String,
     /// When it was signed (unix seconds).
     pub signed_at: i64,
+    /// The signer allows installing it below an updater's floor (a signed
+    /// downgrade permit: with a keyring, no master flag can allow one).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub permit_downgrade: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A release version as semver (`1.2.3`, `v1.2.3-rc.1+build`): pre-releases
+/// order before their release (`1.2.3-rc1` < `1.2.3`), numbers compare as
+/// numbers. `Err` says why it is not one.
+pub fn release_version(v: &str) -> Result<semver::Version, String> {
+    let t = v.trim();
+    let t = t.strip_prefix('v').unwrap_or(t);
+    semver::Version::parse(t).map_err(|e| format!("{v:?} is not a semver version ({e})"))
 }
 
 impl ReleaseManifest {
@@ -369,7 +388,27 @@ mod tests {
             version: "1.2.0".into(),
             sha256: "0".repeat(64),
             signed_at: 1,
+            permit_downgrade: false,
         }
+    }
+
+    #[test]
+    fn release_versions_are_semver_with_prereleases_first() {
+        let v = |s| release_version(s).unwrap();
+        assert!(v("1.2.3-rc1") < v("1.2.3"));
+        assert!(v("v1.10.0") > v("1.9.9"));
+        assert!(v("1.2.3-alpha.2") < v("1.2.3-alpha.10"));
+        assert!(release_version("4f2a9c1").is_err());
+        assert!(release_version("v2").is_err());
+    }
+
+    #[test]
+    fn a_permit_is_signed_and_absent_from_manifests_without_one() {
+        assert!(!manifest().to_json().contains("permit"));
+        let mut m = manifest();
+        m.permit_downgrade = true;
+        let back: ReleaseManifest = serde_json::from_str(&m.to_json()).unwrap();
+        assert!(back.permit_downgrade);
     }
 
     #[test]

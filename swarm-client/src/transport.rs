@@ -10,7 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use decnet_pki::{Bundle, ExpectedServer, Fingerprint, HostName, Role, ServerDirectory};
+use decnet_pki::{
+    Bundle, ExpectedServer, Fingerprint, HostName, RevocationList, Role, ServerDirectory,
+};
 use serde::de::DeserializeOwned;
 
 /// `host:port` from `host` or `host:port` (the daemons' `--master` flags).
@@ -132,8 +134,15 @@ pub struct WorkerPool {
 impl WorkerPool {
     /// A pool presenting the master `bundle`.
     pub fn new(master: &Bundle) -> Result<Self, ClientError> {
+        Self::with_crl(master, None)
+    }
+
+    /// A pool presenting the master `bundle` that also refuses every server
+    /// certificate `crl` revokes (besides pinning each to its recorded
+    /// fingerprints).
+    pub fn with_crl(master: &Bundle, crl: Option<&RevocationList>) -> Result<Self, ClientError> {
         let directory = Arc::new(ServerDirectory::new());
-        let config = decnet_pki::fleet_client_config(master, None, directory.clone())
+        let config = decnet_pki::fleet_client_config(master, crl, directory.clone())
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let addresses = Arc::new(AddressBook::default());
         let http = http_client_builder(config, CONNECT_TIMEOUT, None, false)
@@ -443,7 +452,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// What the master expects when it dials `host`'s agent (`updater`: its
-/// updater), narrowed to `pins` when the fleet database records them.
+/// updater): the role, and the fingerprints the fleet database records for
+/// it. No recorded fingerprint fails closed: any certificate of the role,
+/// a copied key's included, would otherwise do.
 pub fn expect_worker(
     host: &str,
     updater: bool,
@@ -451,6 +462,12 @@ pub fn expect_worker(
 ) -> Result<ExpectedServer, ClientError> {
     let name =
         HostName::new(host).map_err(|e| ClientError::Setup(format!("host name {host:?}: {e}")))?;
+    if pins.is_empty() {
+        return Err(ClientError::Setup(format!(
+            "no {} certificate of {host} is recorded: the master dials only the certificates it recorded (enroll the host, or let it join)",
+            if updater { "updater" } else { "agent" }
+        )));
+    }
     let role = if updater {
         Role::Updater(name)
     } else {

@@ -435,10 +435,14 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         "u3",
         "--sign",
         key.to_str().unwrap(),
+        "--release-version",
+        "2.0.0",
     ]);
     assert_eq!(labels(&m, "u3")[0], "v2");
 
-    // A downgrade, even signed, is refused unless the operator allows it.
+    // A downgrade, even signed, is refused: with a keyring the master's
+    // --allow-downgrade does not count, only a permit signed into the
+    // manifest does.
     let update_v1 = |extra: &[&str]| {
         let mut args = vec![
             "swarm",
@@ -449,20 +453,97 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
             "u3",
             "--sign",
             key.to_str().unwrap(),
+            "--release-version",
+            "1.0.0",
         ];
         args.extend_from_slice(extra);
         m.run(&args)
     };
+    let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
     let out = update_v1(&[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("older than the active v2"),
+        stdout(&out).contains("below this updater's floor 2.0.0"),
         "{}",
-        String::from_utf8_lossy(&out.stdout)
+        stdout(&out)
     );
+    let out = update_v1(&["--allow-downgrade"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("does not count"), "{}", stdout(&out));
     assert_eq!(labels(&m, "u3")[0], "v2");
-    assert!(update_v1(&["--allow-downgrade"]).status.success());
+    assert!(update_v1(&["--permit-downgrade"]).status.success());
     assert_eq!(labels(&m, "u3")[0], "v1");
+    // The permit lowered nothing: the floor is still 2.0.0, also after a
+    // restart of the updater.
+    u.daemon.stop();
+    restart_with_pubkey(&m, &mut u, &pk);
+    let out = update_v1(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    // Pre-releases order before their release.
+    let rc = good_release(&m.dir.path().join("v2rc"), false);
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        rc.to_str().unwrap(),
+        "--host",
+        "u3",
+        "--sign",
+        key.to_str().unwrap(),
+        "--release-version",
+        "2.0.0-rc.1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    // A release without a version (a commit-hash label) is ordered by its
+    // signing time: signed now, it is the newest.
+    let hash = good_release(&m.dir.path().join("4f2a9c1"), false);
+    m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        hash.to_str().unwrap(),
+        "--host",
+        "u3",
+        "--sign",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(labels(&m, "u3")[0], "4f2a9c1");
+    // A manifest signed in the future is refused (a clock trick to stay
+    // above every later floor).
+    let future = good_release(&m.dir.path().join("future"), false);
+    let (fut_tar, _, fut_digest) = packed(&m, &future, "future.tar.gz");
+    let signer = decnet_pki::signing::ReleaseSigner::load(&key).unwrap();
+    let signed = signer.sign_manifest(&decnet_pki::signing::ReleaseManifest {
+        target: decnet_pki::signing::ReleaseTarget::Agent,
+        label: "future".into(),
+        version: String::new(),
+        sha256: fut_digest.clone(),
+        signed_at: time::OffsetDateTime::now_utc().unix_timestamp() + 86_400,
+        permit_downgrade: false,
+    });
+    let bytes = std::fs::read(&fut_tar).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "tarball",
+            reqwest::multipart::Part::bytes(bytes).file_name("r.tar.gz"),
+        )
+        .text("sha", "future")
+        .text("sha256", fut_digest)
+        .text("manifest", signed.manifest.clone())
+        .text("signature", signed.signature.clone().unwrap());
+    let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
+        .post(format!("https://{}/update", u.daemon.addr))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["detail"].as_str().unwrap().contains("in the future"),
+        "{v}"
+    );
+    assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
 
     // A release signed for the updater is refused as an agent release: the
     // signature binds the target, so a replay to another route fails.
@@ -510,7 +591,7 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
             .contains("signed for the updater"),
         "{v}"
     );
-    assert_eq!(labels(&m, "u3")[0], "v1", "nothing was installed");
+    assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
 }
 
 trait TakeBytes: std::io::Read + Sized {

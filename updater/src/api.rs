@@ -81,6 +81,8 @@ async fn health(State(st): State<Arc<ApiState>>) -> Response {
         // after a self-update, the master checks it is the one it pushed.
         "updater_release": st.core.self_slots.releases().ok().and_then(|r| r.into_iter().next()),
         "agent_running": st.core.control.is_running().await,
+        // Without a keyring any release the master pushes is installed.
+        "release_signatures": if st.core.signatures_required() { "required" } else { "not required" },
         "agent_pid": st.core.control.pid(),
         "instance": st.instance,
     }))

@@ -15,6 +15,7 @@
 pub mod agent_control;
 pub mod api;
 pub mod extract;
+pub mod floor;
 pub mod launch;
 pub mod metrics;
 pub mod pipeline;

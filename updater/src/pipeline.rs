@@ -5,12 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use decnet_pki::signing::{ReleaseKeyring, ReleaseTarget, SignedManifest, compare_versions};
+use decnet_pki::signing::{
+    ReleaseKeyring, ReleaseManifest, ReleaseTarget, SignedManifest, compare_versions,
+};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::agent_control::AgentControl;
 use crate::extract::{ExtractError, extract_release};
+use crate::floor::ReleaseFloor;
 use crate::probe::{ProbeReport, Prober};
 use crate::slots::{JournalOp, ReleaseInfo, ReleaseSlots, SlotError};
 
@@ -27,8 +30,17 @@ pub struct Upload {
     pub computed: [u8; 32],
     /// The release manifest and its signature, if sent.
     pub manifest: Option<SignedManifest>,
-    /// The operator allows installing a lower version than the active one.
+    /// The operator allows installing a lower version than the active one
+    /// (honoured without a release keyring only: with one, a downgrade needs
+    /// a permit in the signed manifest).
     pub allow_downgrade: bool,
+}
+
+/// An upload that passed [`UpdaterCore::verify`]: the version to record,
+/// and the signed manifest that raises the floor once installed.
+struct Verified {
+    version: String,
+    signed: Option<ReleaseManifest>,
 }
 
 /// Why an operation failed, mapped to an HTTP status by the API.
@@ -109,6 +121,9 @@ pub struct UpdaterCore {
     pub max_release: u64,
     /// Trusted release keys (empty: unsigned releases accepted).
     pub keyring: ReleaseKeyring,
+    /// The release floors of the agent's and the updater's slots (with a
+    /// keyring: what no master can go below).
+    floors: std::sync::Mutex<(ReleaseFloor, ReleaseFloor)>,
     lock: Mutex<()>,
     /// This process is a new updater whose self-update is not confirmed
     /// yet (its journal stays until it has answered `/health`).
@@ -125,6 +140,16 @@ impl UpdaterCore {
         max_release: u64,
         keyring: ReleaseKeyring,
     ) -> Self {
+        let packaged = env!("CARGO_PKG_VERSION");
+        let floors = (
+            ReleaseFloor::load(slots.root(), packaged),
+            ReleaseFloor::load(self_slots.root(), packaged),
+        );
+        if keyring.is_empty() {
+            tracing::warn!(
+                "no release keyring (--release-pubkey): every release the master pushes is installed unsigned, downgrades included; configure a keyring in production"
+            );
+        }
         UpdaterCore {
             slots,
             self_slots,
@@ -132,6 +157,7 @@ impl UpdaterCore {
             prober,
             max_release,
             keyring,
+            floors: std::sync::Mutex::new(floors),
             lock: Mutex::new(()),
             self_unconfirmed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -163,17 +189,44 @@ impl UpdaterCore {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether release signatures are required (a keyring is configured).
+    pub fn signatures_required(&self) -> bool {
+        !self.keyring.is_empty()
+    }
+
+    /// The floor of `target`'s slots, to read or raise.
+    fn with_floor<T>(&self, target: ReleaseTarget, f: impl FnOnce(&mut ReleaseFloor) -> T) -> T {
+        let mut floors = self.floors.lock().unwrap_or_else(|p| p.into_inner());
+        match target {
+            ReleaseTarget::Agent => f(&mut floors.0),
+            ReleaseTarget::Updater => f(&mut floors.1),
+        }
+    }
+
+    /// A release of `target` with the signed manifest `m` is installed:
+    /// its floor rises (and is stored) before anything else happens.
+    fn raise_floor(&self, target: ReleaseTarget, slots: &ReleaseSlots, m: &ReleaseManifest) {
+        let stored = self.with_floor(target, |floor| {
+            floor.raise(m);
+            floor.save(slots.root())
+        });
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot store the release floor");
+        }
+    }
+
     /// Check an upload before anything is extracted: the digest, the
     /// manifest (signed by a trusted key when keys are configured; for
-    /// `target`; naming this digest and label) and the version (no
-    /// downgrade below the active release of `slots` unless allowed).
-    /// Returns the version to record.
+    /// `target`; naming this digest and label) and the version. With a
+    /// keyring, never below the floor of `slots` without a signed permit
+    /// (the master's `allow_downgrade` does not count); without one, no
+    /// downgrade below the active release unless the master allows it.
     fn verify(
         &self,
         up: &Upload,
         target: ReleaseTarget,
         slots: &ReleaseSlots,
-    ) -> Result<String, UpdateError> {
+    ) -> Result<Verified, UpdateError> {
         let declared = decnet_pki::signing::parse_sha256(&up.sha256).ok_or_else(|| {
             UpdateError::Refused("sha256 must be the 64-hex-digit SHA-256 of the tarball".into())
         })?;
@@ -221,8 +274,32 @@ impl UpdaterCore {
                 )));
             }
         }
+        if let (Some(m), false) = (&manifest, self.keyring.is_empty()) {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            self.with_floor(target, |floor| floor.check(m, now))
+                .map_err(|why| {
+                    UpdateError::Refused(format!(
+                        "{why}{}; nothing was installed",
+                        if up.allow_downgrade {
+                            " (the master's allow-downgrade does not count with a release keyring)"
+                        } else {
+                            ""
+                        }
+                    ))
+                })?;
+            let version = if m.version.trim().is_empty() {
+                label.to_string()
+            } else {
+                m.version.clone()
+            };
+            return Ok(Verified {
+                version,
+                signed: manifest,
+            });
+        }
         let version = manifest
             .map(|m| m.version)
+            .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| label.to_string());
         if !up.allow_downgrade
             && let Some(active) = slots
@@ -237,7 +314,10 @@ impl UpdaterCore {
                 active.version()
             )));
         }
-        Ok(version)
+        Ok(Verified {
+            version,
+            signed: None,
+        })
     }
 
     fn free_space_ok(&self, dir: &Path, need: u64) -> Result<(), UpdateError> {
@@ -301,9 +381,15 @@ impl UpdaterCore {
     pub async fn update(&self, up: &Upload) -> Result<Success, UpdateError> {
         let _serial = self.lock.lock().await;
         let result = async {
-            let version = self.verify(up, ReleaseTarget::Agent, &self.slots)?;
-            let id = self.stage(&self.slots, up, "decnet-agent", version).await?;
-            self.promote_and_probe(JournalOp::Update, &id).await
+            let v = self.verify(up, ReleaseTarget::Agent, &self.slots)?;
+            let id = self
+                .stage(&self.slots, up, "decnet-agent", v.version)
+                .await?;
+            let done = self.promote_and_probe(JournalOp::Update, &id).await;
+            if let (Ok(_), Some(m)) = (&done, &v.signed) {
+                self.raise_floor(ReleaseTarget::Agent, &self.slots, m);
+            }
+            done
         }
         .await;
         crate::metrics::record_operation("update", &result);
@@ -541,13 +627,16 @@ impl UpdaterCore {
     pub async fn update_self(&self, up: &Upload) -> Result<Success, UpdateError> {
         let _serial = self.lock.lock().await;
         let result = async {
-            let version = self.verify(up, ReleaseTarget::Updater, &self.self_slots)?;
+            let v = self.verify(up, ReleaseTarget::Updater, &self.self_slots)?;
             let id = self
-                .stage(&self.self_slots, up, "decnet-updater", version)
+                .stage(&self.self_slots, up, "decnet-updater", v.version)
                 .await?;
             self.self_slots
                 .promote(JournalOp::Update, &id)
                 .map_err(internal)?;
+            if let Some(m) = &v.signed {
+                self.raise_floor(ReleaseTarget::Updater, &self.self_slots, m);
+            }
             Ok(Success {
                 status: "restarting",
                 release: self.self_slots.info(&id),

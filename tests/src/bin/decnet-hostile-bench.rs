@@ -192,12 +192,18 @@ async fn main() {
     .await;
     let held_now = siege.report();
     let addr = agent.daemon.addr;
+    let w1_pin = w1.identity.fingerprint;
     let r = worst(5, || {
         let mb = master_bundle.clone();
         async move {
-            let c =
-                decnet_swarm_client::AgentClient::new("w1", &mb, "127.0.0.1", addr.port(), vec![])
-                    .map_err(|e| e.to_string())?;
+            let c = decnet_swarm_client::AgentClient::new(
+                "w1",
+                &mb,
+                "127.0.0.1",
+                addr.port(),
+                vec![w1_pin],
+            )
+            .map_err(|e| e.to_string())?;
             c.health().await.map(|_| ()).map_err(|e| e.to_string())
         }
     })
