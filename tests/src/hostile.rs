@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::Path;
+use std::time::Instant;
+
 use decnet_pki::{Bundle, ExpectedServer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A client TLS stream.
@@ -142,4 +146,77 @@ pub fn syslog_frame(host: &str, msg: &[u8]) -> Vec<u8> {
     let mut f = format!("{} ", m.len()).into_bytes();
     f.extend_from_slice(&m);
     f
+}
+
+/// A heartbeat of `b` to the control API at `api` on a new connection (a
+/// full handshake); how long it took.
+pub async fn heartbeat(api: SocketAddr, b: &Bundle) -> Result<Duration, String> {
+    let cfg =
+        decnet_pki::client_config(b, None, &ExpectedServer::master()).map_err(|e| e.to_string())?;
+    let c = reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let r = c
+        .post(format!("https://{api}/heartbeat"))
+        .json(&serde_json::json!({"version": "0.1.0", "deckies": {}}))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = r.status();
+    if status != 200 {
+        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
+    }
+    Ok(t.elapsed())
+}
+
+/// Send 60 kB frames of `byte` under `b`'s certificate to the listener at
+/// `to` as fast as possible for `secs` (reconnecting when cut); the bytes
+/// sent.
+pub fn flood_lines(
+    to: SocketAddr,
+    b: Bundle,
+    ca: String,
+    byte: u8,
+    secs: u64,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let frame = syslog_frame(&b.identity.cn, &vec![byte; 60_000]);
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            let Some(mut s) =
+                tls_from("127.0.0.1", to, Some(&b), &ca, &ExpectedServer::master()).await
+            else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            while Instant::now() < end {
+                if s.write_all(&frame).await.is_err() {
+                    break;
+                }
+                sent += frame.len() as u64;
+            }
+        }
+        sent
+    })
+}
+
+/// Bytes the listener wrote to `logs/fleet.log` and `logs/fleet.json` in
+/// `log_dir` for `cn` (raw lines and JSON records, newlines included).
+pub fn written_for(log_dir: &Path, cn: &str) -> usize {
+    let read = |f: &str| std::fs::read_to_string(log_dir.join(f)).unwrap_or_default();
+    let raw: usize = read("fleet.log")
+        .lines()
+        .filter(|l| l.starts_with(&format!("{cn} ")))
+        .map(|l| l.len() + 1)
+        .sum();
+    let json: usize = read("fleet.json")
+        .lines()
+        .filter(|l| l.contains(&format!("\"peer_cn\":\"{cn}\"")))
+        .map(|l| l.len() + 1)
+        .sum();
+    raw + json
 }

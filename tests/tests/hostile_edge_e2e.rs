@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use decnet_e2e::hostile::{
-    Tls, anonymous_flood, silent_flood, syslog_frame, tls_from, try_tls_from,
+    Tls, anonymous_flood, flood_lines, heartbeat, silent_flood, syslog_frame, try_tls_from,
+    written_for,
 };
 use decnet_e2e::{MasterHome, free_port};
 use decnet_pki::{Bundle, BundleKind, ExpectedServer};
@@ -21,28 +22,6 @@ fn agent_bundle(m: &MasterHome, host: &str) -> Bundle {
 
 fn ca_pem(m: &MasterHome) -> String {
     std::fs::read_to_string(m.home().join("ca/ca.crt")).unwrap()
-}
-
-/// A heartbeat of `b` on a new connection (a full handshake); how long it took.
-async fn heartbeat(api: SocketAddr, b: &Bundle) -> Result<Duration, String> {
-    let cfg = decnet_pki::client_config(b, None, &ExpectedServer::master()).unwrap();
-    let c = reqwest::Client::builder()
-        .tls_backend_preconfigured(cfg)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let t = Instant::now();
-    let r = c
-        .post(format!("https://{api}/heartbeat"))
-        .json(&serde_json::json!({"version": "0.1.0", "deckies": {}}))
-        .send()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let status = r.status();
-    if status != 200 {
-        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
-    }
-    Ok(t.elapsed())
 }
 
 /// A new log connection of `b` from 127.0.0.1, how long its handshake
@@ -208,59 +187,6 @@ async fn a_master_limited_to_1024_descriptors_keeps_taking_heartbeats_under_64_s
     flood.abort();
 }
 
-/// Bytes the listener wrote for `cn` (raw lines and JSON records).
-fn written_for(m: &MasterHome, cn: &str) -> usize {
-    let raw: usize = raw_log(m)
-        .lines()
-        .filter(|l| l.starts_with(&format!("{cn} ")))
-        .map(|l| l.len() + 1)
-        .sum();
-    let json: usize = std::fs::read_to_string(m.home().join("logs/fleet.json"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&format!("\"peer_cn\":\"{cn}\"")))
-        .map(|l| l.len() + 1)
-        .sum();
-    raw + json
-}
-
-/// Send frames of `byte` on `cn`'s connections as fast as possible for
-/// `secs` (reconnecting when cut); the bytes sent.
-fn flood_lines(
-    listener: SocketAddr,
-    b: Bundle,
-    ca: String,
-    byte: u8,
-    secs: u64,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let frame = syslog_frame(&b.identity.cn, &vec![byte; 60_000]);
-        let end = Instant::now() + Duration::from_secs(secs);
-        let mut sent = 0u64;
-        while Instant::now() < end {
-            let Some(mut s) = tls_from(
-                "127.0.0.1",
-                listener,
-                Some(&b),
-                &ca,
-                &ExpectedServer::master(),
-            )
-            .await
-            else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            while Instant::now() < end {
-                if s.write_all(&frame).await.is_err() {
-                    break;
-                }
-                sent += frame.len() as u64;
-            }
-        }
-        sent
-    })
-}
-
 /// A worker (or a decky through it) floods the listener with control bytes
 /// for 20 s: what it gets written stays within its budget, another host's
 /// lines arrive within 2 s meanwhile, and heartbeats go on.
@@ -295,7 +221,7 @@ async fn a_log_flood_stays_within_its_budget_and_leaves_room_for_everyone_else()
     assert!(worst < Duration::from_secs(2), "a calm line took {worst:?}");
     let sent = flood.await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let written = written_for(&m, "evil");
+    let written = written_for(&m.home().join("logs"), "evil");
     // The burst, the rate over the flood, and one line of slack.
     let allowed = 1024 * 1024 + 64 * 1024 * 22 + 300 * 1024;
     assert!(
@@ -802,4 +728,120 @@ async fn two_thousand_refused_renewals_write_a_handful_of_audit_rows() {
             "{renewals:?}"
         );
     }
+}
+
+/// What a compromised worker puts in the strings it reports: cursor moves,
+/// a window title, text hidden with `ESC[8m`, a bidi override, a fake row.
+const EVIL: &str = "1.0\u{1b}[2J\u{1b}]0;owned\u{7}\u{1b}[8m\u{202e}\nw9  10.0.0.9  active";
+
+/// A compromised worker's agent, on the production runner with its own
+/// (valid) certificate, answering `/health` and `/status` with escape-laden
+/// strings.
+async fn evil_agent(m: &MasterHome, host: &str) -> SocketAddr {
+    use axum::routing::get;
+    let bundle = agent_bundle(m, host);
+    let material = decnet_pki::MaterialSource::from_parts(bundle, None).unwrap();
+    let server = decnet_server::Server::bind(
+        "evil-agent",
+        "127.0.0.1:0".parse().unwrap(),
+        decnet_server::Transport::Tls {
+            material,
+            auth: decnet_pki::ClientAuth::Required,
+        },
+        decnet_server::ServerLimits::default(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let h = host.to_string();
+    let h2 = host.to_string();
+    let router = axum::Router::new()
+        .route(
+            "/health",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    axum::Json(serde_json::json!({
+                        "status": "ok", "role": "agent", "host": h, "version": EVIL
+                    }))
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let h = h2.clone();
+                async move {
+                    axum::Json(serde_json::json!({
+                        "host": h, "version": EVIL, "driver": EVIL,
+                        "deckies": [{"name": EVIL, "state": EVIL, "error": EVIL, "address": EVIL}]
+                    }))
+                }
+            }),
+        );
+    let app = decnet_server::HttpService::new(
+        router,
+        decnet_server::RoleSet::master_only(),
+        decnet_server::HttpLimits::default(),
+    );
+    tokio::spawn(server.serve(app, std::future::pending()));
+    addr
+}
+
+/// Worker-supplied strings are inert: an escape-laden heartbeat `version`
+/// is refused, and whatever a compromised agent answers reaches no
+/// terminal raw — `swarm check`, `status`, `list` and `show` print no ESC,
+/// BEL, bidi or line break of its making, while `--json` keeps it exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_strings_reach_no_terminal_raw() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let master = m.serve(&["--no-listener"]);
+    let w1 = agent_bundle(&m, "w1");
+    let cfg = decnet_pki::client_config(&w1, None, &ExpectedServer::master()).unwrap();
+    let c = reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap();
+    let r = c
+        .post(format!("https://{}/heartbeat", master.addr))
+        .json(&serde_json::json!({"version": EVIL, "deckies": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = c
+        .post(format!("https://{}/heartbeat", master.addr))
+        .json(&serde_json::json!({"version": "1.0", "deckies": {}, "sent_at_ms": i64::MIN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "an absurd sent_at_ms is data, not a panic");
+
+    let addr = evil_agent(&m, "w1").await;
+    m.set_agent_port("w1", addr.port());
+    let clean = |what: &str, out: &std::process::Output| {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for bad in ['\u{1b}', '\u{7}', '\u{202e}'] {
+            assert!(!text.contains(bad), "{what} printed {bad:?} raw:\n{text:?}");
+        }
+        assert!(
+            !text.contains("\nw9  "),
+            "{what} printed a forged row:\n{text}"
+        );
+        text
+    };
+    let checked = clean("swarm check", &m.run(&["swarm", "check"]));
+    assert!(checked.contains("\\x1b"), "shown escaped: {checked}");
+    clean("swarm status", &m.run(&["swarm", "status"]));
+    clean("swarm list", &m.run(&["swarm", "list"]));
+    clean("swarm show", &m.run(&["swarm", "show", "w1"]));
+    // --json stays exact JSON: the string round-trips.
+    let status = m.json(&["swarm", "status", "--json"]);
+    assert!(status.to_string().contains("\\u001b[2J"), "{status}");
 }

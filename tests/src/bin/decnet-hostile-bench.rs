@@ -9,57 +9,28 @@
 //! addresses (127.0.0.2–4), the legitimate callers 127.0.0.1 — and times a
 //! real master request to the agent, a heartbeat, a token join and a log line
 //! meanwhile. Then the listener's RSS with 1,000 idle authenticated
-//! connections and after they close.
+//! connections and after they close. Then the attacks of the hostile-edge
+//! issue: floods from the worker's own address (1,000 silent TCP
+//! connections reopened as fast as they are evicted, 500 slow anonymous TLS
+//! connections) against a heartbeat and a log connection; a master limited
+//! to 1,024 descriptors under 64 sources x 16 anonymous connections; and a
+//! peer flooding the listener with control bytes for 20 s under the default
+//! budget (what it got written, and another host's line latency).
 //!
 //! Run: `cargo run --release -p decnet-e2e --bin decnet-hostile-bench`
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use decnet_e2e::{Listener, MasterHome};
 use decnet_pki::{Bundle, BundleKind, ExpectedServer, MaterialSource, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn tcp_from(source: &str, to: SocketAddr) -> Option<TcpStream> {
-    let s = TcpSocket::new_v4().ok()?;
-    s.bind(format!("{source}:0").parse().ok()?).ok()?;
-    s.connect(to).await.ok()
-}
-
-async fn tls_from(
-    source: &str,
-    to: SocketAddr,
-    bundle: Option<&Bundle>,
-    ca_pem: &str,
-    expected: &ExpectedServer,
-) -> Option<Tls> {
-    let cfg = match bundle {
-        Some(b) => decnet_pki::client_config(b, None, expected).ok()?,
-        None => decnet_pki::tls::anonymous_client_config(ca_pem, expected).ok()?,
-    };
-    let tcp = tcp_from(source, to).await?;
-    let name = rustls_pki_types::ServerName::try_from("decnet").ok()?;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
-    )
-    .await
-    .ok()?
-    .ok()
-}
-
-/// Whether the server still holds `s` (no EOF or error within 50 ms).
-async fn held(s: &mut (impl AsyncReadExt + Unpin)) -> bool {
-    let mut b = [0u8; 64];
-    !matches!(
-        tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
-}
+use decnet_e2e::hostile::{
+    Tls, anonymous_flood, flood_lines, heartbeat, silent_flood, still_open as held, tcp_from,
+    tls_from, written_for,
+};
 
 struct Siege {
     idle_tcp: Vec<TcpStream>,
@@ -357,4 +328,184 @@ async fn main() {
             after as f64 / 1024.0
         );
     }
+
+    drop(listener);
+    drop(agent);
+    drop(api);
+    same_source(&m, &w1, &ca).await;
+    descriptors(&m, &w1, &ca).await;
+    log_flood(&m, &w1, &ca).await;
+}
+
+/// A master with its listener on a port of its own.
+fn master_with_listener(
+    m: &MasterHome,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> (decnet_e2e::Daemon, SocketAddr) {
+    let port = decnet_e2e::free_port();
+    let mut args = vec!["--listener-port".to_string(), port.to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (
+        m.serve_under(wrapper, &args),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    )
+}
+
+async fn wait_port(addr: SocketAddr) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A log line of `w1` on a new connection: handshake, then until written.
+async fn log_line_latency(
+    listener: SocketAddr,
+    w1: &Bundle,
+    ca: &str,
+    raw: &std::path::Path,
+    line: &str,
+) -> Result<(Duration, Duration), String> {
+    let t = Instant::now();
+    let mut s = tls_from(
+        "127.0.0.1",
+        listener,
+        Some(w1),
+        ca,
+        &ExpectedServer::master(),
+    )
+    .await
+    .ok_or("no connection")?;
+    let handshake = t.elapsed();
+    s.write_all(&decnet_e2e::hostile::syslog_frame("w1", line.as_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    while t.elapsed() < Duration::from_secs(10) {
+        if std::fs::read_to_string(raw)
+            .unwrap_or_default()
+            .contains(line)
+        {
+            return Ok((handshake, t.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Err("line not written within 10 s".into())
+}
+
+/// 5. Floods from the worker's own address (a decky sharing it).
+async fn same_source(m: &MasterHome, w1: &Bundle, ca: &str) {
+    println!(
+        "\nsame source: 1,000 silent TCP (reopened as evicted) to the control API and the listener, 500 slow anonymous TLS to the control API, all from 127.0.0.1 = the worker's address"
+    );
+    let (master, listener) = master_with_listener(m, &[], &[]);
+    wait_port(listener).await;
+    let floods = [
+        silent_flood(master.addr, "127.0.0.1", 1000),
+        silent_flood(listener, "127.0.0.1", 1000),
+        anonymous_flood(
+            master.addr,
+            vec!["127.0.0.1".into()],
+            500,
+            ca.to_string(),
+            ExpectedServer::master(),
+        ),
+    ];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let raw = m.home().join("logs/fleet.log");
+    let (mut hb, mut hs, mut line, mut failed) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for i in 0..10 {
+        match heartbeat(master.addr, w1).await {
+            Ok(d) => hb.push(d),
+            Err(_) => failed += 1,
+        }
+        match log_line_latency(listener, w1, ca, &raw, &format!("same-source-{i}")).await {
+            Ok((h, l)) => {
+                hs.push(h);
+                line.push(l);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    for f in floods {
+        f.abort();
+    }
+    let worst = |v: &[Duration]| {
+        v.iter()
+            .max()
+            .copied()
+            .map(ms)
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "  heartbeat (new connection) worst {}, log handshake worst {}, log line sent→written worst {}; {failed} of 20 failed",
+        worst(&hb),
+        worst(&hs),
+        worst(&line)
+    );
+}
+
+/// 6. The descriptor attack on a master limited to 1,024 descriptors.
+async fn descriptors(m: &MasterHome, w1: &Bundle, ca: &str) {
+    println!(
+        "\ndescriptors: master under prlimit --nofile=1024, 64 sources x 16 anonymous TLS connections"
+    );
+    let master = m.serve_under(&["prlimit", "--nofile=1024:1024", "--"], &["--no-listener"]);
+    let sources: Vec<String> = (2..66).map(|i| format!("127.0.0.{i}")).collect();
+    let flood = anonymous_flood(
+        master.addr,
+        sources,
+        16,
+        ca.to_string(),
+        ExpectedServer::master(),
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (mut worst, mut failed) = (Duration::ZERO, 0);
+    for _ in 0..10 {
+        match heartbeat(master.addr, w1).await {
+            Ok(d) => worst = worst.max(d),
+            Err(_) => failed += 1,
+        }
+    }
+    flood.abort();
+    let accept_failed = master.log_text().matches("accept failed").count();
+    println!(
+        "  heartbeat (new connection) worst {}; {failed} of 10 failed; 'accept failed' logged {accept_failed} time(s)",
+        ms(worst)
+    );
+}
+
+/// 7. A peer flooding the listener with control bytes under the default budget.
+async fn log_flood(m: &MasterHome, w1: &Bundle, ca: &str) {
+    println!(
+        "\nlog flood: one certificate sends 60 kB frames of ESC bytes for 20 s; default budget (1 MiB/s, 64 MiB burst)"
+    );
+    m.enroll("flooder");
+    let evil = Bundle::load(&m.agent_bundle_dir("flooder"), BundleKind::Agent).unwrap();
+    let (master, listener) = master_with_listener(m, &[], &[]);
+    wait_port(listener).await;
+    let flood = flood_lines(listener, evil, ca.to_string(), 0x1b, 20);
+    let raw = m.home().join("logs/fleet.log");
+    let mut worst = Duration::ZERO;
+    for i in 0..15 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok((_, l)) = log_line_latency(listener, w1, ca, &raw, &format!("calm-{i}")).await {
+            worst = worst.max(l);
+        }
+    }
+    let sent = flood.await.unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = written_for(&m.home().join("logs"), "flooder");
+    println!(
+        "  sent {:.1} MiB, written for it {:.1} MiB (budget allows {:.1} MiB in 20 s), another host's line sent→written worst {}",
+        sent as f64 / (1 << 20) as f64,
+        written as f64 / (1 << 20) as f64,
+        (64.0 + 20.0),
+        ms(worst)
+    );
+    drop(master);
 }
