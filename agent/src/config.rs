@@ -49,6 +49,8 @@ use crate::lan::{LanPlacement, NetworkConfig};
 pub const CONFIG_VERSION: u32 = 2;
 /// At most this many deckies per deployment.
 pub const MAX_DECKIES: usize = 256;
+/// Most ports one decky may have.
+pub const MAX_PORTS: usize = 32;
 
 /// A whole deployment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,13 +78,17 @@ pub enum RestartPolicy {
     Never,
 }
 
-/// A port published by a compose decky.
+/// A port of a decky: published by the engine for a compose decky; bound
+/// by the agent and handed to the program (systemd socket activation,
+/// privileged ports included) for a process decky.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortMapping {
     /// Port on the worker.
     pub host: u16,
-    /// Port inside the container.
+    /// Port inside the container (compose only; process deckies get the
+    /// socket itself).
+    #[serde(default)]
     pub container: u16,
     /// `tcp` (default) or `udp`.
     #[serde(default = "tcp")]
@@ -354,6 +360,32 @@ impl DeckyConfig {
                     format!("invalid variable name {k:?}"),
                 ));
             }
+            if k.starts_with("LISTEN_") {
+                return Err(err(
+                    format!("{at}.env"),
+                    format!("{k} is set by the agent for the sockets it hands in (ports)"),
+                ));
+            }
+        }
+        if self.ports.len() > MAX_PORTS {
+            return Err(err(
+                format!("{at}.ports"),
+                format!("at most {MAX_PORTS} ports per decky"),
+            ));
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.host == 0 {
+                return Err(err(format!("{at}.ports[{i}].host"), "a port is 1-65535"));
+            }
+            if self.ports[..i]
+                .iter()
+                .any(|q| q.host == p.host && q.protocol == p.protocol)
+            {
+                return Err(err(
+                    format!("{at}.ports[{i}]"),
+                    format!("port {} is listed twice", p.host),
+                ));
+            }
         }
         if self.command.iter().any(|a| a.contains('\0'))
             || self.env.values().any(|v| v.contains('\0'))
@@ -395,12 +427,6 @@ impl DeckyConfig {
                         "the process driver needs a command",
                     ));
                 }
-                if !self.ports.is_empty() {
-                    return Err(err(
-                        format!("{at}.ports"),
-                        "the process driver does not publish ports; the program binds them itself",
-                    ));
-                }
                 if !self.cap_add.is_empty() {
                     return Err(err(
                         format!("{at}.cap_add"),
@@ -415,6 +441,12 @@ impl DeckyConfig {
                 }
             }
             DriverKind::Compose => {
+                if let Some(i) = self.ports.iter().position(|p| p.container == 0) {
+                    return Err(err(
+                        format!("{at}.ports[{i}].container"),
+                        "a compose decky's port names the port inside the container",
+                    ));
+                }
                 let image = self.image.as_deref().unwrap_or("");
                 if image.is_empty() || image.chars().any(|c| c.is_whitespace()) {
                     return Err(err(

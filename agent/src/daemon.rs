@@ -43,6 +43,8 @@ pub struct ServeOptions {
     /// Where a LAN config for another interface or subnet is relocalised
     /// (default: the default-route interface).
     pub decky_interface: Option<String>,
+    /// Where process deckies' networks live.
+    pub decky_network: decnet_confine::DeckyNetwork,
 }
 
 /// Why the agent cannot start: every variant is an operator-fixable setup
@@ -121,6 +123,23 @@ fn process_driver(
     }
     p.grace = opts.stop_grace;
     p.log_max = opts.decky_log_max;
+    p.network = opts.decky_network;
+    p.network_probe = match opts.decky_network {
+        decnet_confine::DeckyNetwork::Own => probe_decky_network(&p.helper),
+        decnet_confine::DeckyNetwork::Host => Ok(()),
+    };
+    match (&p.network, &p.network_probe) {
+        (decnet_confine::DeckyNetwork::Own, Ok(())) => {
+            tracing::info!("process deckies get a network of their own (loopback only)")
+        }
+        (decnet_confine::DeckyNetwork::Own, Err(why)) => tracing::error!(
+            reason = %why,
+            "this host cannot give deckies a network of their own: process deckies are refused (start with --decky-network host to run them uncontained)"
+        ),
+        (decnet_confine::DeckyNetwork::Host, _) => tracing::warn!(
+            "--decky-network host: process deckies share the host's network (uncontained)"
+        ),
+    }
     p.cgroup = decnet_confine::cgroup::CgroupTree::detect();
     match &p.cgroup {
         Ok(tree) => tracing::info!(root = %tree.root().display(), "decky limits through cgroup v2"),
@@ -130,6 +149,21 @@ fn process_driver(
         ),
     }
     ProcessDriver::new(p, events).map_err(SetupError::Driver)
+}
+
+/// Whether a decky can get a network of its own here: the helper tries it
+/// in a fresh single-threaded process, as an unprivileged user.
+fn probe_decky_network(helper: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new(helper)
+        .arg("probe-decky-network")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run the probe: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
 /// Load everything, recover deckies and bind the listener.

@@ -375,6 +375,30 @@ impl Executor {
         let id = decnet_pki::random_hex(12);
         {
             let mut st = self.state.lock().await;
+            // What each decky takes on the host (its ports) is taken now:
+            // a conflict is the answer to this request, not a failed start.
+            for (i, d) in config.deckies.iter().enumerate() {
+                let unchanged = st
+                    .deckies
+                    .get(&d.name)
+                    .is_some_and(|r| r.config == *d && r.phase == DeckyPhase::Running);
+                if unchanged {
+                    // It runs and holds what it needs (after an agent
+                    // restart the program itself holds its ports).
+                    continue;
+                }
+                self.driver.admit(d).map_err(|r| match r {
+                    crate::driver::Refusal::Conflict(m) => {
+                        ExecError::Conflict(format!("decky {}: {m}", d.name))
+                    }
+                    crate::driver::Refusal::Unsupported(message) => {
+                        ExecError::Config(crate::config::ConfigError {
+                            field: format!("deckies[{i}]"),
+                            message,
+                        })
+                    }
+                })?;
+            }
             let t = now();
             for d in &config.deckies {
                 let unchanged = st

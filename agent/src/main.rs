@@ -96,6 +96,12 @@ enum Command {
         /// subnet it is not on; default: the default-route interface.
         #[arg(long, value_name = "IFACE")]
         decky_interface: Option<String>,
+        /// Where process deckies' networks live: `own` (a user and network
+        /// namespace per decky, loopback only; their ports are bound by the
+        /// agent and handed in) or `host` (the host's network: uncontained,
+        /// for kernels that forbid unprivileged user namespaces).
+        #[arg(long, value_enum, default_value_t = NetworkArg::Own)]
+        decky_network: NetworkArg,
         /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
@@ -103,6 +109,10 @@ enum Command {
     /// Internal: the per-decky shepherd, started by `serve`.
     #[command(hide = true)]
     Shepherd,
+    /// Internal: whether a decky can get a network of its own here (run
+    /// by `serve` at start, as an unprivileged user like a decky).
+    #[command(hide = true)]
+    ProbeDeckyNetwork,
     /// Internal: confine this process and exec a decky, started by a shepherd.
     #[command(hide = true)]
     ExecDecky,
@@ -166,6 +176,12 @@ enum IsolationArg {
     None,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetworkArg {
+    Own,
+    Host,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum DriverArg {
     Process,
@@ -178,6 +194,9 @@ fn main() {
     // in exec-decky changes only the calling thread.
     match cli.command {
         Command::Shepherd => std::process::exit(decnet_agent::driver::shepherd::shepherd_main()),
+        Command::ProbeDeckyNetwork => {
+            std::process::exit(decnet_agent::driver::shepherd::probe_network_main())
+        }
         Command::ExecDecky => std::process::exit(decnet_agent::driver::shepherd::exec_decky_main()),
         _ => {}
     }
@@ -216,6 +235,7 @@ fn main() {
                 decky_root,
                 decky_log_max,
                 decky_interface,
+                decky_network,
                 metrics,
             } => {
                 let home = decnet_pki::bundle::default_decnet_home();
@@ -252,6 +272,10 @@ fn main() {
                     decky_root,
                     decky_log_max,
                     decky_interface,
+                    decky_network: match decky_network {
+                        NetworkArg::Own => decnet_confine::DeckyNetwork::Own,
+                        NetworkArg::Host => decnet_confine::DeckyNetwork::Host,
+                    },
                 };
                 serve(opts, forward, heartbeat, metrics).await
             }
@@ -279,7 +303,7 @@ fn main() {
                 .await
             }
             // Dispatched before the runtime started.
-            Command::Shepherd | Command::ExecDecky => 2,
+            Command::Shepherd | Command::ExecDecky | Command::ProbeDeckyNetwork => 2,
             Command::Forward {
                 master,
                 log_file,

@@ -11,6 +11,10 @@ pub const FOR_PER_DECKY_IDS: &[(u32, &str)] = &[
     (7, "CAP_SETUID"),
 ];
 
+/// The capability the agent needs to bind a process decky's privileged
+/// ports (below 1024) for it: the decky itself never holds it.
+pub const FOR_DECKY_PORTS: &[(u32, &str)] = &[(10, "CAP_NET_BIND_SERVICE")];
+
 /// The effective capability mask from `/proc/self/status` text.
 pub fn effective_mask(proc_status: &str) -> Option<u64> {
     let hex = proc_status

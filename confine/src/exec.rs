@@ -12,18 +12,26 @@
 //!    it even when the parent's path is closed to it);
 //! 5. drop every supplementary group, then the gid, then the uid, and check
 //!    that root cannot be regained;
-//! 6. set `no_new_privs`, so no setuid binary or file capability can raise
+//! 6. with [`DeckyNetwork::Own`], enter a user and network namespace of its
+//!    own, loopback only ([`crate::netns`]);
+//! 7. set `no_new_privs`, so no setuid binary or file capability can raise
 //!    it again;
-//! 7. execute the program with only the environment the config names.
+//! 8. place the listening sockets handed in at 3, 4, … and close every
+//!    other descriptor from 3 up ([`crate::handoff`]);
+//! 9. execute the program with only the environment the config names (and
+//!    the `LISTEN_*` variables of its sockets).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::OwnedFd;
+
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::ResourceLimits;
+use crate::netns::DeckyNetwork;
 
 /// The ids a decky runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +62,13 @@ pub struct ConfinedExec {
     pub memory_by_rlimit: bool,
     /// The decky's cgroup to join, when cgroup v2 is in use.
     pub cgroup: Option<PathBuf>,
+    /// Where its network lives.
+    #[serde(default)]
+    pub network: DeckyNetwork,
+    /// The names of the listening sockets handed in with the spec (in
+    /// order; `LISTEN_FDNAMES`).
+    #[serde(default)]
+    pub listen_names: Vec<String>,
 }
 
 /// Which step of the confined start failed, and why.
@@ -177,24 +192,45 @@ fn drop_ids(id: ExecIdentity) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// Confine this process as `spec` says and execute the program. Returns
-/// only on failure, saying which step failed. Must run single-threaded.
-pub fn exec_confined(spec: &ConfinedExec) -> ExecError {
-    match prepare(spec) {
-        Ok(program) => {
-            let err = std::process::Command::new(&program)
-                .arg0(&spec.argv[0])
-                .args(&spec.argv[1..])
-                .env_clear()
-                .envs(&spec.env)
-                .stdin(std::process::Stdio::null())
-                .exec();
-            ExecError {
-                step: "start the program",
-                source: std::io::Error::new(err.kind(), format!("{}: {err}", program.display())),
-            }
+/// Confine this process as `spec` says and execute the program with the
+/// listening `sockets` handed in. Returns only on failure, saying which
+/// step failed, with `channel` (the caller's close-on-exec report channel,
+/// kept open through the hand-over). Must run single-threaded.
+pub fn exec_confined(
+    spec: &ConfinedExec,
+    sockets: Vec<OwnedFd>,
+    channel: &mut OwnedFd,
+) -> ExecError {
+    let program = match prepare(spec) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if sockets.len() != spec.listen_names.len() {
+        return invalid(
+            "hand over the listening sockets",
+            "sockets and names differ",
+        );
+    }
+    let listen_env = match crate::handoff::hand_over(sockets, &spec.listen_names, channel) {
+        Ok(env) => env,
+        Err(source) => {
+            return ExecError {
+                step: "hand over the listening sockets",
+                source,
+            };
         }
-        Err(e) => e,
+    };
+    let err = std::process::Command::new(&program)
+        .arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(&spec.env)
+        .envs(listen_env)
+        .stdin(std::process::Stdio::null())
+        .exec();
+    ExecError {
+        step: "start the program",
+        source: std::io::Error::new(err.kind(), format!("{}: {err}", program.display())),
     }
 }
 
@@ -219,6 +255,16 @@ fn prepare(spec: &ConfinedExec) -> Result<PathBuf, ExecError> {
     enter_workdir(spec)?;
     if let Some(id) = spec.identity {
         drop_ids(id)?;
+    }
+    if spec.network == DeckyNetwork::Own {
+        let (uid, gid) = match spec.identity {
+            Some(id) => (id.uid, id.gid),
+            None => (
+                rustix::process::getuid().as_raw(),
+                rustix::process::getgid().as_raw(),
+            ),
+        };
+        crate::netns::isolate(uid, gid).map_err(at("give the decky a network of its own"))?;
     }
     rustix::thread::set_no_new_privs(true).map_err(errno("set no_new_privs"))?;
     let path = spec
@@ -268,8 +314,11 @@ mod tests {
             limits: ResourceLimits::default(),
             memory_by_rlimit: false,
             cgroup: None,
+            network: DeckyNetwork::Own,
+            listen_names: Vec::new(),
         };
-        let e = exec_confined(&spec);
+        let mut channel: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let e = exec_confined(&spec, Vec::new(), &mut channel);
         drop(tx);
         let _ = helper.join();
         assert!(e.to_string().contains("single-threaded"), "{e}");

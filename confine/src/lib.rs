@@ -8,14 +8,22 @@
 //! then executes the program with a cleared environment. Everything that can
 //! be decided without the kernel (id allocation, account lookups, limit
 //! values) is pure and unit-tested; the privileged steps are exercised by
-//! the agent's end-to-end tests with real processes.
+//! the agent's end-to-end tests with real processes. A decky may also get a
+//! network of its own ([`netns`]: its own user and network namespace,
+//! loopback only) and its listening sockets handed in ([`handoff`]: at 3,
+//! 4, …, everything else closed). [`raw`] holds the workspace's only
+//! `unsafe` code: two system calls without a safe wrapper.
 
 pub mod caps;
 pub mod cgroup;
 pub mod exec;
+pub mod handoff;
 pub mod ids;
 pub mod limits;
+pub mod netns;
+pub mod raw;
 
 pub use exec::{ConfinedExec, ExecIdentity};
 pub use ids::{AccountDb, IdRange};
 pub use limits::ResourceLimits;
+pub use netns::DeckyNetwork;

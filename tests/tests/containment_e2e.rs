@@ -504,3 +504,150 @@ fn an_unconfined_decky_is_replaced_by_a_contained_one_when_the_agent_restarts_co
             .contains("replacing an unconfined decky")
     );
 }
+
+/// A free port below 1024 (the test runs as root).
+fn free_privileged_port() -> u16 {
+    (700..1000)
+        .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
+        .expect("a free port below 1024")
+}
+
+/// The network edge, played by a hostile decky: it gets a network of its
+/// own (loopback only) and a privileged port handed in. It serves that port
+/// to a client on the host as its unprivileged uid; it cannot connect to a
+/// listener on the host's loopback, the agent, the master's control API or
+/// any other address; a port it binds is its own namespace's, not the
+/// host's; it holds no descriptor but 0, 1, 2 and its socket. A second
+/// decky asking for the same port is a 409 naming it, and teardown frees it.
+#[test]
+fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
+    use std::io::Read;
+    if !is_root() {
+        eprintln!("not root: per-decky ids and privileged ports cannot be exercised");
+        return;
+    }
+    let m = MasterHome::new();
+    chmod(m.dir.path(), 0o755);
+    chmod(&m.home(), 0o755);
+    m.enroll("w1");
+    let master = m.serve(&["--no-listener"]);
+    let state = m.dir.path().join("w1-state");
+    let agent = decnet_e2e::Agent::start(&m, "w1", &state, &[]);
+    let tools = tempfile::tempdir().unwrap();
+    chmod(tools.path(), 0o755);
+    let hostile = tools.path().join("hostile");
+    std::fs::copy(HOSTILE, &hostile).unwrap();
+    chmod(&hostile, 0o755);
+    // Something on the host's loopback the decky must not reach.
+    let host_only = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_only_addr = host_only.local_addr().unwrap();
+    let port = free_privileged_port();
+    let inner_port = decnet_e2e::free_port();
+    let targets = [
+        host_only_addr.to_string(),
+        agent.daemon.addr.to_string(),
+        master.addr.to_string(),
+        "10.255.255.1:80".to_string(),
+    ];
+    let mut argv = vec![hostile.display().to_string(), "net".into()];
+    for t in &targets {
+        argv.extend(["--connect".to_string(), t.clone()]);
+    }
+    argv.extend(["--bind".to_string(), inner_port.to_string()]);
+    let cfg = write_config(
+        m.dir.path(),
+        "net.json",
+        serde_json::json!({"version": 1, "deckies": [
+            {"name": "netd", "command": argv, "ports": [{"host": port}]}]}),
+    );
+    m.ok(&[
+        "swarm",
+        "deploy",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let log = wait_for(Duration::from_secs(20), || {
+        let l = decky_log(&state, "netd");
+        l.contains("DONE").then_some(l)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the decky did not finish its attempts:\n{}",
+            decky_log(&state, "netd")
+        )
+    });
+    let uid = status_of(&m, "w1", "netd")["uid"].as_u64().unwrap();
+
+    // Its port, privileged, served by its unprivileged uid.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = String::new();
+    let _ = conn.read_to_string(&mut hello);
+    assert_eq!(hello.trim(), format!("hello from uid {uid}"), "{log}");
+    assert!(
+        log.contains(&format!("LISTEN_FDS 1 pid_ok=true names=tcp-{port}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("FDS 0,1,2,3\n"),
+        "a descriptor leaked in:\n{log}"
+    );
+    for t in &targets {
+        assert!(
+            log.contains(&format!("ATTEMPT connect {t}: blocked")),
+            "the decky reached {t}:\n{log}"
+        );
+    }
+    // What it binds is its own namespace's: the host's port stays free.
+    assert!(log.contains(&format!("BOUND {inner_port}")), "{log}");
+    assert!(
+        std::net::TcpListener::bind(("0.0.0.0", inner_port)).is_ok(),
+        "the decky took a host port"
+    );
+    let status = m.json(&["swarm", "status", "w1", "--json"]);
+    assert_eq!(
+        status[0]["status"]["containment"]["network"]["mode"], "own",
+        "{status}"
+    );
+
+    // The port is the decky's: another decky asking for it is refused.
+    let clash = write_config(
+        m.dir.path(),
+        "clash.json",
+        serde_json::json!({"version": 1, "deckies": [
+            {"name": "clash", "command": ["/bin/sleep", "600"], "ports": [{"host": port}]}]}),
+    );
+    let out = m.run(&[
+        "swarm",
+        "deploy",
+        "--config",
+        clash.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("409") && text.contains(&format!("tcp-{port}")),
+        "{text}"
+    );
+
+    // Teardown frees it.
+    m.ok(&["swarm", "teardown", "w1", "--decky", "netd"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || std::net::TcpListener::bind((
+            "0.0.0.0", port
+        ))
+        .ok()
+        .map(|_| ()))
+        .is_some(),
+        "the port stayed taken after teardown"
+    );
+    drop(host_only);
+}

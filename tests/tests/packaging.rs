@@ -46,6 +46,7 @@ fn units_restart_on_failure_and_are_hardened() {
     caps.sort();
     let mut needed: Vec<&str> = decnet_confine::caps::FOR_PER_DECKY_IDS
         .iter()
+        .chain(decnet_confine::caps::FOR_DECKY_PORTS)
         .map(|(_, n)| *n)
         .collect();
     needed.sort();
@@ -55,7 +56,8 @@ fn units_restart_on_failure_and_are_hardened() {
         "ReadWritePaths=/var/lib/decnet/agent /etc/decnet/agent",
         "ProtectHome=yes",
         "Delegate=yes",
-        "RestrictNamespaces=yes",
+        // A decky's own user and network namespace, and nothing else.
+        "RestrictNamespaces=user net",
     ] {
         assert!(agent.contains(key), "agent unit lacks {key}");
     }

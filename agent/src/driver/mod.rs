@@ -89,10 +89,29 @@ pub struct Observation {
     pub detail: Option<serde_json::Value>,
 }
 
+/// Why a driver will not take a decky, decided before a deploy is accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// Something it needs is taken (a port): `409`.
+    #[error("{0}")]
+    Conflict(String),
+    /// This host cannot run it as configured: `422`.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
 /// A workload driver.
 pub trait Driver: Send + Sync + 'static {
     /// Which driver this is.
     fn kind(&self) -> DriverKind;
+
+    /// Take what `decky` needs on this host before its deploy is accepted
+    /// (the process driver binds its ports, so a port already taken is a
+    /// refusal at once, not a failed start later). Default: nothing.
+    fn admit(&self, decky: &DeckyConfig) -> Result<(), Refusal> {
+        let _ = decky;
+        Ok(())
+    }
 
     /// Start one decky; returns once it is running (or failed to start).
     fn start<'a>(

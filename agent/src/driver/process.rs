@@ -25,12 +25,13 @@
 //! to every process of a uid that belongs to one decky alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use decnet_confine::cgroup::CgroupTree;
-use decnet_confine::{AccountDb, ConfinedExec, ExecIdentity, IdRange};
+use decnet_confine::{AccountDb, ConfinedExec, DeckyNetwork, ExecIdentity, IdRange};
 use decnet_proc::{ProcessHandle, Signal};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
@@ -38,9 +39,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::decky_ids::DeckyIds;
 use super::shepherd::{self, ShepherdSpec};
 use super::{
-    Driver, DriverError, DriverEvent, DriverFuture, Observation, ProcId, ProcessFacts, Started,
+    Driver, DriverError, DriverEvent, DriverFuture, Observation, ProcId, ProcessFacts, Refusal,
+    Started,
 };
-use crate::config::{DeckyConfig, DeploymentConfig, DriverKind, RestartPolicy};
+use crate::config::{
+    DeckyConfig, DeploymentConfig, DriverKind, PortMapping, Protocol, RestartPolicy,
+};
 
 /// After this many consecutive quick crashes a decky is given up on.
 pub const MAX_CRASH_LOOP: u32 = 5;
@@ -79,6 +83,12 @@ pub struct ProcessOptions {
     pub helper: PathBuf,
     /// The cgroup v2 tree for limits, or why there is none.
     pub cgroup: Result<CgroupTree, String>,
+    /// Where deckies' networks live: their own namespace (loopback only),
+    /// or the host's (uncontained, the operator's explicit choice).
+    pub network: DeckyNetwork,
+    /// Whether this host can give a decky a network of its own (`Err`: why
+    /// not; with [`DeckyNetwork::Own`] process deckies are then refused).
+    pub network_probe: Result<(), String>,
 }
 
 impl ProcessOptions {
@@ -92,6 +102,8 @@ impl ProcessOptions {
             log_max: DEFAULT_LOG_MAX,
             helper: PathBuf::from("/proc/self/exe"),
             cgroup: Err("not probed".into()),
+            network: DeckyNetwork::Host,
+            network_probe: Err("not probed".into()),
         }
     }
 }
@@ -101,6 +113,33 @@ struct Inner {
     ids: Mutex<Option<DeckyIds>>,
     events: mpsc::UnboundedSender<DriverEvent>,
     agent_uid: u32,
+    /// The listening sockets the agent bound for each decky (held while it
+    /// is deployed, so nothing else can take its ports between runs).
+    ports: Mutex<HashMap<String, Vec<BoundPort>>>,
+}
+
+/// One port bound for a decky.
+struct BoundPort {
+    port: PortMapping,
+    socket: OwnedFd,
+}
+
+/// `tcp-22`: a socket's name in `LISTEN_FDNAMES`.
+fn port_name(p: &PortMapping) -> String {
+    let proto = match p.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    format!("{proto}-{}", p.host)
+}
+
+/// Bind `p` on every IPv4 address of the host.
+fn bind_port(p: &PortMapping) -> std::io::Result<OwnedFd> {
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], p.host));
+    Ok(match p.protocol {
+        Protocol::Tcp => std::net::TcpListener::bind(addr)?.into(),
+        Protocol::Udp => std::net::UdpSocket::bind(addr)?.into(),
+    })
 }
 
 struct Supervised {
@@ -145,6 +184,7 @@ impl ProcessDriver {
                 ids: Mutex::new(ids),
                 events,
                 agent_uid: decnet_proc::current_uid(),
+                ports: Mutex::new(HashMap::new()),
             }),
             supervised: Mutex::new(HashMap::new()),
         })
@@ -178,6 +218,14 @@ impl ProcessDriver {
     }
 }
 
+/// Why process deckies are refused on a host that cannot give them a
+/// network of their own.
+fn no_own_network(why: &str) -> String {
+    format!(
+        "this host cannot give a decky a network of its own ({why}); start the agent with --decky-network host to run process deckies on the host's network, uncontained (reported in /status)"
+    )
+}
+
 /// Which uid belongs to `decky` alone (so every process of it is the
 /// decky's): its allocated one, never a named account's.
 fn exclusive_uid(inner: &Inner, decky: &DeckyConfig, uid: Option<u32>) -> Option<u32> {
@@ -188,6 +236,83 @@ fn exclusive_uid(inner: &Inner, decky: &DeckyConfig, uid: Option<u32>) -> Option
 }
 
 impl Inner {
+    /// Bind what `decky` listens on unless it holds it already; a port
+    /// another decky or another program holds is a conflict.
+    fn reserve_ports(&self, decky: &DeckyConfig) -> Result<(), Refusal> {
+        let mut held = lock(&self.ports);
+        if let Some(mine) = held.get(&decky.name)
+            && mine.iter().map(|b| b.port).eq(decky.ports.iter().copied())
+        {
+            return Ok(());
+        }
+        for p in &decky.ports {
+            if let Some((other, _)) = held.iter().find(|(n, bound)| {
+                **n != decky.name
+                    && bound
+                        .iter()
+                        .any(|b| b.port.host == p.host && b.port.protocol == p.protocol)
+            }) {
+                return Err(Refusal::Conflict(format!(
+                    "port {} is already held by decky {other}",
+                    port_name(p)
+                )));
+            }
+        }
+        // A redeploy with other ports gives up the old ones first.
+        held.remove(&decky.name);
+        let mut bound = Vec::with_capacity(decky.ports.len());
+        for p in &decky.ports {
+            match bind_port(p) {
+                Ok(socket) => bound.push(BoundPort { port: *p, socket }),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(Refusal::Conflict(format!(
+                        "port {} is already taken on this host",
+                        port_name(p)
+                    )));
+                }
+                Err(e) => {
+                    return Err(Refusal::Unsupported(format!(
+                        "cannot bind port {}: {e}",
+                        port_name(p)
+                    )));
+                }
+            }
+        }
+        if !bound.is_empty() {
+            held.insert(decky.name.clone(), bound);
+        }
+        Ok(())
+    }
+
+    /// Copies of the sockets bound for `decky` (bound now when the agent
+    /// restarted since its deploy), with their names.
+    fn sockets_for(&self, decky: &DeckyConfig) -> Result<(Vec<OwnedFd>, Vec<String>), DriverError> {
+        if decky.ports.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.reserve_ports(decky)
+            .map_err(|r| DriverError(r.to_string()))?;
+        let held = lock(&self.ports);
+        let mine = held.get(&decky.name).map(Vec::as_slice).unwrap_or(&[]);
+        let mut sockets = Vec::with_capacity(mine.len());
+        for b in mine {
+            sockets.push(
+                b.socket
+                    .try_clone()
+                    .map_err(|e| DriverError(format!("cannot hand over a socket: {e}")))?,
+            );
+        }
+        Ok((sockets, mine.iter().map(|b| port_name(&b.port)).collect()))
+    }
+
+    /// The network a new decky gets, or why it cannot start.
+    fn network_for(&self) -> Result<DeckyNetwork, DriverError> {
+        match (self.opts.network, &self.opts.network_probe) {
+            (DeckyNetwork::Own, Err(why)) => Err(DriverError(no_own_network(why))),
+            (n, _) => Ok(n),
+        }
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.opts.state_dir.join("logs").join(format!("{name}.log"))
     }
@@ -285,6 +410,8 @@ impl Inner {
         };
         let exit_path = self.exit_path(&decky.name);
         let _ = std::fs::remove_file(&exit_path);
+        let network = self.network_for()?;
+        let (sockets, listen_names) = self.sockets_for(decky)?;
         let spec = ShepherdSpec {
             decky: decky.name.clone(),
             log_path: self.log_path(&decky.name),
@@ -301,12 +428,15 @@ impl Inner {
                 limits,
                 memory_by_rlimit: cgroup.is_none(),
                 cgroup,
+                network,
+                listen_names,
             },
         };
         if identity.is_some_and(|i| i.uid == 0) {
             tracing::warn!(decky = %decky.name, "starting a decky as root (allow_root)");
         }
-        let (child, shepherd, program) = shepherd::launch(&self.opts.helper, &spec).await?;
+        let (child, shepherd, program) =
+            shepherd::launch(&self.opts.helper, &spec, sockets).await?;
         Ok((
             child,
             ProcessFacts {
@@ -588,9 +718,20 @@ impl Driver for ProcessDriver {
         })
     }
 
+    fn admit(&self, decky: &DeckyConfig) -> Result<(), Refusal> {
+        if let (DeckyNetwork::Own, Err(why)) =
+            (self.inner.opts.network, &self.inner.opts.network_probe)
+        {
+            return Err(Refusal::Unsupported(no_own_network(why)));
+        }
+        self.inner.reserve_ports(decky)
+    }
+
     fn stop<'a>(&'a self, name: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             self.stop_supervised(name).await;
+            // Its ports are free again once it is gone.
+            lock(&self.inner.ports).remove(name);
             Ok(())
         })
     }
@@ -641,6 +782,8 @@ impl Driver for ProcessDriver {
                     "limits": d.limits,
                     "workdir": self.inner.opts.decky_root.join(&d.name),
                     "log": self.inner.log_path(&d.name),
+                    "ports": d.ports.iter().map(port_name).collect::<Vec<_>>(),
+                    "network": self.inner.opts.network,
                 })
             })
             .collect();
@@ -668,9 +811,24 @@ impl Driver for ProcessDriver {
                 "cgroup_v2": why,
             }),
         };
+        let network = match (opts.network, &opts.network_probe) {
+            (DeckyNetwork::Own, Ok(())) => serde_json::json!({
+                "mode": "own",
+                "detail": "a user and network namespace per decky, loopback only; its ports are bound by the agent and handed in",
+            }),
+            (DeckyNetwork::Own, Err(why)) => serde_json::json!({
+                "mode": "unavailable",
+                "warning": no_own_network(why),
+            }),
+            (DeckyNetwork::Host, _) => serde_json::json!({
+                "mode": "host",
+                "warning": "deckies share the host's network (--decky-network host): they reach its loopback, the master and the other deckies",
+            }),
+        };
         serde_json::json!({
             "isolation": isolation,
             "limits": limits,
+            "network": network,
             "log_max_bytes": opts.log_max,
         })
     }

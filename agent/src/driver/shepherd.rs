@@ -17,11 +17,15 @@
 //! later agent reads.
 //!
 //! Both helpers talk over their stdin, a Unix socket pair: the spec goes in
-//! as JSON up to EOF, one answer comes back. `exec-decky` answers only on
-//! failure; on success the socket (close-on-exec) just closes.
+//! as JSON up to EOF — with the decky's listening sockets attached to its
+//! first byte (`SCM_RIGHTS`), so they travel agent → shepherd →
+//! exec-decky without ever being inherited by accident — and one answer
+//! comes back. `exec-decky` answers only on failure; on success the socket
+//! (close-on-exec) just closes.
 
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +38,8 @@ use super::{DriverError, ProcId};
 
 /// Largest spec a helper accepts.
 const MAX_SPEC: u64 = 1 << 20;
+/// Most listening sockets handed to one decky.
+pub const MAX_LISTEN: usize = 64;
 /// How long the agent waits for a shepherd's answer.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -108,12 +114,54 @@ pub fn take_exit_record(path: &Path) -> Option<ExitRecord> {
     rec
 }
 
-fn read_spec<T: for<'de> Deserialize<'de>>(chan: &UnixStream) -> Result<T, String> {
-    let mut buf = Vec::new();
+/// Send `bytes` with `fds` attached to the first byte, then shut the
+/// write side (the reader reads up to EOF).
+fn send_spec(chan: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("too many descriptors to send"));
+    }
+    let first = bytes.len().min(1);
+    rustix::net::sendmsg(
+        chan,
+        &[std::io::IoSlice::new(&bytes[..first])],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    let mut w = chan;
+    w.write_all(&bytes[first..])?;
+    chan.shutdown(std::net::Shutdown::Write)
+}
+
+/// Read a spec (JSON up to EOF) and the descriptors sent with it
+/// (close-on-exec).
+fn read_spec<T: for<'de> Deserialize<'de>>(chan: &UnixStream) -> Result<(T, Vec<OwnedFd>), String> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTEN))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut first = [0u8; 1];
+    let got = rustix::net::recvmsg(
+        chan,
+        &mut [std::io::IoSliceMut::new(&mut first)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("cannot read the spec: {e}"))?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    let mut buf = first[..got.bytes].to_vec();
     chan.take(MAX_SPEC)
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read the spec: {e}"))?;
-    serde_json::from_slice(&buf).map_err(|e| format!("bad spec: {e}"))
+    let spec = serde_json::from_slice(&buf).map_err(|e| format!("bad spec: {e}"))?;
+    Ok((spec, fds))
 }
 
 /// Our stdin as the socket it is (a close-on-exec duplicate).
@@ -133,16 +181,46 @@ pub fn exec_decky_main() -> i32 {
         eprintln!("exec-decky is started by the agent's shepherd, not by hand");
         return 2;
     };
-    let spec: ConfinedExec = match read_spec(&chan) {
+    let (spec, sockets): (ConfinedExec, _) = match read_spec(&chan) {
         Ok(s) => s,
         Err(e) => {
             let _ = chan.write_all(e.as_bytes());
             return 2;
         }
     };
-    let err = decnet_confine::exec::exec_confined(&spec);
+    let mut channel = OwnedFd::from(chan);
+    let err = decnet_confine::exec::exec_confined(&spec, sockets, &mut channel);
+    let mut chan = UnixStream::from(channel);
     let _ = chan.write_all(err.to_string().as_bytes());
     127
+}
+
+/// `decnet-agent probe-decky-network`: try what a decky's confinement
+/// does for its network — as an unprivileged user (nobody, when started as
+/// root), a user and network namespace of its own with loopback up — and
+/// exit 0, or 1 saying why not.
+pub fn probe_network_main() -> i32 {
+    const NOBODY: u32 = 65534;
+    if rustix::process::geteuid().is_root() {
+        let dropped = rustix::thread::set_thread_groups(&[])
+            .and_then(|_| rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(NOBODY)))
+            .and_then(|_| rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(NOBODY)));
+        if let Err(e) = dropped {
+            eprintln!("cannot switch to an unprivileged user: {e}");
+            return 1;
+        }
+    }
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    match decnet_confine::netns::isolate(uid, gid) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("an unprivileged user namespace with a network namespace: {e}");
+            1
+        }
+    }
 }
 
 /// A log file capped by rotating it to `<path>.1`.
@@ -216,14 +294,14 @@ pub fn shepherd_main() -> i32 {
         eprintln!("shepherd is started by the agent, not by hand");
         return 2;
     };
-    let spec: ShepherdSpec = match read_spec(&chan) {
+    let (spec, sockets): (ShepherdSpec, _) = match read_spec(&chan) {
         Ok(s) => s,
         Err(error) => {
             report(&mut chan, &ShepherdReport::Failed { error });
             return 2;
         }
     };
-    match run(&spec, &mut chan) {
+    match run(&spec, sockets, &mut chan) {
         Ok(()) => 0,
         Err(error) => {
             report(&mut chan, &ShepherdReport::Failed { error });
@@ -232,7 +310,7 @@ pub fn shepherd_main() -> i32 {
     }
 }
 
-fn run(spec: &ShepherdSpec, chan: &mut UnixStream) -> Result<(), String> {
+fn run(spec: &ShepherdSpec, sockets: Vec<OwnedFd>, chan: &mut UnixStream) -> Result<(), String> {
     // A session of its own: the agent's stop or its terminal never reach it.
     let _ = decnet_proc::new_session();
     let log = RotatingLog::open(spec.log_path.clone(), spec.log_max)
@@ -241,7 +319,7 @@ fn run(spec: &ShepherdSpec, chan: &mut UnixStream) -> Result<(), String> {
     let err_w = out_w
         .try_clone()
         .map_err(|e| format!("cannot make a pipe: {e}"))?;
-    let (mut ours, theirs) =
+    let (ours, theirs) =
         UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
     let mut child = {
         // The command (holding our copies of the pipe's write end) is
@@ -256,8 +334,12 @@ fn run(spec: &ShepherdSpec, chan: &mut UnixStream) -> Result<(), String> {
             .map_err(|e| format!("cannot start the confinement helper: {e}"))?
     };
     let spec_bytes = serde_json::to_vec(&spec.exec).map_err(|e| e.to_string())?;
-    let _ = ours.write_all(&spec_bytes);
-    let _ = ours.shutdown(std::net::Shutdown::Write);
+    let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|s| s.as_fd()).collect();
+    let _ = send_spec(&ours, &spec_bytes, &fds);
+    // Only the decky holds its sockets from now on (and the agent, which
+    // bound them).
+    drop(fds);
+    drop(sockets);
     let mut failure = String::new();
     let _ = (&ours).take(64 * 1024).read_to_string(&mut failure);
     if !failure.is_empty() {
@@ -309,11 +391,13 @@ fn sweep(spec: &ShepherdSpec, leader: u32) {
     }
 }
 
-/// Start a shepherd for `spec` from the agent binary `helper`; returns the
-/// shepherd (a child of this process) and the facts of both processes.
+/// Start a shepherd for `spec` from the agent binary `helper`, handing it
+/// the decky's listening `sockets`; returns the shepherd (a child of this
+/// process) and the facts of both processes.
 pub async fn launch(
     helper: &Path,
     spec: &ShepherdSpec,
+    sockets: Vec<OwnedFd>,
 ) -> Result<(tokio::process::Child, ProcId, ProcId), DriverError> {
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| DriverError(format!("cannot make a socket pair: {e}")))?;
@@ -331,10 +415,12 @@ pub async fn launch(
     let shepherd_start = decnet_proc::start_time(shepherd_pid).unwrap_or(0);
     let bytes = serde_json::to_vec(spec).map_err(|e| DriverError(e.to_string()))?;
     let answer = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-        let mut s = ours;
+        let s = ours;
         s.set_read_timeout(Some(REPORT_TIMEOUT))?;
-        s.write_all(&bytes)?;
-        s.shutdown(std::net::Shutdown::Write)?;
+        let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|f| f.as_fd()).collect();
+        send_spec(&s, &bytes, &fds)?;
+        drop(fds);
+        drop(sockets);
         let mut buf = Vec::new();
         (&s).take(64 * 1024).read_to_end(&mut buf)?;
         Ok(buf)

@@ -9,7 +9,13 @@
 //!     [--suid PATH] [--fork-bomb] [--eat-memory] [--spam BYTES]
 //!     [--print-env NAME] [--print-arg VALUE]
 //! decnet-hostile-decky whoami        (used as the setuid binary)
+//! decnet-hostile-decky net [--connect ADDR:PORT]... [--bind PORT]...
 //! ```
+//!
+//! `net` plays the attacker at the network edge: it lists its open
+//! descriptors (`FDS 0,1,2,3`), tries to connect out and to bind ports,
+//! then serves every TCP socket handed in (`LISTEN_FDS`, from fd 3) with
+//! `hello from uid N`, as an `sd_listen_fds` honeypot would.
 //!
 //! Output lines: `ATTEMPT <what>: blocked (<why>)` or `ATTEMPT <what>:
 //! SUCCEEDED`, `FORKS <n> (<why it stopped>)`, `MEMORY <mib> MiB`, `EUID <n>`
@@ -103,6 +109,92 @@ fn eat() {
     }
 }
 
+/// The descriptors open in this process (not the one listing them).
+fn open_fds() -> Vec<u32> {
+    let mut fds: Vec<u32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    // The directory being listed is open too: skip it.
+                    std::fs::read_link(e.path())
+                        .map(|t| !t.to_string_lossy().ends_with("/fd"))
+                        .unwrap_or(false)
+                })
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+/// The socket handed in at `fd` (systemd's socket activation protocol).
+#[allow(unsafe_code)]
+fn handed_in(fd: i32) -> std::net::TcpListener {
+    use std::os::fd::FromRawFd;
+    // SAFETY: LISTEN_FDS says descriptors 3.. were passed to this process
+    // for it to own; nothing else in it has touched them.
+    unsafe { std::net::TcpListener::from_raw_fd(fd) }
+}
+
+fn net(args: &[String]) {
+    let listen: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let pid_ok = std::env::var("LISTEN_PID").ok() == Some(std::process::id().to_string());
+    println!(
+        "LISTEN_FDS {listen} pid_ok={pid_ok} names={}",
+        std::env::var("LISTEN_FDNAMES").unwrap_or_default()
+    );
+    let fds = open_fds();
+    println!(
+        "FDS {}",
+        fds.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    );
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().cloned().unwrap_or_default();
+        match flag.as_str() {
+            "--connect" => {
+                let r = value
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(std::io::Error::other)
+                    .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)))
+                    .map(|_| ());
+                attempt(&format!("connect {value}"), r);
+            }
+            "--bind" => {
+                let r = std::net::TcpListener::bind(("0.0.0.0", value.parse::<u16>().unwrap_or(0)));
+                match r {
+                    Ok(l) => {
+                        println!("BOUND {value}");
+                        // Held while the decky runs.
+                        std::mem::forget(l);
+                    }
+                    Err(e) => println!("ATTEMPT bind {value}: blocked ({e})"),
+                }
+            }
+            other => println!("UNKNOWN {other}"),
+        }
+    }
+    let uid = rustix::process::getuid().as_raw();
+    for fd in 3..3 + listen {
+        let l = handed_in(fd);
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let mut c = c;
+                let _ = writeln!(c, "hello from uid {uid}");
+            }
+        });
+    }
+    println!("DONE");
+    let _ = std::io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -119,8 +211,12 @@ fn main() {
             return;
         }
         Some("attack") => {}
+        Some("net") => {
+            net(&args[1..]);
+            return;
+        }
         _ => {
-            eprintln!("usage: decnet-hostile-decky attack|whoami|idle ...");
+            eprintln!("usage: decnet-hostile-decky attack|net|whoami|idle ...");
             std::process::exit(2);
         }
     }

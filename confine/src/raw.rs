@@ -1,0 +1,33 @@
+//! The few system calls the confinement needs that have no safe wrapper:
+//! the only `unsafe` code of the workspace, kept here, each call with the
+//! reason it is sound.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// Give the calling process a new user namespace and a new network
+/// namespace (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`).
+pub fn unshare_user_and_network() -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: the flags touch no memory or descriptor this process shares
+    // with other threads (the caller checked it is single-threaded, and
+    // neither CLONE_FILES nor CLONE_FS nor CLONE_VM is given): only the
+    // namespaces it will execute its program in change.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNET) }
+        .map_err(io::Error::from)
+}
+
+/// Close every descriptor from `first` to `last` (`close_range(2)`).
+pub fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: called by the confinement helper just before it executes the
+    // decky's program, single-threaded; the caller first moved every
+    // descriptor it still owns (the sockets handed in, its report channel)
+    // above `last`, so nothing Rust owns is closed under it: what goes are
+    // descriptors it inherited without close-on-exec and never owned.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
