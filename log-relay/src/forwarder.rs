@@ -137,6 +137,58 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
 
+/// Whether `meta` (of a file or a directory) is one that nobody but this
+/// process's user or root can write: what the forwarder ships must not be
+/// replaceable by a decky (a link to the agent's key would ship the key).
+/// Pure: unit-tested.
+pub fn writable_only_by(meta_uid: u32, meta_mode: u32, me: u32) -> bool {
+    (meta_uid == 0 || meta_uid == me) && meta_mode & 0o022 == 0
+}
+
+/// Open `path` for shipping: never through a symbolic link (`O_NOFOLLOW`),
+/// only a regular file, and only when neither it nor its directory can be
+/// written by anyone but this user or root.
+fn open_trusted(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refusing to ship {}: {why}", path.display()),
+        )
+    };
+    let me = rustix::process::geteuid().as_raw();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let d = std::fs::metadata(dir)?;
+    if !writable_only_by(d.uid(), d.mode(), me) {
+        return Err(refuse(format!(
+            "its directory {} can be written by others, who could replace it",
+            dir.display()
+        )));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                refuse("it is a symbolic link".into())
+            } else {
+                e
+            }
+        })?;
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    if !writable_only_by(m.uid(), m.mode(), me) {
+        return Err(refuse("it can be written by others".into()));
+    }
+    Ok(f)
+}
+
 /// Find the file in `dir` with identity `(dev, ino)` (a rotated log).
 fn find_by_identity(dir: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
@@ -208,7 +260,7 @@ pub fn next_batch(
             }
         }
     };
-    let mut f = std::fs::File::open(&path)?;
+    let mut f = open_trusted(&path)?;
     // The file may have been replaced between stat and open.
     if identity(&f.metadata()?) != (start.dev, start.ino) {
         return Ok(None);
@@ -376,6 +428,7 @@ pub async fn run(
     let mut pending: Option<Position> = None;
     let mut conn: Option<Connection> = None;
     let mut backoff = Duration::from_millis(500);
+    let mut last_read_error: Option<(String, std::time::Instant)> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -441,7 +494,17 @@ pub async fn run(
         let batch = match next_batch(&opts, committed) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(file = %opts.log_file.display(), error = %e, "cannot read the log file");
+                // Said once a minute, not at every poll.
+                let text = e.to_string();
+                if last_read_error
+                    .as_ref()
+                    .is_none_or(|(t, at): &(String, std::time::Instant)| {
+                        *t != text || at.elapsed() > Duration::from_secs(60)
+                    })
+                {
+                    tracing::warn!(file = %opts.log_file.display(), error = %text, "cannot read the log file");
+                    last_read_error = Some((text, std::time::Instant::now()));
+                }
                 None
             }
         };
@@ -525,6 +588,54 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_files_and_dirs_nobody_else_can_write_are_trusted() {
+        assert!(writable_only_by(0, 0o100644, 1000));
+        assert!(writable_only_by(1000, 0o100600, 1000));
+        assert!(
+            !writable_only_by(2000, 0o100644, 1000),
+            "another user's file"
+        );
+        assert!(!writable_only_by(0, 0o100666, 1000), "world-writable");
+        assert!(!writable_only_by(0, 0o040775, 1000), "group-writable dir");
+    }
+
+    #[test]
+    fn a_symlink_or_a_file_others_may_write_is_never_shipped() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("worker.key");
+        std::fs::write(&secret, "PRIVATE KEY\n").unwrap();
+        let link = dir.path().join("decky.log");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        let o = ForwarderOptions {
+            log_file: link,
+            ..opts(dir.path())
+        };
+        let e = next_batch(&o, None).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let open = dir.path().join("open.log");
+        std::fs::write(&open, "line\n").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let o = ForwarderOptions {
+            log_file: open,
+            ..opts(dir.path())
+        };
+        let e = next_batch(&o, None).unwrap_err();
+        assert!(e.to_string().contains("written by others"), "{e}");
+        // A directory others may write: its files could be replaced.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(shared.join("d.log"), "line\n").unwrap();
+        let o = ForwarderOptions {
+            log_file: shared.join("d.log"),
+            ..opts(dir.path())
+        };
+        let e = next_batch(&o, None).unwrap_err();
+        assert!(e.to_string().contains("its directory"), "{e}");
+    }
 
     fn opts(dir: &Path) -> ForwarderOptions {
         ForwarderOptions::new("127.0.0.1:1".into(), dir.join("app.log"), dir, "w".into())

@@ -86,6 +86,18 @@ fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
     assert!(out.contains("UPDATED"), "{out}");
     assert!(agent_healthy(&m), "agent answers after the first install");
     let pid1 = u.agent_pid().expect("agent running");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(u.install.join("agent.spawn.log"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the agent's output is its operator's only"
+        );
+    }
     m.ok(&[
         "swarm",
         "update",

@@ -143,13 +143,21 @@ impl SpawnControl {
             .map(|m| m.len())
             .unwrap_or(0);
         let _ = std::fs::write(self.spawn_offset(), offset.to_string());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.spawn_log())
-            .map_err(|e| {
-                ControlError(format!("cannot open {}: {e}", self.spawn_log().display()))
-            })?;
+        // 0600: the agent's output may hold what only its operator should read.
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(self.spawn_log())
+        }
+        .map_err(|e| ControlError(format!("cannot open {}: {e}", self.spawn_log().display())))?;
+        {
+            // A log written by an older updater may have been left 0644.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = log.set_permissions(std::fs::Permissions::from_mode(0o600));
+        }
         let log2 = log.try_clone().map_err(|e| ControlError(e.to_string()))?;
         let child = tokio::process::Command::new(&bin)
             .args(&self.agent_args)
