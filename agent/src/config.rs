@@ -175,6 +175,9 @@ pub struct DeckyLimits {
     pub processes: u64,
     /// Open files per process (16-1048576).
     pub open_files: u64,
+    /// Disk in MiB (1-1048576): the most its working directory may hold,
+    /// and the largest file it may write (process deckies).
+    pub disk_mb: u64,
 }
 
 impl Default for DeckyLimits {
@@ -184,6 +187,7 @@ impl Default for DeckyLimits {
             cpu_percent: 100,
             processes: 256,
             open_files: 1024,
+            disk_mb: 1024,
         }
     }
 }
@@ -203,7 +207,8 @@ impl DeckyLimits {
         check("memory_mb", self.memory_mb, 16, 65536)?;
         check("cpu_percent", u64::from(self.cpu_percent), 1, 6400)?;
         check("processes", self.processes, 8, 65536)?;
-        check("open_files", self.open_files, 16, 1 << 20)
+        check("open_files", self.open_files, 16, 1 << 20)?;
+        check("disk_mb", self.disk_mb, 1, 1 << 20)
     }
 
     /// The limits in the form the confinement applies.
@@ -213,6 +218,7 @@ impl DeckyLimits {
             processes: self.processes,
             memory_bytes: self.memory_mb << 20,
             cpu_percent: self.cpu_percent,
+            file_bytes: self.disk_mb << 20,
         }
     }
 }

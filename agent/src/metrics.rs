@@ -6,6 +6,7 @@
 //! | `decnet_deckies{state}` | deckies in each state (`pending`, `running`, `exited`, `failed`, `torn_down`) |
 //! | `decnet_decky_restarts_total{decky}` | restarts after an exit |
 //! | `decnet_heartbeats_sent_total{outcome}` | heartbeats to the master (`ok`, `failed`) |
+//! | `decnet_decky_disk_budget_exceeded_total{decky}` | deckies stopped for good because their working directory passed its disk budget |
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -48,6 +49,8 @@ pub struct AgentMetrics {
     pub restarts: Family<DeckyLabel, Counter>,
     /// Heartbeats by outcome.
     pub heartbeats: Family<OutcomeLabel, Counter>,
+    /// Deckies stopped for exceeding their disk budget.
+    pub disk_exceeded: Family<DeckyLabel, Counter>,
 }
 
 /// The agent's series, registered on first use.
@@ -58,7 +61,13 @@ pub fn agent_metrics() -> &'static AgentMetrics {
             deckies: Family::default(),
             restarts: Family::default(),
             heartbeats: Family::default(),
+            disk_exceeded: Family::default(),
         };
+        register(
+            "decnet_decky_disk_budget_exceeded",
+            "Deckies stopped for good because their working directory passed its disk budget",
+            m.disk_exceeded.clone(),
+        );
         register("decnet_deckies", "Deckies in each state", m.deckies.clone());
         register(
             "decnet_decky_restarts",
@@ -77,6 +86,17 @@ pub fn agent_metrics() -> &'static AgentMetrics {
         }
         m
     })
+}
+
+impl AgentMetrics {
+    /// `decky` was stopped for exceeding its disk budget.
+    pub fn disk_budget_exceeded(&self, decky: &str) {
+        self.disk_exceeded
+            .get_or_create(&DeckyLabel {
+                decky: decky.into(),
+            })
+            .inc();
+    }
 }
 
 fn phase_name(p: DeckyPhase) -> &'static str {

@@ -212,6 +212,7 @@ mod tests {
             processes: 32,
             memory_bytes: 64 << 20,
             cpu_percent: 25,
+            file_bytes: 1 << 20,
         };
         let dir = tree.create("web", &limits).unwrap();
         assert_eq!(read(dir.join("memory.max")), (64u64 << 20).to_string());

@@ -125,8 +125,13 @@ fn threads_of_self() -> Option<u32> {
         .ok()
 }
 
-fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
-    let name = &spec.workdir_name;
+/// Create the decky's working directory `name` under `parent` (taking it
+/// back from the decky first when `take_back`: it was handed over on an
+/// earlier run), mode 0700, and open it. The
+/// descriptor stays usable once the directory is handed to the decky,
+/// which is how its shepherd measures what the decky stores without
+/// `CAP_DAC_OVERRIDE`.
+pub fn prepare_workdir(parent: &Path, name: &str, take_back: bool) -> Result<OwnedFd, ExecError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(invalid(
             "prepare the working directory",
@@ -134,9 +139,9 @@ fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
         ));
     }
     let dir_flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
-    let parent = rustix::fs::open(&spec.workdir_parent, dir_flags, Mode::empty())
+    let parent = rustix::fs::open(parent, dir_flags, Mode::empty())
         .map_err(errno("open the working directory's parent"))?;
-    match rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700)) {
+    match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(errno("create the working directory")(e)),
     }
@@ -144,21 +149,30 @@ fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
     // CAP_CHOWN only) root may neither open a decky's 0700 directory (left
     // by an earlier run) nor set the mode of one it does not own: take it
     // first, by name and never through a link (the parent is the agent's),
-    // set its mode, then hand it to the decky.
-    if spec.identity.is_some() {
+    // then set its mode.
+    if take_back {
         rustix::fs::chownat(
             &parent,
-            name.as_str(),
+            name,
             Some(rustix::process::geteuid()),
             Some(rustix::process::getegid()),
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(errno("take the working directory"))?;
     }
-    let dir = rustix::fs::openat(&parent, name.as_str(), dir_flags, Mode::empty())
+    let dir = rustix::fs::openat(&parent, name, dir_flags, Mode::empty())
         .map_err(errno("open the working directory"))?;
     rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700))
         .map_err(errno("set the working directory's mode"))?;
+    Ok(dir)
+}
+
+fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
+    let dir = prepare_workdir(
+        &spec.workdir_parent,
+        &spec.workdir_name,
+        spec.identity.is_some(),
+    )?;
     // Entered while still ours: root without CAP_DAC_OVERRIDE could not
     // search it once the decky owns it.
     rustix::process::fchdir(&dir).map_err(errno("enter the working directory"))?;

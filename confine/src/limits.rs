@@ -8,7 +8,9 @@
 //! cgroup v2 tree memory falls back to `RLIMIT_AS` (address space, a coarser
 //! bound that some runtimes which reserve large mappings do not tolerate)
 //! and CPU is not limited. Core dumps are always off: a dump of a hostile
-//! process is the attacker's file written where they choose.
+//! process is the attacker's file written where they choose. No file may
+//! grow past the decky's disk budget (`RLIMIT_FSIZE`); the budget of its
+//! whole working directory is watched by its shepherd.
 
 use rustix::process::{Resource, Rlimit, setrlimit};
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,14 @@ pub struct ResourceLimits {
     pub memory_bytes: u64,
     /// CPU share in percent of one core (100 = one whole core).
     pub cpu_percent: u32,
+    /// Largest file it may write (`RLIMIT_FSIZE`; a write past it fails
+    /// and raises `SIGXFSZ`).
+    #[serde(default = "default_file_bytes")]
+    pub file_bytes: u64,
+}
+
+fn default_file_bytes() -> u64 {
+    1 << 30
 }
 
 impl Default for ResourceLimits {
@@ -33,6 +43,7 @@ impl Default for ResourceLimits {
             processes: 256,
             memory_bytes: 512 << 20,
             cpu_percent: 100,
+            file_bytes: default_file_bytes(),
         }
     }
 }
@@ -56,6 +67,7 @@ impl ResourceLimits {
         set(Resource::Core, 0)?;
         set(Resource::Nofile, self.open_files)?;
         set(Resource::Nproc, self.processes)?;
+        set(Resource::Fsize, self.file_bytes)?;
         if memory_by_rlimit {
             set(Resource::As, self.memory_bytes)?;
         }
@@ -95,8 +107,11 @@ mod tests {
                 processes: 10_000,
                 memory_bytes: 1 << 30,
                 cpu_percent: 100,
+                file_bytes: 4 << 20,
             };
             l.apply_rlimits(true).unwrap();
+            let fsize = rustix::process::getrlimit(Resource::Fsize);
+            assert_eq!(fsize.maximum, Some(4 << 20));
             let nofile = rustix::process::getrlimit(Resource::Nofile);
             assert_eq!(nofile.current, Some(64));
             assert_eq!(nofile.maximum, Some(64));

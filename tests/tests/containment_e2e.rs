@@ -651,3 +651,68 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
     );
     drop(host_only);
 }
+
+/// A decky that fills its disk is stopped: no single file grows past its
+/// budget (`RLIMIT_FSIZE`), and a working directory that does (many small
+/// files) gets the decky stopped for good by its shepherd — not restarted,
+/// counted, and said in `swarm status`.
+#[test]
+fn a_decky_writing_past_its_disk_budget_is_stopped() {
+    if !is_root() {
+        eprintln!("not root: per-decky ids cannot be exercised");
+        return;
+    }
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let state = m.dir.path().join("w1-state");
+    let _agent = decnet_e2e::Agent::start(&m, "w1", &state, &[]);
+    let cfg = write_config(
+        m.dir.path(),
+        "fill.json",
+        serde_json::json!({"version": 1, "deckies": [
+            {"name": "filler", "restart": "always", "limits": {"disk_mb": 8},
+             "command": ["/bin/sh", "-c", "i=0; while true; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); done"]},
+            {"name": "bigfile", "restart": "never", "limits": {"disk_mb": 4},
+             "command": ["/bin/sh", "-c", "head -c 16777216 /dev/zero > big; echo wrote $?"]}
+        ]}),
+    );
+    m.ok(&[
+        "swarm",
+        "deploy",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let stopped = wait_for(Duration::from_secs(30), || {
+        let d = status_of(&m, "w1", "filler");
+        (d["state"] == "failed").then_some(d)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the filler was not stopped: {}",
+            status_of(&m, "w1", "filler")
+        )
+    });
+    assert!(
+        stopped["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exceeded its disk budget of 8 MiB"),
+        "{stopped}"
+    );
+    // Stopped for good: no restart despite restart: always.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status_of(&m, "w1", "filler")["state"], "failed");
+    assert_eq!(status_of(&m, "w1", "filler")["restarts"], 0);
+    let big = state.join("deckies/bigfile/big");
+    assert!(
+        wait_for(Duration::from_secs(10), || (status_of(&m, "w1", "bigfile")
+            ["state"]
+            != "running")
+            .then_some(()))
+        .is_some()
+    );
+    let size = std::fs::metadata(&big).map(|md| md.len()).unwrap_or(0);
+    assert!(size <= 4 << 20, "a file grew past RLIMIT_FSIZE: {size}");
+}

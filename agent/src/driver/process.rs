@@ -317,6 +317,11 @@ impl Inner {
         self.opts.state_dir.join("logs").join(format!("{name}.log"))
     }
 
+    /// Where its shepherd keeps the size of its working directory.
+    fn usage_path(&self, name: &str) -> PathBuf {
+        self.opts.state_dir.join("run").join(format!("{name}.disk"))
+    }
+
     fn exit_path(&self, name: &str) -> PathBuf {
         self.opts.state_dir.join("run").join(format!("{name}.exit"))
     }
@@ -419,6 +424,8 @@ impl Inner {
             exit_path,
             exclusive_uid: exclusive,
             cgroup: cgroup.clone(),
+            disk_budget: Some(limits.file_bytes),
+            usage_path: Some(self.usage_path(&decky.name)),
             exec: ConfinedExec {
                 argv: decky.command.clone(),
                 env: decky.effective_env(),
@@ -515,17 +522,21 @@ impl Supervisor {
         exclusive_uid(&self.inner, &self.decky, self.facts.uid)
     }
 
-    /// Wait for the decky to end; `Some(description)` when it failed.
-    async fn wait(&mut self) -> Option<String> {
+    /// Wait for the decky to end; `Some(description)` when it failed, and
+    /// whether it was stopped for good (its disk budget: no restart).
+    async fn wait(&mut self) -> (Option<String>, bool) {
         self.running.shepherd_ended().await;
         match shepherd::take_exit_record(&self.inner.exit_path(&self.decky.name)) {
-            Some(rec) => rec.failure(),
+            Some(rec) => (rec.failure(), rec.stopped_for.is_some()),
             None => {
                 // The shepherd died without recording the end (killed by
                 // hand?): whatever of the decky still runs goes too, so a
                 // restart never runs two copies.
                 self.kill_program().await;
-                Some("its shepherd ended without recording an exit".into())
+                (
+                    Some("its shepherd ended without recording an exit".into()),
+                    false,
+                )
             }
         }
     }
@@ -569,7 +580,7 @@ impl Supervisor {
         let mut crashes = 0u32;
         let mut started = Instant::now();
         loop {
-            let failure = tokio::select! {
+            let (failure, stopped_for_good) = tokio::select! {
                 f = self.wait() => f,
                 ack = &mut stop => {
                     self.terminate().await;
@@ -577,6 +588,15 @@ impl Supervisor {
                     return;
                 }
             };
+            if stopped_for_good {
+                tracing::warn!(decky = %self.decky.name, reason = failure.as_deref().unwrap_or(""), "decky stopped by its shepherd; not restarted");
+                crate::metrics::agent_metrics().disk_budget_exceeded(&self.decky.name);
+                let _ = self.inner.events.send(DriverEvent::Exited {
+                    name: self.decky.name.clone(),
+                    error: failure,
+                });
+                return;
+            }
             if started.elapsed() >= STABLE_RUN {
                 crashes = 0;
                 backoff = FIRST_BACKOFF;
@@ -745,11 +765,14 @@ impl Driver for ProcessDriver {
             names
                 .iter()
                 .map(|n| {
+                    let disk = std::fs::read_to_string(self.inner.usage_path(n))
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u64>().ok());
                     (
                         n.clone(),
                         Observation {
                             running: sup.contains_key(n),
-                            detail: None,
+                            detail: disk.map(|b| serde_json::json!({ "disk_bytes": b })),
                         },
                     )
                 })

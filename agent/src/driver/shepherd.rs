@@ -29,6 +29,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use decnet_confine::ConfinedExec;
@@ -40,6 +42,11 @@ use super::{DriverError, ProcId};
 const MAX_SPEC: u64 = 1 << 20;
 /// Most listening sockets handed to one decky.
 pub const MAX_LISTEN: usize = 64;
+/// How often a running decky's working directory is measured.
+pub const DISK_CHECK: Duration = Duration::from_secs(5);
+/// Entries a working directory may hold (the walk stays bounded, and a
+/// million empty files is a flood too).
+pub const MAX_ENTRIES: u64 = 1_000_000;
 /// How long the agent waits for a shepherd's answer.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -59,6 +66,13 @@ pub struct ShepherdSpec {
     pub exclusive_uid: Option<u32>,
     /// The decky's cgroup, killed when the program ends.
     pub cgroup: Option<PathBuf>,
+    /// The most its working directory may hold, in bytes: past it the
+    /// decky is stopped for good.
+    #[serde(default)]
+    pub disk_budget: Option<u64>,
+    /// Where the size of its working directory is kept for `/status`.
+    #[serde(default)]
+    pub usage_path: Option<PathBuf>,
     /// How the program is confined and started.
     pub exec: ConfinedExec,
 }
@@ -82,17 +96,24 @@ pub enum ShepherdReport {
 }
 
 /// How a decky's program ended, as the shepherd recorded it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitRecord {
     /// Exit code, when it exited.
     pub code: Option<i32>,
     /// Signal, when one killed it.
     pub signal: Option<i32>,
+    /// Why its shepherd stopped it for good (it exceeded its disk budget):
+    /// it is not restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_for: Option<String>,
 }
 
 impl ExitRecord {
     /// `None` for a clean exit, otherwise what happened in words.
     pub fn failure(&self) -> Option<String> {
+        if let Some(why) = &self.stopped_for {
+            return Some(why.clone());
+        }
         match (self.code, self.signal) {
             (Some(0), _) => None,
             (Some(c), _) => Some(format!("exited with status {c}")),
@@ -321,6 +342,16 @@ fn run(spec: &ShepherdSpec, sockets: Vec<OwnedFd>, chan: &mut UnixStream) -> Res
         .map_err(|e| format!("cannot make a pipe: {e}"))?;
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| format!("cannot make a socket pair: {e}"))?;
+    // The working directory, opened while still the shepherd's: the watch
+    // below reads the decky's tree from it once the decky owns it.
+    let workdir = spec.disk_budget.and_then(|_| {
+        decnet_confine::exec::prepare_workdir(
+            &spec.exec.workdir_parent,
+            &spec.exec.workdir_name,
+            spec.exec.identity.is_some(),
+        )
+        .ok()
+    });
     let mut child = {
         // The command (holding our copies of the pipe's write end) is
         // dropped right after the spawn, so the pump sees EOF once the
@@ -350,10 +381,34 @@ fn run(spec: &ShepherdSpec, sockets: Vec<OwnedFd>, chan: &mut UnixStream) -> Res
     let start_time = decnet_proc::start_time(pid).unwrap_or(0);
     let pump = std::thread::spawn(move || pump(out_r, log));
     report(chan, &ShepherdReport::Started { pid, start_time });
+    let ended = Arc::new(AtomicBool::new(false));
+    let breach: Arc<Mutex<Option<String>>> = Arc::default();
+    if let (Some(budget), Some(workdir)) = (spec.disk_budget, workdir) {
+        let watch = DiskWatch {
+            workdir,
+            budget,
+            usage: spec.usage_path.as_ref().and_then(|p| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(p)
+                    .ok()
+            }),
+            identity: spec.exec.identity,
+            leader: ProcId { pid, start_time },
+            ended: ended.clone(),
+            breach: breach.clone(),
+        };
+        std::thread::spawn(move || watch.run());
+    }
 
     // Observe the end without reaping, so the leader's pid and group stay
     // reserved while what it left behind is swept.
     let _ = decnet_proc::wait_exited_unreaped(pid);
+    ended.store(true, Ordering::SeqCst);
     sweep(spec, pid);
     let status = child.wait().map_err(|e| format!("cannot wait: {e}"))?;
     // Output still in flight drains; processes outside our reach (a decky
@@ -368,10 +423,204 @@ fn run(spec: &ShepherdSpec, sockets: Vec<OwnedFd>, chan: &mut UnixStream) -> Res
     let record = ExitRecord {
         code: status.code(),
         signal: status.signal(),
+        stopped_for: lock(&breach).take(),
     };
     let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
     decnet_pki::secure_fs::write_atomic(&spec.exit_path, &bytes, 0o600)
         .map_err(|e| format!("cannot write {}: {e}", spec.exit_path.display()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How deep a working directory may nest (the walk holds one descriptor a
+/// level; deeper is a pathological tree, treated as a breach).
+pub const MAX_DEPTH: usize = 64;
+
+/// The bytes (allocated blocks) and entries under the open directory
+/// `dir`, walked by descriptors (no path of it is ever resolved, no link
+/// followed), stopping once either passes its bound. A tree nesting deeper
+/// than [`MAX_DEPTH`] or holding what the walk cannot read counts as past
+/// `max_entries`: a directory the walker's own user (the decky's) made
+/// unreadable is opened up first, and one still unreadable is a breach,
+/// never a hiding place.
+pub fn disk_usage(dir: &OwnedFd, max_bytes: u64, max_entries: u64) -> std::io::Result<(u64, u64)> {
+    let mut walk = UsageWalk {
+        me: rustix::process::geteuid().as_raw(),
+        max_bytes,
+        max_entries,
+        bytes: 0,
+        entries: 0,
+    };
+    walk.open_up(dir);
+    walk.visit(dir, 0)?;
+    Ok((walk.bytes, walk.entries))
+}
+
+/// One measurement of [`disk_usage`]: depth first, so it holds one
+/// descriptor per level however wide the tree.
+struct UsageWalk {
+    me: u32,
+    max_bytes: u64,
+    max_entries: u64,
+    bytes: u64,
+    entries: u64,
+}
+
+impl UsageWalk {
+    fn over(&self) -> bool {
+        self.bytes > self.max_bytes || self.entries > self.max_entries
+    }
+
+    fn hidden(&mut self) {
+        self.entries = self.max_entries.saturating_add(1);
+    }
+
+    /// Give the owner back read and search on a directory of the walker's
+    /// user that took them away.
+    fn open_up(&self, dir: &OwnedFd) {
+        if let Ok(st) = rustix::fs::fstat(dir)
+            && st.st_uid == self.me
+            && st.st_mode & 0o700 != 0o700
+        {
+            let _ = rustix::fs::fchmod(
+                dir,
+                rustix::fs::Mode::from_raw_mode((st.st_mode | 0o700) & 0o7777),
+            );
+        }
+    }
+
+    fn open_dir(&self, at: &OwnedFd, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
+        use rustix::fs::{AtFlags, Mode, OFlags, openat, statat};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = match openat(at, name, flags, Mode::empty()) {
+            Err(rustix::io::Errno::ACCESS) => {
+                let st = statat(at, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                if st.st_uid != self.me {
+                    return Err(rustix::io::Errno::ACCESS);
+                }
+                rustix::fs::chmodat(at, name, Mode::from_raw_mode(0o700), AtFlags::empty())?;
+                openat(at, name, flags, Mode::empty())?
+            }
+            r => r?,
+        };
+        self.open_up(&dir);
+        Ok(dir)
+    }
+
+    fn visit(&mut self, dir: &OwnedFd, depth: usize) -> std::io::Result<()> {
+        use rustix::fs::{AtFlags, FileType, statat};
+        let mut listing = rustix::fs::Dir::read_from(dir)?;
+        while let Some(entry) = listing.read() {
+            let Ok(entry) = entry else {
+                self.hidden();
+                return Ok(());
+            };
+            let n = entry.file_name();
+            if n.to_bytes() == b"." || n.to_bytes() == b".." {
+                continue;
+            }
+            let st = match statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue, // gone since listed
+                Err(_) => {
+                    self.hidden();
+                    return Ok(());
+                }
+            };
+            self.entries += 1;
+            self.bytes += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
+            if self.over() {
+                return Ok(());
+            }
+            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+                continue;
+            }
+            if depth + 1 >= MAX_DEPTH {
+                self.hidden();
+                return Ok(());
+            }
+            match self.open_dir(dir, n) {
+                Ok(sub) => self.visit(&sub, depth + 1)?,
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(_) => self.hidden(),
+            }
+            if self.over() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shepherd's watch over a decky's working directory: a thread of its
+/// own that takes the decky's ids (for itself only: Linux ids are per
+/// thread at the system call) to read what the decky stores, measures it
+/// every [`DISK_CHECK`], keeps the figure for `/status`, and kills the
+/// program when it passes its budget (the shepherd's sweep does the rest).
+struct DiskWatch {
+    /// The decky's working directory, opened while it was still the
+    /// shepherd's (the decky's uid may not reach it by path).
+    workdir: OwnedFd,
+    budget: u64,
+    usage: Option<std::fs::File>,
+    identity: Option<decnet_confine::ExecIdentity>,
+    leader: ProcId,
+    ended: Arc<AtomicBool>,
+    breach: Arc<Mutex<Option<String>>>,
+}
+
+impl DiskWatch {
+    fn run(mut self) {
+        if let Some(id) = self.identity {
+            use rustix::thread::{set_thread_gid, set_thread_groups, set_thread_uid};
+            let switched = set_thread_groups(&[])
+                .and_then(|_| set_thread_gid(rustix::process::Gid::from_raw(id.gid)))
+                .and_then(|_| set_thread_uid(rustix::process::Uid::from_raw(id.uid)));
+            if switched.is_err() {
+                return;
+            }
+        }
+        while !self.ended.load(Ordering::SeqCst) {
+            let Ok((bytes, entries)) = disk_usage(&self.workdir, self.budget, MAX_ENTRIES) else {
+                std::thread::sleep(DISK_CHECK);
+                continue;
+            };
+            if let Some(f) = self.usage.as_mut() {
+                use std::io::Seek;
+                let _ = f.set_len(0);
+                let _ = f.rewind();
+                let _ = write!(f, "{bytes}");
+            }
+            if bytes > self.budget || entries > MAX_ENTRIES {
+                *lock(&self.breach) = Some(if entries > MAX_ENTRIES {
+                    format!(
+                        "stopped: its working directory holds over {MAX_ENTRIES} entries, \
+                         nests deeper than {MAX_DEPTH} or hides a directory"
+                    )
+                } else {
+                    format!(
+                        "stopped: its working directory exceeded its disk budget of {} MiB",
+                        self.budget >> 20
+                    )
+                });
+                if let Some(h) =
+                    decnet_proc::ProcessHandle::open(self.leader.pid, self.leader.start_time)
+                {
+                    let _ = h.signal(decnet_proc::Signal::KILL);
+                }
+                return;
+            }
+            // Sleep in short steps: the decky may end meanwhile.
+            for _ in 0..(DISK_CHECK.as_millis() / 250) {
+                if self.ended.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
 }
 
 /// Kill what the decky's program left behind once it has ended.
@@ -468,22 +717,55 @@ mod tests {
     }
 
     #[test]
+    fn disk_usage_counts_blocks_without_following_links_and_stops_early() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("d");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a"), vec![1u8; 64 * 1024]).unwrap();
+        std::os::unix::fs::symlink("/usr", dir.join("usr")).unwrap();
+        let d = OwnedFd::from(std::fs::File::open(&dir).unwrap());
+        let (bytes, entries) = disk_usage(&d, u64::MAX, u64::MAX).unwrap();
+        assert!((64 * 1024..1 << 20).contains(&bytes), "{bytes}");
+        assert_eq!(entries, 3, "sub, sub/a, the link itself");
+        let (over, _) = disk_usage(&d, 1024, u64::MAX).unwrap();
+        assert!(over > 1024);
+        // A tree nested past the bound is a breach, not a walk without end.
+        let mut deep = dir.clone();
+        for _ in 0..(MAX_DEPTH + 2) {
+            deep.push("x");
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let (_, entries) = disk_usage(&d, u64::MAX, 1000).unwrap();
+        assert!(entries > 1000);
+        std::fs::remove_dir_all(dir.join("x")).unwrap();
+        // A directory its owner closed to itself is opened up and counted.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("sub"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        let (bytes, entries) = disk_usage(&d, u64::MAX, u64::MAX).unwrap();
+        assert!(bytes >= 64 * 1024, "{bytes}");
+        assert_eq!(entries, 3);
+    }
+
+    #[test]
     fn exit_records_describe_failures() {
         let clean = ExitRecord {
             code: Some(0),
             signal: None,
+            stopped_for: None,
         };
         assert_eq!(clean.failure(), None);
         let code = ExitRecord {
             code: Some(3),
             signal: None,
+            stopped_for: None,
         };
         assert_eq!(code.failure().unwrap(), "exited with status 3");
         let sig = ExitRecord {
             code: None,
             signal: Some(9),
+            stopped_for: Some("stopped: over budget".into()),
         };
-        assert_eq!(sig.failure().unwrap(), "killed by signal 9");
+        assert_eq!(sig.failure().unwrap(), "stopped: over budget");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.exit");
         std::fs::write(&p, serde_json::to_vec(&code).unwrap()).unwrap();
