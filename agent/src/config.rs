@@ -178,6 +178,10 @@ pub struct DeckyLimits {
     /// Disk in MiB (1-1048576): the most its working directory may hold,
     /// and the largest file it may write (process deckies).
     pub disk_mb: u64,
+    /// Scratch in MiB (1-65536) of each of its own `/tmp`, `/var/tmp` and
+    /// `/dev/shm` (process deckies with a network of their own; memory,
+    /// counted against `memory_mb` where cgroups apply).
+    pub tmp_mb: u64,
 }
 
 impl Default for DeckyLimits {
@@ -188,6 +192,7 @@ impl Default for DeckyLimits {
             processes: 256,
             open_files: 1024,
             disk_mb: 1024,
+            tmp_mb: 64,
         }
     }
 }
@@ -208,7 +213,8 @@ impl DeckyLimits {
         check("cpu_percent", u64::from(self.cpu_percent), 1, 6400)?;
         check("processes", self.processes, 8, 65536)?;
         check("open_files", self.open_files, 16, 1 << 20)?;
-        check("disk_mb", self.disk_mb, 1, 1 << 20)
+        check("disk_mb", self.disk_mb, 1, 1 << 20)?;
+        check("tmp_mb", self.tmp_mb, 1, 65536)
     }
 
     /// The limits in the form the confinement applies.

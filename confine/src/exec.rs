@@ -69,6 +69,11 @@ pub struct ConfinedExec {
     /// order; `LISTEN_FDNAMES`).
     #[serde(default)]
     pub listen_names: Vec<String>,
+    /// Bytes of scratch space of its own (`/tmp`, `/var/tmp`, `/dev/shm`
+    /// each, [`crate::scratch`]); `None` leaves it the host's. Only with a
+    /// network of its own (the same user namespace holds the mounts).
+    #[serde(default)]
+    pub scratch_bytes: Option<u64>,
 }
 
 /// Which step of the confined start failed, and why.
@@ -270,6 +275,18 @@ fn prepare(spec: &ConfinedExec) -> Result<PathBuf, ExecError> {
     if let Some(id) = spec.identity {
         drop_ids(id)?;
     }
+    let path = spec
+        .env
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_PATH);
+    let program = resolve_program(&spec.argv[0], path).ok_or_else(|| ExecError {
+        step: "start the program",
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} not found on PATH {path}", spec.argv[0]),
+        ),
+    })?;
     if spec.network == DeckyNetwork::Own {
         let (uid, gid) = match spec.identity {
             Some(id) => (id.uid, id.gid),
@@ -278,21 +295,25 @@ fn prepare(spec: &ConfinedExec) -> Result<PathBuf, ExecError> {
                 rustix::process::getgid().as_raw(),
             ),
         };
-        crate::netns::isolate(uid, gid).map_err(at("give the decky a network of its own"))?;
+        crate::netns::isolate(uid, gid, spec.scratch_bytes)
+            .map_err(at("give the decky a network of its own"))?;
+        if spec.scratch_bytes.is_some() && !program.exists() {
+            return Err(ExecError {
+                step: "start the program",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "{} lies under {}, which are the decky's own (empty) \
+                         scratch space: install it elsewhere",
+                        program.display(),
+                        crate::scratch::PRIVATE_DIRS.join(", ")
+                    ),
+                ),
+            });
+        }
     }
     rustix::thread::set_no_new_privs(true).map_err(errno("set no_new_privs"))?;
-    let path = spec
-        .env
-        .get("PATH")
-        .map(String::as_str)
-        .unwrap_or(DEFAULT_PATH);
-    resolve_program(&spec.argv[0], path).ok_or_else(|| ExecError {
-        step: "start the program",
-        source: std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{} not found on PATH {path}", spec.argv[0]),
-        ),
-    })
+    Ok(program)
 }
 
 #[cfg(test)]
@@ -330,6 +351,7 @@ mod tests {
             cgroup: None,
             network: DeckyNetwork::Own,
             listen_names: Vec::new(),
+            scratch_bytes: None,
         };
         let mut channel: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
         let e = exec_confined(&spec, Vec::new(), &mut channel);

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod limits;
 pub mod netns;
 pub mod raw;
+pub mod scratch;
 
 pub use exec::{ConfinedExec, ExecIdentity};
 pub use ids::{AccountDb, IdRange};

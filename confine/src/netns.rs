@@ -91,9 +91,11 @@ pub fn loopback_up() -> io::Result<()> {
 
 /// Give this (single-threaded, already unprivileged) process a user
 /// namespace of its own holding a network namespace with loopback up, with
-/// `uid`/`gid` mapped to themselves.
-pub fn isolate(uid: u32, gid: u32) -> io::Result<()> {
-    crate::raw::unshare_user_and_network()?;
+/// `uid`/`gid` mapped to themselves; with `scratch`, a mount namespace too,
+/// where `/tmp`, `/var/tmp` and `/dev/shm` are its own (see
+/// [`crate::scratch`]).
+pub fn isolate(uid: u32, gid: u32, scratch: Option<u64>) -> io::Result<()> {
+    crate::raw::unshare_user_and_network(scratch.is_some())?;
     // The creator holds every capability in the new user namespace until
     // it executes its program: enough to set its own loopback up.
     loopback_up()?;
@@ -109,7 +111,11 @@ pub fn isolate(uid: u32, gid: u32) -> io::Result<()> {
         std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
     })();
     set_dumpable_behavior(before)?;
-    maps
+    maps?;
+    match scratch {
+        Some(bytes) => crate::scratch::mount_private(uid, gid, bytes),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

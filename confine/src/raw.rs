@@ -6,15 +6,21 @@
 use std::io;
 
 /// Give the calling process a new user namespace and a new network
-/// namespace (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`).
-pub fn unshare_user_and_network() -> io::Result<()> {
+/// namespace (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`), with a new mount
+/// namespace too when `mounts` (`CLONE_NEWNS`).
+pub fn unshare_user_and_network(mounts: bool) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
+    let mut flags = UnshareFlags::NEWUSER | UnshareFlags::NEWNET;
+    if mounts {
+        flags |= UnshareFlags::NEWNS;
+    }
     // SAFETY: the flags touch no memory or descriptor this process shares
     // with other threads (the caller checked it is single-threaded, and
     // neither CLONE_FILES nor CLONE_FS nor CLONE_VM is given): only the
-    // namespaces it will execute its program in change.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNET) }
-        .map_err(io::Error::from)
+    // namespaces it will execute its program in change (CLONE_NEWNS
+    // implies CLONE_FS, which only unshares this process's own root and
+    // working directory from threads it does not have).
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
 }
 
 /// Close every descriptor from `first` to `last` (`close_range(2)`).

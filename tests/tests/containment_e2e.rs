@@ -16,6 +16,28 @@ use decnet_e2e::{MasterHome, UpdaterFixture, bin, good_release, wait_for};
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_decnet-hostile-decky");
 
+/// Every test's files (homes, state dirs, the attacker's tools) live under
+/// the target dir, not `/tmp`: a contained decky's `/tmp` is its own, so
+/// there an attack on the agent's files would fail for not finding them,
+/// proving nothing about their permissions.
+fn outside_tmp() {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    // Deckies run under uids of their own: every directory above must be
+    // searchable by them (a checkout under a 0700 home is not).
+    let searchable = target
+        .ancestors()
+        .all(|a| std::fs::metadata(a).is_ok_and(|m| m.mode() & 0o001 != 0));
+    let dir = if searchable {
+        target.join("containment")
+    } else {
+        PathBuf::from("/var/lib/decnet-tests")
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    chmod(&dir, 0o755);
+    // Set once per process; later calls find it set.
+    let _ = tempfile::env::override_temp_dir(&dir);
+}
+
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -61,6 +83,7 @@ fn decky_log(state: &Path, name: &str) -> String {
 
 #[test]
 fn without_root_the_agent_refuses_to_run_deckies_as_itself() {
+    outside_tmp();
     if is_root() {
         // As root the capabilities are there; the refusal is checked by
         // dropping them for the agent's run.
@@ -114,6 +137,7 @@ fn assert_refused(out: &std::process::Output) {
 
 #[test]
 fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckies() {
+    outside_tmp();
     if !is_root() {
         eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
         return;
@@ -374,6 +398,7 @@ fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckie
 
 #[test]
 fn named_accounts_run_as_asked_and_root_only_when_allowed_and_audited() {
+    outside_tmp();
     if !is_root() {
         eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
         return;
@@ -450,6 +475,7 @@ fn named_accounts_run_as_asked_and_root_only_when_allowed_and_audited() {
 
 #[test]
 fn an_unconfined_decky_is_replaced_by_a_contained_one_when_the_agent_restarts_confined() {
+    outside_tmp();
     if !is_root() {
         eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
         return;
@@ -521,6 +547,7 @@ fn free_privileged_port() -> u16 {
 /// decky asking for the same port is a 409 naming it, and teardown frees it.
 #[test]
 fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
+    outside_tmp();
     use std::io::Read;
     if !is_root() {
         eprintln!("not root: per-decky ids and privileged ports cannot be exercised");
@@ -554,6 +581,13 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
         argv.extend(["--connect".to_string(), t.clone()]);
     }
     argv.extend(["--bind".to_string(), inner_port.to_string()]);
+    // Scratch of its own: what it plants in /tmp and /dev/shm never
+    // reaches the host (nor, then, another decky).
+    let planted = format!("decnet-planted-{}-{port}", std::process::id());
+    for dir in ["/tmp", "/dev/shm"] {
+        argv.extend(["--write".to_string(), format!("{dir}/{planted}")]);
+        argv.extend(["--stat".to_string(), dir.to_string()]);
+    }
     let cfg = write_config(
         m.dir.path(),
         "net.json",
@@ -594,6 +628,18 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
         log.contains("FDS 0,1,2,3\n"),
         "a descriptor leaked in:\n{log}"
     );
+    for dir in ["/tmp", "/dev/shm"] {
+        let path = format!("{dir}/{planted}");
+        assert!(
+            log.contains(&format!("ATTEMPT write {path}: SUCCEEDED")),
+            "{log}"
+        );
+        assert!(
+            !std::path::Path::new(&path).exists(),
+            "{path} reached the host"
+        );
+        assert!(log.contains(&format!("STAT {dir} {uid} 700")), "{log}");
+    }
     for t in &targets {
         assert!(
             log.contains(&format!("ATTEMPT connect {t}: blocked")),
@@ -658,6 +704,7 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
 /// counted, and said in `swarm status`.
 #[test]
 fn a_decky_writing_past_its_disk_budget_is_stopped() {
+    outside_tmp();
     if !is_root() {
         eprintln!("not root: per-decky ids cannot be exercised");
         return;

@@ -56,8 +56,8 @@ fn units_restart_on_failure_and_are_hardened() {
         "ReadWritePaths=/var/lib/decnet/agent /etc/decnet/agent",
         "ProtectHome=yes",
         "Delegate=yes",
-        // A decky's own user and network namespace, and nothing else.
-        "RestrictNamespaces=user net",
+        // A decky's own user, network and mount namespaces, nothing else.
+        "RestrictNamespaces=user net mnt",
     ] {
         assert!(agent.contains(key), "agent unit lacks {key}");
     }

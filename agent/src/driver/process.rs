@@ -437,6 +437,7 @@ impl Inner {
                 cgroup,
                 network,
                 listen_names,
+                scratch_bytes: (network == DeckyNetwork::Own).then_some(decky.limits.tmp_mb << 20),
             },
         };
         if identity.is_some_and(|i| i.uid == 0) {
@@ -848,10 +849,25 @@ impl Driver for ProcessDriver {
                 "warning": "deckies share the host's network (--decky-network host): they reach its loopback, the master and the other deckies",
             }),
         };
+        let scratch = if matches!(
+            (opts.network, &opts.network_probe),
+            (DeckyNetwork::Own, Ok(()))
+        ) {
+            serde_json::json!({
+                "mode": "own",
+                "detail": "/tmp, /var/tmp and /dev/shm are a tmpfs of each decky's own (limits.tmp_mb)",
+            })
+        } else {
+            serde_json::json!({
+                "mode": "host",
+                "warning": "deckies share the host's /tmp, /var/tmp and /dev/shm",
+            })
+        };
         serde_json::json!({
             "isolation": isolation,
             "limits": limits,
             "network": network,
+            "scratch": scratch,
             "log_max_bytes": opts.log_max,
         })
     }

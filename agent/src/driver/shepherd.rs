@@ -218,8 +218,8 @@ pub fn exec_decky_main() -> i32 {
 
 /// `decnet-agent probe-decky-network`: try what a decky's confinement
 /// does for its network — as an unprivileged user (nobody, when started as
-/// root), a user and network namespace of its own with loopback up — and
-/// exit 0, or 1 saying why not.
+/// root), a user and network namespace of its own with loopback up, and a
+/// mount namespace with its own `/tmp` — and exit 0, or 1 saying why not.
 pub fn probe_network_main() -> i32 {
     const NOBODY: u32 = 65534;
     if rustix::process::geteuid().is_root() {
@@ -235,10 +235,10 @@ pub fn probe_network_main() -> i32 {
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     );
-    match decnet_confine::netns::isolate(uid, gid) {
+    match decnet_confine::netns::isolate(uid, gid, Some(1 << 20)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("an unprivileged user namespace with a network namespace: {e}");
+            eprintln!("an unprivileged user namespace with network and mount namespaces: {e}");
             1
         }
     }

@@ -10,11 +10,12 @@
 //!     [--print-env NAME] [--print-arg VALUE]
 //! decnet-hostile-decky whoami        (used as the setuid binary)
 //! decnet-hostile-decky net [--connect ADDR:PORT]... [--bind PORT]...
+//!     [--write PATH]... [--stat PATH]...
 //! ```
 //!
 //! `net` plays the attacker at the network edge: it lists its open
-//! descriptors (`FDS 0,1,2,3`), tries to connect out and to bind ports,
-//! then serves every TCP socket handed in (`LISTEN_FDS`, from fd 3) with
+//! descriptors (`FDS 0,1,2,3`), tries to connect out, to bind ports and to
+//! write files (`STAT <path> <uid> <mode>` says who owns a path), then serves every TCP socket handed in (`LISTEN_FDS`, from fd 3) with
 //! `hello from uid N`, as an `sd_listen_fds` honeypot would.
 //!
 //! Output lines: `ATTEMPT <what>: blocked (<why>)` or `ATTEMPT <what>:
@@ -173,6 +174,19 @@ fn net(args: &[String]) {
                         std::mem::forget(l);
                     }
                     Err(e) => println!("ATTEMPT bind {value}: blocked ({e})"),
+                }
+            }
+            "--write" => {
+                attempt(
+                    &format!("write {value}"),
+                    std::fs::write(&value, b"planted by a decky"),
+                );
+            }
+            "--stat" => {
+                use std::os::unix::fs::MetadataExt;
+                match std::fs::metadata(&value) {
+                    Ok(m) => println!("STAT {value} {} {:o}", m.uid(), m.mode() & 0o7777),
+                    Err(e) => println!("STAT {value} failed ({e})"),
                 }
             }
             other => println!("UNKNOWN {other}"),
