@@ -152,6 +152,8 @@ pub fn router(exec: Arc<Executor>) -> Router {
         .route("/teardown", post(teardown))
         .route("/mutate", post(mutate))
         .route("/operations/{id}", get(operation))
+        .route("/evidence", get(evidence_list))
+        .route("/evidence/{decky}/{id}", get(evidence_fetch))
         .fallback(|| async {
             error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -252,4 +254,53 @@ async fn operation(State(exec): State<Arc<Executor>>, Path(id): Path<String>) ->
         Ok(op) => Json(op).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn evidence_list(State(exec): State<Arc<Executor>>) -> Response {
+    let Some(archive) = exec.evidence() else {
+        return Json(serde_json::json!({ "archives": [], "kept": false })).into_response();
+    };
+    let limits = archive.limits();
+    let archives = archive.list();
+    Json(serde_json::json!({
+        "archives": archives,
+        "kept": limits.keep > 0,
+        "keep": limits.keep,
+        "max_bytes": limits.max_bytes,
+    }))
+    .into_response()
+}
+
+/// `GET /evidence/{decky}/{id}`: the archive as `application/gzip`,
+/// streamed (it may be large).
+async fn evidence_fetch(
+    State(exec): State<Arc<Executor>>,
+    Path((decky, id)): Path<(String, String)>,
+) -> Response {
+    let missing = || {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no evidence archive {id} of decky {decky}"),
+        )
+    };
+    let Some(path) = exec.evidence().and_then(|a| a.path_of(&decky, &id)) else {
+        return missing();
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => return missing(),
+    };
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    let mut resp =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/gzip"),
+    );
+    if let Some(len) = len {
+        headers.insert(axum::http::header::CONTENT_LENGTH, len.into());
+    }
+    resp
 }

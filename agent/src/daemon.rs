@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub decky_interface: Option<String>,
     /// Where process deckies' networks live.
     pub decky_network: decnet_confine::DeckyNetwork,
+    /// Bounds of the process deckies' evidence archive.
+    pub evidence: crate::evidence::EvidenceLimits,
 }
 
 /// Why the agent cannot start: every variant is an operator-fixable setup
@@ -124,6 +126,7 @@ fn process_driver(
     p.grace = opts.stop_grace;
     p.log_max = opts.decky_log_max;
     p.network = opts.decky_network;
+    p.evidence = opts.evidence;
     p.network_probe = match opts.decky_network {
         decnet_confine::DeckyNetwork::Own => probe_decky_network(&p.helper),
         decnet_confine::DeckyNetwork::Host => Ok(()),

@@ -159,6 +159,12 @@ impl Executor {
         self.driver.kind()
     }
 
+    /// The archive of what torn-down deckies left, when the driver keeps
+    /// one.
+    pub fn evidence(&self) -> Option<&crate::evidence::EvidenceArchive> {
+        self.driver.evidence()
+    }
+
     /// This host's name.
     pub fn host(&self) -> &str {
         &self.host
@@ -452,26 +458,25 @@ impl Executor {
     /// Stop and remove one decky, or all of them. Returns the names torn down.
     pub async fn teardown(&self, decky: Option<&str>) -> Result<Vec<String>, ExecError> {
         let _serial = self.serial.lock().await;
-        let names: Vec<String> = {
+        let configs: Vec<DeckyConfig> = {
             let st = self.state.lock().await;
             match decky {
-                Some(n) => {
-                    if !st.deckies.contains_key(n) {
-                        return Err(ExecError::UnknownDecky(n.to_string()));
-                    }
-                    vec![n.to_string()]
-                }
+                Some(n) => match st.deckies.get(n) {
+                    Some(r) => vec![r.config.clone()],
+                    None => return Err(ExecError::UnknownDecky(n.to_string())),
+                },
                 None => st
                     .deckies
-                    .iter()
-                    .filter(|(_, r)| r.phase != DeckyPhase::TornDown)
-                    .map(|(n, _)| n.clone())
+                    .values()
+                    .filter(|r| r.phase != DeckyPhase::TornDown)
+                    .map(|r| r.config.clone())
                     .collect(),
             }
         };
+        let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
         let mut errors = Vec::new();
-        for n in &names {
-            if let Err(e) = self.driver.stop(n).await {
+        for (n, config) in names.iter().zip(&configs) {
+            if let Err(e) = self.driver.stop(config).await {
                 errors.push(format!("{n}: {e}"));
             }
             let mut st = self.state.lock().await;

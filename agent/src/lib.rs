@@ -7,6 +7,7 @@
 //! * [`state`] — the persisted state file;
 //! * [`driver`] — the `process` and `compose` drivers behind one trait;
 //! * [`executor`] — requests → driver calls, state, recovery;
+//! * [`evidence`] — what torn-down deckies left, archived for the operator;
 //! * [`heartbeat`] — periodic reports to the master's control API;
 //! * [`api`] — the HTTP routes and the role policy;
 //! * [`metrics`] — deckies by state, restarts, heartbeats;
@@ -16,6 +17,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod driver;
+pub mod evidence;
 pub mod executor;
 pub mod heartbeat;
 pub mod lan;

@@ -102,6 +102,15 @@ enum Command {
         /// for kernels that forbid unprivileged user namespaces).
         #[arg(long, value_enum, default_value_t = NetworkArg::Own)]
         decky_network: NetworkArg,
+        /// Keep this many evidence archives per process decky (what its
+        /// working directory held at a teardown, fetched with `decnet swarm
+        /// evidence`); 0 keeps none.
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        evidence_keep: usize,
+        /// Bound of the evidence archive in MiB, all deckies together (the
+        /// oldest archives go first; the newest always stays).
+        #[arg(long, value_name = "MIB", default_value_t = 2048)]
+        evidence_max_mb: u64,
         /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
@@ -236,6 +245,8 @@ fn main() {
                 decky_log_max,
                 decky_interface,
                 decky_network,
+                evidence_keep,
+                evidence_max_mb,
                 metrics,
             } => {
                 let home = decnet_pki::bundle::default_decnet_home();
@@ -275,6 +286,10 @@ fn main() {
                     decky_network: match decky_network {
                         NetworkArg::Own => decnet_confine::DeckyNetwork::Own,
                         NetworkArg::Host => decnet_confine::DeckyNetwork::Host,
+                    },
+                    evidence: decnet_agent::evidence::EvidenceLimits {
+                        keep: evidence_keep,
+                        max_bytes: evidence_max_mb.saturating_mul(1 << 20),
                     },
                 };
                 serve(opts, forward, heartbeat, metrics).await

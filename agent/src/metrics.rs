@@ -7,6 +7,7 @@
 //! | `decnet_decky_restarts_total{decky}` | restarts after an exit |
 //! | `decnet_heartbeats_sent_total{outcome}` | heartbeats to the master (`ok`, `failed`) |
 //! | `decnet_decky_disk_budget_exceeded_total{decky}` | deckies stopped for good because their working directory passed its disk budget |
+//! | `decnet_evidence_archived_total{decky}` | working directories archived as evidence at a teardown |
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -51,6 +52,8 @@ pub struct AgentMetrics {
     pub heartbeats: Family<OutcomeLabel, Counter>,
     /// Deckies stopped for exceeding their disk budget.
     pub disk_exceeded: Family<DeckyLabel, Counter>,
+    /// Working directories archived as evidence.
+    pub evidence: Family<DeckyLabel, Counter>,
 }
 
 /// The agent's series, registered on first use.
@@ -62,7 +65,13 @@ pub fn agent_metrics() -> &'static AgentMetrics {
             restarts: Family::default(),
             heartbeats: Family::default(),
             disk_exceeded: Family::default(),
+            evidence: Family::default(),
         };
+        register(
+            "decnet_evidence_archived",
+            "Working directories of torn-down deckies archived as evidence",
+            m.evidence.clone(),
+        );
         register(
             "decnet_decky_disk_budget_exceeded",
             "Deckies stopped for good because their working directory passed its disk budget",
@@ -92,6 +101,15 @@ impl AgentMetrics {
     /// `decky` was stopped for exceeding its disk budget.
     pub fn disk_budget_exceeded(&self, decky: &str) {
         self.disk_exceeded
+            .get_or_create(&DeckyLabel {
+                decky: decky.into(),
+            })
+            .inc();
+    }
+
+    /// `decky`'s working directory was archived at its teardown.
+    pub fn evidence_archived(&self, decky: &str) {
+        self.evidence
             .get_or_create(&DeckyLabel {
                 decky: decky.into(),
             })

@@ -192,20 +192,27 @@ fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
     Ok(())
 }
 
-fn drop_ids(id: ExecIdentity) -> Result<(), ExecError> {
+/// Take the ids `id` for the calling thread only (Linux ids are per thread
+/// at the system call; the C library's broadcast to every thread is not
+/// used): how a root process reads a decky's files as the decky, with no
+/// more reach than the decky has. Supplementary groups go first.
+pub fn take_ids_for_this_thread(id: ExecIdentity) -> std::io::Result<()> {
     use rustix::thread::{set_thread_gid, set_thread_groups, set_thread_uid};
-    let (uid, gid) = (
-        rustix::process::Uid::from_raw(id.uid),
-        rustix::process::Gid::from_raw(id.gid),
-    );
-    set_thread_groups(&[]).map_err(errno("drop the supplementary groups"))?;
-    set_thread_gid(gid).map_err(errno("switch to the decky's group"))?;
-    set_thread_uid(uid).map_err(errno("switch to the decky's user"))?;
+    set_thread_groups(&[])?;
+    set_thread_gid(rustix::process::Gid::from_raw(id.gid))?;
+    set_thread_uid(rustix::process::Uid::from_raw(id.uid))?;
+    Ok(())
+}
+
+fn drop_ids(id: ExecIdentity) -> Result<(), ExecError> {
+    let uid = rustix::process::Uid::from_raw(id.uid);
+    let gid = rustix::process::Gid::from_raw(id.gid);
+    take_ids_for_this_thread(id).map_err(at("switch to the decky's ids"))?;
     let (r, e) = (rustix::process::getuid(), rustix::process::geteuid());
     if r != uid || e != uid || rustix::process::getegid() != gid {
         return Err(invalid("switch ids", "the ids did not change"));
     }
-    if id.uid != 0 && set_thread_uid(rustix::process::Uid::ROOT).is_ok() {
+    if id.uid != 0 && rustix::thread::set_thread_uid(rustix::process::Uid::ROOT).is_ok() {
         return Err(invalid("drop root", "root could be regained"));
     }
     Ok(())

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod netns;
 pub mod raw;
 pub mod scratch;
+pub mod tree;
 
 pub use exec::{ConfinedExec, ExecIdentity};
 pub use ids::{AccountDb, IdRange};

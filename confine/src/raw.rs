@@ -6,13 +6,15 @@
 use std::io;
 
 /// Give the calling process a new user namespace and a new network
-/// namespace (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`), with a new mount
-/// namespace too when `mounts` (`CLONE_NEWNS`).
-pub fn unshare_user_and_network(mounts: bool) -> io::Result<()> {
+/// namespace (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`), with new mount and
+/// IPC namespaces too when `scratch` (`CLONE_NEWNS | CLONE_NEWIPC`: its own
+/// `/tmp` and its own System V and POSIX IPC objects, which would otherwise
+/// outlive it under its uid).
+pub fn unshare_user_and_network(scratch: bool) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
     let mut flags = UnshareFlags::NEWUSER | UnshareFlags::NEWNET;
-    if mounts {
-        flags |= UnshareFlags::NEWNS;
+    if scratch {
+        flags |= UnshareFlags::NEWNS | UnshareFlags::NEWIPC;
     }
     // SAFETY: the flags touch no memory or descriptor this process shares
     // with other threads (the caller checked it is single-threaded, and

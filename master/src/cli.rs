@@ -440,6 +440,28 @@ pub enum SwarmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the evidence archives of a host (what torn-down process deckies
+    /// left in their working directories), or fetch one of a decky: the
+    /// newest, or `--id`, as a gzipped tar.
+    Evidence {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Host name.
+        host: String,
+        /// Fetch this decky's archive (list when omitted).
+        decky: Option<String>,
+        /// The archive to fetch (default: the decky's newest).
+        #[arg(long, requires = "decky")]
+        id: Option<String>,
+        /// Where to write it (default `./HOST-DECKY-ID.tar.gz`; never
+        /// overwritten).
+        #[arg(long, short = 'o', value_name = "FILE", requires = "decky")]
+        out: Option<std::path::PathBuf>,
+        /// Print JSON (the list).
+        #[arg(long)]
+        json: bool,
+    },
     /// Tear down one decky or every decky of a host.
     Teardown {
         /// CA location.
@@ -726,6 +748,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{host}: endpoint updated");
             Ok(())
+        }
+        Command::Swarm(SwarmCommand::Evidence {
+            ca,
+            host,
+            decky,
+            id,
+            out,
+            json,
+        }) => {
+            let home = resolve(ca.ca_dir);
+            let db = open_db(&home).await?;
+            let r = crate::fleet_ops::evidence(
+                &db,
+                &home.ca_layout(),
+                &cli_actor(),
+                &host,
+                crate::fleet_ops::EvidenceRequest {
+                    decky: decky.as_deref(),
+                    id: id.as_deref(),
+                    out: out.as_deref(),
+                    json,
+                },
+            )
+            .await;
+            db.close().await;
+            r
         }
         Command::Swarm(SwarmCommand::Teardown { ca, host, decky }) => {
             let home = resolve(ca.ca_dir);

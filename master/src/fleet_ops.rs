@@ -548,6 +548,147 @@ pub async fn teardown(
     }
 }
 
+/// What `swarm evidence` was asked.
+pub struct EvidenceRequest<'a> {
+    /// Fetch this decky's archive (list when `None`).
+    pub decky: Option<&'a str>,
+    /// Which archive (default: the newest of the decky).
+    pub id: Option<&'a str>,
+    /// Where to write it.
+    pub out: Option<&'a Path>,
+    /// Print the list as JSON.
+    pub json: bool,
+}
+
+/// Whether `s` may name a decky or an archive in a URL path (the agent
+/// checks again; this keeps `..` and `/` out of the request).
+fn is_path_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `swarm evidence`: list a host's evidence archives, or fetch one of a
+/// decky to a file (written `0600` under a temporary name, then renamed;
+/// an existing file is never overwritten). A fetch is audited.
+pub async fn evidence(
+    db: &FleetDb,
+    layout: &CaLayout,
+    actor: &str,
+    host: &str,
+    req: EvidenceRequest<'_>,
+) -> anyhow::Result<()> {
+    let pool = worker_pool(layout)?;
+    let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let client = agent_client(&pool, &h)?;
+    let list = match client.evidence().await {
+        Ok(l) => l,
+        Err(e) => {
+            record(db, host, Err(&e)).await;
+            return Err(e.into());
+        }
+    };
+    let Some(decky) = req.decky else {
+        if req.json {
+            println!("{}", serde_json::to_string_pretty(&list.archives)?);
+            return Ok(());
+        }
+        if !list.kept {
+            println!("{host}: keeps no evidence (compose driver, or --evidence-keep 0)");
+        }
+        if list.archives.is_empty() {
+            println!("{host}: no evidence archive");
+            return Ok(());
+        }
+        println!("{:<24} {:<22} {:>12}", "DECKY", "ID", "BYTES");
+        for a in &list.archives {
+            println!(
+                "{:<24} {:<22} {:>12}",
+                inert(&a.decky),
+                inert(&a.id),
+                a.bytes
+            );
+        }
+        return Ok(());
+    };
+    if !is_path_safe(decky) {
+        return Err(UsageError(format!("{decky:?} is not a decky name")).into());
+    }
+    let id = match req.id {
+        Some(id) if is_path_safe(id) => id.to_string(),
+        Some(id) => return Err(UsageError(format!("{id:?} is not an archive id")).into()),
+        None => list
+            .archives
+            .iter()
+            .filter(|a| a.decky == decky && is_path_safe(&a.id))
+            .max_by(|a, b| a.id.cmp(&b.id))
+            .map(|a| a.id.clone())
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "{host} holds no evidence of decky {decky} (see `decnet swarm evidence {host}`)"
+                ))
+            })?,
+    };
+    let out = req
+        .out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| format!("{host}-{decky}-{id}.tar.gz").into());
+    let part = {
+        let mut p = out.clone().into_os_string();
+        p.push(".part");
+        std::path::PathBuf::from(p)
+    };
+    if out.exists() {
+        return Err(UsageError(format!("{} exists: not overwritten", out.display())).into());
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&part)
+        .await
+        .with_context(|| format!("cannot create {}", part.display()))?;
+    let fetched = client.fetch_evidence(decky, &id, &mut file).await;
+    drop(file);
+    let outcome = match fetched {
+        Ok(bytes) => std::fs::rename(&part, &out)
+            .map(|()| bytes)
+            .with_context(|| format!("cannot rename {} to {}", part.display(), out.display())),
+        Err(e) => Err(e.into()),
+    };
+    match outcome {
+        Ok(bytes) => {
+            audit(
+                db,
+                actor,
+                "swarm.evidence",
+                host,
+                AuditOutcome::Ok,
+                format!("decky={decky} id={id} bytes={bytes}"),
+            )
+            .await;
+            println!("{host}: {decky} {id}: {bytes} bytes in {}", out.display());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            audit(
+                db,
+                actor,
+                "swarm.evidence",
+                host,
+                AuditOutcome::Failed,
+                format!("decky={decky} id={id}: {e:#}"),
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
 /// One host's row in `swarm status` / `swarm check`.
 #[derive(Debug, serde::Serialize)]
 pub struct HostReport {

@@ -107,6 +107,35 @@ pub struct AgentHealth {
     pub driver: Option<String>,
 }
 
+/// One evidence archive as the agent lists it (`GET /evidence`).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct EvidenceArchive {
+    /// The decky it came from.
+    pub decky: String,
+    /// Its id (the UTC time of the teardown, `20261205T141530Z`).
+    pub id: String,
+    /// Its size, compressed.
+    pub bytes: u64,
+}
+
+/// `GET /evidence` answer.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+pub struct EvidenceList {
+    /// The archives, oldest first.
+    pub archives: Vec<EvidenceArchive>,
+    /// Whether the agent keeps evidence (the process driver, with
+    /// `--evidence-keep` above 0).
+    #[serde(default)]
+    pub kept: bool,
+}
+
+/// The largest evidence archive fetched (the agent bounds its archive to
+/// `--evidence-max-mb`; this bounds what a compromised agent can send).
+pub const MAX_EVIDENCE: u64 = 64 << 30;
+
+/// Timeout of an evidence download.
+pub const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Typed client of one agent.
 #[derive(Clone, Debug)]
 pub struct AgentClient {
@@ -213,6 +242,27 @@ impl AgentClient {
             )
             .await?;
         Ok(a.torn_down)
+    }
+
+    /// `GET /evidence`.
+    pub async fn evidence(&self) -> Result<EvidenceList, ClientError> {
+        self.ep
+            .send_json(self.ep.http().get(self.ep.url("/evidence")), QUICK_TIMEOUT)
+            .await
+    }
+
+    /// `GET /evidence/{decky}/{id}`: the archive (gzipped tar) written to
+    /// `out`; returns its size.
+    pub async fn fetch_evidence(
+        &self,
+        decky: &str,
+        id: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64, ClientError> {
+        let url = self.ep.url(&format!("/evidence/{decky}/{id}"));
+        self.ep
+            .download(self.ep.http().get(url), EVIDENCE_TIMEOUT, out, MAX_EVIDENCE)
+            .await
     }
 
     /// `POST /mutate`.

@@ -315,28 +315,98 @@ impl Endpoint {
             bytes.extend_from_slice(&chunk);
         }
         if !status.is_success() {
-            let body: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
-            let kind = body
-                .as_ref()
-                .and_then(|b| b["error"].as_str())
-                .map(str::to_string);
-            let detail = body
-                .as_ref()
-                .and_then(|b| b["detail"].as_str())
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
-            return Err(ClientError::Status {
-                endpoint: self.label.clone(),
-                status: status.as_u16(),
-                kind,
-                detail,
-                body,
-            });
+            return Err(self.status_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             endpoint: self.label.clone(),
             detail: e.to_string(),
         })
+    }
+}
+
+impl Endpoint {
+    /// The error a failed answer of `status` with `bytes` stands for.
+    fn status_error(&self, status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+        let body: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
+        let kind = body
+            .as_ref()
+            .and_then(|b| b["error"].as_str())
+            .map(str::to_string);
+        let detail = body
+            .as_ref()
+            .and_then(|b| b["detail"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().take(500).collect());
+        ClientError::Status {
+            endpoint: self.label.clone(),
+            status: status.as_u16(),
+            kind,
+            detail,
+            body,
+        }
+    }
+
+    /// Send `req` with `timeout` and write a successful answer's body to
+    /// `out`, at most `max` bytes (a worker is not trusted to be small);
+    /// returns the bytes written. Error statuses become
+    /// [`ClientError::Status`].
+    pub async fn download(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        max: u64,
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut resp = req
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e, timeout))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| self.transport_error(e, timeout))?
+            {
+                if bytes.len() + chunk.len() > MAX_ANSWER {
+                    break;
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            return Err(self.status_error(status, &bytes));
+        }
+        let too_large = || ClientError::Decode {
+            endpoint: self.label.clone(),
+            detail: format!("the answer is larger than {max} bytes"),
+        };
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let mut written = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e, timeout))?
+        {
+            written += chunk.len() as u64;
+            if written > max {
+                return Err(too_large());
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| ClientError::Decode {
+                    endpoint: self.label.clone(),
+                    detail: format!("cannot write the answer: {e}"),
+                })?;
+        }
+        out.flush().await.map_err(|e| ClientError::Decode {
+            endpoint: self.label.clone(),
+            detail: format!("cannot write the answer: {e}"),
+        })?;
+        Ok(written)
     }
 }
 

@@ -176,11 +176,26 @@ async fn role_matrix_and_malformed_bodies() {
     let get = |c: &reqwest::Client, path: &str| c.get(format!("{base}{path}")).send();
     assert_eq!(get(&master, "/health").await.unwrap().status(), 200);
     assert_eq!(get(&master, "/status").await.unwrap().status(), 200);
+    assert_eq!(get(&master, "/evidence").await.unwrap().status(), 200);
+    // Names that could leave the archive are no archive.
+    for path in [
+        "/evidence/x/20261205T000000Z",
+        "/evidence/..%2F..%2Fdecky-ids.json/1",
+        "/evidence/x/..%2F..%2F..%2Fworker.key",
+    ] {
+        let r = get(&master, path).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "not_found");
+    }
     for (c, path) in [
         (&other_agent, "/health"),
         (&other_agent, "/status"),
         (&other_updater, "/health"),
         (&own_updater, "/status"),
+        // Evidence is the master's alone: a decky's loot may hold secrets.
+        (&own_updater, "/evidence"),
+        (&other_agent, "/evidence/x/20261205T000000Z"),
     ] {
         let r = get(c, path).await.unwrap();
         assert_eq!(r.status(), 403, "{path}");

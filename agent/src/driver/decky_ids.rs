@@ -1,9 +1,10 @@
 //! The uid each process decky owns, kept in `<state-dir>/decky-ids.json`.
 //!
-//! A name keeps its uid for as long as the agent's state dir lives (a
-//! redeploy, an agent restart and a teardown followed by a deploy all find
-//! the same one), so the files a decky left in its working directory stay
-//! its own and no other decky ever inherits them.
+//! A name keeps its uid while it is deployed (a redeploy and an agent
+//! restart find the same one), so the files in its working directory stay
+//! its own. Its teardown archives and removes those files, and only then
+//! frees the uid ([`DeckyIds::release`]): no decky ever inherits another's
+//! files.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -79,6 +80,16 @@ impl DeckyIds {
         Ok(uid)
     }
 
+    /// Free the uid of `name` (its teardown removed every file and process
+    /// of it): a later decky may be given it.
+    pub fn release(&mut self, name: &str) -> Result<Option<u32>, String> {
+        let freed = self.by_name.remove(name);
+        if freed.is_some() {
+            self.save()?;
+        }
+        Ok(freed)
+    }
+
     fn save(&self) -> Result<(), String> {
         let bytes = serde_json::to_vec_pretty(&self.by_name).map_err(|e| e.to_string())?;
         decnet_pki::secure_fs::write_atomic(&self.path, &bytes, 0o600)
@@ -111,6 +122,11 @@ mod tests {
         let moved = again.get_or_allocate("a", |id| id == a, |_| false).unwrap();
         assert_ne!(moved, a);
         assert_ne!(moved, b);
+        // Released, persisted: the name holds no uid any more.
+        assert_eq!(again.release("b"), Ok(Some(b)));
+        assert_eq!(again.release("b"), Ok(None));
+        let reloaded = DeckyIds::open(dir.path().join("decky-ids.json"), range).unwrap();
+        assert_eq!(reloaded.get("b"), None);
     }
 
     #[test]

@@ -127,8 +127,15 @@ pub trait Driver: Send + Sync + 'static {
         facts: Option<ProcessFacts>,
     ) -> DriverFuture<'a, bool>;
 
-    /// Stop and remove one decky.
-    fn stop<'a>(&'a self, name: &'a str) -> DriverFuture<'a, Result<(), DriverError>>;
+    /// Stop and remove one decky (a teardown): what it left is archived
+    /// where the driver keeps evidence, and what it held is freed.
+    fn stop<'a>(&'a self, decky: &'a DeckyConfig) -> DriverFuture<'a, Result<(), DriverError>>;
+
+    /// The archive of what torn-down deckies left, when the driver keeps
+    /// one (the process driver). Default: none.
+    fn evidence(&self) -> Option<&crate::evidence::EvidenceArchive> {
+        None
+    }
 
     /// Observe the given deckies.
     fn observe<'a>(

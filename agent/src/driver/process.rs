@@ -45,6 +45,7 @@ use super::{
 use crate::config::{
     DeckyConfig, DeploymentConfig, DriverKind, PortMapping, Protocol, RestartPolicy,
 };
+use crate::evidence::{EvidenceArchive, EvidenceLimits};
 
 /// After this many consecutive quick crashes a decky is given up on.
 pub const MAX_CRASH_LOOP: u32 = 5;
@@ -89,6 +90,8 @@ pub struct ProcessOptions {
     /// Whether this host can give a decky a network of its own (`Err`: why
     /// not; with [`DeckyNetwork::Own`] process deckies are then refused).
     pub network_probe: Result<(), String>,
+    /// Bounds of the evidence archive (`<state-dir>/evidence`).
+    pub evidence: EvidenceLimits,
 }
 
 impl ProcessOptions {
@@ -104,12 +107,14 @@ impl ProcessOptions {
             cgroup: Err("not probed".into()),
             network: DeckyNetwork::Host,
             network_probe: Err("not probed".into()),
+            evidence: EvidenceLimits::default(),
         }
     }
 }
 
 struct Inner {
     opts: ProcessOptions,
+    evidence: EvidenceArchive,
     ids: Mutex<Option<DeckyIds>>,
     events: mpsc::UnboundedSender<DriverEvent>,
     agent_uid: u32,
@@ -171,6 +176,7 @@ impl ProcessDriver {
             decnet_pki::secure_fs::ensure_private_dir(&d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
+        let evidence = EvidenceArchive::open(opts.state_dir.join("evidence"), opts.evidence)?;
         let ids = match opts.isolation {
             Isolation::PerDeckyUid(range) => Some(DeckyIds::open(
                 opts.state_dir.join("decky-ids.json"),
@@ -181,6 +187,7 @@ impl ProcessDriver {
         Ok(ProcessDriver {
             inner: Arc::new(Inner {
                 opts,
+                evidence,
                 ids: Mutex::new(ids),
                 events,
                 agent_uid: decnet_proc::current_uid(),
@@ -201,6 +208,66 @@ impl ProcessDriver {
         tokio::spawn(sup.run(stop_rx));
         let previous = lock(&self.supervised).insert(decky.name, Supervised { stop: stop_tx });
         drop(previous);
+    }
+
+    /// After a teardown: end every process of the decky's own uid, archive
+    /// and remove its working directory (read as the decky), then free the
+    /// uid — only once nothing of it is left.
+    async fn archive_and_free(&self, decky: &DeckyConfig) -> Result<(), DriverError> {
+        let (reader, exclusive) = match self.inner.opts.isolation {
+            Isolation::None => (None, None),
+            Isolation::PerDeckyUid(_) => match &decky.user {
+                Some(user) => (
+                    AccountDb::load()
+                        .resolve(user)
+                        .ok()
+                        .map(|ids| ExecIdentity {
+                            uid: ids.uid,
+                            gid: ids.gid,
+                        }),
+                    None,
+                ),
+                None => {
+                    let uid = lock(&self.inner.ids)
+                        .as_ref()
+                        .and_then(|b| b.get(&decky.name));
+                    (uid.map(|uid| ExecIdentity { uid, gid: uid }), uid)
+                }
+            },
+        };
+        let inner = Arc::clone(&self.inner);
+        let name = decky.name.clone();
+        let archived = tokio::task::spawn_blocking(move || {
+            if let Some(uid) = exclusive {
+                decnet_proc::kill_user(uid, Duration::from_secs(5));
+            }
+            inner.evidence.archive(
+                &inner.opts.decky_root,
+                &name,
+                reader,
+                time::OffsetDateTime::now_utc(),
+            )
+        })
+        .await
+        .map_err(|e| DriverError(e.to_string()))?
+        .map_err(|e| DriverError(e.to_string()))?;
+        if let Some(e) = &archived.entry {
+            tracing::info!(decky = %decky.name, id = %e.id, bytes = e.bytes, "working directory archived as evidence");
+            crate::metrics::agent_metrics().evidence_archived(&decky.name);
+        }
+        let _ = std::fs::remove_file(self.inner.usage_path(&decky.name));
+        match (archived.residue, exclusive) {
+            (Some(residue), _) => {
+                tracing::warn!(decky = %decky.name, %residue, "the working directory was not removed entirely: its uid stays reserved");
+            }
+            (None, Some(_)) => {
+                if let Some(book) = lock(&self.inner.ids).as_mut() {
+                    book.release(&decky.name).map_err(DriverError)?;
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
     }
 
     async fn stop_supervised(&self, name: &str) -> bool {
@@ -748,13 +815,18 @@ impl Driver for ProcessDriver {
         self.inner.reserve_ports(decky)
     }
 
-    fn stop<'a>(&'a self, name: &'a str) -> DriverFuture<'a, Result<(), DriverError>> {
+    fn stop<'a>(&'a self, decky: &'a DeckyConfig) -> DriverFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
+            let name = decky.name.as_str();
             self.stop_supervised(name).await;
             // Its ports are free again once it is gone.
             lock(&self.inner.ports).remove(name);
-            Ok(())
+            self.archive_and_free(decky).await
         })
+    }
+
+    fn evidence(&self) -> Option<&EvidenceArchive> {
+        Some(&self.inner.evidence)
     }
 
     fn observe<'a>(

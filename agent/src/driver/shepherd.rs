@@ -223,10 +223,12 @@ pub fn exec_decky_main() -> i32 {
 pub fn probe_network_main() -> i32 {
     const NOBODY: u32 = 65534;
     if rustix::process::geteuid().is_root() {
-        let dropped = rustix::thread::set_thread_groups(&[])
-            .and_then(|_| rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(NOBODY)))
-            .and_then(|_| rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(NOBODY)));
-        if let Err(e) = dropped {
+        // Single-threaded: the thread's ids are the process's.
+        let nobody = decnet_confine::ExecIdentity {
+            uid: NOBODY,
+            gid: NOBODY,
+        };
+        if let Err(e) = decnet_confine::exec::take_ids_for_this_thread(nobody) {
             eprintln!("cannot switch to an unprivileged user: {e}");
             return 1;
         }
@@ -434,124 +436,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// How deep a working directory may nest (the walk holds one descriptor a
-/// level; deeper is a pathological tree, treated as a breach).
-pub const MAX_DEPTH: usize = 64;
+pub use decnet_confine::tree::MAX_DEPTH;
 
 /// The bytes (allocated blocks) and entries under the open directory
-/// `dir`, walked by descriptors (no path of it is ever resolved, no link
+/// `dir` ([`decnet_confine::tree::walk`]: by descriptors, no link
 /// followed), stopping once either passes its bound. A tree nesting deeper
 /// than [`MAX_DEPTH`] or holding what the walk cannot read counts as past
-/// `max_entries`: a directory the walker's own user (the decky's) made
-/// unreadable is opened up first, and one still unreadable is a breach,
-/// never a hiding place.
+/// `max_entries`: a directory the decky closed to itself is opened up, one
+/// still unreadable is a breach, never a hiding place.
 pub fn disk_usage(dir: &OwnedFd, max_bytes: u64, max_entries: u64) -> std::io::Result<(u64, u64)> {
-    let mut walk = UsageWalk {
-        me: rustix::process::geteuid().as_raw(),
-        max_bytes,
-        max_entries,
-        bytes: 0,
-        entries: 0,
-    };
-    walk.open_up(dir);
-    walk.visit(dir, 0)?;
-    Ok((walk.bytes, walk.entries))
-}
-
-/// One measurement of [`disk_usage`]: depth first, so it holds one
-/// descriptor per level however wide the tree.
-struct UsageWalk {
-    me: u32,
-    max_bytes: u64,
-    max_entries: u64,
-    bytes: u64,
-    entries: u64,
-}
-
-impl UsageWalk {
-    fn over(&self) -> bool {
-        self.bytes > self.max_bytes || self.entries > self.max_entries
-    }
-
-    fn hidden(&mut self) {
-        self.entries = self.max_entries.saturating_add(1);
-    }
-
-    /// Give the owner back read and search on a directory of the walker's
-    /// user that took them away.
-    fn open_up(&self, dir: &OwnedFd) {
-        if let Ok(st) = rustix::fs::fstat(dir)
-            && st.st_uid == self.me
-            && st.st_mode & 0o700 != 0o700
-        {
-            let _ = rustix::fs::fchmod(
-                dir,
-                rustix::fs::Mode::from_raw_mode((st.st_mode | 0o700) & 0o7777),
-            );
+    use decnet_confine::tree::{Event, Flow, walk};
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    walk(dir, |e| {
+        match e {
+            Event::Entry { stat, .. } => {
+                entries += 1;
+                bytes += u64::try_from(stat.st_blocks).unwrap_or(0) * 512;
+            }
+            Event::Hidden { .. } => entries = max_entries.saturating_add(1),
+            Event::Left { .. } => {}
         }
-    }
-
-    fn open_dir(&self, at: &OwnedFd, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
-        use rustix::fs::{AtFlags, Mode, OFlags, openat, statat};
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let dir = match openat(at, name, flags, Mode::empty()) {
-            Err(rustix::io::Errno::ACCESS) => {
-                let st = statat(at, name, AtFlags::SYMLINK_NOFOLLOW)?;
-                if st.st_uid != self.me {
-                    return Err(rustix::io::Errno::ACCESS);
-                }
-                rustix::fs::chmodat(at, name, Mode::from_raw_mode(0o700), AtFlags::empty())?;
-                openat(at, name, flags, Mode::empty())?
-            }
-            r => r?,
-        };
-        self.open_up(&dir);
-        Ok(dir)
-    }
-
-    fn visit(&mut self, dir: &OwnedFd, depth: usize) -> std::io::Result<()> {
-        use rustix::fs::{AtFlags, FileType, statat};
-        let mut listing = rustix::fs::Dir::read_from(dir)?;
-        while let Some(entry) = listing.read() {
-            let Ok(entry) = entry else {
-                self.hidden();
-                return Ok(());
-            };
-            let n = entry.file_name();
-            if n.to_bytes() == b"." || n.to_bytes() == b".." {
-                continue;
-            }
-            let st = match statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(rustix::io::Errno::NOENT) => continue, // gone since listed
-                Err(_) => {
-                    self.hidden();
-                    return Ok(());
-                }
-            };
-            self.entries += 1;
-            self.bytes += u64::try_from(st.st_blocks).unwrap_or(0) * 512;
-            if self.over() {
-                return Ok(());
-            }
-            if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-                continue;
-            }
-            if depth + 1 >= MAX_DEPTH {
-                self.hidden();
-                return Ok(());
-            }
-            match self.open_dir(dir, n) {
-                Ok(sub) => self.visit(&sub, depth + 1)?,
-                Err(rustix::io::Errno::NOENT) => {}
-                Err(_) => self.hidden(),
-            }
-            if self.over() {
-                return Ok(());
-            }
+        if bytes > max_bytes || entries > max_entries {
+            Flow::Stop
+        } else {
+            Flow::Continue
         }
-        Ok(())
-    }
+    })?;
+    Ok((bytes, entries))
 }
 
 /// The shepherd's watch over a decky's working directory: a thread of its
@@ -573,14 +484,10 @@ struct DiskWatch {
 
 impl DiskWatch {
     fn run(mut self) {
-        if let Some(id) = self.identity {
-            use rustix::thread::{set_thread_gid, set_thread_groups, set_thread_uid};
-            let switched = set_thread_groups(&[])
-                .and_then(|_| set_thread_gid(rustix::process::Gid::from_raw(id.gid)))
-                .and_then(|_| set_thread_uid(rustix::process::Uid::from_raw(id.uid)));
-            if switched.is_err() {
-                return;
-            }
+        if let Some(id) = self.identity
+            && decnet_confine::exec::take_ids_for_this_thread(id).is_err()
+        {
+            return;
         }
         while !self.ended.load(Ordering::SeqCst) {
             let Ok((bytes, entries)) = disk_usage(&self.workdir, self.budget, MAX_ENTRIES) else {
