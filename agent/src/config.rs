@@ -95,6 +95,28 @@ pub struct PortMapping {
     pub protocol: Protocol,
 }
 
+/// One destination a decky may connect to (`egress`): a network (CIDR, or
+/// one address) and a TCP port. Nothing else leaves a process decky's
+/// network; compose deckies do not take an allow-list yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressEntry {
+    /// `203.0.113.7`, `10.20.0.0/16`, `2001:db8::/64`.
+    pub to: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl EgressEntry {
+    /// The rule the confinement applies (the entry was validated).
+    pub fn rule(&self) -> Result<decnet_confine::egress::EgressRule, String> {
+        decnet_confine::egress::EgressRule::new(&self.to, self.port).map_err(|e| e.to_string())
+    }
+}
+
+/// Most egress entries of one decky.
+pub const MAX_EGRESS: usize = 16;
+
 /// Transport protocol of a published port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,6 +165,10 @@ pub struct DeckyConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: DeckyLimits,
+    /// The destinations it may connect to (process deckies with a network
+    /// of their own); none by default: nothing leaves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressEntry>,
     /// Capabilities a compose decky keeps (every other one is dropped);
     /// only from [`GRANTABLE_CAPS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -399,6 +425,16 @@ impl DeckyConfig {
                 ));
             }
         }
+        if self.egress.len() > MAX_EGRESS {
+            return Err(err(
+                format!("{at}.egress"),
+                format!("at most {MAX_EGRESS} egress entries per decky"),
+            ));
+        }
+        for (i, e) in self.egress.iter().enumerate() {
+            e.rule()
+                .map_err(|why| err(format!("{at}.egress[{i}]"), why))?;
+        }
         if self.command.iter().any(|a| a.contains('\0'))
             || self.env.values().any(|v| v.contains('\0'))
         {
@@ -451,6 +487,12 @@ impl DeckyConfig {
                         "writable_root is for compose deckies",
                     ));
                 }
+            }
+            DriverKind::Compose if !self.egress.is_empty() => {
+                return Err(err(
+                    format!("{at}.egress"),
+                    "an egress allow-list is for process deckies (compose deckies cannot take one yet)",
+                ));
             }
             DriverKind::Compose => {
                 if let Some(i) = self.ports.iter().position(|p| p.container == 0) {

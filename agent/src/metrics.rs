@@ -8,6 +8,8 @@
 //! | `decnet_heartbeats_sent_total{outcome}` | heartbeats to the master (`ok`, `failed`) |
 //! | `decnet_decky_disk_budget_exceeded_total{decky}` | deckies stopped for good because their working directory passed its disk budget |
 //! | `decnet_evidence_archived_total{decky}` | working directories archived as evidence at a teardown |
+//! | `decnet_decky_forbidden_connections_total{decky}` | attempts of a decky to reach anything outside its egress allow-list |
+//! | `decnet_decky_egress_connections_total{decky}` | connections of a decky through its egress allow-list |
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -54,6 +56,15 @@ pub struct AgentMetrics {
     pub disk_exceeded: Family<DeckyLabel, Counter>,
     /// Working directories archived as evidence.
     pub evidence: Family<DeckyLabel, Counter>,
+    /// Forbidden connection attempts by decky.
+    pub forbidden: Family<DeckyLabel, Counter>,
+    /// Connections through the egress allow-list by decky.
+    pub egress: Family<DeckyLabel, Counter>,
+    /// The network figures last read per decky (its shepherd's counters
+    /// start again with each run: a drop is a new run).
+    seen: std::sync::Mutex<
+        std::collections::HashMap<String, crate::driver::egress_proxy::NetworkFigures>,
+    >,
 }
 
 /// The agent's series, registered on first use.
@@ -66,7 +77,20 @@ pub fn agent_metrics() -> &'static AgentMetrics {
             heartbeats: Family::default(),
             disk_exceeded: Family::default(),
             evidence: Family::default(),
+            forbidden: Family::default(),
+            egress: Family::default(),
+            seen: Default::default(),
         };
+        register(
+            "decnet_decky_forbidden_connections",
+            "Attempts of a decky to reach anything outside its egress allow-list",
+            m.forbidden.clone(),
+        );
+        register(
+            "decnet_decky_egress_connections",
+            "Connections of a decky through its egress allow-list",
+            m.egress.clone(),
+        );
         register(
             "decnet_evidence_archived",
             "Working directories of torn-down deckies archived as evidence",
@@ -105,6 +129,27 @@ impl AgentMetrics {
                 decky: decky.into(),
             })
             .inc();
+    }
+
+    /// Count what `decky`'s network figures say happened since they were
+    /// last read (figures lower than before are a new run's: counted whole).
+    pub fn network_figures(&self, decky: &str, now: crate::driver::egress_proxy::NetworkFigures) {
+        let before = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(decky.to_string(), now)
+            .unwrap_or_default();
+        let delta = |now: u64, before: u64| if now >= before { now - before } else { now };
+        let label = DeckyLabel {
+            decky: decky.into(),
+        };
+        self.forbidden
+            .get_or_create(&label)
+            .inc_by(delta(now.forbidden, before.forbidden));
+        self.egress
+            .get_or_create(&label)
+            .inc_by(delta(now.egress_allowed, before.egress_allowed));
     }
 
     /// `decky`'s working directory was archived at its teardown.

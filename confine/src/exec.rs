@@ -74,7 +74,17 @@ pub struct ConfinedExec {
     /// network of its own (the same user namespace holds the mounts).
     #[serde(default)]
     pub scratch_bytes: Option<u64>,
+    /// The destinations it may connect to ([`crate::egress`]); only with
+    /// a network of its own. Their listeners go to the shepherd, sent on
+    /// the report channel before the program starts.
+    #[serde(default)]
+    pub egress: Vec<crate::egress::EgressRule>,
 }
+
+/// What the confinement helper sends on its report channel, with the
+/// egress listeners attached, right before it executes the program (a
+/// failure is plain text, never starting so).
+pub const EGRESS_HANDOVER: &[u8] = b"EGRESS\n";
 
 /// Which step of the confined start failed, and why.
 #[derive(Debug, thiserror::Error)]
@@ -227,10 +237,21 @@ pub fn exec_confined(
     sockets: Vec<OwnedFd>,
     channel: &mut OwnedFd,
 ) -> ExecError {
-    let program = match prepare(spec) {
+    let (program, egress) = match prepare(spec) {
         Ok(p) => p,
         Err(e) => return e,
     };
+    if !egress.is_empty() {
+        use std::os::fd::AsFd;
+        let fds: Vec<_> = egress.iter().map(|l| l.as_fd()).collect();
+        if let Err(source) = crate::handoff::send_with_fds(channel, EGRESS_HANDOVER, &fds) {
+            return ExecError {
+                step: "hand the egress paths to the shepherd",
+                source,
+            };
+        }
+    }
+    drop(egress);
     if sockets.len() != spec.listen_names.len() {
         return invalid(
             "hand over the listening sockets",
@@ -260,7 +281,7 @@ pub fn exec_confined(
     }
 }
 
-fn prepare(spec: &ConfinedExec) -> Result<PathBuf, ExecError> {
+fn prepare(spec: &ConfinedExec) -> Result<(PathBuf, Vec<std::net::TcpListener>), ExecError> {
     if spec.argv.is_empty() {
         return Err(invalid("start the program", "no command"));
     }
@@ -319,8 +340,18 @@ fn prepare(spec: &ConfinedExec) -> Result<PathBuf, ExecError> {
             });
         }
     }
+    let egress = if spec.egress.is_empty() {
+        Vec::new()
+    } else if spec.network != DeckyNetwork::Own {
+        return Err(invalid(
+            "open the egress paths",
+            "egress needs a network of its own",
+        ));
+    } else {
+        crate::egress::open_paths(&spec.egress).map_err(at("open the egress paths"))?
+    };
     rustix::thread::set_no_new_privs(true).map_err(errno("set no_new_privs"))?;
-    Ok(program)
+    Ok((program, egress))
 }
 
 #[cfg(test)]
@@ -359,6 +390,7 @@ mod tests {
             network: DeckyNetwork::Own,
             listen_names: Vec::new(),
             scratch_bytes: None,
+            egress: Vec::new(),
         };
         let mut channel: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
         let e = exec_confined(&spec, Vec::new(), &mut channel);

@@ -10,7 +10,7 @@
 //! sockets at 3, 4, … without close-on-exec.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 
 /// The highest descriptor open in this process.
 fn highest_open_fd() -> io::Result<i32> {
@@ -74,9 +74,78 @@ pub fn hand_over(
     Ok(listen_env(lifted.len(), names, std::process::id()))
 }
 
+/// Send `bytes` over the stream socket `chan` with `fds` attached to its
+/// first byte (`SCM_RIGHTS`); the rest follows as plain stream data.
+pub fn send_with_fds(chan: &impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors to send"));
+    }
+    let first = bytes.len().min(1);
+    rustix::net::sendmsg(
+        chan,
+        &[io::IoSlice::new(&bytes[..first])],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    let mut rest = &bytes[first..];
+    while !rest.is_empty() {
+        let n = rustix::io::write(chan, rest)?;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// Receive up to `max` bytes from `chan` with the descriptors attached
+/// (at most `max_fds`, close-on-exec): one read, so `bytes` may be short
+/// of what the sender sent (the rest is plain stream data). Empty at EOF.
+pub fn recv_with_fds(
+    chan: &impl AsFd,
+    max: usize,
+    max_fds: usize,
+) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::mem::MaybeUninit;
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(max_fds.max(1)))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = vec![0u8; max.max(1)];
+    let got = rustix::net::recvmsg(
+        chan,
+        &mut [io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    buf.truncate(got.bytes);
+    Ok((buf, fds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_travel_with_the_first_byte() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        send_with_fds(&a, b"hello", &[f.as_fd()]).unwrap();
+        drop(a);
+        let (first, fds) = recv_with_fds(&b, 1, 4).unwrap();
+        assert_eq!((first.as_slice(), fds.len()), (&b"h"[..], 1));
+        let (rest, none) = recv_with_fds(&b, 64, 4).unwrap();
+        assert_eq!((rest.as_slice(), none.len()), (&b"ello"[..], 0));
+        assert!(recv_with_fds(&b, 64, 4).unwrap().0.is_empty());
+    }
 
     #[test]
     fn the_listen_environment_follows_systemd() {

@@ -16,6 +16,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod egress;
 pub mod exec;
 pub mod handoff;
 pub mod ids;

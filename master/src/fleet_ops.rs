@@ -886,7 +886,7 @@ pub async fn status(
                         d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                         d.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
                         d.restarts.to_string(),
-                        d.error.clone().unwrap_or_default(),
+                        decky_detail(d),
                     ]);
                 }
             }
@@ -912,6 +912,22 @@ pub async fn status(
         )
     );
     Ok(all_ok)
+}
+
+/// The DETAIL of a decky's row: its error, and the attempts to reach out
+/// it made (a honeypot trying to connect out is an event to see).
+fn decky_detail(d: &DeckyState) -> String {
+    let forbidden = d
+        .observed
+        .as_ref()
+        .and_then(|o| o["detail"]["network"]["forbidden"].as_u64())
+        .unwrap_or(0);
+    match (d.error.as_deref(), forbidden) {
+        (None, 0) => String::new(),
+        (Some(e), 0) => e.to_string(),
+        (None, n) => format!("{n} forbidden connection attempt(s)"),
+        (Some(e), n) => format!("{e}; {n} forbidden connection attempt(s)"),
+    }
 }
 
 /// `decnet swarm check`: probe every host's agent concurrently.

@@ -901,3 +901,178 @@ fn a_torn_down_decky_leaves_evidence_and_nothing_of_its_uid() {
         "{audit}"
     );
 }
+
+/// A veth pair whose host side holds a non-loopback address this test
+/// owns (the far side sits in a namespace of its own, and both go when it
+/// is deleted): somewhere for a decky's egress to go that is neither the
+/// host's loopback nor anywhere else.
+struct EgressLink {
+    ns: String,
+    host_addr: std::net::Ipv4Addr,
+}
+
+impl EgressLink {
+    fn create() -> Option<EgressLink> {
+        let tag = decnet_pki::random_hex(2);
+        let octet = 100 + (u8::from_str_radix(&tag[..2], 16).unwrap_or(0) % 100);
+        let ns = format!("dneg{tag}");
+        let host_side = format!("dneg{tag}h");
+        let host_addr = std::net::Ipv4Addr::new(10, 214, octet, 1);
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let link = EgressLink { ns, host_addr };
+        let ok = ip(&["netns", "add", &link.ns])
+            && ip(&[
+                "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns",
+                &link.ns,
+            ])
+            && ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_side])
+            && ip(&["link", "set", &host_side, "up"]);
+        ok.then_some(link)
+    }
+}
+
+impl Drop for EgressLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+/// Nothing leaves a decky but its egress allow-list: the decky connects to
+/// its allowed destination (relayed by its shepherd, the destination sees
+/// the connection and answers), while the same host on another port, a
+/// host next to it, the host's loopback and the outside all fail — and
+/// every such attempt is counted and shown in `swarm status`.
+#[test]
+fn a_decky_reaches_exactly_its_egress_allow_list() {
+    outside_tmp();
+    if !is_root() {
+        eprintln!("not root: per-decky ids cannot be exercised");
+        return;
+    }
+    let Some(link) = EgressLink::create() else {
+        eprintln!(
+            "\n!!! a veth pair cannot be made here (needs iproute2 and veth): egress test NOT run\n"
+        );
+        return;
+    };
+    let allowed = std::net::TcpListener::bind((link.host_addr, 0)).unwrap();
+    let allowed_addr = allowed.local_addr().unwrap();
+    let other_port = std::net::TcpListener::bind((link.host_addr, 0)).unwrap();
+    let other_port_addr = other_port.local_addr().unwrap();
+    let on_loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let answered = std::thread::spawn(move || {
+        let (mut c, from) = allowed.accept().unwrap();
+        std::io::Write::write_all(&mut c, b"egress ok\n").unwrap();
+        from
+    });
+    let m = MasterHome::new();
+    chmod(m.dir.path(), 0o755);
+    chmod(&m.home(), 0o755);
+    m.enroll("w1");
+    let state = m.dir.path().join("w1-state");
+    let _agent = decnet_e2e::Agent::start(&m, "w1", &state, &[]);
+    let tools = tempfile::tempdir().unwrap();
+    chmod(tools.path(), 0o755);
+    let hostile = tools.path().join("hostile");
+    std::fs::copy(HOSTILE, &hostile).unwrap();
+    chmod(&hostile, 0o755);
+    let neighbour = std::net::Ipv4Addr::from(u32::from(link.host_addr) + 1);
+    let forbidden = [
+        other_port_addr.to_string(),
+        format!("{neighbour}:{}", allowed_addr.port()),
+        on_loopback.local_addr().unwrap().to_string(),
+        "10.255.255.1:80".to_string(),
+    ];
+    let mut argv = vec![hostile.display().to_string(), "net".into()];
+    argv.extend(["--connect".to_string(), allowed_addr.to_string()]);
+    for t in &forbidden {
+        argv.extend(["--connect".to_string(), t.clone()]);
+    }
+    // An allow-list naming the host's loopback is refused outright.
+    let bad = write_config(
+        m.dir.path(),
+        "bad.json",
+        serde_json::json!({"version": 1, "deckies": [{"name": "out", "command": argv,
+            "egress": [{"to": "127.0.0.0/8", "port": 80}]}]}),
+    );
+    let out = m.run(&[
+        "swarm",
+        "deploy",
+        "--config",
+        bad.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success() && text.contains("loopback"), "{text}");
+
+    let cfg = write_config(
+        m.dir.path(),
+        "egress.json",
+        serde_json::json!({"version": 1, "deckies": [{"name": "out", "command": argv,
+            "egress": [{"to": link.host_addr.to_string(), "port": allowed_addr.port()}]}]}),
+    );
+    m.ok(&[
+        "swarm",
+        "deploy",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let log = wait_for(Duration::from_secs(30), || {
+        let l = decky_log(&state, "out");
+        l.contains("DONE").then_some(l)
+    })
+    .unwrap_or_else(|| panic!("the decky did not finish:\n{}", decky_log(&state, "out")));
+    assert!(
+        log.contains(&format!("ATTEMPT connect {allowed_addr}: SUCCEEDED")),
+        "{log}"
+    );
+    let from = answered.join().unwrap();
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(link.host_addr),
+        "relayed from the host"
+    );
+    for t in &forbidden {
+        assert!(
+            log.contains(&format!("ATTEMPT connect {t}: blocked")),
+            "{t} was reached:\n{log}"
+        );
+    }
+    // Counted (the shepherd refreshes its figures every few seconds) and
+    // shown to the operator.
+    let counted = wait_for(Duration::from_secs(20), || {
+        let d = status_of(&m, "w1", "out");
+        let net = &d["observed"]["detail"]["network"];
+        let n = net["forbidden"].as_u64().unwrap_or(0);
+        (n >= 2 && net["egress_allowed"] == 1).then_some(d)
+    })
+    .unwrap_or_else(|| panic!("not counted: {}", status_of(&m, "w1", "out")));
+    // The neighbour and the outside had no route (the loopback and the
+    // allowed host's other port are refused inside the namespace).
+    assert!(
+        counted["observed"]["detail"]["network"]["forbidden"]
+            .as_u64()
+            .is_some_and(|n| n <= 4),
+        "{counted}"
+    );
+    let table = m.run(&["swarm", "status", "w1"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("forbidden connection attempt"), "{table}");
+    drop(other_port);
+}

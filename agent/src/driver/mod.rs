@@ -15,6 +15,7 @@ use crate::config::{DeckyConfig, DeploymentConfig, DriverKind};
 
 pub mod compose;
 pub mod decky_ids;
+pub mod egress_proxy;
 pub mod process;
 pub mod shepherd;
 

@@ -37,6 +37,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
 use super::decky_ids::DeckyIds;
+use super::egress_proxy::NetworkFigures;
 use super::shepherd::{self, ShepherdSpec};
 use super::{
     Driver, DriverError, DriverEvent, DriverFuture, Observation, ProcId, ProcessFacts, Refusal,
@@ -256,6 +257,7 @@ impl ProcessDriver {
             crate::metrics::agent_metrics().evidence_archived(&decky.name);
         }
         let _ = std::fs::remove_file(self.inner.usage_path(&decky.name));
+        let _ = std::fs::remove_file(self.inner.network_path(&decky.name));
         match (archived.residue, exclusive) {
             (Some(residue), _) => {
                 tracing::warn!(decky = %decky.name, %residue, "the working directory was not removed entirely: its uid stays reserved");
@@ -389,6 +391,11 @@ impl Inner {
         self.opts.state_dir.join("run").join(format!("{name}.disk"))
     }
 
+    /// Where its shepherd keeps its network figures.
+    fn network_path(&self, name: &str) -> PathBuf {
+        self.opts.state_dir.join("run").join(format!("{name}.net"))
+    }
+
     fn exit_path(&self, name: &str) -> PathBuf {
         self.opts.state_dir.join("run").join(format!("{name}.exit"))
     }
@@ -493,6 +500,7 @@ impl Inner {
             cgroup: cgroup.clone(),
             disk_budget: Some(limits.file_bytes),
             usage_path: Some(self.usage_path(&decky.name)),
+            network_path: (network == DeckyNetwork::Own).then(|| self.network_path(&decky.name)),
             exec: ConfinedExec {
                 argv: decky.command.clone(),
                 env: decky.effective_env(),
@@ -505,6 +513,11 @@ impl Inner {
                 network,
                 listen_names,
                 scratch_bytes: (network == DeckyNetwork::Own).then_some(decky.limits.tmp_mb << 20),
+                egress: decky
+                    .egress
+                    .iter()
+                    .map(|e| e.rule().map_err(DriverError))
+                    .collect::<Result<_, _>>()?,
             },
         };
         if identity.is_some_and(|i| i.uid == 0) {
@@ -812,6 +825,12 @@ impl Driver for ProcessDriver {
         {
             return Err(Refusal::Unsupported(no_own_network(why)));
         }
+        if !decky.egress.is_empty() && self.inner.opts.network == DeckyNetwork::Host {
+            return Err(Refusal::Unsupported(format!(
+                "decky {}: an egress allow-list needs a network of its own, and this agent runs deckies on the host's network (--decky-network host), where nothing is held back",
+                decky.name
+            )));
+        }
         self.inner.reserve_ports(decky)
     }
 
@@ -841,11 +860,27 @@ impl Driver for ProcessDriver {
                     let disk = std::fs::read_to_string(self.inner.usage_path(n))
                         .ok()
                         .and_then(|t| t.trim().parse::<u64>().ok());
+                    let network: Option<NetworkFigures> = std::fs::read(self.inner.network_path(n))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok());
+                    if let Some(f) = network {
+                        crate::metrics::agent_metrics().network_figures(n, f);
+                    }
+                    let mut detail = serde_json::Map::new();
+                    if let Some(b) = disk {
+                        detail.insert("disk_bytes".into(), b.into());
+                    }
+                    if let Some(f) = network {
+                        detail.insert(
+                            "network".into(),
+                            serde_json::to_value(f).unwrap_or_default(),
+                        );
+                    }
                     (
                         n.clone(),
                         Observation {
                             running: sup.contains_key(n),
-                            detail: disk.map(|b| serde_json::json!({ "disk_bytes": b })),
+                            detail: (!detail.is_empty()).then(|| detail.into()),
                         },
                     )
                 })

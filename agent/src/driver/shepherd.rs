@@ -24,7 +24,6 @@
 //! (close-on-exec) just closes.
 
 use std::io::{Read, Write};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -42,6 +41,8 @@ use super::{DriverError, ProcId};
 const MAX_SPEC: u64 = 1 << 20;
 /// Most listening sockets handed to one decky.
 pub const MAX_LISTEN: usize = 64;
+/// Most egress paths of one decky (one per allowed destination at most).
+pub const MAX_EGRESS_PATHS: usize = 32;
 /// How often a running decky's working directory is measured.
 pub const DISK_CHECK: Duration = Duration::from_secs(5);
 /// Entries a working directory may hold (the walk stays bounded, and a
@@ -73,6 +74,10 @@ pub struct ShepherdSpec {
     /// Where the size of its working directory is kept for `/status`.
     #[serde(default)]
     pub usage_path: Option<PathBuf>,
+    /// Where its network figures are kept for `/status` (a decky with a
+    /// network of its own; [`super::egress_proxy::NetworkFigures`]).
+    #[serde(default)]
+    pub network_path: Option<PathBuf>,
     /// How the program is confined and started.
     pub exec: ConfinedExec,
 }
@@ -138,46 +143,15 @@ pub fn take_exit_record(path: &Path) -> Option<ExitRecord> {
 /// Send `bytes` with `fds` attached to the first byte, then shut the
 /// write side (the reader reads up to EOF).
 fn send_spec(chan: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space =
-        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(std::io::Error::other("too many descriptors to send"));
-    }
-    let first = bytes.len().min(1);
-    rustix::net::sendmsg(
-        chan,
-        &[std::io::IoSlice::new(&bytes[..first])],
-        &mut control,
-        SendFlags::empty(),
-    )?;
-    let mut w = chan;
-    w.write_all(&bytes[first..])?;
+    decnet_confine::handoff::send_with_fds(chan, bytes, fds)?;
     chan.shutdown(std::net::Shutdown::Write)
 }
 
 /// Read a spec (JSON up to EOF) and the descriptors sent with it
 /// (close-on-exec).
 fn read_spec<T: for<'de> Deserialize<'de>>(chan: &UnixStream) -> Result<(T, Vec<OwnedFd>), String> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_LISTEN))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut first = [0u8; 1];
-    let got = rustix::net::recvmsg(
-        chan,
-        &mut [std::io::IoSliceMut::new(&mut first)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )
-    .map_err(|e| format!("cannot read the spec: {e}"))?;
-    let mut fds = Vec::new();
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = m {
-            fds.extend(received);
-        }
-    }
-    let mut buf = first[..got.bytes].to_vec();
+    let (mut buf, fds) = decnet_confine::handoff::recv_with_fds(chan, 1, MAX_LISTEN)
+        .map_err(|e| format!("cannot read the spec: {e}"))?;
     chan.take(MAX_SPEC)
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read the spec: {e}"))?;
@@ -373,11 +347,16 @@ fn run(spec: &ShepherdSpec, sockets: Vec<OwnedFd>, chan: &mut UnixStream) -> Res
     // bound them).
     drop(fds);
     drop(sockets);
-    let mut failure = String::new();
-    let _ = (&ours).take(64 * 1024).read_to_string(&mut failure);
-    if !failure.is_empty() {
+    let (mut said, egress) = egress_handover(&ours);
+    let _ = (&ours).take(64 * 1024).read_to_end(&mut said);
+    if !said.is_empty() {
+        drop(egress);
         let _ = child.wait();
-        return Err(failure);
+        return Err(String::from_utf8_lossy(&said).into_owned());
+    }
+    let counters = Arc::new(super::egress_proxy::EgressCounters::default());
+    if !egress.is_empty() {
+        super::egress_proxy::serve(egress, spec.exec.egress.clone(), counters.clone());
     }
     let pid = child.id();
     let start_time = decnet_proc::start_time(pid).unwrap_or(0);
@@ -403,6 +382,20 @@ fn run(spec: &ShepherdSpec, sockets: Vec<OwnedFd>, chan: &mut UnixStream) -> Res
             leader: ProcId { pid, start_time },
             ended: ended.clone(),
             breach: breach.clone(),
+            network: spec
+                .network_path
+                .as_ref()
+                .and_then(|p| {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(p)
+                        .ok()
+                })
+                .map(|f| (f, counters.clone())),
         };
         std::thread::spawn(move || watch.run());
     }
@@ -480,6 +473,8 @@ struct DiskWatch {
     leader: ProcId,
     ended: Arc<AtomicBool>,
     breach: Arc<Mutex<Option<String>>>,
+    /// Its network figures' file and its egress paths' counters.
+    network: Option<(std::fs::File, Arc<super::egress_proxy::EgressCounters>)>,
 }
 
 impl DiskWatch {
@@ -495,10 +490,20 @@ impl DiskWatch {
                 continue;
             };
             if let Some(f) = self.usage.as_mut() {
-                use std::io::Seek;
-                let _ = f.set_len(0);
-                let _ = f.rewind();
-                let _ = write!(f, "{bytes}");
+                rewrite(f, bytes.to_string().as_bytes());
+            }
+            if let Some((f, counters)) = self.network.as_mut() {
+                let refused = counters.refused.load(Ordering::Relaxed);
+                let figures = super::egress_proxy::NetworkFigures {
+                    forbidden: decnet_confine::egress::forbidden_attempts(self.leader.pid)
+                        .unwrap_or(0)
+                        + refused,
+                    egress_allowed: counters.allowed.load(Ordering::Relaxed),
+                    egress_failed: counters.failed.load(Ordering::Relaxed),
+                };
+                if let Ok(json) = serde_json::to_vec(&figures) {
+                    rewrite(f, &json);
+                }
             }
             if bytes > self.budget || entries > MAX_ENTRIES {
                 *lock(&self.breach) = Some(if entries > MAX_ENTRIES {
@@ -527,6 +532,41 @@ impl DiskWatch {
                 std::thread::sleep(Duration::from_millis(250));
             }
         }
+    }
+}
+
+/// Replace the contents of `f` with `bytes`.
+fn rewrite(f: &mut std::fs::File, bytes: &[u8]) {
+    use std::io::Seek;
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = f.write_all(bytes);
+}
+
+/// The egress listeners the confinement helper sends before it executes
+/// the program ([`decnet_confine::exec::EGRESS_HANDOVER`]), and whatever
+/// else it said in the same read (the start of a failure).
+fn egress_handover(chan: &UnixStream) -> (Vec<u8>, Vec<OwnedFd>) {
+    use decnet_confine::exec::EGRESS_HANDOVER;
+    let Ok((mut said, fds)) =
+        decnet_confine::handoff::recv_with_fds(chan, 64 * 1024, MAX_EGRESS_PATHS)
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    if fds.is_empty() {
+        return (said, fds);
+    }
+    // The marker may arrive in pieces.
+    while said.len() < EGRESS_HANDOVER.len() {
+        let mut more = [0u8; 64];
+        match (&*chan).read(&mut more) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => said.extend_from_slice(&more[..n]),
+        }
+    }
+    match said.strip_prefix(EGRESS_HANDOVER) {
+        Some(rest) => (rest.to_vec(), fds),
+        None => (said, Vec::new()),
     }
 }
 
