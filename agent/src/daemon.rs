@@ -73,6 +73,9 @@ pub enum SetupError {
     /// The agent lacks what its driver needs.
     #[error("{0}")]
     Driver(String),
+    /// A teardown of every decky failed (some may still run).
+    #[error("the teardown failed: {0}")]
+    Teardown(String),
 }
 
 /// A started agent: its bound address and the future that serves it.
@@ -171,6 +174,43 @@ fn probe_decky_network(helper: &std::path::Path) -> Result<(), String> {
 
 /// Load everything, recover deckies and bind the listener.
 pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
+    let (material, host, executor) = recover(opts).await?;
+    let server = Server::bind(
+        "agent",
+        opts.listen,
+        Transport::Tls {
+            material: material.clone(),
+            auth: ClientAuth::Required,
+        },
+        ServerLimits::default(),
+    )
+    .await?;
+    Ok(RunningAgent {
+        local_addr: server.local_addr(),
+        executor,
+        material,
+        server,
+        policy: AgentPolicy { own_host: host },
+    })
+}
+
+/// Tear down every decky and return their names, without serving: for the
+/// package's removal (deckies outlive the agent's unit, `KillMode=process`,
+/// so stopping the agent alone would leave them running). Their working
+/// directories become evidence as in any teardown.
+pub async fn teardown_all(opts: &ServeOptions) -> Result<Vec<String>, SetupError> {
+    let (_, _, executor) = recover(opts).await?;
+    executor
+        .teardown(None)
+        .await
+        .map_err(|e| SetupError::Teardown(e.to_string()))
+}
+
+/// Load the bundle and the state, start the driver and take the running
+/// deckies over.
+async fn recover(
+    opts: &ServeOptions,
+) -> Result<(MaterialSource, decnet_pki::HostName, Arc<Executor>), SetupError> {
     let material =
         decnet_swarm_client::master_link::load_material(&opts.bundle_dir, BundleKind::Agent)
             .map_err(SetupError::Bundle)?;
@@ -195,21 +235,5 @@ pub async fn start(opts: &ServeOptions) -> Result<RunningAgent, SetupError> {
         opts.decky_interface.clone(),
     )?;
     executor.recover().await;
-    let server = Server::bind(
-        "agent",
-        opts.listen,
-        Transport::Tls {
-            material: material.clone(),
-            auth: ClientAuth::Required,
-        },
-        ServerLimits::default(),
-    )
-    .await?;
-    Ok(RunningAgent {
-        local_addr: server.local_addr(),
-        executor,
-        material,
-        server,
-        policy: AgentPolicy { own_host: host },
-    })
+    Ok((material, host, executor))
 }

@@ -195,23 +195,25 @@ impl EvidenceArchive {
             .unwrap_or_default();
         // A thread of its own: it takes the decky's ids, which must never
         // reach a thread that serves anything else.
-        let worker = std::thread::spawn(move || -> Result<Option<String>, String> {
+        let worker = std::thread::spawn(move || -> Result<(bool, Option<String>), String> {
             if let Some(id) = reader {
                 decnet_confine::exec::take_ids_for_this_thread(id)
                     .map_err(|e| format!("cannot take the decky's ids: {e}"))?;
             }
+            let mut empty = true;
             if let Some(file) = &file {
-                pack(&workdir, &decky, &stamp, file, cap).map_err(|e| e.to_string())?;
+                empty = pack(&workdir, &decky, &stamp, file, cap).map_err(|e| e.to_string())? == 0;
             }
-            Ok(decnet_confine::tree::remove_contents(&workdir)
+            let residue = decnet_confine::tree::remove_contents(&workdir)
                 .err()
-                .map(|e| e.to_string()))
+                .map(|e| e.to_string());
+            Ok((empty, residue))
         });
         let outcome = worker
             .join()
             .map_err(|_| fail("the archiving thread panicked".into()))?;
-        let residue = match outcome {
-            Ok(residue) => residue,
+        let (empty, residue) = match outcome {
+            Ok(r) => r,
             Err(e) => {
                 if let Some((part, _)) = &out {
                     let _ = std::fs::remove_file(part);
@@ -220,6 +222,11 @@ impl EvidenceArchive {
             }
         };
         let entry = match out {
+            // Nothing in it: nothing to keep.
+            Some((part, _)) if empty => {
+                let _ = std::fs::remove_file(part);
+                None
+            }
             Some((part, entry)) => {
                 let done = part.with_extension("");
                 std::fs::rename(&part, &done).map_err(|e| fail(e.to_string()))?;
@@ -377,8 +384,15 @@ fn remove_workdir(decky_root: &Path, name: &str) -> io::Result<()> {
 }
 
 /// Write a gzipped tar of the tree under `root` (as `<decky>/…`, then the
-/// manifest) to `out`, reading at most `cap` bytes of contents.
-fn pack(root: &OwnedFd, decky: &str, stamp: &str, out: &std::fs::File, cap: u64) -> io::Result<()> {
+/// manifest) to `out`, reading at most `cap` bytes of contents; returns how
+/// many entries the tree held.
+fn pack(
+    root: &OwnedFd,
+    decky: &str,
+    stamp: &str,
+    out: &std::fs::File,
+    cap: u64,
+) -> io::Result<u64> {
     let gz = flate2::write::GzEncoder::new(io::BufWriter::new(out), flate2::Compression::fast());
     let mut body = tar::Builder::new(gz);
     body.mode(tar::HeaderMode::Complete);
@@ -393,8 +407,10 @@ fn pack(root: &OwnedFd, decky: &str, stamp: &str, out: &std::fs::File, cap: u64)
         }
     };
     let mut failure = None;
+    let mut entries = 0u64;
     let base = Path::new(decky);
     walk(root, |e| {
+        entries += 1;
         let (dir, name, path, stat) = match e {
             Event::Entry {
                 dir,
@@ -501,7 +517,8 @@ fn pack(root: &OwnedFd, decky: &str, stamp: &str, out: &std::fs::File, cap: u64)
     let mut buffered = body.into_inner()?.finish()?;
     buffered.flush()?;
     drop(buffered);
-    out.sync_all()
+    out.sync_all()?;
+    Ok(entries)
 }
 
 /// Open a regular file for reading, never through a link and never
@@ -609,9 +626,14 @@ mod tests {
             0o600
         );
 
-        // Nothing there: nothing archived.
+        // Nothing there, or an empty directory: nothing archived.
         let none = archive.archive(&deckies, "trap", None, t0).unwrap();
         assert!(none.entry.is_none());
+        std::fs::create_dir_all(deckies.join("trap")).unwrap();
+        let empty = archive.archive(&deckies, "trap", None, t0).unwrap();
+        assert!(empty.entry.is_none() && empty.residue.is_none());
+        assert!(!deckies.join("trap").exists());
+        assert_eq!(archive.list().len(), 1);
 
         // Kept: two per decky, the oldest pruned first.
         for s in 1..=3 {

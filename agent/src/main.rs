@@ -111,6 +111,10 @@ enum Command {
         /// oldest archives go first; the newest always stays).
         #[arg(long, value_name = "MIB", default_value_t = 2048)]
         evidence_max_mb: u64,
+        /// Tear every decky down and exit without serving (the package's
+        /// removal runs it: deckies outlive the agent's unit).
+        #[arg(long, hide = true)]
+        teardown_and_exit: bool,
         /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
@@ -247,6 +251,7 @@ fn main() {
                 decky_network,
                 evidence_keep,
                 evidence_max_mb,
+                teardown_and_exit,
                 metrics,
             } => {
                 let home = decnet_pki::bundle::default_decnet_home();
@@ -292,6 +297,18 @@ fn main() {
                         max_bytes: evidence_max_mb.saturating_mul(1 << 20),
                     },
                 };
+                if teardown_and_exit {
+                    return match daemon::teardown_all(&opts).await {
+                        Ok(names) => {
+                            println!("torn down: {}", names.join(" "));
+                            0
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            1
+                        }
+                    };
+                }
                 serve(opts, forward, heartbeat, metrics).await
             }
             Command::Join {

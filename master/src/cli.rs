@@ -1858,6 +1858,22 @@ async fn swarm_burn(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<
             ),
         )
         .await?;
+        // Its deckies first, while its agent can still be reached.
+        let torn = if h.status == HostStatus::Burned {
+            Err("burned already".to_string())
+        } else {
+            crate::fleet_ops::teardown_before_burn(&home.ca_layout(), &h).await
+        };
+        match &torn {
+            Ok(names) => println!(
+                "{host}: {} decky(ies) torn down before the burn",
+                names.len()
+            ),
+            Err(e) => eprintln!(
+                "warning: {host}'s deckies could not be torn down ({}); they may still run until the host is rebuilt",
+                crate::table::inert(e)
+            ),
+        }
         let revoked = db.burn(host).await?;
         let removed = enrollment::remove_issued_bundles(&home.ca_layout(), &name);
         audit(
@@ -1866,10 +1882,14 @@ async fn swarm_burn(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<
             host,
             AuditOutcome::Ok,
             format!(
-                "was={} revoked={} removed_bundles={}",
+                "was={} revoked={} removed_bundles={} teardown={}",
                 h.status,
                 revoked.len(),
-                removed.len()
+                removed.len(),
+                match &torn {
+                    Ok(names) => format!("[{}]", names.join(",")),
+                    Err(e) => format!("failed: {e}"),
+                }
             ),
         )
         .await?;

@@ -548,6 +548,29 @@ pub async fn teardown(
     }
 }
 
+/// Before a burn: tear down every decky of `host`, best effort (a burned
+/// host is presumed compromised, so this is only as good as its agent;
+/// rebuilding it is what makes sure). Returns what was torn down, or why
+/// not.
+pub async fn teardown_before_burn(
+    layout: &CaLayout,
+    host: &HostRecord,
+) -> Result<Vec<String>, String> {
+    let pool = worker_pool(layout).map_err(|e| format!("{e:#}"))?;
+    let client = agent_client(&pool, host).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(BURN_TEARDOWN_WAIT, client.teardown(None)).await {
+        Ok(Ok(names)) => Ok(names),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the agent did not answer within {}s",
+            BURN_TEARDOWN_WAIT.as_secs()
+        )),
+    }
+}
+
+/// How long a burn waits for the host's deckies to be torn down.
+pub const BURN_TEARDOWN_WAIT: Duration = Duration::from_secs(120);
+
 /// What `swarm evidence` was asked.
 pub struct EvidenceRequest<'a> {
     /// Fetch this decky's archive (list when `None`).

@@ -542,3 +542,67 @@ fn a_deploy_audits_each_host_while_others_are_still_pending() {
         .expect("w2's failed deploy is audited too");
     assert_eq!(w2["outcome"], "failed", "{w2}");
 }
+
+/// A burned host keeps no decky running: the burn tears them all down
+/// first, while the agent can still be reached, says so and audits it; a
+/// host whose agent cannot be reached is burned anyway, with a warning.
+#[test]
+fn burning_a_host_tears_its_deckies_down_first() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    m.enroll("gone");
+    let _agent = Agent::start(&m, "w1", &m.dir.path().join("w1-state"), &[]);
+    let cfg = write_config(
+        m.dir.path(),
+        "deploy.json",
+        serde_json::json!({"version": 1, "deckies": [sleeper("alpha", &["ssh"]), sleeper("beta", &["http"])]}),
+    );
+    m.ok(&[
+        "swarm",
+        "deploy",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--host",
+        "w1",
+    ]);
+    let st = m.json(&["swarm", "status", "w1", "--json"]);
+    let pids: Vec<u32> = ["alpha", "beta"]
+        .iter()
+        .map(|n| decky(&st, "w1", n)["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    let out = m.ok(&["swarm", "burn", "w1", "--yes"]);
+    assert!(
+        out.contains("2 decky(ies) torn down before the burn"),
+        "{out}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || pids
+            .iter()
+            .all(|p| !alive(*p))
+            .then_some(()))
+        .is_some(),
+        "a decky of the burned host still runs"
+    );
+    let audit = m.json(&["audit", "--json"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.burn"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("teardown=[alpha,beta]"))),
+        "{audit}"
+    );
+
+    // Nobody answers for `gone`: burned all the same, with a warning.
+    let out = m.run(&["swarm", "burn", "gone", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not be torn down"),
+        "{out:?}"
+    );
+}

@@ -305,9 +305,27 @@ fn packages_install_wait_for_their_bundles_and_remove_and_purge_cleanly() {
         "still the master's"
     );
 
+    // Deckies running (they outlive the agent's unit on purpose)...
+    let config = std::fs::read_to_string(workspace().join("examples/deployment.json")).unwrap();
+    host.write("/tmp/deployment.json", &config, 0o644);
+    host.ok(&format!(
+        "{DECNET} swarm deploy --config /tmp/deployment.json --host solo"
+    ));
+    assert_eq!(
+        host.ok("pgrep -c -f '^sleep 86400'").trim(),
+        "2",
+        "the deckies run"
+    );
+
     // Remove keeps the keys and the CA; purge takes each package's own.
+    // A removal ends the deckies too.
     host.ok("dpkg -r decnet-worker");
     assert!(!host.sh("systemctl is-active decnet-agent").status.success());
+    assert!(
+        !host.sh("pgrep -f '^sleep 86400'").status.success(),
+        "a decky survived the package's removal: {}",
+        host.sh("ps -eo pid,uid,args").stdout.escape_ascii()
+    );
     host.ok("test -f /etc/decnet/agent/worker.key && test ! -e /usr/bin/decnet-agent");
     host.ok("dpkg -P decnet-worker");
     host.ok("test ! -e /etc/decnet && test ! -e /opt/decnet && test ! -e /var/lib/decnet/agent");
