@@ -72,6 +72,25 @@ fn units_restart_on_failure_and_are_hardened() {
     assert!(up.contains("ReadWritePaths=/opt/decnet /etc/decnet/updater"));
     // The way back from a bad release never stops restarting.
     assert!(up.contains("StartLimitIntervalSec=0"));
+    // Least privilege for the updater (no capability at all) and the
+    // forwarder (reading the log it ships, nothing else).
+    let fwd = unit("decnet-forwarder.service");
+    for (text, caps) in [
+        (&up, "CapabilityBoundingSet=\n"),
+        (&fwd, "CapabilityBoundingSet=CAP_DAC_READ_SEARCH\n"),
+    ] {
+        assert!(text.contains(caps), "{caps:?}");
+        for key in [
+            "NoNewPrivileges=yes",
+            "PrivateDevices=yes",
+            "ProtectSystem=strict",
+            "RestrictNamespaces=yes",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+            "SystemCallArchitectures=native",
+        ] {
+            assert!(text.contains(key), "{key}");
+        }
+    }
     // Installed enabled, the worker units wait for their bundles; the agent
     // runs the packaged binary until the updater installs a release.
     assert!(agent.contains("ConditionPathExists=/etc/decnet/agent/worker.crt"));
