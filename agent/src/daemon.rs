@@ -130,10 +130,22 @@ fn process_driver(
     p.log_max = opts.decky_log_max;
     p.network = opts.decky_network;
     p.evidence = opts.evidence;
-    p.network_probe = match opts.decky_network {
-        decnet_confine::DeckyNetwork::Own => probe_decky_network(&p.helper),
-        decnet_confine::DeckyNetwork::Host => Ok(()),
+    (p.network_probe, p.processes_probe) = match opts.decky_network {
+        decnet_confine::DeckyNetwork::Own => match probe_decky_network(&p.helper) {
+            Ok(processes) => (Ok(()), processes),
+            Err(why) => (Err(why.clone()), Err(why)),
+        },
+        decnet_confine::DeckyNetwork::Host => (
+            Ok(()),
+            Err("deckies share the host's network (--decky-network host)".into()),
+        ),
     };
+    match &p.processes_probe {
+        Ok(()) => {
+            tracing::info!("process deckies get processes of their own (PID namespace, own /proc)")
+        }
+        Err(why) => tracing::warn!(reason = %why, "process deckies see the host's processes"),
+    }
     match (&p.network, &p.network_probe) {
         (decnet_confine::DeckyNetwork::Own, Ok(())) => {
             tracing::info!("process deckies get a network of their own (loopback only)")
@@ -157,19 +169,26 @@ fn process_driver(
     ProcessDriver::new(p, events).map_err(SetupError::Driver)
 }
 
-/// Whether a decky can get a network of its own here: the helper tries it
-/// in a fresh single-threaded process, as an unprivileged user.
-fn probe_decky_network(helper: &std::path::Path) -> Result<(), String> {
+/// Whether a decky can get a network of its own here (`Err`: why not) and,
+/// if so, processes of its own (the inner result): the helper tries it in a
+/// fresh single-threaded process, as an unprivileged user.
+fn probe_decky_network(helper: &std::path::Path) -> Result<Result<(), String>, String> {
     let out = std::process::Command::new(helper)
         .arg("probe-decky-network")
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("cannot run the probe: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
+    let said = String::from_utf8_lossy(&out.stdout);
+    Ok(
+        match said.lines().find_map(|l| l.strip_prefix("processes=")) {
+            Some("own") => Ok(()),
+            Some(other) => Err(other.strip_prefix("shared: ").unwrap_or(other).to_string()),
+            None => Err("the probe did not say".into()),
+        },
+    )
 }
 
 /// Load everything, recover deckies and bind the listener.

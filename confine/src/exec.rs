@@ -79,6 +79,10 @@ pub struct ConfinedExec {
     /// the report channel before the program starts.
     #[serde(default)]
     pub egress: Vec<crate::egress::EgressRule>,
+    /// Processes of its own ([`crate::pidns`]): a PID namespace with a
+    /// fresh `/proc` (with `scratch_bytes`, where the host allows it).
+    #[serde(default)]
+    pub own_processes: bool,
 }
 
 /// What the confinement helper sends on its report channel, with the
@@ -241,6 +245,17 @@ pub fn exec_confined(
         Ok(p) => p,
         Err(e) => return e,
     };
+    // From here on in the program's own process, under its relays.
+    if spec.own_processes
+        && spec.scratch_bytes.is_some()
+        && spec.network == DeckyNetwork::Own
+        && let Err(source) = crate::pidns::enter()
+    {
+        return ExecError {
+            step: "give the decky processes of its own",
+            source,
+        };
+    }
     if !egress.is_empty() {
         use std::os::fd::AsFd;
         let fds: Vec<_> = egress.iter().map(|l| l.as_fd()).collect();
@@ -323,7 +338,7 @@ fn prepare(spec: &ConfinedExec) -> Result<(PathBuf, Vec<std::net::TcpListener>),
                 rustix::process::getgid().as_raw(),
             ),
         };
-        crate::netns::isolate(uid, gid, spec.scratch_bytes)
+        crate::netns::isolate(uid, gid, spec.scratch_bytes, spec.own_processes)
             .map_err(at("give the decky a network of its own"))?;
         if spec.scratch_bytes.is_some() && !program.exists() {
             return Err(ExecError {
@@ -391,6 +406,7 @@ mod tests {
             listen_names: Vec::new(),
             scratch_bytes: None,
             egress: Vec::new(),
+            own_processes: false,
         };
         let mut channel: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
         let e = exec_confined(&spec, Vec::new(), &mut channel);

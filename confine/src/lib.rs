@@ -22,6 +22,7 @@ pub mod handoff;
 pub mod ids;
 pub mod limits;
 pub mod netns;
+pub mod pidns;
 pub mod raw;
 pub mod scratch;
 pub mod tree;

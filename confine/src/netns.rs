@@ -93,9 +93,10 @@ pub fn loopback_up() -> io::Result<()> {
 /// namespace of its own holding a network namespace with loopback up, with
 /// `uid`/`gid` mapped to themselves; with `scratch`, a mount namespace too,
 /// where `/tmp`, `/var/tmp` and `/dev/shm` are its own (see
-/// [`crate::scratch`]).
-pub fn isolate(uid: u32, gid: u32, scratch: Option<u64>) -> io::Result<()> {
-    crate::raw::unshare_user_and_network(scratch.is_some())?;
+/// [`crate::scratch`]); with `processes` (and `scratch`), a PID namespace
+/// for its children (see [`crate::pidns`]).
+pub fn isolate(uid: u32, gid: u32, scratch: Option<u64>, processes: bool) -> io::Result<()> {
+    crate::raw::unshare_user_and_network(scratch.is_some(), processes && scratch.is_some())?;
     // The creator holds every capability in the new user namespace until
     // it executes its program: enough to set its own loopback up.
     loopback_up()?;

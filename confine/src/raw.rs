@@ -9,20 +9,117 @@ use std::io;
 /// namespace (`unshare(CLONE_NEWUSER | CLONE_NEWNET)`), with new mount and
 /// IPC namespaces too when `scratch` (`CLONE_NEWNS | CLONE_NEWIPC`: its own
 /// `/tmp` and its own System V and POSIX IPC objects, which would otherwise
-/// outlive it under its uid).
-pub fn unshare_user_and_network(scratch: bool) -> io::Result<()> {
+/// outlive it under its uid), and a new PID namespace for its children when
+/// `processes` (`CLONE_NEWPID`: the caller stays where it is; see
+/// [`crate::pidns`]).
+pub fn unshare_user_and_network(scratch: bool, processes: bool) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
     let mut flags = UnshareFlags::NEWUSER | UnshareFlags::NEWNET;
     if scratch {
         flags |= UnshareFlags::NEWNS | UnshareFlags::NEWIPC;
     }
+    if processes {
+        flags |= UnshareFlags::NEWPID;
+    }
     // SAFETY: the flags touch no memory or descriptor this process shares
     // with other threads (the caller checked it is single-threaded, and
-    // neither CLONE_FILES nor CLONE_FS nor CLONE_VM is given): only the
-    // namespaces it will execute its program in change (CLONE_NEWNS
-    // implies CLONE_FS, which only unshares this process's own root and
-    // working directory from threads it does not have).
+    // neither CLONE_FILES nor CLONE_VM is given; CLONE_NEWNS implies
+    // CLONE_FS, which only unshares this process's own root and working
+    // directory from threads it does not have): only the namespaces it and
+    // its children will run in change.
     unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
+}
+
+/// `fork(2)`: `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+pub fn fork() -> io::Result<Option<u32>> {
+    // SAFETY: only the confinement helper calls it, single-threaded (checked
+    // before it confines anything), so the child's copy of the address space
+    // holds no lock another thread held and no state half-updated; both
+    // sides go on with plain system calls and exit or exec.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// The signals a relay passes on to the process it stands for (and
+/// `SIGCHLD`, which tells it that process ended).
+pub const RELAYED: [i32; 9] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGALRM,
+    libc::SIGCHLD,
+];
+
+fn relayed_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a set we own, with
+    // valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in RELAYED {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Block (`true`) or unblock the [`RELAYED`] signals for this thread (the
+/// only one).
+pub fn block_relayed(block: bool) -> io::Result<()> {
+    let set = relayed_set();
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: a valid set, no old set asked for.
+    let r = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Wait for one of the (blocked) [`RELAYED`] signals; its number.
+pub fn wait_relayed() -> io::Result<i32> {
+    let set = relayed_set();
+    loop {
+        // SAFETY: a valid set; no siginfo asked for.
+        let r = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        if r > 0 {
+            return Ok(r);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// End this process by `signal` as if it had not handled it (its parent
+/// then sees "killed by signal"): the default action restored, unblocked,
+/// raised.
+pub fn die_by(signal: i32) -> ! {
+    // SAFETY: restoring the default action of a valid signal, unblocking
+    // it and raising it touch only this (single-threaded) process's signal
+    // state; exit follows should the signal not end it.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    std::process::exit(128 + signal)
 }
 
 /// Close every descriptor from `first` to `last` (`close_range(2)`).
@@ -37,5 +134,21 @@ pub fn close_range(first: u32, last: u32) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Point standard input at `/dev/null` (a relay's stdin is the helper's
+/// report channel, which must close when the program starts).
+pub fn null_stdin() -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto descriptor 0, which this process owns as its
+    // standard input and which nothing in it uses as an `OwnedFd`; the
+    // source stays valid for the call.
+    let r = unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

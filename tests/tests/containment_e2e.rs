@@ -75,6 +75,27 @@ fn field<'a>(status: &'a str, name: &str) -> &'a str {
 }
 
 /// Everything a decky's log holds (rotated part first).
+/// The process `pid` stands for: its innermost descendant (the program
+/// under its relays when the decky has processes of its own, else `pid`).
+fn program_of(pid: u64) -> u64 {
+    program_of_depth(pid, usize::MAX)
+}
+
+/// Follow first children from `pid` at most `depth` levels down.
+fn program_of_depth(pid: u64, depth: usize) -> u64 {
+    let mut at = pid;
+    for _ in 0..depth {
+        let next = std::fs::read_to_string(format!("/proc/{at}/task/{at}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok());
+        match next {
+            Some(n) => at = n,
+            None => break,
+        }
+    }
+    at
+}
+
 fn decky_log(state: &Path, name: &str) -> String {
     let dir = state.join("logs");
     let old = std::fs::read_to_string(dir.join(format!("{name}.log.1"))).unwrap_or_default();
@@ -260,6 +281,10 @@ fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckie
     let h = status_of(&m, "w1", "hostile");
     assert_eq!(h["state"], "running", "{h}");
     let h_pid = h["pid"].as_u64().unwrap();
+    // With processes of its own the decky's leader is its relay; the
+    // program is the relay's innermost descendant (see confine::pidns).
+    let leader = h_pid;
+    let h_pid = program_of(h_pid);
     let h_uid = h["uid"].as_u64().unwrap();
 
     // Ids: its own, never root, never the agent's, never the victim's.
@@ -328,7 +353,22 @@ fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckie
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(session, h_pid, "a session of its own");
+    assert_eq!(session, leader, "a session of its own");
+    if leader != h_pid {
+        // The relays hold nothing: no capability, no descriptor but the
+        // output pipe and their status pipe, stdin /dev/null.
+        for relay in [leader, program_of_depth(leader, 1)] {
+            let st = proc_status(relay);
+            assert_eq!(field(&st, "CapEff:"), "0000000000000000", "relay {relay}");
+            assert_eq!(field(&st, "CapPrm:"), "0000000000000000", "relay {relay}");
+            let fd0 = std::fs::read_link(format!("/proc/{relay}/fd/0")).unwrap();
+            assert_eq!(fd0, Path::new("/dev/null"), "relay {relay}");
+            let fds = std::fs::read_dir(format!("/proc/{relay}/fd"))
+                .unwrap()
+                .count();
+            assert!(fds <= 4, "relay {relay} holds {fds} descriptors");
+        }
+    }
     let cwd = std::fs::read_link(format!("/proc/{h_pid}/cwd")).unwrap();
     assert_eq!(cwd, u.agent_state.join("deckies/hostile"));
     let meta = std::fs::metadata(&cwd).unwrap();
@@ -368,7 +408,7 @@ fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckie
     ]);
     assert!(out.contains("UPDATED"), "{out}");
     assert_ne!(u.agent_pid(), Some(agent_pid));
-    for (name, pid) in [("victim", victim_pid), ("hostile", h_pid)] {
+    for (name, pid) in [("victim", victim_pid), ("hostile", leader)] {
         let d = status_of(&m, "w1", name);
         assert_eq!(
             (d["state"].as_str(), d["pid"].as_u64()),
@@ -628,6 +668,16 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
         log.contains("FDS 0,1,2,3\n"),
         "a descriptor leaked in:\n{log}"
     );
+    // Processes of its own: its init and itself, nothing of the host.
+    let containment = &m.json(&["swarm", "status", "w1", "--json"])[0]["status"]["containment"];
+    if containment["processes"]["mode"] == "own" {
+        assert!(
+            log.contains("PROCS 1,2\n"),
+            "the decky sees other processes:\n{log}"
+        );
+    } else {
+        eprintln!("processes of its own unavailable here: {containment}");
+    }
     for dir in ["/tmp", "/dev/shm"] {
         let path = format!("{dir}/{planted}");
         assert!(

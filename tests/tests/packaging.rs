@@ -56,8 +56,8 @@ fn units_restart_on_failure_and_are_hardened() {
         "ReadWritePaths=/var/lib/decnet/agent /etc/decnet/agent",
         "ProtectHome=yes",
         "Delegate=yes",
-        // A decky's own user, network, mount and IPC namespaces, nothing else.
-        "RestrictNamespaces=user net mnt ipc",
+        // A decky's own user, network, mount, IPC and PID namespaces, nothing else.
+        "RestrictNamespaces=user net mnt ipc pid",
     ] {
         assert!(agent.contains(key), "agent unit lacks {key}");
     }

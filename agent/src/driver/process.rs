@@ -93,6 +93,9 @@ pub struct ProcessOptions {
     pub network_probe: Result<(), String>,
     /// Bounds of the evidence archive (`<state-dir>/evidence`).
     pub evidence: EvidenceLimits,
+    /// Whether deckies with a network of their own get processes of their
+    /// own too (a PID namespace with its own `/proc`; `Err`: why not).
+    pub processes_probe: Result<(), String>,
 }
 
 impl ProcessOptions {
@@ -109,6 +112,7 @@ impl ProcessOptions {
             network: DeckyNetwork::Host,
             network_probe: Err("not probed".into()),
             evidence: EvidenceLimits::default(),
+            processes_probe: Err("not probed".into()),
         }
     }
 }
@@ -518,6 +522,7 @@ impl Inner {
                     .iter()
                     .map(|e| e.rule().map_err(DriverError))
                     .collect::<Result<_, _>>()?,
+                own_processes: network == DeckyNetwork::Own && self.opts.processes_probe.is_ok(),
             },
         };
         if identity.is_some_and(|i| i.uid == 0) {
@@ -970,11 +975,23 @@ impl Driver for ProcessDriver {
                 "warning": "deckies share the host's /tmp, /var/tmp and /dev/shm",
             })
         };
+        let processes = match (&opts.network, &opts.network_probe, &opts.processes_probe) {
+            (DeckyNetwork::Own, Ok(()), Ok(())) => serde_json::json!({
+                "mode": "own",
+                "detail": "a PID namespace per decky with its own /proc: it sees its own processes only",
+            }),
+            (_, _, Err(why)) => serde_json::json!({
+                "mode": "host",
+                "warning": format!("deckies see the host's processes and their command lines ({why})"),
+            }),
+            _ => serde_json::json!({ "mode": "host" }),
+        };
         serde_json::json!({
             "isolation": isolation,
             "limits": limits,
             "network": network,
             "scratch": scratch,
+            "processes": processes,
             "log_max_bytes": opts.log_max,
         })
     }

@@ -211,8 +211,26 @@ pub fn probe_network_main() -> i32 {
         rustix::process::getuid().as_raw(),
         rustix::process::getgid().as_raw(),
     );
-    match decnet_confine::netns::isolate(uid, gid, Some(1 << 20)) {
-        Ok(()) => 0,
+    // With a PID namespace first; a host (or unit) that forbids only that
+    // still gives deckies their network and scratch (unshare changes
+    // nothing when it fails, so the second try starts clean).
+    let with_pid = decnet_confine::netns::isolate(uid, gid, Some(1 << 20), true);
+    let isolated = match &with_pid {
+        Ok(()) => Ok(()),
+        Err(_) => decnet_confine::netns::isolate(uid, gid, Some(1 << 20), false),
+    };
+    match isolated {
+        Ok(()) => {
+            // Network and scratch work: say whether processes of its own do.
+            match with_pid
+                .map_err(|e| format!("no PID namespace: {e}"))
+                .and_then(|()| decnet_confine::pidns::probe())
+            {
+                Ok(()) => println!("processes=own"),
+                Err(why) => println!("processes=shared: {why}"),
+            }
+            0
+        }
         Err(e) => {
             eprintln!("an unprivileged user namespace with network and mount namespaces: {e}");
             1

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `net` plays the attacker at the network edge: it lists its open
-//! descriptors (`FDS 0,1,2,3`), tries to connect out, to bind ports and to
+//! descriptors (`FDS 0,1,2,3`) and the processes it sees (`PROCS 1,2`),
+//! tries to connect out, to bind ports and to
 //! write files (`STAT <path> <uid> <mode>` says who owns a path), then serves every TCP socket handed in (`LISTEN_FDS`, from fd 3) with
 //! `hello from uid N`, as an `sd_listen_fds` honeypot would.
 //!
@@ -152,6 +153,23 @@ fn net(args: &[String]) {
     println!(
         "FDS {}",
         fds.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    );
+    // The processes it can see (a honeypot fleet shows itself in `ps`).
+    let mut procs: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    procs.sort();
+    println!(
+        "PROCS {}",
+        procs
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let mut it = args.iter();
     while let Some(flag) = it.next() {
