@@ -233,7 +233,22 @@ async fn teardown(State(exec): State<Arc<Executor>>, body: axum::body::Bytes) ->
             }
         }
     };
-    match exec.teardown(req.decky_id.as_deref()).await {
+    // A task of its own: a client that hangs up (a burn that stopped
+    // waiting) must not cut a teardown short, leaving deckies running.
+    let decky = req.decky_id.clone();
+    let exec2 = exec.clone();
+    let done = tokio::spawn(async move { exec2.teardown(decky.as_deref()).await });
+    let result = match done.await {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "teardown_failed",
+                format!("the teardown did not finish: {e}"),
+            );
+        }
+    };
+    match result {
         Ok(names) => Json(serde_json::json!({ "torn_down": names })).into_response(),
         Err(e) => e.into_response(),
     }

@@ -5,13 +5,17 @@
 //! A honeypot's working directory is the attacker's footprint (dropped
 //! tools, logs, session records), so a teardown must neither lose it nor
 //! leave it behind under a uid the next decky may be given. At teardown the
-//! tree is packed and then removed by a thread that took the decky's own
-//! ids ([`decnet_confine::exec::take_ids_for_this_thread`]): it reads
+//! tree is packed and then removed by a thread that reads as the decky (its
+//! filesystem ids, [`decnet_confine::exec::read_as_for_this_thread`]): it reads
 //! nothing the decky could not (a hard link to a file the decky cannot
 //! read stays out), never follows a link (links are stored as links), and
-//! stores only regular files, directories and links. The archive is
-//! bounded: at most `keep` archives per decky and `max_bytes` in all,
-//! the oldest pruned first (the newest always stays).
+//! stores only regular files, directories and links — under
+//! `<decky>-<id>/`, owned by root, without set-id bits or others' write
+//! bits, so extracting it as root recreates nothing of the decky's. An
+//! archive holds at most [`MAX_ARCHIVE_ENTRIES`] entries and `max_bytes`
+//! (names and links counted); the archive as a whole keeps at most `keep`
+//! archives per decky and `max_bytes` in all, the oldest pruned first (the
+//! newest always stays).
 
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -21,6 +25,10 @@ use decnet_confine::ExecIdentity;
 use decnet_confine::tree::{Event, Flow, walk};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
+
+/// Entries one archive holds at most (past it the archive stops, and its
+/// manifest says it is incomplete).
+pub const MAX_ARCHIVE_ENTRIES: u64 = 200_000;
 
 /// Bounds of the archive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,8 +92,13 @@ pub struct EvidenceArchive {
 struct Manifest<'a> {
     decky: &'a str,
     archived_at: String,
+    /// The uid the decky's files belonged to (the archive's entries are
+    /// root's, so an extraction recreates nothing of the decky's).
+    uid: Option<u32>,
     files: u64,
     bytes: u64,
+    /// The archive stopped at its bound (entries, or bytes with names).
+    incomplete: bool,
     /// Entries left out (unreadable, special files, past the size bound),
     /// the first 100.
     skipped: Vec<String>,
@@ -188,21 +201,23 @@ impl EvidenceArchive {
             let (file, part, entry) = self.new_file(name, now).map_err(|e| fail(e.to_string()))?;
             (Some(file), Some((part, entry)))
         };
+        let id = out.as_ref().map(|(_, e)| e.id.clone()).unwrap_or_default();
         let cap = self.limits.max_bytes;
         let decky = name.to_string();
         let stamp = now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        // A thread of its own: it takes the decky's ids, which must never
+        // A thread of its own: it reads as the decky, which must never
         // reach a thread that serves anything else.
         let worker = std::thread::spawn(move || -> Result<(bool, Option<String>), String> {
             if let Some(id) = reader {
-                decnet_confine::exec::take_ids_for_this_thread(id)
+                decnet_confine::exec::read_as_for_this_thread(id)
                     .map_err(|e| format!("cannot take the decky's ids: {e}"))?;
             }
             let mut empty = true;
             if let Some(file) = &file {
-                empty = pack(&workdir, &decky, &stamp, file, cap).map_err(|e| e.to_string())? == 0;
+                empty =
+                    pack(&workdir, &decky, &id, &stamp, file, cap).map_err(|e| e.to_string())? == 0;
             }
             let residue = decnet_confine::tree::remove_contents(&workdir)
                 .err()
@@ -389,6 +404,7 @@ fn remove_workdir(decky_root: &Path, name: &str) -> io::Result<()> {
 fn pack(
     root: &OwnedFd,
     decky: &str,
+    id: &str,
     stamp: &str,
     out: &std::fs::File,
     cap: u64,
@@ -408,9 +424,19 @@ fn pack(
     };
     let mut failure = None;
     let mut entries = 0u64;
-    let base = Path::new(decky);
+    let mut bound_reached = false;
+    // `<decky>-<id>/…`: archives of one decky never share a top directory,
+    // so extracting two into one place cannot let one's links redirect the
+    // other's files.
+    let base = PathBuf::from(format!("{decky}-{id}"));
     walk(root, |e| {
         entries += 1;
+        // Names and link targets count too: a tree of long names or links
+        // is as much data as file contents.
+        if entries > MAX_ARCHIVE_ENTRIES || bytes > cap {
+            bound_reached = true;
+            return Flow::Stop;
+        }
         let (dir, name, path, stat) = match e {
             Event::Entry {
                 dir,
@@ -430,12 +456,21 @@ fn pack(
         use std::os::unix::ffi::OsStrExt;
         let rel = base.join(std::ffi::OsStr::from_bytes(path));
         let shown = String::from_utf8_lossy(path).into_owned();
+        bytes = bytes.saturating_add(512 + path.len() as u64);
         let mut header = tar::Header::new_gnu();
-        header.set_mode(stat.st_mode & 0o7777);
-        header.set_uid(u64::from(stat.st_uid));
-        header.set_gid(u64::from(stat.st_gid));
+        // Harmless to whoever extracts it, root included: owned by the
+        // extractor (uid 0 in the header, the decky's uid in the manifest),
+        // no set-id or sticky bit, nothing writable by others.
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        header.set_mode(match kind {
+            FileType::Directory => 0o755,
+            _ if stat.st_mode & 0o111 != 0 => 0o755,
+            _ => 0o644,
+        });
+        header.set_uid(0);
+        header.set_gid(0);
         header.set_mtime(u64::try_from(stat.st_mtime).unwrap_or(0));
-        let r = match FileType::from_raw_mode(stat.st_mode) {
+        let r = match kind {
             FileType::Directory => {
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_size(0);
@@ -443,6 +478,7 @@ fn pack(
             }
             FileType::Symlink => match rustix::fs::readlinkat(dir, name, Vec::new()) {
                 Ok(target) => {
+                    bytes = bytes.saturating_add(target.to_bytes().len() as u64);
                     header.set_entry_type(tar::EntryType::Symlink);
                     header.set_size(0);
                     body.append_link(
@@ -503,14 +539,19 @@ fn pack(
     let manifest = serde_json::to_vec_pretty(&Manifest {
         decky,
         archived_at: stamp.to_string(),
+        uid: (decnet_confine::raw::fs_uid() != 0).then(decnet_confine::raw::fs_uid),
         files,
         bytes,
+        incomplete: bound_reached,
         skipped,
         skipped_count,
     })
     .map_err(io::Error::other)?;
     let mut header = tar::Header::new_gnu();
-    header.set_mode(0o600);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
     header.set_size(manifest.len() as u64);
     header.set_entry_type(tar::EntryType::Regular);
     body.append_data(&mut header, MANIFEST_NAME, manifest.as_slice())?;
@@ -528,17 +569,12 @@ fn open_regular(dir: &OwnedFd, name: &std::ffi::CStr) -> io::Result<(OwnedFd, u6
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let f = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Err(rustix::io::Errno::ACCESS) => {
-            let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if st.st_uid != rustix::process::geteuid().as_raw() {
-                return Err(rustix::io::Errno::ACCESS.into());
-            }
-            rustix::fs::chmodat(
-                dir,
-                name,
-                Mode::from_raw_mode((st.st_mode | 0o400) & 0o7777),
-                AtFlags::empty(),
-            )?;
-            rustix::fs::openat(dir, name, flags, Mode::empty())?
+            let pinned =
+                decnet_confine::tree::grant_owner(dir, name, FileType::RegularFile, 0o400)?;
+            decnet_confine::tree::reopen(
+                &pinned,
+                OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            )?
         }
         r => r?,
     };
@@ -552,6 +588,7 @@ fn open_regular(dir: &OwnedFd, name: &std::ffi::CStr) -> io::Result<(OwnedFd, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn entries_of(path: &Path) -> Vec<(String, tar::EntryType, Vec<u8>)> {
         let f = std::fs::File::open(path).unwrap();
@@ -606,21 +643,30 @@ mod tests {
         );
         let path = archive.path_of("trap", &entry.id).unwrap();
         let got = entries_of(&path);
+        // Nothing an extraction as root could turn against the operator.
+        let f = std::fs::File::open(&path).unwrap();
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+            assert_eq!(h.mode().unwrap() & 0o7022, 0, "{:?}", e.path());
+        }
         let last = got.last().unwrap();
         assert_eq!(last.0, MANIFEST_NAME);
         let manifest: serde_json::Value = serde_json::from_slice(&last.2).unwrap();
         assert_eq!(manifest["files"], 1);
+        let top = format!("trap-{}", entry.id);
         assert!(got.contains(&(
-            "trap/loot/tool.sh".into(),
+            format!("{top}/loot/tool.sh"),
             tar::EntryType::Regular,
             b"#!/bin/sh\necho pwned\n".to_vec()
         )));
         assert!(got.contains(&(
-            "trap/shadow".into(),
+            format!("{top}/shadow"),
             tar::EntryType::Symlink,
             b"/etc/shadow".to_vec()
         )));
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600

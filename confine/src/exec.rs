@@ -208,13 +208,28 @@ fn enter_workdir(spec: &ConfinedExec) -> Result<(), ExecError> {
 
 /// Take the ids `id` for the calling thread only (Linux ids are per thread
 /// at the system call; the C library's broadcast to every thread is not
-/// used): how a root process reads a decky's files as the decky, with no
-/// more reach than the decky has. Supplementary groups go first.
+/// used), supplementary groups first. For a process about to become `id`
+/// (single-threaded); a thread that must only read as `id` uses
+/// [`read_as_for_this_thread`].
 pub fn take_ids_for_this_thread(id: ExecIdentity) -> std::io::Result<()> {
     use rustix::thread::{set_thread_gid, set_thread_groups, set_thread_uid};
     set_thread_groups(&[])?;
     set_thread_gid(rustix::process::Gid::from_raw(id.gid))?;
     set_thread_uid(rustix::process::Uid::from_raw(id.uid))?;
+    Ok(())
+}
+
+/// Read (and change) files as `id` on the calling thread only, without
+/// becoming `id` otherwise: no supplementary groups and filesystem ids `id`
+/// ([`crate::raw::set_fs_ids`]; the kernel then drops the thread's file
+/// capabilities, so its file access is exactly `id`'s, while it may still
+/// kill the decky it watches). Its real and effective ids stay root's, so a process of `id` — the decky
+/// whose files the thread reads — can neither signal it nor change its
+/// process's limits (which a thread that took `id` with `setuid` would
+/// allow). For the agent's and shepherds' reader threads.
+pub fn read_as_for_this_thread(id: ExecIdentity) -> std::io::Result<()> {
+    rustix::thread::set_thread_groups(&[])?;
+    crate::raw::set_fs_ids(id.uid, id.gid)?;
     Ok(())
 }
 

@@ -152,3 +152,32 @@ pub fn null_stdin() -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Set the calling thread's filesystem ids (`setfsgid`, then `setfsuid`):
+/// file access is then checked as `uid`/`gid` (and the kernel drops the
+/// thread's file capabilities), while its real, effective and saved ids —
+/// which decide who may signal it or change its limits — stay as they were.
+/// `Err` when the kernel did not take them.
+pub fn set_fs_ids(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: setfsgid/setfsuid are plain per-thread system calls (glibc
+    // does not broadcast them to other threads) that take ids by value;
+    // calling each twice reads back what is in force.
+    let (g, u) = unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+        (libc::setfsgid(gid) as u32, libc::setfsuid(uid) as u32)
+    };
+    if g == gid && u == uid {
+        Ok(())
+    } else {
+        Err(io::Error::other("the filesystem ids did not change"))
+    }
+}
+
+/// The calling thread's filesystem user id (what file access is checked
+/// as: its effective uid unless [`set_fs_ids`] changed it).
+pub fn fs_uid() -> u32 {
+    // SAFETY: setfsuid with an invalid id (-1) changes nothing and returns
+    // the thread's current filesystem uid.
+    unsafe { libc::setfsuid(u32::MAX) as u32 }
+}

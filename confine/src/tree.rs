@@ -1,8 +1,8 @@
 //! A walk over a decky's working directory by descriptors: every entry is
 //! reached with `openat`/`statat` from the open directory above it, never
 //! by a path resolved again, and no link is ever followed. It runs under
-//! the decky's own ids (a thread that took them, see
-//! [`crate::exec::take_ids_for_this_thread`]), so it can read and change
+//! the decky's own ids (a thread reading as the decky, see
+//! [`crate::exec::read_as_for_this_thread`]), so it can read and change
 //! nothing the decky could not; a directory the decky closed to itself is
 //! opened up first, so it cannot hide what it stores.
 //!
@@ -73,7 +73,7 @@ pub fn walk(root: &OwnedFd, mut on: impl FnMut(Event<'_>) -> Flow) -> io::Result
 /// Give the owner back read, write and search on a directory of the
 /// walker's user that took them away.
 fn open_up(dir: &OwnedFd) {
-    let me = rustix::process::geteuid().as_raw();
+    let me = crate::raw::fs_uid();
     if let Ok(st) = rustix::fs::fstat(dir)
         && st.st_uid == me
         && st.st_mode & 0o700 != 0o700
@@ -88,17 +88,57 @@ pub fn open_dir(at: &OwnedFd, name: &CStr) -> rustix::io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let dir = match openat(at, name, flags, Mode::empty()) {
         Err(rustix::io::Errno::ACCESS) => {
-            let st = statat(at, name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if st.st_uid != rustix::process::geteuid().as_raw() {
-                return Err(rustix::io::Errno::ACCESS);
-            }
-            rustix::fs::chmodat(at, name, Mode::from_raw_mode(0o700), AtFlags::empty())?;
-            openat(at, name, flags, Mode::empty())?
+            let pinned = grant_owner(at, name, FileType::Directory, 0o700)?;
+            reopen(
+                &pinned,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            )?
         }
         r => r?,
     };
     open_up(&dir);
     Ok(dir)
+}
+
+/// Give the owner `bits` on the entry `name` of `at` when it is of `kind`
+/// and owned by the walker's (filesystem) user, never through a link: the
+/// entry is pinned with `O_PATH | O_NOFOLLOW` and changed through its
+/// `/proc/thread-self/fd` link, so a decky swapping it for a link between
+/// the check and the change changes nothing of anyone else's. Returns the
+/// pinned entry (see [`reopen`]).
+pub fn grant_owner(
+    at: &OwnedFd,
+    name: &CStr,
+    kind: FileType,
+    bits: u32,
+) -> rustix::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let pinned = openat(
+        at,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&pinned)?;
+    if FileType::from_raw_mode(st.st_mode) != kind || st.st_uid != crate::raw::fs_uid() {
+        return Err(rustix::io::Errno::ACCESS);
+    }
+    rustix::fs::chmod(
+        format!("/proc/thread-self/fd/{}", pinned.as_raw_fd()),
+        Mode::from_raw_mode((st.st_mode | bits) & 0o7777),
+    )?;
+    Ok(pinned)
+}
+
+/// Open the entry `pinned` (an `O_PATH` descriptor) with `flags`, through
+/// its `/proc/thread-self/fd` link: the very inode, whatever its name is now.
+pub fn reopen(pinned: &OwnedFd, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    rustix::fs::open(
+        format!("/proc/thread-self/fd/{}", pinned.as_raw_fd()),
+        flags,
+        Mode::empty(),
+    )
 }
 
 fn joined(path: &mut Vec<u8>, name: &[u8]) -> usize {

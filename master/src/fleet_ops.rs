@@ -677,9 +677,14 @@ pub async fn evidence(
     let fetched = client.fetch_evidence(decky, &id, &mut file).await;
     drop(file);
     let outcome = match fetched {
-        Ok(bytes) => std::fs::rename(&part, &out)
-            .map(|()| bytes)
-            .with_context(|| format!("cannot rename {} to {}", part.display(), out.display())),
+        // A link, not a rename: it fails if `out` appeared meanwhile, so an
+        // existing file is never replaced.
+        Ok(bytes) => std::fs::hard_link(&part, &out)
+            .map(|()| {
+                let _ = std::fs::remove_file(&part);
+                bytes
+            })
+            .with_context(|| format!("cannot create {} (not overwritten)", out.display())),
         Err(e) => Err(e.into()),
     };
     match outcome {

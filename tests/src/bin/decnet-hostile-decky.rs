@@ -9,8 +9,9 @@
 //!     [--suid PATH] [--fork-bomb] [--eat-memory] [--spam BYTES]
 //!     [--print-env NAME] [--print-arg VALUE]
 //! decnet-hostile-decky whoami        (used as the setuid binary)
+//! decnet-hostile-decky vanish        (main thread ends, another runs on)
 //! decnet-hostile-decky net [--connect ADDR:PORT]... [--bind PORT]...
-//!     [--write PATH]... [--stat PATH]...
+//!     [--write PATH]... [--stat PATH]... [--nest --user|--mount|--net]...
 //! ```
 //!
 //! `net` plays the attacker at the network edge: it lists its open
@@ -200,6 +201,23 @@ fn net(args: &[String]) {
                     std::fs::write(&value, b"planted by a decky"),
                 );
             }
+            "--nest" => {
+                // A namespace of its own inside its own: `value` is the
+                // unshare(1) flag (`--user`, `--mount`, `--net`).
+                let r = std::process::Command::new("/usr/bin/unshare")
+                    .args([value.as_str(), "/bin/true"])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map_err(std::io::Error::other)
+                    .and_then(|s| {
+                        if s.success() {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other(format!("unshare {s}")))
+                        }
+                    });
+                attempt(&format!("nest {value}"), r);
+            }
             "--stat" => {
                 use std::os::unix::fs::MetadataExt;
                 match std::fs::metadata(&value) {
@@ -227,6 +245,27 @@ fn net(args: &[String]) {
     }
 }
 
+/// End the main thread while another runs on: `/proc` then shows the
+/// process as a zombie leader (`Zl`), which a careless scan takes for dead
+/// and never kills.
+#[allow(unsafe_code)]
+fn vanish() -> ! {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    });
+    println!("VANISHING");
+    let _ = std::io::stdout().flush();
+    // SAFETY: the raw exit(2) system call ends the calling (main) thread
+    // only, without unwinding anything; the process lives on in the other
+    // thread, which touches nothing of the main thread's stack.
+    unsafe {
+        libc::syscall(libc::SYS_exit, 0);
+    }
+    unreachable!("exit(2) returned")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -242,6 +281,7 @@ fn main() {
             std::thread::sleep(Duration::from_secs(600));
             return;
         }
+        Some("vanish") => vanish(),
         Some("attack") => {}
         Some("net") => {
             net(&args[1..]);
