@@ -297,6 +297,13 @@ pub fn exec_confined(
             };
         }
     };
+    // Last: no namespace or mount of its own, whatever it runs.
+    if let Err(source) = crate::raw::install_seccomp(&crate::seccomp::filter()) {
+        return ExecError {
+            step: "narrow the decky's system calls",
+            source,
+        };
+    }
     let err = std::process::Command::new(&program)
         .arg0(&spec.argv[0])
         .args(&spec.argv[1..])

@@ -25,6 +25,7 @@ pub mod netns;
 pub mod pidns;
 pub mod raw;
 pub mod scratch;
+pub mod seccomp;
 pub mod tree;
 
 pub use exec::{ConfinedExec, ExecIdentity};

@@ -113,29 +113,10 @@ pub fn isolate(uid: u32, gid: u32, scratch: Option<u64>, processes: bool) -> io:
     })();
     set_dumpable_behavior(before)?;
     maps?;
-    if let Some(bytes) = scratch {
-        crate::scratch::mount_private(uid, gid, bytes)?;
+    match scratch {
+        Some(bytes) => crate::scratch::mount_private(uid, gid, bytes),
+        None => Ok(()),
     }
-    forbid_nested_namespaces()
-}
-
-/// Let nothing in the decky's user namespace make namespaces of its own:
-/// the unit's `RestrictNamespaces=` admits the kinds the confinement needs
-/// for the whole service, so a decky could otherwise nest a user and mount
-/// namespace and mount a tmpfs nothing bounds. Each kind's count limit is
-/// per user namespace; the helper, still holding its capabilities there,
-/// sets every one to 0.
-pub fn forbid_nested_namespaces() -> io::Result<()> {
-    for kind in ["user", "mnt", "net", "pid", "ipc", "uts", "cgroup", "time"] {
-        let path = format!("/proc/sys/user/max_{kind}_namespaces");
-        match std::fs::write(&path, "0") {
-            Ok(()) => {}
-            // An older kernel without that kind's limit.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{path}: {e}"))),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -181,3 +181,35 @@ pub fn fs_uid() -> u32 {
     // the thread's current filesystem uid.
     unsafe { libc::setfsuid(u32::MAX) as u32 }
 }
+
+/// Install `prog` as this thread's (and its future children's) seccomp
+/// filter. `no_new_privs` must be set already.
+pub fn install_seccomp(prog: &[crate::seccomp::Insn]) -> io::Result<()> {
+    let mut filters: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(filters.len()).map_err(io::Error::other)?,
+        filter: filters.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `filters`, alive and unmoved for the call;
+    // the kernel copies the program before returning.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
