@@ -724,9 +724,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let found = db
                 .update_endpoint(&host, address.as_deref(), agent_port, updater_port)
                 .await?;
-            let detail = format!(
-                "address={address:?} agent_port={agent_port:?} updater_port={updater_port:?}"
-            );
+            // What changed, in plain words (never Rust's debug syntax).
+            let detail = [
+                address.as_ref().map(|a| format!("address={a}")),
+                agent_port.map(|p| format!("agent_port={p}")),
+                updater_port.map(|p| format!("updater_port={p}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
             audit(
                 &db,
                 "swarm.set_endpoint",

@@ -262,10 +262,14 @@ impl Endpoint {
     pub fn transport_error(&self, e: reqwest::Error, timeout: Duration) -> ClientError {
         let endpoint = self.label.clone();
         if e.is_timeout() {
-            return ClientError::Timeout {
-                endpoint,
-                secs: timeout.as_secs(),
+            // The connect timeout, not the request's, when no connection
+            // was made at all.
+            let secs = if e.is_connect() {
+                CONNECT_TIMEOUT.as_secs()
+            } else {
+                timeout.as_secs()
             };
+            return ClientError::Timeout { endpoint, secs };
         }
         if decnet_pki::tls::is_pin_mismatch(&e) {
             return ClientError::PinMismatch { endpoint };

@@ -230,3 +230,35 @@ async fn a_host_resumes_its_session_after_thousands_of_others() {
         "w1's second dial must resume its session, not sign again"
     );
 }
+
+/// A worker that never accepts the connection (its accept queue full, so
+/// the kernel drops the SYN) is reported after the connect timeout, saying
+/// that timeout: not the request timeout it never reached.
+#[tokio::test]
+async fn a_connection_never_accepted_is_reported_at_the_connect_timeout() {
+    decnet_pki::provider::install_default();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _queue: Vec<std::net::TcpStream> = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).ok()
+        })
+        .collect();
+    let pool = WorkerPool::new(&bundle(Role::Master, BundleKind::Master)).unwrap();
+    let pin = bundle(Role::Agent(HostName::new("w1").unwrap()), BundleKind::Agent)
+        .identity
+        .fingerprint;
+    let client = AgentClient::in_pool(&pool, "w1", "127.0.0.1", addr.port(), vec![pin]).unwrap();
+    let t = std::time::Instant::now();
+    let e = client.health().await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::Timeout { secs: 5, .. }),
+        "{e:?} after {:?}",
+        t.elapsed()
+    );
+    assert!(e.to_string().contains("within 5s"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(9));
+    drop(listener);
+}

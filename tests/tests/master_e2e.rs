@@ -822,3 +822,34 @@ fn updaters_renew_too_and_keep_installing_releases() {
     ]);
     assert!(out.contains("UPDATED"), "{out}");
 }
+
+/// The audit log speaks plainly: `set-endpoint` records what changed, never
+/// Rust's debug syntax (`Some(…)`, quotes).
+#[test]
+fn set_endpoint_audits_what_changed_in_plain_words() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    m.ok(&["swarm", "set-endpoint", "w1", "--agent-port", "28785"]);
+    m.ok(&[
+        "swarm",
+        "set-endpoint",
+        "w1",
+        "--address",
+        "10.0.0.9",
+        "--updater-port",
+        "8799",
+    ]);
+    let audit = m.json(&["audit", "--json"]);
+    let details: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "swarm.set_endpoint")
+        .filter_map(|e| e["detail"].as_str())
+        .collect();
+    assert!(details.contains(&"agent_port=28785"), "{details:?}");
+    assert!(
+        details.contains(&"address=10.0.0.9 updater_port=8799"),
+        "{details:?}"
+    );
+}
