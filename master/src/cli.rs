@@ -119,11 +119,20 @@ pub enum Command {
     },
 }
 
+/// A host name as given on the command line, in its one normal form (what
+/// enrolment stores: lowercase), so `W9` and `w9` are the same host in
+/// every command.
+fn host_name(s: &str) -> Result<String, String> {
+    HostName::new(s)
+        .map(|h| h.as_str().to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Who a certificate is for: shared by `swarm enroll` and `swarm token create`.
 #[derive(Debug, Args)]
 pub struct HostArgs {
     /// Host name: becomes the agent CN (DNS label characters only).
-    #[arg(long)]
+    #[arg(value_parser = host_name, long)]
     pub host: String,
     /// Address the master dials (IP or DNS name); also added as a SAN.
     /// Required, except for `swarm enroll --reissue`, which keeps the recorded one.
@@ -386,6 +395,7 @@ pub enum SwarmCommand {
     /// Show one host.
     Show {
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
         /// Print JSON.
         #[arg(long)]
@@ -394,6 +404,7 @@ pub enum SwarmCommand {
     /// Change where the master dials a host (address or ports).
     SetEndpoint {
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
         /// New address.
         #[arg(long)]
@@ -412,6 +423,7 @@ pub enum SwarmCommand {
     /// heartbeat, the updater (asked directly) at once.
     Renew {
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
     },
     /// Deploy a deployment config (JSON, see wiki/Agent.md) to hosts.
@@ -423,7 +435,7 @@ pub enum SwarmCommand {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Target host (repeatable); all live hosts when omitted.
-        #[arg(long = "host", value_name = "HOST")]
+        #[arg(value_parser = host_name, long = "host", value_name = "HOST")]
         hosts: Vec<String>,
         /// Return once the agents accepted the deploy, without waiting.
         #[arg(long)]
@@ -448,6 +460,7 @@ pub enum SwarmCommand {
         #[command(flatten)]
         ca: CaDirArg,
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
         /// Fetch this decky's archive (list when omitted).
         decky: Option<String>,
@@ -468,6 +481,7 @@ pub enum SwarmCommand {
         #[command(flatten)]
         ca: CaDirArg,
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
         /// Only this decky.
         #[arg(long)]
@@ -479,6 +493,7 @@ pub enum SwarmCommand {
         #[command(flatten)]
         ca: CaDirArg,
         /// Host name (all hosts when omitted).
+        #[arg(value_parser = host_name)]
         host: Option<String>,
         /// Print JSON.
         #[arg(long)]
@@ -536,7 +551,7 @@ pub enum SwarmCommand {
         #[arg(long, value_name = "DIR|TARBALL")]
         release: PathBuf,
         /// Target host (repeatable).
-        #[arg(long = "host", value_name = "HOST")]
+        #[arg(value_parser = host_name, long = "host", value_name = "HOST")]
         hosts: Vec<String>,
         /// Every live host.
         #[arg(long)]
@@ -582,6 +597,7 @@ pub enum SwarmCommand {
         #[command(flatten)]
         ca: CaDirArg,
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
     },
     /// A host's installed releases (active first) and its update history.
@@ -590,6 +606,7 @@ pub enum SwarmCommand {
         #[command(flatten)]
         ca: CaDirArg,
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
         /// Print JSON.
         #[arg(long)]
@@ -600,6 +617,7 @@ pub enum SwarmCommand {
     /// it joins again with a fresh token.
     Burn {
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -612,6 +630,7 @@ pub enum SwarmCommand {
         #[command(flatten)]
         ca: CaDirArg,
         /// Host name.
+        #[arg(value_parser = host_name)]
         host: String,
         /// Do not ask for confirmation.
         #[arg(long)]

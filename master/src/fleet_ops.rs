@@ -726,9 +726,11 @@ pub struct HostReport {
     pub reachable: bool,
     /// Agent version.
     pub version: Option<String>,
-    /// The agent's status (status command).
+    /// The agent's status (status command; absent from a check).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<AgentStatus>,
     /// The error, when it did not answer properly.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When the host's record last changed (unix seconds): this contact.
     pub updated_at: Option<i64>,

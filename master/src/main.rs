@@ -3,7 +3,28 @@
 
 use clap::Parser;
 
+/// Exit quietly, as `yes | head` does (128 + SIGPIPE), when stdout is a
+/// pipe whose reader has gone: `println!` panics on `EPIPE` because Rust
+/// ignores SIGPIPE (which the daemons in this binary rely on, writing to
+/// sockets).
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() {
+    quiet_on_closed_stdout();
     let cli = decnet_master::cli::Cli::parse();
     decnet_telemetry::init_logging(cli.log_format, "warn");
     decnet_pki::provider::install_default();

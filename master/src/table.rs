@@ -8,6 +8,14 @@ use time::OffsetDateTime;
 /// When a host's current certificates expire (unix seconds), from
 /// `FleetDb::current_certificate_expiry`: (agent, updater).
 pub fn cert_expiry(h: &HostRecord, expiry: &BTreeMap<String, i64>) -> (Option<i64>, Option<i64>) {
+    // A decommissioned or burned host holds no certificate that counts:
+    // every one was revoked, so none "expires".
+    if matches!(
+        h.status,
+        decnet_fleet::HostStatus::Decommissioned | decnet_fleet::HostStatus::Burned
+    ) {
+        return (None, None);
+    }
     let of = |fp: &Option<String>| fp.as_ref().and_then(|f| expiry.get(f).copied());
     (of(&h.agent_fingerprint), of(&h.updater_fingerprint))
 }

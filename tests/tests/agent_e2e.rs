@@ -435,6 +435,12 @@ fn check_reports_unreachable_hosts_and_records_them() {
     let down = rows.iter().find(|r| r["host"] == "down").unwrap();
     assert_eq!(up["reachable"], true);
     assert_eq!(up["version"], env!("CARGO_PKG_VERSION"));
+    // A check asks for health only: no empty `status` (nor `error` when
+    // none) in its JSON.
+    for r in rows {
+        assert!(r.get("status").is_none(), "{r}");
+    }
+    assert!(up.get("error").is_none(), "{up}");
     assert_eq!(down["reachable"], false);
     assert!(
         down["error"].as_str().unwrap().contains("unreachable"),

@@ -853,3 +853,73 @@ fn set_endpoint_audits_what_changed_in_plain_words() {
         "{details:?}"
     );
 }
+
+/// One rule for host names everywhere: a name enrolled as `W9` is `w9`,
+/// and every command finds it whichever case it is given in.
+#[test]
+fn host_names_are_one_name_in_any_case() {
+    let m = MasterHome::new();
+    m.enroll("W9");
+    let show = m.json(&["swarm", "show", "W9", "--json"]);
+    assert_eq!(show["name"], "w9", "{show}");
+    m.ok(&["swarm", "set-endpoint", "W9", "--agent-port", "9999"]);
+    assert_eq!(
+        m.json(&["swarm", "show", "w9", "--json"])["agent_port"],
+        9999
+    );
+    let bad = m.run(&["swarm", "show", "not_a_host"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("host name may contain only"),
+        "{bad:?}"
+    );
+}
+
+/// A decommissioned host's certificates are revoked: `swarm list` shows no
+/// expiry for them.
+#[test]
+fn a_decommissioned_host_lists_no_certificate_expiry() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    m.enroll("w2");
+    let before = m.json(&["swarm", "list", "--json"]);
+    assert!(before[0]["agent_cert_not_after"].is_i64(), "{before}");
+    m.ok(&["swarm", "decommission", "w1", "--yes"]);
+    let list = m.json(&["swarm", "list", "--json"]);
+    let w1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "w1")
+        .unwrap();
+    assert!(w1["agent_cert_not_after"].is_null(), "{w1}");
+    assert!(w1["updater_cert_not_after"].is_null(), "{w1}");
+    let table = m.ok(&["swarm", "list"]);
+    let row = table.lines().find(|l| l.starts_with("w1 ")).unwrap();
+    assert!(!row.contains("in "), "{row}");
+}
+
+/// `decnet … | head`: a reader that goes away ends the command quietly
+/// (128 + SIGPIPE), never with a panic.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let m = MasterHome::new();
+    for i in 0..40 {
+        m.enroll(&format!("w{i}"));
+    }
+    let mut child = m
+        .command(&["swarm", "list", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.code() == Some(141),
+        "{:?}: {err}",
+        out.status
+    );
+}
