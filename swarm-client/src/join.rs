@@ -103,11 +103,26 @@ pub struct JoinOptions<'a> {
 pub fn read_token(text: Option<&str>, file: Option<&Path>) -> Result<String, JoinError> {
     match (text, file) {
         (Some(t), _) => Ok(t.trim().to_string()),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| {
+        (None, Some(f)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let cannot = |e: std::io::Error| {
                 JoinError::Local(format!("cannot read the token file {}: {e}", f.display()))
-            }),
+            };
+            let mode = std::fs::metadata(f).map_err(cannot)?.permissions().mode();
+            // A token is a secret until used: a file others may read is
+            // refused rather than trusted.
+            if mode & 0o077 != 0 {
+                return Err(JoinError::Local(format!(
+                    "the token file {} is readable by others (mode {:o}): chmod 600 {} and try again",
+                    f.display(),
+                    mode & 0o777,
+                    f.display()
+                )));
+            }
+            std::fs::read_to_string(f)
+                .map(|t| t.trim().to_string())
+                .map_err(cannot)
+        }
         (None, None) => Err(JoinError::BadToken),
     }
 }

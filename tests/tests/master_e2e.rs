@@ -273,6 +273,23 @@ fn token_join_issues_certificates_for_locally_generated_keys() {
     let up_dir = m.dir.path().join("j1-updater");
     let token_file = m.dir.path().join("token");
     std::fs::write(&token_file, format!("{t}\n")).unwrap();
+    // Readable by others: refused, saying how to fix it.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(decnet_e2e::bin("decnet-updater"))
+        .args(["join", "--master", &master.addr.to_string()])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--bundle-dir")
+        .arg(&up_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = Command::new(decnet_e2e::bin("decnet-updater"))
         .args([
             "join",
@@ -328,6 +345,7 @@ fn token_join_issues_certificates_for_locally_generated_keys() {
     });
     let late_file = m.dir.path().join("late-token");
     std::fs::write(&late_file, format!("{t_late}\n")).unwrap();
+    std::fs::set_permissions(&late_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = Command::new(decnet_e2e::bin("decnet-updater"))
         .args(["join", "--master", &master.addr.to_string()])
         .arg("--token-file")
