@@ -53,6 +53,16 @@ impl BundleKind {
         }
     }
 
+    /// "an agent's", for messages.
+    pub fn article(self) -> &'static str {
+        match self {
+            BundleKind::Master => "the master's",
+            BundleKind::Agent => "an agent's",
+            BundleKind::Updater => "an updater's",
+            BundleKind::Monitor => "a monitor's",
+        }
+    }
+
     /// Certificate file name.
     pub fn cert_file(self) -> &'static str {
         match self {
@@ -105,6 +115,21 @@ pub enum BundleError {
     Missing {
         /// The missing file.
         path: String,
+        /// What to run.
+        hint: &'static str,
+    },
+    /// The directory holds another kind's bundle (an agent's given to the
+    /// updater, say).
+    #[error("{dir} holds {found} bundle ({file}), not {wanted} one: {hint}")]
+    WrongKind {
+        /// The bundle directory.
+        dir: String,
+        /// What it holds ("an agent's", …).
+        found: &'static str,
+        /// The certificate file found.
+        file: &'static str,
+        /// What was expected ("an updater's", …).
+        wanted: &'static str,
         /// What to run.
         hint: &'static str,
     },
@@ -281,6 +306,25 @@ impl Bundle {
             if p.exists() { p } else { dir.join(name) }
         };
         let paths = [pick(CA_FILE), pick(kind.cert_file()), pick(kind.key_file())];
+        if !paths[1].exists()
+            && let Some((found, file)) = [
+                (BundleKind::Agent, "an agent's (or the master's)"),
+                (BundleKind::Updater, "an updater's"),
+                (BundleKind::Monitor, "a monitor's"),
+            ]
+            .into_iter()
+            .filter(|(k, _)| k.cert_file() != kind.cert_file())
+            .map(|(k, what)| (what, k.cert_file()))
+            .find(|(_, file)| pick(file).exists())
+        {
+            return Err(BundleError::WrongKind {
+                dir: dir.display().to_string(),
+                found,
+                file,
+                wanted: kind.article(),
+                hint: kind.setup_hint(),
+            });
+        }
         for p in &paths {
             if !p.exists() {
                 return Err(BundleError::Missing {

@@ -612,3 +612,41 @@ fn burning_a_host_tears_its_deckies_down_first() {
         "{out:?}"
     );
 }
+
+/// A bundle of the wrong kind is named for what it is: the agent's bundle
+/// given to the updater (and the updater's to the agent) says so, instead
+/// of reporting a missing file.
+#[test]
+fn a_bundle_of_another_kind_is_named_for_what_it_is() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(decnet_e2e::bin("decnet-updater"))
+        .args(["serve", "--port", "0", "--no-master", "--bundle-dir"])
+        .arg(m.agent_bundle_dir("w1"))
+        .arg("--install-dir")
+        .arg(dir.path().join("opt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "holds an agent's (or the master's) bundle (worker.crt), not an updater's one"
+        ),
+        "{err}"
+    );
+    let out = std::process::Command::new(decnet_e2e::bin("decnet-agent"))
+        .args(["serve", "--port", "0", "--no-master", "--bundle-dir"])
+        .arg(m.updater_bundle_dir("w1"))
+        .arg("--state-dir")
+        .arg(dir.path().join("s"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds an updater's bundle (updater.crt), not an agent's one"),
+        "{err}"
+    );
+}
