@@ -429,6 +429,7 @@ pub async fn run(
     let mut conn: Option<Connection> = None;
     let mut backoff = Duration::from_millis(500);
     let mut last_read_error: Option<(String, std::time::Instant)> = None;
+    let mut missing_said: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -490,6 +491,23 @@ pub async fn run(
             delivered_lines.inc_by(pending_count.0);
             delivered_bytes.inc_by(pending_count.1);
             lag.committed(p);
+        }
+        // A file that is not there (yet) is said, once, then every ten
+        // minutes while it stays away: a typo must not look like silence.
+        match (opts.log_file.exists(), &missing_said) {
+            (false, None) => {
+                tracing::warn!(file = %opts.log_file.display(), "the log file does not exist (yet); waiting for it to appear");
+                missing_said = Some(std::time::Instant::now());
+            }
+            (false, Some(at)) if at.elapsed() > Duration::from_secs(600) => {
+                tracing::warn!(file = %opts.log_file.display(), "the log file still does not exist; waiting for it to appear");
+                missing_said = Some(std::time::Instant::now());
+            }
+            (true, Some(_)) => {
+                tracing::info!(file = %opts.log_file.display(), "the log file appeared; forwarding it");
+                missing_said = None;
+            }
+            _ => {}
         }
         let batch = match next_batch(&opts, committed) {
             Ok(b) => b,

@@ -478,3 +478,31 @@ fn a_listener_that_cannot_write_exits_with_the_error() {
     assert!(l.log_text().contains("No space left"), "{}", l.log_text());
     drop(l);
 }
+
+/// A forwarder given a log file that is not there says so (a typo must not
+/// look like silence), keeps waiting, and forwards it once it appears.
+#[test]
+fn a_missing_log_file_is_said_and_forwarded_once_it_appears() {
+    let m = MasterHome::new();
+    m.enroll("w5");
+    let l = Listener::start(&m, 0);
+    let log = m.dir.path().join("not-yet.log");
+    let state = m.dir.path().join("w5-fwd");
+    let fwd = start_forwarder(&m, "w5", l.daemon.addr, &log, &state);
+    assert!(
+        decnet_e2e::wait_for(WAIT, || fwd
+            .log_text()
+            .contains("the log file does not exist (yet)")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        fwd.log_text()
+    );
+    append_lines(&log, &lines("late", 3));
+    l.wait_lines(3, WAIT);
+    assert!(
+        fwd.log_text().contains("the log file appeared"),
+        "{}",
+        fwd.log_text()
+    );
+}
