@@ -69,7 +69,11 @@ where
                     StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
                     _ => "bad_request",
                 };
-                Err(error_response(status, kind, rejection.body_text()))
+                Err(error_response(
+                    status,
+                    kind,
+                    decnet_server::plain_decode_message(&rejection.body_text()),
+                ))
             }
         }
     }

@@ -627,12 +627,17 @@ impl DeploymentConfig {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let cfg: DeploymentConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             // The path names the field at fault, an unknown one included.
-            let path = e.path().to_string();
+            // Segments the decoder could not name ("?") say nothing: the
+            // field is the nearest named one.
+            let path = e.path().to_string().replace(".?", "");
             let field = match path.as_str() {
-                "." | "?" => "$".to_string(),
+                "." | "?" | "" => "$".to_string(),
                 _ => path,
             };
-            err(field, e.into_inner().to_string())
+            err(
+                field,
+                decnet_server::plain_decode_message(&e.into_inner().to_string()),
+            )
         })?;
         cfg.validate(driver)?;
         Ok(cfg)

@@ -32,7 +32,7 @@ pub mod source;
 pub mod testing;
 
 pub use authz::{AccessPolicy, Refusal, RoleSet};
-pub use error_body::json_error;
+pub use error_body::{json_error, plain_decode_message};
 pub use http::HttpService;
 pub use limits::{HttpLimits, ServerLimits};
 pub use runner::{

@@ -258,6 +258,13 @@ async fn role_matrix_and_malformed_bodies() {
         ("/teardown", "[", 400),
         ("/mutate", r#"{"decky_id": "nope", "services": []}"#, 404),
         ("/mutate", r#"{"services": 5}"#, 422),
+        ("/deploy", r#""a string""#, 422),
+        ("/deploy", r#"{"config": "a string"}"#, 422),
+        (
+            "/deploy",
+            r#"{"config": {"version": 1, "deckies": [{"name": "a", "command": ["x"], "ports": [{"host": 1, "protocol": "sctp"}]}]}}"#,
+            422,
+        ),
     ] {
         let r = post(path, body).await.unwrap();
         assert_eq!(r.status().as_u16(), code, "{path} {body}");
@@ -265,7 +272,16 @@ async fn role_matrix_and_malformed_bodies() {
             .json()
             .await
             .unwrap_or_else(|e| panic!("{path} {body}: not JSON: {e}"));
-        assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(!detail.is_empty(), "{v}");
+        // Plain words: no decoder internals, no unnamed path segment.
+        for internal in ["struct ", " elements", "enum "] {
+            assert!(!detail.contains(internal), "{path} {body}: {v}");
+        }
+        assert!(
+            !v["field"].as_str().unwrap_or_default().contains('?'),
+            "{v}"
+        );
     }
     let r = post("/deploy", r#"{"config": {"version": 9, "deckies": []}}"#)
         .await
