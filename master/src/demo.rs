@@ -150,12 +150,22 @@ fn spawn_listening(
     }
 }
 
+/// `text` wrapped in the SGR `code` when stdout is a terminal that may
+/// take colour (never into a file, a pipe, or with `NO_COLOR`).
+fn paint(code: &str, text: &str) -> String {
+    if decnet_telemetry::colour_allowed_on(&std::io::stdout()) {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
 fn step(n: usize, title: &str) {
-    println!("\n\x1b[1m== step {n}: {title}\x1b[0m");
+    println!("\n{}", paint("1", &format!("== step {n}: {title}")));
 }
 
 fn ok(msg: &str) {
-    println!("\x1b[32m✔\x1b[0m {msg}");
+    println!("{} {msg}", paint("32", "✔"));
 }
 
 async fn fleet_table(db: &FleetDb) -> anyhow::Result<()> {
@@ -549,7 +559,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     ));
     fleet_table(&db).await?;
 
-    println!("\n\x1b[1;32mdemo complete: every step verified\x1b[0m");
+    println!("\n{}", paint("1;32", "demo complete: every step verified"));
     if opts.keep {
         fleet.keep = true;
         println!(

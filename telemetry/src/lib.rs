@@ -46,7 +46,14 @@ impl std::fmt::Display for LogFormat {
 
 /// Whether text logs may carry colour codes.
 pub fn colour_allowed() -> bool {
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    colour_allowed_on(&std::io::stderr())
+}
+
+/// Whether what is written to `stream` may carry colour codes: only to a
+/// terminal, and never with `NO_COLOR` set (a file or a pipe gets plain
+/// text).
+pub fn colour_allowed_on(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// Install the process's log output: `format`, filtered by `DECNET_LOG`

@@ -58,6 +58,11 @@ fn demo_verifies_every_step_and_cleans_up() {
     );
     assert!(text.contains("ROLLED_BACK"), "{text}");
     assert!(text.contains("worker-2"), "{text}");
+    // Into a pipe: plain text, no terminal codes.
+    assert!(
+        !text.contains('\x1b'),
+        "escape codes in redirected output:\n{text}"
+    );
     let leftovers = wait_for(Duration::from_secs(5), || {
         let p = processes_mentioning(demo_dir.to_str().unwrap());
         p.is_empty().then_some(())
