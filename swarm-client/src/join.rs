@@ -81,12 +81,22 @@ pub enum JoinError {
         /// Why.
         detail: String,
     },
+    /// Something answered at the address, but not the master's control
+    /// API (an agent's, updater's or listener's port asks for a client
+    /// certificate a joining worker does not have yet).
+    #[error(
+        "{master} answered, but it is not the master's control API ({detail}): give --master the master's control address (port 8770 by default), not an agent, updater or log listener port"
+    )]
+    NotTheMaster {
+        /// Where.
+        master: String,
+        /// What it did.
+        detail: &'static str,
+    },
     /// Local failure (key generation, writing the bundle).
     #[error("{0}")]
     Local(String),
 }
-
-use crate::transport::error_chain as chain;
 
 /// Where a join writes, and what it tells the master about itself.
 #[derive(Clone, Debug, Default)]
@@ -137,9 +147,23 @@ pub async fn join(
 ) -> Result<Bundle, JoinError> {
     let claimed_host = opts.claimed_host;
     let token = parse_token(token).ok_or(JoinError::BadToken)?;
-    let unreachable = |e: &(dyn std::error::Error + 'static)| JoinError::Unreachable {
-        master: master.to_string(),
-        detail: chain(e),
+    let unreachable = |e: &(dyn std::error::Error + 'static)| {
+        // A server that wants a client certificate is a decnet daemon, but
+        // not the control API, where joins go.
+        if let Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired
+            | rustls::AlertDescription::HandshakeFailure,
+        )) = crate::transport::find::<rustls::Error>(e)
+        {
+            return JoinError::NotTheMaster {
+                master: master.to_string(),
+                detail: "it asked for a client certificate",
+            };
+        }
+        JoinError::Unreachable {
+            master: master.to_string(),
+            detail: crate::transport::plain_cause(e),
+        }
     };
     let build = |cfg| {
         crate::transport::http_client(

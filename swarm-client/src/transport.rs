@@ -452,7 +452,8 @@ fn http_client_builder(
 }
 
 /// The first error of type `T` in `e`'s chain (looking inside `io::Error`s).
-fn find<'a, T: std::error::Error + 'static>(
+/// The first error of type `T` in `e`'s chain (through I/O errors too).
+pub(crate) fn find<'a, T: std::error::Error + 'static>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);

@@ -666,3 +666,42 @@ fn a_bundle_of_another_kind_is_named_for_what_it_is() {
         "{err}"
     );
 }
+
+/// A join pointed at an agent's port (not the master's control API) is
+/// told so in plain words, not with an HTTP client's error chain, and not
+/// as "cannot reach": something did answer.
+#[test]
+fn a_join_pointed_at_an_agent_port_says_it_is_not_the_master() {
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let agent = Agent::start(&m, "w1", &m.dir.path().join("w1-state"), &[]);
+    let token = m.ok(&[
+        "swarm",
+        "token",
+        "create",
+        "--host",
+        "j9",
+        "--address",
+        "127.0.0.1",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(decnet_e2e::bin("decnet-agent"))
+        .args([
+            "join",
+            "--master",
+            &agent.daemon.addr.to_string(),
+            "--token",
+        ])
+        .arg(token.trim())
+        .arg("--bundle-dir")
+        .arg(dir.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not the master's control API"), "{err}");
+    assert!(
+        !err.contains("cannot reach") && !err.contains("client error"),
+        "{err}"
+    );
+}
