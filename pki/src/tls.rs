@@ -304,12 +304,33 @@ pub fn anonymous_client_config(
 /// then checked against the SHA-256 the token carries before anything is
 /// trusted or any secret is sent.
 pub fn bootstrap_client_config() -> Result<ClientConfig, TlsError> {
+    bootstrap_client_config_noting(None)
+}
+
+/// Who answered a bootstrap connection: the CN its certificate names.
+/// Nothing is trusted yet at that point, but who answered says whether it
+/// was the master at all (a join pointed at an agent's port is told so).
+#[derive(Debug, Default)]
+pub struct PresentedServer(std::sync::Mutex<Option<String>>);
+
+impl PresentedServer {
+    /// The CN the server presented, once a handshake got that far.
+    pub fn cn(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// [`bootstrap_client_config`], noting the server's CN in `seen`.
+pub fn bootstrap_client_config_noting(
+    seen: Option<Arc<PresentedServer>>,
+) -> Result<ClientConfig, TlsError> {
     let provider = crypto_provider();
     Ok(ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(UnverifiedServer(
             provider.signature_verification_algorithms,
+            seen,
         )))
         .with_no_client_auth())
 }
@@ -492,17 +513,21 @@ impl ServerCertVerifier for RoleVerifier {
 /// Accepts any server certificate (still checking the handshake signature):
 /// only for [`bootstrap_client_config`].
 #[derive(Debug)]
-struct UnverifiedServer(WebPkiSupportedAlgorithms);
+struct UnverifiedServer(WebPkiSupportedAlgorithms, Option<Arc<PresentedServer>>);
 
 impl ServerCertVerifier for UnverifiedServer {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(seen) = &self.1 {
+            *seen.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                crate::PeerIdentity::from_der(end_entity).ok().map(|p| p.cn);
+        }
         Ok(ServerCertVerified::assertion())
     }
 

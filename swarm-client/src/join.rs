@@ -11,6 +11,7 @@
 //!    asked for), then write it with the key (0600) and the CA as one unit.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use decnet_pki::{Bundle, BundleKind, ExpectedServer, Fingerprint, RoleKind};
@@ -91,7 +92,7 @@ pub enum JoinError {
         /// Where.
         master: String,
         /// What it did.
-        detail: &'static str,
+        detail: String,
     },
     /// Local failure (key generation, writing the bundle).
     #[error("{0}")]
@@ -147,17 +148,23 @@ pub async fn join(
 ) -> Result<Bundle, JoinError> {
     let claimed_host = opts.claimed_host;
     let token = parse_token(token).ok_or(JoinError::BadToken)?;
+    let presented = Arc::new(decnet_pki::tls::PresentedServer::default());
     let unreachable = |e: &(dyn std::error::Error + 'static)| {
-        // A server that wants a client certificate is a decnet daemon, but
-        // not the control API, where joins go.
-        if let Some(rustls::Error::AlertReceived(
-            rustls::AlertDescription::CertificateRequired
-            | rustls::AlertDescription::HandshakeFailure,
-        )) = crate::transport::find::<rustls::Error>(e)
-        {
+        // A server that asked for a client certificate and then refused to
+        // go on without one is a decnet daemon, but not the control API,
+        // where joins go (the alert may arrive after the request was sent,
+        // so what the handshake saw counts too).
+        let alert = matches!(
+            crate::transport::find::<rustls::Error>(e),
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRequired
+                    | rustls::AlertDescription::HandshakeFailure,
+            ))
+        );
+        if alert {
             return JoinError::NotTheMaster {
                 master: master.to_string(),
-                detail: "it asked for a client certificate",
+                detail: "it asked for a client certificate".into(),
             };
         }
         JoinError::Unreachable {
@@ -176,13 +183,23 @@ pub async fn join(
     };
     // 1. The CA, checked against the token before anything else.
     let boot = build(
-        decnet_pki::tls::bootstrap_client_config().map_err(|e| JoinError::Local(e.to_string()))?,
+        decnet_pki::tls::bootstrap_client_config_noting(Some(presented.clone()))
+            .map_err(|e| JoinError::Local(e.to_string()))?,
     )?;
+    // The first contact: a server whose certificate names another decnet
+    // daemon (an agent's or updater's port) is not where joins go.
+    let first_contact = |e: &(dyn std::error::Error + 'static)| match presented.cn() {
+        Some(cn) if cn != decnet_pki::MASTER_CN => JoinError::NotTheMaster {
+            master: master.to_string(),
+            detail: format!("it presented the certificate of {cn}"),
+        },
+        _ => unreachable(e),
+    };
     let v: serde_json::Value = boot
         .get(format!("https://{master}/join/ca"))
         .send()
         .await
-        .map_err(|e| unreachable(&e))?
+        .map_err(|e| first_contact(&e))?
         .json()
         .await
         .map_err(|e| unreachable(&e))?;
