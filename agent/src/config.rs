@@ -97,7 +97,9 @@ pub struct PortMapping {
 
 /// One destination a decky may connect to (`egress`): a network (CIDR, or
 /// one address) and a TCP port. Nothing else leaves a process decky's
-/// network; compose deckies do not take an allow-list yet.
+/// network namespace or a compose decky's bridge (IPv4 only there: the
+/// containers have no IPv6). LAN deckies take none: their traffic does not
+/// pass the host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressEntry {
@@ -162,6 +164,11 @@ pub struct DeckyConfig {
     /// Allow `user` to be root. Audited by the master; off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_root: bool,
+    /// Allow a LAN decky (`address`) to keep `NET_RAW`, with which it could
+    /// forge frames on the LAN (ARP spoofing of its neighbours, the master
+    /// among them). Audited by the master; off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_lan_raw: bool,
     /// Resource limits.
     #[serde(default)]
     pub limits: DeckyLimits,
@@ -488,13 +495,26 @@ impl DeckyConfig {
                     ));
                 }
             }
-            DriverKind::Compose if !self.egress.is_empty() => {
-                return Err(err(
-                    format!("{at}.egress"),
-                    "an egress allow-list is for process deckies (compose deckies cannot take one yet)",
-                ));
-            }
             DriverKind::Compose => {
+                if !self.egress.is_empty() && self.address.is_some() {
+                    return Err(err(
+                        format!("{at}.egress"),
+                        "a LAN decky's traffic does not pass the host's firewall: it cannot take an egress allow-list",
+                    ));
+                }
+                if let Some(i) = self.egress.iter().position(|e| e.to.contains(':')) {
+                    return Err(err(
+                        format!("{at}.egress[{i}]"),
+                        "compose deckies have no IPv6: an egress entry names an IPv4 network",
+                    ));
+                }
+                let raw = self.cap_add.iter().any(|c| capability_name(c) == "NET_RAW");
+                if raw && self.address.is_some() && !self.allow_lan_raw {
+                    return Err(err(
+                        format!("{at}.cap_add"),
+                        "NET_RAW on the LAN lets a decky forge frames there (ARP spoofing of its neighbours, the master among them); it is kept only with \"allow_lan_raw\": true (the master audits it)",
+                    ));
+                }
                 if let Some(i) = self.ports.iter().position(|p| p.container == 0) {
                     return Err(err(
                         format!("{at}.ports[{i}].container"),

@@ -169,6 +169,36 @@ fn process_driver(
     ProcessDriver::new(p, events).map_err(SetupError::Driver)
 }
 
+/// The compose driver for `opts`, after checking whether the host's
+/// firewall can hold deckies' networks.
+async fn compose_driver(opts: &ServeOptions) -> ComposeDriver {
+    use decnet_confine::DeckyNetwork;
+    let firewall = match opts.decky_network {
+        DeckyNetwork::Own => crate::driver::compose_firewall::probe()
+            .await
+            .map_err(|e| e.0),
+        DeckyNetwork::Host => Ok(()),
+    };
+    match (opts.decky_network, &firewall) {
+        (DeckyNetwork::Own, Ok(())) => tracing::info!(
+            "compose deckies get a bridge of their own; the host's firewall holds what they send"
+        ),
+        (DeckyNetwork::Own, Err(why)) => tracing::error!(
+            reason = %why,
+            "this host cannot firewall deckies' networks: compose deckies off the LAN are refused (start with --decky-network host to run them uncontained)"
+        ),
+        (DeckyNetwork::Host, _) => tracing::warn!(
+            "--decky-network host: what compose deckies send is not held back (uncontained)"
+        ),
+    }
+    ComposeDriver::new(
+        opts.compose_project.clone(),
+        opts.state_dir.join("compose"),
+        opts.decky_network,
+        firewall,
+    )
+}
+
 /// Whether a decky can get a network of its own here (`Err`: why not) and,
 /// if so, processes of its own (the inner result): the helper tries it in a
 /// fresh single-threaded process, as an unprivileged user.
@@ -240,10 +270,7 @@ async fn recover(
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let driver: Arc<dyn Driver> = match opts.driver {
         DriverKind::Process => Arc::new(process_driver(opts, events_tx)?),
-        DriverKind::Compose => Arc::new(ComposeDriver::new(
-            opts.compose_project.clone(),
-            opts.state_dir.join("compose"),
-        )),
+        DriverKind::Compose => Arc::new(compose_driver(opts).await),
     };
     let executor = Executor::start(
         host.to_string(),

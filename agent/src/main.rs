@@ -96,10 +96,13 @@ enum Command {
         /// subnet it is not on; default: the default-route interface.
         #[arg(long, value_name = "IFACE")]
         decky_interface: Option<String>,
-        /// Where process deckies' networks live: `own` (a user and network
-        /// namespace per decky, loopback only; their ports are bound by the
-        /// agent and handed in) or `host` (the host's network: uncontained,
-        /// for kernels that forbid unprivileged user namespaces).
+        /// Where deckies' networks live: `own` (process deckies: a user and
+        /// network namespace per decky, loopback only, their ports bound by
+        /// the agent and handed in; compose deckies: a bridge of their own
+        /// whose outbound traffic the host's firewall refuses but for the
+        /// egress allow-list) or `host` (uncontained: process deckies share
+        /// the host's network, what compose deckies send is not held back;
+        /// for hosts that forbid user namespaces or firewall changes).
         #[arg(long, value_enum, default_value_t = NetworkArg::Own)]
         decky_network: NetworkArg,
         /// Keep this many evidence archives per process decky (what its

@@ -293,19 +293,25 @@ pub async fn deploy(
         )
         .into());
     }
-    // Deckies allowed to run as root are named in every audit entry.
-    let root_deckies = root_deckies(&config);
-    if !root_deckies.is_empty() && !json {
-        eprintln!(
-            "warning: {} may run as root (allow_root); the audit log records it",
-            root_deckies.join(", ")
-        );
+    // Deckies allowed to run as root, or to keep NET_RAW on the LAN, are
+    // named in every audit entry.
+    let mut grants_note = String::new();
+    for (field, what) in [
+        ("allow_root", "may run as root"),
+        ("allow_lan_raw", "may forge frames on the LAN (NET_RAW)"),
+    ] {
+        let named = deckies_allowed(&config, field);
+        if named.is_empty() {
+            continue;
+        }
+        if !json {
+            eprintln!(
+                "warning: {} {what} ({field}); the audit log records it",
+                named.join(", ")
+            );
+        }
+        grants_note.push_str(&format!(" {field}=[{}]", named.join(",")));
     }
-    let root_note = if root_deckies.is_empty() {
-        String::new()
-    } else {
-        format!(" allow_root=[{}]", root_deckies.join(","))
-    };
     // Requests in flight at once (a host waiting for its deckies holds none).
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
@@ -457,7 +463,7 @@ pub async fn deploy(
                 &out.host,
                 outcome,
                 format!(
-                    "config={} operation={} failed_deckies=[{}]{root_note}{}",
+                    "config={} operation={} failed_deckies=[{}]{grants_note}{}",
                     config_path.display(),
                     out.operation_id.as_deref().unwrap_or("-"),
                     failed.join(","),
@@ -863,13 +869,14 @@ async fn probe_all(
     reports
 }
 
-/// Names of the deckies a config allows to run as root.
-fn root_deckies(config: &serde_json::Value) -> Vec<String> {
+/// Names of the deckies a config grants `field` (`allow_root`,
+/// `allow_lan_raw`): what the audit names.
+fn deckies_allowed(config: &serde_json::Value, field: &str) -> Vec<String> {
     config["deckies"]
         .as_array()
         .map(|ds| {
             ds.iter()
-                .filter(|d| d["allow_root"] == true)
+                .filter(|d| d[field] == true)
                 .filter_map(|d| d["name"].as_str().map(str::to_string))
                 .collect()
         })

@@ -1158,12 +1158,68 @@ pub mod docker {
                     .args(&ids)
                     .output();
             }
+            // Every network of the project (the deckies' own bridges among
+            // them), and the firewall chains the agent built for them.
+            let nets = Command::new("docker")
+                .args([
+                    "network",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &format!("label=com.docker.compose.project={}", self.0),
+                ])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for net in nets {
+                let bridge = Command::new("docker")
+                    .args([
+                        "network",
+                        "inspect",
+                        "--format",
+                        "{{index .Options \"com.docker.network.bridge.name\"}}",
+                        &net,
+                    ])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                let _ = Command::new("docker")
+                    .args(["network", "rm", &net])
+                    .output();
+                if bridge.starts_with("dn") {
+                    remove_decky_chain(&bridge);
+                }
+            }
             for net in ["default", "lan"] {
                 let _ = Command::new("docker")
                     .args(["network", "rm", &format!("{}_{net}", self.0)])
                     .output();
             }
         }
+    }
+
+    /// Remove the firewall chain of a decky's bridge and the jumps to it
+    /// (what the agent's teardown does, for a test that stopped early).
+    pub fn remove_decky_chain(bridge: &str) {
+        let chain = format!("DECNET-{bridge}");
+        for from in ["DOCKER-USER", "INPUT"] {
+            for _ in 0..4 {
+                let ok = Command::new("iptables")
+                    .args(["-w", "-D", from, "-i", bridge, "-j", &chain])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if !ok {
+                    break;
+                }
+            }
+        }
+        let _ = Command::new("iptables").args(["-w", "-F", &chain]).output();
+        let _ = Command::new("iptables").args(["-w", "-X", &chain]).output();
     }
 }
 

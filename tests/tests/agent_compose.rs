@@ -311,3 +311,293 @@ fn a_hostile_compose_decky_is_contained_by_default() {
     );
     drop(agent);
 }
+
+/// A network namespace standing for the LAN and the internet beyond the
+/// worker: a veth pair routed from the host (`10.231.x.y/30`), with
+/// busybox's httpd serving on two ports inside. Removed on drop.
+struct Outside {
+    ns: String,
+    host_if: String,
+    /// Its address, as the deckies' traffic reaches it.
+    ip: String,
+    servers: Vec<std::process::Child>,
+    _root: tempfile::TempDir,
+}
+
+impl Outside {
+    fn start(ports: &[u16]) -> Result<Outside, String> {
+        let tag = decnet_pki::random_hex(3);
+        let n = u32::from_str_radix(&tag, 16).unwrap_or(1);
+        let (a, b) = ((n >> 8) & 0xff, (n & 0x3f) * 4);
+        let ns = format!("dnt-{tag}");
+        let host_if = format!("dnt{tag}a");
+        let ns_if = format!("dnt{tag}b");
+        let ip = format!("10.231.{a}.{}", b + 2);
+        let sh = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let root = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::fs::write(root.path().join("index.html"), "outside\n").map_err(|e| e.to_string())?;
+        let mut me = Outside {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            ip: ip.clone(),
+            servers: Vec::new(),
+            _root: root,
+        };
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ])?;
+        sh(&["ip", "link", "set", &ns_if, "netns", &ns])?;
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.231.{a}.{}/30", b + 1),
+            "dev",
+            &host_if,
+        ])?;
+        sh(&["ip", "link", "set", &host_if, "up"])?;
+        let in_ns = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", ns.as_str()];
+            all.extend_from_slice(args);
+            sh(&all)
+        };
+        in_ns(&["ip", "addr", "add", &format!("{ip}/30"), "dev", &ns_if])?;
+        in_ns(&["ip", "link", "set", &ns_if, "up"])?;
+        in_ns(&["ip", "link", "set", "lo", "up"])?;
+        in_ns(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.231.{a}.{}", b + 1),
+        ])?;
+        for port in ports {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns, "busybox", "httpd", "-f", "-p"])
+                .arg(format!("{ip}:{port}"))
+                .arg("-h")
+                .arg(me._root.path())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            me.servers.push(child);
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// `docker exec` an HTTP request to `addr` (`IP:PORT`) in container `id`
+/// (busybox's nc: its static wget crashes in a scratch image): the body,
+/// or why not.
+fn fetch_from(id: &str, addr: &str) -> Result<String, String> {
+    let (ip, port) = addr.rsplit_once(':').expect("IP:PORT");
+    let out = Command::new("docker")
+        .args(["exec", id, "sh", "-c"])
+        .arg(format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 4 {ip} {port}"
+        ))
+        .output()
+        .expect("docker exec");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    match said.split_once("\r\n\r\n") {
+        Some((head, body)) if out.status.success() && head.starts_with("HTTP/") => {
+            Ok(body.to_string())
+        }
+        _ => Err(format!(
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+fn container_network(id: &str, field: &str) -> String {
+    docker_out(&[
+        "inspect",
+        "--format",
+        &format!("{{{{range .NetworkSettings.Networks}}}}{{{{.{field}}}}}{{{{end}}}}"),
+        id,
+    ])
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn a_compose_decky_reaches_nothing_but_its_allow_list() {
+    if !docker_available() {
+        eprintln!(
+            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: compose deckies' networks were NOT tested against a real engine here\n!!!!!!!!\n"
+        );
+        return;
+    }
+    let iptables = Command::new("iptables")
+        .args(["-w", "-L", "DOCKER-USER", "-n"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !iptables {
+        eprintln!(
+            "\n!!!!!!!!\n!!! NO iptables WITH THE ENGINE'S DOCKER-USER CHAIN (not root?): compose deckies' networks were NOT tested\n!!!!!!!!\n"
+        );
+        return;
+    }
+    build_image().expect("the busybox test image");
+    let outside = Outside::start(&[8081, 8082]).expect("the outside network namespace");
+
+    let m = MasterHome::new();
+    m.enroll("fw");
+    let project = format!("decnet-e2e-{}", decnet_pki::random_hex(4));
+    let _cleanup = ProjectCleanup(project.clone());
+    let _agent = Agent::start(
+        &m,
+        "fw",
+        &m.dir.path().join("fw-state"),
+        &["--driver", "compose", "--compose-project", &project],
+    );
+    let published = decnet_e2e::free_port();
+    let cfg = serde_json::json!({"version": 1, "deckies": [
+        {"name": "web", "image": IMAGE, "command": ["httpd", "-f", "-p", "8080", "-h", "/"],
+         "ports": [{"host": published, "container": 8080}]},
+        {"name": "hostile", "image": IMAGE, "command": ["sleep", "600"],
+         "egress": [{"to": outside.ip, "port": 8081}]},
+    ]});
+    let path = m.dir.path().join("fw.json");
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    m.ok(&["swarm", "deploy", "--config", path.to_str().unwrap()]);
+    let hostile = container_id(&project, "hostile").expect("hostile container");
+    let web = container_id(&project, "web").expect("web container");
+    let gateway = container_network(&hostile, "Gateway");
+    let web_ip = container_network(&web, "IPAddress");
+    assert!(!gateway.is_empty() && !web_ip.is_empty());
+    assert_ne!(
+        container_network(&hostile, "NetworkID"),
+        container_network(&web, "NetworkID"),
+        "each decky has a network of its own"
+    );
+
+    // Connections made to a decky still arrive: the web decky answers on its
+    // published port.
+    let answer = wait_for(Duration::from_secs(15), || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", published)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/").then_some(buf)
+    });
+    assert!(answer.is_some(), "the published port answers");
+
+    // The allow-list lets exactly its destination through.
+    let allowed = format!("{}:8081", outside.ip);
+    let page = wait_for(Duration::from_secs(15), || {
+        fetch_from(&hostile, &allowed).ok()
+    });
+    assert_eq!(
+        page.as_deref(),
+        Some("outside\n"),
+        "the egress entry reaches its destination"
+    );
+
+    // The attacker inside the decky tries everything else.
+    let host_service = std::net::TcpListener::bind((gateway.as_str(), 0))
+        .expect("a host service on the decky's gateway address");
+    let host_port = host_service.local_addr().unwrap().port();
+    let attempts = [
+        (
+            "the allowed host on another port",
+            format!("{}:8082", outside.ip),
+        ),
+        (
+            "a host service on its gateway address",
+            format!("{gateway}:{host_port}"),
+        ),
+        ("another decky", format!("{web_ip}:8080")),
+        (
+            "another decky's published port through the host",
+            format!("{gateway}:{published}"),
+        ),
+    ];
+    for (what, url) in &attempts {
+        let got = fetch_from(&hostile, url);
+        assert!(got.is_err(), "the decky reached {what} ({url}): {got:?}");
+    }
+    host_service.set_nonblocking(true).unwrap();
+    assert!(
+        host_service.accept().is_err(),
+        "no connection from the decky reached the host's service"
+    );
+    // The web decky itself reaches no one either (not even the outside).
+    assert!(fetch_from(&web, &allowed).is_err(), "web has no allow-list");
+
+    // Counted: what the attacker tried shows in swarm status and /status.
+    let st = wait_for(Duration::from_secs(20), || {
+        let st = m.json(&["swarm", "status", "fw", "--json"]);
+        let d = st[0]["status"]["deckies"]
+            .as_array()?
+            .iter()
+            .find(|d| d["name"] == "hostile")?
+            .clone();
+        let net = &d["observed"]["detail"]["network"];
+        (net["forbidden"].as_u64()? >= attempts.len() as u64
+            && net["egress_allowed"].as_u64()? >= 1)
+            .then_some(st)
+    })
+    .unwrap_or_else(|| panic!("{}", m.ok(&["swarm", "status", "fw", "--json"])));
+    assert_eq!(
+        st[0]["status"]["containment"]["network"]["mode"], "own",
+        "{}",
+        st[0]["status"]["containment"]
+    );
+
+    // A teardown removes the decky's network and its chain.
+    let bridge = docker_out(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+        &format!("{project}_decky_hostile"),
+    ]);
+    let chain = format!("DECNET-{}", bridge.trim());
+    let chain_exists = || {
+        Command::new("iptables")
+            .args(["-w", "-S", &chain])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(chain_exists(), "{chain} holds the hostile decky");
+    m.ok(&["swarm", "teardown", "fw", "--decky", "hostile"]);
+    assert!(!chain_exists(), "{chain} is gone with its decky");
+    assert!(
+        docker_out(&["network", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .all(|n| n != format!("{project}_decky_hostile")),
+        "its network is gone"
+    );
+    m.ok(&["swarm", "teardown", "fw"]);
+}

@@ -5,10 +5,21 @@
 //! fail the others, `rm -s -f <decky>` to tear one down, and the engine's own
 //! view of the project's containers for status.
 //!
+//! Every other decky sits on a bridge of its own, `<project>_decky_<name>`
+//! (interface `dn<hash>`, [`compose_firewall::interface_name`]): deckies
+//! cannot reach each other, and with a network of their own
+//! ([`DeckyNetwork::Own`], the default) the host's firewall refuses all a
+//! decky sends (to the host, its loopback services, the master, the LAN,
+//! the internet) but answers to connections made to it and its `egress`
+//! allow-list ([`compose_firewall`]). The chain is built before the
+//! container starts and removed after it is gone.
+//!
 //! Deckies placed on the LAN ([`crate::lan`]) join one project network,
 //! `<project>_lan`, of the placement's driver (macvlan, ipvlan L2 or bridge)
 //! at their own address (and MAC); compose creates it with the first such
-//! decky, and the last teardown removes it.
+//! decky, and the last teardown removes it. What they send on the LAN does
+//! not pass the host's firewall, so they take no allow-list, and `NET_RAW`
+//! only with `allow_lan_raw`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +30,10 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
-use super::{Driver, DriverError, DriverFuture, Observation, ProcessFacts, Started};
+use decnet_confine::DeckyNetwork;
+
+use super::compose_firewall;
+use super::{Driver, DriverError, DriverFuture, Observation, ProcessFacts, Refusal, Started};
 use crate::config::{
     DeckyConfig, DeploymentConfig, DriverKind, Protocol, RestartPolicy, capability_name,
 };
@@ -33,16 +47,80 @@ pub struct ComposeDriver {
     dir: PathBuf,
     desired: Mutex<BTreeMap<String, DeckyConfig>>,
     tool: OnceCell<Result<Vec<String>, DriverError>>,
+    network: DeckyNetwork,
+    /// Whether the host's firewall can hold deckies' bridges (`Err`: why not).
+    firewall: Result<(), String>,
 }
 
 impl ComposeDriver {
-    /// A driver for compose project `project`, rendering into `dir`.
-    pub fn new(project: String, dir: PathBuf) -> Self {
+    /// A driver for compose project `project`, rendering into `dir`, whose
+    /// deckies' bridges are firewalled ([`DeckyNetwork::Own`]) or not
+    /// ([`DeckyNetwork::Host`]); `firewall` says whether this host can
+    /// ([`compose_firewall::probe`]).
+    pub fn new(
+        project: String,
+        dir: PathBuf,
+        network: DeckyNetwork,
+        firewall: Result<(), String>,
+    ) -> Self {
         ComposeDriver {
             project,
             dir,
             desired: Mutex::new(BTreeMap::new()),
             tool: OnceCell::new(),
+            network,
+            firewall,
+        }
+    }
+
+    /// The bridge interface of `decky` when the host's firewall holds it
+    /// (not on the LAN, [`DeckyNetwork::Own`]).
+    fn firewalled(&self, decky: &DeckyConfig) -> Option<String> {
+        (decky.lan.is_none() && self.network == DeckyNetwork::Own)
+            .then(|| compose_firewall::interface_name(&self.project, &decky.name))
+    }
+
+    /// Build `decky`'s chain (before its container starts, or again after
+    /// an agent restart).
+    async fn hold(&self, decky: &DeckyConfig) -> Result<(), DriverError> {
+        let Some(interface) = self.firewalled(decky) else {
+            return Ok(());
+        };
+        if let Err(why) = &self.firewall {
+            return Err(DriverError(no_firewall(why)));
+        }
+        let rules = decky
+            .egress
+            .iter()
+            .map(|e| e.rule())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DriverError)?;
+        compose_firewall::install(&interface, &rules)
+            .await
+            .map_err(|e| DriverError(format!("cannot hold decky {}'s network: {e}", decky.name)))
+    }
+
+    /// Remove `decky`'s own bridge and its chain, once its container is gone.
+    async fn release_network(&self, decky: &DeckyConfig) {
+        if decky.lan.is_some() {
+            return;
+        }
+        let name = decky_network_name(&self.project, &decky.name);
+        let mut cmd = Command::new("docker");
+        cmd.args(["network", "rm", &name])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match run(cmd, "docker network rm").await {
+            Ok(_) => {}
+            Err(e) if e.0.contains("No such network") || e.0.contains("not found") => {}
+            Err(e) => {
+                tracing::warn!(network = %name, error = %e, "cannot remove a decky's network")
+            }
+        }
+        if let Some(interface) = self.firewalled(decky)
+            && let Err(e) = compose_firewall::remove(&interface).await
+        {
+            tracing::warn!(decky = %decky.name, error = %e, "cannot remove a decky's firewall chain");
         }
     }
 
@@ -193,8 +271,39 @@ pub fn literal(s: &str) -> String {
     s.replace('$', "$$")
 }
 
+/// Why compose deckies cannot be given a network of their own here.
+fn no_firewall(why: &str) -> String {
+    format!(
+        "this host cannot firewall deckies' networks ({why}); compose deckies off the LAN are refused (start the agent with --decky-network host to run them uncontained)"
+    )
+}
+
 /// The key of the LAN network in the compose file.
 const LAN_KEY: &str = "decnet_lan";
+
+/// The compose key of decky `decky`'s own network.
+fn decky_key(decky: &str) -> String {
+    format!("decnet_decky_{decky}")
+}
+
+/// The Docker name of decky `decky`'s own network in project `project`.
+pub fn decky_network_name(project: &str, decky: &str) -> String {
+    format!("{project}_decky_{decky}")
+}
+
+/// The compose network of decky `decky` alone: a bridge whose interface
+/// name the firewall's chain matches.
+fn render_decky_network(project: &str, decky: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": decky_network_name(project, decky),
+        "driver": "bridge",
+        "driver_opts": {
+            "com.docker.network.bridge.name": compose_firewall::interface_name(project, decky),
+            "com.docker.network.bridge.enable_icc": "false",
+        },
+        "labels": { "decnet.decky": decky },
+    })
+}
 
 /// The Docker name of project `project`'s LAN network.
 pub fn lan_network_name(project: &str) -> String {
@@ -228,7 +337,7 @@ pub fn render_project<'a>(
     deckies: impl Iterator<Item = &'a DeckyConfig>,
 ) -> serde_json::Value {
     let mut services = serde_json::Map::new();
-    let mut lan = None;
+    let mut networks = serde_json::Map::new();
     for d in deckies {
         let mut svc = serde_json::Map::new();
         if let Some(p) = &d.lan {
@@ -241,7 +350,13 @@ pub fn render_project<'a>(
             if let Some(mac) = &p.mac {
                 svc.insert("mac_address".into(), serde_json::json!(mac));
             }
-            lan.get_or_insert_with(|| render_lan(project, &p.network));
+            networks
+                .entry(LAN_KEY)
+                .or_insert_with(|| render_lan(project, &p.network));
+        } else {
+            let key = decky_key(&d.name);
+            svc.insert("networks".into(), serde_json::json!([key]));
+            networks.insert(key, render_decky_network(project, &d.name));
         }
         svc.insert(
             "image".into(),
@@ -317,9 +432,10 @@ pub fn render_project<'a>(
         );
         services.insert(d.name.clone(), serde_json::Value::Object(svc));
     }
-    match lan {
-        Some(net) => serde_json::json!({ "services": services, "networks": { LAN_KEY: net } }),
-        None => serde_json::json!({ "services": services }),
+    if networks.is_empty() {
+        serde_json::json!({ "services": services })
+    } else {
+        serde_json::json!({ "services": services, "networks": networks })
     }
 }
 
@@ -338,6 +454,8 @@ impl Driver for ComposeDriver {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(decky.name.clone(), decky.clone());
             self.write_file()?;
+            // Its chain exists before its bridge forwards a packet.
+            self.hold(decky).await?;
             self.compose(&["up", "-d", "--no-build", &decky.name])
                 .await?;
             Ok(Started::default())
@@ -357,7 +475,14 @@ impl Driver for ComposeDriver {
             if self.write_file().is_err() {
                 return false;
             }
-            // The engine keeps containers running across agent restarts.
+            // The engine keeps containers running across agent restarts;
+            // the chain is rebuilt (a host restart lost it). A decky that
+            // cannot be held is stopped rather than left unfiltered.
+            if let Err(e) = self.hold(decky).await {
+                tracing::error!(decky = %decky.name, error = %e, "stopping a compose decky whose network cannot be held");
+                let _ = self.compose(&["rm", "-s", "-f", &decky.name]).await;
+                return false;
+            }
             match self.containers().await {
                 Ok(c) => c.get(&decky.name).is_some_and(|v| v["State"] == "running"),
                 Err(_) => false,
@@ -376,8 +501,11 @@ impl Driver for ComposeDriver {
                 !had_lan || desired.values().any(|d| d.lan.is_some())
             };
             self.write_file()?;
-            if result.is_ok() && !lan_left {
-                self.remove_lan().await;
+            if result.is_ok() {
+                self.release_network(decky).await;
+                if !lan_left {
+                    self.remove_lan().await;
+                }
             }
             result.map(|_| ())
         })
@@ -389,6 +517,25 @@ impl Driver for ComposeDriver {
     ) -> DriverFuture<'a, BTreeMap<String, Observation>> {
         Box::pin(async move {
             let containers = self.containers().await;
+            // What each held decky's chain refused and let through.
+            let mut figures = BTreeMap::new();
+            if self.network == DeckyNetwork::Own && self.firewall.is_ok() {
+                let held: Vec<String> = {
+                    let desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
+                    names
+                        .iter()
+                        .filter(|n| desired.get(*n).is_some_and(|d| d.lan.is_none()))
+                        .cloned()
+                        .collect()
+                };
+                for n in held {
+                    let interface = compose_firewall::interface_name(&self.project, &n);
+                    if let Some(f) = compose_firewall::figures(&interface).await {
+                        crate::metrics::agent_metrics().network_figures(&n, f);
+                        figures.insert(n, f);
+                    }
+                }
+            }
             names
                 .iter()
                 .map(|n| {
@@ -402,6 +549,7 @@ impl Driver for ComposeDriver {
                                     "status": v["Status"],
                                     "image": v["Image"],
                                     "ports": v["Ports"],
+                                    "network": figures.get(n),
                                 })),
                             },
                             None => Observation {
@@ -429,12 +577,43 @@ impl Driver for ComposeDriver {
         }))
     }
 
+    fn admit(&self, decky: &DeckyConfig) -> Result<(), Refusal> {
+        if decky.address.is_some() || decky.lan.is_some() {
+            return Ok(());
+        }
+        match (self.network, &self.firewall) {
+            (DeckyNetwork::Own, Err(why)) => Err(Refusal::Unsupported(no_firewall(why))),
+            (DeckyNetwork::Host, _) if !decky.egress.is_empty() => {
+                Err(Refusal::Unsupported(format!(
+                    "decky {}: an egress allow-list needs the host's firewall, and this agent does not hold deckies' networks (--decky-network host), where nothing is held back",
+                    decky.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn containment(&self) -> serde_json::Value {
+        let network = match (self.network, &self.firewall) {
+            (DeckyNetwork::Own, Ok(())) => serde_json::json!({
+                "mode": "own",
+                "detail": "a bridge of its own per decky; the host's firewall refuses all it sends (the host, the master, the other deckies, the LAN, the internet) but answers and its egress allow-list; LAN deckies are on the LAN, unfiltered",
+            }),
+            (DeckyNetwork::Own, Err(why)) => serde_json::json!({
+                "mode": "unavailable",
+                "warning": no_firewall(why),
+            }),
+            (DeckyNetwork::Host, _) => serde_json::json!({
+                "mode": "host",
+                "warning": "deckies have bridges of their own but what they send is not held back (--decky-network host): they reach the host, the master, the LAN and the internet",
+            }),
+        };
         serde_json::json!({
             "isolation": {
                 "mode": "container",
                 "defaults": format!("cap_drop ALL, no-new-privileges, read-only root with tmpfs /tmp and /run, user {DEFAULT_USER}"),
             },
+            "network": network,
             "limits": { "memory_cpu_pids": "docker: mem_limit, cpus, pids_limit, ulimit nofile" },
         })
     }
@@ -566,8 +745,77 @@ mod tests {
             doc["networks"]["decnet_lan"]["driver_opts"]["ipvlan_mode"],
             "l2"
         );
-        assert!(doc["services"]["a"].get("networks").is_none());
+        assert_eq!(
+            doc["services"]["a"]["networks"],
+            serde_json::json!(["decnet_decky_a"]),
+            "a decky off the LAN sits on a bridge of its own"
+        );
         let doc = render_project("proj", [&plain].into_iter());
-        assert!(doc.get("networks").is_none());
+        assert!(doc["networks"].get("decnet_lan").is_none());
+    }
+
+    #[test]
+    fn each_decky_off_the_lan_has_a_bridge_of_its_own() {
+        let cfg = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"web","image":"i"},{"name":"ssh","image":"i"}]}"#,
+            DriverKind::Compose,
+        )
+        .unwrap();
+        let doc = render_project("proj", cfg.deckies.iter());
+        for name in ["web", "ssh"] {
+            let key = format!("decnet_decky_{name}");
+            assert_eq!(
+                doc["services"][name]["networks"],
+                serde_json::json!([key]),
+                "{name} joins its own network only (not the project's default)"
+            );
+            let net = &doc["networks"][&key];
+            assert_eq!(net["name"], format!("proj_decky_{name}"));
+            assert_eq!(net["driver"], "bridge");
+            assert_eq!(
+                net["driver_opts"]["com.docker.network.bridge.name"],
+                compose_firewall::interface_name("proj", name),
+                "the interface the firewall's chain matches"
+            );
+        }
+    }
+
+    #[test]
+    fn compose_egress_net_raw_on_the_lan_and_ipv6_are_judged() {
+        let parse = |decky: &str| {
+            DeploymentConfig::parse(
+                format!(r#"{{"version":1,"deckies":[{decky}]}}"#).as_bytes(),
+                DriverKind::Compose,
+            )
+        };
+        assert!(
+            parse(r#"{"name":"a","image":"i","egress":[{"to":"203.0.113.7","port":443}]}"#).is_ok()
+        );
+        let e = parse(r#"{"name":"a","image":"i","egress":[{"to":"2001:db8::/64","port":443}]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("IPv6"), "{e}");
+        let lan = |decky: &str| {
+            DeploymentConfig::parse(
+                format!(
+                    r#"{{"version":2,"network":{{"mode":"macvlan","parent":"eth0","subnet":"10.0.0.0/24","gateway":"10.0.0.1"}},"deckies":[{decky}]}}"#
+                )
+                .as_bytes(),
+                DriverKind::Compose,
+            )
+        };
+        let e = lan(r#"{"name":"a","image":"i","address":"10.0.0.5","cap_add":["NET_RAW"]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("allow_lan_raw"), "{e}");
+        assert!(
+            lan(r#"{"name":"a","image":"i","address":"10.0.0.5","cap_add":["NET_RAW"],"allow_lan_raw":true}"#)
+                .is_ok()
+        );
+        let e = lan(r#"{"name":"a","image":"i","address":"10.0.0.5","egress":[{"to":"10.0.0.9","port":80}]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("firewall"), "{e}");
+        assert!(
+            parse(r#"{"name":"a","image":"i","cap_add":["NET_RAW"]}"#).is_ok(),
+            "NET_RAW on its own bridge reaches no one"
+        );
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DeckyConfig, DeploymentConfig, DriverKind};
 
 pub mod compose;
+pub mod compose_firewall;
 pub mod decky_ids;
 pub mod egress_proxy;
 pub mod process;
