@@ -15,6 +15,11 @@ pub const FOR_PER_DECKY_IDS: &[(u32, &str)] = &[
 /// ports (below 1024) for it: the decky itself never holds it.
 pub const FOR_DECKY_PORTS: &[(u32, &str)] = &[(10, "CAP_NET_BIND_SERVICE")];
 
+/// What the compose driver needs to build the firewall chain of each
+/// decky's bridge with `iptables` (`CAP_NET_RAW`: the legacy backend's
+/// socket).
+pub const FOR_DECKY_FIREWALL: &[(u32, &str)] = &[(12, "CAP_NET_ADMIN"), (13, "CAP_NET_RAW")];
+
 /// The effective capability mask from `/proc/self/status` text.
 pub fn effective_mask(proc_status: &str) -> Option<u64> {
     let hex = proc_status

@@ -1203,8 +1203,9 @@ pub mod docker {
         }
     }
 
-    /// Remove the firewall chain of a decky's bridge and the jumps to it
-    /// (what the agent's teardown does, for a test that stopped early).
+    /// Remove the firewall chain of a decky's bridge, the jumps to it and
+    /// its reverse-path check (what the agent's teardown does, for a test
+    /// that stopped early).
     pub fn remove_decky_chain(bridge: &str) {
         let chain = format!("DECNET-{bridge}");
         for from in ["DOCKER-USER", "INPUT"] {
@@ -1218,6 +1219,22 @@ pub mod docker {
                 }
             }
         }
+        let _ = Command::new("iptables")
+            .args([
+                "-w",
+                "-t",
+                "raw",
+                "-D",
+                "PREROUTING",
+                "-i",
+                bridge,
+                "-m",
+                "rpfilter",
+                "--invert",
+                "-j",
+                "DROP",
+            ])
+            .output();
         let _ = Command::new("iptables").args(["-w", "-F", &chain]).output();
         let _ = Command::new("iptables").args(["-w", "-X", &chain]).output();
     }

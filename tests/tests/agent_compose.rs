@@ -481,11 +481,16 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         &["--driver", "compose", "--compose-project", &project],
     );
     let published = decnet_e2e::free_port();
+    // An allow-list as broad as Docker's address pools, on the port of a
+    // host service below: it must still not open the host.
+    let host_port = decnet_e2e::free_port();
     let cfg = serde_json::json!({"version": 1, "deckies": [
         {"name": "web", "image": IMAGE, "command": ["httpd", "-f", "-p", "8080", "-h", "/"],
          "ports": [{"host": published, "container": 8080}]},
         {"name": "hostile", "image": IMAGE, "command": ["sleep", "600"],
-         "egress": [{"to": outside.ip, "port": 8081}]},
+         "egress": [{"to": outside.ip, "port": 8081},
+                    {"to": "172.16.0.0/12", "port": host_port},
+                    {"to": "192.168.0.0/16", "port": host_port}]},
     ]});
     let path = m.dir.path().join("fw.json");
     std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -525,16 +530,15 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
     );
 
     // The attacker inside the decky tries everything else.
-    let host_service = std::net::TcpListener::bind((gateway.as_str(), 0))
+    let host_service = std::net::TcpListener::bind((gateway.as_str(), host_port))
         .expect("a host service on the decky's gateway address");
-    let host_port = host_service.local_addr().unwrap().port();
     let attempts = [
         (
             "the allowed host on another port",
             format!("{}:8082", outside.ip),
         ),
         (
-            "a host service on its gateway address",
+            "a host service on its gateway address (inside its allow-list)",
             format!("{gateway}:{host_port}"),
         ),
         ("another decky", format!("{web_ip}:8080")),
@@ -554,6 +558,32 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
     );
     // The web decky itself reaches no one either (not even the outside).
     assert!(fetch_from(&web, &allowed).is_err(), "web has no allow-list");
+    // No IPv6 to go around the IPv4 chain; no name lookup leaves.
+    assert_eq!(
+        docker_out(&[
+            "exec",
+            &hostile,
+            "cat",
+            "/proc/sys/net/ipv6/conf/all/disable_ipv6"
+        ])
+        .trim(),
+        "1",
+        "the engine gives a decky's network no IPv6"
+    );
+    let lookup = Command::new("docker")
+        .args(["exec", &hostile, "nslookup", "example.com"])
+        .output()
+        .unwrap();
+    assert!(
+        !lookup.status.success(),
+        "a name lookup got an answer: {}",
+        String::from_utf8_lossy(&lookup.stdout)
+    );
+    assert!(
+        docker_out(&["inspect", "--format", "{{json .HostConfig.Dns}}", &hostile])
+            .contains("192.0.2.53"),
+        "lookups go to an address that is never routed, from the decky's own network"
+    );
 
     // Counted: what the attacker tried shows in swarm status and /status.
     let st = wait_for(Duration::from_secs(20), || {

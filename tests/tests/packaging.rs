@@ -36,8 +36,9 @@ fn units_restart_on_failure_and_are_hardened() {
     // Deckies must survive an agent restart.
     let agent = unit("decnet-agent.service");
     assert!(agent.contains("KillMode=process"));
-    // Least privilege: exactly what per-decky ids need, and only the state
-    // and bundle dirs writable.
+    // Least privilege: exactly what per-decky ids, decky ports and the
+    // compose deckies' firewall need, and only the state and bundle dirs
+    // writable.
     let caps = agent
         .lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
@@ -47,6 +48,7 @@ fn units_restart_on_failure_and_are_hardened() {
     let mut needed: Vec<&str> = decnet_confine::caps::FOR_PER_DECKY_IDS
         .iter()
         .chain(decnet_confine::caps::FOR_DECKY_PORTS)
+        .chain(decnet_confine::caps::FOR_DECKY_FIREWALL)
         .map(|(_, n)| *n)
         .collect();
     needed.sort();

@@ -114,7 +114,9 @@ impl ComposeDriver {
             Ok(_) => {}
             Err(e) if e.0.contains("No such network") || e.0.contains("not found") => {}
             Err(e) => {
-                tracing::warn!(network = %name, error = %e, "cannot remove a decky's network")
+                // Its chain stays as long as its bridge does.
+                tracing::warn!(network = %name, error = %e, "cannot remove a decky's network; its firewall chain stays");
+                return;
             }
         }
         if let Some(interface) = self.firewalled(decky)
@@ -181,7 +183,11 @@ impl ComposeDriver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let doc = render_project(&self.project, desired.values());
+        let doc = render_project(
+            &self.project,
+            desired.values(),
+            self.network == DeckyNetwork::Own,
+        );
         decnet_pki::secure_fs::ensure_private_dir(&self.dir)
             .map_err(|e| DriverError(format!("cannot create {}: {e}", self.dir.display())))?;
         let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| DriverError(e.to_string()))?;
@@ -236,6 +242,24 @@ impl ComposeDriver {
             }
         }
         Ok(map)
+    }
+}
+
+impl ComposeDriver {
+    /// The networks container `id` is attached to (`None`: unknown).
+    async fn networks_of(&self, id: &str) -> Option<Vec<String>> {
+        let mut cmd = Command::new("docker");
+        cmd.args([
+            "inspect",
+            "--format",
+            "{{json .NetworkSettings.Networks}}",
+            id,
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        let out = run(cmd, "docker inspect").await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+        Some(v.as_object()?.keys().cloned().collect())
     }
 }
 
@@ -331,10 +355,20 @@ fn render_lan(project: &str, net: &crate::lan::ResolvedNetwork) -> serde_json::V
     })
 }
 
-/// The compose document for a set of deckies of project `project`.
+/// Where a held decky's name lookups go: an address of TEST-NET-1
+/// (RFC 5737), never routed, so the engine's embedded DNS forwards them
+/// from the decky's own network, where its chain refuses (and counts)
+/// them — never from the host's namespace, as the engine does for a
+/// loopback resolver.
+pub const HELD_DNS: &str = "192.0.2.53";
+
+/// The compose document for a set of deckies of project `project`;
+/// `held`: the host's firewall holds deckies off the LAN
+/// ([`DeckyNetwork::Own`]).
 pub fn render_project<'a>(
     project: &str,
     deckies: impl Iterator<Item = &'a DeckyConfig>,
+    held: bool,
 ) -> serde_json::Value {
     let mut services = serde_json::Map::new();
     let mut networks = serde_json::Map::new();
@@ -357,6 +391,9 @@ pub fn render_project<'a>(
             let key = decky_key(&d.name);
             svc.insert("networks".into(), serde_json::json!([key]));
             networks.insert(key, render_decky_network(project, &d.name));
+            if held {
+                svc.insert("dns".into(), serde_json::json!([HELD_DNS]));
+            }
         }
         svc.insert(
             "image".into(),
@@ -454,8 +491,12 @@ impl Driver for ComposeDriver {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(decky.name.clone(), decky.clone());
             self.write_file()?;
-            // Its chain exists before its bridge forwards a packet.
-            self.hold(decky).await?;
+            // Its chain exists before its bridge forwards a packet; a
+            // container of an earlier deploy is not left running without.
+            if let Err(e) = self.hold(decky).await {
+                let _ = self.compose(&["rm", "-s", "-f", &decky.name]).await;
+                return Err(e);
+            }
             self.compose(&["up", "-d", "--no-build", &decky.name])
                 .await?;
             Ok(Started::default())
@@ -483,10 +524,27 @@ impl Driver for ComposeDriver {
                 let _ = self.compose(&["rm", "-s", "-f", &decky.name]).await;
                 return false;
             }
-            match self.containers().await {
-                Ok(c) => c.get(&decky.name).is_some_and(|v| v["State"] == "running"),
-                Err(_) => false,
+            let container = match self.containers().await {
+                Ok(c) => match c.get(&decky.name) {
+                    Some(v) if v["State"] == "running" => v["ID"].as_str().map(str::to_string),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            let Some(id) = container else {
+                return false;
+            };
+            // A container started before deckies had networks of their own
+            // (an upgraded agent) is not on its held bridge: recreated.
+            if decky.lan.is_none() {
+                let want = decky_network_name(&self.project, &decky.name);
+                let on = self.networks_of(&id).await;
+                if on.as_deref() != Some(std::slice::from_ref(&want)) {
+                    tracing::warn!(decky = %decky.name, networks = ?on, "compose decky not on its own network; recreating it");
+                    return false;
+                }
             }
+            true
         })
     }
 
@@ -573,13 +631,41 @@ impl Driver for ComposeDriver {
             "driver": "compose",
             "project": self.project,
             "file": self.compose_file(),
-            "compose": render_project(&self.project, config.deckies.iter()),
+            "compose": render_project(&self.project, config.deckies.iter(), self.network == DeckyNetwork::Own),
         }))
     }
 
     fn admit(&self, decky: &DeckyConfig) -> Result<(), Refusal> {
-        if decky.address.is_some() || decky.lan.is_some() {
+        if let Some(lan) = &decky.lan {
+            // A bridge "LAN" is a Docker bridge on this worker, not the LAN:
+            // its deckies would reach the host and each other unheld.
+            if lan.network.mode == crate::lan::LanMode::Bridge && self.network == DeckyNetwork::Own
+            {
+                return Err(Refusal::Unsupported(format!(
+                    "decky {}: a bridge-mode LAN is a Docker bridge on this worker whose deckies the host's firewall does not hold; use macvlan or ipvlan, or start the agent with --decky-network host",
+                    decky.name
+                )));
+            }
             return Ok(());
+        }
+        if decky.address.is_some() {
+            return Ok(());
+        }
+        // Two names whose bridges would share an interface (and a chain).
+        let interface = compose_firewall::interface_name(&self.project, &decky.name);
+        let clash = self
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .find(|n| {
+                **n != decky.name && compose_firewall::interface_name(&self.project, n) == interface
+            })
+            .cloned();
+        if let Some(other) = clash {
+            return Err(Refusal::Conflict(format!(
+                "its network interface name ({interface}) is the one of decky {other}: rename one of them"
+            )));
         }
         match (self.network, &self.firewall) {
             (DeckyNetwork::Own, Err(why)) => Err(Refusal::Unsupported(no_firewall(why))),
@@ -632,7 +718,7 @@ mod tests {
             DriverKind::Compose,
         )
         .unwrap();
-        let doc = render_project("p", cfg.deckies.iter());
+        let doc = render_project("p", cfg.deckies.iter(), true);
         let web = &doc["services"]["web"];
         assert_eq!(web["image"], "img:1");
         assert_eq!(web["command"], serde_json::json!(["httpd", "-f"]));
@@ -661,7 +747,7 @@ mod tests {
             DriverKind::Compose,
         )
         .unwrap();
-        let doc = render_project("p", cfg.deckies.iter());
+        let doc = render_project("p", cfg.deckies.iter(), true);
         let web = &doc["services"]["web"];
         assert_eq!(web["cap_drop"], serde_json::json!(["ALL"]));
         assert!(web.get("cap_add").is_none());
@@ -723,7 +809,7 @@ mod tests {
             address: "10.0.0.5".parse().unwrap(),
             mac: Some("02:00:00:00:00:05".into()),
         });
-        let doc = render_project("proj", [&a].into_iter());
+        let doc = render_project("proj", [&a].into_iter(), true);
         let net = &doc["networks"]["decnet_lan"];
         assert_eq!(net["name"], "proj_lan");
         assert_eq!(net["driver"], "macvlan");
@@ -740,7 +826,7 @@ mod tests {
             l.network.mode = LanMode::Ipvlan;
             l.mac = None;
         }
-        let doc = render_project("proj", [&b, &plain].into_iter());
+        let doc = render_project("proj", [&b, &plain].into_iter(), true);
         assert_eq!(
             doc["networks"]["decnet_lan"]["driver_opts"]["ipvlan_mode"],
             "l2"
@@ -750,7 +836,7 @@ mod tests {
             serde_json::json!(["decnet_decky_a"]),
             "a decky off the LAN sits on a bridge of its own"
         );
-        let doc = render_project("proj", [&plain].into_iter());
+        let doc = render_project("proj", [&plain].into_iter(), true);
         assert!(doc["networks"].get("decnet_lan").is_none());
     }
 
@@ -761,7 +847,7 @@ mod tests {
             DriverKind::Compose,
         )
         .unwrap();
-        let doc = render_project("proj", cfg.deckies.iter());
+        let doc = render_project("proj", cfg.deckies.iter(), true);
         for name in ["web", "ssh"] {
             let key = format!("decnet_decky_{name}");
             assert_eq!(
@@ -777,7 +863,13 @@ mod tests {
                 compose_firewall::interface_name("proj", name),
                 "the interface the firewall's chain matches"
             );
+            assert_eq!(doc["services"][name]["dns"], serde_json::json!([HELD_DNS]));
         }
+        let unheld = render_project("proj", cfg.deckies.iter(), false);
+        assert!(
+            unheld["services"]["web"].get("dns").is_none(),
+            "--decky-network host: the engine's usual resolvers"
+        );
     }
 
     #[test]

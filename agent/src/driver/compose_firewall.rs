@@ -5,9 +5,11 @@
 //! ```text
 //! DOCKER-USER -i dn<hash> -j DECNET-dn<hash>     (what it forwards: other deckies, the LAN, the internet)
 //! INPUT       -i dn<hash> -j DECNET-dn<hash>     (what it sends the host itself: its gateway address, every host service)
+//! raw PREROUTING -i dn<hash> -m rpfilter --invert -j DROP   (a source address the bridge does not route: forged)
 //!
 //! DECNET-dn<hash>:
 //!   -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN   (answers to connections made to it)
+//!   -m addrtype --dst-type LOCAL -j REJECT                  (the host itself, whatever the allow-list says)
 //!   -d <egress net> -p tcp --dport <port> -j RETURN         (one per allow-list entry)
 //!   -p tcp -j REJECT --reject-with tcp-reset                (everything else, counted)
 //!   -j REJECT --reject-with icmp-admin-prohibited
@@ -16,15 +18,21 @@
 //! Connections made *to* the decky (its published ports) are untouched:
 //! they enter the bridge, they do not leave it. Refusing rather than
 //! dropping makes one attempt one counted packet (no retransmissions), so
-//! the rejected packets are the decky's forbidden connection attempts.
+//! the rejected packets are the decky's forbidden connection attempts. The
+//! reverse-path check drops what a decky with `NET_RAW` forges with another
+//! source address (which could otherwise pass as an answer of a connection
+//! the host has open).
 //!
-//! The rules are built by pure functions (unit-tested) and applied with the
+//! The chain is (re)built in one `iptables-restore` transaction, so it is
+//! never seen half-filled, then the jumps are added where missing. The
+//! rules are built by pure functions (unit-tested) and applied with the
 //! host's `iptables`, the same tool (and backend) the Docker engine uses.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use decnet_confine::egress::EgressRule;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::egress_proxy::NetworkFigures;
@@ -48,65 +56,77 @@ pub fn chain_name(interface: &str) -> String {
     format!("DECNET-{interface}")
 }
 
-/// The `iptables` argument lists that (re)build the chain of `interface`
-/// for `egress`, in order; the jumps to it come from [`jump_rules`].
-/// Pure: unit-tested.
-pub fn chain_rules(interface: &str, egress: &[EgressRule]) -> Vec<Vec<String>> {
+/// The `iptables-restore --noflush` input that (re)builds the chain of
+/// `interface` for `egress` in one transaction (declaring the chain creates
+/// it, or empties it). Pure: unit-tested.
+pub fn chain_restore(interface: &str, egress: &[EgressRule]) -> String {
     let chain = chain_name(interface);
-    let mut rules = vec![args(&[
-        "-A",
-        &chain,
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "RELATED,ESTABLISHED",
-        "-j",
-        "RETURN",
-    ])];
+    let mut out = format!(
+        "*filter\n:{chain} - [0:0]\n\
+         -A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
+         -A {chain} -p tcp -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
+         -A {chain} -m addrtype --dst-type LOCAL -j REJECT --reject-with icmp-admin-prohibited\n"
+    );
     for r in egress.iter().filter(|r| r.net.is_ipv4()) {
-        rules.push(args(&[
-            "-A",
-            &chain,
-            "-d",
-            &format!("{}/{}", r.net, r.prefix),
-            "-p",
-            "tcp",
-            "--dport",
-            &r.port.to_string(),
-            "-j",
-            "RETURN",
-        ]));
+        out.push_str(&format!(
+            "-A {chain} -d {}/{} -p tcp --dport {} -j RETURN\n",
+            r.net, r.prefix, r.port
+        ));
     }
-    rules.push(args(&[
-        "-A",
-        &chain,
-        "-p",
-        "tcp",
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "tcp-reset",
-    ]));
-    rules.push(args(&[
-        "-A",
-        &chain,
-        "-j",
-        "REJECT",
-        "--reject-with",
-        "icmp-admin-prohibited",
-    ]));
-    rules
+    out.push_str(&format!(
+        "-A {chain} -p tcp -j REJECT --reject-with tcp-reset\n\
+         -A {chain} -j REJECT --reject-with icmp-admin-prohibited\n\
+         COMMIT\n"
+    ));
+    out
 }
 
-/// The jumps into the chain of `interface`: from [`DOCKER_USER`] (what
-/// the bridge forwards) and from `INPUT` (what it sends the host), each
-/// without the leading `-I`/`-C`/`-D`. Pure: unit-tested.
-pub fn jump_rules(interface: &str) -> Vec<Vec<String>> {
+/// One rule the chain of a bridge needs outside it: a jump into it, or the
+/// reverse-path check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRule {
+    /// The table (`filter`, `raw`).
+    pub table: &'static str,
+    /// The built-in or engine chain it sits in.
+    pub chain: &'static str,
+    /// The rule itself (what follows the chain name).
+    pub spec: Vec<String>,
+}
+
+impl HostRule {
+    /// The `iptables` arguments of operation `op` (`-C`, `-D`, `-I`) on it.
+    fn args(&self, op: &str) -> Vec<String> {
+        let mut a = args(&["-t", self.table, op, self.chain]);
+        if op == "-I" {
+            a.push("1".into());
+        }
+        a.extend(self.spec.iter().cloned());
+        a
+    }
+}
+
+/// The rules of `interface` outside its chain: the jumps from
+/// [`DOCKER_USER`] (what the bridge forwards) and from `INPUT` (what it
+/// sends the host), and the reverse-path check in `raw`. Pure: unit-tested.
+pub fn host_rules(interface: &str) -> Vec<HostRule> {
     let chain = chain_name(interface);
-    [DOCKER_USER, "INPUT"]
-        .iter()
-        .map(|from| args(&[from, "-i", interface, "-j", &chain]))
-        .collect()
+    vec![
+        HostRule {
+            table: "raw",
+            chain: "PREROUTING",
+            spec: args(&["-i", interface, "-m", "rpfilter", "--invert", "-j", "DROP"]),
+        },
+        HostRule {
+            table: "filter",
+            chain: DOCKER_USER,
+            spec: args(&["-i", interface, "-j", &chain]),
+        },
+        HostRule {
+            table: "filter",
+            chain: "INPUT",
+            spec: args(&["-i", interface, "-j", &chain]),
+        },
+    ]
 }
 
 /// What the chain counted, from `iptables -L CHAIN -v -x -n`: the packets
@@ -176,42 +196,61 @@ async fn iptables(a: &[String]) -> Result<String, FirewallError> {
     }
 }
 
-/// Build (or rebuild: the call is idempotent) the chain of `interface`
-/// for `egress` and jump to it. The chain is filled before any jump to it
-/// exists, so a new bridge never forwards a packet unfiltered.
-pub async fn install(interface: &str, egress: &[EgressRule]) -> Result<(), FirewallError> {
-    let chain = chain_name(interface);
-    if let Err(e) = iptables(&args(&["-N", &chain])).await {
-        // Already there (an earlier start, an agent restart): rebuilt below.
-        iptables(&args(&["-L", &chain, "-n"]))
+async fn iptables_restore(input: &str) -> Result<(), FirewallError> {
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| FirewallError(format!("cannot run iptables-restore: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
             .await
-            .map_err(|_| e)?;
+            .map_err(|e| FirewallError(format!("iptables-restore: {e}")))?;
     }
-    iptables(&args(&["-F", &chain])).await?;
-    for rule in chain_rules(interface, egress) {
-        iptables(&rule).await?;
+    let out = tokio::time::timeout(IPTABLES_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| FirewallError("iptables-restore did not finish within 30s".into()))?
+        .map_err(|e| FirewallError(format!("iptables-restore failed: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(FirewallError(format!(
+            "iptables-restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .filter(|l| !l.starts_with("# Warning") && !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )))
     }
-    for jump in jump_rules(interface) {
-        let mut check = vec!["-C".to_string()];
-        check.extend(jump.iter().cloned());
-        if iptables(&check).await.is_err() {
-            let mut insert = vec!["-I".to_string(), jump[0].clone(), "1".to_string()];
-            insert.extend(jump[1..].iter().cloned());
-            iptables(&insert).await?;
+}
+
+/// Build (or rebuild: the call is idempotent) the chain of `interface`
+/// for `egress` in one transaction, then add what of [`host_rules`] is
+/// missing. The chain is complete before any jump to it exists, so a new
+/// bridge never forwards a packet unfiltered, and a rebuild is never seen
+/// half-done.
+pub async fn install(interface: &str, egress: &[EgressRule]) -> Result<(), FirewallError> {
+    iptables_restore(&chain_restore(interface, egress)).await?;
+    for rule in host_rules(interface) {
+        if iptables(&rule.args("-C")).await.is_err() {
+            iptables(&rule.args("-I")).await?;
         }
     }
     Ok(())
 }
 
-/// Remove the chain of `interface` and every jump to it (after its bridge
-/// is gone). Missing pieces are not an error.
+/// Remove the chain of `interface` and the rules around it (after its
+/// bridge is gone). Missing pieces are not an error.
 pub async fn remove(interface: &str) -> Result<(), FirewallError> {
-    for jump in jump_rules(interface) {
-        let mut delete = vec!["-D".to_string()];
-        delete.extend(jump.iter().cloned());
-        // A jump inserted twice (two agents racing) is deleted twice.
+    for rule in host_rules(interface) {
+        // A rule inserted twice (two agents racing) is deleted twice.
         for _ in 0..8 {
-            if iptables(&delete).await.is_err() {
+            if iptables(&rule.args("-D")).await.is_err() {
                 break;
             }
         }
@@ -235,6 +274,13 @@ pub async fn figures(interface: &str) -> Option<NetworkFigures> {
 /// engine's [`DOCKER_USER`] chain exists, and a full chain can be built
 /// and removed (for a probe interface no bridge will ever have).
 pub async fn probe() -> Result<(), FirewallError> {
+    let missing = decnet_confine::caps::missing(&decnet_confine::caps::FOR_DECKY_FIREWALL[..1]);
+    if !missing.is_empty() {
+        return Err(FirewallError(format!(
+            "the agent lacks {}",
+            missing.join(", ")
+        )));
+    }
     iptables(&args(&["-L", DOCKER_USER, "-n"]))
         .await
         .map_err(|e| {
@@ -277,25 +323,37 @@ mod tests {
             EgressRule::new("203.0.113.0/24", 443).unwrap(),
             EgressRule::new("2001:db8::/64", 80).unwrap(),
         ];
-        let rules = chain_rules("dn0123", &egress);
-        let text: Vec<String> = rules.iter().map(|r| r.join(" ")).collect();
+        let text = chain_restore("dn0123", &egress);
         assert_eq!(
-            text,
+            text.lines().collect::<Vec<_>>(),
             [
+                "*filter",
+                ":DECNET-dn0123 - [0:0]",
                 "-A DECNET-dn0123 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+                "-A DECNET-dn0123 -p tcp -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset",
+                "-A DECNET-dn0123 -m addrtype --dst-type LOCAL -j REJECT --reject-with icmp-admin-prohibited",
                 "-A DECNET-dn0123 -d 203.0.113.0/24 -p tcp --dport 443 -j RETURN",
                 "-A DECNET-dn0123 -p tcp -j REJECT --reject-with tcp-reset",
                 "-A DECNET-dn0123 -j REJECT --reject-with icmp-admin-prohibited",
+                "COMMIT",
             ],
-            "IPv6 entries are not rules of the IPv4 table (containers have no IPv6 here)"
+            "the host is refused before the allow-list; IPv6 entries are not rules of the IPv4 table"
         );
-        let jumps: Vec<String> = jump_rules("dn0123").iter().map(|r| r.join(" ")).collect();
+        let rules: Vec<String> = host_rules("dn0123")
+            .iter()
+            .map(|r| r.args("-I").join(" "))
+            .collect();
         assert_eq!(
-            jumps,
+            rules,
             [
-                "DOCKER-USER -i dn0123 -j DECNET-dn0123",
-                "INPUT -i dn0123 -j DECNET-dn0123"
+                "-t raw -I PREROUTING 1 -i dn0123 -m rpfilter --invert -j DROP",
+                "-t filter -I DOCKER-USER 1 -i dn0123 -j DECNET-dn0123",
+                "-t filter -I INPUT 1 -i dn0123 -j DECNET-dn0123",
             ]
+        );
+        assert_eq!(
+            host_rules("dn0123")[1].args("-D").join(" "),
+            "-t filter -D DOCKER-USER -i dn0123 -j DECNET-dn0123"
         );
     }
 
