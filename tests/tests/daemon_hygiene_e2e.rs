@@ -30,9 +30,32 @@ fn idle_daemons_stop_promptly_and_log_without_escape_codes() {
     );
     let mut listener = Listener::start(&m, 0);
     let mut updater = UpdaterFixture::start(&m, "hy1", &[]);
-    // Something happened and was logged.
-    std::thread::sleep(Duration::from_millis(1500));
+    let log_file = m.dir.path().join("hy1-app.log");
+    decnet_e2e::append_lines(&log_file, &["one line".to_string()]);
+    // With a metrics endpoint: a second task awaiting the same signal.
+    let mut forwarder = {
+        let mut cmd = std::process::Command::new(decnet_e2e::bin("decnet-agent"));
+        cmd.args([
+            "forward",
+            "--master",
+            &listener.daemon.addr.to_string(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-file",
+        ])
+        .arg(&log_file)
+        .arg("--bundle-dir")
+        .arg(m.agent_bundle_dir("hy1"))
+        .arg("--state-dir")
+        .arg(m.dir.path().join("hy1-fwd"))
+        .env("DECNET_LOG", "info");
+        Daemon::spawn(cmd, m.dir.path().join("hy1-fwd.log"))
+    };
+    // Something happened and was logged (the forwarder's line delivered).
+    listener.wait_lines(1, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
     for (name, d) in [
+        ("forwarder", &mut forwarder),
         ("agent", &mut agent.daemon),
         ("updater", &mut updater.daemon),
         ("listener", &mut listener.daemon),
@@ -45,6 +68,11 @@ fn idle_daemons_stop_promptly_and_log_without_escape_codes() {
         assert!(
             took < Duration::from_millis(500),
             "{name} took {took:?} to stop"
+        );
+        assert_eq!(
+            log.matches("shutdown requested").count(),
+            1,
+            "{name} says it was asked to stop, once:\n{log}"
         );
     }
 }
