@@ -45,6 +45,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The log level when `DECNET_LOG` says nothing: `info` for the
+    /// daemons (`master serve`, `listener`: what they accept and refuse is
+    /// their operator's record, as for the agent and updater), `warn` for
+    /// commands (their output is the answer).
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Listener { .. } | Command::Master(MasterCommand::Serve { .. }) => "info",
+            _ => "warn",
+        }
+    }
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

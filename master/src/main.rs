@@ -26,7 +26,7 @@ fn quiet_on_closed_stdout() {
 fn main() {
     quiet_on_closed_stdout();
     let cli = decnet_master::cli::Cli::parse();
-    decnet_telemetry::init_logging(cli.log_format, "warn");
+    decnet_telemetry::init_logging(cli.log_format, cli.default_log_level());
     decnet_pki::provider::install_default();
     // Descriptors must not run out before the connection caps do.
     decnet_server::descriptors::raise_nofile_limit();

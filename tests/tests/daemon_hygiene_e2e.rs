@@ -96,3 +96,71 @@ fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
     }
 }
+
+/// At their default log level (no `DECNET_LOG`), the master and the
+/// listener log a refused handshake, as the agent and updater do.
+#[test]
+fn master_and_listener_log_refused_handshakes_by_default() {
+    use std::io::{Read, Write};
+    let m = MasterHome::new();
+    let started = |args: &[&str], name: &str| {
+        let mut cmd = std::process::Command::new(decnet_e2e::bin("decnet"));
+        cmd.args(args)
+            .env("DECNET_HOME", m.home())
+            .env_remove("DECNET_LOG")
+            .env_remove("DECNET_DATABASE_URL");
+        Daemon::start(cmd, m.dir.path().join(format!("{name}.log")))
+    };
+    let raw = m.dir.path().join("fleet.log");
+    let json = m.dir.path().join("fleet.json");
+    let mut daemons = [
+        (
+            "master serve",
+            started(
+                &[
+                    "master",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-listener",
+                ],
+                "master",
+            ),
+        ),
+        (
+            "listener",
+            started(
+                &[
+                    "listener",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--log-path",
+                    raw.to_str().unwrap(),
+                    "--json-path",
+                    json.to_str().unwrap(),
+                ],
+                "listener",
+            ),
+        ),
+    ];
+    for (name, d) in &mut daemons {
+        // Not TLS at all: the handshake fails.
+        let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+        let logged = decnet_e2e::wait_for(Duration::from_secs(10), || {
+            d.log_text().contains("TLS handshake refused").then_some(())
+        });
+        assert!(
+            logged.is_some(),
+            "{name} did not log the refused handshake at its default level:\n{}",
+            d.log_text()
+        );
+        d.stop();
+    }
+}
