@@ -30,6 +30,11 @@ pub enum FrameError {
     /// The stream ended inside a frame.
     #[error("connection ended inside a frame ({0} bytes pending)")]
     Truncated(usize),
+    /// The peer went away without closing the stream cleanly (no TLS
+    /// `close_notify`, a reset, an abort): an ordinary disconnect, not a
+    /// malformed stream.
+    #[error("the peer went away without closing the connection")]
+    Disconnected,
     /// Reading failed.
     #[error("read failed: {0}")]
     Io(String),
@@ -37,7 +42,21 @@ pub enum FrameError {
 
 impl From<std::io::Error> for FrameError {
     fn from(e: std::io::Error) -> Self {
-        FrameError::Io(e.to_string())
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => {
+                FrameError::Disconnected
+            }
+            _ => FrameError::Io(e.to_string()),
+        }
+    }
+}
+
+impl FrameError {
+    /// Whether the peer broke the syslog framing (counted as a malformed
+    /// stream), rather than went away.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, FrameError::BadPrefix(_) | FrameError::PrefixTooLong)
     }
 }
 
@@ -292,6 +311,16 @@ mod tests {
         let mut buf = BytesMut::from(&b"99 "[..]);
         assert_eq!(d.decode(&mut buf), Ok(None));
         assert_eq!(d.decode_eof(&mut buf), Err(FrameError::Truncated(0)));
+        // An ordinary disconnect is not a malformed stream.
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify: https://docs.rs/rustls/",
+        );
+        assert_eq!(FrameError::from(eof), FrameError::Disconnected);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!FrameError::from(reset).is_malformed());
+        assert!(FrameError::BadPrefix(b'x').is_malformed());
+        assert!(!FrameError::Truncated(3).is_malformed());
         let mut d = FrameDecoder::new(1024);
         assert_eq!(
             frames(&decode_all(&mut d, b"0 3 abc").unwrap()),

@@ -533,6 +533,7 @@ impl ConnectionHandler for LogListener {
         let metrics = crate::metrics::listener_metrics();
         let mut over_budget = 0u64;
         let mut last_budget_line: Option<tokio::time::Instant> = None;
+        let mut went_away = false;
         loop {
             // While draining, a short silence means the peer has nothing more in flight.
             let wait = match draining {
@@ -622,16 +623,37 @@ impl ConnectionHandler for LogListener {
                 }
                 batch.clear();
             }
-            if let Some(e) = bad {
-                metrics.frame_error(&credit.cn, "malformed");
-                tracing::warn!(peer_cn = %credit.cn, error = %e, "malformed syslog stream; closing this connection");
-                break;
+            match bad {
+                None => {}
+                Some(crate::frame::FrameError::Disconnected) => {
+                    went_away = true;
+                    break;
+                }
+                Some(e @ crate::frame::FrameError::Truncated(_)) => {
+                    metrics.frame_error(&credit.cn, "truncated");
+                    tracing::warn!(peer_cn = %credit.cn, error = %e, "log connection ended inside a frame");
+                    break;
+                }
+                Some(e) if e.is_malformed() => {
+                    metrics.frame_error(&credit.cn, "malformed");
+                    tracing::warn!(peer_cn = %credit.cn, error = %e, "malformed syslog stream; closing this connection");
+                    break;
+                }
+                Some(e) => {
+                    metrics.frame_error(&credit.cn, "read");
+                    tracing::warn!(peer_cn = %credit.cn, error = %e, "reading a log connection failed; closing it");
+                    break;
+                }
             }
             if draining.is_some_and(|d| tokio::time::Instant::now() > d) {
                 break;
             }
         }
-        tracing::info!(peer_cn = %credit.cn, messages = received, oversized, over_budget, "log peer disconnected");
+        if went_away {
+            tracing::info!(peer_cn = %credit.cn, messages = received, oversized, over_budget, "log peer went away without closing the connection (no TLS close_notify, or a reset)");
+        } else {
+            tracing::info!(peer_cn = %credit.cn, messages = received, oversized, over_budget, "log peer disconnected");
+        }
     }
 }
 

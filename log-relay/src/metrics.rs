@@ -10,7 +10,7 @@
 //! | `decnet_log_lines_refused_total{cn,reason}` / `decnet_log_bytes_refused_total{cn,reason}` | frames skipped: `oversized` (bytes as declared), `budget` (over the peer's budget) and `disk` (free space below the watermark; bytes as they would have been written) |
 //! | `decnet_log_writing_paused` | 1 while free space is below the watermark and nothing is written |
 //! | `decnet_log_connections_refused_total{cn}` | connections the gate refused after the handshake (role, not enrolled, revoked) |
-//! | `decnet_log_frame_errors_total{cn,kind}` | `oversized` frames, `malformed` streams (the connection is closed) |
+//! | `decnet_log_frame_errors_total{cn,kind}` | `oversized` frames, `malformed` streams, `truncated` streams (ended inside a frame), `read` failures (the connection is closed in the last three); a peer that just goes away is no error |
 //!
 //! Forwarder (worker):
 //!

@@ -506,3 +506,63 @@ fn a_missing_log_file_is_said_and_forwarded_once_it_appears() {
         fwd.log_text()
     );
 }
+
+/// A peer that just goes away — no TLS `close_notify`, or a reset — is an
+/// ordinary disconnect: said at info, not a malformed stream, not counted
+/// as a frame error; what it sent is kept.
+#[test]
+fn a_peer_that_goes_away_is_a_disconnect_not_a_malformed_stream() {
+    let m = MasterHome::new();
+    m.enroll("gone");
+    let listener = Listener::start(&m, 0);
+    let bundle = Bundle::load(&m.agent_bundle_dir("gone"), BundleKind::Agent).unwrap();
+    let ca = std::fs::read_to_string(m.home().join("ca/ca.crt")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (i, reset) in [false, true].into_iter().enumerate() {
+        rt.block_on(async {
+            let mut tls = decnet_e2e::hostile::try_tls_from(
+                "127.0.0.1",
+                listener.daemon.addr,
+                Some(&bundle),
+                &ca,
+                &decnet_pki::ExpectedServer::master(),
+            )
+            .await
+            .expect("a log connection");
+            tls.write_all(&decnet_e2e::hostile::syslog_frame(
+                "gone",
+                format!("line {i} before going away").as_bytes(),
+            ))
+            .await
+            .unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Away without close_notify: the TCP stream alone is closed.
+            let (tcp, _) = tls.into_inner();
+            if reset {
+                tcp.set_linger(Some(Duration::ZERO)).unwrap();
+            }
+            drop(tcp);
+        });
+    }
+    let got = listener.wait_lines(2, Duration::from_secs(10));
+    assert!(
+        got.iter().any(|l| l.contains("line 1 before going away")),
+        "{got:?}"
+    );
+    let log = wait_for(Duration::from_secs(10), || {
+        let log = listener.daemon.log_text();
+        (log.matches("went away without closing the connection")
+            .count()
+            >= 2)
+            .then_some(log)
+    })
+    .unwrap_or_else(|| panic!("{}", listener.daemon.log_text()));
+    assert!(!log.contains("malformed"), "{log}");
+    assert!(!log.contains("docs.rs"), "no library manual URL: {log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("decnet_log_relay")),
+        "an ordinary disconnect is no warning: {log}"
+    );
+}
