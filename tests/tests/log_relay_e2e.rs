@@ -540,7 +540,7 @@ fn a_peer_that_goes_away_is_a_disconnect_not_a_malformed_stream() {
             // Away without close_notify: the TCP stream alone is closed.
             let (tcp, _) = tls.into_inner();
             if reset {
-                tcp.set_linger(Some(Duration::ZERO)).unwrap();
+                rustix::net::sockopt::set_socket_linger(&tcp, Some(Duration::ZERO)).unwrap();
             }
             drop(tcp);
         });
