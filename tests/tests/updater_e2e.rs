@@ -162,6 +162,26 @@ fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
     );
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
     assert_eq!(body["rolled_back"], true);
+    // An agent that exited is not probed until the attempts run out (12
+    // here): the revert starts once it is seen gone.
+    let transcript: Vec<&str> = body["probe"]["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        transcript.iter().any(|l| l.contains("the agent exited")),
+        "{transcript:?}"
+    );
+    assert!(
+        transcript
+            .iter()
+            .filter(|l| l.starts_with("attempt"))
+            .count()
+            < 12,
+        "{transcript:?}"
+    );
     let pid3 = u.agent_pid().unwrap();
     let exe = std::fs::read_link(format!("/proc/{pid3}/exe")).unwrap();
     assert!(

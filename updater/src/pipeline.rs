@@ -447,7 +447,7 @@ impl UpdaterCore {
         }
         .await;
         let mut report = match switched {
-            Ok(()) => self.prober.probe().await,
+            Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
             Err(e) => ProbeReport {
                 healthy: false,
                 version: None,
@@ -509,7 +509,7 @@ impl UpdaterCore {
             })));
         }
         let restore = match self.control.start().await {
-            Ok(()) => self.prober.probe().await,
+            Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
             Err(e) => ProbeReport {
                 healthy: false,
                 version: None,
@@ -568,7 +568,7 @@ impl UpdaterCore {
                 slots.reconcile()?;
                 let _ = self.control.stop().await;
                 let report = match self.control.start().await {
-                    Ok(()) => self.prober.probe().await,
+                    Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
                     Err(_) => ProbeReport {
                         healthy: false,
                         version: None,
@@ -585,7 +585,7 @@ impl UpdaterCore {
                     slots.revert(&j)?;
                     if j.from.is_some() {
                         let restored = match self.control.start().await {
-                            Ok(()) => self.prober.probe().await,
+                            Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
                             Err(e) => ProbeReport {
                                 healthy: false,
                                 version: None,

@@ -95,13 +95,28 @@ impl Prober {
 
     /// Probe until healthy or out of attempts.
     pub async fn probe(&self) -> ProbeReport {
+        self.probe_while(|| async { true }).await
+    }
+
+    /// Probe until healthy, out of attempts, or `alive` says the agent is
+    /// gone (after a failed attempt): an agent that exited will not become
+    /// healthy, and the revert can start at once.
+    pub async fn probe_while<F, Fut>(&self, alive: F) -> ProbeReport
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let started = std::time::Instant::now();
-        let report = self.probe_attempts().await;
+        let report = self.probe_attempts(alive).await;
         crate::metrics::record_probe(started.elapsed().as_secs_f64(), report.healthy);
         report
     }
 
-    async fn probe_attempts(&self) -> ProbeReport {
+    async fn probe_attempts<F, Fut>(&self, alive: F) -> ProbeReport
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let mut transcript = Vec::new();
         for attempt in 1..=self.opts.attempts {
             let client = match self.client() {
@@ -137,6 +152,12 @@ impl Prober {
                 )),
             }
             if attempt < self.opts.attempts {
+                if !alive().await {
+                    transcript.push(format!(
+                        "the agent exited after attempt {attempt}: not waiting for it"
+                    ));
+                    break;
+                }
                 tokio::time::sleep(self.opts.interval).await;
             }
         }
