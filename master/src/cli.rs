@@ -1046,6 +1046,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         })
                     )
                 );
+                // Why each refused release was refused, as its updater saw it.
+                for r in &results {
+                    if let Some(f) = &r.failure {
+                        print!("\n{}", f.render(&r.host));
+                    }
+                }
             }
             partial(
                 results
@@ -1214,6 +1220,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 r.outcome,
                 crate::table::inert(&r.detail)
             );
+            if let Some(f) = &r.failure {
+                print!("{}", f.render(&r.host));
+            }
             partial(
                 r.outcome == decnet_fleet::UpdateOutcome::RolledBack,
                 "rollback failed",

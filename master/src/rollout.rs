@@ -46,6 +46,79 @@ pub struct HostResult {
     pub release: Option<String>,
     /// What happened.
     pub detail: String,
+    /// Why a new release was refused, as the updater saw it: the probe's
+    /// transcripts and what the failed agent wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ProbeFailure>,
+}
+
+/// The evidence of a failed update, from the updater's answer.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ProbeFailure {
+    /// One line per probe attempt of the new release.
+    pub probe: Vec<String>,
+    /// The probe of the restored release.
+    pub restore_probe: Vec<String>,
+    /// The failed agent's last output (without terminal escape codes).
+    pub agent_output: String,
+}
+
+/// Most lines of a failed agent's output kept in a result.
+const AGENT_OUTPUT_LINES: usize = 40;
+
+impl ProbeFailure {
+    /// The evidence in an updater's failure answer (`None`: it has none).
+    pub fn from_answer(body: &serde_json::Value) -> Option<ProbeFailure> {
+        let lines = |v: &serde_json::Value| -> Vec<String> {
+            v["transcript"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str())
+                        .take(64)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let output = body["stderr"].as_str().unwrap_or("");
+        let kept: Vec<&str> = output.lines().collect();
+        let f = ProbeFailure {
+            probe: lines(&body["probe"]),
+            restore_probe: lines(&body["restore_probe"]),
+            agent_output: kept[kept.len().saturating_sub(AGENT_OUTPUT_LINES)..].join("\n"),
+        };
+        (!f.probe.is_empty() || !f.restore_probe.is_empty() || !f.agent_output.is_empty())
+            .then_some(f)
+    }
+
+    /// The evidence for a terminal: each worker string made inert.
+    pub fn render(&self, host: &str) -> String {
+        let mut out = String::new();
+        let mut section = |title: &str, lines: &mut dyn Iterator<Item = &str>| {
+            let mut lines = lines.peekable();
+            if lines.peek().is_none() {
+                return;
+            }
+            out.push_str(&format!("{host}: {title}\n"));
+            for l in lines {
+                out.push_str(&format!("  {}\n", crate::table::inert(l)));
+            }
+        };
+        section(
+            "the probe of the new release",
+            &mut self.probe.iter().map(String::as_str),
+        );
+        section(
+            "the probe of the restored release",
+            &mut self.restore_probe.iter().map(String::as_str),
+        );
+        section(
+            "the failed agent's last output",
+            &mut self.agent_output.lines(),
+        );
+        out
+    }
 }
 
 /// A client of `host`'s updater (fails closed without a recorded fingerprint).
@@ -71,6 +144,7 @@ async fn update_one(
         outcome,
         release,
         detail,
+        failure: None,
     };
     let client = match updater_client(pool, host) {
         Ok(c) => c,
@@ -91,25 +165,43 @@ async fn update_one(
         ),
         // A 409 on a first install has nothing to revert to: that is a
         // failure, not a rollback.
-        Ok(PushOutcome::RolledBack(body)) if body["rolled_back"] == true => result(
-            UpdateOutcome::RolledBack,
-            None,
-            body["detail"]
-                .as_str()
-                .unwrap_or("release failed its health probe and was reverted")
-                .to_string(),
-        ),
-        Ok(PushOutcome::RolledBack(body)) => result(
-            UpdateOutcome::Failed,
-            None,
-            body["detail"]
-                .as_str()
-                .unwrap_or(
-                    "release failed its health probe; there was no previous release to restore",
-                )
-                .to_string(),
-        ),
-        Err(e) => result(UpdateOutcome::Failed, None, e.to_string()),
+        Ok(PushOutcome::RolledBack(body)) if body["rolled_back"] == true => HostResult {
+            failure: ProbeFailure::from_answer(&body),
+            ..result(
+                UpdateOutcome::RolledBack,
+                None,
+                body["detail"]
+                    .as_str()
+                    .unwrap_or("release failed its health probe and was reverted")
+                    .to_string(),
+            )
+        },
+        Ok(PushOutcome::RolledBack(body)) => HostResult {
+            failure: ProbeFailure::from_answer(&body),
+            ..result(
+                UpdateOutcome::Failed,
+                None,
+                body["detail"]
+                    .as_str()
+                    .unwrap_or(
+                        "release failed its health probe; there was no previous release to restore",
+                    )
+                    .to_string(),
+            )
+        },
+        Err(e) => {
+            // A 500 carries the same evidence (the restore failed too).
+            let failure = match &e {
+                ClientError::Status {
+                    body: Some(body), ..
+                } => ProbeFailure::from_answer(body),
+                _ => None,
+            };
+            HostResult {
+                failure,
+                ..result(UpdateOutcome::Failed, None, e.to_string())
+            }
+        }
     };
     if include_self && res.outcome == UpdateOutcome::Updated {
         match client.update_self(&up, Duration::from_secs(60)).await {
@@ -150,9 +242,39 @@ pub async fn rollout(
     progress: bool,
 ) -> anyhow::Result<Vec<HostResult>> {
     let pool = worker_pool(layout)?;
-    let hosts = select_hosts(db, &plan.hosts).await?;
+    let selected = select_hosts(db, &plan.hosts).await?;
     let halted = Arc::new(AtomicBool::new(false));
     let mut results: Vec<HostResult> = Vec::new();
+    // A host without an updater certificate cannot be updated: skipped up
+    // front and said, not a failure that halts the others mid-rollout.
+    let (hosts, unreachable): (Vec<HostRecord>, Vec<HostRecord>) = selected
+        .into_iter()
+        .partition(|h| h.updater_fingerprint.is_some());
+    if progress && !unreachable.is_empty() {
+        println!(
+            "skipping {} host(s) without an updater certificate: {}",
+            unreachable.len(),
+            unreachable
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for h in &unreachable {
+        let r = HostResult {
+            host: h.name.clone(),
+            outcome: UpdateOutcome::Skipped,
+            release: None,
+            detail: format!(
+                "no updater certificate: issue one with `decnet swarm enroll --host {} --address ADDR --updater --reissue`",
+                h.name
+            ),
+            failure: None,
+        };
+        record(db, actor, rel, plan, &r).await?;
+        results.push(r);
+    }
     let canaries = plan.canary.min(hosts.len());
     let batches: Vec<Vec<HostRecord>> = if canaries > 0 {
         vec![hosts[..canaries].to_vec(), hosts[canaries..].to_vec()]
@@ -194,9 +316,10 @@ pub async fn rollout(
                         outcome: UpdateOutcome::Skipped,
                         release: None,
                         detail: "rollout halted after a failure".into(),
+                        failure: None,
                     };
                 }
-                if progress && h.updater_fingerprint.is_some() {
+                if progress {
                     println!("{:<16} uploading {} …", h.name, rel.label);
                 }
                 let r = update_one(&pool, &h, &rel, include_self, allow_downgrade).await;
@@ -217,40 +340,52 @@ pub async fn rollout(
                     crate::table::inert(&r.detail)
                 );
             }
-            db.record_update(&UpdateRecord {
-                host: r.host.clone(),
-                at: unix_now(),
-                kind: if plan.include_self {
-                    UpdateKind::UpdateAndSelf
-                } else {
-                    UpdateKind::Update
-                },
-                release: rel.label.clone(),
-                sha256: rel.sha256.clone(),
-                outcome: r.outcome,
-                detail: r.detail.clone(),
-            })
-            .await?;
-            db.audit(&AuditEntry::now(
-                actor,
-                "swarm.update",
-                &r.host,
-                match r.outcome {
-                    UpdateOutcome::Updated => AuditOutcome::Ok,
-                    UpdateOutcome::Skipped => AuditOutcome::Refused,
-                    _ => AuditOutcome::Failed,
-                },
-                format!(
-                    "outcome={} release={} sha256={} {}",
-                    r.outcome, rel.label, rel.sha256, r.detail
-                ),
-            ))
-            .await?;
+            record(db, actor, rel, plan, &r).await?;
             results.push(r);
         }
     }
     results.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(results)
+}
+
+/// Record `r` in the update history and the audit log.
+async fn record(
+    db: &FleetDb,
+    actor: &str,
+    rel: &PackedRelease,
+    plan: &RolloutPlan,
+    r: &HostResult,
+) -> anyhow::Result<()> {
+    db.record_update(&UpdateRecord {
+        host: r.host.clone(),
+        at: unix_now(),
+        kind: if plan.include_self {
+            UpdateKind::UpdateAndSelf
+        } else {
+            UpdateKind::Update
+        },
+        release: rel.label.clone(),
+        sha256: rel.sha256.clone(),
+        outcome: r.outcome,
+        detail: r.detail.clone(),
+    })
+    .await?;
+    db.audit(&AuditEntry::now(
+        actor,
+        "swarm.update",
+        &r.host,
+        match r.outcome {
+            UpdateOutcome::Updated => AuditOutcome::Ok,
+            UpdateOutcome::Skipped => AuditOutcome::Refused,
+            _ => AuditOutcome::Failed,
+        },
+        format!(
+            "outcome={} release={} sha256={} {}",
+            r.outcome, rel.label, rel.sha256, r.detail
+        ),
+    ))
+    .await?;
+    Ok(())
 }
 
 /// `decnet swarm rollback HOST`.
@@ -269,11 +404,18 @@ pub async fn rollback(
             outcome: UpdateOutcome::RolledBack,
             release: done.release.map(|r| r.sha),
             detail: "previous release restored and healthy".into(),
+            failure: None,
         },
         Err(e) => HostResult {
             host: host.into(),
             outcome: UpdateOutcome::Failed,
             release: None,
+            failure: match &e {
+                ClientError::Status {
+                    body: Some(body), ..
+                } => ProbeFailure::from_answer(body),
+                _ => None,
+            },
             detail: e.to_string(),
         },
     };
@@ -300,4 +442,32 @@ pub async fn rollback(
     ))
     .await?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_answer_is_kept_bounded_and_shown_inert() {
+        let output: Vec<String> = (0..100).map(|i| format!("line {i}")).collect();
+        let body = serde_json::json!({
+            "rolled_back": true,
+            "probe": {"transcript": ["attempt 1: connection refused", "the agent exited after attempt 1: not waiting for it"]},
+            "restore_probe": {"transcript": ["attempt 1: healthy (version 1)"]},
+            "stderr": format!("{}\n\u{1b}]0;owned\u{7}evil", output.join("\n")),
+        });
+        let f = ProbeFailure::from_answer(&body).unwrap();
+        assert_eq!(f.probe.len(), 2);
+        assert_eq!(f.agent_output.lines().count(), AGENT_OUTPUT_LINES);
+        assert!(f.agent_output.ends_with("evil"));
+        let shown = f.render("w1");
+        assert!(
+            shown.contains("w1: the probe of the new release\n  attempt 1: connection refused\n")
+        );
+        assert!(shown.contains("w1: the probe of the restored release\n"));
+        assert!(shown.contains("w1: the failed agent's last output\n"));
+        assert!(!shown.contains('\u{1b}'), "worker text is inert: {shown:?}");
+        assert!(ProbeFailure::from_answer(&serde_json::json!({"detail": "x"})).is_none());
+    }
 }

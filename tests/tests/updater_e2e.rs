@@ -98,18 +98,40 @@ fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
             "the agent's output is its operator's only"
         );
     }
+    // A host enrolled without an updater certificate is skipped up front,
+    // named, and does not stop the others.
     m.ok(&[
+        "swarm",
+        "enroll",
+        "--host",
+        "a-no-updater",
+        "--address",
+        "127.0.0.1",
+    ]);
+    let out = m.run(&[
         "swarm",
         "update",
         "--release",
         v2.to_str().unwrap(),
         "--all",
     ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "not every host updated: {text}");
+    assert!(
+        text.contains("skipping 1 host(s) without an updater certificate: a-no-updater"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("u1") && l.contains("updated")),
+        "{text}"
+    );
     assert_eq!(
         labels(&m, "u1"),
         vec!["v2", "v1"],
         "active first, previous next"
     );
+    m.ok(&["swarm", "decommission", "a-no-updater", "--yes"]);
     let pid2 = u.agent_pid().unwrap();
     assert_ne!(pid1, pid2, "the agent was restarted into the new release");
     let exe = std::fs::read_link(format!("/proc/{pid2}/exe")).unwrap();
@@ -131,6 +153,34 @@ fn good_release_goes_live_bad_one_is_reverted_and_rollback_restores_code() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rolled_back"), "{text}");
+    // Why, as the updater saw it: the probe and the failed agent's output.
+    assert!(text.contains("u1: the probe of the new release"), "{text}");
+    assert!(
+        text.contains("u1: the failed agent's last output"),
+        "{text}"
+    );
+    assert!(text.contains("broken agent: cannot start"), "{text}");
+    let out = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        bad.to_str().unwrap(),
+        "--host",
+        "u1",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v[0]["failure"]["agent_output"]
+            .as_str()
+            .unwrap()
+            .contains("broken agent: cannot start"),
+        "{v}"
+    );
+    assert!(
+        !v[0]["failure"]["probe"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
     assert_eq!(
         labels(&m, "u1"),
         vec!["v2", "v1"],
