@@ -241,10 +241,11 @@ pub enum MasterCommand {
         /// Control API port.
         #[arg(long, default_value_t = 8770)]
         port: u16,
-        /// Log listener port.
+        /// Log listener port (the listener runs here: a separate
+        /// `decnet listener` on the same port is refused with a hint).
         #[arg(long, default_value_t = 6514)]
         listener_port: u16,
-        /// Do not run the log listener.
+        /// Do not run the log listener (run `decnet listener` on its own).
         #[arg(long)]
         no_listener: bool,
         /// Raw log file; default <home>/logs/fleet.log.
@@ -1325,7 +1326,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             };
             let r = async {
-                let l = crate::listener_cmd::bind(material.as_ref(), db.clone(), &settings).await?;
+                let l = crate::listener_cmd::bind(
+                    material.as_ref(),
+                    db.clone(),
+                    &settings,
+                    crate::listener_cmd::ListenerHost::OnItsOwn,
+                )
+                .await?;
                 decnet_log_relay::metrics::listener_metrics();
                 metrics
                     .start("decnet listener", material.as_ref())

@@ -74,7 +74,13 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     );
     let listener = match &s.listener {
         Some(ls) => {
-            let l = crate::listener_cmd::bind(Some(&material), db.clone(), ls).await?;
+            let l = crate::listener_cmd::bind(
+                Some(&material),
+                db.clone(),
+                ls,
+                crate::listener_cmd::ListenerHost::BesideTheMaster,
+            )
+            .await?;
             decnet_log_relay::metrics::listener_metrics();
             println!("decnet listener listening on {}", l.local_addr());
             Some(l)

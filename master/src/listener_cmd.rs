@@ -149,12 +149,35 @@ impl BoundListener {
     }
 }
 
+/// Who runs a listener: its own command, or `master serve` beside the
+/// control API. A port already taken is most often the other one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerHost {
+    /// `decnet listener`.
+    OnItsOwn,
+    /// `decnet master serve` (unless `--no-listener`).
+    BesideTheMaster,
+}
+
+/// What to say when the listener's port is taken, by who runs it.
+pub fn port_taken_hint(host: ListenerHost) -> &'static str {
+    match host {
+        ListenerHost::OnItsOwn => {
+            "is `decnet master serve` running? It runs the log listener itself unless started with --no-listener: run one of them, or give them different ports"
+        }
+        ListenerHost::BesideTheMaster => {
+            "is a separate listener (`decnet listener`, decnet-listener.service) running? `master serve` runs the log listener itself: stop the other one, or start this one with --no-listener"
+        }
+    }
+}
+
 /// Bind the listener and open its files: mTLS with the master's
 /// `material`, or plain TCP (loopback only) when `material` is `None`.
 pub async fn bind(
     material: Option<&MaterialSource>,
     db: FleetDb,
     s: &ListenerSettings,
+    host: ListenerHost,
 ) -> anyhow::Result<BoundListener> {
     let transport = match material {
         None => Transport::Plain,
@@ -165,7 +188,14 @@ pub async fn bind(
     };
     let server = Server::bind("listener", s.listen, transport, listener_limits())
         .await
-        .map_err(|e| UsageError(e.to_string()))?;
+        .map_err(|e| match &e {
+            decnet_server::ServerError::Bind { source, .. }
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                UsageError(format!("{e}; {}", port_taken_hint(host)))
+            }
+            _ => UsageError(e.to_string()),
+        })?;
     let sink = LogSink::open(&s.log_path, &s.json_path, s.disk)
         .await
         .map_err(|e| UsageError(format!("cannot open the log files: {e}")))?;

@@ -164,3 +164,34 @@ fn master_and_listener_log_refused_handshakes_by_default() {
         d.stop();
     }
 }
+
+/// `master serve` runs the log listener itself: started beside a
+/// separate listener on the same port, each says which other one holds it.
+#[test]
+fn a_listener_port_taken_by_the_other_listener_is_named() {
+    let m = MasterHome::new();
+    let listener = Listener::start(&m, 0);
+    let port = listener.daemon.addr.port().to_string();
+    let out = m.run(&[
+        "master",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--listener-port",
+        &port,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--no-listener"), "{err}");
+    assert!(err.contains("decnet-listener.service"), "{err}");
+
+    drop(listener);
+    let port = decnet_e2e::free_port().to_string();
+    let _master = m.serve(&["--listener-port", &port]);
+    let out = m.run(&["listener", "--host", "127.0.0.1", "--port", &port]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("decnet master serve"), "{err}");
+}
