@@ -534,9 +534,10 @@ fn fleet_commands_refuse_early_and_report_unreachable_hosts_as_rows() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("no updater certificate is recorded"),
+        text.contains("skipping 1 host(s) without an updater certificate: nu-1"),
         "{text}"
     );
+    assert!(text.contains("no updater certificate: issue one"), "{text}");
     assert!(!text.contains("uploading"), "{text}");
 
     // status and check: an unreachable host is a row, and exit 1.
