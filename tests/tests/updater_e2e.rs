@@ -1071,3 +1071,28 @@ fn errors_after_the_promotion_are_reverted_or_recovered() {
         u.daemon.log_text()
     );
 }
+
+/// An upload spooled when the updater was killed mid-upload is removed at
+/// the next start (nothing else in the spool directory is touched).
+#[test]
+fn uploads_an_interrupted_run_left_are_removed_at_start() {
+    let m = MasterHome::new();
+    m.enroll("u9");
+    let mut u = UpdaterFixture::start(&m, "u9", &[]);
+    let spool = u.install.join(".uploads");
+    std::fs::create_dir_all(&spool).unwrap();
+    let stale = spool.join("upload-0123456789abcdef.tar.gz");
+    std::fs::write(&stale, vec![0u8; 1 << 20]).unwrap();
+    let other = spool.join("not-an-upload.txt");
+    std::fs::write(&other, "kept").unwrap();
+    u.restart(&m, &[]);
+    assert!(!stale.exists(), "the stale upload is gone");
+    assert!(other.exists(), "nothing else is removed");
+    assert!(
+        u.daemon
+            .log_text()
+            .contains("removed uploads an interrupted run left behind"),
+        "{}",
+        u.daemon.log_text()
+    );
+}

@@ -388,10 +388,19 @@ async fn serve(cmd: Command) -> i32 {
     let renew_now = master
         .as_ref()
         .map(|_| Arc::new(tokio::sync::Notify::new()));
+    let upload_dir = install_dir.join(".uploads");
+    match decnet_updater::api::clear_stale_uploads(&upload_dir) {
+        0 => {}
+        n => tracing::info!(
+            files = n,
+            dir = %upload_dir.display(),
+            "removed uploads an interrupted run left behind"
+        ),
+    }
     let state = Arc::new(ApiState {
         core,
         host: host_name.to_string(),
-        upload_dir: install_dir.join(".uploads"),
+        upload_dir,
         instance: decnet_pki::random_hex(8),
         restart_self: Box::new(move || {
             let bin = self_bin.clone();
