@@ -156,6 +156,18 @@ impl ProcessHandle {
         }
     }
 
+    /// Reap the process once it has exited, when it is this process's
+    /// child (an agent spawned by an updater that has since re-executed
+    /// itself: the new image's runtime does not know the child, which would
+    /// stay a zombie). Not a child, or still running: nothing happens.
+    pub fn reap_if_child(&self) {
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        let _ = waitid(
+            WaitId::PidFd(self.fd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        );
+    }
+
     /// Send `sig` to this process; fails with `ESRCH` once it has exited.
     pub fn signal(&self, sig: Signal) -> std::io::Result<()> {
         pidfd_send_signal(&self.fd, sig).map_err(std::io::Error::from)

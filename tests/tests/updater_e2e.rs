@@ -828,6 +828,36 @@ fn update_self_replaces_the_updater_binary() {
     );
     // It still works after re-executing.
     assert!(m.run(&["swarm", "releases", "u5"]).status.success());
+    // The next update stops the agent the previous image started (still a
+    // child of this process): it is reaped, not left a zombie.
+    let agent_before = u.agent_pid().expect("an agent runs");
+    let rel2 = good_release(&m.dir.path().join("v-next"), false);
+    m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        rel2.to_str().unwrap(),
+        "--host",
+        "u5",
+    ]);
+    assert_ne!(u.agent_pid(), Some(agent_before), "a new agent runs");
+    let zombies: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let rest: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().collect())
+                .unwrap_or_default();
+            rest.first() == Some(&"Z") && rest.get(1) == Some(&pid.to_string().as_str())
+        })
+        .collect();
+    assert!(
+        zombies.is_empty(),
+        "zombie children of the re-executed updater: {zombies:?}"
+    );
 }
 
 /// A self-update whose new updater passes `--version` but dies at every

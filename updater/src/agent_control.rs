@@ -133,6 +133,12 @@ impl SpawnControl {
         while targets.iter().any(|h| !h.has_exited()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // An agent started before this updater re-executed itself is its
+        // child, unknown to this image's runtime: reaped here, or it would
+        // linger as a zombie.
+        for h in &targets {
+            h.reap_if_child();
+        }
         let _ = std::fs::remove_file(self.pidfile());
     }
 
