@@ -152,7 +152,7 @@ macro_rules! host_columns {
     () => {
         "name, address, agent_port, updater_port, sans, agent_fingerprint, updater_fingerprint, \
          agent_pending, updater_pending, status, enrolled_at, updated_at, last_seen, last_error, \
-         agent_version, state_json, clock_skew_ms"
+         agent_version, state_json, clock_skew_ms, last_heartbeat"
     };
 }
 
@@ -330,7 +330,8 @@ impl FleetDb {
              agent_fingerprint = excluded.agent_fingerprint, updater_fingerprint = excluded.updater_fingerprint, \
              agent_pending = NULL, updater_pending = NULL, renew_requested = NULL, \
              status = excluded.status, enrolled_at = excluded.enrolled_at, updated_at = excluded.updated_at, \
-             last_seen = NULL, last_error = NULL, state_json = NULL, clock_skew_ms = NULL",
+             last_seen = NULL, last_error = NULL, state_json = NULL, clock_skew_ms = NULL, \
+             last_heartbeat = NULL",
         )
         .bind(&host.name)
         .bind(&host.address)
@@ -631,7 +632,7 @@ impl FleetDb {
         let now = unix_now();
         let row = sqlx::query(
             "UPDATE hosts SET status = CASE WHEN status = 'suspect' THEN status ELSE $1 END, \
-             last_seen = $2, agent_version = $3, \
+             last_seen = $2, last_heartbeat = $2, agent_version = $3, \
              last_error = CASE WHEN status = 'suspect' THEN last_error ELSE NULL END, \
              state_json = COALESCE($4, state_json), updated_at = $5, \
              clock_skew_ms = COALESCE($6, clock_skew_ms) \
@@ -652,12 +653,13 @@ impl FleetDb {
         })
     }
 
-    /// Mark active hosts whose last contact is older than `cutoff` (unix
-    /// seconds) unreachable. Returns how many changed.
+    /// Mark active hosts whose last heartbeat is older than `cutoff` (unix
+    /// seconds) unreachable; a host that sends no heartbeats is never
+    /// marked for their absence. Returns how many changed.
     pub async fn mark_silent(&self, cutoff: i64, silence_secs: i64) -> Result<u64, DbError> {
         let n = sqlx::query(
             "UPDATE hosts SET status = 'unreachable', last_error = $1, updated_at = $2 \
-             WHERE status = 'active' AND last_seen IS NOT NULL AND last_seen < $3",
+             WHERE status = 'active' AND last_heartbeat IS NOT NULL AND last_heartbeat < $3",
         )
         .bind(format!("no heartbeat for over {silence_secs}s"))
         .bind(unix_now())
@@ -926,6 +928,7 @@ pub(crate) fn host_from_row(r: &AnyRow) -> Result<HostRecord, DbError> {
         agent_version: r.try_get(14)?,
         state_json: r.try_get(15)?,
         clock_skew_ms: r.try_get(16)?,
+        last_heartbeat: r.try_get(17)?,
     })
 }
 

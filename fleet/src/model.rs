@@ -183,6 +183,10 @@ pub struct HostRecord {
     pub state_json: Option<String>,
     /// The host's clock minus the master's at its last heartbeat (ms).
     pub clock_skew_ms: Option<i64>,
+    /// When its last heartbeat arrived (unix seconds); `None`: it sends
+    /// none (its agent runs without `--master`), so its silence cannot be
+    /// noticed and it is never marked unreachable for it.
+    pub last_heartbeat: Option<i64>,
 }
 
 impl HostRecord {
@@ -206,6 +210,7 @@ impl HostRecord {
             agent_version: None,
             state_json: None,
             clock_skew_ms: None,
+            last_heartbeat: None,
         }
     }
 

@@ -1795,6 +1795,12 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
             .map(format_time)
             .unwrap_or_else(|| "never".into())
     );
+    println!(
+        "last heartbeat:      {}",
+        h.last_heartbeat.map(format_time).unwrap_or_else(|| {
+            "never (its agent sends none: started without --master?)".into()
+        })
+    );
     if let Some(e) = &h.last_error {
         println!("last error:          {}", crate::table::inert(e));
     }

@@ -155,8 +155,8 @@ pub fn examine(f: &FleetFacts, p: &DoctorPolicy) -> Vec<Finding> {
                 out.extend(expiry_finding(name, role, *t, f.now, p.expiry_warning));
             }
         }
-        match h.last_seen {
-            None => out.push(Finding {
+        match (h.last_seen, h.last_heartbeat) {
+            (None, _) => out.push(Finding {
                 severity: Severity::Warning,
                 host: Some(h.name.clone()),
                 check: "never_seen",
@@ -165,7 +165,21 @@ pub fn examine(f: &FleetFacts, p: &DoctorPolicy) -> Vec<Finding> {
                     format_age(f.now - h.enrolled_at)
                 ),
             }),
-            Some(seen) if f.now - seen > p.silent_after || h.status == HostStatus::Unreachable => {
+            // Reached by `swarm check`, but it sends no heartbeats: its
+            // silence could not be noticed (not silent, not down).
+            (Some(seen), None) if h.status != HostStatus::Unreachable => out.push(Finding {
+                severity: Severity::Warning,
+                host: Some(h.name.clone()),
+                check: "no_heartbeats",
+                detail: format!(
+                    "reached {} but sends no heartbeats (its agent runs without --master): if it goes down, nothing notices until the next swarm check",
+                    format_age(f.now - seen)
+                ),
+            }),
+            (Some(seen), beat)
+                if h.status == HostStatus::Unreachable
+                    || beat.is_some_and(|b| f.now - b > p.silent_after) =>
+            {
                 out.push(Finding {
                     severity: Severity::Error,
                     host: Some(h.name.clone()),
@@ -180,7 +194,7 @@ pub fn examine(f: &FleetFacts, p: &DoctorPolicy) -> Vec<Finding> {
                     ),
                 })
             }
-            Some(_) => {}
+            (Some(_), _) => {}
         }
         if let Some(ms) = h.clock_skew_ms
             && ms.saturating_abs() > p.max_skew_ms
@@ -473,7 +487,38 @@ mod tests {
         h.agent_fingerprint = Some(fp.into());
         h.status = HostStatus::Active;
         h.last_seen = last_seen;
+        // A host heard from sends heartbeats, unless a test says otherwise.
+        h.last_heartbeat = last_seen;
         h
+    }
+
+    #[test]
+    fn a_host_without_heartbeats_is_said_to_be_so_not_silent() {
+        let now = 1_000_000_000;
+        let mut quiet = host("quiet", "aa", Some(now - 600));
+        quiet.last_heartbeat = None;
+        let f = FleetFacts {
+            now,
+            ca_not_after: Some(now + 3650 * DAY),
+            master_not_after: Some(now + 800 * DAY),
+            hosts: vec![quiet.clone()],
+            expiry: BTreeMap::new(),
+        };
+        let found = examine(&f, &policy());
+        let checks: Vec<&str> = found.iter().map(|x| x.check).collect();
+        assert!(checks.contains(&"no_heartbeats"), "{checks:?}");
+        assert!(!checks.contains(&"silent"), "{checks:?}");
+        // Unreachable when a check failed: that is down, whatever sends what.
+        quiet.status = HostStatus::Unreachable;
+        let f = FleetFacts {
+            hosts: vec![quiet],
+            ..f
+        };
+        let checks: Vec<&str> = examine(&f, &policy())
+            .into_iter()
+            .map(|x| x.check)
+            .collect();
+        assert!(checks.contains(&"silent"), "{checks:?}");
     }
 
     #[test]

@@ -97,9 +97,11 @@ pub fn fleet_table(hosts: &[HostRecord], expiry: &BTreeMap<String, i64>, now: i6
                 h.name.clone(),
                 format!("{}:{}", h.address, h.agent_port),
                 h.status.as_str().to_string(),
-                h.last_seen
-                    .map(|t| format_age(now - t))
-                    .unwrap_or_else(|| "never".into()),
+                match (h.last_seen, h.last_heartbeat) {
+                    (None, _) => "never".into(),
+                    (Some(t), Some(_)) => format_age(now - t),
+                    (Some(t), None) => format!("{} (no heartbeats)", format_age(now - t)),
+                },
                 h.agent_version.clone().unwrap_or_else(|| "-".into()),
                 soonest
                     .map(|t| format_expiry(t, now))

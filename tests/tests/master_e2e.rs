@@ -941,3 +941,28 @@ fn a_closed_stdout_ends_a_command_quietly() {
         out.status
     );
 }
+
+/// A host whose agent sends no heartbeats (no `--master`), reached by
+/// `swarm check`, is shown as such — not turned unreachable once the
+/// silence window passes, and not called silent by the doctor.
+#[test]
+fn a_host_without_heartbeats_is_shown_as_such_not_as_down() {
+    let m = MasterHome::new();
+    m.enroll("nohb");
+    let _master = start_master(&m, 2);
+    let _agent = Agent::start(&m, "nohb", &m.dir.path().join("nohb-state"), &[]);
+    m.ok(&["swarm", "check"]);
+    // Past the silence window, with the master's silence sweep running.
+    std::thread::sleep(Duration::from_secs(5));
+    let h = m.json(&["swarm", "show", "nohb", "--json"]);
+    assert_eq!(h["status"], "active", "{h}");
+    assert!(h["last_heartbeat"].is_null(), "{h}");
+    let list = m.ok(&["swarm", "list"]);
+    assert!(list.contains("(no heartbeats)"), "{list}");
+    let show = m.ok(&["swarm", "show", "nohb"]);
+    assert!(show.contains("last heartbeat:      never"), "{show}");
+    let out = m.run(&["swarm", "doctor", "--no-probe", "--json"]);
+    let doctor = String::from_utf8_lossy(&out.stdout);
+    assert!(doctor.contains("no_heartbeats"), "{doctor}");
+    assert!(!doctor.contains("\"silent\""), "{doctor}");
+}
