@@ -3,6 +3,7 @@
 //! port 0 and read back their bound address, and clean every process up.
 
 pub mod hostile;
+pub mod skip;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

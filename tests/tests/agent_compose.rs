@@ -35,15 +35,15 @@ fn container_state(project: &str, service: &str) -> Option<String> {
 #[test]
 fn compose_driver_runs_real_containers() {
     if !docker_available() {
-        eprintln!(
-            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: the compose driver was NOT tested against a real engine here\n!!!!!!!!\n"
+        decnet_e2e::skip::missing(
+            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: the compose driver was NOT tested against a real engine here\n!!!!!!!!\n",
         );
         return;
     }
     if let Err(e) = build_image() {
-        eprintln!(
+        decnet_e2e::skip::missing(&format!(
             "\n!!!!!!!!\n!!! cannot build the test image ({e}); compose driver NOT tested against the engine\n!!!!!!!!\n"
-        );
+        ));
         return;
     }
     let m = MasterHome::new();
@@ -189,15 +189,15 @@ fn docker_out(args: &[&str]) -> String {
 #[test]
 fn a_hostile_compose_decky_is_contained_by_default() {
     if !docker_available() {
-        eprintln!(
-            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: compose containment was NOT tested against a real engine here\n!!!!!!!!\n"
+        decnet_e2e::skip::missing(
+            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: compose containment was NOT tested against a real engine here\n!!!!!!!!\n",
         );
         return;
     }
     if let Err(e) = build_image().and_then(|()| build_hostile_image()) {
-        eprintln!(
+        decnet_e2e::skip::missing(&format!(
             "\n!!!!!!!!\n!!! cannot build the test images ({e}); compose containment NOT tested\n!!!!!!!!\n"
-        );
+        ));
         return;
     }
     let m = MasterHome::new();
@@ -452,8 +452,8 @@ fn container_network(id: &str, field: &str) -> String {
 #[test]
 fn a_compose_decky_reaches_nothing_but_its_allow_list() {
     if !docker_available() {
-        eprintln!(
-            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: compose deckies' networks were NOT tested against a real engine here\n!!!!!!!!\n"
+        decnet_e2e::skip::missing(
+            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: compose deckies' networks were NOT tested against a real engine here\n!!!!!!!!\n",
         );
         return;
     }
@@ -462,8 +462,8 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !iptables {
-        eprintln!(
-            "\n!!!!!!!!\n!!! NO iptables WITH THE ENGINE'S DOCKER-USER CHAIN (not root?): compose deckies' networks were NOT tested\n!!!!!!!!\n"
+        decnet_e2e::skip::missing(
+            "\n!!!!!!!!\n!!! NO iptables WITH THE ENGINE'S DOCKER-USER CHAIN (not root?): compose deckies' networks were NOT tested\n!!!!!!!!\n",
         );
         return;
     }

@@ -107,19 +107,21 @@ impl Drop for Segment {
 
 fn ready() -> bool {
     if !available() {
-        eprintln!(
-            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: LAN deckies were NOT tested against a real engine here\n!!!!!!!!\n"
+        decnet_e2e::skip::missing(
+            "\n!!!!!!!!\n!!! NO DOCKER ENGINE: LAN deckies were NOT tested against a real engine here\n!!!!!!!!\n",
         );
         return false;
     }
     if !rustix::process::geteuid().is_root() {
-        eprintln!(
-            "\n!!! not root: cannot create veth pairs and namespaces; LAN deckies NOT tested\n"
+        decnet_e2e::skip::missing(
+            "\n!!! not root: cannot create veth pairs and namespaces; LAN deckies NOT tested\n",
         );
         return false;
     }
     if let Err(e) = build_busybox_image() {
-        eprintln!("\n!!! cannot build the test image ({e}); LAN deckies NOT tested\n");
+        decnet_e2e::skip::missing(&format!(
+            "\n!!! cannot build the test image ({e}); LAN deckies NOT tested\n"
+        ));
         return false;
     }
     true

@@ -125,8 +125,8 @@ fn without_root_the_agent_refuses_to_run_deckies_as_itself() {
             .arg(dir.path().join("s"))
             .output()
         else {
-            eprintln!(
-                "setpriv is not installed: the refusal without capabilities is not exercised here"
+            decnet_e2e::skip::missing(
+                "setpriv is not installed: the refusal without capabilities is not exercised here",
             );
             return;
         };
@@ -160,7 +160,9 @@ fn assert_refused(out: &std::process::Output) {
 fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckies() {
     outside_tmp();
     if !is_root() {
-        eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
+        decnet_e2e::skip::missing(
+            "not root: per-decky ids cannot be exercised (see the refusal test)",
+        );
         return;
     }
     let m = MasterHome::new();
@@ -440,7 +442,9 @@ fn a_hostile_process_decky_reaches_nothing_of_the_agent_the_host_or_other_deckie
 fn named_accounts_run_as_asked_and_root_only_when_allowed_and_audited() {
     outside_tmp();
     if !is_root() {
-        eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
+        decnet_e2e::skip::missing(
+            "not root: per-decky ids cannot be exercised (see the refusal test)",
+        );
         return;
     }
     let m = MasterHome::new();
@@ -517,7 +521,9 @@ fn named_accounts_run_as_asked_and_root_only_when_allowed_and_audited() {
 fn an_unconfined_decky_is_replaced_by_a_contained_one_when_the_agent_restarts_confined() {
     outside_tmp();
     if !is_root() {
-        eprintln!("not root: per-decky ids cannot be exercised (see the refusal test)");
+        decnet_e2e::skip::missing(
+            "not root: per-decky ids cannot be exercised (see the refusal test)",
+        );
         return;
     }
     let m = MasterHome::new();
@@ -590,7 +596,9 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
     outside_tmp();
     use std::io::Read;
     if !is_root() {
-        eprintln!("not root: per-decky ids and privileged ports cannot be exercised");
+        decnet_e2e::skip::missing(
+            "not root: per-decky ids and privileged ports cannot be exercised",
+        );
         return;
     }
     let m = MasterHome::new();
@@ -766,7 +774,7 @@ fn a_process_decky_has_a_network_of_its_own_and_serves_the_port_handed_in() {
 fn a_decky_writing_past_its_disk_budget_is_stopped() {
     outside_tmp();
     if !is_root() {
-        eprintln!("not root: per-decky ids cannot be exercised");
+        decnet_e2e::skip::missing("not root: per-decky ids cannot be exercised");
         return;
     }
     let m = MasterHome::new();
@@ -835,7 +843,7 @@ fn a_decky_writing_past_its_disk_budget_is_stopped() {
 fn a_torn_down_decky_leaves_evidence_and_nothing_of_its_uid() {
     outside_tmp();
     if !is_root() {
-        eprintln!("not root: per-decky ids cannot be exercised");
+        decnet_e2e::skip::missing("not root: per-decky ids cannot be exercised");
         return;
     }
     let m = MasterHome::new();
@@ -1023,12 +1031,12 @@ impl Drop for EgressLink {
 fn a_decky_reaches_exactly_its_egress_allow_list() {
     outside_tmp();
     if !is_root() {
-        eprintln!("not root: per-decky ids cannot be exercised");
+        decnet_e2e::skip::missing("not root: per-decky ids cannot be exercised");
         return;
     }
     let Some(link) = EgressLink::create() else {
-        eprintln!(
-            "\n!!! a veth pair cannot be made here (needs iproute2 and veth): egress test NOT run\n"
+        decnet_e2e::skip::missing(
+            "\n!!! a veth pair cannot be made here (needs iproute2 and veth): egress test NOT run\n",
         );
         return;
     };

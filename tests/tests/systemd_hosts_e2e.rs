@@ -47,7 +47,7 @@ fn text(o: &Output) -> String {
 /// the test image exists (built here on first use).
 fn ready() -> bool {
     if !decnet_e2e::docker::available() {
-        eprintln!("!!! no Docker engine: the systemd-host tests are SKIPPED");
+        decnet_e2e::skip::missing("!!! no Docker engine: the systemd-host tests are SKIPPED");
         return false;
     }
     let out = Command::new(workspace().join("tests/systemd-hosts/build-image.sh"))
