@@ -195,3 +195,30 @@ fn a_listener_port_taken_by_the_other_listener_is_named() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("decnet master serve"), "{err}");
 }
+
+/// `--help` names the ports the flags default to: the listener's 6514 for
+/// forwarding, the control API's 8770 for joins and heartbeats — never the
+/// agent's own 8765.
+#[test]
+fn help_texts_name_the_ports_their_flags_default_to() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(decnet_e2e::bin("decnet-agent"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let forward = help(&["forward"]);
+    assert!(forward.contains("HOST[:6514]"), "{forward}");
+    let serve = help(&["serve"]);
+    assert!(
+        serve.contains("HOST[:6514]") && serve.contains("HOST[:8770]"),
+        "{serve}"
+    );
+    let join = help(&["join"]);
+    assert!(join.contains("HOST[:8770]"), "{join}");
+    for text in [&forward, &serve, &join] {
+        assert!(!text.contains("HOST[:8765]"), "{text}");
+    }
+}
