@@ -605,6 +605,48 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         st[0]["status"]["containment"]
     );
 
+    // Another tool flushes the chain and drops the jump from DOCKER-USER
+    // (a firewall reload): the next observation puts them back.
+    let bridge_now = docker_out(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+        &format!("{project}_decky_hostile"),
+    ]);
+    let bridge_now = bridge_now.trim();
+    let hostile_chain = format!("DECNET-{bridge_now}");
+    for args in [
+        vec!["-w", "-F", hostile_chain.as_str()],
+        vec![
+            "-w",
+            "-D",
+            "DOCKER-USER",
+            "-i",
+            bridge_now,
+            "-j",
+            hostile_chain.as_str(),
+        ],
+    ] {
+        assert!(
+            Command::new("iptables")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let other_port = format!("{}:8082", outside.ip);
+    assert!(
+        fetch_from(&hostile, &other_port).is_ok(),
+        "with its rules gone the decky gets out (the attack this guards against)"
+    );
+    m.ok(&["swarm", "status", "fw", "--json"]);
+    assert!(
+        fetch_from(&hostile, &other_port).is_err(),
+        "its rules are back after an observation"
+    );
+
     // A teardown removes the decky's network and its chain.
     let bridge = docker_out(&[
         "network",

@@ -578,19 +578,31 @@ impl Driver for ComposeDriver {
             // What each held decky's chain refused and let through.
             let mut figures = BTreeMap::new();
             if self.network == DeckyNetwork::Own && self.firewall.is_ok() {
-                let held: Vec<String> = {
+                let held: Vec<DeckyConfig> = {
                     let desired = self.desired.lock().unwrap_or_else(|p| p.into_inner());
                     names
                         .iter()
-                        .filter(|n| desired.get(*n).is_some_and(|d| d.lan.is_none()))
-                        .cloned()
+                        .filter_map(|n| desired.get(n).filter(|d| d.lan.is_none()).cloned())
                         .collect()
                 };
-                for n in held {
-                    let interface = compose_firewall::interface_name(&self.project, &n);
-                    if let Some(f) = compose_firewall::figures(&interface).await {
-                        crate::metrics::agent_metrics().network_figures(&n, f);
-                        figures.insert(n, f);
+                for d in held {
+                    let interface = compose_firewall::interface_name(&self.project, &d.name);
+                    let found = compose_firewall::figures(&interface).await;
+                    // A chain or a jump that another tool removed (a
+                    // firewall reload, a flush) is put back at once.
+                    if found.is_none() || !compose_firewall::jumps_in_place(&interface).await {
+                        match self.hold(&d).await {
+                            Ok(()) => {
+                                tracing::warn!(decky = %d.name, "a compose decky's firewall rules were gone; rebuilt")
+                            }
+                            Err(e) => {
+                                tracing::error!(decky = %d.name, error = %e, "a compose decky's firewall rules are gone and cannot be rebuilt")
+                            }
+                        }
+                    }
+                    if let Some(f) = found {
+                        crate::metrics::agent_metrics().network_figures(&d.name, f);
+                        figures.insert(d.name.clone(), f);
                     }
                 }
             }

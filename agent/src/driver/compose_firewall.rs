@@ -270,6 +270,18 @@ pub async fn figures(interface: &str) -> Option<NetworkFigures> {
     chain_figures(&listing)
 }
 
+/// Whether every rule of `interface` outside its chain ([`host_rules`]) is
+/// in place: a firewall reload or a flush by another tool removes them
+/// without telling anyone.
+pub async fn jumps_in_place(interface: &str) -> bool {
+    for rule in host_rules(interface) {
+        if iptables(&rule.args("-C")).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Whether this agent can firewall deckies' bridges: `iptables` runs, the
 /// engine's [`DOCKER_USER`] chain exists, and a full chain can be built
 /// and removed (for a probe interface no bridge will ever have).
