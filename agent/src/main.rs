@@ -122,6 +122,15 @@ enum Command {
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
     },
+    /// Rebuild the firewall chains of the compose deckies' bridges saved in
+    /// STATE_DIR/compose/firewall.json, at boot before the Docker engine
+    /// restarts their containers (decnet-decky-firewall.service): until
+    /// the agent runs, a restarted decky would otherwise reach out freely.
+    HoldNetworks {
+        /// The agent's state directory; default ~/.decnet/agent-state.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Internal: the per-decky shepherd, started by `serve`.
     #[command(hide = true)]
     Shepherd,
@@ -339,6 +348,23 @@ fn main() {
             }
             // Dispatched before the runtime started.
             Command::Shepherd | Command::ExecDecky | Command::ProbeDeckyNetwork => 2,
+            Command::HoldNetworks { state_dir } => {
+                let dir = state_dir
+                    .unwrap_or_else(|| {
+                        decnet_pki::bundle::default_decnet_home().join("agent-state")
+                    })
+                    .join("compose");
+                match decnet_agent::driver::compose_firewall::restore_saved(&dir).await {
+                    Ok(n) => {
+                        println!("{n} decky network(s) held");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        1
+                    }
+                }
+            }
             Command::Forward {
                 master,
                 log_file,

@@ -647,6 +647,40 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         "its rules are back after an observation"
     );
 
+    // After a reboot the chains are gone and the engine restarts the
+    // containers before the agent runs: `hold-networks` (run by
+    // decnet-decky-firewall.service before docker.service) rebuilds them
+    // from what the agent saved, the allow-list included.
+    decnet_e2e::docker::remove_decky_chain(bridge_now);
+    assert!(
+        fetch_from(&hostile, &other_port).is_ok(),
+        "with its rules gone the decky gets out"
+    );
+    let held = Command::new(decnet_e2e::bin("decnet-agent"))
+        .args(["hold-networks", "--state-dir"])
+        .arg(m.dir.path().join("fw-state"))
+        .output()
+        .unwrap();
+    assert!(
+        held.status.success(),
+        "{}",
+        String::from_utf8_lossy(&held.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&held.stdout).contains("2 decky network(s) held"),
+        "{}",
+        String::from_utf8_lossy(&held.stdout)
+    );
+    assert!(
+        fetch_from(&hostile, &other_port).is_err(),
+        "rebuilt before any agent looked"
+    );
+    assert_eq!(
+        fetch_from(&hostile, &allowed).ok().as_deref(),
+        Some("outside\n"),
+        "its allow-list rebuilt with it"
+    );
+
     // A teardown removes the decky's network and its chain.
     let bridge = docker_out(&[
         "network",

@@ -11,6 +11,7 @@ const UNITS: &[&str] = &[
     "decnet-updater.service",
     "decnet-forwarder.service",
     "decnet-listener.service",
+    "decnet-decky-firewall.service",
 ];
 
 fn unit(name: &str) -> String {
@@ -353,6 +354,7 @@ fn debian_packages_build_with_their_files_modes_and_scripts() {
         "decnet-agent.service",
         "decnet-updater.service",
         "decnet-forwarder.service",
+        "decnet-decky-firewall.service",
     ] {
         let p = format!("/lib/systemd/system/{u}");
         assert_eq!(w[&p].0, "-rw-r--r--", "{p}");

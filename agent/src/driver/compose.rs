@@ -196,7 +196,27 @@ impl ComposeDriver {
                 "cannot write {}: {e}",
                 self.compose_file().display()
             ))
-        })
+        })?;
+        // The chains to rebuild at boot, before the engine restarts them.
+        if self.network == DeckyNetwork::Own {
+            let saved = compose_firewall::SavedChains {
+                chains: desired
+                    .values()
+                    .filter(|d| d.lan.is_none())
+                    .map(|d| compose_firewall::SavedChain {
+                        decky: d.name.clone(),
+                        interface: compose_firewall::interface_name(&self.project, &d.name),
+                        egress: d.egress.iter().filter_map(|e| e.rule().ok()).collect(),
+                    })
+                    .collect(),
+            };
+            let path = compose_firewall::saved_path(&self.dir);
+            let bytes =
+                serde_json::to_vec_pretty(&saved).map_err(|e| DriverError(e.to_string()))?;
+            decnet_pki::secure_fs::write_atomic(&path, &bytes, 0o600)
+                .map_err(|e| DriverError(format!("cannot write {}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 
     /// Remove the project's LAN network (after its last decky left).

@@ -270,6 +270,68 @@ pub async fn figures(interface: &str) -> Option<NetworkFigures> {
     chain_figures(&listing)
 }
 
+/// The chains a compose agent holds, kept beside its compose file
+/// (`compose/firewall.json`) so they can be rebuilt at boot before the
+/// engine restarts the containers ([`restore_saved`], `decnet-agent
+/// hold-networks`, `decnet-decky-firewall.service`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedChains {
+    /// One entry per held decky.
+    pub chains: Vec<SavedChain>,
+}
+
+/// One held decky's chain: its bridge and its allow-list.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedChain {
+    /// The decky (for the operator reading the file).
+    pub decky: String,
+    /// Its bridge interface ([`interface_name`]).
+    pub interface: String,
+    /// Its egress allow-list.
+    pub egress: Vec<EgressRule>,
+}
+
+/// The file [`SavedChains`] live in, under the compose directory `dir`.
+pub fn saved_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("firewall.json")
+}
+
+/// Rebuild every chain saved in the compose directory `dir` (at boot,
+/// before the engine starts): the engine's [`DOCKER_USER`] chain is created
+/// when it does not exist yet (the engine keeps an existing one, and the
+/// jumps in it). Returns how many chains were built, or what failed.
+pub async fn restore_saved(dir: &std::path::Path) -> Result<usize, FirewallError> {
+    let path = saved_path(dir);
+    let saved: SavedChains = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| FirewallError(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(FirewallError(format!("{}: {e}", path.display()))),
+    };
+    if iptables(&args(&["-L", DOCKER_USER, "-n"])).await.is_err() {
+        iptables(&args(&["-N", DOCKER_USER])).await?;
+    }
+    let mut failed = Vec::new();
+    for c in &saved.chains {
+        // A name that is not ours is never handed to iptables.
+        if !(c.interface.starts_with("dn")
+            && c.interface.len() == 14
+            && c.interface[2..].bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            failed.push(format!("{}: not a decky bridge name", c.interface));
+            continue;
+        }
+        if let Err(e) = install(&c.interface, &c.egress).await {
+            failed.push(format!("decky {}: {e}", c.decky));
+        }
+    }
+    if failed.is_empty() {
+        Ok(saved.chains.len())
+    } else {
+        Err(FirewallError(failed.join("; ")))
+    }
+}
+
 /// Whether every rule of `interface` outside its chain ([`host_rules`]) is
 /// in place: a firewall reload or a flush by another tool removes them
 /// without telling anyone.
