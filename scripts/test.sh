@@ -39,21 +39,39 @@ if [ "${#need[@]}" -gt 0 ]; then
         echo "WARNING: could not install ${need[*]}; tests needing them will say so" >&2
 fi
 
-# A real PostgreSQL for the fleet database suite.
-if ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
-    ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
-    if ! pg_lsclusters 2>/dev/null | grep -q "^$ver "; then
-        pg_createcluster "$ver" main >/dev/null 2>&1 || true
+# A throw-away PostgreSQL for the fleet database suite: its own data
+# directory, port and password, stopped and removed at exit; nothing of the
+# host's own clusters is touched. Skipped when DECNET_TEST_POSTGRES_URL
+# already names one.
+pg_dir="" pg_bin="" pg_as=""
+cleanup() {
+    if [ -n "$pg_dir" ]; then
+        $pg_as "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+        rm -rf "$pg_dir"
     fi
-    pg_ctlcluster "$ver" main start >/dev/null 2>&1 || true
-    for _ in $(seq 1 30); do
-        pg_isready -q -h 127.0.0.1 && break
-        sleep 1
-    done
-    if su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'decnet-ci'\"" >/dev/null 2>&1; then
-        export DECNET_TEST_POSTGRES_URL="postgres://postgres:decnet-ci@127.0.0.1:5432/postgres?sslmode=disable"
+    rm -f "${DECNET_TEST_SKIPS:-}"
+}
+trap cleanup EXIT
+if [ -z "${DECNET_TEST_POSTGRES_URL:-}" ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    pg_dir=$(mktemp -d)
+    pg_pass=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s\n' "$pg_pass" >"$pg_dir/pw"
+    chmod 600 "$pg_dir/pw"
+    if [ "$(id -u)" = 0 ]; then
+        # initdb refuses to run as root.
+        chown -R postgres "$pg_dir"
+        pg_as="runuser -u postgres --"
+    fi
+    pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
+        echo $((20000 + RANDOM % 20000)))
+    if $pg_as "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --pwfile="$pg_dir/pw" \
+            -A scram-sha-256 >"$pg_dir/initdb.log" 2>&1 &&
+        $pg_as "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -t 60 -l "$pg_dir/server.log" \
+            -o "-p $pg_port -k $pg_dir -h 127.0.0.1" start >/dev/null 2>&1; then
+        export DECNET_TEST_POSTGRES_URL="postgres://postgres:$pg_pass@127.0.0.1:$pg_port/postgres?sslmode=disable"
     else
-        echo "WARNING: PostgreSQL did not start; the PostgreSQL database run will say so" >&2
+        echo "WARNING: a throw-away PostgreSQL did not start ($(tail -n 3 "$pg_dir"/*.log 2>/dev/null | tr '\n' ' ')); the PostgreSQL runs will say so" >&2
     fi
 fi
 
@@ -67,10 +85,14 @@ fi
 # Tests that cannot run here say so in this file (tests/src/skip.rs).
 DECNET_TEST_SKIPS="$(mktemp)"
 export DECNET_TEST_SKIPS
-trap 'rm -f "$DECNET_TEST_SKIPS"' EXIT
 
+# The whole workspace, unless the arguments name packages (-p NAME).
+scope=(--workspace)
+for a in "$@"; do
+    case "$a" in -p | -p* | --package | --package=*) scope=() ;; esac
+done
 status=0
-cargo test --workspace --locked "$@" || status=$?
+cargo test "${scope[@]}" --locked "$@" || status=$?
 
 skipped=$(grep -c . "$DECNET_TEST_SKIPS" || true)
 echo

@@ -81,11 +81,21 @@ impl ProbeFailure {
                 })
                 .unwrap_or_default()
         };
-        let output = body["stderr"].as_str().unwrap_or("");
-        let kept: Vec<&str> = output.lines().collect();
+        // Worker text, made inert line by line here, so --json carries no
+        // escape codes either.
+        let inert = |l: &str| decnet_log_relay::neutralize::neutralize(l).into_owned();
+        let kept: Vec<String> = body["stderr"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .map(inert)
+            .collect();
         let f = ProbeFailure {
-            probe: lines(&body["probe"]),
-            restore_probe: lines(&body["restore_probe"]),
+            probe: lines(&body["probe"]).iter().map(|l| inert(l)).collect(),
+            restore_probe: lines(&body["restore_probe"])
+                .iter()
+                .map(|l| inert(l))
+                .collect(),
             agent_output: kept[kept.len().saturating_sub(AGENT_OUTPUT_LINES)..].join("\n"),
         };
         (!f.probe.is_empty() || !f.restore_probe.is_empty() || !f.agent_output.is_empty())
@@ -468,6 +478,11 @@ mod tests {
         assert!(shown.contains("w1: the probe of the restored release\n"));
         assert!(shown.contains("w1: the failed agent's last output\n"));
         assert!(!shown.contains('\u{1b}'), "worker text is inert: {shown:?}");
+        assert!(
+            !f.agent_output.contains('\u{1b}'),
+            "inert in --json too: {:?}",
+            f.agent_output
+        );
         assert!(ProbeFailure::from_answer(&serde_json::json!({"detail": "x"})).is_none());
     }
 }

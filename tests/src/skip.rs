@@ -37,6 +37,7 @@ pub fn missing(why: &str) {
             .append(true)
             .open(path)
     {
-        let _ = writeln!(f, "{test}: {why}");
+        // One write: parallel tests append whole lines.
+        let _ = f.write_all(format!("{test}: {why}\n").as_bytes());
     }
 }

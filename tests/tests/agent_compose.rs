@@ -489,6 +489,7 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
          "ports": [{"host": published, "container": 8080}]},
         {"name": "hostile", "image": IMAGE, "command": ["sleep", "600"],
          "egress": [{"to": outside.ip, "port": 8081},
+                    {"to": "10.0.0.0/8", "port": host_port},
                     {"to": "172.16.0.0/12", "port": host_port},
                     {"to": "192.168.0.0/16", "port": host_port}]},
     ]});

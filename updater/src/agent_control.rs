@@ -235,6 +235,28 @@ impl AgentControl {
         }
     }
 
+    /// Whether the agent has certainly stopped: spawn mode, its process is
+    /// gone; systemd, its unit is `failed` or `inactive` (not while systemd
+    /// waits to restart it: `activating`). The probe stops waiting then.
+    pub async fn has_stopped(&self) -> bool {
+        match self {
+            AgentControl::Spawn(s) => s.running_pid().is_none(),
+            AgentControl::Systemd { unit } => {
+                let out = tokio::process::Command::new("systemctl")
+                    .args(["show", "-p", "ActiveState", unit])
+                    .output()
+                    .await;
+                out.ok().is_some_and(|o| {
+                    let state = String::from_utf8_lossy(&o.stdout);
+                    matches!(
+                        state.trim().strip_prefix("ActiveState="),
+                        Some("failed" | "inactive")
+                    )
+                })
+            }
+        }
+    }
+
     /// Whether the agent is (believed to be) running.
     pub async fn is_running(&self) -> bool {
         match self {

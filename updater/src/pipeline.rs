@@ -447,7 +447,11 @@ impl UpdaterCore {
         }
         .await;
         let mut report = match switched {
-            Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
+            Ok(()) => {
+                self.prober
+                    .probe_while(|| async { !self.control.has_stopped().await })
+                    .await
+            }
             Err(e) => ProbeReport {
                 healthy: false,
                 version: None,
@@ -509,7 +513,11 @@ impl UpdaterCore {
             })));
         }
         let restore = match self.control.start().await {
-            Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
+            Ok(()) => {
+                self.prober
+                    .probe_while(|| async { !self.control.has_stopped().await })
+                    .await
+            }
             Err(e) => ProbeReport {
                 healthy: false,
                 version: None,
@@ -568,7 +576,11 @@ impl UpdaterCore {
                 slots.reconcile()?;
                 let _ = self.control.stop().await;
                 let report = match self.control.start().await {
-                    Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
+                    Ok(()) => {
+                        self.prober
+                            .probe_while(|| async { !self.control.has_stopped().await })
+                            .await
+                    }
                     Err(_) => ProbeReport {
                         healthy: false,
                         version: None,
@@ -585,7 +597,11 @@ impl UpdaterCore {
                     slots.revert(&j)?;
                     if j.from.is_some() {
                         let restored = match self.control.start().await {
-                            Ok(()) => self.prober.probe_while(|| self.control.is_running()).await,
+                            Ok(()) => {
+                                self.prober
+                                    .probe_while(|| async { !self.control.has_stopped().await })
+                                    .await
+                            }
                             Err(e) => ProbeReport {
                                 healthy: false,
                                 version: None,

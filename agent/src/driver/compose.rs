@@ -50,6 +50,9 @@ pub struct ComposeDriver {
     network: DeckyNetwork,
     /// Whether the host's firewall can hold deckies' bridges (`Err`: why not).
     firewall: Result<(), String>,
+    /// Taken to remove a decky's rules and to rebuild missing ones, so an
+    /// observation never rebuilds the rules of a decky being torn down.
+    firewall_ops: tokio::sync::Mutex<()>,
 }
 
 impl ComposeDriver {
@@ -63,6 +66,11 @@ impl ComposeDriver {
         network: DeckyNetwork,
         firewall: Result<(), String>,
     ) -> Self {
+        if network == DeckyNetwork::Host {
+            // Chains saved while deckies were held are not rebuilt at the
+            // next boot once they are not.
+            let _ = std::fs::remove_file(compose_firewall::saved_path(&dir));
+        }
         ComposeDriver {
             project,
             dir,
@@ -70,6 +78,7 @@ impl ComposeDriver {
             tool: OnceCell::new(),
             network,
             firewall,
+            firewall_ops: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -119,6 +128,7 @@ impl ComposeDriver {
                 return;
             }
         }
+        let _ops = self.firewall_ops.lock().await;
         if let Some(interface) = self.firewalled(decky)
             && let Err(e) = compose_firewall::remove(&interface).await
         {
@@ -413,6 +423,12 @@ pub fn render_project<'a>(
             networks.insert(key, render_decky_network(project, &d.name));
             if held {
                 svc.insert("dns".into(), serde_json::json!([HELD_DNS]));
+                // The chain is IPv4: no IPv6 to go around it, whatever the
+                // engine's defaults.
+                svc.insert(
+                    "sysctls".into(),
+                    serde_json::json!({ "net.ipv6.conf.all.disable_ipv6": "1" }),
+                );
             }
         }
         svc.insert(
@@ -611,6 +627,15 @@ impl Driver for ComposeDriver {
                     // A chain or a jump that another tool removed (a
                     // firewall reload, a flush) is put back at once.
                     if found.is_none() || !compose_firewall::jumps_in_place(&interface).await {
+                        let _ops = self.firewall_ops.lock().await;
+                        let still = self
+                            .desired
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains_key(&d.name);
+                        if !still {
+                            continue; // torn down meanwhile: nothing to rebuild
+                        }
                         match self.hold(&d).await {
                             Ok(()) => {
                                 tracing::warn!(decky = %d.name, "a compose decky's firewall rules were gone; rebuilt")
