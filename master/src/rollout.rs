@@ -102,6 +102,16 @@ impl ProbeFailure {
             .then_some(f)
     }
 
+    /// The evidence in an updater's error answer (a 500 carries it too).
+    pub fn from_error(e: &ClientError) -> Option<ProbeFailure> {
+        match e {
+            ClientError::Status {
+                body: Some(body), ..
+            } => ProbeFailure::from_answer(body),
+            _ => None,
+        }
+    }
+
     /// The evidence for a terminal: each worker string made inert.
     pub fn render(&self, host: &str) -> String {
         let mut out = String::new();
@@ -199,19 +209,10 @@ async fn update_one(
                     .to_string(),
             )
         },
-        Err(e) => {
-            // A 500 carries the same evidence (the restore failed too).
-            let failure = match &e {
-                ClientError::Status {
-                    body: Some(body), ..
-                } => ProbeFailure::from_answer(body),
-                _ => None,
-            };
-            HostResult {
-                failure,
-                ..result(UpdateOutcome::Failed, None, e.to_string())
-            }
-        }
+        Err(e) => HostResult {
+            failure: ProbeFailure::from_error(&e),
+            ..result(UpdateOutcome::Failed, None, e.to_string())
+        },
     };
     if include_self && res.outcome == UpdateOutcome::Updated {
         match client.update_self(&up, Duration::from_secs(60)).await {
@@ -420,12 +421,7 @@ pub async fn rollback(
             host: host.into(),
             outcome: UpdateOutcome::Failed,
             release: None,
-            failure: match &e {
-                ClientError::Status {
-                    body: Some(body), ..
-                } => ProbeFailure::from_answer(body),
-                _ => None,
-            },
+            failure: ProbeFailure::from_error(&e),
             detail: e.to_string(),
         },
     };

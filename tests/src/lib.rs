@@ -1137,21 +1137,8 @@ pub mod docker {
 
     impl Drop for ProjectCleanup {
         fn drop(&mut self) {
-            let ids = Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=com.docker.compose.project={}", self.0),
-                ])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(String::from)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
+            let label = format!("label=com.docker.compose.project={}", self.0);
+            let ids = docker_words(&["ps", "-aq", "--filter", &label]);
             if !ids.is_empty() {
                 let _ = Command::new("docker")
                     .arg("rm")
@@ -1161,22 +1148,7 @@ pub mod docker {
             }
             // Every network of the project (the deckies' own bridges among
             // them), and the firewall chains the agent built for them.
-            let nets = Command::new("docker")
-                .args([
-                    "network",
-                    "ls",
-                    "-q",
-                    "--filter",
-                    &format!("label=com.docker.compose.project={}", self.0),
-                ])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(String::from)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
+            let nets = docker_words(&["network", "ls", "-q", "--filter", &label]);
             for net in nets {
                 let bridge = Command::new("docker")
                     .args([
@@ -1202,6 +1174,20 @@ pub mod docker {
                     .output();
             }
         }
+    }
+
+    /// The words `docker ARGS` printed (ids, names); none when it failed.
+    fn docker_words(args: &[&str]) -> Vec<String> {
+        Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Remove the firewall chain of a decky's bridge, the jumps to it and
