@@ -105,8 +105,16 @@ pub struct PortMapping {
 pub struct EgressEntry {
     /// `203.0.113.7`, `10.20.0.0/16`, `2001:db8::/64`.
     pub to: String,
-    /// The TCP port.
+    /// The port.
     pub port: u16,
+    /// `tcp` (the default) or `udp` (compose deckies only: a process
+    /// decky's allowed connections go through TCP paths).
+    #[serde(default = "tcp", skip_serializing_if = "is_tcp")]
+    pub protocol: Protocol,
+}
+
+fn is_tcp(p: &Protocol) -> bool {
+    *p == Protocol::Tcp
 }
 
 impl EgressEntry {
@@ -492,6 +500,12 @@ impl DeckyConfig {
                     return Err(err(
                         format!("{at}.writable_root"),
                         "writable_root is for compose deckies",
+                    ));
+                }
+                if let Some(i) = self.egress.iter().position(|e| e.protocol == Protocol::Udp) {
+                    return Err(err(
+                        format!("{at}.egress[{i}].protocol"),
+                        "UDP egress is for compose deckies: a process decky's allowed connections go through TCP paths",
                     ));
                 }
             }

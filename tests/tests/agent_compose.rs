@@ -401,6 +401,30 @@ impl Outside {
     }
 }
 
+impl Outside {
+    /// A UDP listener on port 53 of the outside address (Python's, in the
+    /// namespace), counting datagrams into the file returned.
+    fn udp_sink(&mut self) -> std::path::PathBuf {
+        let file = self._root.path().join("datagrams");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "python3", "-c"])
+            .arg(
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 s.bind((sys.argv[1], 53))\n\
+                 while True:\n\
+                 \x20   s.recvfrom(4096)\n\
+                 \x20   open(sys.argv[2], 'a').write('dgram\\n')\n",
+            )
+            .arg(&self.ip)
+            .arg(&file)
+            .spawn()
+            .expect("python3 in the outside namespace");
+        self.servers.push(child);
+        file
+    }
+}
+
 impl Drop for Outside {
     fn drop(&mut self) {
         for c in &mut self.servers {
@@ -468,7 +492,8 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         return;
     }
     build_image().expect("the busybox test image");
-    let outside = Outside::start(&[8081, 8082]).expect("the outside network namespace");
+    let mut outside = Outside::start(&[8081, 8082]).expect("the outside network namespace");
+    let datagrams = outside.udp_sink();
 
     let m = MasterHome::new();
     m.enroll("fw");
@@ -489,6 +514,7 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
          "ports": [{"host": published, "container": 8080}]},
         {"name": "hostile", "image": IMAGE, "command": ["sleep", "600"],
          "egress": [{"to": outside.ip, "port": 8081},
+                    {"to": outside.ip, "port": 53, "protocol": "udp"},
                     {"to": "10.0.0.0/8", "port": host_port},
                     {"to": "172.16.0.0/12", "port": host_port},
                     {"to": "192.168.0.0/16", "port": host_port}]},
@@ -559,7 +585,33 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
     );
     // The web decky itself reaches no one either (not even the outside).
     assert!(fetch_from(&web, &allowed).is_err(), "web has no allow-list");
-    // No IPv6 to go around the IPv4 chain; no name lookup leaves.
+    // A UDP entry for port 53 of one host is the decky's resolver: its
+    // lookups reach it (the engine's DNS forwards them from the decky's own
+    // network); the web decky's, with no such entry, do not.
+    let count = || {
+        std::fs::read_to_string(&datagrams)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let _ = Command::new("docker")
+        .args(["exec", &hostile, "nslookup", "example.com"])
+        .output()
+        .unwrap();
+    let got = wait_for(Duration::from_secs(10), || (count() > 0).then_some(count()))
+        .expect("the allowed resolver got the decky's lookup");
+    assert!(
+        docker_out(&["inspect", "--format", "{{json .HostConfig.Dns}}", &hostile])
+            .contains(&outside.ip),
+        "the allowed resolver is the decky's"
+    );
+    let _ = Command::new("docker")
+        .args(["exec", &web, "nslookup", "example.com", &outside.ip])
+        .output()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(), got, "web's lookup to the same host was refused");
+    // No IPv6 to go around the IPv4 chain.
     assert_eq!(
         docker_out(&[
             "exec",
@@ -571,8 +623,10 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         "1",
         "the engine gives a decky's network no IPv6"
     );
+    // A decky without a resolver in its allow-list resolves nothing: its
+    // lookups go to an address that is never routed, from its own network.
     let lookup = Command::new("docker")
-        .args(["exec", &hostile, "nslookup", "example.com"])
+        .args(["exec", &web, "nslookup", "example.com"])
         .output()
         .unwrap();
     assert!(
@@ -581,9 +635,9 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         String::from_utf8_lossy(&lookup.stdout)
     );
     assert!(
-        docker_out(&["inspect", "--format", "{{json .HostConfig.Dns}}", &hostile])
+        docker_out(&["inspect", "--format", "{{json .HostConfig.Dns}}", &web])
             .contains("192.0.2.53"),
-        "lookups go to an address that is never routed, from the decky's own network"
+        "lookups go to an address that is never routed"
     );
 
     // Counted: what the attacker tried shows in swarm status and /status.

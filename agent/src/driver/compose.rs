@@ -98,12 +98,7 @@ impl ComposeDriver {
         if let Err(why) = &self.firewall {
             return Err(DriverError(no_firewall(why)));
         }
-        let rules = decky
-            .egress
-            .iter()
-            .map(|e| e.rule())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DriverError)?;
+        let rules = allowed_of(decky).map_err(DriverError)?;
         compose_firewall::install(&interface, &rules)
             .await
             .map_err(|e| DriverError(format!("cannot hold decky {}'s network: {e}", decky.name)))
@@ -216,7 +211,7 @@ impl ComposeDriver {
                     .map(|d| compose_firewall::SavedChain {
                         decky: d.name.clone(),
                         interface: compose_firewall::interface_name(&self.project, &d.name),
-                        egress: d.egress.iter().filter_map(|e| e.rule().ok()).collect(),
+                        egress: allowed_of(d).unwrap_or_default(),
                     })
                     .collect(),
             };
@@ -325,6 +320,36 @@ pub fn literal(s: &str) -> String {
     s.replace('$', "$$")
 }
 
+/// What `decky`'s allow-list lets through its chain.
+fn allowed_of(decky: &DeckyConfig) -> Result<Vec<compose_firewall::Allowed>, String> {
+    decky
+        .egress
+        .iter()
+        .map(|e| {
+            Ok(compose_firewall::Allowed {
+                rule: e.rule()?,
+                protocol: e.protocol,
+            })
+        })
+        .collect()
+}
+
+/// The resolver of a held decky: the host its allow-list opens UDP port 53
+/// on (a sinkhole, a resolver the operator trusts), else [`HELD_DNS`].
+fn held_resolver(decky: &DeckyConfig) -> String {
+    allowed_of(decky)
+        .unwrap_or_default()
+        .iter()
+        .find(|a| {
+            a.protocol == Protocol::Udp
+                && a.rule.port == 53
+                && a.rule.net.is_ipv4()
+                && a.rule.prefix == 32
+        })
+        .map(|a| a.rule.net.to_string())
+        .unwrap_or_else(|| HELD_DNS.to_string())
+}
+
 /// Why compose deckies cannot be given a network of their own here.
 fn no_firewall(why: &str) -> String {
     format!(
@@ -422,7 +447,7 @@ pub fn render_project<'a>(
             svc.insert("networks".into(), serde_json::json!([key]));
             networks.insert(key, render_decky_network(project, &d.name));
             if held {
-                svc.insert("dns".into(), serde_json::json!([HELD_DNS]));
+                svc.insert("dns".into(), serde_json::json!([held_resolver(d)]));
                 // The chain is IPv4: no IPv6 to go around it, whatever the
                 // engine's defaults.
                 svc.insert(
@@ -927,6 +952,33 @@ mod tests {
             unheld["services"]["web"].get("dns").is_none(),
             "--decky-network host: the engine's usual resolvers"
         );
+    }
+
+    #[test]
+    fn a_udp_port_53_host_in_the_allow_list_is_the_resolver() {
+        let cfg = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[
+                {"name":"a","image":"i","egress":[{"to":"10.9.9.9","port":53,"protocol":"udp"}]},
+                {"name":"b","image":"i","egress":[{"to":"10.9.9.0/24","port":53,"protocol":"udp"}]},
+                {"name":"c","image":"i","egress":[{"to":"10.9.9.9","port":53}]}]}"#,
+            DriverKind::Compose,
+        )
+        .unwrap();
+        let doc = render_project("p", cfg.deckies.iter(), true);
+        assert_eq!(doc["services"]["a"]["dns"], serde_json::json!(["10.9.9.9"]));
+        for other in ["b", "c"] {
+            assert_eq!(
+                doc["services"][other]["dns"],
+                serde_json::json!([HELD_DNS]),
+                "{other}: a network or TCP is no resolver"
+            );
+        }
+        let e = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"a","command":["x"],"egress":[{"to":"10.9.9.9","port":53,"protocol":"udp"}]}]}"#,
+            DriverKind::Process,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("UDP egress is for compose"), "{e}");
     }
 
     #[test]

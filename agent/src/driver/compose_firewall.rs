@@ -36,6 +36,26 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::egress_proxy::NetworkFigures;
+use crate::config::Protocol;
+
+/// One allowed destination of a compose decky: a rule and its transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Allowed {
+    /// The network and port.
+    pub rule: EgressRule,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+}
+
+impl Allowed {
+    /// The `iptables` name of its transport.
+    fn transport(&self) -> &'static str {
+        match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
 
 /// The chain every forwarded packet passes first (the engine creates it).
 pub const DOCKER_USER: &str = "DOCKER-USER";
@@ -59,7 +79,7 @@ pub fn chain_name(interface: &str) -> String {
 /// The `iptables-restore --noflush` input that (re)builds the chain of
 /// `interface` for `egress` in one transaction (declaring the chain creates
 /// it, or empties it). Pure: unit-tested.
-pub fn chain_restore(interface: &str, egress: &[EgressRule]) -> String {
+pub fn chain_restore(interface: &str, egress: &[Allowed]) -> String {
     let chain = chain_name(interface);
     let mut out = format!(
         "*filter\n:{chain} - [0:0]\n\
@@ -67,10 +87,13 @@ pub fn chain_restore(interface: &str, egress: &[EgressRule]) -> String {
          -A {chain} -p tcp -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
          -A {chain} -m addrtype --dst-type LOCAL -j REJECT --reject-with icmp-admin-prohibited\n"
     );
-    for r in egress.iter().filter(|r| r.net.is_ipv4()) {
+    for a in egress.iter().filter(|a| a.rule.net.is_ipv4()) {
         out.push_str(&format!(
-            "-A {chain} -d {}/{} -p tcp --dport {} -j RETURN\n",
-            r.net, r.prefix, r.port
+            "-A {chain} -d {}/{} -p {} --dport {} -j RETURN\n",
+            a.rule.net,
+            a.rule.prefix,
+            a.transport(),
+            a.rule.port
         ));
     }
     out.push_str(&format!(
@@ -234,7 +257,7 @@ async fn iptables_restore(input: &str) -> Result<(), FirewallError> {
 /// missing. The chain is complete before any jump to it exists, so a new
 /// bridge never forwards a packet unfiltered, and a rebuild is never seen
 /// half-done.
-pub async fn install(interface: &str, egress: &[EgressRule]) -> Result<(), FirewallError> {
+pub async fn install(interface: &str, egress: &[Allowed]) -> Result<(), FirewallError> {
     iptables_restore(&chain_restore(interface, egress)).await?;
     for rule in host_rules(interface) {
         if iptables(&rule.args("-C")).await.is_err() {
@@ -288,7 +311,7 @@ pub struct SavedChain {
     /// Its bridge interface ([`interface_name`]).
     pub interface: String,
     /// Its egress allow-list.
-    pub egress: Vec<EgressRule>,
+    pub egress: Vec<Allowed>,
 }
 
 /// The file [`SavedChains`] live in, under the compose directory `dir`.
@@ -393,9 +416,17 @@ mod tests {
 
     #[test]
     fn the_chain_lets_answers_and_the_allow_list_through_and_refuses_the_rest() {
+        let tcp = |to, port| Allowed {
+            rule: EgressRule::new(to, port).unwrap(),
+            protocol: Protocol::Tcp,
+        };
         let egress = [
-            EgressRule::new("203.0.113.0/24", 443).unwrap(),
-            EgressRule::new("2001:db8::/64", 80).unwrap(),
+            tcp("203.0.113.0/24", 443),
+            tcp("2001:db8::/64", 80),
+            Allowed {
+                rule: EgressRule::new("192.0.2.53", 53).unwrap(),
+                protocol: Protocol::Udp,
+            },
         ];
         let text = chain_restore("dn0123", &egress);
         assert_eq!(
@@ -407,6 +438,7 @@ mod tests {
                 "-A DECNET-dn0123 -p tcp -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset",
                 "-A DECNET-dn0123 -m addrtype --dst-type LOCAL -j REJECT --reject-with icmp-admin-prohibited",
                 "-A DECNET-dn0123 -d 203.0.113.0/24 -p tcp --dport 443 -j RETURN",
+                "-A DECNET-dn0123 -d 192.0.2.53/32 -p udp --dport 53 -j RETURN",
                 "-A DECNET-dn0123 -p tcp -j REJECT --reject-with tcp-reset",
                 "-A DECNET-dn0123 -j REJECT --reject-with icmp-admin-prohibited",
                 "COMMIT",
