@@ -476,17 +476,28 @@ impl Executor {
         let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
         let mut errors = Vec::new();
         for (n, config) in names.iter().zip(&configs) {
-            if let Err(e) = self.driver.stop(config).await {
-                errors.push(format!("{n}: {e}"));
-            }
+            let stopped = self.driver.stop(config).await;
             let mut st = self.state.lock().await;
             if let Some(r) = st.deckies.get_mut(n) {
-                r.phase = DeckyPhase::TornDown;
-                r.set_process(None);
-                r.error = None;
+                match &stopped {
+                    Ok(()) => {
+                        r.phase = DeckyPhase::TornDown;
+                        r.set_process(None);
+                        r.error = None;
+                    }
+                    // Not recorded as gone: it may still run (a container
+                    // the engine would not remove); a new teardown retries.
+                    Err(e) => {
+                        r.phase = DeckyPhase::Failed;
+                        r.error = Some(format!("teardown failed: {e}"));
+                    }
+                }
                 r.updated_at = now();
             }
             self.persist(&st);
+            if let Err(e) = stopped {
+                errors.push(format!("{n}: {e}"));
+            }
         }
         let mut st = self.state.lock().await;
         let t = now();
@@ -625,5 +636,90 @@ fn status_of(name: &str, r: &DeckyRecord, observed: Option<Observation>) -> Deck
         restarts: r.restarts,
         updated_at: r.updated_at,
         observed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{DriverError, DriverFuture, ProcessFacts, Started};
+    use std::time::Duration;
+
+    /// A driver whose teardown fails (the injected failure: an engine that
+    /// will not remove a container).
+    struct StopFails;
+
+    impl Driver for StopFails {
+        fn kind(&self) -> DriverKind {
+            DriverKind::Compose
+        }
+        fn start<'a>(
+            &'a self,
+            _: &'a DeckyConfig,
+        ) -> DriverFuture<'a, Result<Started, DriverError>> {
+            Box::pin(async { Ok(Started::default()) })
+        }
+        fn adopt<'a>(
+            &'a self,
+            _: &'a DeckyConfig,
+            _: Option<ProcessFacts>,
+        ) -> DriverFuture<'a, bool> {
+            Box::pin(async { true })
+        }
+        fn stop<'a>(&'a self, _: &'a DeckyConfig) -> DriverFuture<'a, Result<(), DriverError>> {
+            Box::pin(async { Err(DriverError("the engine would not remove it".into())) })
+        }
+        fn observe<'a>(
+            &'a self,
+            _: &'a [String],
+        ) -> DriverFuture<'a, BTreeMap<String, Observation>> {
+            Box::pin(async { BTreeMap::new() })
+        }
+        fn render(&self, _: &DeploymentConfig) -> Result<serde_json::Value, DriverError> {
+            Ok(serde_json::json!({}))
+        }
+        fn containment(&self) -> serde_json::Value {
+            serde_json::json!({})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_teardown_is_not_recorded_as_gone_and_can_be_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let exec = Executor::start(
+            "w1".into(),
+            "0".into(),
+            Arc::new(StopFails),
+            StateStore::open(dir.path()).unwrap(),
+            rx,
+            None,
+        )
+        .unwrap();
+        let config = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"web","image":"i"}]}"#,
+            DriverKind::Compose,
+        )
+        .unwrap();
+        exec.deploy(config).await.unwrap();
+        for _ in 0..100 {
+            if exec.phase_counts().await.get(&DeckyPhase::Running) == Some(&1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(exec.teardown(Some("web")).await.is_err());
+        let snap = exec.snapshot().await;
+        let web = &snap.deckies[0];
+        assert_eq!(web.state, DeckyPhase::Failed, "not recorded as torn down");
+        assert!(
+            web.error
+                .as_deref()
+                .is_some_and(|e| e.contains("teardown failed")),
+            "{:?}",
+            web.error
+        );
+        // Still listed for a teardown: a retry reaches the driver again.
+        assert!(exec.teardown(Some("web")).await.is_err());
     }
 }
