@@ -646,12 +646,18 @@ impl Driver for ComposeDriver {
                         .filter_map(|n| desired.get(n).filter(|d| d.lan.is_none()).cloned())
                         .collect()
                 };
-                for d in held {
+                // One read of the tables for every decky (none: not judged).
+                let tables = if held.is_empty() {
+                    None
+                } else {
+                    compose_firewall::read_tables().await
+                };
+                for d in held.iter().filter(|_| tables.is_some()) {
                     let interface = compose_firewall::interface_name(&self.project, &d.name);
-                    let found = compose_firewall::figures(&interface).await;
+                    let found = tables.as_ref().and_then(|t| t.get(&interface)).copied();
                     // A chain or a jump that another tool removed (a
                     // firewall reload, a flush) is put back at once.
-                    if found.is_none() || !compose_firewall::jumps_in_place(&interface).await {
+                    if !found.is_some_and(|f| f.intact()) {
                         let _ops = self.firewall_ops.lock().await;
                         let still = self
                             .desired
@@ -661,7 +667,7 @@ impl Driver for ComposeDriver {
                         if !still {
                             continue; // torn down meanwhile: nothing to rebuild
                         }
-                        match self.hold(&d).await {
+                        match self.hold(d).await {
                             Ok(()) => {
                                 tracing::warn!(decky = %d.name, "a compose decky's firewall rules were gone; rebuilt")
                             }
@@ -670,9 +676,9 @@ impl Driver for ComposeDriver {
                             }
                         }
                     }
-                    if let Some(f) = found {
-                        crate::metrics::agent_metrics().network_figures(&d.name, f);
-                        figures.insert(d.name.clone(), f);
+                    if let Some(f) = found.filter(|f| f.chain) {
+                        crate::metrics::agent_metrics().network_figures(&d.name, f.figures);
+                        figures.insert(d.name.clone(), f.figures);
                     }
                 }
             }

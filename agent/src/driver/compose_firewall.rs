@@ -152,31 +152,100 @@ pub fn host_rules(interface: &str) -> Vec<HostRule> {
     ]
 }
 
-/// What the chain counted, from `iptables -L CHAIN -v -x -n`: the packets
-/// its `REJECT` rules refused (forbidden attempts, one packet each) and the
-/// packets that opened allowed connections (its allow-list rules see only
-/// packets that are no answer). Pure: unit-tested.
-pub fn chain_figures(listing: &str) -> Option<NetworkFigures> {
-    let mut seen = false;
-    let mut figures = NetworkFigures::default();
-    for line in listing.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 3 {
+/// What the host's tables hold of one bridge, read in one pass
+/// ([`parse_tables`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BridgeRules {
+    /// What its chain counted: the packets its `REJECT` rules refused
+    /// (forbidden attempts, one packet each) and the packets that opened
+    /// allowed connections (its allow-list rules see only packets that are
+    /// no answer).
+    pub figures: NetworkFigures,
+    /// Its chain holds its refusals.
+    pub chain: bool,
+    /// The jump from [`DOCKER_USER`].
+    pub forwarded: bool,
+    /// The jump from `INPUT`.
+    pub input: bool,
+    /// The reverse-path check in `raw`.
+    pub reverse_path: bool,
+}
+
+impl BridgeRules {
+    /// Whether everything [`install`] puts in place is there.
+    pub fn intact(&self) -> bool {
+        self.chain && self.forwarded && self.input && self.reverse_path
+    }
+}
+
+/// Every bridge's rules, by interface, from `iptables-save -c` of the
+/// `filter` and `raw` tables (one read for all deckies, not a call per
+/// decky and rule). Pure: unit-tested.
+pub fn parse_tables(filter: &str, raw: &str) -> std::collections::BTreeMap<String, BridgeRules> {
+    let mut out: std::collections::BTreeMap<String, BridgeRules> = Default::default();
+    // `[packets:bytes] -A CHAIN ...` (counters only with -c).
+    let split = |line: &str| -> (u64, Vec<String>) {
+        let line = line.trim();
+        let (count, rest) = match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+            Some((c, rest)) => (
+                c.split(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0),
+                rest,
+            ),
+            None => (0, line),
+        };
+        (count, rest.split_whitespace().map(str::to_string).collect())
+    };
+    let arg = |words: &[String], flag: &str| -> Option<String> {
+        words
+            .iter()
+            .position(|w| w == flag)
+            .and_then(|i| words.get(i + 1).cloned())
+    };
+    for line in filter.lines() {
+        let (count, words) = split(line);
+        if words.first().map(String::as_str) != Some("-A") {
             continue;
         }
-        let count = || cols[0].parse::<u64>().ok();
-        match cols[2] {
-            "REJECT" => {
-                figures.forbidden = figures.forbidden.saturating_add(count()?);
-                seen = true;
+        let Some(chain) = words.get(1) else { continue };
+        let target = arg(&words, "-j");
+        if let Some(interface) = chain.strip_prefix("DECNET-") {
+            let e = out.entry(interface.to_string()).or_default();
+            match target.as_deref() {
+                Some("REJECT") => {
+                    e.figures.forbidden = e.figures.forbidden.saturating_add(count);
+                    e.chain = true;
+                }
+                Some("RETURN") if words.iter().any(|w| w == "--dport") => {
+                    e.figures.egress_allowed = e.figures.egress_allowed.saturating_add(count);
+                }
+                _ => {}
             }
-            "RETURN" if line.contains("dpt:") => {
-                figures.egress_allowed = figures.egress_allowed.saturating_add(count()?);
+        } else if let (Some(interface), Some(target)) = (arg(&words, "-i"), target)
+            && target == chain_name(&interface)
+        {
+            let e = out.entry(interface).or_default();
+            match chain.as_str() {
+                DOCKER_USER => e.forwarded = true,
+                "INPUT" => e.input = true,
+                _ => {}
             }
-            _ => {}
         }
     }
-    seen.then_some(figures)
+    for line in raw.lines() {
+        let (_, words) = split(line);
+        if words.first().map(String::as_str) == Some("-A")
+            && words.get(1).map(String::as_str) == Some("PREROUTING")
+            && words.iter().any(|w| w == "rpfilter")
+            && arg(&words, "-j").as_deref() == Some("DROP")
+            && let Some(interface) = arg(&words, "-i")
+        {
+            out.entry(interface).or_default().reverse_path = true;
+        }
+    }
+    out
 }
 
 fn args(a: &[&str]) -> Vec<String> {
@@ -285,12 +354,27 @@ pub async fn remove(interface: &str) -> Result<(), FirewallError> {
     Ok(())
 }
 
-/// What the chain of `interface` counted so far (`None`: no chain).
-pub async fn figures(interface: &str) -> Option<NetworkFigures> {
-    let listing = iptables(&args(&["-L", &chain_name(interface), "-v", "-x", "-n"]))
-        .await
-        .ok()?;
-    chain_figures(&listing)
+/// Every bridge's rules as the host's tables hold them now ([`parse_tables`]):
+/// two `iptables-save` calls for all deckies. `None`: they cannot be read.
+pub async fn read_tables() -> Option<std::collections::BTreeMap<String, BridgeRules>> {
+    let save = |table: &'static str| async move {
+        let out = Command::new("iptables-save")
+            .args(["-c", "-t", table])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(IPTABLES_TIMEOUT, out).await {
+            Ok(Ok(o)) if o.status.success() => {
+                Some(String::from_utf8_lossy(&o.stdout).into_owned())
+            }
+            _ => None,
+        }
+    };
+    let filter = save("filter").await?;
+    let raw = save("raw").await?;
+    Some(parse_tables(&filter, &raw))
 }
 
 /// The chains a compose agent holds, kept beside its compose file
@@ -355,18 +439,6 @@ pub async fn restore_saved(dir: &std::path::Path) -> Result<usize, FirewallError
     }
 }
 
-/// Whether every rule of `interface` outside its chain ([`host_rules`]) is
-/// in place: a firewall reload or a flush by another tool removes them
-/// without telling anyone.
-pub async fn jumps_in_place(interface: &str) -> bool {
-    for rule in host_rules(interface) {
-        if iptables(&rule.args("-C")).await.is_err() {
-            return false;
-        }
-    }
-    true
-}
-
 /// Whether this agent can firewall deckies' bridges: `iptables` runs, the
 /// engine's [`DOCKER_USER`] chain exists, and a full chain can be built
 /// and removed (for a probe interface no bridge will ever have).
@@ -387,8 +459,15 @@ pub async fn probe() -> Result<(), FirewallError> {
         })?;
     let probe = format!("dnprobe{:06x}", std::process::id() & 0xff_ffff);
     let built = install(&probe, &[]).await;
+    // What observations read: the built chain, whole.
+    let read = match read_tables().await {
+        Some(t) if t.get(&probe).is_some_and(|r| r.intact()) => Ok(()),
+        _ => Err(FirewallError(
+            "iptables-save does not show the chains it builds".into(),
+        )),
+    };
     let removed = remove(&probe).await;
-    built.and(removed)
+    built.and(read).and(removed)
 }
 
 #[cfg(test)]
@@ -464,11 +543,35 @@ mod tests {
     }
 
     #[test]
-    fn refusals_and_allowed_connections_are_read_from_the_listing() {
-        let listing = "Chain DECNET-dn0123 (2 references)\n    pkts      bytes target     prot opt in     out     source               destination\n      12      720 RETURN     all  --  *      *       0.0.0.0/0            0.0.0.0/0            ctstate RELATED,ESTABLISHED\n       3      180 RETURN     tcp  --  *      *       0.0.0.0/0            203.0.113.0/24       tcp dpt:443\n       5      300 REJECT     tcp  --  *      *       0.0.0.0/0            0.0.0.0/0            reject-with tcp-reset\n       2       84 REJECT     all  --  *      *       0.0.0.0/0            0.0.0.0/0            reject-with icmp-admin-prohibited\n";
-        let f = chain_figures(listing).unwrap();
-        assert_eq!((f.forbidden, f.egress_allowed, f.egress_failed), (7, 3, 0));
-        assert_eq!(chain_figures("Chain X (0 references)\n"), None);
-        assert_eq!(chain_figures("  x y REJECT\n"), None, "garbage is no count");
+    fn every_bridge_is_read_from_one_save_of_the_tables() {
+        let filter = "*filter\n\
+            :DECNET-dn0123 - [0:0]\n\
+            [7:420] -A DOCKER-USER -i dn0123 -j DECNET-dn0123\n\
+            [0:0] -A INPUT -i dn0123 -j DECNET-dn0123\n\
+            [12:720] -A DECNET-dn0123 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
+            [1:60] -A DECNET-dn0123 -p tcp -m addrtype --dst-type LOCAL -j REJECT --reject-with tcp-reset\n\
+            [3:180] -A DECNET-dn0123 -d 203.0.113.0/24 -p tcp -m tcp --dport 443 -j RETURN\n\
+            [5:300] -A DECNET-dn0123 -p tcp -j REJECT --reject-with tcp-reset\n\
+            [2:84] -A DECNET-dn0123 -j REJECT --reject-with icmp-admin-prohibited\n\
+            [0:0] -A DECNET-dn4567 -p tcp -j REJECT --reject-with tcp-reset\n\
+            [0:0] -A DOCKER-USER -j RETURN\n\
+            COMMIT\n";
+        let raw = "*raw\n[0:0] -A PREROUTING -i dn0123 -m rpfilter --invert -j DROP\nCOMMIT\n";
+        let got = parse_tables(filter, raw);
+        let a = got["dn0123"];
+        assert_eq!(
+            (
+                a.figures.forbidden,
+                a.figures.egress_allowed,
+                a.figures.egress_failed
+            ),
+            (8, 3, 0)
+        );
+        assert!(a.intact());
+        let b = got["dn4567"];
+        assert!(b.chain && !b.forwarded && !b.input && !b.reverse_path);
+        assert!(!b.intact(), "a chain nobody jumps to holds nothing");
+        assert!(!got.contains_key("dn89ab"));
+        assert!(parse_tables("garbage\n[x] -A\n", "").is_empty());
     }
 }
