@@ -18,6 +18,8 @@ command -v busybox >/dev/null || need+=(busybox-static)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v ip >/dev/null || need+=(iproute2)           # network-namespace multi-host test
 command -v tar >/dev/null || need+=(tar)
+command -v python3 >/dev/null || need+=(python3)       # free ports, the UDP sink of the compose firewall test
+command -v runuser >/dev/null || need+=(util-linux)    # the throw-away PostgreSQL runs as postgres
 command -v jq >/dev/null || need+=(jq)                 # packaging/prometheus/decnet-targets
 command -v systemd-analyze >/dev/null || need+=(systemd)  # unit syntax check (packaging test)
 command -v dpkg-deb >/dev/null || need+=(dpkg)        # packaging/deb/build-debs.sh (the packaging test)
@@ -31,6 +33,8 @@ fi
 # package registry with debootstrap (tests/systemd-hosts/build-image.sh).
 if command -v docker >/dev/null; then
     command -v debootstrap >/dev/null || need+=(debootstrap)
+    # The compose deckies' firewall: the engine's own tools.
+    command -v iptables-save >/dev/null || need+=(iptables)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
