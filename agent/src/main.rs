@@ -226,6 +226,14 @@ fn main() {
         _ => {}
     }
     decnet_telemetry::init_logging(cli.log_format, "info");
+    if matches!(cli.command, Command::Serve { .. }) {
+        // The agent's socket, when systemd or the updater holds it across
+        // restarts: taken before anything else opens a descriptor.
+        if let Err(e) = decnet_server::activation::adopt_inherited() {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
     decnet_pki::provider::install_default();
     // Descriptors must not run out before the connection caps do.
     decnet_server::descriptors::raise_nofile_limit();

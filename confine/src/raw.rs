@@ -213,3 +213,50 @@ pub fn install_seccomp(prog: &[crate::seccomp::Insn]) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Take ownership of a listening socket this process inherited at exec
+/// (socket activation, or a socket its parent held across a restart), so it
+/// is closed exactly once, and mark it close-on-exec. Refused — `Err`, the
+/// descriptor left alone — unless `fd` (≥ 3) is an open socket in the
+/// listening state: a number that names anything else (a file this process
+/// opened, a socket it created) is never adopted. Each descriptor is
+/// adopted at most once per process.
+pub fn adopt_inherited_listener(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    static ADOPTED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+    if fd < 3 {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} is a standard stream, not an inherited socket"
+        )));
+    }
+    let mut adopted = ADOPTED.lock().unwrap_or_else(|p| p.into_inner());
+    if adopted.contains(&fd) {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} was adopted already"
+        )));
+    }
+    // SAFETY: the borrow lives only for the checks below; fcntl(F_GETFD)
+    // first proves the number names an open descriptor (EBADF otherwise).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = rustix::fs::fstat(borrowed).map_err(io::Error::from)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(io::Error::other(format!("descriptor {fd} is not a socket")));
+    }
+    if !rustix::net::sockopt::socket_acceptconn(borrowed).map_err(io::Error::from)? {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} is a socket but not listening"
+        )));
+    }
+    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC).map_err(io::Error::from)?;
+    adopted.push(fd);
+    // SAFETY: the descriptor is open and a listening socket, which nothing
+    // in this process created: callers adopt only the numbers their parent
+    // named in the environment at exec, before opening sockets of their own
+    // (`decnet_server::activation`), and `ADOPTED` makes each number owned
+    // once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

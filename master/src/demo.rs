@@ -343,8 +343,8 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         .args([
             "--agent-port",
             &agent_port.to_string(),
-            "--agent-arg=--host",
-            "--agent-arg=127.0.0.1",
+            "--agent-host",
+            "127.0.0.1",
         ])
         .arg(format!("--agent-arg=--state-dir={}", state.display()))
         .args(["--agent-arg=--stop-grace", "--agent-arg=2"])

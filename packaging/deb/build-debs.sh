@@ -74,7 +74,7 @@ dpkg-deb -Z"$compress" --root-owner-group --build "$root" "$out/decnet_${version
 root=$(stage decnet-worker)
 install -m 0755 "$bin_dir/decnet-agent" "$root/usr/bin/decnet-agent"
 install -m 0755 "$bin_dir/decnet-updater" "$root/usr/bin/decnet-updater"
-for u in decnet-agent.service decnet-updater.service decnet-forwarder.service decnet-decky-firewall.service; do
+for u in decnet-agent.service decnet-agent.socket decnet-updater.service decnet-updater.socket decnet-forwarder.service decnet-decky-firewall.service; do
     install -m 0644 "$units/$u" "$root/lib/systemd/system/"
 done
 install -d -m 0755 "$root/etc/default"

@@ -17,6 +17,7 @@
 //!   refusal logging, the SIGTERM trigger;
 //! * `testing` (feature) — table-driven access tests of every route × role.
 
+pub mod activation;
 pub mod admission;
 pub mod authz;
 pub mod descriptors;

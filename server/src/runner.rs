@@ -50,6 +50,9 @@ pub enum ServerError {
     /// Plain text was asked for on a non-loopback address.
     #[error("refusing plain text on {0}: plain text is allowed on loopback only (use TLS)")]
     PlaintextRefused(SocketAddr),
+    /// An inherited socket cannot be used (see [`crate::activation`]).
+    #[error(transparent)]
+    Inherited(crate::activation::ActivationError),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -179,12 +182,21 @@ impl Server {
         if matches!(transport, Transport::Plain) && !addr.ip().is_loopback() {
             return Err(ServerError::PlaintextRefused(addr));
         }
-        let tcp = TcpListener::bind(addr)
-            .await
+        let (std_listener, origin) =
+            crate::activation::listener(name, addr).map_err(|e| match e {
+                crate::activation::ActivationError::Bind { addr, source } => {
+                    ServerError::Bind { addr, source }
+                }
+                other => ServerError::Inherited(other),
+            })?;
+        let tcp = TcpListener::from_std(std_listener)
             .map_err(|source| ServerError::Bind { addr, source })?;
         let local_addr = tcp
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
+        if origin == crate::activation::Origin::Inherited {
+            tracing::info!(server = name, addr = %local_addr, "serving on a socket handed in (held across restarts)");
+        }
         let (limits, lowered) = limits.fit_descriptors(crate::descriptors::connection_budget());
         if !lowered.is_empty() {
             tracing::warn!(
@@ -202,6 +214,13 @@ impl Server {
             limits,
             name,
         })
+    }
+
+    /// A copy of the listening socket that survives an exec, for handing it
+    /// to a successor ([`crate::activation::held_env`]): the port is never
+    /// free while the daemon re-executes itself.
+    pub fn inheritable_listener(&self) -> io::Result<std::os::fd::OwnedFd> {
+        crate::activation::inheritable(&self.tcp)
     }
 
     /// The bound address (after port 0 resolution).

@@ -884,8 +884,8 @@ impl UpdaterFixture {
         .arg(install)
         .args(["--agent-port", &agent_port.to_string()])
         .args([
-            "--agent-arg=--host",
-            "--agent-arg=127.0.0.1",
+            "--agent-host",
+            "127.0.0.1",
             "--agent-arg=--stop-grace",
             "--agent-arg=2",
         ])

@@ -14,6 +14,9 @@ const UNITS: &[&str] = &[
     "decnet-decky-firewall.service",
 ];
 
+/// The socket units that hold the worker daemons' ports across restarts.
+const SOCKETS: &[&str] = &["decnet-agent.socket", "decnet-updater.socket"];
+
 fn unit(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../packaging/systemd")
@@ -103,6 +106,33 @@ fn units_restart_on_failure_and_are_hardened() {
     assert!(master.contains("User=decnet") && master.contains("ConditionPathExists="));
 }
 
+/// Each worker daemon's port is held by a socket unit of its own, named as
+/// the daemon's server takes it (`agent`, `updater`), on the daemon's
+/// default address, required by its service and waiting for the same
+/// bundle.
+#[test]
+fn socket_units_hold_the_worker_daemons_ports() {
+    for (daemon, port, crt) in [
+        ("agent", 8765, "/etc/decnet/agent/worker.crt"),
+        ("updater", 8766, "/etc/decnet/updater/updater.crt"),
+    ] {
+        let sock = unit(&format!("decnet-{daemon}.socket"));
+        for key in [
+            format!("ListenStream=0.0.0.0:{port}"),
+            format!("FileDescriptorName={daemon}"),
+            format!("ConditionPathExists={crt}"),
+            "WantedBy=sockets.target".to_string(),
+        ] {
+            assert!(sock.contains(&key), "decnet-{daemon}.socket lacks {key}");
+        }
+        let svc = unit(&format!("decnet-{daemon}.service"));
+        assert!(
+            svc.contains(&format!("Requires=decnet-{daemon}.socket")),
+            "decnet-{daemon}.service does not require its socket"
+        );
+    }
+}
+
 #[test]
 fn systemd_analyze_accepts_the_units() {
     if Command::new("systemd-analyze")
@@ -113,7 +143,7 @@ fn systemd_analyze_accepts_the_units() {
         decnet_e2e::skip::missing("!!! systemd-analyze not installed: unit syntax NOT verified");
         return;
     }
-    for u in UNITS {
+    for u in UNITS.iter().chain(SOCKETS) {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../packaging/systemd")
             .join(u);
@@ -352,7 +382,9 @@ fn debian_packages_build_with_their_files_modes_and_scripts() {
     }
     for u in [
         "decnet-agent.service",
+        "decnet-agent.socket",
         "decnet-updater.service",
+        "decnet-updater.socket",
         "decnet-forwarder.service",
         "decnet-decky-firewall.service",
     ] {

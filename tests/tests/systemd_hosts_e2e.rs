@@ -614,6 +614,28 @@ fn a_fleet_of_systemd_hosts_installed_from_the_packages() {
         "{DECNET} swarm deploy --config /tmp/deployment.json --host w1"
     ));
     assert!(out.contains("done: 2/2 deckies running"), "{out}");
+    // --- From here through the self-update, a local process on w1 (as
+    // nobody) tries all the time to take the agent's and the updater's
+    // ports; systemd holds them (decnet-*.socket) and the daemons hand
+    // them on, so it never gets one and both updates go through.
+    w1.write(
+        "/tmp/squat.pl",
+        "use IO::Socket::INET;\n\
+         my ($n, @kept) = (0);\n\
+         my $end = time + 300;\n\
+         while (time < $end && ! -e '/tmp/squat.stop') {\n\
+           for my $p (8765, 8766) {\n\
+             $n++;\n\
+             my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => $p,\n\
+               Proto => 'tcp', Listen => 5, ReuseAddr => 1);\n\
+             if ($s) { print \"SQUATTED $p\\n\"; push @kept, $s; }\n\
+           }\n\
+           select(undef, undef, undef, 0.001);\n\
+         }\n\
+         print \"tries $n\\n\";\n",
+        0o644,
+    );
+    w1.ok("setsid runuser -u nobody -- perl /tmp/squat.pl >/tmp/squat.log 2>&1 </dev/null &");
     let r3 = release(&master, "r3", &agent, Some(&updater));
     let out = master.ok(&format!(
         "{DECNET} swarm update --release {r3} --host w1 --release-version 1.0.4"
@@ -634,6 +656,19 @@ fn a_fleet_of_systemd_hosts_installed_from_the_packages() {
         format!("{good_updater}/bin/decnet-updater")
     );
     w1.ok("test ! -e /opt/decnet/updater/journal.json");
+    w1.ok("touch /tmp/squat.stop");
+    let squat = w1.wait_until(
+        "grep tries /tmp/squat.log && cat /tmp/squat.log",
+        Duration::from_secs(20),
+        "the squatter's report",
+    );
+    assert!(!squat.contains("SQUATTED"), "a port was taken: {squat}");
+    let tries: u64 = squat
+        .lines()
+        .find_map(|l| l.strip_prefix("tries "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(tries > 100, "the squatter barely tried: {squat}");
 
     // --- A self-update whose updater crash-loops: systemd restarts it
     // through the launcher, which falls back to the previous updater; that

@@ -702,7 +702,7 @@ fn restart_with_pubkey(m: &MasterHome, u: &mut UpdaterFixture, pubkey: &str) {
     .arg("--install-dir")
     .arg(&u.install)
     .args(["--agent-port", &u.agent_port.to_string()])
-    .args(["--agent-arg=--host", "--agent-arg=127.0.0.1"])
+    .args(["--agent-host", "127.0.0.1"])
     .arg(format!(
         "--agent-arg=--state-dir={}",
         u.agent_state.display()
@@ -858,6 +858,121 @@ fn update_self_replaces_the_updater_binary() {
         zombies.is_empty(),
         "zombie children of the re-executed updater: {zombies:?}"
     );
+}
+
+/// The attacker: a process on the worker that tries, as fast as it can, to
+/// bind the agent's and the updater's ports, and keeps any it gets (so the
+/// real daemon cannot start: the probe fails, the update is undone). The
+/// updater holds the agent's socket across the agent's restarts and hands
+/// its own and the agent's to its successor across a self-update's
+/// re-exec: the squatter never gets either port, and both updates succeed.
+#[test]
+fn a_squatter_never_gets_the_agent_or_updater_port_across_restarts() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let m = MasterHome::new();
+    m.enroll("u9");
+    let u = UpdaterFixture::start(&m, "u9", &[]);
+    let ports = [u.agent_port, u.daemon.port()];
+    let rel = good_release(&m.dir.path().join("v-first"), false);
+    m.ok(&[
+        "swarm",
+        "update",
+        "--release",
+        rel.to_str().unwrap(),
+        "--host",
+        "u9",
+    ]);
+    assert!(u.agent_pid().is_some(), "an agent runs");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let won: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let squatter = {
+        let (stop, won, attempts) = (stop.clone(), won.clone(), attempts.clone());
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for port in ports {
+                    for ip in ["127.0.0.1", "0.0.0.0"] {
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(l) = std::net::TcpListener::bind((ip, port)) {
+                            won.lock().unwrap().push(port);
+                            kept.push(l);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+
+    // An agent restart (a new release), then the updater's own re-exec.
+    let rel = good_release(&m.dir.path().join("v-second"), false);
+    let agent = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        rel.to_str().unwrap(),
+        "--host",
+        "u9",
+    ]);
+    let pid = u.daemon.child.id();
+    let before = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let rel = good_release(&m.dir.path().join("v-self"), true);
+    let own = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        rel.to_str().unwrap(),
+        "--host",
+        "u9",
+        "--include-self",
+    ]);
+    // And one more agent restart, by the re-executed updater.
+    let rel = good_release(&m.dir.path().join("v-third"), false);
+    let after_self = m.run(&[
+        "swarm",
+        "update",
+        "--release",
+        rel.to_str().unwrap(),
+        "--host",
+        "u9",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    squatter.join().unwrap();
+
+    assert!(
+        attempts.load(Ordering::Relaxed) > 100,
+        "the squatter tried only {} times",
+        attempts.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        won.lock().unwrap().as_slice(),
+        &[] as &[u16],
+        "the squatter took a daemon's port (agent {}, updater {})",
+        ports[0],
+        ports[1]
+    );
+    for (what, out) in [
+        ("agent update", &agent),
+        ("self-update", &own),
+        ("update after the re-exec", &after_self),
+    ] {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{what} failed:\n{text}");
+        assert!(
+            text.contains("new release is live and healthy") || text.contains("updater replaced"),
+            "{what}:\n{text}"
+        );
+    }
+    let after = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_ne!(before, after, "the updater re-executed");
+    assert!(agent_healthy(&m), "the agent answers after it all");
 }
 
 /// A self-update whose new updater passes `--version` but dies at every

@@ -30,6 +30,68 @@ pub struct SpawnControl {
     pub agent_args: Vec<String>,
     /// SIGTERM → SIGKILL grace.
     pub grace: Duration,
+    /// The agent's listening socket, held by the updater and handed to each
+    /// agent it starts, so the port is never free between two agents.
+    pub held: HeldAgentSocket,
+}
+
+/// The agent's port, held by the updater for the agents it spawns: taken
+/// over from a predecessor (socket activation, or the updater's own re-exec)
+/// or bound at the first start that finds it free. Without it (the port was
+/// taken when the updater looked: an agent of an older updater still
+/// running), agents bind it themselves until the next start.
+#[derive(Clone, Debug)]
+pub struct HeldAgentSocket {
+    addr: std::net::SocketAddr,
+    fd: std::sync::Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>,
+}
+
+impl HeldAgentSocket {
+    /// The agent's `addr`, held from the first [`hold_now`](Self::hold_now)
+    /// or agent start that finds it free (or handed in).
+    pub fn new(addr: std::net::SocketAddr) -> HeldAgentSocket {
+        HeldAgentSocket {
+            addr,
+            fd: Default::default(),
+        }
+    }
+
+    /// Hold the port now if possible: an inherited socket, or a free port.
+    pub fn hold_now(&self) -> bool {
+        self.get().is_some()
+    }
+
+    /// The held socket, as a descriptor children inherit; bound now when it
+    /// is not held yet and the port is free.
+    fn get(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let mut fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        if fd.is_none() {
+            match decnet_server::activation::listener("agent", self.addr)
+                .map_err(|e| e.to_string())
+                .and_then(|(l, _)| {
+                    decnet_server::activation::inheritable(&l).map_err(|e| e.to_string())
+                }) {
+                Ok(f) => {
+                    tracing::info!(addr = %self.addr, "holding the agent's port across its restarts");
+                    *fd = Some(f);
+                }
+                Err(e) => tracing::warn!(
+                    addr = %self.addr,
+                    error = %e,
+                    "cannot hold the agent's port yet; the agent binds it itself this time"
+                ),
+            }
+        }
+        fd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// The descriptor to hand on when the updater re-executes itself.
+    pub fn raw(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        fd.as_ref().map(|f| f.as_raw_fd())
+    }
 }
 
 /// A control failure.
@@ -165,7 +227,17 @@ impl SpawnControl {
             let _ = log.set_permissions(std::fs::Permissions::from_mode(0o600));
         }
         let log2 = log.try_clone().map_err(|e| ControlError(e.to_string()))?;
-        let child = tokio::process::Command::new(&bin)
+        let mut cmd = tokio::process::Command::new(&bin);
+        for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            cmd.env_remove(k);
+        }
+        if let Some(fd) = self.held.get() {
+            cmd.envs(decnet_server::activation::held_env(
+                &[("agent", fd)],
+                std::process::id(),
+            ));
+        }
+        let child = cmd
             .args(&self.agent_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -228,9 +300,12 @@ impl AgentControl {
                 // A deliberate start: clear an earlier failure and systemd's
                 // start-rate limit first (a quick series of updates and
                 // reverts exceeds the default 5 starts in 10 s, and systemd
-                // would then refuse, leaving the agent down).
+                // would then refuse, leaving the agent down). `restart`, not
+                // `start`: a connection to the agent's socket unit may have
+                // started an agent since the stop, from the release before
+                // the swap; restart replaces it with `current`'s.
                 let _ = systemctl("reset-failed", unit).await;
-                systemctl("start", unit).await
+                systemctl("restart", unit).await
             }
         }
     }

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use decnet_pki::{BundleKind, ClientAuth, Role};
 use decnet_server::{HttpLimits, HttpService, RoleSet, Server, ServerLimits, Transport};
 use decnet_swarm_client::master_link::{self, MasterLink};
-use decnet_updater::agent_control::{AgentControl, SpawnControl, under_systemd};
+use decnet_updater::agent_control::{AgentControl, HeldAgentSocket, SpawnControl, under_systemd};
 use decnet_updater::api::{ApiState, router};
 use decnet_updater::pipeline::UpdaterCore;
 use decnet_updater::probe::{ProbeOptions, Prober};
@@ -92,6 +92,10 @@ enum Command {
         /// The agent's port (probe target, and passed to a spawned agent).
         #[arg(long, default_value_t = 8765)]
         agent_port: u16,
+        /// The address a spawned agent listens on (the updater holds the
+        /// agent's socket there across the agent's restarts).
+        #[arg(long, default_value = "0.0.0.0")]
+        agent_host: IpAddr,
         /// Extra argument for a spawned agent (repeatable), e.g. --agent-arg=--state-dir=/var/lib/decnet.
         #[arg(long = "agent-arg", value_name = "ARG", allow_hyphen_values = true)]
         agent_args: Vec<String>,
@@ -167,6 +171,13 @@ fn main() {
     } = &cli.command
     {
         std::process::exit(launch(install_dir, *max_failed_starts, args));
+    }
+    if matches!(cli.command, Command::Serve { .. }) {
+        // Sockets handed in (systemd, or this updater before a re-exec),
+        // taken before anything else opens a descriptor.
+        if let Err(e) = decnet_server::activation::adopt_inherited() {
+            std::process::exit(setup_error(e));
+        }
     }
     decnet_pki::provider::install_default();
     // Descriptors must not run out before the connection caps do.
@@ -271,6 +282,7 @@ async fn serve(cmd: Command) -> i32 {
         agent_control,
         agent_unit,
         agent_port,
+        agent_host,
         agent_args,
         keep,
         max_release_mb,
@@ -324,11 +336,17 @@ async fn serve(cmd: Command) -> i32 {
         Some(ControlArg::Spawn) => false,
         None => under_systemd(),
     };
+    let held_agent = HeldAgentSocket::new(SocketAddr::new(agent_host, agent_port));
+    if !systemd {
+        held_agent.hold_now();
+    }
     let control = if systemd {
         AgentControl::Systemd { unit: agent_unit }
     } else {
         let mut args = vec![
             "serve".to_string(),
+            "--host".into(),
+            agent_host.to_string(),
             "--port".into(),
             agent_port.to_string(),
             "--bundle-dir".into(),
@@ -339,6 +357,7 @@ async fn serve(cmd: Command) -> i32 {
             install_dir: install_dir.clone(),
             agent_args: args,
             grace: Duration::from_secs(stop_grace),
+            held: held_agent.clone(),
         })
     };
     let prober = Prober::new(
@@ -385,6 +404,15 @@ async fn serve(cmd: Command) -> i32 {
         Err(e) => return setup_error(e),
     };
     let self_bin = core.self_binary();
+    // Kept for the re-exec of a self-update: the new updater takes over the
+    // same sockets, so neither port is ever free.
+    let own_socket = match server.inheritable_listener().and_then(|fd| {
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+        Ok(fd)
+    }) {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => return setup_error(format!("cannot keep the listening socket: {e}")),
+    };
     let renew_now = master
         .as_ref()
         .map(|_| Arc::new(tokio::sync::Notify::new()));
@@ -404,13 +432,30 @@ async fn serve(cmd: Command) -> i32 {
         instance: decnet_pki::random_hex(8),
         restart_self: Box::new(move || {
             let bin = self_bin.clone();
+            let own_socket = own_socket.clone();
+            let held_agent = held_agent.clone();
             std::thread::spawn(move || {
                 // Let the response reach the client first.
                 std::thread::sleep(Duration::from_millis(500));
                 tracing::info!(binary = %bin.display(), "re-executing the new updater");
+                use std::os::fd::AsRawFd;
                 use std::os::unix::process::CommandExt;
-                let err = std::process::Command::new(&bin)
+                let mut held = vec![("updater", own_socket.as_raw_fd())];
+                held.extend(held_agent.raw().map(|fd| ("agent", fd)));
+                if let Err(e) = rustix::io::fcntl_setfd(&own_socket, rustix::io::FdFlags::empty()) {
+                    tracing::warn!(error = %e, "the new updater binds its port afresh");
+                    held.remove(0);
+                }
+                let mut cmd = std::process::Command::new(&bin);
+                for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+                    cmd.env_remove(k);
+                }
+                let err = cmd
                     .args(std::env::args_os().skip(1))
+                    .envs(decnet_server::activation::held_env(
+                        &held,
+                        std::process::id(),
+                    ))
                     .exec();
                 tracing::error!(error = %err, "re-exec failed; exiting so the supervisor restarts us");
                 std::process::exit(1);

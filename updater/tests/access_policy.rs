@@ -35,6 +35,9 @@ async fn every_route_admits_only_the_master() {
             install_dir: install.clone(),
             agent_args: vec![],
             grace: Duration::from_secs(1),
+            held: decnet_updater::agent_control::HeldAgentSocket::new(
+                "127.0.0.1:0".parse().unwrap(),
+            ),
         }),
         Prober::new(
             material,
