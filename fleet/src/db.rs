@@ -877,6 +877,52 @@ impl FleetDb {
     }
 }
 
+impl FleetDb {
+    /// The newest `limit` audit entries of `actor` (`None`: everyone's).
+    /// `actor` is an exact actor (`operator:alice`, `local:root`) or a bare
+    /// name, which matches that operator and that local user.
+    pub async fn audit_log_of(
+        &self,
+        limit: i64,
+        actor: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, DbError> {
+        let Some(actor) = actor else {
+            return self.audit_log(limit).await;
+        };
+        let (a, b, c) = if actor.contains(':') {
+            (actor.to_string(), actor.to_string(), actor.to_string())
+        } else {
+            (
+                format!("operator:{actor}"),
+                format!("local:{actor}"),
+                format!("cli:{actor}"),
+            )
+        };
+        let rows = sqlx::query(
+            "SELECT at, actor, action, target, outcome, detail FROM audit_log \
+             WHERE actor IN ($1, $2, $3) ORDER BY at DESC, id LIMIT $4",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(c)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get(0)?,
+                    actor: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    target: r.try_get(3)?,
+                    outcome: r.try_get::<String, _>(4)?.parse()?,
+                    detail: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The INSERT of one audit entry (one home for [`FleetDb::audit`] and
 /// [`FleetDb::audit_all`]).
 fn audit_query(entry: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {

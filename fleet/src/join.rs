@@ -84,7 +84,7 @@ pub struct JoinRequest {
     pub token_id: String,
     /// Token secret.
     pub secret: String,
-    /// `agent` or `updater`.
+    /// `agent`, `updater` or `operator`.
     pub role: String,
     /// PEM CSR (its subject and SANs are ignored).
     pub csr: String,
@@ -118,6 +118,10 @@ pub struct JoinAnswer {
     pub ca_pem: String,
     /// The certificate's fingerprint.
     pub fingerprint: String,
+    /// Where the fleet API listens (its port on the master's host): told to
+    /// operators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_port: Option<u16>,
 }
 
 /// Why a join was refused.
@@ -318,6 +322,7 @@ pub async fn join(
         cert_pem: leaf.cert_pem,
         ca_pem: ca.cert_pem().to_string(),
         fingerprint: fp,
+        api_port: None,
     })
 }
 

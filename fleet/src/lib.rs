@@ -17,6 +17,7 @@ pub mod enrollment;
 pub mod join;
 pub mod model;
 pub mod monitor;
+pub mod operators;
 pub mod renewal;
 pub mod revocation;
 

@@ -57,6 +57,8 @@ stored_enum!(
         Master => "master",
         /// A metrics scraper (`monitor@name`).
         Monitor => "monitor",
+        /// An operator of the fleet API (`operator@name`).
+        Operator => "operator",
     }
 );
 
@@ -68,6 +70,7 @@ impl CertRole {
             decnet_pki::Role::Updater(_) => CertRole::Updater,
             decnet_pki::Role::Master => CertRole::Master,
             decnet_pki::Role::Monitor(_) => CertRole::Monitor,
+            decnet_pki::Role::Operator(_) => CertRole::Operator,
         }
     }
 }

@@ -71,8 +71,8 @@ pub enum PeerRefusal {
     /// The master does not renew or authenticate itself here.
     #[error("the master's own certificate is not accepted here")]
     Master,
-    /// A monitor's certificate speaks for no host.
-    #[error("a monitor certificate is not accepted here")]
+    /// A monitor's or an operator's certificate speaks for no host.
+    #[error("a monitor or operator certificate is not accepted here")]
     Monitor,
     /// Renewed too recently.
     #[error("renewed less than {0}s ago; try again later")]
@@ -166,7 +166,7 @@ fn host_and_role(peer: &PeerIdentity) -> Result<(String, CertRole), PeerRefusal>
         Role::Agent(h) => Ok((h.to_string(), CertRole::Agent)),
         Role::Updater(h) => Ok((h.to_string(), CertRole::Updater)),
         Role::Master => Err(PeerRefusal::Master),
-        Role::Monitor(_) => Err(PeerRefusal::Monitor),
+        Role::Monitor(_) | Role::Operator(_) => Err(PeerRefusal::Monitor),
     }
 }
 

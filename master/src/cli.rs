@@ -36,6 +36,11 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Run operator commands against the master named by this context
+    /// (`decnet login` makes one; `local`: none, work on this host's files);
+    /// default: the one `decnet context use` chose.
+    #[arg(long, global = true, env = "DECNET_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// Log line format on stderr: text (colour only on a terminal, never
     /// with NO_COLOR) or json (one object per line).
     #[arg(long, global = true, env = "DECNET_LOG_FORMAT", default_value = "text")]
@@ -126,9 +131,121 @@ pub enum Command {
         /// How many entries.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Only what this actor did: `operator:NAME`, `local:USER`, or a bare
+        /// name (that operator or that local user).
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// The people (and scripts) who drive the fleet: roles, host scopes,
+    /// enrolment tokens, revocation. Admins only through a context; on the
+    /// master host, as its service user, without one (the bootstrap).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Log in to a master as an operator: make a key here (it never leaves
+    /// this machine), enrol it with a one-time token from `decnet operator
+    /// add`, and save a context for every later command.
+    Login {
+        /// The master's control API, HOST[:8770] (where workers join).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        master: String,
+        /// The token (or --token-file; argv is visible to local users).
+        #[arg(long, env = "DECNET_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// A file holding the token (mode 0600).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Save the context under this name (default: the operator's name).
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+    },
+    /// The saved contexts (`decnet login` makes them).
+    #[command(subcommand)]
+    Context(ContextCommand),
+}
+
+/// `decnet operator …`
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Add an operator and print its one-time enrolment token.
+    Add {
+        /// Its name (CN operator@NAME).
+        name: String,
+        /// viewer (reads), deployer (viewer plus deploy, teardown, update,
+        /// rollback, renew) or admin (everything).
+        #[arg(long)]
+        role: String,
+        /// Host-name globs it is limited to (comma-separated, e.g. 'w*,lab?');
+        /// default: every host.
+        #[arg(long, value_delimiter = ',', value_name = "GLOB,…")]
+        hosts: Vec<String>,
+        /// How long the token is valid (e.g. 1h, 30m; at most 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new one-time token for an operator (a login on a new machine, or
+    /// after its certificate expired).
+    Token {
+        /// The operator.
+        name: String,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the operators.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one operator.
+    Show {
+        /// The operator.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an operator's role (and, with --hosts, its host scope).
+    SetRole {
+        /// The operator.
+        name: String,
+        /// viewer, deployer or admin.
+        role: String,
+        /// New host globs (comma-separated; '*' for every host).
+        #[arg(long, value_delimiter = ',', value_name = "GLOB,…")]
+        hosts: Option<Vec<String>>,
+    },
+    /// Revoke an operator: refused from its next request on, open
+    /// connections included; its certificates join the CRL.
+    Revoke {
+        /// The operator.
+        name: String,
+    },
+}
+
+/// `decnet context …`
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List the saved contexts (the one in use marked `*`).
+    List,
+    /// Use this context from now on (`local`: none).
+    Use {
+        /// The context.
+        name: String,
+    },
+    /// Remove a context (its key with it).
+    Remove {
+        /// The context.
+        name: String,
     },
 }
 
@@ -241,6 +358,12 @@ pub enum MasterCommand {
         /// Control API port.
         #[arg(long, default_value_t = 8770)]
         port: u16,
+        /// Fleet API port (operators, `/v1`; their certificates only).
+        #[arg(long, default_value_t = 8771)]
+        api_port: u16,
+        /// Do not serve the fleet API.
+        #[arg(long)]
+        no_api: bool,
         /// Log listener port (the listener runs here: a separate
         /// `decnet listener` on the same port is refused with a hint).
         #[arg(long, default_value_t = 6514)]
@@ -658,10 +781,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         home,
         database_url,
         command,
+        context,
         ..
     } = cli;
     let resolve = |ca: Option<PathBuf>| MasterHome::resolve(home.clone(), ca, database_url.clone());
+    let command = match command {
+        Command::Login {
+            master,
+            token,
+            token_file,
+            as_name,
+        } => {
+            return crate::operator_cmd::login(
+                &master,
+                token.as_deref(),
+                token_file.as_deref(),
+                as_name,
+            )
+            .await;
+        }
+        Command::Context(c) => return crate::operator_cmd::context_command(c),
+        // Commands of the master host itself, or of no master at all.
+        c @ (Command::Demo { .. }
+        | Command::Release(_)
+        | Command::Master(_)
+        | Command::Listener { .. }
+        | Command::Ca(CaCommand::Init { .. })) => c,
+        c => match crate::context::selected(context.as_deref())? {
+            Some(ctx) => return crate::remote::run(&ctx, c).await,
+            None => c,
+        },
+    };
     match command {
+        Command::Login { .. } | Command::Context(_) => unreachable!("handled above"),
+        Command::Operator(c) => crate::operator_cmd::local(&resolve(None), c).await,
         Command::Ca(CaCommand::Init { ca, force, sans }) => {
             ca_init(&resolve(ca.ca_dir), force, &sans).await
         }
@@ -1349,6 +1502,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ca,
             host,
             port,
+            api_port,
+            no_api,
             listener_port,
             no_listener,
             log_path,
@@ -1377,6 +1532,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let settings = crate::daemon::MasterSettings {
                 api: std::net::SocketAddr::new(host, port),
+                fleet_api: (!no_api).then(|| std::net::SocketAddr::new(host, api_port)),
                 listener: (!no_listener).then(|| crate::listener_cmd::ListenerSettings {
                     listen: std::net::SocketAddr::new(host, listener_port),
                     log_path: log_path.unwrap_or_else(|| home.home.join("logs/fleet.log")),
@@ -1405,7 +1561,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             r
         }
-        Command::Audit { limit, json } => show_audit(&resolve(None), limit, json).await,
+        Command::Audit { limit, actor, json } => {
+            show_audit(&resolve(None), limit, actor.as_deref(), json).await
+        }
         Command::Swarm(SwarmCommand::List { json }) => swarm_list(&resolve(None), json).await,
         Command::Swarm(SwarmCommand::Show { host, json }) => {
             swarm_show(&resolve(None), &host, json).await
@@ -1709,16 +1867,30 @@ async fn swarm_enroll(home: &MasterHome, req: &EnrollRequest) -> anyhow::Result<
     }
 }
 
-async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
-    let db = open_db(home).await?;
+/// Every host as the fleet API shows it, from the local database.
+pub async fn host_views(db: &FleetDb) -> anyhow::Result<Vec<decnet_api::Host>> {
     let hosts = db.hosts().await?;
     let expiry = db.current_certificate_expiry().await?;
+    Ok(hosts
+        .iter()
+        .map(|h| crate::fleet_api::host_view(h, &expiry))
+        .collect())
+}
+
+async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
+    let db = open_db(home).await?;
+    let hosts = host_views(&db).await;
     db.close().await;
+    print_host_list(&hosts?, json)
+}
+
+/// `swarm list`'s output, local or through a context.
+pub fn print_host_list(hosts: &[decnet_api::Host], json: bool) -> anyhow::Result<()> {
     if json {
-        let mut out = Vec::with_capacity(hosts.len());
-        for h in &hosts {
-            out.push(host_json(h, &expiry)?);
-        }
+        let out: Vec<serde_json::Value> = hosts
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -1726,20 +1898,8 @@ async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
         println!("no hosts enrolled (decnet swarm enroll --host NAME --address ADDR)");
         return Ok(());
     }
-    print!("{}", fleet_table(&hosts, &expiry, unix_now()));
+    print!("{}", fleet_table(hosts, unix_now()));
     Ok(())
-}
-
-/// A host as JSON, with its certificates' expiry (unix seconds).
-fn host_json(
-    h: &decnet_fleet::HostRecord,
-    expiry: &std::collections::BTreeMap<String, i64>,
-) -> anyhow::Result<serde_json::Value> {
-    let (a, u) = crate::table::cert_expiry(h, expiry);
-    let mut v = serde_json::to_value(h)?;
-    v["agent_cert_not_after"] = serde_json::json!(a);
-    v["updater_cert_not_after"] = serde_json::json!(u);
-    Ok(v)
 }
 
 async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result<()> {
@@ -1754,19 +1914,26 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
     let revoked = db.revoked_of(host).await?;
     let expiry = db.current_certificate_expiry().await?;
     db.close().await;
-    let (agent_expiry, updater_expiry) = crate::table::cert_expiry(&h, &expiry);
+    let mut v = crate::fleet_api::host_view(&h, &expiry);
+    v.revoked_fingerprints = Some(revoked);
+    print_host(&v, json)
+}
+
+/// `swarm show`'s output, local or through a context.
+pub fn print_host(h: &decnet_api::Host, json: bool) -> anyhow::Result<()> {
     let now = unix_now();
     if json {
-        let mut v = host_json(&h, &expiry)?;
-        v["revoked_fingerprints"] = serde_json::json!(revoked);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::to_value(h)?)?
+        );
         return Ok(());
     }
     println!("host:                {}", h.name);
     println!("address:             {}", h.address);
     println!("agent port:          {}", h.agent_port);
     println!("updater port:        {}", h.updater_port);
-    println!("status:              {}", h.status.as_str());
+    println!("status:              {}", h.status);
     println!("SANs:                {}", h.sans.join(", "));
     println!(
         "agent fingerprint:   {}",
@@ -1786,8 +1953,8 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
         })
         .unwrap_or_else(|| "-".into())
     };
-    println!("agent cert expiry:   {}", expires(agent_expiry));
-    println!("updater cert expiry: {}", expires(updater_expiry));
+    println!("agent cert expiry:   {}", expires(h.agent_cert_not_after));
+    println!("updater cert expiry: {}", expires(h.updater_cert_not_after));
     println!("enrolled:            {}", format_time(h.enrolled_at));
     println!(
         "last seen:           {}",
@@ -1813,7 +1980,10 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
             ms as f64 / 1000.0
         );
     }
-    println!("revoked certs:       {}", revoked.len());
+    println!(
+        "revoked certs:       {}",
+        h.revoked_fingerprints.as_ref().map_or(0, Vec::len)
+    );
     Ok(())
 }
 
@@ -1970,10 +2140,22 @@ async fn swarm_burn(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<
     r
 }
 
-async fn show_audit(home: &MasterHome, limit: i64, json: bool) -> anyhow::Result<()> {
+async fn show_audit(
+    home: &MasterHome,
+    limit: i64,
+    actor: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let db = open_db(home).await?;
-    let entries = db.audit_log(limit.max(1)).await?;
+    let entries = db.audit_log_of(limit.max(1), actor).await;
     db.close().await;
+    let entries: Vec<decnet_api::AuditRecord> =
+        entries?.iter().map(crate::fleet_api::audit_view).collect();
+    print_audit(&entries, json)
+}
+
+/// `audit`'s output, local or through a context.
+pub fn print_audit(entries: &[decnet_api::AuditRecord], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
@@ -1988,7 +2170,7 @@ async fn show_audit(home: &MasterHome, limit: i64, json: bool) -> anyhow::Result
                     e.actor.clone(),
                     e.action.clone(),
                     e.target.clone(),
-                    e.outcome.to_string(),
+                    e.outcome.clone(),
                     e.detail.clone(),
                 ]
             })

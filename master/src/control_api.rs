@@ -52,16 +52,16 @@ impl AccessPolicy for ControlPolicy {
             (Role::Agent(_) | Role::Updater(_), &Method::GET, "/crl") => Ok(()),
             (_, &Method::GET, "/join/ca") | (_, &Method::POST, "/join") => Ok(()),
             (_, &Method::GET, "/health") => Ok(()),
-            // Anything else is the master's (today: nothing; it gets a 404).
-            (Role::Master, _, p) if !matches!(p, "/heartbeat" | "/renew" | "/crl") => Ok(()),
             (_, _, "/heartbeat") => Err(Refusal {
                 required: "agent".into(),
             }),
             (_, _, "/renew" | "/crl") => Err(Refusal {
                 required: "agent or updater".into(),
             }),
+            // No other route exists here: operators use the fleet API's
+            // listener, never this one.
             _ => Err(Refusal {
-                required: "master".into(),
+                required: "nothing: no such route on the control API".into(),
             }),
         }
     }
@@ -234,6 +234,8 @@ pub struct ControlState {
     pub sources: SourceFlips,
     /// Renewal rules.
     pub renew: RenewPolicy,
+    /// The fleet API's port, told to operators when they log in.
+    pub fleet_api_port: Option<u16>,
 }
 
 /// How long a certificate's return to a source it left counts as two
@@ -258,6 +260,7 @@ impl ControlState {
             announcer: CrlAnnouncer::new(CRL_ANNOUNCE_INTERVAL),
             sources: SourceFlips::new(SOURCE_FLIP_WINDOW, MAX_TRACKED_SOURCES),
             renew,
+            fleet_api_port: None,
         }
     }
 
@@ -462,7 +465,13 @@ async fn join(
         return json_error(StatusCode::BAD_REQUEST, "bad_request", "malformed token id");
     }
     let source = SourceKey::of(ip).to_string();
-    match decnet_fleet::join::join(&st.db, &st.ca, &req, ip, &source).await {
+    let joined = if req.role == decnet_api::JOIN_ROLE_OPERATOR {
+        decnet_fleet::operators::join_operator(&st.db, &st.ca, &req, ip, &source, st.fleet_api_port)
+            .await
+    } else {
+        decnet_fleet::join::join(&st.db, &st.ca, &req, ip, &source).await
+    };
+    match joined {
         Ok(answer) => {
             crate::metrics::master_metrics().join("ok");
             Json(answer).into_response()

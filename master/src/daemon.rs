@@ -24,6 +24,8 @@ use crate::usage::{UsageError, load_ca};
 pub struct MasterSettings {
     /// Control API address.
     pub api: SocketAddr,
+    /// The fleet API's address (operators; `None`: not served).
+    pub fleet_api: Option<SocketAddr>,
     /// The log listener beside it (`None`: `--no-listener`).
     pub listener: Option<ListenerSettings>,
     /// Silence after which a host is marked unreachable.
@@ -87,6 +89,28 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         }
         None => None,
     };
+    // The fleet API: operator certificates only, on a listener of its own.
+    let fleet_api = match s.fleet_api {
+        Some(addr) => {
+            let server = Server::bind(
+                "fleet-api",
+                addr,
+                Transport::Tls {
+                    material: material.clone(),
+                    auth: ClientAuth::Required,
+                },
+                ServerLimits::default(),
+            )
+            .await
+            .map_err(|e| UsageError(e.to_string()))?;
+            println!(
+                "decnet master fleet API listening on {}",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     crate::metrics::master_metrics();
     s.metrics
         .start("decnet master", Some(&material))
@@ -111,7 +135,29 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         layout.master_dir(),
         s.audit_retention,
     ));
-    let state = Arc::new(ControlState::new(db.clone(), ca, crl, s.renew.clone()));
+    let fleet_api_task = fleet_api.map(|server| {
+        let port = server.local_addr().port();
+        let app = HttpService::new(
+            crate::fleet_api::router(Arc::new(crate::fleet_api::FleetApiState {
+                db: db.clone(),
+                ca: ca.clone(),
+            })),
+            decnet_server::RoleSet(vec![decnet_pki::RoleKind::Operator]),
+            HttpLimits::default(),
+        );
+        let stop = stop.clone();
+        (
+            port,
+            tokio::spawn(async move {
+                server
+                    .serve(app, async move { stop.cancelled().await })
+                    .await
+            }),
+        )
+    });
+    let mut control = ControlState::new(db.clone(), ca, crl, s.renew.clone());
+    control.fleet_api_port = fleet_api_task.as_ref().map(|(port, _)| *port);
+    let state = Arc::new(control);
     let refusal_flush = tokio::spawn(crate::control_api::flush_refusal_audits(state.clone()));
     let app = HttpService::new(
         crate::control_api::router(state.clone()),
@@ -135,6 +181,9 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
             Ok(())
         }
     };
+    if let Some((_, task)) = fleet_api_task {
+        let _ = task.await;
+    }
     silent.abort();
     upkeep.abort();
     refusal_flush.abort();

@@ -171,11 +171,7 @@ fn ok(msg: &str) {
 async fn fleet_table(db: &FleetDb) -> anyhow::Result<()> {
     print!(
         "{}",
-        crate::table::fleet_table(
-            &db.hosts().await?,
-            &db.current_certificate_expiry().await?,
-            decnet_fleet::unix_now()
-        )
+        crate::table::fleet_table(&crate::cli::host_views(db).await?, decnet_fleet::unix_now())
     );
     Ok(())
 }
@@ -265,7 +261,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let logs = root.join("logs");
     let mut cmd = Command::new(&decnet_bin);
     cmd.args(["master", "serve", "--host", "127.0.0.1"])
-        .args(["--port", &api_port.to_string()])
+        .args(["--port", &api_port.to_string(), "--api-port", "0"])
         .args(["--listener-port", &listener_port.to_string()])
         .arg("--log-path")
         .arg(logs.join("fleet.log"))

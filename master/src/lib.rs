@@ -22,20 +22,26 @@
 //!   renewals, joins);
 //! * [`cli`] — the `decnet` command line and its commands.
 
+pub mod authz;
 pub mod cli;
 pub mod clone_watch;
+pub mod context;
 pub mod control_api;
 pub mod daemon;
 pub mod demo;
 pub mod doctor;
+pub mod fleet_api;
+pub mod fleet_client;
 pub mod fleet_ops;
 pub mod home;
 pub mod listener_cmd;
 pub mod log_gate;
 pub mod metrics;
 pub mod monitor_cmd;
+pub mod operator_cmd;
 pub mod refusal_audit;
 pub mod release;
+pub mod remote;
 pub mod rollout;
 pub mod table;
 pub mod usage;

@@ -75,7 +75,7 @@ where
 
 /// The table of hosts `swarm list` prints; CERTS EXPIRE is the sooner of
 /// the host's current agent and updater certificates.
-pub fn fleet_table(hosts: &[HostRecord], expiry: &BTreeMap<String, i64>, now: i64) -> String {
+pub fn fleet_table(hosts: &[decnet_api::Host], now: i64) -> String {
     render(
         &[
             "HOST",
@@ -88,7 +88,7 @@ pub fn fleet_table(hosts: &[HostRecord], expiry: &BTreeMap<String, i64>, now: i6
             "UPDATER FP",
         ],
         hosts.iter().map(|h| {
-            let (a, u) = cert_expiry(h, expiry);
+            let (a, u) = (h.agent_cert_not_after, h.updater_cert_not_after);
             let soonest = match (a, u) {
                 (Some(a), Some(u)) => Some(a.min(u)),
                 (a, u) => a.or(u),
@@ -96,7 +96,7 @@ pub fn fleet_table(hosts: &[HostRecord], expiry: &BTreeMap<String, i64>, now: i6
             vec![
                 h.name.clone(),
                 format!("{}:{}", h.address, h.agent_port),
-                h.status.as_str().to_string(),
+                h.status.clone(),
                 match (h.last_seen, h.last_heartbeat) {
                     (None, _) => "never".into(),
                     (Some(t), Some(_)) => format_age(now - t),
@@ -166,7 +166,7 @@ mod tests {
             cert_expiry(&h, &e),
             (Some(1000 + 86400 * 3), Some(1000 + 3600))
         );
-        let t = fleet_table(&[h], &e, 1000);
+        let t = fleet_table(&[crate::fleet_api::host_view(&h, &e)], 1000);
         assert!(t.contains("CERTS EXPIRE") && t.contains("in 1h"), "{t}");
     }
 

@@ -42,7 +42,7 @@ pub fn cli_actor() -> String {
         .ok()
         .filter(|u| !u.is_empty())
         .unwrap_or_else(os_user);
-    format!("cli:{user}")
+    format!("local:{user}")
 }
 
 /// The name of the real user id (from /proc and /etc/passwd), or `uid:N`.

@@ -1,7 +1,8 @@
 //! Every control API route × every kind of caller, through the served
 //! application: heartbeats from agents; renewals and CRL fetches from
 //! agents and updaters; joins from anyone, certificate or not; `/health`
-//! for any certificate; everything else for nobody but the master.
+//! for any certificate; nothing else for anyone (the master's own
+//! certificate included: operators use the fleet API's listener).
 
 use std::sync::Arc;
 
@@ -50,7 +51,6 @@ async fn every_route_admits_exactly_the_roles_it_should() {
             (Some(Role::Agent(_)), &Method::POST, "/heartbeat") => true,
             (Some(Role::Agent(_) | Role::Updater(_)), &Method::POST, "/renew") => true,
             (Some(Role::Agent(_) | Role::Updater(_)), &Method::GET, "/crl") => true,
-            (Some(Role::Master), _, p) => !matches!(p, "/heartbeat" | "/renew" | "/crl"),
             _ => false,
         },
     )

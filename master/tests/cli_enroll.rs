@@ -121,7 +121,7 @@ fn ca_init_writes_ca_and_master_bundle_and_refuses_to_overwrite() {
             .count(),
         2
     );
-    assert!(audit.iter().all(|e| e["actor"] == "cli:tester"));
+    assert!(audit.iter().all(|e| e["actor"] == "local:tester"));
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub enum BundleKind {
     Updater,
     /// A metrics scraper's client identity (`monitor@<name>`).
     Monitor,
+    /// An operator's client identity (`operator@<name>`), in a context of
+    /// the `decnet` CLI on the operator's own machine.
+    Operator,
 }
 
 impl BundleKind {
@@ -50,6 +53,7 @@ impl BundleKind {
             BundleKind::Master | BundleKind::Agent => "worker.key",
             BundleKind::Updater => "updater.key",
             BundleKind::Monitor => "monitor.key",
+            BundleKind::Operator => "operator.key",
         }
     }
 
@@ -60,6 +64,7 @@ impl BundleKind {
             BundleKind::Agent => "an agent's",
             BundleKind::Updater => "an updater's",
             BundleKind::Monitor => "a monitor's",
+            BundleKind::Operator => "an operator's",
         }
     }
 
@@ -69,6 +74,7 @@ impl BundleKind {
             BundleKind::Master | BundleKind::Agent => "worker.crt",
             BundleKind::Updater => "updater.crt",
             BundleKind::Monitor => "monitor.crt",
+            BundleKind::Operator => "operator.crt",
         }
     }
 
@@ -79,6 +85,7 @@ impl BundleKind {
             BundleKind::Agent => decnet_home.join("agent"),
             BundleKind::Updater => decnet_home.join("updater"),
             BundleKind::Monitor => decnet_home.join("monitor"),
+            BundleKind::Operator => decnet_home.join("operator"),
         }
     }
 
@@ -94,6 +101,9 @@ impl BundleKind {
             }
             BundleKind::Monitor => {
                 "issue a monitor certificate on the master with `decnet ca issue-monitor NAME --out DIR`"
+            }
+            BundleKind::Operator => {
+                "log in with `decnet login --master HOST[:8770] --token TOKEN` (an admin runs `decnet operator add NAME` for the token)"
             }
         }
     }
@@ -311,6 +321,7 @@ impl Bundle {
                 (BundleKind::Agent, "an agent's (or the master's)"),
                 (BundleKind::Updater, "an updater's"),
                 (BundleKind::Monitor, "a monitor's"),
+                (BundleKind::Operator, "an operator's"),
             ]
             .into_iter()
             .filter(|(k, _)| k.cert_file() != kind.cert_file())

@@ -119,7 +119,7 @@ impl LeafSpec {
                 add("127.0.0.1");
             }
             // A scraper only ever dials out: its name is its CN.
-            Role::Monitor(_) => {}
+            Role::Monitor(_) | Role::Operator(_) => {}
         }
         let now = OffsetDateTime::now_utc();
         LeafSpec {

@@ -5,6 +5,7 @@
 //! | `decnet-master` | [`Role::Master`] |
 //! | `updater@<host>` | [`Role::Updater`] of `<host>` |
 //! | `monitor@<name>` | [`Role::Monitor`] named `<name>` (a metrics scraper) |
+//! | `operator@<name>` | [`Role::Operator`] named `<name>` (a person or a script driving the fleet API) |
 //! | `<host>` (a valid host name) | [`Role::Agent`] of `<host>` |
 //!
 //! Servers authorize on the role, never on a CN string comparison scattered
@@ -22,6 +23,8 @@ pub const MASTER_CN: &str = "decnet-master";
 const UPDATER_PREFIX: &str = "updater@";
 /// Prefix of a monitor CN (`monitor@<name>`).
 const MONITOR_PREFIX: &str = "monitor@";
+/// Prefix of an operator CN (`operator@<name>`).
+const OPERATOR_PREFIX: &str = "operator@";
 
 /// A validated worker host name: DNS labels (letters, digits, `-`), each
 /// 1–63 characters not starting or ending with `-`, at most 253 characters in
@@ -152,6 +155,10 @@ pub enum Role {
     /// A metrics scraper (CN = `monitor@<name>`): may read `/metrics`, and
     /// nothing else anywhere.
     Monitor(HostName),
+    /// An operator (CN = `operator@<name>`): may call the master's fleet API
+    /// (`/v1`), as its role and host scope in the fleet database allow, and
+    /// nothing else anywhere.
+    Operator(HostName),
 }
 
 /// The role without its host, for policies ("admit Master and Agent").
@@ -166,6 +173,8 @@ pub enum RoleKind {
     Updater,
     /// See [`Role::Monitor`].
     Monitor,
+    /// See [`Role::Operator`].
+    Operator,
 }
 
 impl fmt::Display for RoleKind {
@@ -175,6 +184,7 @@ impl fmt::Display for RoleKind {
             RoleKind::Agent => "agent",
             RoleKind::Updater => "updater",
             RoleKind::Monitor => "monitor",
+            RoleKind::Operator => "operator",
         })
     }
 }
@@ -203,6 +213,9 @@ impl Role {
         if let Some(name) = cn.strip_prefix(MONITOR_PREFIX) {
             return HostName::new(name).map(Role::Monitor).map_err(wrap);
         }
+        if let Some(name) = cn.strip_prefix(OPERATOR_PREFIX) {
+            return HostName::new(name).map(Role::Operator).map_err(wrap);
+        }
         HostName::new(cn).map(Role::Agent).map_err(wrap)
     }
 
@@ -213,6 +226,7 @@ impl Role {
             Role::Agent(h) => h.to_string(),
             Role::Updater(h) => h.updater_cn(),
             Role::Monitor(n) => format!("{MONITOR_PREFIX}{n}"),
+            Role::Operator(n) => format!("{OPERATOR_PREFIX}{n}"),
         }
     }
 
@@ -223,14 +237,15 @@ impl Role {
             Role::Agent(_) => RoleKind::Agent,
             Role::Updater(_) => RoleKind::Updater,
             Role::Monitor(_) => RoleKind::Monitor,
+            Role::Operator(_) => RoleKind::Operator,
         }
     }
 
-    /// The worker host this role belongs to (none for the master and for
-    /// monitors).
+    /// The worker host this role belongs to (none for the master, monitors
+    /// and operators).
     pub fn host(&self) -> Option<&HostName> {
         match self {
-            Role::Master | Role::Monitor(_) => None,
+            Role::Master | Role::Monitor(_) | Role::Operator(_) => None,
             Role::Agent(h) | Role::Updater(h) => Some(h),
         }
     }
@@ -257,6 +272,12 @@ mod tests {
         assert!(Role::from_cn("a@b").is_err());
         assert!(Role::from_cn("").is_err());
         assert!(Role::from_cn("updater@updater@x").is_err());
+        assert_eq!(
+            Role::from_cn("operator@alice").unwrap(),
+            Role::Operator(HostName::new("alice").unwrap())
+        );
+        assert!(Role::from_cn("operator@").is_err());
+        assert!(Role::from_cn("operator@decnet-master").is_err());
         let prom = HostName::new("prom").unwrap();
         assert_eq!(Role::from_cn("monitor@prom").unwrap(), Role::Monitor(prom));
         assert_eq!(Role::from_cn("monitor@prom").unwrap().host(), None);

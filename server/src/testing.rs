@@ -86,8 +86,8 @@ pub async fn assert_access(
 }
 
 /// The callers every table should try: the master, the agent and updater
-/// of `own` and of another host, a metrics scraper, and no certificate at
-/// all.
+/// of `own` and of another host, a metrics scraper, an operator, and no
+/// certificate at all.
 pub fn callers(own: &str) -> Vec<Option<Role>> {
     let own = decnet_pki::HostName::new(own).expect("host");
     let other = decnet_pki::HostName::new("someone-else").expect("host");
@@ -99,6 +99,9 @@ pub fn callers(own: &str) -> Vec<Option<Role>> {
         Some(Role::Updater(other)),
         Some(Role::Monitor(
             decnet_pki::HostName::new("prometheus").expect("name"),
+        )),
+        Some(Role::Operator(
+            decnet_pki::HostName::new("alice").expect("name"),
         )),
         None,
     ]

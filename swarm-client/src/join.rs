@@ -228,6 +228,7 @@ pub async fn join(
     )?;
     let role = match kind {
         BundleKind::Updater => "updater",
+        BundleKind::Operator => "operator",
         _ => "agent",
     };
     let resp = client
@@ -255,10 +256,10 @@ pub async fn join(
     // 4. The bundle.
     let identity = decnet_pki::PeerIdentity::from_pem(cert_pem)
         .map_err(|e| JoinError::Refused(format!("the issued certificate is unusable: {e}")))?;
-    let want = if kind == BundleKind::Updater {
-        RoleKind::Updater
-    } else {
-        RoleKind::Agent
+    let want = match kind {
+        BundleKind::Updater => RoleKind::Updater,
+        BundleKind::Operator => RoleKind::Operator,
+        _ => RoleKind::Agent,
     };
     if identity.role.kind() != want {
         return Err(JoinError::Refused(format!(
@@ -281,10 +282,28 @@ pub async fn join(
         .map_err(|e| JoinError::Local(format!("cannot write the bundle: {e}")))?;
     record_master(dir, master)
         .map_err(|e| JoinError::Local(format!("cannot record the master's address: {e}")))?;
+    // An operator learns where the fleet API listens: the master's host at
+    // the port the answer names.
+    if let Some(port) = body["api_port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+    {
+        let host = master.rsplit_once(':').map(|(h, _)| h).unwrap_or(master);
+        decnet_pki::secure_fs::write_atomic(
+            &dir.join(FLEET_API_FILE),
+            format!("{host}:{port}\n").as_bytes(),
+            0o644,
+        )
+        .map_err(|e| JoinError::Local(format!("cannot record the fleet API's address: {e}")))?;
+    }
     Ok(bundle)
 }
 
 pub use decnet_pki::bundle::{MASTER_FILE, record_master, recorded_master};
+
+/// The file of an operator's bundle that names the fleet API (`HOST:PORT`),
+/// as the master's join answer said.
+pub const FLEET_API_FILE: &str = "fleet-api";
 
 /// Why a worker daemon will not start: it would have no master to fetch
 /// revocations from (nor to heartbeat to, nor to renew with).

@@ -58,6 +58,40 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The test PostgreSQL (`DECNET_TEST_POSTGRES_URL`, which `scripts/test.sh`
+/// sets up).
+pub mod postgres {
+    /// A fresh database named `<prefix>_<random>` on the test PostgreSQL,
+    /// or `None` (said loudly: [`crate::skip::missing`]).
+    pub fn fresh_database(prefix: &str) -> Option<String> {
+        let Ok(admin_url) = std::env::var("DECNET_TEST_POSTGRES_URL") else {
+            crate::skip::missing(&format!(
+                "\n!!! DECNET_TEST_POSTGRES_URL not set: {prefix} on PostgreSQL was NOT tested (scripts/test.sh sets it)\n"
+            ));
+            return None;
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let name = format!("{prefix}_{}", decnet_pki::random_hex(6));
+        rt.block_on(async {
+            sqlx::any::install_default_drivers();
+            let admin = sqlx::AnyPool::connect(&admin_url)
+                .await
+                .expect("connect to the test PostgreSQL");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+        });
+        let (base, query) = admin_url
+            .split_once('?')
+            .map(|(b, q)| (b.to_string(), format!("?{q}")))
+            .unwrap_or((admin_url.clone(), String::new()));
+        let base = &base[..base.rfind('/').unwrap()];
+        Some(format!("{base}/{name}{query}"))
+    }
+}
+
 /// A temp decnet home with a CA, where the `decnet` CLI runs.
 pub struct MasterHome {
     /// The temp dir (removed on drop).
@@ -132,14 +166,23 @@ impl MasterHome {
                 c
             }
         };
-        cmd.args(["master", "serve", "--host", "127.0.0.1", "--port", "0"])
-            .args(extra)
-            .env("DECNET_HOME", self.home())
-            .env(
-                "DECNET_LOG",
-                std::env::var("DECNET_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env_remove("DECNET_DATABASE_URL");
+        cmd.args([
+            "master",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--api-port",
+            "0",
+        ])
+        .args(extra)
+        .env("DECNET_HOME", self.home())
+        .env(
+            "DECNET_LOG",
+            std::env::var("DECNET_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env_remove("DECNET_DATABASE_URL");
         if let Some(url) = &self.database_url {
             cmd.env("DECNET_DATABASE_URL", url);
         }
@@ -159,6 +202,9 @@ impl MasterHome {
             .env("DECNET_HOME", self.home())
             .env_remove("DECNET_DATABASE_URL")
             .env_remove("DECNET_CA_DIR")
+            // On the master host's own files, whatever context the user
+            // running the tests may have.
+            .env("DECNET_CONTEXT", "local")
             .stdin(Stdio::null());
         if let Some(url) = &self.database_url {
             cmd.env("DECNET_DATABASE_URL", url);

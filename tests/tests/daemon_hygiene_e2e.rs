@@ -124,6 +124,8 @@ fn master_and_listener_log_refused_handshakes_by_default() {
                     "127.0.0.1",
                     "--port",
                     "0",
+                    "--api-port",
+                    "0",
                     "--no-listener",
                 ],
                 "master",
@@ -179,6 +181,7 @@ fn a_listener_port_taken_by_the_other_listener_is_named() {
         "127.0.0.1",
         "--port",
         "0",
+        "--no-api",
         "--listener-port",
         &port,
     ]);

@@ -11,33 +11,8 @@ use std::time::Duration;
 
 use decnet_e2e::{Agent, Daemon, MasterHome, bin, mtls_client, wait_for};
 
-/// A fresh database on the test PostgreSQL, or `None` (said loudly).
 fn fresh_database() -> Option<String> {
-    let Ok(admin_url) = std::env::var("DECNET_TEST_POSTGRES_URL") else {
-        decnet_e2e::skip::missing(
-            "\n!!! DECNET_TEST_POSTGRES_URL not set: two masters on PostgreSQL were NOT tested (scripts/test.sh sets it)\n",
-        );
-        return None;
-    };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let name = format!("decnet_two_{}", decnet_pki::random_hex(6));
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(&admin_url)
-            .await
-            .expect("connect to the test PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-    });
-    let (base, query) = admin_url
-        .split_once('?')
-        .map(|(b, q)| (b.to_string(), format!("?{q}")))
-        .unwrap_or((admin_url.clone(), String::new()));
-    let base = &base[..base.rfind('/').unwrap()];
-    Some(format!("{base}/{name}{query}"))
+    decnet_e2e::postgres::fresh_database("decnet_two")
 }
 
 fn join(master: &Daemon, token: &str, dir: &Path) -> std::process::Output {

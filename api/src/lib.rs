@@ -1,0 +1,255 @@
+//! The wire types of the master's fleet API (`/v1`, the operator listener):
+//! what `decnet master serve` answers and what the `decnet` CLI (through a
+//! context) and any other client send and read. Defined once, here, so the
+//! server and its clients cannot drift (Nomad's `api` package).
+//!
+//! These are not the fleet database's rows: the master converts at the API
+//! edge. Depends on serde only.
+
+use serde::{Deserialize, Serialize};
+
+/// What an operator may do: each role includes the one before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorRole {
+    /// Every read: list, show, status, check, releases, audit, doctor.
+    Viewer,
+    /// Viewer, plus deploy, teardown, update, rollback, renew.
+    Deployer,
+    /// Everything: enroll, tokens, decommission, burn, operators, the CA.
+    Admin,
+}
+
+impl OperatorRole {
+    /// The spelling on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Viewer => "viewer",
+            OperatorRole::Deployer => "deployer",
+            OperatorRole::Admin => "admin",
+        }
+    }
+
+    /// Parse `viewer`, `deployer` or `admin`.
+    pub fn parse(s: &str) -> Option<OperatorRole> {
+        match s {
+            "viewer" => Some(OperatorRole::Viewer),
+            "deployer" => Some(OperatorRole::Deployer),
+            "admin" => Some(OperatorRole::Admin),
+            _ => None,
+        }
+    }
+
+    /// The least role that holds `p`.
+    pub fn least_for(p: Permission) -> OperatorRole {
+        match p {
+            Permission::Read => OperatorRole::Viewer,
+            Permission::Deploy => OperatorRole::Deployer,
+            Permission::Admin => OperatorRole::Admin,
+        }
+    }
+
+    /// Whether this role holds `p`.
+    pub fn permits(self, p: Permission) -> bool {
+        self >= OperatorRole::least_for(p)
+    }
+}
+
+impl std::fmt::Display for OperatorRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a request needs: the permission of each `/v1` route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    /// Reading the fleet.
+    Read,
+    /// Changing what runs on hosts.
+    Deploy,
+    /// Changing who may do what, and the fleet's membership.
+    Admin,
+}
+
+/// One worker host as the fleet API shows it (`GET /v1/hosts`,
+/// `GET /v1/hosts/{name}`): the same fields `decnet swarm list --json` and
+/// `swarm show --json` print.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    /// Host name (the agent CN).
+    pub name: String,
+    /// Address the master dials.
+    pub address: String,
+    /// Agent port.
+    pub agent_port: u16,
+    /// Updater port.
+    pub updater_port: u16,
+    /// SANs in the agent certificate.
+    pub sans: Vec<String>,
+    /// Fingerprint of the current agent certificate.
+    pub agent_fingerprint: Option<String>,
+    /// Fingerprint of the current updater certificate.
+    pub updater_fingerprint: Option<String>,
+    /// A renewed agent certificate the agent has not presented yet.
+    pub agent_pending: Option<String>,
+    /// A renewed updater certificate the updater has not presented yet.
+    pub updater_pending: Option<String>,
+    /// `enrolled`, `active`, `unreachable`, `decommissioned`, `suspect`, `burned`.
+    pub status: String,
+    /// When it was enrolled (unix seconds).
+    pub enrolled_at: i64,
+    /// Last change of its record (unix seconds).
+    pub updated_at: i64,
+    /// Last successful contact (unix seconds).
+    pub last_seen: Option<i64>,
+    /// Last contact error.
+    pub last_error: Option<String>,
+    /// Agent version reported at the last contact.
+    pub agent_version: Option<String>,
+    /// Last reported deployment state (JSON text, as the agent sent it).
+    pub state_json: Option<String>,
+    /// The host's clock minus the master's at its last heartbeat (ms).
+    pub clock_skew_ms: Option<i64>,
+    /// When its last heartbeat arrived (unix seconds); none: it sends none.
+    pub last_heartbeat: Option<i64>,
+    /// When the current agent certificate expires (unix seconds).
+    pub agent_cert_not_after: Option<i64>,
+    /// When the current updater certificate expires (unix seconds).
+    pub updater_cert_not_after: Option<i64>,
+    /// Revoked certificates of the host (`GET /v1/hosts/{name}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_fingerprints: Option<Vec<String>>,
+}
+
+/// One audit entry (`GET /v1/audit`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When (unix seconds).
+    pub at: i64,
+    /// Who: `operator:<name>`, `local:<unix user>`, `join:<address>`, …
+    pub actor: String,
+    /// What (`swarm.enroll`, `operator.add`, …).
+    pub action: String,
+    /// On what (usually a host or operator name).
+    pub target: String,
+    /// `ok`, `failed` or `refused`.
+    pub outcome: String,
+    /// Free text; never a secret.
+    pub detail: String,
+}
+
+/// An operator (`GET /v1/operators`, `GET /v1/operators/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// The name (CN `operator@<name>`).
+    pub name: String,
+    /// What it may do.
+    pub role: OperatorRole,
+    /// Host-name globs it is limited to; empty: every host.
+    pub hosts: Vec<String>,
+    /// When it was added (unix seconds).
+    pub created_at: i64,
+    /// Who added it.
+    pub created_by: String,
+    /// When it was revoked; none: it is active.
+    pub revoked_at: Option<i64>,
+    /// Its current certificate's fingerprint; none: it has not logged in.
+    pub fingerprint: Option<String>,
+    /// When that certificate expires (unix seconds).
+    pub cert_not_after: Option<i64>,
+}
+
+/// `POST /v1/operators`: add an operator and get its enrolment token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOperator {
+    /// The name.
+    pub name: String,
+    /// Its role.
+    pub role: OperatorRole,
+    /// Host-name globs; empty: every host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// How long the token is valid (seconds).
+    pub token_ttl_secs: u64,
+}
+
+/// The answer to adding an operator (or re-issuing its token): the
+/// one-time token its `decnet login` needs. Shown once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorToken {
+    /// The operator.
+    pub operator: String,
+    /// `<id>.<secret>.<ca-sha256>`.
+    pub token: String,
+    /// When it expires (unix seconds).
+    pub expires_at: i64,
+}
+
+/// `PUT /v1/operators/{name}/role`: change an operator's role and scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRole {
+    /// The new role.
+    pub role: OperatorRole,
+    /// New host globs; absent: unchanged; empty: every host.
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// `GET /v1/whoami`: the identity and grant of the caller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whoami {
+    /// The operator.
+    pub name: String,
+    /// Its role.
+    pub role: OperatorRole,
+    /// Its host scope; empty: every host.
+    pub hosts: Vec<String>,
+}
+
+/// The body of every error the fleet API answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable short kind: `forbidden`, `not_found`, `bad_request`, `conflict`, `unavailable`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub detail: String,
+    /// The role a refused request needs, when that is why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<String>,
+}
+
+/// The `role` a `decnet login` joins with at the control API's `POST /join`.
+pub const JOIN_ROLE_OPERATOR: &str = "operator";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_include_the_ones_below() {
+        use OperatorRole::{Admin, Deployer, Viewer};
+        use Permission::{Deploy, Read};
+        let admin = Permission::Admin;
+        assert!(Viewer.permits(Read) && !Viewer.permits(Deploy) && !Viewer.permits(admin));
+        assert!(Deployer.permits(Read) && Deployer.permits(Deploy) && !Deployer.permits(admin));
+        assert!(Admin.permits(Read) && Admin.permits(Deploy) && Admin.permits(admin));
+        for r in [Viewer, Deployer, Admin] {
+            assert_eq!(OperatorRole::parse(r.as_str()), Some(r));
+            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
+        }
+        assert_eq!(OperatorRole::parse("root"), None);
+    }
+
+    #[test]
+    fn unknown_fields_in_requests_are_refused() {
+        assert!(
+            serde_json::from_str::<NewOperator>(
+                r#"{"name":"a","role":"viewer","token_ttl_secs":60,"admin":true}"#
+            )
+            .is_err()
+        );
+    }
+}

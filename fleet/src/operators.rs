@@ -1,0 +1,438 @@
+//! Operators: the people (or scripts) who drive the fleet API, each with an
+//! `operator@<name>` certificate whose key was generated on their own
+//! machine, a role and an optional host scope.
+//!
+//! The role and the scope live here, not in the certificate, so a change or
+//! a revocation takes effect on the very next request (the fleet API asks
+//! [`FleetDb::operator_standing`] on every one, kept-alive connections
+//! included). Their certificates are in the ledger like every other (host
+//! column = the CN), so a revocation also lands in the CRL.
+//!
+//! Enrolment: `decnet operator add` stores a one-time token (only a SHA-256
+//! of its secret); `decnet login` spends it at the control API's `/join`
+//! ([`join_operator`]) with a CSR, and gets a certificate valid for
+//! [`OPERATOR_CERT_DAYS`].
+
+use std::time::Duration;
+
+use decnet_pki::signing::{constant_time_eq, sha256_hex};
+use decnet_pki::{CertificateAuthority, HostName, LeafSpec, Role};
+use sqlx::Row;
+
+use crate::db::{DbError, FleetDb, insert_certificate, revoke_all_but, unix_now};
+use crate::join::{JoinAnswer, JoinRefusal, JoinRequest, MAX_WRONG_SECRETS_PER_MINUTE, TokenText};
+use crate::model::{AuditEntry, AuditOutcome, CertRecord, CertRole};
+
+/// How long an operator certificate is valid: short, renewed by logging in
+/// again.
+pub const OPERATOR_CERT_DAYS: i64 = 30;
+
+/// An operator as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorRecord {
+    /// The name (CN `operator@<name>`).
+    pub name: String,
+    /// `viewer`, `deployer` or `admin` (checked by the caller's role type).
+    pub role: String,
+    /// Host-name globs; empty: every host.
+    pub hosts: Vec<String>,
+    /// When it was added.
+    pub created_at: i64,
+    /// Who added it (an audit actor).
+    pub created_by: String,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+impl OperatorRecord {
+    /// The CN of its certificates.
+    pub fn cn(&self) -> String {
+        operator_cn(&self.name)
+    }
+}
+
+/// The CN of operator `name`'s certificates.
+pub fn operator_cn(name: &str) -> String {
+    format!("operator@{name}")
+}
+
+/// Why an operator change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The name is taken by an active operator.
+    #[error(
+        "operator {0} exists already (revoke it first, or `operator token {0}` for a new token)"
+    )]
+    Exists(String),
+    /// No such operator (or revoked, where an active one is needed).
+    #[error("no active operator named {0}")]
+    Unknown(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+fn record_of(r: &sqlx::any::AnyRow) -> Result<OperatorRecord, DbError> {
+    let hosts: String = r.try_get(2)?;
+    Ok(OperatorRecord {
+        name: r.try_get(0)?,
+        role: r.try_get(1)?,
+        hosts: serde_json::from_str(&hosts).map_err(|_| DbError::Corrupt("operators.hosts"))?,
+        created_at: r.try_get(3)?,
+        created_by: r.try_get(4)?,
+        revoked_at: r.try_get(5)?,
+    })
+}
+
+impl FleetDb {
+    /// Add operator `name` (or re-activate a revoked one, with the new role
+    /// and scope) and store a fresh one-time token for it, in one
+    /// transaction. Returns the token text (shown once).
+    pub async fn add_operator(
+        &self,
+        ca: &CertificateAuthority,
+        name: &HostName,
+        role: &str,
+        hosts: &[String],
+        token_ttl: Duration,
+        actor: &str,
+    ) -> Result<(TokenText, i64), OperatorError> {
+        let mut tx = self.write_tx().await?;
+        let existing = sqlx::query("SELECT revoked_at FROM operators WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+        let hosts_json =
+            serde_json::to_string(hosts).map_err(|_| DbError::Corrupt("operators.hosts"))?;
+        match existing {
+            Some(r)
+                if r.try_get::<Option<i64>, _>(0)
+                    .map_err(DbError::from)?
+                    .is_none() =>
+            {
+                return Err(OperatorError::Exists(name.to_string()));
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE operators SET role = $1, hosts = $2, created_at = $3, created_by = $4, \
+                     revoked_at = NULL WHERE name = $5",
+                )
+                .bind(role)
+                .bind(&hosts_json)
+                .bind(unix_now())
+                .bind(actor)
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO operators (name, role, hosts, created_at, created_by, revoked_at) \
+                     VALUES ($1, $2, $3, $4, $5, NULL)",
+                )
+                .bind(name.as_str())
+                .bind(role)
+                .bind(&hosts_json)
+                .bind(unix_now())
+                .bind(actor)
+                .execute(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
+            }
+        }
+        let (token, expires_at) =
+            insert_operator_token(&mut tx, ca, name, token_ttl, actor).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok((token, expires_at))
+    }
+
+    /// A new one-time token for the active operator `name` (its earlier
+    /// unused tokens are dropped): for a login on a new machine, or after
+    /// its certificate expired.
+    pub async fn operator_token(
+        &self,
+        ca: &CertificateAuthority,
+        name: &HostName,
+        token_ttl: Duration,
+        actor: &str,
+    ) -> Result<(TokenText, i64), OperatorError> {
+        let mut tx = self.write_tx().await?;
+        let active =
+            sqlx::query("SELECT name FROM operators WHERE name = $1 AND revoked_at IS NULL")
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
+        if active.is_none() {
+            return Err(OperatorError::Unknown(name.to_string()));
+        }
+        sqlx::query("DELETE FROM operator_tokens WHERE operator = $1 AND used_at IS NULL")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+        let out = insert_operator_token(&mut tx, ca, name, token_ttl, actor).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(out)
+    }
+
+    /// Every operator, by name.
+    pub async fn operators(&self) -> Result<Vec<OperatorRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT name, role, hosts, created_at, created_by, revoked_at FROM operators ORDER BY name",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// One operator.
+    pub async fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, DbError> {
+        let row = sqlx::query(
+            "SELECT name, role, hosts, created_at, created_by, revoked_at FROM operators WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(record_of).transpose()
+    }
+
+    /// The operator a presented certificate speaks for, if it still may:
+    /// the operator `name` is active and `fingerprint` is one of its
+    /// certificates that is not revoked. Asked on every fleet API request.
+    pub async fn operator_standing(
+        &self,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<Option<OperatorRecord>, DbError> {
+        let cert = sqlx::query(
+            "SELECT host FROM certificates WHERE fingerprint = $1 AND role = 'operator' \
+             AND fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+        )
+        .bind(fingerprint)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(cert) = cert else { return Ok(None) };
+        if cert.try_get::<String, _>(0)? != operator_cn(name) {
+            return Ok(None);
+        }
+        Ok(self
+            .operator(name)
+            .await?
+            .filter(|o| o.revoked_at.is_none()))
+    }
+
+    /// The current (newest, unrevoked) certificate of operator `name`.
+    pub async fn operator_certificate(&self, name: &str) -> Result<Option<CertRecord>, DbError> {
+        Ok(self
+            .certificates_of(&operator_cn(name))
+            .await?
+            .into_iter()
+            .filter(|(_, revoked)| !revoked)
+            .map(|(c, _)| c)
+            .max_by_key(|c| c.not_after))
+    }
+
+    /// Change an active operator's role and (when given) its host scope.
+    pub async fn set_operator_role(
+        &self,
+        name: &str,
+        role: &str,
+        hosts: Option<&[String]>,
+    ) -> Result<(), OperatorError> {
+        let n = match hosts {
+            Some(h) => sqlx::query(
+                "UPDATE operators SET role = $1, hosts = $2 WHERE name = $3 AND revoked_at IS NULL",
+            )
+            .bind(role)
+            .bind(serde_json::to_string(h).map_err(|_| DbError::Corrupt("operators.hosts"))?)
+            .bind(name)
+            .execute(self.pool())
+            .await
+            .map_err(DbError::from)?,
+            None => {
+                sqlx::query("UPDATE operators SET role = $1 WHERE name = $2 AND revoked_at IS NULL")
+                    .bind(role)
+                    .bind(name)
+                    .execute(self.pool())
+                    .await
+                    .map_err(DbError::from)?
+            }
+        }
+        .rows_affected();
+        if n == 0 {
+            return Err(OperatorError::Unknown(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Revoke operator `name`: it is refused from its next request on,
+    /// every certificate of it goes on the deny list (and into the CRL), its
+    /// unused tokens are dropped. Returns the revoked fingerprints.
+    pub async fn revoke_operator(&self, name: &str) -> Result<Vec<String>, OperatorError> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query(
+            "UPDATE operators SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+        )
+        .bind(unix_now())
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(DbError::from)?
+        .rows_affected();
+        if n == 0 {
+            return Err(OperatorError::Unknown(name.to_string()));
+        }
+        sqlx::query("DELETE FROM operator_tokens WHERE operator = $1 AND used_at IS NULL")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+        let revoked = revoke_all_but(
+            &mut tx,
+            &operator_cn(name),
+            Some(CertRole::Operator),
+            &[],
+            "operator revoked",
+        )
+        .await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(revoked)
+    }
+}
+
+async fn insert_operator_token(
+    tx: &mut crate::db::Tx,
+    ca: &CertificateAuthority,
+    name: &HostName,
+    ttl: Duration,
+    actor: &str,
+) -> Result<(TokenText, i64), DbError> {
+    let token = TokenText {
+        id: decnet_pki::random_hex(6),
+        secret: decnet_pki::random_hex(16),
+        ca_sha256: ca.fingerprint().to_hex(),
+    };
+    let expires_at = unix_now().saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+    sqlx::query(
+        "INSERT INTO operator_tokens (id, secret_hash, operator, created_at, expires_at, used_at, created_by) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6)",
+    )
+    .bind(&token.id)
+    .bind(sha256_hex(token.secret.as_bytes()))
+    .bind(name.as_str())
+    .bind(unix_now())
+    .bind(expires_at)
+    .bind(actor)
+    .execute(&mut **tx)
+    .await?;
+    Ok((token, expires_at))
+}
+
+/// The operator half of the control API's `POST /join` (`role:
+/// "operator"`): check the one-time token, sign the CSR as
+/// `operator@<name>` for [`OPERATOR_CERT_DAYS`], spend the token and record
+/// the certificate (one transaction; the operator's earlier certificates
+/// are revoked: one live certificate per operator), audit. `fleet_api_port`
+/// tells the operator where the fleet API listens.
+pub async fn join_operator(
+    db: &FleetDb,
+    ca: &CertificateAuthority,
+    req: &JoinRequest,
+    from: std::net::IpAddr,
+    source: &str,
+    fleet_api_port: Option<u16>,
+) -> Result<JoinAnswer, JoinRefusal> {
+    let forbidden = |m: &str| JoinRefusal::Forbidden(m.to_string());
+    if !crate::join::valid_token_id(&req.token_id) {
+        return Err(forbidden("invalid token"));
+    }
+    let row = sqlx::query(
+        "SELECT secret_hash, operator, expires_at, used_at FROM operator_tokens WHERE id = $1",
+    )
+    .bind(&req.token_id)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(DbError::from)?;
+    let Some(row) = row else {
+        return Err(forbidden("invalid token"));
+    };
+    let get = |i| row.try_get::<String, _>(i).map_err(DbError::from);
+    let (hash, name) = (get(0)?, get(1)?);
+    let expires_at: i64 = row.try_get(2).map_err(DbError::from)?;
+    let wrong_key = format!("wrong-secret:{source}");
+    if db.join_attempts_now(&wrong_key).await? >= MAX_WRONG_SECRETS_PER_MINUTE {
+        return Err(forbidden(
+            "too many wrong token secrets from this address; wait a minute",
+        ));
+    }
+    if !constant_time_eq(
+        sha256_hex(req.secret.as_bytes()).as_bytes(),
+        hash.as_bytes(),
+    ) {
+        db.count_join_attempt(&wrong_key).await?;
+        return Err(forbidden("invalid token"));
+    }
+    if expires_at <= unix_now() {
+        return Err(forbidden(
+            "token expired; an admin makes a new one with `decnet operator token NAME`",
+        ));
+    }
+    let name = HostName::new(&name).map_err(|_| forbidden("token bound to an invalid name"))?;
+    let now = time::OffsetDateTime::now_utc();
+    let spec = LeafSpec::for_role(&Role::Operator(name.clone()), &[]).with_validity(
+        now - time::Duration::minutes(5),
+        now + time::Duration::days(OPERATOR_CERT_DAYS),
+    );
+    let leaf = ca.sign_csr(&spec, &req.csr).map_err(|_| {
+        JoinRefusal::BadRequest("the CSR is not a valid, self-signed PKCS#10 request".into())
+    })?;
+    let fp = leaf.fingerprint.to_hex();
+    let cn = operator_cn(name.as_str());
+    let mut tx = db.write_tx().await?;
+    let claimed = sqlx::query(
+        "UPDATE operator_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL \
+         AND operator IN (SELECT name FROM operators WHERE revoked_at IS NULL)",
+    )
+    .bind(unix_now())
+    .bind(&req.token_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(DbError::from)?
+    .rows_affected();
+    if claimed != 1 {
+        return Err(forbidden("token already used, or its operator was revoked"));
+    }
+    revoke_all_but(
+        &mut tx,
+        &cn,
+        Some(CertRole::Operator),
+        &[],
+        "superseded by a new login",
+    )
+    .await?;
+    insert_certificate(
+        &mut tx,
+        &CertRecord::of_leaf(&leaf, &cn, CertRole::Operator),
+    )
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    let _ = db
+        .audit(&AuditEntry::now(
+            format!("join:{from}"),
+            "operator.login",
+            name.as_str(),
+            AuditOutcome::Ok,
+            format!("token={} fingerprint={fp}", req.token_id),
+        ))
+        .await;
+    Ok(JoinAnswer {
+        host: name.to_string(),
+        cert_pem: leaf.cert_pem,
+        ca_pem: ca.cert_pem().to_string(),
+        fingerprint: fp,
+        api_port: fleet_api_port,
+    })
+}

@@ -1,0 +1,230 @@
+//! Who may do what on the fleet API: the one place.
+//!
+//! Every `/v1` request passes [`authorize`] before any handler: the peer's
+//! certificate must be an operator's (`operator@<name>`, checked by the
+//! runner's role policy first), the operator must still be active and the
+//! certificate its own and unrevoked (asked of the fleet database on every
+//! request, so a revocation or a role change holds from the next request
+//! on, kept-alive connections included), and its role must hold the route's
+//! [`Permission`] ([`permission_of`], fail closed: a route missing from the
+//! table needs admin). What passes gets a [`Grant`] in the request's
+//! extensions; handlers take it, and the hosts an operation may see or
+//! touch come only from [`Grant::sees`] (the operator's host scope).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use decnet_api::{ErrorBody, OperatorRole, Permission};
+use decnet_fleet::FleetDb;
+use decnet_pki::{PeerIdentity, Role};
+
+/// The permission a `/v1` route needs. Pure: unit-tested against the
+/// router's routes. Reads need [`Permission::Read`]; operators and
+/// anything unknown need [`Permission::Admin`].
+pub fn permission_of(method: &Method, path: &str) -> Permission {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method, segs.as_slice()) {
+        (&Method::GET, ["v1", "whoami"])
+        | (&Method::GET, ["v1", "hosts"])
+        | (&Method::GET, ["v1", "hosts", _])
+        | (&Method::GET, ["v1", "audit"]) => Permission::Read,
+        _ => Permission::Admin,
+    }
+}
+
+/// Host-name globs (`*` any run of characters, `?` one); none: every host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostScope(pub Vec<String>);
+
+impl HostScope {
+    /// Whether `host` is inside the scope.
+    pub fn allows(&self, host: &str) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|g| glob_match(g.as_bytes(), host.as_bytes()))
+    }
+}
+
+/// `*`/`?` glob matching over bytes (host names are ASCII). Pure.
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p].eq_ignore_ascii_case(&text[t])) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Whether `glob` is a usable host glob: host-name characters, `*` and `?`.
+pub fn valid_glob(glob: &str) -> bool {
+    !glob.is_empty()
+        && glob.len() <= 253
+        && glob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*' | b'?'))
+}
+
+/// What an admitted request may do: its operator, role and host scope.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// The operator's name.
+    pub operator: String,
+    /// Its role.
+    pub role: OperatorRole,
+    /// Its host scope.
+    pub scope: HostScope,
+}
+
+impl Grant {
+    /// Whether the operator may see (and, with the role for it, touch) `host`.
+    pub fn sees(&self, host: &str) -> bool {
+        self.scope.allows(host)
+    }
+
+    /// The audit actor of its actions.
+    pub fn actor(&self) -> String {
+        format!("operator:{}", self.operator)
+    }
+}
+
+fn refuse(status: StatusCode, kind: &str, detail: String, required: Option<String>) -> Response {
+    (
+        status,
+        axum::Json(ErrorBody {
+            error: kind.into(),
+            detail,
+            required_role: required,
+        }),
+    )
+        .into_response()
+}
+
+/// The middleware of the fleet API (see the module docs).
+pub async fn authorize(State(db): State<Arc<FleetDb>>, mut req: Request, next: Next) -> Response {
+    let Some(peer) = req.extensions().get::<PeerIdentity>().cloned() else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "no verified client certificate".into(),
+            Some("operator".into()),
+        );
+    };
+    let Role::Operator(name) = &peer.role else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{} is not an operator", peer.role),
+            Some("operator".into()),
+        );
+    };
+    let standing = match db
+        .operator_standing(name.as_str(), &peer.fingerprint.to_hex())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "fleet database unavailable");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "fleet database unavailable".into(),
+                None,
+            );
+        }
+    };
+    let Some(op) = standing else {
+        tracing::warn!(operator = %name, fingerprint = %peer.fingerprint, "request of a revoked or replaced operator certificate refused");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "operator {name} is revoked, or this certificate was replaced by a newer login"
+            ),
+            Some("an active operator".into()),
+        );
+    };
+    let Some(role) = OperatorRole::parse(&op.role) else {
+        tracing::error!(operator = %name, role = %op.role, "operator with an unknown stored role");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this operator's role is not recognised".into(),
+            None,
+        );
+    };
+    let need = permission_of(req.method(), req.uri().path());
+    if !role.permits(need) {
+        let least = OperatorRole::least_for(need);
+        tracing::info!(operator = %name, role = %role, path = %req.uri().path(), "request beyond the operator's role refused");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("operator {name} is a {role}; this needs the {least} role"),
+            Some(least.to_string()),
+        );
+    }
+    req.extensions_mut().insert(Grant {
+        operator: op.name,
+        role,
+        scope: HostScope(op.hosts),
+    });
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_need_read_and_everything_else_admin() {
+        assert_eq!(permission_of(&Method::GET, "/v1/hosts"), Permission::Read);
+        assert_eq!(
+            permission_of(&Method::GET, "/v1/hosts/w1"),
+            Permission::Read
+        );
+        assert_eq!(permission_of(&Method::GET, "/v1/audit"), Permission::Read);
+        assert_eq!(permission_of(&Method::GET, "/v1/whoami"), Permission::Read);
+        assert_eq!(
+            permission_of(&Method::GET, "/v1/operators"),
+            Permission::Admin
+        );
+        assert_eq!(
+            permission_of(&Method::POST, "/v1/operators"),
+            Permission::Admin
+        );
+        assert_eq!(permission_of(&Method::POST, "/v1/hosts"), Permission::Admin);
+        assert_eq!(
+            permission_of(&Method::GET, "/v1/hosts/w1/x"),
+            Permission::Admin
+        );
+        assert_eq!(permission_of(&Method::GET, "/v2/hosts"), Permission::Admin);
+    }
+
+    #[test]
+    fn host_globs() {
+        let s = HostScope(vec!["w*".into(), "lab?.x".into()]);
+        assert!(s.allows("w1") && s.allows("w") && s.allows("web-3"));
+        assert!(s.allows("lab1.x") && !s.allows("lab12.x") && !s.allows("lab1"));
+        assert!(!s.allows("db1"));
+        assert!(HostScope::default().allows("anything"));
+        assert!(glob_match(b"*a*b*", b"xxaxxbxx") && !glob_match(b"*a*b", b"xxaxxbxx"));
+        assert!(valid_glob("w*") && !valid_glob("w/*") && !valid_glob(""));
+    }
+}

@@ -1,0 +1,403 @@
+//! The fleet API (`/v1`): what operators (the `decnet` CLI through a
+//! context, scripts, later the console) call on `master serve`'s operator
+//! listener (`--api-port`, 8771). mTLS with an operator certificate only —
+//! never anonymous, never the control API's policies; every request is
+//! authorized in [`crate::authz`] before a handler runs. JSON in and out,
+//! the wire types of `decnet-api`; database rows are converted here, at the
+//! edge. Every change is audited with the operator as the actor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use decnet_api as api;
+use decnet_fleet::operators::{OperatorError, OperatorRecord};
+use decnet_fleet::{AuditEntry, AuditOutcome, FleetDb, HostRecord};
+use decnet_pki::{CertificateAuthority, HostName};
+use decnet_server::error_body::json_error;
+use serde::Deserialize;
+
+use crate::authz::{Grant, valid_glob};
+
+/// What the handlers share.
+pub struct FleetApiState {
+    /// The fleet database.
+    pub db: FleetDb,
+    /// The CA (operator tokens carry its fingerprint).
+    pub ca: Arc<CertificateAuthority>,
+}
+
+/// The `/v1` router, authorization included.
+pub fn router(state: Arc<FleetApiState>) -> Router {
+    Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/hosts", get(hosts))
+        .route("/v1/hosts/{name}", get(host))
+        .route("/v1/audit", get(audit))
+        .route("/v1/operators", get(operators).post(operator_add))
+        .route("/v1/operators/{name}", get(operator_show))
+        .route("/v1/operators/{name}/token", post(operator_token))
+        .route("/v1/operators/{name}/role", put(operator_set_role))
+        .route("/v1/operators/{name}/revoke", post(operator_revoke))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.db.clone()),
+            crate::authz::authorize,
+        ))
+        .with_state(state)
+}
+
+/// A host as the API shows it: its record with its certificates' expiry.
+pub fn host_view(h: &HostRecord, expiry: &BTreeMap<String, i64>) -> api::Host {
+    let (agent, updater) = crate::table::cert_expiry(h, expiry);
+    api::Host {
+        name: h.name.clone(),
+        address: h.address.clone(),
+        agent_port: h.agent_port,
+        updater_port: h.updater_port,
+        sans: h.sans.clone(),
+        agent_fingerprint: h.agent_fingerprint.clone(),
+        updater_fingerprint: h.updater_fingerprint.clone(),
+        agent_pending: h.agent_pending.clone(),
+        updater_pending: h.updater_pending.clone(),
+        status: h.status.as_str().to_string(),
+        enrolled_at: h.enrolled_at,
+        updated_at: h.updated_at,
+        last_seen: h.last_seen,
+        last_error: h.last_error.clone(),
+        agent_version: h.agent_version.clone(),
+        state_json: h.state_json.clone(),
+        clock_skew_ms: h.clock_skew_ms,
+        last_heartbeat: h.last_heartbeat,
+        agent_cert_not_after: agent,
+        updater_cert_not_after: updater,
+        revoked_fingerprints: None,
+    }
+}
+
+/// An audit entry as the API shows it.
+pub fn audit_view(e: &AuditEntry) -> api::AuditRecord {
+    api::AuditRecord {
+        at: e.at,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        outcome: e.outcome.as_str().to_string(),
+        detail: e.detail.clone(),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "fleet database unavailable");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "fleet database unavailable",
+    )
+}
+
+fn not_found(what: String) -> Response {
+    json_error(StatusCode::NOT_FOUND, "not_found", what)
+}
+
+fn bad_request(what: impl Into<String>) -> Response {
+    json_error(StatusCode::BAD_REQUEST, "bad_request", what)
+}
+
+/// A request body, or what is wrong with it (for a 400).
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "invalid request body: {}",
+            decnet_server::error_body::plain_decode_message(&e.to_string())
+        )
+    })
+}
+
+async fn whoami(Extension(g): Extension<Grant>) -> Json<api::Whoami> {
+    Json(api::Whoami {
+        name: g.operator.clone(),
+        role: g.role,
+        hosts: g.scope.0.clone(),
+    })
+}
+
+async fn hosts(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+) -> Result<Json<Vec<api::Host>>, Response> {
+    let all = st.db.hosts().await.map_err(unavailable)?;
+    let expiry = st
+        .db
+        .current_certificate_expiry()
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(
+        all.iter()
+            .filter(|h| g.sees(&h.name))
+            .map(|h| host_view(h, &expiry))
+            .collect(),
+    ))
+}
+
+async fn host(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Json<api::Host>, Response> {
+    let name = name.to_ascii_lowercase();
+    // A host outside the scope is as absent as one never enrolled.
+    let missing = || {
+        not_found(format!(
+            "host {name} is not enrolled (see `decnet swarm list`)"
+        ))
+    };
+    if !g.sees(&name) {
+        return Err(missing());
+    }
+    let Some(h) = st.db.host(&name).await.map_err(unavailable)? else {
+        return Err(missing());
+    };
+    let expiry = st
+        .db
+        .current_certificate_expiry()
+        .await
+        .map_err(unavailable)?;
+    let mut v = host_view(&h, &expiry);
+    v.revoked_fingerprints = Some(st.db.revoked_of(&name).await.map_err(unavailable)?);
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default = "default_limit")]
+    limit: i64,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+fn default_limit() -> i64 {
+    50
+}
+
+async fn audit(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<api::AuditRecord>>, Response> {
+    let limit = q.limit.clamp(1, 10_000);
+    let entries = st
+        .db
+        .audit_log_of(limit, q.actor.as_deref())
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(
+        entries
+            .iter()
+            // A scoped operator reads what happened to its hosts only.
+            .filter(|e| g.scope.0.is_empty() || g.sees(&e.target))
+            .map(audit_view)
+            .collect(),
+    ))
+}
+
+async fn operator_view(db: &FleetDb, o: &OperatorRecord) -> Result<api::Operator, Response> {
+    let cert = db
+        .operator_certificate(&o.name)
+        .await
+        .map_err(unavailable)?;
+    Ok(api::Operator {
+        name: o.name.clone(),
+        role: api::OperatorRole::parse(&o.role).unwrap_or(api::OperatorRole::Viewer),
+        hosts: o.hosts.clone(),
+        created_at: o.created_at,
+        created_by: o.created_by.clone(),
+        revoked_at: o.revoked_at,
+        fingerprint: cert.as_ref().map(|c| c.fingerprint.clone()),
+        cert_not_after: cert.map(|c| c.not_after),
+    })
+}
+
+async fn operators(
+    State(st): State<Arc<FleetApiState>>,
+) -> Result<Json<Vec<api::Operator>>, Response> {
+    let all = st.db.operators().await.map_err(unavailable)?;
+    let mut out = Vec::with_capacity(all.len());
+    for o in &all {
+        out.push(operator_view(&st.db, o).await?);
+    }
+    Ok(Json(out))
+}
+
+async fn operator_show(
+    State(st): State<Arc<FleetApiState>>,
+    Path(name): Path<String>,
+) -> Result<Json<api::Operator>, Response> {
+    match st.db.operator(&name).await.map_err(unavailable)? {
+        Some(o) => Ok(Json(operator_view(&st.db, &o).await?)),
+        None => Err(not_found(format!("no operator named {name}"))),
+    }
+}
+
+/// The longest an enrolment token may live.
+pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+fn operator_error(e: OperatorError) -> Response {
+    match e {
+        OperatorError::Exists(_) => json_error(StatusCode::CONFLICT, "conflict", e.to_string()),
+        OperatorError::Unknown(_) => json_error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        OperatorError::Db(e) => unavailable(e),
+    }
+}
+
+/// Validate an operator name and its host globs.
+pub fn check_operator(name: &str, hosts: &[String]) -> Result<HostName, String> {
+    let name = HostName::new(name).map_err(|e| format!("operator name: {e}"))?;
+    if let Some(bad) = hosts.iter().find(|g| !valid_glob(g)) {
+        return Err(format!(
+            "host glob {bad:?}: use host-name characters, `*` and `?`"
+        ));
+    }
+    Ok(name)
+}
+
+async fn audit_change(st: &FleetApiState, g: &Grant, action: &str, target: &str, detail: String) {
+    if let Err(e) = st
+        .db
+        .audit(&AuditEntry::now(
+            g.actor(),
+            action,
+            target,
+            AuditOutcome::Ok,
+            detail,
+        ))
+        .await
+    {
+        tracing::error!(error = %e, action, "cannot write the audit entry");
+    }
+}
+
+async fn operator_add(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    body: axum::body::Bytes,
+) -> Result<Response, Response> {
+    let req: api::NewOperator = decode(&body).map_err(bad_request)?;
+    let name = check_operator(&req.name, &req.hosts).map_err(bad_request)?;
+    let ttl = req.token_ttl_secs.clamp(60, MAX_TOKEN_TTL_SECS);
+    let (token, expires_at) = st
+        .db
+        .add_operator(
+            &st.ca,
+            &name,
+            req.role.as_str(),
+            &req.hosts,
+            std::time::Duration::from_secs(ttl),
+            &g.actor(),
+        )
+        .await
+        .map_err(operator_error)?;
+    audit_change(
+        &st,
+        &g,
+        "operator.add",
+        name.as_str(),
+        format!("role={} hosts={:?} token={}", req.role, req.hosts, token.id),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(api::OperatorToken {
+            operator: name.to_string(),
+            token: token.to_string(),
+            expires_at,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    #[serde(default = "default_ttl")]
+    ttl_secs: u64,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+async fn operator_token(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<api::OperatorToken>, Response> {
+    let name = check_operator(&name, &[]).map_err(bad_request)?;
+    let (token, expires_at) = st
+        .db
+        .operator_token(
+            &st.ca,
+            &name,
+            std::time::Duration::from_secs(q.ttl_secs.clamp(60, MAX_TOKEN_TTL_SECS)),
+            &g.actor(),
+        )
+        .await
+        .map_err(operator_error)?;
+    audit_change(
+        &st,
+        &g,
+        "operator.token",
+        name.as_str(),
+        format!("token={}", token.id),
+    )
+    .await;
+    Ok(Json(api::OperatorToken {
+        operator: name.to_string(),
+        token: token.to_string(),
+        expires_at,
+    }))
+}
+
+async fn operator_set_role(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<api::Operator>, Response> {
+    let req: api::SetRole = decode(&body).map_err(bad_request)?;
+    check_operator(&name, req.hosts.as_deref().unwrap_or(&[])).map_err(bad_request)?;
+    st.db
+        .set_operator_role(&name, req.role.as_str(), req.hosts.as_deref())
+        .await
+        .map_err(operator_error)?;
+    audit_change(
+        &st,
+        &g,
+        "operator.set_role",
+        &name,
+        format!("role={} hosts={:?}", req.role, req.hosts),
+    )
+    .await;
+    operator_show(State(st), Path(name)).await
+}
+
+async fn operator_revoke(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Json<api::Operator>, Response> {
+    let revoked = st.db.revoke_operator(&name).await.map_err(operator_error)?;
+    audit_change(
+        &st,
+        &g,
+        "operator.revoke",
+        &name,
+        format!("revoked certificates: {}", revoked.len()),
+    )
+    .await;
+    operator_show(State(st), Path(name)).await
+}

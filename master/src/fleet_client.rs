@@ -1,0 +1,105 @@
+//! The CLI's client of the fleet API: the operator identity of a
+//! [`Context`], the server verified as the master (its certificate must say
+//! `decnet-master`, under the CA pinned at login), typed calls in the wire
+//! types of `decnet-api`, and the API's refusals turned into the CLI's exit
+//! codes (a refusal for want of a role: 1, naming the role; a request the
+//! master found wrong or about something absent: 2, as locally).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use decnet_api::ErrorBody;
+use decnet_pki::tls::ExpectedServer;
+use decnet_pki::{Bundle, BundleKind};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::Context;
+use crate::usage::UsageError;
+
+/// A connection to one master's fleet API as one operator.
+pub struct FleetClient {
+    http: reqwest::Client,
+    base: String,
+    context: String,
+}
+
+impl FleetClient {
+    /// The client of context `ctx`.
+    pub fn of(ctx: &Context) -> anyhow::Result<FleetClient> {
+        let bundle = Bundle::load(&ctx.dir, BundleKind::Operator)
+            .map_err(|e| UsageError(format!("context {}: {e}", ctx.name)))?;
+        let cfg = decnet_pki::tls::client_config(&bundle, None, &ExpectedServer::master())
+            .context("building the TLS configuration")?;
+        let http = decnet_swarm_client::transport::http_client(
+            cfg,
+            Duration::from_secs(5),
+            Some(Duration::from_secs(120)),
+            true,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(FleetClient {
+            http,
+            base: format!("https://{}", ctx.fleet_api),
+            context: ctx.name.clone(),
+        })
+    }
+
+    /// `GET path`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(self.http.get(self.url(path))).await
+    }
+
+    /// `method path` with a JSON body.
+    pub async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<T> {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.call(req).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = req.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "the master's fleet API ({}, context {}) did not answer: {}",
+                self.base.trim_start_matches("https://"),
+                self.context,
+                decnet_swarm_client::transport::error_chain(&e)
+            )
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .context("reading the fleet API's answer")?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).context("the fleet API's answer does not parse");
+        }
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
+            error: "error".into(),
+            detail: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            required_role: None,
+        });
+        let msg = match &body.required_role {
+            Some(r) => format!(
+                "refused by the master: {} (required role: {r})",
+                body.detail
+            ),
+            None => format!("refused by the master: {}", body.detail),
+        };
+        match status.as_u16() {
+            400 | 404 => Err(UsageError(body.detail).into()),
+            _ => Err(anyhow::anyhow!(msg)),
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! `decnet operator …`, `decnet login` and `decnet context …`: operators'
+//! identities from both ends. On the master host, without a context, the
+//! operator commands work on the fleet database directly (the bootstrap: the
+//! first admin is added there, as the master's service user); through a
+//! context they are calls to the fleet API, which only an admin passes. The
+//! output is the same either way.
+
+use decnet_api as api;
+use decnet_pki::BundleKind;
+
+use crate::cli::{ContextCommand, OperatorCommand, parse_duration};
+use crate::context::{self, Context};
+use crate::fleet_client::FleetClient;
+use crate::home::MasterHome;
+use crate::table::format_time;
+use crate::usage::{UsageError, cli_actor, load_ca, open_db};
+
+/// A role as given on the command line.
+pub fn parse_role(s: &str) -> Result<api::OperatorRole, UsageError> {
+    api::OperatorRole::parse(s)
+        .ok_or_else(|| UsageError(format!("role {s:?}: use viewer, deployer or admin")))
+}
+
+fn token_ttl(ttl: &str) -> Result<std::time::Duration, UsageError> {
+    let d = parse_duration("--ttl", ttl, std::time::Duration::from_secs(60))?;
+    if d.as_secs() > crate::fleet_api::MAX_TOKEN_TTL_SECS {
+        return Err(UsageError(format!(
+            "--ttl {ttl:?} is too long (at most 7d)"
+        )));
+    }
+    Ok(d)
+}
+
+/// `--hosts '*'` means every host, as no globs do.
+fn scope(hosts: Vec<String>) -> Vec<String> {
+    hosts
+        .into_iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty() && h != "*")
+        .collect()
+}
+
+fn print_token(t: &api::OperatorToken, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(t)?);
+    } else {
+        println!(
+            "operator {} may log in until {}:",
+            t.operator,
+            format_time(t.expires_at)
+        );
+        println!("  decnet login --master MASTER[:8770] --token {}", t.token);
+        println!("(single use; the key is made on the operator's machine and never leaves it)");
+    }
+    Ok(())
+}
+
+fn print_operators(list: &[api::Operator], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no operators (decnet operator add NAME --role admin)");
+        return Ok(());
+    }
+    print!(
+        "{}",
+        crate::table::render(
+            &[
+                "OPERATOR",
+                "ROLE",
+                "HOSTS",
+                "STATE",
+                "CERT EXPIRES",
+                "ADDED BY"
+            ],
+            list.iter().map(|o| {
+                vec![
+                    o.name.clone(),
+                    o.role.to_string(),
+                    if o.hosts.is_empty() {
+                        "*".into()
+                    } else {
+                        o.hosts.join(",")
+                    },
+                    match (o.revoked_at, &o.fingerprint) {
+                        (Some(_), _) => "revoked".into(),
+                        (None, None) => "not logged in".into(),
+                        (None, Some(_)) => "active".into(),
+                    },
+                    o.cert_not_after
+                        .map(|t| crate::table::format_expiry(t, decnet_fleet::unix_now()))
+                        .unwrap_or_else(|| "-".into()),
+                    o.created_by.clone(),
+                ]
+            })
+        )
+    );
+    Ok(())
+}
+
+fn print_operator(o: &api::Operator, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(o)?);
+        return Ok(());
+    }
+    println!("operator:     {}", o.name);
+    println!("role:         {}", o.role);
+    println!(
+        "hosts:        {}",
+        if o.hosts.is_empty() {
+            "* (every host)".into()
+        } else {
+            o.hosts.join(", ")
+        }
+    );
+    println!(
+        "added:        {} by {}",
+        format_time(o.created_at),
+        o.created_by
+    );
+    println!(
+        "revoked:      {}",
+        o.revoked_at.map(format_time).unwrap_or_else(|| "no".into())
+    );
+    println!(
+        "certificate:  {}",
+        o.fingerprint.as_deref().unwrap_or("- (not logged in yet)")
+    );
+    if let Some(t) = o.cert_not_after {
+        println!("expires:      {}", format_time(t));
+    }
+    Ok(())
+}
+
+/// The operator commands on the master host's own database and CA.
+pub async fn local(home: &MasterHome, cmd: OperatorCommand) -> anyhow::Result<()> {
+    let db = open_db(home).await?;
+    let r = local_on(home, &db, cmd).await;
+    db.close().await;
+    r
+}
+
+async fn view(db: &decnet_fleet::FleetDb, name: &str) -> anyhow::Result<api::Operator> {
+    let Some(o) = db.operator(name).await? else {
+        return Err(UsageError(format!("no operator named {name}")).into());
+    };
+    let cert = db.operator_certificate(name).await?;
+    Ok(api::Operator {
+        name: o.name.clone(),
+        role: api::OperatorRole::parse(&o.role).unwrap_or(api::OperatorRole::Viewer),
+        hosts: o.hosts.clone(),
+        created_at: o.created_at,
+        created_by: o.created_by.clone(),
+        revoked_at: o.revoked_at,
+        fingerprint: cert.as_ref().map(|c| c.fingerprint.clone()),
+        cert_not_after: cert.map(|c| c.not_after),
+    })
+}
+
+fn operator_error(e: decnet_fleet::operators::OperatorError) -> anyhow::Error {
+    use decnet_fleet::operators::OperatorError;
+    match e {
+        OperatorError::Db(e) => anyhow::Error::from(e).context("the fleet database"),
+        other => UsageError(other.to_string()).into(),
+    }
+}
+
+async fn local_on(
+    home: &MasterHome,
+    db: &decnet_fleet::FleetDb,
+    cmd: OperatorCommand,
+) -> anyhow::Result<()> {
+    let audit = |action: &'static str, target: String, detail: String| async move {
+        crate::usage::audit(db, action, &target, decnet_fleet::AuditOutcome::Ok, detail).await
+    };
+    match cmd {
+        OperatorCommand::Add {
+            name,
+            role,
+            hosts,
+            ttl,
+            json,
+        } => {
+            let role = parse_role(&role)?;
+            let hosts = scope(hosts);
+            let ttl = token_ttl(&ttl)?;
+            let name = crate::fleet_api::check_operator(&name, &hosts).map_err(UsageError)?;
+            let ca = load_ca(&home.ca_layout())?;
+            let (token, expires_at) = db
+                .add_operator(&ca, &name, role.as_str(), &hosts, ttl, &cli_actor())
+                .await
+                .map_err(operator_error)?;
+            audit(
+                "operator.add",
+                name.to_string(),
+                format!("role={role} hosts={hosts:?} token={}", token.id),
+            )
+            .await?;
+            print_token(
+                &api::OperatorToken {
+                    operator: name.to_string(),
+                    token: token.to_string(),
+                    expires_at,
+                },
+                json,
+            )
+        }
+        OperatorCommand::Token { name, ttl, json } => {
+            let ttl = token_ttl(&ttl)?;
+            let name = crate::fleet_api::check_operator(&name, &[]).map_err(UsageError)?;
+            let ca = load_ca(&home.ca_layout())?;
+            let (token, expires_at) = db
+                .operator_token(&ca, &name, ttl, &cli_actor())
+                .await
+                .map_err(operator_error)?;
+            audit(
+                "operator.token",
+                name.to_string(),
+                format!("token={}", token.id),
+            )
+            .await?;
+            print_token(
+                &api::OperatorToken {
+                    operator: name.to_string(),
+                    token: token.to_string(),
+                    expires_at,
+                },
+                json,
+            )
+        }
+        OperatorCommand::List { json } => {
+            let mut out = Vec::new();
+            for o in db.operators().await? {
+                out.push(view(db, &o.name).await?);
+            }
+            print_operators(&out, json)
+        }
+        OperatorCommand::Show { name, json } => print_operator(&view(db, &name).await?, json),
+        OperatorCommand::SetRole { name, role, hosts } => {
+            let role = parse_role(&role)?;
+            let hosts = hosts.map(scope);
+            crate::fleet_api::check_operator(&name, hosts.as_deref().unwrap_or(&[]))
+                .map_err(UsageError)?;
+            db.set_operator_role(&name, role.as_str(), hosts.as_deref())
+                .await
+                .map_err(operator_error)?;
+            audit(
+                "operator.set_role",
+                name.clone(),
+                format!("role={role} hosts={hosts:?}"),
+            )
+            .await?;
+            print_operator(&view(db, &name).await?, false)
+        }
+        OperatorCommand::Revoke { name } => {
+            let revoked = db.revoke_operator(&name).await.map_err(operator_error)?;
+            audit(
+                "operator.revoke",
+                name.clone(),
+                format!("revoked certificates: {}", revoked.len()),
+            )
+            .await?;
+            println!(
+                "operator {name} revoked ({} certificate(s) on the deny list); refused from its next request",
+                revoked.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The operator commands through a context (admins only: the master says
+/// so otherwise).
+pub async fn remote(client: &FleetClient, cmd: OperatorCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match cmd {
+        OperatorCommand::Add {
+            name,
+            role,
+            hosts,
+            ttl,
+            json,
+        } => {
+            let req = api::NewOperator {
+                name,
+                role: parse_role(&role)?,
+                hosts: scope(hosts),
+                token_ttl_secs: token_ttl(&ttl)?.as_secs(),
+            };
+            let t: api::OperatorToken = client
+                .send(Method::POST, "/v1/operators", Some(&req))
+                .await?;
+            print_token(&t, json)
+        }
+        OperatorCommand::Token { name, ttl, json } => {
+            let secs = token_ttl(&ttl)?.as_secs();
+            let t: api::OperatorToken = client
+                .send::<(), _>(
+                    Method::POST,
+                    &format!("/v1/operators/{name}/token?ttl_secs={secs}"),
+                    None,
+                )
+                .await?;
+            print_token(&t, json)
+        }
+        OperatorCommand::List { json } => {
+            let list: Vec<api::Operator> = client.get("/v1/operators").await?;
+            print_operators(&list, json)
+        }
+        OperatorCommand::Show { name, json } => {
+            let o: api::Operator = client.get(&format!("/v1/operators/{name}")).await?;
+            print_operator(&o, json)
+        }
+        OperatorCommand::SetRole { name, role, hosts } => {
+            let req = api::SetRole {
+                role: parse_role(&role)?,
+                hosts: hosts.map(scope),
+            };
+            let o: api::Operator = client
+                .send(
+                    Method::PUT,
+                    &format!("/v1/operators/{name}/role"),
+                    Some(&req),
+                )
+                .await?;
+            print_operator(&o, false)
+        }
+        OperatorCommand::Revoke { name } => {
+            let _: api::Operator = client
+                .send::<(), _>(Method::POST, &format!("/v1/operators/{name}/revoke"), None)
+                .await?;
+            println!("operator {name} revoked; refused from its next request");
+            Ok(())
+        }
+    }
+}
+
+/// `decnet login`: key here, certificate from the master, a context saved
+/// and put in use.
+pub async fn login(
+    master: &str,
+    token: Option<&str>,
+    token_file: Option<&std::path::Path>,
+    as_name: Option<String>,
+) -> anyhow::Result<()> {
+    use decnet_swarm_client::join::{JoinError, JoinOptions, join, read_token};
+    if let Some(n) = &as_name
+        && !context::valid_name(n)
+    {
+        return Err(UsageError(format!(
+            "--as {n:?}: a context name is a host-name-like word, not `local`"
+        ))
+        .into());
+    }
+    let token = read_token(token, token_file).map_err(|e| UsageError(e.to_string()))?;
+    let master = decnet_swarm_client::transport::with_default_port(master, 8770);
+    let staging = context::staging_dir().map_err(|e| {
+        UsageError(format!(
+            "cannot write under {}: {e}",
+            context::config_root().display()
+        ))
+    })?;
+    let joined = join(
+        &master,
+        &token,
+        BundleKind::Operator,
+        &staging,
+        &JoinOptions::default(),
+    )
+    .await;
+    let bundle = match joined {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(match e {
+                JoinError::BadToken | JoinError::CaMismatch { .. } => {
+                    UsageError(e.to_string()).into()
+                }
+                other => anyhow::anyhow!("{other}"),
+            });
+        }
+    };
+    let operator = match &bundle.identity.role {
+        decnet_pki::Role::Operator(n) => n.to_string(),
+        other => {
+            let _ = std::fs::remove_dir_all(&staging);
+            anyhow::bail!("the master issued a certificate for {other}, not an operator");
+        }
+    };
+    if !staging
+        .join(decnet_swarm_client::join::FLEET_API_FILE)
+        .exists()
+    {
+        let _ = std::fs::remove_dir_all(&staging);
+        anyhow::bail!(
+            "the master did not say where its fleet API listens (is it older than this CLI, or started with --no-api?)"
+        );
+    }
+    let name = as_name.unwrap_or_else(|| operator.clone());
+    let dir = context::dir_of(&name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&staging, &dir)?;
+    Context::use_name(&name)?;
+    let ctx = Context::load(&name)?;
+    println!(
+        "logged in to {master} as operator {operator}; context {name} saved in {} and in use (fleet API {})",
+        dir.display(),
+        ctx.fleet_api
+    );
+    Ok(())
+}
+
+/// `decnet context …`
+pub fn context_command(cmd: ContextCommand) -> anyhow::Result<()> {
+    match cmd {
+        ContextCommand::List => {
+            let current = Context::current_name();
+            let names = Context::names();
+            if names.is_empty() {
+                println!("no contexts (decnet login --master HOST --token TOKEN)");
+            }
+            for n in names {
+                let mark = if current.as_deref() == Some(n.as_str()) {
+                    "*"
+                } else {
+                    " "
+                };
+                let api = Context::load(&n)
+                    .map(|c| c.fleet_api)
+                    .unwrap_or_else(|_| "?".into());
+                println!("{mark} {n}\t{api}");
+            }
+            Ok(())
+        }
+        ContextCommand::Use { name } => {
+            if name != context::LOCAL {
+                Context::load(&name)?;
+            }
+            Context::use_name(&name)?;
+            println!("context {name} in use");
+            Ok(())
+        }
+        ContextCommand::Remove { name } => {
+            context::remove(&name)?;
+            println!("context {name} removed");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Operator commands through a context: the same commands, output, exit
+//! codes and `--json` as on the master host, answered by the master's fleet
+//! API as the context's operator. Commands the fleet API does not serve yet
+//! say so (exit 2) instead of acting on this machine's files.
+
+use crate::cli::{Command, SwarmCommand};
+use crate::context::Context;
+use crate::fleet_client::FleetClient;
+use crate::usage::UsageError;
+
+/// Run `cmd` against the master of `ctx`.
+pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
+    let client = FleetClient::of(ctx)?;
+    match cmd {
+        Command::Swarm(SwarmCommand::List { json }) => {
+            let hosts: Vec<decnet_api::Host> = client.get("/v1/hosts").await?;
+            crate::cli::print_host_list(&hosts, json)
+        }
+        Command::Swarm(SwarmCommand::Show { host, json }) => {
+            let h: decnet_api::Host = client.get(&format!("/v1/hosts/{host}")).await?;
+            crate::cli::print_host(&h, json)
+        }
+        Command::Audit { limit, actor, json } => {
+            let mut path = format!("/v1/audit?limit={}", limit.max(1));
+            if let Some(a) = actor {
+                path.push_str("&actor=");
+                path.push_str(&percent(&a));
+            }
+            let entries: Vec<decnet_api::AuditRecord> = client.get(&path).await?;
+            crate::cli::print_audit(&entries, json)
+        }
+        Command::Operator(c) => crate::operator_cmd::remote(&client, c).await,
+        other => Err(UsageError(format!(
+            "`decnet {}` does not run through a context yet (context {}): run it on the master host, or with --context local there",
+            command_name(&other),
+            ctx.name
+        ))
+        .into()),
+    }
+}
+
+/// A query-string value (actors are `kind:name`).
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The command's words, for messages.
+fn command_name(cmd: &Command) -> String {
+    let dbg = format!("{cmd:?}");
+    let word = |s: &str| {
+        s.split(|c: char| !c.is_ascii_alphanumeric())
+            .find(|w| !w.is_empty())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    match cmd {
+        Command::Swarm(sub) => format!("swarm {}", word(&format!("{sub:?}"))),
+        Command::Ca(sub) => format!("ca {}", word(&format!("{sub:?}"))),
+        _ => word(&dbg),
+    }
+}

@@ -1,0 +1,305 @@
+//! Operators with identities of their own, end to end: the real `decnet`
+//! CLI on "operator machines" (config dirs of their own, no access to the
+//! master's home), logging in to a real `decnet master serve` and driving
+//! its fleet API over mTLS. Played as the attacker too: a viewer trying an
+//! admin's command, a scoped deployer reaching for a host outside its scope,
+//! a revoked operator on its kept-alive connection, and the operator's key
+//! looked for on the master. On SQLite, and with two masters on PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use decnet_e2e::{Daemon, MasterHome, bin};
+
+/// An operator's machine: its own `$XDG_CONFIG_HOME` and `$HOME`, and a
+/// `DECNET_HOME` that does not exist (nothing of the master's is here).
+struct OperatorMachine {
+    dir: tempfile::TempDir,
+}
+
+impl OperatorMachine {
+    fn new() -> OperatorMachine {
+        OperatorMachine {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin("decnet"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("HOME", self.dir.path())
+            .env("DECNET_HOME", self.dir.path().join("no-decnet-home"))
+            .env_remove("DECNET_CONTEXT")
+            .env_remove("DECNET_DATABASE_URL")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "operator: decnet {args:?} failed ({:?}):\n{}{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn context_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("config/decnet/contexts").join(name)
+    }
+
+    fn login(&self, master: &Daemon, token: &str) -> String {
+        self.ok(&[
+            "login",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            token,
+        ])
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The token a `decnet operator add|token --json` printed.
+fn token_of(out: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(out).unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+    out
+}
+
+/// A kept-alive mTLS client holding `ctx`'s operator identity.
+fn kept_alive_client(ctx: &Path) -> reqwest::Client {
+    let bundle = decnet_pki::Bundle::load(ctx, decnet_pki::BundleKind::Operator).unwrap();
+    let cfg =
+        decnet_pki::tls::client_config(&bundle, None, &decnet_pki::tls::ExpectedServer::master())
+            .unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .pool_max_idle_per_host(4)
+        .build()
+        .unwrap()
+}
+
+fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
+    m.enroll("w1");
+    m.enroll("lab1");
+    let master = masters[0];
+
+    // The bootstrap: the first admin, on the master host, without a context.
+    let root = OperatorMachine::new();
+    let t = m.ok(&["operator", "add", "root", "--role", "admin", "--json"]);
+    let out = root.login(master, &token_of(&t));
+    assert!(out.contains("context root saved"), "{out}");
+    // The key was made on the operator's machine, 0600, and exists nowhere
+    // on the master.
+    let ctx = root.context_dir("root");
+    let key = std::fs::read_to_string(ctx.join("operator.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(ctx.join("operator.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let key_body: String = key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(key_body.len() > 100);
+    for (path, bytes) in files_under(m.dir.path()) {
+        assert!(
+            !text(&bytes).contains(&key_body[..64]),
+            "the operator's key is on the master: {}",
+            path.display()
+        );
+    }
+    // A token is spent once.
+    let again = root.run(&[
+        "login",
+        "--master",
+        &master.addr.to_string(),
+        "--token",
+        &token_of(&t),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("token already used"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // Same output through a context as on the master host.
+    assert_eq!(
+        root.json(&["swarm", "list", "--json"]),
+        m.json(&["swarm", "list", "--json"])
+    );
+    assert_eq!(
+        root.json(&["swarm", "show", "w1", "--json"]),
+        m.json(&["swarm", "show", "w1", "--json"])
+    );
+    let table = root.ok(&["swarm", "list"]);
+    assert!(table.contains("w1") && table.contains("lab1"), "{table}");
+
+    // The admin adds a viewer and a deployer scoped to w*.
+    let alice = OperatorMachine::new();
+    alice.login(
+        masters[masters.len() - 1],
+        &token_of(&root.ok(&["operator", "add", "alice", "--role", "viewer", "--json"])),
+    );
+    let bob = OperatorMachine::new();
+    bob.login(
+        master,
+        &token_of(&root.ok(&[
+            "operator", "add", "bob", "--role", "deployer", "--hosts", "w*", "--json",
+        ])),
+    );
+
+    // The viewer reads, and is refused an admin's command (exit 1, naming
+    // the role it lacks).
+    assert!(alice.ok(&["swarm", "show", "lab1"]).contains("lab1"));
+    let out = alice.run(&["operator", "list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("required role: admin"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = alice.run(&["operator", "add", "mallory", "--role", "admin"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    // The scoped deployer sees w1 and nothing of lab1.
+    let hosts = bob.json(&["swarm", "list", "--json"]);
+    let names: Vec<&str> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["w1"]);
+    let out = bob.run(&["swarm", "show", "lab1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not enrolled"),
+        "{}",
+        text(&out.stderr)
+    );
+    // What the fleet API does not serve yet is said, not done locally.
+    let out = bob.run(&["swarm", "deploy", "--config", "/dev/null", "--host", "w1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not run through a context yet"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The audit log credits each action to its operator.
+    let audit = root.json(&["audit", "--json", "--actor", "root"]);
+    let actions: Vec<(String, String)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                format!(
+                    "{} {}",
+                    e["action"].as_str().unwrap(),
+                    e["target"].as_str().unwrap()
+                ),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("operator:root".into(), "operator.add alice".into()))
+            && actions.contains(&("operator:root".into(), "operator.add bob".into())),
+        "{actions:?}"
+    );
+    let local = m.json(&["audit", "--json"]);
+    assert!(
+        local
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "operator.add"
+                && e["target"] == "root"
+                && e["actor"].as_str().unwrap().starts_with("local:")),
+        "{local}"
+    );
+
+    // Revocation holds from the next request, on a kept-alive connection too.
+    let bob_ctx = bob.context_dir("bob");
+    let api = std::fs::read_to_string(bob_ctx.join("fleet-api")).unwrap();
+    let url = format!("https://{}/v1/whoami", api.trim());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = kept_alive_client(&bob_ctx);
+    let status = rt.block_on(async { client.get(&url).send().await.unwrap().status() });
+    assert_eq!(status, 200);
+    root.ok(&["operator", "revoke", "bob"]);
+    let (status, body) = rt.block_on(async {
+        let r = client.get(&url).send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    let out = bob.run(&["swarm", "list"]);
+    assert_ne!(out.status.code(), Some(0), "a revoked operator still lists");
+    // And an admin sees it so.
+    let ops = root.json(&["operator", "list", "--json"]);
+    let bob_row = ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "bob")
+        .unwrap();
+    assert!(bob_row["revoked_at"].is_i64(), "{bob_row}");
+    // A role change holds from the next command: alice becomes an admin.
+    root.ok(&["operator", "set-role", "alice", "admin"]);
+    assert!(alice.ok(&["operator", "list"]).contains("bob"));
+}
+
+#[test]
+fn operators_drive_the_fleet_through_contexts_on_sqlite() {
+    let m = MasterHome::new();
+    let master = m.serve(&["--no-listener"]);
+    operators_drive_the_fleet(&m, &[&master]);
+}
+
+/// Two masters on one PostgreSQL serve operators alike: alice logs in
+/// through the second, everyone else through the first.
+#[test]
+fn two_masters_on_postgresql_serve_operators_alike() {
+    let Some(db) = decnet_e2e::postgres::fresh_database("decnet_ops") else {
+        return;
+    };
+    let m = MasterHome::with_database(Some(db));
+    let a = m.serve(&["--no-listener"]);
+    let b = m.serve(&["--no-listener"]);
+    operators_drive_the_fleet(&m, &[&a, &b]);
+}
