@@ -862,18 +862,7 @@ impl FleetDb {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    at: r.try_get(0)?,
-                    actor: r.try_get(1)?,
-                    action: r.try_get(2)?,
-                    target: r.try_get(3)?,
-                    outcome: r.try_get::<String, _>(4)?.parse()?,
-                    detail: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_of_row).collect()
     }
 }
 
@@ -908,19 +897,20 @@ impl FleetDb {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    at: r.try_get(0)?,
-                    actor: r.try_get(1)?,
-                    action: r.try_get(2)?,
-                    target: r.try_get(3)?,
-                    outcome: r.try_get::<String, _>(4)?.parse()?,
-                    detail: r.try_get(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_of_row).collect()
     }
+}
+
+/// An audit entry from a `SELECT at, actor, action, target, outcome, detail`.
+fn audit_of_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, DbError> {
+    Ok(AuditEntry {
+        at: r.try_get(0)?,
+        actor: r.try_get(1)?,
+        action: r.try_get(2)?,
+        target: r.try_get(3)?,
+        outcome: r.try_get::<String, _>(4)?.parse()?,
+        detail: r.try_get(5)?,
+    })
 }
 
 /// The INSERT of one audit entry (one home for [`FleetDb::audit`] and

@@ -66,6 +66,11 @@ pub struct Context {
 impl Context {
     /// Load context `name`.
     pub fn load(name: &str) -> Result<Context, UsageError> {
+        if !valid_name(name) {
+            return Err(UsageError(format!(
+                "{name:?} is not a context name (see `decnet context list`)"
+            )));
+        }
         let dir = dir_of(name);
         if !dir.join(BundleKind::Operator.cert_file()).exists() {
             return Err(UsageError(format!(

@@ -205,12 +205,20 @@ async fn audit(
     ))
 }
 
-async fn operator_view(db: &FleetDb, o: &OperatorRecord) -> Result<api::Operator, Response> {
-    let cert = db
-        .operator_certificate(&o.name)
-        .await
-        .map_err(unavailable)?;
-    Ok(api::Operator {
+/// Operator `name` as the API shows it (`None`: no such operator).
+pub async fn operator_view(
+    db: &FleetDb,
+    name: &str,
+) -> Result<Option<api::Operator>, decnet_fleet::DbError> {
+    let Some(o) = db.operator(name).await? else {
+        return Ok(None);
+    };
+    let cert = db.operator_certificate(name).await?;
+    Ok(Some(view_of(&o, cert)))
+}
+
+fn view_of(o: &OperatorRecord, cert: Option<decnet_fleet::CertRecord>) -> api::Operator {
+    api::Operator {
         name: o.name.clone(),
         role: api::OperatorRole::parse(&o.role).unwrap_or(api::OperatorRole::Viewer),
         hosts: o.hosts.clone(),
@@ -219,26 +227,31 @@ async fn operator_view(db: &FleetDb, o: &OperatorRecord) -> Result<api::Operator
         revoked_at: o.revoked_at,
         fingerprint: cert.as_ref().map(|c| c.fingerprint.clone()),
         cert_not_after: cert.map(|c| c.not_after),
-    })
+    }
+}
+
+/// Every operator as the API shows it.
+pub async fn operator_views(db: &FleetDb) -> Result<Vec<api::Operator>, decnet_fleet::DbError> {
+    let mut out = Vec::new();
+    for o in db.operators().await? {
+        let cert = db.operator_certificate(&o.name).await?;
+        out.push(view_of(&o, cert));
+    }
+    Ok(out)
 }
 
 async fn operators(
     State(st): State<Arc<FleetApiState>>,
 ) -> Result<Json<Vec<api::Operator>>, Response> {
-    let all = st.db.operators().await.map_err(unavailable)?;
-    let mut out = Vec::with_capacity(all.len());
-    for o in &all {
-        out.push(operator_view(&st.db, o).await?);
-    }
-    Ok(Json(out))
+    Ok(Json(operator_views(&st.db).await.map_err(unavailable)?))
 }
 
 async fn operator_show(
     State(st): State<Arc<FleetApiState>>,
     Path(name): Path<String>,
 ) -> Result<Json<api::Operator>, Response> {
-    match st.db.operator(&name).await.map_err(unavailable)? {
-        Some(o) => Ok(Json(operator_view(&st.db, &o).await?)),
+    match operator_view(&st.db, &name).await.map_err(unavailable)? {
+        Some(o) => Ok(Json(o)),
         None => Err(not_found(format!("no operator named {name}"))),
     }
 }

@@ -40,6 +40,18 @@ fn scope(hosts: Vec<String>) -> Vec<String> {
         .collect()
 }
 
+fn token_answer(
+    name: &decnet_pki::HostName,
+    token: &decnet_swarm_client::join::TokenText,
+    expires_at: i64,
+) -> api::OperatorToken {
+    api::OperatorToken {
+        operator: name.to_string(),
+        token: token.to_string(),
+        expires_at,
+    }
+}
+
 fn print_token(t: &api::OperatorToken, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(t)?);
@@ -143,20 +155,9 @@ pub async fn local(home: &MasterHome, cmd: OperatorCommand) -> anyhow::Result<()
 }
 
 async fn view(db: &decnet_fleet::FleetDb, name: &str) -> anyhow::Result<api::Operator> {
-    let Some(o) = db.operator(name).await? else {
-        return Err(UsageError(format!("no operator named {name}")).into());
-    };
-    let cert = db.operator_certificate(name).await?;
-    Ok(api::Operator {
-        name: o.name.clone(),
-        role: api::OperatorRole::parse(&o.role).unwrap_or(api::OperatorRole::Viewer),
-        hosts: o.hosts.clone(),
-        created_at: o.created_at,
-        created_by: o.created_by.clone(),
-        revoked_at: o.revoked_at,
-        fingerprint: cert.as_ref().map(|c| c.fingerprint.clone()),
-        cert_not_after: cert.map(|c| c.not_after),
-    })
+    crate::fleet_api::operator_view(db, name)
+        .await?
+        .ok_or_else(|| UsageError(format!("no operator named {name}")).into())
 }
 
 fn operator_error(e: decnet_fleet::operators::OperatorError) -> anyhow::Error {
@@ -198,14 +199,7 @@ async fn local_on(
                 format!("role={role} hosts={hosts:?} token={}", token.id),
             )
             .await?;
-            print_token(
-                &api::OperatorToken {
-                    operator: name.to_string(),
-                    token: token.to_string(),
-                    expires_at,
-                },
-                json,
-            )
+            print_token(&token_answer(&name, &token, expires_at), json)
         }
         OperatorCommand::Token { name, ttl, json } => {
             let ttl = token_ttl(&ttl)?;
@@ -221,21 +215,10 @@ async fn local_on(
                 format!("token={}", token.id),
             )
             .await?;
-            print_token(
-                &api::OperatorToken {
-                    operator: name.to_string(),
-                    token: token.to_string(),
-                    expires_at,
-                },
-                json,
-            )
+            print_token(&token_answer(&name, &token, expires_at), json)
         }
         OperatorCommand::List { json } => {
-            let mut out = Vec::new();
-            for o in db.operators().await? {
-                out.push(view(db, &o.name).await?);
-            }
-            print_operators(&out, json)
+            print_operators(&crate::fleet_api::operator_views(db).await?, json)
         }
         OperatorCommand::Show { name, json } => print_operator(&view(db, &name).await?, json),
         OperatorCommand::SetRole { name, role, hosts } => {
