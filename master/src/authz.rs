@@ -30,7 +30,9 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
         (&Method::GET, ["v1", "whoami"])
         | (&Method::GET, ["v1", "hosts"])
         | (&Method::GET, ["v1", "hosts", _])
-        | (&Method::GET, ["v1", "audit"]) => Permission::Read,
+        | (&Method::GET, ["v1", "audit"])
+        | (&Method::GET, ["v1", "status"])
+        | (&Method::GET, ["v1", "check"]) => Permission::Read,
         _ => Permission::Admin,
     }
 }
@@ -201,6 +203,9 @@ mod tests {
         );
         assert_eq!(permission_of(&Method::GET, "/v1/audit"), Permission::Read);
         assert_eq!(permission_of(&Method::GET, "/v1/whoami"), Permission::Read);
+        assert_eq!(permission_of(&Method::GET, "/v1/status"), Permission::Read);
+        assert_eq!(permission_of(&Method::GET, "/v1/check"), Permission::Read);
+        assert_eq!(permission_of(&Method::POST, "/v1/check"), Permission::Admin);
         assert_eq!(
             permission_of(&Method::GET, "/v1/operators"),
             Permission::Admin

@@ -135,12 +135,14 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         layout.master_dir(),
         s.audit_retention,
     ));
+    let pool = crate::fleet_ops::worker_pool(&layout)?;
     let fleet_api_task = fleet_api.map(|server| {
         let port = server.local_addr().port();
         let app = HttpService::new(
             crate::fleet_api::router(Arc::new(crate::fleet_api::FleetApiState {
                 db: db.clone(),
                 ca: ca.clone(),
+                pool: pool.clone(),
             })),
             decnet_server::RoleSet(vec![decnet_pki::RoleKind::Operator]),
             HttpLimits::default(),

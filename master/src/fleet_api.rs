@@ -29,6 +29,10 @@ pub struct FleetApiState {
     pub db: FleetDb,
     /// The CA (operator tokens carry its fingerprint).
     pub ca: Arc<CertificateAuthority>,
+    /// The master's warm pool of worker connections: TLS sessions kept
+    /// across requests, so a repeated `swarm check` resumes instead of
+    /// handshaking afresh with every host.
+    pub pool: decnet_swarm_client::transport::WorkerPool,
 }
 
 /// The `/v1` router, authorization included.
@@ -38,6 +42,8 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/{name}", get(host))
         .route("/v1/audit", get(audit))
+        .route("/v1/status", get(status))
+        .route("/v1/check", get(check))
         .route("/v1/operators", get(operators).post(operator_add))
         .route("/v1/operators/{name}", get(operator_show))
         .route("/v1/operators/{name}/token", post(operator_token))
@@ -170,6 +176,66 @@ async fn host(
     let mut v = host_view(&h, &expiry);
     v.revoked_fingerprints = Some(st.db.revoked_of(&name).await.map_err(unavailable)?);
     Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+struct ProbeQuery {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default = "default_parallel")]
+    parallel: usize,
+}
+
+fn default_parallel() -> usize {
+    crate::fleet_ops::DEFAULT_PARALLEL
+}
+
+/// The hosts a probe of `q` covers, as the grant allows.
+async fn probed_hosts(
+    st: &FleetApiState,
+    g: &Grant,
+    host: Option<&str>,
+) -> Result<Vec<HostRecord>, Response> {
+    let names: Vec<String> = host
+        .map(|h| vec![h.to_ascii_lowercase()])
+        .unwrap_or_default();
+    if let Some(h) = names.first()
+        && !g.sees(h)
+    {
+        return Err(not_found(format!(
+            "host {h} is not enrolled (see `decnet swarm list`)"
+        )));
+    }
+    let hosts = crate::fleet_ops::select_hosts(&st.db, &names)
+        .await
+        .map_err(|e| match e.downcast::<crate::usage::UsageError>() {
+            Ok(u) => not_found(u.0),
+            Err(e) => unavailable(e),
+        })?;
+    Ok(hosts.into_iter().filter(|h| g.sees(&h.name)).collect())
+}
+
+async fn status(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Query(q): Query<ProbeQuery>,
+) -> Result<Json<Vec<crate::fleet_ops::HostReport>>, Response> {
+    let hosts = probed_hosts(&st, &g, q.host.as_deref()).await?;
+    Ok(Json(
+        crate::fleet_ops::probe_all(&st.db, &st.pool, hosts, true, q.parallel.clamp(1, 1024)).await,
+    ))
+}
+
+async fn check(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Query(q): Query<ProbeQuery>,
+) -> Result<Json<Vec<crate::fleet_ops::HostReport>>, Response> {
+    let hosts = probed_hosts(&st, &g, None).await?;
+    Ok(Json(
+        crate::fleet_ops::probe_all(&st.db, &st.pool, hosts, false, q.parallel.clamp(1, 1024))
+            .await,
+    ))
 }
 
 #[derive(Deserialize)]

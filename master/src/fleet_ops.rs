@@ -723,8 +723,9 @@ pub async fn evidence(
     }
 }
 
-/// One host's row in `swarm status` / `swarm check`.
-#[derive(Debug, serde::Serialize)]
+/// One host's row in `swarm status` / `swarm check` (also what the fleet
+/// API's `/v1/status` and `/v1/check` answer).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct HostReport {
     /// Host.
     pub host: String,
@@ -733,10 +734,10 @@ pub struct HostReport {
     /// Agent version.
     pub version: Option<String>,
     /// The agent's status (status command; absent from a check).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<AgentStatus>,
     /// The error, when it did not answer properly.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When the host's record last changed (unix seconds): this contact.
     pub updated_at: Option<i64>,
@@ -781,7 +782,9 @@ impl Progress {
     }
 }
 
-async fn probe_all(
+/// Probe `hosts`' agents (`full`: `/status`, else `/health`), record the
+/// contacts, and return a report per host, sorted by name.
+pub async fn probe_all(
     db: &FleetDb,
     pool: &WorkerPool,
     hosts: Vec<HostRecord>,
@@ -895,13 +898,19 @@ pub async fn status(
     let names: Vec<String> = host.map(|h| vec![h.to_string()]).unwrap_or_default();
     let hosts = select_hosts(db, &names).await?;
     let reports = probe_all(db, &pool, hosts, true, parallel).await;
+    print_status(&reports, json)
+}
+
+/// `swarm status`'s output (local or through a context); whether every
+/// host answered.
+pub fn print_status(reports: &[HostReport], json: bool) -> anyhow::Result<bool> {
     let all_ok = reports.iter().all(|r| r.reachable);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(all_ok);
     }
     let mut rows: Vec<Vec<String>> = Vec::new();
-    for r in &reports {
+    for r in reports {
         match (&r.status, &r.error) {
             (Some(s), _) if s.deckies.is_empty() => rows.push(vec![
                 r.host.clone(),
@@ -977,6 +986,12 @@ pub async fn check(
     let pool = worker_pool(layout)?;
     let hosts = select_hosts(db, &[]).await?;
     let reports = probe_all(db, &pool, hosts, false, parallel).await;
+    print_check(&reports, json)
+}
+
+/// `swarm check`'s output (local or through a context); whether every host
+/// answered.
+pub fn print_check(reports: &[HostReport], json: bool) -> anyhow::Result<bool> {
     let all_ok = reports.iter().all(|r| r.reachable);
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);

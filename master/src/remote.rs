@@ -29,6 +29,34 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             let entries: Vec<decnet_api::AuditRecord> = client.get(&path).await?;
             crate::cli::print_audit(&entries, json)
         }
+        Command::Swarm(SwarmCommand::Status {
+            host,
+            json,
+            max_parallel,
+            ..
+        }) => {
+            let mut path = format!("/v1/status?parallel={max_parallel}");
+            if let Some(h) = host {
+                path.push_str("&host=");
+                path.push_str(&percent(&h));
+            }
+            let reports: Vec<crate::fleet_ops::HostReport> = client.get(&path).await?;
+            crate::usage::partial(
+                crate::fleet_ops::print_status(&reports, json)?,
+                "some hosts did not answer",
+            )
+        }
+        Command::Swarm(SwarmCommand::Check {
+            json, max_parallel, ..
+        }) => {
+            let reports: Vec<crate::fleet_ops::HostReport> = client
+                .get(&format!("/v1/check?parallel={max_parallel}"))
+                .await?;
+            crate::usage::partial(
+                crate::fleet_ops::print_check(&reports, json)?,
+                "some hosts did not answer",
+            )
+        }
         Command::Operator(c) => crate::operator_cmd::remote(&client, c).await,
         other => Err(UsageError(format!(
             "`decnet {}` does not run through a context yet (context {}): run it on the master host, or with --context local there",

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use decnet_e2e::{Daemon, MasterHome, bin};
+use decnet_e2e::{Agent, Daemon, MasterHome, bin};
 
 /// An operator's machine: its own `$XDG_CONFIG_HOME` and `$HOME`, and a
 /// `DECNET_HOME` that does not exist (nothing of the master's is here).
@@ -218,6 +218,42 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
         "{}",
         text(&out.stderr)
     );
+
+    // Probes of the workers run in the master (its warm pool), scoped too.
+    let _agent = Agent::start(m, "w1", &m.dir.path().join("w1-state"), &[]);
+    let reachable = |v: &serde_json::Value| -> Vec<(String, bool)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["host"].as_str().unwrap().to_string(),
+                    r["reachable"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let remote = alice.run(&["swarm", "check", "--json"]);
+    let local = m.run(&["swarm", "check", "--json"]);
+    assert_eq!(
+        remote.status.code(),
+        local.status.code(),
+        "lab1 has no agent"
+    );
+    let want = vec![("lab1".to_string(), false), ("w1".to_string(), true)];
+    assert_eq!(
+        reachable(&serde_json::from_slice(&remote.stdout).unwrap()),
+        want
+    );
+    assert_eq!(
+        reachable(&serde_json::from_slice(&local.stdout).unwrap()),
+        want
+    );
+    let status = bob.json(&["swarm", "status", "--json"]);
+    assert_eq!(reachable(&status), vec![("w1".to_string(), true)]);
+    assert!(status[0]["status"]["deckies"].is_array(), "{status}");
+    let out = bob.run(&["swarm", "status", "lab1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 
     // The audit log credits each action to its operator.
     let audit = root.json(&["audit", "--json", "--actor", "root"]);
