@@ -20,7 +20,12 @@
 //! range of its own, the process driver); `swarm deploy` then really starts
 //! one decky (`sleep`) per host, and every process is stopped at the end.
 //!
-//! Run: `cargo run --release -p decnet-e2e --bin decnet-fleet-bench -- [HOSTS] [MAX_PARALLEL] [--real-agents]`
+//! With `--through-daemon` the commands go through a context to a real
+//! `decnet master serve` (its fleet API and its warm worker pool) as an
+//! admin operator: `swarm check` twice (the second resumes the TLS sessions
+//! the daemon kept) and `swarm status`; the CPU shown is the daemon's.
+//!
+//! Run: `cargo run --release -p decnet-e2e --bin decnet-fleet-bench -- [HOSTS] [MAX_PARALLEL] [--real-agents] [--through-daemon]`
 
 use std::time::Instant;
 
@@ -268,6 +273,11 @@ fn main() {
         None
     };
     let _guard = rt.enter();
+    if std::env::args().any(|a| a == "--through-daemon") {
+        through_daemon(&m, hosts, &parallel);
+        drop(agents);
+        return;
+    }
     let cfg = m.dir.path().join("deploy.json");
     std::fs::write(
         &cfg,
@@ -358,4 +368,74 @@ fn main() {
         }
     }
     drop(agents);
+}
+
+/// The fleet commands through a context to a real `decnet master serve`:
+/// what an operator away from the master host waits for, and the daemon's
+/// CPU per host.
+fn through_daemon(m: &MasterHome, hosts: usize, parallel: &str) {
+    let daemon = m.serve(&["--no-listener"]);
+    let t = m.ok(&["operator", "add", "bench", "--role", "admin", "--json"]);
+    let token = serde_json::from_str::<serde_json::Value>(&t).expect("token")["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let config = m.dir.path().join("operator-config");
+    let decnet = |args: &[&str]| {
+        std::process::Command::new(bin("decnet"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", &config)
+            .env("DECNET_HOME", m.dir.path().join("not-the-master"))
+            .env_remove("DECNET_CONTEXT")
+            .output()
+            .expect("run decnet")
+    };
+    let out = decnet(&[
+        "login",
+        "--master",
+        &daemon.addr.to_string(),
+        "--token",
+        &token,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "hosts {hosts} (simulated in this process), --max-parallel {parallel}, through the fleet API of a master daemon (SQLite)"
+    );
+    for (what, args) in [
+        (
+            "check (first)",
+            ["swarm", "check", "--json", "--max-parallel", parallel],
+        ),
+        (
+            "check (again)",
+            ["swarm", "check", "--json", "--max-parallel", parallel],
+        ),
+        (
+            "status",
+            ["swarm", "status", "--json", "--max-parallel", parallel],
+        ),
+    ] {
+        let (full, resumed) = agent_handshakes();
+        let cpu = procstat::cpu_seconds(daemon.child.id());
+        let started = Instant::now();
+        let out = decnet(&args);
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = procstat::cpu_seconds(daemon.child.id()) - cpu;
+        let (f, r) = agent_handshakes();
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let answered = rows.iter().filter(|r| r["reachable"] == true).count();
+        println!(
+            "{what:<14} {secs:>6.2}s  {answered}/{hosts} answered  daemon CPU {cpu:.2}s ({:.2} ms per host)  handshakes {} full, {} resumed  (exit {:?})",
+            cpu * 1000.0 / hosts as f64,
+            f - full,
+            r - resumed,
+            out.status.code()
+        );
+    }
+    let rss = procstat::rss_kib(&daemon.child.id().to_string()).unwrap_or(0);
+    println!("daemon RSS {} MiB", rss / 1024);
 }
