@@ -198,6 +198,60 @@ pub struct SetRole {
     pub hosts: Option<Vec<String>>,
 }
 
+/// `POST /v1/tokens`: a single-use join token for a worker host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJoinToken {
+    /// The host that will join.
+    pub host: String,
+    /// The address the master dials.
+    pub address: String,
+    /// Extra SANs.
+    #[serde(default)]
+    pub sans: Vec<String>,
+    /// Whether its updater may join too.
+    #[serde(default)]
+    pub updater: bool,
+    /// How long it is valid (seconds).
+    pub ttl_secs: u64,
+}
+
+/// The answer to [`NewJoinToken`]: the token, shown once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// The host.
+    pub host: String,
+    /// `<id>.<secret>.<ca-sha256>`.
+    pub token: String,
+    /// Whether its updater may join too.
+    pub updater: bool,
+    /// How long it is valid (seconds).
+    pub ttl_secs: u64,
+}
+
+/// `POST /v1/hosts/{name}/decommission`: what it did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decommissioned {
+    /// The host.
+    pub host: String,
+    /// Certificates revoked.
+    pub revoked: usize,
+    /// Issued bundle directories removed from the master.
+    pub removed_bundles: usize,
+}
+
+/// `POST /v1/hosts/{name}/renew`: the agent renews at its next heartbeat;
+/// the updater was asked directly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequested {
+    /// The host.
+    pub host: String,
+    /// Whether the host has an updater (and so was asked).
+    pub has_updater: bool,
+    /// Why the updater did not take the request, if it did not.
+    pub updater_error: Option<String>,
+}
+
 /// `GET /v1/whoami`: the identity and grant of the caller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Whoami {

@@ -33,6 +33,7 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
         | (&Method::GET, ["v1", "audit"])
         | (&Method::GET, ["v1", "status"])
         | (&Method::GET, ["v1", "check"]) => Permission::Read,
+        (&Method::POST, ["v1", "hosts", _, "renew"]) => Permission::Deploy,
         _ => Permission::Admin,
     }
 }
@@ -206,6 +207,18 @@ mod tests {
         assert_eq!(permission_of(&Method::GET, "/v1/status"), Permission::Read);
         assert_eq!(permission_of(&Method::GET, "/v1/check"), Permission::Read);
         assert_eq!(permission_of(&Method::POST, "/v1/check"), Permission::Admin);
+        assert_eq!(
+            permission_of(&Method::POST, "/v1/hosts/w1/renew"),
+            Permission::Deploy
+        );
+        assert_eq!(
+            permission_of(&Method::POST, "/v1/hosts/w1/decommission"),
+            Permission::Admin
+        );
+        assert_eq!(
+            permission_of(&Method::POST, "/v1/tokens"),
+            Permission::Admin
+        );
         assert_eq!(
             permission_of(&Method::GET, "/v1/operators"),
             Permission::Admin

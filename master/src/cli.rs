@@ -1226,141 +1226,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
         })) => {
             let home = resolve(ca.ca_dir);
-            let name = HostName::new(&host).map_err(|e| UsageError(e.to_string()))?;
-            let address = address.ok_or_else(|| {
-                UsageError("--address is required: the address the master will dial".into())
-            })?;
-            for s in std::iter::once(&address).chain(sans.iter()) {
-                decnet_pki::ca::validate_san(s).map_err(|e| UsageError(e.to_string()))?;
-            }
-            let ttl = parse_duration("--ttl", &ttl, std::time::Duration::from_secs(1))?;
+            let req = token_request(host, address, sans, updater, &ttl)?;
             let ca = load_ca(&home.ca_layout())?;
             let db = open_db(&home).await?;
-            let grant = decnet_fleet::join::TokenGrant {
-                host: name,
-                address: address.clone(),
-                sans: sans.clone(),
-                allow_updater: updater,
-                ttl,
-            };
-            let token = decnet_fleet::join::create_token(&db, &ca, &grant, &cli_actor()).await?;
-            audit(
-                &db,
-                "swarm.token.create",
-                &host,
-                AuditOutcome::Ok,
-                format!(
-                    "token={} updater={updater} ttl={}s",
-                    token.id,
-                    ttl.as_secs()
-                ),
-            )
-            .await?;
+            let token = crate::ops::create_join_token(&db, &ca, &req, &cli_actor()).await;
             db.close().await;
-            println!("{token}");
-            eprintln!(
-                "On {host}: save the token to a file only root can read (chmod 600 FILE), then: decnet-agent join --master MASTER:8770 --token-file FILE{}; valid {}s, single use (a token in argv is visible to every process in /proc).",
-                if updater {
-                    " (and decnet-updater join --master MASTER:8770 --token-file FILE right after: the second half ends 10 minutes after the first is used)"
-                } else {
-                    ""
-                },
-                ttl.as_secs()
+            let token = token.map_err(crate::ops::OpError::into_cli)?;
+            print_join_token(
+                &token.to_string(),
+                &req.host,
+                req.updater,
+                req.ttl.as_secs(),
             );
             Ok(())
         }
         Command::Swarm(SwarmCommand::Renew { host }) => {
             let home = resolve(None);
             let db = open_db(&home).await?;
-            if db
-                .host(&host)
-                .await?
-                .is_some_and(|h| h.status == HostStatus::Suspect)
-            {
-                audit(
-                    &db,
-                    "swarm.renew",
-                    &host,
-                    AuditOutcome::Refused,
-                    "host is suspect",
-                )
-                .await?;
-                db.close().await;
-                return Err(UsageError(format!(
-                    "{host} is suspect: two holders of its identity were seen, and a renewal would go to whichever asks first; burn it instead: decnet swarm burn {host}"
-                ))
-                .into());
-            }
-            let found = db.request_renewal(&host).await?;
-            audit(
-                &db,
-                "swarm.renew",
-                &host,
-                if found {
-                    AuditOutcome::Ok
-                } else {
-                    AuditOutcome::Refused
-                },
-                "renewal requested",
-            )
-            .await?;
-            if !found {
-                db.close().await;
-                return Err(UsageError(format!(
-                    "host {host} is not enrolled or is decommissioned"
-                ))
-                .into());
-            }
-            println!(
-                "{host}: the agent will renew its certificate at its next heartbeat (decnet master serve must be running)"
-            );
-            // The updater has no heartbeat: it is asked directly.
-            let h = crate::fleet_ops::select_hosts(&db, std::slice::from_ref(&host))
-                .await?
-                .remove(0);
-            let updater = if h.updater_fingerprint.is_none() {
-                None
-            } else {
+            let r = async {
                 let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
-                Some(match crate::rollout::updater_client(&pool, &h) {
-                    Ok(c) => c.renew().await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                })
-            };
-            if let Some(r) = &updater {
-                audit(
-                    &db,
-                    "swarm.renew.updater",
-                    &host,
-                    if r.is_ok() {
-                        AuditOutcome::Ok
-                    } else {
-                        AuditOutcome::Failed
-                    },
-                    match r {
-                        Ok(()) => "updater renewal requested",
-                        Err(_) => "the updater did not take the renewal request",
-                    },
-                )
-                .await?;
+                crate::ops::request_renewal(&db, &pool, &host, &cli_actor())
+                    .await
+                    .map_err(crate::ops::OpError::into_cli)
             }
+            .await;
             db.close().await;
-            match updater {
-                None => Ok(()),
-                Some(Ok(())) => {
-                    println!("{host}: the updater is renewing its certificate now");
-                    Ok(())
-                }
-                // The agent's request stands (it is in the database); the
-                // updater renews when due, or when asked again.
-                Some(Err(e)) => {
-                    eprintln!(
-                        "warning: {host}: the updater did not take the renewal request: {}; it renews when due (at 2/3 of its lifetime), or run `decnet swarm renew {host}` again once it answers",
-                        crate::table::inert(&e.to_string())
-                    );
-                    Ok(())
-                }
-            }
+            let r = r?;
+            print_renewal(
+                &host,
+                r.updater.is_some(),
+                r.updater.and_then(|u| u.err()).as_deref(),
+            );
+            Ok(())
         }
         Command::Swarm(SwarmCommand::Rollback { ca, host }) => {
             let home = resolve(ca.ca_dir);
@@ -2031,7 +1928,7 @@ async fn enrolled_host(db: &FleetDb, host: &str) -> anyhow::Result<decnet_fleet:
 }
 
 async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<()> {
-    let name = HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
+    HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
     let db = open_db(home).await?;
     let r = async {
         enrolled_host(&db, host).await?;
@@ -2043,30 +1940,73 @@ async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow:
             &format!("Decommission {host}? Its certificates are revoked and its bundles deleted."),
         )
         .await?;
-        let revoked = db.decommission(host).await?;
-        let removed = enrollment::remove_issued_bundles(&home.ca_layout(), &name);
-        audit(
-            &db,
-            "swarm.decommission",
-            host,
-            AuditOutcome::Ok,
-            format!(
-                "revoked={} removed_bundles={}",
-                revoked.len(),
-                removed.len()
-            ),
-        )
-        .await?;
-        println!(
-            "decommissioned {host}: {} certificate(s) revoked, {} bundle dir(s) removed",
-            revoked.len(),
-            removed.len()
-        );
+        let d = crate::ops::decommission(&db, &home.ca_layout(), host, &cli_actor())
+            .await
+            .map_err(crate::ops::OpError::into_cli)?;
+        print_decommissioned(host, d.revoked, d.removed_bundles);
         Ok(())
     }
     .await;
     db.close().await;
     r
+}
+
+/// `swarm decommission`'s report, local or through a context.
+pub fn print_decommissioned(host: &str, revoked: usize, removed: usize) {
+    println!(
+        "decommissioned {host}: {revoked} certificate(s) revoked, {removed} bundle dir(s) removed"
+    );
+}
+
+/// A `swarm token create` request from its arguments.
+pub fn token_request(
+    host: String,
+    address: Option<String>,
+    sans: Vec<String>,
+    updater: bool,
+    ttl: &str,
+) -> anyhow::Result<crate::ops::TokenRequest> {
+    let address = address.ok_or_else(|| {
+        UsageError("--address is required: the address the master will dial".into())
+    })?;
+    Ok(crate::ops::TokenRequest {
+        host,
+        address,
+        sans,
+        updater,
+        ttl: parse_duration("--ttl", ttl, std::time::Duration::from_secs(1))?,
+    })
+}
+
+/// `swarm token create`'s output: the token alone on stdout, how to use it
+/// on stderr.
+pub fn print_join_token(token: &str, host: &str, updater: bool, ttl_secs: u64) {
+    println!("{token}");
+    eprintln!(
+        "On {host}: save the token to a file only root can read (chmod 600 FILE), then: decnet-agent join --master MASTER:8770 --token-file FILE{}; valid {ttl_secs}s, single use (a token in argv is visible to every process in /proc).",
+        if updater {
+            " (and decnet-updater join --master MASTER:8770 --token-file FILE right after: the second half ends 10 minutes after the first is used)"
+        } else {
+            ""
+        },
+    );
+}
+
+/// `swarm renew`'s report, local or through a context.
+pub fn print_renewal(host: &str, has_updater: bool, updater_error: Option<&str>) {
+    println!(
+        "{host}: the agent will renew its certificate at its next heartbeat (decnet master serve must be running)"
+    );
+    match (has_updater, updater_error) {
+        (false, _) => {}
+        (true, None) => println!("{host}: the updater is renewing its certificate now"),
+        // The agent's request stands (it is in the database); the updater
+        // renews when due, or when asked again.
+        (true, Some(e)) => eprintln!(
+            "warning: {host}: the updater did not take the renewal request: {}; it renews when due (at 2/3 of its lifetime), or run `decnet swarm renew {host}` again once it answers",
+            crate::table::inert(e)
+        ),
+    }
 }
 
 /// `swarm burn`: every certificate of a compromised host revoked, whoever

@@ -142,6 +142,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
             crate::fleet_api::router(Arc::new(crate::fleet_api::FleetApiState {
                 db: db.clone(),
                 ca: ca.clone(),
+                layout: layout.clone(),
                 pool: pool.clone(),
             })),
             decnet_server::RoleSet(vec![decnet_pki::RoleKind::Operator]),

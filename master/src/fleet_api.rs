@@ -27,8 +27,10 @@ use crate::authz::{Grant, valid_glob};
 pub struct FleetApiState {
     /// The fleet database.
     pub db: FleetDb,
-    /// The CA (operator tokens carry its fingerprint).
+    /// The CA (tokens carry its fingerprint).
     pub ca: Arc<CertificateAuthority>,
+    /// Where the CA keeps the bundles it issued (a decommission deletes them).
+    pub layout: decnet_pki::CaLayout,
     /// The master's warm pool of worker connections: TLS sessions kept
     /// across requests, so a repeated `swarm check` resumes instead of
     /// handshaking afresh with every host.
@@ -42,6 +44,9 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/{name}", get(host))
         .route("/v1/audit", get(audit))
+        .route("/v1/tokens", post(token_create))
+        .route("/v1/hosts/{name}/decommission", post(decommission))
+        .route("/v1/hosts/{name}/renew", post(renew))
         .route("/v1/status", get(status))
         .route("/v1/check", get(check))
         .route("/v1/operators", get(operators).post(operator_add))
@@ -479,4 +484,82 @@ async fn operator_revoke(
     )
     .await;
     operator_show(State(st), Path(name)).await
+}
+
+fn op_error(e: crate::ops::OpError) -> Response {
+    match e {
+        crate::ops::OpError::Invalid(m) => bad_request(m),
+        crate::ops::OpError::NotFound(m) => not_found(m),
+        crate::ops::OpError::Internal(e) => unavailable(e),
+    }
+}
+
+/// The host, if the grant's scope holds it; otherwise what to answer (a
+/// host outside the scope is as absent as one never enrolled).
+fn in_scope(g: &Grant, host: &str) -> Result<String, String> {
+    let host = host.to_ascii_lowercase();
+    if g.sees(&host) {
+        Ok(host)
+    } else {
+        Err(format!(
+            "host {host} is not enrolled (see `decnet swarm list`)"
+        ))
+    }
+}
+
+async fn token_create(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    body: axum::body::Bytes,
+) -> Result<Json<api::JoinToken>, Response> {
+    let req: api::NewJoinToken = decode(&body).map_err(bad_request)?;
+    let host = in_scope(&g, &req.host).map_err(not_found)?;
+    let op = crate::ops::TokenRequest {
+        host,
+        address: req.address,
+        sans: req.sans,
+        updater: req.updater,
+        ttl: std::time::Duration::from_secs(req.ttl_secs.clamp(1, MAX_TOKEN_TTL_SECS)),
+    };
+    let token = crate::ops::create_join_token(&st.db, &st.ca, &op, &g.actor())
+        .await
+        .map_err(op_error)?;
+    Ok(Json(api::JoinToken {
+        host: op.host,
+        token: token.to_string(),
+        updater: op.updater,
+        ttl_secs: op.ttl.as_secs(),
+    }))
+}
+
+async fn decommission(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Json<api::Decommissioned>, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    let d = crate::ops::decommission(&st.db, &st.layout, &host, &g.actor())
+        .await
+        .map_err(op_error)?;
+    Ok(Json(api::Decommissioned {
+        host,
+        revoked: d.revoked,
+        removed_bundles: d.removed_bundles,
+    }))
+}
+
+async fn renew(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Json<api::RenewRequested>, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    let r = crate::ops::request_renewal(&st.db, &st.pool, &host, &g.actor())
+        .await
+        .map_err(op_error)?;
+    Ok(Json(api::RenewRequested {
+        host,
+        has_updater: r.updater.is_some(),
+        updater_error: r.updater.and_then(|u| u.err()),
+    }))
 }

@@ -39,6 +39,7 @@ pub mod log_gate;
 pub mod metrics;
 pub mod monitor_cmd;
 pub mod operator_cmd;
+pub mod ops;
 pub mod refusal_audit;
 pub mod release;
 pub mod remote;

@@ -57,6 +57,57 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 "some hosts did not answer",
             )
         }
+        Command::Swarm(SwarmCommand::Token(crate::cli::TokenCommand::Create {
+            target,
+            ttl,
+            ..
+        })) => {
+            let req = crate::cli::token_request(
+                target.host,
+                target.address,
+                target.sans,
+                target.updater,
+                &ttl,
+            )?;
+            let t: decnet_api::JoinToken = client
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/tokens",
+                    Some(&decnet_api::NewJoinToken {
+                        host: req.host,
+                        address: req.address,
+                        sans: req.sans,
+                        updater: req.updater,
+                        ttl_secs: req.ttl.as_secs(),
+                    }),
+                )
+                .await?;
+            crate::cli::print_join_token(&t.token, &t.host, t.updater, t.ttl_secs);
+            Ok(())
+        }
+        Command::Swarm(SwarmCommand::Decommission { host, yes, .. }) => {
+            confirm(&host, yes, "Decommission {host}? Its certificates are revoked and its bundles deleted.")?;
+            let d: decnet_api::Decommissioned = client
+                .send::<(), _>(
+                    reqwest::Method::POST,
+                    &format!("/v1/hosts/{}/decommission", percent(&host)),
+                    None,
+                )
+                .await?;
+            crate::cli::print_decommissioned(&d.host, d.revoked, d.removed_bundles);
+            Ok(())
+        }
+        Command::Swarm(SwarmCommand::Renew { host }) => {
+            let r: decnet_api::RenewRequested = client
+                .send::<(), _>(
+                    reqwest::Method::POST,
+                    &format!("/v1/hosts/{}/renew", percent(&host)),
+                    None,
+                )
+                .await?;
+            crate::cli::print_renewal(&r.host, r.has_updater, r.updater_error.as_deref());
+            Ok(())
+        }
         Command::Operator(c) => crate::operator_cmd::remote(&client, c).await,
         other => Err(UsageError(format!(
             "`decnet {}` does not run through a context yet (context {}): run it on the master host, or with --context local there",
@@ -65,6 +116,31 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
         ))
         .into()),
     }
+}
+
+/// A destructive command's confirmation: `--yes`, or the host's name typed
+/// at a terminal.
+fn confirm(host: &str, yes: bool, question: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if std::io::stdin().is_terminal() {
+        print!(
+            "{} Type the host name to confirm: ",
+            question.replace("{host}", host)
+        );
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() == host {
+            return Ok(());
+        }
+    }
+    Err(UsageError(format!(
+        "refusing to decommission {host} without confirmation; pass --yes"
+    ))
+    .into())
 }
 
 /// A query-string value (actors are `kind:name`).

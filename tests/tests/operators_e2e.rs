@@ -255,6 +255,58 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
     let out = bob.run(&["swarm", "status", "lab1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 
+    // A deployer asks for renewals on its hosts only, and cannot make join
+    // tokens (admin).
+    let out = bob.ok(&["swarm", "renew", "w1"]);
+    assert!(out.contains("will renew its certificate"), "{out}");
+    let out = bob.run(&["swarm", "renew", "lab1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = bob.run(&[
+        "swarm",
+        "token",
+        "create",
+        "--host",
+        "w7",
+        "--address",
+        "127.0.0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("required role: admin"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An admin enrols a new worker from afar: a join token, spent by the
+    // worker's own join.
+    let out = root.run(&[
+        "swarm",
+        "token",
+        "create",
+        "--host",
+        "w7",
+        "--address",
+        "127.0.0.1",
+        "--ttl",
+        "10m",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let w7 = m.dir.path().join("w7-bundle");
+    let joined = Command::new(bin("decnet-agent"))
+        .args([
+            "join",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            &token,
+        ])
+        .arg("--bundle-dir")
+        .arg(&w7)
+        .output()
+        .unwrap();
+    assert!(joined.status.success(), "{}", text(&joined.stderr));
+    assert!(root.ok(&["swarm", "list"]).contains("w7"));
+
     // The audit log credits each action to its operator.
     let audit = root.json(&["audit", "--json", "--actor", "root"]);
     let actions: Vec<(String, String)> = audit
@@ -315,6 +367,21 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
         .find(|o| o["name"] == "bob")
         .unwrap();
     assert!(bob_row["revoked_at"].is_i64(), "{bob_row}");
+    // An admin decommissions a host from afar (confirmed with --yes).
+    let out = root.ok(&["swarm", "decommission", "lab1", "--yes"]);
+    assert!(out.contains("decommissioned lab1"), "{out}");
+    let lab1 = m.json(&["swarm", "show", "lab1", "--json"]);
+    assert_eq!(lab1["status"], "decommissioned", "{lab1}");
+    let audit = m.json(&["audit", "--json", "--actor", "operator:root"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "swarm.decommission" && e["target"] == "lab1"),
+        "{audit}"
+    );
+
     // A role change holds from the next command: alice becomes an admin.
     root.ok(&["operator", "set-role", "alice", "admin"]);
     assert!(alice.ok(&["operator", "list"]).contains("bob"));
