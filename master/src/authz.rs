@@ -33,6 +33,9 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
         | (&Method::GET, ["v1", "audit"])
         | (&Method::GET, ["v1", "status"])
         | (&Method::GET, ["v1", "check"]) => Permission::Read,
+        (&Method::GET, ["v1", "hosts", _, "releases"]) | (&Method::GET, ["v1", "doctor"]) => {
+            Permission::Read
+        }
         (&Method::POST, ["v1", "hosts", _, "renew"]) => Permission::Deploy,
         _ => Permission::Admin,
     }

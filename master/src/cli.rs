@@ -1010,22 +1010,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_parallel,
             json,
         }) => {
-            let policy = crate::doctor::DoctorPolicy {
-                expiry_warning: parse_duration(
-                    "--expiry-warning",
-                    &expiry_warning,
-                    std::time::Duration::ZERO,
-                )?
-                .as_secs() as i64,
-                silent_after: parse_duration(
-                    "--silent-after",
-                    &silent_after,
-                    std::time::Duration::from_secs(1),
-                )?
-                .as_secs() as i64,
-                max_skew_ms: parse_duration("--max-skew", &max_skew, std::time::Duration::ZERO)?
-                    .as_millis() as i64,
-            };
+            let policy = doctor_policy(&expiry_warning, &silent_after, &max_skew)?;
             let code = crate::doctor::run(
                 &resolve(ca.ca_dir),
                 &policy,
@@ -1033,19 +1018,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             )
             .await?;
-            match code {
-                0 => Ok(()),
-                1 => Err(crate::usage::ExitWith {
-                    code,
-                    message: "swarm doctor: warnings found".into(),
-                }
-                .into()),
-                _ => Err(crate::usage::ExitWith {
-                    code,
-                    message: "swarm doctor: errors found".into(),
-                }
-                .into()),
-            }
+            doctor_verdict(code)
         }
         Command::Swarm(SwarmCommand::Check {
             ca,
@@ -1282,63 +1255,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Releases { ca, host, json }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
-            let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
-            let h = crate::fleet_ops::select_hosts(&db, std::slice::from_ref(&host))
-                .await?
-                .remove(0);
-            let history = db.update_history(&host, 20).await?;
-            let releases = match crate::rollout::updater_client(&pool, &h) {
-                Ok(c) => c.releases().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            db.close().await;
-            if json {
-                let v = serde_json::json!({
-                    "host": host,
-                    "releases": releases.as_ref().ok(),
-                    "error": releases.as_ref().err(),
-                    "history": history,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                match &releases {
-                    Ok(rs) => print!(
-                        "{}",
-                        crate::table::render(
-                            &["", "SLOT", "RELEASE", "SHA256", "INSTALLED"],
-                            rs.iter().enumerate().map(|(i, r)| {
-                                vec![
-                                    if i == 0 { "active" } else { "previous" }.to_string(),
-                                    r.slot.clone(),
-                                    r.sha.clone(),
-                                    r.sha256.chars().take(16).collect::<String>(),
-                                    format_time(r.installed_at),
-                                ]
-                            })
-                        )
-                    ),
-                    Err(e) => println!("releases unavailable: {}", crate::table::inert(e)),
-                }
-                if !history.is_empty() {
-                    println!("\nhistory:");
-                    print!(
-                        "{}",
-                        crate::table::render(
-                            &["AT", "KIND", "RELEASE", "OUTCOME", "DETAIL"],
-                            history.iter().map(|u| {
-                                vec![
-                                    format_time(u.at),
-                                    u.kind.to_string(),
-                                    u.release.clone(),
-                                    u.outcome.to_string(),
-                                    u.detail.clone(),
-                                ]
-                            })
-                        )
-                    );
-                }
+            let r = async {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                releases_report(&db, &pool, &host).await
             }
-            partial(releases.is_ok(), "the updater did not answer")
+            .await;
+            db.close().await;
+            print_releases(&r?, json)
         }
         Command::Listener {
             ca,
@@ -1949,6 +1872,123 @@ async fn swarm_decommission(home: &MasterHome, host: &str, yes: bool) -> anyhow:
     .await;
     db.close().await;
     r
+}
+
+/// `swarm releases HOST --json`'s document (also the fleet API's
+/// `/v1/hosts/{name}/releases`): the updater's slots (or why they are
+/// unavailable) and the host's update history.
+pub async fn releases_report(
+    db: &FleetDb,
+    pool: &decnet_swarm_client::transport::WorkerPool,
+    host: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let h = crate::fleet_ops::select_hosts(db, &[host.to_string()])
+        .await?
+        .remove(0);
+    let history = db.update_history(host, 20).await?;
+    let releases = match crate::rollout::updater_client(pool, &h) {
+        Ok(c) => c.releases().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(serde_json::json!({
+        "host": host,
+        "releases": releases.as_ref().ok(),
+        "error": releases.as_ref().err(),
+        "history": history,
+    }))
+}
+
+/// `swarm releases`'s output, local or through a context.
+pub fn print_releases(v: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    let ok = v["error"].is_null();
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return partial(ok, "the updater did not answer");
+    }
+    let text = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
+    let time = |x: &serde_json::Value| format_time(x.as_i64().unwrap_or(0));
+    match v["releases"].as_array() {
+        Some(rs) if ok => print!(
+            "{}",
+            crate::table::render(
+                &["", "SLOT", "RELEASE", "SHA256", "INSTALLED"],
+                rs.iter().enumerate().map(|(i, r)| {
+                    vec![
+                        if i == 0 { "active" } else { "previous" }.to_string(),
+                        text(&r["slot"]),
+                        text(&r["sha"]),
+                        text(&r["sha256"]).chars().take(16).collect::<String>(),
+                        time(&r["installed_at"]),
+                    ]
+                })
+            )
+        ),
+        _ => println!(
+            "releases unavailable: {}",
+            crate::table::inert(&text(&v["error"]))
+        ),
+    }
+    let history = v["history"].as_array().cloned().unwrap_or_default();
+    if !history.is_empty() {
+        println!("\nhistory:");
+        print!(
+            "{}",
+            crate::table::render(
+                &["AT", "KIND", "RELEASE", "OUTCOME", "DETAIL"],
+                history.iter().map(|u| {
+                    vec![
+                        time(&u["at"]),
+                        text(&u["kind"]),
+                        text(&u["release"]),
+                        text(&u["outcome"]),
+                        text(&u["detail"]),
+                    ]
+                })
+            )
+        );
+    }
+    partial(ok, "the updater did not answer")
+}
+
+/// The doctor's thresholds from `swarm doctor`'s arguments.
+pub fn doctor_policy(
+    expiry_warning: &str,
+    silent_after: &str,
+    max_skew: &str,
+) -> anyhow::Result<crate::doctor::DoctorPolicy> {
+    Ok(crate::doctor::DoctorPolicy {
+        expiry_warning: parse_duration(
+            "--expiry-warning",
+            expiry_warning,
+            std::time::Duration::ZERO,
+        )?
+        .as_secs() as i64,
+        silent_after: parse_duration(
+            "--silent-after",
+            silent_after,
+            std::time::Duration::from_secs(1),
+        )?
+        .as_secs() as i64,
+        max_skew_ms: parse_duration("--max-skew", max_skew, std::time::Duration::ZERO)?.as_millis()
+            as i64,
+    })
+}
+
+/// `swarm doctor`'s exit: 0 all clear, 1 warnings, 3 errors.
+pub fn doctor_verdict(code: i32) -> anyhow::Result<()> {
+    match code {
+        0 => Ok(()),
+        1 => Err(crate::usage::ExitWith {
+            code,
+            message: "swarm doctor: warnings found".into(),
+        }
+        .into()),
+        _ => Err(crate::usage::ExitWith {
+            code,
+            message: "swarm doctor: errors found".into(),
+        }
+        .into()),
+    }
 }
 
 /// `swarm decommission`'s report, local or through a context.

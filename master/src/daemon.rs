@@ -143,6 +143,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
                 db: db.clone(),
                 ca: ca.clone(),
                 layout: layout.clone(),
+                home: home.clone(),
                 pool: pool.clone(),
             })),
             decnet_server::RoleSet(vec![decnet_pki::RoleKind::Operator]),

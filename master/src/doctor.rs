@@ -371,17 +371,36 @@ pub async fn run(
     parallel: Option<usize>,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let probe_hosts = parallel.is_some();
     let layout = home.ca_layout();
-    let ca = crate::usage::load_ca(&layout)?;
     let master = crate::fleet_ops::master_bundle(&layout)?;
     let pool = WorkerPool::new(&master)
         .map_err(|e| anyhow::anyhow!("building the master's TLS client: {e}"))?;
     let db = crate::usage::open_db(home).await?;
-    let hosts = db.hosts().await;
-    let expiry = db.current_certificate_expiry().await;
+    let r = report(home, &db, &pool, policy, parallel, None).await;
     db.close().await;
-    let (hosts, expiry) = (hosts?, expiry?);
+    print_report(&r?, json)
+}
+
+/// What the doctor found, as `swarm doctor --json` prints it (and the fleet
+/// API's `/v1/doctor` answers): `verdict`, `hosts_examined`, `probed`,
+/// `findings`. `scope`: only these hosts' findings (an operator's host
+/// scope; the master's own findings are then left out).
+pub async fn report(
+    home: &crate::home::MasterHome,
+    db: &decnet_fleet::FleetDb,
+    pool: &WorkerPool,
+    policy: &DoctorPolicy,
+    parallel: Option<usize>,
+    scope: Option<&(dyn Fn(&str) -> bool + Sync)>,
+) -> anyhow::Result<serde_json::Value> {
+    let layout = home.ca_layout();
+    let ca = crate::usage::load_ca(&layout)?;
+    let master = crate::fleet_ops::master_bundle(&layout)?;
+    let mut hosts = db.hosts().await?;
+    if let Some(sees) = scope {
+        hosts.retain(|h| sees(&h.name));
+    }
+    let expiry = db.current_certificate_expiry().await?;
     let facts = FleetFacts {
         now: decnet_fleet::unix_now(),
         ca_not_after: crate::cli::cert_not_after(ca.cert_pem()).ok(),
@@ -397,7 +416,10 @@ pub async fn run(
         ("database", home.home.as_path()),
     ]));
     if let Some(parallel) = parallel {
-        findings.extend(probe(&pool, &facts.hosts, parallel).await);
+        findings.extend(probe(pool, &facts.hosts, parallel).await);
+    }
+    if scope.is_some() {
+        findings.retain(|f| f.host.is_some());
     }
     findings.sort_by(|a, b| {
         b.severity
@@ -411,47 +433,62 @@ pub async fn run(
         .iter()
         .filter(|h| h.status != HostStatus::Decommissioned)
         .count();
+    Ok(serde_json::json!({
+        "verdict": match code { 0 => "ok", 1 => "warning", _ => "error" },
+        "hosts_examined": live,
+        "probed": parallel.is_some(),
+        "findings": findings,
+    }))
+}
+
+/// `swarm doctor`'s output (local or through a context); the verdict's
+/// exit code.
+pub fn print_report(r: &serde_json::Value, json: bool) -> anyhow::Result<i32> {
+    let code = match r["verdict"].as_str() {
+        Some("ok") => 0,
+        Some("warning") => 1,
+        _ => 3,
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "verdict": match code { 0 => "ok", 1 => "warning", _ => "error" },
-                "hosts_examined": live,
-                "probed": probe_hosts,
-                "findings": findings,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(r)?);
         return Ok(code);
     }
+    let live = r["hosts_examined"].as_u64().unwrap_or(0);
+    let findings = r["findings"].as_array().cloned().unwrap_or_default();
     if findings.is_empty() {
         println!(
             "all clear: {live} host(s) examined{}",
-            if probe_hosts { ", all probed" } else { "" }
+            if r["probed"] == true {
+                ", all probed"
+            } else {
+                ""
+            }
         );
         return Ok(code);
     }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
     print!(
         "{}",
         crate::table::render(
             &["SEVERITY", "HOST", "CHECK", "DETAIL"],
             findings.iter().map(|f| {
                 vec![
-                    match f.severity {
-                        Severity::Error => "ERROR",
-                        Severity::Warning => "warning",
-                    }
-                    .to_string(),
-                    f.host.clone().unwrap_or_else(|| "(master)".into()),
-                    f.check.to_string(),
-                    f.detail.clone(),
+                    if f["severity"] == "error" {
+                        "ERROR".to_string()
+                    } else {
+                        "warning".to_string()
+                    },
+                    f["host"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| "(master)".into()),
+                    text(&f["check"]),
+                    text(&f["detail"]),
                 ]
             })
         )
     );
-    let errors = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count();
+    let errors = findings.iter().filter(|f| f["severity"] == "error").count();
     println!(
         "{errors} error(s), {} warning(s) across {live} host(s)",
         findings.len() - errors

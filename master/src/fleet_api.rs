@@ -31,6 +31,8 @@ pub struct FleetApiState {
     pub ca: Arc<CertificateAuthority>,
     /// Where the CA keeps the bundles it issued (a decommission deletes them).
     pub layout: decnet_pki::CaLayout,
+    /// The master's home (the doctor looks at its disk).
+    pub home: crate::home::MasterHome,
     /// The master's warm pool of worker connections: TLS sessions kept
     /// across requests, so a repeated `swarm check` resumes instead of
     /// handshaking afresh with every host.
@@ -45,6 +47,8 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
         .route("/v1/hosts/{name}", get(host))
         .route("/v1/audit", get(audit))
         .route("/v1/tokens", post(token_create))
+        .route("/v1/hosts/{name}/releases", get(releases))
+        .route("/v1/doctor", get(doctor))
         .route("/v1/hosts/{name}/decommission", post(decommission))
         .route("/v1/hosts/{name}/renew", post(renew))
         .route("/v1/status", get(status))
@@ -562,4 +566,55 @@ async fn renew(
         has_updater: r.updater.is_some(),
         updater_error: r.updater.and_then(|u| u.err()),
     }))
+}
+
+async fn releases(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    crate::cli::releases_report(&st.db, &st.pool, &host)
+        .await
+        .map(Json)
+        .map_err(|e| match e.downcast::<crate::usage::UsageError>() {
+            Ok(u) => not_found(u.0),
+            Err(e) => unavailable(e),
+        })
+}
+
+#[derive(Deserialize)]
+struct DoctorQuery {
+    expiry_warning_secs: i64,
+    silent_after_secs: i64,
+    max_skew_ms: i64,
+    /// Probe this many hosts at a time; absent: no probing.
+    #[serde(default)]
+    probe_parallel: Option<usize>,
+}
+
+async fn doctor(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Query(q): Query<DoctorQuery>,
+) -> Result<Json<serde_json::Value>, Response> {
+    let policy = crate::doctor::DoctorPolicy {
+        expiry_warning: q.expiry_warning_secs.max(0),
+        silent_after: q.silent_after_secs.max(1),
+        max_skew_ms: q.max_skew_ms.max(0),
+    };
+    let sees = |h: &str| g.sees(h);
+    let scope: Option<&(dyn Fn(&str) -> bool + Sync)> =
+        (!g.scope.0.is_empty()).then_some(&sees as _);
+    crate::doctor::report(
+        &st.home,
+        &st.db,
+        &st.pool,
+        &policy,
+        q.probe_parallel.map(|p| p.clamp(1, 1024)),
+        scope,
+    )
+    .await
+    .map(Json)
+    .map_err(unavailable)
 }

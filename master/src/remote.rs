@@ -108,6 +108,32 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             crate::cli::print_renewal(&r.host, r.has_updater, r.updater_error.as_deref());
             Ok(())
         }
+        Command::Swarm(SwarmCommand::Releases { host, json, .. }) => {
+            let v: serde_json::Value = client
+                .get(&format!("/v1/hosts/{}/releases", percent(&host)))
+                .await?;
+            crate::cli::print_releases(&v, json)
+        }
+        Command::Swarm(SwarmCommand::Doctor {
+            expiry_warning,
+            silent_after,
+            max_skew,
+            no_probe,
+            max_parallel,
+            json,
+            ..
+        }) => {
+            let p = crate::cli::doctor_policy(&expiry_warning, &silent_after, &max_skew)?;
+            let mut path = format!(
+                "/v1/doctor?expiry_warning_secs={}&silent_after_secs={}&max_skew_ms={}",
+                p.expiry_warning, p.silent_after, p.max_skew_ms
+            );
+            if !no_probe {
+                path.push_str(&format!("&probe_parallel={max_parallel}"));
+            }
+            let r: serde_json::Value = client.get(&path).await?;
+            crate::cli::doctor_verdict(crate::doctor::print_report(&r, json)?)
+        }
         Command::Operator(c) => crate::operator_cmd::remote(&client, c).await,
         other => Err(UsageError(format!(
             "`decnet {}` does not run through a context yet (context {}): run it on the master host, or with --context local there",

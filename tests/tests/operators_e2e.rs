@@ -255,6 +255,36 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
     let out = bob.run(&["swarm", "status", "lab1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 
+    // The doctor and a host's releases, read through a context.
+    let remote = alice.run(&["swarm", "doctor", "--no-probe", "--json"]);
+    let local = m.run(&["swarm", "doctor", "--no-probe", "--json"]);
+    assert_eq!(remote.status.code(), local.status.code());
+    let (rv, lv): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&remote.stdout).unwrap(),
+        serde_json::from_slice(&local.stdout).unwrap(),
+    );
+    assert_eq!(rv["verdict"], lv["verdict"], "{rv}\n{lv}");
+    assert_eq!(rv["hosts_examined"], lv["hosts_examined"]);
+    let scoped = bob.run(&["swarm", "doctor", "--no-probe", "--json"]);
+    let sv: serde_json::Value = serde_json::from_slice(&scoped.stdout).unwrap();
+    assert_eq!(sv["hosts_examined"], 1, "{sv}");
+    assert!(
+        sv["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["host"].as_str().is_some_and(|h| h.starts_with('w'))),
+        "{sv}"
+    );
+    let remote = alice.run(&["swarm", "releases", "w1", "--json"]);
+    let local = m.run(&["swarm", "releases", "w1", "--json"]);
+    assert_eq!(remote.status.code(), local.status.code(), "no updater runs");
+    let rv: serde_json::Value = serde_json::from_slice(&remote.stdout).unwrap();
+    assert_eq!(rv["host"], "w1", "{rv}");
+    assert!(rv["error"].is_string(), "{rv}");
+    let out = bob.run(&["swarm", "releases", "lab1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
     // A deployer asks for renewals on its hosts only, and cannot make join
     // tokens (admin).
     let out = bob.ok(&["swarm", "renew", "w1"]);
