@@ -260,3 +260,23 @@ pub fn adopt_inherited_listener(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     // once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Remove `keys` from this process's environment, if it has a single
+/// thread; returns whether it did. Why: the variables a daemon was handed
+/// its sockets with (`LISTEN_*`, `DECNET_HELD_*`) must not reach its
+/// children, which would otherwise try to adopt descriptors they never had.
+pub fn remove_env_while_single_threaded(keys: &[&str]) -> bool {
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(usize::MAX);
+    if threads != 1 {
+        return false;
+    }
+    for k in keys {
+        // SAFETY: `remove_var` races only with other threads reading or
+        // writing the environment; this process has one thread (checked
+        // just above, and a thread cannot appear but by this one's doing).
+        unsafe { std::env::remove_var(k) };
+    }
+    true
+}

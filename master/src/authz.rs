@@ -179,11 +179,34 @@ pub async fn authorize(State(db): State<Arc<FleetDb>>, mut req: Request, next: N
     if !role.permits(need) {
         let least = OperatorRole::least_for(need);
         tracing::info!(operator = %name, role = %role, path = %req.uri().path(), "request beyond the operator's role refused");
+        let what = (req.method().clone(), req.uri().path().to_string());
+        audit_refusal(&db, name.as_str(), what, &format!("needs the {least} role")).await;
         return refuse(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("operator {name} is a {role}; this needs the {least} role"),
             Some(least.to_string()),
+        );
+    }
+    // Who may do what is fleet-wide: an admin limited to some hosts could
+    // otherwise lift its own scope, add an unscoped admin, or take over
+    // another operator with a fresh token.
+    if needs_unscoped(req.uri().path()) && !op.hosts.is_empty() {
+        let what = (req.method().clone(), req.uri().path().to_string());
+        audit_refusal(
+            &db,
+            &op.name,
+            what,
+            "operator management needs an admin without a host scope",
+        )
+        .await;
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "operator {name} is limited to some hosts; managing operators needs an admin without a host scope"
+            ),
+            Some("admin (every host)".into()),
         );
     }
     req.extensions_mut().insert(Grant {
@@ -192,6 +215,30 @@ pub async fn authorize(State(db): State<Arc<FleetDb>>, mut req: Request, next: N
         scope: HostScope(op.hosts),
     });
     next.run(req).await
+}
+
+/// Routes only an operator without a host scope may call: the operators
+/// themselves. Pure.
+pub fn needs_unscoped(path: &str) -> bool {
+    let p = path.trim_start_matches('/');
+    p == "v1/operators" || p.starts_with("v1/operators/")
+}
+
+/// A refused change is on the record (reads refused are only logged).
+async fn audit_refusal(db: &FleetDb, operator: &str, (method, path): (Method, String), why: &str) {
+    if method == Method::GET {
+        return;
+    }
+    let entry = decnet_fleet::AuditEntry::now(
+        format!("operator:{operator}"),
+        "fleet_api.refused",
+        &format!("{method} {path}"),
+        decnet_fleet::AuditOutcome::Refused,
+        why,
+    );
+    if let Err(e) = db.audit(&entry).await {
+        tracing::error!(error = %e, "cannot write the audit entry");
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +283,13 @@ mod tests {
             Permission::Admin
         );
         assert_eq!(permission_of(&Method::GET, "/v2/hosts"), Permission::Admin);
+    }
+
+    #[test]
+    fn operator_management_is_for_unscoped_admins_only() {
+        assert!(needs_unscoped("/v1/operators"));
+        assert!(needs_unscoped("/v1/operators/alice/token"));
+        assert!(!needs_unscoped("/v1/operatorsx") && !needs_unscoped("/v1/hosts"));
     }
 
     #[test]

@@ -160,6 +160,9 @@ pub enum Command {
         /// Save the context under this name (default: the operator's name).
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
+        /// Replace a context of the same name (its key with it).
+        #[arg(long)]
+        force: bool,
     },
     /// The saved contexts (`decnet login` makes them).
     #[command(subcommand)]
@@ -791,12 +794,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             token_file,
             as_name,
+            force,
         } => {
             return crate::operator_cmd::login(
                 &master,
                 token.as_deref(),
                 token_file.as_deref(),
                 as_name,
+                force,
             )
             .await;
         }

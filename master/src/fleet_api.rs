@@ -273,8 +273,11 @@ async fn audit(
     Ok(Json(
         entries
             .iter()
-            // A scoped operator reads what happened to its hosts only.
-            .filter(|e| g.scope.0.is_empty() || g.sees(&e.target))
+            // A scoped operator reads what happened to its hosts only (not
+            // the operators' changes, whose targets are operator names).
+            .filter(|e| {
+                g.scope.0.is_empty() || (e.action.starts_with("swarm.") && g.sees(&e.target))
+            })
             .map(audit_view)
             .collect(),
     ))

@@ -103,3 +103,16 @@ impl FleetClient {
         }
     }
 }
+
+/// `s` as one URL path segment (percent-encoded): a name typed on the
+/// command line can never reach another route (`../hosts/w1/decommission`).
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -10,9 +10,9 @@ use decnet_pki::BundleKind;
 
 use crate::cli::{ContextCommand, OperatorCommand, parse_duration};
 use crate::context::{self, Context};
-use crate::fleet_client::FleetClient;
+use crate::fleet_client::{FleetClient, segment};
 use crate::home::MasterHome;
-use crate::table::format_time;
+use crate::table::{format_time, inert};
 use crate::usage::{UsageError, cli_actor, load_ca, open_db};
 
 /// A role as given on the command line.
@@ -117,7 +117,7 @@ fn print_operator(o: &api::Operator, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(o)?);
         return Ok(());
     }
-    println!("operator:     {}", o.name);
+    println!("operator:     {}", inert(&o.name));
     println!("role:         {}", o.role);
     println!(
         "hosts:        {}",
@@ -282,7 +282,7 @@ pub async fn remote(client: &FleetClient, cmd: OperatorCommand) -> anyhow::Resul
             let t: api::OperatorToken = client
                 .send::<(), _>(
                     Method::POST,
-                    &format!("/v1/operators/{name}/token?ttl_secs={secs}"),
+                    &format!("/v1/operators/{}/token?ttl_secs={secs}", segment(&name)),
                     None,
                 )
                 .await?;
@@ -293,7 +293,9 @@ pub async fn remote(client: &FleetClient, cmd: OperatorCommand) -> anyhow::Resul
             print_operators(&list, json)
         }
         OperatorCommand::Show { name, json } => {
-            let o: api::Operator = client.get(&format!("/v1/operators/{name}")).await?;
+            let o: api::Operator = client
+                .get(&format!("/v1/operators/{}", segment(&name)))
+                .await?;
             print_operator(&o, json)
         }
         OperatorCommand::SetRole { name, role, hosts } => {
@@ -304,7 +306,7 @@ pub async fn remote(client: &FleetClient, cmd: OperatorCommand) -> anyhow::Resul
             let o: api::Operator = client
                 .send(
                     Method::PUT,
-                    &format!("/v1/operators/{name}/role"),
+                    &format!("/v1/operators/{}/role", segment(&name)),
                     Some(&req),
                 )
                 .await?;
@@ -312,7 +314,11 @@ pub async fn remote(client: &FleetClient, cmd: OperatorCommand) -> anyhow::Resul
         }
         OperatorCommand::Revoke { name } => {
             let _: api::Operator = client
-                .send::<(), _>(Method::POST, &format!("/v1/operators/{name}/revoke"), None)
+                .send::<(), _>(
+                    Method::POST,
+                    &format!("/v1/operators/{}/revoke", segment(&name)),
+                    None,
+                )
                 .await?;
             println!("operator {name} revoked; refused from its next request");
             Ok(())
@@ -327,6 +333,7 @@ pub async fn login(
     token: Option<&str>,
     token_file: Option<&std::path::Path>,
     as_name: Option<String>,
+    force: bool,
 ) -> anyhow::Result<()> {
     use decnet_swarm_client::join::{JoinError, JoinOptions, join, read_token};
     if let Some(n) = &as_name
@@ -384,6 +391,15 @@ pub async fn login(
     let name = as_name.unwrap_or_else(|| operator.clone());
     let dir = context::dir_of(&name);
     if dir.exists() {
+        // A master chooses the operator's name: it must not silently
+        // replace another master's context (and key) of that name.
+        if !force {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(UsageError(format!(
+                "a context named {name} exists already (see `decnet context list`): log in with --as OTHER, or --force to replace it"
+            ))
+            .into());
+        }
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::rename(&staging, &dir)?;

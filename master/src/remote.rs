@@ -17,7 +17,9 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             crate::cli::print_host_list(&hosts, json)
         }
         Command::Swarm(SwarmCommand::Show { host, json }) => {
-            let h: decnet_api::Host = client.get(&format!("/v1/hosts/{host}")).await?;
+            let h: decnet_api::Host = client
+                .get(&format!("/v1/hosts/{}", percent(&host)))
+                .await?;
             crate::cli::print_host(&h, json)
         }
         Command::Audit { limit, actor, json } => {
@@ -169,17 +171,7 @@ fn confirm(host: &str, yes: bool, question: &str) -> anyhow::Result<()> {
     .into())
 }
 
-/// A query-string value (actors are `kind:name`).
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use crate::fleet_client::segment as percent;
 
 /// The command's words, for messages.
 fn command_name(cmd: &Command) -> String {

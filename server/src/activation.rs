@@ -185,9 +185,10 @@ fn inherited() -> std::sync::MutexGuard<'static, Option<HashMap<String, OwnedFd>
 }
 
 /// Take over the sockets this process inherited (either way in), once: call
-/// it first thing in `main`, before the process opens sockets of its own.
-/// Each becomes close-on-exec (deckies, Docker and other children never
-/// see it). Returns their names; later calls return the names not yet
+/// it first thing in `main`, before the process opens sockets of its own or
+/// starts a thread. Each becomes close-on-exec and the variables naming
+/// them leave the environment (deckies, Docker and other children never see
+/// either). Returns their names; later calls return the names not yet
 /// taken.
 pub fn adopt_inherited() -> Result<Vec<String>, ActivationError> {
     let mut guard = inherited();
@@ -223,6 +224,16 @@ pub fn adopt_inherited() -> Result<Vec<String>, ActivationError> {
     }
     let names = map.keys().cloned().collect();
     *guard = Some(map);
+    // Handed over: no child of this daemon sees them.
+    if !decnet_confine::raw::remove_env_while_single_threaded(&[
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        HELD_SOCKETS_ENV,
+        HELD_FOR_ENV,
+    ]) {
+        tracing::debug!("inherited-socket variables left in the environment (threads already run)");
+    }
     Ok(names)
 }
 

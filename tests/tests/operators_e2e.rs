@@ -415,6 +415,74 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
     // A role change holds from the next command: alice becomes an admin.
     root.ok(&["operator", "set-role", "alice", "admin"]);
     assert!(alice.ok(&["operator", "list"]).contains("bob"));
+
+    // An admin limited to some hosts cannot manage operators: it could lift
+    // its own scope, add an unscoped admin, or take another over with a
+    // fresh token.
+    let carol = OperatorMachine::new();
+    carol.login(
+        master,
+        &token_of(&root.ok(&[
+            "operator", "add", "carol", "--role", "admin", "--hosts", "w*", "--json",
+        ])),
+    );
+    assert!(carol.ok(&["swarm", "list"]).contains("w1"));
+    for attempt in [
+        vec!["operator", "list"],
+        vec!["operator", "set-role", "carol", "admin", "--hosts", "*"],
+        vec!["operator", "add", "carol2", "--role", "admin"],
+        vec!["operator", "token", "root"],
+    ] {
+        let out = carol.run(&attempt);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{attempt:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("without a host scope"),
+            "{attempt:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let refused = m.json(&["audit", "--json", "--actor", "operator:carol"]);
+    assert!(
+        refused
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "fleet_api.refused")
+            .count()
+            >= 3,
+        "{refused}"
+    );
+
+    // A login never silently replaces a context of the same name.
+    let t = root.ok(&["operator", "token", "alice", "--json"]);
+    let out = alice.run(&[
+        "login",
+        "--master",
+        &master.addr.to_string(),
+        "--token",
+        &token_of(&t),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exists already"),
+        "{}",
+        text(&out.stderr)
+    );
+    let t = root.ok(&["operator", "token", "alice", "--json"]);
+    alice.ok(&[
+        "login",
+        "--master",
+        &master.addr.to_string(),
+        "--token",
+        &token_of(&t),
+        "--force",
+    ]);
+    assert!(alice.ok(&["swarm", "list"]).contains("w1"));
 }
 
 #[test]

@@ -61,20 +61,16 @@ impl HeldAgentSocket {
         self.get().is_some()
     }
 
-    /// The held socket, as a descriptor children inherit; bound now when it
-    /// is not held yet and the port is free.
+    /// The held socket (close-on-exec); bound now when it is not held yet
+    /// and the port is free.
     fn get(&self) -> Option<i32> {
         use std::os::fd::AsRawFd;
         let mut fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
         if fd.is_none() {
-            match decnet_server::activation::listener("agent", self.addr)
-                .map_err(|e| e.to_string())
-                .and_then(|(l, _)| {
-                    decnet_server::activation::inheritable(&l).map_err(|e| e.to_string())
-                }) {
-                Ok(f) => {
+            match decnet_server::activation::listener("agent", self.addr) {
+                Ok((l, _)) => {
                     tracing::info!(addr = %self.addr, "holding the agent's port across its restarts");
-                    *fd = Some(f);
+                    *fd = Some(std::os::fd::OwnedFd::from(l));
                 }
                 Err(e) => tracing::warn!(
                     addr = %self.addr,
@@ -86,12 +82,40 @@ impl HeldAgentSocket {
         fd.as_ref().map(|f| f.as_raw_fd())
     }
 
-    /// The descriptor to hand on when the updater re-executes itself.
-    pub fn raw(&self) -> Option<i32> {
-        use std::os::fd::AsRawFd;
-        let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
-        fd.as_ref().map(|f| f.as_raw_fd())
+    /// Run `spawn` (which starts a child) with the held socket inheritable
+    /// for that child only: no other child of the updater (a release's
+    /// `--version` preflight, `systemctl`) ever gets it, and no two spawns
+    /// (or a re-exec) overlap. `spawn` gets the descriptor (`None`: not held).
+    pub fn spawn_with<T>(&self, spawn: impl FnOnce(Option<i32>) -> T) -> T {
+        let _one_at_a_time = lock_spawns();
+        let fd = self.get();
+        let held = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(owned) = held.as_ref() {
+            let _ = rustix::io::fcntl_setfd(owned, rustix::io::FdFlags::empty());
+        }
+        let out = spawn(fd);
+        if let Some(owned) = held.as_ref() {
+            let _ = rustix::io::fcntl_setfd(owned, rustix::io::FdFlags::CLOEXEC);
+        }
+        out
     }
+
+    /// The held descriptor made inheritable, for the updater's re-exec
+    /// (called under [`lock_spawns`], right before the exec).
+    pub fn inheritable_for_exec(&self) -> Option<i32> {
+        use std::os::fd::AsRawFd;
+        let f = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let owned = f.as_ref()?;
+        rustix::io::fcntl_setfd(owned, rustix::io::FdFlags::empty()).ok()?;
+        Some(owned.as_raw_fd())
+    }
+}
+
+/// Serializes the updater's children that may inherit a held socket (an
+/// agent's spawn) and its own re-exec: held, no other spawn can overlap.
+pub fn lock_spawns() -> std::sync::MutexGuard<'static, ()> {
+    static SPAWNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SPAWNS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A control failure.
@@ -227,24 +251,35 @@ impl SpawnControl {
             let _ = log.set_permissions(std::fs::Permissions::from_mode(0o600));
         }
         let log2 = log.try_clone().map_err(|e| ControlError(e.to_string()))?;
-        let mut cmd = tokio::process::Command::new(&bin);
-        for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-            cmd.env_remove(k);
-        }
-        if let Some(fd) = self.held.get() {
-            cmd.envs(decnet_server::activation::held_env(
-                &[("agent", fd)],
-                std::process::id(),
-            ));
-        }
-        let child = cmd
-            .args(&self.agent_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
+        let child = self
+            .held
+            .spawn_with(|fd| {
+                let mut cmd = tokio::process::Command::new(&bin);
+                // Only what this updater hands this agent, never what it
+                // was handed itself.
+                for k in [
+                    "LISTEN_PID",
+                    "LISTEN_FDS",
+                    "LISTEN_FDNAMES",
+                    decnet_server::activation::HELD_SOCKETS_ENV,
+                    decnet_server::activation::HELD_FOR_ENV,
+                ] {
+                    cmd.env_remove(k);
+                }
+                if let Some(fd) = fd {
+                    cmd.envs(decnet_server::activation::held_env(
+                        &[("agent", fd)],
+                        std::process::id(),
+                    ));
+                }
+                cmd.args(&self.agent_args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(log))
+                    .stderr(Stdio::from(log2))
+                    .process_group(0)
+                    .kill_on_drop(false)
+                    .spawn()
+            })
             .map_err(|e| ControlError(format!("cannot start {}: {e}", bin.display())))?;
         let pid = child
             .id()

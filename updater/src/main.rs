@@ -440,14 +440,23 @@ async fn serve(cmd: Command) -> i32 {
                 tracing::info!(binary = %bin.display(), "re-executing the new updater");
                 use std::os::fd::AsRawFd;
                 use std::os::unix::process::CommandExt;
+                // No agent spawn from here to the exec: nothing else may
+                // inherit the sockets made inheritable for it.
+                let _no_spawns = decnet_updater::agent_control::lock_spawns();
                 let mut held = vec![("updater", own_socket.as_raw_fd())];
-                held.extend(held_agent.raw().map(|fd| ("agent", fd)));
+                held.extend(held_agent.inheritable_for_exec().map(|fd| ("agent", fd)));
                 if let Err(e) = rustix::io::fcntl_setfd(&own_socket, rustix::io::FdFlags::empty()) {
                     tracing::warn!(error = %e, "the new updater binds its port afresh");
                     held.remove(0);
                 }
                 let mut cmd = std::process::Command::new(&bin);
-                for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+                for k in [
+                    "LISTEN_PID",
+                    "LISTEN_FDS",
+                    "LISTEN_FDNAMES",
+                    decnet_server::activation::HELD_SOCKETS_ENV,
+                    decnet_server::activation::HELD_FOR_ENV,
+                ] {
                     cmd.env_remove(k);
                 }
                 let err = cmd
