@@ -252,6 +252,84 @@ pub struct RenewRequested {
     pub updater_error: Option<String>,
 }
 
+/// `POST /v1/deploy`: deploy a config to hosts, as a job of the master
+/// daemon (the request carries an `Idempotency-Key` header).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The deployment config (JSON text, as in the file).
+    pub config_json: String,
+    /// What to call it in the audit log (the file's name).
+    pub config_name: String,
+    /// Target hosts; empty: every live host the operator sees.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Wait for the deckies to start.
+    pub wait: bool,
+    /// Hosts talked to at once.
+    pub parallel: usize,
+}
+
+/// The header carrying a mutating request's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// A job of the master daemon (`GET /v1/jobs/{id}`, and the answer to
+/// starting one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: String,
+    /// What it does (`deploy`).
+    pub kind: String,
+    /// Who asked.
+    pub actor: String,
+    /// `running`, `done`, `failed`, `cancelled`, `interrupted`.
+    pub state: String,
+    /// When it started (unix seconds).
+    pub created_at: i64,
+    /// When it ended.
+    pub finished_at: Option<i64>,
+    /// The request (JSON text).
+    pub request: String,
+    /// The result (JSON text), once finished.
+    pub result: Option<String>,
+    /// Per-host progress (`GET /v1/jobs/{id}` only).
+    #[serde(default)]
+    pub hosts: Vec<JobHost>,
+}
+
+/// One host of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobHost {
+    /// The host.
+    pub host: String,
+    /// `pending`, `ok`, `failed`.
+    pub state: String,
+    /// Why, or what.
+    pub detail: String,
+}
+
+/// `GET /v1/jobs/{id}/events?after=N&wait_ms=M`: the progress lines after
+/// `N` (waiting up to `M` ms for one), and the job's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvents {
+    /// The job's state now.
+    pub state: String,
+    /// The lines, in order.
+    pub events: Vec<JobEvent>,
+}
+
+/// One progress line of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Its number (from 1).
+    pub seq: i64,
+    /// When (unix seconds).
+    pub at: i64,
+    /// The line (lines starting `warning:` belong on stderr).
+    pub line: String,
+}
+
 /// `GET /v1/whoami`: the identity and grant of the caller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Whoami {

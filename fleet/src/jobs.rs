@@ -81,8 +81,6 @@ pub enum JobStart {
     Busy(Vec<(String, String)>),
 }
 
-const JOB_COLUMNS_SQL: &str = "id, kind, actor, state, request, result, created_at, updated_at, finished_at, cancel_requested";
-
 fn job_of(r: &sqlx::any::AnyRow) -> Result<JobRecord, DbError> {
     Ok(JobRecord {
         id: r.try_get(0)?,
@@ -348,14 +346,14 @@ impl FleetDb {
     /// Ask running job `id` to stop (its daemon sees it at its next
     /// heartbeat). `false`: no such running job.
     pub async fn request_job_cancel(&self, id: &str) -> Result<bool, DbError> {
-        Ok(sqlx::query(
-            "UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND state = 'running'",
+        Ok(
+            sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND state = 'running'")
+                .bind(id)
+                .execute(self.pool())
+                .await?
+                .rows_affected()
+                == 1,
         )
-        .bind(id)
-        .execute(self.pool())
-        .await?
-        .rows_affected()
-            == 1)
     }
 
     /// Mark running jobs whose daemon stopped heartbeating `interrupted`
@@ -419,7 +417,13 @@ mod tests {
         assert_eq!(again.id, a.id);
         // Another operator, another request on w2: refused, naming the job.
         match db
-            .start_job("deploy", "operator:eve", Some("k1"), "{}", &["w2".into(), "w3".into()])
+            .start_job(
+                "deploy",
+                "operator:eve",
+                Some("k1"),
+                "{}",
+                &["w2".into(), "w3".into()],
+            )
             .await
             .unwrap()
         {

@@ -14,6 +14,7 @@
 
 pub mod db;
 pub mod enrollment;
+pub mod jobs;
 pub mod join;
 pub mod model;
 pub mod monitor;

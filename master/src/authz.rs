@@ -36,7 +36,12 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
         (&Method::GET, ["v1", "hosts", _, "releases"]) | (&Method::GET, ["v1", "doctor"]) => {
             Permission::Read
         }
-        (&Method::POST, ["v1", "hosts", _, "renew"]) => Permission::Deploy,
+        (&Method::GET, ["v1", "jobs"])
+        | (&Method::GET, ["v1", "jobs", _])
+        | (&Method::GET, ["v1", "jobs", _, "events"]) => Permission::Read,
+        (&Method::POST, ["v1", "hosts", _, "renew"])
+        | (&Method::POST, ["v1", "deploy"])
+        | (&Method::POST, ["v1", "jobs", _, "cancel"]) => Permission::Deploy,
         _ => Permission::Admin,
     }
 }

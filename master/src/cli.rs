@@ -167,6 +167,43 @@ pub enum Command {
     /// The saved contexts (`decnet login` makes them).
     #[command(subcommand)]
     Context(ContextCommand),
+    /// Long operations the master daemon runs (a deploy through a context):
+    /// list, show, follow (resumes where it is), cancel.
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+/// `decnet job …` (through a context).
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// The newest jobs.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job, with its hosts.
+    Show {
+        /// The job.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's progress until it ends, then its result (as the command
+    /// that started it would have).
+    Follow {
+        /// The job.
+        id: String,
+        /// Print the result as JSON (no progress lines).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running job to stop: hosts not yet asked are skipped.
+    Cancel {
+        /// The job.
+        id: String,
+    },
 }
 
 /// `decnet operator …`
@@ -819,6 +856,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match command {
         Command::Login { .. } | Command::Context(_) => unreachable!("handled above"),
+        Command::Job(_) => Err(UsageError(
+            "jobs run in the master daemon: use a context (decnet login, decnet context use NAME)"
+                .into(),
+        )
+        .into()),
         Command::Operator(c) => crate::operator_cmd::local(&resolve(None), c).await,
         Command::Ca(CaCommand::Init { ca, force, sans }) => {
             ca_init(&resolve(ca.ca_dir), force, &sans).await

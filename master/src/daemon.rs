@@ -159,6 +159,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
             }),
         )
     });
+    let job_sweep = tokio::spawn(crate::jobs::sweep_stale_jobs(db.clone()));
     let mut control = ControlState::new(db.clone(), ca, crl, s.renew.clone());
     control.fleet_api_port = fleet_api_task.as_ref().map(|(port, _)| *port);
     let state = Arc::new(control);
@@ -188,6 +189,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     if let Some((_, task)) = fleet_api_task {
         let _ = task.await;
     }
+    job_sweep.abort();
     silent.abort();
     upkeep.abort();
     refusal_flush.abort();

@@ -49,6 +49,11 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
         .route("/v1/tokens", post(token_create))
         .route("/v1/hosts/{name}/releases", get(releases))
         .route("/v1/doctor", get(doctor))
+        .route("/v1/deploy", post(deploy))
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/cancel", post(job_cancel))
         .route("/v1/hosts/{name}/decommission", post(decommission))
         .route("/v1/hosts/{name}/renew", post(renew))
         .route("/v1/status", get(status))
@@ -620,4 +625,214 @@ async fn doctor(
     .await
     .map(Json)
     .map_err(unavailable)
+}
+
+fn job_view(
+    j: &decnet_fleet::jobs::JobRecord,
+    hosts: Vec<decnet_fleet::jobs::JobHost>,
+) -> api::Job {
+    api::Job {
+        id: j.id.clone(),
+        kind: j.kind.clone(),
+        actor: j.actor.clone(),
+        state: j.state.clone(),
+        created_at: j.created_at,
+        finished_at: j.finished_at,
+        request: j.request.clone(),
+        result: j.result.clone(),
+        hosts: hosts
+            .into_iter()
+            .map(|h| api::JobHost {
+                host: h.host,
+                state: h.state,
+                detail: h.detail,
+            })
+            .collect(),
+    }
+}
+
+async fn deploy(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Response> {
+    let req: api::DeployRequest = decode(&body).map_err(bad_request)?;
+    let config: serde_json::Value = serde_json::from_str(&req.config_json)
+        .map_err(|e| bad_request(format!("{} is not valid JSON: {e}", req.config_name)))?;
+    let key = headers
+        .get(api::IDEMPOTENCY_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 128)
+        .map(str::to_string);
+    for h in &req.hosts {
+        in_scope(&g, h).map_err(not_found)?;
+    }
+    let names: Vec<String> = req.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let targets: Vec<HostRecord> = crate::fleet_ops::select_hosts(&st.db, &names)
+        .await
+        .map_err(|e| match e.downcast::<crate::usage::UsageError>() {
+            Ok(u) => not_found(u.0),
+            Err(e) => unavailable(e),
+        })?
+        .into_iter()
+        .filter(|h| g.sees(&h.name))
+        .collect();
+    if targets.is_empty() {
+        return Err(bad_request(
+            "no hosts to deploy to (enroll one with `decnet swarm enroll`)",
+        ));
+    }
+    let run = crate::fleet_ops::DeployRun {
+        config,
+        config_name: req.config_name.clone(),
+        wait: req.wait,
+        parallel: req.parallel.clamp(1, 4096),
+    };
+    let request = serde_json::to_string(&run).map_err(unavailable)?;
+    let hosts: Vec<String> = targets.iter().map(|h| h.name.clone()).collect();
+    use decnet_fleet::jobs::JobStart;
+    match st
+        .db
+        .start_job("deploy", &g.actor(), key.as_deref(), &request, &hosts)
+        .await
+        .map_err(unavailable)?
+    {
+        JobStart::Existing(j) => {
+            Ok((StatusCode::OK, Json(job_view(&j, Vec::new()))).into_response())
+        }
+        JobStart::Busy(busy) => Err(json_error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "another job is changing {}: wait for it (decnet job follow ID) or cancel it",
+                busy.iter()
+                    .take(5)
+                    .map(|(h, j)| format!("{h} (job {j})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        JobStart::Created(j) => {
+            tracing::info!(job = %j.id, actor = %g.actor(), hosts = hosts.len(), "deploy job started");
+            let view = job_view(&j, Vec::new());
+            crate::jobs::spawn_deploy(st.db.clone(), st.pool.clone(), j, run, targets);
+            Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+        }
+    }
+}
+
+/// A job, if it exists and the grant sees every host it touches.
+async fn visible_job(
+    st: &FleetApiState,
+    g: &Grant,
+    id: &str,
+) -> Result<
+    (
+        decnet_fleet::jobs::JobRecord,
+        Vec<decnet_fleet::jobs::JobHost>,
+    ),
+    Response,
+> {
+    let missing = || not_found(format!("no job {id}"));
+    let j = st
+        .db
+        .job(id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(missing)?;
+    let hosts = st.db.job_hosts(id).await.map_err(unavailable)?;
+    if !hosts.iter().all(|h| g.sees(&h.host)) {
+        return Err(missing());
+    }
+    Ok((j, hosts))
+}
+
+async fn jobs(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+) -> Result<Json<Vec<api::Job>>, Response> {
+    let mut out = Vec::new();
+    for j in st.db.jobs(100).await.map_err(unavailable)? {
+        let hosts = st.db.job_hosts(&j.id).await.map_err(unavailable)?;
+        if hosts.iter().all(|h| g.sees(&h.host)) {
+            out.push(job_view(&j, Vec::new()));
+        }
+    }
+    Ok(Json(out))
+}
+
+async fn job(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(id): Path<String>,
+) -> Result<Json<api::Job>, Response> {
+    let (j, hosts) = visible_job(&st, &g, &id).await?;
+    Ok(Json(job_view(&j, hosts)))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn job_events(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<api::JobEvents>, Response> {
+    visible_job(&st, &g, &id).await?;
+    let until =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(q.wait_ms.min(20_000));
+    loop {
+        // The state first: lines written before it ended are all there.
+        let state = st
+            .db
+            .job(&id)
+            .await
+            .map_err(unavailable)?
+            .map(|j| j.state)
+            .unwrap_or_default();
+        let events = st
+            .db
+            .job_events(&id, q.after, 1000)
+            .await
+            .map_err(unavailable)?;
+        if !events.is_empty() || state != "running" || tokio::time::Instant::now() >= until {
+            return Ok(Json(api::JobEvents {
+                state,
+                events: events
+                    .into_iter()
+                    .map(|e| api::JobEvent {
+                        seq: e.seq,
+                        at: e.at,
+                        line: e.line,
+                    })
+                    .collect(),
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn job_cancel(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(id): Path<String>,
+) -> Result<Json<api::Job>, Response> {
+    visible_job(&st, &g, &id).await?;
+    if !st.db.request_job_cancel(&id).await.map_err(unavailable)? {
+        return Err(json_error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("job {id} is not running"),
+        ));
+    }
+    audit_change(&st, &g, "job.cancel", &id, String::new()).await;
+    let (j, hosts) = visible_job(&st, &g, &id).await?;
+    Ok(Json(job_view(&j, hosts)))
 }

@@ -64,18 +64,34 @@ impl FleetClient {
         self.call(req).await
     }
 
+    /// `POST path` with a JSON body and an idempotency key.
+    pub async fn send_keyed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        key: &str,
+    ) -> anyhow::Result<T> {
+        self.call(
+            self.http
+                .post(self.url(path))
+                .header(decnet_api::IDEMPOTENCY_KEY_HEADER, key)
+                .json(body),
+        )
+        .await
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
         let resp = req.send().await.map_err(|e| {
-            anyhow::anyhow!(
+            anyhow::Error::new(Unanswered(format!(
                 "the master's fleet API ({}, context {}) did not answer: {}",
                 self.base.trim_start_matches("https://"),
                 self.context,
                 decnet_swarm_client::transport::error_chain(&e)
-            )
+            )))
         })?;
         let status = resp.status();
         let bytes = resp
@@ -115,4 +131,15 @@ pub fn segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The fleet API did not answer (connection refused, dropped, timed out):
+/// the request may be retried with the same idempotency key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unanswered(pub String);
+
+/// Whether `e` is [`Unanswered`].
+pub fn is_transport(e: &anyhow::Error) -> bool {
+    e.is::<Unanswered>()
 }

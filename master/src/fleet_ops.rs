@@ -193,17 +193,18 @@ impl<'a> PendingRecords<'a> {
     }
 }
 
-/// The outcome of a deploy on one host.
-#[derive(Debug, serde::Serialize)]
+/// The outcome of a deploy on one host (also a deploy job's result).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct HostDeploy {
     /// Host.
     pub host: String,
     /// Operation id, when accepted.
     pub operation_id: Option<String>,
     /// Final decky states (when waited for).
+    #[serde(default)]
     pub deckies: Vec<DeckyState>,
     /// How the agent mapped a LAN config onto the host, if it had to.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relocation: Option<serde_json::Value>,
     /// Why the host failed, if it did.
     pub error: Option<String>,
@@ -270,6 +271,24 @@ pub struct DeployOptions {
     pub parallel: usize,
 }
 
+/// Where a deploy's progress lines go: the terminal (the local CLI) or a
+/// job's log (the master daemon). Lines starting `warning:` belong on
+/// stderr.
+pub type Emit = Arc<dyn Fn(String) + Send + Sync>;
+
+/// A deploy as asked: the config, its name for the audit log, and how.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DeployRun {
+    /// The deployment config.
+    pub config: serde_json::Value,
+    /// What the audit log calls it (the file's name).
+    pub config_name: String,
+    /// Wait for the deckies to start.
+    pub wait: bool,
+    /// Requests in flight at once.
+    pub parallel: usize,
+}
+
 /// `decnet swarm deploy`.
 pub async fn deploy(
     db: &FleetDb,
@@ -279,12 +298,12 @@ pub async fn deploy(
     hosts: &[String],
     how: DeployOptions,
 ) -> anyhow::Result<bool> {
-    let DeployOptions {
-        wait,
-        json,
-        parallel,
-    } = how;
-    let config = read_config(config_path)?;
+    let run = DeployRun {
+        config: read_config(config_path)?,
+        config_name: config_path.display().to_string(),
+        wait: how.wait,
+        parallel: how.parallel,
+    };
     let pool = worker_pool(layout)?;
     let targets = select_hosts(db, hosts).await?;
     if targets.is_empty() {
@@ -293,6 +312,49 @@ pub async fn deploy(
         )
         .into());
     }
+    let json = how.json;
+    let emit: Emit = Arc::new(move |line: String| {
+        if json {
+        } else if line.starts_with("warning:") {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    });
+    let results = deploy_run(
+        db,
+        &pool,
+        actor,
+        &run,
+        targets,
+        emit,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    print_deploy_results(&results, run.wait, json)
+}
+
+/// Deploy `run` to `targets` (`--max-parallel` at a time), telling `emit`
+/// each step as a line, auditing each host as `actor` (in batches), until
+/// every host answered, failed or (waiting) has its deckies settled — or
+/// `cancel`: hosts not yet asked are skipped, waits end. The results are
+/// sorted by host.
+pub async fn deploy_run(
+    db: &FleetDb,
+    pool: &WorkerPool,
+    actor: &str,
+    run: &DeployRun,
+    targets: Vec<HostRecord>,
+    emit: Emit,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<HostDeploy>> {
+    let DeployRun {
+        config,
+        config_name,
+        wait,
+        parallel,
+    } = run;
+    let (wait, parallel) = (*wait, *parallel);
     // Deckies allowed to run as root, or to keep NET_RAW on the LAN, are
     // named in every audit entry.
     let mut grants_note = String::new();
@@ -300,16 +362,14 @@ pub async fn deploy(
         ("allow_root", "may run as root"),
         ("allow_lan_raw", "may forge frames on the LAN (NET_RAW)"),
     ] {
-        let named = deckies_allowed(&config, field);
+        let named = deckies_allowed(config, field);
         if named.is_empty() {
             continue;
         }
-        if !json {
-            eprintln!(
-                "warning: {} {what} ({field}); the audit log records it",
-                named.join(", ")
-            );
-        }
+        emit(format!(
+            "warning: {} {what} ({field}); the audit log records it",
+            named.join(", ")
+        ));
         grants_note.push_str(&format!(" {field}=[{}]", named.join(",")));
     }
     // Requests in flight at once (a host waiting for its deckies holds none).
@@ -319,6 +379,8 @@ pub async fn deploy(
         let pool = pool.clone();
         let config = config.clone();
         let limit = limit.clone();
+        let emit = emit.clone();
+        let cancel = cancel.clone();
         set.spawn(async move {
             let mut out = HostDeploy {
                 host: h.name.clone(),
@@ -335,7 +397,19 @@ pub async fn deploy(
                 }
             };
             let permit = limit.acquire().await;
-            let accepted = client.deploy(&config).await;
+            if cancel.is_cancelled() {
+                out.error = Some("cancelled before it was asked".into());
+                return (out, None);
+            }
+            // A cancel ends the wait for an agent that does not answer (the
+            // request may still reach it).
+            let accepted = tokio::select! {
+                a = client.deploy(&config) => a,
+                _ = cancel.cancelled() => {
+                    out.error = Some("cancelled while the agent was being asked".into());
+                    return (out, None);
+                }
+            };
             drop(permit);
             let accepted = match accepted {
                 Ok(a) => a,
@@ -345,13 +419,11 @@ pub async fn deploy(
                 }
             };
             out.operation_id = Some(accepted.operation_id.clone());
-            if !json {
-                println!(
-                    "{:<16} deploy accepted (operation {})",
-                    h.name,
-                    inert(&accepted.operation_id)
-                );
-            }
+            emit(format!(
+                "{:<16} deploy accepted (operation {})",
+                h.name,
+                inert(&accepted.operation_id)
+            ));
             if !wait {
                 return (out, None);
             }
@@ -359,14 +431,18 @@ pub async fn deploy(
             let mut shown: BTreeMap<String, String> = BTreeMap::new();
             let mut relocation_shown = false;
             loop {
+                if cancel.is_cancelled() {
+                    out.error = Some("cancelled while waiting for its deckies".into());
+                    return (out, None);
+                }
                 let permit = limit.acquire().await;
                 let polled = client.operation(&accepted.operation_id).await;
                 drop(permit);
                 match polled {
                     Ok(op) => {
-                        if let (Some(r), false, false) = (&op.relocation, json, relocation_shown) {
+                        if let (Some(r), false) = (&op.relocation, relocation_shown) {
                             relocation_shown = true;
-                            println!(
+                            emit(format!(
                                 "{:<16} LAN relocalised: {} {} -> {} {} (gateway {}): {}",
                                 h.name,
                                 inert(r["from_parent"].as_str().unwrap_or("-")),
@@ -375,11 +451,11 @@ pub async fn deploy(
                                 inert(r["to_subnet"].as_str().unwrap_or("?")),
                                 inert(r["to_gateway"].as_str().unwrap_or("?")),
                                 inert(r["reason"].as_str().unwrap_or(""))
-                            );
+                            ));
                         }
                         for d in &op.deckies {
-                            if !json && shown.get(&d.name) != Some(&d.state) {
-                                println!(
+                            if shown.get(&d.name) != Some(&d.state) {
+                                emit(format!(
                                     "{:<16} {:<20} {}{}{}",
                                     h.name,
                                     inert(&d.name),
@@ -392,7 +468,7 @@ pub async fn deploy(
                                         .as_deref()
                                         .map(|e| format!(": {}", inert(e)))
                                         .unwrap_or_default()
-                                );
+                                ));
                                 shown.insert(d.name.clone(), d.state.clone());
                             }
                         }
@@ -464,7 +540,7 @@ pub async fn deploy(
                 outcome,
                 format!(
                     "config={} operation={} failed_deckies=[{}]{grants_note}{}",
-                    config_path.display(),
+                    config_name,
                     out.operation_id.as_deref().unwrap_or("-"),
                     failed.join(","),
                     out.error
@@ -478,6 +554,16 @@ pub async fn deploy(
     }
     records.flush().await;
     results.sort_by(|a, b| a.host.cmp(&b.host));
+    Ok(results)
+}
+
+/// `swarm deploy`'s summary (local, or at the end of a followed job);
+/// whether every host succeeded.
+pub fn print_deploy_results(
+    results: &[HostDeploy],
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<bool> {
     let ok = results.iter().all(|r| {
         if wait {
             r.succeeded()
@@ -488,7 +574,7 @@ pub async fn deploy(
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        for r in &results {
+        for r in results {
             match &r.error {
                 Some(e) => println!("{:<16} FAILED: {}", r.host, inert(e)),
                 None if wait => {

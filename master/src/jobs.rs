@@ -23,8 +23,9 @@ use crate::fleet_ops::{DeployRun, HostDeploy};
 
 /// How often a running job's progress lines are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
-/// How often a running job's daemon says it is alive (and looks for a cancel).
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// How often a running job's daemon says it is alive (and looks for a
+/// cancel, which any master may have recorded).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// Progress lines waiting to be written, numbered in order.
 struct Pending {
@@ -126,9 +127,16 @@ pub fn spawn_deploy(
             }) as crate::fleet_ops::Emit
         };
         let wait = run.wait;
-        let results =
-            crate::fleet_ops::deploy_run(&db, &pool, &job.actor, &run, targets, emit, cancel.clone())
-                .await;
+        let results = crate::fleet_ops::deploy_run(
+            &db,
+            &pool,
+            &job.actor,
+            &run,
+            targets,
+            emit,
+            cancel.clone(),
+        )
+        .await;
         done.cancel();
         let _ = keeper.await;
         flush(&db, &id, &pending).await;

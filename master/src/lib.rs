@@ -34,6 +34,8 @@ pub mod fleet_api;
 pub mod fleet_client;
 pub mod fleet_ops;
 pub mod home;
+pub mod job_cmd;
+pub mod jobs;
 pub mod listener_cmd;
 pub mod log_gate;
 pub mod metrics;

@@ -136,6 +136,36 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             let r: serde_json::Value = client.get(&path).await?;
             crate::cli::doctor_verdict(crate::doctor::print_report(&r, json)?)
         }
+        Command::Swarm(SwarmCommand::Deploy {
+            config,
+            hosts,
+            no_wait,
+            dry_run: false,
+            max_parallel,
+            json,
+            ..
+        }) => {
+            let config_json = std::fs::read_to_string(&config).map_err(|e| {
+                UsageError(format!(
+                    "reading the deployment config {}: {e}",
+                    config.display()
+                ))
+            })?;
+            let req = decnet_api::DeployRequest {
+                config_json,
+                config_name: config.display().to_string(),
+                hosts,
+                wait: !no_wait,
+                parallel: max_parallel,
+            };
+            let job = crate::job_cmd::start(&client, "/v1/deploy", &req).await?;
+            eprintln!(
+                "job {} started in the master; it goes on if this command is interrupted (decnet job follow {})",
+                job.id, job.id
+            );
+            crate::job_cmd::follow(&client, &job.id, json).await
+        }
+        Command::Job(c) => crate::job_cmd::run(&client, c).await,
         Command::Operator(c) => crate::operator_cmd::remote(&client, c).await,
         other => Err(UsageError(format!(
             "`decnet {}` does not run through a context yet (context {}): run it on the master host, or with --context local there",

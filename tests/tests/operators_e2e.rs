@@ -24,16 +24,19 @@ impl OperatorMachine {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(bin("decnet"))
-            .args(args)
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("decnet"));
+        cmd.args(args)
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("HOME", self.dir.path())
             .env("DECNET_HOME", self.dir.path().join("no-decnet-home"))
             .env_remove("DECNET_CONTEXT")
-            .env_remove("DECNET_DATABASE_URL")
-            .output()
-            .unwrap()
+            .env_remove("DECNET_DATABASE_URL");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -211,7 +214,7 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
         text(&out.stderr)
     );
     // What the fleet API does not serve yet is said, not done locally.
-    let out = bob.run(&["swarm", "deploy", "--config", "/dev/null", "--host", "w1"]);
+    let out = bob.run(&["swarm", "teardown", "w1"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("does not run through a context yet"),
@@ -336,6 +339,141 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
         .unwrap();
     assert!(joined.status.success(), "{}", text(&joined.stderr));
     assert!(root.ok(&["swarm", "list"]).contains("w7"));
+
+    // A deploy through a context is a job of the master daemon.
+    let cfg = m.dir.path().join("deploy.json");
+    std::fs::write(
+        &cfg,
+        r#"{"version":1,"deckies":[{"name":"web","command":["/bin/sleep","600"]}]}"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = bob.run(&["swarm", "deploy", "--config", cfg, "--host", "w1"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("deploy accepted"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("done: 1/1 deckies running"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("started in the master"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = alice.run(&["swarm", "deploy", "--config", cfg, "--host", "w1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("required role: deployer"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = bob.run(&["swarm", "deploy", "--config", cfg, "--host", "lab1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // The job outlives the CLI, holds its hosts against a second job, can
+    // be cancelled, and is followed to its end from anywhere.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    m.enroll("w9");
+    m.set_agent_port("w9", hang.local_addr().unwrap().port());
+    let mut child = bob
+        .command(&[
+            "swarm", "deploy", "--config", cfg, "--host", "w1", "--host", "w9",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    stderr.read_line(&mut line).unwrap();
+    let id = line
+        .strip_prefix("job ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id in {line:?}"))
+        .to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let shown = bob.json(&["job", "show", &id, "--json"]);
+    assert_eq!(shown["state"], "running", "{shown}");
+    let out = root.run(&["swarm", "deploy", "--config", cfg, "--host", "w9"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("another job is changing w9"),
+        "{}",
+        text(&out.stderr)
+    );
+    bob.ok(&["job", "cancel", &id]);
+    let out = bob.run(&["job", "follow", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("done: 1/1 deckies running"),
+        "{}",
+        text(&out.stdout)
+    );
+    // w9 failed: cancelled, or its handshake timed out first (5 s).
+    assert!(
+        text(&out.stdout).contains("w9               FAILED: "),
+        "{}",
+        text(&out.stdout)
+    );
+    let shown = bob.json(&["job", "show", &id, "--json"]);
+    assert!(
+        shown["state"] == "cancelled" || shown["state"] == "failed",
+        "{shown}"
+    );
+    assert_eq!(shown["hosts"][0]["host"], "w1", "{shown}");
+    assert_eq!(shown["hosts"][0]["state"], "ok", "{shown}");
+    assert_eq!(shown["hosts"][1]["state"], "failed", "{shown}");
+    // A repeated request (same idempotency key) answers with the first job.
+    let bob_ctx = bob.context_dir("bob");
+    let api = std::fs::read_to_string(bob_ctx.join("fleet-api")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = kept_alive_client(&bob_ctx);
+    let body = serde_json::json!({
+        "config_json": std::fs::read_to_string(cfg).unwrap(),
+        "config_name": "deploy.json", "hosts": ["w1"], "wait": true, "parallel": 4,
+    });
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            rt.block_on(async {
+                let r = client
+                    .post(format!("https://{}/v1/deploy", api.trim()))
+                    .header("idempotency-key", "retry-1")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let v: serde_json::Value = r.json().await.unwrap();
+                v["id"].as_str().unwrap().to_string()
+            })
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1], "a repeated request started a second job");
+    let out = bob.run(&["job", "follow", &ids[0]]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    drop(hang);
 
     // The audit log credits each action to its operator.
     let audit = root.json(&["audit", "--json", "--actor", "root"]);

@@ -1,0 +1,155 @@
+//! `decnet job …` and the CLI's side of a job: start one with an
+//! idempotency key (a retry after a dropped connection gets the same job),
+//! follow its progress lines from where it is, then print its result as the
+//! command that started it would have. Interrupting the CLI never stops
+//! the job: `decnet job follow ID` picks it up again.
+
+use std::time::Duration;
+
+use decnet_api as api;
+
+use crate::cli::JobCommand;
+use crate::fleet_client::{FleetClient, segment};
+use crate::table::{format_time, inert};
+
+/// Start a job by `POST path` with `body`, retrying a dropped request with
+/// the same idempotency key (so at most one job starts).
+pub async fn start<B: serde::Serialize>(
+    client: &FleetClient,
+    path: &str,
+    body: &B,
+) -> anyhow::Result<api::Job> {
+    let key = decnet_pki::random_hex(16);
+    let mut last = None;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+        }
+        match client.send_keyed(path, body, &key).await {
+            Ok(job) => return Ok(job),
+            Err(e) if crate::fleet_client::is_transport(&e) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("the fleet API did not answer")))
+}
+
+/// Print job `id`'s progress lines until it ends, then its result; the exit
+/// follows the result (a cancelled or interrupted job is a failure).
+pub async fn follow(client: &FleetClient, id: &str, json: bool) -> anyhow::Result<()> {
+    let mut after = 0;
+    let state = loop {
+        let ev: api::JobEvents = client
+            .get(&format!(
+                "/v1/jobs/{}/events?after={after}&wait_ms=10000",
+                segment(id)
+            ))
+            .await?;
+        for e in &ev.events {
+            after = e.seq;
+            if json {
+                continue;
+            }
+            if e.line.starts_with("warning:") {
+                eprintln!("{}", e.line);
+            } else {
+                println!("{}", e.line);
+            }
+        }
+        if ev.state != "running" && ev.events.is_empty() {
+            break ev.state;
+        }
+    };
+    let job: api::Job = client.get(&format!("/v1/jobs/{}", segment(id))).await?;
+    match (job.kind.as_str(), job.result.as_deref()) {
+        ("deploy", Some(result)) => {
+            let run: crate::fleet_ops::DeployRun = serde_json::from_str(&job.request)?;
+            match serde_json::from_str::<Vec<crate::fleet_ops::HostDeploy>>(result) {
+                Ok(results) => {
+                    let ok = crate::fleet_ops::print_deploy_results(&results, run.wait, json)?;
+                    if state == "cancelled" {
+                        anyhow::bail!("job {id} was cancelled");
+                    }
+                    crate::usage::partial(ok, "the deploy did not succeed on every host")
+                }
+                Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
+            }
+        }
+        _ => anyhow::bail!(
+            "job {id} ended {state} without a result (its master stopped while it ran?)"
+        ),
+    }
+}
+
+fn print_jobs(jobs: &[api::Job]) {
+    print!(
+        "{}",
+        crate::table::render(
+            &["JOB", "KIND", "STATE", "STARTED", "BY"],
+            jobs.iter().map(|j| {
+                vec![
+                    inert(&j.id).into_owned(),
+                    inert(&j.kind).into_owned(),
+                    inert(&j.state).into_owned(),
+                    format_time(j.created_at),
+                    inert(&j.actor).into_owned(),
+                ]
+            })
+        )
+    );
+}
+
+/// `decnet job …` through a context.
+pub async fn run(client: &FleetClient, cmd: JobCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobCommand::List { json } => {
+            let jobs: Vec<api::Job> = client.get("/v1/jobs").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else if jobs.is_empty() {
+                println!("no jobs");
+            } else {
+                print_jobs(&jobs);
+            }
+            Ok(())
+        }
+        JobCommand::Show { id, json } => {
+            let j: api::Job = client.get(&format!("/v1/jobs/{}", segment(&id))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+                return Ok(());
+            }
+            print_jobs(std::slice::from_ref(&j));
+            print!(
+                "{}",
+                crate::table::render(
+                    &["HOST", "STATE", "DETAIL"],
+                    j.hosts.iter().map(|h| {
+                        vec![
+                            inert(&h.host).into_owned(),
+                            inert(&h.state).into_owned(),
+                            inert(&h.detail).into_owned(),
+                        ]
+                    })
+                )
+            );
+            Ok(())
+        }
+        JobCommand::Follow { id, json } => follow(client, &id, json).await,
+        JobCommand::Cancel { id } => {
+            let j: api::Job = client
+                .send::<(), _>(
+                    reqwest::Method::POST,
+                    &format!("/v1/jobs/{}/cancel", segment(&id)),
+                    None,
+                )
+                .await?;
+            println!(
+                "job {} cancel requested (state {})",
+                inert(&j.id),
+                inert(&j.state)
+            );
+            Ok(())
+        }
+    }
+}
