@@ -120,6 +120,15 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// A usage error of a shared operation (a host not enrolled) as a 404;
+/// anything else as the database being unavailable.
+fn absent_or_unavailable(e: anyhow::Error) -> Response {
+    match e.downcast::<crate::usage::UsageError>() {
+        Ok(u) => not_found(u.0),
+        Err(e) => unavailable(e),
+    }
+}
+
 fn not_found(what: String) -> Response {
     json_error(StatusCode::NOT_FOUND, "not_found", what)
 }
@@ -222,10 +231,7 @@ async fn probed_hosts(
     }
     let hosts = crate::fleet_ops::select_hosts(&st.db, &names)
         .await
-        .map_err(|e| match e.downcast::<crate::usage::UsageError>() {
-            Ok(u) => not_found(u.0),
-            Err(e) => unavailable(e),
-        })?;
+        .map_err(absent_or_unavailable)?;
     Ok(hosts.into_iter().filter(|h| g.sees(&h.name)).collect())
 }
 
@@ -585,10 +591,7 @@ async fn releases(
     crate::cli::releases_report(&st.db, &st.pool, &host)
         .await
         .map(Json)
-        .map_err(|e| match e.downcast::<crate::usage::UsageError>() {
-            Ok(u) => not_found(u.0),
-            Err(e) => unavailable(e),
-        })
+        .map_err(absent_or_unavailable)
 }
 
 #[derive(Deserialize)]
@@ -671,10 +674,7 @@ async fn deploy(
     let names: Vec<String> = req.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
     let targets: Vec<HostRecord> = crate::fleet_ops::select_hosts(&st.db, &names)
         .await
-        .map_err(|e| match e.downcast::<crate::usage::UsageError>() {
-            Ok(u) => not_found(u.0),
-            Err(e) => unavailable(e),
-        })?
+        .map_err(absent_or_unavailable)?
         .into_iter()
         .filter(|h| g.sees(&h.name))
         .collect();
