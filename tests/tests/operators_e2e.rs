@@ -143,6 +143,27 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
             path.display()
         );
     }
+    // Only operators reach the fleet API: a worker's valid certificate and
+    // the master's own are refused before any handler.
+    let api = std::fs::read_to_string(ctx.join("fleet-api")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (dir, kind) in [
+        (m.agent_bundle_dir("w1"), decnet_pki::BundleKind::Agent),
+        (m.updater_bundle_dir("w1"), decnet_pki::BundleKind::Updater),
+        (m.master_bundle_dir(), decnet_pki::BundleKind::Master),
+    ] {
+        let client = decnet_e2e::mtls_client(&dir, kind, "decnet-master");
+        let status = rt.block_on(async {
+            client
+                .get(format!("https://{}/v1/hosts", api.trim()))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        });
+        assert_eq!(status, 403, "{kind:?} certificate at the fleet API");
+    }
+
     // A token is spent once.
     let again = root.run(&[
         "login",
