@@ -97,6 +97,14 @@ for a in "$@"; do
 done
 status=0
 cargo test "${scope[@]}" --locked "$@" || status=$?
+# The swarm CLI's end-to-end tests once more, every operator command
+# through a context (an admin logged in to a `master serve` of the same
+# home): same assertions, the CLI as the fleet API's client. Part of the
+# whole run; alone: DECNET_E2E_VIA=context scripts/test.sh -p decnet-e2e --test NAME
+if [ $# -eq 0 ]; then
+    DECNET_E2E_VIA=context cargo test -p decnet-e2e --locked \
+        --test updater_e2e --test agent_e2e || status=$?
+fi
 
 skipped=$(grep -c . "$DECNET_TEST_SKIPS" || true)
 echo

@@ -385,3 +385,128 @@ mod tests {
         );
     }
 }
+
+/// `POST /v1/hosts/{name}/teardown`: what to tear down.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeardownRequest {
+    /// Only this decky (every decky of the host when absent).
+    #[serde(default)]
+    pub decky: Option<String>,
+}
+
+/// The answer to a teardown: the deckies its agent tore down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TornDown {
+    /// The host.
+    pub host: String,
+    /// The deckies torn down (empty: there was nothing to tear down).
+    pub deckies: Vec<String>,
+}
+
+/// The answer to a burn (`POST /v1/hosts/{name}/burn`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Burned {
+    /// The host.
+    pub host: String,
+    /// Certificates revoked.
+    pub revoked: usize,
+    /// Issued bundle directories removed from the master.
+    pub removed_bundles: usize,
+    /// The deckies torn down before the burn, when its agent could do it.
+    pub torn_down: Option<Vec<String>>,
+    /// Why they could not be torn down, otherwise.
+    pub teardown_error: Option<String>,
+}
+
+/// `PUT /v1/hosts/{name}/endpoint`: where the master dials a host (absent
+/// fields unchanged).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetEndpoint {
+    /// New address.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// New agent port.
+    #[serde(default)]
+    pub agent_port: Option<u16>,
+    /// New updater port.
+    #[serde(default)]
+    pub updater_port: Option<u16>,
+}
+
+/// `POST /v1/deploy/plan`: what each agent would run for a config, nothing
+/// run (`swarm deploy --dry-run`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployPlanRequest {
+    /// The deployment config's JSON text.
+    pub config_json: String,
+    /// Target hosts (every live host the operator sees when empty).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `GET /v1/ca`: the CA and the master certificate (public facts only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// The CA directory on the master.
+    pub ca_dir: String,
+    /// SHA-256 fingerprint of the CA certificate, hex.
+    pub ca_fingerprint: String,
+    /// The CA's subject.
+    pub ca_subject: String,
+    /// When the CA certificate expires (unix seconds).
+    pub ca_not_after: i64,
+    /// The master certificate's fingerprint, when its bundle is there.
+    pub master_fingerprint: Option<String>,
+    /// When the master certificate expires.
+    pub master_not_after: Option<i64>,
+}
+
+/// The answer to a release upload (`PUT /v1/releases/{sha256}`): the
+/// master holds the tarball under its digest for update jobs to push.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseUploaded {
+    /// Its SHA-256, hex (the digest the master computed).
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// `POST /v1/update`: push an uploaded release to hosts (a job; `swarm
+/// update`). The manifests travel as the operator's CLI made (and signed)
+/// them; the updaters verify them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// The uploaded tarball's SHA-256.
+    pub sha256: String,
+    /// The release label.
+    pub label: String,
+    /// The release version (empty: none).
+    #[serde(default)]
+    pub version: String,
+    /// The manifests, as JSON (one per target daemon).
+    pub manifests_json: String,
+    /// Target hosts (every live host the operator sees when `all`).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Every live host the operator sees.
+    #[serde(default)]
+    pub all: bool,
+    /// Hosts updated at once.
+    pub max_parallel: usize,
+    /// Hosts updated first, one at a time.
+    #[serde(default)]
+    pub canary: usize,
+    /// Replace each updater's own binary too.
+    #[serde(default)]
+    pub include_self: bool,
+    /// Keep going after a host fails.
+    #[serde(default)]
+    pub continue_on_error: bool,
+    /// Install below the active version (updaters without a keyring).
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}

@@ -39,7 +39,15 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
         (&Method::GET, ["v1", "jobs"])
         | (&Method::GET, ["v1", "jobs", _])
         | (&Method::GET, ["v1", "jobs", _, "events"]) => Permission::Read,
+        (&Method::GET, ["v1", "ca"])
+        | (&Method::GET, ["v1", "hosts", _, "evidence"])
+        | (&Method::GET, ["v1", "hosts", _, "evidence", _, _]) => Permission::Read,
         (&Method::POST, ["v1", "hosts", _, "renew"])
+        | (&Method::POST, ["v1", "hosts", _, "teardown"])
+        | (&Method::POST, ["v1", "hosts", _, "rollback"])
+        | (&Method::POST, ["v1", "deploy", "plan"])
+        | (&Method::PUT, ["v1", "releases", _])
+        | (&Method::POST, ["v1", "update"])
         | (&Method::POST, ["v1", "deploy"])
         | (&Method::POST, ["v1", "jobs", _, "cancel"]) => Permission::Deploy,
         _ => Permission::Admin,
@@ -288,6 +296,26 @@ mod tests {
             Permission::Admin
         );
         assert_eq!(permission_of(&Method::GET, "/v2/hosts"), Permission::Admin);
+        for (m, p, want) in [
+            (Method::GET, "/v1/ca", Permission::Read),
+            (Method::GET, "/v1/hosts/w1/evidence", Permission::Read),
+            (
+                Method::GET,
+                "/v1/hosts/w1/evidence/d1/20261205",
+                Permission::Read,
+            ),
+            (Method::POST, "/v1/hosts/w1/teardown", Permission::Deploy),
+            (Method::POST, "/v1/hosts/w1/rollback", Permission::Deploy),
+            (Method::POST, "/v1/deploy/plan", Permission::Deploy),
+            (Method::PUT, "/v1/releases/ab", Permission::Deploy),
+            (Method::POST, "/v1/update", Permission::Deploy),
+            // A burn and an endpoint change are the admin's.
+            (Method::POST, "/v1/hosts/w1/burn", Permission::Admin),
+            (Method::PUT, "/v1/hosts/w1/endpoint", Permission::Admin),
+            (Method::DELETE, "/v1/hosts/w1/evidence", Permission::Admin),
+        ] {
+            assert_eq!(permission_of(&m, p), want, "{m} {p}");
+        }
     }
 
     #[test]

@@ -951,41 +951,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let home = resolve(None);
             let db = open_db(&home).await?;
-            if let Some(a) = &address {
-                decnet_pki::ca::validate_san(a).map_err(|e| UsageError(e.to_string()))?;
-            }
-            let found = db
-                .update_endpoint(&host, address.as_deref(), agent_port, updater_port)
-                .await?;
-            // What changed, in plain words (never Rust's debug syntax).
-            let detail = [
-                address.as_ref().map(|a| format!("address={a}")),
-                agent_port.map(|p| format!("agent_port={p}")),
-                updater_port.map(|p| format!("updater_port={p}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" ");
-            audit(
-                &db,
-                "swarm.set_endpoint",
-                &host,
-                if found {
-                    AuditOutcome::Ok
-                } else {
-                    AuditOutcome::Refused
-                },
-                detail,
-            )
-            .await?;
+            let req = decnet_api::SetEndpoint {
+                address,
+                agent_port,
+                updater_port,
+            };
+            let r = crate::ops::set_endpoint(&db, &host, &req, &cli_actor()).await;
             db.close().await;
-            if !found {
-                return Err(UsageError(format!(
-                    "host {host} is not enrolled (see `decnet swarm list`)"
-                ))
-                .into());
-            }
+            r.map_err(crate::ops::OpError::into_cli)?;
             println!("{host}: endpoint updated");
             Ok(())
         }
@@ -999,18 +972,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
-            let r = crate::fleet_ops::evidence(
-                &db,
-                &home.ca_layout(),
-                &cli_actor(),
-                &host,
-                crate::fleet_ops::EvidenceRequest {
-                    decky: decky.as_deref(),
-                    id: id.as_deref(),
-                    out: out.as_deref(),
-                    json,
-                },
-            )
+            let r = async {
+                use crate::fleet_ops::{NewFile, evidence_fetch, evidence_file, evidence_id};
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                let list = crate::fleet_ops::evidence_list(&db, &pool, &host).await?;
+                let Some(decky) = decky else {
+                    return crate::fleet_ops::print_evidence_list(&host, &list, json);
+                };
+                let id = evidence_id(&list, &host, &decky, id.as_deref())?;
+                let out = out.unwrap_or_else(|| evidence_file(&host, &decky, &id));
+                let (new_file, mut file) = NewFile::create(&out).await?;
+                match evidence_fetch(&db, &pool, &cli_actor(), &host, &decky, &id, &mut file).await
+                {
+                    Ok(bytes) => {
+                        new_file.commit(file).await?;
+                        print_evidence_fetched(&host, &decky, &id, bytes, &out);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        drop(file);
+                        new_file.abandon();
+                        Err(e)
+                    }
+                }
+            }
             .await;
             db.close().await;
             r
@@ -1018,16 +1003,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Teardown { ca, host, decky }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
-            let r = crate::fleet_ops::teardown(
-                &db,
-                &home.ca_layout(),
-                &cli_actor(),
-                &host,
-                decky.as_deref(),
-            )
+            let r = async {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                crate::fleet_ops::teardown(&db, &pool, &cli_actor(), &host, decky.as_deref()).await
+            }
             .await;
             db.close().await;
-            r
+            crate::fleet_ops::print_torn_down(&host, &r?);
+            Ok(())
         }
         Command::Swarm(SwarmCommand::Status {
             ca,
@@ -1158,34 +1141,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Unknown or decommissioned hosts are refused before anything is packed.
             let db = open_db(&home).await?;
             crate::fleet_ops::select_hosts(&db, &hosts).await?;
-            let signing = signing_of(sign.as_deref(), permit_downgrade)?;
-            let tmp = tempfile::tempdir()?;
-            let rel = if release.is_dir() {
-                let label = label.clone().unwrap_or_else(|| dir_label(&release));
-                crate::release::pack(
-                    &release,
-                    &tmp.path().join("release.tar.gz"),
-                    &label,
-                    release_version.as_deref(),
-                    &signing,
-                )
-                .map_err(|e| UsageError(format!("{e:#}")))?
-            } else if release.is_file() {
-                crate::release::existing(
-                    &release,
-                    label.as_deref(),
-                    release_version.as_deref(),
-                    &signing,
-                    tmp.path(),
-                )
-                .map_err(|e| UsageError(format!("{e:#}")))?
-            } else {
-                return Err(UsageError(format!(
-                    "{} is neither a release directory nor a tarball",
-                    release.display()
-                ))
-                .into());
-            };
+            let packed = pack_release(
+                &release,
+                label.as_deref(),
+                release_version.as_deref(),
+                sign.as_deref(),
+                permit_downgrade,
+            )?;
+            let rel = &packed.release;
             let plan = crate::rollout::RolloutPlan {
                 hosts,
                 allow_downgrade,
@@ -1198,41 +1161,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("release {} (sha256 {})", rel.label, rel.sha256);
             }
             let results =
-                crate::rollout::rollout(&db, &home.ca_layout(), &cli_actor(), &rel, &plan, !json)
+                crate::rollout::rollout(&db, &home.ca_layout(), &cli_actor(), rel, &plan, !json)
                     .await;
             db.close().await;
-            let results = results?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&results)?);
-            } else {
-                println!();
-                print!(
-                    "{}",
-                    crate::table::render(
-                        &["HOST", "OUTCOME", "RELEASE", "DETAIL"],
-                        results.iter().map(|r| {
-                            vec![
-                                r.host.clone(),
-                                r.outcome.to_string(),
-                                r.release.clone().unwrap_or_else(|| "-".into()),
-                                r.detail.clone(),
-                            ]
-                        })
-                    )
-                );
-                // Why each refused release was refused, as its updater saw it.
-                for r in &results {
-                    if let Some(f) = &r.failure {
-                        print!("\n{}", f.render(&r.host));
-                    }
-                }
-            }
-            partial(
-                results
-                    .iter()
-                    .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Updated),
-                "the rollout did not update every host",
-            )
+            crate::rollout::print_rollout(&results?, json)
         }
         Command::Swarm(SwarmCommand::Token(TokenCommand::Create {
             ca,
@@ -1282,22 +1214,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Rollback { ca, host }) => {
             let home = resolve(ca.ca_dir);
             let db = open_db(&home).await?;
-            let r = crate::rollout::rollback(&db, &home.ca_layout(), &cli_actor(), &host).await;
-            db.close().await;
-            let r = r?;
-            println!(
-                "{}: {} — {}",
-                r.host,
-                r.outcome,
-                crate::table::inert(&r.detail)
-            );
-            if let Some(f) = &r.failure {
-                print!("{}", f.render(&r.host));
+            let r = async {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                crate::rollout::rollback(&db, &pool, &cli_actor(), &host).await
             }
-            partial(
-                r.outcome == decnet_fleet::UpdateOutcome::RolledBack,
-                "rollback failed",
-            )
+            .await;
+            db.close().await;
+            crate::rollout::print_rollback(&r?)
         }
         Command::Swarm(SwarmCommand::Releases { ca, host, json }) => {
             let home = resolve(ca.ca_dir);
@@ -1444,6 +1367,66 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// What a fetched evidence archive prints.
+pub fn print_evidence_fetched(
+    host: &str,
+    decky: &str,
+    id: &str,
+    bytes: u64,
+    out: &std::path::Path,
+) {
+    println!("{host}: {decky} {id}: {bytes} bytes in {}", out.display());
+}
+
+/// A release packed for `swarm update` (its tarball in a temporary
+/// directory that lives as long as this).
+pub struct PackedForUpdate {
+    /// The release.
+    pub release: crate::release::PackedRelease,
+    _scratch: tempfile::TempDir,
+}
+
+/// `swarm update --release DIR|TARBALL`: a directory packed on the fly, a
+/// tarball taken as it is (with its packed manifests when they fit), signed
+/// with `sign` when given — on the machine the operator runs the CLI on,
+/// where the release key lives.
+pub fn pack_release(
+    release: &std::path::Path,
+    label: Option<&str>,
+    version: Option<&str>,
+    sign: Option<&std::path::Path>,
+    permit_downgrade: bool,
+) -> anyhow::Result<PackedForUpdate> {
+    let signing = signing_of(sign, permit_downgrade)?;
+    let tmp = tempfile::tempdir()?;
+    let rel = if release.is_dir() {
+        let label = label
+            .map(str::to_string)
+            .unwrap_or_else(|| dir_label(release));
+        crate::release::pack(
+            release,
+            &tmp.path().join("release.tar.gz"),
+            &label,
+            version,
+            &signing,
+        )
+        .map_err(|e| UsageError(format!("{e:#}")))?
+    } else if release.is_file() {
+        crate::release::existing(release, label, version, &signing, tmp.path())
+            .map_err(|e| UsageError(format!("{e:#}")))?
+    } else {
+        return Err(UsageError(format!(
+            "{} is neither a release directory nor a tarball",
+            release.display()
+        ))
+        .into());
+    };
+    Ok(PackedForUpdate {
+        release: rel,
+        _scratch: tmp,
+    })
+}
+
 /// The manifests' signing from `--sign KEY` and `--permit-downgrade`.
 fn signing_of(
     key: Option<&std::path::Path>,
@@ -1586,35 +1569,45 @@ async fn ca_rotate_master(home: &MasterHome, sans: &[String]) -> anyhow::Result<
 }
 
 fn ca_show(home: &MasterHome, json: bool) -> anyhow::Result<()> {
-    let layout = home.ca_layout();
-    let ca = load_ca(&layout)?;
+    print_ca(&ca_info(&home.ca_layout())?, json)
+}
+
+/// The CA's and the master certificate's public facts.
+pub fn ca_info(layout: &decnet_pki::CaLayout) -> anyhow::Result<decnet_api::CaInfo> {
+    let ca = load_ca(layout)?;
     let ca_id = x509_summary(ca.cert_pem())?;
     let master = Bundle::load(&layout.master_dir(), BundleKind::Master).ok();
+    Ok(decnet_api::CaInfo {
+        ca_dir: layout.root().display().to_string(),
+        ca_fingerprint: ca.fingerprint().to_hex(),
+        ca_subject: ca_id.0,
+        ca_not_after: ca_id.1,
+        master_fingerprint: master.as_ref().map(|b| b.identity.fingerprint.to_hex()),
+        master_not_after: master
+            .as_ref()
+            .map(|b| b.identity.not_after.unix_timestamp()),
+    })
+}
+
+/// What `ca show` prints.
+pub fn print_ca(info: &decnet_api::CaInfo, json: bool) -> anyhow::Result<()> {
     if json {
-        let v = serde_json::json!({
-            "ca_dir": layout.root(),
-            "ca_fingerprint": ca.fingerprint().to_hex(),
-            "ca_subject": ca_id.0,
-            "ca_not_after": ca_id.1,
-            "master_fingerprint": master.as_ref().map(|b| b.identity.fingerprint.to_hex()),
-            "master_not_after": master.as_ref().map(|b| b.identity.not_after.unix_timestamp()),
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("CA directory:       {}", layout.root().display());
-        println!("CA subject:         {}", ca_id.0);
-        println!("CA fingerprint:     {}", ca.fingerprint());
-        println!("CA expires:         {}", format_time(ca_id.1));
-        match master {
-            Some(b) => {
-                println!("master fingerprint: {}", b.identity.fingerprint);
-                println!(
-                    "master expires:     {}",
-                    format_time(b.identity.not_after.unix_timestamp())
-                );
-            }
-            None => println!("master bundle:      missing (re-run `decnet ca init --force`)"),
+        println!("{}", serde_json::to_string_pretty(info)?);
+        return Ok(());
+    }
+    println!("CA directory:       {}", info.ca_dir);
+    println!(
+        "CA subject:         {}",
+        crate::table::inert(&info.ca_subject)
+    );
+    println!("CA fingerprint:     {}", info.ca_fingerprint);
+    println!("CA expires:         {}", format_time(info.ca_not_after));
+    match (&info.master_fingerprint, info.master_not_after) {
+        (Some(f), Some(t)) => {
+            println!("master fingerprint: {f}");
+            println!("master expires:     {}", format_time(t));
         }
+        _ => println!("master bundle:      missing (re-run `decnet ca init --force`)"),
     }
     Ok(())
 }
@@ -2099,72 +2092,54 @@ pub fn print_renewal(host: &str, has_updater: bool, updater_error: Option<&str>)
 /// `swarm burn`: every certificate of a compromised host revoked, whoever
 /// holds it; the host stays in the inventory, burned, until it joins again.
 async fn swarm_burn(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<()> {
-    let name = HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
+    HostName::new(host).map_err(|e| UsageError(e.to_string()))?;
     let db = open_db(home).await?;
     let r = async {
         let h = enrolled_host(&db, host).await?;
         if h.status == HostStatus::Decommissioned {
             return Err(UsageError(format!("host {host} is decommissioned already")).into());
         }
-        confirm_destructive(
-            &db,
-            "swarm.burn",
-            host,
-            yes,
-            &format!(
-                "Burn {host}? Every certificate it has is revoked, whoever holds it; it must join again."
-            ),
-        )
-        .await?;
-        // Its deckies first, while its agent can still be reached.
-        let torn = if h.status == HostStatus::Burned {
-            Err("burned already".to_string())
-        } else {
-            crate::fleet_ops::teardown_before_burn(&home.ca_layout(), &h).await
-        };
-        match &torn {
-            Ok(names) => println!(
-                "{host}: {} decky(ies) torn down before the burn",
-                names.len()
-            ),
-            Err(e) => eprintln!(
-                "warning: {host}'s deckies could not be torn down ({}); they may still run until the host is rebuilt",
-                crate::table::inert(e)
-            ),
-        }
-        let revoked = db.burn(host).await?;
-        let removed = enrollment::remove_issued_bundles(&home.ca_layout(), &name);
-        audit(
-            &db,
-            "swarm.burn",
-            host,
-            AuditOutcome::Ok,
-            format!(
-                "was={} revoked={} removed_bundles={} teardown={}",
-                h.status,
-                revoked.len(),
-                removed.len(),
-                match &torn {
-                    Ok(names) => format!("[{}]", names.join(",")),
-                    Err(e) => format!("failed: {e}"),
-                }
-            ),
-        )
-        .await?;
-        println!(
-            "burned {host}: {} certificate(s) revoked. The master refuses them within a second (open connections included); every worker once it fetches the new revocation list.",
-            revoked.len()
-        );
-        println!("To re-admit {host}, rebuild it (its keys and binaries are not to be trusted), then:");
-        println!("  decnet swarm token create --host {host} --updater     # on the master");
-        println!(
-            "  decnet-agent join --master MASTER:8770 --token-file FILE   # on {host}; also decnet-updater join"
-        );
-        Ok(())
+        confirm_destructive(&db, "swarm.burn", host, yes, &burn_question(host)).await?;
+        let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+        crate::ops::burn(&db, &home.ca_layout(), &pool, host, &cli_actor())
+            .await
+            .map_err(crate::ops::OpError::into_cli)
     }
     .await;
     db.close().await;
-    r
+    print_burned(&r?);
+    Ok(())
+}
+
+/// The question a burn asks at a terminal.
+pub fn burn_question(host: &str) -> String {
+    format!(
+        "Burn {host}? Every certificate it has is revoked, whoever holds it; it must join again."
+    )
+}
+
+/// What `swarm burn` prints.
+pub fn print_burned(b: &decnet_api::Burned) {
+    let host = &b.host;
+    match (&b.torn_down, &b.teardown_error) {
+        (Some(names), _) => println!(
+            "{host}: {} decky(ies) torn down before the burn",
+            names.len()
+        ),
+        (None, e) => eprintln!(
+            "warning: {host}'s deckies could not be torn down ({}); they may still run until the host is rebuilt",
+            crate::table::inert(e.as_deref().unwrap_or("unknown"))
+        ),
+    }
+    println!(
+        "burned {host}: {} certificate(s) revoked. The master refuses them within a second (open connections included); every worker once it fetches the new revocation list.",
+        b.revoked
+    );
+    println!("To re-admit {host}, rebuild it (its keys and binaries are not to be trusted), then:");
+    println!("  decnet swarm token create --host {host} --updater     # on the master");
+    println!(
+        "  decnet-agent join --master MASTER:8770 --token-file FILE   # on {host}; also decnet-updater join"
+    );
 }
 
 async fn show_audit(

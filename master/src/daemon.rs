@@ -147,7 +147,13 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
                 pool: pool.clone(),
             })),
             decnet_server::RoleSet(vec![decnet_pki::RoleKind::Operator]),
-            HttpLimits::default(),
+            // Operators' requests run fleet operations (a rollback waits
+            // for a health probe, a release upload streams in): the handler
+            // gets longer; slow request heads are still cut at the default.
+            HttpLimits {
+                request_timeout: std::time::Duration::from_secs(30 * 60),
+                ..HttpLimits::default()
+            },
         );
         let stop = stop.clone();
         (

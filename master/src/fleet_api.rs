@@ -58,6 +58,19 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
         .route("/v1/hosts/{name}/renew", post(renew))
         .route("/v1/status", get(status))
         .route("/v1/check", get(check))
+        .route("/v1/ca", get(ca))
+        .route("/v1/deploy/plan", post(deploy_plan))
+        .route("/v1/hosts/{name}/teardown", post(teardown))
+        .route("/v1/hosts/{name}/rollback", post(rollback))
+        .route("/v1/hosts/{name}/burn", post(burn))
+        .route("/v1/hosts/{name}/endpoint", put(set_endpoint))
+        .route("/v1/hosts/{name}/evidence", get(evidence_list))
+        .route(
+            "/v1/hosts/{name}/evidence/{decky}/{id}",
+            get(evidence_fetch),
+        )
+        .route("/v1/releases/{sha256}", put(release_upload))
+        .route("/v1/update", post(update))
         .route("/v1/operators", get(operators).post(operator_add))
         .route("/v1/operators/{name}", get(operator_show))
         .route("/v1/operators/{name}/token", post(operator_token))
@@ -663,11 +676,7 @@ async fn deploy(
     let req: api::DeployRequest = decode(&body).map_err(bad_request)?;
     let config: serde_json::Value = serde_json::from_str(&req.config_json)
         .map_err(|e| bad_request(format!("{} is not valid JSON: {e}", req.config_name)))?;
-    let key = headers
-        .get(api::IDEMPOTENCY_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty() && k.len() <= 128)
-        .map(str::to_string);
+    let key = idempotency_key(&headers);
     for h in &req.hosts {
         in_scope(&g, h).map_err(not_found)?;
     }
@@ -701,18 +710,7 @@ async fn deploy(
         JobStart::Existing(j) => {
             Ok((StatusCode::OK, Json(job_view(&j, Vec::new()))).into_response())
         }
-        JobStart::Busy(busy) => Err(json_error(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
-                "another job is changing {}: wait for it (decnet job follow ID) or cancel it",
-                busy.iter()
-                    .take(5)
-                    .map(|(h, j)| format!("{h} (job {j})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
+        JobStart::Busy(b) => Err(busy(&b)),
         JobStart::Created(j) => {
             tracing::info!(job = %j.id, actor = %g.actor(), hosts = hosts.len(), "deploy job started");
             let view = job_view(&j, Vec::new());
@@ -835,4 +833,531 @@ async fn job_cancel(
     audit_change(&st, &g, "job.cancel", &id, String::new()).await;
     let (j, hosts) = visible_job(&st, &g, &id).await?;
     Ok(Json(job_view(&j, hosts)))
+}
+
+/// A fleet operation's error as the API answers it: a host not enrolled is
+/// a 404, a bad request a 400, a worker that failed or did not answer a
+/// 502 naming it, anything else the database being unavailable.
+fn operation_error(e: anyhow::Error) -> Response {
+    let e = match e.downcast::<crate::usage::UsageError>() {
+        Ok(u) if u.0.contains("not enrolled") => return not_found(u.0),
+        Ok(u) => return bad_request(u.0),
+        Err(e) => e,
+    };
+    match e.downcast::<decnet_swarm_client::ClientError>() {
+        Ok(c) => json_error(StatusCode::BAD_GATEWAY, "worker_failed", c.to_string()),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn ca(State(st): State<Arc<FleetApiState>>) -> Result<Json<api::CaInfo>, Response> {
+    crate::cli::ca_info(&st.layout)
+        .map(Json)
+        .map_err(unavailable)
+}
+
+/// The idempotency key of a request, when it carries a usable one.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(api::IDEMPOTENCY_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 128)
+        .map(str::to_string)
+}
+
+/// The 409 of hosts another job holds.
+fn busy(hosts: &[(String, String)]) -> Response {
+    json_error(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!(
+            "another job is changing {}: wait for it (decnet job follow ID) or cancel it",
+            hosts
+                .iter()
+                .take(5)
+                .map(|(h, j)| format!("{h} (job {j})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+}
+
+/// What a change answered at once ([`leased_now`]) stores as its job's
+/// result when it was refused: the status and message to answer again.
+const REFUSED_KEY: &str = "refused";
+
+/// Run a change of one host that answers at once (a teardown, a rollback)
+/// as a job of the daemon: it holds the host's lease (409 while another
+/// job changes it), it runs to its end even if the request goes away, and
+/// a repeated request (same idempotency key) answers with the first one's
+/// answer. `work` gives the answer and whether it succeeded, or an error.
+async fn leased_now<F, Fut>(
+    st: &FleetApiState,
+    g: &Grant,
+    headers: &axum::http::HeaderMap,
+    kind: &str,
+    request: String,
+    host: String,
+    work: F,
+) -> Result<Response, Response>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(bool, serde_json::Value), Response>> + Send + 'static,
+{
+    use decnet_fleet::jobs::JobStart;
+    let key = idempotency_key(headers);
+    let job = match st
+        .db
+        .start_job(
+            kind,
+            &g.actor(),
+            key.as_deref(),
+            &request,
+            std::slice::from_ref(&host),
+        )
+        .await
+        .map_err(unavailable)?
+    {
+        JobStart::Busy(b) => return Err(busy(&b)),
+        // A retry of a request whose answer was lost: the first one's
+        // answer, once it has one.
+        JobStart::Existing(mut j) => {
+            while j.state == "running" {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                j = st
+                    .db
+                    .job(&j.id)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| unavailable("the job disappeared"))?;
+            }
+            return match j.result.as_deref() {
+                Some(r) => Ok(replay(r)),
+                None => Err(unavailable(format!(
+                    "job {} ended {} without an answer",
+                    j.id, j.state
+                ))),
+            };
+        }
+        JobStart::Created(j) => j,
+    };
+    let (host2, kind2) = (host.clone(), kind.to_string());
+    let done = crate::jobs::spawn_job(
+        st.db.clone(),
+        job.id.clone(),
+        move |_emit, _cancel| async move {
+            let (state, result, detail) = match work().await {
+                Ok((ok, body)) => (
+                    if ok { "done" } else { "failed" },
+                    body.to_string(),
+                    String::new(),
+                ),
+                Err(refused) => {
+                    let status = refused.status().as_u16();
+                    let body = axum::body::to_bytes(refused.into_body(), 64 << 10)
+                        .await
+                        .unwrap_or_default();
+                    let err: api::ErrorBody =
+                        serde_json::from_slice(&body).unwrap_or(api::ErrorBody {
+                            error: "failed".into(),
+                            detail: format!("{kind2} failed"),
+                            required_role: None,
+                        });
+                    let detail = err.detail.clone();
+                    (
+                        "failed",
+                        serde_json::json!({ REFUSED_KEY: { "status": status, "error": err } })
+                            .to_string(),
+                        detail,
+                    )
+                }
+            };
+            crate::jobs::JobOutcome {
+                state,
+                hosts: vec![decnet_fleet::jobs::JobHost {
+                    host: host2,
+                    state: if state == "done" { "ok" } else { "failed" }.into(),
+                    detail,
+                }],
+                result,
+            }
+        },
+    );
+    match done.await {
+        Ok(outcome) => Ok(replay(&outcome.result)),
+        Err(_) => Err(unavailable("the job ended without an outcome")),
+    }
+}
+
+/// The answer a change that answers at once gave (stored as its job's
+/// result), given again.
+fn replay(result: &str) -> Response {
+    let v: serde_json::Value = serde_json::from_str(result).unwrap_or(serde_json::Value::Null);
+    if let Some(r) = v.get(REFUSED_KEY) {
+        let status = r["status"]
+            .as_u64()
+            .and_then(|s| StatusCode::from_u16(s as u16).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        return (status, Json(r["error"].clone())).into_response();
+    }
+    Json(v).into_response()
+}
+
+async fn teardown(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    let req: api::TeardownRequest = if body.is_empty() {
+        api::TeardownRequest::default()
+    } else {
+        decode(&body).map_err(bad_request)?
+    };
+    let request = serde_json::to_string(&req).map_err(unavailable)?;
+    let (db, pool, actor, h) = (st.db.clone(), st.pool.clone(), g.actor(), host.clone());
+    leased_now(
+        &st,
+        &g,
+        &headers,
+        "teardown",
+        request,
+        host,
+        move || async move {
+            let names = crate::fleet_ops::teardown(&db, &pool, &actor, &h, req.decky.as_deref())
+                .await
+                .map_err(operation_error)?;
+            Ok((
+                true,
+                serde_json::to_value(api::TornDown {
+                    host: h,
+                    deckies: names,
+                })
+                .unwrap_or_default(),
+            ))
+        },
+    )
+    .await
+}
+
+async fn rollback(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    let (db, pool, actor, h) = (st.db.clone(), st.pool.clone(), g.actor(), host.clone());
+    leased_now(
+        &st,
+        &g,
+        &headers,
+        "rollback",
+        "{}".into(),
+        host,
+        move || async move {
+            let r = crate::rollout::rollback(&db, &pool, &actor, &h)
+                .await
+                .map_err(operation_error)?;
+            Ok((
+                r.outcome == decnet_fleet::UpdateOutcome::RolledBack,
+                serde_json::to_value(&r).unwrap_or_default(),
+            ))
+        },
+    )
+    .await
+}
+
+async fn burn(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Json<api::Burned>, Response> {
+    // Never held up by a job's lease: a compromised host is burned now.
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    crate::ops::burn(&st.db, &st.layout, &st.pool, &host, &g.actor())
+        .await
+        .map(Json)
+        .map_err(op_error)
+}
+
+async fn set_endpoint(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<api::Host>, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    let req: api::SetEndpoint = decode(&body).map_err(bad_request)?;
+    crate::ops::set_endpoint(&st.db, &host, &req, &g.actor())
+        .await
+        .map_err(op_error)?;
+    self::host(State(st), Extension(g), Path(host)).await
+}
+
+async fn deploy_plan(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    body: axum::body::Bytes,
+) -> Result<Json<Vec<serde_json::Value>>, Response> {
+    let req: api::DeployPlanRequest = decode(&body).map_err(bad_request)?;
+    let config: serde_json::Value = serde_json::from_str(&req.config_json)
+        .map_err(|e| bad_request(format!("the deployment config is not valid JSON: {e}")))?;
+    let targets = scoped_targets(&st, &g, &req.hosts).await?;
+    Ok(Json(
+        crate::fleet_ops::deploy_plan_of(&st.pool, &config, targets).await,
+    ))
+}
+
+/// The hosts an operation on `names` (every live host when empty) covers,
+/// as the grant allows: a named host outside the scope is not enrolled.
+async fn scoped_targets(
+    st: &FleetApiState,
+    g: &Grant,
+    names: &[String],
+) -> Result<Vec<HostRecord>, Response> {
+    for h in names {
+        in_scope(g, h).map_err(not_found)?;
+    }
+    let names: Vec<String> = names.iter().map(|h| h.to_ascii_lowercase()).collect();
+    Ok(crate::fleet_ops::select_hosts(&st.db, &names)
+        .await
+        .map_err(absent_or_unavailable)?
+        .into_iter()
+        .filter(|h| g.sees(&h.name))
+        .collect())
+}
+
+async fn evidence_list(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(name): Path<String>,
+) -> Result<Json<decnet_swarm_client::agent::EvidenceList>, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    crate::fleet_ops::evidence_list(&st.db, &st.pool, &host)
+        .await
+        .map(Json)
+        .map_err(operation_error)
+}
+
+async fn evidence_fetch(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path((name, decky, id)): Path<(String, String, String)>,
+) -> Result<Response, Response> {
+    let host = in_scope(&g, &name).map_err(not_found)?;
+    // Fetched whole first (bounded by the agent client), then sent with its
+    // length: a download cut short is never mistaken for an archive.
+    let spool = tempfile::tempfile_in(&st.home.home).map_err(unavailable)?;
+    let mut file = tokio::fs::File::from_std(spool);
+    let bytes = crate::fleet_ops::evidence_fetch(
+        &st.db,
+        &st.pool,
+        &g.actor(),
+        &host,
+        &decky,
+        &id,
+        &mut file,
+    )
+    .await
+    .map_err(operation_error)?;
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    file.flush().await.map_err(unavailable)?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(unavailable)?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/gzip".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, bytes.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// The largest release tarball the master accepts.
+pub const MAX_RELEASE_UPLOAD: u64 = 1 << 30;
+
+/// How long an uploaded release is kept for update jobs.
+pub const UPLOAD_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Where uploaded releases wait for their update jobs.
+fn uploads_dir(home: &crate::home::MasterHome) -> std::path::PathBuf {
+    home.home.join("uploads")
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+async fn release_upload(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Path(sha256): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, Response> {
+    if !is_sha256_hex(&sha256) {
+        return Err(bad_request(
+            "the release is named by its SHA-256 (64 lowercase hex digits)",
+        ));
+    }
+    let dir = uploads_dir(&st.home);
+    let path = dir.join(format!("{sha256}.tar.gz"));
+    if let Ok(m) = std::fs::metadata(&path) {
+        return Ok(Json(api::ReleaseUploaded {
+            sha256,
+            bytes: m.len(),
+        })
+        .into_response());
+    }
+    prune_uploads(&dir);
+    std::fs::create_dir_all(&dir).map_err(unavailable)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let part = tempfile::NamedTempFile::new_in(&dir).map_err(unavailable)?;
+    let mut file = tokio::fs::File::from_std(part.reopen().map_err(unavailable)?);
+    let mut stream = body.into_data_stream();
+    let mut bytes = 0u64;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| bad_request(format!("the upload broke off: {e}")))?;
+        bytes += chunk.len() as u64;
+        if bytes > MAX_RELEASE_UPLOAD {
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a release is at most {} MiB", MAX_RELEASE_UPLOAD >> 20),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(unavailable)?;
+    }
+    file.flush().await.map_err(unavailable)?;
+    file.sync_all().await.map_err(unavailable)?;
+    drop(file);
+    let digest = decnet_pki::signing::sha256_file(part.path()).map_err(unavailable)?;
+    let got = decnet_pki::signing::digest_hex(&digest);
+    if got != sha256 {
+        return Err(bad_request(format!(
+            "the upload's SHA-256 is {got}, not {sha256}: nothing kept"
+        )));
+    }
+    part.persist(&path).map_err(|e| unavailable(e.error))?;
+    tracing::info!(actor = %g.actor(), sha256, bytes, "release uploaded");
+    Ok((
+        StatusCode::CREATED,
+        Json(api::ReleaseUploaded { sha256, bytes }),
+    )
+        .into_response())
+}
+
+/// Remove uploads older than [`UPLOAD_KEEP`].
+fn prune_uploads(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UPLOAD_KEEP);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+async fn update(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Response> {
+    let req: api::UpdateRequest = decode(&body).map_err(bad_request)?;
+    if !is_sha256_hex(&req.sha256) {
+        return Err(bad_request("sha256: 64 lowercase hex digits"));
+    }
+    let tarball = uploads_dir(&st.home).join(format!("{}.tar.gz", req.sha256));
+    if !tarball.is_file() {
+        return Err(not_found(format!(
+            "no uploaded release {} (PUT /v1/releases/{} first)",
+            req.sha256, req.sha256
+        )));
+    }
+    let manifests: Vec<decnet_pki::signing::SignedManifest> =
+        serde_json::from_str(&req.manifests_json)
+            .map_err(|e| bad_request(format!("manifests_json: {e}")))?;
+    if manifests.is_empty()
+        || !manifests
+            .iter()
+            .all(|m| m.parse().is_ok_and(|p| p.sha256 == req.sha256))
+    {
+        return Err(bad_request(
+            "every manifest must name the uploaded release's SHA-256",
+        ));
+    }
+    if req.all != req.hosts.is_empty() {
+        return Err(bad_request("name hosts, or ask for all of them (not both)"));
+    }
+    let targets = scoped_targets(&st, &g, &req.hosts).await?;
+    if targets.is_empty() {
+        return Err(bad_request("no hosts to update"));
+    }
+    let plan = crate::rollout::RolloutPlan {
+        hosts: targets.iter().map(|h| h.name.clone()).collect(),
+        allow_downgrade: req.allow_downgrade,
+        max_parallel: req.max_parallel.clamp(1, 1024),
+        canary: req.canary,
+        include_self: req.include_self,
+        continue_on_error: req.continue_on_error,
+    };
+    let rel = crate::release::PackedRelease {
+        tarball,
+        sha256: req.sha256.clone(),
+        manifests,
+        label: req.label.clone(),
+        version: req.version.clone(),
+        files: Vec::new(),
+    };
+    let request = serde_json::to_string(&serde_json::json!({
+        "sha256": req.sha256, "label": req.label, "version": req.version, "plan": plan,
+    }))
+    .map_err(unavailable)?;
+    use decnet_fleet::jobs::JobStart;
+    match st
+        .db
+        .start_job(
+            "update",
+            &g.actor(),
+            idempotency_key(&headers).as_deref(),
+            &request,
+            &plan.hosts,
+        )
+        .await
+        .map_err(unavailable)?
+    {
+        JobStart::Existing(j) => {
+            Ok((StatusCode::OK, Json(job_view(&j, Vec::new()))).into_response())
+        }
+        JobStart::Busy(b) => Err(busy(&b)),
+        JobStart::Created(j) => {
+            tracing::info!(job = %j.id, actor = %g.actor(), hosts = plan.hosts.len(), "update job started");
+            let view = job_view(&j, Vec::new());
+            crate::jobs::spawn_rollout(st.db.clone(), st.pool.clone(), j, rel, plan, targets);
+            Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+        }
+    }
 }

@@ -80,11 +80,68 @@ impl FleetClient {
         .await
     }
 
+    /// A request to `path`, to finish and [`call`](Self::call) (for a
+    /// long operation's timeout, a raw body, an idempotency key).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    /// `GET path` into `out` (at most `max` bytes); returns the size. An
+    /// answer shorter than its announced length is an error.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        max: u64,
+    ) -> anyhow::Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let mut resp = self
+            .answered(self.http.get(self.url(path)).timeout(LONG_OPERATION))
+            .await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(self.refusal(status, &bytes));
+        }
+        let announced = resp.content_length();
+        let mut got = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .context("the fleet API's answer broke off")?
+        {
+            got += chunk.len() as u64;
+            if got > max {
+                anyhow::bail!("the answer is larger than {max} bytes: not kept");
+            }
+            out.write_all(&chunk).await?;
+        }
+        if announced.is_some_and(|n| n != got) {
+            anyhow::bail!("the answer broke off after {got} bytes: not kept");
+        }
+        Ok(got)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    async fn answered(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        req.send().await.map_err(|e| {
+            anyhow::Error::new(Unanswered(format!(
+                "the master's fleet API ({}, context {}) did not answer: {}",
+                self.base.trim_start_matches("https://"),
+                self.context,
+                decnet_swarm_client::transport::error_chain(&e)
+            )))
+        })
+    }
+
+    /// Send `req`; its JSON answer, or the API's refusal as the CLI reports it.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let resp = req.send().await.map_err(|e| {
             anyhow::Error::new(Unanswered(format!(
                 "the master's fleet API ({}, context {}) did not answer: {}",
@@ -101,9 +158,14 @@ impl FleetClient {
         if status.is_success() {
             return serde_json::from_slice(&bytes).context("the fleet API's answer does not parse");
         }
-        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
+        Err(self.refusal(status, &bytes))
+    }
+
+    /// An error answer as the CLI reports it.
+    fn refusal(&self, status: reqwest::StatusCode, bytes: &[u8]) -> anyhow::Error {
+        let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or(ErrorBody {
             error: "error".into(),
-            detail: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            detail: String::from_utf8_lossy(bytes).chars().take(300).collect(),
             required_role: None,
         });
         let msg = match &body.required_role {
@@ -114,11 +176,17 @@ impl FleetClient {
             None => format!("refused by the master: {}", body.detail),
         };
         match status.as_u16() {
-            400 | 404 => Err(UsageError(body.detail).into()),
-            _ => Err(anyhow::anyhow!(msg)),
+            400 | 404 => UsageError(body.detail).into(),
+            // A worker failed or did not answer: said as locally.
+            502 => anyhow::anyhow!(body.detail),
+            _ => anyhow::anyhow!(msg),
         }
     }
 }
+
+/// How long a long operation (a rollback, a teardown, an upload, a
+/// download) may take through the API.
+pub const LONG_OPERATION: Duration = Duration::from_secs(30 * 60);
 
 /// `s` as one URL path segment (percent-encoded): a name typed on the
 /// command line can never reach another route (`../hosts/w1/decommission`).

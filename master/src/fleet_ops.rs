@@ -241,23 +241,34 @@ pub async fn deploy_plan(
     let config = read_config(config_path)?;
     let pool = worker_pool(layout)?;
     let targets = select_hosts(db, hosts).await?;
+    print_deploy_plan(&deploy_plan_of(&pool, &config, targets).await)
+}
+
+/// Ask each of `targets` what it would run for `config` (nothing runs):
+/// `{host, plan}` or `{host, error}` per host, in host order.
+pub async fn deploy_plan_of(
+    pool: &WorkerPool,
+    config: &serde_json::Value,
+    targets: Vec<HostRecord>,
+) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    let mut all_ok = true;
     for h in targets {
-        let plan = match agent_client(&pool, &h) {
-            Ok(c) => c.dry_run(&config).await,
+        let plan = match agent_client(pool, &h) {
+            Ok(c) => c.dry_run(config).await,
             Err(e) => Err(e),
         };
         match plan {
             Ok(p) => out.push(serde_json::json!({ "host": h.name, "plan": p["rendered"] })),
-            Err(e) => {
-                all_ok = false;
-                out.push(serde_json::json!({ "host": h.name, "error": e.to_string() }));
-            }
+            Err(e) => out.push(serde_json::json!({ "host": h.name, "error": e.to_string() })),
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(all_ok)
+    out
+}
+
+/// Print a dry run's plans (JSON); whether every agent answered with one.
+pub fn print_deploy_plan(plans: &[serde_json::Value]) -> anyhow::Result<bool> {
+    println!("{}", serde_json::to_string_pretty(plans)?);
+    Ok(plans.iter().all(|p| p.get("error").is_none()))
 }
 
 /// How `swarm deploy` runs.
@@ -592,17 +603,17 @@ pub fn print_deploy_results(
     Ok(ok)
 }
 
-/// `decnet swarm teardown`.
+/// `swarm teardown`: ask `host`'s agent to tear down `decky` (every decky
+/// when `None`); audited as `actor`. Returns the deckies torn down.
 pub async fn teardown(
     db: &FleetDb,
-    layout: &CaLayout,
+    pool: &WorkerPool,
     actor: &str,
     host: &str,
     decky: Option<&str>,
-) -> anyhow::Result<()> {
-    let pool = worker_pool(layout)?;
+) -> anyhow::Result<Vec<String>> {
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
-    let client = agent_client(&pool, &h)?;
+    let client = agent_client(pool, &h)?;
     match client.teardown(decky).await {
         Ok(names) => {
             audit(
@@ -614,15 +625,7 @@ pub async fn teardown(
                 format!("deckies=[{}]", names.join(",")),
             )
             .await;
-            println!(
-                "{host}: torn down {}",
-                if names.is_empty() {
-                    "nothing".into()
-                } else {
-                    inert(&names.join(", ")).into_owned()
-                }
-            );
-            Ok(())
+            Ok(names)
         }
         Err(e) => {
             record(db, host, Err(&e)).await;
@@ -640,16 +643,27 @@ pub async fn teardown(
     }
 }
 
+/// What `swarm teardown` prints.
+pub fn print_torn_down(host: &str, names: &[String]) {
+    println!(
+        "{host}: torn down {}",
+        if names.is_empty() {
+            "nothing".into()
+        } else {
+            inert(&names.join(", ")).into_owned()
+        }
+    );
+}
+
 /// Before a burn: tear down every decky of `host`, best effort (a burned
 /// host is presumed compromised, so this is only as good as its agent;
 /// rebuilding it is what makes sure). Returns what was torn down, or why
 /// not.
 pub async fn teardown_before_burn(
-    layout: &CaLayout,
+    pool: &WorkerPool,
     host: &HostRecord,
 ) -> Result<Vec<String>, String> {
-    let pool = worker_pool(layout).map_err(|e| format!("{e:#}"))?;
-    let client = agent_client(&pool, host).map_err(|e| e.to_string())?;
+    let client = agent_client(pool, host).map_err(|e| e.to_string())?;
     match tokio::time::timeout(BURN_TEARDOWN_WAIT, client.teardown(None)).await {
         Ok(Ok(names)) => Ok(names),
         Ok(Err(e)) => Err(e.to_string()),
@@ -663,18 +677,6 @@ pub async fn teardown_before_burn(
 /// How long a burn waits for the host's deckies to be torn down.
 pub const BURN_TEARDOWN_WAIT: Duration = Duration::from_secs(120);
 
-/// What `swarm evidence` was asked.
-pub struct EvidenceRequest<'a> {
-    /// Fetch this decky's archive (list when `None`).
-    pub decky: Option<&'a str>,
-    /// Which archive (default: the newest of the decky).
-    pub id: Option<&'a str>,
-    /// Where to write it.
-    pub out: Option<&'a Path>,
-    /// Print the list as JSON.
-    pub json: bool,
-}
-
 /// Whether `s` may name a decky or an archive in a URL path (the agent
 /// checks again; this keeps `..` and `/` out of the request).
 fn is_path_safe(s: &str) -> bool {
@@ -686,55 +688,66 @@ fn is_path_safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// `swarm evidence`: list a host's evidence archives, or fetch one of a
-/// decky to a file (written `0600` under a temporary name, then renamed;
-/// an existing file is never overwritten). A fetch is audited.
-pub async fn evidence(
+/// A host's evidence archives, as its agent lists them.
+pub async fn evidence_list(
     db: &FleetDb,
-    layout: &CaLayout,
-    actor: &str,
+    pool: &WorkerPool,
     host: &str,
-    req: EvidenceRequest<'_>,
-) -> anyhow::Result<()> {
-    let pool = worker_pool(layout)?;
+) -> anyhow::Result<decnet_swarm_client::agent::EvidenceList> {
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
-    let client = agent_client(&pool, &h)?;
-    let list = match client.evidence().await {
-        Ok(l) => l,
+    let client = agent_client(pool, &h)?;
+    match client.evidence().await {
+        Ok(l) => Ok(l),
         Err(e) => {
             record(db, host, Err(&e)).await;
-            return Err(e.into());
+            Err(e.into())
         }
-    };
-    let Some(decky) = req.decky else {
-        if req.json {
-            println!("{}", serde_json::to_string_pretty(&list.archives)?);
-            return Ok(());
-        }
-        if !list.kept {
-            println!("{host}: keeps no evidence (compose driver, or --evidence-keep 0)");
-        }
-        if list.archives.is_empty() {
-            println!("{host}: no evidence archive");
-            return Ok(());
-        }
-        println!("{:<24} {:<22} {:>12}", "DECKY", "ID", "BYTES");
-        for a in &list.archives {
-            println!(
-                "{:<24} {:<22} {:>12}",
-                inert(&a.decky),
-                inert(&a.id),
-                a.bytes
-            );
-        }
-        return Ok(());
-    };
-    if !is_path_safe(decky) {
-        return Err(UsageError(format!("{decky:?} is not a decky name")).into());
     }
-    let id = match req.id {
-        Some(id) if is_path_safe(id) => id.to_string(),
-        Some(id) => return Err(UsageError(format!("{id:?} is not an archive id")).into()),
+}
+
+/// What `swarm evidence HOST` prints.
+pub fn print_evidence_list(
+    host: &str,
+    list: &decnet_swarm_client::agent::EvidenceList,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list.archives)?);
+        return Ok(());
+    }
+    if !list.kept {
+        println!("{host}: keeps no evidence (compose driver, or --evidence-keep 0)");
+    }
+    if list.archives.is_empty() {
+        println!("{host}: no evidence archive");
+        return Ok(());
+    }
+    println!("{:<24} {:<22} {:>12}", "DECKY", "ID", "BYTES");
+    for a in &list.archives {
+        println!(
+            "{:<24} {:<22} {:>12}",
+            inert(&a.decky),
+            inert(&a.id),
+            a.bytes
+        );
+    }
+    Ok(())
+}
+
+/// The archive of `decky` to fetch: `id` when given (checked), else the
+/// decky's newest in `list`.
+pub fn evidence_id(
+    list: &decnet_swarm_client::agent::EvidenceList,
+    host: &str,
+    decky: &str,
+    id: Option<&str>,
+) -> Result<String, UsageError> {
+    if !is_path_safe(decky) {
+        return Err(UsageError(format!("{decky:?} is not a decky name")));
+    }
+    match id {
+        Some(id) if is_path_safe(id) => Ok(id.to_string()),
+        Some(id) => Err(UsageError(format!("{id:?} is not an archive id"))),
         None => list
             .archives
             .iter()
@@ -745,41 +758,27 @@ pub async fn evidence(
                 UsageError(format!(
                     "{host} holds no evidence of decky {decky} (see `decnet swarm evidence {host}`)"
                 ))
-            })?,
-    };
-    let out = req
-        .out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| format!("{host}-{decky}-{id}.tar.gz").into());
-    let part = {
-        let mut p = out.clone().into_os_string();
-        p.push(".part");
-        std::path::PathBuf::from(p)
-    };
-    if out.exists() {
-        return Err(UsageError(format!("{} exists: not overwritten", out.display())).into());
+            }),
     }
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&part)
-        .await
-        .with_context(|| format!("cannot create {}", part.display()))?;
-    let fetched = client.fetch_evidence(decky, &id, &mut file).await;
-    drop(file);
-    let outcome = match fetched {
-        // A link, not a rename: it fails if `out` appeared meanwhile, so an
-        // existing file is never replaced.
-        Ok(bytes) => std::fs::hard_link(&part, &out)
-            .map(|()| {
-                let _ = std::fs::remove_file(&part);
-                bytes
-            })
-            .with_context(|| format!("cannot create {} (not overwritten)", out.display())),
-        Err(e) => Err(e.into()),
-    };
-    match outcome {
+}
+
+/// Fetch archive `id` of `decky` from `host`'s agent into `out`; audited
+/// as `actor`. Returns its size.
+pub async fn evidence_fetch(
+    db: &FleetDb,
+    pool: &WorkerPool,
+    actor: &str,
+    host: &str,
+    decky: &str,
+    id: &str,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> anyhow::Result<u64> {
+    if !is_path_safe(decky) || !is_path_safe(id) {
+        return Err(UsageError(format!("{decky:?}/{id:?} is not a decky's archive")).into());
+    }
+    let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let client = agent_client(pool, &h)?;
+    match client.fetch_evidence(decky, id, out).await {
         Ok(bytes) => {
             audit(
                 db,
@@ -790,23 +789,86 @@ pub async fn evidence(
                 format!("decky={decky} id={id} bytes={bytes}"),
             )
             .await;
-            println!("{host}: {decky} {id}: {bytes} bytes in {}", out.display());
-            Ok(())
+            Ok(bytes)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&part);
             audit(
                 db,
                 actor,
                 "swarm.evidence",
                 host,
                 AuditOutcome::Failed,
-                format!("decky={decky} id={id}: {e:#}"),
+                format!("decky={decky} id={id}: {e}"),
             )
             .await;
-            Err(e)
+            Err(e.into())
         }
     }
+}
+
+/// A file written `0600` under a temporary name (`OUT.part`) and linked
+/// into place only when complete: an existing file is never replaced.
+pub struct NewFile {
+    out: std::path::PathBuf,
+    part: std::path::PathBuf,
+}
+
+impl NewFile {
+    /// Create `OUT.part` (a usage error if `out` exists).
+    pub async fn create(out: &Path) -> anyhow::Result<(NewFile, tokio::fs::File)> {
+        let part = {
+            let mut p = out.to_path_buf().into_os_string();
+            p.push(".part");
+            std::path::PathBuf::from(p)
+        };
+        if out.exists() {
+            return Err(UsageError(format!("{} exists: not overwritten", out.display())).into());
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part)
+            .await
+            .with_context(|| format!("cannot create {}", part.display()))?;
+        Ok((
+            NewFile {
+                out: out.to_path_buf(),
+                part,
+            },
+            file,
+        ))
+    }
+
+    /// Put the complete file in place (written out first): a link, not a
+    /// rename, so it fails if `out` appeared meanwhile.
+    pub async fn commit(self, mut file: tokio::fs::File) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = async {
+            file.flush().await?;
+            file.sync_all().await
+        }
+        .await
+        {
+            self.abandon();
+            return Err(anyhow::Error::new(e).context("cannot write the file"));
+        }
+        drop(file);
+        let r = std::fs::hard_link(&self.part, &self.out)
+            .with_context(|| format!("cannot create {} (not overwritten)", self.out.display()));
+        let _ = std::fs::remove_file(&self.part);
+        r
+    }
+
+    /// Give up: remove the partial file.
+    pub fn abandon(self) {
+        let _ = std::fs::remove_file(&self.part);
+    }
+}
+
+/// Where `swarm evidence HOST --decky D` writes by default.
+pub fn evidence_file(host: &str, decky: &str, id: &str) -> std::path::PathBuf {
+    format!("{host}-{decky}-{id}.tar.gz").into()
 }
 
 /// One host's row in `swarm status` / `swarm check` (also what the fleet

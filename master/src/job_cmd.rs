@@ -19,14 +19,30 @@ pub async fn start<B: serde::Serialize>(
     path: &str,
     body: &B,
 ) -> anyhow::Result<api::Job> {
+    post_once(client, path, body).await
+}
+
+/// `POST path` with `body` and an idempotency key made for this call,
+/// retried with the same key when the request went unanswered: the master
+/// acts once, and a retry gets the first answer.
+pub async fn post_once<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+    client: &FleetClient,
+    path: &str,
+    body: &B,
+) -> anyhow::Result<T> {
     let key = decnet_pki::random_hex(16);
     let mut last = None;
     for attempt in 0..3 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
         }
-        match client.send_keyed(path, body, &key).await {
-            Ok(job) => return Ok(job),
+        let req = client
+            .request(reqwest::Method::POST, path)
+            .header(api::IDEMPOTENCY_KEY_HEADER, &key)
+            .timeout(crate::fleet_client::LONG_OPERATION)
+            .json(body);
+        match client.call(req).await {
+            Ok(answer) => return Ok(answer),
             Err(e) if crate::fleet_client::is_transport(&e) => last = Some(e),
             Err(e) => return Err(e),
         }
@@ -75,6 +91,29 @@ pub async fn follow(client: &FleetClient, id: &str, json: bool) -> anyhow::Resul
                 Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
             }
         }
+        ("update", Some(result)) => {
+            match serde_json::from_str::<Vec<crate::rollout::HostResult>>(result) {
+                Ok(results) => {
+                    let r = crate::rollout::print_rollout(&results, json);
+                    if state == "cancelled" {
+                        anyhow::bail!("job {id} was cancelled");
+                    }
+                    r
+                }
+                Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
+            }
+        }
+        ("rollback", Some(result)) => match serde_json::from_str(result) {
+            Ok(r) => crate::rollout::print_rollback(&r),
+            Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
+        },
+        ("teardown", Some(result)) => match serde_json::from_str::<api::TornDown>(result) {
+            Ok(t) => {
+                crate::fleet_ops::print_torn_down(&t.host, &t.deckies);
+                Ok(())
+            }
+            Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
+        },
         _ => anyhow::bail!(
             "job {id} ended {state} without a result (its master stopped while it ran?)"
         ),

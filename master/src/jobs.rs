@@ -72,23 +72,53 @@ fn host_states(results: &[HostDeploy], wait: bool) -> Vec<JobHost> {
         .collect()
 }
 
-/// Run the deploy of `job` to `targets` in the background, to its end.
-pub fn spawn_deploy(
+/// How a job ended: its state (`done`, `failed`, `cancelled`), its result
+/// (JSON text) and each host's outcome.
+pub struct JobOutcome {
+    /// `done`, `failed` or `cancelled`.
+    pub state: &'static str,
+    /// The result, JSON text.
+    pub result: String,
+    /// Each host's outcome.
+    pub hosts: Vec<JobHost>,
+}
+
+impl JobOutcome {
+    /// A job that failed before any host's outcome: `{"error": …}`.
+    pub fn failed(e: &anyhow::Error) -> JobOutcome {
+        JobOutcome {
+            state: "failed",
+            result: serde_json::json!({ "error": format!("{e:#}") }).to_string(),
+            hosts: Vec::new(),
+        }
+    }
+}
+
+/// Run job `id`'s `work` in the background, to its end, whatever becomes
+/// of the request that started it: its progress lines (`work`'s [`Emit`])
+/// written every [`FLUSH_EVERY`], its heartbeat every [`HEARTBEAT_EVERY`]
+/// (a cancel recorded by any master cancels `work`'s token), then its end
+/// recorded — and sent on the returned channel, for a request that waits.
+///
+/// [`Emit`]: crate::fleet_ops::Emit
+pub fn spawn_job<F, Fut>(
     db: FleetDb,
-    pool: WorkerPool,
-    job: JobRecord,
-    run: DeployRun,
-    targets: Vec<HostRecord>,
-) {
+    id: String,
+    work: F,
+) -> tokio::sync::oneshot::Receiver<JobOutcome>
+where
+    F: FnOnce(crate::fleet_ops::Emit, CancellationToken) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = JobOutcome> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let id = job.id.clone();
         let pending = Arc::new(Mutex::new(Pending {
             next_seq: 1,
             lines: Vec::new(),
         }));
         let cancel = CancellationToken::new();
         let done = CancellationToken::new();
-        // Progress writer and heartbeat, until the deploy ends.
+        // Progress writer and heartbeat, until the work ends.
         let keeper = {
             let (db, id, pending, cancel, done) = (
                 db.clone(),
@@ -126,9 +156,38 @@ pub fn spawn_deploy(
                     .push(line);
             }) as crate::fleet_ops::Emit
         };
+        let outcome = work(emit, cancel.clone()).await;
+        done.cancel();
+        let _ = keeper.await;
+        flush(&db, &id, &pending).await;
+        if !outcome.hosts.is_empty()
+            && let Err(e) = db.record_job_progress(&id, 0, &[], &outcome.hosts).await
+        {
+            tracing::warn!(job = %id, error = %e, "cannot record the job's hosts");
+        }
+        if let Err(e) = db.finish_job(&id, outcome.state, &outcome.result).await {
+            tracing::error!(job = %id, error = %e, "cannot record the job's end");
+        }
+        tracing::info!(job = %id, state = outcome.state, "job finished");
+        let _ = tx.send(outcome);
+    });
+    rx
+}
+
+/// Run the deploy of `job` to `targets` in the background, to its end.
+pub fn spawn_deploy(
+    db: FleetDb,
+    pool: WorkerPool,
+    job: JobRecord,
+    run: DeployRun,
+    targets: Vec<HostRecord>,
+) {
+    let id = job.id.clone();
+    let db2 = db.clone();
+    drop(spawn_job(db, id, move |emit, cancel| async move {
         let wait = run.wait;
-        let results = crate::fleet_ops::deploy_run(
-            &db,
+        match crate::fleet_ops::deploy_run(
+            &db2,
             &pool,
             &job.actor,
             &run,
@@ -136,11 +195,8 @@ pub fn spawn_deploy(
             emit,
             cancel.clone(),
         )
-        .await;
-        done.cancel();
-        let _ = keeper.await;
-        flush(&db, &id, &pending).await;
-        let (state, result) = match results {
+        .await
+        {
             Ok(results) => {
                 let ok = results.iter().all(|r| {
                     if wait {
@@ -149,32 +205,77 @@ pub fn spawn_deploy(
                         r.error.is_none()
                     }
                 });
-                let hosts = host_states(&results, wait);
-                if let Err(e) = db.record_job_progress(&id, 0, &[], &hosts).await {
-                    tracing::warn!(job = %id, error = %e, "cannot record the job's hosts");
+                JobOutcome {
+                    state: end_state(&cancel, ok),
+                    hosts: host_states(&results, wait),
+                    result: serde_json::to_string(&results).unwrap_or_else(|_| "[]".into()),
                 }
-                let state = if cancel.is_cancelled() {
-                    "cancelled"
-                } else if ok {
-                    "done"
-                } else {
-                    "failed"
-                };
-                (
-                    state,
-                    serde_json::to_string(&results).unwrap_or_else(|_| "[]".into()),
-                )
             }
-            Err(e) => (
-                "failed",
-                serde_json::json!({ "error": format!("{e:#}") }).to_string(),
-            ),
-        };
-        if let Err(e) = db.finish_job(&id, state, &result).await {
-            tracing::error!(job = %id, error = %e, "cannot record the job's end");
+            Err(e) => JobOutcome::failed(&e),
         }
-        tracing::info!(job = %id, state, "job finished");
-    });
+    }));
+}
+
+/// A job's end state: `cancelled` when it was, else by whether it succeeded.
+pub fn end_state(cancel: &CancellationToken, ok: bool) -> &'static str {
+    if cancel.is_cancelled() {
+        "cancelled"
+    } else if ok {
+        "done"
+    } else {
+        "failed"
+    }
+}
+
+/// Run the rollout of `rel` to `targets` (job `job`) in the background, to
+/// its end.
+pub fn spawn_rollout(
+    db: FleetDb,
+    pool: WorkerPool,
+    job: JobRecord,
+    rel: crate::release::PackedRelease,
+    plan: crate::rollout::RolloutPlan,
+    targets: Vec<HostRecord>,
+) {
+    let id = job.id.clone();
+    let db2 = db.clone();
+    drop(spawn_job(db, id, move |emit, cancel| async move {
+        emit(format!("release {} (sha256 {})", rel.label, rel.sha256));
+        match crate::rollout::rollout_run(
+            &db2,
+            &pool,
+            &job.actor,
+            &rel,
+            &plan,
+            targets,
+            emit,
+            cancel.clone(),
+        )
+        .await
+        {
+            Ok(results) => {
+                use decnet_fleet::UpdateOutcome;
+                let ok = results.iter().all(|r| r.outcome == UpdateOutcome::Updated);
+                JobOutcome {
+                    state: end_state(&cancel, ok),
+                    hosts: results
+                        .iter()
+                        .map(|r| JobHost {
+                            host: r.host.clone(),
+                            state: if r.outcome == UpdateOutcome::Updated {
+                                "ok".into()
+                            } else {
+                                r.outcome.as_str().into()
+                            },
+                            detail: r.detail.clone(),
+                        })
+                        .collect(),
+                    result: serde_json::to_string(&results).unwrap_or_else(|_| "[]".into()),
+                }
+            }
+            Err(e) => JobOutcome::failed(&e),
+        }
+    }));
 }
 
 /// Mark the jobs of daemons that stopped `interrupted`, now and every

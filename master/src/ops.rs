@@ -234,3 +234,114 @@ pub async fn request_renewal(
     }
     Ok(RenewRequested { updater })
 }
+
+/// Burn `host` (a compromised host): its deckies torn down first when its
+/// agent still answers (best effort: a burned host is presumed hostile),
+/// then every certificate it has revoked, whoever holds it, and the bundles
+/// the master kept for it deleted; audited. (Confirmation is the caller's.)
+pub async fn burn(
+    db: &FleetDb,
+    layout: &CaLayout,
+    pool: &WorkerPool,
+    host: &str,
+    actor: &str,
+) -> Result<decnet_api::Burned, OpError> {
+    let name = HostName::new(host).map_err(|e| OpError::Invalid(e.to_string()))?;
+    let Some(h) = db.host(name.as_str()).await? else {
+        return Err(OpError::NotFound(format!(
+            "host {name} is not enrolled (see `decnet swarm list`)"
+        )));
+    };
+    if h.status == HostStatus::Decommissioned {
+        return Err(OpError::Invalid(format!(
+            "host {name} is decommissioned already"
+        )));
+    }
+    // Its deckies first, while its agent can still be reached.
+    let torn = if h.status == HostStatus::Burned {
+        Err("burned already".to_string())
+    } else {
+        crate::fleet_ops::teardown_before_burn(pool, &h).await
+    };
+    let revoked = db.burn(name.as_str()).await?;
+    let removed = decnet_fleet::enrollment::remove_issued_bundles(layout, &name);
+    audit(
+        db,
+        actor,
+        "swarm.burn",
+        name.as_str(),
+        AuditOutcome::Ok,
+        format!(
+            "was={} revoked={} removed_bundles={} teardown={}",
+            h.status,
+            revoked.len(),
+            removed.len(),
+            match &torn {
+                Ok(names) => format!("[{}]", names.join(",")),
+                Err(e) => format!("failed: {e}"),
+            }
+        ),
+    )
+    .await;
+    let (torn_down, teardown_error) = match torn {
+        Ok(n) => (Some(n), None),
+        Err(e) => (None, Some(e)),
+    };
+    Ok(decnet_api::Burned {
+        host: name.to_string(),
+        revoked: revoked.len(),
+        removed_bundles: removed.len(),
+        torn_down,
+        teardown_error,
+    })
+}
+
+/// Change where the master dials `host`; audited (a host not enrolled is
+/// refused, and audited as such).
+pub async fn set_endpoint(
+    db: &FleetDb,
+    host: &str,
+    req: &decnet_api::SetEndpoint,
+    actor: &str,
+) -> Result<(), OpError> {
+    if let Some(a) = &req.address {
+        decnet_pki::ca::validate_san(a).map_err(|e| OpError::Invalid(e.to_string()))?;
+    }
+    let found = db
+        .update_endpoint(
+            host,
+            req.address.as_deref(),
+            req.agent_port,
+            req.updater_port,
+        )
+        .await?;
+    // What changed, in plain words (never Rust's debug syntax).
+    let detail = [
+        req.address.as_ref().map(|a| format!("address={a}")),
+        req.agent_port.map(|p| format!("agent_port={p}")),
+        req.updater_port.map(|p| format!("updater_port={p}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
+    audit(
+        db,
+        actor,
+        "swarm.set_endpoint",
+        host,
+        if found {
+            AuditOutcome::Ok
+        } else {
+            AuditOutcome::Refused
+        },
+        detail,
+    )
+    .await;
+    if !found {
+        return Err(OpError::NotFound(format!(
+            "host {host} is not enrolled (see `decnet swarm list`)"
+        )));
+    }
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! Operator commands through a context: the same commands, output, exit
 //! codes and `--json` as on the master host, answered by the master's fleet
-//! API as the context's operator. Commands the fleet API does not serve yet
-//! say so (exit 2) instead of acting on this machine's files.
+//! API as the context's operator. The few that need the CA's key (`ca
+//! rotate-master`, monitor certificates, `swarm enroll`, which makes a
+//! worker's key) say so (exit 2) instead of acting on this machine's files.
 
 use crate::cli::{Command, SwarmCommand};
 use crate::context::Context;
@@ -88,7 +89,12 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Swarm(SwarmCommand::Decommission { host, yes, .. }) => {
-            confirm(&host, yes, "Decommission {host}? Its certificates are revoked and its bundles deleted.")?;
+            confirm(
+                &host,
+                yes,
+                "decommission",
+                &format!("Decommission {host}? Its certificates are revoked and its bundles deleted."),
+            )?;
             let d: decnet_api::Decommissioned = client
                 .send::<(), _>(
                     reqwest::Method::POST,
@@ -145,12 +151,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             json,
             ..
         }) => {
-            let config_json = std::fs::read_to_string(&config).map_err(|e| {
-                UsageError(format!(
-                    "reading the deployment config {}: {e}",
-                    config.display()
-                ))
-            })?;
+            let config_json = read_config(&config)?;
             let req = decnet_api::DeployRequest {
                 config_json,
                 config_name: config.display().to_string(),
@@ -165,10 +166,188 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             );
             crate::job_cmd::follow(&client, &job.id, json).await
         }
+        Command::Swarm(SwarmCommand::Deploy {
+            config,
+            hosts,
+            dry_run: true,
+            ..
+        }) => {
+            let req = decnet_api::DeployPlanRequest {
+                config_json: read_config(&config)?,
+                hosts,
+            };
+            let plans: Vec<serde_json::Value> = client
+                .send(reqwest::Method::POST, "/v1/deploy/plan", Some(&req))
+                .await?;
+            crate::usage::partial(
+                crate::fleet_ops::print_deploy_plan(&plans)?,
+                "some agents refused the config",
+            )
+        }
+        Command::Swarm(SwarmCommand::Teardown { host, decky, .. }) => {
+            let t: decnet_api::TornDown = crate::job_cmd::post_once(
+                &client,
+                &format!("/v1/hosts/{}/teardown", percent(&host)),
+                &decnet_api::TeardownRequest { decky },
+            )
+            .await?;
+            crate::fleet_ops::print_torn_down(&t.host, &t.deckies);
+            Ok(())
+        }
+        Command::Swarm(SwarmCommand::Rollback { host, .. }) => {
+            let r: crate::rollout::HostResult = crate::job_cmd::post_once(
+                &client,
+                &format!("/v1/hosts/{}/rollback", percent(&host)),
+                &serde_json::json!({}),
+            )
+            .await?;
+            crate::rollout::print_rollback(&r)
+        }
+        Command::Swarm(SwarmCommand::Burn { host, yes }) => {
+            confirm(&host, yes, "burn", &crate::cli::burn_question(&host))?;
+            let b: decnet_api::Burned = client
+                .call(
+                    client
+                        .request(
+                            reqwest::Method::POST,
+                            &format!("/v1/hosts/{}/burn", percent(&host)),
+                        )
+                        .timeout(crate::fleet_client::LONG_OPERATION),
+                )
+                .await?;
+            crate::cli::print_burned(&b);
+            Ok(())
+        }
+        Command::Swarm(SwarmCommand::SetEndpoint {
+            host,
+            address,
+            agent_port,
+            updater_port,
+        }) => {
+            let _: decnet_api::Host = client
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/v1/hosts/{}/endpoint", percent(&host)),
+                    Some(&decnet_api::SetEndpoint {
+                        address,
+                        agent_port,
+                        updater_port,
+                    }),
+                )
+                .await?;
+            println!("{host}: endpoint updated");
+            Ok(())
+        }
+        Command::Swarm(SwarmCommand::Evidence {
+            host,
+            decky,
+            id,
+            out,
+            json,
+            ..
+        }) => {
+            use crate::fleet_ops::{NewFile, evidence_file, evidence_id};
+            let list: decnet_swarm_client::agent::EvidenceList = client
+                .get(&format!("/v1/hosts/{}/evidence", percent(&host)))
+                .await?;
+            let Some(decky) = decky else {
+                return crate::fleet_ops::print_evidence_list(&host, &list, json);
+            };
+            let id = evidence_id(&list, &host, &decky, id.as_deref())?;
+            let out = out.unwrap_or_else(|| evidence_file(&host, &decky, &id));
+            let (new_file, mut file) = NewFile::create(&out).await?;
+            let path = format!(
+                "/v1/hosts/{}/evidence/{}/{}",
+                percent(&host),
+                percent(&decky),
+                percent(&id)
+            );
+            match client
+                .download(&path, &mut file, decnet_swarm_client::agent::MAX_EVIDENCE)
+                .await
+            {
+                Ok(bytes) => {
+                    new_file.commit(file).await?;
+                    crate::cli::print_evidence_fetched(&host, &decky, &id, bytes, &out);
+                    Ok(())
+                }
+                Err(e) => {
+                    drop(file);
+                    new_file.abandon();
+                    Err(e)
+                }
+            }
+        }
+        Command::Swarm(SwarmCommand::Update {
+            release,
+            hosts,
+            all,
+            max_parallel,
+            canary,
+            include_self,
+            continue_on_error,
+            label,
+            release_version,
+            allow_downgrade,
+            sign,
+            permit_downgrade,
+            json,
+            ..
+        }) => {
+            let packed = crate::cli::pack_release(
+                &release,
+                label.as_deref(),
+                release_version.as_deref(),
+                sign.as_deref(),
+                permit_downgrade,
+            )?;
+            let rel = &packed.release;
+            let tarball = std::fs::read(&rel.tarball)?;
+            let _: decnet_api::ReleaseUploaded = client
+                .call(
+                    client
+                        .request(
+                            reqwest::Method::PUT,
+                            &format!("/v1/releases/{}", percent(&rel.sha256)),
+                        )
+                        .timeout(crate::fleet_client::LONG_OPERATION)
+                        .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+                        .body(tarball),
+                )
+                .await?;
+            let req = decnet_api::UpdateRequest {
+                sha256: rel.sha256.clone(),
+                label: rel.label.clone(),
+                version: rel.version.clone(),
+                manifests_json: serde_json::to_string(&rel.manifests)?,
+                hosts,
+                all,
+                max_parallel,
+                canary,
+                include_self,
+                continue_on_error,
+                allow_downgrade,
+            };
+            let job = crate::job_cmd::start(&client, "/v1/update", &req).await?;
+            eprintln!(
+                "job {} started in the master; it goes on if this command is interrupted (decnet job follow {})",
+                job.id, job.id
+            );
+            crate::job_cmd::follow(&client, &job.id, json).await
+        }
+        Command::Ca(crate::cli::CaCommand::Show { json, .. }) => {
+            let info: decnet_api::CaInfo = client.get("/v1/ca").await?;
+            crate::cli::print_ca(&info, json)
+        }
+        Command::Swarm(SwarmCommand::Enroll { .. }) => Err(UsageError(format!(
+            "`decnet swarm enroll` makes the worker's keys on the master and is not offered through a context ({}): make a join token instead, and the worker makes its own key: decnet swarm token create --host HOST --address ADDR --updater",
+            ctx.name
+        ))
+        .into()),
         Command::Job(c) => crate::job_cmd::run(&client, c).await,
         Command::Operator(c) => crate::operator_cmd::remote(&client, c).await,
         other => Err(UsageError(format!(
-            "`decnet {}` does not run through a context yet (context {}): run it on the master host, or with --context local there",
+            "`decnet {}` uses the CA's key, which never leaves the master host: run it there as the master's service user (with --context local, or no context in use); context {} is in use here",
             command_name(&other),
             ctx.name
         ))
@@ -178,16 +357,13 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
 
 /// A destructive command's confirmation: `--yes`, or the host's name typed
 /// at a terminal.
-fn confirm(host: &str, yes: bool, question: &str) -> anyhow::Result<()> {
+fn confirm(host: &str, yes: bool, action: &str, question: &str) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     if yes {
         return Ok(());
     }
     if std::io::stdin().is_terminal() {
-        print!(
-            "{} Type the host name to confirm: ",
-            question.replace("{host}", host)
-        );
+        print!("{question} Type the host name to confirm: ");
         std::io::stdout().flush()?;
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
@@ -196,9 +372,20 @@ fn confirm(host: &str, yes: bool, question: &str) -> anyhow::Result<()> {
         }
     }
     Err(UsageError(format!(
-        "refusing to decommission {host} without confirmation; pass --yes"
+        "refusing to {action} {host} without confirmation; pass --yes"
     ))
     .into())
+}
+
+/// A deployment config file's text (a usage error when unreadable).
+fn read_config(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        UsageError(format!(
+            "reading the deployment config {}: {e}",
+            path.display()
+        ))
+        .into()
+    })
 }
 
 use crate::fleet_client::segment as percent;

@@ -15,11 +15,12 @@ use decnet_swarm_client::updater::{ReleaseUpload, UpdateOutcome as PushOutcome};
 use decnet_swarm_client::{ClientError, UpdaterClient, WorkerPool};
 use tokio::sync::Semaphore;
 
-use crate::fleet_ops::{select_hosts, worker_pool};
+use crate::fleet_ops::{Emit, select_hosts, worker_pool};
 use crate::release::PackedRelease;
+use tokio_util::sync::CancellationToken;
 
 /// How to roll out.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RolloutPlan {
     /// Hosts by name (empty = all live hosts).
     pub hosts: Vec<String>,
@@ -36,7 +37,7 @@ pub struct RolloutPlan {
 }
 
 /// One host's result.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct HostResult {
     /// Host.
     pub host: String,
@@ -53,7 +54,7 @@ pub struct HostResult {
 }
 
 /// The evidence of a failed update, from the updater's answer.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProbeFailure {
     /// One line per probe attempt of the new release.
     pub probe: Vec<String>,
@@ -243,7 +244,8 @@ async fn update_one(
     res
 }
 
-/// Run a rollout; returns every host's result (in host order).
+/// Run a rollout from the CLI on the master host (progress on stdout when
+/// `progress`); returns every host's result (in host order).
 pub async fn rollout(
     db: &FleetDb,
     layout: &CaLayout,
@@ -254,6 +256,39 @@ pub async fn rollout(
 ) -> anyhow::Result<Vec<HostResult>> {
     let pool = worker_pool(layout)?;
     let selected = select_hosts(db, &plan.hosts).await?;
+    let emit: Emit = Arc::new(move |line: String| {
+        if progress {
+            println!("{line}");
+        }
+    });
+    rollout_run(
+        db,
+        &pool,
+        actor,
+        rel,
+        plan,
+        selected,
+        emit,
+        CancellationToken::new(),
+    )
+    .await
+}
+
+/// Roll `rel` out to `selected` as `plan` says, telling `emit` each step
+/// as a line, recording each host's result as `actor`, until every host
+/// is done, or halted (a failure without `continue_on_error`, or
+/// `cancel`: hosts not yet started are skipped). Results in host order.
+#[allow(clippy::too_many_arguments)]
+pub async fn rollout_run(
+    db: &FleetDb,
+    pool: &WorkerPool,
+    actor: &str,
+    rel: &PackedRelease,
+    plan: &RolloutPlan,
+    selected: Vec<HostRecord>,
+    emit: Emit,
+    cancel: CancellationToken,
+) -> anyhow::Result<Vec<HostResult>> {
     let halted = Arc::new(AtomicBool::new(false));
     let mut results: Vec<HostResult> = Vec::new();
     // A host without an updater certificate cannot be updated: skipped up
@@ -261,8 +296,8 @@ pub async fn rollout(
     let (hosts, unreachable): (Vec<HostRecord>, Vec<HostRecord>) = selected
         .into_iter()
         .partition(|h| h.updater_fingerprint.is_some());
-    if progress && !unreachable.is_empty() {
-        println!(
+    if !unreachable.is_empty() {
+        emit(format!(
             "skipping {} host(s) without an updater certificate: {}",
             unreachable.len(),
             unreachable
@@ -270,7 +305,7 @@ pub async fn rollout(
                 .map(|h| h.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ));
     }
     for h in &unreachable {
         let r = HostResult {
@@ -298,14 +333,14 @@ pub async fn rollout(
         if batch.is_empty() {
             continue;
         }
-        if progress && canaries > 0 {
-            println!(
-                "{}",
+        if canaries > 0 {
+            emit(
                 if i == 0 {
                     "== canaries =="
                 } else {
                     "== rest of the fleet =="
                 }
+                .to_string(),
             );
         }
         let sem = Arc::new(Semaphore::new(if i == 0 && canaries > 0 {
@@ -316,23 +351,26 @@ pub async fn rollout(
         let mut set = tokio::task::JoinSet::new();
         for h in batch {
             let (sem, pool, halted, rel) = (sem.clone(), pool.clone(), halted.clone(), rel.clone());
+            let (emit, cancel) = (emit.clone(), cancel.clone());
             let include_self = plan.include_self;
             let allow_downgrade = plan.allow_downgrade;
             let cont = plan.continue_on_error;
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                if halted.load(Ordering::SeqCst) {
+                if cancel.is_cancelled() || halted.load(Ordering::SeqCst) {
                     return HostResult {
                         host: h.name.clone(),
                         outcome: UpdateOutcome::Skipped,
                         release: None,
-                        detail: "rollout halted after a failure".into(),
+                        detail: if cancel.is_cancelled() {
+                            "rollout cancelled".into()
+                        } else {
+                            "rollout halted after a failure".into()
+                        },
                         failure: None,
                     };
                 }
-                if progress {
-                    println!("{:<16} uploading {} …", h.name, rel.label);
-                }
+                emit(format!("{:<16} uploading {} …", h.name, rel.label));
                 let r = update_one(&pool, &h, &rel, include_self, allow_downgrade).await;
                 if r.outcome != UpdateOutcome::Updated && !cont {
                     halted.store(true, Ordering::SeqCst);
@@ -343,20 +381,51 @@ pub async fn rollout(
         while let Some(j) = set.join_next().await {
             let r = j?;
             done += 1;
-            if progress {
-                println!(
-                    "[{done}/{total}] {:<16} {:<12} {}",
-                    r.host,
-                    r.outcome.as_str().to_uppercase(),
-                    crate::table::inert(&r.detail)
-                );
-            }
+            emit(format!(
+                "[{done}/{total}] {:<16} {:<12} {}",
+                r.host,
+                r.outcome.as_str().to_uppercase(),
+                crate::table::inert(&r.detail)
+            ));
             record(db, actor, rel, plan, &r).await?;
             results.push(r);
         }
     }
     results.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(results)
+}
+
+/// What `swarm update` prints after its progress; its exit status.
+pub fn print_rollout(results: &[HostResult], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!();
+        print!(
+            "{}",
+            crate::table::render(
+                &["HOST", "OUTCOME", "RELEASE", "DETAIL"],
+                results.iter().map(|r| {
+                    vec![
+                        r.host.clone(),
+                        r.outcome.to_string(),
+                        r.release.clone().unwrap_or_else(|| "-".into()),
+                        r.detail.clone(),
+                    ]
+                })
+            )
+        );
+        // Why each refused release was refused, as its updater saw it.
+        for r in results {
+            if let Some(f) = &r.failure {
+                print!("\n{}", f.render(&r.host));
+            }
+        }
+    }
+    crate::usage::partial(
+        results.iter().all(|r| r.outcome == UpdateOutcome::Updated),
+        "the rollout did not update every host",
+    )
 }
 
 /// Record `r` in the update history and the audit log.
@@ -402,13 +471,12 @@ async fn record(
 /// `decnet swarm rollback HOST`.
 pub async fn rollback(
     db: &FleetDb,
-    layout: &CaLayout,
+    pool: &WorkerPool,
     actor: &str,
     host: &str,
 ) -> anyhow::Result<HostResult> {
-    let pool = worker_pool(layout)?;
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
-    let client = updater_client(&pool, &h)?;
+    let client = updater_client(pool, &h)?;
     let r = match client.rollback().await {
         Ok(done) => HostResult {
             host: host.into(),
@@ -448,6 +516,20 @@ pub async fn rollback(
     ))
     .await?;
     Ok(r)
+}
+
+/// What `swarm rollback` prints; its exit status.
+pub fn print_rollback(r: &HostResult) -> anyhow::Result<()> {
+    println!(
+        "{}: {} — {}",
+        r.host,
+        r.outcome,
+        crate::table::inert(&r.detail)
+    );
+    if let Some(f) = &r.failure {
+        print!("{}", f.render(&r.host));
+    }
+    crate::usage::partial(r.outcome == UpdateOutcome::RolledBack, "rollback failed")
 }
 
 #[cfg(test)]

@@ -99,6 +99,28 @@ pub struct MasterHome {
     /// The fleet database URL every command gets (`None`: the home's
     /// SQLite file).
     pub database_url: Option<String>,
+    /// Through a context ([`via_context`]): the master daemon answering
+    /// the operator commands, and the config dir holding its admin's context.
+    operated: std::sync::OnceLock<(Daemon, PathBuf)>,
+}
+
+/// Whether this run drives the fleet through a context
+/// (`DECNET_E2E_VIA=context`): every operator command a test runs on the
+/// master host (`swarm …` but `enroll`, `audit`, `job`, `ca show`) goes
+/// instead through the fleet API of a `master serve` on the same home, as
+/// an admin operator logged in with `decnet login` — the same assertions,
+/// the CLI as the API's client (the operators issue's parametrised run).
+pub fn via_context() -> bool {
+    std::env::var("DECNET_E2E_VIA").as_deref() == Ok("context")
+}
+
+/// Whether `decnet ARGS` is an operator command a context serves.
+fn served_through_context(args: &[&str]) -> bool {
+    match args {
+        ["swarm", "enroll", ..] => false,
+        ["swarm", ..] | ["audit", ..] | ["job", ..] | ["ca", "show", ..] => true,
+        _ => false,
+    }
 }
 
 impl MasterHome {
@@ -112,6 +134,7 @@ impl MasterHome {
         let h = MasterHome {
             dir: tempfile::tempdir().expect("tempdir"),
             database_url: url,
+            operated: std::sync::OnceLock::new(),
         };
         h.ok(&["ca", "init"]);
         h
@@ -123,6 +146,7 @@ impl MasterHome {
         let h = MasterHome {
             dir: tempfile::tempdir_in(parent).expect("tempdir"),
             database_url: None,
+            operated: std::sync::OnceLock::new(),
         };
         h.ok(&["ca", "init"]);
         h
@@ -197,6 +221,20 @@ impl MasterHome {
     /// The command `decnet ARGS` against this home (and its database), not
     /// started: for a test that watches a command while it runs.
     pub fn command(&self, args: &[&str]) -> Command {
+        if via_context() && served_through_context(args) {
+            let (_, config) = self.operated();
+            let mut cmd = Command::new(bin("decnet"));
+            // The operator's machine: its own config dir, nothing of the
+            // master's home.
+            cmd.args(args)
+                .env("XDG_CONFIG_HOME", config)
+                .env("DECNET_HOME", self.dir.path().join("operator-no-home"))
+                .env_remove("DECNET_DATABASE_URL")
+                .env_remove("DECNET_CA_DIR")
+                .env("DECNET_CONTEXT", "e2e-admin")
+                .stdin(Stdio::null());
+            return cmd;
+        }
         let mut cmd = Command::new(bin("decnet"));
         cmd.args(args)
             .env("DECNET_HOME", self.home())
@@ -210,6 +248,40 @@ impl MasterHome {
             cmd.env("DECNET_DATABASE_URL", url);
         }
         cmd
+    }
+
+    /// The master daemon and admin context of [`via_context`] runs,
+    /// started at the first operator command (no log listener: the test's
+    /// own master, if any, has it).
+    fn operated(&self) -> &(Daemon, PathBuf) {
+        self.operated.get_or_init(|| {
+            let master = self.serve(&["--no-listener"]);
+            let config = self.dir.path().join("operator-config");
+            let added = self.ok(&["operator", "add", "e2e-admin", "--role", "admin", "--json"]);
+            let token: serde_json::Value =
+                serde_json::from_str(&added).expect("operator add --json");
+            let out = Command::new(bin("decnet"))
+                .args([
+                    "login",
+                    "--master",
+                    &master.addr.to_string(),
+                    "--token",
+                    token["token"].as_str().expect("token"),
+                ])
+                .env("XDG_CONFIG_HOME", &config)
+                .env("DECNET_HOME", self.dir.path().join("operator-no-home"))
+                .env_remove("DECNET_CONTEXT")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run decnet login");
+            assert!(
+                out.status.success(),
+                "decnet login failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (master, config)
+        })
     }
 
     /// Run `decnet ARGS`.
