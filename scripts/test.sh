@@ -103,7 +103,7 @@ cargo test "${scope[@]}" --locked "$@" || status=$?
 # whole run; alone: DECNET_E2E_VIA=context scripts/test.sh -p decnet-e2e --test NAME
 if [ $# -eq 0 ]; then
     DECNET_E2E_VIA=context cargo test -p decnet-e2e --locked \
-        --test updater_e2e --test agent_e2e || status=$?
+        --test updater_e2e --test agent_e2e --test master_e2e || status=$?
 fi
 
 skipped=$(grep -c . "$DECNET_TEST_SKIPS" || true)

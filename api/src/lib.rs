@@ -510,3 +510,23 @@ pub struct UpdateRequest {
     #[serde(default)]
     pub allow_downgrade: bool,
 }
+
+/// `POST /v1/whoami/renew` (`decnet login --renew`): a CSR for the
+/// operator's new key, made on its machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewOperator {
+    /// The PKCS#10 request, PEM.
+    pub csr_pem: String,
+}
+
+/// The renewed operator certificate; the one presented is revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewedOperator {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its SHA-256 fingerprint, hex.
+    pub fingerprint: String,
+    /// When it expires (unix seconds).
+    pub not_after: i64,
+}

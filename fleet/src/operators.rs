@@ -436,3 +436,106 @@ pub async fn join_operator(
         api_port: fleet_api_port,
     })
 }
+
+/// A renewed operator certificate.
+#[derive(Clone, Debug)]
+pub struct RenewedOperator {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its fingerprint, hex.
+    pub fingerprint: String,
+    /// When it expires (unix seconds).
+    pub not_after: i64,
+}
+
+/// Renew operator `name`'s certificate (`decnet login --renew`): the
+/// presented certificate (`presented`, its fingerprint) must still be the
+/// operator's and unrevoked, and the operator active; the CSR's key was
+/// made on the operator's machine. The new certificate is valid
+/// [`OPERATOR_CERT_DAYS`]; every older one of the operator is revoked, the
+/// presented one included (the next request must use the new one).
+/// Audited as the operator.
+pub async fn renew_operator(
+    db: &FleetDb,
+    ca: &CertificateAuthority,
+    name: &str,
+    presented: &str,
+    csr_pem: &str,
+) -> Result<RenewedOperator, RenewRefusal> {
+    let host = HostName::new(name).map_err(|_| RenewRefusal::NotStanding)?;
+    if db.operator_standing(name, presented).await?.is_none() {
+        return Err(RenewRefusal::NotStanding);
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let spec = LeafSpec::for_role(&Role::Operator(host), &[]).with_validity(
+        now - time::Duration::minutes(5),
+        now + time::Duration::days(OPERATOR_CERT_DAYS),
+    );
+    let leaf = ca
+        .sign_csr(&spec, csr_pem)
+        .map_err(|_| RenewRefusal::BadCsr)?;
+    let fp = leaf.fingerprint.to_hex();
+    let cn = operator_cn(name);
+    let mut tx = db.write_tx().await?;
+    // Still standing inside the transaction: a revocation meanwhile wins.
+    let standing = sqlx::query(
+        "SELECT 1 FROM certificates c JOIN operators o ON o.name = $2 \
+         WHERE c.fingerprint = $1 AND c.host = $3 AND o.revoked_at IS NULL \
+         AND c.fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+    )
+    .bind(presented)
+    .bind(name)
+    .bind(&cn)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(DbError::from)?;
+    if standing.is_none() {
+        return Err(RenewRefusal::NotStanding);
+    }
+    revoke_all_but(
+        &mut tx,
+        &cn,
+        Some(CertRole::Operator),
+        &[],
+        "superseded by a renewal",
+    )
+    .await?;
+    insert_certificate(
+        &mut tx,
+        &CertRecord::of_leaf(&leaf, &cn, CertRole::Operator),
+    )
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    let not_after = leaf.not_after.unix_timestamp();
+    let _ = db
+        .audit(&AuditEntry::now(
+            format!("operator:{name}"),
+            "operator.renew",
+            name,
+            AuditOutcome::Ok,
+            format!("fingerprint={fp} replaces={presented}"),
+        ))
+        .await;
+    Ok(RenewedOperator {
+        cert_pem: leaf.cert_pem,
+        fingerprint: fp,
+        not_after,
+    })
+}
+
+/// Why an operator certificate was not renewed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewRefusal {
+    /// The presented certificate is no longer the operator's, or the
+    /// operator was revoked.
+    #[error(
+        "this certificate is revoked or replaced, or its operator was revoked: log in again with a new token"
+    )]
+    NotStanding,
+    /// The CSR does not parse or is not self-signed.
+    #[error("the CSR is not a valid, self-signed PKCS#10 request")]
+    BadCsr,
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}

@@ -39,6 +39,8 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
         (&Method::GET, ["v1", "jobs"])
         | (&Method::GET, ["v1", "jobs", _])
         | (&Method::GET, ["v1", "jobs", _, "events"]) => Permission::Read,
+        // An operator renews its own certificate (whatever its role).
+        (&Method::POST, ["v1", "whoami", "renew"]) => Permission::Read,
         (&Method::GET, ["v1", "ca"])
         | (&Method::GET, ["v1", "hosts", _, "evidence"])
         | (&Method::GET, ["v1", "hosts", _, "evidence", _, _]) => Permission::Read,
@@ -298,6 +300,7 @@ mod tests {
         assert_eq!(permission_of(&Method::GET, "/v2/hosts"), Permission::Admin);
         for (m, p, want) in [
             (Method::GET, "/v1/ca", Permission::Read),
+            (Method::POST, "/v1/whoami/renew", Permission::Read),
             (Method::GET, "/v1/hosts/w1/evidence", Permission::Read),
             (
                 Method::GET,

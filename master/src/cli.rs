@@ -149,8 +149,13 @@ pub enum Command {
     /// add`, and save a context for every later command.
     Login {
         /// The master's control API, HOST[:8770] (where workers join).
-        #[arg(long, value_name = "HOST[:PORT]")]
-        master: String,
+        #[arg(long, value_name = "HOST[:PORT]", required_unless_present = "renew")]
+        master: Option<String>,
+        /// Renew the certificate of the context in use (or --context NAME)
+        /// before it expires: a new key made here, the old certificate
+        /// revoked. No token needed while the certificate is valid.
+        #[arg(long, conflicts_with_all = ["master", "token", "token_file", "as_name", "force"])]
+        renew: bool,
         /// The token (or --token-file; argv is visible to local users).
         #[arg(long, env = "DECNET_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -826,13 +831,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     } = cli;
     let resolve = |ca: Option<PathBuf>| MasterHome::resolve(home.clone(), ca, database_url.clone());
     let command = match command {
+        Command::Login { renew: true, .. } => {
+            return crate::operator_cmd::renew(context.as_deref()).await;
+        }
         Command::Login {
             master,
             token,
             token_file,
             as_name,
             force,
+            ..
         } => {
+            let master = master.ok_or_else(|| UsageError("--master is required".into()))?;
             return crate::operator_cmd::login(
                 &master,
                 token.as_deref(),

@@ -43,6 +43,7 @@ pub struct FleetApiState {
 pub fn router(state: Arc<FleetApiState>) -> Router {
     Router::new()
         .route("/v1/whoami", get(whoami))
+        .route("/v1/whoami/renew", post(renew_self))
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/{name}", get(host))
         .route("/v1/audit", get(audit))
@@ -1360,4 +1361,32 @@ async fn update(
             Ok((StatusCode::ACCEPTED, Json(view)).into_response())
         }
     }
+}
+
+async fn renew_self(
+    State(st): State<Arc<FleetApiState>>,
+    Extension(g): Extension<Grant>,
+    Extension(peer): Extension<decnet_pki::PeerIdentity>,
+    body: axum::body::Bytes,
+) -> Result<Json<api::RenewedOperator>, Response> {
+    use decnet_fleet::operators::RenewRefusal;
+    let req: api::RenewOperator = decode(&body).map_err(bad_request)?;
+    let r = decnet_fleet::operators::renew_operator(
+        &st.db,
+        &st.ca,
+        &g.operator,
+        &peer.fingerprint.to_hex(),
+        &req.csr_pem,
+    )
+    .await
+    .map_err(|e| match e {
+        RenewRefusal::BadCsr => bad_request(e.to_string()),
+        RenewRefusal::NotStanding => json_error(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+        RenewRefusal::Db(e) => unavailable(e),
+    })?;
+    Ok(Json(api::RenewedOperator {
+        cert_pem: r.cert_pem,
+        fingerprint: r.fingerprint,
+        not_after: r.not_after,
+    }))
 }

@@ -6,7 +6,7 @@
 //! output is the same either way.
 
 use decnet_api as api;
-use decnet_pki::BundleKind;
+use decnet_pki::{Bundle, BundleKind};
 
 use crate::cli::{ContextCommand, OperatorCommand, parse_duration};
 use crate::context::{self, Context};
@@ -409,6 +409,56 @@ pub async fn login(
         "logged in to {master} as operator {operator}; context {name} saved in {} and in use (fleet API {})",
         dir.display(),
         ctx.fleet_api
+    );
+    Ok(())
+}
+
+/// `decnet login --renew`: a new key made here and a new certificate for
+/// it, asked with the current (still valid) certificate of the context in
+/// use (or `flag`'s); the context's bundle is replaced in one commit (a
+/// crash leaves the old or the new pair, never a mix). The master revokes
+/// the old certificate.
+pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
+    let ctx = context::selected(flag)?.ok_or_else(|| {
+        UsageError("no context in use to renew (decnet context use NAME, or --context NAME)".into())
+    })?;
+    let old = Bundle::load(&ctx.dir, BundleKind::Operator)
+        .map_err(|e| UsageError(format!("context {}: {e}", ctx.name)))?;
+    let client = crate::fleet_client::FleetClient::of(&ctx)?;
+    let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("decnet-login-renew")
+        .map_err(|e| anyhow::anyhow!("cannot generate a key: {e}"))?;
+    let r: decnet_api::RenewedOperator = client
+        .send(
+            reqwest::Method::POST,
+            "/v1/whoami/renew",
+            Some(&decnet_api::RenewOperator { csr_pem }),
+        )
+        .await?;
+    let identity = decnet_pki::PeerIdentity::from_pem(&r.cert_pem)
+        .map_err(|e| anyhow::anyhow!("the renewed certificate is unusable: {e}"))?;
+    let bundle = Bundle {
+        kind: BundleKind::Operator,
+        cert_pem: r.cert_pem.clone(),
+        key_pem,
+        ca_pem: old.ca_pem.clone(),
+        identity,
+    };
+    // The same operator, under the CA pinned at login, for the key made here.
+    bundle.verify(&old.identity.role).map_err(|e| {
+        anyhow::anyhow!("the master's answer is not a renewal of this context's operator: {e}")
+    })?;
+    bundle.write(&ctx.dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write the renewed certificate into {} ({e}); the old one is revoked: log in again with a new token",
+            ctx.dir.display()
+        )
+    })?;
+    println!(
+        "renewed {} in context {}: valid until {} (fingerprint {}); the previous certificate is revoked",
+        old.identity.role,
+        ctx.name,
+        crate::table::format_time(r.not_after),
+        r.fingerprint
     );
     Ok(())
 }

@@ -530,11 +530,73 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
         "{local}"
     );
 
-    // Revocation holds from the next request, on a kept-alive connection too.
+    // A renewal before expiry: a new key made on bob's machine, no token;
+    // the old certificate is refused from the next request on, on its
+    // kept-alive connection too.
     let bob_ctx = bob.context_dir("bob");
     let api = std::fs::read_to_string(bob_ctx.join("fleet-api")).unwrap();
     let url = format!("https://{}/v1/whoami", api.trim());
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let old_key = std::fs::read(bob_ctx.join("operator.key")).unwrap();
+    let old_cert = std::fs::read(bob_ctx.join("operator.crt")).unwrap();
+    let old_client = kept_alive_client(&bob_ctx);
+    let status = rt.block_on(async { old_client.get(&url).send().await.unwrap().status() });
+    assert_eq!(status, 200);
+    let out = bob.ok(&["login", "--renew"]);
+    assert!(
+        out.contains("renewed") && out.contains("context bob"),
+        "{out}"
+    );
+    assert_ne!(
+        std::fs::read(bob_ctx.join("operator.key")).unwrap(),
+        old_key
+    );
+    assert_ne!(
+        std::fs::read(bob_ctx.join("operator.crt")).unwrap(),
+        old_cert
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(bob_ctx.join("operator.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (status, body) = rt.block_on(async {
+        let r = old_client.get(&url).send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    });
+    assert_eq!(
+        status, 403,
+        "the renewed-away certificate still works: {body}"
+    );
+    assert!(bob.ok(&["swarm", "list"]).contains("w1"));
+    let renewed = m.json(&["audit", "--json", "--actor", "operator:bob"]);
+    assert!(
+        renewed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "operator.renew" && e["target"] == "bob"),
+        "{renewed}"
+    );
+    // The new key exists nowhere on the master.
+    let new_key: String = std::fs::read_to_string(bob_ctx.join("operator.key"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(new_key.len() > 100);
+    for (path, content) in files_under(m.dir.path()) {
+        assert!(
+            !text(&content).replace('\n', "").contains(&new_key[..64]),
+            "bob's renewed key is on the master: {}",
+            path.display()
+        );
+    }
+
+    // Revocation holds from the next request, on a kept-alive connection too.
     let client = kept_alive_client(&bob_ctx);
     let status = rt.block_on(async { client.get(&url).send().await.unwrap().status() });
     assert_eq!(status, 200);
@@ -547,6 +609,8 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
     assert!(body.contains("revoked"), "{body}");
     let out = bob.run(&["swarm", "list"]);
     assert_ne!(out.status.code(), Some(0), "a revoked operator still lists");
+    let out = bob.run(&["login", "--renew"]);
+    assert_ne!(out.status.code(), Some(0), "a revoked operator renewed");
     // And an admin sees it so.
     let ops = root.json(&["operator", "list", "--json"]);
     let bob_row = ops
