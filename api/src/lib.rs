@@ -4,12 +4,15 @@
 //! server and its clients cannot drift (Nomad's `api` package).
 //!
 //! These are not the fleet database's rows: the master converts at the API
-//! edge. Depends on serde only.
+//! edge. Depends on serde only; with the `openapi` feature (the master's)
+//! each type also describes itself for the OpenAPI document the master
+//! serves at `/v1/openapi.json`.
 
 use serde::{Deserialize, Serialize};
 
 /// What an operator may do: each role includes the one before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OperatorRole {
     /// Every read: list, show, status, check, releases, audit, doctor.
@@ -76,6 +79,7 @@ pub enum Permission {
 /// `GET /v1/hosts/{name}`): the same fields `decnet swarm list --json` and
 /// `swarm show --json` print.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Host {
     /// Host name (the agent CN).
     pub name: String,
@@ -124,6 +128,7 @@ pub struct Host {
 
 /// One audit entry (`GET /v1/audit`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     /// When (unix seconds).
     pub at: i64,
@@ -141,6 +146,7 @@ pub struct AuditRecord {
 
 /// An operator (`GET /v1/operators`, `GET /v1/operators/{name}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operator {
     /// The name (CN `operator@<name>`).
     pub name: String,
@@ -162,6 +168,7 @@ pub struct Operator {
 
 /// `POST /v1/operators`: add an operator and get its enrolment token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
     /// The name.
@@ -178,6 +185,7 @@ pub struct NewOperator {
 /// The answer to adding an operator (or re-issuing its token): the
 /// one-time token its `decnet login` needs. Shown once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OperatorToken {
     /// The operator.
     pub operator: String,
@@ -189,6 +197,7 @@ pub struct OperatorToken {
 
 /// `PUT /v1/operators/{name}/role`: change an operator's role and scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetRole {
     /// The new role.
@@ -200,6 +209,7 @@ pub struct SetRole {
 
 /// `POST /v1/tokens`: a single-use join token for a worker host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewJoinToken {
     /// The host that will join.
@@ -218,6 +228,7 @@ pub struct NewJoinToken {
 
 /// The answer to [`NewJoinToken`]: the token, shown once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinToken {
     /// The host.
     pub host: String,
@@ -231,6 +242,7 @@ pub struct JoinToken {
 
 /// `POST /v1/hosts/{name}/decommission`: what it did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Decommissioned {
     /// The host.
     pub host: String,
@@ -243,6 +255,7 @@ pub struct Decommissioned {
 /// `POST /v1/hosts/{name}/renew`: the agent renews at its next heartbeat;
 /// the updater was asked directly.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewRequested {
     /// The host.
     pub host: String,
@@ -255,6 +268,7 @@ pub struct RenewRequested {
 /// `POST /v1/deploy`: deploy a config to hosts, as a job of the master
 /// daemon (the request carries an `Idempotency-Key` header).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// The deployment config (JSON text, as in the file).
@@ -276,6 +290,7 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// A job of the master daemon (`GET /v1/jobs/{id}`, and the answer to
 /// starting one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// Its id.
     pub id: String,
@@ -300,6 +315,7 @@ pub struct Job {
 
 /// One host of a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobHost {
     /// The host.
     pub host: String,
@@ -312,6 +328,7 @@ pub struct JobHost {
 /// `GET /v1/jobs/{id}/events?after=N&wait_ms=M`: the progress lines after
 /// `N` (waiting up to `M` ms for one), and the job's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobEvents {
     /// The job's state now.
     pub state: String,
@@ -321,6 +338,7 @@ pub struct JobEvents {
 
 /// One progress line of a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobEvent {
     /// Its number (from 1).
     pub seq: i64,
@@ -332,6 +350,7 @@ pub struct JobEvent {
 
 /// `GET /v1/whoami`: the identity and grant of the caller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Whoami {
     /// The operator.
     pub name: String,
@@ -343,6 +362,7 @@ pub struct Whoami {
 
 /// The body of every error the fleet API answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// A stable short kind: `forbidden`, `not_found`, `bad_request`, `conflict`, `unavailable`.
     pub error: String,
@@ -388,6 +408,7 @@ mod tests {
 
 /// `POST /v1/hosts/{name}/teardown`: what to tear down.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TeardownRequest {
     /// Only this decky (every decky of the host when absent).
@@ -397,6 +418,7 @@ pub struct TeardownRequest {
 
 /// The answer to a teardown: the deckies its agent tore down.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TornDown {
     /// The host.
     pub host: String,
@@ -406,6 +428,7 @@ pub struct TornDown {
 
 /// The answer to a burn (`POST /v1/hosts/{name}/burn`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Burned {
     /// The host.
     pub host: String,
@@ -422,6 +445,7 @@ pub struct Burned {
 /// `PUT /v1/hosts/{name}/endpoint`: where the master dials a host (absent
 /// fields unchanged).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetEndpoint {
     /// New address.
@@ -438,6 +462,7 @@ pub struct SetEndpoint {
 /// `POST /v1/deploy/plan`: what each agent would run for a config, nothing
 /// run (`swarm deploy --dry-run`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeployPlanRequest {
     /// The deployment config's JSON text.
@@ -449,6 +474,7 @@ pub struct DeployPlanRequest {
 
 /// `GET /v1/ca`: the CA and the master certificate (public facts only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaInfo {
     /// The CA directory on the master.
     pub ca_dir: String,
@@ -467,6 +493,7 @@ pub struct CaInfo {
 /// The answer to a release upload (`PUT /v1/releases/{sha256}`): the
 /// master holds the tarball under its digest for update jobs to push.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseUploaded {
     /// Its SHA-256, hex (the digest the master computed).
     pub sha256: String,
@@ -478,6 +505,7 @@ pub struct ReleaseUploaded {
 /// update`). The manifests travel as the operator's CLI made (and signed)
 /// them; the updaters verify them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
     /// The uploaded tarball's SHA-256.
@@ -514,6 +542,7 @@ pub struct UpdateRequest {
 /// `POST /v1/whoami/renew` (`decnet login --renew`): a CSR for the
 /// operator's new key, made on its machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenewOperator {
     /// The PKCS#10 request, PEM.
@@ -522,6 +551,7 @@ pub struct RenewOperator {
 
 /// The renewed operator certificate; the one presented is revoked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewedOperator {
     /// The certificate, PEM.
     pub cert_pem: String,

@@ -28,6 +28,7 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, segs.as_slice()) {
         (&Method::GET, ["v1", "whoami"])
+        | (&Method::GET, ["v1", "openapi.json"])
         | (&Method::GET, ["v1", "hosts"])
         | (&Method::GET, ["v1", "hosts", _])
         | (&Method::GET, ["v1", "audit"])

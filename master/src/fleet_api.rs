@@ -44,6 +44,15 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
     Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/whoami/renew", post(renew_self))
+        .route(
+            "/v1/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    crate::openapi::json(),
+                )
+            }),
+        )
         .route("/v1/hosts", get(hosts))
         .route("/v1/hosts/{name}", get(host))
         .route("/v1/audit", get(audit))

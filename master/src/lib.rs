@@ -40,6 +40,7 @@ pub mod listener_cmd;
 pub mod log_gate;
 pub mod metrics;
 pub mod monitor_cmd;
+pub mod openapi;
 pub mod operator_cmd;
 pub mod ops;
 pub mod refusal_audit;

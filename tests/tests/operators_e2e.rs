@@ -706,6 +706,49 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
         "--force",
     ]);
     assert!(alice.ok(&["swarm", "list"]).contains("w1"));
+
+    // The OpenAPI document lists the routes the API really serves: each,
+    // called with names that do not exist, is answered by its handler
+    // (never the router's "no such route", never a wrong method).
+    let root_ctx = root.context_dir("root");
+    let api = std::fs::read_to_string(root_ctx.join("fleet-api")).unwrap();
+    let base = format!("https://{}", api.trim());
+    let client = kept_alive_client(&root_ctx);
+    let doc: serde_json::Value = rt.block_on(async {
+        client
+            .get(format!("{base}/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 25, "{}", paths.len());
+    for (path, item) in paths {
+        let concrete: String = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "no-such-x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, body) = rt.block_on(async {
+                let r = client
+                    .request(m, format!("{base}{concrete}"))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status(), r.text().await.unwrap())
+            });
+            assert!(
+                status != 405 && !body.contains("no such route"),
+                "{method} {path}: {status} {body}"
+            );
+        }
+    }
 }
 
 #[test]
