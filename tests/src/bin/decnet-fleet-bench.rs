@@ -23,7 +23,8 @@
 //! With `--through-daemon` the commands go through a context to a real
 //! `decnet master serve` (its fleet API and its warm worker pool) as an
 //! admin operator: `swarm check` twice (the second resumes the TLS sessions
-//! the daemon kept) and `swarm status`; the CPU shown is the daemon's.
+//! the daemon kept), `swarm status` and `swarm deploy` (a job of the
+//! daemon, followed by the CLI); the CPU shown is the daemon's.
 //!
 //! Run: `cargo run --release -p decnet-e2e --bin decnet-fleet-bench -- [HOSTS] [MAX_PARALLEL] [--real-agents] [--through-daemon]`
 
@@ -405,20 +406,42 @@ fn through_daemon(m: &MasterHome, hosts: usize, parallel: &str) {
     println!(
         "hosts {hosts} (simulated in this process), --max-parallel {parallel}, through the fleet API of a master daemon (SQLite)"
     );
-    for (what, args) in [
+    let cfg = m.dir.path().join("deploy.json");
+    std::fs::write(
+        &cfg,
+        r#"{"version":1,"deckies":[{"name":"web","command":["/bin/sleep","600"]}]}"#,
+    )
+    .expect("config");
+    let cfg = cfg.to_str().expect("path");
+    let commands: [(&str, Vec<&str>); 4] = [
         (
             "check (first)",
-            ["swarm", "check", "--json", "--max-parallel", parallel],
+            vec!["swarm", "check", "--json", "--max-parallel", parallel],
         ),
         (
             "check (again)",
-            ["swarm", "check", "--json", "--max-parallel", parallel],
+            vec!["swarm", "check", "--json", "--max-parallel", parallel],
         ),
         (
             "status",
-            ["swarm", "status", "--json", "--max-parallel", parallel],
+            vec!["swarm", "status", "--json", "--max-parallel", parallel],
         ),
-    ] {
+        // A job of the daemon: the CLI follows its progress, then prints
+        // the per-host results.
+        (
+            "deploy (job)",
+            vec![
+                "swarm",
+                "deploy",
+                "--config",
+                cfg,
+                "--json",
+                "--max-parallel",
+                parallel,
+            ],
+        ),
+    ];
+    for (what, args) in commands {
         let (full, resumed) = agent_handshakes();
         let cpu = procstat::cpu_seconds(daemon.child.id());
         let started = Instant::now();
@@ -427,7 +450,10 @@ fn through_daemon(m: &MasterHome, hosts: usize, parallel: &str) {
         let cpu = procstat::cpu_seconds(daemon.child.id()) - cpu;
         let (f, r) = agent_handshakes();
         let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let answered = rows.iter().filter(|r| r["reachable"] == true).count();
+        let answered = rows
+            .iter()
+            .filter(|r| r["reachable"] == true || r["operation_id"].is_string())
+            .count();
         println!(
             "{what:<14} {secs:>6.2}s  {answered}/{hosts} answered  daemon CPU {cpu:.2}s ({:.2} ms per host)  handshakes {} full, {} resumed  (exit {:?})",
             cpu * 1000.0 / hosts as f64,
