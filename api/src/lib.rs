@@ -142,6 +142,11 @@ pub struct AuditRecord {
     pub outcome: String,
     /// Free text; never a secret.
     pub detail: String,
+    /// Where the request came from: the fleet API client's address (none
+    /// for the CLI on the master host, whose actor says so, and for the
+    /// daemons' own actions).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// An operator (`GET /v1/operators`, `GET /v1/operators/{name}`).

@@ -857,7 +857,7 @@ impl FleetDb {
     /// The newest `limit` audit entries, newest first.
     pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>, DbError> {
         let rows = sqlx::query(
-            "SELECT at, actor, action, target, outcome, detail FROM audit_log ORDER BY at DESC, id LIMIT $1",
+            "SELECT at, actor, action, target, outcome, detail, source FROM audit_log ORDER BY at DESC, id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -888,7 +888,7 @@ impl FleetDb {
             )
         };
         let rows = sqlx::query(
-            "SELECT at, actor, action, target, outcome, detail FROM audit_log \
+            "SELECT at, actor, action, target, outcome, detail, source FROM audit_log \
              WHERE actor IN ($1, $2, $3) ORDER BY at DESC, id LIMIT $4",
         )
         .bind(a)
@@ -901,7 +901,7 @@ impl FleetDb {
     }
 }
 
-/// An audit entry from a `SELECT at, actor, action, target, outcome, detail`.
+/// An audit entry from a `SELECT at, actor, action, target, outcome, detail, source`.
 fn audit_of_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, DbError> {
     Ok(AuditEntry {
         at: r.try_get(0)?,
@@ -910,6 +910,7 @@ fn audit_of_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, DbError> {
         target: r.try_get(3)?,
         outcome: r.try_get::<String, _>(4)?.parse()?,
         detail: r.try_get(5)?,
+        source: r.try_get(6)?,
     })
 }
 
@@ -917,8 +918,8 @@ fn audit_of_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, DbError> {
 /// [`FleetDb::audit_all`]).
 fn audit_query(entry: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, action, target, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO audit_log (id, at, actor, action, target, outcome, detail, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(decnet_pki::random_hex(16))
     .bind(entry.at)
@@ -927,6 +928,7 @@ fn audit_query(entry: &AuditEntry) -> sqlx::query::Query<'_, sqlx::Any, sqlx::an
     .bind(&entry.target)
     .bind(entry.outcome.as_str())
     .bind(&entry.detail)
+    .bind(&entry.source)
 }
 
 pub(crate) fn cert_from_row(r: &AnyRow) -> Result<CertRecord, DbError> {

@@ -25,7 +25,7 @@ pub mod revocation;
 pub use db::{Backend, Contact, DbError, FleetDb, default_url, unix_now};
 pub use model::{
     AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateKind,
-    UpdateOutcome, UpdateRecord, is_reported_version,
+    UpdateOutcome, UpdateRecord, current_audit_source, is_reported_version, with_audit_source,
 };
 pub use renewal::{PeerRefusal, RenewPolicy, Renewed, Standing};
 pub use revocation::{CrlPublisher, Rotated};

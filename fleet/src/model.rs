@@ -275,6 +275,26 @@ pub struct AuditEntry {
     pub outcome: AuditOutcome,
     /// Free text; never a secret.
     pub detail: String,
+    /// Where the request came from (the fleet API client's address), when
+    /// the action was an operator's request; see [`with_audit_source`].
+    pub source: Option<String>,
+}
+
+tokio::task_local! {
+    static AUDIT_SOURCE: String;
+}
+
+/// Run `fut` with `source` (a client's address) as the source of every
+/// audit entry made in it ([`AuditEntry::now`]): the fleet API sets it
+/// once, around each operator request, so no operation has to carry it.
+pub async fn with_audit_source<F: std::future::Future>(source: String, fut: F) -> F::Output {
+    AUDIT_SOURCE.scope(source, fut).await
+}
+
+/// The audit source of the running task, if one was set: for a background
+/// task started by a request to carry it on ([`with_audit_source`]).
+pub fn current_audit_source() -> Option<String> {
+    AUDIT_SOURCE.try_with(|s| s.clone()).ok()
 }
 
 impl AuditEntry {
@@ -293,6 +313,7 @@ impl AuditEntry {
             target: target.into(),
             outcome,
             detail: detail.into(),
+            source: current_audit_source(),
         }
     }
 }

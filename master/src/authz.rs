@@ -138,8 +138,19 @@ fn refuse(status: StatusCode, kind: &str, detail: String, required: Option<Strin
         .into_response()
 }
 
-/// The middleware of the fleet API (see the module docs).
-pub async fn authorize(State(db): State<Arc<FleetDb>>, mut req: Request, next: Next) -> Response {
+/// The middleware of the fleet API (see the module docs). Every audit
+/// entry made while the request is served (its refusal, or what its
+/// handler and the jobs it starts do) records the client's address.
+pub async fn authorize(State(db): State<Arc<FleetDb>>, req: Request, next: Next) -> Response {
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<decnet_server::TlsPeer>>()
+        .map(|c| c.0.remote.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    decnet_fleet::with_audit_source(source, authorize_request(db, req, next)).await
+}
+
+async fn authorize_request(db: Arc<FleetDb>, mut req: Request, next: Next) -> Response {
     let Some(peer) = req.extensions().get::<PeerIdentity>().cloned() else {
         return refuse(
             StatusCode::FORBIDDEN,

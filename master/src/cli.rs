@@ -2175,11 +2175,14 @@ pub fn print_audit(entries: &[decnet_api::AuditRecord], json: bool) -> anyhow::R
     print!(
         "{}",
         crate::table::render(
-            &["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"],
+            &[
+                "AT", "ACTOR", "FROM", "ACTION", "TARGET", "OUTCOME", "DETAIL"
+            ],
             entries.iter().map(|e| {
                 vec![
                     format_time(e.at),
                     e.actor.clone(),
+                    e.source.clone().unwrap_or_else(|| "-".into()),
                     e.action.clone(),
                     e.target.clone(),
                     e.outcome.clone(),

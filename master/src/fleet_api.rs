@@ -131,6 +131,7 @@ pub fn audit_view(e: &AuditEntry) -> api::AuditRecord {
         target: e.target.clone(),
         outcome: e.outcome.as_str().to_string(),
         detail: e.detail.clone(),
+        source: e.source.clone(),
     }
 }
 

@@ -111,7 +111,9 @@ where
     Fut: std::future::Future<Output = JobOutcome> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
+    // The job's audit entries come from where its request came from.
+    let source = decnet_fleet::current_audit_source();
+    let run = async move {
         let pending = Arc::new(Mutex::new(Pending {
             next_seq: 1,
             lines: Vec::new(),
@@ -170,6 +172,12 @@ where
         }
         tracing::info!(job = %id, state = outcome.state, "job finished");
         let _ = tx.send(outcome);
+    };
+    tokio::spawn(async move {
+        match source {
+            Some(s) => decnet_fleet::with_audit_source(s, run).await,
+            None => run.await,
+        }
     });
     rx
 }

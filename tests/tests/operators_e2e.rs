@@ -631,8 +631,26 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["action"] == "swarm.decommission" && e["target"] == "lab1"),
+            .any(|e| e["action"] == "swarm.decommission"
+                && e["target"] == "lab1"
+                // From where: the operator's address.
+                && e["source"] == "127.0.0.1"),
         "{audit}"
+    );
+    // A job's entries come from where its request came from; the master
+    // host's own CLI has no address (its actor says local:USER).
+    let all = m.json(&["audit", "--json", "--limit", "1000"]);
+    let all = all.as_array().unwrap();
+    assert!(
+        all.iter()
+            .any(|e| e["action"] == "swarm.deploy" && e["source"] == "127.0.0.1"),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .filter(|e| e["actor"].as_str().unwrap().starts_with("local:"))
+            .all(|e| e["source"].is_null()),
+        "{all:?}"
     );
 
     // A role change holds from the next command: alice becomes an admin.
