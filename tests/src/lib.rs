@@ -222,18 +222,9 @@ impl MasterHome {
     /// started: for a test that watches a command while it runs.
     pub fn command(&self, args: &[&str]) -> Command {
         if via_context() && served_through_context(args) {
-            let (_, config) = self.operated();
-            let mut cmd = Command::new(bin("decnet"));
             // The operator's machine: its own config dir, nothing of the
             // master's home.
-            cmd.args(args)
-                .env("XDG_CONFIG_HOME", config)
-                .env("DECNET_HOME", self.dir.path().join("operator-no-home"))
-                .env_remove("DECNET_DATABASE_URL")
-                .env_remove("DECNET_CA_DIR")
-                .env("DECNET_CONTEXT", "e2e-admin")
-                .stdin(Stdio::null());
-            return cmd;
+            return self.operator_command(args);
         }
         let mut cmd = Command::new(bin("decnet"));
         cmd.args(args)
@@ -247,6 +238,22 @@ impl MasterHome {
         if let Some(url) = &self.database_url {
             cmd.env("DECNET_DATABASE_URL", url);
         }
+        cmd
+    }
+
+    /// The command `decnet ARGS` through the admin context of this home's
+    /// master daemon (started at the first call), whatever the run: for a
+    /// test of what only a context does (jobs).
+    pub fn operator_command(&self, args: &[&str]) -> Command {
+        let (_, config) = self.operated();
+        let mut cmd = Command::new(bin("decnet"));
+        cmd.args(args)
+            .env("XDG_CONFIG_HOME", config)
+            .env("DECNET_HOME", self.dir.path().join("operator-no-home"))
+            .env_remove("DECNET_DATABASE_URL")
+            .env_remove("DECNET_CA_DIR")
+            .env("DECNET_CONTEXT", "e2e-admin")
+            .stdin(Stdio::null());
         cmd
     }
 

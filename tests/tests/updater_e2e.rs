@@ -1241,3 +1241,71 @@ fn uploads_an_interrupted_run_left_are_removed_at_start() {
         u.daemon.log_text()
     );
 }
+
+#[test]
+fn a_rollout_through_a_context_survives_its_cli_being_killed() {
+    use std::io::BufRead;
+    let m = MasterHome::new();
+    m.enroll("k1");
+    m.enroll("k2");
+    let _u1 = UpdaterFixture::start(&m, "k1", &[]);
+    let _u2 = UpdaterFixture::start(&m, "k2", &[]);
+    let v1 = good_release(&m.dir.path().join("rel/v1"), false);
+    // The operator starts a rollout, one host at a time, and its CLI dies
+    // as soon as the master took the job.
+    let mut child = m
+        .operator_command(&[
+            "swarm",
+            "update",
+            "--release",
+            v1.to_str().unwrap(),
+            "--all",
+            "--max-parallel",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let id = loop {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no job started");
+        if let Some(rest) = line.strip_prefix("job ")
+            && line.contains("started in the master")
+        {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The rollout goes on in the master: following it picks its progress
+    // up and ends with every host updated.
+    let out = m
+        .operator_command(&["job", "follow", &id])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.matches("UPDATED").count() >= 2, "{stdout}");
+    for host in ["k1", "k2"] {
+        assert_eq!(
+            labels(&m, host).first().map(String::as_str),
+            Some("v1"),
+            "{host}"
+        );
+    }
+    let job = m
+        .operator_command(&["job", "show", &id, "--json"])
+        .output()
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_slice(&job.stdout).unwrap();
+    assert_eq!(job["kind"], "update");
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["actor"], "operator:e2e-admin");
+}
