@@ -356,6 +356,28 @@ impl FleetDb {
         )
     }
 
+    /// Delete the jobs that ended before `before` (unix seconds), with
+    /// their hosts and progress lines: a job's record outlives it for a
+    /// while (`decnet job show`), not forever. Returns how many.
+    pub async fn prune_finished_jobs(&self, before: i64) -> Result<u64, DbError> {
+        let mut tx = self.write_tx().await?;
+        for delete in [
+            "DELETE FROM job_events WHERE job_id IN \
+             (SELECT id FROM jobs WHERE state <> 'running' AND finished_at < $1)",
+            "DELETE FROM job_hosts WHERE job_id IN \
+             (SELECT id FROM jobs WHERE state <> 'running' AND finished_at < $1)",
+        ] {
+            sqlx::query(delete).bind(before).execute(&mut *tx).await?;
+        }
+        let n = sqlx::query("DELETE FROM jobs WHERE state <> 'running' AND finished_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Mark running jobs whose daemon stopped heartbeating `interrupted`
     /// (and end their leases). Returns how many.
     pub async fn interrupt_stale_jobs(&self) -> Result<u64, DbError> {
@@ -480,6 +502,15 @@ mod tests {
             .unwrap();
         assert_eq!(db.interrupt_stale_jobs().await.unwrap(), 1);
         assert_eq!(db.job(&a.id).await.unwrap().unwrap().state, "interrupted");
+        // An ended job is kept until it is old enough, then goes with its lines.
+        assert_eq!(
+            db.prune_finished_jobs(unix_now() - 86_400).await.unwrap(),
+            0
+        );
+        assert!(db.job(&a.id).await.unwrap().is_some());
+        assert_eq!(db.prune_finished_jobs(unix_now() + 1).await.unwrap(), 1);
+        assert!(db.job(&a.id).await.unwrap().is_none());
+        assert!(db.job_events(&a.id, 0, 10).await.unwrap().is_empty());
         assert!(matches!(
             db.start_job("deploy", "local:root", None, "{}", &["w1".into()])
                 .await

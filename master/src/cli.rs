@@ -162,7 +162,8 @@ pub enum Command {
         /// A file holding the token (mode 0600).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
-        /// Save the context under this name (default: the operator's name).
+        /// Save the context under this name (default: the operator's name;
+        /// `--context NAME` says the same).
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
         /// Replace a context of the same name (its key with it).
@@ -843,11 +844,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => {
             let master = master.ok_or_else(|| UsageError("--master is required".into()))?;
+            // `decnet login --context NAME` names the context it saves (as
+            // --as does); a DECNET_CONTEXT in the environment does not.
+            let from_env = std::env::var("DECNET_CONTEXT").ok();
+            let named = context.filter(|c| from_env.as_deref() != Some(c.as_str()));
+            if let (Some(a), Some(c)) = (&as_name, &named)
+                && a != c
+            {
+                return Err(UsageError(format!(
+                    "--as {a} and --context {c} name two contexts: give one"
+                ))
+                .into());
+            }
             return crate::operator_cmd::login(
                 &master,
                 token.as_deref(),
                 token_file.as_deref(),
-                as_name,
+                as_name.or(named),
                 force,
             )
             .await;

@@ -213,6 +213,9 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
 /// Retire replaced certificates whose grace is over, publish a new CRL when
 /// the deny list grew (and enforce it on the master's own servers), and
 /// switch to a rotated master certificate.
+/// How long an ended job (its hosts and progress lines) is kept.
+pub const JOB_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 async fn housekeeping(
     db: FleetDb,
     ca: Arc<decnet_pki::CertificateAuthority>,
@@ -238,6 +241,14 @@ async fn housekeeping(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(entries = n, "audit entries past their retention deleted"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+            }
+        }
+        if round % 3600 == 2 {
+            let before = decnet_fleet::unix_now() - JOB_RETENTION.as_secs() as i64;
+            match db.prune_finished_jobs(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "jobs past their retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "cannot prune old jobs"),
             }
         }
         match db.retire_due().await {

@@ -661,12 +661,21 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
     // its own scope, add an unscoped admin, or take another over with a
     // fresh token.
     let carol = OperatorMachine::new();
-    carol.login(
-        master,
-        &token_of(&root.ok(&[
-            "operator", "add", "carol", "--role", "admin", "--hosts", "w*", "--json",
-        ])),
-    );
+    let carol_token = token_of(&root.ok(&[
+        "operator", "add", "carol", "--role", "admin", "--hosts", "w*", "--json",
+    ]));
+    let addr = master.addr.to_string();
+    let login = |extra: &[&str]| {
+        let mut args = vec!["login", "--master", &addr, "--token", &carol_token];
+        args.extend_from_slice(extra);
+        carol.run(&args)
+    };
+    let out = login(&["--as", "one", "--context", "two"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // `login --context NAME` names the context it saves.
+    let out = login(&["--context", "lab-admin"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(carol.context_dir("lab-admin").join("operator.key").exists());
     assert!(carol.ok(&["swarm", "list"]).contains("w1"));
     for attempt in [
         vec!["operator", "list"],
