@@ -4,7 +4,8 @@
 //! server and its clients cannot drift (Nomad's `api` package).
 //!
 //! These are not the fleet database's rows: the master converts at the API
-//! edge. Depends on serde only; with the `openapi` feature (the master's)
+//! edge. Depends on serde (and serde_json, for the few documents the
+//! agents shape themselves) only; with the `openapi` feature (the master's)
 //! each type also describes itself for the OpenAPI document the master
 //! serves at `/v1/openapi.json`.
 
@@ -564,4 +565,123 @@ pub struct RenewedOperator {
     pub fingerprint: String,
     /// When it expires (unix seconds).
     pub not_after: i64,
+}
+
+pub mod worker;
+pub use worker::{AgentStatus, DeckyState, EvidenceArchive, EvidenceList};
+
+/// One host's row of `swarm status` / `swarm check` (`GET /v1/status`,
+/// `GET /v1/check`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostReport {
+    /// Host.
+    pub host: String,
+    /// Whether the agent answered.
+    pub reachable: bool,
+    /// Agent version.
+    pub version: Option<String>,
+    /// The agent's status (status command; absent from a check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AgentStatus>,
+    /// The error, when it did not answer properly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the host's record last changed (unix seconds): this contact.
+    pub updated_at: Option<i64>,
+}
+
+/// The outcome of a deploy on one host (a deploy job's result is a list
+/// of these).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostDeploy {
+    /// Host.
+    pub host: String,
+    /// Operation id, when accepted.
+    pub operation_id: Option<String>,
+    /// Final decky states (when waited for).
+    #[serde(default)]
+    pub deckies: Vec<DeckyState>,
+    /// How the agent mapped a LAN config onto the host, if it had to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocation: Option<serde_json::Value>,
+    /// Why the host failed, if it did.
+    pub error: Option<String>,
+}
+
+impl HostDeploy {
+    /// Whether every decky on the host ended up running (or cleanly exited).
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+            && self
+                .deckies
+                .iter()
+                .all(|d| d.state == "running" || d.state == "exited")
+    }
+}
+
+/// How an update, a rollback or a self-update ended on one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateOutcome {
+    /// The new release is live and healthy.
+    Updated,
+    /// The new release was unhealthy; the previous one runs again.
+    RolledBack,
+    /// It failed (nothing to roll back to, the revert failed, or the host
+    /// could not be reached).
+    Failed,
+    /// Not attempted (a halted or cancelled rollout).
+    Skipped,
+}
+
+impl UpdateOutcome {
+    /// The spelling on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateOutcome::Updated => "updated",
+            UpdateOutcome::RolledBack => "rolled_back",
+            UpdateOutcome::Failed => "failed",
+            UpdateOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for UpdateOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One host's result of a rollout or a rollback (an update job's result is
+/// a list of these; `POST /v1/hosts/{name}/rollback` answers one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UpdateResult {
+    /// Host.
+    pub host: String,
+    /// How it ended.
+    pub outcome: UpdateOutcome,
+    /// Active release label afterwards, when known.
+    pub release: Option<String>,
+    /// What happened.
+    pub detail: String,
+    /// Why a new release was refused, as the updater saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<ProbeFailure>,
+}
+
+/// The evidence of a failed update, from the updater's answer (worker
+/// text, made inert by the master).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProbeFailure {
+    /// One line per probe attempt of the new release.
+    pub probe: Vec<String>,
+    /// The probe of the restored release.
+    pub restore_probe: Vec<String>,
+    /// The failed agent's last output (without terminal escape codes).
+    pub agent_output: String,
 }

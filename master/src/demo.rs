@@ -402,7 +402,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     ensure!(
         results
             .iter()
-            .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Updated),
+            .all(|r| r.outcome == decnet_api::UpdateOutcome::Updated),
         "release v1 did not install everywhere"
     );
     ensure!(
@@ -466,7 +466,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     ensure!(
         results
             .iter()
-            .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Updated
+            .all(|r| r.outcome == decnet_api::UpdateOutcome::Updated
                 && r.release.as_deref() == Some("v2")),
         "v2 did not go live everywhere"
     );
@@ -490,14 +490,14 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let results = rollout::rollout(&db, &layout, actor, &rel_bad, &canary_plan, true).await?;
     let canary = &results[0];
     ensure!(
-        canary.outcome == decnet_fleet::UpdateOutcome::RolledBack,
+        canary.outcome == decnet_api::UpdateOutcome::RolledBack,
         "the canary was not rolled back: {canary:?}"
     );
     ensure!(
         results
             .iter()
             .skip(1)
-            .all(|r| r.outcome == decnet_fleet::UpdateOutcome::Skipped),
+            .all(|r| r.outcome == decnet_api::UpdateOutcome::Skipped),
         "the rollout did not halt after the canary failed"
     );
     ensure!(

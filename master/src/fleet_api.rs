@@ -1073,7 +1073,7 @@ async fn rollback(
                 .await
                 .map_err(operation_error)?;
             Ok((
-                r.outcome == decnet_fleet::UpdateOutcome::RolledBack,
+                r.outcome == decnet_api::UpdateOutcome::RolledBack,
                 serde_json::to_value(&r).unwrap_or_default(),
             ))
         },

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use decnet_pki::{Bundle, BundleKind, CaLayout};
-use decnet_swarm_client::agent::{AgentStatus, DeckyState};
+use decnet_swarm_client::agent::DeckyState;
 use decnet_swarm_client::{AgentClient, ClientError, WorkerPool};
 use tokio::task::JoinSet;
 
 use crate::table::inert;
+/// The wire types of a deploy's and a probe's per-host results.
+pub use decnet_api::{HostDeploy, HostReport};
 
 use crate::usage::UsageError;
 use decnet_fleet::{AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, HostStatus};
@@ -190,34 +192,6 @@ impl<'a> PendingRecords<'a> {
             }
             self.audits.clear();
         }
-    }
-}
-
-/// The outcome of a deploy on one host (also a deploy job's result).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct HostDeploy {
-    /// Host.
-    pub host: String,
-    /// Operation id, when accepted.
-    pub operation_id: Option<String>,
-    /// Final decky states (when waited for).
-    #[serde(default)]
-    pub deckies: Vec<DeckyState>,
-    /// How the agent mapped a LAN config onto the host, if it had to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relocation: Option<serde_json::Value>,
-    /// Why the host failed, if it did.
-    pub error: Option<String>,
-}
-
-impl HostDeploy {
-    /// Whether every decky on the host ended up running (or cleanly exited).
-    pub fn succeeded(&self) -> bool {
-        self.error.is_none()
-            && self
-                .deckies
-                .iter()
-                .all(|d| d.state == "running" || d.state == "exited")
     }
 }
 
@@ -869,26 +843,6 @@ impl NewFile {
 /// Where `swarm evidence HOST --decky D` writes by default.
 pub fn evidence_file(host: &str, decky: &str, id: &str) -> std::path::PathBuf {
     format!("{host}-{decky}-{id}.tar.gz").into()
-}
-
-/// One host's row in `swarm status` / `swarm check` (also what the fleet
-/// API's `/v1/status` and `/v1/check` answer).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct HostReport {
-    /// Host.
-    pub host: String,
-    /// Whether the agent answered.
-    pub reachable: bool,
-    /// Agent version.
-    pub version: Option<String>,
-    /// The agent's status (status command; absent from a check).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<AgentStatus>,
-    /// The error, when it did not answer properly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When the host's record last changed (unix seconds): this contact.
-    pub updated_at: Option<i64>,
 }
 
 /// How many hosts a fleet-wide command talks to at once by default

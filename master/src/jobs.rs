@@ -262,7 +262,7 @@ pub fn spawn_rollout(
         .await
         {
             Ok(results) => {
-                use decnet_fleet::UpdateOutcome;
+                use decnet_api::UpdateOutcome;
                 let ok = results.iter().all(|r| r.outcome == UpdateOutcome::Updated);
                 JobOutcome {
                     state: end_state(&cancel, ok),

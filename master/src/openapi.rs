@@ -127,7 +127,7 @@ pub const ROUTES: &[Route] = &[
             "/v1/status",
             "Each host's deckies, asked of its agent",
             Empty,
-            (200, Document("[{host, reachable, deckies, error}]")),
+            (200, ArrayOf("HostReport")),
         ),
         &["host", "parallel"],
     ),
@@ -137,7 +137,7 @@ pub const ROUTES: &[Route] = &[
             "/v1/check",
             "Probe every host's agent and record who answered",
             Empty,
-            (200, Document("[{host, reachable, version, error}]")),
+            (200, ArrayOf("HostReport")),
         ),
         &["parallel"],
     ),
@@ -175,7 +175,7 @@ pub const ROUTES: &[Route] = &[
         "/v1/hosts/{name}/evidence",
         "A host's evidence archives",
         Empty,
-        (200, Document("{archives: [{decky, id, bytes}], kept}")),
+        (200, Json("EvidenceList")),
     ),
     route(
         "GET",
@@ -231,7 +231,7 @@ pub const ROUTES: &[Route] = &[
         "/v1/hosts/{name}/rollback",
         "Restore a host's previous release (a job that answers at once; Idempotency-Key)",
         Empty,
-        (200, Document("{host, outcome, release, detail, failure}")),
+        (200, Json("UpdateResult")),
     ),
     route(
         "POST",
@@ -497,6 +497,15 @@ pub fn document() -> OpenApi {
         .schema_from::<UpdateRequest>()
         .schema_from::<RenewOperator>()
         .schema_from::<RenewedOperator>()
+        .schema_from::<HostReport>()
+        .schema_from::<HostDeploy>()
+        .schema_from::<UpdateResult>()
+        .schema_from::<UpdateOutcome>()
+        .schema_from::<ProbeFailure>()
+        .schema_from::<AgentStatus>()
+        .schema_from::<DeckyState>()
+        .schema_from::<EvidenceList>()
+        .schema_from::<EvidenceArchive>()
         .security_scheme(
             "operator_certificate",
             SecurityScheme::MutualTls {

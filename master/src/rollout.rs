@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use decnet_api::UpdateOutcome;
 use decnet_fleet::{
-    AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, UpdateKind, UpdateOutcome,
-    UpdateRecord, unix_now,
+    AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, UpdateKind, UpdateRecord, unix_now,
 };
 use decnet_pki::CaLayout;
 use decnet_swarm_client::updater::{ReleaseUpload, UpdateOutcome as PushOutcome};
@@ -36,109 +36,91 @@ pub struct RolloutPlan {
     pub continue_on_error: bool,
 }
 
-/// One host's result.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct HostResult {
-    /// Host.
-    pub host: String,
-    /// How it ended.
-    pub outcome: UpdateOutcome,
-    /// Active release label afterwards, when known.
-    pub release: Option<String>,
-    /// What happened.
-    pub detail: String,
-    /// Why a new release was refused, as the updater saw it: the probe's
-    /// transcripts and what the failed agent wrote.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<ProbeFailure>,
-}
-
-/// The evidence of a failed update, from the updater's answer.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ProbeFailure {
-    /// One line per probe attempt of the new release.
-    pub probe: Vec<String>,
-    /// The probe of the restored release.
-    pub restore_probe: Vec<String>,
-    /// The failed agent's last output (without terminal escape codes).
-    pub agent_output: String,
-}
+/// One host's result (the wire type).
+pub use decnet_api::{ProbeFailure, UpdateResult as HostResult};
 
 /// Most lines of a failed agent's output kept in a result.
 const AGENT_OUTPUT_LINES: usize = 40;
 
-impl ProbeFailure {
-    /// The evidence in an updater's failure answer (`None`: it has none).
-    pub fn from_answer(body: &serde_json::Value) -> Option<ProbeFailure> {
-        let lines = |v: &serde_json::Value| -> Vec<String> {
-            v["transcript"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|l| l.as_str())
-                        .take(64)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        // Worker text, made inert line by line here, so --json carries no
-        // escape codes either.
-        let inert = |l: &str| decnet_log_relay::neutralize::neutralize(l).into_owned();
-        let kept: Vec<String> = body["stderr"]
-            .as_str()
-            .unwrap_or("")
-            .lines()
-            .map(inert)
-            .collect();
-        let f = ProbeFailure {
-            probe: lines(&body["probe"]).iter().map(|l| inert(l)).collect(),
-            restore_probe: lines(&body["restore_probe"])
-                .iter()
-                .map(|l| inert(l))
-                .collect(),
-            agent_output: kept[kept.len().saturating_sub(AGENT_OUTPUT_LINES)..].join("\n"),
-        };
-        (!f.probe.is_empty() || !f.restore_probe.is_empty() || !f.agent_output.is_empty())
-            .then_some(f)
-    }
+/// The evidence in an updater's failure answer (`None`: it has none).
+pub fn failure_from_answer(body: &serde_json::Value) -> Option<ProbeFailure> {
+    let lines = |v: &serde_json::Value| -> Vec<String> {
+        v["transcript"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str())
+                    .take(64)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Worker text, made inert line by line here, so --json carries no
+    // escape codes either.
+    let inert = |l: &str| decnet_log_relay::neutralize::neutralize(l).into_owned();
+    let kept: Vec<String> = body["stderr"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .map(inert)
+        .collect();
+    let f = ProbeFailure {
+        probe: lines(&body["probe"]).iter().map(|l| inert(l)).collect(),
+        restore_probe: lines(&body["restore_probe"])
+            .iter()
+            .map(|l| inert(l))
+            .collect(),
+        agent_output: kept[kept.len().saturating_sub(AGENT_OUTPUT_LINES)..].join("\n"),
+    };
+    (!f.probe.is_empty() || !f.restore_probe.is_empty() || !f.agent_output.is_empty()).then_some(f)
+}
 
-    /// The evidence in an updater's error answer (a 500 carries it too).
-    pub fn from_error(e: &ClientError) -> Option<ProbeFailure> {
-        match e {
-            ClientError::Status {
-                body: Some(body), ..
-            } => ProbeFailure::from_answer(body),
-            _ => None,
+/// The evidence in an updater's error answer (a 500 carries it too).
+pub fn failure_from_error(e: &ClientError) -> Option<ProbeFailure> {
+    match e {
+        ClientError::Status {
+            body: Some(body), ..
+        } => failure_from_answer(body),
+        _ => None,
+    }
+}
+
+/// The evidence for a terminal: each worker string made inert.
+pub fn render_failure(f: &ProbeFailure, host: &str) -> String {
+    let mut out = String::new();
+    let mut section = |title: &str, lines: &mut dyn Iterator<Item = &str>| {
+        let mut lines = lines.peekable();
+        if lines.peek().is_none() {
+            return;
         }
-    }
+        out.push_str(&format!("{host}: {title}\n"));
+        for l in lines {
+            out.push_str(&format!("  {}\n", crate::table::inert(l)));
+        }
+    };
+    section(
+        "the probe of the new release",
+        &mut f.probe.iter().map(String::as_str),
+    );
+    section(
+        "the probe of the restored release",
+        &mut f.restore_probe.iter().map(String::as_str),
+    );
+    section(
+        "the failed agent's last output",
+        &mut f.agent_output.lines(),
+    );
+    out
+}
 
-    /// The evidence for a terminal: each worker string made inert.
-    pub fn render(&self, host: &str) -> String {
-        let mut out = String::new();
-        let mut section = |title: &str, lines: &mut dyn Iterator<Item = &str>| {
-            let mut lines = lines.peekable();
-            if lines.peek().is_none() {
-                return;
-            }
-            out.push_str(&format!("{host}: {title}\n"));
-            for l in lines {
-                out.push_str(&format!("  {}\n", crate::table::inert(l)));
-            }
-        };
-        section(
-            "the probe of the new release",
-            &mut self.probe.iter().map(String::as_str),
-        );
-        section(
-            "the probe of the restored release",
-            &mut self.restore_probe.iter().map(String::as_str),
-        );
-        section(
-            "the failed agent's last output",
-            &mut self.agent_output.lines(),
-        );
-        out
+/// The stored form of an outcome (the update history's column).
+fn stored(o: UpdateOutcome) -> decnet_fleet::UpdateOutcome {
+    match o {
+        UpdateOutcome::Updated => decnet_fleet::UpdateOutcome::Updated,
+        UpdateOutcome::RolledBack => decnet_fleet::UpdateOutcome::RolledBack,
+        UpdateOutcome::Failed => decnet_fleet::UpdateOutcome::Failed,
+        UpdateOutcome::Skipped => decnet_fleet::UpdateOutcome::Skipped,
     }
 }
 
@@ -187,7 +169,7 @@ async fn update_one(
         // A 409 on a first install has nothing to revert to: that is a
         // failure, not a rollback.
         Ok(PushOutcome::RolledBack(body)) if body["rolled_back"] == true => HostResult {
-            failure: ProbeFailure::from_answer(&body),
+            failure: failure_from_answer(&body),
             ..result(
                 UpdateOutcome::RolledBack,
                 None,
@@ -198,7 +180,7 @@ async fn update_one(
             )
         },
         Ok(PushOutcome::RolledBack(body)) => HostResult {
-            failure: ProbeFailure::from_answer(&body),
+            failure: failure_from_answer(&body),
             ..result(
                 UpdateOutcome::Failed,
                 None,
@@ -211,7 +193,7 @@ async fn update_one(
             )
         },
         Err(e) => HostResult {
-            failure: ProbeFailure::from_error(&e),
+            failure: failure_from_error(&e),
             ..result(UpdateOutcome::Failed, None, e.to_string())
         },
     };
@@ -418,7 +400,7 @@ pub fn print_rollout(results: &[HostResult], json: bool) -> anyhow::Result<()> {
         // Why each refused release was refused, as its updater saw it.
         for r in results {
             if let Some(f) = &r.failure {
-                print!("\n{}", f.render(&r.host));
+                print!("\n{}", render_failure(f, &r.host));
             }
         }
     }
@@ -446,7 +428,7 @@ async fn record(
         },
         release: rel.label.clone(),
         sha256: rel.sha256.clone(),
-        outcome: r.outcome,
+        outcome: stored(r.outcome),
         detail: r.detail.clone(),
     })
     .await?;
@@ -489,7 +471,7 @@ pub async fn rollback(
             host: host.into(),
             outcome: UpdateOutcome::Failed,
             release: None,
-            failure: ProbeFailure::from_error(&e),
+            failure: failure_from_error(&e),
             detail: e.to_string(),
         },
     };
@@ -499,7 +481,7 @@ pub async fn rollback(
         kind: UpdateKind::Rollback,
         release: r.release.clone().unwrap_or_default(),
         sha256: String::new(),
-        outcome: r.outcome,
+        outcome: stored(r.outcome),
         detail: r.detail.clone(),
     })
     .await?;
@@ -527,7 +509,7 @@ pub fn print_rollback(r: &HostResult) -> anyhow::Result<()> {
         crate::table::inert(&r.detail)
     );
     if let Some(f) = &r.failure {
-        print!("{}", f.render(&r.host));
+        print!("{}", render_failure(f, &r.host));
     }
     crate::usage::partial(r.outcome == UpdateOutcome::RolledBack, "rollback failed")
 }
@@ -545,11 +527,11 @@ mod tests {
             "restore_probe": {"transcript": ["attempt 1: healthy (version 1)"]},
             "stderr": format!("{}\n\u{1b}]0;owned\u{7}evil", output.join("\n")),
         });
-        let f = ProbeFailure::from_answer(&body).unwrap();
+        let f = failure_from_answer(&body).unwrap();
         assert_eq!(f.probe.len(), 2);
         assert_eq!(f.agent_output.lines().count(), AGENT_OUTPUT_LINES);
         assert!(f.agent_output.ends_with("evil"));
-        let shown = f.render("w1");
+        let shown = render_failure(&f, "w1");
         assert!(
             shown.contains("w1: the probe of the new release\n  attempt 1: connection refused\n")
         );
@@ -561,6 +543,6 @@ mod tests {
             "inert in --json too: {:?}",
             f.agent_output
         );
-        assert!(ProbeFailure::from_answer(&serde_json::json!({"detail": "x"})).is_none());
+        assert!(failure_from_answer(&serde_json::json!({"detail": "x"})).is_none());
     }
 }

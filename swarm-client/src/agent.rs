@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::transport::{ClientError, Endpoint, WorkerPool};
 
+// What the agent answers is defined once, in the API crate: the fleet API
+// passes these on to operators as they are.
+pub use decnet_api::worker::{AgentStatus, DeckyState, EvidenceArchive, EvidenceList};
+
 /// Timeout of quick calls (health, status, operations).
 pub const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout of calls that stop or start workloads.
@@ -19,60 +23,6 @@ pub const LONG_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct DeployAccepted {
     /// The operation to poll.
     pub operation_id: String,
-}
-
-/// One decky as the agent reports it.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct DeckyState {
-    /// Name.
-    pub name: String,
-    /// `pending`, `running`, `exited`, `failed` or `torn_down`.
-    pub state: String,
-    /// Why it failed.
-    #[serde(default)]
-    pub error: Option<String>,
-    /// Services.
-    #[serde(default)]
-    pub services: Vec<String>,
-    /// Process id.
-    #[serde(default)]
-    pub pid: Option<u32>,
-    /// The uid it runs under (process driver).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    /// Its own address on the LAN (config version 2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// The worker interface it sits on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interface: Option<String>,
-    /// Restarts.
-    #[serde(default)]
-    pub restarts: u32,
-    /// What the driver observes.
-    #[serde(default)]
-    pub observed: Option<serde_json::Value>,
-}
-
-/// `/status` answer.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct AgentStatus {
-    /// Host.
-    pub host: String,
-    /// Agent version.
-    pub version: String,
-    /// Driver.
-    pub driver: String,
-    /// How deckies are contained on that host (ids, limits, what enforces
-    /// them); absent from agents that predate containment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub containment: Option<serde_json::Value>,
-    /// Deckies.
-    pub deckies: Vec<DeckyState>,
-    /// The LAN the deckies are on and how the config was mapped onto the
-    /// host (`network`, `relocation`); absent when no decky is on a LAN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lan: Option<serde_json::Value>,
 }
 
 /// `/operations/{id}` answer.
@@ -105,28 +55,6 @@ pub struct AgentHealth {
     /// Driver.
     #[serde(default)]
     pub driver: Option<String>,
-}
-
-/// One evidence archive as the agent lists it (`GET /evidence`).
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct EvidenceArchive {
-    /// The decky it came from.
-    pub decky: String,
-    /// Its id (the UTC time of the teardown, `20261205T141530Z`).
-    pub id: String,
-    /// Its size, compressed.
-    pub bytes: u64,
-}
-
-/// `GET /evidence` answer.
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
-pub struct EvidenceList {
-    /// The archives, oldest first.
-    pub archives: Vec<EvidenceArchive>,
-    /// Whether the agent keeps evidence (the process driver, with
-    /// `--evidence-keep` above 0).
-    #[serde(default)]
-    pub kept: bool,
 }
 
 /// The largest evidence archive fetched (the agent bounds its archive to
