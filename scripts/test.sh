@@ -97,13 +97,19 @@ for a in "$@"; do
 done
 status=0
 cargo test "${scope[@]}" --locked "$@" || status=$?
-# The swarm CLI's end-to-end tests once more, every operator command
-# through a context (an admin logged in to a `master serve` of the same
-# home): same assertions, the CLI as the fleet API's client. Part of the
-# whole run; alone: DECNET_E2E_VIA=context scripts/test.sh -p decnet-e2e --test NAME
+# The end-to-end tests that drive the swarm CLI once more, every operator
+# command through a context (an admin logged in to a `master serve` of the
+# same home): same assertions, the CLI as the fleet API's client. Part of
+# the whole run; alone: DECNET_E2E_VIA=context scripts/test.sh -p decnet-e2e --test NAME
+# (two_masters_e2e is left out: it counts join attempts per source address,
+# and the harness's own operator login is one of them).
 if [ $# -eq 0 ]; then
-    DECNET_E2E_VIA=context cargo test -p decnet-e2e --locked \
-        --test updater_e2e --test agent_e2e --test master_e2e || status=$?
+    via=()
+    for t in agent_compose agent_e2e agent_lan containment_e2e hostile_edge_e2e \
+        identity_e2e log_relay_e2e master_e2e metrics_e2e netns_e2e updater_e2e; do
+        via+=(--test "$t")
+    done
+    DECNET_E2E_VIA=context cargo test -p decnet-e2e --locked "${via[@]}" || status=$?
 fi
 
 skipped=$(grep -c . "$DECNET_TEST_SKIPS" || true)

@@ -11,8 +11,14 @@
 //! namespace, which checks the destination against the list and connects
 //! to it from the host. Anything else has no route: the decky's `connect`
 //! fails at once with `ENETUNREACH`, and the kernel counts it
-//! (`OutNoRoutes` in the namespace's `/proc/<pid>/net/snmp`), which is how
-//! forbidden attempts are counted ([`forbidden_attempts`]).
+//! (`OutNoRoutes` in the namespace's `/proc/<pid>/net/snmp`). A connection
+//! to an address that is routed inside the namespace but has no listener
+//! there — an allowed host on another port, a port of the namespace's own
+//! loopback — is refused by the namespace's own stack, and the kernel counts
+//! that too (TCP `AttemptFails`: a connection that never left SYN-SENT;
+//! allowed connections always land on a listener, so inside the namespace
+//! only a forbidden one fails that way). Both make the forbidden attempts
+//! ([`forbidden_attempts`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -274,14 +280,29 @@ pub fn listen_addrs(rules: &[EgressRule]) -> Vec<SocketAddr> {
     out
 }
 
-/// Connections the process `pid`'s network namespace had no route for:
-/// `OutNoRoutes` of IPv4 and IPv6 (`/proc/<pid>/net/snmp`, `snmp6`). For a
-/// decky with a network of its own, every one is a forbidden attempt to
-/// reach out.
+/// Connections the process `pid`'s network namespace had no route for
+/// (`OutNoRoutes` of IPv4 and IPv6, `/proc/<pid>/net/snmp`, `snmp6`) or
+/// refused itself (TCP `AttemptFails`, IPv4 and IPv6 alike). For a decky
+/// with a network of its own, every one is a forbidden attempt to reach
+/// out (see the module docs).
 pub fn forbidden_attempts(pid: u32) -> Option<u64> {
     let v4 = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).ok()?;
     let v6 = std::fs::read_to_string(format!("/proc/{pid}/net/snmp6")).unwrap_or_default();
-    Some(out_no_routes(&v4).unwrap_or(0) + out_no_routes6(&v6).unwrap_or(0))
+    Some(
+        out_no_routes(&v4).unwrap_or(0)
+            + out_no_routes6(&v6).unwrap_or(0)
+            + tcp_attempt_fails(&v4).unwrap_or(0),
+    )
+}
+
+/// `AttemptFails` of the `Tcp:` table of `/proc/net/snmp` (TCP of both
+/// families). Pure: unit-tested.
+pub fn tcp_attempt_fails(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = tcp.next()?;
+    let values = tcp.next()?;
+    let at = names.split_whitespace().position(|n| n == "AttemptFails")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// `OutNoRoutes` of the `Ip:` table of `/proc/net/snmp`. Pure: unit-tested.
@@ -407,6 +428,11 @@ mod tests {
         assert_eq!(out_no_routes("Icmp: x\nIcmp: 1\n"), None);
         let snmp6 = "Ip6InReceives                   \t0\nIp6OutNoRoutes                  \t3\n";
         assert_eq!(out_no_routes6(snmp6), Some(3));
+        let tcp = "Ip: Forwarding OutNoRoutes\nIp: 1 0\n\
+                   Tcp: RtoAlgorithm RtoMin ActiveOpens PassiveOpens AttemptFails EstabResets\n\
+                   Tcp: 1 200 9 2 5 0\nUdp: InDatagrams\nUdp: 0\n";
+        assert_eq!(tcp_attempt_fails(tcp), Some(5));
+        assert_eq!(tcp_attempt_fails(snmp), None);
         // This process's own namespace has the file.
         assert!(forbidden_attempts(std::process::id()).is_some());
     }

@@ -127,15 +127,16 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         db.clone(),
         s.unreachable_after,
     ));
+    let pool = crate::fleet_ops::SharedPool::new(crate::fleet_ops::worker_pool(&layout)?);
     let upkeep = tokio::spawn(housekeeping(
         db.clone(),
         ca.clone(),
         crl.clone(),
         material.clone(),
-        layout.master_dir(),
+        layout.clone(),
+        pool.clone(),
         s.audit_retention,
     ));
-    let pool = crate::fleet_ops::worker_pool(&layout)?;
     let fleet_api_task = fleet_api.map(|server| {
         let port = server.local_addr().port();
         let app = HttpService::new(
@@ -221,9 +222,22 @@ async fn housekeeping(
     ca: Arc<decnet_pki::CertificateAuthority>,
     crl: Arc<CrlPublisher>,
     material: MaterialSource,
-    master_dir: std::path::PathBuf,
+    layout: decnet_pki::CaLayout,
+    pool: crate::fleet_ops::SharedPool,
     audit_retention: Option<Duration>,
 ) {
+    let master_dir = layout.master_dir();
+    // The warm worker pool is built from the master bundle and the CRL
+    // beside it: rebuilt when either changes, or the daemon would keep
+    // dialing workers with a revoked certificate (and trusting revoked
+    // workers).
+    let rebuild = |why: &str| match crate::fleet_ops::worker_pool(&layout) {
+        Ok(p) => {
+            pool.replace(p);
+            tracing::info!(why, "worker pool rebuilt");
+        }
+        Err(e) => tracing::error!(error = %e, why, "cannot rebuild the worker pool"),
+    };
     let mut round: u64 = 0;
     loop {
         tokio::time::sleep(HOUSEKEEPING).await;
@@ -269,6 +283,7 @@ async fn housekeeping(
                     Ok(_) => tracing::info!(number, "revocation list published"),
                     Err(e) => tracing::error!(error = %e, "cannot enforce the new revocation list"),
                 }
+                rebuild("new revocation list");
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot build the revocation list"),
@@ -282,6 +297,7 @@ async fn housekeeping(
                 }
                 Err(e) => tracing::error!(error = %e, "cannot use the rotated master certificate"),
             }
+            rebuild("rotated master certificate");
         }
     }
 }

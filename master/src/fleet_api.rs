@@ -35,8 +35,9 @@ pub struct FleetApiState {
     pub home: crate::home::MasterHome,
     /// The master's warm pool of worker connections: TLS sessions kept
     /// across requests, so a repeated `swarm check` resumes instead of
-    /// handshaking afresh with every host.
-    pub pool: decnet_swarm_client::transport::WorkerPool,
+    /// handshaking afresh with every host (rebuilt by the daemon when its
+    /// certificate or the revocation list changes).
+    pub pool: crate::fleet_ops::SharedPool,
 }
 
 /// The `/v1` router, authorization included.
@@ -266,7 +267,14 @@ async fn status(
 ) -> Result<Json<Vec<crate::fleet_ops::HostReport>>, Response> {
     let hosts = probed_hosts(&st, &g, q.host.as_deref()).await?;
     Ok(Json(
-        crate::fleet_ops::probe_all(&st.db, &st.pool, hosts, true, q.parallel.clamp(1, 1024)).await,
+        crate::fleet_ops::probe_all(
+            &st.db,
+            &st.pool.current(),
+            hosts,
+            true,
+            q.parallel.clamp(1, 1024),
+        )
+        .await,
     ))
 }
 
@@ -277,8 +285,14 @@ async fn check(
 ) -> Result<Json<Vec<crate::fleet_ops::HostReport>>, Response> {
     let hosts = probed_hosts(&st, &g, None).await?;
     Ok(Json(
-        crate::fleet_ops::probe_all(&st.db, &st.pool, hosts, false, q.parallel.clamp(1, 1024))
-            .await,
+        crate::fleet_ops::probe_all(
+            &st.db,
+            &st.pool.current(),
+            hosts,
+            false,
+            q.parallel.clamp(1, 1024),
+        )
+        .await,
     ))
 }
 
@@ -596,7 +610,7 @@ async fn renew(
     Path(name): Path<String>,
 ) -> Result<Json<api::RenewRequested>, Response> {
     let host = in_scope(&g, &name).map_err(not_found)?;
-    let r = crate::ops::request_renewal(&st.db, &st.pool, &host, &g.actor())
+    let r = crate::ops::request_renewal(&st.db, &st.pool.current(), &host, &g.actor())
         .await
         .map_err(op_error)?;
     Ok(Json(api::RenewRequested {
@@ -612,7 +626,7 @@ async fn releases(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, Response> {
     let host = in_scope(&g, &name).map_err(not_found)?;
-    crate::cli::releases_report(&st.db, &st.pool, &host)
+    crate::cli::releases_report(&st.db, &st.pool.current(), &host)
         .await
         .map(Json)
         .map_err(absent_or_unavailable)
@@ -644,7 +658,7 @@ async fn doctor(
     crate::doctor::report(
         &st.home,
         &st.db,
-        &st.pool,
+        &st.pool.current(),
         &policy,
         q.probe_parallel.map(|p| p.clamp(1, 1024)),
         scope,
@@ -725,7 +739,7 @@ async fn deploy(
         JobStart::Created(j) => {
             tracing::info!(job = %j.id, actor = %g.actor(), hosts = hosts.len(), "deploy job started");
             let view = job_view(&j, Vec::new());
-            crate::jobs::spawn_deploy(st.db.clone(), st.pool.clone(), j, run, targets);
+            crate::jobs::spawn_deploy(st.db.clone(), st.pool.current(), j, run, targets);
             Ok((StatusCode::ACCEPTED, Json(view)).into_response())
         }
     }
@@ -1028,7 +1042,7 @@ async fn teardown(
         decode(&body).map_err(bad_request)?
     };
     let request = serde_json::to_string(&req).map_err(unavailable)?;
-    let (db, pool, actor, h) = (st.db.clone(), st.pool.clone(), g.actor(), host.clone());
+    let (db, pool, actor, h) = (st.db.clone(), st.pool.current(), g.actor(), host.clone());
     leased_now(
         &st,
         &g,
@@ -1060,7 +1074,7 @@ async fn rollback(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Response> {
     let host = in_scope(&g, &name).map_err(not_found)?;
-    let (db, pool, actor, h) = (st.db.clone(), st.pool.clone(), g.actor(), host.clone());
+    let (db, pool, actor, h) = (st.db.clone(), st.pool.current(), g.actor(), host.clone());
     leased_now(
         &st,
         &g,
@@ -1088,7 +1102,7 @@ async fn burn(
 ) -> Result<Json<api::Burned>, Response> {
     // Never held up by a job's lease: a compromised host is burned now.
     let host = in_scope(&g, &name).map_err(not_found)?;
-    crate::ops::burn(&st.db, &st.layout, &st.pool, &host, &g.actor())
+    crate::ops::burn(&st.db, &st.layout, &st.pool.current(), &host, &g.actor())
         .await
         .map(Json)
         .map_err(op_error)
@@ -1118,7 +1132,7 @@ async fn deploy_plan(
         .map_err(|e| bad_request(format!("the deployment config is not valid JSON: {e}")))?;
     let targets = scoped_targets(&st, &g, &req.hosts).await?;
     Ok(Json(
-        crate::fleet_ops::deploy_plan_of(&st.pool, &config, targets).await,
+        crate::fleet_ops::deploy_plan_of(&st.pool.current(), &config, targets).await,
     ))
 }
 
@@ -1147,7 +1161,7 @@ async fn evidence_list(
     Path(name): Path<String>,
 ) -> Result<Json<decnet_swarm_client::agent::EvidenceList>, Response> {
     let host = in_scope(&g, &name).map_err(not_found)?;
-    crate::fleet_ops::evidence_list(&st.db, &st.pool, &host)
+    crate::fleet_ops::evidence_list(&st.db, &st.pool.current(), &host)
         .await
         .map(Json)
         .map_err(operation_error)
@@ -1165,7 +1179,7 @@ async fn evidence_fetch(
     let mut file = tokio::fs::File::from_std(spool);
     let bytes = crate::fleet_ops::evidence_fetch(
         &st.db,
-        &st.pool,
+        &st.pool.current(),
         &g.actor(),
         &host,
         &decky,
@@ -1367,7 +1381,7 @@ async fn update(
         JobStart::Created(j) => {
             tracing::info!(job = %j.id, actor = %g.actor(), hosts = plan.hosts.len(), "update job started");
             let view = job_view(&j, Vec::new());
-            crate::jobs::spawn_rollout(st.db.clone(), st.pool.clone(), j, rel, plan, targets);
+            crate::jobs::spawn_rollout(st.db.clone(), st.pool.current(), j, rel, plan, targets);
             Ok((StatusCode::ACCEPTED, Json(view)).into_response())
         }
     }

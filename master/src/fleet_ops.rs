@@ -845,6 +845,30 @@ pub fn evidence_file(host: &str, decky: &str, id: &str) -> std::path::PathBuf {
     format!("{host}-{decky}-{id}.tar.gz").into()
 }
 
+/// The master daemon's warm worker pool, shared by every request and job,
+/// and replaced whole when what it was built from changes (the master's
+/// certificate rotated, a new revocation list): requests in flight finish
+/// on the pool they took.
+#[derive(Clone)]
+pub struct SharedPool(Arc<std::sync::RwLock<WorkerPool>>);
+
+impl SharedPool {
+    /// Share `pool`.
+    pub fn new(pool: WorkerPool) -> SharedPool {
+        SharedPool(Arc::new(std::sync::RwLock::new(pool)))
+    }
+
+    /// The pool to use now.
+    pub fn current(&self) -> WorkerPool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Use `pool` from now on.
+    pub fn replace(&self, pool: WorkerPool) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = pool;
+    }
+}
+
 /// How many hosts a fleet-wide command talks to at once by default
 /// (`--max-parallel`): enough to keep a large fleet quick, few enough to
 /// stay far from the open-file limit and not to storm the CPU with

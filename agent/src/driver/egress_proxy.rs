@@ -38,7 +38,8 @@ pub struct EgressCounters {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkFigures {
     /// Attempts to reach anything outside the allow-list: connections its
-    /// namespace had no route for, plus [`EgressCounters::refused`].
+    /// namespace had no route for or refused itself (another port of an
+    /// allowed host, its own loopback), plus [`EgressCounters::refused`].
     pub forbidden: u64,
     /// Connections through the allow-list.
     pub egress_allowed: u64,
