@@ -1005,7 +1005,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let id = evidence_id(&list, &host, &decky, id.as_deref())?;
                 let out = out.unwrap_or_else(|| evidence_file(&host, &decky, &id));
                 let (new_file, mut file) = NewFile::create(&out).await?;
-                match evidence_fetch(&db, &pool, &cli_actor(), &host, &decky, &id, &mut file).await
+                let max = decnet_swarm_client::agent::MAX_EVIDENCE;
+                match evidence_fetch(&db, &pool, &cli_actor(), &host, &decky, &id, &mut file, max)
+                    .await
                 {
                     Ok(bytes) => {
                         new_file.commit(file).await?;

@@ -1173,8 +1173,20 @@ async fn evidence_fetch(
     Path((name, decky, id)): Path<(String, String, String)>,
 ) -> Result<Response, Response> {
     let host = in_scope(&g, &name).map_err(not_found)?;
-    // Fetched whole first (bounded by the agent client), then sent with its
-    // length: a download cut short is never mistaken for an archive.
+    // Fetched whole first, then sent with its length: a download cut short
+    // is never mistaken for an archive. What a (possibly compromised) agent
+    // can make the master hold is bounded: at most MAX_SPOOLED_EVIDENCE per
+    // archive, SPOOLS_AT_ONCE archives at a time, deleted once sent.
+    static SPOOLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPOOLS_AT_ONCE);
+    let _spooling = SPOOLS.try_acquire().map_err(|_| {
+        json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            format!(
+                "{SPOOLS_AT_ONCE} evidence archives are being fetched through the master; try again when one is done"
+            ),
+        )
+    })?;
     let spool = tempfile::tempfile_in(&st.home.home).map_err(unavailable)?;
     let mut file = tokio::fs::File::from_std(spool);
     let bytes = crate::fleet_ops::evidence_fetch(
@@ -1185,6 +1197,7 @@ async fn evidence_fetch(
         &decky,
         &id,
         &mut file,
+        MAX_SPOOLED_EVIDENCE,
     )
     .await
     .map_err(operation_error)?;
@@ -1207,8 +1220,21 @@ async fn evidence_fetch(
         .into_response())
 }
 
+/// The largest evidence archive the master fetches for an operator (an
+/// agent keeps 2 GiB of archives by default, all deckies together).
+pub const MAX_SPOOLED_EVIDENCE: u64 = 4 << 30;
+
+/// How many evidence archives the master spools at once.
+pub const SPOOLS_AT_ONCE: usize = 2;
+
 /// The largest release tarball the master accepts.
 pub const MAX_RELEASE_UPLOAD: u64 = 1 << 30;
+
+/// How many uploaded releases the master holds at once, and their total
+/// size: a deployer cannot fill the master's disk with uploads.
+pub const MAX_UPLOADS: usize = 8;
+/// See [`MAX_UPLOADS`].
+pub const MAX_UPLOADS_BYTES: u64 = 4 << 30;
 
 /// How long an uploaded release is kept for update jobs.
 pub const UPLOAD_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -1245,6 +1271,18 @@ async fn release_upload(
         .into_response());
     }
     prune_uploads(&dir);
+    let (held, held_bytes) = uploads_held(&dir);
+    if held >= MAX_UPLOADS || held_bytes >= MAX_UPLOADS_BYTES {
+        return Err(json_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "uploads_full",
+            format!(
+                "the master holds {held} uploaded releases ({} MiB); each is kept {} h for its update jobs: try again later",
+                held_bytes >> 20,
+                UPLOAD_KEEP.as_secs() / 3600
+            ),
+        ));
+    }
     std::fs::create_dir_all(&dir).map_err(unavailable)?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -1285,6 +1323,18 @@ async fn release_upload(
         Json(api::ReleaseUploaded { sha256, bytes }),
     )
         .into_response())
+}
+
+/// How many uploads (and partial ones) `dir` holds, and their size.
+fn uploads_held(dir: &std::path::Path) -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
 }
 
 /// Remove uploads older than [`UPLOAD_KEEP`].

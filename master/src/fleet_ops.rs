@@ -736,8 +736,10 @@ pub fn evidence_id(
     }
 }
 
-/// Fetch archive `id` of `decky` from `host`'s agent into `out`; audited
-/// as `actor`. Returns its size.
+/// Fetch archive `id` of `decky` from `host`'s agent into `out` (at most
+/// `max` bytes: a compromised agent sends no more); audited as `actor`.
+/// Returns its size.
+#[allow(clippy::too_many_arguments)]
 pub async fn evidence_fetch(
     db: &FleetDb,
     pool: &WorkerPool,
@@ -746,13 +748,14 @@ pub async fn evidence_fetch(
     decky: &str,
     id: &str,
     out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    max: u64,
 ) -> anyhow::Result<u64> {
     if !is_path_safe(decky) || !is_path_safe(id) {
         return Err(UsageError(format!("{decky:?}/{id:?} is not a decky's archive")).into());
     }
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
     let client = agent_client(pool, &h)?;
-    match client.fetch_evidence(decky, id, out).await {
+    match client.fetch_evidence_within(decky, id, out, max).await {
         Ok(bytes) => {
             audit(
                 db,

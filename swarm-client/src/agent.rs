@@ -187,9 +187,27 @@ impl AgentClient {
         id: &str,
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Result<u64, ClientError> {
+        self.fetch_evidence_within(decky, id, out, MAX_EVIDENCE)
+            .await
+    }
+
+    /// [`fetch_evidence`](Self::fetch_evidence) refusing an archive larger
+    /// than `max` bytes (what the master spools for an operator).
+    pub async fn fetch_evidence_within(
+        &self,
+        decky: &str,
+        id: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        max: u64,
+    ) -> Result<u64, ClientError> {
         let url = self.ep.url(&format!("/evidence/{decky}/{id}"));
         self.ep
-            .download(self.ep.http().get(url), EVIDENCE_TIMEOUT, out, MAX_EVIDENCE)
+            .download(
+                self.ep.http().get(url),
+                EVIDENCE_TIMEOUT,
+                out,
+                max.min(MAX_EVIDENCE),
+            )
             .await
     }
 

@@ -776,6 +776,38 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
             );
         }
     }
+
+    // A deployer cannot fill the master's disk with release uploads: a
+    // digest that does not match keeps nothing, and past MAX_UPLOADS the
+    // master refuses more (507) until the old ones expire.
+    let put = |body: Vec<u8>, sha: &str| {
+        rt.block_on(async {
+            let r = client
+                .put(format!("{base}/v1/releases/{sha}"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let wrong = put(b"not what the digest says".to_vec(), &"0".repeat(64));
+    assert_eq!(wrong.0, 400, "{wrong:?}");
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let blob = format!("upload {i}").into_bytes();
+        let sha = decnet_pki::signing::sha256_hex(&blob);
+        statuses.push(put(blob, &sha));
+    }
+    assert!(statuses[..8].iter().all(|(s, _)| *s == 201), "{statuses:?}");
+    assert!(
+        statuses[8..]
+            .iter()
+            .all(|(s, b)| *s == 507 && b.contains("uploaded releases")),
+        "{statuses:?}"
+    );
+    let held = std::fs::read_dir(m.home().join("uploads")).unwrap().count();
+    assert_eq!(held, 8, "only complete, checked uploads are kept");
 }
 
 #[test]
