@@ -437,6 +437,9 @@ pub async fn join_operator(
     })
 }
 
+/// How often an operator may renew its certificate within an hour.
+pub const MAX_RENEWALS_PER_HOUR: i64 = 3;
+
 /// A renewed operator certificate.
 #[derive(Clone, Debug)]
 pub struct RenewedOperator {
@@ -465,6 +468,21 @@ pub async fn renew_operator(
     let host = HostName::new(name).map_err(|_| RenewRefusal::NotStanding)?;
     if db.operator_standing(name, presented).await?.is_none() {
         return Err(RenewRefusal::NotStanding);
+    }
+    // Each renewal revokes a certificate, and revocations travel to every
+    // worker: an operator renewing in a loop would grow that list.
+    let recent: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM audit_log WHERE action = 'operator.renew' AND target = $1 AND at > $2",
+    )
+    .bind(name)
+    .bind(unix_now() - 3600)
+    .fetch_one(db.pool())
+    .await
+    .map_err(DbError::from)?
+    .try_get(0)
+    .map_err(DbError::from)?;
+    if recent >= MAX_RENEWALS_PER_HOUR {
+        return Err(RenewRefusal::TooOften);
     }
     let now = time::OffsetDateTime::now_utc();
     let spec = LeafSpec::for_role(&Role::Operator(host), &[]).with_validity(
@@ -535,6 +553,9 @@ pub enum RenewRefusal {
     /// The CSR does not parse or is not self-signed.
     #[error("the CSR is not a valid, self-signed PKCS#10 request")]
     BadCsr,
+    /// Renewed [`MAX_RENEWALS_PER_HOUR`] times within the hour already.
+    #[error("this operator renewed {MAX_RENEWALS_PER_HOUR} times within the hour; try later")]
+    TooOften,
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),

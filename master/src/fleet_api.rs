@@ -733,6 +733,7 @@ async fn deploy(
         .map_err(unavailable)?
     {
         JobStart::Existing(j) => {
+            same_request(&st, &g, &j, "deploy", &request).await?;
             Ok((StatusCode::OK, Json(job_view(&j, Vec::new()))).into_response())
         }
         JobStart::Busy(b) => Err(busy(&b)),
@@ -779,7 +780,12 @@ async fn jobs(
     for j in st.db.jobs(100).await.map_err(unavailable)? {
         let hosts = st.db.job_hosts(&j.id).await.map_err(unavailable)?;
         if hosts.iter().all(|h| g.sees(&h.host)) {
-            out.push(job_view(&j, Vec::new()));
+            // The list is a summary: a job's request and result (which a
+            // hostile worker can make large) come with `GET /v1/jobs/{id}`.
+            let mut v = job_view(&j, Vec::new());
+            v.request = String::new();
+            v.result = None;
+            out.push(v);
         }
     }
     Ok(Json(out))
@@ -945,8 +951,9 @@ where
     {
         JobStart::Busy(b) => return Err(busy(&b)),
         // A retry of a request whose answer was lost: the first one's
-        // answer, once it has one.
+        // answer, once it has one (the same request, on hosts still seen).
         JobStart::Existing(mut j) => {
+            same_request(st, g, &j, kind, &request).await?;
             while j.state == "running" {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 j = st
@@ -1012,6 +1019,33 @@ where
         Ok(outcome) => Ok(replay(&outcome.result)),
         Err(_) => Err(unavailable("the job ended without an outcome")),
     }
+}
+
+/// A repeated idempotency key must repeat its request: the same kind and
+/// body, on hosts the operator still sees (a narrowed scope does not get a
+/// stored answer about a host it lost).
+async fn same_request(
+    st: &FleetApiState,
+    g: &Grant,
+    j: &decnet_fleet::jobs::JobRecord,
+    kind: &str,
+    request: &str,
+) -> Result<(), Response> {
+    let conflict = || {
+        json_error(
+            StatusCode::CONFLICT,
+            "conflict",
+            "this idempotency key was used for another request",
+        )
+    };
+    if j.kind != kind || j.request != request {
+        return Err(conflict());
+    }
+    let hosts = st.db.job_hosts(&j.id).await.map_err(unavailable)?;
+    if !hosts.iter().all(|h| g.sees(&h.host)) {
+        return Err(conflict());
+    }
+    Ok(())
 }
 
 /// The answer a change that answers at once gave (stored as its job's
@@ -1177,8 +1211,11 @@ async fn evidence_fetch(
     // is never mistaken for an archive. What a (possibly compromised) agent
     // can make the master hold is bounded: at most MAX_SPOOLED_EVIDENCE per
     // archive, SPOOLS_AT_ONCE archives at a time, deleted once sent.
-    static SPOOLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SPOOLS_AT_ONCE);
-    let _spooling = SPOOLS.try_acquire().map_err(|_| {
+    static SPOOLS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    let spools = SPOOLS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(SPOOLS_AT_ONCE)));
+    // Held until the answer's body is sent (or dropped): the spool file
+    // lives that long.
+    let spooling = spools.clone().try_acquire_owned().map_err(|_| {
         json_error(
             StatusCode::TOO_MANY_REQUESTS,
             "busy",
@@ -1206,7 +1243,12 @@ async fn evidence_fetch(
     file.seek(std::io::SeekFrom::Start(0))
         .await
         .map_err(unavailable)?;
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    use futures_util::StreamExt;
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+            let _held = &spooling;
+            chunk
+        }));
     Ok((
         [
             (
@@ -1270,6 +1312,10 @@ async fn release_upload(
         })
         .into_response());
     }
+    // One upload at a time: the bound below holds for what is being
+    // written too.
+    static UPLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _uploading = UPLOADING.acquire().await.map_err(unavailable)?;
     prune_uploads(&dir);
     let (held, held_bytes) = uploads_held(&dir);
     if held >= MAX_UPLOADS || held_bytes >= MAX_UPLOADS_BYTES {
@@ -1425,6 +1471,7 @@ async fn update(
         .map_err(unavailable)?
     {
         JobStart::Existing(j) => {
+            same_request(&st, &g, &j, "update", &request).await?;
             Ok((StatusCode::OK, Json(job_view(&j, Vec::new()))).into_response())
         }
         JobStart::Busy(b) => Err(busy(&b)),
@@ -1455,6 +1502,9 @@ async fn renew_self(
     .await
     .map_err(|e| match e {
         RenewRefusal::BadCsr => bad_request(e.to_string()),
+        RenewRefusal::TooOften => {
+            json_error(StatusCode::TOO_MANY_REQUESTS, "too_often", e.to_string())
+        }
         RenewRefusal::NotStanding => json_error(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
         RenewRefusal::Db(e) => unavailable(e),
     })?;

@@ -31,7 +31,13 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 struct Pending {
     next_seq: i64,
     lines: Vec<String>,
+    /// Lines taken so far (at most [`MAX_JOB_LINES`]).
+    taken: usize,
 }
+
+/// The most progress lines a job records: what a hostile agent says about
+/// its deckies cannot grow a job's log without bound.
+pub const MAX_JOB_LINES: usize = 20_000;
 
 /// Write what is pending.
 async fn flush(db: &FleetDb, id: &str, pending: &Mutex<Pending>) {
@@ -117,6 +123,7 @@ where
         let pending = Arc::new(Mutex::new(Pending {
             next_seq: 1,
             lines: Vec::new(),
+            taken: 0,
         }));
         let cancel = CancellationToken::new();
         let done = CancellationToken::new();
@@ -151,11 +158,15 @@ where
         let emit = {
             let pending = pending.clone();
             Arc::new(move |line: String| {
-                pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .lines
-                    .push(line);
+                let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                p.taken += 1;
+                if p.taken < MAX_JOB_LINES {
+                    p.lines.push(line);
+                } else if p.taken == MAX_JOB_LINES {
+                    p.lines.push(format!(
+                        "warning: more than {MAX_JOB_LINES} progress lines; the rest are not recorded (see job show for each host's outcome)"
+                    ));
+                }
             }) as crate::fleet_ops::Emit
         };
         let outcome = work(emit, cancel.clone()).await;

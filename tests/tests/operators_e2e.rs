@@ -572,6 +572,25 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
         "the renewed-away certificate still works: {body}"
     );
     assert!(bob.ok(&["swarm", "list"]).contains("w1"));
+    // Renewing in a loop (each renewal revokes a certificate, and the
+    // revocations travel to every worker) is cut off.
+    bob.ok(&["login", "--renew"]);
+    bob.ok(&["login", "--renew"]);
+    let out = bob.run(&["login", "--renew"]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a fourth renewal within the hour"
+    );
+    assert!(
+        text(&out.stderr).contains("within the hour"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        bob.ok(&["swarm", "list"]).contains("w1"),
+        "a refused renewal keeps the certificate"
+    );
     let renewed = m.json(&["audit", "--json", "--actor", "operator:bob"]);
     assert!(
         renewed
@@ -776,6 +795,44 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
             );
         }
     }
+
+    // The job list is a summary: no job's request or result (which a
+    // hostile worker can make large) comes with it.
+    let jobs: serde_json::Value = rt.block_on(async {
+        client
+            .get(format!("{base}/v1/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let jobs = jobs.as_array().unwrap();
+    assert!(!jobs.is_empty());
+    assert!(
+        jobs.iter()
+            .all(|j| j["result"].is_null() && j["request"] == ""),
+        "{jobs:?}"
+    );
+    // An idempotency key names one request: replayed on another, refused.
+    let keyed = |path: &str| {
+        rt.block_on(async {
+            let r = client
+                .post(format!("{base}{path}"))
+                .header("idempotency-key", "replayed-key")
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let first = keyed("/v1/hosts/w1/teardown");
+    assert_ne!(first.0, 409, "{first:?}");
+    let other = keyed("/v1/hosts/w1/rollback");
+    assert_eq!(other.0, 409, "{other:?}");
+    assert!(other.1.contains("another request"), "{other:?}");
 
     // A deployer cannot fill the master's disk with release uploads: a
     // digest that does not match keeps nothing, and past MAX_UPLOADS the
