@@ -1273,7 +1273,8 @@ pub const SPOOLS_AT_ONCE: usize = 2;
 pub const MAX_RELEASE_UPLOAD: u64 = 1 << 30;
 
 /// How many uploaded releases the master holds at once, and their total
-/// size: a deployer cannot fill the master's disk with uploads.
+/// size: a deployer cannot fill the master's disk with uploads (the oldest
+/// no running job pushes make room for a new one).
 pub const MAX_UPLOADS: usize = 8;
 /// See [`MAX_UPLOADS`].
 pub const MAX_UPLOADS_BYTES: u64 = 4 << 30;
@@ -1317,18 +1318,7 @@ async fn release_upload(
     static UPLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let _uploading = UPLOADING.acquire().await.map_err(unavailable)?;
     prune_uploads(&dir);
-    let (held, held_bytes) = uploads_held(&dir);
-    if held >= MAX_UPLOADS || held_bytes >= MAX_UPLOADS_BYTES {
-        return Err(json_error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "uploads_full",
-            format!(
-                "the master holds {held} uploaded releases ({} MiB); each is kept {} h for its update jobs: try again later",
-                held_bytes >> 20,
-                UPLOAD_KEEP.as_secs() / 3600
-            ),
-        ));
-    }
+    make_room(&st.db, &dir).await?;
     std::fs::create_dir_all(&dir).map_err(unavailable)?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -1371,16 +1361,60 @@ async fn release_upload(
         .into_response())
 }
 
-/// How many uploads (and partial ones) `dir` holds, and their size.
-fn uploads_held(dir: &std::path::Path) -> (usize, u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (0, 0);
-    };
-    entries
+/// Room for one more upload under [`MAX_UPLOADS`] and
+/// [`MAX_UPLOADS_BYTES`]: the oldest uploads no running update job pushes
+/// are removed first; when every one held is in use, a 507.
+async fn make_room(db: &FleetDb, dir: &std::path::Path) -> Result<(), Response> {
+    let in_use: std::collections::HashSet<String> = db
+        .jobs(1000)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .filter(|j| j.kind == "update" && j.state == "running")
+        .filter_map(|j| {
+            serde_json::from_str::<serde_json::Value>(&j.request)
+                .ok()
+                .and_then(|r| r["sha256"].as_str().map(str::to_string))
+        })
+        .collect();
+    let mut held: Vec<(std::time::SystemTime, u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
         .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok().filter(|m| m.is_file())?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    held.sort();
+    let mut count = held.len();
+    let mut bytes: u64 = held.iter().map(|h| h.1).sum();
+    let mut oldest = held.into_iter();
+    while count >= MAX_UPLOADS || bytes >= MAX_UPLOADS_BYTES {
+        let Some((_, len, path)) = oldest.by_ref().find(|(_, _, p)| {
+            let sha = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".tar.gz"))
+                .unwrap_or("");
+            !in_use.contains(sha)
+        }) else {
+            return Err(json_error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "uploads_full",
+                format!(
+                    "the master holds {count} uploaded releases ({} MiB), every one pushed by a running update job: try again when one ends",
+                    bytes >> 20
+                ),
+            ));
+        };
+        if std::fs::remove_file(&path).is_ok() {
+            tracing::info!(path = %path.display(), "oldest uploaded release removed to make room");
+        }
+        count -= 1;
+        bytes -= len;
+    }
+    Ok(())
 }
 
 /// Remove uploads older than [`UPLOAD_KEEP`].
