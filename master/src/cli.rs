@@ -1881,25 +1881,32 @@ async fn confirm_destructive(
     yes: bool,
     question: &str,
 ) -> anyhow::Result<()> {
+    let verb = action.trim_start_matches("swarm.");
+    let refused = match confirm_host(host, yes, verb, question) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    audit(db, action, host, AuditOutcome::Refused, "not confirmed").await?;
+    Err(refused)
+}
+
+/// A destructive command's confirmation, wherever it runs: `--yes`, or the
+/// host's name typed at a terminal; otherwise a usage error naming `verb`.
+pub fn confirm_host(host: &str, yes: bool, verb: &str, question: &str) -> anyhow::Result<()> {
     if yes {
         return Ok(());
     }
-    let confirmed = if std::io::stdin().is_terminal() {
+    if std::io::stdin().is_terminal() {
         print!("{question} Type the host name to confirm: ");
         std::io::stdout().flush()?;
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
-        answer.trim() == host
-    } else {
-        false
-    };
-    if confirmed {
-        return Ok(());
+        if answer.trim() == host {
+            return Ok(());
+        }
     }
-    audit(db, action, host, AuditOutcome::Refused, "not confirmed").await?;
     Err(UsageError(format!(
-        "refusing to {} {host} without confirmation; pass --yes",
-        action.trim_start_matches("swarm.")
+        "refusing to {verb} {host} without confirmation; pass --yes"
     ))
     .into())
 }

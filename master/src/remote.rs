@@ -89,7 +89,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Swarm(SwarmCommand::Decommission { host, yes, .. }) => {
-            confirm(
+            crate::cli::confirm_host(
                 &host,
                 yes,
                 "decommission",
@@ -204,7 +204,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             crate::rollout::print_rollback(&r)
         }
         Command::Swarm(SwarmCommand::Burn { host, yes }) => {
-            confirm(&host, yes, "burn", &crate::cli::burn_question(&host))?;
+            crate::cli::confirm_host(&host, yes, "burn", &crate::cli::burn_question(&host))?;
             let b: decnet_api::Burned = client
                 .call(
                     client
@@ -353,28 +353,6 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
         ))
         .into()),
     }
-}
-
-/// A destructive command's confirmation: `--yes`, or the host's name typed
-/// at a terminal.
-fn confirm(host: &str, yes: bool, action: &str, question: &str) -> anyhow::Result<()> {
-    use std::io::{IsTerminal, Write};
-    if yes {
-        return Ok(());
-    }
-    if std::io::stdin().is_terminal() {
-        print!("{question} Type the host name to confirm: ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() == host {
-            return Ok(());
-        }
-    }
-    Err(UsageError(format!(
-        "refusing to {action} {host} without confirmation; pass --yes"
-    ))
-    .into())
 }
 
 /// A deployment config file's text (a usage error when unreadable).
