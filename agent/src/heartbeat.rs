@@ -33,6 +33,17 @@ fn unix_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// A decky's forbidden connection attempts, as its driver observes them.
+fn forbidden_attempts(d: &crate::executor::DeckyStatus) -> Option<u64> {
+    d.observed
+        .as_ref()?
+        .detail
+        .as_ref()?
+        .get("network")?
+        .get("forbidden")?
+        .as_u64()
+}
+
 /// What a heartbeat answer asks the agent to do.
 #[derive(Clone, Debug)]
 pub struct Wakeups {
@@ -54,6 +65,9 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
             "driver": snap.driver,
             "deckies": snap.deckies.iter().map(|d| serde_json::json!({
                 "name": d.name, "state": d.state, "error": d.error, "restarts": d.restarts,
+                // Connection attempts outside its egress allow-list (the
+                // master alerts on a rise).
+                "forbidden": forbidden_attempts(d),
             })).collect::<Vec<_>>(),
         });
         match link.heartbeat(&body).await {

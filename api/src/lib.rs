@@ -685,3 +685,9 @@ pub struct ProbeFailure {
     /// The failed agent's last output (without terminal escape codes).
     pub agent_output: String,
 }
+
+pub mod events;
+pub use events::{
+    AlertCreated, AlertDelivery, AlertRule, AlertTestResult, ConsoleLogin, Event, EventTopic,
+    NewAlertRule,
+};

@@ -12,6 +12,7 @@
 //! transactions never interleave on one host.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -166,11 +167,24 @@ pub struct Contact {
 }
 
 /// The fleet database: a connection pool plus the queries the master needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FleetDb {
     pool: AnyPool,
     backend: Backend,
+    audit_tap: Arc<OnceLock<AuditTap>>,
 }
+
+impl std::fmt::Debug for FleetDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetDb")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Called with every audit entry once it is written (the master daemon's
+/// event bus): set once per process with [`FleetDb::set_audit_tap`].
+pub type AuditTap = Box<dyn Fn(&AuditEntry) + Send + Sync>;
 
 impl FleetDb {
     /// Open (creating an SQLite file, mode 0600, if needed) and migrate.
@@ -244,7 +258,11 @@ impl FleetDb {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(FleetDb { pool, backend })
+        Ok(FleetDb {
+            pool,
+            backend,
+            audit_tap: Arc::new(OnceLock::new()),
+        })
     }
 
     /// A write transaction. On SQLite it takes the write lock up front
@@ -655,19 +673,26 @@ impl FleetDb {
 
     /// Mark active hosts whose last heartbeat is older than `cutoff` (unix
     /// seconds) unreachable; a host that sends no heartbeats is never
-    /// marked for their absence. Returns how many changed.
-    pub async fn mark_silent(&self, cutoff: i64, silence_secs: i64) -> Result<u64, DbError> {
-        let n = sqlx::query(
+    /// marked for their absence. Returns the hosts that changed (with two
+    /// masters on one database, each change is seen by one of them).
+    pub async fn mark_silent(
+        &self,
+        cutoff: i64,
+        silence_secs: i64,
+    ) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query(
             "UPDATE hosts SET status = 'unreachable', last_error = $1, updated_at = $2 \
-             WHERE status = 'active' AND last_heartbeat IS NOT NULL AND last_heartbeat < $3",
+             WHERE status = 'active' AND last_heartbeat IS NOT NULL AND last_heartbeat < $3 \
+             RETURNING name",
         )
         .bind(format!("no heartbeat for over {silence_secs}s"))
         .bind(unix_now())
         .bind(cutoff)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(DbError::from))
+            .collect()
     }
 
     /// Store a new join token.
@@ -778,7 +803,16 @@ impl FleetDb {
     /// Append to the audit log.
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), DbError> {
         audit_query(entry).execute(&self.pool).await?;
+        if let Some(tap) = self.audit_tap.get() {
+            tap(entry);
+        }
         Ok(())
+    }
+
+    /// Call `tap` with every audit entry this process writes from now on,
+    /// once it is written (the first tap set stays: one per process).
+    pub fn set_audit_tap(&self, tap: AuditTap) {
+        let _ = self.audit_tap.set(tap);
     }
 
     /// Delete audit entries older than `before` (unix seconds): the
@@ -803,6 +837,9 @@ impl FleetDb {
             audit_query(entry).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        if let Some(tap) = self.audit_tap.get() {
+            entries.iter().for_each(|e| tap(e));
+        }
         Ok(())
     }
 
@@ -867,6 +904,38 @@ impl FleetDb {
 }
 
 impl FleetDb {
+    /// The audit entries `q` asks for (see [`AuditSearch`]).
+    pub async fn audit_search(&self, q: &AuditSearch) -> Result<Vec<AuditEntry>, DbError> {
+        let (a, b, c) = match &q.actor {
+            None => (String::new(), String::new(), String::new()),
+            Some(actor) if actor.contains(':') => (actor.clone(), actor.clone(), actor.clone()),
+            Some(actor) => (
+                format!("operator:{actor}"),
+                format!("local:{actor}"),
+                format!("cli:{actor}"),
+            ),
+        };
+        // LIKE's own characters in the prefix match only themselves.
+        let action = q.action.as_deref().unwrap_or("").replace(['%', '_'], "");
+        let rows = sqlx::query(
+            "SELECT at, actor, action, target, outcome, detail, source FROM audit_log \
+             WHERE ($1 = '' OR actor IN ($1, $2, $3)) AND action LIKE $4 \
+             AND ($5 = '' OR target = $5) AND at >= $6 AND at <= $7 \
+             ORDER BY at DESC, id LIMIT $8",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(c)
+        .bind(format!("{action}%"))
+        .bind(q.target.clone().unwrap_or_default())
+        .bind(q.since.unwrap_or(0))
+        .bind(q.until.unwrap_or(i64::MAX))
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_of_row).collect()
+    }
+
     /// The newest `limit` audit entries of `actor` (`None`: everyone's).
     /// `actor` is an exact actor (`operator:alice`, `local:root`) or a bare
     /// name, which matches that operator and that local user.
@@ -912,6 +981,25 @@ fn audit_of_row(r: &sqlx::any::AnyRow) -> Result<AuditEntry, DbError> {
         detail: r.try_get(5)?,
         source: r.try_get(6)?,
     })
+}
+
+/// A search of the audit log: every field narrows it (an actor as in
+/// [`FleetDb::audit_log_of`], an action prefix such as `swarm.`, an exact
+/// target, a time window in unix seconds), newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditSearch {
+    /// At most this many.
+    pub limit: i64,
+    /// Whose.
+    pub actor: Option<String>,
+    /// Actions starting with this.
+    pub action: Option<String>,
+    /// This target (a host, an operator).
+    pub target: Option<String>,
+    /// Not before.
+    pub since: Option<i64>,
+    /// Not after.
+    pub until: Option<i64>,
 }
 
 /// The INSERT of one audit entry (one home for [`FleetDb::audit`] and

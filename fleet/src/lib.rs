@@ -12,6 +12,7 @@
 //! * [`revocation`] — the CRL published to workers, rotation of the
 //!   master's certificate.
 
+pub mod console;
 pub mod db;
 pub mod enrollment;
 pub mod jobs;
@@ -22,7 +23,7 @@ pub mod operators;
 pub mod renewal;
 pub mod revocation;
 
-pub use db::{Backend, Contact, DbError, FleetDb, default_url, unix_now};
+pub use db::{AuditSearch, Backend, Contact, DbError, FleetDb, default_url, unix_now};
 pub use model::{
     AuditEntry, AuditOutcome, CertRecord, CertRole, HostRecord, HostStatus, JoinToken, UpdateKind,
     UpdateOutcome, UpdateRecord, current_audit_source, is_reported_version, with_audit_source,

@@ -290,6 +290,17 @@ impl FleetDb {
             .execute(&mut *tx)
             .await
             .map_err(DbError::from)?;
+        // Its console sessions and unused login URLs end with it.
+        for q in [
+            "DELETE FROM console_sessions WHERE operator = $1",
+            "DELETE FROM console_tickets WHERE operator = $1",
+        ] {
+            sqlx::query(q)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(DbError::from)?;
+        }
         let revoked = revoke_all_but(
             &mut tx,
             &operator_cn(name),

@@ -164,6 +164,17 @@ impl LogSink {
     /// start the writer thread, which rotates them and keeps the
     /// free-space watermark of `policy`.
     pub async fn open(raw: &Path, json: &Path, policy: DiskPolicy) -> std::io::Result<LogSink> {
+        Self::open_tapped(raw, json, policy, None).await
+    }
+
+    /// [`LogSink::open`], and every batch written (flushed) is also shown
+    /// to `tap` while it [wants](LineTap::wants) lines.
+    pub async fn open_tapped(
+        raw: &Path,
+        json: &Path,
+        policy: DiskPolicy,
+        tap: Option<Arc<dyn LineTap>>,
+    ) -> std::io::Result<LogSink> {
         let mut raw_file = RotatingFile::open(raw, &policy)?;
         let mut json_file = RotatingFile::open(json, &policy)?;
         let mut dirs: Vec<PathBuf> = [raw, json]
@@ -182,6 +193,7 @@ impl LogSink {
                 let (raw, json) = (&mut raw_file, &mut json_file);
                 let metrics = crate::metrics::listener_metrics();
                 let mut flushed: Vec<(String, u64, u64)> = Vec::new();
+                let mut tapped: Vec<(String, Vec<u8>)> = Vec::new();
                 let mut group: Vec<Formatted> = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
                     group.push(first);
@@ -209,6 +221,9 @@ impl LogSink {
                         if ok {
                             raw.write_all(&b.raw)?;
                             json.write_all(&b.json)?;
+                            if tap.as_ref().is_some_and(|t| t.wants()) {
+                                tapped.push((b.cn.clone(), b.json));
+                            }
                             flushed.push((b.cn, b.lines, b.raw.len() as u64));
                         } else {
                             metrics.dropped(&b.cn, "disk", b.lines, bytes);
@@ -218,6 +233,11 @@ impl LogSink {
                     json.flush()?;
                     for (cn, lines, bytes) in flushed.drain(..) {
                         metrics.written(&cn, lines, bytes);
+                    }
+                    if let Some(t) = &tap {
+                        for (cn, json) in tapped.drain(..) {
+                            t.lines(&cn, &json);
+                        }
                     }
                 }
                 raw.sync()?;
@@ -251,6 +271,15 @@ impl LogSink {
     pub fn paths(&self) -> (&Path, &Path) {
         (&self.paths.0, &self.paths.1)
     }
+}
+
+/// Sees the lines the sink has written (the master's event bus shows
+/// them to those following a host's log).
+pub trait LineTap: Send + Sync + 'static {
+    /// Whether lines are wanted now (when not, none are kept for it).
+    fn wants(&self) -> bool;
+    /// Lines of peer `cn` just written: JSON records, one per line.
+    fn lines(&self, cn: &str, json: &[u8]);
 }
 
 /// A connection's way into the [`LogSink`].

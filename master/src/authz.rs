@@ -42,6 +42,9 @@ pub fn permission_of(method: &Method, path: &str) -> Permission {
         | (&Method::GET, ["v1", "jobs", _, "events"]) => Permission::Read,
         // An operator renews its own certificate (whatever its role).
         (&Method::POST, ["v1", "whoami", "renew"]) => Permission::Read,
+        (&Method::GET, ["v1", "events"])
+        | (&Method::GET, ["v1", "alerts", "deliveries"])
+        | (&Method::POST, ["v1", "console", "login"]) => Permission::Read,
         (&Method::GET, ["v1", "ca"])
         | (&Method::GET, ["v1", "hosts", _, "evidence"])
         | (&Method::GET, ["v1", "hosts", _, "evidence", _, _]) => Permission::Read,
@@ -112,6 +115,48 @@ pub struct Grant {
     pub role: OperatorRole,
     /// Its host scope.
     pub scope: HostScope,
+    /// What it was admitted with (a long request, an event stream, checks
+    /// it again while it lasts).
+    pub credential: Credential,
+}
+
+/// How an operator proved who it is.
+#[derive(Clone)]
+pub enum Credential {
+    /// Its certificate (the fleet API): the fingerprint, hex.
+    Certificate(String),
+    /// A console session: its secret (kept in memory only).
+    Session(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Certificate(fp) => write!(f, "Certificate({fp})"),
+            Credential::Session(_) => f.write_str("Session(..)"),
+        }
+    }
+}
+
+/// Whether what `grant` was admitted with still holds: the certificate
+/// unrevoked and its operator active, or the session open and its
+/// operator active. A database error counts as not holding (fail closed).
+pub async fn still_holds(db: &FleetDb, grant: &Grant) -> bool {
+    match &grant.credential {
+        Credential::Certificate(fp) => matches!(
+            db.operator_standing(&grant.operator, fp).await,
+            Ok(Some(op)) if op.role == grant.role.to_string() && op.hosts == grant.scope.0
+        ),
+        Credential::Session(secret) => {
+            matches!(db.console_session(secret).await, Ok(Some(s)) if s.operator == grant.operator)
+                && matches!(
+                    db.operator(&grant.operator).await,
+                    Ok(Some(op)) if op.revoked_at.is_none()
+                        && op.role == grant.role.to_string()
+                        && op.hosts == grant.scope.0
+                )
+        }
+    }
 }
 
 impl Grant {
@@ -150,7 +195,7 @@ pub async fn authorize(State(db): State<Arc<FleetDb>>, req: Request, next: Next)
     decnet_fleet::with_audit_source(source, authorize_request(db, req, next)).await
 }
 
-async fn authorize_request(db: Arc<FleetDb>, mut req: Request, next: Next) -> Response {
+async fn authorize_request(db: Arc<FleetDb>, req: Request, next: Next) -> Response {
     let Some(peer) = req.extensions().get::<PeerIdentity>().cloned() else {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -167,10 +212,8 @@ async fn authorize_request(db: Arc<FleetDb>, mut req: Request, next: Next) -> Re
             Some("operator".into()),
         );
     };
-    let standing = match db
-        .operator_standing(name.as_str(), &peer.fingerprint.to_hex())
-        .await
-    {
+    let fingerprint = peer.fingerprint.to_hex();
+    let standing = match db.operator_standing(name.as_str(), &fingerprint).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "fleet database unavailable");
@@ -193,6 +236,20 @@ async fn authorize_request(db: Arc<FleetDb>, mut req: Request, next: Next) -> Re
             Some("an active operator".into()),
         );
     };
+    admit(db, op, Credential::Certificate(fingerprint), req, next).await
+}
+
+/// The role and scope half of every admission (a certificate's or a
+/// console session's): the route's permission, operator management for
+/// unscoped admins only, then the [`Grant`] for the handler.
+pub async fn admit(
+    db: Arc<FleetDb>,
+    op: decnet_fleet::operators::OperatorRecord,
+    credential: Credential,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let name = op.name.clone();
     let Some(role) = OperatorRole::parse(&op.role) else {
         tracing::error!(operator = %name, role = %op.role, "operator with an unknown stored role");
         return refuse(
@@ -202,7 +259,12 @@ async fn authorize_request(db: Arc<FleetDb>, mut req: Request, next: Next) -> Re
             None,
         );
     };
-    let need = permission_of(req.method(), req.uri().path());
+    let need = match &credential {
+        Credential::Certificate(_) => permission_of(req.method(), req.uri().path()),
+        Credential::Session(_) => {
+            crate::console::permission_of_console(req.method(), req.uri().path())
+        }
+    };
     if !role.permits(need) {
         let least = OperatorRole::least_for(need);
         tracing::info!(operator = %name, role = %role, path = %req.uri().path(), "request beyond the operator's role refused");
@@ -240,6 +302,7 @@ async fn authorize_request(db: Arc<FleetDb>, mut req: Request, next: Next) -> Re
         operator: op.name,
         role,
         scope: HostScope(op.hosts),
+        credential,
     });
     next.run(req).await
 }

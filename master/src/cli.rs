@@ -177,6 +177,17 @@ pub enum Command {
     /// list, show, follow (resumes where it is), cancel.
     #[command(subcommand)]
     Job(JobCommand),
+    /// The master's event stream (through a context): host state, silent
+    /// hosts, certificates, jobs, audit entries, log lines. The backlog,
+    /// or with --follow everything from now on (resuming after a cut).
+    Events(crate::events_cmd::EventsArgs),
+    /// Webhooks for events that need a person (admin, through a context).
+    #[command(subcommand)]
+    Alert(crate::events_cmd::AlertCommand),
+    /// Open the web console: a one-time URL (single use, about a minute)
+    /// that signs a browser in as you (through a context), or as
+    /// --operator (on the master host).
+    Console(crate::events_cmd::ConsoleArgs),
 }
 
 /// `decnet job …` (through a context).
@@ -410,6 +421,13 @@ pub enum MasterCommand {
         /// Do not serve the fleet API.
         #[arg(long)]
         no_api: bool,
+        /// Web console port (TLS with the master's certificate; browsers
+        /// sign in with a one-time URL from `decnet console`).
+        #[arg(long, default_value_t = 8772)]
+        console_port: u16,
+        /// Do not serve the web console.
+        #[arg(long)]
+        no_console: bool,
         /// Log listener port (the listener runs here: a separate
         /// `decnet listener` on the same port is refused with a hint).
         #[arg(long, default_value_t = 6514)]
@@ -884,6 +902,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into(),
         )
         .into()),
+        Command::Events(_) | Command::Alert(_) => Err(UsageError(
+            "events and alerts live in the master daemon: use a context (decnet login, decnet context use NAME)"
+                .into(),
+        )
+        .into()),
+        Command::Console(a) => crate::events_cmd::console_local(&resolve(None), a).await,
         Command::Operator(c) => crate::operator_cmd::local(&resolve(None), c).await,
         Command::Ca(CaCommand::Init { ca, force, sans }) => {
             ca_init(&resolve(ca.ca_dir), force, &sans).await
@@ -1319,6 +1343,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             api_port,
             no_api,
+            console_port,
+            no_console,
             listener_port,
             no_listener,
             log_path,
@@ -1348,6 +1374,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = crate::daemon::MasterSettings {
                 api: std::net::SocketAddr::new(host, port),
                 fleet_api: (!no_api).then(|| std::net::SocketAddr::new(host, api_port)),
+                // The console speaks the fleet API's routes: none without it.
+                console: (!no_api && !no_console)
+                    .then(|| std::net::SocketAddr::new(host, console_port)),
                 listener: (!no_listener).then(|| crate::listener_cmd::ListenerSettings {
                     listen: std::net::SocketAddr::new(host, listener_port),
                     log_path: log_path.unwrap_or_else(|| home.home.join("logs/fleet.log")),

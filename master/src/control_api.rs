@@ -236,6 +236,9 @@ pub struct ControlState {
     pub renew: RenewPolicy,
     /// The fleet API's port, told to operators when they log in.
     pub fleet_api_port: Option<u16>,
+    /// Where heartbeats publish what they change (a host back from
+    /// silence, its deckies, forbidden connection attempts).
+    pub events: crate::events::Events,
 }
 
 /// How long a certificate's return to a source it left counts as two
@@ -261,6 +264,7 @@ impl ControlState {
             sources: SourceFlips::new(SOURCE_FLIP_WINDOW, MAX_TRACKED_SOURCES),
             renew,
             fleet_api_port: None,
+            events: crate::events::Events::new(),
         }
     }
 
@@ -608,6 +612,7 @@ async fn heartbeat(
             );
         }
     };
+    st.events.heartbeat(&peer.cn, &hb.deckies);
     crate::metrics::master_metrics().heartbeat(&peer.cn, decnet_fleet::unix_now(), skew);
     tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, skew_ms = ?skew, "heartbeat");
     let crl_number = st.announcer.announce(st.crl.number(), Instant::now());
@@ -707,14 +712,17 @@ async fn crl(
 }
 
 /// Mark hosts unreachable after `silence` without a heartbeat, every few seconds.
-pub async fn mark_silent_hosts(db: FleetDb, silence: Duration) {
+pub async fn mark_silent_hosts(db: FleetDb, silence: Duration, events: crate::events::Events) {
     let period = (silence / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
     loop {
         tokio::time::sleep(period).await;
         let cutoff = decnet_fleet::unix_now() - silence.as_secs() as i64;
         match db.mark_silent(cutoff, silence.as_secs() as i64).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(hosts = n, "hosts went silent; marked unreachable"),
+            Ok(hosts) if hosts.is_empty() => {}
+            Ok(hosts) => {
+                tracing::info!(hosts = hosts.len(), names = ?hosts, "hosts went silent; marked unreachable");
+                events.silent(&hosts, silence.as_secs() as i64);
+            }
             Err(e) => tracing::warn!(error = %e, "cannot mark silent hosts"),
         }
     }

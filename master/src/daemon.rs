@@ -26,6 +26,8 @@ pub struct MasterSettings {
     pub api: SocketAddr,
     /// The fleet API's address (operators; `None`: not served).
     pub fleet_api: Option<SocketAddr>,
+    /// The web console's address (`None`: not served).
+    pub console: Option<SocketAddr>,
     /// The log listener beside it (`None`: `--no-listener`).
     pub listener: Option<ListenerSettings>,
     /// Silence after which a host is marked unreachable.
@@ -46,6 +48,14 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Run the master daemons until SIGTERM/SIGINT.
 pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow::Result<()> {
     let layout = home.ca_layout();
+    // The event bus first: the listener, the jobs and every audit entry
+    // publish on it.
+    let events = crate::events::Events::new();
+    crate::events::install(&events);
+    {
+        let events = events.clone();
+        db.set_audit_tap(Box::new(move |e| events.audit(e)));
+    }
     let bundle = crate::fleet_ops::master_bundle(&layout)?;
     let ca = Arc::new(load_ca(&layout)?);
     let crl = Arc::new(CrlPublisher::new());
@@ -111,6 +121,29 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         }
         None => None,
     };
+    // The console: TLS with the master's certificate, no client
+    // certificate asked (browsers sign in with a session).
+    let console = match s.console {
+        Some(addr) => {
+            let server = Server::bind(
+                "console",
+                addr,
+                Transport::Tls {
+                    material: material.clone(),
+                    auth: ClientAuth::None,
+                },
+                ServerLimits::default(),
+            )
+            .await
+            .map_err(|e| UsageError(format!("--console-port: {e}")))?;
+            println!(
+                "decnet master console listening on https://{}",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     crate::metrics::master_metrics();
     s.metrics
         .start("decnet master", Some(&material))
@@ -126,7 +159,19 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     let silent = tokio::spawn(crate::control_api::mark_silent_hosts(
         db.clone(),
         s.unreachable_after,
+        events.clone(),
     ));
+    {
+        // Open event streams end with the daemon (or its servers would
+        // wait for them forever).
+        let (stop, closing) = (stop.clone(), events.bus.closing.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            closing.cancel();
+        });
+    }
+    let alerts = crate::alerts::Alerts::new(db.clone())?;
+    let deliverer = tokio::spawn(alerts.clone().run(events.bus.clone()));
     let pool = crate::fleet_ops::SharedPool::new(crate::fleet_ops::worker_pool(&layout)?);
     let upkeep = tokio::spawn(housekeeping(
         db.clone(),
@@ -136,17 +181,38 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         layout.clone(),
         pool.clone(),
         s.audit_retention,
+        events.clone(),
     ));
+    let api_state = Arc::new(crate::fleet_api::FleetApiState {
+        db: db.clone(),
+        ca: ca.clone(),
+        layout: layout.clone(),
+        home: home.clone(),
+        pool: pool.clone(),
+        events: events.clone(),
+        alerts: alerts.clone(),
+        console_port: console.as_ref().map(|c| c.local_addr().port()),
+    });
+    let console_task = console.map(|server| {
+        let app = HttpService::new(
+            crate::console::router(api_state.clone()),
+            crate::console::SessionPolicy,
+            HttpLimits {
+                request_timeout: std::time::Duration::from_secs(30 * 60),
+                ..HttpLimits::default()
+            },
+        );
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            server
+                .serve(app, async move { stop.cancelled().await })
+                .await
+        })
+    });
     let fleet_api_task = fleet_api.map(|server| {
         let port = server.local_addr().port();
         let app = HttpService::new(
-            crate::fleet_api::router(Arc::new(crate::fleet_api::FleetApiState {
-                db: db.clone(),
-                ca: ca.clone(),
-                layout: layout.clone(),
-                home: home.clone(),
-                pool: pool.clone(),
-            })),
+            crate::fleet_api::router(api_state.clone()),
             decnet_server::RoleSet(vec![decnet_pki::RoleKind::Operator]),
             // Operators' requests run fleet operations (a rollback waits
             // for a health probe, a release upload streams in): the handler
@@ -169,6 +235,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     let job_sweep = tokio::spawn(crate::jobs::sweep_stale_jobs(db.clone()));
     let mut control = ControlState::new(db.clone(), ca, crl, s.renew.clone());
     control.fleet_api_port = fleet_api_task.as_ref().map(|(port, _)| *port);
+    control.events = events.clone();
     let state = Arc::new(control);
     let refusal_flush = tokio::spawn(crate::control_api::flush_refusal_audits(state.clone()));
     let app = HttpService::new(
@@ -196,7 +263,11 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     if let Some((_, task)) = fleet_api_task {
         let _ = task.await;
     }
+    if let Some(task) = console_task {
+        let _ = task.await;
+    }
     job_sweep.abort();
+    deliverer.abort();
     silent.abort();
     upkeep.abort();
     refusal_flush.abort();
@@ -209,6 +280,46 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     }
     host_view.abort();
     result
+}
+
+/// A host certificate this close to its end, not yet renewed, is announced
+/// (`cert.expiring`): renewal is automatic, so one this near means a host
+/// that cannot renew.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(3 * 86_400);
+
+/// Publish `cert.expiring` for each current host certificate within
+/// [`EXPIRY_WARNING`] of its end (once per certificate per daemon run).
+async fn warn_expiring(
+    db: &FleetDb,
+    events: &crate::events::Events,
+    warned: &mut std::collections::HashSet<String>,
+) {
+    let (Ok(hosts), Ok(expiry)) = (db.hosts().await, db.current_certificate_expiry().await) else {
+        return;
+    };
+    let now = decnet_fleet::unix_now();
+    for h in hosts
+        .iter()
+        .filter(|h| h.status.as_str() != "decommissioned")
+    {
+        for (role, fp) in [
+            ("agent", &h.agent_fingerprint),
+            ("updater", &h.updater_fingerprint),
+        ] {
+            let Some(fp) = fp else { continue };
+            let Some(&not_after) = expiry.get(fp) else {
+                continue;
+            };
+            if not_after - now < EXPIRY_WARNING.as_secs() as i64 && warned.insert(fp.clone()) {
+                events.bus.publish(
+                    decnet_api::EventTopic::Cert,
+                    "cert.expiring",
+                    Some(&h.name),
+                    serde_json::json!({"role": role, "fingerprint": fp, "not_after": not_after}),
+                );
+            }
+        }
+    }
 }
 
 /// Retire replaced certificates whose grace is over, publish a new CRL when
@@ -225,7 +336,9 @@ async fn housekeeping(
     layout: decnet_pki::CaLayout,
     pool: crate::fleet_ops::SharedPool,
     audit_retention: Option<Duration>,
+    events: crate::events::Events,
 ) {
+    let mut warned_expiry = std::collections::HashSet::new();
     let master_dir = layout.master_dir();
     // The warm worker pool is built from the master bundle and the CRL
     // beside it: rebuilt when either changes, or the daemon would keep
@@ -264,6 +377,9 @@ async fn housekeeping(
                 Ok(n) => tracing::info!(jobs = n, "jobs past their retention deleted"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune old jobs"),
             }
+        }
+        if round % 600 == 5 {
+            warn_expiring(&db, &events, &mut warned_expiry).await;
         }
         match db.retire_due().await {
             Ok(r) if !r.is_empty() => {

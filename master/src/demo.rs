@@ -262,6 +262,7 @@ pub async fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let mut cmd = Command::new(&decnet_bin);
     cmd.args(["master", "serve", "--host", "127.0.0.1"])
         .args(["--port", &api_port.to_string(), "--api-port", "0"])
+        .args(["--console-port", "0"])
         .args(["--listener-port", &listener_port.to_string()])
         .arg("--log-path")
         .arg(logs.join("fleet.log"))

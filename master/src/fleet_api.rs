@@ -38,11 +38,36 @@ pub struct FleetApiState {
     /// handshaking afresh with every host (rebuilt by the daemon when its
     /// certificate or the revocation list changes).
     pub pool: crate::fleet_ops::SharedPool,
+    /// The event bus (`GET /v1/events`).
+    pub events: crate::events::Events,
+    /// The alert deliverer (rule changes, test deliveries).
+    pub alerts: crate::alerts::Alerts,
+    /// The console's port (login URLs point there; `None`: no console).
+    pub console_port: Option<u16>,
 }
 
-/// The `/v1` router, authorization included.
+/// The `/v1` router, authorization (by operator certificate) included.
 pub fn router(state: Arc<FleetApiState>) -> Router {
+    routes()
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.db.clone()),
+            crate::authz::authorize,
+        ))
+        .with_state(state)
+}
+
+/// The `/v1` routes without their authorization layer: the fleet API and
+/// the console put theirs in front (an operator certificate, a session).
+pub fn routes() -> Router<Arc<FleetApiState>> {
+    use crate::events_api as ev;
     Router::new()
+        .route("/v1/events", get(ev::events))
+        .route("/v1/alerts", get(ev::alerts).post(ev::alert_add))
+        .route("/v1/alerts/deliveries", get(ev::deliveries))
+        .route("/v1/alerts/{name}", axum::routing::delete(ev::alert_remove))
+        .route("/v1/alerts/{name}/test", post(ev::alert_test))
+        .route("/v1/console/login", post(ev::console_login))
         .route("/v1/whoami", get(whoami))
         .route("/v1/whoami/renew", post(renew_self))
         .route(
@@ -87,12 +112,6 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
         .route("/v1/operators/{name}/token", post(operator_token))
         .route("/v1/operators/{name}/role", put(operator_set_role))
         .route("/v1/operators/{name}/revoke", post(operator_revoke))
-        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(state.db.clone()),
-            crate::authz::authorize,
-        ))
-        .with_state(state)
 }
 
 /// A host as the API shows it: its record with its certificates' expiry.
@@ -302,6 +321,18 @@ struct AuditQuery {
     limit: i64,
     #[serde(default)]
     actor: Option<String>,
+    /// Actions starting with this (`swarm.`, `operator.add`).
+    #[serde(default)]
+    action: Option<String>,
+    /// The host (or operator) acted on.
+    #[serde(default)]
+    target: Option<String>,
+    /// Not before (unix seconds).
+    #[serde(default)]
+    since: Option<i64>,
+    /// Not after (unix seconds).
+    #[serde(default)]
+    until: Option<i64>,
 }
 
 fn default_limit() -> i64 {
@@ -313,10 +344,17 @@ async fn audit(
     Extension(g): Extension<Grant>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<api::AuditRecord>>, Response> {
-    let limit = q.limit.clamp(1, 10_000);
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     let entries = st
         .db
-        .audit_log_of(limit, q.actor.as_deref())
+        .audit_search(&decnet_fleet::AuditSearch {
+            limit: q.limit.clamp(1, 10_000),
+            actor: nonempty(q.actor),
+            action: nonempty(q.action),
+            target: nonempty(q.target).map(|t| t.to_ascii_lowercase()),
+            since: q.since,
+            until: q.until,
+        })
         .await
         .map_err(unavailable)?;
     Ok(Json(
@@ -772,23 +810,63 @@ async fn visible_job(
     Ok((j, hosts))
 }
 
+/// The newest `limit` jobs whose every host the grant sees.
+pub async fn visible_jobs(
+    st: &FleetApiState,
+    g: &Grant,
+    limit: i64,
+) -> Result<Vec<decnet_fleet::jobs::JobRecord>, Response> {
+    let mut out = Vec::new();
+    for j in st.db.jobs(limit).await.map_err(unavailable)? {
+        let hosts = st.db.job_hosts(&j.id).await.map_err(unavailable)?;
+        if hosts.iter().all(|h| g.sees(&h.host)) {
+            out.push(j);
+        }
+    }
+    Ok(out)
+}
+
+/// A job the grant sees, with its first progress lines (the console's
+/// job page).
+pub async fn job_with_lines(
+    st: &FleetApiState,
+    g: &Grant,
+    id: &str,
+) -> Result<(api::Job, Vec<api::JobEvent>), Response> {
+    let (j, hosts) = visible_job(st, g, id).await?;
+    let lines = st
+        .db
+        .job_events(id, 0, 5000)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|e| api::JobEvent {
+            seq: e.seq,
+            at: e.at,
+            line: e.line,
+        })
+        .collect();
+    Ok((job_view(&j, hosts), lines))
+}
+
 async fn jobs(
     State(st): State<Arc<FleetApiState>>,
     Extension(g): Extension<Grant>,
 ) -> Result<Json<Vec<api::Job>>, Response> {
-    let mut out = Vec::new();
-    for j in st.db.jobs(100).await.map_err(unavailable)? {
-        let hosts = st.db.job_hosts(&j.id).await.map_err(unavailable)?;
-        if hosts.iter().all(|h| g.sees(&h.host)) {
-            // The list is a summary: a job's request and result (which a
-            // hostile worker can make large) come with `GET /v1/jobs/{id}`.
-            let mut v = job_view(&j, Vec::new());
-            v.request = String::new();
-            v.result = None;
-            out.push(v);
-        }
-    }
-    Ok(Json(out))
+    Ok(Json(
+        visible_jobs(&st, &g, 100)
+            .await?
+            .iter()
+            .map(|j| {
+                // The list is a summary: a job's request and result (which a
+                // hostile worker can make large) come with `GET /v1/jobs/{id}`.
+                let mut v = job_view(j, Vec::new());
+                v.request = String::new();
+                v.result = None;
+                v
+            })
+            .collect(),
+    ))
 }
 
 async fn job(

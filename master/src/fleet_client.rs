@@ -137,6 +137,21 @@ impl FleetClient {
         })
     }
 
+    /// Send `req` and hand back its answer to read as it streams (an event
+    /// stream), or the API's refusal as the CLI reports it.
+    pub async fn open_stream(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        let resp = self.answered(req).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Err(self.refusal(status, &bytes))
+    }
+
     /// Send `req`; its JSON answer, or the API's refusal as the CLI reports it.
     pub async fn call<T: DeserializeOwned>(
         &self,

@@ -14,6 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use decnet_api::EventTopic;
 use decnet_fleet::jobs::{JobHost, JobRecord};
 use decnet_fleet::{FleetDb, HostRecord};
 use decnet_swarm_client::transport::WorkerPool;
@@ -155,9 +156,27 @@ where
                 }
             })
         };
+        let bus = crate::events::installed().map(|e| e.bus.clone());
+        if let Some(bus) = &bus {
+            bus.publish(
+                EventTopic::Job,
+                "job.started",
+                None,
+                serde_json::json!({ "job": id }),
+            );
+        }
         let emit = {
             let pending = pending.clone();
+            let (bus, id) = (bus.clone(), id.clone());
             Arc::new(move |line: String| {
+                if let Some(bus) = &bus {
+                    bus.publish(
+                        EventTopic::Job,
+                        "job.line",
+                        None,
+                        serde_json::json!({ "job": id, "line": line }),
+                    );
+                }
                 let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
                 p.taken += 1;
                 if p.taken < MAX_JOB_LINES {
@@ -182,6 +201,28 @@ where
             tracing::error!(job = %id, error = %e, "cannot record the job's end");
         }
         tracing::info!(job = %id, state = outcome.state, "job finished");
+        if let Some(bus) = &bus {
+            // Each host's outcome, for those who may see that host...
+            for h in &outcome.hosts {
+                bus.publish(
+                    EventTopic::Job,
+                    "job.host",
+                    Some(&h.host),
+                    serde_json::json!({ "job": id, "state": h.state, "detail": h.detail }),
+                );
+            }
+            // ...then the end (`job.done`, `job.failed`, `job.cancelled`).
+            bus.publish(
+                EventTopic::Job,
+                &format!("job.{}", outcome.state),
+                None,
+                serde_json::json!({
+                    "job": id,
+                    "state": outcome.state,
+                    "failed_hosts": outcome.hosts.iter().filter(|h| h.state != "ok").map(|h| h.host.as_str()).collect::<Vec<_>>(),
+                }),
+            );
+        }
         let _ = tx.send(outcome);
     };
     tokio::spawn(async move {

@@ -20,16 +20,25 @@
 //! * [`monitor_cmd`] — certificates of metrics scrapers;
 //! * [`metrics`] — the master's fleet series (heartbeats, ages, clock skew,
 //!   renewals, joins);
+//! * [`events`], [`events_api`] — the event bus (`GET /v1/events`) and
+//!   what follows it; [`alerts`] — signed webhooks of matching events;
+//! * [`console`] — the web console (sessions from one-time URLs, pages,
+//!   the same `/v1` routes);
 //! * [`cli`] — the `decnet` command line and its commands.
 
+pub mod alerts;
 pub mod authz;
 pub mod cli;
 pub mod clone_watch;
+pub mod console;
 pub mod context;
 pub mod control_api;
 pub mod daemon;
 pub mod demo;
 pub mod doctor;
+pub mod events;
+pub mod events_api;
+pub mod events_cmd;
 pub mod fleet_api;
 pub mod fleet_client;
 pub mod fleet_ops;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use decnet_fleet::FleetDb;
 use decnet_log_relay::budget::LogBudget;
 use decnet_log_relay::disk::DiskPolicy;
-use decnet_log_relay::listener::{self, ListenerOptions, LogSink, listener_limits};
+use decnet_log_relay::listener::{self, LineTap, ListenerOptions, LogSink, listener_limits};
 use decnet_pki::{ClientAuth, MaterialSource};
 use decnet_server::{Server, Transport};
 
@@ -196,7 +196,14 @@ pub async fn bind(
             }
             _ => UsageError(e.to_string()),
         })?;
-    let sink = LogSink::open(&s.log_path, &s.json_path, s.disk)
+    // Beside the master, the lines written are shown to those following
+    // them on the event bus.
+    let tap = match host {
+        ListenerHost::BesideTheMaster => crate::events::installed()
+            .map(|e| Arc::new(crate::events::LogTap(e.bus.clone())) as Arc<dyn LineTap>),
+        ListenerHost::OnItsOwn => None,
+    };
+    let sink = LogSink::open_tapped(&s.log_path, &s.json_path, s.disk, tap)
         .await
         .map_err(|e| UsageError(format!("cannot open the log files: {e}")))?;
     Ok(BoundListener {

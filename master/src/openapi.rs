@@ -337,6 +337,61 @@ pub const ROUTES: &[Route] = &[
         Empty,
         (200, Json("Operator")),
     ),
+    with_query(
+        route(
+            "GET",
+            "/v1/events",
+            "The event stream (server-sent events, each `data` an Event; resumable with Last-Event-ID; `follow=false`: the backlog, then the end)",
+            Empty,
+            (200, Bytes("text/event-stream")),
+        ),
+        &["topic", "host", "follow", "after", "limit"],
+    ),
+    route(
+        "GET",
+        "/v1/alerts",
+        "The alerts (their webhooks and delivery counts)",
+        Empty,
+        (200, ArrayOf("AlertRule")),
+    ),
+    route(
+        "POST",
+        "/v1/alerts",
+        "Add an alert; the answer carries its signing secret, once",
+        Json("NewAlertRule"),
+        (201, Json("AlertCreated")),
+    ),
+    with_query(
+        route(
+            "GET",
+            "/v1/alerts/deliveries",
+            "The alert history: what became of each delivery, newest first",
+            Empty,
+            (200, ArrayOf("AlertDelivery")),
+        ),
+        &["alert", "limit"],
+    ),
+    route(
+        "DELETE",
+        "/v1/alerts/{name}",
+        "Remove an alert (its history stays)",
+        Empty,
+        (200, Document("{\"removed\": name}")),
+    ),
+    route(
+        "POST",
+        "/v1/alerts/{name}/test",
+        "Send a test event to an alert's webhook now",
+        Empty,
+        (200, Json("AlertTestResult")),
+    ),
+    route(
+        "POST",
+        "/v1/console/login",
+        "A one-time URL (single use, about a minute) that opens a console session as the caller",
+        Empty,
+        (200, Json("ConsoleLogin")),
+    ),
 ];
 
 /// `path` with each `{param}` filled in with `value` (what the router and
@@ -506,6 +561,14 @@ pub fn document() -> OpenApi {
         .schema_from::<DeckyState>()
         .schema_from::<EvidenceList>()
         .schema_from::<EvidenceArchive>()
+        .schema_from::<Event>()
+        .schema_from::<EventTopic>()
+        .schema_from::<AlertRule>()
+        .schema_from::<NewAlertRule>()
+        .schema_from::<AlertCreated>()
+        .schema_from::<AlertDelivery>()
+        .schema_from::<AlertTestResult>()
+        .schema_from::<ConsoleLogin>()
         .security_scheme(
             "operator_certificate",
             SecurityScheme::MutualTls {

@@ -345,6 +345,9 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
         ))
         .into()),
         Command::Job(c) => crate::job_cmd::run(&client, c).await,
+        Command::Events(a) => crate::events_cmd::events(&client, a).await,
+        Command::Alert(c) => crate::events_cmd::alert(&client, c).await,
+        Command::Console(a) => crate::events_cmd::console(&client, a).await,
         Command::Operator(c) => crate::operator_cmd::remote(&client, c).await,
         other => Err(UsageError(format!(
             "`decnet {}` uses the CA's key, which never leaves the master host: run it there as the master's service user (with --context local, or no context in use); context {} is in use here",

@@ -24,6 +24,7 @@ pub struct TlsMaterial {
     crl: Option<RevocationList>,
     server_required: Arc<ServerConfig>,
     server_optional: Arc<ServerConfig>,
+    server_none: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -41,11 +42,13 @@ impl TlsMaterial {
     pub fn new(bundle: Bundle, crl: Option<RevocationList>) -> Result<Self, TlsError> {
         let server_required = tls::server_config(&bundle, crl.as_ref(), ClientAuth::Required)?;
         let server_optional = tls::server_config(&bundle, crl.as_ref(), ClientAuth::Optional)?;
+        let server_none = tls::server_config(&bundle, crl.as_ref(), ClientAuth::None)?;
         Ok(TlsMaterial {
             bundle,
             crl,
             server_required,
             server_optional,
+            server_none,
         })
     }
 
@@ -64,6 +67,7 @@ impl TlsMaterial {
         match auth {
             ClientAuth::Required => self.server_required.clone(),
             ClientAuth::Optional => self.server_optional.clone(),
+            ClientAuth::None => self.server_none.clone(),
         }
     }
 

@@ -101,6 +101,10 @@ pub enum ClientAuth {
     /// master's control API, whose `/join` routes admit workers that have no
     /// certificate yet.
     Optional,
+    /// No client certificate is asked for: only the master's web console,
+    /// whose browsers prove who they are with a session instead (a
+    /// certificate request would make them prompt for one).
+    None,
 }
 
 /// Server side: present `bundle`'s leaf; verify client certificates against
@@ -122,12 +126,18 @@ pub fn server_config(
     if auth == ClientAuth::Optional {
         builder = builder.allow_unauthenticated();
     }
-    let verifier = builder.build()?;
     let resolver = rustls::sign::SingleCertAndKey::from(certified_key(bundle)?);
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(resolver));
+    let versions =
+        ServerConfig::builder_with_provider(provider).with_protocol_versions(PROTOCOL_VERSIONS)?;
+    let config = if auth == ClientAuth::None {
+        versions
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver))
+    } else {
+        versions
+            .with_client_cert_verifier(builder.build()?)
+            .with_cert_resolver(Arc::new(resolver))
+    };
     Ok(Arc::new(config))
 }
 

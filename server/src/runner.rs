@@ -400,7 +400,7 @@ async fn connection<H: ConnectionHandler>(
                         return;
                     }
                 },
-                None if auth == ClientAuth::Optional => None,
+                None if auth != ClientAuth::Required => None,
                 None => {
                     refusals.handshake_failed("no_certificate", remote, None);
                     return;

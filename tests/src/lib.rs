@@ -199,6 +199,8 @@ impl MasterHome {
             "0",
             "--api-port",
             "0",
+            "--console-port",
+            "0",
         ])
         .args(extra)
         .env("DECNET_HOME", self.home())

@@ -126,6 +126,8 @@ fn master_and_listener_log_refused_handshakes_by_default() {
                     "0",
                     "--api-port",
                     "0",
+                    "--console-port",
+                    "0",
                     "--no-listener",
                 ],
                 "master",
