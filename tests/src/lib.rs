@@ -362,6 +362,8 @@ pub struct Daemon {
     pub addr: SocketAddr,
     /// Its stderr log file.
     pub log: PathBuf,
+    /// What it printed on stdout so far (`start` only).
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -374,10 +376,13 @@ impl Daemon {
         let mut child = cmd.spawn().expect("spawn daemon");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = printed.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
             while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                keep.lock().unwrap().push(line.trim().to_string());
                 if let Some(addr) = line
                     .trim()
                     .rsplit("listening on ")
@@ -390,7 +395,12 @@ impl Daemon {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => Daemon { child, addr, log },
+            Ok(addr) => Daemon {
+                child,
+                addr,
+                log,
+                stdout: printed,
+            },
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -413,7 +423,23 @@ impl Daemon {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
+            stdout: Default::default(),
         }
+    }
+
+    /// The address of the line it printed containing `what` (`master
+    /// serve` announces each listener: `console listening on https://…`),
+    /// waiting up to 30 s for it.
+    pub fn announced(&self, what: &str) -> SocketAddr {
+        wait_for(Duration::from_secs(30), || {
+            self.stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(what))
+                .and_then(|l| l.rsplit(['/', ' ']).next()?.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("the daemon never printed {what:?}"))
     }
 
     /// The daemon's port.
@@ -1075,6 +1101,7 @@ impl UpdaterFixture {
                     child,
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
                     log,
+                    stdout: Default::default(),
                 };
                 return Ok(());
             }
