@@ -1416,3 +1416,120 @@ pub mod procstat {
             .and_then(|v| v.parse().ok())
     }
 }
+
+/// An operator's machine: a config dir of its own, nothing of the
+/// master's; logged in to a `master serve` with `decnet login`.
+pub struct Operator {
+    /// Its config dir and `$HOME`.
+    pub dir: tempfile::TempDir,
+}
+
+impl Operator {
+    /// Add operator `name` on the master host and log in as it.
+    pub fn login(
+        m: &MasterHome,
+        master: &Daemon,
+        name: &str,
+        role: &str,
+        hosts: &[&str],
+    ) -> Operator {
+        let mut args = vec!["operator", "add", name, "--role", role, "--json"];
+        for h in hosts {
+            args.extend(["--hosts", h]);
+        }
+        let added: serde_json::Value = serde_json::from_str(&m.ok(&args)).unwrap();
+        let op = Operator {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        op.ok(&[
+            "login",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            added["token"].as_str().unwrap(),
+        ]);
+        op
+    }
+
+    /// `decnet ARGS` on this machine.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("decnet"));
+        cmd.args(args)
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("HOME", self.dir.path())
+            .env("DECNET_HOME", self.dir.path().join("no-decnet-home"))
+            .env_remove("DECNET_CONTEXT")
+            .env_remove("DECNET_DATABASE_URL")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Run `decnet ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Run `decnet ARGS`, which must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "decnet {args:?} failed ({:?}):\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The (only) context's directory.
+    pub fn context_dir(&self) -> PathBuf {
+        let contexts = self.dir.path().join("config/decnet/contexts");
+        std::fs::read_dir(&contexts)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path()
+    }
+
+    /// `decnet events ARGS` running in the background, its stdout in a file.
+    pub fn follow(&self, args: &[&str], out: &Path) -> Following {
+        let mut full = vec!["events"];
+        full.extend(args);
+        let child = self
+            .command(&full)
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
+            .spawn()
+            .unwrap();
+        Following {
+            child,
+            out: out.to_path_buf(),
+        }
+    }
+}
+
+/// A `decnet events --follow` process; killed on drop.
+pub struct Following {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Following {
+    /// The events printed so far (`--json`).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
