@@ -23,6 +23,9 @@ command -v runuser >/dev/null || need+=(util-linux)    # the throw-away PostgreS
 command -v jq >/dev/null || need+=(jq)                 # packaging/prometheus/decnet-targets
 command -v systemd-analyze >/dev/null || need+=(systemd)  # unit syntax check (packaging test)
 command -v dpkg-deb >/dev/null || need+=(dpkg)        # packaging/deb/build-debs.sh (the packaging test)
+# The console's browser test: headless Chromium driven over WebDriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 # The compose driver's tests (and LAN deckies) drive a real engine through
 # Docker Compose where an engine runs: make sure compose is there too.
 if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 \

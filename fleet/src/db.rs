@@ -838,7 +838,7 @@ impl FleetDb {
         }
         tx.commit().await?;
         if let Some(tap) = self.audit_tap.get() {
-            entries.iter().for_each(|e| tap(e));
+            entries.iter().for_each(tap);
         }
         Ok(())
     }

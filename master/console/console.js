@@ -59,6 +59,7 @@
   // Last-Event-ID; a "gap" means events were missed: reload what is shown.
   function follow(query, onEvent) {
     const live = $("#live");
+    if (live) live.hidden = false;
     const es = new EventSource("/v1/events?" + query);
     es.onopen = () => { if (live) { live.textContent = "live"; live.className = "live on"; } };
     es.onerror = () => { if (live) { live.textContent = "reconnecting"; live.className = "live"; } };
@@ -247,6 +248,7 @@
     const lines = $("#lines");
     let after = Number(lines.dataset.after || 0);
     let st = state.dataset.state;
+    $("#live").hidden = false;
     $("#live").textContent = st === "running" ? "live" : "ended";
     $("#live").className = "live on";
     while (st === "running") {

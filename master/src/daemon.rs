@@ -173,16 +173,16 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
     let alerts = crate::alerts::Alerts::new(db.clone())?;
     let deliverer = tokio::spawn(alerts.clone().run(events.bus.clone()));
     let pool = crate::fleet_ops::SharedPool::new(crate::fleet_ops::worker_pool(&layout)?);
-    let upkeep = tokio::spawn(housekeeping(
-        db.clone(),
-        ca.clone(),
-        crl.clone(),
-        material.clone(),
-        layout.clone(),
-        pool.clone(),
-        s.audit_retention,
-        events.clone(),
-    ));
+    let upkeep = tokio::spawn(housekeeping(Upkeep {
+        db: db.clone(),
+        ca: ca.clone(),
+        crl: crl.clone(),
+        material: material.clone(),
+        layout: layout.clone(),
+        pool: pool.clone(),
+        audit_retention: s.audit_retention,
+        events: events.clone(),
+    }));
     let api_state = Arc::new(crate::fleet_api::FleetApiState {
         db: db.clone(),
         ca: ca.clone(),
@@ -328,7 +328,8 @@ async fn warn_expiring(
 /// How long an ended job (its hosts and progress lines) is kept.
 pub const JOB_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
-async fn housekeeping(
+/// What housekeeping keeps honest.
+struct Upkeep {
     db: FleetDb,
     ca: Arc<decnet_pki::CertificateAuthority>,
     crl: Arc<CrlPublisher>,
@@ -337,7 +338,19 @@ async fn housekeeping(
     pool: crate::fleet_ops::SharedPool,
     audit_retention: Option<Duration>,
     events: crate::events::Events,
-) {
+}
+
+async fn housekeeping(u: Upkeep) {
+    let Upkeep {
+        db,
+        ca,
+        crl,
+        material,
+        layout,
+        pool,
+        audit_retention,
+        events,
+    } = u;
     let mut warned_expiry = std::collections::HashSet::new();
     let master_dir = layout.master_dir();
     // The warm worker pool is built from the master bundle and the CRL

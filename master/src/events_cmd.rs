@@ -484,7 +484,7 @@ pub async fn console_local(home: &MasterHome, a: ConsoleArgs) -> anyhow::Result<
     };
     let db = crate::usage::open_db(home).await?;
     let op = db.operator(&name).await?;
-    if !op.is_some_and(|o| o.revoked_at.is_none()) {
+    if op.is_none_or(|o| o.revoked_at.is_some()) {
         return Err(UsageError(format!(
             "no active operator {name} (see decnet operator list)"
         ))
