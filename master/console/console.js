@@ -175,8 +175,80 @@
     if (s && st) { s.textContent = st; s.className = "badge s-" + st; }
   }
 
+  // The host's release slots, as its updater reports them.
+  async function loadReleases(name) {
+    const box = $("#releases");
+    if (!box) return;
+    let v;
+    try {
+      v = await fetch("/v1/hosts/" + encodeURIComponent(name) + "/releases", { credentials: "same-origin" }).then((r) => r.json());
+    } catch (e) { box.textContent = "releases unavailable: " + e.message; return; }
+    box.textContent = "";
+    if (!Array.isArray(v.releases) || v.error) {
+      box.appendChild(el("p", { class: "muted" }, "releases unavailable: " + (v.error || v.detail || "no updater")));
+      return;
+    }
+    const t = el("table", { class: "grid", id: "release-slots" });
+    const head = el("tr");
+    for (const h of ["", "Slot", "Release", "SHA-256", "Installed"]) head.appendChild(el("th", { scope: "col" }, h));
+    t.appendChild(el("thead")).appendChild(head);
+    const body = t.appendChild(el("tbody"));
+    v.releases.forEach((r, i) => {
+      const tr = el("tr", { "data-sha256": r.sha256 || "" });
+      for (const c of [i === 0 ? "active" : "previous", r.slot, r.sha, (r.sha256 || "").slice(0, 16),
+        r.installed_at ? fmt(r.installed_at * 1000) : ""]) tr.appendChild(el("td", {}, c == null ? "" : String(c)));
+      body.appendChild(tr);
+    });
+    box.appendChild(t);
+  }
+
+  // Releases pushed by recent rollouts (their jobs hold the signed
+  // manifests; the master keeps their tarballs a day): one may be pushed
+  // to this host again, through the same POST /v1/update as the CLI.
+  async function offerUpdates(name) {
+    const form = $("#update");
+    if (!form) return;
+    const select = $("#release");
+    let jobs = [];
+    try { jobs = await fetch("/v1/jobs", { credentials: "same-origin" }).then((r) => r.json()); } catch (_) { return; }
+    const seen = new Set();
+    const requests = [];
+    for (const j of jobs.filter((j) => j.kind === "update").slice(0, 10)) {
+      try {
+        const full = await fetch("/v1/jobs/" + encodeURIComponent(j.id), { credentials: "same-origin" }).then((r) => r.json());
+        const req = JSON.parse(full.request);
+        if (!req.sha256 || !req.manifests_json || seen.has(req.sha256)) continue;
+        seen.add(req.sha256);
+        requests.push(req);
+        const label = (req.version || req.label || "release") + " · " + req.sha256.slice(0, 12) + " · " + fmt(j.created_at * 1000);
+        select.appendChild(el("option", { value: String(requests.length - 1) }, label));
+      } catch (_) { /* a job without a readable request */ }
+    }
+    if (!requests.length) return;
+    form.hidden = false;
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const was = requests[Number(select.value)];
+      const plan = was.plan || {};
+      const req = {
+        sha256: was.sha256, label: was.label || "", version: was.version || "",
+        manifests_json: was.manifests_json, hosts: [name], all: false, max_parallel: 1, canary: 0,
+        include_self: !!plan.include_self, continue_on_error: false,
+        // Pushing an earlier rollout's release again is meant, older or not.
+        allow_downgrade: true,
+      };
+      if (!confirm("Push release " + req.sha256.slice(0, 12) + " to " + name + "? Its agent restarts; a release that fails its probe is reverted.")) return;
+      try {
+        const job = await api("POST", "/v1/update", req);
+        toast("update started: job " + job.id);
+      } catch (e) { toast("update refused: " + e.message, true); }
+    });
+  }
+
   function hostPage() {
     const name = $("#host").dataset.host;
+    loadReleases(name);
+    offerUpdates(name);
     const tail = $("#tail");
     const statusOf = { "host.silent": "unreachable", "host.back": "active", "host.suspect": "suspect",
       "host.burned": "burned", "host.decommissioned": "decommissioned" };
@@ -198,7 +270,11 @@
       if (e.kind === "host.deckies" && Array.isArray(e.data.deckies)) renderDeckies(e.data.deckies);
       if (statusOf[e.kind]) setStatus(statusOf[e.kind]);
       if (e.kind === "decky.forbidden") toast("decky " + e.data.decky + " tried " + e.data.new + " forbidden connection(s)", true);
-      if (e.kind === "job.host") { toast("job " + e.data.job + ": " + e.data.state + " — " + e.data.detail, e.data.state !== "ok"); reloadHost(name); }
+      if (e.kind === "job.host") {
+        toast("job " + e.data.job + ": " + e.data.state + " — " + e.data.detail, e.data.state !== "ok");
+        reloadHost(name);
+        loadReleases(name);
+      }
     });
     document.addEventListener("click", async (ev) => {
       const b = ev.target.closest("button[data-action]");

@@ -132,7 +132,14 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
                     material: material.clone(),
                     auth: ClientAuth::None,
                 },
-                ServerLimits::default(),
+                // Every browser is anonymous to the runner (its session is
+                // checked per request): room for a team behind one address,
+                // each browser holding a few connections and a stream.
+                ServerLimits {
+                    max_anonymous: 4096,
+                    max_anonymous_per_source: 256,
+                    ..ServerLimits::default()
+                },
             )
             .await
             .map_err(|e| UsageError(format!("--console-port: {e}")))?;

@@ -1565,8 +1565,12 @@ async fn update(
         version: req.version.clone(),
         files: Vec::new(),
     };
+    // The signed manifests are kept with the job: the console pushes a
+    // recent rollout's release again from them (the signing key stays on
+    // the operator's machine).
     let request = serde_json::to_string(&serde_json::json!({
         "sha256": req.sha256, "label": req.label, "version": req.version, "plan": plan,
+        "manifests_json": req.manifests_json,
     }))
     .map_err(unavailable)?;
     use decnet_fleet::jobs::JobStart;

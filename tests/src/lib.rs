@@ -1533,3 +1533,46 @@ impl Drop for Following {
         let _ = self.child.wait();
     }
 }
+
+/// `hosts` agent identities for a benchmark: certificates signed by the
+/// master's CA (`sim-00000`, …; one shared key pair, to keep the load
+/// generator light: the master checks certificates, not keys'
+/// uniqueness), each recorded in the fleet database as an enrolled host.
+pub fn issue_agent_identities(
+    m: &MasterHome,
+    rt: &tokio::runtime::Runtime,
+    hosts: usize,
+) -> Vec<(String, decnet_pki::Bundle)> {
+    use decnet_fleet::{CertRecord, CertRole, FleetDb, HostRecord};
+    use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, Role};
+    let layout = decnet_pki::CaLayout::new(m.home().join("ca"));
+    let ca = decnet_pki::CertificateAuthority::load(&layout).expect("CA");
+    let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("bench").expect("key");
+    let url = m
+        .database_url
+        .clone()
+        .unwrap_or_else(|| decnet_fleet::default_url(&m.home()));
+    rt.block_on(async {
+        let db = FleetDb::connect(&url).await.expect("fleet database");
+        let mut out = Vec::with_capacity(hosts);
+        for i in 0..hosts {
+            let name = format!("sim-{i:05}");
+            let role = Role::Agent(HostName::new(&name).expect("name"));
+            let mut leaf = ca
+                .sign_csr(&LeafSpec::for_role(&role, &["127.0.0.1".into()]), &csr_pem)
+                .expect("sign");
+            leaf.key_pem = key_pem.clone();
+            let mut host = HostRecord::new(&name, "127.0.0.1", 9, 9);
+            host.agent_fingerprint = Some(leaf.fingerprint.to_hex());
+            db.record_enrollment(&host, &[CertRecord::of_leaf(&leaf, &name, CertRole::Agent)])
+                .await
+                .expect("record");
+            out.push((
+                name,
+                Bundle::from_issued(BundleKind::Agent, &leaf, ca.cert_pem()).expect("bundle"),
+            ));
+        }
+        db.close().await;
+        out
+    })
+}

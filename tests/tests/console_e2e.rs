@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use decnet_e2e::{Agent, MasterHome, Operator, free_port, skip, wait_for};
+use decnet_e2e::{
+    Agent, MasterHome, Operator, UpdaterFixture, free_port, good_release, skip, wait_for,
+};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 /// `chromedriver` on a free loopback port; killed on drop.
@@ -186,7 +188,16 @@ fn the_console_in_a_real_browser() {
     let listener = master.announced("decnet listener listening on");
     let api = master.addr.to_string();
     let beat = ["--master", api.as_str(), "--heartbeat-interval", "1"];
-    let w1 = Agent::start(&m, "w1", &m.dir.path().join("w1-state"), &beat);
+    // w1 runs under its updater (releases can be pushed to it).
+    let w1 = UpdaterFixture::start_with(
+        &m,
+        "w1",
+        &[],
+        &[
+            &format!("--agent-arg=--master={api}"),
+            "--agent-arg=--heartbeat-interval=1",
+        ],
+    );
     let _w2 = Agent::start(&m, "w2", &m.dir.path().join("w2-state"), &beat);
     let admin = Operator::login(&m, &master, "root", "admin", &[]);
     let dee = Operator::login(&m, &master, "dee", "deployer", &[]);
@@ -201,6 +212,27 @@ fn the_console_in_a_real_browser() {
         &worker_log,
         &m.dir.path().join("w1-fwd"),
     );
+    // Two rollouts through the deployer's context (w1's agent starts with
+    // the first): their jobs hold what the console can push again.
+    let rel = m.dir.path().join("rel");
+    let mut pushed = Vec::new();
+    for v in ["a", "b"] {
+        let dir = good_release(&rel.join(v), false);
+        std::fs::write(dir.join("VERSION"), v).unwrap();
+        let out = dee.ok(&[
+            "swarm",
+            "update",
+            "--release",
+            dir.to_str().unwrap(),
+            "--host",
+            "w1",
+        ]);
+        assert!(out.contains("UPDATED"), "{out}");
+        let slots: serde_json::Value =
+            serde_json::from_str(&dee.ok(&["swarm", "releases", "w1", "--json"])).unwrap();
+        pushed.push(slots["releases"][0]["sha256"].as_str().unwrap().to_string());
+    }
+    assert_ne!(pushed[0], pushed[1]);
     wait_for(Duration::from_secs(20), || {
         let list: serde_json::Value =
             serde_json::from_str(&admin.ok(&["swarm", "list", "--json"])).unwrap();
@@ -210,7 +242,13 @@ fn the_console_in_a_real_browser() {
             .all(|h| h["status"] == "active")
             .then_some(())
     })
-    .expect("both hosts heartbeat");
+    .unwrap_or_else(|| {
+        panic!(
+            "both hosts heartbeat: {}\nw1's updater:\n{}",
+            admin.ok(&["swarm", "list"]),
+            w1.daemon.log_text()
+        )
+    });
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -293,7 +331,6 @@ fn the_console_in_a_real_browser() {
         .await;
         let tail = text_of(&b, "#tail li").await;
         assert!(tail.starts_with("w1 "), "credited to w1's CN: {tail}");
-        shot(&b, "host").await;
 
         // No CSRF token: refused, whatever the role.
         let (status, body) = post_from_page(&b, "/v1/hosts/w1/teardown", false).await;
@@ -302,6 +339,65 @@ fn the_console_in_a_real_browser() {
         // With it, the deployer's teardown goes through (the same /v1 route).
         let (status, body) = post_from_page(&b, "/v1/hosts/w2/teardown", true).await;
         assert_eq!(status, 200, "{body}");
+
+        // Push release a to w1 again from its page: the slots follow, no reload.
+        b.goto(&format!("{}/hosts/w1", origin(&url))).await.unwrap();
+        let active = pushed[1].clone();
+        until(&b, "w1's release slots", 30, move |c| {
+            let active = active.clone();
+            async move {
+                c.find(Locator::Css("#release-slots tbody tr"))
+                    .await
+                    .ok()
+                    .is_some()
+                    && text_or_empty(&c, "#release-slots").await.contains(&active[..16])
+            }
+        })
+        .await;
+        until(&b, "the update form", 20, |c| async move {
+            c.find(Locator::Css("#update:not([hidden]) option")).await.is_ok()
+        })
+        .await;
+        b.execute(
+            r#"const sel = document.getElementById('release');
+               for (const o of sel.options) if (o.textContent.includes(arguments[0])) sel.value = o.value;"#,
+            vec![pushed[0][..12].into()],
+        )
+        .await
+        .unwrap();
+        b.execute("window.__noReload = 2;", vec![]).await.unwrap();
+        b.find(Locator::Css("#update button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.accept_alert().await.expect("the update asks for confirmation");
+        let wanted = pushed[0].clone();
+        until(&b, "release a active again on w1", 90, move |c| {
+            let wanted = wanted.clone();
+            async move {
+                c.find(Locator::Css("#release-slots tbody tr"))
+                    .await
+                    .ok()
+                    .map(|_| ())
+                    .is_some()
+                    && match c
+                        .execute(
+                            "const r = document.querySelector('#release-slots tbody tr'); return r ? r.dataset.sha256 : '';",
+                            vec![],
+                        )
+                        .await
+                    {
+                        Ok(v) => v.as_str() == Some(wanted.as_str()),
+                        Err(_) => false,
+                    }
+            }
+        })
+        .await;
+        let kept = b.execute("return window.__noReload;", vec![]).await.unwrap();
+        assert_eq!(kept, serde_json::json!(2), "the page was reloaded");
+        shot(&b, "host").await;
 
         // A viewer: no action anywhere, and a forged POST is refused.
         let v = browser(&driver, "vic").await;
@@ -315,6 +411,7 @@ fn the_console_in_a_real_browser() {
         v.find(Locator::Css("#deckies")).await.unwrap();
         assert!(v.find(Locator::Css("button[data-action]")).await.is_err());
         assert!(v.find(Locator::Css("#deploy")).await.is_err());
+        assert!(v.find(Locator::Css("#update")).await.is_err());
         let (status, body) = post_from_page(&v, "/v1/hosts/w1/teardown", true).await;
         assert_eq!(status, 403, "{body}");
         assert!(body.contains("deployer"), "{body}");
@@ -325,8 +422,25 @@ fn the_console_in_a_real_browser() {
         assert!(st.contains("\"web\""), "{st}");
 
         // The admin's pages.
+        // The admin's URL made on the master host, without a context.
+        let console = master.announced("console listening on");
+        let local = m.ok(&[
+            "console",
+            "--operator",
+            "root",
+            "--print-url",
+            "--url-host",
+            "127.0.0.1",
+            "--console-port",
+            &console.port().to_string(),
+        ]);
+        assert_eq!(
+            origin(local.trim()),
+            origin(&url),
+            "the local URL names the console"
+        );
         let a = browser(&driver, "root").await;
-        a.goto(&login_url(&admin)).await.unwrap();
+        a.goto(local.trim()).await.unwrap();
         a.wait()
             .at_most(Duration::from_secs(15))
             .for_element(Locator::Css("#fleet"))

@@ -24,8 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use decnet_e2e::{MasterHome, procstat};
-use decnet_fleet::{CertRecord, CertRole, FleetDb, HostRecord};
-use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, MaterialSource, Role};
+use decnet_pki::MaterialSource;
 use decnet_swarm_client::master_link::MasterLink;
 
 fn arg(i: usize, default: u64) -> u64 {
@@ -48,36 +47,7 @@ fn main() {
 
     // Identities: one key, HOSTS certificates, recorded as enrolled hosts.
     let started = Instant::now();
-    let layout = decnet_pki::CaLayout::new(m.home().join("ca"));
-    let ca = decnet_pki::CertificateAuthority::load(&layout).expect("CA");
-    let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("bench").expect("key");
-    let url = m
-        .database_url
-        .clone()
-        .unwrap_or_else(|| decnet_fleet::default_url(&m.home()));
-    let bundles: Vec<(String, Bundle)> = rt.block_on(async {
-        let db = FleetDb::connect(&url).await.expect("fleet database");
-        let mut out = Vec::with_capacity(hosts);
-        for i in 0..hosts {
-            let name = format!("sim-{i:05}");
-            let role = Role::Agent(HostName::new(&name).expect("name"));
-            let mut leaf = ca
-                .sign_csr(&LeafSpec::for_role(&role, &["127.0.0.1".into()]), &csr_pem)
-                .expect("sign");
-            leaf.key_pem = key_pem.clone();
-            let mut host = HostRecord::new(&name, "127.0.0.1", 9, 9);
-            host.agent_fingerprint = Some(leaf.fingerprint.to_hex());
-            db.record_enrollment(&host, &[CertRecord::of_leaf(&leaf, &name, CertRole::Agent)])
-                .await
-                .expect("record");
-            out.push((
-                name,
-                Bundle::from_issued(BundleKind::Agent, &leaf, ca.cert_pem()).expect("bundle"),
-            ));
-        }
-        db.close().await;
-        out
-    });
+    let bundles = decnet_e2e::issue_agent_identities(&m, &rt, hosts);
     eprintln!(
         "{hosts} identities issued and enrolled in {:.1}s",
         started.elapsed().as_secs_f64()
