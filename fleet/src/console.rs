@@ -34,7 +34,7 @@ pub struct ConsoleSession {
 }
 
 /// An alert as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AlertRecord {
     /// Its name.
     pub name: String,
@@ -54,6 +54,17 @@ pub struct AlertRecord {
     pub delivered: i64,
     /// Deliveries that gave up.
     pub failed: i64,
+}
+
+impl std::fmt::Debug for AlertRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("AlertRecord")
+            .field("name", &self.name)
+            .field("topics", &self.topics)
+            .field("kinds", &self.kinds)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One delivery's outcome.
@@ -122,6 +133,20 @@ impl FleetDb {
         .execute(self.pool())
         .await?;
         Ok(expires)
+    }
+
+    /// The operator a ticket would sign in, while it is unused and
+    /// unexpired (a read: nothing is taken or locked).
+    pub async fn console_ticket_operator(&self, ticket: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query(
+            "SELECT operator FROM console_tickets WHERE hash = $1 AND used_at IS NULL AND expires_at >= $2",
+        )
+        .bind(secret_hash(ticket))
+        .bind(unix_now())
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| r.try_get::<String, _>(0).map_err(DbError::from))
+            .transpose()
     }
 
     /// Use a ticket (once, before it expires) and open a session with it:

@@ -424,6 +424,19 @@ pub async fn join_operator(
         "superseded by a new login",
     )
     .await?;
+    // A new login is how a stolen certificate is recovered from: the
+    // console sessions opened with the old one end with it.
+    let operator_name = cn.trim_start_matches("operator@");
+    for q in [
+        "DELETE FROM console_sessions WHERE operator = $1",
+        "DELETE FROM console_tickets WHERE operator = $1",
+    ] {
+        sqlx::query(q)
+            .bind(operator_name)
+            .execute(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+    }
     insert_certificate(
         &mut tx,
         &CertRecord::of_leaf(&leaf, &cn, CertRole::Operator),

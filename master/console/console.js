@@ -269,7 +269,10 @@
       }
       if (e.kind === "host.deckies" && Array.isArray(e.data.deckies)) renderDeckies(e.data.deckies);
       if (statusOf[e.kind]) setStatus(statusOf[e.kind]);
-      if (e.kind === "decky.forbidden") toast("decky " + e.data.decky + " tried " + e.data.new + " forbidden connection(s)", true);
+      if (e.kind === "decky.forbidden") {
+        const who = (e.data.deckies || []).map((d) => d.decky).join(", ");
+        toast(e.data.new + " forbidden connection attempt(s) from " + who, true);
+      }
       if (e.kind === "job.host") {
         toast("job " + e.data.job + ": " + e.data.state + " — " + e.data.detail, e.data.state !== "ok");
         reloadHost(name);

@@ -10,6 +10,8 @@
 //! costs at most [`MAX_IN_FLIGHT`] deliveries retrying at a time; events
 //! beyond the queue are dropped and counted, never held without bound.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,14 +24,55 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{Notify, Semaphore, broadcast};
 
-use crate::events::EventBus;
+use crate::events::{EventBus, Published};
 
 /// How often the rules are reread (another master's changes).
 pub const RULES_RELOAD: Duration = Duration::from_secs(5);
-/// Deliveries waiting for a slot; beyond it new ones are dropped (counted).
+/// Deliveries waiting or under way; beyond it new ones are dropped (counted).
 pub const QUEUE: usize = 1024;
 /// Deliveries sent (and retried) at once.
 pub const MAX_IN_FLIGHT: usize = 8;
+/// Deliveries of one alert sent at once (its receiver slow or down holds
+/// these, never every slot).
+pub const PER_RULE_IN_FLIGHT: usize = 2;
+/// One alert is told of one host's event kind at most once a window (a
+/// host silent, back, silent again within it: the first).
+pub const COALESCE: Duration = Duration::from_secs(60);
+
+/// Which (alert, host, kind) was delivered when: the first of a window
+/// goes, the rest are counted as coalesced. Bounded memory.
+#[derive(Default)]
+struct Coalescer {
+    seen: HashMap<(String, Option<String>, String), std::time::Instant>,
+}
+
+impl Coalescer {
+    const MAX: usize = 100_000;
+
+    /// Whether this is the first of its window (and note it).
+    fn first(
+        &mut self,
+        rule: &str,
+        host: Option<&str>,
+        kind: &str,
+        now: std::time::Instant,
+    ) -> bool {
+        if self.seen.len() >= Self::MAX {
+            self.seen.retain(|_, at| now.duration_since(*at) < COALESCE);
+            if self.seen.len() >= Self::MAX {
+                return false;
+            }
+        }
+        let key = (rule.to_string(), host.map(str::to_string), kind.to_string());
+        match self.seen.get(&key) {
+            Some(at) if now.duration_since(*at) < COALESCE => false,
+            _ => {
+                self.seen.insert(key, now);
+                true
+            }
+        }
+    }
+}
 /// Attempts per delivery (waits between them: 1, 2, 4, 8 s).
 pub const ATTEMPTS: u32 = 5;
 /// How long one attempt may take.
@@ -104,13 +147,33 @@ type Attempt = Result<u16, String>;
 impl Alerts {
     /// The deliverer's handle (start it with [`Alerts::run`]).
     pub fn new(db: FleetDb) -> anyhow::Result<Alerts> {
-        let http = reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            // A receiver answers; it does not send the master elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("decnet-master/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let base = || {
+            reqwest::Client::builder()
+                .timeout(ATTEMPT_TIMEOUT)
+                .connect_timeout(Duration::from_secs(5))
+                // A receiver answers; it does not send the master elsewhere.
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("decnet-master/", env!("CARGO_PKG_VERSION")))
+        };
+        let http = match base().build() {
+            Ok(c) => c,
+            // A master host without the system's CA certificates (a
+            // minimal install) still starts: its http:// webhooks work,
+            // https:// ones fail to verify (each delivery says why).
+            Err(e) => {
+                tracing::warn!(
+                    error = %decnet_swarm_client::transport::error_chain(&e),
+                    "no system CA certificates (install ca-certificates): https webhooks cannot be verified and will fail; http webhooks work"
+                );
+                let tls = rustls::ClientConfig::builder_with_provider(
+                    decnet_pki::provider::crypto_provider(),
+                )
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+                base().tls_backend_preconfigured(tls).build()?
+            }
+        };
         Ok(Alerts {
             db,
             http,
@@ -172,10 +235,10 @@ impl Alerts {
     }
 
     /// Deliver one event to one rule, with retries; record the outcome.
-    async fn deliver(&self, bus: &EventBus, rule: AlertRecord, event: Arc<Event>) {
+    async fn deliver(&self, bus: &EventBus, rule: AlertRecord, event: Arc<Published>) {
         let body = serde_json::to_vec(&Delivery {
             alert: &rule.name,
-            event: &event,
+            event: &event.event,
         })
         .unwrap_or_default();
         let mut last = String::new();
@@ -228,24 +291,10 @@ impl Alerts {
     /// Follow `bus` and deliver what the rules match, until the bus closes.
     pub async fn run(self, bus: Arc<EventBus>) {
         let mut live = bus.subscribe(None).live;
-        let (queue, mut queued) = tokio::sync::mpsc::channel::<(AlertRecord, Arc<Event>)>(QUEUE);
-        // The senders: at most MAX_IN_FLIGHT deliveries at once.
-        let sender = {
-            let (me, bus) = (self.clone(), bus.clone());
-            tokio::spawn(async move {
-                let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-                while let Some((rule, event)) = queued.recv().await {
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let (me, bus) = (me.clone(), bus.clone());
-                    tokio::spawn(async move {
-                        me.deliver(&bus, rule, event).await;
-                        drop(slot);
-                    });
-                }
-            })
-        };
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut per_rule: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        let mut recent = Coalescer::default();
         let mut rules = self.db.alerts().await.unwrap_or_default();
         let mut reread = tokio::time::interval(RULES_RELOAD);
         loop {
@@ -256,10 +305,34 @@ impl Alerts {
                 got = live.recv() => match got {
                     Ok(event) => {
                         for rule in rules.iter().filter(|r| matches(r, &event)) {
-                            if queue.try_send((rule.clone(), event.clone())).is_err() {
+                            // A host repeating one kind is told once a
+                            // window: a worker cannot flood a receiver (or
+                            // the queue, and so other hosts' alerts).
+                            if !recent.first(&rule.name, event.host.as_deref(), &event.kind, std::time::Instant::now()) {
+                                count(&rule.name, "coalesced");
+                                continue;
+                            }
+                            if pending.load(Ordering::Relaxed) >= QUEUE {
                                 count(&rule.name, "dropped");
                                 tracing::warn!(alert = %rule.name, kind = %event.kind, "alert queue full: delivery dropped");
+                                continue;
                             }
+                            pending.fetch_add(1, Ordering::Relaxed);
+                            let own = per_rule
+                                .entry(rule.name.clone())
+                                .or_insert_with(|| Arc::new(Semaphore::new(PER_RULE_IN_FLIGHT)))
+                                .clone();
+                            let (me, bus, slots, pending) =
+                                (self.clone(), bus.clone(), slots.clone(), pending.clone());
+                            let (rule, event) = (rule.clone(), event.clone());
+                            tokio::spawn(async move {
+                                // Its rule's turn first (a slow receiver
+                                // holds its own slots only), then a slot.
+                                if let (Ok(_own), Ok(_slot)) = (own.acquire().await, slots.acquire().await) {
+                                    me.deliver(&bus, rule, event).await;
+                                }
+                                pending.fetch_sub(1, Ordering::Relaxed);
+                            });
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -269,8 +342,6 @@ impl Alerts {
                 },
             }
         }
-        drop(queue);
-        sender.abort();
     }
 
     async fn reload_rules(&self, old: Vec<AlertRecord>) -> Vec<AlertRecord> {
@@ -349,6 +420,29 @@ mod tests {
             &rule(&["alert"], &[]),
             &event(EventTopic::Alert, "alert.failed")
         ));
+    }
+
+    #[test]
+    fn one_host_repeating_a_kind_is_told_once_a_window() {
+        let mut c = Coalescer::default();
+        let t = std::time::Instant::now();
+        assert!(c.first("r", Some("w1"), "decky.forbidden", t));
+        assert!(!c.first(
+            "r",
+            Some("w1"),
+            "decky.forbidden",
+            t + Duration::from_secs(5)
+        ));
+        assert!(
+            c.first("r", Some("w2"), "decky.forbidden", t),
+            "another host"
+        );
+        assert!(c.first("r", Some("w1"), "host.silent", t), "another kind");
+        assert!(
+            c.first("other", Some("w1"), "decky.forbidden", t),
+            "another alert"
+        );
+        assert!(c.first("r", Some("w1"), "decky.forbidden", t + COALESCE));
     }
 
     #[test]

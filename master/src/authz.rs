@@ -308,10 +308,15 @@ pub async fn admit(
 }
 
 /// Routes only an operator without a host scope may call: the operators
-/// themselves. Pure.
+/// themselves, and the alerts. Pure.
 pub fn needs_unscoped(path: &str) -> bool {
     let p = path.trim_start_matches('/');
-    p == "v1/operators" || p.starts_with("v1/operators/")
+    p == "v1/operators"
+        || p.starts_with("v1/operators/")
+        // An alert sees every host's events and anyone's rules: a scoped
+        // admin could otherwise watch beyond its scope, or delete the
+        // fleet-wide alerts before acting.
+        || ((p == "v1/alerts" || p.starts_with("v1/alerts/")) && p != "v1/alerts/deliveries")
 }
 
 /// A refused change is on the record (reads refused are only logged).
@@ -401,6 +406,8 @@ mod tests {
         assert!(needs_unscoped("/v1/operators"));
         assert!(needs_unscoped("/v1/operators/alice/token"));
         assert!(!needs_unscoped("/v1/operatorsx") && !needs_unscoped("/v1/hosts"));
+        assert!(needs_unscoped("/v1/alerts") && needs_unscoped("/v1/alerts/went-dark/test"));
+        assert!(!needs_unscoped("/v1/alerts/deliveries"));
     }
 
     #[test]

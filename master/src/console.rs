@@ -241,7 +241,7 @@ pub fn router(state: Arc<FleetApiState>) -> Router {
         .route("/audit", get(audit_page))
         .route("/alerts", get(alerts_page))
         .route("/operators", get(operators_page))
-        .route("/login", get(login))
+        .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/assets/{file}", get(asset))
         .merge(crate::fleet_api::routes())
@@ -744,32 +744,116 @@ struct SignedOut {
 }
 
 #[derive(Template)]
-#[template(path = "signed_in.html")]
-struct SignedIn;
+#[template(path = "login.html")]
+struct LoginPage {
+    operator: String,
+    ticket: String,
+}
 
 #[derive(Deserialize)]
-struct LoginQuery {
+struct LoginForm {
     #[serde(default)]
     ticket: String,
 }
 
-/// `GET /login?ticket=…`: use a one-time URL. The session cookie is set on
-/// a page that then moves on to the fleet by itself (a same-site step: a
-/// `SameSite=Strict` cookie set by a link opened from elsewhere would not
-/// ride along a plain redirect).
-async fn login(State(st): State<Arc<FleetApiState>>, Query(q): Query<LoginQuery>) -> Response {
+/// A ticket's shape: 64 hex digits. Pure.
+fn ticket_shaped(t: &str) -> bool {
+    t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn login_refused(status: StatusCode, why: &str) -> Response {
+    page(status, &SignedOut { why: why.into() })
+}
+
+/// Sign-ins a source may try a minute (each is a database write).
+pub const LOGINS_PER_MINUTE: u32 = 30;
+
+/// `GET /login?ticket=…`: what a one-time URL opens — a page naming the
+/// operator it signs in, with a button. Nothing is used up by a GET (a
+/// link preview, a prefetch): the sign-in is the button's POST.
+async fn login_page(State(st): State<Arc<FleetApiState>>, Query(q): Query<LoginForm>) -> Response {
     let ticket = q.ticket.trim();
-    if ticket.len() != 64 || !ticket.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return page(
+    if !ticket_shaped(ticket) {
+        return login_refused(
             StatusCode::BAD_REQUEST,
-            &SignedOut {
-                why: "this is not a login URL: run `decnet console` for one".into(),
-            },
+            "this is not a login URL: run `decnet console` for one",
         );
+    }
+    match st.db.console_ticket_operator(ticket).await {
+        Ok(Some(operator)) => page(
+            StatusCode::OK,
+            &LoginPage {
+                operator,
+                ticket: ticket.to_string(),
+            },
+        ),
+        Ok(None) => login_refused(
+            StatusCode::FORBIDDEN,
+            "this login URL was already used or has expired: run `decnet console` for a new one",
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// Whether a POST comes from this console's own page: the browser's
+/// `Sec-Fetch-Site`, or its `Origin` against the `Host` it asked for. A
+/// page elsewhere cannot sign a browser in as someone else. Pure.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => origin == format!("https://{host}"),
+        _ => false,
+    }
+}
+
+/// `POST /login` (the sign-in page's button): use the ticket once and open
+/// a session; the cookie rides along the redirect to the fleet (a
+/// same-origin step).
+async fn login(
+    State(st): State<Arc<FleetApiState>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
+    static LOGINS: std::sync::OnceLock<crate::control_api::SourceLimiter> =
+        std::sync::OnceLock::new();
+    let source = decnet_fleet::current_audit_source();
+    if !same_origin(&headers) {
+        tracing::warn!(source = ?source, "console sign-in from another site refused");
+        return login_refused(
+            StatusCode::FORBIDDEN,
+            "a sign-in comes from the console's own page: open the one-time URL itself",
+        );
+    }
+    let ip = source.as_deref().and_then(|s| s.parse().ok());
+    let limiter = LOGINS
+        .get_or_init(|| crate::control_api::SourceLimiter::per_minute(LOGINS_PER_MINUTE, 10_000));
+    if ip.is_some_and(|ip| !limiter.allow(ip)) {
+        return login_refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-ins from this address: wait a minute",
+        );
+    }
+    let ticket = form.ticket.trim();
+    if !ticket_shaped(ticket) {
+        return login_refused(StatusCode::BAD_REQUEST, "this is not a login URL");
+    }
+    // A read first: a guessed ticket never takes the database's write lock.
+    match st.db.console_ticket_operator(ticket).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::warn!(source = ?source, "console login with a used, expired or unknown URL refused");
+            return login_refused(
+                StatusCode::FORBIDDEN,
+                "this login URL was already used or has expired: run `decnet console` for a new one",
+            );
+        }
+        Err(e) => return unavailable(e),
     }
     let session = decnet_pki::random_hex(32);
     let csrf = decnet_pki::random_hex(32);
-    let source = decnet_fleet::current_audit_source();
     let operator = match st
         .db
         .redeem_console_ticket(ticket, &session, &csrf, source.as_deref())
@@ -777,12 +861,9 @@ async fn login(State(st): State<Arc<FleetApiState>>, Query(q): Query<LoginQuery>
     {
         Ok(Some(op)) => op,
         Ok(None) => {
-            tracing::warn!(source = ?source, "console login with a used, expired or unknown URL refused");
-            return page(
+            return login_refused(
                 StatusCode::FORBIDDEN,
-                &SignedOut {
-                    why: "this login URL was already used or has expired: run `decnet console` for a new one".into(),
-                },
+                "this login URL was already used or has expired: run `decnet console` for a new one",
             );
         }
         Err(e) => return unavailable(e),
@@ -804,7 +885,7 @@ async fn login(State(st): State<Arc<FleetApiState>>, Query(q): Query<LoginQuery>
         "{SESSION_COOKIE}={session}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
         decnet_fleet::console::SESSION_TTL_SECS
     );
-    let mut resp = page(StatusCode::OK, &SignedIn);
+    let mut resp = axum::response::Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -899,6 +980,21 @@ mod tests {
         );
         assert_eq!(session_of(&bad), None);
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+
+    #[test]
+    fn a_sign_in_comes_from_the_console_itself() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8772"));
+        h.insert("origin", HeaderValue::from_static("https://127.0.0.1:8772"));
+        assert!(same_origin(&h));
+        h.insert("origin", HeaderValue::from_static("https://evil.example"));
+        assert!(!same_origin(&h));
+        h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert!(!same_origin(&h));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h));
+        assert!(!same_origin(&HeaderMap::new()), "no Origin: refused");
     }
 
     #[test]

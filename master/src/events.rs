@@ -9,10 +9,16 @@
 //! still holds it, and a `gap` event when it does not (then it reloads what
 //! it shows). Event ids grow across restarts (they start from the boot
 //! time in microseconds), so an id from before a restart is older than
-//! every event of the new daemon and is answered with a gap too. Log lines
-//! are published only while someone follows them, and at most
-//! [`LOG_EVENTS_PER_SECOND`]: the log listener's throughput never waits on
-//! followers.
+//! every event of the new daemon and is answered with a gap too.
+//!
+//! What a worker (or a decky on it) can make the bus hold is bounded: each
+//! event is serialized once, at most [`MAX_EVENT_BYTES`] (larger details
+//! are replaced by their size), the backlog holds at most [`BACKLOG`]
+//! events and [`BACKLOG_BYTES`], and the events a worker's heartbeats and
+//! log lines cause are rate-limited per host ([`WORKER_EVENTS_PER_SECOND`],
+//! [`LOG_LINES_PER_HOST_PER_SECOND`]) under a global log-line rate
+//! ([`LOG_EVENTS_PER_SECOND`]). Log lines are published only while someone
+//! follows them: the log listener's throughput never waits on followers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,10 +35,24 @@ use tokio_util::sync::CancellationToken;
 
 /// How many events the replay backlog holds.
 pub const BACKLOG: usize = 16_384;
-
-/// At most this many log-line events a second (the rest are counted as
-/// dropped, never queued).
+/// How many bytes (serialized) the replay backlog holds.
+pub const BACKLOG_BYTES: usize = 64 << 20;
+/// The largest event (serialized); a larger one keeps its kind and host
+/// and says how large its details were.
+pub const MAX_EVENT_BYTES: usize = 16 << 10;
+/// At most this many log-line events a second in all (the rest are
+/// counted as dropped, never queued).
 pub const LOG_EVENTS_PER_SECOND: u64 = 2_000;
+/// At most this many log-line events a second from one host: one noisy
+/// decky does not take the whole rate from the others.
+pub const LOG_LINES_PER_HOST_PER_SECOND: u64 = 200;
+/// At most this many events a second that one host's heartbeats cause
+/// (decky changes, forbidden attempts).
+pub const WORKER_EVENTS_PER_SECOND: u64 = 4;
+/// A log line's message is cut to this many bytes in its event.
+pub const MAX_LOG_MESSAGE: usize = 4096;
+/// At most this many deckies of one heartbeat are looked at.
+pub const MAX_WATCHED_DECKIES: usize = 256;
 
 /// `topic`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,8 +66,8 @@ pub struct TopicLabel {
 pub struct EventMetrics {
     /// `decnet_events_published_total{topic}`.
     pub published: Family<TopicLabel, Counter>,
-    /// `decnet_events_dropped_total{topic}`: over the log-line rate, or a
-    /// follower too slow to keep up (counted per event missed).
+    /// `decnet_events_dropped_total{topic}`: over a rate, or a follower
+    /// too slow to keep up (`lagged`, counted per event missed).
     pub dropped: Family<TopicLabel, Counter>,
     /// `decnet_event_followers`: open event streams.
     pub followers: Gauge,
@@ -69,7 +89,7 @@ pub fn event_metrics() -> &'static EventMetrics {
         );
         register(
             "decnet_events_dropped",
-            "Events not delivered: log lines over the event rate, or missed by a follower too slow to keep up",
+            "Events not delivered: over a rate (log lines, a host's heartbeat changes), or missed by a follower too slow to keep up",
             m.dropped.clone(),
         );
         register(
@@ -81,19 +101,78 @@ pub fn event_metrics() -> &'static EventMetrics {
     })
 }
 
+fn dropped(topic: &str) {
+    event_metrics()
+        .dropped
+        .get_or_create(&TopicLabel {
+            topic: topic.into(),
+        })
+        .inc();
+}
+
+/// An event as the bus holds it: the event and its JSON, made once (every
+/// follower sends the same bytes).
+#[derive(Debug)]
+pub struct Published {
+    /// The event.
+    pub event: Event,
+    /// Its JSON.
+    pub json: String,
+}
+
+impl std::ops::Deref for Published {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// A per-second counter per key, with bounded memory.
+#[derive(Default)]
+struct PerSecond {
+    second: i64,
+    counts: HashMap<String, u64>,
+}
+
+impl PerSecond {
+    /// Count one for `key` in `second`; `false` when over `limit`.
+    fn admit(&mut self, key: &str, second: i64, limit: u64) -> bool {
+        if self.second != second {
+            self.second = second;
+            self.counts.clear();
+        }
+        if let Some(n) = self.counts.get_mut(key) {
+            *n += 1;
+            return *n <= limit;
+        }
+        // Within one second, at most so many distinct keys (hosts).
+        if self.counts.len() >= 100_000 {
+            return false;
+        }
+        self.counts.insert(key.to_string(), 1);
+        limit >= 1
+    }
+}
+
 struct Backlog {
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<Arc<Published>>,
+    bytes: usize,
     next_id: u64,
-    /// The log-line rate window: its second and the events in it.
+    /// The global log-line rate window: its second and the events in it.
     log_window: (i64, u64),
+    /// Per-host rates of worker-caused events.
+    per_host: PerSecond,
+    per_host_logs: PerSecond,
 }
 
 /// The bus (cheap to share: hold it in an `Arc`).
 pub struct EventBus {
     backlog: Mutex<Backlog>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Published>>,
     log_followers: AtomicUsize,
     capacity: usize,
+    capacity_bytes: usize,
     /// Cancelled when the daemon stops: every open stream ends.
     pub closing: CancellationToken,
     published: AtomicU64,
@@ -103,11 +182,11 @@ pub struct EventBus {
 /// backlog, whether some it asked for are gone, and the live feed.
 pub struct Subscription {
     /// Missed events to send first, oldest first.
-    pub replay: Vec<Arc<Event>>,
+    pub replay: Vec<Arc<Published>>,
     /// Events after the follower's last one are gone from the backlog.
     pub gap: bool,
     /// Everything published from now on.
-    pub live: broadcast::Receiver<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Published>>,
 }
 
 fn unix_millis() -> i64 {
@@ -117,9 +196,25 @@ fn unix_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Serialize `event`, replacing details larger than [`MAX_EVENT_BYTES`]
+/// by their size. Pure.
+pub fn serialized(mut event: Event) -> Published {
+    let mut json = serde_json::to_string(&event).unwrap_or_default();
+    if json.len() > MAX_EVENT_BYTES {
+        event.data = serde_json::json!({ "truncated": true, "bytes": json.len() });
+        json = serde_json::to_string(&event).unwrap_or_default();
+    }
+    Published { event, json }
+}
+
 impl EventBus {
-    /// A bus whose backlog holds `capacity` events.
+    /// A bus whose backlog holds `capacity` events and [`BACKLOG_BYTES`].
     pub fn new(capacity: usize) -> Arc<EventBus> {
+        Self::with_bytes(capacity, BACKLOG_BYTES)
+    }
+
+    /// A bus whose backlog holds `capacity` events and `bytes` bytes.
+    pub fn with_bytes(capacity: usize, bytes: usize) -> Arc<EventBus> {
         let capacity = capacity.max(16);
         let (tx, _) = broadcast::channel(capacity);
         let first = std::time::SystemTime::now()
@@ -129,12 +224,16 @@ impl EventBus {
         Arc::new(EventBus {
             backlog: Mutex::new(Backlog {
                 events: VecDeque::with_capacity(capacity.min(1024)),
+                bytes: 0,
                 next_id: first,
                 log_window: (0, 0),
+                per_host: PerSecond::default(),
+                per_host_logs: PerSecond::default(),
             }),
             tx,
             log_followers: AtomicUsize::new(0),
             capacity,
+            capacity_bytes: bytes.max(MAX_EVENT_BYTES * 2),
             closing: CancellationToken::new(),
             published: AtomicU64::new(0),
         })
@@ -144,7 +243,7 @@ impl EventBus {
         self.backlog.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publish an event; returns its id (`None`: a log line over the rate).
+    /// Publish an event; returns its id (`None`: a log line over a rate).
     pub fn publish(
         &self,
         topic: EventTopic,
@@ -152,28 +251,63 @@ impl EventBus {
         host: Option<&str>,
         data: serde_json::Value,
     ) -> Option<u64> {
+        self.publish_inner(topic, kind, host, data, None)
+    }
+
+    /// Publish an event a worker caused (its heartbeat, its log line):
+    /// at most `per_second` of them a second from `host` (`None`: over it,
+    /// counted as dropped).
+    pub fn publish_from_worker(
+        &self,
+        topic: EventTopic,
+        kind: &str,
+        host: &str,
+        data: serde_json::Value,
+        per_second: u64,
+    ) -> Option<u64> {
+        self.publish_inner(topic, kind, Some(host), data, Some(per_second))
+    }
+
+    fn publish_inner(
+        &self,
+        topic: EventTopic,
+        kind: &str,
+        host: Option<&str>,
+        data: serde_json::Value,
+        per_host: Option<u64>,
+    ) -> Option<u64> {
         let at_ms = unix_millis();
+        let second = at_ms / 1000;
         let mut b = self.lock();
+        let admitted = match (topic, per_host, host) {
+            (EventTopic::Log, _, _)
+                if b.log_window.0 == second && b.log_window.1 >= LOG_EVENTS_PER_SECOND =>
+            {
+                false
+            }
+            (EventTopic::Log, limit, Some(h)) => {
+                b.per_host_logs
+                    .admit(h, second, limit.unwrap_or(LOG_LINES_PER_HOST_PER_SECOND))
+            }
+            (_, Some(limit), Some(h)) => b.per_host.admit(h, second, limit),
+            _ => true,
+        };
+        if !admitted {
+            drop(b);
+            dropped(topic.as_str());
+            return None;
+        }
         if topic == EventTopic::Log {
-            let second = at_ms / 1000;
             if b.log_window.0 != second {
                 b.log_window = (second, 0);
-            }
-            if b.log_window.1 >= LOG_EVENTS_PER_SECOND {
-                drop(b);
-                event_metrics()
-                    .dropped
-                    .get_or_create(&TopicLabel {
-                        topic: topic.as_str().into(),
-                    })
-                    .inc();
-                return None;
             }
             b.log_window.1 += 1;
         }
         let id = b.next_id;
         b.next_id += 1;
-        let event = Arc::new(Event {
+        // Serialized once, here (events are small and few: the lock is
+        // held for microseconds), so the id and the JSON always agree.
+        let p = serialized(Event {
             id,
             at_ms,
             topic,
@@ -181,10 +315,15 @@ impl EventBus {
             host: host.map(str::to_string),
             data,
         });
-        if b.events.len() == self.capacity {
-            b.events.pop_front();
-        }
+        let event = Arc::new(p);
+        b.bytes += event.json.len();
         b.events.push_back(event.clone());
+        while b.events.len() > self.capacity || b.bytes > self.capacity_bytes {
+            match b.events.pop_front() {
+                Some(old) => b.bytes -= old.json.len(),
+                None => break,
+            }
+        }
         // Sent under the lock: a subscriber takes the backlog and its
         // receiver under it too, so it sees every event exactly once.
         let _ = self.tx.send(event);
@@ -206,7 +345,7 @@ impl EventBus {
         let (replay, gap) = match after {
             None => (Vec::new(), false),
             Some(after) => {
-                let replay: Vec<Arc<Event>> =
+                let replay: Vec<Arc<Published>> =
                     b.events.iter().filter(|e| e.id > after).cloned().collect();
                 // The event right after `after` is gone when the oldest
                 // held is newer than it (and something was published since).
@@ -219,10 +358,16 @@ impl EventBus {
     }
 
     /// The newest events of the backlog (at most `n`), oldest first.
-    pub fn recent(&self, n: usize) -> Vec<Arc<Event>> {
+    pub fn recent(&self, n: usize) -> Vec<Arc<Published>> {
         let b = self.lock();
         let skip = b.events.len().saturating_sub(n);
         b.events.iter().skip(skip).cloned().collect()
+    }
+
+    /// The backlog's size: events and bytes.
+    pub fn held(&self) -> (usize, usize) {
+        let b = self.lock();
+        (b.events.len(), b.bytes)
     }
 
     /// Whether anyone follows log lines now (the listener skips building
@@ -267,44 +412,81 @@ struct WatchedHost {
     deckies: Option<HashMap<String, (String, u64, u64)>>,
 }
 
+/// One decky's forbidden attempts since the last heartbeat.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ForbiddenAttempts {
+    /// The decky.
+    pub decky: String,
+    /// Attempts since the last heartbeat.
+    pub new: u64,
+    /// Attempts in all (as the agent counts them).
+    pub total: u64,
+}
+
 /// A change a heartbeat shows, for the bus.
 #[derive(Debug, PartialEq)]
 pub enum HostChange {
     /// The host was marked silent and beats again.
     Back,
-    /// Its deckies changed state (or appeared, or went): the new list.
+    /// Its deckies changed state (or appeared, or went): the new list,
+    /// as the master summarizes it (name, state, restarts; capped).
     Deckies(serde_json::Value),
-    /// A decky made forbidden connection attempts since the last beat.
+    /// Deckies made forbidden connection attempts since the last beat
+    /// (at most 16 listed, the most active first).
     Forbidden {
-        /// The decky.
-        decky: String,
-        /// Attempts since the last heartbeat.
+        /// Attempts since the last beat, all deckies together.
         new: u64,
-        /// Attempts in all (as the agent counts them).
-        total: u64,
+        /// The deckies.
+        deckies: Vec<ForbiddenAttempts>,
     },
 }
 
-/// One decky as a heartbeat reports it: (name, state, restarts, forbidden).
+/// A short text of a worker's (cut at `max` bytes, on a char boundary).
+fn capped(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// The deckies a heartbeat reports: name → (state, restarts, forbidden),
+/// at most [`MAX_WATCHED_DECKIES`], names of at most 64 bytes.
 fn decky_rows(deckies: &serde_json::Value) -> HashMap<String, (String, u64, u64)> {
     deckies
         .as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|d| {
-                    let name = d.get("name")?.as_str()?.to_string();
-                    let state = d
-                        .get("state")
-                        .and_then(|s| s.as_str())
-                        .unwrap_or("")
-                        .to_string();
+                    let name = d.get("name")?.as_str()?;
+                    if name.is_empty() || name.len() > 64 {
+                        return None;
+                    }
+                    let state = capped(d.get("state").and_then(|s| s.as_str()).unwrap_or(""), 32);
                     let restarts = d.get("restarts").and_then(|r| r.as_u64()).unwrap_or(0);
                     let forbidden = d.get("forbidden").and_then(|r| r.as_u64()).unwrap_or(0);
-                    Some((name, (state, restarts, forbidden)))
+                    Some((name.to_string(), (state, restarts, forbidden)))
                 })
+                .take(MAX_WATCHED_DECKIES)
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The decky list a `host.deckies` event carries. Pure.
+fn summary(rows: &HashMap<String, (String, u64, u64)>) -> serde_json::Value {
+    let mut list: Vec<_> = rows.iter().collect();
+    list.sort_by(|a, b| a.0.cmp(b.0));
+    serde_json::Value::Array(
+        list.into_iter()
+            .map(|(name, (state, restarts, _))| {
+                serde_json::json!({"name": name, "state": state, "restarts": restarts})
+            })
+            .collect(),
+    )
 }
 
 impl HostWatch {
@@ -337,23 +519,31 @@ impl HostWatch {
                             .is_none_or(|(s, r, _)| s != state || r != restarts)
                     });
                 if states_changed {
-                    changes.push(HostChange::Deckies(deckies.clone()));
+                    changes.push(HostChange::Deckies(summary(&now)));
                 }
-                let mut forbidden: Vec<(&String, u64, u64)> = now
+                let mut forbidden: Vec<ForbiddenAttempts> = now
                     .iter()
                     .filter_map(|(name, (_, _, f))| {
                         let was = before.get(name).map(|b| b.2).unwrap_or(0);
-                        (*f > was).then_some((name, f - was, *f))
+                        (*f > was).then(|| ForbiddenAttempts {
+                            decky: name.clone(),
+                            new: f - was,
+                            total: *f,
+                        })
                     })
                     .collect();
-                forbidden.sort();
-                changes.extend(forbidden.into_iter().map(|(decky, new, total)| {
-                    HostChange::Forbidden {
-                        decky: decky.clone(),
+                if !forbidden.is_empty() {
+                    let new = forbidden
+                        .iter()
+                        .map(|f| f.new)
+                        .fold(0u64, u64::saturating_add);
+                    forbidden.sort_by(|a, b| b.new.cmp(&a.new).then(a.decky.cmp(&b.decky)));
+                    forbidden.truncate(16);
+                    changes.push(HostChange::Forbidden {
                         new,
-                        total,
-                    }
-                }));
+                        deckies: forbidden,
+                    });
+                }
             }
         }
         w.deckies = Some(now);
@@ -367,6 +557,59 @@ impl HostWatch {
             hosts.entry(host.to_string()).or_default().silent = true;
         }
     }
+}
+
+/// The log listener's view of the bus: each line written becomes a
+/// `log.line` event of its peer's host (the JSON record as written: the
+/// peer CN, the decky's claimed hostname, app, message cut to
+/// [`MAX_LOG_MESSAGE`]).
+pub struct LogTap(pub Arc<EventBus>);
+
+impl decnet_log_relay::listener::LineTap for LogTap {
+    fn wants(&self) -> bool {
+        self.0.wants_logs()
+    }
+
+    fn lines(&self, cn: &str, json: &[u8]) {
+        for line in json.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(mut record) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(msg) = record.get_mut("msg")
+                && let Some(text) = msg.as_str()
+                && text.len() > MAX_LOG_MESSAGE
+            {
+                *msg = serde_json::Value::String(format!("{}…", capped(text, MAX_LOG_MESSAGE)));
+            }
+            if self
+                .0
+                .publish_from_worker(
+                    EventTopic::Log,
+                    "log.line",
+                    cn,
+                    record,
+                    LOG_LINES_PER_HOST_PER_SECOND,
+                )
+                .is_none()
+            {
+                // Over a rate: the rest of this batch is dropped too.
+                break;
+            }
+        }
+    }
+}
+
+static INSTALLED: OnceLock<Events> = OnceLock::new();
+
+/// Make `events` the process's bus (`master serve` does, once): jobs and
+/// the log listener publish on it without being handed it.
+pub fn install(events: &Events) {
+    let _ = INSTALLED.set(events.clone());
+}
+
+/// The process's bus, when `master serve` runs in it.
+pub fn installed() -> Option<&'static Events> {
+    INSTALLED.get()
 }
 
 /// The bus and the host watch, as the daemon's parts share them.
@@ -391,23 +634,26 @@ impl Events {
     pub fn heartbeat(&self, host: &str, deckies: &serde_json::Value) {
         for change in self.watch.heartbeat(host, deckies) {
             match change {
+                // The master's own observation: never rate-limited away.
                 HostChange::Back => self.bus.publish(
                     EventTopic::Host,
                     "host.back",
                     Some(host),
                     serde_json::json!({"status": "active"}),
                 ),
-                HostChange::Deckies(d) => self.bus.publish(
+                HostChange::Deckies(d) => self.bus.publish_from_worker(
                     EventTopic::Host,
                     "host.deckies",
-                    Some(host),
+                    host,
                     serde_json::json!({ "deckies": d }),
+                    WORKER_EVENTS_PER_SECOND,
                 ),
-                HostChange::Forbidden { decky, new, total } => self.bus.publish(
+                HostChange::Forbidden { new, deckies } => self.bus.publish_from_worker(
                     EventTopic::Host,
                     "decky.forbidden",
-                    Some(host),
-                    serde_json::json!({"decky": decky, "new": new, "total": total}),
+                    host,
+                    serde_json::json!({"new": new, "deckies": deckies}),
+                    WORKER_EVENTS_PER_SECOND,
                 ),
             };
         }
@@ -460,46 +706,6 @@ impl Events {
     }
 }
 
-/// The log listener's view of the bus: each line written becomes a
-/// `log.line` event of its peer's host (the JSON record as written: the
-/// peer CN, the decky's claimed hostname, app, message).
-pub struct LogTap(pub Arc<EventBus>);
-
-impl decnet_log_relay::listener::LineTap for LogTap {
-    fn wants(&self) -> bool {
-        self.0.wants_logs()
-    }
-
-    fn lines(&self, cn: &str, json: &[u8]) {
-        for line in json.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(record) = serde_json::from_slice::<serde_json::Value>(line) else {
-                continue;
-            };
-            if self
-                .0
-                .publish(EventTopic::Log, "log.line", Some(cn), record)
-                .is_none()
-            {
-                // Over the rate: the rest of this batch is dropped too.
-                break;
-            }
-        }
-    }
-}
-
-static INSTALLED: OnceLock<Events> = OnceLock::new();
-
-/// Make `events` the process's bus (`master serve` does, once): jobs and
-/// the log listener publish on it without being handed it.
-pub fn install(events: &Events) {
-    let _ = INSTALLED.set(events.clone());
-}
-
-/// The process's bus, when `master serve` runs in it.
-pub fn installed() -> Option<&'static Events> {
-    INSTALLED.get()
-}
-
 impl Default for Events {
     fn default() -> Self {
         Events::new()
@@ -541,7 +747,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn live_events_reach_a_subscriber_once() {
+    async fn live_events_reach_a_subscriber_once_serialized_with_their_id() {
         let bus = EventBus::new(64);
         let mut s = bus.subscribe(None);
         let id = bus
@@ -556,22 +762,76 @@ mod tests {
         assert_eq!(e.id, id);
         assert_eq!(e.kind, "cert.renewed");
         assert_eq!(e.host.as_deref(), Some("w2"));
+        let parsed: Event = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(parsed, e.event, "the JSON is the event, id included");
     }
 
     #[test]
-    fn log_lines_are_bounded_per_second() {
-        let bus = EventBus::new(64);
-        let sent = (0..LOG_EVENTS_PER_SECOND + 500)
+    fn what_a_worker_makes_the_bus_hold_is_bounded() {
+        // A huge detail is replaced by its size.
+        let bus = EventBus::with_bytes(1000, 256 << 10);
+        let big = "x".repeat(MAX_EVENT_BYTES * 4);
+        bus.publish(
+            EventTopic::Host,
+            "host.deckies",
+            Some("w1"),
+            json!({ "d": big }),
+        )
+        .unwrap();
+        let e = &bus.recent(1)[0];
+        assert!(e.json.len() < 512, "{}", e.json.len());
+        assert_eq!(e.data["truncated"], true);
+        // The backlog keeps its byte bound.
+        for i in 0..1000 {
+            bus.publish(
+                EventTopic::Audit,
+                "audit.entry",
+                None,
+                json!({ "p": "y".repeat(8000), "i": i }),
+            );
+        }
+        let (n, bytes) = bus.held();
+        assert!(bytes <= 256 << 10, "{bytes}");
+        assert!(n < 1000 && n > 10, "{n}");
+        // One host's heartbeat events are rate-limited, another's are not.
+        let bus = EventBus::new(1000);
+        let sent = (0..50)
             .filter(|_| {
-                bus.publish(EventTopic::Log, "log.line", Some("w1"), json!({}))
+                bus.publish_from_worker(EventTopic::Host, "host.deckies", "w1", json!({}), 4)
+                    .is_some()
+            })
+            .count();
+        assert!((4..=8).contains(&sent), "{sent}");
+        assert!(
+            bus.publish_from_worker(EventTopic::Host, "host.deckies", "w2", json!({}), 4)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn log_lines_are_bounded_per_second_and_per_host() {
+        let bus = EventBus::new(64);
+        let per_host = (0..1000)
+            .filter(|_| {
+                bus.publish_from_worker(EventTopic::Log, "log.line", "w1", json!({}), 200)
                     .is_some()
             })
             .count() as u64;
+        assert!((200..=400).contains(&per_host), "{per_host}");
+        let all = (0..LOG_EVENTS_PER_SECOND + 500)
+            .filter(|i| {
+                bus.publish_from_worker(
+                    EventTopic::Log,
+                    "log.line",
+                    &format!("h{}", i % 100),
+                    json!({}),
+                    200,
+                )
+                .is_some()
+            })
+            .count() as u64;
         // Within one or two seconds of wall time.
-        assert!(
-            (LOG_EVENTS_PER_SECOND..=2 * LOG_EVENTS_PER_SECOND).contains(&sent),
-            "{sent}"
-        );
+        assert!(all <= 2 * LOG_EVENTS_PER_SECOND, "{all}");
         assert!(
             bus.publish(EventTopic::Host, "host.back", None, json!({}))
                 .is_some()
@@ -591,9 +851,12 @@ mod tests {
         assert_eq!(
             c[1],
             HostChange::Forbidden {
-                decky: "web".into(),
                 new: 3,
-                total: 3
+                deckies: vec![ForbiddenAttempts {
+                    decky: "web".into(),
+                    new: 3,
+                    total: 3
+                }]
             }
         );
         assert!(w.heartbeat("w1", &d2).is_empty());
@@ -604,5 +867,29 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, HostChange::Deckies(_)))
         );
+    }
+
+    #[test]
+    fn a_hostile_heartbeat_is_summarized_and_capped() {
+        let w = HostWatch::default();
+        w.heartbeat("w1", &json!([]));
+        let many: Vec<_> = (0..30_000)
+            .map(|i| json!({"name": format!("d{i}"), "state": "s".repeat(10_000), "forbidden": i}))
+            .chain([json!({"name": "n".repeat(100_000), "state": "x"})])
+            .collect();
+        let c = w.heartbeat("w1", &serde_json::Value::Array(many));
+        let HostChange::Deckies(d) = &c[0] else {
+            panic!("{c:?}")
+        };
+        let list = d.as_array().unwrap();
+        assert_eq!(list.len(), MAX_WATCHED_DECKIES);
+        assert!(
+            list.iter()
+                .all(|x| x["state"].as_str().unwrap().len() <= 32)
+        );
+        let HostChange::Forbidden { deckies, .. } = &c[1] else {
+            panic!("{c:?}")
+        };
+        assert_eq!(deckies.len(), 16, "one event listing the most active");
     }
 }

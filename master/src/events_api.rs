@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use crate::authz::{Grant, glob_match, valid_glob};
+use crate::events::Published;
 use crate::fleet_api::FleetApiState;
 
 /// The most event streams one master serves at once.
@@ -117,10 +118,8 @@ pub struct EventsQuery {
     limit: Option<usize>,
 }
 
-fn sse_of(e: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(e.id.to_string())
-        .data(serde_json::to_string(e).unwrap_or_default())
+fn sse_of(e: &Published) -> SseEvent {
+    SseEvent::default().id(e.id.to_string()).data(&e.json)
 }
 
 fn gap_event(missed: Option<u64>) -> SseEvent {
@@ -129,14 +128,66 @@ fn gap_event(missed: Option<u64>) -> SseEvent {
         .data(serde_json::json!({ "missed": missed }).to_string())
 }
 
-/// Counts an open stream while it lives.
-struct Following;
+/// The most streams one operator holds open (its console tabs, its
+/// scripts): one operator cannot take every stream from the others.
+pub const MAX_FOLLOWERS_PER_OPERATOR: usize = 32;
+/// A stream whose follower reads nothing for this long is ended (its
+/// buffer full: a stalled or hostile reader holds no slot for ever).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn per_operator() -> std::sync::MutexGuard<'static, std::collections::HashMap<String, usize>> {
+    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+        std::sync::OnceLock::new();
+    M.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts an open stream (overall and its operator's) while it lives.
+struct Following(String);
+
+impl Following {
+    /// A slot for `operator`'s stream, or why there is none.
+    fn take(operator: &str) -> Result<Following, String> {
+        let mut mine = per_operator();
+        let held = mine.get(operator).copied().unwrap_or(0);
+        if held >= MAX_FOLLOWERS_PER_OPERATOR {
+            return Err(format!(
+                "operator {operator} already holds {MAX_FOLLOWERS_PER_OPERATOR} event streams"
+            ));
+        }
+        if FOLLOWERS.fetch_add(1, Ordering::Relaxed) >= MAX_FOLLOWERS {
+            FOLLOWERS.fetch_sub(1, Ordering::Relaxed);
+            return Err(format!(
+                "this master already serves {MAX_FOLLOWERS} event streams"
+            ));
+        }
+        mine.insert(operator.to_string(), held + 1);
+        crate::events::event_metrics().followers.inc();
+        Ok(Following(operator.to_string()))
+    }
+}
 
 impl Drop for Following {
     fn drop(&mut self) {
         FOLLOWERS.fetch_sub(1, Ordering::Relaxed);
         crate::events::event_metrics().followers.dec();
+        let mut mine = per_operator();
+        if let Some(n) = mine.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                mine.remove(&self.0);
+            }
+        }
     }
+}
+
+/// Send `e` to the stream: `false` when the follower left or stalled.
+async fn send(tx: &tokio::sync::mpsc::Sender<SseEvent>, e: SseEvent) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, tx.send(e)).await,
+        Ok(Ok(()))
+    )
 }
 
 /// `GET /v1/events`.
@@ -153,16 +204,8 @@ pub async fn events(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .or(q.after);
     let follow = q.follow.unwrap_or(true);
-    if FOLLOWERS.fetch_add(1, Ordering::Relaxed) >= MAX_FOLLOWERS {
-        FOLLOWERS.fetch_sub(1, Ordering::Relaxed);
-        return Err(json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            format!("this master already serves {MAX_FOLLOWERS} event streams"),
-        ));
-    }
-    crate::events::event_metrics().followers.inc();
-    let following = Following;
+    let following = Following::take(&g.operator)
+        .map_err(|why| json_error(StatusCode::SERVICE_UNAVAILABLE, "busy", why))?;
     let bus = st.events.bus.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     let sub = match (last, follow) {
@@ -187,7 +230,7 @@ pub async fn events(
             gap,
             mut live,
         } = sub;
-        if gap && tx.send(gap_event(None)).await.is_err() {
+        if gap && !send(&tx, gap_event(None)).await {
             return;
         }
         let mut replay: Vec<_> = replay
@@ -199,7 +242,7 @@ pub async fn events(
             replay.drain(..replay.len().saturating_sub(keep));
         }
         for e in replay {
-            if tx.send(sse_of(&e)).await.is_err() {
+            if !send(&tx, sse_of(&e)).await {
                 return;
             }
         }
@@ -220,7 +263,7 @@ pub async fn events(
                 }
                 got = live.recv() => match got {
                     Ok(e) => {
-                        if filter.passes(&g, &e) && tx.send(sse_of(&e)).await.is_err() {
+                        if filter.passes(&g, &e) && !send(&tx, sse_of(&e)).await {
                             return;
                         }
                     }
@@ -229,7 +272,7 @@ pub async fn events(
                             .dropped
                             .get_or_create(&crate::events::TopicLabel { topic: "lagged".into() })
                             .inc_by(n);
-                        if tx.send(gap_event(Some(n))).await.is_err() {
+                        if !send(&tx, gap_event(Some(n))).await {
                             return;
                         }
                     }
@@ -393,16 +436,17 @@ pub async fn alert_add(
         .into_response())
 }
 
-/// A URL for the record: scheme, host and path, without its query (which
-/// may carry a receiver's token).
+/// A URL for the record and for listings: its scheme, host and port
+/// only (chat services' webhooks carry their token in the path, others in
+/// the query).
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.query().is_some() {
-                u.set_query(Some("…"));
-            }
-            u.to_string()
-        }
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
         Err(_) => "(invalid)".into(),
     }
 }
@@ -608,7 +652,11 @@ mod tests {
         assert!(valid_alert_name("went-dark_1.a") && !valid_alert_name("a b"));
         assert_eq!(
             redact_url("https://hooks.example/x?token=secret"),
-            "https://hooks.example/x?%E2%80%A6"
+            "https://hooks.example/…"
+        );
+        assert_eq!(
+            redact_url("https://hooks.slack.example:8443/services/T0/B0/secret"),
+            "https://hooks.slack.example:8443/…"
         );
         assert_eq!(host_without_port("127.0.0.1:8771"), "127.0.0.1");
         assert_eq!(host_without_port("[::1]:8771"), "[::1]");

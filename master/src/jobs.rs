@@ -169,7 +169,11 @@ where
             let pending = pending.clone();
             let (bus, id) = (bus.clone(), id.clone());
             Arc::new(move |line: String| {
-                if let Some(bus) = &bus {
+                let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                p.taken += 1;
+                if p.taken < MAX_JOB_LINES
+                    && let Some(bus) = &bus
+                {
                     bus.publish(
                         EventTopic::Job,
                         "job.line",
@@ -177,8 +181,6 @@ where
                         serde_json::json!({ "job": id, "line": line }),
                     );
                 }
-                let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                p.taken += 1;
                 if p.taken < MAX_JOB_LINES {
                     p.lines.push(line);
                 } else if p.taken == MAX_JOB_LINES {

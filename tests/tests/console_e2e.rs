@@ -255,12 +255,18 @@ fn the_console_in_a_real_browser() {
         // The deployer signs in with its one-time URL.
         let url = login_url(&dee);
         let b = browser(&driver, "dee").await;
-        b.goto(&url).await.unwrap();
-        b.wait()
-            .at_most(Duration::from_secs(15))
-            .for_element(Locator::Css("#fleet"))
+        // A link preview's GET uses nothing up: the page names the
+        // operator, the button signs in.
+        let preview = insecure()
+            .get(&url)
+            .send()
             .await
-            .expect("the fleet page after login");
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(preview.contains("Sign in as"), "{preview}");
+        assert_eq!(sign_in(&b, &url).await, "dee");
         let rows = text_of(&b, "#fleet tbody").await;
         assert!(rows.contains("w1") && rows.contains("w2"), "{rows}");
         assert!(text_of(&b, "header .who").await.contains("deployer"));
@@ -401,12 +407,7 @@ fn the_console_in_a_real_browser() {
 
         // A viewer: no action anywhere, and a forged POST is refused.
         let v = browser(&driver, "vic").await;
-        v.goto(&login_url(&vic)).await.unwrap();
-        v.wait()
-            .at_most(Duration::from_secs(15))
-            .for_element(Locator::Css("#fleet"))
-            .await
-            .unwrap();
+        assert_eq!(sign_in(&v, &login_url(&vic)).await, "vic");
         v.goto(&format!("{}/hosts/w1", origin(&url))).await.unwrap();
         v.find(Locator::Css("#deckies")).await.unwrap();
         assert!(v.find(Locator::Css("button[data-action]")).await.is_err());
@@ -440,12 +441,33 @@ fn the_console_in_a_real_browser() {
             "the local URL names the console"
         );
         let a = browser(&driver, "root").await;
-        a.goto(local.trim()).await.unwrap();
-        a.wait()
-            .at_most(Duration::from_secs(15))
-            .for_element(Locator::Css("#fleet"))
+        assert_eq!(sign_in(&a, local.trim()).await, "root");
+
+        // Login CSRF: a page elsewhere posting someone's ticket signs no
+        // browser in (and the ticket is not used up).
+        let victim_ticket = login_url(&admin);
+        let ticket = victim_ticket.rsplit('=').next().unwrap().to_string();
+        for origin_header in [Some("https://evil.example"), None] {
+            let mut req = insecure()
+                .post(format!("{}/login", origin(&url)))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(format!("ticket={ticket}"));
+            if let Some(o) = origin_header {
+                req = req.header("Origin", o);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 403, "cross-site sign-in from {origin_header:?}");
+            assert!(r.headers().get("set-cookie").is_none());
+        }
+        let still = insecure()
+            .get(&victim_ticket)
+            .send()
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap();
+        assert!(still.contains("Sign in as"), "the ticket was used up: {still}");
         for (path, name, marker) in [
             ("/jobs", "jobs", "#jobs"),
             ("/audit?action=swarm.", "audit", "#audit"),
@@ -510,6 +532,43 @@ fn the_console_in_a_real_browser() {
         }
     });
     drop(w1);
+}
+
+/// A client of the console that does not check the master's certificate
+/// (it plays a browser elsewhere, or a link preview).
+fn insecure() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Open a one-time URL and press its sign-in button: the operator the page
+/// named; on the fleet page after.
+async fn sign_in(c: &Client, url: &str) -> String {
+    c.goto(url).await.unwrap();
+    let who = c
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("#who"))
+        .await
+        .expect("the sign-in page")
+        .text()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#signin"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("#fleet"))
+        .await
+        .expect("the fleet page after signing in");
+    who
 }
 
 /// `https://host:port` of a URL.

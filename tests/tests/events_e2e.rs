@@ -122,6 +122,24 @@ fn a_silent_host_is_a_signed_webhook_and_an_event_only_its_viewers_see() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    // An admin limited to some hosts cannot watch the others through an
+    // alert (nor remove the fleet's alerts).
+    let scoped_admin = Operator::login(&m, &master, "lab-admin", "admin", &["w2"]);
+    let refused = scoped_admin.run(&[
+        "alert",
+        "add",
+        "peek",
+        "--webhook",
+        &webhook,
+        "--topic",
+        "host,audit",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("host scope"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let created: serde_json::Value = serde_json::from_str(&admin.ok(&[
         "alert",
         "add",

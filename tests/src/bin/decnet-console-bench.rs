@@ -114,8 +114,16 @@ fn main() {
         .build()
         .expect("client");
     let (ttfb, total, size) = rt.block_on(async {
-        let r = client.get(url.trim()).send().await.expect("login");
-        assert!(r.status().is_success(), "login: {}", r.status());
+        let ticket = url.trim().rsplit('=').next().expect("ticket").to_string();
+        let r = client
+            .post(format!("https://127.0.0.1:{}/login", console.port()))
+            .header("Origin", format!("https://127.0.0.1:{}", console.port()))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("ticket={ticket}"))
+            .send()
+            .await
+            .expect("login");
+        assert!(r.status().is_redirection(), "login: {}", r.status());
         let cookie = r
             .headers()
             .get(reqwest::header::SET_COOKIE)
