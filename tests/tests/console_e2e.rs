@@ -495,6 +495,25 @@ fn the_console_in_a_real_browser() {
         })
         .await;
         shot(&a, "job").await;
+        // Readable on a phone: the fleet and a host at 390 px wide, no
+        // horizontal scrolling of the page itself (tables scroll in place).
+        a.set_window_size(390, 844).await.unwrap();
+        for (path, name) in [("/", "fleet-phone"), ("/hosts/w1", "host-phone")] {
+            a.goto(&format!("{}{path}", origin(&url))).await.unwrap();
+            let overflow = a
+                .execute(
+                    "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            assert!(
+                overflow.as_i64().unwrap_or(0) <= 0,
+                "{path} scrolls sideways on a phone: {overflow}"
+            );
+            shot(&a, name).await;
+        }
+        a.set_window_size(1366, 900).await.unwrap();
         // The viewer sees no operators page.
         v.goto(&format!("{}/operators", origin(&url)))
             .await
