@@ -166,6 +166,21 @@ pub struct Contact {
     pub outcome: Result<(Option<String>, Option<String>), String>,
 }
 
+/// One heartbeat to record: the host, its agent's version, its decky
+/// states (JSON), and its clock minus ours when it arrived (`None`: an
+/// agent that does not say when it sent it; the last known skew is kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Beat {
+    /// The host.
+    pub host: String,
+    /// Its agent's version.
+    pub version: String,
+    /// Its deckies' states (JSON), when reported.
+    pub state: Option<String>,
+    /// Its clock minus ours (milliseconds).
+    pub clock_skew_ms: Option<i64>,
+}
+
 /// The fleet database: a connection pool plus the queries the master needs.
 #[derive(Clone)]
 pub struct FleetDb {
@@ -636,39 +651,41 @@ impl FleetDb {
         Ok(())
     }
 
-    /// Record a heartbeat (one write) and return whether a renewal was
-    /// requested for the host. `clock_skew_ms` is the worker's clock minus
-    /// ours when the heartbeat arrived (`None`: an agent that does not say
-    /// when it sent it; the last known skew is kept).
-    pub async fn record_heartbeat(
-        &self,
-        name: &str,
-        version: &str,
-        state: Option<&str>,
-        clock_skew_ms: Option<i64>,
-    ) -> Result<bool, DbError> {
+    /// Record heartbeats in one transaction (the master's beat writer
+    /// gathers a short window's); for each host recorded, whether a
+    /// renewal was requested for it. A decommissioned or burned host's
+    /// beat changes nothing and is left out of the answer.
+    pub async fn record_heartbeats(&self, beats: &[Beat]) -> Result<Vec<(String, bool)>, DbError> {
+        if beats.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = unix_now();
-        let row = sqlx::query(
-            "UPDATE hosts SET status = CASE WHEN status = 'suspect' THEN status ELSE $1 END, \
-             last_seen = $2, last_heartbeat = $2, agent_version = $3, \
-             last_error = CASE WHEN status = 'suspect' THEN last_error ELSE NULL END, \
-             state_json = COALESCE($4, state_json), updated_at = $5, \
-             clock_skew_ms = COALESCE($6, clock_skew_ms) \
-             WHERE name = $7 AND status NOT IN ('decommissioned', 'burned') RETURNING renew_requested",
-        )
-        .bind(HostStatus::Active.as_str())
-        .bind(now)
-        .bind(version)
-        .bind(state)
-        .bind(now)
-        .bind(clock_skew_ms)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => r.try_get::<Option<i64>, _>(0)?.is_some(),
-            None => false,
-        })
+        let mut out = Vec::with_capacity(beats.len());
+        let mut tx = self.write_tx().await?;
+        for b in beats {
+            let row = sqlx::query(
+                "UPDATE hosts SET status = CASE WHEN status = 'suspect' THEN status ELSE $1 END, \
+                 last_seen = $2, last_heartbeat = $2, agent_version = $3, \
+                 last_error = CASE WHEN status = 'suspect' THEN last_error ELSE NULL END, \
+                 state_json = COALESCE($4, state_json), updated_at = $5, \
+                 clock_skew_ms = COALESCE($6, clock_skew_ms) \
+                 WHERE name = $7 AND status NOT IN ('decommissioned', 'burned') RETURNING renew_requested",
+            )
+            .bind(HostStatus::Active.as_str())
+            .bind(now)
+            .bind(&b.version)
+            .bind(b.state.as_deref())
+            .bind(now)
+            .bind(b.clock_skew_ms)
+            .bind(&b.host)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = row {
+                out.push((b.host.clone(), r.try_get::<Option<i64>, _>(0)?.is_some()));
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// Mark active hosts whose last heartbeat is older than `cutoff` (unix

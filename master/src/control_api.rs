@@ -239,6 +239,8 @@ pub struct ControlState {
     /// Where heartbeats publish what they change (a host back from
     /// silence, its deckies, forbidden connection attempts).
     pub events: crate::events::Events,
+    /// Where heartbeats are recorded (in batches).
+    pub beats: Arc<crate::beats::BeatWriter>,
 }
 
 /// How long a certificate's return to a source it left counts as two
@@ -253,6 +255,7 @@ impl ControlState {
         crl: Arc<CrlPublisher>,
         renew: RenewPolicy,
     ) -> Self {
+        let db_for_beats = db.clone();
         ControlState {
             db,
             ca,
@@ -265,6 +268,7 @@ impl ControlState {
             renew,
             fleet_api_port: None,
             events: crate::events::Events::new(),
+            beats: crate::beats::BeatWriter::start(db_for_beats),
         }
     }
 
@@ -597,18 +601,18 @@ async fn heartbeat(
         sent.saturating_sub(unix_millis())
             .clamp(-MAX_SKEW_MS, MAX_SKEW_MS)
     });
-    let renew = match st
-        .db
-        .record_heartbeat(&peer.cn, &hb.version, state.as_deref(), skew)
-        .await
-    {
+    let renew = match st.beats.beat(decnet_fleet::db::Beat {
+        host: peer.cn.clone(),
+        version: hb.version.clone(),
+        state,
+        clock_skew_ms: skew,
+    }) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "cannot record a heartbeat");
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "fleet database unavailable",
+                e.to_string(),
             );
         }
     };
@@ -648,6 +652,8 @@ async fn renew(
     }
     match st.db.renew(&st.ca, &peer, &req.csr, &st.renew).await {
         Ok(renewed) => {
+            // Its flag is down: the next beats do not ask again.
+            st.beats.renewed(&host);
             let _ = st
                 .db
                 .audit(&AuditEntry::now(

@@ -28,6 +28,7 @@
 
 pub mod alerts;
 pub mod authz;
+pub mod beats;
 pub mod cli;
 pub mod clone_watch;
 pub mod console;
