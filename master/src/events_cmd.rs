@@ -447,16 +447,43 @@ pub async fn alert(client: &FleetClient, c: AlertCommand) -> anyhow::Result<()> 
     }
 }
 
+/// Print the URL, and unless `--print-url`, open it in a browser: the one
+/// `$BROWSER` names, or the desktop's (`xdg-open`, when there is a
+/// display). Over SSH, with neither, the URL printed is the way.
 fn print_console_url(url: &str, expires_at: i64, print_url: bool) {
     if print_url {
         println!("{url}");
+        return;
+    }
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .or_else(|| {
+            let display = std::env::var_os("DISPLAY").is_some()
+                || std::env::var_os("WAYLAND_DISPLAY").is_some();
+            display.then(|| "xdg-open".to_string())
+        });
+    let opened = opener.is_some_and(|b| {
+        std::process::Command::new(b.trim())
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .is_ok()
+    });
+    if opened {
+        println!(
+            "Opening the console in your browser (the URL is single use, until {}):",
+            crate::console::when(expires_at)
+        );
     } else {
         println!(
             "Open this URL in a browser (single use, until {}):",
             crate::console::when(expires_at)
         );
-        println!("{url}");
     }
+    println!("{url}");
 }
 
 /// `decnet console` through a context: a URL for this operator.

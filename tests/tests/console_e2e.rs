@@ -159,6 +159,41 @@ async fn post_from_page(c: &Client, path: &str, with_token: bool) -> (u64, Strin
     )
 }
 
+/// `decnet console` without `--print-url` opens the URL in `$BROWSER`.
+fn opened_by_browser(op: &Operator) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("opened");
+    let browser = dir.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" > {}\n", seen.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = op
+        .command(&["console"])
+        .env("BROWSER", &browser)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("Opening the console"), "{said}");
+    let opened = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&seen)
+            .ok()
+            .filter(|t| !t.is_empty())
+    })
+    .expect("the browser was started with the URL");
+    let url = opened.trim().to_string();
+    assert!(said.contains(&url), "the URL is printed too: {said}");
+    url
+}
+
 fn login_url(op: &Operator) -> String {
     let url = op.ok(&["console", "--print-url"]);
     let url = url.trim().to_string();
@@ -407,7 +442,8 @@ fn the_console_in_a_real_browser() {
 
         // A viewer: no action anywhere, and a forged POST is refused.
         let v = browser(&driver, "vic").await;
-        assert_eq!(sign_in(&v, &login_url(&vic)).await, "vic");
+        // `decnet console` opens the viewer's browser on its URL.
+        assert_eq!(sign_in(&v, &opened_by_browser(&vic)).await, "vic");
         v.goto(&format!("{}/hosts/w1", origin(&url))).await.unwrap();
         v.find(Locator::Css("#deckies")).await.unwrap();
         assert!(v.find(Locator::Css("button[data-action]")).await.is_err());
