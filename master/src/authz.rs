@@ -165,6 +165,14 @@ impl Grant {
         self.scope.allows(host)
     }
 
+    /// Whether the operator may read an audit entry of `action` on
+    /// `target`: an unscoped one every entry; a scoped one what happened
+    /// to its hosts only (not the operators' changes, whose targets are
+    /// operator names).
+    pub fn sees_audit(&self, action: &str, target: &str) -> bool {
+        self.scope.0.is_empty() || (action.starts_with("swarm.") && self.sees(target))
+    }
+
     /// The audit actor of its actions.
     pub fn actor(&self) -> String {
         format!("operator:{}", self.operator)

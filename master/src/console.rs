@@ -502,26 +502,7 @@ async fn host_page(
     Extension(csrf): Extension<Csrf>,
     Path(name): Path<String>,
 ) -> Result<Response, Response> {
-    let name = name.to_ascii_lowercase();
-    let missing = || {
-        refuse_json(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such host (or not in your scope)",
-        )
-    };
-    if !g.sees(&name) {
-        return Err(missing());
-    }
-    let Some(rec) = st.db.host(&name).await.map_err(unavailable)? else {
-        return Err(missing());
-    };
-    let expiry = st
-        .db
-        .current_certificate_expiry()
-        .await
-        .map_err(unavailable)?;
-    let h = crate::fleet_api::host_view(&rec, &expiry);
+    let h = crate::fleet_api::visible_host(&st, &g, &name).await?;
     let mut certs = Vec::new();
     for (role, fp, until) in [
         ("agent", &h.agent_fingerprint, h.agent_cert_not_after),
@@ -535,7 +516,7 @@ async fn host_page(
             ));
         }
     }
-    let revoked = st.db.revoked_of(&name).await.map_err(unavailable)?.len();
+    let revoked = h.revoked_fingerprints.as_ref().map_or(0, Vec::len);
     Ok(page(
         StatusCode::OK,
         &HostPage {
@@ -653,7 +634,7 @@ async fn audit_page(
     let entries = st.db.audit_search(&search).await.map_err(unavailable)?;
     let entries = entries
         .iter()
-        .filter(|e| g.scope.0.is_empty() || (e.action.starts_with("swarm.") && g.sees(&e.target)))
+        .filter(|e| g.sees_audit(&e.action, &e.target))
         .map(crate::fleet_api::audit_view)
         .collect();
     Ok(page(

@@ -15,14 +15,13 @@ use axum::{Extension, Json};
 use decnet_api as api;
 use decnet_api::{Event, EventTopic};
 use decnet_fleet::console::AlertRecord;
-use decnet_fleet::{AuditEntry, AuditOutcome};
 use decnet_server::error_body::json_error;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use crate::authz::{Grant, glob_match, valid_glob};
 use crate::events::Published;
-use crate::fleet_api::FleetApiState;
+use crate::fleet_api::{FleetApiState, audit_change};
 
 /// The most event streams one master serves at once.
 pub const MAX_FOLLOWERS: usize = 512;
@@ -332,22 +331,6 @@ fn alert_view(a: &AlertRecord) -> api::AlertRule {
     }
 }
 
-async fn audit(st: &FleetApiState, g: &Grant, action: &str, target: &str, detail: String) {
-    if let Err(e) = st
-        .db
-        .audit(&AuditEntry::now(
-            g.actor(),
-            action,
-            target,
-            AuditOutcome::Ok,
-            detail,
-        ))
-        .await
-    {
-        tracing::error!(error = %e, action, "cannot write the audit entry");
-    }
-}
-
 /// `GET /v1/alerts` (admin).
 pub async fn alerts(
     State(st): State<Arc<FleetApiState>>,
@@ -413,7 +396,7 @@ pub async fn alert_add(
     }
     st.alerts.rules_changed();
     // The URL is on the record, never the secret.
-    audit(
+    audit_change(
         &st,
         &g,
         "alert.add",
@@ -465,7 +448,7 @@ pub async fn alert_remove(
         ));
     }
     st.alerts.rules_changed();
-    audit(&st, &g, "alert.remove", &name, String::new()).await;
+    audit_change(&st, &g, "alert.remove", &name, String::new()).await;
     Ok(Json(serde_json::json!({ "removed": name })))
 }
 
@@ -484,7 +467,7 @@ pub async fn alert_test(
         ));
     };
     let result = st.alerts.test(&rule, &g.actor()).await;
-    audit(
+    audit_change(
         &st,
         &g,
         "alert.test",
@@ -570,7 +553,7 @@ pub async fn console_login(
         .create_console_ticket(&ticket, &g.operator)
         .await
         .map_err(unavailable)?;
-    audit(&st, &g, "console.login_url", &g.operator, String::new()).await;
+    audit_change(&st, &g, "console.login_url", &g.operator, String::new()).await;
     Ok(Json(api::ConsoleLogin {
         url: format!("https://{host}:{port}/login?ticket={ticket}"),
         expires_at,

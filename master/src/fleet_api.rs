@@ -222,8 +222,18 @@ async fn host(
     Extension(g): Extension<Grant>,
     Path(name): Path<String>,
 ) -> Result<Json<api::Host>, Response> {
+    visible_host(&st, &g, &name).await.map(Json)
+}
+
+/// Host `name` as the API shows it (its revoked certificates included),
+/// if the grant sees it: a host outside the scope is as absent as one
+/// never enrolled (the fleet API's host and the console's host page).
+pub async fn visible_host(
+    st: &FleetApiState,
+    g: &Grant,
+    name: &str,
+) -> Result<api::Host, Response> {
     let name = name.to_ascii_lowercase();
-    // A host outside the scope is as absent as one never enrolled.
     let missing = || {
         not_found(format!(
             "host {name} is not enrolled (see `decnet swarm list`)"
@@ -242,7 +252,7 @@ async fn host(
         .map_err(unavailable)?;
     let mut v = host_view(&h, &expiry);
     v.revoked_fingerprints = Some(st.db.revoked_of(&name).await.map_err(unavailable)?);
-    Ok(Json(v))
+    Ok(v)
 }
 
 #[derive(Deserialize)]
@@ -362,9 +372,7 @@ async fn audit(
             .iter()
             // A scoped operator reads what happened to its hosts only (not
             // the operators' changes, whose targets are operator names).
-            .filter(|e| {
-                g.scope.0.is_empty() || (e.action.starts_with("swarm.") && g.sees(&e.target))
-            })
+            .filter(|e| g.sees_audit(&e.action, &e.target))
             .map(audit_view)
             .collect(),
     ))
@@ -443,7 +451,15 @@ pub fn check_operator(name: &str, hosts: &[String]) -> Result<HostName, String> 
     Ok(name)
 }
 
-async fn audit_change(st: &FleetApiState, g: &Grant, action: &str, target: &str, detail: String) {
+/// Record a change the operator of `g` made (an audit failure is logged,
+/// never answered: the change is done).
+pub async fn audit_change(
+    st: &FleetApiState,
+    g: &Grant,
+    action: &str,
+    target: &str,
+    detail: String,
+) {
     if let Err(e) = st
         .db
         .audit(&AuditEntry::now(
