@@ -556,7 +556,12 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
     );
     let out = update_v1(&["--allow-downgrade"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("does not count"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("does not count"),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(labels(&m, "u3")[0], "v2");
     let out = update_v1(&["--permit-downgrade"]);
     assert!(
