@@ -61,6 +61,8 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
         let body = serde_json::json!({
             // The master compares it with its own clock (`swarm doctor`).
             "sent_at_ms": unix_millis(),
+            // Which CAs we trust (`decnet ca rotation status`).
+            "trust": decnet_pki::trust::digest(&link.material().current().bundle().ca_pem),
             "version": snap.version,
             "driver": snap.driver,
             "deckies": snap.deckies.iter().map(|d| serde_json::json!({
@@ -80,8 +82,13 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
                 if answer.renew {
                     wake.renew_now.notify_one();
                 }
-                let held = link.material().current().crl().map(|c| c.number());
-                if answer.crl_number.is_some_and(|n| Some(n) > held) {
+                let material = link.material().current();
+                let held = material.crl().map(|c| c.number());
+                // A newer CRL, or a CA rotation moved: fetch (the trust set
+                // first, then the lists of every CA in it).
+                if answer.crl_number.is_some_and(|n| Some(n) > held)
+                    || answer.trust_moved(&material.bundle().ca_pem)
+                {
                     wake.crl_now.notify_one();
                 }
             }

@@ -562,13 +562,14 @@ async fn serve(
         tasks.push(tokio::spawn(master_link::keep_renewed(
             link.clone(),
             opts.bundle_dir.clone(),
-            wake.renew_now,
+            wake.renew_now.clone(),
         )));
         tasks.push(tokio::spawn(master_link::keep_crl_fresh(
             link,
             opts.bundle_dir.clone(),
             CRL_REFRESH,
             wake.crl_now,
+            Some(wake.renew_now),
         )));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

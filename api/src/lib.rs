@@ -565,6 +565,13 @@ pub struct RenewedOperator {
     pub fingerprint: String,
     /// When it expires (unix seconds).
     pub not_after: i64,
+    /// The CA certificates the master trusts now (during a CA rotation:
+    /// both), PEM; the context takes them through `endorsements_pem`.
+    #[serde(default)]
+    pub ca_pem: String,
+    /// Endorsements of new CAs by the CA the context trusts (rotation only).
+    #[serde(default)]
+    pub endorsements_pem: String,
 }
 
 pub mod worker;

@@ -68,7 +68,7 @@ pub fn default_url(home: &Path) -> String {
 /// Add an issued certificate to the ledger inside `tx`.
 pub(crate) async fn insert_certificate(tx: &mut Tx, c: &CertRecord) -> Result<(), DbError> {
     sqlx::query(
-        "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO certificates (fingerprint, host, role, serial, not_after, issued_at, ca) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&c.fingerprint)
     .bind(&c.host)
@@ -76,6 +76,7 @@ pub(crate) async fn insert_certificate(tx: &mut Tx, c: &CertRecord) -> Result<()
     .bind(&c.serial)
     .bind(c.not_after)
     .bind(unix_now())
+    .bind(c.ca.as_deref())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -179,6 +180,9 @@ pub struct Beat {
     pub state: Option<String>,
     /// Its clock minus ours (milliseconds).
     pub clock_skew_ms: Option<i64>,
+    /// The digest of the trust set it holds (`decnet_pki::trust::digest`),
+    /// when reported.
+    pub trust: Option<String>,
 }
 
 /// The fleet database: a connection pool plus the queries the master needs.
@@ -668,8 +672,8 @@ impl FleetDb {
                  last_seen = $2, last_heartbeat = $2, agent_version = $3, \
                  last_error = CASE WHEN status = 'suspect' THEN last_error ELSE NULL END, \
                  state_json = COALESCE($4, state_json), updated_at = $5, \
-                 clock_skew_ms = COALESCE($6, clock_skew_ms) \
-                 WHERE name = $7 AND status NOT IN ('decommissioned', 'burned') RETURNING renew_requested",
+                 clock_skew_ms = COALESCE($6, clock_skew_ms), trust = COALESCE($7, trust) \
+                 WHERE name = $8 AND status NOT IN ('decommissioned', 'burned') RETURNING renew_requested",
             )
             .bind(HostStatus::Active.as_str())
             .bind(now)
@@ -677,6 +681,7 @@ impl FleetDb {
             .bind(b.state.as_deref())
             .bind(now)
             .bind(b.clock_skew_ms)
+            .bind(b.trust.as_deref())
             .bind(&b.host)
             .fetch_optional(&mut *tx)
             .await?;
@@ -1043,6 +1048,7 @@ pub(crate) fn cert_from_row(r: &AnyRow) -> Result<CertRecord, DbError> {
         role: r.try_get::<String, _>(2)?.parse()?,
         serial: r.try_get(3)?,
         not_after: r.try_get(4)?,
+        ca: None,
     })
 }
 

@@ -176,7 +176,7 @@ pub async fn enroll(
         decnet_pki::ca::validate_san(s)?;
     }
     let agent_leaf = ca.issue(&leaf_spec(&Role::Agent(host.clone()), &sans, req.validity)?)?;
-    let agent_bundle = Bundle::from_issued(BundleKind::Agent, &agent_leaf, ca.cert_pem())?;
+    let agent_bundle = Bundle::from_issued(BundleKind::Agent, &agent_leaf, ca.trust_pem())?;
     let updater = if req.updater {
         let leaf = ca.issue(&leaf_spec(
             &Role::Updater(host.clone()),
@@ -184,7 +184,7 @@ pub async fn enroll(
             req.validity,
         )?)?;
         Some((
-            Bundle::from_issued(BundleKind::Updater, &leaf, ca.cert_pem())?,
+            Bundle::from_issued(BundleKind::Updater, &leaf, ca.trust_pem())?,
             leaf,
         ))
     } else {

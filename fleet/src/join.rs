@@ -320,7 +320,7 @@ pub async fn join(
     Ok(JoinAnswer {
         host: host.to_string(),
         cert_pem: leaf.cert_pem,
-        ca_pem: ca.cert_pem().to_string(),
+        ca_pem: ca.trust_pem().to_string(),
         fingerprint: fp,
         api_port: None,
     })

@@ -12,6 +12,7 @@
 //! * [`revocation`] — the CRL published to workers, rotation of the
 //!   master's certificate.
 
+pub mod ca_rotation;
 pub mod console;
 pub mod db;
 pub mod enrollment;

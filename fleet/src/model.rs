@@ -245,6 +245,9 @@ pub struct CertRecord {
     pub serial: String,
     /// End of validity (unix seconds).
     pub not_after: i64,
+    /// Fingerprint of the CA that signed it (`None`: the fleet's first CA,
+    /// or not known).
+    pub ca: Option<String>,
 }
 
 impl CertRecord {
@@ -255,6 +258,7 @@ impl CertRecord {
             host: host.to_string(),
             role,
             serial: leaf.serial.clone(),
+            ca: Some(leaf.issuer.to_hex()),
             not_after: leaf.not_after.unix_timestamp(),
         }
     }

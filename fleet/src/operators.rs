@@ -455,7 +455,7 @@ pub async fn join_operator(
     Ok(JoinAnswer {
         host: name.to_string(),
         cert_pem: leaf.cert_pem,
-        ca_pem: ca.cert_pem().to_string(),
+        ca_pem: ca.trust_pem().to_string(),
         fingerprint: fp,
         api_port: fleet_api_port,
     })

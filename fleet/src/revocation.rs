@@ -75,10 +75,11 @@ pub enum CrlPublishError {
 }
 
 /// Keeps the master's current CRL: rebuilt and re-signed when the number of
-/// revocations changed.
+/// revocations changed, or the set of trusted CAs did (during a CA
+/// rotation, each trusted CA signs a list of its own).
 #[derive(Debug, Default)]
 pub struct CrlPublisher {
-    current: RwLock<Option<RevocationList>>,
+    current: RwLock<Option<(RevocationList, Vec<String>)>>,
 }
 
 impl CrlPublisher {
@@ -92,7 +93,8 @@ impl CrlPublisher {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(c, _)| c.clone())
     }
 
     /// The number of the CRL in force.
@@ -101,26 +103,37 @@ impl CrlPublisher {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|c| c.number())
+            .map(|(c, _)| c.number())
     }
 
-    /// Rebuild the CRL when the deny list grew; returns the new one if it changed.
+    /// Rebuild the CRL when the deny list grew or the trusted CAs `cas`
+    /// changed; returns the new one if it changed.
     pub async fn refresh(
         &self,
         db: &FleetDb,
-        ca: &CertificateAuthority,
+        cas: &[&CertificateAuthority],
     ) -> Result<Option<RevocationList>, CrlPublishError> {
         let number = db.revocation_count().await?;
-        if self.number() == Some(number) {
-            return Ok(None);
+        let signers: Vec<String> = cas.iter().map(|c| c.fingerprint().to_hex()).collect();
+        {
+            let held = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((c, s)) = held.as_ref()
+                && c.number() == number
+                && *s == signers
+            {
+                return Ok(None);
+            }
         }
         let serials = db.revoked_serials().await?;
-        let crl = ca.issue_crl(
-            &serials,
-            number,
-            time::OffsetDateTime::now_utc() + CRL_LIFETIME,
-        )?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(crl.clone());
+        let next_update = time::OffsetDateTime::now_utc() + CRL_LIFETIME;
+        let mut lists = Vec::with_capacity(cas.len());
+        for ca in cas {
+            lists.push(ca.issue_crl(&serials, number, next_update)?);
+        }
+        let crl = RevocationList::combine(lists).map_err(|_| {
+            CrlPublishError::Ca(decnet_pki::CaError::BadSerial)
+        })?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((crl.clone(), signers));
         Ok(Some(crl))
     }
 }
@@ -169,7 +182,7 @@ pub async fn rotate_master(
         None => decnet_pki::ca::leaf_sans(&old.cert_pem).unwrap_or_default(),
     };
     let leaf = ca.issue(&LeafSpec::for_role(&Role::Master, &sans))?;
-    let new = Bundle::from_issued(BundleKind::Master, &leaf, ca.cert_pem())?;
+    let new = Bundle::from_issued(BundleKind::Master, &leaf, ca.trust_pem())?;
     new.verify(&Role::Master)?;
     let old_id = PeerIdentity::from_pem(&old.cert_pem)?;
     let old_fp = old_id.fingerprint.to_hex();
@@ -185,6 +198,7 @@ pub async fn rotate_master(
                 role: CertRole::Master,
                 serial: old_id.serial.clone(),
                 not_after: old_id.not_after.unix_timestamp(),
+                ca: None,
             },
         )
         .await?;

@@ -20,6 +20,7 @@ fn cert(host: &str, fp: &str, role: CertRole) -> CertRecord {
         role,
         serial: "01".into(),
         not_after: unix_now() + 1000,
+        ca: None,
     }
 }
 

@@ -148,6 +148,7 @@ mod tests {
             version: version.into(),
             state: None,
             clock_skew_ms: None,
+            trust: None,
         }
     }
 

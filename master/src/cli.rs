@@ -341,6 +341,63 @@ pub struct CaDirArg {
     pub ca_dir: Option<PathBuf>,
 }
 
+/// `decnet ca rotation …`
+#[derive(Debug, Subcommand)]
+pub enum RotationCommand {
+    /// Create the new CA and begin: masters trust both CAs and sign with
+    /// the new one; workers take the new trust set and renew under it.
+    Start {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The phase, and per host which CA its certificates chain to, whether
+    /// it trusts both, and when it was last heard.
+    Status {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the old CA: refused while a host, operator or monitor still
+    /// holds a certificate of it (listed), unless --force (which names
+    /// exactly who is cut off). The old key is destroyed, or archived with
+    /// --archive-key.
+    Finish {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Finish even though the listed hosts/operators are cut off.
+        #[arg(long)]
+        force: bool,
+        /// Move the old CA key (and certificate) into DIR (0700) instead
+        /// of destroying it, to be taken offline.
+        #[arg(long, value_name = "DIR")]
+        archive_key: Option<PathBuf>,
+        /// Wait up to SECS for the last hosts to renew before deciding.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
+    /// Go back to the old CA alone: it signs again, hosts renew back under
+    /// it, and the new CA's key is destroyed once nothing depends on it.
+    Abort {
+        /// CA location.
+        #[command(flatten)]
+        ca: CaDirArg,
+        /// Complete even though the listed hosts are cut off.
+        #[arg(long)]
+        force: bool,
+        /// Wait up to SECS for the hosts to renew back before deciding.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
+}
+
 /// `decnet ca …`
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
@@ -390,6 +447,12 @@ pub enum CaCommand {
         /// The monitor's name.
         name: String,
     },
+    /// Replace the CA without downtime: `start` (a new CA beside the
+    /// current one; every host trusts both and renews under the new one),
+    /// `status`, `finish` (the old CA is dropped and its key destroyed or
+    /// archived), `abort` (back to the old CA alone).
+    #[command(subcommand)]
+    Rotation(RotationCommand),
     /// Show the CA and the master bundle.
     Show {
         /// CA location.
@@ -913,6 +976,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_init(&resolve(ca.ca_dir), force, &sans).await
         }
         Command::Ca(CaCommand::Show { ca, json }) => ca_show(&resolve(ca.ca_dir), json),
+        Command::Ca(CaCommand::Rotation(cmd)) => match cmd {
+            RotationCommand::Start { ca, json } => {
+                crate::ca_rotation_cmd::start(&resolve(ca.ca_dir), json).await
+            }
+            RotationCommand::Status { ca, json } => {
+                crate::ca_rotation_cmd::status(&resolve(ca.ca_dir), json).await
+            }
+            RotationCommand::Finish {
+                ca,
+                force,
+                archive_key,
+                wait,
+            } => {
+                let old_key = match archive_key {
+                    Some(d) => crate::ca_rotation_cmd::OldKey::ArchiveTo(d),
+                    None => crate::ca_rotation_cmd::OldKey::Destroy,
+                };
+                crate::ca_rotation_cmd::finish(
+                    &resolve(ca.ca_dir),
+                    force,
+                    old_key,
+                    std::time::Duration::from_secs(wait),
+                )
+                .await
+            }
+            RotationCommand::Abort { ca, force, wait } => {
+                crate::ca_rotation_cmd::abort(
+                    &resolve(ca.ca_dir),
+                    force,
+                    std::time::Duration::from_secs(wait),
+                )
+                .await
+            }
+        },
         Command::Ca(CaCommand::IssueMonitor { ca, name, out }) => {
             crate::monitor_cmd::issue(&resolve(ca.ca_dir), &name, out.as_deref()).await
         }
@@ -1228,8 +1325,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         })) => {
             let home = resolve(ca.ca_dir);
             let req = token_request(host, address, sans, updater, &ttl)?;
-            let ca = load_ca(&home.ca_layout())?;
             let db = open_db(&home).await?;
+            let ca = crate::authorities::signing_ca(&home.ca_layout(), &db).await?;
             let token = crate::ops::create_join_token(&db, &ca, &req, &cli_actor()).await;
             db.close().await;
             let token = token.map_err(crate::ops::OpError::into_cli)?;
@@ -1684,8 +1781,8 @@ fn x509_summary(pem: &str) -> anyhow::Result<(String, i64)> {
 
 async fn swarm_enroll(home: &MasterHome, req: &EnrollRequest) -> anyhow::Result<()> {
     let layout = home.ca_layout();
-    let ca = load_ca(&layout)?;
     let db = open_db(home).await?;
+    let ca = crate::authorities::signing_ca(&layout, &db).await?;
     let result = enrollment::enroll(&ca, &layout, &db, req).await;
     let action = if req.reissue {
         "swarm.reissue"

@@ -31,7 +31,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use decnet_fleet::join::{JoinRefusal, JoinRequest, valid_token_id};
 use decnet_fleet::{AuditEntry, AuditOutcome, CrlPublisher, FleetDb, PeerRefusal, RenewPolicy};
-use decnet_pki::{CertificateAuthority, Fingerprint, PeerIdentity, Role};
+use decnet_pki::{Fingerprint, PeerIdentity, Role};
 use decnet_server::source::SourceKey;
 use decnet_server::{AccessPolicy, Refusal, TlsPeer, json_error};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -49,13 +49,13 @@ impl AccessPolicy for ControlPolicy {
         match (&peer.role, method, path) {
             (Role::Agent(_), &Method::POST, "/heartbeat") => Ok(()),
             (Role::Agent(_) | Role::Updater(_), &Method::POST, "/renew") => Ok(()),
-            (Role::Agent(_) | Role::Updater(_), &Method::GET, "/crl") => Ok(()),
+            (Role::Agent(_) | Role::Updater(_), &Method::GET, "/crl" | "/trust") => Ok(()),
             (_, &Method::GET, "/join/ca") | (_, &Method::POST, "/join") => Ok(()),
             (_, &Method::GET, "/health") => Ok(()),
             (_, _, "/heartbeat") => Err(Refusal {
                 required: "agent".into(),
             }),
-            (_, _, "/renew" | "/crl") => Err(Refusal {
+            (_, _, "/renew" | "/crl" | "/trust") => Err(Refusal {
                 required: "agent or updater".into(),
             }),
             // No other route exists here: operators use the fleet API's
@@ -218,8 +218,9 @@ impl CrlAnnouncer {
 pub struct ControlState {
     /// The fleet database.
     pub db: FleetDb,
-    /// The CA (signs join and renewal CSRs, and CRLs).
-    pub ca: Arc<CertificateAuthority>,
+    /// The CAs in force (the signing one signs join and renewal CSRs; each
+    /// trusted one signs a CRL).
+    pub ca: Arc<crate::authorities::LiveAuthorities>,
     /// The CRL workers fetch.
     pub crl: Arc<CrlPublisher>,
     /// Join rate limiter.
@@ -251,7 +252,7 @@ impl ControlState {
     /// The control API's state with the production limits and windows.
     pub fn new(
         db: FleetDb,
-        ca: Arc<CertificateAuthority>,
+        ca: Arc<crate::authorities::LiveAuthorities>,
         crl: Arc<CrlPublisher>,
         renew: RenewPolicy,
     ) -> Self {
@@ -335,6 +336,9 @@ pub struct Heartbeat {
     /// clock-skew check; older agents do not send it.
     #[serde(default)]
     pub sent_at_ms: Option<i64>,
+    /// The digest of the trust set the agent holds (CA rotation status).
+    #[serde(default)]
+    pub trust: Option<String>,
 }
 
 fn unix_millis() -> i64 {
@@ -367,6 +371,7 @@ pub fn router(state: Arc<ControlState>) -> Router {
                 .route("/heartbeat", post(heartbeat))
                 .route("/renew", post(renew))
                 .route("/crl", get(crl))
+                .route("/trust", get(trust))
                 .route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     worker_rate_limit,
@@ -443,7 +448,12 @@ async fn join_ca(
     if let Err(r) = join_allowed(&st, peer.remote.ip()).await {
         return r;
     }
-    Json(serde_json::json!({ "ca_pem": st.ca.cert_pem() })).into_response()
+    let ca = st.ca.signing();
+    Json(serde_json::json!({
+        "ca_pem": ca.trust_pem(),
+        "endorsements_pem": ca.endorsements_pem(),
+    }))
+    .into_response()
 }
 
 async fn join(
@@ -473,11 +483,12 @@ async fn join(
         return json_error(StatusCode::BAD_REQUEST, "bad_request", "malformed token id");
     }
     let source = SourceKey::of(ip).to_string();
+    let ca = st.ca.signing();
     let joined = if req.role == decnet_api::JOIN_ROLE_OPERATOR {
-        decnet_fleet::operators::join_operator(&st.db, &st.ca, &req, ip, &source, st.fleet_api_port)
+        decnet_fleet::operators::join_operator(&st.db, &ca, &req, ip, &source, st.fleet_api_port)
             .await
     } else {
-        decnet_fleet::join::join(&st.db, &st.ca, &req, ip, &source).await
+        decnet_fleet::join::join(&st.db, &ca, &req, ip, &source).await
     };
     match joined {
         Ok(answer) => {
@@ -601,11 +612,17 @@ async fn heartbeat(
         sent.saturating_sub(unix_millis())
             .clamp(-MAX_SKEW_MS, MAX_SKEW_MS)
     });
+    // Only a digest is stored: anything else a worker sends is dropped.
+    let trust = hb
+        .trust
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    let cas = st.ca.current();
     let renew = match st.beats.beat(decnet_fleet::db::Beat {
         host: peer.cn.clone(),
         version: hb.version.clone(),
         state,
         clock_skew_ms: skew,
+        trust,
     }) {
         Ok(r) => r,
         Err(e) => {
@@ -620,7 +637,12 @@ async fn heartbeat(
     crate::metrics::master_metrics().heartbeat(&peer.cn, decnet_fleet::unix_now(), skew);
     tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, skew_ms = ?skew, "heartbeat");
     let crl_number = st.announcer.announce(st.crl.number(), Instant::now());
-    Json(serde_json::json!({"ok": true, "renew": renew, "crl_number": crl_number})).into_response()
+    // During a CA rotation, a certificate of the CA on its way out renews.
+    let renew = renew || cas.should_renew(&peer.issuer);
+    Json(serde_json::json!({
+        "ok": true, "renew": renew, "crl_number": crl_number, "trust": cas.digest,
+    }))
+    .into_response()
 }
 
 /// `POST /renew` body.
@@ -650,7 +672,18 @@ async fn renew(
     if let Err(r) = standing(&st, &peer, "renewal").await {
         return r;
     }
-    match st.db.renew(&st.ca, &peer, &req.csr, &st.renew).await {
+    let cas = st.ca.current();
+    // Moving to the CA that signs now is never too soon: a host that
+    // renewed a minute before a rotation began still moves at once.
+    let policy = if cas.should_renew(&peer.issuer) {
+        RenewPolicy {
+            min_interval: Duration::ZERO,
+            ..st.renew.clone()
+        }
+    } else {
+        st.renew.clone()
+    };
+    match st.db.renew(&cas.signing, &peer, &req.csr, &policy).await {
         Ok(renewed) => {
             // Its flag is down: the next beats do not ask again.
             st.beats.renewed(&host);
@@ -677,7 +710,8 @@ async fn renew(
             crate::metrics::master_metrics().renewal(&peer.role.kind().to_string(), "renewed");
             Json(serde_json::json!({
                 "cert_pem": renewed.cert_pem,
-                "ca_pem": st.ca.cert_pem(),
+                "ca_pem": cas.signing.trust_pem(),
+                "endorsements_pem": cas.signing.endorsements_pem(),
                 "fingerprint": renewed.fingerprint,
             }))
             .into_response()
@@ -705,16 +739,39 @@ async fn crl(
     if let Err(r) = standing(&st, &peer, "revocation list request").await {
         return r;
     }
+    let cas = st.ca.current();
     match st.crl.current() {
-        Some(c) => {
-            Json(serde_json::json!({"number": c.number(), "crl_pem": c.to_pem()})).into_response()
-        }
+        Some(c) => Json(serde_json::json!({
+            "number": c.number(),
+            "crl_pem": c.to_pem(),
+            "trust": cas.digest,
+            "renew": cas.should_renew(&peer.issuer),
+        }))
+        .into_response(),
         None => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the revocation list is not ready yet",
         ),
     }
+}
+
+/// `GET /trust`: the trust set in force and the endorsements that let a
+/// worker take it (see `decnet_pki::trust::accept`).
+async fn trust(
+    State(st): State<Arc<ControlState>>,
+    Extension(peer): Extension<PeerIdentity>,
+) -> Response {
+    if let Err(r) = standing(&st, &peer, "trust set request").await {
+        return r;
+    }
+    let cas = st.ca.current();
+    Json(serde_json::json!({
+        "trust_pem": cas.signing.trust_pem(),
+        "endorsements_pem": cas.signing.endorsements_pem(),
+        "digest": cas.digest,
+    }))
+    .into_response()
 }
 
 /// Mark hosts unreachable after `silence` without a heartbeat, every few seconds.

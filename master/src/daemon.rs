@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control_api::{ControlPolicy, ControlState, REFUSAL_AUDIT_WINDOW};
 use crate::home::MasterHome;
 use crate::listener_cmd::ListenerSettings;
-use crate::usage::{UsageError, load_ca};
+use crate::usage::UsageError;
 
 /// Settings of `decnet master serve`.
 #[derive(Clone, Debug)]
@@ -56,12 +56,16 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         let events = events.clone();
         db.set_audit_tap(Box::new(move |e| events.audit(e)));
     }
-    let bundle = crate::fleet_ops::master_bundle(&layout)?;
-    let ca = Arc::new(load_ca(&layout)?);
+    let cas = crate::authorities::Authorities::load(&layout, &db).await?;
+    let bundle = crate::authorities::master_bundle_trusting(&layout, &cas)?;
     let crl = Arc::new(CrlPublisher::new());
-    crl.refresh(&db, &ca)
+    crl.refresh(&db, &cas.trusted_refs())
         .await
         .context("building the revocation list")?;
+    if let Some(rot) = &cas.rotation {
+        tracing::info!(direction = rot.direction.as_str(), "resuming the CA rotation under way");
+    }
+    let ca = crate::authorities::LiveAuthorities::new(cas);
     let material = MaterialSource::from_parts(bundle, crl.current())
         .context("building the TLS configuration")?;
     let api = Server::bind(
@@ -338,7 +342,7 @@ pub const JOB_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 /// What housekeeping keeps honest.
 struct Upkeep {
     db: FleetDb,
-    ca: Arc<decnet_pki::CertificateAuthority>,
+    ca: Arc<crate::authorities::LiveAuthorities>,
     crl: Arc<CrlPublisher>,
     material: MaterialSource,
     layout: decnet_pki::CaLayout,
@@ -408,7 +412,32 @@ async fn housekeeping(u: Upkeep) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot retire replaced certificates"),
         }
-        match crl.refresh(&db, &ca).await {
+        // A CA rotation moved (here or on another master, or by the CLI):
+        // the CAs, the master's trust set and the pool follow.
+        match db.rotation().await {
+            Ok(rot) if rot != ca.current().rotation => {
+                match crate::authorities::Authorities::load_with(&layout, rot) {
+                    Ok(next) => {
+                        match crate::authorities::master_bundle_trusting(&layout, &next) {
+                            Ok(b) => {
+                                if let Err(e) = material.set_bundle(b) {
+                                    tracing::error!(error = %e, "cannot trust the CAs of the rotation");
+                                }
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot write the master's trust set"),
+                        }
+                        tracing::info!(trust = %&next.digest[..16], rotation = ?next.rotation.as_ref().map(|r| r.direction.as_str()), "CA rotation moved; trust set in force");
+                        ca.replace(next);
+                        rebuild("CA rotation");
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot load the CAs of the rotation under way"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the CA rotation"),
+        }
+        let cas = ca.current();
+        match crl.refresh(&db, &cas.trusted_refs()).await {
             Ok(Some(list)) => {
                 let number = list.number();
                 // Beside the master bundle, for the CLI's worker pool.

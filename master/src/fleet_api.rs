@@ -17,7 +17,7 @@ use axum::{Extension, Json, Router};
 use decnet_api as api;
 use decnet_fleet::operators::{OperatorError, OperatorRecord};
 use decnet_fleet::{AuditEntry, AuditOutcome, FleetDb, HostRecord};
-use decnet_pki::{CertificateAuthority, HostName};
+use decnet_pki::HostName;
 use decnet_server::error_body::json_error;
 use serde::Deserialize;
 
@@ -28,7 +28,7 @@ pub struct FleetApiState {
     /// The fleet database.
     pub db: FleetDb,
     /// The CA (tokens carry its fingerprint).
-    pub ca: Arc<CertificateAuthority>,
+    pub ca: Arc<crate::authorities::LiveAuthorities>,
     /// Where the CA keeps the bundles it issued (a decommission deletes them).
     pub layout: decnet_pki::CaLayout,
     /// The master's home (the doctor looks at its disk).
@@ -486,7 +486,7 @@ async fn operator_add(
     let (token, expires_at) = st
         .db
         .add_operator(
-            &st.ca,
+            &st.ca.signing(),
             &name,
             req.role.as_str(),
             &req.hosts,
@@ -534,7 +534,7 @@ async fn operator_token(
     let (token, expires_at) = st
         .db
         .operator_token(
-            &st.ca,
+            &st.ca.signing(),
             &name,
             std::time::Duration::from_secs(q.ttl_secs.clamp(60, MAX_TOKEN_TTL_SECS)),
             &g.actor(),
@@ -631,7 +631,7 @@ async fn token_create(
         updater: req.updater,
         ttl: std::time::Duration::from_secs(req.ttl_secs.clamp(1, MAX_TOKEN_TTL_SECS)),
     };
-    let token = crate::ops::create_join_token(&st.db, &st.ca, &op, &g.actor())
+    let token = crate::ops::create_join_token(&st.db, &st.ca.signing(), &op, &g.actor())
         .await
         .map_err(op_error)?;
     Ok(Json(api::JoinToken {
@@ -1624,9 +1624,10 @@ async fn renew_self(
 ) -> Result<Json<api::RenewedOperator>, Response> {
     use decnet_fleet::operators::RenewRefusal;
     let req: api::RenewOperator = decode(&body).map_err(bad_request)?;
+    let ca = st.ca.signing();
     let r = decnet_fleet::operators::renew_operator(
         &st.db,
-        &st.ca,
+        &ca,
         &g.operator,
         &peer.fingerprint.to_hex(),
         &req.csr_pem,
@@ -1644,5 +1645,7 @@ async fn renew_self(
         cert_pem: r.cert_pem,
         fingerprint: r.fingerprint,
         not_after: r.not_after,
+        ca_pem: ca.trust_pem().to_string(),
+        endorsements_pem: ca.endorsements_pem().to_string(),
     }))
 }

@@ -27,8 +27,10 @@
 //! * [`cli`] — the `decnet` command line and its commands.
 
 pub mod alerts;
+pub mod authorities;
 pub mod authz;
 pub mod beats;
+pub mod ca_rotation_cmd;
 pub mod cli;
 pub mod clone_watch;
 pub mod console;

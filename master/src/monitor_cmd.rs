@@ -8,7 +8,7 @@ use decnet_fleet::{AuditOutcome, CertRecord, CertRole};
 use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, Role};
 
 use crate::home::MasterHome;
-use crate::usage::{UsageError, audit, load_ca, open_db};
+use crate::usage::{UsageError, audit, open_db};
 
 /// Where a monitor's bundle goes by default: `<home>/monitors/<name>`.
 pub fn default_dir(home: &MasterHome, name: &HostName) -> PathBuf {
@@ -20,7 +20,8 @@ pub fn default_dir(home: &MasterHome, name: &HostName) -> PathBuf {
 pub async fn issue(home: &MasterHome, name: &str, out: Option<&Path>) -> anyhow::Result<()> {
     let name = HostName::new(name).map_err(|e| UsageError(format!("monitor name: {e}")))?;
     let layout = home.ca_layout();
-    let ca = load_ca(&layout)?;
+    let db = open_db(home).await?;
+    let ca = crate::authorities::signing_ca(&layout, &db).await?;
     let role = Role::Monitor(name.clone());
     let cn = role.cn();
     let leaf = ca
@@ -29,11 +30,10 @@ pub async fn issue(home: &MasterHome, name: &str, out: Option<&Path>) -> anyhow:
     let dir = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_dir(home, &name));
-    let bundle = Bundle::from_issued(BundleKind::Monitor, &leaf, ca.cert_pem())?;
+    let bundle = Bundle::from_issued(BundleKind::Monitor, &leaf, ca.trust_pem())?;
     bundle
         .write(&dir)
         .with_context(|| format!("writing the monitor bundle to {}", dir.display()))?;
-    let db = open_db(home).await?;
     let revoked = db
         .record_monitor(&CertRecord::of_leaf(&leaf, &cn, CertRole::Monitor))
         .await

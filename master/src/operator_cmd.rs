@@ -13,7 +13,7 @@ use crate::context::{self, Context};
 use crate::fleet_client::{FleetClient, segment};
 use crate::home::MasterHome;
 use crate::table::{format_time, inert};
-use crate::usage::{UsageError, cli_actor, load_ca, open_db};
+use crate::usage::{UsageError, cli_actor, open_db};
 
 /// A role as given on the command line.
 pub fn parse_role(s: &str) -> Result<api::OperatorRole, UsageError> {
@@ -188,7 +188,7 @@ async fn local_on(
             let hosts = scope(hosts);
             let ttl = token_ttl(&ttl)?;
             let name = crate::fleet_api::check_operator(&name, &hosts).map_err(UsageError)?;
-            let ca = load_ca(&home.ca_layout())?;
+            let ca = crate::authorities::signing_ca(&home.ca_layout(), &db).await?;
             let (token, expires_at) = db
                 .add_operator(&ca, &name, role.as_str(), &hosts, ttl, &cli_actor())
                 .await
@@ -204,7 +204,7 @@ async fn local_on(
         OperatorCommand::Token { name, ttl, json } => {
             let ttl = token_ttl(&ttl)?;
             let name = crate::fleet_api::check_operator(&name, &[]).map_err(UsageError)?;
-            let ca = load_ca(&home.ca_layout())?;
+            let ca = crate::authorities::signing_ca(&home.ca_layout(), &db).await?;
             let (token, expires_at) = db
                 .operator_token(&ca, &name, ttl, &cli_actor())
                 .await
@@ -436,14 +436,23 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
         .await?;
     let identity = decnet_pki::PeerIdentity::from_pem(&r.cert_pem)
         .map_err(|e| anyhow::anyhow!("the renewed certificate is unusable: {e}"))?;
+    // During a CA rotation the master trusts a second CA (the one that
+    // signed this certificate): taken only with an endorsement by a CA this
+    // context already trusts.
+    let ca_pem = if r.ca_pem.is_empty() {
+        old.ca_pem.clone()
+    } else {
+        decnet_pki::trust::accept(&old.ca_pem, &r.ca_pem, &r.endorsements_pem)
+            .map_err(|e| anyhow::anyhow!("the master's trust set is refused: {e}"))?
+    };
     let bundle = Bundle {
         kind: BundleKind::Operator,
         cert_pem: r.cert_pem.clone(),
         key_pem,
-        ca_pem: old.ca_pem.clone(),
+        ca_pem,
         identity,
     };
-    // The same operator, under the CA pinned at login, for the key made here.
+    // The same operator, under a CA this context trusts, for the key made here.
     bundle.verify(&old.identity.role).map_err(|e| {
         anyhow::anyhow!("the master's answer is not a renewal of this context's operator: {e}")
     })?;

@@ -152,6 +152,9 @@ pub struct IssuedLeaf {
     pub serial: String,
     /// End of validity.
     pub not_after: OffsetDateTime,
+    /// Fingerprint of the CA that signed it (which CA a host depends on
+    /// during a rotation).
+    pub issuer: Fingerprint,
 }
 
 impl std::fmt::Debug for IssuedLeaf {
@@ -169,15 +172,31 @@ pub struct CertificateAuthority {
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
+    /// The trust set handed out with what this CA signs, when it is more
+    /// than this CA alone (a rotation): see [`with_trust`](Self::with_trust).
+    trust: Option<(String, String)>,
 }
 
 impl CertificateAuthority {
     /// Generate a new CA (RSA-4096; takes about a second).
     pub fn generate() -> Result<Self, CaError> {
+        Self::generate_named(None)
+    }
+
+    /// Generate the successor of a CA for a rotation: like
+    /// [`generate`](Self::generate), with a subject of its own (an OU naming
+    /// its generation), so that certificates and revocation lists of the two
+    /// CAs are never mistaken for each other while both are trusted.
+    pub fn generate_successor() -> Result<Self, CaError> {
+        let tag = format!("rotated {}", crate::random_hex(4));
+        Self::generate_named(Some(&tag))
+    }
+
+    fn generate_named(unit: Option<&str>) -> Result<Self, CaError> {
         let key = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_4096)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(CA_COMMON_NAME, None);
+        params.distinguished_name = distinguished_name(CA_COMMON_NAME, unit);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = now - CLOCK_SKEW;
@@ -190,6 +209,7 @@ impl CertificateAuthority {
             cert_pem,
             cert_der,
             issuer: Issuer::new(params, key),
+            trust: None,
         })
     }
 
@@ -206,6 +226,7 @@ impl CertificateAuthority {
             cert_pem: cert_pem.to_string(),
             cert_der,
             issuer,
+            trust: None,
         })
     }
 
@@ -253,6 +274,33 @@ impl CertificateAuthority {
         &self.cert_pem
     }
 
+    /// Hand out `trust_pem` (several CA certificates) instead of this CA
+    /// alone with everything it signs, with the `endorsements_pem` that let
+    /// a host holding one of them take the others (a CA rotation: both CAs
+    /// are trusted while this one signs).
+    pub fn with_trust(mut self, trust_pem: String, endorsements_pem: String) -> Self {
+        self.trust = Some((trust_pem, endorsements_pem));
+        self
+    }
+
+    /// The trust set to put into a bundle this CA signs the leaf of: this
+    /// CA's certificate, or every CA trusted during a rotation.
+    pub fn trust_pem(&self) -> &str {
+        match &self.trust {
+            Some((t, _)) => t,
+            None => &self.cert_pem,
+        }
+    }
+
+    /// The endorsements that go with [`trust_pem`](Self::trust_pem) (empty
+    /// outside a rotation).
+    pub fn endorsements_pem(&self) -> &str {
+        match &self.trust {
+            Some((_, e)) => e,
+            None => "",
+        }
+    }
+
     /// The CA certificate, DER.
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
@@ -266,6 +314,45 @@ impl CertificateAuthority {
     /// Fingerprint of the CA certificate (what join tokens embed).
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint::of_der(&self.cert_der)
+    }
+
+    /// The CA's subject as text: what [`PeerIdentity::issuer`](crate::PeerIdentity)
+    /// says of a certificate it signed.
+    pub fn subject(&self) -> String {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        X509Certificate::from_der(&self.cert_der)
+            .map(|(_, c)| c.subject().to_string())
+            .unwrap_or_default()
+    }
+
+    /// An endorsement of `other` by this CA: a certificate with `other`'s
+    /// subject, public key and CA constraints, signed by this CA's key. A
+    /// host that trusts this CA takes `other` into its trust set on the
+    /// strength of it (see [`crate::trust::accept`]).
+    pub fn endorse(&self, other: &CertificateAuthority) -> Result<String, CaError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) =
+            X509Certificate::from_der(&other.cert_der).map_err(|_| CaError::BadCertificate {
+                path: "CA certificate".into(),
+            })?;
+        let unit = cert
+            .subject()
+            .iter_organizational_unit()
+            .next()
+            .and_then(|u| u.as_str().ok())
+            .map(str::to_string);
+        let mut params = CertificateParams::default();
+        // Our CAs' subjects are made by `distinguished_name`: built again
+        // from the same values, they encode to the same bytes.
+        params.distinguished_name = distinguished_name(CA_COMMON_NAME, unit.as_deref());
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = cert.validity().not_before.to_datetime();
+        params.not_after = cert.validity().not_after.to_datetime();
+        params.serial_number = Some(random_serial()?);
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(other.issuer.key(), &self.issuer)?;
+        Ok(cert.pem())
     }
 
     /// Issue a leaf with a freshly generated RSA-2048 key.
@@ -324,6 +411,7 @@ impl CertificateAuthority {
             fingerprint: Fingerprint::of_der(cert.der()),
             serial: serial_hex,
             not_after: spec.not_after,
+            issuer: self.fingerprint(),
         })
     }
 }

@@ -15,10 +15,13 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::ca::{CaError, CertificateAuthority};
 
-/// A CRL whose signature was checked against the CA.
+/// A revocation list whose signature was checked against a trusted CA.
+///
+/// Usually one CRL; during a CA rotation one per trusted CA (each CA can
+/// only revoke what it signed), all with the same number.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RevocationList {
-    der: Vec<u8>,
+    parts: Vec<Vec<u8>>,
     number: u64,
     this_update: OffsetDateTime,
     revoked: Vec<Vec<u8>>,
@@ -29,6 +32,7 @@ impl std::fmt::Debug for RevocationList {
         f.debug_struct("RevocationList")
             .field("number", &self.number)
             .field("this_update", &self.this_update)
+            .field("issuers", &self.parts.len())
             .field("revoked", &self.revoked.len())
             .finish()
     }
@@ -52,6 +56,9 @@ pub enum CrlError {
     /// It carries no CRL number (ours always do).
     #[error("the revocation list has no CRL number")]
     NoNumber,
+    /// The lists of a set carry different numbers.
+    #[error("the revocation lists of the set carry different numbers")]
+    MixedNumbers,
     /// Older than the one already held.
     #[error("revocation list number {got} is older than the one in use ({have})")]
     Stale {
@@ -72,44 +79,62 @@ pub struct RevokedSerial {
 }
 
 impl RevocationList {
-    /// Parse `der` and check that `ca_pem` issued and signed it.
+    /// Parse `der` and check that a CA of `ca_pem` (one or more CA
+    /// certificates) issued and signed it.
     pub fn verify(der: &[u8], ca_pem: &str) -> Result<Self, CrlError> {
-        let ca_der =
-            CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|_| CrlError::BadCa)?;
-        let (_, ca) = X509Certificate::from_der(&ca_der).map_err(|_| CrlError::BadCa)?;
-        let (_, crl) = CertificateRevocationList::from_der(der).map_err(|_| CrlError::Parse)?;
-        if crl.issuer().as_raw() != ca.subject().as_raw() {
-            return Err(CrlError::WrongIssuer);
+        let cas = crate::trust::certificates(ca_pem).map_err(|_| CrlError::BadCa)?;
+        if cas.is_empty() {
+            return Err(CrlError::BadCa);
         }
-        // Our CA signs with RSA PKCS#1 v1.5 SHA-256 (the only algorithm we accept).
-        let spk = &ca.public_key().subject_public_key.data;
-        aws_lc_rs::signature::UnparsedPublicKey::new(
-            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-            spk.as_ref(),
-        )
-        .verify(crl.tbs_cert_list.as_ref(), &crl.signature_value.data)
-        .map_err(|_| CrlError::BadSignature)?;
-        let number = crl
-            .crl_number()
-            .and_then(|n| n.to_string().parse::<u64>().ok())
-            .ok_or(CrlError::NoNumber)?;
-        let revoked = crl
-            .iter_revoked_certificates()
-            .map(|r| strip_leading_zeros(r.raw_serial()).to_vec())
-            .collect();
-        Ok(RevocationList {
-            der: der.to_vec(),
-            number,
-            this_update: crl.last_update().to_datetime(),
-            revoked,
-        })
+        match verify_part(der, &cas)? {
+            Some(list) => Ok(list),
+            None => Err(CrlError::WrongIssuer),
+        }
     }
 
-    /// Like [`verify`](Self::verify) for a PEM CRL.
+    /// Like [`verify`](Self::verify) for PEM: one CRL, or a set of them (one
+    /// per CA of a rotation). Lists by a CA that `ca_pem` does not hold yet
+    /// are left out (a host that has not taken the successor CA into its
+    /// trust set yet); at least one must verify, and every one that claims
+    /// a trusted issuer must verify.
     pub fn verify_pem(pem: &str, ca_pem: &str) -> Result<Self, CrlError> {
-        let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+        let cas = crate::trust::certificates(ca_pem).map_err(|_| CrlError::BadCa)?;
+        if cas.is_empty() {
+            return Err(CrlError::BadCa);
+        }
+        let ders = CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|_| CrlError::Parse)?;
-        Self::verify(der.as_ref(), ca_pem)
+        if ders.is_empty() {
+            return Err(CrlError::Parse);
+        }
+        let mut parts = Vec::new();
+        for der in &ders {
+            if let Some(list) = verify_part(der.as_ref(), &cas)? {
+                parts.push(list);
+            }
+        }
+        if parts.is_empty() {
+            return Err(CrlError::WrongIssuer);
+        }
+        Self::combine(parts)
+    }
+
+    /// One list of several (one per CA), which must share a number.
+    pub fn combine(lists: Vec<RevocationList>) -> Result<Self, CrlError> {
+        let mut it = lists.into_iter();
+        let Some(mut all) = it.next() else {
+            return Err(CrlError::Parse);
+        };
+        for l in it {
+            if l.number != all.number {
+                return Err(CrlError::MixedNumbers);
+            }
+            all.parts.extend(l.parts);
+            all.revoked.extend(l.revoked);
+            all.this_update = all.this_update.min(l.this_update);
+        }
+        Ok(all)
     }
 
     /// Accept `self` as the successor of `held`: never go back to an older list.
@@ -156,15 +181,65 @@ impl RevocationList {
         hex::decode(&peer.serial).is_ok_and(|s| self.revokes_serial(&s))
     }
 
-    /// The DER encoding (what rustls takes).
-    pub fn der(&self) -> CertificateRevocationListDer<'static> {
-        CertificateRevocationListDer::from(self.der.clone())
+    /// The DER encoding of each list (what rustls takes).
+    pub fn ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.parts
+            .iter()
+            .map(|d| CertificateRevocationListDer::from(d.clone()))
+            .collect()
+    }
+
+    /// How many CAs' lists it holds (two during a rotation).
+    pub fn issuers(&self) -> usize {
+        self.parts.len()
     }
 
     /// The PEM encoding (what is stored beside a bundle and sent to workers).
     pub fn to_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("X509 CRL", self.der.clone()))
+        self.parts
+            .iter()
+            .map(|d| pem::encode(&pem::Pem::new("X509 CRL", d.clone())))
+            .collect()
     }
+}
+
+/// Verify one DER CRL against the CA among `cas` that issued it; `None`
+/// when none of them did.
+fn verify_part(der: &[u8], cas: &[CertificateDer<'_>]) -> Result<Option<RevocationList>, CrlError> {
+    let (_, crl) = CertificateRevocationList::from_der(der).map_err(|_| CrlError::Parse)?;
+    let mut issuer = None;
+    for ca_der in cas {
+        let (_, ca) = X509Certificate::from_der(ca_der).map_err(|_| CrlError::BadCa)?;
+        if crl.issuer().as_raw() == ca.subject().as_raw() {
+            issuer = Some(ca);
+            break;
+        }
+    }
+    let Some(ca) = issuer else {
+        return Ok(None);
+    };
+    // Our CA signs with RSA PKCS#1 v1.5 SHA-256 (the only algorithm we accept).
+    let spk = &ca.public_key().subject_public_key.data;
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        spk.as_ref(),
+    )
+    .verify(crl.tbs_cert_list.as_ref(), &crl.signature_value.data)
+    .map_err(|_| CrlError::BadSignature)?;
+    let number = crl
+        .crl_number()
+        .and_then(|n| n.to_string().parse::<u64>().ok())
+        .ok_or(CrlError::NoNumber)?;
+    let revoked = crl
+        .iter_revoked_certificates()
+        .map(|r| strip_leading_zeros(r.raw_serial()).to_vec())
+        .collect();
+    Ok(Some(RevocationList {
+        parts: vec![der.to_vec()],
+        number,
+        this_update: crl.last_update().to_datetime(),
+        revoked,
+    }))
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
@@ -241,7 +316,7 @@ mod tests {
         let foreign = other
             .issue_crl(&[], 9, OffsetDateTime::now_utc() + time::Duration::days(1))
             .unwrap();
-        assert!(RevocationList::verify(&foreign.der(), ca.cert_pem()).is_err());
+        assert!(RevocationList::verify(&foreign.ders()[0], ca.cert_pem()).is_err());
         let older = ca
             .issue_crl(&[], 6, OffsetDateTime::now_utc() + time::Duration::days(1))
             .unwrap();
@@ -250,7 +325,7 @@ mod tests {
             Err(CrlError::Stale { got: 6, have: 7 })
         ));
         // A flipped byte in the signed part breaks the signature.
-        let mut tampered = crl.der().to_vec();
+        let mut tampered = crl.ders()[0].to_vec();
         let n = tampered.len();
         tampered[n / 2] ^= 1;
         assert!(RevocationList::verify(&tampered, ca.cert_pem()).is_err());

@@ -25,6 +25,9 @@ pub struct PeerIdentity {
     pub not_after: OffsetDateTime,
     /// Start of the certificate's validity.
     pub not_before: OffsetDateTime,
+    /// The issuing CA's subject, as text (during a CA rotation: which of
+    /// the two CAs signed it).
+    pub issuer: String,
 }
 
 /// A certificate whose identity cannot be read.
@@ -59,6 +62,7 @@ impl PeerIdentity {
             serial: hex(cert.raw_serial()),
             not_after: cert.validity().not_after.to_datetime(),
             not_before: cert.validity().not_before.to_datetime(),
+            issuer: cert.issuer().to_string(),
             cn,
         })
     }

@@ -11,7 +11,8 @@
 //! * [`crl`] makes and checks the CA-signed revocation lists;
 //! * [`material`] is a daemon's live bundle + CRL, handed out through one
 //!   watch channel so renewals and new CRLs apply without restarts;
-//! * [`signing`] signs and checks release manifests.
+//! * [`signing`] signs and checks release manifests;
+//! * [`trust`] is the set of trusted CAs and how it may change (CA rotation).
 //!
 //! Serving (accept, limits, the role middleware) lives in `decnet-server`.
 //!
@@ -30,6 +31,7 @@ pub mod role;
 pub mod secure_fs;
 pub mod signing;
 pub mod tls;
+pub mod trust;
 
 pub use bundle::{Bundle, BundleError, BundleKind, CaLayout};
 pub use ca::{CaError, CertificateAuthority, IssuedLeaf, LeafSpec};

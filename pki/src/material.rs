@@ -125,11 +125,11 @@ impl MaterialSource {
         self.tx.subscribe()
     }
 
-    /// Switch to a renewed bundle (same CN and CA, already verified and
-    /// written). The CRL in force is kept.
+    /// Switch to a renewed bundle, or to the same leaf with a new trust set
+    /// (same CN; already verified and written). The CRL in force is kept.
     pub fn set_bundle(&self, bundle: Bundle) -> Result<(), MaterialError> {
         let cur = self.current();
-        if bundle.identity.cn != cur.bundle.identity.cn || bundle.ca_pem != cur.bundle.ca_pem {
+        if bundle.identity.cn != cur.bundle.identity.cn {
             return Err(MaterialError::OtherIdentity {
                 expected: cur.bundle.identity.cn.clone(),
                 got: bundle.identity.cn.clone(),

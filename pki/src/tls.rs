@@ -119,7 +119,7 @@ pub fn server_config(
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
     if let Some(crl) = crl {
         builder = builder
-            .with_crls([crl.der()])
+            .with_crls(crl.ders())
             .only_check_end_entity_revocation()
             .allow_unknown_revocation_status();
     }
@@ -426,7 +426,7 @@ impl RoleVerifier {
         let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
         if let Some(crl) = crl {
             builder = builder
-                .with_crls([crl.der()])
+                .with_crls(crl.ders())
                 .only_check_end_entity_revocation()
                 .allow_unknown_revocation_status();
         }

@@ -26,6 +26,7 @@ pub fn identity(role: &Role) -> PeerIdentity {
         serial: "01".into(),
         not_after: now + time::Duration::days(1),
         not_before: now - time::Duration::days(1),
+        issuer: "CN=DECNET SWARM Root CA, O=DECNET".into(),
     }
 }
 

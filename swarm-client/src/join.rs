@@ -203,21 +203,31 @@ pub async fn join(
         .json()
         .await
         .map_err(|e| unreachable(&e))?;
-    let ca_pem = v["ca_pem"]
+    let offered = v["ca_pem"]
         .as_str()
         .ok_or_else(|| JoinError::Refused("no CA certificate in the answer".into()))?;
-    let ca_der = {
-        use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|_| JoinError::Refused("the CA certificate does not parse".into()))?
-    };
-    let got = Fingerprint::of_der(&ca_der).to_hex();
-    if got != token.ca_sha256 {
+    let cas = decnet_pki::trust::certificates(offered)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| JoinError::Refused("the CA certificate does not parse".into()))?;
+    // The token pins one CA; during a CA rotation the master trusts two,
+    // and the other is taken only with an endorsement by the pinned one.
+    let Some(pinned) = cas
+        .iter()
+        .find(|c| Fingerprint::of_der(c).to_hex() == token.ca_sha256)
+    else {
         return Err(JoinError::CaMismatch {
             expected: token.ca_sha256,
-            got,
+            got: Fingerprint::of_der(&cas[0]).to_hex(),
         });
-    }
+    };
+    let pinned_pem = decnet_pki::trust::to_pem(pinned);
+    let ca_pem = &decnet_pki::trust::accept(
+        &pinned_pem,
+        offered,
+        v["endorsements_pem"].as_str().unwrap_or_default(),
+    )
+    .map_err(|e| JoinError::Refused(format!("the master's trust set is refused: {e}")))?;
     // 2. Our own key and CSR.
     let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("decnet-join")
         .map_err(|e| JoinError::Local(format!("cannot generate a key: {e}")))?;

@@ -60,6 +60,29 @@ pub struct HeartbeatAnswer {
     /// The number of the master's current CRL.
     #[serde(default)]
     pub crl_number: Option<u64>,
+    /// The digest of the master's trust set (`decnet_pki::trust::digest`):
+    /// another one than ours means a CA rotation moved.
+    #[serde(default)]
+    pub trust: Option<String>,
+}
+
+impl HeartbeatAnswer {
+    /// Whether the master trusts another set of CAs than `held` (fetch it).
+    pub fn trust_moved(&self, held: &str) -> bool {
+        self.trust
+            .as_deref()
+            .is_some_and(|t| t != decnet_pki::trust::digest(held))
+    }
+}
+
+/// What a revocation-list refresh found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// A newer list (or trust set) is in force.
+    pub changed: bool,
+    /// The master asks for a renewal (a CA rotation: our certificate is
+    /// signed by the CA on its way out).
+    pub renew: bool,
 }
 
 struct Cached {
@@ -201,13 +224,26 @@ impl MasterLink {
             .ok_or_else(|| LinkError::BadAnswer("no certificate in the answer".into()))?;
         let identity = decnet_pki::PeerIdentity::from_pem(cert_pem)
             .map_err(|e| LinkError::BadAnswer(e.to_string()))?;
-        let new = Bundle {
+        let mut new = Bundle {
             kind: bundle.kind,
             cert_pem: cert_pem.to_string(),
             key_pem,
             ca_pem: bundle.ca_pem.clone(),
             identity,
         };
+        if new.verify(&bundle.identity.role).is_err() {
+            // Signed by a CA we do not trust yet (a rotation we have not
+            // caught up with): take the master's trust set the one way a
+            // set is ever taken, then check again.
+            if let Some(offered) = v["ca_pem"].as_str() {
+                new.ca_pem = decnet_pki::trust::accept(
+                    &bundle.ca_pem,
+                    offered,
+                    v["endorsements_pem"].as_str().unwrap_or_default(),
+                )
+                .map_err(|e| LinkError::BadAnswer(e.to_string()))?;
+            }
+        }
         new.verify(&bundle.identity.role)
             .map_err(|e| LinkError::BadAnswer(e.to_string()))?;
         new.write(dir)
@@ -219,32 +255,87 @@ impl MasterLink {
     }
 
     /// Fetch the master's CRL (`GET /crl`); when it is newer than the one
-    /// in force and signed by our CA, store it beside the bundle in `dir`
-    /// and enforce it. Returns whether anything changed.
-    pub async fn refresh_crl(&self, dir: &Path) -> Result<bool, LinkError> {
+    /// in force and signed by a CA we trust, store it beside the bundle in
+    /// `dir` and enforce it. When the master trusts another set of CAs
+    /// than we do (a CA rotation moved), the set is fetched and taken first
+    /// ([`sync_trust`](Self::sync_trust)).
+    pub async fn refresh_crl(&self, dir: &Path) -> Result<Refreshed, LinkError> {
         let url = self.url("/crl");
         let v = self.call(|c| c.get(url)).await?;
+        let mut changed = false;
+        if let Some(digest) = v["trust"].as_str()
+            && digest != decnet_pki::trust::digest(&self.material.current().bundle().ca_pem)
+        {
+            changed |= self.sync_trust(dir).await?;
+        }
+        let renew = v["renew"].as_bool().unwrap_or(false);
         let pem = v["crl_pem"]
             .as_str()
             .ok_or_else(|| LinkError::BadAnswer("no CRL in the answer".into()))?;
         let current = self.material.current();
         let crl = RevocationList::verify_pem(pem, &current.bundle().ca_pem)
             .map_err(|e| LinkError::BadAnswer(e.to_string()))?;
-        if current.crl().is_some_and(|c| c.number() >= crl.number()) {
-            return Ok(false);
+        // The same number may come with more lists (one per CA of a
+        // rotation, once we trust both): only an older number is skipped.
+        if current
+            .crl()
+            .is_some_and(|c| c.number() > crl.number() || *c == crl)
+        {
+            return Ok(Refreshed { changed, renew });
         }
         Bundle::save_crl(dir, &crl).map_err(|e| LinkError::Local(e.to_string()))?;
-        let changed = self
+        let set = self
             .material
             .set_crl(crl)
             .map_err(|e| LinkError::Local(e.to_string()))?;
-        if changed {
+        if set {
             tracing::info!(
                 number = self.material.current().crl().map(|c| c.number()),
                 "revocation list updated"
             );
         }
-        Ok(changed)
+        Ok(Refreshed {
+            changed: changed || set,
+            renew,
+        })
+    }
+
+    /// Fetch the master's trust set (`GET /trust`) and take it if
+    /// [`decnet_pki::trust::accept`] allows (every new CA endorsed by one we
+    /// trust) and our own certificate still chains to it; written beside
+    /// the certificate as one unit, then in force. Returns whether anything
+    /// changed. A set we may not take is refused and the one in force kept.
+    pub async fn sync_trust(&self, dir: &Path) -> Result<bool, LinkError> {
+        let url = self.url("/trust");
+        let v = self.call(|c| c.get(url)).await?;
+        let offered = v["trust_pem"]
+            .as_str()
+            .ok_or_else(|| LinkError::BadAnswer("no trust set in the answer".into()))?;
+        let endorsements = v["endorsements_pem"].as_str().unwrap_or_default();
+        let current = self.material.current();
+        let held = current.bundle();
+        if decnet_pki::trust::digest(offered) == decnet_pki::trust::digest(&held.ca_pem) {
+            return Ok(false);
+        }
+        let ca_pem = decnet_pki::trust::accept(&held.ca_pem, offered, endorsements)
+            .map_err(|e| LinkError::BadAnswer(e.to_string()))?;
+        let mut next = held.clone();
+        next.ca_pem = ca_pem;
+        next.verify(&held.identity.role).map_err(|e| {
+            LinkError::BadAnswer(format!(
+                "the master's trust set no longer trusts this host's own certificate ({e}); keeping the one in force"
+            ))
+        })?;
+        next.write(dir)
+            .map_err(|e| LinkError::Local(format!("cannot write the trust set: {e}")))?;
+        self.material
+            .set_bundle(next)
+            .map_err(|e| LinkError::Local(format!("cannot use the trust set: {e}")))?;
+        tracing::info!(
+            cas = decnet_pki::trust::fingerprints(&self.material.current().bundle().ca_pem).len(),
+            "trust set updated (CA rotation)"
+        );
+        Ok(true)
     }
 }
 
@@ -321,7 +412,7 @@ pub async fn keep_renewed(
                 );
                 // Present the new certificate at once: the master makes it
                 // current (and starts retiring the old one) when it first sees it.
-                if let Err(e) = link.refresh_crl(&dir).await {
+                if let Err(e) = link.refresh_crl(&dir).await.map(|_| ()) {
                     tracing::warn!(error = %e, "could not confirm the renewed certificate with the master yet");
                 }
             }
@@ -374,10 +465,18 @@ pub async fn keep_crl_fresh(
     dir: PathBuf,
     every: Duration,
     now: Arc<tokio::sync::Notify>,
+    renew_now: Option<Arc<tokio::sync::Notify>>,
 ) {
     loop {
-        if let Err(e) = link.refresh_crl(&dir).await {
-            tracing::warn!(error = %e, "cannot refresh the revocation list");
+        match link.refresh_crl(&dir).await {
+            Ok(r) => {
+                if r.renew
+                    && let Some(n) = &renew_now
+                {
+                    n.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the revocation list"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

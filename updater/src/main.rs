@@ -475,16 +475,18 @@ async fn serve(cmd: Command) -> i32 {
     if let Some(master) = master {
         let master = decnet_swarm_client::transport::with_default_port(&master, 8770);
         let link = MasterLink::new(master, material.clone(), master_pin);
+        let renew_now = renew_now.unwrap_or_default();
         tokio::spawn(master_link::keep_renewed(
             link.clone(),
             bundle_dir.clone(),
-            renew_now.unwrap_or_default(),
+            renew_now.clone(),
         ));
         tokio::spawn(master_link::keep_crl_fresh(
             link,
             bundle_dir.clone(),
             Duration::from_secs(crl_refresh.max(1)),
             Arc::new(tokio::sync::Notify::new()),
+            Some(renew_now),
         ));
     }
     decnet_updater::metrics::updater_metrics();

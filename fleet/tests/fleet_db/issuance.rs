@@ -271,7 +271,7 @@ async fn the_crl_lists_what_was_revoked(db: &FleetDb) {
         publisher.refresh(db, ca()).await.unwrap().is_none(),
         "unchanged"
     );
-    let again = RevocationList::verify(&crl.der(), ca().cert_pem()).unwrap();
+    let again = RevocationList::verify(&crl.ders()[0], ca().cert_pem()).unwrap();
     // Every revoked certificate that has not expired is on it.
     for host in ["rn-a", "rn-c"] {
         for (c, revoked) in db.certificates_of(host).await.unwrap() {
