@@ -130,9 +130,8 @@ impl CrlPublisher {
         for ca in cas {
             lists.push(ca.issue_crl(&serials, number, next_update)?);
         }
-        let crl = RevocationList::combine(lists).map_err(|_| {
-            CrlPublishError::Ca(decnet_pki::CaError::BadSerial)
-        })?;
+        let crl = RevocationList::combine(lists)
+            .map_err(|_| CrlPublishError::Ca(decnet_pki::CaError::BadSerial))?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((crl.clone(), signers));
         Ok(Some(crl))
     }

@@ -120,7 +120,8 @@ impl Authorities {
         })
     }
 
-    fn single(ca: CertificateAuthority) -> Self {
+    /// One CA alone (no rotation under way).
+    pub fn single(ca: CertificateAuthority) -> Self {
         let signing = Arc::new(ca);
         Authorities {
             digest: decnet_pki::trust::digest(signing.cert_pem()),

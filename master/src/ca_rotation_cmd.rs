@@ -105,10 +105,7 @@ fn side(ca: Option<&str>, r: &RotationRecord) -> &'static str {
 /// Hosts that count: not decommissioned or burned (their certificates are
 /// revoked already).
 fn counted(hosts: Vec<HostCa>) -> Vec<HostCa> {
-    hosts
-        .into_iter()
-        .filter(|h| h.status != "burned")
-        .collect()
+    hosts.into_iter().filter(|h| h.status != "burned").collect()
 }
 
 /// Who still depends on `ca`: hosts (`NAME (agent|updater)`) and operator
@@ -202,7 +199,11 @@ pub async fn status(home: &MasterHome, json: bool) -> anyhow::Result<()> {
         r.actor
     );
     println!("  old CA: {}", r.old_ca);
-    println!("  new CA: {}  (signs new certificates: {})", r.new_ca, r.signing_ca() == r.new_ca);
+    println!(
+        "  new CA: {}  (signs new certificates: {})",
+        r.new_ca,
+        r.signing_ca() == r.new_ca
+    );
     let table_rows = hosts.iter().zip(&rows).map(|(h, row)| {
         vec![
             h.host.clone(),
@@ -222,7 +223,14 @@ pub async fn status(home: &MasterHome, json: bool) -> anyhow::Result<()> {
     print!(
         "{}",
         crate::table::render(
-            &["HOST", "STATUS", "AGENT CA", "UPDATER CA", "TRUSTS BOTH", "LAST SEEN"],
+            &[
+                "HOST",
+                "STATUS",
+                "AGENT CA",
+                "UPDATER CA",
+                "TRUSTS BOTH",
+                "LAST SEEN"
+            ],
             table_rows
         )
     );
@@ -232,10 +240,17 @@ pub async fn status(home: &MasterHome, json: bool) -> anyhow::Result<()> {
     if leaving.is_empty() {
         println!(
             "Nothing depends on the CA being dropped: `decnet ca rotation {}` completes it.",
-            if r.direction == RotationDirection::Forward { "finish" } else { "abort" }
+            if r.direction == RotationDirection::Forward {
+                "finish"
+            } else {
+                "abort"
+            }
         );
     } else {
-        println!("Still depending on the CA being dropped: {}", leaving.join(", "));
+        println!(
+            "Still depending on the CA being dropped: {}",
+            leaving.join(", ")
+        );
     }
     Ok(())
 }
@@ -288,7 +303,9 @@ pub async fn finish(
     let layout = home.ca_layout();
     let db = open_db(home).await?;
     let Some(r) = db.rotation().await? else {
-        return Err(UsageError("no CA rotation under way (`decnet ca rotation start`)".into()).into());
+        return Err(
+            UsageError("no CA rotation under way (`decnet ca rotation start`)".into()).into(),
+        );
     };
     if r.direction == RotationDirection::Back {
         return Err(UsageError(
@@ -415,7 +432,10 @@ pub async fn abort(home: &MasterHome, force: bool, wait: Duration) -> anyhow::Re
         .into());
     }
     if !left.is_empty() {
-        eprintln!("WARNING: aborting with --force cuts off: {}", left.join(", "));
+        eprintln!(
+            "WARNING: aborting with --force cuts off: {}",
+            left.join(", ")
+        );
     }
     // Back to the old CA alone: the master's certificate was never changed.
     let next_layout = successor_layout(&layout);
@@ -429,7 +449,12 @@ pub async fn abort(home: &MasterHome, force: bool, wait: Duration) -> anyhow::Re
         "ca.rotation.abort.complete",
         "ca",
         AuditOutcome::Ok,
-        format!("ca={} dropped={} cut_off=[{}]", r.old_ca, r.new_ca, left.join(",")),
+        format!(
+            "ca={} dropped={} cut_off=[{}]",
+            r.old_ca,
+            r.new_ca,
+            left.join(",")
+        ),
     )
     .await?;
     db.close().await;

@@ -63,7 +63,10 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         .await
         .context("building the revocation list")?;
     if let Some(rot) = &cas.rotation {
-        tracing::info!(direction = rot.direction.as_str(), "resuming the CA rotation under way");
+        tracing::info!(
+            direction = rot.direction.as_str(),
+            "resuming the CA rotation under way"
+        );
     }
     let ca = crate::authorities::LiveAuthorities::new(cas);
     let material = MaterialSource::from_parts(bundle, crl.current())
@@ -424,13 +427,17 @@ async fn housekeeping(u: Upkeep) {
                                     tracing::error!(error = %e, "cannot trust the CAs of the rotation");
                                 }
                             }
-                            Err(e) => tracing::error!(error = %e, "cannot write the master's trust set"),
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot write the master's trust set")
+                            }
                         }
                         tracing::info!(trust = %&next.digest[..16], rotation = ?next.rotation.as_ref().map(|r| r.direction.as_str()), "CA rotation moved; trust set in force");
                         ca.replace(next);
                         rebuild("CA rotation");
                     }
-                    Err(e) => tracing::error!(error = %e, "cannot load the CAs of the rotation under way"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the CAs of the rotation under way")
+                    }
                 }
             }
             Ok(_) => {}

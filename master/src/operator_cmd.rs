@@ -188,7 +188,7 @@ async fn local_on(
             let hosts = scope(hosts);
             let ttl = token_ttl(&ttl)?;
             let name = crate::fleet_api::check_operator(&name, &hosts).map_err(UsageError)?;
-            let ca = crate::authorities::signing_ca(&home.ca_layout(), &db).await?;
+            let ca = crate::authorities::signing_ca(&home.ca_layout(), db).await?;
             let (token, expires_at) = db
                 .add_operator(&ca, &name, role.as_str(), &hosts, ttl, &cli_actor())
                 .await
@@ -204,7 +204,7 @@ async fn local_on(
         OperatorCommand::Token { name, ttl, json } => {
             let ttl = token_ttl(&ttl)?;
             let name = crate::fleet_api::check_operator(&name, &[]).map_err(UsageError)?;
-            let ca = crate::authorities::signing_ca(&home.ca_layout(), &db).await?;
+            let ca = crate::authorities::signing_ca(&home.ca_layout(), db).await?;
             let (token, expires_at) = db
                 .operator_token(&ca, &name, ttl, &cli_actor())
                 .await

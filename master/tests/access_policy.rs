@@ -25,7 +25,11 @@ async fn every_route_admits_exactly_the_roles_it_should() {
     .unwrap();
     let state = Arc::new(ControlState::new(
         db,
-        Arc::new(CertificateAuthority::generate().unwrap()),
+        decnet_master::authorities::LiveAuthorities::new(
+            decnet_master::authorities::Authorities::single(
+                CertificateAuthority::generate().unwrap(),
+            ),
+        ),
         Arc::new(CrlPublisher::new()),
         RenewPolicy::default(),
     ));
@@ -34,6 +38,7 @@ async fn every_route_admits_exactly_the_roles_it_should() {
         (Method::POST, "/heartbeat"),
         (Method::POST, "/renew"),
         (Method::GET, "/crl"),
+        (Method::GET, "/trust"),
         (Method::GET, "/join/ca"),
         (Method::POST, "/join"),
         (Method::GET, "/health"),
@@ -50,7 +55,7 @@ async fn every_route_admits_exactly_the_roles_it_should() {
             (Some(_), &Method::GET, "/health") => true,
             (Some(Role::Agent(_)), &Method::POST, "/heartbeat") => true,
             (Some(Role::Agent(_) | Role::Updater(_)), &Method::POST, "/renew") => true,
-            (Some(Role::Agent(_) | Role::Updater(_)), &Method::GET, "/crl") => true,
+            (Some(Role::Agent(_) | Role::Updater(_)), &Method::GET, "/crl" | "/trust") => true,
             _ => false,
         },
     )

@@ -212,7 +212,10 @@ mod tests {
             digest(&format!("{}{}{}", b.cert_pem(), a.cert_pem(), b.cert_pem()))
         );
         assert_ne!(digest(a.cert_pem()), digest(b.cert_pem()));
-        assert_eq!(fingerprints(&combine([a.cert_pem(), b.cert_pem()])).len(), 2);
+        assert_eq!(
+            fingerprints(&combine([a.cert_pem(), b.cert_pem()])).len(),
+            2
+        );
     }
 
     #[test]

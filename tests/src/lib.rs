@@ -190,25 +190,21 @@ impl MasterHome {
                 c
             }
         };
-        cmd.args([
-            "master",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--api-port",
-            "0",
-            "--console-port",
-            "0",
-        ])
-        .args(extra)
-        .env("DECNET_HOME", self.home())
-        .env(
-            "DECNET_LOG",
-            std::env::var("DECNET_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .env_remove("DECNET_DATABASE_URL");
+        cmd.args(["master", "serve", "--host", "127.0.0.1"]);
+        // Any port is the default; a test that restarts a master on the
+        // same ports names them in `extra`.
+        for port in ["--port", "--api-port", "--console-port"] {
+            if !extra.contains(&port) {
+                cmd.args([port, "0"]);
+            }
+        }
+        cmd.args(extra)
+            .env("DECNET_HOME", self.home())
+            .env(
+                "DECNET_LOG",
+                std::env::var("DECNET_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("DECNET_DATABASE_URL");
         if let Some(url) = &self.database_url {
             cmd.env("DECNET_DATABASE_URL", url);
         }

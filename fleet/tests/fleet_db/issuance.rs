@@ -261,14 +261,14 @@ async fn renew_reissue_race_leaves_one_current_certificate(db: &FleetDb, layout:
 async fn the_crl_lists_what_was_revoked(db: &FleetDb) {
     let publisher = Arc::new(CrlPublisher::new());
     let crl = publisher
-        .refresh(db, ca())
+        .refresh(db, &[ca()])
         .await
         .unwrap()
         .expect("a first CRL");
     assert_eq!(crl.number(), db.revocation_count().await.unwrap());
     assert!(crl.number() > 0);
     assert!(
-        publisher.refresh(db, ca()).await.unwrap().is_none(),
+        publisher.refresh(db, &[ca()]).await.unwrap().is_none(),
         "unchanged"
     );
     let again = RevocationList::verify(&crl.ders()[0], ca().cert_pem()).unwrap();
