@@ -280,14 +280,16 @@ pub enum OldKey {
     ArchiveTo(PathBuf),
 }
 
-/// Overwrite a key file with zeros, then remove it.
+/// Overwrite a key file in place with zeros (no truncation: the same
+/// blocks), sync, then remove it. On copy-on-write filesystems and SSDs the
+/// old blocks may survive: the wiki says so.
 fn destroy_key(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
     if let Ok(meta) = std::fs::metadata(path) {
-        let zeros = vec![0u8; meta.len() as usize];
-        std::fs::write(path, zeros)?;
-        if let Ok(f) = std::fs::File::open(path) {
-            let _ = f.sync_all();
-        }
+        let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all(&vec![0u8; meta.len() as usize])?;
+        f.sync_all()?;
+        drop(f);
         std::fs::remove_file(path)?;
     }
     Ok(())
@@ -313,8 +315,30 @@ pub async fn finish(
         )
         .into());
     }
-    let current = load_ca(&layout)?;
     let next_layout = successor_layout(&layout);
+    let next =
+        CertificateAuthority::load(&next_layout).context("loading the new CA of the rotation")?;
+    if next.fingerprint().to_hex() != r.new_ca {
+        return Err(UsageError(format!(
+            "the new CA in {} is not the one the rotation under way names",
+            next_layout.root().display()
+        ))
+        .into());
+    }
+    // An earlier finish stopped after the old key was destroyed (no CA, or
+    // a torn one): the promotion is completed from the rotation's copy.
+    let current = match load_ca(&layout) {
+        Ok(c) => c,
+        Err(e) => {
+            let master = crate::fleet_ops::master_bundle(&layout)?;
+            if master.identity.issuer != next.subject() {
+                return Err(e);
+            }
+            eprintln!("completing an interrupted finish: the new CA becomes the CA");
+            next.save(&layout).context("making the new CA the CA")?;
+            load_ca(&layout)?
+        }
+    };
     let finishing_again = current.fingerprint().to_hex() == r.new_ca;
     if !finishing_again {
         let left = wait_for_dependents(&db, &r.old_ca, wait).await?;
@@ -331,13 +355,8 @@ pub async fn finish(
                 left.join(", ")
             );
         }
-        let next = CertificateAuthority::load(&next_layout)
-            .context("loading the new CA of the rotation")?;
-        // 1. The master's certificate under the new CA, trusting it alone.
-        let rotated = decnet_fleet::revocation::rotate_master(&next, &layout, &db, None)
-            .await
-            .context("reissuing the master certificate under the new CA")?;
-        // 2. The old key: archived or destroyed. 3. The new CA becomes the CA.
+        // 1. The old key archived first, if asked: a directory that cannot
+        // be written stops the finish before anything changed.
         match &old_key {
             OldKey::ArchiveTo(dir) => {
                 secure_fs::ensure_private_dir(dir)
@@ -359,6 +378,14 @@ pub async fn finish(
             }
             OldKey::Destroy => {}
         }
+        // 2. The master's certificate under the new CA, trusting it alone
+        // (every master switches to it within a second).
+        let rotated = decnet_fleet::revocation::rotate_master(&next, &layout, &db, None)
+            .await
+            .context("reissuing the master certificate under the new CA")?;
+        // 3. The old key destroyed, 4. the new CA made the CA. A crash in
+        // between leaves no CA key: `finish` again completes it from the
+        // rotation's copy (kept until the very end).
         destroy_key(&layout.ca_key()).context("destroying the old CA key")?;
         next.save(&layout).context("making the new CA the CA")?;
         audit(
@@ -408,6 +435,19 @@ pub async fn abort(home: &MasterHome, force: bool, wait: Duration) -> anyhow::Re
     let Some(r) = db.rotation().await? else {
         return Err(UsageError("no CA rotation under way".into()).into());
     };
+    // A finish that began (the master certificate is the new CA's, or the
+    // new CA is the CA already) cannot be turned around: it is completed.
+    let master = crate::fleet_ops::master_bundle(&layout)?;
+    let finishing = match load_ca(&layout) {
+        Ok(c) => c.fingerprint().to_hex() == r.new_ca || master.identity.issuer != c.subject(),
+        Err(_) => true,
+    };
+    if finishing {
+        return Err(UsageError(
+            "a finish of this rotation began (the master certificate is already the new CA's): run `decnet ca rotation finish` to complete it".into(),
+        )
+        .into());
+    }
     if r.direction == RotationDirection::Forward {
         db.reverse_rotation().await?;
         audit(

@@ -1676,6 +1676,13 @@ async fn ca_rotate_master(home: &MasterHome, sans: &[String]) -> anyhow::Result<
         decnet_pki::ca::validate_san(s).map_err(|e| UsageError(e.to_string()))?;
     }
     let db = open_db(home).await?;
+    if db.rotation().await?.is_some() {
+        db.close().await;
+        return Err(UsageError(
+            "a CA rotation is under way: its finish reissues the master certificate (`decnet ca rotation finish`)".into(),
+        )
+        .into());
+    }
     let r = decnet_fleet::revocation::rotate_master(
         &ca,
         &layout,

@@ -438,6 +438,28 @@ struct FleetPage {
     rows: Vec<FleetRow>,
     counts: Vec<(String, usize)>,
     now: i64,
+    /// A CA rotation under way, in words (`None`: none).
+    rotation: Option<String>,
+}
+
+/// The CA rotation under way, as the fleet page says it: the phase and how
+/// many hosts still hold certificates of the CA being dropped.
+async fn rotation_banner(db: &decnet_fleet::FleetDb) -> Result<Option<String>, Response> {
+    let Some(rot) = db.rotation().await.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let hosts = db.host_cas().await.map_err(unavailable)?;
+    let behind = hosts
+        .iter()
+        .filter(|h| h.status != "burned" && h.depends_on(rot.leaving_ca()))
+        .count();
+    Ok(Some(format!(
+        "A CA rotation is under way ({}): {behind} host(s) still hold certificates of the CA being dropped (decnet ca rotation status).",
+        match rot.direction {
+            decnet_fleet::ca_rotation::RotationDirection::Forward => "moving to the new CA",
+            decnet_fleet::ca_rotation::RotationDirection::Back => "aborting, back to the old CA",
+        }
+    )))
 }
 
 async fn fleet_page(
@@ -482,6 +504,7 @@ async fn fleet_page(
             rows,
             counts: counts.into_iter().collect(),
             now: decnet_fleet::unix_now(),
+            rotation: rotation_banner(&st.db).await?,
         },
     ))
 }

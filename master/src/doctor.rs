@@ -35,7 +35,7 @@ pub struct Finding {
     pub host: Option<String>,
     /// Which check: `cert_expiry`, `silent`, `never_seen`, `clock_skew`,
     /// `pin_mismatch`, `wrong_identity`, `unreachable`, `disk_space`,
-    /// `suspect`, `burned`.
+    /// `suspect`, `burned`, `ca_rotation`.
     pub check: &'static str,
     /// What, in words.
     pub detail: String,
@@ -381,6 +381,49 @@ pub async fn run(
     print_report(&r?, json)
 }
 
+/// A CA rotation under way: one warning for the fleet, and one per host
+/// that still holds a certificate of the CA being dropped (it renews at its
+/// next heartbeat; one that does not blocks `ca rotation finish`).
+pub fn rotation_findings(
+    rot: &decnet_fleet::ca_rotation::RotationRecord,
+    hosts: &[decnet_fleet::ca_rotation::HostCa],
+) -> Vec<Finding> {
+    let leaving = rot.leaving_ca();
+    let behind: Vec<&decnet_fleet::ca_rotation::HostCa> = hosts
+        .iter()
+        .filter(|h| h.status != "burned" && h.depends_on(leaving))
+        .collect();
+    let mut out = vec![Finding {
+        severity: Severity::Warning,
+        host: None,
+        check: "ca_rotation",
+        detail: format!(
+            "a CA rotation is under way ({}); {} host(s) still hold certificates of the CA being dropped (decnet ca rotation status)",
+            rot.direction.as_str(),
+            behind.len()
+        ),
+    }];
+    for h in behind {
+        let which: Vec<&str> = [
+            (h.agent_ca.as_deref() == Some(leaving)).then_some("agent"),
+            (h.has_updater && h.updater_ca.as_deref() == Some(leaving)).then_some("updater"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        out.push(Finding {
+            severity: Severity::Warning,
+            host: Some(h.host.clone()),
+            check: "ca_rotation",
+            detail: format!(
+                "its {} certificate is of the CA being dropped; it renews at its next heartbeat (or blocks `ca rotation finish`)",
+                which.join(" and ")
+            ),
+        });
+    }
+    out
+}
+
 /// What the doctor found, as `swarm doctor --json` prints it (and the fleet
 /// API's `/v1/doctor` answers): `verdict`, `hosts_examined`, `probed`,
 /// `findings`. `scope`: only these hosts' findings (an operator's host
@@ -409,6 +452,9 @@ pub async fn report(
         expiry,
     };
     let mut findings = examine(&facts, policy);
+    if let Some(rot) = db.rotation().await? {
+        findings.extend(rotation_findings(&rot, &db.host_cas().await?));
+    }
     let logs = home.home.join("logs");
     findings.extend(paused_finding(&logs));
     findings.extend(disk_findings(&[
@@ -631,6 +677,51 @@ mod tests {
             .filter(|x| x.severity == Severity::Warning)
             .collect();
         assert_eq!(verdict_code(&warnings), 1);
+    }
+
+    #[test]
+    fn a_rotation_names_the_hosts_still_on_the_ca_being_dropped() {
+        use decnet_fleet::ca_rotation::{HostCa, RotationDirection, RotationRecord};
+        let rot = RotationRecord {
+            old_ca: "old".into(),
+            new_ca: "new".into(),
+            direction: RotationDirection::Forward,
+            started_at: 0,
+            actor: "local:root".into(),
+        };
+        let h = |name: &str, agent: &str, updater: Option<&str>, status: &str| HostCa {
+            host: name.into(),
+            status: status.into(),
+            last_seen: None,
+            agent_ca: Some(agent.into()),
+            updater_ca: updater.map(str::to_string),
+            has_updater: updater.is_some(),
+            trust: None,
+        };
+        let f = rotation_findings(
+            &rot,
+            &[
+                h("moved", "new", Some("new"), "active"),
+                h("half", "new", Some("old"), "active"),
+                h("down", "old", None, "unreachable"),
+                h("gone", "old", None, "burned"),
+            ],
+        );
+        let hosts: Vec<Option<&str>> = f.iter().map(|f| f.host.as_deref()).collect();
+        assert_eq!(hosts, vec![None, Some("half"), Some("down")]);
+        assert!(
+            f[1].detail.starts_with("its updater certificate"),
+            "{}",
+            f[1].detail
+        );
+        assert!(f[0].detail.contains("2 host(s)"), "{}", f[0].detail);
+        // Going back, the new CA is the one being dropped.
+        let back = RotationRecord {
+            direction: RotationDirection::Back,
+            ..rot
+        };
+        let f = rotation_findings(&back, &[h("moved", "new", Some("new"), "active")]);
+        assert_eq!(f.len(), 2);
     }
 
     #[test]

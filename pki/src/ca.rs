@@ -79,6 +79,9 @@ pub enum CaError {
     /// A serial number in the ledger is not hex (should never happen).
     #[error("a certificate serial number is malformed")]
     BadSerial,
+    /// The CA key does not belong to the CA certificate.
+    #[error("the CA key does not belong to the CA certificate")]
+    KeyMismatch,
     /// A SAN is neither an IP address nor a valid DNS name.
     #[error("subject alternative name {0:?} is neither an IP address nor a valid DNS name")]
     BadSan(String),
@@ -221,6 +224,18 @@ impl CertificateAuthority {
                 path: "CA certificate".into(),
             })?
             .into_owned();
+        {
+            use x509_parser::prelude::{FromDer, X509Certificate};
+            let (_, cert) =
+                X509Certificate::from_der(&cert_der).map_err(|_| CaError::BadCertificate {
+                    path: "CA certificate".into(),
+                })?;
+            // A key and a certificate of two CAs (a torn write) never sign
+            // anything together.
+            if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+                return Err(CaError::KeyMismatch);
+            }
+        }
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         Ok(CertificateAuthority {
             cert_pem: cert_pem.to_string(),
@@ -325,34 +340,32 @@ impl CertificateAuthority {
             .unwrap_or_default()
     }
 
-    /// An endorsement of `other` by this CA: a certificate with `other`'s
-    /// subject, public key and CA constraints, signed by this CA's key. A
-    /// host that trusts this CA takes `other` into its trust set on the
-    /// strength of it (see [`crate::trust::accept`]).
+    /// An endorsement of `other` by this CA, valid for
+    /// [`ENDORSEMENT_VALIDITY`](crate::trust::ENDORSEMENT_VALIDITY): a
+    /// signature by this CA's key over `other`'s fingerprint (see
+    /// [`crate::trust`]). A host that trusts this CA takes `other` into its
+    /// trust set on the strength of it. It is deliberately not a
+    /// certificate: nothing can chain through it, so once a CA leaves the
+    /// trust sets, no endorsement brings it back.
     pub fn endorse(&self, other: &CertificateAuthority) -> Result<String, CaError> {
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let (_, cert) =
-            X509Certificate::from_der(&other.cert_der).map_err(|_| CaError::BadCertificate {
-                path: "CA certificate".into(),
-            })?;
-        let unit = cert
-            .subject()
-            .iter_organizational_unit()
-            .next()
-            .and_then(|u| u.as_str().ok())
-            .map(str::to_string);
-        let mut params = CertificateParams::default();
-        // Our CAs' subjects are made by `distinguished_name`: built again
-        // from the same values, they encode to the same bytes.
-        params.distinguished_name = distinguished_name(CA_COMMON_NAME, unit.as_deref());
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = cert.validity().not_before.to_datetime();
-        params.not_after = cert.validity().not_after.to_datetime();
-        params.serial_number = Some(random_serial()?);
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(other.issuer.key(), &self.issuer)?;
-        Ok(cert.pem())
+        let until =
+            (OffsetDateTime::now_utc() + crate::trust::ENDORSEMENT_VALIDITY).unix_timestamp();
+        self.endorse_until(other, until)
+    }
+
+    /// [`endorse`](Self::endorse) with an explicit end (unix seconds).
+    pub(crate) fn endorse_until(
+        &self,
+        other: &CertificateAuthority,
+        not_after: i64,
+    ) -> Result<String, CaError> {
+        use rcgen::SigningKey;
+        let (endorser, endorsed) = (self.fingerprint(), other.fingerprint());
+        let msg = crate::trust::endorsement_message(&endorser, &endorsed, not_after);
+        let signature = self.issuer.key().sign(&msg)?;
+        Ok(crate::trust::encode_endorsement(
+            &endorser, &endorsed, not_after, &signature,
+        ))
     }
 
     /// Issue a leaf with a freshly generated RSA-2048 key.

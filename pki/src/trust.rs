@@ -6,11 +6,13 @@
 //! set from the master (the heartbeat answer carries its [`digest`]) and
 //! takes it only through [`accept`]: every CA in the offered set must be one
 //! it already trusts, or be *endorsed* by one it already trusts — an
-//! endorsement is a certificate with the new CA's subject and public key,
-//! signed by the trusted CA's key ([`CertificateAuthority::endorse`]). So a
-//! master that lost its CA key to no one cannot be made, by anyone who
-//! merely reaches a worker, to trust a CA the fleet never vouched for; and
-//! dropping a CA (the end of a rotation) needs no endorsement at all.
+//! endorsement is a signature by the trusted CA's key over the new CA's
+//! fingerprint and an end date ([`CertificateAuthority::endorse`]). It is
+//! not a certificate on purpose: a cross-certificate would be a path in
+//! every TLS chain (a leaf of a dropped CA would still verify through it),
+//! an endorsement is a path nowhere. So no one who merely reaches a worker
+//! can make it trust a CA the fleet never vouched for; and dropping a CA
+//! (the end of a rotation) needs no endorsement at all.
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -31,9 +33,108 @@ pub enum TrustError {
     /// A certificate of the set is not a CA.
     #[error("{0} in the offered trust bundle is not a CA certificate")]
     NotACa(String),
+    /// An endorsement does not decode.
+    #[error("an endorsement does not decode")]
+    BadEndorsement,
     /// A new CA without an endorsement by a trusted one.
     #[error("the new CA {0} is not endorsed by a CA this host already trusts")]
     NotEndorsed(String),
+}
+
+/// How long an endorsement is good for: a rotation is expected to end
+/// well within it (a host that has not taken the new CA by then rejoins).
+pub const ENDORSEMENT_VALIDITY: time::Duration = time::Duration::days(90);
+
+/// PEM label of an endorsement.
+const ENDORSEMENT_LABEL: &str = "DECNET CA ENDORSEMENT";
+
+/// What an endorsement's signature covers: a context string (so no other
+/// signature by a CA key can pass for one), the endorsing and the endorsed
+/// CA's fingerprints, and the end of its validity.
+pub(crate) fn endorsement_message(
+    endorser: &Fingerprint,
+    endorsed: &Fingerprint,
+    not_after: i64,
+) -> Vec<u8> {
+    let mut m = b"decnet-ca-endorsement-v1\n".to_vec();
+    m.extend_from_slice(endorser.as_bytes());
+    m.extend_from_slice(endorsed.as_bytes());
+    m.extend_from_slice(&not_after.to_be_bytes());
+    m
+}
+
+/// An endorsement as PEM: endorser (32 bytes), endorsed (32), end (8,
+/// big-endian unix seconds), then the signature.
+pub(crate) fn encode_endorsement(
+    endorser: &Fingerprint,
+    endorsed: &Fingerprint,
+    not_after: i64,
+    signature: &[u8],
+) -> String {
+    let mut body = Vec::with_capacity(72 + signature.len());
+    body.extend_from_slice(endorser.as_bytes());
+    body.extend_from_slice(endorsed.as_bytes());
+    body.extend_from_slice(&not_after.to_be_bytes());
+    body.extend_from_slice(signature);
+    pem::encode(&pem::Pem::new(ENDORSEMENT_LABEL, body))
+}
+
+/// One decoded endorsement.
+struct Endorsement {
+    endorser: [u8; 32],
+    endorsed: [u8; 32],
+    not_after: i64,
+    signature: Vec<u8>,
+}
+
+fn parse_endorsements(pem_text: &str) -> Result<Vec<Endorsement>, TrustError> {
+    let blocks = pem::parse_many(pem_text).map_err(|_| TrustError::BadEndorsement)?;
+    blocks
+        .iter()
+        .filter(|b| b.tag() == ENDORSEMENT_LABEL)
+        .map(|b| {
+            let c = b.contents();
+            if c.len() <= 72 {
+                return Err(TrustError::BadEndorsement);
+            }
+            let mut endorser = [0u8; 32];
+            let mut endorsed = [0u8; 32];
+            let mut end = [0u8; 8];
+            endorser.copy_from_slice(&c[..32]);
+            endorsed.copy_from_slice(&c[32..64]);
+            end.copy_from_slice(&c[64..72]);
+            Ok(Endorsement {
+                endorser,
+                endorsed,
+                not_after: i64::from_be_bytes(end),
+                signature: c[72..].to_vec(),
+            })
+        })
+        .collect()
+}
+
+impl Endorsement {
+    /// Whether it endorses `endorsed`, is in force, and was signed by the
+    /// key of the CA certificate `by`.
+    fn vouches(&self, endorsed: &Fingerprint, by: &CertificateDer<'_>, now: i64) -> bool {
+        let endorser = Fingerprint::of_der(by);
+        if self.endorsed != *endorsed.as_bytes()
+            || self.endorser != *endorser.as_bytes()
+            || self.not_after <= now
+        {
+            return false;
+        }
+        let Ok((_, ca)) = X509Certificate::from_der(by) else {
+            return false;
+        };
+        let msg = endorsement_message(&endorser, endorsed, self.not_after);
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            ca.public_key().subject_public_key.data.as_ref(),
+        )
+        .verify(&msg, &self.signature)
+        .is_ok()
+    }
 }
 
 /// The CA certificates (DER) of a PEM trust bundle, in file order.
@@ -103,7 +204,8 @@ pub fn accept(current: &str, offered: &str, endorsements: &str) -> Result<String
     if offered_certs.is_empty() {
         return Err(TrustError::Empty);
     }
-    let endorsements = certificates(endorsements).map_err(|_| TrustError::Parse("endorsements"))?;
+    let endorsements = parse_endorsements(endorsements)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for der in &offered_certs {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|_| TrustError::Parse("CA certificates"))?;
@@ -114,37 +216,15 @@ pub fn accept(current: &str, offered: &str, endorsements: &str) -> Result<String
         if held.iter().any(|h| h.as_ref() == der.as_ref()) {
             continue;
         }
-        let endorsed = endorsements.iter().any(|e| {
-            let Ok((_, e)) = X509Certificate::from_der(e) else {
-                return false;
-            };
-            e.is_ca()
-                && e.subject().as_raw() == cert.subject().as_raw()
-                && e.public_key().raw == cert.public_key().raw
-                && held.iter().any(|h| signed_by(&e, h))
-        });
+        let fp = Fingerprint::of_der(der);
+        let endorsed = endorsements
+            .iter()
+            .any(|e| held.iter().any(|h| e.vouches(&fp, h, now)));
         if !endorsed {
             return Err(TrustError::NotEndorsed(name));
         }
     }
     Ok(combine([offered]))
-}
-
-/// Whether `cert` was issued and signed by the CA certificate `issuer`
-/// (RSA PKCS#1 v1.5 SHA-256: the only algorithm our CAs sign with).
-fn signed_by(cert: &X509Certificate<'_>, issuer: &CertificateDer<'_>) -> bool {
-    let Ok((_, issuer)) = X509Certificate::from_der(issuer) else {
-        return false;
-    };
-    if cert.issuer().as_raw() != issuer.subject().as_raw() {
-        return false;
-    }
-    aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        issuer.public_key().subject_public_key.data.as_ref(),
-    )
-    .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
-    .is_ok()
 }
 
 impl CertificateAuthority {
@@ -190,6 +270,19 @@ mod tests {
             accept(old.cert_pem(), &both, &forged),
             Err(TrustError::NotEndorsed(_))
         ));
+        // An expired endorsement, or one whose bytes were changed, is not.
+        let expired = old.endorse_until(&new, 1).unwrap();
+        assert!(accept(old.cert_pem(), &both, &expired).is_err());
+        let good = old.endorse(&new).unwrap();
+        let mut blocks = pem::parse_many(&good).unwrap();
+        let mut body = blocks[0].contents().to_vec();
+        let last = body.len() - 1;
+        body[last] ^= 1;
+        blocks[0] = pem::Pem::new(blocks[0].tag(), body);
+        assert!(accept(old.cert_pem(), &both, &pem::encode_many(&blocks)).is_err());
+        // Nothing in the endorsements is a certificate: no TLS chain can
+        // pass through one.
+        assert!(certificates(&endorsements).unwrap().is_empty());
         // An endorsement of another key under the same name does not pass.
         let offered = combine([old.cert_pem(), stranger.cert_pem()]);
         assert!(accept(old.cert_pem(), &offered, &endorsements).is_err());
@@ -215,6 +308,17 @@ mod tests {
         assert_eq!(
             fingerprints(&combine([a.cert_pem(), b.cert_pem()])).len(),
             2
+        );
+    }
+
+    #[test]
+    fn a_ca_key_of_another_ca_is_refused() {
+        let a = CertificateAuthority::generate().unwrap();
+        let b = CertificateAuthority::generate_successor().unwrap();
+        let torn = CertificateAuthority::from_pem(a.cert_pem(), &b.issuer().key().serialize_pem());
+        assert!(matches!(torn, Err(crate::CaError::KeyMismatch)));
+        assert!(
+            CertificateAuthority::from_pem(a.cert_pem(), &a.issuer().key().serialize_pem()).is_ok()
         );
     }
 

@@ -266,7 +266,12 @@ impl MasterLink {
         if let Some(digest) = v["trust"].as_str()
             && digest != decnet_pki::trust::digest(&self.material.current().bundle().ca_pem)
         {
-            changed |= self.sync_trust(dir).await?;
+            // A set we may not take leaves the one in force, and the lists
+            // of its CAs still reach us.
+            match self.sync_trust(dir).await {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::warn!(error = %e, "the master's trust set was not taken"),
+            }
         }
         let renew = v["renew"].as_bool().unwrap_or(false);
         let pem = v["crl_pem"]

@@ -229,6 +229,22 @@ fn the_fleet_moves_to_a_new_ca_without_losing_a_heartbeat_or_a_line() {
     );
     let mid = status(&m);
     assert_eq!(host(&mid, "w3")["agent_ca"], "old", "{mid}");
+    // `swarm doctor` names the host still on the old CA.
+    let doctor = m.run(&["swarm", "doctor", "--json"]);
+    let d: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let rotation: Vec<&serde_json::Value> = d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "ca_rotation")
+        .collect();
+    assert!(
+        rotation.iter().any(|f| f["host"] == "w3")
+            && !rotation
+                .iter()
+                .any(|f| f["host"] == "w1" || f["host"] == "w2"),
+        "{d}"
+    );
     // In the middle: the master reaches every live host, and an update works.
     check_reaches(&m, &["w1", "w2"]);
     push("1.0.1");
@@ -397,4 +413,177 @@ fn an_abort_after_a_master_restart_brings_every_host_back_to_the_old_ca() {
     let log = a1.daemon.log_text();
     assert!(log.contains("trust set updated"), "{log}");
     drop(master);
+}
+
+fn token(m: &MasterHome, host: &str) -> String {
+    m.ok(&[
+        "swarm",
+        "token",
+        "create",
+        "--host",
+        host,
+        "--address",
+        "127.0.0.1",
+    ])
+    .trim()
+    .to_string()
+}
+
+fn join(master: &decnet_e2e::Daemon, token: &str, dir: &Path) -> std::process::Output {
+    std::process::Command::new(decnet_e2e::bin("decnet-agent"))
+        .args([
+            "join",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            token,
+        ])
+        .arg("--bundle-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn tokens_pin_the_ca_of_their_time_and_a_host_cut_off_rejoins() {
+    let m = MasterHome::new();
+    // c1 is enrolled under the old CA and stays down.
+    m.ok(&["swarm", "enroll", "--host", "c1", "--address", "127.0.0.1"]);
+    m.set_agent_port("c1", dead_port());
+    let master = m.serve(&["--no-listener"]);
+    let api = master.addr.to_string();
+    let before = token(&m, "t1");
+    let unused = token(&m, "t3");
+    let started = m.json(&["ca", "rotation", "start", "--json"]);
+    let new_fp = started["new_ca"].as_str().unwrap().to_string();
+    // A running master follows within its housekeeping second.
+    std::thread::sleep(Duration::from_secs(2));
+    let during = token(&m, "t2");
+    assert!(
+        during.ends_with(&new_fp),
+        "a token made now pins the new CA"
+    );
+    assert!(!before.ends_with(&new_fp));
+    // Both join during the rotation: each trusts both CAs (the other one
+    // through its endorsement) and holds a certificate of the new CA.
+    let both = trust_digest(&m.master_bundle_dir());
+    for (t, h) in [(&before, "t1"), (&during, "t2")] {
+        let dir = m.dir.path().join(format!("{h}-bundle"));
+        let out = join(&master, t, &dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(trust_digest(&dir), both, "{h}");
+        let b = Bundle::load(&dir, BundleKind::Agent).unwrap();
+        assert!(
+            b.identity.issuer.contains("rotated"),
+            "{:?}",
+            b.identity.issuer
+        );
+    }
+    // Only c1 depends on the old CA: cut off by --force.
+    let forced = m.run(&["ca", "rotation", "finish", "--force"]);
+    let said = String::from_utf8_lossy(&forced.stderr).to_string();
+    assert_eq!(forced.status.code(), Some(0), "{said}");
+    assert!(said.contains("cuts off: c1 (agent)"), "{said}");
+    std::thread::sleep(Duration::from_secs(2));
+    // A token made before the rotation, still unused, is refused now.
+    let out = join(&master, &unused, &m.dir.path().join("t3-bundle"));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not the one the token names"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The host cut off rejoins with a new token and is reached again.
+    let dir = m.dir.path().join("c1-rejoined");
+    let out = join(&master, &token(&m, "c1"), &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _c1 = Agent::start_with_bundle(
+        &m,
+        "c1",
+        &dir,
+        &m.dir.path().join("c1-state"),
+        &["--master", &api, "--heartbeat-interval", "1"],
+    );
+    check_reaches(&m, &["c1"]);
+    let st = m.json(&["swarm", "show", "c1", "--json"]);
+    assert_eq!(st["status"], "active", "{st}");
+}
+
+#[test]
+fn two_masters_on_postgresql_follow_one_rotation() {
+    let Some(db) = decnet_e2e::postgres::fresh_database("decnet_rot") else {
+        return;
+    };
+    let m = MasterHome::with_database(Some(db));
+    m.ok(&["swarm", "enroll", "--host", "p1", "--address", "127.0.0.1"]);
+    m.ok(&["swarm", "enroll", "--host", "p2", "--address", "127.0.0.1"]);
+    let a = m.serve(&["--no-listener"]);
+    let b = m.serve(&["--no-listener"]);
+    // p1 talks to the first master, p2 to the second.
+    let (a_api, b_api) = (a.addr.to_string(), b.addr.to_string());
+    let _p1 = Agent::start(
+        &m,
+        "p1",
+        &m.dir.path().join("p1-state"),
+        &["--master", &a_api, "--heartbeat-interval", "1"],
+    );
+    let _p2 = Agent::start(
+        &m,
+        "p2",
+        &m.dir.path().join("p2-state"),
+        &["--master", &b_api, "--heartbeat-interval", "1"],
+    );
+    check_reaches(&m, &["p1", "p2"]);
+    m.ok(&["ca", "rotation", "start"]);
+    wait_status(&m, "both hosts move, each through its own master", |v| {
+        all_on(v, &[("p1", false), ("p2", false)], "new")
+    });
+    let old_key = std::fs::read(m.home().join("ca/ca.key")).unwrap();
+    let archive = m.dir.path().join("offline");
+    let out = m.ok(&[
+        "ca",
+        "rotation",
+        "finish",
+        "--wait",
+        "30",
+        "--archive-key",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(out.contains("OLD CA KEY IS ARCHIVED"), "{out}");
+    let archived: Vec<PathBuf> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .collect();
+    assert_eq!(archived.len(), 1);
+    assert_eq!(std::fs::read(&archived[0]).unwrap(), old_key);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&archived[0])
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_ne!(std::fs::read(m.home().join("ca/ca.key")).unwrap(), old_key);
+    let only_new = trust_digest(&m.home().join("ca"));
+    for h in ["p1", "p2"] {
+        let dir = m.agent_bundle_dir(h);
+        assert!(
+            wait_for(Duration::from_secs(30), || (trust_digest(&dir) == only_new)
+                .then_some(()))
+            .is_some(),
+            "{h} still trusts the old CA"
+        );
+    }
+    check_reaches(&m, &["p1", "p2"]);
+    drop((a, b));
 }
