@@ -417,31 +417,52 @@ impl Bundle {
     }
 }
 
+/// How old an uncommitted staging directory must be before a load or a
+/// write removes it: younger ones may belong to a write in progress in
+/// another process (a daemon loads the bundle a command is writing).
+const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Complete a committed bundle write in `dir`: move each file of the
-/// pending directory into place, then remove it; drop uncommitted staging
-/// directories. Idempotent, so a crash at any point is finished by the next call.
+/// pending directory into place, then remove it; drop stale uncommitted
+/// staging directories. Idempotent, so a crash at any point is finished by
+/// the next call — and safe to run in two processes at once (a file or the
+/// pending directory another one already moved is not an error).
 fn roll_forward(dir: &Path) -> std::io::Result<()> {
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    };
     let pending = dir.join(PENDING_DIR);
     if pending.is_dir() {
-        let mut names: Vec<_> = std::fs::read_dir(&pending)?
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .filter(|n| !n.to_string_lossy().starts_with('.'))
-            .collect();
+        let mut names: Vec<_> = match std::fs::read_dir(&pending) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .filter(|n| !n.to_string_lossy().starts_with('.'))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
         // Any order is safe: until the pending directory is gone, `load`
         // reads every file it still holds from there.
         names.sort();
         for (i, name) in names.iter().enumerate() {
-            std::fs::rename(pending.join(name), dir.join(name))?;
+            gone(std::fs::rename(pending.join(name), dir.join(name)))?;
             if i == 0 {
                 fault::check(fault::Point::MidSwap)?;
             }
         }
         secure_fs::sync_dir(dir)?;
-        std::fs::remove_dir_all(&pending)?;
+        gone(std::fs::remove_dir_all(&pending))?;
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_STAGING);
+            if stale && e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }

@@ -214,6 +214,44 @@ fn bundle_files_have_designed_names_and_modes_and_round_trip() {
     assert!(udir.join("updater.key").exists() && udir.join("updater.crt").exists());
 }
 
+/// A daemon loads the bundle a command is writing (the master's, every
+/// second): the load never breaks the write, and ends up with what was
+/// written last.
+#[test]
+fn loads_running_beside_a_write_never_break_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("master");
+    let leaves: Vec<_> = (0..3)
+        .map(|_| ca().issue(&LeafSpec::for_role(&Role::Master, &[])).unwrap())
+        .collect();
+    let bundle = |i: usize| {
+        Bundle::from_issued(BundleKind::Master, &leaves[i % 3], ca().cert_pem()).unwrap()
+    };
+    bundle(0).write(&bdir).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loaders: Vec<_> = (0..2)
+        .map(|_| {
+            let (bdir, stop) = (bdir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = Bundle::load(&bdir, BundleKind::Master);
+                }
+            })
+        })
+        .collect();
+    for i in 1..200 {
+        bundle(i)
+            .write(&bdir)
+            .unwrap_or_else(|e| panic!("write {i} failed beside loads: {e}"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    let last = Bundle::load(&bdir, BundleKind::Master).unwrap();
+    assert_eq!(last.identity.fingerprint, leaves[199 % 3].fingerprint);
+}
+
 #[test]
 fn a_key_readable_by_others_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();

@@ -332,6 +332,22 @@ impl MasterHome {
         ]);
     }
 
+    /// `swarm token create --host HOST --address 127.0.0.1 EXTRA…`: a join
+    /// token for `host`.
+    pub fn join_token(&self, host: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "swarm",
+            "token",
+            "create",
+            "--host",
+            host,
+            "--address",
+            "127.0.0.1",
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args).trim().to_string()
+    }
+
     /// Record where `host`'s agent listens.
     pub fn set_agent_port(&self, host: &str, port: u16) {
         self.ok(&[
@@ -799,6 +815,37 @@ pub fn start_forwarder(
         cmd,
         state_dir.with_extension(format!("fwd-{}.log", decnet_pki::random_hex(3))),
     )
+}
+
+/// `BIN join --master MASTER --token TOKEN --bundle-dir DIR` (`decnet-agent`
+/// or `decnet-updater`), run to its end.
+pub fn join_with_token(bin_name: &str, master: &Daemon, token: &str, dir: &Path) -> Output {
+    Command::new(bin(bin_name))
+        .args([
+            "join",
+            "--master",
+            &master.addr.to_string(),
+            "--token",
+            token,
+            "--bundle-dir",
+        ])
+        .arg(dir)
+        .output()
+        .expect("run join")
+}
+
+/// Copy the files of `from` (not its sub-directories) into `to`, created
+/// 0700 (a bundle directory's copy).
+pub fn copy_dir(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).expect("create the copy");
+    for e in std::fs::read_dir(from).expect("read the directory") {
+        let e = e.expect("directory entry");
+        if e.file_type().expect("file type").is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).expect("chmod");
 }
 
 /// Append lines to a file (like a logging program would).

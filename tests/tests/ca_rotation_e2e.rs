@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use decnet_e2e::{Agent, MasterHome, UpdaterFixture, append_lines, free_port, wait_for};
+use decnet_e2e::{
+    Agent, MasterHome, UpdaterFixture, append_lines, copy_dir, free_port, join_with_token, wait_for,
+};
 use decnet_pki::{Bundle, BundleKind};
 
 fn status(m: &MasterHome) -> serde_json::Value {
@@ -52,16 +54,6 @@ fn openssl_verify(ca: &Path, cert: &Path) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 /// A port nothing listens on (for the host that stays down).
@@ -415,35 +407,6 @@ fn an_abort_after_a_master_restart_brings_every_host_back_to_the_old_ca() {
     drop(master);
 }
 
-fn token(m: &MasterHome, host: &str) -> String {
-    m.ok(&[
-        "swarm",
-        "token",
-        "create",
-        "--host",
-        host,
-        "--address",
-        "127.0.0.1",
-    ])
-    .trim()
-    .to_string()
-}
-
-fn join(master: &decnet_e2e::Daemon, token: &str, dir: &Path) -> std::process::Output {
-    std::process::Command::new(decnet_e2e::bin("decnet-agent"))
-        .args([
-            "join",
-            "--master",
-            &master.addr.to_string(),
-            "--token",
-            token,
-        ])
-        .arg("--bundle-dir")
-        .arg(dir)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn tokens_pin_the_ca_of_their_time_and_a_host_cut_off_rejoins() {
     let m = MasterHome::new();
@@ -452,13 +415,13 @@ fn tokens_pin_the_ca_of_their_time_and_a_host_cut_off_rejoins() {
     m.set_agent_port("c1", dead_port());
     let master = m.serve(&["--no-listener"]);
     let api = master.addr.to_string();
-    let before = token(&m, "t1");
-    let unused = token(&m, "t3");
+    let before = m.join_token("t1", &[]);
+    let unused = m.join_token("t3", &[]);
     let started = m.json(&["ca", "rotation", "start", "--json"]);
     let new_fp = started["new_ca"].as_str().unwrap().to_string();
     // A running master follows within its housekeeping second.
     std::thread::sleep(Duration::from_secs(2));
-    let during = token(&m, "t2");
+    let during = m.join_token("t2", &[]);
     assert!(
         during.ends_with(&new_fp),
         "a token made now pins the new CA"
@@ -469,7 +432,7 @@ fn tokens_pin_the_ca_of_their_time_and_a_host_cut_off_rejoins() {
     let both = trust_digest(&m.master_bundle_dir());
     for (t, h) in [(&before, "t1"), (&during, "t2")] {
         let dir = m.dir.path().join(format!("{h}-bundle"));
-        let out = join(&master, t, &dir);
+        let out = join_with_token("decnet-agent", &master, t, &dir);
         assert!(
             out.status.success(),
             "{}",
@@ -490,7 +453,12 @@ fn tokens_pin_the_ca_of_their_time_and_a_host_cut_off_rejoins() {
     assert!(said.contains("cuts off: c1 (agent)"), "{said}");
     std::thread::sleep(Duration::from_secs(2));
     // A token made before the rotation, still unused, is refused now.
-    let out = join(&master, &unused, &m.dir.path().join("t3-bundle"));
+    let out = join_with_token(
+        "decnet-agent",
+        &master,
+        &unused,
+        &m.dir.path().join("t3-bundle"),
+    );
     assert_ne!(out.status.code(), Some(0));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is not the one the token names"),
@@ -499,7 +467,7 @@ fn tokens_pin_the_ca_of_their_time_and_a_host_cut_off_rejoins() {
     );
     // The host cut off rejoins with a new token and is reached again.
     let dir = m.dir.path().join("c1-rejoined");
-    let out = join(&master, &token(&m, "c1"), &dir);
+    let out = join_with_token("decnet-agent", &master, &m.join_token("c1", &[]), &dir);
     assert!(
         out.status.success(),
         "{}",

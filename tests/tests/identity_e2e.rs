@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use decnet_e2e::{Daemon, MasterHome, UpdaterFixture, good_release, wait_for};
+use decnet_e2e::{Daemon, MasterHome, UpdaterFixture, copy_dir, good_release, wait_for};
 use decnet_pki::{Bundle, BundleKind, ClientAuth, RevocationList};
 
 /// A TLS server presenting a *worker's* certificate, impersonating the
@@ -138,18 +138,6 @@ fn agent(
     );
     m.set_agent_port(host, d.port());
     d
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
 fn fingerprint(dir: &Path, kind: BundleKind) -> String {

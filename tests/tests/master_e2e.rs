@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use decnet_e2e::join_with_token as join;
 use decnet_e2e::{Agent, Daemon, MasterHome, mtls_client, wait_for};
 use decnet_pki::{Bundle, BundleKind, CaLayout, CertificateAuthority, HostName, LeafSpec, Role};
 
@@ -191,41 +192,12 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
     assert_eq!(r.status(), 422);
 }
 
-fn token(m: &MasterHome, host: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "swarm",
-        "token",
-        "create",
-        "--host",
-        host,
-        "--address",
-        "127.0.0.1",
-    ];
-    args.extend_from_slice(extra);
-    m.ok(&args).trim().to_string()
-}
-
-fn join(bin: &str, master: &Daemon, token: &str, dir: &std::path::Path) -> std::process::Output {
-    Command::new(decnet_e2e::bin(bin))
-        .args([
-            "join",
-            "--master",
-            &master.addr.to_string(),
-            "--token",
-            token,
-            "--bundle-dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn token_join_issues_certificates_for_locally_generated_keys() {
     use std::os::unix::fs::PermissionsExt;
     let m = MasterHome::new();
     let master = start_master(&m, 90);
-    let t = token(&m, "j1", &["--updater", "--sans", "j1.lab"]);
+    let t = m.join_token("j1", &["--updater", "--sans", "j1.lab"]);
     assert_eq!(t.split('.').count(), 3);
     let ca = CertificateAuthority::load(&CaLayout::new(m.home().join("ca"))).unwrap();
     assert!(
@@ -318,7 +290,7 @@ fn token_join_issues_certificates_for_locally_generated_keys() {
 
     // The updater half of a token ends once its agent half was used long
     // enough ago: a token found later on the worker's disk opens nothing.
-    let t_late = token(&m, "j1late", &["--updater"]);
+    let t_late = m.join_token("j1late", &["--updater"]);
     let out = join(
         "decnet-agent",
         &master,
@@ -399,7 +371,7 @@ fn expired_reused_tampered_and_guessed_tokens_are_refused() {
     let m = MasterHome::new();
     let master = start_master(&m, 90);
     // Expired.
-    let t = token(&m, "j2", &["--ttl", "1s"]);
+    let t = m.join_token("j2", &["--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(2100));
     let out = join("decnet-agent", &master, &t, &m.dir.path().join("j2"));
     assert_eq!(out.status.code(), Some(1));
@@ -410,7 +382,7 @@ fn expired_reused_tampered_and_guessed_tokens_are_refused() {
     );
 
     // An agent token does not let an updater in.
-    let t = token(&m, "j3", &[]);
+    let t = m.join_token("j3", &[]);
     let out = join("decnet-updater", &master, &t, &m.dir.path().join("j3u"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not allow an updater"));
@@ -480,7 +452,7 @@ fn expired_reused_tampered_and_guessed_tokens_are_refused() {
     );
 
     // A worker naming another host than the token's is refused; the token stays usable.
-    let t5 = token(&m, "j5b", &[]);
+    let t5 = m.join_token("j5b", &[]);
     let out = Command::new(decnet_e2e::bin("decnet-agent"))
         .args([
             "join",
@@ -535,7 +507,7 @@ fn expired_reused_tampered_and_guessed_tokens_are_refused() {
 async fn the_master_decides_cn_and_sans_never_the_csr() {
     let m = MasterHome::new();
     let master = start_master(&m, 90);
-    let t = token(&m, "j4", &[]);
+    let t = m.join_token("j4", &[]);
     let parts: Vec<&str> = t.split('.').collect();
     let ca_pem = std::fs::read_to_string(m.home().join("ca/ca.crt")).unwrap();
     decnet_pki::provider::install_default();
@@ -576,7 +548,7 @@ async fn the_master_decides_cn_and_sans_never_the_csr() {
         .unwrap();
     assert_eq!(r.status(), 403);
     // Garbage CSR: 400, token not spent.
-    let t2 = token(&m, "j5", &[]);
+    let t2 = m.join_token("j5", &[]);
     let p2: Vec<&str> = t2.split('.').collect();
     let r = client
         .post(format!("https://{}/join", master.addr))
