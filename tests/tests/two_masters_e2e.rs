@@ -5,29 +5,12 @@
 //! keep the host alive (the other may be gone). The CA (files) is shared
 //! too: both read the same home, as two masters on one host, or a copy.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use decnet_e2e::{Agent, Daemon, MasterHome, bin, mtls_client, wait_for};
+use decnet_e2e::{Agent, MasterHome, join_with_token, mtls_client, wait_for};
 
 fn fresh_database() -> Option<String> {
     decnet_e2e::postgres::fresh_database("decnet_two")
-}
-
-fn join(master: &Daemon, token: &str, dir: &Path) -> std::process::Output {
-    Command::new(bin("decnet-agent"))
-        .args([
-            "join",
-            "--master",
-            &master.addr.to_string(),
-            "--token",
-            token,
-        ])
-        .arg("--bundle-dir")
-        .arg(dir)
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -54,13 +37,13 @@ fn two_masters_on_one_postgresql_share_the_fleet() {
     .trim()
     .to_string();
     let joined = m.dir.path().join("w2-b");
-    let out = join(&b, &token, &joined);
+    let out = join_with_token("decnet-agent", &b, &token, &joined);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let again = join(&a, &token, &m.dir.path().join("w2-a"));
+    let again = join_with_token("decnet-agent", &a, &token, &m.dir.path().join("w2-a"));
     assert!(
         !again.status.success(),
         "a spent token joined again through the other master"
