@@ -550,6 +550,17 @@ fn the_console_in_a_real_browser() {
             shot(&a, name).await;
         }
         a.set_window_size(1366, 900).await.unwrap();
+        // A CA rotation shows on the fleet page while it is under way.
+        a.goto(&format!("{}/", origin(&url))).await.unwrap();
+        assert!(a.find(Locator::Css("#rotation")).await.is_err());
+        m.ok(&["ca", "rotation", "start"]);
+        a.goto(&format!("{}/", origin(&url))).await.unwrap();
+        let banner = text_of(&a, "#rotation").await;
+        assert!(banner.contains("CA rotation is under way"), "{banner}");
+        shot(&a, "fleet-rotation").await;
+        m.ok(&["ca", "rotation", "abort", "--wait", "60"]);
+        a.goto(&format!("{}/", origin(&url))).await.unwrap();
+        assert!(a.find(Locator::Css("#rotation")).await.is_err());
         // The viewer sees no operators page.
         v.goto(&format!("{}/operators", origin(&url)))
             .await
