@@ -379,7 +379,18 @@ fn an_abort_after_a_master_restart_brings_every_host_back_to_the_old_ca() {
     assert_eq!(master.addr.to_string(), api);
     assert_eq!(status(&m)["phase"], "rotating");
     check_reaches(&m, &["a1", "a2"]);
-    // The abort: hosts renew back under the old CA, then it completes.
+    // The abort turns the rotation around at once; with hosts still on the
+    // new CA it is not complete yet, and a restart in this phase resumes
+    // it too.
+    let turned = m.run(&["ca", "rotation", "abort"]);
+    let said = String::from_utf8_lossy(&turned.stderr).to_string();
+    assert_ne!(turned.status.code(), Some(0), "{said}");
+    assert!(said.contains("the abort is under way"), "{said}");
+    assert_eq!(status(&m)["phase"], "aborting");
+    master.stop();
+    master = m.serve(&serve);
+    assert_eq!(status(&m)["phase"], "aborting");
+    // Hosts renew back under the old CA, then it completes.
     let out = m.ok(&["ca", "rotation", "abort", "--wait", "60"]);
     assert!(out.contains("abort complete"), "{out}");
     assert_eq!(status(&m)["phase"], "none");
