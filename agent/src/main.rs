@@ -486,11 +486,52 @@ async fn forward(
         opts.log_file.display(),
         opts.master
     );
-    match decnet_log_relay::forwarder::run(opts, material, pin, shutdown).await {
+    // The agent beside it renews the bundle (and takes a CA rotation's
+    // trust set and new CRLs) in the same directory: follow it, or this
+    // forwarder would hold a certificate the master retires.
+    let watch = tokio::spawn(follow_bundle_dir(
+        bundle_dir.to_path_buf(),
+        material.clone(),
+    ));
+    let result = decnet_log_relay::forwarder::run(opts, material, pin, shutdown).await;
+    watch.abort();
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
             2
+        }
+    }
+}
+
+/// How often a standalone forwarder looks at its bundle directory.
+const BUNDLE_FOLLOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keep `material` equal to the bundle and CRL in `dir` (written by the
+/// agent that shares it): a renewed certificate, a new trust set or a newer
+/// CRL is put in force; an unreadable or half-written state is skipped.
+async fn follow_bundle_dir(dir: std::path::PathBuf, material: decnet_pki::MaterialSource) {
+    loop {
+        tokio::time::sleep(BUNDLE_FOLLOW).await;
+        let Ok(b) = decnet_pki::Bundle::load(&dir, decnet_pki::BundleKind::Agent) else {
+            continue;
+        };
+        let cur = material.current();
+        let same = b.identity.fingerprint == cur.bundle().identity.fingerprint
+            && b.ca_pem == cur.bundle().ca_pem;
+        if !same {
+            match material.set_bundle(b) {
+                Ok(()) => tracing::info!("the agent's renewed bundle is in use"),
+                Err(e) => tracing::warn!(error = %e, "cannot use the bundle the agent wrote"),
+            }
+        }
+        let cur = material.current();
+        if let Some(crl) = cur.bundle().load_crl(&dir)
+            && cur.crl().is_none_or(|held| {
+                held.number() < crl.number() || *held != crl && held.number() == crl.number()
+            })
+        {
+            let _ = material.set_crl(crl);
         }
     }
 }

@@ -492,6 +492,16 @@ pub async fn run(
             delivered_bytes.inc_by(pending_count.1);
             lag.committed(p);
         }
+        // A renewed certificate, a new trust set or CRL: move to it between
+        // batches (nothing in flight), closing this connection cleanly, so
+        // the master never has to cut it (a cut resends the last batch).
+        if !Arc::ptr_eq(&material.current(), &in_use) {
+            tracing::info!("moving to the new TLS material: reconnecting");
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.writer.shutdown()).await;
+            connected.set(0);
+            conn = None;
+            continue;
+        }
         // A file that is not there (yet) is said, once, then every ten
         // minutes while it stays away: a typo must not look like silence.
         match (opts.log_file.exists(), &missing_said) {

@@ -1398,9 +1398,22 @@ async fn release_upload(
             "the release is named by its SHA-256 (64 lowercase hex digits)",
         ));
     }
+    use futures_util::StreamExt;
     let dir = uploads_dir(&st.home);
     let path = dir.join(format!("{sha256}.tar.gz"));
     if let Ok(m) = std::fs::metadata(&path) {
+        // Already here: the body the client sends anyway is read and
+        // dropped (bounded). Answering before it is read makes the server
+        // close the connection under the client, which then fails with a
+        // broken pipe while still sending.
+        let mut stream = body.into_data_stream();
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > MAX_RELEASE_UPLOAD {
+                break;
+            }
+        }
         return Ok(Json(api::ReleaseUploaded {
             sha256,
             bytes: m.len(),
@@ -1422,7 +1435,6 @@ async fn release_upload(
     let mut file = tokio::fs::File::from_std(part.reopen().map_err(unavailable)?);
     let mut stream = body.into_data_stream();
     let mut bytes = 0u64;
-    use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| bad_request(format!("the upload broke off: {e}")))?;

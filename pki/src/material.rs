@@ -22,6 +22,8 @@ use crate::tls::{self, ClientAuth, ExpectedServer, TlsError};
 pub struct TlsMaterial {
     bundle: Bundle,
     crl: Option<RevocationList>,
+    /// The subjects of the trusted CAs (what a peer's `issuer` must be).
+    trusted_issuers: Vec<String>,
     server_required: Arc<ServerConfig>,
     server_optional: Arc<ServerConfig>,
     server_none: Arc<ServerConfig>,
@@ -43,9 +45,20 @@ impl TlsMaterial {
         let server_required = tls::server_config(&bundle, crl.as_ref(), ClientAuth::Required)?;
         let server_optional = tls::server_config(&bundle, crl.as_ref(), ClientAuth::Optional)?;
         let server_none = tls::server_config(&bundle, crl.as_ref(), ClientAuth::None)?;
+        let trusted_issuers = crate::trust::certificates(&bundle.ca_pem)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|der| {
+                use x509_parser::prelude::{FromDer, X509Certificate};
+                X509Certificate::from_der(der)
+                    .ok()
+                    .map(|(_, c)| c.subject().to_string())
+            })
+            .collect();
         Ok(TlsMaterial {
             bundle,
             crl,
+            trusted_issuers,
             server_required,
             server_optional,
             server_none,
@@ -60,6 +73,15 @@ impl TlsMaterial {
     /// The CRL in force, if any.
     pub fn crl(&self) -> Option<&RevocationList> {
         self.crl.as_ref()
+    }
+
+    /// Whether a peer admitted at its handshake would still be: its
+    /// certificate is not revoked, and its CA is still trusted (a CA
+    /// rotation's finish or abort drops one). A server ends the open
+    /// connections of a peer this turns false for.
+    pub fn still_admits(&self, peer: &crate::PeerIdentity) -> bool {
+        !self.crl.as_ref().is_some_and(|crl| crl.revokes(peer))
+            && self.trusted_issuers.contains(&peer.issuer)
     }
 
     /// The server config for this material.

@@ -471,17 +471,15 @@ fn spoke_probe(sock: &TcpStream) -> Option<crate::admission::SpokeProbe> {
     Some(Box::new(move || first_bytes_waiting(&fd)))
 }
 
-/// Resolves when the material in force revokes `peer` — a CRL published
-/// while its connection is open ends that connection, not only the next
-/// handshake. Pending forever once the material source is gone.
+/// Resolves when the material in force no longer admits `peer` — a CRL
+/// that revokes it, or a trust set without its CA (a CA rotation's finish
+/// or abort), published while its connection is open ends that connection,
+/// not only the next handshake. Pending forever once the material source
+/// is gone.
 async fn revocation_of(peer: Arc<PeerIdentity>, material: MaterialSource) {
     let mut changes = material.subscribe();
     loop {
-        if changes
-            .borrow_and_update()
-            .crl()
-            .is_some_and(|crl| crl.revokes(&peer))
-        {
+        if !changes.borrow_and_update().still_admits(&peer) {
             return;
         }
         if changes.changed().await.is_err() {

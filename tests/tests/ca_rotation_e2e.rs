@@ -115,12 +115,16 @@ struct LineWriter {
 
 impl LineWriter {
     fn start(path: PathBuf) -> LineWriter {
+        Self::start_as(path, "rotation-line")
+    }
+
+    fn start_as(path: PathBuf, tag: &'static str) -> LineWriter {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut n = 0;
             while !flag.load(Ordering::SeqCst) {
-                append_lines(&path, &[format!("rotation-line-{n:05}")]);
+                append_lines(&path, &[format!("{tag}-{n:05}")]);
                 n += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -181,6 +185,18 @@ fn the_fleet_moves_to_a_new_ca_without_losing_a_heartbeat_or_a_line() {
         ],
     );
     let writer = LineWriter::start(log_file.clone());
+    // w1 ships its logs with a standalone forwarder (as the packaged
+    // decnet-forwarder unit does) beside the agent that renews the bundle.
+    let w1_log = m.dir.path().join("w1-app.log");
+    std::fs::write(&w1_log, "").unwrap();
+    let _w1_forwarder = decnet_e2e::start_forwarder(
+        &m,
+        "w1",
+        listener.parse().unwrap(),
+        &w1_log,
+        &m.dir.path().join("w1-fwd-state"),
+    );
+    let w1_writer = LineWriter::start_as(w1_log, "w1-line");
     // w1's agent runs from a release its updater installed.
     let push = |version: &str| {
         let dir = decnet_e2e::good_release(&m.dir.path().join("rel").join(version), false);
@@ -315,31 +331,31 @@ fn the_fleet_moves_to_a_new_ca_without_losing_a_heartbeat_or_a_line() {
     assert!(old_master_at_w2.is_err(), "{old_master_at_w2:?}");
     check_reaches(&m, &["w1", "w2"]);
 
-    // No heartbeat failed, and every line arrived once.
-    let lines = writer.finish();
-    let all = wait_for(Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&raw).unwrap_or_default();
-        let got: Vec<&str> = text
-            .lines()
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find(|w| w.starts_with("rotation-line-"))
-            })
-            .collect();
-        (got.len() >= lines).then(|| got.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-    })
-    .unwrap_or_else(|| panic!("lines lost; w2 log:\n{}", w2.daemon.log_text()));
-    let mut sorted = all.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(sorted.len(), all.len(), "a line arrived twice");
-    assert_eq!(
-        all.len(),
-        lines,
-        "{} lines written, {} arrived",
-        lines,
-        all.len()
-    );
+    // No heartbeat failed, and every line of both forwarders arrived once
+    // (the old-CA connections were ended at the finish and made again with
+    // the renewed certificates).
+    for (writer, tag) in [(writer, "rotation-line-"), (w1_writer, "w1-line-")] {
+        let lines = writer.finish();
+        let all = wait_for(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&raw).unwrap_or_default();
+            let got: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with(tag)))
+                .collect();
+            (got.len() >= lines).then(|| got.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        })
+        .unwrap_or_else(|| panic!("{tag} lines lost; w2 log:\n{}", w2.daemon.log_text()));
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), all.len(), "a {tag} line arrived twice");
+        assert_eq!(
+            all.len(),
+            lines,
+            "{tag}: {lines} written, {} arrived",
+            all.len()
+        );
+    }
     let w2_log = w2.daemon.log_text();
     assert!(!w2_log.contains("heartbeat failed"), "{w2_log}");
     let audit = m.json(&["audit", "--json"]);
