@@ -660,36 +660,30 @@ impl FleetDb {
     /// renewal was requested for it. A decommissioned or burned host's
     /// beat changes nothing and is left out of the answer.
     pub async fn record_heartbeats(&self, beats: &[Beat]) -> Result<Vec<(String, bool)>, DbError> {
-        if beats.is_empty() {
-            return Ok(Vec::new());
-        }
         let now = unix_now();
         let mut out = Vec::with_capacity(beats.len());
-        let mut tx = self.write_tx().await?;
-        for b in beats {
-            let row = sqlx::query(
-                "UPDATE hosts SET status = CASE WHEN status = 'suspect' THEN status ELSE $1 END, \
-                 last_seen = $2, last_heartbeat = $2, agent_version = $3, \
-                 last_error = CASE WHEN status = 'suspect' THEN last_error ELSE NULL END, \
-                 state_json = COALESCE($4, state_json), updated_at = $5, \
-                 clock_skew_ms = COALESCE($6, clock_skew_ms), trust = COALESCE($7, trust) \
-                 WHERE name = $8 AND status NOT IN ('decommissioned', 'burned') RETURNING renew_requested",
-            )
-            .bind(HostStatus::Active.as_str())
-            .bind(now)
-            .bind(&b.version)
-            .bind(b.state.as_deref())
-            .bind(now)
-            .bind(b.clock_skew_ms)
-            .bind(b.trust.as_deref())
-            .bind(&b.host)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = row {
-                out.push((b.host.clone(), r.try_get::<Option<i64>, _>(0)?.is_some()));
+        // One statement per chunk, not one per beat: each statement is a
+        // round trip to the database's thread (or server) and back, and at
+        // low rates those wake-ups were what a beat cost (issue #31).
+        for chunk in beats.chunks(BEATS_PER_STATEMENT) {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(heartbeat_statement(chunk.len())))
+                .bind(HostStatus::Active.as_str())
+                .bind(now);
+            for b in chunk {
+                q = q
+                    .bind(&b.host)
+                    .bind(&b.version)
+                    .bind(b.state.as_deref())
+                    .bind(b.clock_skew_ms)
+                    .bind(b.trust.as_deref());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.push((
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<Option<i64>, _>(1)?.is_some(),
+                ));
             }
         }
-        tx.commit().await?;
         Ok(out)
     }
 
@@ -1088,4 +1082,42 @@ fn sqlite_path(url: &str) -> Option<&str> {
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// The most beats one statement records (five parameters each, well under
+/// SQLite's 32,766 and PostgreSQL's 65,535).
+pub const BEATS_PER_STATEMENT: usize = 500;
+
+/// The statement recording `n` beats: `$1` the active status, `$2` the
+/// time, then five parameters per beat (host, version, state, skew,
+/// trust). Built from placeholders only — nothing a worker sent is in the
+/// text — and the same for both dialects (`UPDATE … FROM` a `VALUES` list).
+/// Each host appears once (the writer keeps each host's newest beat).
+fn heartbeat_statement(n: usize) -> String {
+    let mut values = String::with_capacity(n * 32);
+    for i in 0..n {
+        let p = 3 + i * 5;
+        if i > 0 {
+            values.push_str(", ");
+        }
+        values.push_str(&format!(
+            "(${}, ${}, ${}, CAST(${} AS BIGINT), ${})",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4
+        ));
+    }
+    format!(
+        "WITH beats (name, version, state, skew, trust) AS (VALUES {values}) \
+         UPDATE hosts SET status = CASE WHEN hosts.status = 'suspect' THEN hosts.status ELSE $1 END, \
+         last_seen = $2, last_heartbeat = $2, agent_version = beats.version, \
+         last_error = CASE WHEN hosts.status = 'suspect' THEN hosts.last_error ELSE NULL END, \
+         state_json = COALESCE(beats.state, hosts.state_json), updated_at = $2, \
+         clock_skew_ms = COALESCE(beats.skew, hosts.clock_skew_ms), \
+         trust = COALESCE(beats.trust, hosts.trust) \
+         FROM beats WHERE hosts.name = beats.name AND hosts.status NOT IN ('decommissioned', 'burned') \
+         RETURNING hosts.name, hosts.renew_requested"
+    )
 }

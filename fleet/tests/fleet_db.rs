@@ -24,6 +24,80 @@ fn cert(host: &str, fp: &str, role: CertRole) -> CertRecord {
     }
 }
 
+/// Heartbeats recorded in batches: one statement per chunk of beats,
+/// across a chunk boundary, with every rule a single beat followed.
+async fn heartbeats(db: &FleetDb) {
+    use decnet_fleet::db::{BEATS_PER_STATEMENT, Beat};
+    let n = BEATS_PER_STATEMENT + 3;
+    for i in 0..n {
+        let name = format!("hb-{i}");
+        db.record_enrollment(
+            &host(&name, &format!("hbfp{i}")),
+            &[cert(&name, &format!("hbfp{i}"), CertRole::Agent)],
+        )
+        .await
+        .unwrap();
+    }
+    assert!(db.mark_suspect("hb-1", "two holders").await.unwrap());
+    assert!(db.request_renewal("hb-2").await.unwrap());
+    db.decommission("hb-3").await.unwrap();
+    let beat = |i: usize, state: Option<&str>| Beat {
+        host: format!("hb-{i}"),
+        version: format!("1.{i}"),
+        state: state.map(str::to_string),
+        clock_skew_ms: Some(i as i64 - 7),
+        trust: Some(format!("{i:064x}")),
+    };
+    let mut beats: Vec<Beat> = (0..n).map(|i| beat(i, Some("[{\"id\":\"d1\"}]"))).collect();
+    beats.push(Beat {
+        host: "hb-unknown".into(),
+        ..beat(0, None)
+    });
+    let flags = db.record_heartbeats(&beats).await.unwrap();
+    // Every host but the decommissioned and the unknown one, each once,
+    // the renewal asked only of hb-2.
+    assert_eq!(flags.len(), n - 1);
+    let mut names: Vec<&str> = flags.iter().map(|(h, _)| h.as_str()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), n - 1);
+    assert!(!names.contains(&"hb-3") && !names.contains(&"hb-unknown"));
+    for (h, renew) in &flags {
+        assert_eq!(*renew, h == "hb-2", "{h}");
+    }
+    let last = format!("hb-{}", n - 1);
+    for (name, i) in [("hb-0", 0), (last.as_str(), n - 1)] {
+        let h = db.host(name).await.unwrap().unwrap();
+        assert_eq!(h.status, HostStatus::Active, "{name}");
+        assert_eq!(h.agent_version.as_deref(), Some(format!("1.{i}").as_str()));
+        assert_eq!(h.clock_skew_ms, Some(i as i64 - 7));
+        assert_eq!(h.state_json.as_deref(), Some("[{\"id\":\"d1\"}]"));
+        assert!(h.last_heartbeat.is_some());
+    }
+    // A suspect host stays suspect; a decommissioned one is not revived.
+    assert_eq!(
+        db.host("hb-1").await.unwrap().unwrap().status,
+        HostStatus::Suspect
+    );
+    assert_eq!(
+        db.host("hb-3").await.unwrap().unwrap().status,
+        HostStatus::Decommissioned
+    );
+    // A beat without state or skew keeps what the last one reported.
+    db.record_heartbeats(&[Beat {
+        state: None,
+        clock_skew_ms: None,
+        trust: None,
+        ..beat(0, None)
+    }])
+    .await
+    .unwrap();
+    let h = db.host("hb-0").await.unwrap().unwrap();
+    assert_eq!(h.state_json.as_deref(), Some("[{\"id\":\"d1\"}]"));
+    assert_eq!(h.clock_skew_ms, Some(-7));
+    assert!(db.record_heartbeats(&[]).await.unwrap().is_empty());
+}
+
 #[path = "fleet_db/issuance.rs"]
 mod issuance;
 #[path = "../../tests/src/skip.rs"]
@@ -211,6 +285,7 @@ async fn fleet_db_on_sqlite() {
         assert_eq!(mode, 0o600, "{}", f.path().display());
     }
     issuance::all(&again).await;
+    heartbeats(&again).await;
 }
 
 #[tokio::test]
@@ -243,6 +318,7 @@ async fn fleet_db_on_postgres() {
     let again = FleetDb::connect(&url).await.unwrap();
     assert_eq!(again.hosts().await.unwrap().len(), 1);
     issuance::all(&again).await;
+    heartbeats(&again).await;
     again.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
         .execute(&admin)

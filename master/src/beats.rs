@@ -91,11 +91,16 @@ async fn write_batches(
     let mut batch: Vec<Beat> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
-        let until = tokio::time::Instant::now() + WINDOW;
+        // The window's other beats wait in the channel, waking nothing
+        // (a receive per beat woke this task once per beat), and are
+        // taken together when it ends. A full batch goes at once.
+        if rx.len() < MAX_BATCH {
+            tokio::time::sleep(WINDOW).await;
+        }
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(b)) => batch.push(b),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
             }
         }
         let beats = newest_per_host(std::mem::take(&mut batch));

@@ -242,6 +242,8 @@ pub struct ControlState {
     pub events: crate::events::Events,
     /// Where heartbeats are recorded (in batches).
     pub beats: Arc<crate::beats::BeatWriter>,
+    /// Certificates found current, not looked up again while that holds.
+    pub standings: crate::standing::StandingCache,
 }
 
 /// How long a certificate's return to a source it left counts as two
@@ -270,6 +272,7 @@ impl ControlState {
             fleet_api_port: None,
             events: crate::events::Events::new(),
             beats: crate::beats::BeatWriter::start(db_for_beats),
+            standings: crate::standing::StandingCache::new(crate::standing::STANDING_TTL),
         }
     }
 
@@ -524,9 +527,27 @@ async fn join(
 /// certificate of this host that it never presented (a renewal superseded
 /// by another holder's).
 async fn standing(st: &ControlState, peer: &PeerIdentity, what: &str) -> Result<(), Response> {
+    // A certificate found current is not looked up again while nothing
+    // could have changed that (see `crate::standing`).
+    let snap = st.standings.snapshot(st.crl.number());
+    if st
+        .standings
+        .is_current(&peer.fingerprint, snap, Instant::now())
+    {
+        return Ok(());
+    }
     let host = peer.role.host().map(|h| h.to_string()).unwrap_or_default();
     match st.db.authenticate(peer, st.renew.grace).await {
         Ok(s) => {
+            match s {
+                decnet_fleet::Standing::Current => {
+                    st.standings
+                        .remember(peer.fingerprint, snap, Instant::now())
+                }
+                // The certificate it replaced is retiring from now on.
+                decnet_fleet::Standing::Promoted => st.standings.forget_all(),
+                decnet_fleet::Standing::Retiring { .. } => {}
+            }
             if s.outlives_its_successor(st.renew.grace, decnet_fleet::unix_now()) {
                 st.suspect(
                     &host,

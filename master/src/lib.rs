@@ -59,5 +59,6 @@ pub mod refusal_audit;
 pub mod release;
 pub mod remote;
 pub mod rollout;
+pub mod standing;
 pub mod table;
 pub mod usage;

@@ -69,10 +69,40 @@ impl AccessPolicy for RoleSet {
     }
 }
 
-/// Wrap `router` so that `policy` runs before every handler.
+/// Wrap `router` so that `policy` runs before every handler, and every
+/// request is counted by server, route template and status (one layer for
+/// both: each layer on a router is cloned with the route on every request).
 pub fn enforce<P: AccessPolicy>(router: Router, policy: P) -> Router {
     let policy: Arc<dyn AccessPolicy> = Arc::new(policy);
-    router.layer(axum::middleware::from_fn_with_state(policy, check_access))
+    router.layer(axum::middleware::from_fn_with_state(
+        policy,
+        check_and_count,
+    ))
+}
+
+/// The policy check, and the request count of `decnet_requests_total`.
+async fn check_and_count(
+    State(policy): State<Arc<dyn AccessPolicy>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let server = req
+        .extensions()
+        .get::<crate::http::ServerName>()
+        .map(|s| s.0);
+    let route = crate::http::route_label(&req);
+    let resp = check_access(&*policy, req, next).await;
+    if let Some(server) = server {
+        crate::metrics::server_metrics()
+            .requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                server,
+                route,
+                status: resp.status().as_u16(),
+            })
+            .inc();
+    }
+    resp
 }
 
 /// The body of every 403 and 401 this layer sends.
@@ -91,18 +121,14 @@ fn count_refusal(req: &Request) {
         crate::metrics::server_metrics()
             .role_refusals
             .get_or_create(&crate::metrics::RouteLabels {
-                server: server.0.to_string(),
+                server: server.0,
                 route: crate::http::route_label(req),
             })
             .inc();
     }
 }
 
-async fn check_access(
-    State(policy): State<Arc<dyn AccessPolicy>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn check_access(policy: &dyn AccessPolicy, req: Request, next: Next) -> Response {
     let Some(peer) = req.extensions().get::<PeerIdentity>() else {
         if policy.allows_anonymous(req.method(), req.uri().path()) {
             return next.run(req).await;

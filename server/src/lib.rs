@@ -34,7 +34,7 @@ pub mod testing;
 
 pub use authz::{AccessPolicy, Refusal, RoleSet};
 pub use error_body::{json_error, plain_decode_message};
-pub use http::HttpService;
+pub use http::{App, HttpService};
 pub use limits::{HttpLimits, ServerLimits};
 pub use runner::{
     Connection, ConnectionHandler, Server, ServerError, ServerIo, TlsPeer, Transport,

@@ -66,20 +66,20 @@ pub struct HandshakeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Which server.
-    pub server: String,
+    pub server: &'static str,
     /// The route template (`/operations/{id}`), or `unmatched`.
-    pub route: String,
+    pub route: &'static str,
     /// HTTP status code.
-    pub status: String,
+    pub status: u16,
 }
 
 /// `server`, `route`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// Which server.
-    pub server: String,
+    pub server: &'static str,
     /// The route template, or `unmatched`.
-    pub route: String,
+    pub route: &'static str,
 }
 
 /// `cn`, `role`.

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Method, Request, StatusCode};
@@ -31,7 +30,12 @@ pub fn identity(role: &Role) -> PeerIdentity {
 }
 
 /// Call `method path` on `app` as `caller` (`None`: no certificate).
-pub async fn call(app: &Router, method: &Method, path: &str, caller: Option<&Role>) -> StatusCode {
+pub async fn call(
+    app: &crate::http::App,
+    method: &Method,
+    path: &str,
+    caller: Option<&Role>,
+) -> StatusCode {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
@@ -56,7 +60,7 @@ pub async fn call(app: &Router, method: &Method, path: &str, caller: Option<&Rol
 /// `allowed(method, path, caller)` is false. Returns the table it saw, one
 /// line per call, for the failure message.
 pub async fn assert_access(
-    app: &Router,
+    app: &crate::http::App,
     routes: &[(Method, &str)],
     callers: &[Option<Role>],
     allowed: impl Fn(&Method, &str, Option<&Role>) -> bool,

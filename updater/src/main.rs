@@ -110,13 +110,15 @@ enum Command {
         /// flag to trust several, e.g. during a key rotation).
         #[arg(long = "release-pubkey", value_name = "FILE")]
         release_pubkeys: Vec<PathBuf>,
-        /// Probe attempts.
+        /// The probe's budget, in attempts: it probes at once, then backs
+        /// off from 20 ms to --probe-interval-ms, giving up after
+        /// (attempts - 1) × interval of waiting.
         #[arg(long, default_value_t = 10)]
         probe_attempts: u32,
         /// Probe timeout per attempt, seconds.
         #[arg(long, default_value_t = 3)]
         probe_timeout: u64,
-        /// Pause between probe attempts, milliseconds.
+        /// The longest pause between probe attempts, milliseconds.
         #[arg(long, default_value_t = 1000)]
         probe_interval_ms: u64,
         /// SIGTERM → SIGKILL grace when stopping the agent, seconds.

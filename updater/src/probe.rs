@@ -19,12 +19,54 @@ use decnet_pki::{ExpectedServer, HostName, MaterialSource, Role, TlsMaterial};
 pub struct ProbeOptions {
     /// Agent port on loopback.
     pub port: u16,
-    /// Attempts before giving up.
+    /// The probe's budget, in attempts of the fixed schedule it replaced:
+    /// it gives up after `attempts` × `interval` (see [`ProbeSchedule`]).
     pub attempts: u32,
     /// Timeout of each attempt.
     pub timeout: Duration,
-    /// Pause between attempts.
+    /// The longest pause between attempts (the first ones are shorter).
     pub interval: Duration,
+}
+
+/// The first pause between probe attempts; each later one doubles, up to
+/// [`ProbeOptions::interval`]. An agent that starts in 100 ms is seen
+/// healthy within a few milliseconds of it, not an interval later.
+pub const FIRST_PAUSE: Duration = Duration::from_millis(20);
+
+/// When to probe again: at once, then after pauses that double from
+/// [`FIRST_PAUSE`] to the options' interval, for as long as the options'
+/// budget (`attempts` × `interval`, the waiting a fixed schedule of
+/// `attempts` attempts would do) lasts. Only the pauses count against the
+/// budget, as with the fixed schedule: attempts that time out slowly do
+/// not shorten it. Pure, so the schedule is unit-tested without a clock.
+#[derive(Clone, Debug)]
+pub struct ProbeSchedule {
+    left: Duration,
+    pause: Duration,
+    max_pause: Duration,
+}
+
+impl ProbeSchedule {
+    /// The schedule of a probe with `opts`.
+    pub fn new(opts: &ProbeOptions) -> Self {
+        ProbeSchedule {
+            left: opts.interval * opts.attempts.saturating_sub(1),
+            pause: FIRST_PAUSE.min(opts.interval),
+            max_pause: opts.interval,
+        }
+    }
+
+    /// The pause before the next attempt after a failed one, or `None` when
+    /// the budget is spent.
+    pub fn next_pause(&mut self) -> Option<Duration> {
+        if self.left.is_zero() {
+            return None;
+        }
+        let pause = self.pause.min(self.left);
+        self.left -= pause;
+        self.pause = (self.pause * 2).min(self.max_pause);
+        Some(pause)
+    }
 }
 
 /// The outcome of a probe.
@@ -118,7 +160,10 @@ impl Prober {
         Fut: std::future::Future<Output = bool>,
     {
         let mut transcript = Vec::new();
-        for attempt in 1..=self.opts.attempts {
+        let mut schedule = ProbeSchedule::new(&self.opts);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             let client = match self.client() {
                 Ok(c) => c,
                 Err(e) => {
@@ -151,20 +196,59 @@ impl Prober {
                     decnet_swarm_client::transport::error_chain(&e)
                 )),
             }
-            if attempt < self.opts.attempts {
-                if !alive().await {
-                    transcript.push(format!(
-                        "the agent exited after attempt {attempt}: not waiting for it"
-                    ));
-                    break;
-                }
-                tokio::time::sleep(self.opts.interval).await;
+            let Some(pause) = schedule.next_pause() else {
+                break;
+            };
+            if !alive().await {
+                transcript.push(format!(
+                    "the agent exited after attempt {attempt}: not waiting for it"
+                ));
+                break;
             }
+            tokio::time::sleep(pause).await;
         }
         ProbeReport {
             healthy: false,
             version: None,
             transcript,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(attempts: u32, interval_ms: u64) -> ProbeOptions {
+        ProbeOptions {
+            port: 1,
+            attempts,
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_millis(interval_ms),
+        }
+    }
+
+    fn pauses(o: &ProbeOptions) -> Vec<u64> {
+        let mut s = ProbeSchedule::new(o);
+        std::iter::from_fn(|| s.next_pause().map(|p| p.as_millis() as u64)).collect()
+    }
+
+    #[test]
+    fn probes_at_once_then_backs_off_to_the_interval() {
+        let p = pauses(&opts(10, 1000));
+        assert_eq!(&p[..7], &[20, 40, 80, 160, 320, 640, 1000]);
+        assert!(p[7..].iter().all(|p| *p <= 1000), "{p:?}");
+        // The whole budget of the fixed schedule is waited, and no more.
+        assert_eq!(p.iter().sum::<u64>(), 9000);
+    }
+
+    #[test]
+    fn one_attempt_never_waits() {
+        assert!(pauses(&opts(1, 1000)).is_empty());
+    }
+
+    #[test]
+    fn a_short_interval_caps_every_pause() {
+        assert_eq!(pauses(&opts(3, 5)), vec![5, 5]);
     }
 }

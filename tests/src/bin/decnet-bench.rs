@@ -1,31 +1,41 @@
-//! `decnet-bench`: the agent's `GET /health` over mTLS, measured honestly.
-//! Prints figures; it is a benchmark, not a test.
+//! `decnet-bench`: the agent's `GET /health` over mTLS, measured honestly
+//! and beside its anchor, nginx, under the same load. Prints figures; it is a
+//! benchmark, not a test.
 //!
-//! Three modes, each for SECONDS with CONCURRENCY clients presenting the
-//! master certificate:
+//! Modes, each for SECONDS, with clients presenting the master certificate:
 //!
-//! * **keep-alive**: one connection per client, requests back to back over
-//!   hyper's bare HTTP/1 client (no pool, no redirect or cookie machinery:
-//!   a client lighter than the server, so the server is what is measured);
+//! * **keep-alive** at 1, 16 and 64 connections (all under the one master
+//!   certificate): requests back to back over hyper's bare HTTP/1 client (no
+//!   pool, no redirect or cookie machinery: a client lighter than the server,
+//!   so the server is what is measured);
 //! * **full handshake**: a new TCP + TLS connection per request, TLS session
 //!   resumption disabled on the client, so every handshake is a full one
 //!   (RSA-2048 signatures and verifications on both sides);
 //! * **resumed handshake**: a new connection per request, resumption on.
 //!
-//! Every handshake's kind is counted from rustls (full / resumed), so the
-//! labels are checked, not assumed. Besides requests per second (client
-//! and agent share the machine's cores) it reports the agent's CPU time per
-//! request, from `/proc/<pid>/stat`: the cost that does not depend on what
-//! the client burns.
+//! Each mode runs three rounds per server, the servers alternating, and the
+//! median round is shown (with the failures of all three): this VM's speed
+//! drifts within a run. When nginx is installed (`/usr/sbin/nginx`) each
+//! mode is run against it too: `worker_processes auto`, the agent's own certificate and key,
+//! `ssl_verify_client on` against the same CA and CRL, returning the very
+//! body the agent answered. Both are printed with their ratio.
 //!
-//! Run: `cargo run --release -p decnet-e2e --bin decnet-bench -- [SECONDS] [CONCURRENCY]`
+//! Every handshake's kind is counted from rustls (full / resumed), so the
+//! labels are checked, not assumed. Besides requests per second (client and
+//! server share the machine's cores) it reports the server's CPU time per
+//! request, from `/proc/<pid>/stat` (nginx: master and workers): the cost
+//! that does not depend on what the client burns.
+//!
+//! Run: `cargo run --release -p decnet-e2e --bin decnet-bench -- [SECONDS]`
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use decnet_e2e::{Agent, MasterHome, procstat};
+use decnet_e2e::{Agent, Daemon, MasterHome, procstat};
 use decnet_pki::{BundleKind, ExpectedServer, Role};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -75,17 +85,142 @@ async fn get(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) -
     }
 }
 
-/// Run one mode; returns (requests/s, agent CPU ms per request, counts).
-async fn run(
+/// Pids whose CPU counts for a server: `pid` and its children (nginx's
+/// workers; the agent has none that serve).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    pids.extend(
+        children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok()),
+    );
+    pids
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| procstat::cpu_seconds(*p)).sum()
+}
+
+/// A server under measurement.
+struct Target {
+    name: &'static str,
     addr: SocketAddr,
+    pids: Vec<u32>,
+}
+
+/// nginx serving the agent's own `/health` answer with the agent's
+/// certificate and key, requiring a client certificate of the same CA.
+struct Nginx {
+    daemon: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn binary() -> Option<PathBuf> {
+        ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    }
+
+    fn start(nginx: &Path, bundle_dir: &Path, body: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let port = decnet_e2e::free_port();
+        let d = dir.path().display();
+        let b = bundle_dir.display();
+        // Every setting that costs per request or per handshake matches the
+        // agent's: TLS 1.2/1.3, client certificates verified against the CA
+        // and its CRL, session resumption on, no access log.
+        let crl = bundle_dir.join("crl.pem");
+        let crl = if crl.exists() {
+            format!("ssl_crl {};", crl.display())
+        } else {
+            String::new()
+        };
+        let conf = format!(
+            r#"worker_processes auto;
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 30s;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate {b}/worker.crt;
+        ssl_certificate_key {b}/worker.key;
+        ssl_client_certificate {b}/ca.crt;
+        ssl_verify_client on;
+        ssl_verify_depth 1;
+        {crl}
+        ssl_session_cache shared:bench:10m;
+        ssl_session_tickets on;
+        location = /health {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"#
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"));
+        let mut daemon = Daemon::spawn(cmd, dir.path().join("nginx.out"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        daemon.addr = addr;
+        decnet_e2e::wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(addr).ok()
+        })
+        .unwrap_or_else(|| panic!("nginx did not listen: {}", daemon.log_text()));
+        Nginx { daemon, _dir: dir }
+    }
+
+    fn target(&self) -> Target {
+        let pid = self.daemon.child.id();
+        Target {
+            name: "nginx",
+            addr: self.daemon.addr,
+            pids: process_tree(pid),
+        }
+    }
+}
+
+/// What one mode measured against one server.
+struct Measured {
+    per_second: f64,
+    cpu_ms: f64,
+    counts: Arc<Counts>,
+}
+
+/// Run one mode against `target`.
+async fn run(
+    target: &Target,
     cfg: Arc<rustls::ClientConfig>,
     keep_alive: bool,
     seconds: u64,
     concurrency: usize,
-    agent_pid: u32,
-) -> (f64, f64, Arc<Counts>) {
+) -> Measured {
     let counts = Arc::new(Counts::default());
-    let cpu0 = procstat::cpu_seconds(agent_pid);
+    let addr = target.addr;
+    let cpu0 = cpu_of(&target.pids);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -114,17 +249,36 @@ async fn run(
         let _ = t.await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = procstat::cpu_seconds(agent_pid) - cpu0;
+    let cpu = cpu_of(&target.pids) - cpu0;
     let ok = counts.ok.load(Ordering::Relaxed).max(1) as f64;
-    (ok / secs, cpu * 1000.0 / ok, counts)
+    Measured {
+        per_second: ok / secs,
+        cpu_ms: cpu * 1000.0 / ok,
+        counts,
+    }
 }
 
-fn line(mode: &str, r: &(f64, f64, Arc<Counts>)) {
-    let c = &r.2;
+/// Rounds per mode and server.
+const ROUNDS: usize = 3;
+
+/// The round with the median rate; its failures are every round's.
+fn median(mut rounds: Vec<Measured>) -> Measured {
+    let failed: u64 = rounds
+        .iter()
+        .map(|m| m.counts.failed.load(Ordering::Relaxed))
+        .sum();
+    rounds.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    let m = rounds.swap_remove(rounds.len() / 2);
+    m.counts.failed.store(failed, Ordering::Relaxed);
+    m
+}
+
+fn line(server: &str, mode: &str, conns: usize, m: &Measured) {
+    let c = &m.counts;
     println!(
-        "{mode:<22} {:>9.0} req/s   agent CPU {:>6.3} ms/req   ({} ok, {} failed; handshakes: {} full, {} resumed)",
-        r.0,
-        r.1,
+        "{server:<6} {mode:<22} {conns:>3} conns {:>9.0} req/s   CPU {:>6.3} ms/req   ({} ok, {} failed; handshakes: {} full, {} resumed)",
+        m.per_second,
+        m.cpu_ms,
         c.ok.load(Ordering::Relaxed),
         c.failed.load(Ordering::Relaxed),
         c.full.load(Ordering::Relaxed),
@@ -135,8 +289,7 @@ fn line(mode: &str, r: &(f64, f64, Arc<Counts>)) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let concurrency: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(16);
+    let seconds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     decnet_pki::provider::install_default();
     let m = MasterHome::new();
     m.enroll("w1");
@@ -153,26 +306,84 @@ async fn main() {
         }
         Arc::new(c)
     };
-    println!(
-        "decnet-bench: agent GET /health over mTLS, {seconds}s per mode, {concurrency} concurrent clients"
-    );
+    let agent_target = Target {
+        name: "agent",
+        addr: agent.daemon.addr,
+        pids: vec![pid],
+    };
+    // The agent's answer, served verbatim by nginx.
+    let body = {
+        let mut send = connect(agent_target.addr, &config(true), &Counts::default())
+            .await
+            .expect("connect to the agent");
+        let req = hyper::Request::get("/health")
+            .header("host", "w1")
+            .body(Empty::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("health");
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf-8 body")
+    };
+    let nginx = Nginx::binary().map(|bin| Nginx::start(&bin, &m.agent_bundle_dir("w1"), &body));
+    let nginx_target = nginx.as_ref().map(Nginx::target);
+    println!("decnet-bench: GET /health over mTLS, {seconds}s per mode and server");
     println!("agent idle RSS: {:.1} MiB", idle as f64 / 1024.0);
-    let addr = agent.daemon.addr;
-    line(
-        "keep-alive",
-        &run(addr, config(true), true, seconds, concurrency, pid).await,
-    );
-    line(
-        "full handshake/req",
-        &run(addr, config(false), false, seconds, concurrency, pid).await,
-    );
-    line(
-        "resumed handshake/req",
-        &run(addr, config(true), false, seconds, concurrency, pid).await,
-    );
+    if nginx.is_none() {
+        println!("nginx: not installed; comparison skipped");
+    }
+    let modes: [(&str, bool, bool, usize); 5] = [
+        ("keep-alive", true, true, 1),
+        ("keep-alive", true, true, 16),
+        ("keep-alive", true, true, 64),
+        ("full handshake/req", false, false, 8),
+        ("resumed handshake/req", true, false, 8),
+    ];
+    // The VM's speed drifts between runs and even within one: each mode is
+    // measured in ROUNDS rounds, the two servers alternating (and taking
+    // turns at going first), and the median round of each is shown.
+    let mut summary = Vec::new();
+    for (mode, resume, keep_alive, conns) in modes {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for round in 0..ROUNDS {
+            let mut turn = vec![(&agent_target, &mut ours)];
+            if let Some(t) = &nginx_target {
+                turn.push((t, &mut theirs));
+            }
+            if round % 2 == 1 {
+                turn.reverse();
+            }
+            for (target, into) in turn {
+                into.push(run(target, config(resume), keep_alive, seconds, conns).await);
+            }
+        }
+        let ours = median(ours);
+        line(agent_target.name, mode, conns, &ours);
+        if let Some(t) = &nginx_target {
+            let theirs = median(theirs);
+            line(t.name, mode, conns, &theirs);
+            summary.push((
+                mode,
+                conns,
+                ours.per_second / theirs.per_second,
+                theirs.cpu_ms / ours.cpu_ms,
+            ));
+        }
+    }
+    if !summary.is_empty() {
+        println!(
+            "agent vs nginx, median of {ROUNDS} alternating rounds (above 1.0: the agent is ahead)"
+        );
+        for (mode, conns, rate, cpu) in summary {
+            println!(
+                "  {mode:<22} {conns:>3} conns   req/s {rate:>5.2}x   CPU per request {cpu:>5.2}x"
+            );
+        }
+    }
     println!(
         "agent RSS after the load: {:.1} MiB",
         procstat::rss_kib(&pid.to_string()).unwrap_or(0) as f64 / 1024.0
     );
+    drop(nginx);
     drop(agent);
 }
