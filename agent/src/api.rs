@@ -165,15 +165,27 @@ pub fn router(exec: Arc<Executor>) -> Router {
         .with_state(exec)
 }
 
+/// `GET /health`: serialized straight from borrowed fields (the answer of
+/// the route the master and the updater probe most; no JSON tree built).
+#[derive(serde::Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    role: &'static str,
+    host: &'a str,
+    version: &'static str,
+    driver: crate::config::DriverKind,
+    deckies: std::collections::BTreeMap<crate::state::DeckyPhase, usize>,
+}
+
 async fn health(State(exec): State<Arc<Executor>>) -> Response {
-    Json(serde_json::json!({
-        "status": "ok",
-        "role": "agent",
-        "host": exec.host(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "driver": exec.driver_kind(),
-        "deckies": exec.phase_counts().await,
-    }))
+    Json(Health {
+        status: "ok",
+        role: "agent",
+        host: exec.host(),
+        version: env!("CARGO_PKG_VERSION"),
+        driver: exec.driver_kind(),
+        deckies: exec.phase_counts().await,
+    })
     .into_response()
 }
 

@@ -69,6 +69,21 @@ impl ProbeSchedule {
     }
 }
 
+/// How often an attempt in flight checks that the agent still runs.
+pub const GONE_CHECK: Duration = Duration::from_millis(50);
+
+/// Resolves once `alive` says the agent is gone (checked every
+/// [`GONE_CHECK`]); never while it runs.
+async fn gone<F, Fut>(alive: &F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    while alive().await {
+        tokio::time::sleep(GONE_CHECK).await;
+    }
+}
+
 /// The outcome of a probe.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProbeReport {
@@ -141,8 +156,8 @@ impl Prober {
     }
 
     /// Probe until healthy, out of attempts, or `alive` says the agent is
-    /// gone (after a failed attempt): an agent that exited will not become
-    /// healthy, and the revert can start at once.
+    /// gone (checked during each attempt and after a failed one): an agent
+    /// that exited will not become healthy, and the revert can start at once.
     pub async fn probe_while<F, Fut>(&self, alive: F) -> ProbeReport
     where
         F: Fn() -> Fut,
@@ -173,7 +188,20 @@ impl Prober {
                     break;
                 }
             };
-            match client.get(&self.url).send().await {
+            // The agent's socket may be held for it (socket activation),
+            // so an agent that died never refuses the connection: the
+            // attempt would wait out its whole timeout. Its death ends the
+            // attempt instead.
+            let answer = tokio::select! {
+                r = client.get(&self.url).send() => r,
+                () = gone(&alive) => {
+                    transcript.push(format!(
+                        "attempt {attempt}: the agent exited: not waiting for it"
+                    ));
+                    break;
+                }
+            };
+            match answer {
                 Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
                     Ok(v) if v["role"] == "agent" && v["host"] == self.expected_host.as_str() => {
                         let version = v["version"].as_str().map(str::to_string);

@@ -99,11 +99,24 @@ fn main() {
     };
     let t = Instant::now();
     let r = rt.block_on(client.update(&bad)).unwrap();
-    assert!(matches!(r, UpdateOutcome::RolledBack(_)));
+    let revert_secs = t.elapsed().as_secs_f64();
+    let UpdateOutcome::RolledBack(body) = r else {
+        panic!("the broken release was not rolled back: {r:?}")
+    };
     println!(
-        "automatic revert of a broken release: {:.2}s (12 probe attempts 250 ms apart, then restore + probe)",
-        t.elapsed().as_secs_f64()
+        "automatic revert of a release whose agent exits at start: {revert_secs:.2}s (install, start, probe until the agent is seen gone, restore, start, probe)"
     );
+    for (what, key) in [
+        ("probe", "probe"),
+        ("probe after the restore", "restore_probe"),
+    ] {
+        if let Some(lines) = body[key]["transcript"].as_array() {
+            println!("  {what}: {} attempt line(s)", lines.len());
+            for l in lines {
+                println!("    {}", l.as_str().unwrap_or_default());
+            }
+        }
+    }
 
     // The floor: tar xzf + one agent start until /health answers.
     let x = tempfile::tempdir().unwrap();
