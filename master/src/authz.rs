@@ -204,7 +204,7 @@ pub async fn authorize(State(db): State<Arc<FleetDb>>, req: Request, next: Next)
 }
 
 async fn authorize_request(db: Arc<FleetDb>, req: Request, next: Next) -> Response {
-    let Some(peer) = req.extensions().get::<PeerIdentity>().cloned() else {
+    let Some(peer) = req.extensions().get::<Arc<PeerIdentity>>().cloned() else {
         return refuse(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -393,7 +393,7 @@ async fn worker_rate_limit(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let peer = req.extensions().get::<PeerIdentity>();
+    let peer = req.extensions().get::<Arc<PeerIdentity>>();
     let remote = req
         .extensions()
         .get::<ConnectInfo<TlsPeer>>()
@@ -583,7 +583,7 @@ const MAX_SKEW_MS: i64 = 365 * 24 * 3600 * 1000;
 
 async fn heartbeat(
     State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<PeerIdentity>,
+    Extension(peer): Extension<Arc<PeerIdentity>>,
     ConnectInfo(conn): ConnectInfo<TlsPeer>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -675,7 +675,7 @@ struct RenewRequest {
 
 async fn renew(
     State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<PeerIdentity>,
+    Extension(peer): Extension<Arc<PeerIdentity>>,
     body: axum::body::Bytes,
 ) -> Response {
     let req: RenewRequest = match serde_json::from_slice(&body) {
@@ -755,7 +755,7 @@ async fn renew(
 
 async fn crl(
     State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<PeerIdentity>,
+    Extension(peer): Extension<Arc<PeerIdentity>>,
 ) -> Response {
     if let Err(r) = standing(&st, &peer, "revocation list request").await {
         return r;
@@ -781,7 +781,7 @@ async fn crl(
 /// worker take it (see `decnet_pki::trust::accept`).
 async fn trust(
     State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<PeerIdentity>,
+    Extension(peer): Extension<Arc<PeerIdentity>>,
 ) -> Response {
     if let Err(r) = standing(&st, &peer, "trust set request").await {
         return r;

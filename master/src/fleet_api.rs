@@ -1631,7 +1631,7 @@ async fn update(
 async fn renew_self(
     State(st): State<Arc<FleetApiState>>,
     Extension(g): Extension<Grant>,
-    Extension(peer): Extension<decnet_pki::PeerIdentity>,
+    Extension(peer): Extension<std::sync::Arc<decnet_pki::PeerIdentity>>,
     body: axum::body::Bytes,
 ) -> Result<Json<api::RenewedOperator>, Response> {
     use decnet_fleet::operators::RenewRefusal;

@@ -129,7 +129,7 @@ fn count_refusal(req: &Request) {
 }
 
 async fn check_access(policy: &dyn AccessPolicy, req: Request, next: Next) -> Response {
-    let Some(peer) = req.extensions().get::<PeerIdentity>() else {
+    let Some(peer) = req.extensions().get::<Arc<PeerIdentity>>() else {
         if policy.allows_anonymous(req.method(), req.uri().path()) {
             return next.run(req).await;
         }

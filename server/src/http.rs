@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::response::Response;
-use decnet_pki::PeerIdentity;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +59,7 @@ impl HttpService {
     }
 
     /// The complete application (policy and limits included), for
-    /// in-process tests with `oneshot` (insert a [`PeerIdentity`] and a
+    /// in-process tests with `oneshot` (insert an `Arc<PeerIdentity>` and a
     /// `ConnectInfo<TlsPeer>` into the request's extensions).
     pub fn app(&self) -> App {
         self.app.clone()
@@ -112,7 +111,7 @@ impl ConnectionHandler for HttpService {
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(ServerName(server));
             if let Some(id) = &peer.identity {
-                req.extensions_mut().insert(PeerIdentity::clone(id));
+                req.extensions_mut().insert(Arc::clone(id));
             }
             req.extensions_mut().insert(ConnectInfo(peer.clone()));
             app.clone().oneshot(req)

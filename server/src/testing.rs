@@ -43,7 +43,7 @@ pub async fn call(
         .expect("request");
     let identity = caller.map(|r| Arc::new(identity(r)));
     if let Some(id) = &identity {
-        req.extensions_mut().insert(PeerIdentity::clone(id));
+        req.extensions_mut().insert(Arc::clone(id));
     }
     req.extensions_mut().insert(ConnectInfo(TlsPeer {
         remote: SocketAddr::from(([192, 0, 2, 1], 40000)),

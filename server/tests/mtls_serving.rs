@@ -85,13 +85,15 @@ async fn start_server_auth(limits: ServerLimits, http: HttpLimits, auth: ClientA
     let router = Router::new()
         .route(
             "/whoami",
-            get(move |Extension(peer): Extension<PeerIdentity>| {
-                let h = h.clone();
-                async move {
-                    h.fetch_add(1, Ordering::SeqCst);
-                    format!("{}|{}", peer.cn, peer.fingerprint)
-                }
-            }),
+            get(
+                move |Extension(peer): Extension<std::sync::Arc<PeerIdentity>>| {
+                    let h = h.clone();
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        format!("{}|{}", peer.cn, peer.fingerprint)
+                    }
+                },
+            ),
         )
         .route(
             "/slow",
