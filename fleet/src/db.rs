@@ -666,7 +666,10 @@ impl FleetDb {
         // round trip to the database's thread (or server) and back, and at
         // low rates those wake-ups were what a beat cost (issue #31).
         for chunk in beats.chunks(BEATS_PER_STATEMENT) {
+            // Not kept prepared: its text varies with the batch's size, and
+            // a cache of every size seen held megabytes per connection.
             let mut q = sqlx::query(sqlx::AssertSqlSafe(heartbeat_statement(chunk.len())))
+                .persistent(false)
                 .bind(HostStatus::Active.as_str())
                 .bind(now);
             for b in chunk {
