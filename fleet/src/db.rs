@@ -191,6 +191,7 @@ pub struct FleetDb {
     pool: AnyPool,
     backend: Backend,
     audit_tap: Arc<OnceLock<AuditTap>>,
+    promotions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for FleetDb {
@@ -278,6 +279,7 @@ impl FleetDb {
             }
         }
         Ok(FleetDb {
+            promotions: Arc::default(),
             pool,
             backend,
             audit_tap: Arc::new(OnceLock::new()),
@@ -310,6 +312,19 @@ impl FleetDb {
         let row = sqlx::query(sql).bind(host).fetch_optional(&mut *tx).await?;
         let record = row.map(|r| host_from_row(&r)).transpose()?;
         Ok((tx, record))
+    }
+
+    /// Renewed certificates presented (promoted) through this handle or a
+    /// clone of it, in this process: whoever promotes (the control API, the
+    /// log listener's gate), a cache of standing learns the replaced
+    /// certificate is retiring.
+    pub fn promotions(&self) -> u64 {
+        self.promotions.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn count_promotion(&self) {
+        self.promotions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Which dialect this database speaks.

@@ -295,6 +295,7 @@ impl FleetDb {
             .map_err(DbError::from)?;
         }
         tx.commit().await.map_err(DbError::from)?;
+        self.count_promotion();
         tracing::info!(host, role = %role, fingerprint = fp, "renewed certificate presented; it is now current");
         let _ = self
             .audit(&AuditEntry::now(

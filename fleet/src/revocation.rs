@@ -80,6 +80,7 @@ pub enum CrlPublishError {
 #[derive(Debug, Default)]
 pub struct CrlPublisher {
     current: RwLock<Option<(RevocationList, Vec<String>)>>,
+    checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl CrlPublisher {
@@ -106,6 +107,20 @@ impl CrlPublisher {
             .map(|(c, _)| c.number())
     }
 
+    /// How long ago the deny list was last read and the list in force
+    /// found up to date (`None`: never). What trusts the list's number to
+    /// say "nothing was revoked since" must not once this grows.
+    pub fn checked_ago(&self) -> Option<std::time::Duration> {
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|at| at.elapsed())
+    }
+
+    fn mark_checked(&self, at: std::time::Instant) {
+        *self.checked.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
     /// Rebuild the CRL when the deny list grew or the trusted CAs `cas`
     /// changed; returns the new one if it changed.
     pub async fn refresh(
@@ -114,6 +129,8 @@ impl CrlPublisher {
         cas: &[&CertificateAuthority],
     ) -> Result<Option<RevocationList>, CrlPublishError> {
         let number = db.revocation_count().await?;
+        // The deny list was read: anything revoked until now is in `number`.
+        let read_at = std::time::Instant::now();
         let signers: Vec<String> = cas.iter().map(|c| c.fingerprint().to_hex()).collect();
         {
             let held = self.current.read().unwrap_or_else(|p| p.into_inner());
@@ -121,6 +138,8 @@ impl CrlPublisher {
                 && c.number() == number
                 && *s == signers
             {
+                drop(held);
+                self.mark_checked(read_at);
                 return Ok(None);
             }
         }
@@ -133,6 +152,7 @@ impl CrlPublisher {
         let crl = RevocationList::combine(lists)
             .map_err(|_| CrlPublishError::Ca(decnet_pki::CaError::BadSerial))?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some((crl.clone(), signers));
+        self.mark_checked(read_at);
         Ok(Some(crl))
     }
 }

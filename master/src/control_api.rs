@@ -529,10 +529,17 @@ async fn join(
 async fn standing(st: &ControlState, peer: &PeerIdentity, what: &str) -> Result<(), Response> {
     // A certificate found current is not looked up again while nothing
     // could have changed that (see `crate::standing`).
-    let snap = st.standings.snapshot(st.crl.number());
-    if st
-        .standings
-        .is_current(&peer.fingerprint, snap, Instant::now())
+    let snap = st.standings.snapshot(st.crl.number(), st.db.promotions());
+    // Only while the revocation list is known to be up to date: a stalled
+    // or failing refresh must not leave a revoked certificate remembered.
+    let list_fresh = st
+        .crl
+        .checked_ago()
+        .is_some_and(|ago| ago < crate::standing::CRL_FRESHNESS);
+    if list_fresh
+        && st
+            .standings
+            .is_current(&peer.fingerprint, snap, Instant::now())
     {
         return Ok(());
     }
@@ -544,7 +551,8 @@ async fn standing(st: &ControlState, peer: &PeerIdentity, what: &str) -> Result<
                     st.standings
                         .remember(peer.fingerprint, snap, Instant::now())
                 }
-                // The certificate it replaced is retiring from now on.
+                // The certificate it replaced is retiring from now on (the
+                // promotion count moved too; this also covers the race).
                 decnet_fleet::Standing::Promoted => st.standings.forget_all(),
                 decnet_fleet::Standing::Retiring { .. } => {}
             }

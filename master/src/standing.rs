@@ -13,9 +13,13 @@
 //!   or another one on the database; the master reloads the list every
 //!   second, and a new list number forgets everything (the servers also
 //!   close the revoked peer's open connections then);
-//! * **no renewal was presented here** since (the certificate it replaces
-//!   turns from current to retiring: its next request must see that, for
-//!   the second-holder check);
+//! * **no renewal was presented in this process** since, to the control
+//!   API or the log listener (the certificate it replaces turns from
+//!   current to retiring: its next request must see that, for the
+//!   second-holder check; `FleetDb::promotions`);
+//! * **the revocation list was checked within [`CRL_FRESHNESS`]**: a
+//!   stalled or failing refresh turns the cache off rather than leave a
+//!   revoked certificate remembered;
 //! * it is younger than [`STANDING_TTL`], which bounds what no signal above
 //!   covers: a renewal presented to *another* master (so a retiring
 //!   certificate's clone is seen within that much more time).
@@ -29,6 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use decnet_pki::Fingerprint;
+
+/// How recently the revocation list must have been found up to date for a
+/// remembered answer to count (the daemon checks it every second).
+pub const CRL_FRESHNESS: Duration = Duration::from_secs(3);
 
 /// How long a remembered "current" holds at most.
 pub const STANDING_TTL: Duration = Duration::from_secs(60);
@@ -50,6 +58,7 @@ struct Remembered {
     at: Instant,
     generation: u64,
     crl: Option<u64>,
+    promotions: u64,
 }
 
 /// What a lookup must be checked against: taken *before* the database is
@@ -58,6 +67,7 @@ struct Remembered {
 pub struct Snapshot {
     generation: u64,
     crl: Option<u64>,
+    promotions: u64,
 }
 
 impl StandingCache {
@@ -70,11 +80,13 @@ impl StandingCache {
         }
     }
 
-    /// The state a lookup starts from, under revocation list `crl`.
-    pub fn snapshot(&self, crl: Option<u64>) -> Snapshot {
+    /// The state a lookup starts from, under revocation list `crl`, after
+    /// `promotions` renewals were presented in this process.
+    pub fn snapshot(&self, crl: Option<u64>, promotions: u64) -> Snapshot {
         Snapshot {
             generation: self.generation.load(Ordering::Acquire),
             crl,
+            promotions,
         }
     }
 
@@ -83,6 +95,7 @@ impl StandingCache {
         self.lock().get(fp).is_some_and(|r| {
             r.generation == snap.generation
                 && r.crl == snap.crl
+                && r.promotions == snap.promotions
                 && now.saturating_duration_since(r.at) < self.ttl
         })
     }
@@ -106,6 +119,7 @@ impl StandingCache {
                 at: now,
                 generation: snap.generation,
                 crl: snap.crl,
+                promotions: snap.promotions,
             },
         );
     }
@@ -144,7 +158,7 @@ mod tests {
     fn a_current_answer_holds_until_the_ttl() {
         let c = StandingCache::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        let snap = c.snapshot(Some(1));
+        let snap = c.snapshot(Some(1), 0);
         assert!(!c.is_current(&fp(1), snap, t0));
         c.remember(fp(1), snap, t0);
         assert!(c.is_current(&fp(1), snap, t0 + Duration::from_secs(59)));
@@ -156,18 +170,27 @@ mod tests {
     fn a_new_revocation_list_forgets_every_answer() {
         let c = StandingCache::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        c.remember(fp(1), c.snapshot(Some(1)), t0);
-        assert!(!c.is_current(&fp(1), c.snapshot(Some(2)), t0));
-        assert!(!c.is_current(&fp(1), c.snapshot(None), t0));
+        c.remember(fp(1), c.snapshot(Some(1), 0), t0);
+        assert!(!c.is_current(&fp(1), c.snapshot(Some(2), 0), t0));
+        assert!(!c.is_current(&fp(1), c.snapshot(None, 0), t0));
+    }
+
+    #[test]
+    fn a_renewal_presented_elsewhere_in_the_process_forgets_every_answer() {
+        let c = StandingCache::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        c.remember(fp(1), c.snapshot(Some(1), 4), t0);
+        assert!(c.is_current(&fp(1), c.snapshot(Some(1), 4), t0));
+        assert!(!c.is_current(&fp(1), c.snapshot(Some(1), 5), t0));
     }
 
     #[test]
     fn a_renewal_presented_forgets_every_answer() {
         let c = StandingCache::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        c.remember(fp(1), c.snapshot(Some(1)), t0);
+        c.remember(fp(1), c.snapshot(Some(1), 0), t0);
         c.forget_all();
-        assert!(!c.is_current(&fp(1), c.snapshot(Some(1)), t0));
+        assert!(!c.is_current(&fp(1), c.snapshot(Some(1), 0), t0));
     }
 
     #[test]
@@ -175,17 +198,17 @@ mod tests {
         let c = StandingCache::new(Duration::from_secs(60));
         let t0 = Instant::now();
         // A lookup starts, a renewal is presented meanwhile, the lookup ends.
-        let snap = c.snapshot(Some(1));
+        let snap = c.snapshot(Some(1), 0);
         c.forget_all();
         c.remember(fp(1), snap, t0);
-        assert!(!c.is_current(&fp(1), c.snapshot(Some(1)), t0));
+        assert!(!c.is_current(&fp(1), c.snapshot(Some(1), 0), t0));
     }
 
     #[test]
     fn memory_stays_bounded() {
         let c = StandingCache::new(Duration::from_secs(60));
         let t0 = Instant::now();
-        let snap = c.snapshot(None);
+        let snap = c.snapshot(None, 0);
         for i in 0..(MAX_REMEMBERED as u32 + 10) {
             c.remember(Fingerprint::of_der(&i.to_le_bytes()), snap, t0);
         }

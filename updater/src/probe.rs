@@ -20,7 +20,8 @@ pub struct ProbeOptions {
     /// Agent port on loopback.
     pub port: u16,
     /// The probe's budget, in attempts of the fixed schedule it replaced:
-    /// it gives up after `attempts` × `interval` (see [`ProbeSchedule`]).
+    /// it gives up after `(attempts - 1)` × `interval` of waiting, and
+    /// after at least `attempts` attempts (see [`ProbeSchedule`]).
     pub attempts: u32,
     /// Timeout of each attempt.
     pub timeout: Duration,
@@ -35,8 +36,9 @@ pub const FIRST_PAUSE: Duration = Duration::from_millis(20);
 
 /// When to probe again: at once, then after pauses that double from
 /// [`FIRST_PAUSE`] to the options' interval, for as long as the options'
-/// budget (`attempts` × `interval`, the waiting a fixed schedule of
-/// `attempts` attempts would do) lasts. Only the pauses count against the
+/// budget (`(attempts - 1)` × `interval`, the waiting a fixed schedule of
+/// `attempts` attempts would do) lasts, and never fewer than `attempts`
+/// attempts. Only the pauses count against the
 /// budget, as with the fixed schedule: attempts that time out slowly do
 /// not shorten it. Pure, so the schedule is unit-tested without a clock.
 #[derive(Clone, Debug)]
@@ -44,27 +46,34 @@ pub struct ProbeSchedule {
     left: Duration,
     pause: Duration,
     max_pause: Duration,
+    tries_left: u32,
 }
 
 impl ProbeSchedule {
     /// The schedule of a probe with `opts`.
     pub fn new(opts: &ProbeOptions) -> Self {
+        let waits = opts.attempts.saturating_sub(1);
         ProbeSchedule {
-            left: opts.interval * opts.attempts.saturating_sub(1),
+            left: opts.interval.checked_mul(waits).unwrap_or(Duration::MAX),
             pause: FIRST_PAUSE.min(opts.interval),
             max_pause: opts.interval,
+            tries_left: waits,
         }
     }
 
     /// The pause before the next attempt after a failed one, or `None` when
     /// the budget is spent.
     pub fn next_pause(&mut self) -> Option<Duration> {
+        let owed = self.tries_left > 0;
+        self.tries_left = self.tries_left.saturating_sub(1);
         if self.left.is_zero() {
-            return None;
+            // The budget is spent: attempts still owed go at once (never
+            // fewer attempts than asked for, e.g. with a zero interval).
+            return owed.then_some(Duration::ZERO);
         }
         let pause = self.pause.min(self.left);
         self.left -= pause;
-        self.pause = (self.pause * 2).min(self.max_pause);
+        self.pause = self.pause.saturating_mul(2).min(self.max_pause);
         Some(pause)
     }
 }
@@ -273,6 +282,21 @@ mod tests {
     #[test]
     fn one_attempt_never_waits() {
         assert!(pauses(&opts(1, 1000)).is_empty());
+    }
+
+    #[test]
+    fn a_zero_interval_still_makes_every_attempt() {
+        assert_eq!(pauses(&opts(3, 0)), vec![0, 0]);
+    }
+
+    #[test]
+    fn an_absurd_budget_does_not_overflow() {
+        let o = ProbeOptions {
+            interval: Duration::MAX,
+            ..opts(3, 0)
+        };
+        let mut s = ProbeSchedule::new(&o);
+        assert!(s.next_pause().is_some());
     }
 
     #[test]
