@@ -4,6 +4,7 @@
 //!
 //! * [`frame`] — octet-counted framing with a maximum frame size (pure);
 //! * [`syslog`] — the RFC 5424 parser and the line wrapper (pure);
+//! * [`json_record`] — the JSON record of a received line, written by hand (pure);
 //! * [`forwarder`] — the worker side: tail, batch, persist offsets, reconnect;
 //! * [`listener`] — the master side: gate, decode, write (on the
 //!   `decnet-server` runner);
@@ -16,6 +17,7 @@ pub mod budget;
 pub mod disk;
 pub mod forwarder;
 pub mod frame;
+pub mod json_record;
 pub mod listener;
 pub mod metrics;
 pub mod neutralize;

@@ -28,9 +28,21 @@ fn escape_into(c: char, out: &mut String) {
     }
 }
 
+/// Whether every byte of `bytes` is printable ASCII or a tab: text with
+/// nothing to escape, the common case, told apart without decoding
+/// characters (the check runs 32 bytes at a time, without branches, so the
+/// compiler vectorizes it).
+pub fn plain_ascii(bytes: &[u8]) -> bool {
+    bytes.chunks(32).all(|chunk| {
+        chunk.iter().fold(true, |ok, &b| {
+            ok & (((0x20..0x7f).contains(&b)) | (b == b'\t'))
+        })
+    })
+}
+
 /// `s` with every dangerous character escaped (borrowed when there is none).
 pub fn neutralize(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(dangerous) {
+    if plain_ascii(s.as_bytes()) || !s.chars().any(dangerous) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
@@ -47,10 +59,7 @@ pub fn neutralize(s: &str) -> Cow<'_, str> {
 /// Append `bytes` to `out` as safe UTF-8 text: invalid UTF-8 becomes U+FFFD,
 /// dangerous characters are escaped. Printable ASCII is copied as is.
 pub fn neutralize_bytes_into(bytes: &[u8], out: &mut Vec<u8>) {
-    if bytes
-        .iter()
-        .all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
-    {
+    if plain_ascii(bytes) {
         out.extend_from_slice(bytes);
         return;
     }
@@ -75,6 +84,22 @@ mod tests {
         assert_eq!(neutralize("\u{2066}iso\u{2069}"), "\\u{2066}iso\\u{2069}");
         assert_eq!(neutralize("sep\u{2028}"), "sep\\u{2028}");
         assert_eq!(neutralize("héllo ✓"), "héllo ✓");
+    }
+
+    #[test]
+    fn plain_ascii_is_printable_ascii_and_tab_only() {
+        assert!(plain_ascii(b""));
+        assert!(plain_ascii(b"plain text\twith a tab ~"));
+        // Every position of a long line is checked, not only the first chunk.
+        let mut long = vec![b'a'; 100];
+        assert!(plain_ascii(&long));
+        for bad in [0u8, 0x1b, b'\n', b'\r', 0x7f, 0x80, 0xc2, 0xff] {
+            for at in [0, 31, 32, 63, 99] {
+                long[at] = bad;
+                assert!(!plain_ascii(&long), "byte {bad:#x} at {at}");
+                long[at] = b'a';
+            }
+        }
     }
 
     #[test]

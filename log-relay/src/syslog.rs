@@ -67,13 +67,19 @@ pub struct Syslog5424<'a> {
 
 /// Parse an RFC 5424 message; `None` when `input` is not one.
 pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
-    let mut p = Cursor { s: input, i: 0 };
+    // A frame that is valid UTF-8 (nearly all) is checked once, and its
+    // fields are then slices of it; only other frames convert field by field.
+    let mut p = Cursor {
+        s: input,
+        text: std::str::from_utf8(input).ok(),
+        i: 0,
+    };
     p.expect(b'<')?;
     let pri_digits = p.take_while(|b| b.is_ascii_digit());
     if pri_digits.is_empty() || pri_digits.len() > 3 {
         return None;
     }
-    let pri: u16 = std::str::from_utf8(pri_digits).ok()?.parse().ok()?;
+    let pri = decimal(pri_digits);
     if pri > 191 {
         return None;
     }
@@ -82,7 +88,7 @@ pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
     if version_digits.is_empty() || version_digits.len() > 2 || version_digits[0] == b'0' {
         return None;
     }
-    let version: u16 = std::str::from_utf8(version_digits).ok()?.parse().ok()?;
+    let version = decimal(version_digits);
     p.expect(b' ')?;
     let timestamp = p.header_field(128)?;
     p.expect(b' ')?;
@@ -99,9 +105,17 @@ pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
         None => Cow::Borrowed(""),
         Some(b' ') => {
             p.i += 1;
-            let rest = &input[p.i..];
-            let rest = rest.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(rest);
-            String::from_utf8_lossy(rest)
+            match p.text {
+                Some(text) => {
+                    let rest = text.get(p.i..)?;
+                    Cow::Borrowed(rest.strip_prefix('\u{feff}').unwrap_or(rest))
+                }
+                None => {
+                    let rest = &input[p.i..];
+                    let rest = rest.strip_prefix(&[0xEF, 0xBB, 0xBF][..]).unwrap_or(rest);
+                    String::from_utf8_lossy(rest)
+                }
+            }
         }
         Some(_) => return None,
     };
@@ -119,12 +133,36 @@ pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
     })
 }
 
+/// The value of at most three ASCII digits (checked by the caller).
+fn decimal(digits: &[u8]) -> u16 {
+    digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'))
+}
+
 struct Cursor<'a> {
     s: &'a [u8],
+    /// `s` as text, when it is valid UTF-8.
+    text: Option<&'a str>,
     i: usize,
 }
 
 impl<'a> Cursor<'a> {
+    /// `s[start..end]` as text: a slice of the checked frame, or converted
+    /// (invalid UTF-8 replaced) when the frame is not valid UTF-8.
+    fn text_of(&self, start: usize, end: usize) -> Option<Cow<'a, str>> {
+        match self.text {
+            Some(text) => text.get(start..end).map(Cow::Borrowed),
+            None => Some(String::from_utf8_lossy(&self.s[start..end])),
+        }
+    }
+    /// `s[start..end]`, known to be ASCII, as text.
+    fn ascii_of(&self, start: usize, end: usize) -> Option<&'a str> {
+        match self.text {
+            Some(text) => text.get(start..end),
+            None => std::str::from_utf8(&self.s[start..end]).ok(),
+        }
+    }
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
@@ -140,6 +178,7 @@ impl<'a> Cursor<'a> {
     }
     /// A header field of printable US-ASCII, `-` meaning absent.
     fn header_field(&mut self, max: usize) -> Option<Option<&'a str>> {
+        let start = self.i;
         let f = self.take_while(|b| (33..=126).contains(&b));
         if f.is_empty() || f.len() > max {
             return None;
@@ -148,15 +187,16 @@ impl<'a> Cursor<'a> {
             return Some(None);
         }
         // Printable ASCII is valid UTF-8.
-        Some(Some(std::str::from_utf8(f).ok()?))
+        Some(Some(self.ascii_of(start, self.i)?))
     }
     fn sd_name(&mut self) -> Option<&'a str> {
+        let start = self.i;
         let n =
             self.take_while(|b| (33..=126).contains(&b) && !matches!(b, b'=' | b' ' | b']' | b'"'));
         if n.is_empty() || n.len() > 32 {
             return None;
         }
-        std::str::from_utf8(n).ok()
+        self.ascii_of(start, self.i)
     }
     fn structured_data(&mut self) -> Option<Vec<SdElement<'a>>> {
         if self.peek()? == b'-' {
@@ -211,7 +251,7 @@ impl<'a> Cursor<'a> {
                             }
                             Cow::Owned(String::from_utf8_lossy(&v).into_owned())
                         } else {
-                            String::from_utf8_lossy(raw)
+                            self.text_of(start, self.i - 1)?
                         };
                         params.push((name, value));
                     }
@@ -285,6 +325,26 @@ mod tests {
         let m = parse(br#"<13>1 - - - - - [a b="q\"uo\]te\\"]"#).unwrap();
         assert_eq!(m.structured_data.0[0].params[0].1, r#"q"uo]te\"#);
         assert_eq!(m.msg, "");
+    }
+
+    #[test]
+    fn text_fields_whether_or_not_the_frame_is_utf8() {
+        // Valid UTF-8: fields are slices of the frame.
+        let m = parse("<13>1 - h a - - [x@1 k=\"é✓\"] \u{feff}msg é".as_bytes()).unwrap();
+        assert_eq!(m.structured_data.0[0].params[0].1, "é✓");
+        assert!(matches!(
+            m.structured_data.0[0].params[0].1,
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(m.msg, "msg é");
+        assert!(matches!(m.msg, Cow::Borrowed(_)));
+        // Invalid UTF-8 anywhere: each text field is converted on its own.
+        let m = parse(b"<13>1 - h a - - [x@1 k=\"v\xffw\" j=\"ok\"] \xef\xbb\xbfm\xfen").unwrap();
+        assert_eq!(m.structured_data.0[0].params[0].1, "v\u{fffd}w");
+        assert_eq!(m.structured_data.0[0].params[1].1, "ok");
+        assert_eq!(m.msg, "m\u{fffd}n");
+        assert_eq!(m.hostname, Some("h"));
+        assert_eq!((m.facility, m.severity, m.version), (1, 5, 1));
     }
 
     #[test]

@@ -19,8 +19,12 @@ use std::time::Duration;
 use decnet_fleet::FleetDb;
 use decnet_fleet::db::Beat;
 
-/// How long beats gather before they are written together.
-pub const WINDOW: Duration = Duration::from_millis(100);
+/// How long beats gather before they are written together. A second: at
+/// 100 beats/s a window of 100 ms still cost each beat a tenth of a
+/// statement's preparation, execution and two thread wake-ups (about a
+/// tenth of the master's CPU per beat, measured), while a beat's record
+/// (last seen, version, state) is read at a 30 s cadence.
+pub const WINDOW: Duration = Duration::from_millis(1000);
 /// The most beats one transaction writes.
 pub const MAX_BATCH: usize = 2048;
 /// Beats waiting to be written; beyond it a beat is answered 503 (the

@@ -33,10 +33,41 @@ async fn connect(
     connector.connect(name, tcp).await.unwrap()
 }
 
-fn count_lines(p: &Path) -> usize {
-    std::fs::read(p)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-        .unwrap_or(0)
+/// Counts the lines of a growing file, reading only what was appended since
+/// the last call: re-reading the whole file every poll (hundreds of MB by
+/// the end) took a core away from the receiver being measured.
+struct LineCounter {
+    file: Option<std::fs::File>,
+    path: std::path::PathBuf,
+    lines: usize,
+    buf: Vec<u8>,
+}
+
+impl LineCounter {
+    fn new(path: &Path) -> Self {
+        LineCounter {
+            file: None,
+            path: path.to_path_buf(),
+            lines: 0,
+            buf: vec![0; 1 << 20],
+        }
+    }
+
+    fn count(&mut self) -> usize {
+        use std::io::Read;
+        if self.file.is_none() {
+            self.file = std::fs::File::open(&self.path).ok();
+        }
+        if let Some(f) = self.file.as_mut() {
+            while let Ok(n) = f.read(&mut self.buf) {
+                if n == 0 {
+                    break;
+                }
+                self.lines += self.buf[..n].iter().filter(|&&c| c == b'\n').count();
+            }
+        }
+        self.lines
+    }
 }
 
 /// Send `per_conn` messages on each of `conns` connections (connection `i`
@@ -51,7 +82,8 @@ async fn load(
 ) -> Option<f64> {
     let payload: Vec<u8> = (0..per_conn).flat_map(message).collect();
     let payload = Arc::new(payload);
-    let before = count_lines(out);
+    let mut counter = LineCounter::new(out);
+    let before = counter.count();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..conns {
@@ -73,7 +105,7 @@ async fn load(
     let want = before + conns * per_conn;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        if count_lines(out) >= want {
+        if counter.count() >= want {
             let secs = start.elapsed().as_secs_f64();
             drop(streams);
             return Some(secs);
