@@ -168,7 +168,9 @@ impl LogSink {
             .collect();
         dirs.dedup();
         let mut guard = FreeSpaceGuard::new(dirs, policy);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Formatted>(256);
+        // At most SINK_QUEUE formatted batches wait (a few MiB): a writer that
+        // falls behind slows the readers rather than holding memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Formatted>(SINK_QUEUE);
         let writer = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
@@ -322,6 +324,11 @@ fn raw_prefix(credit: &Credit) -> Vec<u8> {
 /// Received bytes formatted into one batch for the writer, at most (one
 /// frame larger than this is a batch of its own).
 const SINK_BATCH: usize = 256 * 1024;
+
+/// Formatted batches waiting for the writer, at most. With 256 the queue
+/// held over 100 MiB when formatting outran the disk (measured after
+/// formatting got faster), memory the allocator then kept.
+const SINK_QUEUE: usize = 32;
 
 /// The longest escaped form of one message (raw line or JSON `msg`):
 /// escaping can multiply control bytes several times; past this the line
