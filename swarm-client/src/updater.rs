@@ -173,8 +173,9 @@ impl UpdaterClient {
             .file_name("release.tar.gz")
             .mime_str("application/gzip")
             .map_err(|e| ClientError::Setup(e.to_string()))?;
+        // The text fields go first: an updater checks a signed manifest
+        // before the tarball arrives, and then extracts while it streams in.
         let mut form = reqwest::multipart::Form::new()
-            .part("tarball", part)
             .text("sha", up.sha.to_string())
             .text("sha256", up.sha256.to_string());
         if let Some(m) = up
@@ -190,7 +191,7 @@ impl UpdaterClient {
         if up.allow_downgrade {
             form = form.text("allow_downgrade", "true");
         }
-        Ok(form)
+        Ok(form.part("tarball", part))
     }
 
     /// `POST /update`: install, probe, and (on failure) revert.

@@ -482,6 +482,16 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
     assert!(!Path::new("/tmp/decnet-abs-evil").exists());
     assert!(!u.install.parent().unwrap().join("escape").exists());
     assert_eq!(labels(&m, "u3"), vec!["v1"]);
+    // Without a keyring each upload was extracted while it streamed in, and
+    // nothing a refused one extracted is left behind.
+    assert!(
+        u.daemon
+            .log_text()
+            .contains("extracted_while_receiving=true"),
+        "{}",
+        u.daemon.log_text()
+    );
+    assert_eq!(unfinished(&u.install), Vec::<String>::new());
 
     // Now require signatures.
     drop(client);
@@ -520,6 +530,13 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(labels(&m, "u3"), vec!["v1"]);
+    let streamed = |u: &UpdaterFixture, how: &str| {
+        u.daemon
+            .log_text()
+            .matches(&format!("extracted_while_receiving={how}"))
+            .count()
+    };
+    let before = streamed(&u, "true");
     m.ok(&[
         "swarm",
         "update",
@@ -533,6 +550,9 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         "2.0.0",
     ]);
     assert_eq!(labels(&m, "u3")[0], "v2");
+    // The client sends the signed manifest first: the updater checked it,
+    // then extracted the tarball while it arrived.
+    assert_eq!(streamed(&u, "true"), before + 1, "{}", u.daemon.log_text());
 
     // A downgrade, even signed, is refused: with a keyring the master's
     // --allow-downgrade does not count, only a permit signed into the
@@ -697,6 +717,54 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         "{v}"
     );
     assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
+
+    // The attacker (a master without the release key) sends a manifest the
+    // key signed for the updater first, then a tar bomb to the agent's
+    // route: the manifest does not open the tar parser to that tarball (it
+    // is spooled, then refused before extraction).
+    let bomb = {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(300 << 20);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "bin/huge", std::io::repeat(0).take_bytes(300 << 20))
+            .unwrap();
+        b.into_inner().unwrap().finish().unwrap()
+    };
+    let before = streamed(&u, "false");
+    let form = reqwest::multipart::Form::new()
+        .text("sha", "v3")
+        .text("sha256", sha256_hex(&bomb))
+        .text("manifest", for_updater.manifest.clone())
+        .text("signature", for_updater.signature.clone().unwrap())
+        .part(
+            "tarball",
+            reqwest::multipart::Part::bytes(bomb).file_name("r.tar.gz"),
+        );
+    let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
+        .post(format!("https://{}/update", u.daemon.addr))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(streamed(&u, "false"), before + 1, "{}", u.daemon.log_text());
+    assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
+    assert_eq!(unfinished(&u.install), Vec::<String>::new());
+}
+
+/// What is half done in an install's release tree: staging dirs and
+/// uploads being extracted.
+fn unfinished(install: &Path) -> Vec<String> {
+    std::fs::read_dir(install.join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
 }
 
 trait TakeBytes: std::io::Read + Sized {
@@ -1256,8 +1324,13 @@ fn uploads_an_interrupted_run_left_are_removed_at_start() {
     std::fs::write(&stale, vec![0u8; 1 << 20]).unwrap();
     let other = spool.join("not-an-upload.txt");
     std::fs::write(&other, "kept").unwrap();
+    // An upload killed while it was being extracted as it streamed in.
+    let half = u.install.join("releases/.upload-0123456789abcdef");
+    std::fs::create_dir_all(half.join("bin")).unwrap();
+    std::fs::write(half.join("bin/decnet-agent"), b"#!/bin/sh\n").unwrap();
     u.restart(&m, &[]);
     assert!(!stale.exists(), "the stale upload is gone");
+    assert!(!half.exists(), "the half-extracted upload is gone");
     assert!(other.exists(), "nothing else is removed");
     assert!(
         u.daemon

@@ -11,7 +11,10 @@ use axum::{Json, Router};
 use decnet_pki::signing::Sha256Stream;
 use tokio::io::AsyncWriteExt;
 
-use crate::pipeline::{UpdateError, UpdaterCore, Upload};
+use decnet_pki::signing::{ReleaseTarget, SignedManifest};
+
+use crate::extract::StreamingExtraction;
+use crate::pipeline::{ReceivedTarball, UpdateError, UpdaterCore, Upload};
 
 /// Shared state of the routes.
 pub struct ApiState {
@@ -150,7 +153,19 @@ impl Drop for Spool {
     }
 }
 
-async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spool>), Response> {
+/// Where a tarball's bytes go while they arrive.
+enum TarballSink {
+    /// Extracted at once ([`UpdaterCore::may_extract_while_receiving`]).
+    Extract(StreamingExtraction),
+    /// Spooled to a file, extracted once verified.
+    Spool(Spool, tokio::fs::File),
+}
+
+async fn read_form(
+    st: &ApiState,
+    target: ReleaseTarget,
+    mut mp: Multipart,
+) -> Result<(Form, Option<Spool>), Response> {
     let bad = |d: String| error(StatusCode::BAD_REQUEST, "bad_request", d);
     let mut sha = None;
     let mut sha256 = None;
@@ -158,7 +173,7 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
     let mut manifest = None;
     let mut allow_downgrade = false;
     let mut confirm_self = None;
-    let mut file: Option<(Spool, [u8; 32])> = None;
+    let mut file: Option<(ReceivedTarball, Option<Spool>, [u8; 32])> = None;
     while let Some(mut field) = mp
         .next_field()
         .await
@@ -166,35 +181,71 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
     {
         let name = field.name().unwrap_or_default().to_string();
         if name == "tarball" {
-            std::fs::create_dir_all(&st.upload_dir).map_err(|e| bad(e.to_string()))?;
-            let path = st
-                .upload_dir
-                .join(format!("upload-{}.tar.gz", decnet_pki::random_hex(8)));
-            let spool = Spool(path.clone());
-            let mut out = tokio::fs::File::create(&path).await.map_err(|e| {
+            let failed = |e: String| {
                 error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "failed",
-                    format!("cannot spool the upload: {e}"),
+                    format!("cannot receive the upload: {e}"),
                 )
-            })?;
+            };
+            let signed = manifest.clone().map(|manifest| SignedManifest {
+                manifest,
+                signature: signature.clone(),
+            });
+            let mut sink = if st.core.may_extract_while_receiving(target, signed.as_ref()) {
+                let dir = st.core.slots_of(target).new_upload_dir();
+                TarballSink::Extract(
+                    StreamingExtraction::start(dir, st.core.max_release)
+                        .map_err(|e| failed(e.to_string()))?,
+                )
+            } else {
+                std::fs::create_dir_all(&st.upload_dir).map_err(|e| failed(e.to_string()))?;
+                let path = st
+                    .upload_dir
+                    .join(format!("upload-{}.tar.gz", decnet_pki::random_hex(8)));
+                let spool = Spool(path.clone());
+                let out = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                TarballSink::Spool(spool, out)
+            };
             let mut digest = Sha256Stream::default();
+            let mut received = 0u64;
             while let Some(chunk) = field
                 .chunk()
                 .await
                 .map_err(|e| bad(format!("upload interrupted: {e}")))?
             {
                 digest.update(&chunk);
-                out.write_all(&chunk).await.map_err(|e| {
-                    error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "failed",
-                        format!("cannot spool the upload: {e}"),
-                    )
-                })?;
+                received += chunk.len() as u64;
+                match &mut sink {
+                    TarballSink::Extract(x) => x.feed(chunk).await,
+                    TarballSink::Spool(_, out) => out
+                        .write_all(&chunk)
+                        .await
+                        .map_err(|e| failed(e.to_string()))?,
+                }
             }
-            out.flush().await.map_err(|e| bad(e.to_string()))?;
-            file = Some((spool, digest.finish()));
+            crate::metrics::record_upload(
+                target,
+                received,
+                matches!(sink, TarballSink::Extract(_)),
+            );
+            file = Some(match sink {
+                TarballSink::Extract(x) => (
+                    ReceivedTarball::Extracted(x.finish().await),
+                    None,
+                    digest.finish(),
+                ),
+                TarballSink::Spool(spool, mut out) => {
+                    out.flush().await.map_err(|e| failed(e.to_string()))?;
+                    (
+                        ReceivedTarball::Spooled(spool.0.clone()),
+                        Some(spool),
+                        digest.finish(),
+                    )
+                }
+            });
         } else {
             let text = field
                 .text()
@@ -211,7 +262,7 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
             }
         }
     }
-    let Some((spool, computed)) = file else {
+    let Some((tarball, spool, computed)) = file else {
         return Ok((
             Form {
                 upload: None,
@@ -224,7 +275,7 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
         bad("sha256 is required: the SHA-256 of the tarball, so a corrupted or substituted upload is refused".into())
     })?;
     let upload = Upload {
-        path: spool.0.clone(),
+        tarball,
         sha: sha.unwrap_or_default(),
         sha256: sha256.trim().to_string(),
         computed,
@@ -239,12 +290,12 @@ async fn read_form(st: &ApiState, mut mp: Multipart) -> Result<(Form, Option<Spo
             upload: Some(upload),
             confirm_self,
         },
-        Some(spool),
+        spool,
     ))
 }
 
 async fn update(State(st): State<Arc<ApiState>>, mp: Multipart) -> Response {
-    let (form, _spool) = match read_form(&st, mp).await {
+    let (form, _spool) = match read_form(&st, ReleaseTarget::Agent, mp).await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -262,7 +313,7 @@ async fn update(State(st): State<Arc<ApiState>>, mp: Multipart) -> Response {
 }
 
 async fn update_self(State(st): State<Arc<ApiState>>, mp: Multipart) -> Response {
-    let (form, _spool) = match read_form(&st, mp).await {
+    let (form, _spool) = match read_form(&st, ReleaseTarget::Updater, mp).await {
         Ok(f) => f,
         Err(r) => return r,
     };

@@ -5,10 +5,16 @@
 //! fifos), a total size over the cap. Setuid/setgid/sticky bits and group
 //! and other write bits are cleared.
 //! Nothing is written outside the staging dir.
+//!
+//! An upload is extracted while it streams in ([`StreamingExtraction`]),
+//! into a private directory beside the slots; it becomes a staging dir by
+//! one rename once the upload is verified, and is removed otherwise.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+
+use axum::body::Bytes;
 
 /// Why a tarball was refused.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +46,21 @@ pub enum ExtractError {
     Io(#[from] std::io::Error),
 }
 
-/// Extract `tarball` into `dest` (created), at most `cap` bytes in total.
+/// Extract the file `tarball` into `dest` (created), at most `cap` bytes in
+/// total.
 pub fn extract_release(tarball: &Path, dest: &Path, cap: u64) -> Result<u64, ExtractError> {
     let file = std::fs::File::open(tarball)?;
-    let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
+    extract_release_from(std::io::BufReader::new(file), dest, cap)
+}
+
+/// Extract the gzip'd tar read from `source` into `dest` (created), at most
+/// `cap` bytes in total. The one extractor of files and of streams.
+pub fn extract_release_from(
+    source: impl BufRead,
+    dest: &Path,
+    cap: u64,
+) -> Result<u64, ExtractError> {
+    let gz = flate2::bufread::GzDecoder::new(source);
     let mut archive = tar::Archive::new(gz);
     std::fs::create_dir_all(dest)?;
     let mut total = 0u64;
@@ -118,6 +135,159 @@ pub fn extract_release(tarball: &Path, dest: &Path, cap: u64) -> Result<u64, Ext
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(total)
+}
+
+/// How many received chunks may wait for the extractor: beyond that the
+/// upload waits (TCP pushes back on the sender), memory does not grow.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// The chunks of an upload, handed from the task receiving it to the thread
+/// extracting it, read as one stream without copying them again.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+    consumed: usize,
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.consumed == self.current.len() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
+                    self.current = chunk;
+                    self.consumed = 0;
+                }
+                // The upload ended (or was dropped): end of stream.
+                None => break,
+            }
+        }
+        Ok(&self.current[self.consumed..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.consumed = (self.consumed + n).min(self.current.len());
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// A release extracted on a blocking thread while its upload streams in, so
+/// that receiving and extracting overlap instead of following each other.
+/// The extractor is the same hostile-input extractor as for a file; what it
+/// writes stays in a private directory, is neither run nor installed before
+/// the upload is verified, and is removed when the upload is refused,
+/// interrupted or dropped.
+pub struct StreamingExtraction {
+    chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    extractor: Option<tokio::task::JoinHandle<Result<u64, ExtractError>>>,
+    dir: PathBuf,
+}
+
+impl StreamingExtraction {
+    /// Start extracting into `dir`, created here and private to this upload
+    /// (it must not exist yet), at most `cap` bytes in total.
+    pub fn start(dir: PathBuf, cap: u64) -> Result<Self, ExtractError> {
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
+        let dest = dir.clone();
+        let extractor = tokio::task::spawn_blocking(move || {
+            let source = ChunkReader {
+                chunks: rx,
+                current: Bytes::new(),
+                consumed: 0,
+            };
+            extract_release_from(source, &dest, cap)
+        });
+        Ok(StreamingExtraction {
+            chunks: Some(tx),
+            extractor: Some(extractor),
+            dir,
+        })
+    }
+
+    /// Hand the next chunk of the upload to the extractor; waits while the
+    /// extractor is behind. Once it has stopped (the archive ended, or was
+    /// refused) the rest of the upload is not its concern and is dropped.
+    pub async fn feed(&mut self, chunk: Bytes) {
+        if let Some(tx) = &self.chunks
+            && tx.send(chunk).await.is_err()
+        {
+            self.chunks = None;
+        }
+    }
+
+    /// The upload is complete: wait for the extractor to finish, and hand
+    /// over what it extracted (or why it refused the tarball).
+    pub async fn finish(mut self) -> PrestagedRelease {
+        self.chunks = None;
+        let outcome = match self.extractor.take() {
+            Some(extractor) => extractor.await.unwrap_or_else(|e| {
+                Err(ExtractError::Corrupt(format!("the extractor failed: {e}")))
+            }),
+            None => Err(ExtractError::Corrupt("the extractor is gone".into())),
+        };
+        PrestagedRelease {
+            dir: std::mem::take(&mut self.dir),
+            outcome,
+        }
+    }
+}
+
+impl Drop for StreamingExtraction {
+    /// An upload dropped before [`StreamingExtraction::finish`] (interrupted,
+    /// malformed): the extractor sees the stream end and stops; its
+    /// directory is removed once it has (not before: it could still write).
+    fn drop(&mut self) {
+        self.chunks = None;
+        if let Some(extractor) = self.extractor.take() {
+            let dir = std::mem::take(&mut self.dir);
+            let cleanup = async move {
+                let _ = extractor.await;
+                let _ = std::fs::remove_dir_all(&dir);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(cleanup);
+                }
+                // No runtime left (shutdown): the next start removes it.
+                Err(_) => drop(cleanup),
+            }
+        }
+    }
+}
+
+/// A release extracted from its upload, waiting for the upload to be
+/// verified. Its directory is removed when this is dropped, unless
+/// [`PrestagedRelease::move_to`] moved it into a slot's staging dir first.
+#[derive(Debug)]
+pub struct PrestagedRelease {
+    dir: PathBuf,
+    /// Bytes extracted, or why the tarball was refused.
+    pub outcome: Result<u64, ExtractError>,
+}
+
+impl PrestagedRelease {
+    /// Move the extracted tree to `staging`, an empty directory on the same
+    /// file system, in one rename.
+    pub fn move_to(&self, staging: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.dir, staging)
+    }
+}
+
+impl Drop for PrestagedRelease {
+    fn drop(&mut self) {
+        // After a move there is nothing left here to remove.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The entry path as a plain relative path, or `None` when it is unsafe.
@@ -251,5 +421,83 @@ pub(crate) mod tests {
         }
         let (r, _d) = try_extract(b"not a tarball at all".to_vec(), 1000);
         assert!(matches!(r, Err(ExtractError::Corrupt(_))));
+    }
+
+    /// Stream `bytes` through a [`StreamingExtraction`] in `chunk`-byte
+    /// pieces, into `<dir>/.upload-x`.
+    async fn stream(bytes: &[u8], chunk: usize, cap: u64, dir: &Path) -> PrestagedRelease {
+        let mut x = StreamingExtraction::start(dir.join(".upload-x"), cap).unwrap();
+        for piece in bytes.chunks(chunk) {
+            x.feed(Bytes::copy_from_slice(piece)).await;
+        }
+        x.finish().await
+    }
+
+    #[tokio::test]
+    async fn a_streamed_upload_is_extracted_privately_then_moved_into_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = tarball(&[
+            ("bin/", tar::EntryType::Directory, b"", 0o755),
+            (
+                "bin/decnet-agent",
+                tar::EntryType::Regular,
+                b"#!/bin/sh\n",
+                0o4755,
+            ),
+        ]);
+        // Pieces of 7 bytes: headers and the gzip stream split anywhere.
+        let pre = stream(&bytes, 7, 1024, dir.path()).await;
+        assert_eq!(*pre.outcome.as_ref().unwrap(), 10);
+        let private = dir.path().join(".upload-x");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&private), 0o700, "unverified: nobody else may look");
+        let staging = dir.path().join(".staging-000001-x");
+        std::fs::create_dir(&staging).unwrap();
+        pre.move_to(&staging).unwrap();
+        drop(pre);
+        let agent = staging.join("bin/decnet-agent");
+        assert_eq!(std::fs::read(&agent).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(mode(&agent), 0o755, "setuid cleared as from a file");
+        assert!(!private.exists());
+    }
+
+    #[tokio::test]
+    async fn a_refused_or_abandoned_streamed_upload_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Refused at its first entry; the megabyte after it is taken (and
+        // dropped) without the sender waiting on a stopped extractor.
+        let mut bytes = tarball(&[("../evil", tar::EntryType::Regular, b"x", 0o644)]);
+        bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
+        let pre = stream(&bytes, 4096, 1024, dir.path()).await;
+        assert!(
+            matches!(pre.outcome, Err(ExtractError::UnsafePath(_))),
+            "{:?}",
+            pre.outcome
+        );
+        drop(pre);
+        assert!(!dir.path().join(".upload-x").exists());
+        assert!(!dir.path().join("evil").exists());
+        // Over the cap while streaming.
+        let big = tarball(&[("a", tar::EntryType::Regular, &[1u8; 4096], 0o644)]);
+        let pre = stream(&big, 512, 1000, dir.path()).await;
+        assert!(matches!(pre.outcome, Err(ExtractError::TooLarge { .. })));
+        drop(pre);
+        assert!(!dir.path().join(".upload-x").exists());
+        // Dropped half way (an interrupted upload): removed once the
+        // extractor has stopped.
+        let mut x = StreamingExtraction::start(dir.path().join(".upload-y"), 1 << 20).unwrap();
+        x.feed(Bytes::copy_from_slice(&big[..big.len() / 2])).await;
+        drop(x);
+        let gone = dir.path().join(".upload-y");
+        for _ in 0..500 {
+            if !gone.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!gone.exists(), "an abandoned extraction was left behind");
+        // A directory that exists is never reused.
+        std::fs::create_dir(dir.path().join(".upload-z")).unwrap();
+        assert!(StreamingExtraction::start(dir.path().join(".upload-z"), 1024).is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! | `decnet_reverts_total{reason}` | automatic reverts (`unhealthy` after an update or rollback, `recovery` of an interrupted one at start, `self_update` when a new updater did not come up) |
 //! | `decnet_probe_duration_seconds` | health probes of the agent, from the first attempt to the verdict |
 //! | `decnet_probes_total{healthy}` | probes by verdict |
+//! | `decnet_uploads_total{received}` | release tarballs received: `extracted` while they streamed in, or `spooled` to be extracted once verified (with a keyring and no signed manifest ahead of the tarball) |
 
 use std::sync::OnceLock;
 
@@ -40,6 +41,13 @@ pub struct VerdictLabel {
     pub healthy: String,
 }
 
+/// `received`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceivedLabel {
+    /// `extracted` or `spooled`.
+    pub received: String,
+}
+
 /// The updater's series.
 #[derive(Debug)]
 pub struct UpdaterMetrics {
@@ -51,6 +59,8 @@ pub struct UpdaterMetrics {
     pub probe_duration: Histogram,
     /// Probes by verdict.
     pub probes: Family<VerdictLabel, Counter>,
+    /// Uploads by how they were received.
+    pub uploads: Family<ReceivedLabel, Counter>,
 }
 
 /// The updater's series, registered on first use.
@@ -66,6 +76,7 @@ pub fn updater_metrics() -> &'static UpdaterMetrics {
                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
             ]),
             probes: Family::default(),
+            uploads: Family::default(),
         };
         register(
             "decnet_updates",
@@ -87,6 +98,11 @@ pub fn updater_metrics() -> &'static UpdaterMetrics {
             "Health probes of the agent, by verdict",
             m.probes.clone(),
         );
+        register(
+            "decnet_uploads",
+            "Release tarballs received, by whether they were extracted while they streamed in",
+            m.uploads.clone(),
+        );
         // Every known series from the start (at 0), so rates and alerts
         // work before the first event.
         for op in ["update", "rollback", "self_update"] {
@@ -105,6 +121,11 @@ pub fn updater_metrics() -> &'static UpdaterMetrics {
         for healthy in ["true", "false"] {
             let _ = m.probes.get_or_create(&VerdictLabel {
                 healthy: healthy.into(),
+            });
+        }
+        for received in ["extracted", "spooled"] {
+            let _ = m.uploads.get_or_create(&ReceivedLabel {
+                received: received.into(),
             });
         }
         m
@@ -136,6 +157,22 @@ pub fn record_revert(reason: &str) {
         .reverts
         .get_or_create(&ReasonLabel {
             reason: reason.into(),
+        })
+        .inc();
+}
+
+/// Record one received upload: a log line and the count together.
+pub fn record_upload(target: decnet_pki::signing::ReleaseTarget, bytes: u64, extracted: bool) {
+    tracing::info!(
+        %target,
+        bytes,
+        extracted_while_receiving = extracted,
+        "release upload received"
+    );
+    updater_metrics()
+        .uploads
+        .get_or_create(&ReceivedLabel {
+            received: if extracted { "extracted" } else { "spooled" }.into(),
         })
         .inc();
 }

@@ -12,16 +12,27 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::agent_control::AgentControl;
-use crate::extract::{ExtractError, extract_release};
+use crate::extract::{ExtractError, PrestagedRelease, extract_release};
 use crate::floor::ReleaseFloor;
 use crate::probe::{ProbeReport, Prober};
 use crate::slots::{JournalOp, ReleaseInfo, ReleaseSlots, SlotError};
 
+/// How an upload's tarball was received.
+#[derive(Debug)]
+pub enum ReceivedTarball {
+    /// Spooled to this file, extracted once verified (the caller deletes
+    /// the file).
+    Spooled(PathBuf),
+    /// Extracted while it streamed in, into a private directory that
+    /// becomes the slot once verified.
+    Extracted(PrestagedRelease),
+}
+
 /// An uploaded release, already on disk.
 #[derive(Debug)]
 pub struct Upload {
-    /// The tarball file (deleted afterwards by the caller).
-    pub path: PathBuf,
+    /// The tarball, spooled or already extracted.
+    pub tarball: ReceivedTarball,
     /// Release label.
     pub sha: String,
     /// Declared SHA-256 (hex).
@@ -189,6 +200,38 @@ impl UpdaterCore {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The slots a release for `target` goes into.
+    pub fn slots_of(&self, target: ReleaseTarget) -> &ReleaseSlots {
+        match target {
+            ReleaseTarget::Agent => &self.slots,
+            ReleaseTarget::Updater => &self.self_slots,
+        }
+    }
+
+    /// Whether an upload for `target` may be extracted while it streams in,
+    /// before [`UpdaterCore::verify`] has seen it whole (nothing extracted is
+    /// run or installed before that). Without a keyring, yes: the sender
+    /// also declares the digest, and the extractor treats every tarball as
+    /// hostile. With one, only after a manifest for `target` that a trusted
+    /// key signed has arrived (`manifest`), so that an unsigned tarball
+    /// never reaches the tar parser; otherwise it is spooled and extracted
+    /// after verification. Not either when the disk is nearly full: the
+    /// spooled path refuses that with a clear message.
+    pub fn may_extract_while_receiving(
+        &self,
+        target: ReleaseTarget,
+        manifest: Option<&SignedManifest>,
+    ) -> bool {
+        let signed = self.keyring.is_empty()
+            || manifest
+                .and_then(|m| self.keyring.verify(m).ok())
+                .is_some_and(|m| m.target == target);
+        signed
+            && self
+                .free_space_ok(self.slots_of(target).root(), MIN_FREE_SPACE)
+                .is_ok()
+    }
+
     /// Whether release signatures are required (a keyring is configured).
     pub fn signatures_required(&self) -> bool {
         !self.keyring.is_empty()
@@ -333,7 +376,8 @@ impl UpdaterCore {
         Ok(())
     }
 
-    /// Extract and preflight into a new slot of `slots`; returns its id.
+    /// Extract (or take what was extracted while the upload streamed in)
+    /// and preflight into a new slot of `slots`; returns its id.
     async fn stage(
         &self,
         slots: &ReleaseSlots,
@@ -341,22 +385,39 @@ impl UpdaterCore {
         binary: &str,
         version: String,
     ) -> Result<String, UpdateError> {
-        let size = std::fs::metadata(&up.path).map(|m| m.len()).unwrap_or(0);
-        self.free_space_ok(slots.root(), size.saturating_mul(3).max(16 << 20))?;
-        let (id, staging) = slots.new_staging(&up.sha).map_err(internal)?;
-        let tarball = up.path.clone();
-        let cap = self.max_release;
-        let dest = staging.clone();
-        let extracted = tokio::task::spawn_blocking(move || extract_release(&tarball, &dest, cap))
-            .await
-            .map_err(|e| UpdateError::Refused(format!("extraction failed: {e}")))?;
-        if let Err(e) = extracted {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(match e {
-                ExtractError::Io(e) => internal_msg(format!("cannot extract: {e}")),
-                e => UpdateError::Refused(e.to_string()),
-            });
-        }
+        let staging = match &up.tarball {
+            ReceivedTarball::Extracted(pre) => {
+                if let Err(e) = &pre.outcome {
+                    return Err(extract_refusal(e));
+                }
+                let (id, staging) = slots.new_staging(&up.sha).map_err(internal)?;
+                if let Err(e) = pre.move_to(&staging) {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(internal_msg(format!(
+                        "cannot stage the extracted release: {e}"
+                    )));
+                }
+                (id, staging)
+            }
+            ReceivedTarball::Spooled(path) => {
+                let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                self.free_space_ok(slots.root(), size.saturating_mul(3).max(MIN_FREE_SPACE))?;
+                let (id, staging) = slots.new_staging(&up.sha).map_err(internal)?;
+                let tarball = path.clone();
+                let cap = self.max_release;
+                let dest = staging.clone();
+                let extracted =
+                    tokio::task::spawn_blocking(move || extract_release(&tarball, &dest, cap))
+                        .await
+                        .map_err(|e| UpdateError::Refused(format!("extraction failed: {e}")))?;
+                if let Err(e) = extracted {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(extract_refusal(&e));
+                }
+                (id, staging)
+            }
+        };
+        let (id, staging) = staging;
         crash_point("after_extract");
         if let Err(e) = preflight(&staging.join("bin").join(binary)).await {
             let _ = std::fs::remove_dir_all(&staging);
@@ -621,12 +682,15 @@ impl UpdaterCore {
                 slots.reconcile()?;
             }
         }
-        // Leftover staging dirs of an interrupted extraction.
-        if let Ok(rd) = std::fs::read_dir(self.slots.root().join("releases")) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".staging-") {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
+        // Leftovers of an interrupted extraction or upload.
+        for slots in [&self.slots, &self.self_slots] {
+            let removed = slots.clear_interrupted();
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    dir = %slots.root().display(),
+                    "removed releases an interrupted run left half extracted"
+                );
             }
         }
         if self.slots.current_target().is_some() && !self.control.is_running().await {
@@ -695,6 +759,19 @@ async fn preflight(bin: &Path) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Free space a release needs at least in its slots' file system (a
+/// spooled one: three times its tarball, when that is more).
+const MIN_FREE_SPACE: u64 = 16 << 20;
+
+/// A tarball the extractor refused is the sender's fault (400); a failed
+/// write is the host's (500).
+fn extract_refusal(e: &ExtractError) -> UpdateError {
+    match e {
+        ExtractError::Io(e) => internal_msg(format!("cannot extract: {e}")),
+        e => UpdateError::Refused(e.to_string()),
+    }
 }
 
 fn internal(e: SlotError) -> UpdateError {

@@ -6,6 +6,7 @@
 //! <install>/current -> releases/<id>      the running release; the swap is the promotion
 //! <install>/releases/<id>/                bin/decnet-agent, release.json, .decnet-release.json
 //! <install>/releases/.staging-<id>/       extraction in progress (never promoted)
+//! <install>/releases/.upload-<random>/    extracted while its upload streams in (private, unverified)
 //! <install>/state.json                    {"active": id, "previous": [ids, newest first]}
 //! <install>/journal.json                  present only while a promotion is unresolved
 //! <install>/starts                        starts of the promoted release while it is (self-update)
@@ -214,6 +215,33 @@ impl ReleaseSlots {
         let dir = releases.join(format!(".staging-{id}"));
         std::fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
         Ok((id, dir))
+    }
+
+    /// Where an upload is extracted while it streams in
+    /// (`releases/.upload-<random>`, not created here): on the slots' file
+    /// system, so that it becomes a staging dir by one rename once verified.
+    pub fn new_upload_dir(&self) -> PathBuf {
+        self.root
+            .join("releases")
+            .join(format!(".upload-{}", decnet_pki::random_hex(8)))
+    }
+
+    /// Remove what an interrupted run left unfinished: staging dirs and
+    /// uploads being extracted. Run at start, before any upload can be in
+    /// flight; returns how many were removed.
+    pub fn clear_interrupted(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.root.join("releases")) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(".staging-") || name.starts_with(".upload-")
+            })
+            .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
+            .count()
     }
 
     /// Turn a fully extracted and checked staging dir into slot `id`.
