@@ -718,10 +718,10 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
     );
     assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
 
-    // The attacker (a master without the release key) sends a manifest the
-    // key signed for the updater first, then a tar bomb to the agent's
-    // route: the manifest does not open the tar parser to that tarball (it
-    // is spooled, then refused before extraction).
+    // The attacker (a master without the release key) sends a signed
+    // manifest first, then a tar bomb to the agent's route. One signed for
+    // the updater, or for another label, does not open the tar parser to
+    // that tarball: it is spooled, then refused before extraction.
     let bomb = {
         let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
@@ -743,7 +743,7 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         .text("signature", for_updater.signature.clone().unwrap())
         .part(
             "tarball",
-            reqwest::multipart::Part::bytes(bomb).file_name("r.tar.gz"),
+            reqwest::multipart::Part::bytes(bomb.clone()).file_name("r.tar.gz"),
         );
     let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
         .post(format!("https://{}/update", u.daemon.addr))
@@ -755,16 +755,73 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
     assert_eq!(streamed(&u, "false"), before + 1, "{}", u.daemon.log_text());
     assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
     assert_eq!(unfinished(&u.install), Vec::<String>::new());
+    // A manifest that passes all but the digest (signed, for the agent, for
+    // this label, at the floor), replayed with the bomb: extracted early
+    // (the digest is only known at the end), but within one release's cap,
+    // then refused, and nothing is left.
+    let replayed = signer.sign_manifest(&decnet_pki::signing::ReleaseManifest {
+        target: decnet_pki::signing::ReleaseTarget::Agent,
+        label: "v2".into(),
+        version: "2.0.0".into(),
+        sha256: sha256_hex(b"another tarball"),
+        signed_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        permit_downgrade: false,
+    });
+    for (label, how, refusal) in [
+        ("other", "false", "names another tarball"),
+        ("v2", "true", "names another tarball"),
+    ] {
+        let before = streamed(&u, how);
+        let form = reqwest::multipart::Form::new()
+            .text("sha", label)
+            .text("sha256", sha256_hex(&bomb))
+            .text("manifest", replayed.manifest.clone())
+            .text("signature", replayed.signature.clone().unwrap())
+            .part(
+                "tarball",
+                reqwest::multipart::Part::bytes(bomb.clone()).file_name("r.tar.gz"),
+            );
+        let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
+            .post(format!("https://{}/update", u.daemon.addr))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{label}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            v["detail"].as_str().unwrap().contains(refusal),
+            "{label}: {v}"
+        );
+        assert_eq!(
+            streamed(&u, how),
+            before + 1,
+            "{label}: {}",
+            u.daemon.log_text()
+        );
+        assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
+        assert_eq!(unfinished(&u.install), Vec::<String>::new());
+    }
 }
 
-/// What is half done in an install's release tree: staging dirs and
-/// uploads being extracted.
+/// What is half done in an install's release tree (staging dirs and
+/// uploads being extracted) once the background removals are through
+/// (waits up to 10 s for it to be empty).
 fn unfinished(install: &Path) -> Vec<String> {
-    std::fs::read_dir(install.join("releases"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect()
+    let list = || -> Vec<String> {
+        std::fs::read_dir(install.join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    };
+    for _ in 0..200 {
+        if list().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    list()
 }
 
 trait TakeBytes: std::io::Read + Sized {

@@ -155,7 +155,7 @@ impl Drop for Spool {
 
 /// Where a tarball's bytes go while they arrive.
 enum TarballSink {
-    /// Extracted at once ([`UpdaterCore::may_extract_while_receiving`]).
+    /// Extracted at once ([`UpdaterCore::early_extraction`]).
     Extract(StreamingExtraction),
     /// Spooled to a file, extracted once verified.
     Spool(Spool, tokio::fs::File),
@@ -192,10 +192,13 @@ async fn read_form(
                 manifest,
                 signature: signature.clone(),
             });
-            let mut sink = if st.core.may_extract_while_receiving(target, signed.as_ref()) {
+            let early = st
+                .core
+                .early_extraction(target, signed.as_ref(), sha.as_deref());
+            let mut sink = if let Some(permit) = early {
                 let dir = st.core.slots_of(target).new_upload_dir();
                 TarballSink::Extract(
-                    StreamingExtraction::start(dir, st.core.max_release)
+                    StreamingExtraction::start(dir, st.core.max_release, permit)
                         .map_err(|e| failed(e.to_string()))?,
                 )
             } else {

@@ -2,7 +2,7 @@
 //!
 //! Refused, with a message naming the entry: absolute paths, `..`, anything
 //! that is not a regular file or a directory (symlinks, hard links, devices,
-//! fifos), a total size over the cap. Setuid/setgid/sticky bits and group
+//! fifos), a total size over the cap, more than [`MAX_ENTRIES`] entries. Setuid/setgid/sticky bits and group
 //! and other write bits are cleared.
 //! Nothing is written outside the staging dir.
 //!
@@ -38,6 +38,13 @@ pub enum ExtractError {
         /// The cap.
         cap: u64,
     },
+    /// The release has more entries than any release needs (empty files
+    /// and directories cost no bytes, but an inode each).
+    #[error("release refused: more than {max} entries")]
+    TooManyEntries {
+        /// The limit.
+        max: u64,
+    },
     /// The archive is not a valid gzip'd tar.
     #[error("not a valid .tar.gz release: {0}")]
     Corrupt(String),
@@ -45,6 +52,10 @@ pub enum ExtractError {
     #[error("cannot extract: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Most entries (files and directories) a release may have: a release is a
+/// few binaries, and each entry costs the worker an inode.
+pub const MAX_ENTRIES: u64 = 10_000;
 
 /// Extract the file `tarball` into `dest` (created), at most `cap` bytes in
 /// total.
@@ -64,11 +75,16 @@ pub fn extract_release_from(
     let mut archive = tar::Archive::new(gz);
     std::fs::create_dir_all(dest)?;
     let mut total = 0u64;
+    let mut count = 0u64;
     let entries = archive
         .entries()
         .map_err(|e| ExtractError::Corrupt(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| ExtractError::Corrupt(e.to_string()))?;
+        count += 1;
+        if count > MAX_ENTRIES {
+            return Err(ExtractError::TooManyEntries { max: MAX_ENTRIES });
+        }
         let raw_path = entry
             .path()
             .map_err(|e| ExtractError::Corrupt(e.to_string()))?
@@ -179,22 +195,28 @@ impl Read for ChunkReader {
     }
 }
 
+/// Permission to extract an upload before it is verified, held until what
+/// was extracted is installed or removed (the updater grants one at a time,
+/// so unverified bytes on disk never exceed one release's cap).
+pub type EarlyPermit = tokio::sync::OwnedSemaphorePermit;
+
 /// A release extracted on a blocking thread while its upload streams in, so
 /// that receiving and extracting overlap instead of following each other.
 /// The extractor is the same hostile-input extractor as for a file; what it
 /// writes stays in a private directory, is neither run nor installed before
 /// the upload is verified, and is removed when the upload is refused,
-/// interrupted or dropped.
+/// interrupted or dropped (also while [`StreamingExtraction::finish`] waits).
 pub struct StreamingExtraction {
     chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
     extractor: Option<tokio::task::JoinHandle<Result<u64, ExtractError>>>,
     dir: PathBuf,
+    permit: Option<EarlyPermit>,
 }
 
 impl StreamingExtraction {
     /// Start extracting into `dir`, created here and private to this upload
-    /// (it must not exist yet), at most `cap` bytes in total.
-    pub fn start(dir: PathBuf, cap: u64) -> Result<Self, ExtractError> {
+    /// (it must not exist yet), at most `cap` bytes in total, under `permit`.
+    pub fn start(dir: PathBuf, cap: u64, permit: EarlyPermit) -> Result<Self, ExtractError> {
         std::fs::create_dir(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
@@ -211,6 +233,7 @@ impl StreamingExtraction {
             chunks: Some(tx),
             extractor: Some(extractor),
             dir,
+            permit: Some(permit),
         })
     }
 
@@ -229,16 +252,36 @@ impl StreamingExtraction {
     /// over what it extracted (or why it refused the tarball).
     pub async fn finish(mut self) -> PrestagedRelease {
         self.chunks = None;
-        let outcome = match self.extractor.take() {
+        // Awaited in place, taken only once done: if this future is dropped
+        // meanwhile (a timeout, the client gone), `Drop` still sees the
+        // extractor and removes its directory after it.
+        let outcome = match self.extractor.as_mut() {
             Some(extractor) => extractor.await.unwrap_or_else(|e| {
                 Err(ExtractError::Corrupt(format!("the extractor failed: {e}")))
             }),
             None => Err(ExtractError::Corrupt("the extractor is gone".into())),
         };
+        self.extractor = None;
         PrestagedRelease {
             dir: std::mem::take(&mut self.dir),
             outcome,
+            permit: self.permit.take(),
         }
+    }
+}
+
+/// Remove `dir` on a blocking thread (a hostile tree may hold thousands of
+/// entries), then release `permit`; inline when no runtime is left.
+fn remove_in_background(dir: PathBuf, permit: Option<EarlyPermit>) {
+    let remove = move || {
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(permit);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(remove);
+        }
+        Err(_) => remove(),
     }
 }
 
@@ -250,16 +293,14 @@ impl Drop for StreamingExtraction {
         self.chunks = None;
         if let Some(extractor) = self.extractor.take() {
             let dir = std::mem::take(&mut self.dir);
-            let cleanup = async move {
-                let _ = extractor.await;
-                let _ = std::fs::remove_dir_all(&dir);
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(cleanup);
-                }
-                // No runtime left (shutdown): the next start removes it.
-                Err(_) => drop(cleanup),
+            let permit = self.permit.take();
+            // Without a runtime (shutdown) nothing runs: the next start
+            // removes the directory.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = extractor.await;
+                    remove_in_background(dir, permit);
+                });
             }
         }
     }
@@ -273,20 +314,27 @@ pub struct PrestagedRelease {
     dir: PathBuf,
     /// Bytes extracted, or why the tarball was refused.
     pub outcome: Result<u64, ExtractError>,
+    permit: Option<EarlyPermit>,
 }
 
 impl PrestagedRelease {
     /// Move the extracted tree to `staging`, an empty directory on the same
-    /// file system, in one rename.
+    /// file system, in one rename; it is no longer private (0755, as a
+    /// staging dir is).
     pub fn move_to(&self, staging: &Path) -> std::io::Result<()> {
-        std::fs::rename(&self.dir, staging)
+        std::fs::rename(&self.dir, staging)?;
+        std::fs::set_permissions(staging, std::fs::Permissions::from_mode(0o755))
     }
 }
 
 impl Drop for PrestagedRelease {
     fn drop(&mut self) {
+        let dir = std::mem::take(&mut self.dir);
         // After a move there is nothing left here to remove.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let permit = self.permit.take();
+        if dir.exists() {
+            remove_in_background(dir, permit);
+        }
     }
 }
 
@@ -426,11 +474,42 @@ pub(crate) mod tests {
     /// Stream `bytes` through a [`StreamingExtraction`] in `chunk`-byte
     /// pieces, into `<dir>/.upload-x`.
     async fn stream(bytes: &[u8], chunk: usize, cap: u64, dir: &Path) -> PrestagedRelease {
-        let mut x = StreamingExtraction::start(dir.join(".upload-x"), cap).unwrap();
+        let mut x = StreamingExtraction::start(dir.join(".upload-x"), cap, permit()).unwrap();
         for piece in bytes.chunks(chunk) {
             x.feed(Bytes::copy_from_slice(piece)).await;
         }
         x.finish().await
+    }
+
+    fn permit() -> EarlyPermit {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap()
+    }
+
+    /// Whether `path` is gone within 5 s (removal runs in the background).
+    async fn gone(path: &Path) -> bool {
+        for _ in 0..500 {
+            if !path.exists() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[test]
+    fn a_release_of_countless_empty_entries_is_refused() {
+        let names: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("e{i}")).collect();
+        let entries: Vec<(&str, tar::EntryType, &[u8], u32)> = names
+            .iter()
+            .map(|n| (n.as_str(), tar::EntryType::Regular, &b""[..], 0o644))
+            .collect();
+        let (r, _dir) = try_extract(tarball(&entries), 1 << 20);
+        assert!(
+            matches!(r, Err(ExtractError::TooManyEntries { max: MAX_ENTRIES })),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]
@@ -455,6 +534,7 @@ pub(crate) mod tests {
         std::fs::create_dir(&staging).unwrap();
         pre.move_to(&staging).unwrap();
         drop(pre);
+        assert_eq!(mode(&staging), 0o755, "installed, no longer private");
         let agent = staging.join("bin/decnet-agent");
         assert_eq!(std::fs::read(&agent).unwrap(), b"#!/bin/sh\n");
         assert_eq!(mode(&agent), 0o755, "setuid cleared as from a file");
@@ -475,29 +555,46 @@ pub(crate) mod tests {
             pre.outcome
         );
         drop(pre);
-        assert!(!dir.path().join(".upload-x").exists());
+        assert!(gone(&dir.path().join(".upload-x")).await);
         assert!(!dir.path().join("evil").exists());
         // Over the cap while streaming.
         let big = tarball(&[("a", tar::EntryType::Regular, &[1u8; 4096], 0o644)]);
         let pre = stream(&big, 512, 1000, dir.path()).await;
         assert!(matches!(pre.outcome, Err(ExtractError::TooLarge { .. })));
         drop(pre);
-        assert!(!dir.path().join(".upload-x").exists());
+        assert!(gone(&dir.path().join(".upload-x")).await);
         // Dropped half way (an interrupted upload): removed once the
-        // extractor has stopped.
-        let mut x = StreamingExtraction::start(dir.path().join(".upload-y"), 1 << 20).unwrap();
+        // extractor has stopped, and only then is the permit free again.
+        let early = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let held = early.clone().try_acquire_owned().unwrap();
+        let mut x =
+            StreamingExtraction::start(dir.path().join(".upload-y"), 1 << 20, held).unwrap();
         x.feed(Bytes::copy_from_slice(&big[..big.len() / 2])).await;
+        assert!(early.clone().try_acquire_owned().is_err(), "one at a time");
         drop(x);
-        let gone = dir.path().join(".upload-y");
+        assert!(
+            gone(&dir.path().join(".upload-y")).await,
+            "an abandoned extraction was left behind"
+        );
+        assert!(gone(&dir.path().join(".upload-y")).await);
+        let mut freed = false;
         for _ in 0..500 {
-            if !gone.exists() {
+            if early.clone().try_acquire_owned().is_ok() {
+                freed = true;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert!(!gone.exists(), "an abandoned extraction was left behind");
+        assert!(freed, "the permit is released after the removal");
+        // Dropped while `finish` waits for the extractor (the request timed
+        // out): removed all the same.
+        let mut x =
+            StreamingExtraction::start(dir.path().join(".upload-w"), 1 << 20, permit()).unwrap();
+        x.feed(Bytes::copy_from_slice(&big)).await;
+        let _ = tokio::time::timeout(std::time::Duration::ZERO, x.finish()).await;
+        assert!(gone(&dir.path().join(".upload-w")).await);
         // A directory that exists is never reused.
         std::fs::create_dir(dir.path().join(".upload-z")).unwrap();
-        assert!(StreamingExtraction::start(dir.path().join(".upload-z"), 1024).is_err());
+        assert!(StreamingExtraction::start(dir.path().join(".upload-z"), 1024, permit()).is_err());
     }
 }

@@ -6,7 +6,7 @@
 //! | `decnet_reverts_total{reason}` | automatic reverts (`unhealthy` after an update or rollback, `recovery` of an interrupted one at start, `self_update` when a new updater did not come up) |
 //! | `decnet_probe_duration_seconds` | health probes of the agent, from the first attempt to the verdict |
 //! | `decnet_probes_total{healthy}` | probes by verdict |
-//! | `decnet_uploads_total{received}` | release tarballs received: `extracted` while they streamed in, or `spooled` to be extracted once verified (with a keyring and no signed manifest ahead of the tarball) |
+//! | `decnet_uploads_total{received}` | release tarballs received: `extracted` while they streamed in, or `spooled` to be extracted once verified (another upload being extracted early, a disk without room for a whole release, or a keyring and no valid signed manifest ahead of the tarball) |
 
 use std::sync::OnceLock;
 

@@ -139,6 +139,8 @@ pub struct UpdaterCore {
     /// This process is a new updater whose self-update is not confirmed
     /// yet (its journal stays until it has answered `/health`).
     self_unconfirmed: std::sync::atomic::AtomicBool,
+    /// One upload at a time is extracted before it is verified.
+    early: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl UpdaterCore {
@@ -171,6 +173,7 @@ impl UpdaterCore {
             floors: std::sync::Mutex::new(floors),
             lock: Mutex::new(()),
             self_unconfirmed: std::sync::atomic::AtomicBool::new(false),
+            early: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -208,28 +211,46 @@ impl UpdaterCore {
         }
     }
 
-    /// Whether an upload for `target` may be extracted while it streams in,
+    /// Permission to extract an upload for `target` while it streams in,
     /// before [`UpdaterCore::verify`] has seen it whole (nothing extracted is
-    /// run or installed before that). Without a keyring, yes: the sender
-    /// also declares the digest, and the extractor treats every tarball as
-    /// hostile. With one, only after a manifest for `target` that a trusted
-    /// key signed has arrived (`manifest`), so that an unsigned tarball
-    /// never reaches the tar parser; otherwise it is spooled and extracted
-    /// after verification. Not either when the disk is nearly full: the
-    /// spooled path refuses that with a clear message.
-    pub fn may_extract_while_receiving(
+    /// run or installed before that); `None`: spool it and extract it after
+    /// verification. One upload at a time, and only with room for a whole
+    /// release (`--max-release-mb`) on the slots' disk, so unverified bytes
+    /// there never exceed one release and a full disk is refused with the
+    /// spooled path's clear message. Without a keyring that is all: the
+    /// sender also declares the digest, and the extractor treats every
+    /// tarball as hostile. With one, a `manifest` must have come first that
+    /// would pass verification but for the digest: signed by a trusted key,
+    /// for `target`, for this `label`, not below the floor. The digest is
+    /// only known at the end, so a sender holding such a manifest (a
+    /// compromised master replaying one) can still have other bytes
+    /// extracted early, within those bounds; they are refused and removed.
+    pub fn early_extraction(
         &self,
         target: ReleaseTarget,
         manifest: Option<&SignedManifest>,
-    ) -> bool {
+        label: Option<&str>,
+    ) -> Option<crate::extract::EarlyPermit> {
         let signed = self.keyring.is_empty()
             || manifest
                 .and_then(|m| self.keyring.verify(m).ok())
-                .is_some_and(|m| m.target == target);
-        signed
-            && self
-                .free_space_ok(self.slots_of(target).root(), MIN_FREE_SPACE)
-                .is_ok()
+                .is_some_and(|m| {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    m.target == target
+                        && label.is_some_and(|l| l.trim() == m.label)
+                        && self
+                            .with_floor(target, |floor| floor.check(&m, now))
+                            .is_ok()
+                });
+        let room = self.max_release.max(MIN_FREE_SPACE);
+        if !signed
+            || self
+                .free_space_ok(self.slots_of(target).root(), room)
+                .is_err()
+        {
+            return None;
+        }
+        self.early.clone().try_acquire_owned().ok()
     }
 
     /// Whether release signatures are required (a keyring is configured).
