@@ -683,7 +683,8 @@ impl FleetDb {
         for chunk in beats.chunks(BEATS_PER_STATEMENT) {
             // Not kept prepared: its text varies with the batch's size, and
             // a cache of every size seen held megabytes per connection.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(heartbeat_statement(chunk.len())))
+            let sql = heartbeat_statement(chunk.len(), self.backend);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .persistent(false)
                 .bind(HostStatus::Active.as_str())
                 .bind(now);
@@ -1109,30 +1110,42 @@ pub const BEATS_PER_STATEMENT: usize = 500;
 /// The statement recording `n` beats: `$1` the active status, `$2` the
 /// time, then five parameters per beat (host, version, state, skew,
 /// trust). Built from placeholders only — nothing a worker sent is in the
-/// text — and the same for both dialects (`UPDATE … FROM` a `VALUES` list).
-/// Each host appears once (the writer keeps each host's newest beat).
-fn heartbeat_statement(n: usize) -> String {
-    let mut values = String::with_capacity(n * 32);
+/// text — and the same for both dialects (`UPDATE … FROM` a `VALUES` list)
+/// but for the parameters' mark. Each host appears once (the writer keeps
+/// each host's newest beat).
+///
+/// Parameters are numbered: `$N` for PostgreSQL, `?N` for SQLite, which
+/// reads `$N` as a *named* parameter and looks each name up in a list of
+/// those seen so far (a string comparison per pair: at 500 beats, 2,500
+/// parameters, that lookup was most of the statement's preparation).
+fn heartbeat_statement(n: usize, backend: Backend) -> String {
+    use std::fmt::Write as _;
+    let mark = match backend {
+        Backend::Sqlite => '?',
+        Backend::Postgres => '$',
+    };
+    let mut values = String::with_capacity(n * 40);
     for i in 0..n {
         let p = 3 + i * 5;
         if i > 0 {
             values.push_str(", ");
         }
-        values.push_str(&format!(
-            "(${}, ${}, ${}, CAST(${} AS BIGINT), ${})",
+        let _ = write!(
+            values,
+            "({mark}{}, {mark}{}, {mark}{}, CAST({mark}{} AS BIGINT), {mark}{})",
             p,
             p + 1,
             p + 2,
             p + 3,
             p + 4
-        ));
+        );
     }
     format!(
         "WITH beats (name, version, state, skew, trust) AS (VALUES {values}) \
-         UPDATE hosts SET status = CASE WHEN hosts.status = 'suspect' THEN hosts.status ELSE $1 END, \
-         last_seen = $2, last_heartbeat = $2, agent_version = beats.version, \
+         UPDATE hosts SET status = CASE WHEN hosts.status = 'suspect' THEN hosts.status ELSE {mark}1 END, \
+         last_seen = {mark}2, last_heartbeat = {mark}2, agent_version = beats.version, \
          last_error = CASE WHEN hosts.status = 'suspect' THEN hosts.last_error ELSE NULL END, \
-         state_json = COALESCE(beats.state, hosts.state_json), updated_at = $2, \
+         state_json = COALESCE(beats.state, hosts.state_json), updated_at = {mark}2, \
          clock_skew_ms = COALESCE(beats.skew, hosts.clock_skew_ms), \
          trust = COALESCE(beats.trust, hosts.trust) \
          FROM beats WHERE hosts.name = beats.name AND hosts.status NOT IN ('decommissioned', 'burned') \
