@@ -76,6 +76,7 @@ pub fn extract_release_from(
     std::fs::create_dir_all(dest)?;
     let mut total = 0u64;
     let mut count = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
     let entries = archive
         .entries()
         .map_err(|e| ExtractError::Corrupt(e.to_string()))?;
@@ -101,7 +102,7 @@ pub fn extract_release_from(
                 continue;
             }
             let target = dest.join(&rel);
-            std::fs::create_dir_all(&target)?;
+            std::fs::create_dir_all(&target).map_err(|e| clash(e, &shown))?;
             std::fs::set_permissions(
                 &target,
                 std::fs::Permissions::from_mode((mode | 0o700) & 0o755),
@@ -129,7 +130,7 @@ pub fn extract_release_from(
         }
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::create_dir_all(parent).map_err(|e| clash(e, &shown))?;
         }
         let mut out = std::fs::OpenOptions::new()
             .write(true)
@@ -143,7 +144,7 @@ pub fn extract_release_from(
                 }
             })?;
         // Never trust the header size alone: copy at most what it declared.
-        let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)?;
+        let copied = copy_entry(&mut entry, &mut out, size, &shown, &mut buf)?;
         if copied != size {
             return Err(ExtractError::Corrupt(format!("{shown}: truncated entry")));
         }
@@ -151,6 +152,45 @@ pub fn extract_release_from(
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(total)
+}
+
+/// A directory or file that cannot be made because an earlier entry took
+/// its name or its parent's (a file, then a directory of the same name):
+/// the tarball's fault, not the host's.
+fn clash(e: std::io::Error, shown: &str) -> ExtractError {
+    match e.kind() {
+        std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+            ExtractError::UnsafePath(format!("{shown} (clashes with an earlier entry)"))
+        }
+        _ => ExtractError::Io(e),
+    }
+}
+
+/// Copy at most `size` bytes of an entry into `out`. A failed read is the
+/// archive's fault (truncated, a broken deflate stream or checksum:
+/// [`ExtractError::Corrupt`]); a failed write is the host's
+/// ([`ExtractError::Io`]).
+fn copy_entry(
+    entry: &mut impl Read,
+    out: &mut std::fs::File,
+    size: u64,
+    shown: &str,
+    buf: &mut [u8],
+) -> Result<u64, ExtractError> {
+    use std::io::Write;
+    let mut copied = 0u64;
+    while copied < size {
+        let want = usize::try_from(size - copied).map_or(buf.len(), |left| left.min(buf.len()));
+        let n = match entry.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ExtractError::Corrupt(format!("{shown}: {e}"))),
+        };
+        out.write_all(&buf[..n])?;
+        copied += n as u64;
+    }
+    Ok(copied)
 }
 
 /// How many received chunks may wait for the extractor: beyond that the
@@ -496,6 +536,32 @@ pub(crate) mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         false
+    }
+
+    #[test]
+    fn faults_of_the_archive_itself_are_refusals_not_host_failures() {
+        // A file, then a directory or a file under the same name.
+        for second in [
+            ("a/", tar::EntryType::Directory, &b""[..], 0o755),
+            ("a/b", tar::EntryType::Regular, &b"y"[..], 0o644),
+        ] {
+            let (r, _dir) = try_extract(
+                tarball(&[("a", tar::EntryType::Regular, b"x", 0o644), second]),
+                1024,
+            );
+            assert!(
+                matches!(&r, Err(ExtractError::UnsafePath(p)) if p.contains("clashes")),
+                "{}: {r:?}",
+                second.0
+            );
+        }
+        // Cut off inside a file's data.
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let whole = tarball(&[("bin/decnet-agent", tar::EntryType::Regular, &data, 0o755)]);
+        let (r, _dir) = try_extract(whole[..whole.len() / 2].to_vec(), 1 << 20);
+        assert!(matches!(r, Err(ExtractError::Corrupt(_))), "{r:?}");
     }
 
     #[test]
