@@ -420,25 +420,7 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
             None,
             "device",
         ),
-        (
-            "bomb",
-            {
-                // 300 MiB of zeros compress to a few hundred KiB.
-                let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-                    Vec::new(),
-                    flate2::Compression::fast(),
-                ));
-                let mut h = tar::Header::new_gnu();
-                h.set_size(300 << 20);
-                h.set_mode(0o644);
-                h.set_entry_type(tar::EntryType::Regular);
-                b.append_data(&mut h, "bin/huge", std::io::repeat(0).take_bytes(300 << 20))
-                    .unwrap();
-                b.into_inner().unwrap().finish().unwrap()
-            },
-            None,
-            "too large",
-        ),
+        ("bomb", tar_bomb(), None, "too large"),
         (
             "wrong-digest",
             tarball(&[(
@@ -721,44 +703,11 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
     // The attacker (a master without the release key) sends a signed
     // manifest first, then a tar bomb to the agent's route. One signed for
     // the updater, or for another label, does not open the tar parser to
-    // that tarball: it is spooled, then refused before extraction.
-    let bomb = {
-        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        let mut h = tar::Header::new_gnu();
-        h.set_size(300 << 20);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, "bin/huge", std::io::repeat(0).take_bytes(300 << 20))
-            .unwrap();
-        b.into_inner().unwrap().finish().unwrap()
-    };
-    let before = streamed(&u, "false");
-    let form = reqwest::multipart::Form::new()
-        .text("sha", "v3")
-        .text("sha256", sha256_hex(&bomb))
-        .text("manifest", for_updater.manifest.clone())
-        .text("signature", for_updater.signature.clone().unwrap())
-        .part(
-            "tarball",
-            reqwest::multipart::Part::bytes(bomb.clone()).file_name("r.tar.gz"),
-        );
-    let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
-        .post(format!("https://{}/update", u.daemon.addr))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(streamed(&u, "false"), before + 1, "{}", u.daemon.log_text());
-    assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
-    assert_eq!(unfinished(&u.install), Vec::<String>::new());
-    // A manifest that passes all but the digest (signed, for the agent, for
-    // this label, at the floor), replayed with the bomb: extracted early
-    // (the digest is only known at the end), but within one release's cap,
-    // then refused, and nothing is left.
+    // that tarball: it is spooled, then refused before extraction. One that
+    // passes all but the digest (signed, for the agent, for this label, at
+    // the floor) is extracted early (the digest is only known at the end),
+    // but within one release's cap, then refused; nothing is left.
+    let bomb = tar_bomb();
     let replayed = signer.sign_manifest(&decnet_pki::signing::ReleaseManifest {
         target: decnet_pki::signing::ReleaseTarget::Agent,
         label: "v2".into(),
@@ -767,16 +716,17 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         signed_at: time::OffsetDateTime::now_utc().unix_timestamp(),
         permit_downgrade: false,
     });
-    for (label, how, refusal) in [
-        ("other", "false", "names another tarball"),
-        ("v2", "true", "names another tarball"),
+    for (manifest, label, how, refusal) in [
+        (for_updater, "v3", "false", "signed for the updater"),
+        (&replayed, "other", "false", "names another tarball"),
+        (&replayed, "v2", "true", "names another tarball"),
     ] {
         let before = streamed(&u, how);
         let form = reqwest::multipart::Form::new()
             .text("sha", label)
             .text("sha256", sha256_hex(&bomb))
-            .text("manifest", replayed.manifest.clone())
-            .text("signature", replayed.signature.clone().unwrap())
+            .text("manifest", manifest.manifest.clone())
+            .text("signature", manifest.signature.clone().unwrap())
             .part(
                 "tarball",
                 reqwest::multipart::Part::bytes(bomb.clone()).file_name("r.tar.gz"),
@@ -802,6 +752,21 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
         assert_eq!(unfinished(&u.install), Vec::<String>::new());
     }
+}
+
+/// A release tarball of 300 MiB of zeros (a few hundred KiB compressed).
+fn tar_bomb() -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_size(300 << 20);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "bin/huge", std::io::repeat(0).take_bytes(300 << 20))
+        .unwrap();
+    b.into_inner().unwrap().finish().unwrap()
 }
 
 /// What is half done in an install's release tree (staging dirs and

@@ -133,18 +133,9 @@ struct Spool(PathBuf);
 /// a kill mid-upload skips [`Spool`]'s cleanup); returns how many. Run at
 /// start, before any upload can be in flight.
 pub fn clear_stale_uploads(dir: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("upload-") && name.ends_with(".tar.gz")
-        })
-        .filter(|e| std::fs::remove_file(e.path()).is_ok())
-        .count()
+    crate::slots::remove_leftovers(dir, |name| {
+        name.starts_with("upload-") && name.ends_with(".tar.gz")
+    })
 }
 
 impl Drop for Spool {

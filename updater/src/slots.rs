@@ -230,18 +230,9 @@ impl ReleaseSlots {
     /// uploads being extracted. Run at start, before any upload can be in
     /// flight; returns how many were removed.
     pub fn clear_interrupted(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir(self.root.join("releases")) else {
-            return 0;
-        };
-        entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with(".staging-") || name.starts_with(".upload-")
-            })
-            .filter(|e| std::fs::remove_dir_all(e.path()).is_ok())
-            .count()
+        remove_leftovers(&self.root.join("releases"), |name| {
+            name.starts_with(".staging-") || name.starts_with(".upload-")
+        })
     }
 
     /// Turn a fully extracted and checked staging dir into slot `id`.
@@ -382,6 +373,27 @@ impl ReleaseSlots {
         }
         Ok(())
     }
+}
+
+/// Remove the entries of `dir` (files, or directories with what they hold)
+/// whose name `is_leftover` says an interrupted run left behind; returns how
+/// many went. A missing `dir` has none.
+pub fn remove_leftovers(dir: &Path, is_leftover: impl Fn(&str) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| is_leftover(&e.file_name().to_string_lossy()))
+        .filter(|e| {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(path).is_ok()
+            } else {
+                std::fs::remove_file(path).is_ok()
+            }
+        })
+        .count()
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>, SlotError> {
