@@ -638,14 +638,8 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         .text("sha256", fut_digest)
         .text("manifest", signed.manifest.clone())
         .text("signature", signed.signature.clone().unwrap());
-    let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
-        .post(format!("https://{}/update", u.daemon.addr))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = post_update(&m, &u, form).await;
+    assert_eq!(status, 400);
     assert!(
         v["detail"].as_str().unwrap().contains("in the future"),
         "{v}"
@@ -683,14 +677,8 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         .text("sha256", sha256_hex(&bytes))
         .text("manifest", for_updater.manifest.clone())
         .text("signature", for_updater.signature.clone().unwrap());
-    let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
-        .post(format!("https://{}/update", u.daemon.addr))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = post_update(&m, &u, form).await;
+    assert_eq!(status, 400);
     assert!(
         v["detail"]
             .as_str()
@@ -731,14 +719,8 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
                 "tarball",
                 reqwest::multipart::Part::bytes(bomb.clone()).file_name("r.tar.gz"),
             );
-        let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
-            .post(format!("https://{}/update", u.daemon.addr))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{label}");
-        let v: serde_json::Value = r.json().await.unwrap();
+        let (status, v) = post_update(&m, &u, form).await;
+        assert_eq!(status, 400, "{label}");
         assert!(
             v["detail"].as_str().unwrap().contains(refusal),
             "{label}: {v}"
@@ -752,6 +734,23 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
         assert_eq!(unfinished(&u.install), Vec::<String>::new());
     }
+}
+
+/// `POST /update` of a hand-made `form` to `u` (host `u3`) under the master's
+/// certificate (field order and contents the client would not send): the
+/// status and the JSON answer.
+async fn post_update(
+    m: &MasterHome,
+    u: &UpdaterFixture,
+    form: reqwest::multipart::Form,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "updater@u3")
+        .post(format!("https://{}/update", u.daemon.addr))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap())
 }
 
 /// A release tarball of 300 MiB of zeros (a few hundred KiB compressed).
