@@ -271,6 +271,9 @@ impl Bundle {
             move |source| BundleError::Io { what, path, source }
         };
         secure_fs::ensure_private_dir(dir).map_err(io("cannot create", dir))?;
+        // One writer at a time (a command and the daemon both write the
+        // master's bundle): two commits racing would mix their files.
+        let _writer = lock_dir(dir).map_err(io("cannot lock", dir))?;
         // Finish an earlier committed write first: its files belong in place
         // before this one is staged.
         roll_forward(dir).map_err(io("cannot complete the pending bundle in", dir))?;
@@ -308,8 +311,13 @@ impl Bundle {
     /// unfinished [`write`](Self::write) is completed first (or, on a
     /// read-only directory, read from where it was committed).
     pub fn load(dir: &Path, kind: BundleKind) -> Result<Self, BundleError> {
-        // Best effort: a read-only dir keeps the committed files where they are.
-        let _ = roll_forward(dir);
+        // Best effort: a read-only dir keeps the committed files where they
+        // are. Under the writers' lock, so as not to move a later write's
+        // files half way.
+        if dir.join(PENDING_DIR).exists() {
+            let _lock = lock_dir(dir);
+            let _ = roll_forward(dir);
+        }
         let pending = dir.join(PENDING_DIR);
         let pick = |name: &str| {
             let p = pending.join(name);
@@ -427,6 +435,15 @@ const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
 /// staging directories. Idempotent, so a crash at any point is finished by
 /// the next call — and safe to run in two processes at once (a file or the
 /// pending directory another one already moved is not an error).
+/// An exclusive lock on the bundle directory itself (`flock` on its
+/// descriptor), held until the returned handle is dropped: writes of one
+/// bundle, and completing one, take turns across threads and processes.
+fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let handle = std::fs::File::open(dir)?;
+    handle.lock()?;
+    Ok(handle)
+}
+
 fn roll_forward(dir: &Path) -> std::io::Result<()> {
     let gone = |r: std::io::Result<()>| match r {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -252,6 +252,43 @@ fn loads_running_beside_a_write_never_break_it() {
     assert_eq!(last.identity.fingerprint, leaves[199 % 3].fingerprint);
 }
 
+/// A command and the daemon write the master's bundle at the same time (a
+/// CA rotation's trust set): every write succeeds, and the bundle left is
+/// one of them whole, never a certificate beside another write's key.
+#[test]
+fn writers_at_the_same_time_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let bdir = dir.path().join("master");
+    let leaves: Vec<_> = (0..2)
+        .map(|_| ca().issue(&LeafSpec::for_role(&Role::Master, &[])).unwrap())
+        .collect();
+    let writers: Vec<_> = leaves
+        .iter()
+        .map(|leaf| {
+            let bundle = Bundle::from_issued(BundleKind::Master, leaf, ca().cert_pem()).unwrap();
+            let bdir = bdir.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    bundle
+                        .write(&bdir)
+                        .unwrap_or_else(|e| panic!("write {i} failed beside another: {e}"));
+                    Bundle::load(&bdir, BundleKind::Master)
+                        .unwrap_or_else(|e| panic!("load after write {i}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let last = Bundle::load(&bdir, BundleKind::Master).unwrap();
+    assert!(
+        leaves
+            .iter()
+            .any(|l| l.fingerprint == last.identity.fingerprint)
+    );
+}
+
 #[test]
 fn a_key_readable_by_others_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
