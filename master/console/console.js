@@ -57,9 +57,13 @@
 
   // The event stream: EventSource reconnects by itself and resumes with
   // Last-Event-ID; a "gap" means events were missed: reload what is shown.
+  // It starts after the newest event when the page was read, so a change
+  // made while the page loaded is replayed, not lost.
   function follow(query, onEvent) {
     const live = $("#live");
     if (live) live.hidden = false;
+    const after = document.body.dataset.eventsAfter;
+    if (after) query += "&after=" + encodeURIComponent(after);
     const es = new EventSource("/v1/events?" + query);
     es.onopen = () => { if (live) { live.textContent = "live"; live.className = "live on"; } };
     es.onerror = () => { if (live) { live.textContent = "reconnecting"; live.className = "live"; } };
@@ -159,10 +163,15 @@
     if (none) none.hidden = list.length > 0;
   }
 
+  // How many decky lists the stream brought: a reload that one overtook
+  // keeps the stream's (newer) list.
+  let deckyEvents = 0;
+
   async function reloadHost(name) {
+    const seen = deckyEvents;
     try {
       const h = await fetch("/v1/hosts/" + encodeURIComponent(name), { credentials: "same-origin" }).then((r) => r.json());
-      if (h.state_json) {
+      if (h.state_json && seen === deckyEvents) {
         const v = JSON.parse(h.state_json);
         renderDeckies(Array.isArray(v) ? v : (v.deckies || []));
       }
@@ -267,7 +276,10 @@
         while (tail.children.length > 500) tail.removeChild(tail.lastChild);
         return;
       }
-      if (e.kind === "host.deckies" && Array.isArray(e.data.deckies)) renderDeckies(e.data.deckies);
+      if (e.kind === "host.deckies" && Array.isArray(e.data.deckies)) {
+        deckyEvents += 1;
+        renderDeckies(e.data.deckies);
+      }
       if (statusOf[e.kind]) setStatus(statusOf[e.kind]);
       if (e.kind === "decky.forbidden") {
         const who = (e.data.deckies || []).map((d) => d.decky).join(", ");

@@ -10,6 +10,13 @@
 //! served clears the host's flag here at once (the agent is not asked
 //! twice). When a write fails, beats are answered 503 until one succeeds,
 //! as when each beat wrote its own.
+//!
+//! What a beat changes (a host back, its deckies, forbidden connection
+//! attempts) is published on the event bus once the beat is written, not
+//! when it arrives: a console that re-reads a host on an event then reads
+//! at least what the event said. (Published on arrival, a `host.deckies`
+//! event could be overwritten on the page by a read of the row the window
+//! had not written yet, and no later event would correct it.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,9 +38,18 @@ pub const MAX_BATCH: usize = 2048;
 /// database cannot keep up; agents retry).
 pub const QUEUE: usize = 65_536;
 
+/// A beat waiting for its window: the row to write, and the deckies it
+/// reported (what the event bus is told once the row is written).
+pub struct QueuedBeat {
+    /// The row.
+    pub beat: Beat,
+    /// The deckies as reported.
+    pub deckies: serde_json::Value,
+}
+
 /// The beat writer's handle (cheap to share: an `Arc`).
 pub struct BeatWriter {
-    tx: tokio::sync::mpsc::Sender<Beat>,
+    tx: tokio::sync::mpsc::Sender<QueuedBeat>,
     /// Host → whether a renewal was asked (as the last write returned).
     renew: Mutex<HashMap<String, bool>>,
     healthy: AtomicBool,
@@ -48,29 +64,32 @@ pub enum BeatRefused {
 }
 
 impl BeatWriter {
-    /// Start the writer on `db` (it runs until the handle is dropped).
-    pub fn start(db: FleetDb) -> Arc<BeatWriter> {
+    /// Start the writer on `db`, publishing on `events` what written beats
+    /// change (it runs until the handle is dropped).
+    pub fn start(db: FleetDb, events: crate::events::Events) -> Arc<BeatWriter> {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let w = Arc::new(BeatWriter {
             tx,
             renew: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(true),
         });
-        tokio::spawn(write_batches(db, rx, Arc::downgrade(&w)));
+        tokio::spawn(write_batches(db, events, rx, Arc::downgrade(&w)));
         w
     }
 
-    /// Take a beat; whether a renewal is asked for its host.
-    pub fn beat(&self, beat: Beat) -> Result<bool, BeatRefused> {
+    /// Take a beat (and the deckies it reported); whether a renewal is
+    /// asked for its host.
+    pub fn beat(&self, beat: Beat, deckies: serde_json::Value) -> Result<bool, BeatRefused> {
+        let queued = QueuedBeat { beat, deckies };
         if !self.healthy.load(Ordering::Relaxed) {
             // One beat still goes through: the write that finds the
             // database back.
-            let _ = self.tx.try_send(beat);
+            let _ = self.tx.try_send(queued);
             return Err(BeatRefused::Unavailable);
         }
-        let host = beat.host.clone();
+        let host = queued.beat.host.clone();
         self.tx
-            .try_send(beat)
+            .try_send(queued)
             .map_err(|_| BeatRefused::Unavailable)?;
         Ok(self.lock().get(&host).copied().unwrap_or(false))
     }
@@ -86,13 +105,15 @@ impl BeatWriter {
 }
 
 /// The writer: a window's beats (the newest of each host) in one
-/// transaction, the renew flags it returns kept for the answers.
+/// transaction, the renew flags it returns kept for the answers, then
+/// what they change published.
 async fn write_batches(
     db: FleetDb,
-    mut rx: tokio::sync::mpsc::Receiver<Beat>,
+    events: crate::events::Events,
+    mut rx: tokio::sync::mpsc::Receiver<QueuedBeat>,
     me: std::sync::Weak<BeatWriter>,
 ) {
-    let mut batch: Vec<Beat> = Vec::new();
+    let mut batch: Vec<QueuedBeat> = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         // The window's other beats wait in the channel, waking nothing
@@ -107,7 +128,11 @@ async fn write_batches(
                 Err(_) => break,
             }
         }
-        let beats = newest_per_host(std::mem::take(&mut batch));
+        let (beats, deckies): (Vec<Beat>, Vec<serde_json::Value>) =
+            newest_per_host(std::mem::take(&mut batch))
+                .into_iter()
+                .map(|q| (q.beat, q.deckies))
+                .unzip();
         let written = db.record_heartbeats(&beats).await;
         let Some(w) = me.upgrade() else { return };
         match written {
@@ -115,13 +140,18 @@ async fn write_batches(
                 if !w.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!("heartbeats recorded again");
                 }
-                let mut renew = w.lock();
-                for (host, asked) in flags {
-                    if asked {
-                        renew.insert(host, true);
-                    } else {
-                        renew.remove(&host);
+                {
+                    let mut renew = w.lock();
+                    for (host, asked) in flags {
+                        if asked {
+                            renew.insert(host, true);
+                        } else {
+                            renew.remove(&host);
+                        }
                     }
+                }
+                for (b, d) in beats.iter().zip(&deckies) {
+                    events.heartbeat(&b.host, d);
                 }
             }
             Err(e) => {
@@ -134,15 +164,15 @@ async fn write_batches(
 }
 
 /// The newest beat of each host, in arrival order. Pure.
-pub fn newest_per_host(beats: Vec<Beat>) -> Vec<Beat> {
+pub fn newest_per_host(beats: Vec<QueuedBeat>) -> Vec<QueuedBeat> {
     let mut last: HashMap<String, usize> = HashMap::new();
     for (i, b) in beats.iter().enumerate() {
-        last.insert(b.host.clone(), i);
+        last.insert(b.beat.host.clone(), i);
     }
     beats
         .into_iter()
         .enumerate()
-        .filter(|(i, b)| last.get(&b.host) == Some(i))
+        .filter(|(i, b)| last.get(&b.beat.host) == Some(i))
         .map(|(_, b)| b)
         .collect()
 }
@@ -151,13 +181,16 @@ pub fn newest_per_host(beats: Vec<Beat>) -> Vec<Beat> {
 mod tests {
     use super::*;
 
-    fn beat(host: &str, version: &str) -> Beat {
-        Beat {
-            host: host.into(),
-            version: version.into(),
-            state: None,
-            clock_skew_ms: None,
-            trust: None,
+    fn beat(host: &str, version: &str) -> QueuedBeat {
+        QueuedBeat {
+            beat: Beat {
+                host: host.into(),
+                version: version.into(),
+                state: None,
+                clock_skew_ms: None,
+                trust: None,
+            },
+            deckies: serde_json::Value::Null,
         }
     }
 
@@ -165,7 +198,59 @@ mod tests {
     fn a_window_keeps_each_hosts_newest_beat() {
         let b = newest_per_host(vec![beat("w1", "1"), beat("w2", "1"), beat("w1", "2")]);
         assert_eq!(b.len(), 2);
-        assert_eq!((b[0].host.as_str(), b[0].version.as_str()), ("w2", "1"));
-        assert_eq!((b[1].host.as_str(), b[1].version.as_str()), ("w1", "2"));
+        let hv = |q: &QueuedBeat| (q.beat.host.clone(), q.beat.version.clone());
+        assert_eq!(hv(&b[0]), ("w2".into(), "1".into()));
+        assert_eq!(hv(&b[1]), ("w1".into(), "2".into()));
+    }
+
+    /// A change of deckies is published once its beat is written: a read
+    /// of the host on the event shows at least what the event said (on
+    /// arrival, the event came up to a window before the row, and a
+    /// console re-reading the host showed the old deckies for good).
+    #[tokio::test]
+    async fn a_decky_change_is_published_after_its_beat_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let db = FleetDb::connect(&url).await.unwrap();
+        db.record_enrollment(&decnet_fleet::HostRecord::new("w1", "127.0.0.1", 1, 2), &[])
+            .await
+            .unwrap();
+        let events = crate::events::Events::new();
+        let writer = BeatWriter::start(db.clone(), events.clone());
+        let mut sub = events.bus.subscribe(None);
+        let send = |deckies: serde_json::Value| {
+            let mut q = beat("w1", "1");
+            q.beat.state = Some(deckies.to_string());
+            writer.beat(q.beat, deckies).unwrap();
+        };
+        let state = || async { db.host("w1").await.unwrap().unwrap().state_json };
+        // The first beat this writer sees is no change; once written, the
+        // next one with another decky is.
+        send(serde_json::json!([]));
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while state().await.as_deref() != Some("[]") {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "the first beat is written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        send(serde_json::json!([{"name": "web", "state": "running", "restarts": 0}]));
+        let event = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let e = sub.live.recv().await.unwrap();
+                if e.kind == "host.deckies" {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("a host.deckies event");
+        assert_eq!(event.data["deckies"][0]["state"], "running");
+        let row = state().await.unwrap_or_default();
+        assert!(
+            row.contains("running"),
+            "the row when the event came: {row}"
+        );
     }
 }

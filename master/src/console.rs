@@ -312,10 +312,16 @@ pub struct Frame {
     pub admin: bool,
     /// Which page (the menu marks it; the script picks its part).
     pub page: &'static str,
+    /// The newest event when the page was read: its stream starts after
+    /// it, so nothing that changes while the page loads is missed.
+    pub events_after: u64,
 }
 
-fn frame(g: &Grant, csrf: &Csrf, page: &'static str) -> Frame {
+/// The frame of a page: taken before the page's database reads (the
+/// event mark must not be newer than what the page shows).
+fn frame(st: &FleetApiState, g: &Grant, csrf: &Csrf, page: &'static str) -> Frame {
     Frame {
+        events_after: st.events.bus.newest_id(),
         operator: g.operator.clone(),
         role: g.role.to_string(),
         scope: if g.scope.0.is_empty() {
@@ -467,6 +473,7 @@ async fn fleet_page(
     Extension(g): Extension<Grant>,
     Extension(csrf): Extension<Csrf>,
 ) -> Result<Response, Response> {
+    let f = frame(&st, &g, &csrf, "fleet");
     let hosts = st.db.hosts().await.map_err(unavailable)?;
     let expiry = st
         .db
@@ -500,7 +507,7 @@ async fn fleet_page(
     Ok(page(
         StatusCode::OK,
         &FleetPage {
-            f: frame(&g, &csrf, "fleet"),
+            f,
             rows,
             counts: counts.into_iter().collect(),
             now: decnet_fleet::unix_now(),
@@ -525,6 +532,7 @@ async fn host_page(
     Extension(csrf): Extension<Csrf>,
     Path(name): Path<String>,
 ) -> Result<Response, Response> {
+    let f = frame(&st, &g, &csrf, "host");
     let h = crate::fleet_api::visible_host(&st, &g, &name).await?;
     let mut certs = Vec::new();
     for (role, fp, until) in [
@@ -543,7 +551,7 @@ async fn host_page(
     Ok(page(
         StatusCode::OK,
         &HostPage {
-            f: frame(&g, &csrf, "host"),
+            f,
             deckies: deckies_of(h.state_json.as_deref()),
             h,
             certs,
@@ -568,7 +576,7 @@ async fn jobs_page(
     Ok(page(
         StatusCode::OK,
         &JobsPage {
-            f: frame(&g, &csrf, "jobs"),
+            f: frame(&st, &g, &csrf, "jobs"),
             jobs,
         },
     ))
@@ -592,7 +600,7 @@ async fn job_page(
     Ok(page(
         StatusCode::OK,
         &JobPage {
-            f: frame(&g, &csrf, "job"),
+            f: frame(&st, &g, &csrf, "job"),
             job,
             lines,
         },
@@ -640,6 +648,7 @@ async fn audit_page(
     Extension(csrf): Extension<Csrf>,
     Query(q): Query<AuditForm>,
 ) -> Result<Response, Response> {
+    let f = frame(&st, &g, &csrf, "audit");
     let text = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
     let search = decnet_fleet::AuditSearch {
         limit: 500,
@@ -663,7 +672,7 @@ async fn audit_page(
     Ok(page(
         StatusCode::OK,
         &AuditPage {
-            f: frame(&g, &csrf, "audit"),
+            f,
             q,
             entries,
             filtered,
@@ -684,6 +693,7 @@ async fn alerts_page(
     Extension(g): Extension<Grant>,
     Extension(csrf): Extension<Csrf>,
 ) -> Result<Response, Response> {
+    let f = frame(&st, &g, &csrf, "alerts");
     // The rules (their webhooks) are the admins'; the history is everyone's
     // (within their scope).
     let rules = if g.role == OperatorRole::Admin {
@@ -705,7 +715,7 @@ async fn alerts_page(
     Ok(page(
         StatusCode::OK,
         &AlertsPage {
-            f: frame(&g, &csrf, "alerts"),
+            f,
             rules,
             deliveries,
         },
@@ -735,7 +745,7 @@ async fn operators_page(
     Ok(page(
         StatusCode::OK,
         &OperatorsPage {
-            f: frame(&g, &csrf, "operators"),
+            f: frame(&st, &g, &csrf, "operators"),
             operators,
         },
     ))

@@ -257,6 +257,7 @@ impl ControlState {
         ca: Arc<crate::authorities::LiveAuthorities>,
         crl: Arc<CrlPublisher>,
         renew: RenewPolicy,
+        events: crate::events::Events,
     ) -> Self {
         let db_for_beats = db.clone();
         ControlState {
@@ -270,8 +271,8 @@ impl ControlState {
             sources: SourceFlips::new(SOURCE_FLIP_WINDOW, MAX_TRACKED_SOURCES),
             renew,
             fleet_api_port: None,
-            events: crate::events::Events::new(),
-            beats: crate::beats::BeatWriter::start(db_for_beats),
+            beats: crate::beats::BeatWriter::start(db_for_beats, events.clone()),
+            events,
             standings: crate::standing::StandingCache::new(crate::standing::STANDING_TTL),
         }
     }
@@ -646,13 +647,16 @@ async fn heartbeat(
         .trust
         .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()));
     let cas = st.ca.current();
-    let renew = match st.beats.beat(decnet_fleet::db::Beat {
-        host: peer.cn.clone(),
-        version: hb.version.clone(),
-        state,
-        clock_skew_ms: skew,
-        trust,
-    }) {
+    let renew = match st.beats.beat(
+        decnet_fleet::db::Beat {
+            host: peer.cn.clone(),
+            version: hb.version.clone(),
+            state,
+            clock_skew_ms: skew,
+            trust,
+        },
+        hb.deckies,
+    ) {
         Ok(r) => r,
         Err(e) => {
             return json_error(
@@ -662,7 +666,6 @@ async fn heartbeat(
             );
         }
     };
-    st.events.heartbeat(&peer.cn, &hb.deckies);
     crate::metrics::master_metrics().heartbeat(&peer.cn, decnet_fleet::unix_now(), skew);
     tracing::debug!(host = %peer.cn, version = %hb.version, driver = ?hb.driver, skew_ms = ?skew, "heartbeat");
     let crl_number = st.announcer.announce(st.crl.number(), Instant::now());

@@ -247,9 +247,8 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         )
     });
     let job_sweep = tokio::spawn(crate::jobs::sweep_stale_jobs(db.clone()));
-    let mut control = ControlState::new(db.clone(), ca, crl, s.renew.clone());
+    let mut control = ControlState::new(db.clone(), ca, crl, s.renew.clone(), events.clone());
     control.fleet_api_port = fleet_api_task.as_ref().map(|(port, _)| *port);
-    control.events = events.clone();
     let state = Arc::new(control);
     let refusal_flush = tokio::spawn(crate::control_api::flush_refusal_audits(state.clone()));
     let app = HttpService::new(

@@ -382,6 +382,14 @@ impl EventBus {
         LogFollower(self.clone())
     }
 
+    /// The id of the newest event published (the one before the next):
+    /// a page rendered from the database after reading it follows the bus
+    /// `after` it, so what changes between the render and its stream's
+    /// start is replayed, not missed.
+    pub fn newest_id(&self) -> u64 {
+        self.lock().next_id.saturating_sub(1)
+    }
+
     /// Events published since start.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)

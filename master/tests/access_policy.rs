@@ -32,6 +32,7 @@ async fn every_route_admits_exactly_the_roles_it_should() {
         ),
         Arc::new(CrlPublisher::new()),
         RenewPolicy::default(),
+        decnet_master::events::Events::new(),
     ));
     let app = HttpService::new(router(state), ControlPolicy, HttpLimits::default()).app();
     let routes = [

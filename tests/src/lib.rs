@@ -946,12 +946,61 @@ pub fn wait_metric(addr: SocketAddr, series: &str, ok: impl Fn(f64) -> bool) -> 
     last
 }
 
-/// A free loopback port (bound and released: a tiny race, acceptable in tests).
+/// A loopback port for a daemon a test starts (or keeps down) later.
+///
+/// Bound and released, it could be taken before the daemon binds it, and
+/// an updater restarting its agent leaves the port free for a moment. So
+/// the ports handed out lie below the kernel's ephemeral range (no client
+/// socket and no `bind(0)` ever takes them), and each is reserved across
+/// the test processes running at once by an exclusive lock on a file
+/// named for it, held until this process exits.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let (low, high) = test_port_range();
+    let span = u32::from(high - low);
+    let dir = std::env::temp_dir().join("decnet-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let start = u32::from_str_radix(&decnet_pki::random_hex(4), 16).unwrap_or(0) % span;
+    let mut held = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // A lock this process or another one holds: that port is taken.
+        if lock.try_lock().is_err() {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            held.push(lock);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// Where [`free_port`] picks: the 10,000 ports just below the kernel's
+/// ephemeral range, or above it when there is no room below.
+fn test_port_range() -> (u16, u16) {
+    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    if lo >= 11024 {
+        (lo - 10000, lo)
+    } else if hi <= 55535 {
+        (hi + 1, hi + 10001)
+    } else {
+        panic!("the ephemeral port range {lo}-{hi} leaves no room for test ports")
+    }
 }
 
 /// Where one worker's updater and agent live.

@@ -56,11 +56,7 @@ fn compose_driver_runs_real_containers() {
         &m.dir.path().join("dock-state"),
         &["--driver", "compose", "--compose-project", &project],
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = decnet_e2e::free_port();
     let cfg = serde_json::json!({"version": 1, "deckies": [
         {"name": "web", "services": ["http"], "image": IMAGE,
          "command": ["httpd", "-f", "-p", "8080", "-h", "/"],

@@ -429,12 +429,8 @@ fn check_reports_unreachable_hosts_and_records_them() {
     m.enroll("up");
     m.enroll("down");
     let _agent = Agent::start(&m, "up", &m.dir.path().join("up-state"), &[]);
-    // Nothing listens on this port: bind and drop.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Nothing listens on this port.
+    let port = decnet_e2e::free_port();
     m.set_agent_port("down", port);
     // One host at a time: the same answers (the bound only paces them).
     let out = m.run(&["swarm", "check", "--json", "--max-parallel", "1"]);

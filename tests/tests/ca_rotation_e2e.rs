@@ -56,15 +56,6 @@ fn openssl_verify(ca: &Path, cert: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// A port nothing listens on (for the host that stays down).
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Whether a client presenting the bundle in `dir` gets an answer from
 /// `url` (expecting a server of role `server_cn`).
 fn answered(dir: &Path, kind: BundleKind, server_cn: &str, url: &str) -> Result<u16, String> {
@@ -149,7 +140,7 @@ fn the_fleet_moves_to_a_new_ca_without_losing_a_heartbeat_or_a_line() {
     m.ok(&["swarm", "enroll", "--host", "w2", "--address", "127.0.0.1"]);
     // w3 is down through the whole rotation.
     m.enroll("w3");
-    m.set_agent_port("w3", dead_port());
+    m.set_agent_port("w3", free_port());
     let raw = m.dir.path().join("fleet.log");
     let master = m.serve(&["--listener-port", "0", "--log-path", raw.to_str().unwrap()]);
     let listener = master.announced("decnet listener listening on").to_string();
@@ -439,7 +430,7 @@ fn tokens_pin_the_ca_of_their_time_and_a_host_cut_off_rejoins() {
     let m = MasterHome::new();
     // c1 is enrolled under the old CA and stays down.
     m.ok(&["swarm", "enroll", "--host", "c1", "--address", "127.0.0.1"]);
-    m.set_agent_port("c1", dead_port());
+    m.set_agent_port("c1", free_port());
     let master = m.serve(&["--no-listener"]);
     let api = master.addr.to_string();
     let before = m.join_token("t1", &[]);

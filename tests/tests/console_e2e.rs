@@ -348,10 +348,25 @@ fn the_console_in_a_real_browser() {
         b.accept_alert()
             .await
             .expect("the deploy asks for confirmation");
-        until(&b, "decky web running on w1", 60, |c| async move {
-            text_or_empty(&c, "#deckies tr[data-decky=\"web\"] .badge").await == "running"
-        })
-        .await;
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while text_or_empty(&b, "#deckies tr[data-decky=\"web\"] .badge").await != "running" {
+            if std::time::Instant::now() > end {
+                let toast = b
+                    .execute("return document.getElementById('toast').textContent;", vec![])
+                    .await
+                    .unwrap_or_default();
+                panic!(
+                    "decky web running on w1: not within 60 s\n\
+                     deckies on the page: {}\ntoast: {toast}\nthe master's view: {}\n\
+                     the master:\n{}\nw1's updater and agent:\n{}",
+                    text_or_empty(&b, "#deckies").await,
+                    admin.ok(&["swarm", "show", "w1"]),
+                    master.log_text(),
+                    w1.daemon.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let kept = b
             .execute("return window.__noReload;", vec![])
             .await

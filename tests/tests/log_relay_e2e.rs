@@ -159,8 +159,9 @@ fn forwarder_restart_does_not_resend_delivered_lines() {
 fn listener_restart_mid_stream_loses_no_line() {
     let m = MasterHome::new();
     m.enroll("w3");
-    let mut l = Listener::start(&m, 0);
-    let port = l.daemon.port();
+    // A reserved port: it stays free while the listener is down.
+    let port = decnet_e2e::free_port();
+    let mut l = Listener::start(&m, port);
     let log = m.dir.path().join("app.log");
     let state = m.dir.path().join("w3-fwd");
     let _fwd = start_forwarder(&m, "w3", l.daemon.addr, &log, &state);

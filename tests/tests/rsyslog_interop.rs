@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use decnet_e2e::{Daemon, Listener, MasterHome, append_lines, start_forwarder, wait_for};
+use decnet_e2e::{
+    Daemon, Listener, MasterHome, append_lines, free_port, start_forwarder, wait_for,
+};
 
 fn rsyslogd() -> Option<PathBuf> {
     let p = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
@@ -28,14 +30,6 @@ fn skip(what: &str) {
     decnet_e2e::skip::missing(&format!(
         "\n!!!!!!!!\n!!! rsyslog with rsyslog-gnutls is NOT installed: {what} NOT tested (scripts/test.sh installs it)\n!!!!!!!!\n"
     ));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_rsyslog(bin: &Path, dir: &Path, conf: &str) -> Daemon {
