@@ -248,6 +248,11 @@ pub async fn rotate_master(
 /// Whether the master bundle in `dir` differs from `fingerprint` (for a
 /// running daemon picking up a rotation).
 pub fn master_bundle_changed(dir: &Path, fingerprint: &decnet_pki::Fingerprint) -> Option<Bundle> {
+    // The certificate file alone first: the whole bundle (its key parsed
+    // and matched) only when that changed.
+    if Bundle::certificate_fingerprint(dir, BundleKind::Master).as_ref() == Some(fingerprint) {
+        return None;
+    }
     let b = Bundle::load(dir, BundleKind::Master).ok()?;
     (b.identity.fingerprint != *fingerprint && b.verify(&Role::Master).is_ok()).then_some(b)
 }

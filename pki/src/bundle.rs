@@ -393,6 +393,25 @@ impl Bundle {
         Ok(bundle)
     }
 
+    /// The fingerprint of the certificate the bundle in `dir` holds (the
+    /// one [`load`](Self::load) would take), from that one file: a daemon
+    /// watching for a rotated certificate looks every second, and a whole
+    /// load parses and checks the private key each time.
+    pub fn certificate_fingerprint(
+        dir: &Path,
+        kind: BundleKind,
+    ) -> Option<crate::fingerprint::Fingerprint> {
+        let pending = dir.join(PENDING_DIR).join(kind.cert_file());
+        let path = if pending.exists() {
+            pending
+        } else {
+            dir.join(kind.cert_file())
+        };
+        let pem = std::fs::read(path).ok()?;
+        let der = CertificateDer::from_pem_slice(&pem).ok()?;
+        Some(crate::fingerprint::Fingerprint::of_der(&der))
+    }
+
     /// The CRL stored beside the bundle in `dir`, if there is one and it is
     /// signed by this bundle's CA (an unusable file is reported and ignored).
     pub fn load_crl(&self, dir: &Path) -> Option<RevocationList> {

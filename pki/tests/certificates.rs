@@ -198,6 +198,15 @@ fn bundle_files_have_designed_names_and_modes_and_round_trip() {
     let loaded = Bundle::load(&bdir, BundleKind::Agent).unwrap();
     assert_eq!(loaded.identity.fingerprint, leaf.fingerprint);
     assert_eq!(loaded.identity.cn, "w2");
+    // The cheap look at the certificate alone says the same.
+    assert_eq!(
+        Bundle::certificate_fingerprint(&bdir, BundleKind::Agent).as_ref(),
+        Some(&leaf.fingerprint)
+    );
+    assert_eq!(
+        Bundle::certificate_fingerprint(&bdir, BundleKind::Updater),
+        None
+    );
 
     // Updater bundles use their own file names.
     let udir = dir.path().join("updater");
@@ -250,6 +259,10 @@ fn loads_running_beside_a_write_never_break_it() {
     }
     let last = Bundle::load(&bdir, BundleKind::Master).unwrap();
     assert_eq!(last.identity.fingerprint, leaves[199 % 3].fingerprint);
+    assert_eq!(
+        Bundle::certificate_fingerprint(&bdir, BundleKind::Master).as_ref(),
+        Some(&last.identity.fingerprint)
+    );
 }
 
 /// A command and the daemon write the master's bundle at the same time (a
