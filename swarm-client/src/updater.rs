@@ -191,6 +191,11 @@ impl UpdaterClient {
         if up.allow_downgrade {
             form = form.text("allow_downgrade", "true");
         }
+        // A self-update is confirmed before its tarball: the updater
+        // extracts an unconfirmed one only after receiving it whole.
+        if target == decnet_pki::signing::ReleaseTarget::Updater {
+            form = form.text("confirm_self", "true");
+        }
         Ok(form.part("tarball", part))
     }
 
@@ -238,8 +243,7 @@ impl UpdaterClient {
         deadline: Duration,
     ) -> Result<UpdaterHealth, ClientError> {
         let before = self.health().await?.instance;
-        let form = Self::form(up, decnet_pki::signing::ReleaseTarget::Updater)?
-            .text("confirm_self", "true");
+        let form = Self::form(up, decnet_pki::signing::ReleaseTarget::Updater)?;
         let req = self
             .ep
             .http()

@@ -512,12 +512,6 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(labels(&m, "u3"), vec!["v1"]);
-    let streamed = |u: &UpdaterFixture, how: &str| {
-        u.daemon
-            .log_text()
-            .matches(&format!("extracted_while_receiving={how}"))
-            .count()
-    };
     let before = streamed(&u, "true");
     m.ok(&[
         "swarm",
@@ -734,6 +728,15 @@ async fn malicious_or_unverified_uploads_are_refused_and_the_agent_keeps_running
         assert_eq!(labels(&m, "u3")[0], "4f2a9c1", "nothing was installed");
         assert_eq!(unfinished(&u.install), Vec::<String>::new());
     }
+}
+
+/// How many uploads `u` logged as extracted while received (`how` =
+/// `"true"`) or spooled first (`"false"`).
+fn streamed(u: &UpdaterFixture, how: &str) -> usize {
+    u.daemon
+        .log_text()
+        .matches(&format!("extracted_while_receiving={how}"))
+        .count()
 }
 
 /// `POST /update` of a hand-made `form` to `u` (host `u3`) under the master's
@@ -1219,6 +1222,38 @@ async fn only_the_master_may_call_the_updater() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // The attacker's self-update (a tar bomb) without confirm_self: received
+    // whole, never fed to the extractor (without a keyring, as here, a
+    // confirmed one is extracted while it arrives), and refused.
+    let bomb = tar_bomb();
+    let (spooled, extracted) = (streamed(&u, "false"), streamed(&u, "true"));
+    let form = reqwest::multipart::Form::new()
+        .text("sha", "bomb")
+        .text("sha256", sha256_hex(&bomb))
+        .part(
+            "tarball",
+            reqwest::multipart::Part::bytes(bomb).file_name("r.tar.gz"),
+        );
+    let r = master
+        .post(format!("{base}/update-self"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["detail"].as_str().unwrap().contains("confirm_self"),
+        "{v}"
+    );
+    assert_eq!(
+        streamed(&u, "false"),
+        spooled + 1,
+        "{}",
+        u.daemon.log_text()
+    );
+    assert_eq!(streamed(&u, "true"), extracted, "extracted early");
+    assert_eq!(unfinished(&u.install), Vec::<String>::new());
     // An updater without a recorded fingerprint is never dialled.
     let db_host = m.json(&["swarm", "show", "u6", "--json"]);
     assert!(db_host["updater_fingerprint"].is_string());

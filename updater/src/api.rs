@@ -183,9 +183,16 @@ async fn read_form(
                 manifest,
                 signature: signature.clone(),
             });
-            let early = st
-                .core
-                .early_extraction(target, signed.as_ref(), sha.as_deref());
+            // A self-update is refused unless confirmed: one not confirmed
+            // before its tarball is spooled, never fed to the extractor.
+            let confirmed =
+                target != ReleaseTarget::Updater || self_update_confirmed(confirm_self.as_deref());
+            let early = confirmed
+                .then(|| {
+                    st.core
+                        .early_extraction(target, signed.as_ref(), sha.as_deref())
+                })
+                .flatten();
             let mut sink = if let Some(permit) = early {
                 let dir = st.core.slots_of(target).new_upload_dir();
                 TarballSink::Extract(
@@ -306,16 +313,17 @@ async fn update(State(st): State<Arc<ApiState>>, mp: Multipart) -> Response {
     }
 }
 
+/// Whether a self-update's `confirm_self` field says `true`.
+fn self_update_confirmed(field: Option<&str>) -> bool {
+    field.is_some_and(|c| c.trim().eq_ignore_ascii_case("true"))
+}
+
 async fn update_self(State(st): State<Arc<ApiState>>, mp: Multipart) -> Response {
     let (form, _spool) = match read_form(&st, ReleaseTarget::Updater, mp).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if !form
-        .confirm_self
-        .as_deref()
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("true"))
-    {
+    if !self_update_confirmed(form.confirm_self.as_deref()) {
         return error(
             StatusCode::BAD_REQUEST,
             "bad_request",
