@@ -69,29 +69,49 @@ impl AccessPolicy for RoleSet {
     }
 }
 
-/// Wrap `router` so that `policy` runs before every handler, and every
-/// request is counted by server, route template and status (one layer for
-/// both: each layer on a router is cloned with the route on every request).
-pub fn enforce<P: AccessPolicy>(router: Router, policy: P) -> Router {
-    let policy: Arc<dyn AccessPolicy> = Arc::new(policy);
-    router.layer(axum::middleware::from_fn_with_state(
-        policy,
-        check_and_count,
-    ))
+/// What the layer [`enforce`] puts on a router holds.
+struct Gate {
+    policy: Arc<dyn AccessPolicy>,
+    request_timeout: std::time::Duration,
 }
 
-/// The policy check, and the request count of `decnet_requests_total`.
-async fn check_and_count(
-    State(policy): State<Arc<dyn AccessPolicy>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// Wrap `router` so that `policy` runs before every handler, a handler
+/// that has not answered within `request_timeout` is answered `408`, and
+/// every request is counted by server, route template and status, the
+/// `408`s included (one layer for the three: each layer on a router is
+/// cloned with the route on every request, and a timeout outside the count
+/// would drop the request before it was counted).
+pub fn enforce<P: AccessPolicy>(
+    router: Router,
+    policy: P,
+    request_timeout: std::time::Duration,
+) -> Router {
+    let gate = Arc::new(Gate {
+        policy: Arc::new(policy),
+        request_timeout,
+    });
+    router.layer(axum::middleware::from_fn_with_state(gate, check_and_count))
+}
+
+/// The policy check, the request timeout, and the request count of
+/// `decnet_requests_total`.
+async fn check_and_count(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
     let server = req
         .extensions()
         .get::<crate::http::ServerName>()
         .map(|s| s.0);
     let route = crate::http::route_label(&req);
-    let resp = check_access(&*policy, req, next).await;
+    let resp =
+        match tokio::time::timeout(gate.request_timeout, check_access(&*gate.policy, req, next))
+            .await
+        {
+            Ok(resp) => resp,
+            Err(_) => crate::error_body::json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("no answer within {} s", gate.request_timeout.as_secs_f64()),
+            ),
+        };
     if let Some(server) = server {
         crate::metrics::server_metrics()
             .requests

@@ -10,14 +10,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
 use axum::response::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::authz::{self, AccessPolicy};
 use crate::limits::HttpLimits;
@@ -27,11 +25,12 @@ use crate::runner::{Connection, ConnectionHandler};
 /// included) is behind the access policy and counted, inside the request
 /// timeout and the default body limit.
 ///
-/// The timeout and the body limit wrap the router once, not each route: a
-/// layer on a router is boxed around every route and cloned with it on
-/// every request, which cost the agent's `/health` a sixth of its CPU
-/// (issue #31). The policy check and the count need the matched route, so
-/// they stay on the routes, as one layer.
+/// The body limit wraps the router once, not each route: a layer on a
+/// router is boxed around every route and cloned with it on every request,
+/// which cost the agent's `/health` a sixth of its CPU (issue #31). The
+/// policy check, the request timeout and the count need the matched route
+/// (a timeout outside the count drops the request uncounted), so they stay
+/// on the routes, as one layer.
 pub type App = BoxCloneSyncService<Request, Response, Infallible>;
 
 /// An axum application ready to be served by the runner.
@@ -44,12 +43,8 @@ pub struct HttpService {
 impl HttpService {
     /// `router` behind `policy`, with the limits' request timeout and default body limit.
     pub fn new<P: AccessPolicy>(router: Router, policy: P, limits: HttpLimits) -> Arc<Self> {
-        let routed = authz::enforce(router, policy);
+        let routed = authz::enforce(router, policy, limits.request_timeout);
         let app = tower::ServiceBuilder::new()
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                limits.request_timeout,
-            ))
             .layer(DefaultBodyLimit::max(limits.max_body_bytes))
             .service(routed);
         Arc::new(HttpService {
@@ -143,5 +138,71 @@ impl ConnectionHandler for HttpService {
         // Finish the request in flight (if any), then close.
         served.as_mut().graceful_shutdown();
         let _ = served.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use decnet_pki::Role;
+
+    /// A handler that outlives the request timeout is answered `408`, with
+    /// a body saying so, and the `408` is counted under its route (the
+    /// timeout used to drop the request before the counter saw it).
+    #[tokio::test]
+    async fn a_request_past_its_timeout_is_answered_408_and_counted() {
+        let router = Router::new().route(
+            "/slow-test-route",
+            axum::routing::get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let limits = HttpLimits {
+            request_timeout: std::time::Duration::from_millis(200),
+            ..HttpLimits::default()
+        };
+        let app = HttpService::new(router, crate::authz::RoleSet::master_only(), limits).app();
+        let counted = || {
+            crate::metrics::server_metrics()
+                .requests
+                .get_or_create(&crate::metrics::RequestLabels {
+                    server: "timeout-test",
+                    route: "/slow-test-route",
+                    status: 408,
+                })
+                .get()
+        };
+        let before = counted();
+        let now = time::OffsetDateTime::now_utc();
+        let master = Arc::new(decnet_pki::PeerIdentity {
+            cn: Role::Master.cn(),
+            role: Role::Master,
+            fingerprint: decnet_pki::Fingerprint::of_der(b"master"),
+            serial: "01".into(),
+            not_after: now + time::Duration::days(1),
+            not_before: now - time::Duration::days(1),
+            issuer: "CN=test".into(),
+        });
+        let mut req = Request::builder()
+            .uri("/slow-test-route")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(ServerName("timeout-test"));
+        req.extensions_mut().insert(Arc::clone(&master));
+        req.extensions_mut()
+            .insert(ConnectInfo(crate::runner::TlsPeer {
+                remote: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
+                identity: Some(master),
+            }));
+        let started = std::time::Instant::now();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "request_timeout", "{v}");
+        assert_eq!(counted(), before + 1);
     }
 }
