@@ -175,16 +175,7 @@ mod tests {
                 .get()
         };
         let before = counted();
-        let now = time::OffsetDateTime::now_utc();
-        let master = Arc::new(decnet_pki::PeerIdentity {
-            cn: Role::Master.cn(),
-            role: Role::Master,
-            fingerprint: decnet_pki::Fingerprint::of_der(b"master"),
-            serial: "01".into(),
-            not_after: now + time::Duration::days(1),
-            not_before: now - time::Duration::days(1),
-            issuer: "CN=test".into(),
-        });
+        let master = Arc::new(crate::testing::identity(&Role::Master));
         let mut req = Request::builder()
             .uri("/slow-test-route")
             .body(Body::empty())

@@ -29,7 +29,7 @@ pub mod refusal_log;
 pub mod runner;
 pub mod shutdown;
 pub mod source;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use authz::{AccessPolicy, Refusal, RoleSet};
