@@ -3,14 +3,25 @@
 //! under the same load for comparison, and the listener's RSS with 1,000
 //! idle connections. Prints figures; it is a benchmark, not a test.
 //!
-//! Run: `cargo run --release -p decnet-e2e --bin decnet-log-bench -- [CONNECTIONS] [MESSAGES_PER_CONNECTION]`
+//! This VM's speed drifts within a run, and one load lasts about a second,
+//! so the listener and rsyslog writing the raw file only take turns for
+//! ROUNDS rounds (each going first in turn) and the median round of each is
+//! compared. rsyslog writing raw + JSON, several times slower, runs once.
+//! Each round starts from empty files (the receivers append) after a
+//! `sync`, with no dirty pages left to write back.
+//! Besides messages per second (sender and receiver share the machine's
+//! cores) it reports each receiver's CPU time per message, from
+//! `/proc/<pid>/stat`: the cost that does not depend on the sender.
+//!
+//! Run: `cargo run --release -p decnet-e2e --bin decnet-log-bench -- [CONNECTIONS] [MESSAGES_PER_CONNECTION] [ROUNDS]`
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use decnet_e2e::{Daemon, Listener, MasterHome};
+use decnet_e2e::{Daemon, Listener, MasterHome, procstat};
 use decnet_pki::Bundle;
 use tokio::io::AsyncWriteExt;
 
@@ -70,20 +81,35 @@ impl LineCounter {
     }
 }
 
+/// One load: seconds until the receiver had written every line, and the CPU
+/// seconds the receiver and the sender used meanwhile.
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    secs: f64,
+    receiver_cpu: f64,
+    sender_cpu: f64,
+}
+
 /// Send `per_conn` messages on each of `conns` connections (connection `i`
 /// presents `bundles[i]`: the listener allows only a few connections per
-/// certificate); return the seconds until `out` holds all of them.
+/// certificate) to the receiver `pid` at `addr`; measure until `out` holds
+/// all of them.
 async fn load(
     bundles: &[Bundle],
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
+    pid: u32,
     conns: usize,
     per_conn: usize,
     out: &Path,
-) -> Option<f64> {
+) -> Option<Round> {
     let payload: Vec<u8> = (0..per_conn).flat_map(message).collect();
     let payload = Arc::new(payload);
     let mut counter = LineCounter::new(out);
     let before = counter.count();
+    let (receiver_before, sender_before) = (
+        procstat::cpu_seconds(pid),
+        procstat::cpu_seconds(std::process::id()),
+    );
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..conns {
@@ -106,9 +132,13 @@ async fn load(
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if counter.count() >= want {
-            let secs = start.elapsed().as_secs_f64();
+            let round = Round {
+                secs: start.elapsed().as_secs_f64(),
+                receiver_cpu: procstat::cpu_seconds(pid) - receiver_before,
+                sender_cpu: procstat::cpu_seconds(std::process::id()) - sender_before,
+            };
             drop(streams);
-            return Some(secs);
+            return Some(round);
         }
         if Instant::now() > deadline {
             return None;
@@ -128,99 +158,76 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(8);
-    let per_conn: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(50_000);
-    decnet_pki::provider::install_default();
-    let m = MasterHome::new();
-    // One identity per load connection; 250 identities x 4 connections (the
-    // listener's per-certificate cap) for the idle-connection figures.
-    let idle_ids = decnet_e2e::enroll_many(&m, "idle", 250);
-    let agents = decnet_e2e::enroll_many(&m, "bench", conns);
-    let msg_len = message(0).len();
-    let total = conns * per_conn;
-    println!(
-        "decnet-log-bench: {conns} connections x {per_conn} messages of {msg_len} bytes (frame), {total} messages"
-    );
+/// A receiver under measurement and its rounds.
+struct Receiver {
+    name: &'static str,
+    addr: SocketAddr,
+    pid: u32,
+    /// The file whose lines are counted.
+    out: PathBuf,
+    /// Every file it writes (emptied before each round; it appends).
+    files: Vec<PathBuf>,
+    rounds: Vec<Round>,
+}
 
-    // Per-certificate log budgets off (rsyslog has none) and no rotation
-    // (the figure counts the lines of one file).
-    let l = Listener::start_with(&m, 0, &["--log-budget", "0", "--log-rotate-size", "0"]);
-    let pid = l.daemon.child.id();
-    let ours = load(&agents, l.daemon.addr, conns, per_conn, &l.raw)
-        .await
-        .map(|secs| {
-            println!(
-                "decnet listener: {:>9.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, raw + JSON written)",
-                total as f64 / secs,
-                (total * msg_len) as f64 / secs / 1e6
-            );
-            total as f64 / secs
-        });
-    if ours.is_none() {
-        println!("decnet listener: did not ingest everything within 300 s");
+impl Receiver {
+    async fn measure(&mut self, bundles: &[Bundle], conns: usize, per_conn: usize) {
+        // Every round starts from empty files and no dirty page cache: the
+        // gigabytes the previous rounds wrote would otherwise be written
+        // back during this one, and fresh page cache on this VM costs
+        // first touches of guest memory (a copy into the page cache was
+        // measured several times slower from the third round on) where
+        // truncated files give their pages back for the next round.
+        let _ = Command::new("sync").status();
+        for f in &self.files {
+            if let Ok(file) = std::fs::OpenOptions::new().write(true).open(f) {
+                let _ = file.set_len(0);
+            }
+        }
+        match load(bundles, self.addr, self.pid, conns, per_conn, &self.out).await {
+            Some(r) => self.rounds.push(r),
+            None => println!("{}: did not ingest everything within 300 s", self.name),
+        }
     }
-    // 1,000 idle connections (250 certificates x 4), then closed again.
-    let base = rss_kib(pid);
-    let mut idle = Vec::new();
-    for i in 0..1000 {
-        idle.push(connect(&idle_ids[i / 4], l.daemon.addr).await);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let with_idle = rss_kib(pid);
-    drop(idle);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = rss_kib(pid);
-    println!(
-        "decnet listener RSS: {:.1} MiB before, {:.1} MiB with 1000 idle mTLS connections ({:.1} KiB each), {:.1} MiB 3 s after they closed",
-        base as f64 / 1024.0,
-        with_idle as f64 / 1024.0,
-        (with_idle.saturating_sub(base)) as f64 / 1000.0,
-        after as f64 / 1024.0
-    );
 
-    // rsyslog's TLS receiver under the same load.
-    let rsyslogd = Path::new("/usr/sbin/rsyslogd");
-    if !rsyslogd.exists() {
-        println!("rsyslog: not installed; comparison skipped");
-        return;
+    /// The median round (by time).
+    fn median(&self) -> Option<Round> {
+        let mut r = self.rounds.clone();
+        r.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        r.get(r.len() / 2).copied()
     }
-    let mut theirs = Vec::new();
-    for with_json in [false, true] {
-        theirs.push(rsyslog_run(&m, &agents, rsyslogd, conns, per_conn, with_json).await);
-    }
-    if let (Some(ours), [Some(raw), Some(json)]) = (ours, theirs.as_slice()) {
+
+    /// Print the median round; returns its messages per second.
+    fn report(&self, total: usize, msg_len: usize) -> Option<f64> {
+        let m = self.median()?;
+        let all: Vec<String> = self
+            .rounds
+            .iter()
+            .map(|r| format!("{:.0}k", total as f64 / r.secs / 1e3))
+            .collect();
         println!(
-            "decnet vs rsyslog: {:.2}x rsyslog writing the raw file only, {:.2}x rsyslog doing the same job (raw + JSON)",
-            ours / raw,
-            ours / json
+            "{:<34} {:>9.0} msg/s {:>6.1} MB/s   receiver CPU {:.2} us/msg, sender CPU {:.2} us/msg   (rounds: {})",
+            self.name,
+            total as f64 / m.secs,
+            (total * msg_len) as f64 / m.secs / 1e6,
+            m.receiver_cpu / total as f64 * 1e6,
+            m.sender_cpu / total as f64 * 1e6,
+            all.join(" ")
         );
+        Some(total as f64 / m.secs)
     }
 }
 
-async fn rsyslog_run(
-    m: &MasterHome,
-    agents: &[Bundle],
-    rsyslogd: &Path,
-    conns: usize,
-    per_conn: usize,
-    with_json: bool,
-) -> Option<f64> {
-    let total = conns * per_conn;
-    let msg_len = message(0).len();
+/// rsyslog's TLS receiver (`imtcp` with the GnuTLS driver, certificates of
+/// the same CA), writing the raw file, plus a JSON file when `with_json`.
+fn start_rsyslog(m: &MasterHome, rsyslogd: &Path, with_json: bool) -> (Daemon, Receiver) {
     let dir = m.dir.path().join(if with_json {
         "rsyslog-json"
     } else {
         "rsyslog-raw"
     });
     std::fs::create_dir_all(dir.join("work")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = decnet_e2e::free_port();
     let out = dir.join("out.log");
     let b = m.master_bundle_dir();
     let conf = format!(
@@ -253,36 +260,127 @@ action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
         .arg("-i")
         .arg(dir.join("pid"))
         .stdout(Stdio::null());
-    let rs = Daemon::spawn(cmd, dir.join("rsyslogd.log"));
+    let daemon = Daemon::spawn(cmd, dir.join("rsyslogd.log"));
     decnet_e2e::wait_for(Duration::from_secs(15), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });
-    let rate = load(agents, ([127, 0, 0, 1], port).into(), conns, per_conn, &out).await;
-    match rate {
-        Some(secs) => println!(
-            "rsyslog imtcp+gtls: {:>6.0} msg/s  {:>6.1} MB/s  ({secs:.2}s, {})",
-            total as f64 / secs,
-            (total * msg_len) as f64 / secs / 1e6,
-            if with_json {
-                "raw + JSON (%jsonmesg%) written: the same job"
-            } else {
-                "raw file only"
-            }
-        ),
-        None => println!("rsyslog: did not ingest everything within 300 s"),
-    }
-    let rpid = rs.child.id();
-    let rbase = rss_kib(rpid);
+    let receiver = Receiver {
+        name: if with_json {
+            "rsyslog, raw + JSON (the same job)"
+        } else {
+            "rsyslog, raw file only"
+        },
+        addr: ([127, 0, 0, 1], port).into(),
+        pid: daemon.child.id(),
+        files: vec![out.clone(), dir.join("out.json")],
+        out,
+        rounds: Vec::new(),
+    };
+    (daemon, receiver)
+}
+
+/// The receiver's RSS before, with 1,000 idle mTLS connections (250
+/// certificates x 4: the listener's per-certificate cap) and 3 s after
+/// they closed.
+async fn idle_rss(r: &Receiver, ids: &[Bundle]) {
+    let base = rss_kib(r.pid);
     let mut idle = Vec::new();
-    for _ in 0..1000 {
-        idle.push(connect(&agents[0], ([127, 0, 0, 1], port).into()).await);
+    for i in 0..1000 {
+        idle.push(connect(&ids[i / 4], r.addr).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    println!(
-        "rsyslog RSS: {:.1} MiB before, {:.1} MiB with 1000 idle TLS connections",
-        rbase as f64 / 1024.0,
-        rss_kib(rpid) as f64 / 1024.0
-    );
+    let with_idle = rss_kib(r.pid);
     drop(idle);
-    rate.map(|secs| total as f64 / secs)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(r.pid);
+    println!(
+        "{} RSS: {:.1} MiB before, {:.1} MiB with 1000 idle mTLS connections ({:.1} KiB each), {:.1} MiB 3 s after they closed",
+        r.name,
+        base as f64 / 1024.0,
+        with_idle as f64 / 1024.0,
+        (with_idle.saturating_sub(base)) as f64 / 1000.0,
+        after as f64 / 1024.0
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let per_conn: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(50_000);
+    let rounds: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    let idle_ids = decnet_e2e::enroll_many(&m, "idle", 250);
+    let agents = decnet_e2e::enroll_many(&m, "bench", conns);
+    let msg_len = message(0).len();
+    let total = conns * per_conn;
+    println!(
+        "decnet-log-bench: {conns} connections x {per_conn} messages of {msg_len} bytes (frame), {total} messages per round, {rounds} rounds"
+    );
+
+    // Per-certificate log budgets off (rsyslog has none) and no rotation
+    // (the figure counts the lines of one file).
+    let l = Listener::start_with(&m, 0, &["--log-budget", "0", "--log-rotate-size", "0"]);
+    let mut ours = Receiver {
+        name: "decnet listener (raw + JSON)",
+        addr: l.daemon.addr,
+        pid: l.daemon.child.id(),
+        out: l.raw.clone(),
+        files: vec![l.raw.clone(), l.json.clone()],
+        rounds: Vec::new(),
+    };
+    let rsyslogd = Path::new("/usr/sbin/rsyslogd");
+    let mut raw_only = rsyslogd
+        .exists()
+        .then(|| start_rsyslog(&m, rsyslogd, false));
+    if raw_only.is_none() {
+        println!("rsyslog: not installed; comparison skipped");
+    }
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            ours.measure(&agents, conns, per_conn).await;
+        }
+        if let Some((_, raw)) = raw_only.as_mut() {
+            raw.measure(&agents, conns, per_conn).await;
+        }
+        if round % 2 == 1 {
+            ours.measure(&agents, conns, per_conn).await;
+        }
+    }
+    let mut same_job = raw_only
+        .is_some()
+        .then(|| start_rsyslog(&m, rsyslogd, true));
+    if let Some((_, json)) = same_job.as_mut() {
+        json.measure(&agents, conns, per_conn).await;
+    }
+
+    println!("median round of each:");
+    let our_rate = ours.report(total, msg_len);
+    let raw_rate = raw_only
+        .as_ref()
+        .and_then(|(_, r)| r.report(total, msg_len));
+    let json_rate = same_job
+        .as_ref()
+        .and_then(|(_, r)| r.report(total, msg_len));
+    if let (Some(o), Some(r)) = (our_rate, raw_rate) {
+        let cpu = |rc: &Receiver| rc.median().map(|m| m.receiver_cpu).unwrap_or(f64::NAN);
+        let raw = &raw_only.as_ref().unwrap().1;
+        println!(
+            "decnet vs rsyslog raw only: {:.2}x msg/s, {:.2}x less CPU per message",
+            o / r,
+            cpu(raw) / cpu(&ours)
+        );
+        if let (Some(j), Some((_, json))) = (json_rate, same_job.as_ref()) {
+            println!(
+                "decnet vs rsyslog raw + JSON (the same job): {:.2}x msg/s, {:.2}x less CPU per message",
+                o / j,
+                cpu(json) / cpu(&ours)
+            );
+        }
+    }
+    idle_rss(&ours, &idle_ids).await;
+    if let Some((_, raw)) = raw_only.as_ref() {
+        idle_rss(raw, &idle_ids).await;
+    }
 }
