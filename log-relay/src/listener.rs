@@ -668,7 +668,9 @@ const BUSY_BATCH: usize = 4 * 1024;
 /// grown a frame at a time, as it starts, its reads were small and the
 /// buffer reallocated often (about a fifth of the listener's CPU per line,
 /// measured). A peer quiet again, with nothing left to decode, gives the
-/// buffer back: an idle connection holds none.
+/// buffer back: an idle connection holds none. What a hostile peer can
+/// make a connection hold is unchanged: one frame of up to
+/// [`DEFAULT_MAX_FRAME`] (64 KiB) already grew the buffer that far.
 fn fit_read_buffer(buf: &mut bytes::BytesMut, batch_bytes: usize) {
     if batch_bytes >= BUSY_BATCH {
         if buf.capacity() < BUSY_READ / 2 {
