@@ -150,6 +150,7 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     /// `s[start..end]` as text: a slice of the checked frame, or converted
     /// (invalid UTF-8 replaced) when the frame is not valid UTF-8.
+    #[inline(always)]
     fn text_of(&self, start: usize, end: usize) -> Option<Cow<'a, str>> {
         match self.text {
             Some(text) => text.get(start..end).map(Cow::Borrowed),
@@ -157,26 +158,31 @@ impl<'a> Cursor<'a> {
         }
     }
     /// `s[start..end]`, known to be ASCII, as text.
+    #[inline(always)]
     fn ascii_of(&self, start: usize, end: usize) -> Option<&'a str> {
         match self.text {
             Some(text) => text.get(start..end),
             None => std::str::from_utf8(&self.s[start..end]).ok(),
         }
     }
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
+    #[inline(always)]
     fn expect(&mut self, b: u8) -> Option<()> {
         (self.peek()? == b).then(|| self.i += 1)
     }
+    #[inline(always)]
     fn take_while(&mut self, f: impl Fn(u8) -> bool) -> &'a [u8] {
-        let start = self.i;
-        while self.peek().is_some_and(&f) {
-            self.i += 1;
-        }
-        &self.s[start..self.i]
+        // Over the rest as a slice: no bounds check per byte.
+        let rest = &self.s[self.i.min(self.s.len())..];
+        let n = rest.iter().position(|&b| !f(b)).unwrap_or(rest.len());
+        self.i += n;
+        &rest[..n]
     }
     /// A header field of printable US-ASCII, `-` meaning absent.
+    #[inline(always)]
     fn header_field(&mut self, max: usize) -> Option<Option<&'a str>> {
         let start = self.i;
         let f = self.take_while(|b| (33..=126).contains(&b));
@@ -189,6 +195,7 @@ impl<'a> Cursor<'a> {
         // Printable ASCII is valid UTF-8.
         Some(Some(self.ascii_of(start, self.i)?))
     }
+    #[inline(always)]
     fn sd_name(&mut self) -> Option<&'a str> {
         let start = self.i;
         let n =
@@ -222,15 +229,15 @@ impl<'a> Cursor<'a> {
                         let start = self.i;
                         let mut escaped = false;
                         loop {
-                            match self.peek()? {
-                                b'\\' => {
-                                    escaped = true;
-                                    self.i += 2;
-                                    self.peek()?;
-                                }
-                                b'"' => break,
-                                _ => self.i += 1,
+                            // To the next quote or backslash at once.
+                            let rest = self.s.get(self.i..)?;
+                            self.i += rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+                            if self.s[self.i] == b'"' {
+                                break;
                             }
+                            escaped = true;
+                            self.i += 2;
+                            self.peek()?;
                         }
                         let raw = &self.s[start..self.i];
                         self.i += 1;
@@ -357,6 +364,11 @@ mod tests {
             b"<13>0 - - - - - -",
             b"<13>1 - - - - -",
             b"<13>1 - - - - - [unterminated",
+            // A value that never closes: at its end, after an escape, or
+            // with the frame ending inside an escape.
+            b"<13>1 - - - - - [a b=\"x",
+            b"<13>1 - - - - - [a b=\"x\\\"",
+            b"<13>1 - - - - - [a b=\"x\\",
             b"<13>1 - - - - - -x",
         ] {
             assert!(parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
