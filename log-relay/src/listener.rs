@@ -399,10 +399,11 @@ fn format_batch(
         cap_escaped(&mut raw, line_at);
         raw.push(b'\n');
         match syslog::parse(f) {
-            Some(m) => {
+            Some(mut m) => {
                 let msg = if plain {
                     std::borrow::Cow::Borrowed(&*m.msg)
                 } else {
+                    neutralize_sd_values(&mut m.structured_data);
                     neutralize(&m.msg)
                 };
                 write_record(&mut json, &head, Some(&m), &cap_str(msg));
@@ -432,6 +433,25 @@ fn format_batch(
         },
         (dropped, dropped_bytes),
     )
+}
+
+/// Structured-data parameter values are text the sender chose, like the
+/// message: a decoy's attacker could hide terminal escapes or bidi
+/// overrides in them for whoever reads the record decoded (the console, a
+/// `jq` in a terminal). They are made safe as the message is. IDs, names
+/// and header fields are printable ASCII by the parser's rules already.
+fn neutralize_sd_values(sd: &mut syslog::StructuredData<'_>) {
+    for element in &mut sd.0 {
+        for (_, value) in &mut element.params {
+            let safe = match neutralize(value) {
+                std::borrow::Cow::Owned(safe) => Some(safe),
+                std::borrow::Cow::Borrowed(_) => None,
+            };
+            if let Some(safe) = safe {
+                *value = std::borrow::Cow::Owned(safe);
+            }
+        }
+    }
 }
 
 /// A peer's connection as the listener sees it once admitted.
@@ -715,6 +735,33 @@ pub async fn serve(
 mod tests {
     use super::*;
     use bytes::BytesMut;
+
+    /// A decoy's attacker hides terminal escapes and a bidi override in a
+    /// structured-data value: decoded from the JSON record, the value shows
+    /// them as visible escapes, as the message does.
+    #[test]
+    fn hostile_structured_data_values_are_neutralized_like_the_message() {
+        let frame = Bytes::from(
+            "<11>1 2026-11-23T10:00:00Z h app - - [meta ua=\"x\u{1b}[2J\u{7}\u{202e}y\" ok=\"plain\"] m\u{1b}[8m",
+        );
+        let credit = Credit {
+            cn: "w1".into(),
+            fingerprint: None,
+        };
+        let (batch, dropped) = format_batch(&credit, &[frame], &mut |_| true);
+        assert_eq!((batch.lines, dropped), (1, (0, 0)));
+        let record: serde_json::Value = serde_json::from_slice(&batch.json).unwrap();
+        assert_eq!(
+            record["structured_data"]["meta"]["ua"],
+            "x\\x1b[2J\\x07\\u{202e}y"
+        );
+        assert_eq!(record["structured_data"]["meta"]["ok"], "plain");
+        assert_eq!(record["msg"], "m\\x1b[8m");
+        let decoded = record.to_string();
+        for bad in ["\\u001b", "\\u0007", "\u{202e}"] {
+            assert!(!decoded.contains(bad), "{bad} in {decoded}");
+        }
+    }
 
     #[test]
     fn a_busy_peer_reads_into_a_large_buffer_and_keeps_its_partial_frame() {

@@ -30,11 +30,13 @@ fn lines_are_credited_to_the_peer_cn_not_the_claimed_hostname() {
             "<11>1 2026-11-23T10:00:00Z master-pwned sshd 42 AUTH [meta ip=\"10.0.0.9\"] spoofed"
                 .into(),
             "third plain line \u{1b}[2J\u{202e}gnp.exe".into(),
+            "<11>1 2026-11-23T10:00:00Z w1 sshd - - [meta ua=\"x\u{1b}]0;owned\u{7}\u{202e}y\"] fourth"
+                .into(),
         ],
     );
     let _fwd = start_forwarder(&m, "w1", l.daemon.addr, &log, &state);
-    let raw = l.wait_lines(3, WAIT);
-    assert_eq!(raw.len(), 3);
+    let raw = l.wait_lines(4, WAIT);
+    assert_eq!(raw.len(), 4);
     assert!(raw[0].ends_with("first plain line"), "{raw:?}");
     assert!(raw[1].contains("master-pwned"));
     // Every raw line starts with who really sent it, whatever it claims.
@@ -54,7 +56,7 @@ fn lines_are_credited_to_the_peer_cn_not_the_claimed_hostname() {
     );
     let recs = wait_for(WAIT, || {
         let r = l.records();
-        (r.len() == 3).then_some(r)
+        (r.len() == 4).then_some(r)
     })
     .unwrap();
     let fp = Bundle::load(&m.agent_bundle_dir("w1"), BundleKind::Agent)
@@ -81,6 +83,12 @@ fn lines_are_credited_to_the_peer_cn_not_the_claimed_hostname() {
     assert_eq!(recs[1]["structured_data"]["meta"]["ip"], "10.0.0.9");
     assert_eq!(recs[1]["msg"], "spoofed");
     assert_eq!(recs[2]["msg"], "third plain line \\x1b[2J\\u{202e}gnp.exe");
+    // So do those hidden in a structured-data value.
+    assert_eq!(
+        recs[3]["structured_data"]["meta"]["ua"],
+        "x\\x1b]0;owned\\x07\\u{202e}y"
+    );
+    assert_eq!(recs[3]["msg"], "fourth");
 }
 
 /// A log connection ends when its certificate expires, not only when it is
