@@ -19,7 +19,7 @@ use decnet_pki::signing::{constant_time_eq, sha256_hex};
 use decnet_pki::{CertificateAuthority, HostName, LeafSpec, Role};
 use sqlx::Row;
 
-use crate::db::{DbError, FleetDb, insert_certificate, revoke_all_but, unix_now};
+use crate::db::{DbError, FleetDb, insert_certificate, revoke, revoke_all_but, unix_now};
 use crate::join::{JoinAnswer, JoinRefusal, JoinRequest, MAX_WRONG_SECRETS_PER_MINUTE, TokenText};
 use crate::model::{AuditEntry, AuditOutcome, CertRecord, CertRole};
 
@@ -202,14 +202,22 @@ impl FleetDb {
     /// The operator a presented certificate speaks for, if it still may:
     /// the operator `name` is active and `fingerprint` is one of its
     /// certificates that is not revoked. Asked on every fleet API request.
+    ///
+    /// The first request made with a renewed certificate retires what it
+    /// replaced: every older certificate of the operator is revoked then
+    /// (see [`renew_operator`]). One read in the common case.
     pub async fn operator_standing(
         &self,
         name: &str,
         fingerprint: &str,
     ) -> Result<Option<OperatorRecord>, DbError> {
         let cert = sqlx::query(
-            "SELECT host FROM certificates WHERE fingerprint = $1 AND role = 'operator' \
-             AND fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+            "SELECT c.host, CAST(CASE WHEN EXISTS (SELECT 1 FROM certificates o \
+             WHERE o.host = c.host AND o.role = 'operator' AND o.issued_at < c.issued_at \
+             AND o.fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)) \
+             THEN 1 ELSE 0 END AS BIGINT) \
+             FROM certificates c WHERE c.fingerprint = $1 AND c.role = 'operator' \
+             AND c.fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
         )
         .bind(fingerprint)
         .fetch_optional(self.pool())
@@ -218,10 +226,74 @@ impl FleetDb {
         if cert.try_get::<String, _>(0)? != operator_cn(name) {
             return Ok(None);
         }
-        Ok(self
+        let Some(op) = self
             .operator(name)
             .await?
-            .filter(|o| o.revoked_at.is_none()))
+            .filter(|o| o.revoked_at.is_none())
+        else {
+            return Ok(None);
+        };
+        if cert.try_get::<i64, _>(1)? != 0 {
+            self.retire_replaced_operator_certificates(name, fingerprint)
+                .await?;
+        }
+        Ok(Some(op))
+    }
+
+    /// `fingerprint`, a renewed certificate of operator `name`, was just
+    /// presented: the renewal took, so every older certificate of the
+    /// operator is revoked (a stolen one among them stops here). Audited
+    /// as the operator.
+    async fn retire_replaced_operator_certificates(
+        &self,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<(), DbError> {
+        let cn = operator_cn(name);
+        let mut tx = self.write_tx().await?;
+        let older = sqlx::query(
+            "SELECT o.fingerprint FROM certificates o JOIN certificates c ON c.fingerprint = $1 \
+             WHERE o.host = $2 AND o.role = 'operator' AND o.issued_at < c.issued_at \
+             AND o.fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+        )
+        .bind(fingerprint)
+        .bind(&cn)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut revoked = Vec::new();
+        for row in older {
+            let fp: String = row.try_get(0)?;
+            if revoke(
+                &mut tx,
+                &fp,
+                &cn,
+                CertRole::Operator,
+                "superseded by a renewal (the new certificate was presented)",
+            )
+            .await?
+            {
+                revoked.push(fp);
+            }
+        }
+        tx.commit().await?;
+        if !revoked.is_empty() {
+            tracing::info!(
+                operator = name,
+                fingerprint,
+                revoked = revoked.len(),
+                "renewed operator certificate presented; the ones it replaced are revoked"
+            );
+            let _ = self
+                .audit(&AuditEntry::now(
+                    format!("operator:{name}"),
+                    "operator.renew.promote",
+                    name,
+                    AuditOutcome::Ok,
+                    format!("current={fingerprint} revoked={}", revoked.join(",")),
+                ))
+                .await;
+        }
+        Ok(())
     }
 
     /// The current (newest, unrevoked) certificate of operator `name`.
@@ -479,9 +551,15 @@ pub struct RenewedOperator {
 /// presented certificate (`presented`, its fingerprint) must still be the
 /// operator's and unrevoked, and the operator active; the CSR's key was
 /// made on the operator's machine. The new certificate is valid
-/// [`OPERATOR_CERT_DAYS`]; every older one of the operator is revoked, the
-/// presented one included (the next request must use the new one).
-/// Audited as the operator.
+/// [`OPERATOR_CERT_DAYS`]. Every other certificate of the operator is
+/// revoked now (an older one, or an earlier renewal whose answer was
+/// lost); the presented one stays valid until the new one is first
+/// presented, when [`FleetDb::operator_standing`] revokes it. So an answer
+/// lost on the way leaves the operator the certificate it renewed with, to
+/// renew again, where revoking it at once locked the operator out until an
+/// admin made a new token. The new certificate is recorded as issued after
+/// every other of the operator (even within the same second), which is
+/// what "older" means there. Audited as the operator.
 pub async fn renew_operator(
     db: &FleetDb,
     ca: &CertificateAuthority,
@@ -538,7 +616,7 @@ pub async fn renew_operator(
         &mut tx,
         &cn,
         Some(CertRole::Operator),
-        &[],
+        &[presented],
         "superseded by a renewal",
     )
     .await?;
@@ -547,6 +625,19 @@ pub async fn renew_operator(
         &CertRecord::of_leaf(&leaf, &cn, CertRole::Operator),
     )
     .await?;
+    // Strictly after every other certificate of the operator, so that
+    // presenting it retires the one it replaces even within one second.
+    sqlx::query(
+        "UPDATE certificates SET issued_at = (SELECT MAX(issued_at) + 1 FROM certificates \
+         WHERE host = $1 AND role = 'operator' AND fingerprint <> $2) \
+         WHERE fingerprint = $2 AND issued_at <= (SELECT MAX(issued_at) FROM certificates \
+         WHERE host = $1 AND role = 'operator' AND fingerprint <> $2)",
+    )
+    .bind(&cn)
+    .bind(&fp)
+    .execute(&mut *tx)
+    .await
+    .map_err(DbError::from)?;
     tx.commit().await.map_err(DbError::from)?;
     let not_after = leaf.not_after.unix_timestamp();
     let _ = db

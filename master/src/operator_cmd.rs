@@ -416,8 +416,10 @@ pub async fn login(
 /// `decnet login --renew`: a new key made here and a new certificate for
 /// it, asked with the current (still valid) certificate of the context in
 /// use (or `flag`'s); the context's bundle is replaced in one commit (a
-/// crash leaves the old or the new pair, never a mix). The master revokes
-/// the old certificate.
+/// crash leaves the old or the new pair, never a mix). The old certificate
+/// stays valid until the new one is first presented (an answer lost on
+/// the way costs nothing: renew again); one request made here with the new
+/// one has the master revoke the old one at once.
 pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
     let ctx = context::selected(flag)?.ok_or_else(|| {
         UsageError("no context in use to renew (decnet context use NAME, or --context NAME)".into())
@@ -458,16 +460,26 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
     })?;
     bundle.write(&ctx.dir).map_err(|e| {
         anyhow::anyhow!(
-            "cannot write the renewed certificate into {} ({e}); the old one is revoked: log in again with a new token",
+            "cannot write the renewed certificate into {} ({e}); the old one stays valid until the new one is used: run decnet login --renew again",
             ctx.dir.display()
         )
     })?;
+    // The first request with the new certificate retires the old one.
+    let retired = crate::fleet_client::FleetClient::of(&ctx)?
+        .get::<decnet_api::Whoami>("/v1/whoami")
+        .await;
     println!(
-        "renewed {} in context {}: valid until {} (fingerprint {}); the previous certificate is revoked",
+        "renewed {} in context {}: valid until {} (fingerprint {}); {}",
         old.identity.role,
         ctx.name,
         crate::table::format_time(r.not_after),
-        r.fingerprint
+        r.fingerprint,
+        match retired {
+            Ok(_) => "the previous certificate is revoked".to_string(),
+            Err(e) => format!(
+                "the previous certificate stays valid until the new one is first used (the master could not be asked now: {e})"
+            ),
+        }
     );
     Ok(())
 }
