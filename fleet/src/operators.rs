@@ -233,31 +233,93 @@ impl FleetDb {
         else {
             return Ok(None);
         };
-        if cert.try_get::<i64, _>(1)? != 0 {
-            self.retire_replaced_operator_certificates(name, fingerprint)
-                .await?;
+        if cert.try_get::<i64, _>(1)? != 0
+            && !self
+                .take_renewed_operator_certificate(name, fingerprint)
+                .await?
+        {
+            return Ok(None);
         }
         Ok(Some(op))
     }
 
-    /// `fingerprint`, a renewed certificate of operator `name`, was just
-    /// presented: the renewal took, so every older certificate of the
-    /// operator is revoked (a stolen one among them stops here). Audited
-    /// as the operator.
-    async fn retire_replaced_operator_certificates(
+    /// A write transaction holding operator `name`'s row on PostgreSQL
+    /// (SQLite's write transactions are serialized already): renewals,
+    /// logins and the first use of a renewed certificate of one operator
+    /// happen one at a time, so two renewals at once cannot both survive.
+    async fn lock_operator(&self, name: &str) -> Result<crate::db::Tx, DbError> {
+        let mut tx = self.write_tx().await?;
+        if self.backend() == crate::db::Backend::Postgres {
+            sqlx::query("SELECT name FROM operators WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// `fingerprint`, a renewed certificate of operator `name` not used
+    /// before, was just presented. Within [`RENEWAL_TAKE_WITHIN`] of its
+    /// issue (and still unrevoked, its operator still active, checked
+    /// again under the operator's lock) the renewal takes: every older
+    /// certificate of the operator is revoked, a stolen one among them
+    /// (console sessions it opened end only with a new login or a
+    /// revocation). Later, it is revoked itself and refused (`false`): a
+    /// renewal nobody used at once is a lost answer, or a thief's, who
+    /// must not hold a spare certificate quietly. Audited as the operator.
+    async fn take_renewed_operator_certificate(
         &self,
         name: &str,
         fingerprint: &str,
-    ) -> Result<(), DbError> {
+    ) -> Result<bool, DbError> {
         let cn = operator_cn(name);
-        let mut tx = self.write_tx().await?;
-        let older = sqlx::query(
-            "SELECT o.fingerprint FROM certificates o JOIN certificates c ON c.fingerprint = $1 \
-             WHERE o.host = $2 AND o.role = 'operator' AND o.issued_at < c.issued_at \
-             AND o.fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+        let mut tx = self.lock_operator(name).await?;
+        let row = sqlx::query(
+            "SELECT c.issued_at FROM certificates c JOIN operators o ON o.name = $2 \
+             WHERE c.fingerprint = $1 AND c.host = $3 AND c.role = 'operator' \
+             AND o.revoked_at IS NULL \
+             AND c.fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
         )
         .bind(fingerprint)
+        .bind(name)
         .bind(&cn)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(false) };
+        let issued_at: i64 = row.try_get(0)?;
+        if unix_now() > issued_at + RENEWAL_TAKE_WITHIN {
+            revoke(
+                &mut tx,
+                fingerprint,
+                &cn,
+                CertRole::Operator,
+                "a renewal first presented too late",
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(
+                operator = name,
+                fingerprint,
+                "a renewed operator certificate was first presented too late: revoked (a lost answer, or a second holder of this operator's certificate)"
+            );
+            let _ = self
+                .audit(&AuditEntry::now(
+                    format!("operator:{name}"),
+                    "operator.renew.promote",
+                    name,
+                    AuditOutcome::Refused,
+                    format!("fingerprint={fingerprint} first presented more than {RENEWAL_TAKE_WITHIN}s after its issue: revoked"),
+                ))
+                .await;
+            return Ok(false);
+        }
+        let older = sqlx::query(
+            "SELECT fingerprint FROM certificates WHERE host = $1 AND role = 'operator' \
+             AND issued_at < $2 \
+             AND fingerprint NOT IN (SELECT fingerprint FROM revoked_certificates)",
+        )
+        .bind(&cn)
+        .bind(issued_at)
         .fetch_all(&mut *tx)
         .await?;
         let mut revoked = Vec::new();
@@ -293,7 +355,7 @@ impl FleetDb {
                 ))
                 .await;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The current (newest, unrevoked) certificate of operator `name`.
@@ -474,7 +536,7 @@ pub async fn join_operator(
     })?;
     let fp = leaf.fingerprint.to_hex();
     let cn = operator_cn(name.as_str());
-    let mut tx = db.write_tx().await?;
+    let mut tx = db.lock_operator(name.as_str()).await?;
     let claimed = sqlx::query(
         "UPDATE operator_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL \
          AND operator IN (SELECT name FROM operators WHERE revoked_at IS NULL)",
@@ -536,6 +598,13 @@ pub async fn join_operator(
 /// How often an operator may renew its certificate within an hour.
 pub const MAX_RENEWALS_PER_HOUR: i64 = 3;
 
+/// A renewed operator certificate must first be presented within this
+/// many seconds of its issue (`decnet login --renew` presents it at once),
+/// or it is revoked when it is: the certificate it replaced stays valid
+/// until then, and a thief who renewed with a stolen one must not keep an
+/// unused spare that outlives it.
+pub const RENEWAL_TAKE_WITHIN: i64 = 600;
+
 /// A renewed operator certificate.
 #[derive(Clone, Debug)]
 pub struct RenewedOperator {
@@ -596,7 +665,7 @@ pub async fn renew_operator(
         .map_err(|_| RenewRefusal::BadCsr)?;
     let fp = leaf.fingerprint.to_hex();
     let cn = operator_cn(name);
-    let mut tx = db.write_tx().await?;
+    let mut tx = db.lock_operator(name).await?;
     // Still standing inside the transaction: a revocation meanwhile wins.
     let standing = sqlx::query(
         "SELECT 1 FROM certificates c JOIN operators o ON o.name = $2 \
@@ -612,7 +681,9 @@ pub async fn renew_operator(
     if standing.is_none() {
         return Err(RenewRefusal::NotStanding);
     }
-    revoke_all_but(
+    // Older ones, and an earlier renewal never presented (a lost answer,
+    // or a thief's): said in the audit entry.
+    let revoked = revoke_all_but(
         &mut tx,
         &cn,
         Some(CertRole::Operator),
@@ -646,7 +717,14 @@ pub async fn renew_operator(
             "operator.renew",
             name,
             AuditOutcome::Ok,
-            format!("fingerprint={fp} replaces={presented}"),
+            format!(
+                "fingerprint={fp} replaces={presented} (revoked on first use) revoked_now={}",
+                if revoked.is_empty() {
+                    "-".to_string()
+                } else {
+                    revoked.join(",")
+                }
+            ),
         ))
         .await;
     Ok(RenewedOperator {

@@ -465,21 +465,53 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
         )
     })?;
     // The first request with the new certificate retires the old one.
-    let retired = crate::fleet_client::FleetClient::of(&ctx)?
-        .get::<decnet_api::Whoami>("/v1/whoami")
-        .await;
+    let whoami = || async {
+        crate::fleet_client::FleetClient::of(&ctx)?
+            .get::<decnet_api::Whoami>("/v1/whoami")
+            .await
+    };
+    let mut taken = whoami().await;
+    for _ in 0..2 {
+        if taken.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        taken = whoami().await;
+    }
+    if let Err(e) = taken {
+        // Not presented: if the old certificate still works, the renewal
+        // did not take and the old pair goes back (the master revokes the
+        // unused one at the next renewal, or refuses it after a while).
+        let renewed = bundle;
+        old.write(&ctx.dir).map_err(|w| {
+            anyhow::anyhow!(
+                "cannot put the previous certificate back into {} ({w})",
+                ctx.dir.display()
+            )
+        })?;
+        if whoami().await.is_ok() {
+            return Err(anyhow::anyhow!(
+                "the master could not be asked with the renewed certificate ({e}); the previous certificate is kept and still valid: run decnet login --renew again"
+            ));
+        }
+        renewed.write(&ctx.dir).map_err(|w| {
+            anyhow::anyhow!(
+                "cannot write the renewed certificate into {} ({w})",
+                ctx.dir.display()
+            )
+        })?;
+        return Err(anyhow::anyhow!(
+            "renewed, but the master could not be asked with the new certificate ({e}); it is saved in context {}: make any request (decnet swarm list) within {} minutes, or the renewal is void and an admin must give a new token",
+            ctx.name,
+            decnet_fleet::operators::RENEWAL_TAKE_WITHIN / 60
+        ));
+    }
     println!(
-        "renewed {} in context {}: valid until {} (fingerprint {}); {}",
+        "renewed {} in context {}: valid until {} (fingerprint {}); the previous certificate is revoked",
         old.identity.role,
         ctx.name,
         crate::table::format_time(r.not_after),
-        r.fingerprint,
-        match retired {
-            Ok(_) => "the previous certificate is revoked".to_string(),
-            Err(e) => format!(
-                "the previous certificate stays valid until the new one is first used (the master could not be asked now: {e})"
-            ),
-        }
+        r.fingerprint
     );
     Ok(())
 }

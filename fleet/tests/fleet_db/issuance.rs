@@ -75,6 +75,107 @@ pub async fn all(db: &FleetDb) {
     renewals_are_rate_limited_per_host(db, &layout).await;
     renew_reissue_race_leaves_one_current_certificate(db, &layout).await;
     the_crl_lists_what_was_revoked(db).await;
+    an_operator_renewal_takes_on_first_use(db).await;
+}
+
+/// Whether operator `op-renew`'s certificate `fp` is accepted now.
+async fn stands(db: &FleetDb, fp: &str) -> bool {
+    db.operator_standing("op-renew", fp)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// An operator's renewal keeps the certificate it was asked with until the
+/// new one is presented (a lost answer locks nobody out); the next renewal
+/// revokes an unused one; presenting the new one revokes the older ones,
+/// even within the second of their issue; a renewal first presented too
+/// late is refused and revoked, the certificate it replaced kept.
+async fn an_operator_renewal_takes_on_first_use(db: &FleetDb) {
+    use decnet_fleet::join::JoinRequest;
+    use decnet_fleet::operators::{RENEWAL_TAKE_WITHIN, join_operator, renew_operator};
+    let name = decnet_pki::HostName::new("op-renew").unwrap();
+    let (token, _) = db
+        .add_operator(
+            ca(),
+            &name,
+            "viewer",
+            &[],
+            Duration::from_secs(600),
+            "local:test",
+        )
+        .await
+        .unwrap();
+    let joined = join_operator(
+        db,
+        ca(),
+        &JoinRequest {
+            token_id: token.id.clone(),
+            secret: token.secret.clone(),
+            role: "operator".into(),
+            csr: csr("op-renew"),
+            host: None,
+            port: None,
+        },
+        "127.0.0.1".parse().unwrap(),
+        "test",
+        None,
+    )
+    .await
+    .unwrap();
+    let a = joined.fingerprint;
+    assert!(stands(db, &a).await);
+    // The answer of this renewal is lost: the certificate it was asked
+    // with still works, and renews again.
+    let lost = renew_operator(db, ca(), "op-renew", &a, &csr("x"))
+        .await
+        .unwrap();
+    assert!(
+        stands(db, &a).await,
+        "a lost renewal answer locked the operator out"
+    );
+    let b = renew_operator(db, ca(), "op-renew", &a, &csr("x"))
+        .await
+        .unwrap();
+    assert!(
+        !stands(db, &lost.fingerprint).await,
+        "the lost answer's certificate is still accepted"
+    );
+    assert!(stands(db, &a).await);
+    // The renewed one presented (the same second as the renewals, often):
+    // the one it replaces is refused from now on.
+    assert!(stands(db, &b.fingerprint).await);
+    assert!(
+        !stands(db, &a).await,
+        "the replaced certificate is still accepted"
+    );
+    assert!(stands(db, &b.fingerprint).await);
+    // A renewal nobody presented in time (a thief's spare) is refused and
+    // revoked when it shows up; the certificate it was asked with stays.
+    let late = renew_operator(db, ca(), "op-renew", &b.fingerprint, &csr("x"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE certificates SET issued_at = issued_at - $1 WHERE host = 'operator@op-renew'",
+    )
+    .bind(RENEWAL_TAKE_WITHIN + 60)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    assert!(
+        !stands(db, &late.fingerprint).await,
+        "a late renewal was accepted"
+    );
+    assert!(
+        stands(db, &b.fingerprint).await,
+        "a late renewal cost the operator its certificate"
+    );
+    assert!(!stands(db, &late.fingerprint).await);
+    assert!(
+        !unrevoked(db, "operator@op-renew")
+            .await
+            .contains(&late.fingerprint)
+    );
 }
 
 async fn renewal_retires_what_it_replaces(db: &FleetDb, layout: &CaLayout) {
