@@ -358,7 +358,9 @@ impl FleetDb {
         Ok(true)
     }
 
-    /// The current (newest, unrevoked) certificate of operator `name`.
+    /// The certificate operator `name` uses: its oldest unrevoked one (a
+    /// renewal not presented yet, perhaps a thief's, is newer and is not
+    /// it; presenting it revokes every older one).
     pub async fn operator_certificate(&self, name: &str) -> Result<Option<CertRecord>, DbError> {
         Ok(self
             .certificates_of(&operator_cn(name))
@@ -366,7 +368,7 @@ impl FleetDb {
             .into_iter()
             .filter(|(_, revoked)| !revoked)
             .map(|(c, _)| c)
-            .max_by_key(|c| c.not_after))
+            .min_by_key(|c| c.not_after))
     }
 
     /// Change an active operator's role and (when given) its host scope.

@@ -29,7 +29,13 @@ impl FleetClient {
     pub fn of(ctx: &Context) -> anyhow::Result<FleetClient> {
         let bundle = Bundle::load(&ctx.dir, BundleKind::Operator)
             .map_err(|e| UsageError(format!("context {}: {e}", ctx.name)))?;
-        let cfg = decnet_pki::tls::client_config(&bundle, None, &ExpectedServer::master())
+        Self::with_bundle(ctx, &bundle)
+    }
+
+    /// The client of context `ctx` presenting `bundle` instead of the
+    /// context's own (a renewed certificate, before it is installed).
+    pub fn with_bundle(ctx: &Context, bundle: &Bundle) -> anyhow::Result<FleetClient> {
+        let cfg = decnet_pki::tls::client_config(bundle, None, &ExpectedServer::master())
             .context("building the TLS configuration")?;
         let http = decnet_swarm_client::transport::http_client(
             cfg,

@@ -413,17 +413,68 @@ pub async fn login(
     Ok(())
 }
 
+/// Where `login --renew` keeps a renewed pair, inside the context's
+/// directory, until it has been presented and installed.
+const RENEWED_DIR: &str = "renewed";
+
+/// Whether `e` says the master refused the certificate (an answer, or a
+/// handshake refused as revoked), rather than that it could not be asked.
+fn refused(e: &anyhow::Error) -> bool {
+    !crate::fleet_client::is_transport(e) || format!("{e:#}").contains("Revoked")
+}
+
+/// One request (`GET /v1/whoami`) presenting `bundle`, tried three times.
+async fn present(ctx: &Context, bundle: &Bundle) -> anyhow::Result<()> {
+    let client = crate::fleet_client::FleetClient::with_bundle(ctx, bundle)?;
+    let mut last = None;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        match client.get::<decnet_api::Whoami>("/v1/whoami").await {
+            Ok(_) => return Ok(()),
+            Err(e) if refused(&e) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("not asked")))
+}
+
 /// `decnet login --renew`: a new key made here and a new certificate for
 /// it, asked with the current (still valid) certificate of the context in
-/// use (or `flag`'s); the context's bundle is replaced in one commit (a
-/// crash leaves the old or the new pair, never a mix). The old certificate
-/// stays valid until the new one is first presented (an answer lost on
-/// the way costs nothing: renew again); one request made here with the new
-/// one has the master revoke the old one at once.
+/// use (or `flag`'s). The master revokes the old certificate only when the
+/// new one is first presented, which this does at once, before installing
+/// it in the context (in one commit: a crash leaves the old or the new
+/// pair, never a mix). Until then the new pair waits in the context's
+/// `renewed/` directory and the old one stays in place and valid: a lost
+/// answer, a crash, a full disk or a dropped connection costs nothing but
+/// running this again, which first installs a waiting pair if the master
+/// took it.
 pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
     let ctx = context::selected(flag)?.ok_or_else(|| {
         UsageError("no context in use to renew (decnet context use NAME, or --context NAME)".into())
     })?;
+    let waiting_dir = ctx.dir.join(RENEWED_DIR);
+    if let Ok(waiting) = Bundle::load(&waiting_dir, BundleKind::Operator) {
+        // An earlier renewal could not be confirmed: if the master took it,
+        // it is the operator's certificate now.
+        if present(&ctx, &waiting).await.is_ok() {
+            waiting.write(&ctx.dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot install the renewed certificate into {} ({e}); it is in {}",
+                    ctx.dir.display(),
+                    waiting_dir.display()
+                )
+            })?;
+            let _ = std::fs::remove_dir_all(&waiting_dir);
+            println!(
+                "renewed {} in context {}: the renewal made earlier took (fingerprint {}); the previous certificate is revoked",
+                waiting.identity.role, ctx.name, waiting.identity.fingerprint
+            );
+            return Ok(());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&waiting_dir);
     let old = Bundle::load(&ctx.dir, BundleKind::Operator)
         .map_err(|e| UsageError(format!("context {}: {e}", ctx.name)))?;
     let client = crate::fleet_client::FleetClient::of(&ctx)?;
@@ -458,54 +509,44 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
     bundle.verify(&old.identity.role).map_err(|e| {
         anyhow::anyhow!("the master's answer is not a renewal of this context's operator: {e}")
     })?;
-    bundle.write(&ctx.dir).map_err(|e| {
+    // Kept aside (a full disk says so now, with the old pair still valid),
+    // then presented, then installed.
+    bundle.write(&waiting_dir).map_err(|e| {
         anyhow::anyhow!(
-            "cannot write the renewed certificate into {} ({e}); the old one stays valid until the new one is used: run decnet login --renew again",
-            ctx.dir.display()
+            "cannot save the renewed certificate in {} ({e}); the previous certificate is kept and still valid: run decnet login --renew again",
+            waiting_dir.display()
         )
     })?;
-    // The first request with the new certificate retires the old one.
-    let whoami = || async {
-        crate::fleet_client::FleetClient::of(&ctx)?
+    if let Err(e) = present(&ctx, &bundle).await {
+        // Did it take all the same (an answer lost)? Then the old one is refused.
+        match crate::fleet_client::FleetClient::of(&ctx)?
             .get::<decnet_api::Whoami>("/v1/whoami")
             .await
-    };
-    let mut taken = whoami().await;
-    for _ in 0..2 {
-        if taken.is_ok() {
-            break;
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_dir_all(&waiting_dir);
+                return Err(anyhow::anyhow!(
+                    "the master could not be asked with the renewed certificate ({e:#}); the previous certificate is kept and still valid: run decnet login --renew again"
+                ));
+            }
+            Err(old_e) if refused(&old_e) => {}
+            Err(old_e) => {
+                return Err(anyhow::anyhow!(
+                    "the master could not be reached to confirm the renewal ({old_e:#}); the previous certificate is kept in context {} and the renewed one waits in {}: run decnet login --renew again once the master answers",
+                    ctx.name,
+                    waiting_dir.display()
+                ));
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        taken = whoami().await;
     }
-    if let Err(e) = taken {
-        // Not presented: if the old certificate still works, the renewal
-        // did not take and the old pair goes back (the master revokes the
-        // unused one at the next renewal, or refuses it after a while).
-        let renewed = bundle;
-        old.write(&ctx.dir).map_err(|w| {
-            anyhow::anyhow!(
-                "cannot put the previous certificate back into {} ({w})",
-                ctx.dir.display()
-            )
-        })?;
-        if whoami().await.is_ok() {
-            return Err(anyhow::anyhow!(
-                "the master could not be asked with the renewed certificate ({e}); the previous certificate is kept and still valid: run decnet login --renew again"
-            ));
-        }
-        renewed.write(&ctx.dir).map_err(|w| {
-            anyhow::anyhow!(
-                "cannot write the renewed certificate into {} ({w})",
-                ctx.dir.display()
-            )
-        })?;
-        return Err(anyhow::anyhow!(
-            "renewed, but the master could not be asked with the new certificate ({e}); it is saved in context {}: make any request (decnet swarm list) within {} minutes, or the renewal is void and an admin must give a new token",
-            ctx.name,
-            decnet_fleet::operators::RENEWAL_TAKE_WITHIN / 60
-        ));
-    }
+    bundle.write(&ctx.dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot install the renewed certificate into {} ({e}); it waits in {}: run decnet login --renew again to install it",
+            ctx.dir.display(),
+            waiting_dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_dir_all(&waiting_dir);
     println!(
         "renewed {} in context {}: valid until {} (fingerprint {}); the previous certificate is revoked",
         old.identity.role,
