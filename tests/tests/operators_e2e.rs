@@ -107,10 +107,29 @@ fn kept_alive_client(ctx: &Path) -> reqwest::Client {
         .unwrap()
 }
 
-/// Save a renewal answer of the fleet API (`POST /v1/whoami/renew`) and
-/// the key of its CSR as an operator bundle in `dir`, under the CA of the
-/// context `ctx`.
-fn save_renewal(dir: &Path, answer: &serde_json::Value, key_pem: String, ctx: &Path) {
+/// Ask the fleet API (`renew_url`, `POST /v1/whoami/renew`) for a renewal
+/// with `client`'s certificate and a key made here, and save the answer
+/// and the key as an operator bundle in `dir` under the CA of context
+/// `ctx`, as `decnet login --renew` keeps it before presenting it. Returns
+/// the answer.
+fn renew_into(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    renew_url: &str,
+    dir: &Path,
+    ctx: &Path,
+) -> serde_json::Value {
+    let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("renewal").unwrap();
+    let answer: serde_json::Value = rt.block_on(async {
+        let r = client
+            .post(renew_url)
+            .json(&serde_json::json!({ "csr_pem": csr_pem }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    });
     let cert_pem = answer["cert_pem"].as_str().unwrap().to_string();
     decnet_pki::Bundle {
         kind: decnet_pki::BundleKind::Operator,
@@ -123,6 +142,7 @@ fn save_renewal(dir: &Path, answer: &serde_json::Value, key_pem: String, ctx: &P
     }
     .write(dir)
     .unwrap();
+    answer
 }
 
 /// Whether `client`'s certificate is refused at `url`: a 403 on its
@@ -592,22 +612,11 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
     // A renewal whose answer is lost on the way (made on the master, never
     // saved here) leaves bob the certificate it renewed with: it still
     // works, and renews again.
-    let (lost_key, csr_pem) = decnet_pki::ca::generate_csr("lost-answer").unwrap();
-    let renew_url = format!("https://{}/v1/whoami/renew", api.trim());
-    let lost: serde_json::Value = rt.block_on(async {
-        let r = old_client
-            .post(&renew_url)
-            .json(&serde_json::json!({ "csr_pem": csr_pem }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
-    });
     // Kept aside as a thief who caught the answer would (not used yet: its
     // first request would make it bob's current certificate).
+    let renew_url = format!("https://{}/v1/whoami/renew", api.trim());
     let lost_dir = tempfile::tempdir().unwrap();
-    save_renewal(lost_dir.path(), &lost, lost_key, &bob_ctx);
+    renew_into(&rt, &old_client, &renew_url, lost_dir.path(), &bob_ctx);
     let status = rt.block_on(async { old_client.get(&url).send().await.unwrap().status() });
     assert_eq!(status, 200, "a lost renewal answer locked the operator out");
     let out = bob.ok(&["login", "--renew"]);
@@ -688,18 +697,13 @@ fn operators_drive_the_fleet(m: &MasterHome, masters: &[&Daemon]) {
     let renewed_once = kept_alive_client(&bob_ctx);
     let status = rt.block_on(async { renewed_once.get(&url).send().await.unwrap().status() });
     assert_eq!(status, 200);
-    let (waiting_key, csr_pem) = decnet_pki::ca::generate_csr("waiting").unwrap();
-    let waiting: serde_json::Value = rt.block_on(async {
-        let r = renewed_once
-            .post(&renew_url)
-            .json(&serde_json::json!({ "csr_pem": csr_pem }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
-    });
-    save_renewal(&bob_ctx.join("renewed"), &waiting, waiting_key, &bob_ctx);
+    let waiting = renew_into(
+        &rt,
+        &renewed_once,
+        &renew_url,
+        &bob_ctx.join("renewed"),
+        &bob_ctx,
+    );
     let out = bob.ok(&["login", "--renew"]);
     assert!(out.contains("the renewal made earlier took"), "{out}");
     assert_eq!(
