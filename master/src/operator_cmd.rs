@@ -456,9 +456,19 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
     })?;
     let waiting_dir = ctx.dir.join(RENEWED_DIR);
     if let Ok(waiting) = Bundle::load(&waiting_dir, BundleKind::Operator) {
-        // An earlier renewal could not be confirmed: if the master took it,
-        // it is the operator's certificate now.
-        if present(&ctx, &waiting).await.is_ok() {
+        // An earlier renewal could not be confirmed: if the master takes it,
+        // it is the operator's certificate now; if the master cannot be
+        // asked, it stays (it may be the only one the master accepts).
+        let asked = present(&ctx, &waiting).await;
+        if let Err(e) = &asked
+            && !refused(e)
+        {
+            return Err(anyhow::anyhow!(
+                "the master could not be asked ({e:#}); a renewed certificate waits in {}: run decnet login --renew again once the master answers",
+                waiting_dir.display()
+            ));
+        }
+        if asked.is_ok() {
             waiting.write(&ctx.dir).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot install the renewed certificate into {} ({e}); it is in {}",
@@ -518,6 +528,12 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
         )
     })?;
     if let Err(e) = present(&ctx, &bundle).await {
+        if refused(&e) {
+            let _ = std::fs::remove_dir_all(&waiting_dir);
+            return Err(anyhow::anyhow!(
+                "the master refused the renewed certificate ({e:#}); the previous certificate is kept"
+            ));
+        }
         // Did it take all the same (an answer lost)? Then the old one is refused.
         match crate::fleet_client::FleetClient::of(&ctx)?
             .get::<decnet_api::Whoami>("/v1/whoami")
