@@ -440,6 +440,24 @@ async fn present(ctx: &Context, bundle: &Bundle) -> anyhow::Result<()> {
     Err(last.unwrap_or_else(|| anyhow::anyhow!("not asked")))
 }
 
+/// Make `bundle`, a renewed pair the master took, the context's own (one
+/// commit), and drop its copy waiting in `waiting_dir`.
+fn install_renewed(
+    ctx: &Context,
+    bundle: &Bundle,
+    waiting_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    bundle.write(&ctx.dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot install the renewed certificate into {} ({e}); it waits in {}: run decnet login --renew again to install it",
+            ctx.dir.display(),
+            waiting_dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_dir_all(waiting_dir);
+    Ok(())
+}
+
 /// `decnet login --renew`: a new key made here and a new certificate for
 /// it, asked with the current (still valid) certificate of the context in
 /// use (or `flag`'s). The master revokes the old certificate only when the
@@ -469,14 +487,7 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
             ));
         }
         if asked.is_ok() {
-            waiting.write(&ctx.dir).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot install the renewed certificate into {} ({e}); it is in {}",
-                    ctx.dir.display(),
-                    waiting_dir.display()
-                )
-            })?;
-            let _ = std::fs::remove_dir_all(&waiting_dir);
+            install_renewed(&ctx, &waiting, &waiting_dir)?;
             println!(
                 "renewed {} in context {}: the renewal made earlier took (fingerprint {}); the previous certificate is revoked",
                 waiting.identity.role, ctx.name, waiting.identity.fingerprint
@@ -555,14 +566,7 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
             }
         }
     }
-    bundle.write(&ctx.dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot install the renewed certificate into {} ({e}); it waits in {}: run decnet login --renew again to install it",
-            ctx.dir.display(),
-            waiting_dir.display()
-        )
-    })?;
-    let _ = std::fs::remove_dir_all(&waiting_dir);
+    install_renewed(&ctx, &bundle, &waiting_dir)?;
     println!(
         "renewed {} in context {}: valid until {} (fingerprint {}); the previous certificate is revoked",
         old.identity.role,
