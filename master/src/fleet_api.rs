@@ -1337,12 +1337,7 @@ async fn evidence_fetch(
     file.seek(std::io::SeekFrom::Start(0))
         .await
         .map_err(unavailable)?;
-    use futures_util::StreamExt;
-    let body =
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file).map(move |chunk| {
-            let _held = &spooling;
-            chunk
-        }));
+    let body = spooled_body(file, spooling, SPOOL_SEND_STALL);
     Ok((
         [
             (
@@ -1355,6 +1350,46 @@ async fn evidence_fetch(
     )
         .into_response())
 }
+
+/// The answer's body of a spooled archive: `file` read by a task of its
+/// own that holds `held` (the spool slot) and hands the chunks on. A
+/// reader that takes none for `stall` (it stopped reading: the socket's
+/// buffers are full) ends the answer short, and the slot is free again at
+/// once: [`SPOOLS_AT_ONCE`] operators who stop reading cannot hold every
+/// other operator's evidence for as long as they keep their connections.
+fn spooled_body(
+    file: tokio::fs::File,
+    held: tokio::sync::OwnedSemaphorePermit,
+    stall: std::time::Duration,
+) -> axum::body::Body {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(4);
+    tokio::spawn(async move {
+        let _held = held;
+        let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024);
+        while let Some(chunk) = chunks.next().await {
+            match tokio::time::timeout(stall, tx.send(chunk)).await {
+                Ok(Ok(())) => {}
+                // The reader went away.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        stall_s = stall.as_secs(),
+                        "an evidence download stopped reading; its answer is cut and its spool slot freed"
+                    );
+                    return;
+                }
+            }
+        }
+    });
+    axum::body::Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }))
+}
+
+/// How long an evidence download may take no bytes before its answer is
+/// cut (see [`spooled_body`]).
+pub const SPOOL_SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The largest evidence archive the master fetches for an operator (an
 /// agent keeps 2 GiB of archives by default, all deckies together).
@@ -1660,4 +1695,58 @@ async fn renew_self(
         ca_pem: ca.trust_pem().to_string(),
         endorsements_pem: ca.endorsements_pem().to_string(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn archive(len: usize) -> (tokio::fs::File, Vec<u8>) {
+        use std::io::{Seek, Write};
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        (tokio::fs::File::from_std(f), data)
+    }
+
+    /// The attacker fetches an archive and stops reading; the spool slot
+    /// is free again after the stall, and what the stalled answer still
+    /// yields is cut short (its length header then fails the download).
+    #[tokio::test]
+    async fn an_evidence_reader_that_stops_reading_frees_its_spool_slot() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let (file, data) = archive(4 << 20).await;
+        let held = slots.clone().try_acquire_owned().unwrap();
+        let body = spooled_body(file, held, std::time::Duration::from_millis(200));
+        assert_eq!(slots.available_permits(), 0);
+        let t = std::time::Instant::now();
+        while slots.available_permits() == 0 {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "a reader that stopped reading kept its spool slot"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let got = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        assert!(got.len() < data.len(), "{} bytes", got.len());
+        assert_eq!(&got[..], &data[..got.len()]);
+    }
+
+    /// A reader that keeps reading gets the whole archive, and the slot
+    /// back once it is sent.
+    #[tokio::test]
+    async fn an_evidence_reader_gets_the_whole_archive() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let (file, data) = archive(3 << 20).await;
+        let held = slots.clone().try_acquire_owned().unwrap();
+        let body = spooled_body(file, held, std::time::Duration::from_secs(60));
+        let got = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        assert_eq!(&got[..], &data[..]);
+        let t = std::time::Instant::now();
+        while slots.available_permits() == 0 {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }

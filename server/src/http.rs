@@ -135,9 +135,20 @@ impl ConnectionHandler for HttpService {
             _ = stop.cancelled() => {}
             _ = end => {}
         }
-        // Finish the request in flight (if any), then close.
+        // Finish the request in flight (if any), then close. The answer in
+        // flight gets the request timeout to be sent: a client that stopped
+        // reading (or an answer that never ends, an event stream) would
+        // otherwise keep the connection, and whatever its answer holds,
+        // past the connection's lifetime and its certificate's expiry.
         served.as_mut().graceful_shutdown();
-        let _ = served.await;
+        if tokio::time::timeout(self.limits.request_timeout, served)
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                "answer in flight not sent within the request timeout after the connection's end; closed"
+            );
+        }
     }
 }
 

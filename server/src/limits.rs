@@ -67,7 +67,10 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// The largest request head (and read buffer) accepted.
     pub max_header_bytes: usize,
-    /// A request whose handler has not answered within this gets `408`.
+    /// A request whose handler has not answered within this gets `408`;
+    /// and once a connection reaches its end (its lifetime, its
+    /// certificate's expiry, a shutdown) the answer in flight gets this
+    /// long to be sent before the connection is closed under it.
     pub request_timeout: Duration,
     /// The default largest request body (a route may set its own).
     pub max_body_bytes: usize,

@@ -101,6 +101,14 @@ async fn start_server_auth(limits: ServerLimits, http: HttpLimits, auth: ClientA
                 tokio::time::sleep(StdDuration::from_secs(30)).await;
                 "late"
             }),
+        )
+        .route(
+            "/endless",
+            get(|| async {
+                axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(tokio::io::repeat(
+                    b'x',
+                )))
+            }),
         );
     let app = HttpService::new(router, RoleSet(vec![RoleKind::Master]), http);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -514,6 +522,53 @@ async fn slow_headers_are_cut_off() {
     assert!(t.elapsed() < StdDuration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
     assert!(srv.admission.open_connections() <= 1);
+}
+
+/// The attacker asks for an answer that does not fit in the socket's
+/// buffers (here one that never ends, as an event stream) and stops
+/// reading. hyper's graceful close waits for the answer in flight, so
+/// without a bound the connection, and whatever its answer holds (an
+/// evidence spool slot, an event subscription), outlived the connection's
+/// lifetime and its certificate's expiry for as long as the client liked.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_the_end_of_its_connection() {
+    let srv = start_server_with(
+        ServerLimits {
+            max_connection_lifetime: Some(StdDuration::from_secs(1)),
+            ..ServerLimits::default()
+        },
+        HttpLimits {
+            request_timeout: StdDuration::from_secs(1),
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+    let cfg = Arc::new(
+        decnet_pki::client_config(&master(), None, &ExpectedServer::role(srv_role())).unwrap(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    tls.read_exact(&mut first).await.unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+    assert_eq!(srv.admission.open_connections(), 1);
+    // Not reading from here on: the server's writes fill the buffers.
+    let t = std::time::Instant::now();
+    while srv.admission.open_connections() > 0 {
+        assert!(
+            t.elapsed() < StdDuration::from_secs(10),
+            "a client that stopped reading kept its connection past its lifetime and the request timeout"
+        );
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+    // Lifetime (1 s) plus the request timeout (1 s) for the answer in flight.
+    assert!(t.elapsed() < StdDuration::from_secs(6), "{:?}", t.elapsed());
+    drop(tls);
 }
 
 #[tokio::test]

@@ -11,7 +11,14 @@
 //! `sync`, with no dirty pages left to write back.
 //! Besides messages per second (sender and receiver share the machine's
 //! cores) it reports each receiver's CPU time per message, from
-//! `/proc/<pid>/stat`: the cost that does not depend on the sender.
+//! `/proc/<pid>/stat`: the cost that does not depend on the sender, and
+//! the bytes it wrote per message (the listener writes two files, rsyslog
+//! raw-only one): a load larger than the page cache takes is bound by the
+//! disk's bandwidth divided by that.
+//!
+//! rsyslog runs with its batching turned up (main queue dequeue batches of
+//! 1,024, 1 MiB output buffers); measured no faster than its defaults
+//! here, kept so its side is not held back by them.
 //!
 //! Run: `cargo run --release -p decnet-e2e --bin decnet-log-bench -- [CONNECTIONS] [MESSAGES_PER_CONNECTION] [ROUNDS]`
 
@@ -88,6 +95,10 @@ struct Round {
     secs: f64,
     receiver_cpu: f64,
     sender_cpu: f64,
+    /// Bytes the receiver wrote to its files (raw, and JSON if it writes
+    /// it): once the page cache is full, the disk's bandwidth divided by
+    /// this is the most it can ingest.
+    written: u64,
 }
 
 /// Send `per_conn` messages on each of `conns` connections (connection `i`
@@ -136,6 +147,7 @@ async fn load(
                 secs: start.elapsed().as_secs_f64(),
                 receiver_cpu: procstat::cpu_seconds(pid) - receiver_before,
                 sender_cpu: procstat::cpu_seconds(std::process::id()) - sender_before,
+                written: 0,
             };
             drop(streams);
             return Some(round);
@@ -178,7 +190,15 @@ impl Receiver {
             }
         }
         match load(bundles, self.addr, self.pid, conns, per_conn, &self.out).await {
-            Some(r) => self.rounds.push(r),
+            Some(mut r) => {
+                r.written = self
+                    .files
+                    .iter()
+                    .filter_map(|f| std::fs::metadata(f).ok())
+                    .map(|m| m.len())
+                    .sum();
+                self.rounds.push(r)
+            }
             None => println!("{}: did not ingest everything within 300 s", self.name),
         }
     }
@@ -199,12 +219,13 @@ impl Receiver {
             .map(|r| format!("{:.0}k", total as f64 / r.secs / 1e3))
             .collect();
         println!(
-            "{:<34} {:>9.0} msg/s {:>6.1} MB/s   receiver CPU {:.2} us/msg, sender CPU {:.2} us/msg   (rounds: {})",
+            "{:<34} {:>9.0} msg/s {:>6.1} MB/s   receiver CPU {:.2} us/msg, sender CPU {:.2} us/msg, wrote {} B/msg   (rounds: {})",
             self.name,
             total as f64 / m.secs,
             (total * msg_len) as f64 / m.secs / 1e6,
             m.receiver_cpu / total as f64 * 1e6,
             m.sender_cpu / total as f64 * 1e6,
+            m.written / total as u64,
             all.join(" ")
         );
         Some(total as f64 / m.secs)
@@ -229,14 +250,15 @@ global(workDirectory="{work}" DefaultNetstreamDriver="gtls"
        DefaultNetstreamDriverCAFile="{b}/ca.crt" DefaultNetstreamDriverCertFile="{b}/worker.crt"
        DefaultNetstreamDriverKeyFile="{b}/worker.key")
 module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.Authmode="x509/certvalid" MaxSessions="2000")
+main_queue(queue.dequeueBatchSize="1024" queue.size="100000")
 input(type="imtcp" port="{port}" address="127.0.0.1")
 template(name="json" type="string" string="%jsonmesg%\n")
-action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
+action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format" ioBufferSize="1m")
 {json_action}
 "#,
         json_action = if with_json {
             format!(
-                r#"action(type="omfile" file="{}" template="json")"#,
+                r#"action(type="omfile" file="{}" template="json" ioBufferSize="1m")"#,
                 dir.join("out.json").display()
             )
         } else {
