@@ -953,7 +953,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Master(_)
         | Command::Listener { .. }
         | Command::Ca(CaCommand::Init { .. })) => c,
-        c => match crate::context::selected(context.as_deref())? {
+        c => match decnet_api_client::context::selected(context.as_deref())? {
             Some(ctx) => return crate::remote::run(&ctx, c).await,
             None => c,
         },

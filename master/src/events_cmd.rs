@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use decnet_api::{AlertRule, Event};
 
-use crate::fleet_client::{FleetClient, segment};
 use crate::home::MasterHome;
 use crate::usage::UsageError;
+use decnet_api_client::{FleetClient, SseParser, segment};
 
 /// `decnet events` arguments.
 #[derive(Debug, clap::Args)]
@@ -102,75 +102,6 @@ pub struct ConsoleArgs {
     pub console_port: u16,
 }
 
-/// One server-sent event as read off the wire.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SseFrame {
-    /// Its `event:` (empty: a plain message).
-    pub event: String,
-    /// Its `id:`.
-    pub id: Option<String>,
-    /// Its `data:` lines, joined by newlines.
-    pub data: String,
-}
-
-/// Splits a server-sent event stream into frames. Pure (unit-tested).
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-    frame: SseFrame,
-    has_data: bool,
-}
-
-impl SseParser {
-    /// The most one line may hold (a broken server cannot grow it).
-    pub const MAX_LINE: usize = 4 << 20;
-
-    /// Feed bytes; returns the frames they complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseFrame>, String> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let line = String::from_utf8_lossy(&line);
-            if line.is_empty() {
-                if self.has_data {
-                    out.push(std::mem::take(&mut self.frame));
-                }
-                self.frame = SseFrame::default();
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue; // a keep-alive comment
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_ref(), ""),
-            };
-            match field {
-                "event" => self.frame.event = value.to_string(),
-                "id" => self.frame.id = Some(value.to_string()),
-                "data" => {
-                    if self.has_data {
-                        self.frame.data.push('\n');
-                    }
-                    self.frame.data.push_str(value);
-                    self.has_data = true;
-                }
-                _ => {}
-            }
-        }
-        if self.buf.len() > Self::MAX_LINE {
-            return Err("an event stream line is too long".into());
-        }
-        Ok(out)
-    }
-}
-
 /// A human line for an event: when, kind, host, the details. Pure.
 pub fn render_event(e: &Event) -> String {
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(e.at_ms as i128 * 1_000_000)
@@ -245,13 +176,13 @@ pub async fn events(client: &FleetClient, a: EventsArgs) -> anyhow::Result<()> {
                 failures = 0;
                 r
             }
-            Err(e) if a.follow && crate::fleet_client::is_transport(&e) => {
+            Err(e) if a.follow && e.is_unanswered() => {
                 failures += 1;
                 eprintln!("warning: {e:#}; retrying");
                 tokio::time::sleep(Duration::from_secs(u64::from(failures.min(5)))).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let mut parser = SseParser::default();
         loop {
@@ -539,22 +470,6 @@ pub async fn console_local(home: &MasterHome, a: ConsoleArgs) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_frames_split_across_chunks() {
-        let mut p = SseParser::default();
-        assert!(p.feed(b": keep-alive\n\nid: 7\nda").unwrap().is_empty());
-        let f = p
-            .feed(b"ta: {\"a\":1}\n\nevent: gap\ndata: {}\r\n\r\n")
-            .unwrap();
-        assert_eq!(f.len(), 2);
-        assert_eq!(f[0].id.as_deref(), Some("7"));
-        assert_eq!(f[0].data, "{\"a\":1}");
-        assert_eq!(f[1].event, "gap");
-        let f = p.feed(b"data: a\ndata: b\n\n").unwrap();
-        assert_eq!(f[0].data, "a\nb");
-        assert!(p.feed(&vec![b'x'; SseParser::MAX_LINE + 1]).is_err());
-    }
 
     #[test]
     fn events_render_on_one_line() {

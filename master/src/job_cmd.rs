@@ -9,8 +9,8 @@ use std::time::Duration;
 use decnet_api as api;
 
 use crate::cli::JobCommand;
-use crate::fleet_client::{FleetClient, segment};
 use crate::table::{format_time, inert};
+use decnet_api_client::{FleetClient, segment};
 
 /// Start a job by `POST path` with `body`, retrying a dropped request with
 /// the same idempotency key (so at most one job starts).
@@ -39,15 +39,18 @@ pub async fn post_once<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         let req = client
             .request(reqwest::Method::POST, path)
             .header(api::IDEMPOTENCY_KEY_HEADER, &key)
-            .timeout(crate::fleet_client::LONG_OPERATION)
+            .timeout(decnet_api_client::LONG_OPERATION)
             .json(body);
         match client.call(req).await {
             Ok(answer) => return Ok(answer),
-            Err(e) if crate::fleet_client::is_transport(&e) => last = Some(e),
-            Err(e) => return Err(e),
+            Err(e) if e.is_unanswered() => last = Some(e),
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("the fleet API did not answer")))
+    Err(last.map_or_else(
+        || anyhow::anyhow!("the fleet API did not answer"),
+        anyhow::Error::from,
+    ))
 }
 
 /// Print job `id`'s progress lines until it ends, then its result; the exit

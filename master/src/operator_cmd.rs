@@ -9,11 +9,11 @@ use decnet_api as api;
 use decnet_pki::{Bundle, BundleKind};
 
 use crate::cli::{ContextCommand, OperatorCommand, parse_duration};
-use crate::context::{self, Context};
-use crate::fleet_client::{FleetClient, segment};
 use crate::home::MasterHome;
 use crate::table::{format_time, inert};
 use crate::usage::{UsageError, cli_actor, open_db};
+use decnet_api_client::context::{self, Context};
+use decnet_api_client::{FleetClient, segment};
 
 /// A role as given on the command line.
 pub fn parse_role(s: &str) -> Result<api::OperatorRole, UsageError> {
@@ -419,25 +419,23 @@ const RENEWED_DIR: &str = "renewed";
 
 /// Whether `e` says the master refused the certificate (an answer, or a
 /// handshake refused as revoked), rather than that it could not be asked.
-fn refused(e: &anyhow::Error) -> bool {
-    !crate::fleet_client::is_transport(e) || format!("{e:#}").contains("Revoked")
+fn refused(e: &decnet_api_client::ApiError) -> bool {
+    !e.is_unanswered() || e.to_string().contains("Revoked")
 }
 
-/// One request (`GET /v1/whoami`) presenting `bundle`, tried three times.
-async fn present(ctx: &Context, bundle: &Bundle) -> anyhow::Result<()> {
-    let client = crate::fleet_client::FleetClient::with_bundle(ctx, bundle)?;
-    let mut last = None;
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+/// One request (`GET /v1/whoami`) presenting `bundle`, tried three times
+/// while it goes unanswered.
+async fn present(ctx: &Context, bundle: &Bundle) -> Result<(), decnet_api_client::ApiError> {
+    let client = FleetClient::with_bundle(ctx, bundle)?;
+    let mut attempt = 0;
+    loop {
         match client.get::<decnet_api::Whoami>("/v1/whoami").await {
             Ok(_) => return Ok(()),
-            Err(e) if refused(&e) => return Err(e),
-            Err(e) => last = Some(e),
+            Err(e) if refused(&e) || attempt == 2 => return Err(e),
+            Err(_) => attempt += 1,
         }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("not asked")))
 }
 
 /// Make `bundle`, a renewed pair the master took, the context's own (one
@@ -498,7 +496,7 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&waiting_dir);
     let old = Bundle::load(&ctx.dir, BundleKind::Operator)
         .map_err(|e| UsageError(format!("context {}: {e}", ctx.name)))?;
-    let client = crate::fleet_client::FleetClient::of(&ctx)?;
+    let client = FleetClient::of(&ctx)?;
     let (key_pem, csr_pem) = decnet_pki::ca::generate_csr("decnet-login-renew")
         .map_err(|e| anyhow::anyhow!("cannot generate a key: {e}"))?;
     let r: decnet_api::RenewedOperator = client
@@ -546,7 +544,7 @@ pub async fn renew(flag: Option<&str>) -> anyhow::Result<()> {
             ));
         }
         // Did it take all the same (an answer lost)? Then the old one is refused.
-        match crate::fleet_client::FleetClient::of(&ctx)?
+        match FleetClient::of(&ctx)?
             .get::<decnet_api::Whoami>("/v1/whoami")
             .await
         {

@@ -5,9 +5,9 @@
 //! worker's key) say so (exit 2) instead of acting on this machine's files.
 
 use crate::cli::{Command, SwarmCommand};
-use crate::context::Context;
-use crate::fleet_client::FleetClient;
 use crate::usage::UsageError;
+use decnet_api_client::Context;
+use decnet_api_client::FleetClient;
 
 /// Run `cmd` against the master of `ctx`.
 pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
@@ -212,7 +212,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                             reqwest::Method::POST,
                             &format!("/v1/hosts/{}/burn", percent(&host)),
                         )
-                        .timeout(crate::fleet_client::LONG_OPERATION),
+                        .timeout(decnet_api_client::LONG_OPERATION),
                 )
                 .await?;
             crate::cli::print_burned(&b);
@@ -274,7 +274,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 Err(e) => {
                     drop(file);
                     new_file.abandon();
-                    Err(e)
+                    Err(e.into())
                 }
             }
         }
@@ -310,7 +310,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                             reqwest::Method::PUT,
                             &format!("/v1/releases/{}", percent(&rel.sha256)),
                         )
-                        .timeout(crate::fleet_client::LONG_OPERATION)
+                        .timeout(decnet_api_client::LONG_OPERATION)
                         .header(reqwest::header::CONTENT_TYPE, "application/gzip")
                         .body(tarball),
                 )
@@ -369,7 +369,7 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<String> {
     })
 }
 
-use crate::fleet_client::segment as percent;
+use decnet_api_client::segment as percent;
 
 /// The command's words, for messages.
 fn command_name(cmd: &Command) -> String {

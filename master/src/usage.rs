@@ -28,7 +28,12 @@ pub struct ExitWith {
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if let Some(e) = err.chain().find_map(|e| e.downcast_ref::<ExitWith>()) {
         e.code
-    } else if err.chain().any(|e| e.is::<UsageError>()) {
+    } else if err.chain().any(|e| {
+        e.is::<UsageError>()
+            || e.is::<decnet_api_client::ContextError>()
+            || e.downcast_ref::<decnet_api_client::ApiError>()
+                .is_some_and(decnet_api_client::ApiError::is_usage)
+    }) {
         2
     } else {
         1

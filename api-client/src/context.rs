@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 
 use decnet_pki::BundleKind;
 
-use crate::usage::UsageError;
+/// A context that cannot be named, found or removed: the operator's
+/// mistake or setup, said as such (the CLI exits 2, as for any usage
+/// error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ContextError(pub String);
 
 /// The context name that means "no context: work locally".
 pub const LOCAL: &str = "local";
@@ -38,7 +43,7 @@ pub fn valid_name(name: &str) -> bool {
 
 /// The context in use: `flag` (`--context`, `DECNET_CONTEXT`), else the
 /// one `decnet context use` chose; `None`: work locally.
-pub fn selected(flag: Option<&str>) -> Result<Option<Context>, UsageError> {
+pub fn selected(flag: Option<&str>) -> Result<Option<Context>, ContextError> {
     let name = match flag {
         Some(n) => n.to_string(),
         None => match std::fs::read_to_string(config_root().join("current")) {
@@ -65,15 +70,15 @@ pub struct Context {
 
 impl Context {
     /// Load context `name`.
-    pub fn load(name: &str) -> Result<Context, UsageError> {
+    pub fn load(name: &str) -> Result<Context, ContextError> {
         if !valid_name(name) {
-            return Err(UsageError(format!(
+            return Err(ContextError(format!(
                 "{name:?} is not a context name (see `decnet context list`)"
             )));
         }
         let dir = dir_of(name);
         if !dir.join(BundleKind::Operator.cert_file()).exists() {
-            return Err(UsageError(format!(
+            return Err(ContextError(format!(
                 "no context named {name} (see `decnet context list`; `decnet login` makes one)"
             )));
         }
@@ -81,7 +86,7 @@ impl Context {
             std::fs::read_to_string(dir.join(decnet_swarm_client::join::FLEET_API_FILE))
                 .map(|s| s.trim().to_string())
                 .map_err(|_| {
-                    UsageError(format!(
+                    ContextError(format!(
                         "context {name} does not say where the fleet API listens; log in again"
                     ))
                 })?;
@@ -130,13 +135,13 @@ impl Context {
 }
 
 /// Remove context `name` (its key with it).
-pub fn remove(name: &str) -> Result<(), UsageError> {
+pub fn remove(name: &str) -> Result<(), ContextError> {
     let dir = dir_of(name);
     if !valid_name(name) || !dir.exists() {
-        return Err(UsageError(format!("no context named {name}")));
+        return Err(ContextError(format!("no context named {name}")));
     }
     std::fs::remove_dir_all(&dir)
-        .map_err(|e| UsageError(format!("cannot remove {}: {e}", dir.display())))?;
+        .map_err(|e| ContextError(format!("cannot remove {}: {e}", dir.display())))?;
     if Context::current_name().as_deref() == Some(name) {
         let _ = std::fs::remove_file(config_root().join("current"));
     }
