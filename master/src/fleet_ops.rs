@@ -783,6 +783,10 @@ pub async fn evidence_fetch(
     }
 }
 
+/// The largest decky state a status probe stores for a host (a
+/// heartbeat's is smaller still: `control_api::MAX_HEARTBEAT_BYTES`).
+pub const MAX_STORED_STATE: usize = 1 << 20;
+
 /// A file written `0600` under a temporary name (`OUT.part`) and linked
 /// into place only when complete: an existing file is never replaced.
 pub struct NewFile {
@@ -947,9 +951,12 @@ pub async fn probe_all(
         let Ok((host, r)) = joined else { continue };
         match r {
             Ok((version, status)) => {
+                // Stored and shown to every operator: an answer larger
+                // than any real host's state is not kept.
                 let state = status
                     .as_ref()
-                    .and_then(|s| serde_json::to_string(&s.deckies).ok());
+                    .and_then(|s| serde_json::to_string(&s.deckies).ok())
+                    .filter(|s| s.len() <= MAX_STORED_STATE);
                 // A version that is not a plain label is not stored.
                 let stored = decnet_fleet::is_reported_version(&version).then(|| version.clone());
                 contacts.push(decnet_fleet::Contact {

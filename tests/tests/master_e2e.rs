@@ -119,6 +119,26 @@ async fn heartbeats_from_wrong_unknown_or_revoked_certificates_are_refused() {
         200
     );
 
+    // A hostile worker's oversized or shapeless heartbeat is refused before
+    // it is stored (a list of zeros would be 16 times its size parsed),
+    // and the host's next honest beat is taken.
+    let huge = serde_json::json!({"version": "x", "deckies": [{"name": "d", "error": "e".repeat(300 * 1024)}]});
+    let r = current.post(&url).json(&huge).send().await.unwrap();
+    assert_eq!(r.status(), 413, "{}", r.text().await.unwrap_or_default());
+    let zeros = serde_json::json!({"version": "x", "deckies": vec![0; 50_000]});
+    let r = current.post(&url).json(&zeros).send().await.unwrap();
+    assert_eq!(r.status(), 422, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(
+        current
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
     // Another role is refused by the middleware.
     let as_master = mtls_client(&m.master_bundle_dir(), BundleKind::Master, "decnet-master");
     let r = as_master.post(&url).json(&body).send().await.unwrap();
