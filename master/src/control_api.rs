@@ -368,26 +368,14 @@ pub struct ReportedDecky {
 }
 
 impl ReportedDecky {
-    fn capped(mut self) -> Self {
-        cut(&mut self.name, 64);
-        if let Some(s) = &mut self.state {
-            cut(s, 32);
+    fn capped(self) -> Self {
+        use crate::events::capped;
+        ReportedDecky {
+            name: capped(&self.name, 64),
+            state: self.state.map(|s| capped(&s, 32)),
+            error: self.error.map(|e| capped(&e, 512)),
+            ..self
         }
-        if let Some(e) = &mut self.error {
-            cut(e, 512);
-        }
-        self
-    }
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn cut(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
     }
 }
 

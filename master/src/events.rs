@@ -450,7 +450,7 @@ pub enum HostChange {
 }
 
 /// A short text of a worker's (cut at `max` bytes, on a char boundary).
-fn capped(s: &str, max: usize) -> String {
+pub(crate) fn capped(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

@@ -496,6 +496,20 @@ async fn one_certificate_cannot_hold_every_connection() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A raw TLS connection to the test server as the master (for requests
+/// written by hand).
+async fn tls_as_master(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let cfg = Arc::new(
+        decnet_pki::client_config(&master(), None, &ExpectedServer::role(srv_role())).unwrap(),
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     let srv = start_server_with(
@@ -506,13 +520,7 @@ async fn slow_headers_are_cut_off() {
         },
     )
     .await;
-    let cfg = Arc::new(
-        decnet_pki::client_config(&master(), None, &ExpectedServer::role(srv_role())).unwrap(),
-    );
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_as_master(srv.addr).await;
     tls.write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
@@ -543,13 +551,7 @@ async fn a_client_that_stops_reading_is_cut_at_the_end_of_its_connection() {
         },
     )
     .await;
-    let cfg = Arc::new(
-        decnet_pki::client_config(&master(), None, &ExpectedServer::role(srv_role())).unwrap(),
-    );
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_as_master(srv.addr).await;
     tls.write_all(b"GET /endless HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
