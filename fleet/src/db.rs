@@ -192,6 +192,18 @@ pub struct FleetDb {
     backend: Backend,
     audit_tap: Arc<OnceLock<AuditTap>>,
     promotions: Arc<std::sync::atomic::AtomicU64>,
+    searches: Arc<tokio::sync::Semaphore>,
+}
+
+/// Connections of the pool (4 on SQLite, 8 on PostgreSQL) that operators'
+/// audit searches may hold at once: the rest stay free for the fleet
+/// (heartbeats, renewals, joins) and for everyone else's requests, however
+/// many searches one operator sends.
+pub fn audit_search_connections(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 2,
+        Backend::Postgres => 4,
+    }
 }
 
 impl std::fmt::Debug for FleetDb {
@@ -280,6 +292,9 @@ impl FleetDb {
         }
         Ok(FleetDb {
             promotions: Arc::default(),
+            searches: Arc::new(tokio::sync::Semaphore::new(audit_search_connections(
+                backend,
+            ))),
             pool,
             backend,
             audit_tap: Arc::new(OnceLock::new()),
@@ -952,22 +967,37 @@ impl FleetDb {
         };
         // LIKE's own characters in the prefix match only themselves.
         let action = q.action.as_deref().unwrap_or("").replace(['%', '_'], "");
-        let rows = sqlx::query(
+        // Only the filters given are conditions, so the planner can read
+        // the (actor, at) and (target, at) indexes (an `$1 = '' OR …` hides
+        // them from it). The values are bound, never spliced.
+        let mut sql = String::from(
             "SELECT at, actor, action, target, outcome, detail, source FROM audit_log \
-             WHERE ($1 = '' OR actor IN ($1, $2, $3)) AND action LIKE $4 \
-             AND ($5 = '' OR target = $5) AND at >= $6 AND at <= $7 \
-             ORDER BY at DESC, id LIMIT $8",
-        )
-        .bind(a)
-        .bind(b)
-        .bind(c)
-        .bind(format!("{action}%"))
-        .bind(q.target.clone().unwrap_or_default())
-        .bind(q.since.unwrap_or(0))
-        .bind(q.until.unwrap_or(i64::MAX))
-        .bind(q.limit)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE at >= $1 AND at <= $2",
+        );
+        let mut texts: Vec<String> = Vec::new();
+        if q.actor.is_some() {
+            sql.push_str(" AND actor IN ($3, $4, $5)");
+            texts.extend([a, b, c]);
+        }
+        if !action.is_empty() {
+            sql.push_str(&format!(" AND action LIKE ${}", texts.len() + 3));
+            texts.push(format!("{action}%"));
+        }
+        if let Some(target) = &q.target {
+            sql.push_str(&format!(" AND target = ${}", texts.len() + 3));
+            texts.push(target.clone());
+        }
+        sql.push_str(&format!(" ORDER BY at DESC, id LIMIT ${}", texts.len() + 3));
+        // Audited: `sql` is fixed text and numbered placeholders only.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(q.since.unwrap_or(0))
+            .bind(q.until.unwrap_or(i64::MAX));
+        for t in texts {
+            query = query.bind(t);
+        }
+        // Never closed.
+        let _turn = self.searches.acquire().await.expect("open");
+        let rows = query.bind(q.limit).fetch_all(&self.pool).await?;
         rows.iter().map(audit_of_row).collect()
     }
 

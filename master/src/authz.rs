@@ -247,6 +247,88 @@ async fn authorize_request(db: Arc<FleetDb>, req: Request, next: Next) -> Respon
     admit(db, op, Credential::Certificate(fingerprint), req, next).await
 }
 
+/// Costly requests (see [`is_costly`]) one operator may have in flight at
+/// once, over all its connections and console sessions: enough for a
+/// console and a CLI side by side, too few for one operator (a stolen
+/// viewer certificate) to take the master's database connections or its
+/// outbound budget from everyone else.
+pub const MAX_COSTLY_PER_OPERATOR: usize = 4;
+
+/// Whether a request makes the master ask every host (`status`, `check`,
+/// the doctor), ask a host's agent for evidence, or scan the audit log:
+/// the requests whose cost an operator chooses and the master pays. Pure.
+pub fn is_costly(method: &Method, path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    method == Method::GET
+        && matches!(
+            segs.as_slice(),
+            ["v1", "status"]
+                | ["v1", "check"]
+                | ["v1", "doctor"]
+                | ["v1", "audit"]
+                | ["v1", "hosts", _, "evidence", ..]
+        )
+}
+
+/// How many of something each operator holds at once (its costly requests
+/// in flight, see [`MAX_COSTLY_PER_OPERATOR`]; its evidence spools): one
+/// operator's share, whatever its connections and sessions.
+pub struct OperatorAllowance {
+    counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    limit: usize,
+}
+
+/// A place an operator holds in an [`OperatorAllowance`]: given back when
+/// this is dropped (the request answered, the download sent, or its client
+/// gone).
+pub struct AllowanceTurn {
+    owner: Arc<OperatorAllowance>,
+    operator: String,
+}
+
+impl OperatorAllowance {
+    /// At most `limit` places per operator.
+    pub fn new(limit: usize) -> Arc<OperatorAllowance> {
+        Arc::new(OperatorAllowance {
+            counts: Default::default(),
+            limit,
+        })
+    }
+
+    /// One more place for `operator`, if it holds fewer than the limit.
+    pub fn try_take(self: &Arc<Self>, operator: &str) -> Option<AllowanceTurn> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(operator.to_string()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(AllowanceTurn {
+            owner: self.clone(),
+            operator: operator.to_string(),
+        })
+    }
+}
+
+impl Drop for AllowanceTurn {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.operator) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.operator);
+            }
+        }
+    }
+}
+
+/// This process's costly requests in flight (the fleet API's and the
+/// console's together: one operator, one allowance).
+fn costly_in_flight() -> &'static Arc<OperatorAllowance> {
+    static IN_FLIGHT: std::sync::OnceLock<Arc<OperatorAllowance>> = std::sync::OnceLock::new();
+    IN_FLIGHT.get_or_init(|| OperatorAllowance::new(MAX_COSTLY_PER_OPERATOR))
+}
+
 /// The role and scope half of every admission (a certificate's or a
 /// console session's): the route's permission, operator management for
 /// unscoped admins only, then the [`Grant`] for the handler.
@@ -306,6 +388,28 @@ pub async fn admit(
             Some("admin (every host)".into()),
         );
     }
+    let _turn = if is_costly(req.method(), req.uri().path()) {
+        match costly_in_flight().try_take(&name) {
+            Some(turn) => Some(turn),
+            None => {
+                tracing::info!(operator = %name, path = %req.uri().path(), "costly request beyond the operator's allowance refused");
+                let mut refused = refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    format!(
+                        "operator {name} already has {MAX_COSTLY_PER_OPERATOR} fleet-wide requests (status, check, doctor, audit, evidence) in flight: wait for one to end"
+                    ),
+                    None,
+                );
+                refused
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, 1.into());
+                return refused;
+            }
+        }
+    } else {
+        None
+    };
     req.extensions_mut().insert(Grant {
         operator: op.name,
         role,
@@ -407,6 +511,49 @@ mod tests {
         ] {
             assert_eq!(permission_of(&m, p), want, "{m} {p}");
         }
+    }
+
+    #[test]
+    fn fleet_wide_reads_are_costly_and_the_rest_not() {
+        for p in [
+            "/v1/status",
+            "/v1/check",
+            "/v1/doctor",
+            "/v1/audit",
+            "/v1/hosts/w1/evidence",
+            "/v1/hosts/w1/evidence/d1/20261205",
+        ] {
+            assert!(is_costly(&Method::GET, p), "{p}");
+        }
+        for (m, p) in [
+            (Method::GET, "/v1/hosts"),
+            (Method::GET, "/v1/hosts/w1"),
+            (Method::GET, "/v1/whoami"),
+            (Method::GET, "/v1/events"),
+            (Method::DELETE, "/v1/hosts/w1/evidence"),
+        ] {
+            assert!(!is_costly(&m, p), "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn one_operator_holds_at_most_its_allowance_of_costly_requests() {
+        let in_flight = OperatorAllowance::new(2);
+        let a1 = in_flight.try_take("alice").expect("first");
+        let a2 = in_flight.try_take("alice").expect("second");
+        assert!(in_flight.try_take("alice").is_none(), "a third is refused");
+        // Another operator is not held back by alice.
+        let b1 = in_flight.try_take("bob").expect("bob's first");
+        drop(a1);
+        let a3 = in_flight
+            .try_take("alice")
+            .expect("a place given back is taken again");
+        assert!(in_flight.try_take("alice").is_none());
+        drop((a2, a3, b1));
+        assert!(
+            in_flight.counts.lock().unwrap().is_empty(),
+            "nothing is kept for operators with nothing in flight"
+        );
     }
 
     #[test]

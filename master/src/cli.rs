@@ -523,6 +523,11 @@ pub enum MasterCommand {
         /// Delete audit entries older than this (e.g. 400d; 0 keeps them forever).
         #[arg(long, default_value = "400d")]
         audit_retention: String,
+        /// Connections to workers held at once by all fleet-wide requests
+        /// together (`status`, `check`, deploys, updates, the doctor),
+        /// whatever each one's `--max-parallel`.
+        #[arg(long, default_value_t = crate::fleet_ops::DEFAULT_MAX_OUTBOUND)]
+        max_outbound: usize,
         /// The Prometheus endpoint.
         #[command(flatten)]
         metrics: decnet_server::metrics::MetricsArgs,
@@ -1452,8 +1457,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             renew_min_interval,
             renew_grace,
             audit_retention,
+            max_outbound,
             metrics,
         }) => {
+            crate::fleet_ops::set_max_outbound(max_outbound);
             let home = resolve(ca.ca_dir);
             let renew = RenewPolicy {
                 validity: parse_duration(

@@ -242,7 +242,7 @@ pub fn probe_finding(host: &str, role: &str, e: &ClientError) -> Finding {
 /// Dial every live host's agent (and updater, when it has one) and report
 /// those that do not present their recorded certificate, or do not answer.
 pub async fn probe(pool: &WorkerPool, hosts: &[HostRecord], parallel: usize) -> Vec<Finding> {
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let limit = crate::fleet_ops::FanOut::new(parallel);
     let mut set = JoinSet::new();
     for h in hosts
         .iter()
@@ -252,7 +252,7 @@ pub async fn probe(pool: &WorkerPool, hosts: &[HostRecord], parallel: usize) -> 
         let pool = pool.clone();
         let limit = limit.clone();
         set.spawn(async move {
-            let _permit = limit.acquire_owned().await;
+            let _turn = limit.turn().await;
             let mut found = Vec::new();
             match crate::fleet_ops::agent_client(&pool, &h) {
                 Ok(c) => {

@@ -1304,7 +1304,24 @@ async fn evidence_fetch(
     // Fetched whole first, then sent with its length: a download cut short
     // is never mistaken for an archive. What a (possibly compromised) agent
     // can make the master hold is bounded: at most MAX_SPOOLED_EVIDENCE per
-    // archive, SPOOLS_AT_ONCE archives at a time, deleted once sent.
+    // archive, SPOOLS_AT_ONCE archives at a time (one per operator), never
+    // past the free-space watermark of the disk it shares with the fleet
+    // database, deleted once sent.
+    static SPOOLERS: std::sync::OnceLock<Arc<crate::authz::OperatorAllowance>> =
+        std::sync::OnceLock::new();
+    let mine = SPOOLERS
+        .get_or_init(|| crate::authz::OperatorAllowance::new(1))
+        .try_take(&g.operator)
+        .ok_or_else(|| {
+            json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                format!(
+                    "operator {} already has an evidence archive being fetched through the master; wait for it to end",
+                    g.operator
+                ),
+            )
+        })?;
     static SPOOLS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     let spools = SPOOLS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(SPOOLS_AT_ONCE)));
     // Held until the answer's body is sent (or dropped): the spool file
@@ -1318,6 +1335,15 @@ async fn evidence_fetch(
             ),
         )
     })?;
+    let (free, total) = decnet_log_relay::disk::free_space(&st.home.home).map_err(unavailable)?;
+    let room = spool_room(free, total).min(MAX_SPOOLED_EVIDENCE);
+    if room == 0 {
+        return Err(json_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "no_space",
+            "the master's disk is too full to spool an evidence archive (it keeps room for its database and logs); fetch it on the worker, or free space",
+        ));
+    }
     let spool = tempfile::tempfile_in(&st.home.home).map_err(unavailable)?;
     let mut file = tokio::fs::File::from_std(spool);
     let bytes = crate::fleet_ops::evidence_fetch(
@@ -1328,7 +1354,7 @@ async fn evidence_fetch(
         &decky,
         &id,
         &mut file,
-        MAX_SPOOLED_EVIDENCE,
+        room,
     )
     .await
     .map_err(operation_error)?;
@@ -1337,7 +1363,7 @@ async fn evidence_fetch(
     file.seek(std::io::SeekFrom::Start(0))
         .await
         .map_err(unavailable)?;
-    let body = spooled_body(file, spooling, SPOOL_SEND_STALL);
+    let body = spooled_body(file, (spooling, mine), SPOOL_SEND_STALL);
     Ok((
         [
             (
@@ -1359,7 +1385,7 @@ async fn evidence_fetch(
 /// other operator's evidence for as long as they keep their connections.
 fn spooled_body(
     file: tokio::fs::File,
-    held: tokio::sync::OwnedSemaphorePermit,
+    held: impl Send + 'static,
     stall: std::time::Duration,
 ) -> axum::body::Body {
     use futures_util::StreamExt;
@@ -1397,6 +1423,16 @@ pub const MAX_SPOOLED_EVIDENCE: u64 = 4 << 30;
 
 /// How many evidence archives the master spools at once.
 pub const SPOOLS_AT_ONCE: usize = 2;
+
+/// The most one evidence spool may write on a filesystem with `free` of
+/// `total` bytes free: its share of what is above the log listener's
+/// free-space watermark (5 %, at most 1 GiB), so the spools together never
+/// take the room the fleet database and the logs keep (an agent, perhaps
+/// compromised, chooses how large an archive is). 0: none. Pure.
+pub fn spool_room(free: u64, total: u64) -> u64 {
+    let mark = decnet_log_relay::disk::watermark(&Default::default(), total);
+    free.saturating_sub(mark) / SPOOLS_AT_ONCE as u64
+}
 
 /// The largest release tarball the master accepts.
 pub const MAX_RELEASE_UPLOAD: u64 = 1 << 30;
@@ -1708,6 +1744,27 @@ mod tests {
         f.write_all(&data).unwrap();
         f.seek(std::io::SeekFrom::Start(0)).unwrap();
         (tokio::fs::File::from_std(f), data)
+    }
+
+    /// A compromised agent answering with archives as large as it likes
+    /// cannot fill the master's disk: the spools together stop at the
+    /// watermark the log listener keeps free.
+    #[test]
+    fn evidence_spools_leave_the_disks_watermark_free() {
+        const G: u64 = 1 << 30;
+        // A 100 GiB disk keeps 1 GiB: 9 GiB free leaves 4 GiB per spool.
+        assert_eq!(spool_room(9 * G, 100 * G), 4 * G);
+        assert_eq!(spool_room(G, 100 * G), 0);
+        assert_eq!(spool_room(G / 2, 100 * G), 0);
+        // A 10 GiB disk keeps 5 % (512 MiB).
+        assert_eq!(spool_room(G, 10 * G), G / 4);
+        for (free, total) in [(3 * G, 10 * G), (G + 1, 100 * G), (7, 100), (0, 0)] {
+            let mark = decnet_log_relay::disk::watermark(&Default::default(), total);
+            assert!(
+                spool_room(free, total) * SPOOLS_AT_ONCE as u64 + mark <= free.max(mark),
+                "{free} of {total}"
+            );
+        }
     }
 
     /// The attacker fetches an archive and stops reading; the spool slot

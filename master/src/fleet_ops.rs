@@ -358,7 +358,7 @@ pub async fn deploy_run(
         grants_note.push_str(&format!(" {field}=[{}]", named.join(",")));
     }
     // Requests in flight at once (a host waiting for its deckies holds none).
-    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let limit = FanOut::new(parallel);
     let mut set = JoinSet::new();
     for h in targets {
         let pool = pool.clone();
@@ -381,7 +381,7 @@ pub async fn deploy_run(
                     return (out, None);
                 }
             };
-            let permit = limit.acquire().await;
+            let permit = limit.turn().await;
             if cancel.is_cancelled() {
                 out.error = Some("cancelled before it was asked".into());
                 return (out, None);
@@ -420,7 +420,7 @@ pub async fn deploy_run(
                     out.error = Some("cancelled while waiting for its deckies".into());
                     return (out, None);
                 }
-                let permit = limit.acquire().await;
+                let permit = limit.turn().await;
                 let polled = client.operation(&accepted.operation_id).await;
                 drop(permit);
                 match polled {
@@ -882,6 +882,67 @@ impl SharedPool {
 /// handshakes.
 pub const DEFAULT_PARALLEL: usize = 64;
 
+/// How many connections to workers the whole process holds at once by
+/// default (`master serve --max-outbound`): far under the open-file limit,
+/// whatever the fleet-wide requests in flight and their `parallel`.
+pub const DEFAULT_MAX_OUTBOUND: usize = 256;
+
+static OUTBOUND: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+
+/// Set how many connections to workers this process may hold at once (the
+/// daemon, from `--max-outbound`, before it serves). The first setting
+/// stays; without one the process has [`DEFAULT_MAX_OUTBOUND`].
+pub fn set_max_outbound(n: usize) {
+    let _ = OUTBOUND.set(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+}
+
+fn outbound() -> Arc<tokio::sync::Semaphore> {
+    OUTBOUND
+        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_OUTBOUND)))
+        .clone()
+}
+
+/// One fleet-wide command's share of the process's connections to workers:
+/// at most `parallel` of its hosts at once, and every command together at
+/// most the process's budget. Why: `parallel` is the caller's to choose (an
+/// operator's query string), so without the process-wide budget any number
+/// of requests, each with the largest `parallel`, would make the master
+/// dial tens of thousands of sockets at once. Cheap to clone.
+#[derive(Clone)]
+pub struct FanOut {
+    own: Arc<tokio::sync::Semaphore>,
+    process: Arc<tokio::sync::Semaphore>,
+}
+
+/// A host's turn in a [`FanOut`]: held while its requests are in flight.
+pub struct FanOutTurn {
+    _own: tokio::sync::OwnedSemaphorePermit,
+    _process: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl FanOut {
+    /// A command that asks at most `parallel` hosts at once.
+    pub fn new(parallel: usize) -> FanOut {
+        FanOut {
+            own: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
+            process: outbound(),
+        }
+    }
+
+    /// Wait for a host's turn: the command's own share first, then the
+    /// process's, so one command never holds more of the budget than its
+    /// `parallel`.
+    pub async fn turn(&self) -> FanOutTurn {
+        // Neither semaphore is ever closed.
+        let own = self.own.clone().acquire_owned().await.expect("open");
+        let process = self.process.clone().acquire_owned().await.expect("open");
+        FanOutTurn {
+            _own: own,
+            _process: process,
+        }
+    }
+}
+
 /// A progress line on stderr for long fleet-wide commands (on a terminal
 /// only, at most every 10 %).
 struct Progress {
@@ -924,14 +985,14 @@ pub async fn probe_all(
     full: bool,
     parallel: usize,
 ) -> Vec<HostReport> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let limit = FanOut::new(parallel);
     let mut progress = Progress::new(if full { "status" } else { "checked" }, hosts.len());
     let mut set = JoinSet::new();
     for h in hosts {
         let pool = pool.clone();
         let limit = limit.clone();
         set.spawn(async move {
-            let _permit = limit.acquire_owned().await;
+            let _turn = limit.turn().await;
             let client = match agent_client(&pool, &h) {
                 Ok(c) => c,
                 Err(e) => return (h.name.clone(), Err(e)),

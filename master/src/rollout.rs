@@ -13,7 +13,6 @@ use decnet_fleet::{
 use decnet_pki::CaLayout;
 use decnet_swarm_client::updater::{ReleaseUpload, UpdateOutcome as PushOutcome};
 use decnet_swarm_client::{ClientError, UpdaterClient, WorkerPool};
-use tokio::sync::Semaphore;
 
 use crate::fleet_ops::{Emit, select_hosts, worker_pool};
 use crate::release::PackedRelease;
@@ -325,11 +324,11 @@ pub async fn rollout_run(
                 .to_string(),
             );
         }
-        let sem = Arc::new(Semaphore::new(if i == 0 && canaries > 0 {
+        let sem = crate::fleet_ops::FanOut::new(if i == 0 && canaries > 0 {
             1
         } else {
-            plan.max_parallel.max(1)
-        }));
+            plan.max_parallel
+        });
         let mut set = tokio::task::JoinSet::new();
         for h in batch {
             let (sem, pool, halted, rel) = (sem.clone(), pool.clone(), halted.clone(), rel.clone());
@@ -338,7 +337,7 @@ pub async fn rollout_run(
             let allow_downgrade = plan.allow_downgrade;
             let cont = plan.continue_on_error;
             set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
+                let _turn = sem.turn().await;
                 if cancel.is_cancelled() || halted.load(Ordering::SeqCst) {
                     return HostResult {
                         host: h.name.clone(),

@@ -850,3 +850,179 @@ async fn worker_strings_reach_no_terminal_raw() {
     let status = m.json(&["swarm", "status", "--json"]);
     assert!(status.to_string().contains("\\u001b[2J"), "{status}");
 }
+
+/// A TCP port that takes connections and never answers (an agent port a
+/// compromised worker holds, or a host gone dark mid-handshake) until
+/// released; counts the connections it holds at once, and the most ever.
+struct Tarpit {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+async fn tarpit() -> Tarpit {
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pit = Tarpit {
+        addr: listener.local_addr().unwrap(),
+        open: Default::default(),
+        most: Default::default(),
+        release: tokio::sync::watch::channel(false).0,
+    };
+    let (open, most, release) = (pit.open.clone(), pit.most.clone(), pit.release.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            if *release.borrow() {
+                continue; // closed at once
+            }
+            let now = open.fetch_add(1, SeqCst) + 1;
+            most.fetch_max(now, SeqCst);
+            let (open, mut released) = (open.clone(), release.subscribe());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    tokio::select! {
+                        r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+                        _ = released.wait_for(|r| *r) => break,
+                    }
+                }
+                open.fetch_sub(1, SeqCst);
+            });
+        }
+    });
+    pit
+}
+
+/// Operator `name` with `role`, logged in from a machine of its own (a
+/// temp config dir): a client presenting its certificate, and the fleet
+/// API's address its context names.
+fn operator_client(
+    m: &MasterHome,
+    master: &decnet_e2e::Daemon,
+    name: &str,
+    role: &str,
+    config: &Path,
+) -> (reqwest::Client, String) {
+    let added: serde_json::Value =
+        serde_json::from_str(&m.ok(&["operator", "add", name, "--role", role, "--json"])).unwrap();
+    let out = std::process::Command::new(decnet_e2e::bin("decnet"))
+        .args(["login", "--master", &master.addr.to_string(), "--token"])
+        .arg(added["token"].as_str().unwrap())
+        .env("XDG_CONFIG_HOME", config)
+        .env("HOME", config)
+        .env("DECNET_HOME", config.join("no-decnet-home"))
+        .env_remove("DECNET_CONTEXT")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ctx = config.join("decnet/contexts").join(name);
+    let bundle = Bundle::load(&ctx, BundleKind::Operator).unwrap();
+    let cfg = decnet_pki::client_config(&bundle, None, &ExpectedServer::master()).unwrap();
+    let api = std::fs::read_to_string(ctx.join("fleet-api")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap();
+    (client, format!("https://{}", api.trim()))
+}
+
+/// A viewer's certificate (stolen, or a viewer gone rogue) cannot make the
+/// master dial without bound, nor take its fleet-wide reads from everyone:
+/// six `/v1/check?parallel=1024` at once against hosts whose agent ports
+/// never answer. The master holds at most `--max-outbound` connections to
+/// workers at once (4 here, where the six would want 18), the viewer's
+/// requests beyond its allowance of four are refused at once with 429, and
+/// its other requests and the admin's are served meanwhile; once the hosts
+/// answer, every admitted check ends and the allowance is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_viewer_cannot_make_the_master_dial_without_bound() {
+    use std::sync::atomic::Ordering::SeqCst;
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    let pit = tarpit().await;
+    for h in ["w1", "w2", "w3"] {
+        m.enroll(h);
+        m.set_agent_port(h, pit.addr.port());
+    }
+    let master = m.serve(&["--no-listener", "--max-outbound", "4"]);
+    let machines = tempfile::tempdir().unwrap();
+    let (eve, api) = operator_client(&m, &master, "eve", "viewer", &machines.path().join("eve"));
+    let (root, _) = operator_client(&m, &master, "root", "admin", &machines.path().join("root"));
+    let check = format!("{api}/v1/check?parallel=1024");
+    let sent: Vec<_> = (0..6)
+        .map(|_| {
+            let (eve, check) = (eve.clone(), check.clone());
+            tokio::spawn(async move {
+                let r = eve.get(&check).send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while pit.open.load(SeqCst) < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        pit.open.load(SeqCst),
+        4,
+        "the checks hold the whole outbound budget"
+    );
+    // Two of the six are beyond eve's allowance: refused, not queued.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while sent.iter().filter(|s| s.is_finished()).count() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pit.most.load(SeqCst),
+        4,
+        "never more than --max-outbound at once"
+    );
+    // Her cheap requests, and the admin's, are served meanwhile.
+    for c in [&eve, &root] {
+        let r = c.get(format!("{api}/v1/hosts")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let mut refused = 0;
+    let mut answered = Vec::new();
+    let (done, waiting): (Vec<_>, Vec<_>) = sent.into_iter().partition(|s| s.is_finished());
+    for s in done {
+        let (status, body) = s.await.unwrap();
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("busy") && body.contains("wait"), "{body}");
+        refused += 1;
+    }
+    assert_eq!(
+        refused, 2,
+        "exactly the two beyond the allowance are refused"
+    );
+    // The hosts answer now (the tarpit closes): every admitted check ends.
+    pit.release.send_replace(true);
+    for s in waiting {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(30), s)
+            .await
+            .expect("an admitted check ends once its hosts answer")
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        answered.push(body);
+    }
+    assert_eq!(answered.len(), 4);
+    assert!(
+        answered
+            .iter()
+            .all(|b| b.matches("\"reachable\":false").count() == 3),
+        "{answered:?}"
+    );
+    assert!(pit.most.load(SeqCst) <= 4);
+    // Her allowance is given back.
+    let r = eve.get(&check).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
