@@ -1492,9 +1492,19 @@ async fn release_upload(
         .into_response());
     }
     // One upload at a time: the bound below holds for what is being
-    // written too.
+    // written too. The one being written comes in at MIN_UPLOAD_RATE or is
+    // cut, so the wait for it is bounded; a wait longer still is a 429.
     static UPLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-    let _uploading = UPLOADING.acquire().await.map_err(unavailable)?;
+    let _uploading = tokio::time::timeout(UPLOAD_WAIT, UPLOADING.acquire())
+        .await
+        .map_err(|_| {
+            json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "another release is being uploaded to the master: try again when it is done",
+            )
+        })?
+        .map_err(unavailable)?;
     prune_uploads(&dir);
     make_room(&st.db, &dir).await?;
     std::fs::create_dir_all(&dir).map_err(unavailable)?;
@@ -1504,21 +1514,8 @@ async fn release_upload(
     }
     let part = tempfile::NamedTempFile::new_in(&dir).map_err(unavailable)?;
     let mut file = tokio::fs::File::from_std(part.reopen().map_err(unavailable)?);
-    let mut stream = body.into_data_stream();
-    let mut bytes = 0u64;
+    let bytes = receive_upload(body.into_data_stream(), &mut file).await?;
     use tokio::io::AsyncWriteExt;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| bad_request(format!("the upload broke off: {e}")))?;
-        bytes += chunk.len() as u64;
-        if bytes > MAX_RELEASE_UPLOAD {
-            return Err(json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("a release is at most {} MiB", MAX_RELEASE_UPLOAD >> 20),
-            ));
-        }
-        file.write_all(&chunk).await.map_err(unavailable)?;
-    }
     file.flush().await.map_err(unavailable)?;
     file.sync_all().await.map_err(unavailable)?;
     drop(file);
@@ -1536,6 +1533,72 @@ async fn release_upload(
         Json(api::ReleaseUploaded { sha256, bytes }),
     )
         .into_response())
+}
+
+/// The slowest a release upload may come in, on average since it started
+/// (once [`UPLOAD_GRACE`] has passed): 64 KiB/s, a 45 MB release in 12
+/// minutes. Why: uploads are written one at a time, and a client that
+/// trickles (a stolen deployer certificate sending a byte a second) would
+/// otherwise hold every other deployer's push for as long as it likes.
+pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
+
+/// How long an upload may come in at any pace before
+/// [`MIN_UPLOAD_RATE`] applies (a connection's slow start).
+pub const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long an upload waits for the one being written before it is
+/// refused with 429.
+pub const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether an upload that brought `bytes` in `elapsed` is too slow to keep
+/// (see [`MIN_UPLOAD_RATE`]). Pure.
+pub fn upload_too_slow(bytes: u64, elapsed: std::time::Duration) -> bool {
+    elapsed > UPLOAD_GRACE
+        && u128::from(bytes) < u128::from(MIN_UPLOAD_RATE) * elapsed.as_millis() / 1000
+}
+
+/// Write an upload's `body` to `out`, at most [`MAX_RELEASE_UPLOAD`]
+/// bytes, cutting it (408) once it comes in too slowly (checked every
+/// second, whether or not a chunk came). Returns its length.
+async fn receive_upload(
+    body: impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>>,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<u64, Response> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut body = std::pin::pin!(body);
+    let started = tokio::time::Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await;
+        if upload_too_slow(bytes, started.elapsed()) {
+            tracing::warn!(bytes, "a release upload came in too slowly; cut");
+            return Err(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "too_slow",
+                format!(
+                    "the upload came in slower than {} KiB/s: nothing kept",
+                    MIN_UPLOAD_RATE >> 10
+                ),
+            ));
+        }
+        let chunk = match next {
+            Err(_) => continue,
+            Ok(None) => return Ok(bytes),
+            Ok(Some(chunk)) => {
+                chunk.map_err(|e| bad_request(format!("the upload broke off: {e}")))?
+            }
+        };
+        bytes += chunk.len() as u64;
+        if bytes > MAX_RELEASE_UPLOAD {
+            return Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a release is at most {} MiB", MAX_RELEASE_UPLOAD >> 20),
+            ));
+        }
+        out.write_all(&chunk).await.map_err(unavailable)?;
+    }
 }
 
 /// Room for one more upload under [`MAX_UPLOADS`] and
@@ -1744,6 +1807,57 @@ mod tests {
         f.write_all(&data).unwrap();
         f.seek(std::io::SeekFrom::Start(0)).unwrap();
         (tokio::fs::File::from_std(f), data)
+    }
+
+    /// A deployer's certificate trickling an upload (a byte a second)
+    /// holds the one upload slot for the grace period, not for as long as
+    /// it likes; a steady upload at twice the minimum rate is kept whole.
+    /// On tokio's paused clock: the seconds are virtual.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_upload_is_cut_and_a_steady_one_kept() {
+        use axum::body::Bytes;
+        let trickle = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Some((Ok::<_, axum::Error>(Bytes::from_static(b"x")), ()))
+        });
+        let started = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        let cut = receive_upload(trickle, &mut out).await.unwrap_err();
+        assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
+        let held = started.elapsed();
+        assert!(
+            held > UPLOAD_GRACE && held <= UPLOAD_GRACE + std::time::Duration::from_secs(2),
+            "{held:?}"
+        );
+        // A client that stops sending altogether is cut alike.
+        let silent = futures_util::stream::pending::<Result<Bytes, axum::Error>>();
+        let started = tokio::time::Instant::now();
+        let cut = receive_upload(silent, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() <= UPLOAD_GRACE + std::time::Duration::from_secs(2));
+        let steady = futures_util::stream::unfold(0u32, |n| async move {
+            if n == 90 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let chunk = Bytes::from(vec![7u8; 2 * MIN_UPLOAD_RATE as usize]);
+            Some((Ok::<_, axum::Error>(chunk), n + 1))
+        });
+        let mut out = Vec::new();
+        let bytes = receive_upload(steady, &mut out).await.unwrap();
+        assert_eq!(bytes, 90 * 2 * MIN_UPLOAD_RATE);
+        assert_eq!(out.len() as u64, bytes);
+    }
+
+    #[test]
+    fn an_upload_is_too_slow_only_past_its_grace_and_under_the_rate() {
+        let s = std::time::Duration::from_secs;
+        assert!(!upload_too_slow(0, s(30)));
+        assert!(upload_too_slow(0, s(31)));
+        assert!(!upload_too_slow(MIN_UPLOAD_RATE * 31, s(31)));
+        assert!(upload_too_slow(MIN_UPLOAD_RATE * 100 - 1, s(100)));
+        // No overflow, however long.
+        assert!(upload_too_slow(u64::MAX, s(u64::MAX)));
     }
 
     /// A compromised agent answering with archives as large as it likes
