@@ -44,7 +44,15 @@ pub enum DbError {
     /// A stored value does not parse.
     #[error("fleet database holds a malformed value in {0}")]
     Corrupt(&'static str),
+    /// Every connection audit searches may hold stayed busy for
+    /// [`AUDIT_SEARCH_WAIT`]: the search is refused, not queued further.
+    #[error("too many audit searches at once; try again")]
+    Busy,
 }
+
+/// How long an audit search waits for one of the connections searches may
+/// hold before it is refused with [`DbError::Busy`].
+pub const AUDIT_SEARCH_WAIT: Duration = Duration::from_secs(10);
 
 /// Which SQL dialect the pool speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -966,7 +974,11 @@ impl FleetDb {
             ),
         };
         // LIKE's own characters in the prefix match only themselves.
-        let action = q.action.as_deref().unwrap_or("").replace(['%', '_'], "");
+        let action = q
+            .action
+            .as_deref()
+            .unwrap_or("")
+            .replace(['%', '_', '\\'], "");
         // Only the filters given are conditions, so the planner can read
         // the (actor, at) and (target, at) indexes (an `$1 = '' OR …` hides
         // them from it). The values are bound, never spliced.
@@ -995,8 +1007,10 @@ impl FleetDb {
         for t in texts {
             query = query.bind(t);
         }
-        // Never closed.
-        let _turn = self.searches.acquire().await.expect("open");
+        let _turn = tokio::time::timeout(AUDIT_SEARCH_WAIT, self.searches.acquire())
+            .await
+            .map_err(|_| DbError::Busy)?
+            .expect("never closed");
         let rows = query.bind(q.limit).fetch_all(&self.pool).await?;
         rows.iter().map(audit_of_row).collect()
     }

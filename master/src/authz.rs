@@ -247,32 +247,52 @@ async fn authorize_request(db: Arc<FleetDb>, req: Request, next: Next) -> Respon
     admit(db, op, Credential::Certificate(fingerprint), req, next).await
 }
 
-/// Costly requests (see [`is_costly`]) one operator may have in flight at
-/// once, over all its connections and console sessions: enough for a
-/// console and a CLI side by side, too few for one operator (a stolen
-/// viewer certificate) to take the master's database connections or its
-/// outbound budget from everyone else.
-pub const MAX_COSTLY_PER_OPERATOR: usize = 4;
+/// What a costly request makes the master pay (see [`cost_of`]): the
+/// requests whose cost an operator chooses and the master bears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cost {
+    /// It asks workers: every host (`status`, `check`, the doctor), or a
+    /// host's agent or updater (its releases, its evidence, a deploy plan).
+    AsksWorkers,
+    /// It searches the audit log (the API's `/v1/audit`, the console's
+    /// audit page).
+    SearchesAudit,
+}
 
-/// Whether a request makes the master ask every host (`status`, `check`,
-/// the doctor), ask a host's agent for evidence, or scan the audit log:
-/// the requests whose cost an operator chooses and the master pays. Pure.
-pub fn is_costly(method: &Method, path: &str) -> bool {
+/// Requests asking workers one operator may have in flight at once, over
+/// all its connections and console sessions: enough for a console and a
+/// CLI side by side, too few for one operator (a stolen viewer
+/// certificate) to take the master's outbound budget from everyone else.
+pub const MAX_WORKER_ASKS_PER_OPERATOR: usize = 4;
+
+/// Audit searches one operator may have in flight at once: one, so that
+/// holding every connection the searches may use
+/// (`decnet_fleet::db::audit_search_connections`) takes more than one
+/// identity.
+pub const MAX_AUDIT_SEARCHES_PER_OPERATOR: usize = 1;
+
+/// What a request costs the master beyond its own answer, if anything
+/// (see [`Cost`]). Pure.
+pub fn cost_of(method: &Method, path: &str) -> Option<Cost> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    method == Method::GET
-        && matches!(
-            segs.as_slice(),
+    match (method, segs.as_slice()) {
+        (&Method::POST, ["v1", "deploy", "plan"]) => Some(Cost::AsksWorkers),
+        (&Method::GET | &Method::HEAD, s) => match s {
             ["v1", "status"]
-                | ["v1", "check"]
-                | ["v1", "doctor"]
-                | ["v1", "audit"]
-                | ["v1", "hosts", _, "evidence", ..]
-        )
+            | ["v1", "check"]
+            | ["v1", "doctor"]
+            | ["v1", "hosts", _, "releases"]
+            | ["v1", "hosts", _, "evidence", ..] => Some(Cost::AsksWorkers),
+            ["v1", "audit"] | ["audit"] => Some(Cost::SearchesAudit),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// How many of something each operator holds at once (its costly requests
-/// in flight, see [`MAX_COSTLY_PER_OPERATOR`]; its evidence spools): one
-/// operator's share, whatever its connections and sessions.
+/// in flight, its evidence spools, its release uploads): one operator's
+/// share, whatever its connections and sessions.
 pub struct OperatorAllowance {
     counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     limit: usize,
@@ -322,11 +342,29 @@ impl Drop for AllowanceTurn {
     }
 }
 
-/// This process's costly requests in flight (the fleet API's and the
-/// console's together: one operator, one allowance).
-fn costly_in_flight() -> &'static Arc<OperatorAllowance> {
-    static IN_FLIGHT: std::sync::OnceLock<Arc<OperatorAllowance>> = std::sync::OnceLock::new();
-    IN_FLIGHT.get_or_init(|| OperatorAllowance::new(MAX_COSTLY_PER_OPERATOR))
+/// What each operator holds at once in this process: one home for every
+/// per-operator allowance (the fleet API's and the console's together: one
+/// operator, one allowance).
+pub struct Allowances {
+    /// Requests asking workers ([`MAX_WORKER_ASKS_PER_OPERATOR`]).
+    pub worker_asks: Arc<OperatorAllowance>,
+    /// Audit searches ([`MAX_AUDIT_SEARCHES_PER_OPERATOR`]).
+    pub audit_searches: Arc<OperatorAllowance>,
+    /// Evidence archives spooled through the master (one).
+    pub evidence_spools: Arc<OperatorAllowance>,
+    /// Release uploads, written or waiting to be (one).
+    pub release_uploads: Arc<OperatorAllowance>,
+}
+
+/// This process's [`Allowances`].
+pub fn allowances() -> &'static Allowances {
+    static ALLOWANCES: std::sync::OnceLock<Allowances> = std::sync::OnceLock::new();
+    ALLOWANCES.get_or_init(|| Allowances {
+        worker_asks: OperatorAllowance::new(MAX_WORKER_ASKS_PER_OPERATOR),
+        audit_searches: OperatorAllowance::new(MAX_AUDIT_SEARCHES_PER_OPERATOR),
+        evidence_spools: OperatorAllowance::new(1),
+        release_uploads: OperatorAllowance::new(1),
+    })
 }
 
 /// The role and scope half of every admission (a certificate's or a
@@ -388,17 +426,24 @@ pub async fn admit(
             Some("admin (every host)".into()),
         );
     }
-    let _turn = if is_costly(req.method(), req.uri().path()) {
-        match costly_in_flight().try_take(&name) {
+    let _turn = if let Some(cost) = cost_of(req.method(), req.uri().path()) {
+        let (allowance, held) = match cost {
+            Cost::AsksWorkers => (
+                &allowances().worker_asks,
+                format!(
+                    "{MAX_WORKER_ASKS_PER_OPERATOR} requests asking the workers (status, check, doctor, releases, evidence, deploy plans)"
+                ),
+            ),
+            Cost::SearchesAudit => (&allowances().audit_searches, "an audit search".into()),
+        };
+        match allowance.try_take(&name) {
             Some(turn) => Some(turn),
             None => {
                 tracing::info!(operator = %name, path = %req.uri().path(), "costly request beyond the operator's allowance refused");
                 let mut refused = refuse(
                     StatusCode::TOO_MANY_REQUESTS,
                     "busy",
-                    format!(
-                        "operator {name} already has {MAX_COSTLY_PER_OPERATOR} fleet-wide requests (status, check, doctor, audit, evidence) in flight: wait for one to end"
-                    ),
+                    format!("operator {name} already has {held} in flight: wait for one to end"),
                     None,
                 );
                 refused
@@ -514,25 +559,36 @@ mod tests {
     }
 
     #[test]
-    fn fleet_wide_reads_are_costly_and_the_rest_not() {
-        for p in [
-            "/v1/status",
-            "/v1/check",
-            "/v1/doctor",
-            "/v1/audit",
-            "/v1/hosts/w1/evidence",
-            "/v1/hosts/w1/evidence/d1/20261205",
-        ] {
-            assert!(is_costly(&Method::GET, p), "{p}");
+    fn requests_asking_workers_or_searching_the_audit_log_are_costly() {
+        for m in [Method::GET, Method::HEAD] {
+            for p in [
+                "/v1/status",
+                "/v1/check",
+                "/v1/doctor",
+                "/v1/hosts/w1/releases",
+                "/v1/hosts/w1/evidence",
+                "/v1/hosts/w1/evidence/d1/20261205",
+            ] {
+                assert_eq!(cost_of(&m, p), Some(Cost::AsksWorkers), "{m} {p}");
+            }
+            for p in ["/v1/audit", "/audit"] {
+                assert_eq!(cost_of(&m, p), Some(Cost::SearchesAudit), "{m} {p}");
+            }
         }
+        assert_eq!(
+            cost_of(&Method::POST, "/v1/deploy/plan"),
+            Some(Cost::AsksWorkers)
+        );
         for (m, p) in [
             (Method::GET, "/v1/hosts"),
             (Method::GET, "/v1/hosts/w1"),
             (Method::GET, "/v1/whoami"),
             (Method::GET, "/v1/events"),
+            (Method::GET, "/"),
             (Method::DELETE, "/v1/hosts/w1/evidence"),
+            (Method::POST, "/v1/deploy"),
         ] {
-            assert!(!is_costly(&m, p), "{m} {p}");
+            assert_eq!(cost_of(&m, p), None, "{m} {p}");
         }
     }
 

@@ -2098,6 +2098,7 @@ pub async fn releases_report(
         .await?
         .remove(0);
     let history = db.update_history(host, 20).await?;
+    let _turn = crate::fleet_ops::FanOut::one_look().await;
     let releases = match crate::rollout::updater_client(pool, &h) {
         Ok(c) => c.releases().await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

@@ -663,7 +663,11 @@ async fn audit_page(
         || search.target.is_some()
         || search.since.is_some()
         || search.until.is_some();
-    let entries = st.db.audit_search(&search).await.map_err(unavailable)?;
+    let entries = st
+        .db
+        .audit_search(&search)
+        .await
+        .map_err(crate::fleet_api::db_refusal)?;
     let entries = entries
         .iter()
         .filter(|e| g.sees_audit(&e.action, &e.target))

@@ -242,7 +242,7 @@ pub fn probe_finding(host: &str, role: &str, e: &ClientError) -> Finding {
 /// Dial every live host's agent (and updater, when it has one) and report
 /// those that do not present their recorded certificate, or do not answer.
 pub async fn probe(pool: &WorkerPool, hosts: &[HostRecord], parallel: usize) -> Vec<Finding> {
-    let limit = crate::fleet_ops::FanOut::new(parallel);
+    let limit = crate::fleet_ops::FanOut::looks(parallel);
     let mut set = JoinSet::new();
     for h in hosts
         .iter()

@@ -164,6 +164,17 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// A database error as the answer: too many audit searches at once is a
+/// 429 (try again), anything else the database being unavailable.
+pub fn db_refusal(e: decnet_fleet::DbError) -> Response {
+    match e {
+        decnet_fleet::DbError::Busy => {
+            json_error(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string())
+        }
+        e => unavailable(e),
+    }
+}
+
 /// A usage error of a shared operation (a host not enrolled) as a 404;
 /// anything else as the database being unavailable.
 fn absent_or_unavailable(e: anyhow::Error) -> Response {
@@ -366,7 +377,7 @@ async fn audit(
             until: q.until,
         })
         .await
-        .map_err(unavailable)?;
+        .map_err(db_refusal)?;
     Ok(Json(
         entries
             .iter()
@@ -1307,10 +1318,8 @@ async fn evidence_fetch(
     // archive, SPOOLS_AT_ONCE archives at a time (one per operator), never
     // past the free-space watermark of the disk it shares with the fleet
     // database, deleted once sent.
-    static SPOOLERS: std::sync::OnceLock<Arc<crate::authz::OperatorAllowance>> =
-        std::sync::OnceLock::new();
-    let mine = SPOOLERS
-        .get_or_init(|| crate::authz::OperatorAllowance::new(1))
+    let mine = crate::authz::allowances()
+        .evidence_spools
         .try_take(&g.operator)
         .ok_or_else(|| {
             json_error(
@@ -1491,9 +1500,24 @@ async fn release_upload(
         })
         .into_response());
     }
+    // One upload of an operator's at a time, written or waiting: a deployer
+    // cannot queue uploads behind its own to hold the slot in turns.
+    let _mine = crate::authz::allowances()
+        .release_uploads
+        .try_take(&g.operator)
+        .ok_or_else(|| {
+            json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                format!(
+                    "operator {} already has a release upload in flight: wait for it to end",
+                    g.operator
+                ),
+            )
+        })?;
     // One upload at a time: the bound below holds for what is being
-    // written too. The one being written comes in at MIN_UPLOAD_RATE or is
-    // cut, so the wait for it is bounded; a wait longer still is a 429.
+    // written too. The one being written keeps MIN_UPLOAD_RATE or is cut,
+    // so the wait for it is bounded; a wait longer still is a 429.
     static UPLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let _uploading = tokio::time::timeout(UPLOAD_WAIT, UPLOADING.acquire())
         .await
@@ -1535,26 +1559,58 @@ async fn release_upload(
         .into_response())
 }
 
-/// The slowest a release upload may come in, on average since it started
-/// (once [`UPLOAD_GRACE`] has passed): 64 KiB/s, a 45 MB release in 12
-/// minutes. Why: uploads are written one at a time, and a client that
-/// trickles (a stolen deployer certificate sending a byte a second) would
-/// otherwise hold every other deployer's push for as long as it likes.
+/// The slowest a release upload may come in, over each
+/// [`UPLOAD_WINDOW`] in turn: 64 KiB/s, a 45 MB release in 12 minutes.
+/// Why: uploads are written one at a time, and a client that trickles (a
+/// stolen deployer certificate sending a byte a second, or a burst and then
+/// silence) would otherwise hold every other deployer's push for as long as
+/// it likes.
 pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
 
-/// How long an upload may come in at any pace before
-/// [`MIN_UPLOAD_RATE`] applies (a connection's slow start).
-pub const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// The span over which an upload's pace is judged (see [`UploadPace`]).
+pub const UPLOAD_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long an upload waits for the one being written before it is
 /// refused with 429.
 pub const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Whether an upload that brought `bytes` in `elapsed` is too slow to keep
-/// (see [`MIN_UPLOAD_RATE`]). Pure.
-pub fn upload_too_slow(bytes: u64, elapsed: std::time::Duration) -> bool {
-    elapsed > UPLOAD_GRACE
-        && u128::from(bytes) < u128::from(MIN_UPLOAD_RATE) * elapsed.as_millis() / 1000
+/// An upload's pace: every [`UPLOAD_WINDOW`] in turn, from its start,
+/// must bring at least [`MIN_UPLOAD_RATE`] × the window, so a burst early
+/// buys no silence later. Pure: the caller passes the time.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadPace {
+    window_started: tokio::time::Instant,
+    window_bytes: u64,
+}
+
+impl UploadPace {
+    /// The pace of an upload starting `now`.
+    pub fn new(now: tokio::time::Instant) -> UploadPace {
+        UploadPace {
+            window_started: now,
+            window_bytes: 0,
+        }
+    }
+
+    /// `bytes` more came in.
+    pub fn add(&mut self, bytes: u64) {
+        self.window_bytes = self.window_bytes.saturating_add(bytes);
+    }
+
+    /// Whether the upload is too slow to keep at `now`: a window ended
+    /// short of the rate. A window that ended at the rate starts the next.
+    pub fn too_slow(&mut self, now: tokio::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.window_started);
+        if elapsed < UPLOAD_WINDOW {
+            return false;
+        }
+        if u128::from(self.window_bytes) < u128::from(MIN_UPLOAD_RATE) * elapsed.as_millis() / 1000
+        {
+            return true;
+        }
+        *self = UploadPace::new(now);
+        false
+    }
 }
 
 /// Write an upload's `body` to `out`, at most [`MAX_RELEASE_UPLOAD`]
@@ -1567,11 +1623,11 @@ async fn receive_upload(
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let mut body = std::pin::pin!(body);
-    let started = tokio::time::Instant::now();
+    let mut pace = UploadPace::new(tokio::time::Instant::now());
     let mut bytes = 0u64;
     loop {
         let next = tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await;
-        if upload_too_slow(bytes, started.elapsed()) {
+        if pace.too_slow(tokio::time::Instant::now()) {
             tracing::warn!(bytes, "a release upload came in too slowly; cut");
             return Err(json_error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -1590,6 +1646,7 @@ async fn receive_upload(
             }
         };
         bytes += chunk.len() as u64;
+        pace.add(chunk.len() as u64);
         if bytes > MAX_RELEASE_UPLOAD {
             return Err(json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -1809,10 +1866,11 @@ mod tests {
         (tokio::fs::File::from_std(f), data)
     }
 
-    /// A deployer's certificate trickling an upload (a byte a second)
-    /// holds the one upload slot for the grace period, not for as long as
-    /// it likes; a steady upload at twice the minimum rate is kept whole.
-    /// On tokio's paused clock: the seconds are virtual.
+    /// A deployer's certificate trickling an upload (a byte a second), or
+    /// sending a burst and then nothing, holds the one upload slot for a
+    /// window or two, not for as long as it likes; a steady upload at twice
+    /// the minimum rate is kept whole. On tokio's paused clock: the seconds
+    /// are virtual.
     #[tokio::test(start_paused = true)]
     async fn a_trickled_upload_is_cut_and_a_steady_one_kept() {
         use axum::body::Bytes;
@@ -1825,8 +1883,9 @@ mod tests {
         let cut = receive_upload(trickle, &mut out).await.unwrap_err();
         assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
         let held = started.elapsed();
+        let second = std::time::Duration::from_secs(1);
         assert!(
-            held > UPLOAD_GRACE && held <= UPLOAD_GRACE + std::time::Duration::from_secs(2),
+            held >= UPLOAD_WINDOW && held <= UPLOAD_WINDOW + 2 * second,
             "{held:?}"
         );
         // A client that stops sending altogether is cut alike.
@@ -1834,7 +1893,22 @@ mod tests {
         let started = tokio::time::Instant::now();
         let cut = receive_upload(silent, &mut Vec::new()).await.unwrap_err();
         assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
-        assert!(started.elapsed() <= UPLOAD_GRACE + std::time::Duration::from_secs(2));
+        assert!(started.elapsed() <= UPLOAD_WINDOW + 2 * second);
+        // A burst worth four minutes at the minimum rate, then silence: cut
+        // at the end of the first silent window, not four minutes later.
+        use futures_util::StreamExt;
+        let burst = futures_util::stream::once(async {
+            Ok::<_, axum::Error>(Bytes::from(vec![1u8; 240 * MIN_UPLOAD_RATE as usize]))
+        })
+        .chain(futures_util::stream::pending());
+        let started = tokio::time::Instant::now();
+        let cut = receive_upload(burst, &mut Vec::new()).await.unwrap_err();
+        assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
+        let held = started.elapsed();
+        assert!(
+            held >= 2 * UPLOAD_WINDOW && held <= 2 * UPLOAD_WINDOW + 2 * second,
+            "{held:?}"
+        );
         let steady = futures_util::stream::unfold(0u32, |n| async move {
             if n == 90 {
                 return None;
@@ -1850,14 +1924,24 @@ mod tests {
     }
 
     #[test]
-    fn an_upload_is_too_slow_only_past_its_grace_and_under_the_rate() {
+    fn each_window_of_an_upload_must_keep_the_rate() {
         let s = std::time::Duration::from_secs;
-        assert!(!upload_too_slow(0, s(30)));
-        assert!(upload_too_slow(0, s(31)));
-        assert!(!upload_too_slow(MIN_UPLOAD_RATE * 31, s(31)));
-        assert!(upload_too_slow(MIN_UPLOAD_RATE * 100 - 1, s(100)));
-        // No overflow, however long.
-        assert!(upload_too_slow(u64::MAX, s(u64::MAX)));
+        let t0 = tokio::time::Instant::now();
+        let mut pace = UploadPace::new(t0);
+        assert!(!pace.too_slow(t0 + s(29)), "within the first window");
+        pace.add(MIN_UPLOAD_RATE * 30);
+        assert!(!pace.too_slow(t0 + s(30)), "the first window kept the rate");
+        pace.add(MIN_UPLOAD_RATE * 30 - 1);
+        let mut judged = pace;
+        assert!(judged.too_slow(t0 + s(60)), "the second fell short");
+        pace.add(1);
+        assert!(!pace.too_slow(t0 + s(60)));
+        // A burst is judged over the window it came in, whatever its size.
+        let mut pace = UploadPace::new(t0);
+        pace.add(u64::MAX);
+        pace.add(u64::MAX);
+        assert!(!pace.too_slow(t0 + s(30)));
+        assert!(pace.too_slow(t0 + s(60)));
     }
 
     /// A compromised agent answering with archives as large as it likes

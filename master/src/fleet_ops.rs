@@ -227,6 +227,7 @@ pub async fn deploy_plan_of(
 ) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     for h in targets {
+        let _turn = FanOut::one_look().await;
         let plan = match agent_client(pool, &h) {
             Ok(c) => c.dry_run(config).await,
             Err(e) => Err(e),
@@ -587,6 +588,7 @@ pub async fn teardown(
     decky: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let _turn = FanOut::one_change().await;
     let client = agent_client(pool, &h)?;
     match client.teardown(decky).await {
         Ok(names) => {
@@ -669,6 +671,7 @@ pub async fn evidence_list(
     host: &str,
 ) -> anyhow::Result<decnet_swarm_client::agent::EvidenceList> {
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let _turn = FanOut::one_look().await;
     let client = agent_client(pool, &h)?;
     match client.evidence().await {
         Ok(l) => Ok(l),
@@ -754,6 +757,7 @@ pub async fn evidence_fetch(
         return Err(UsageError(format!("{decky:?}/{id:?} is not a decky's archive")).into());
     }
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let _turn = FanOut::one_look().await;
     let client = agent_client(pool, &h)?;
     match client.fetch_evidence_within(decky, id, out, max).await {
         Ok(bytes) => {
@@ -887,58 +891,116 @@ pub const DEFAULT_PARALLEL: usize = 64;
 /// whatever the fleet-wide requests in flight and their `parallel`.
 pub const DEFAULT_MAX_OUTBOUND: usize = 256;
 
-static OUTBOUND: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+/// The connections to workers a process may hold at once: all of them,
+/// and those of requests that only look (status, check, the doctor,
+/// releases, evidence, deploy plans), which together hold at most half, so
+/// a viewer's checks never take the turns a deploy, a rollout or a
+/// rollback needs.
+pub struct OutboundBudget {
+    all: Arc<tokio::sync::Semaphore>,
+    looks: Arc<tokio::sync::Semaphore>,
+}
+
+impl OutboundBudget {
+    /// A budget of `n` connections (at least 1; the looks get half).
+    pub fn new(n: usize) -> OutboundBudget {
+        OutboundBudget {
+            all: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+            looks: Arc::new(tokio::sync::Semaphore::new((n / 2).max(1))),
+        }
+    }
+
+    /// A command that changes hosts (deploy, update, rollback, renew,
+    /// teardown), at most `parallel` hosts at once.
+    pub fn changes(&self, parallel: usize) -> FanOut {
+        FanOut {
+            own: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
+            looks: None,
+            all: self.all.clone(),
+        }
+    }
+
+    /// A command that only looks, at most `parallel` hosts at once.
+    pub fn looks(&self, parallel: usize) -> FanOut {
+        FanOut {
+            looks: Some(self.looks.clone()),
+            ..self.changes(parallel)
+        }
+    }
+}
+
+static OUTBOUND: std::sync::OnceLock<OutboundBudget> = std::sync::OnceLock::new();
 
 /// Set how many connections to workers this process may hold at once (the
 /// daemon, from `--max-outbound`, before it serves). The first setting
 /// stays; without one the process has [`DEFAULT_MAX_OUTBOUND`].
 pub fn set_max_outbound(n: usize) {
-    let _ = OUTBOUND.set(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+    let _ = OUTBOUND.set(OutboundBudget::new(n));
 }
 
-fn outbound() -> Arc<tokio::sync::Semaphore> {
-    OUTBOUND
-        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_OUTBOUND)))
-        .clone()
+fn outbound() -> &'static OutboundBudget {
+    OUTBOUND.get_or_init(|| OutboundBudget::new(DEFAULT_MAX_OUTBOUND))
 }
 
-/// One fleet-wide command's share of the process's connections to workers:
-/// at most `parallel` of its hosts at once, and every command together at
-/// most the process's budget. Why: `parallel` is the caller's to choose (an
-/// operator's query string), so without the process-wide budget any number
-/// of requests, each with the largest `parallel`, would make the master
-/// dial tens of thousands of sockets at once. Cheap to clone.
+/// One command's share of the process's connections to workers: at most
+/// `parallel` of its hosts at once, and every command together at most the
+/// process's [`OutboundBudget`]. Why: `parallel` is the caller's to choose
+/// (an operator's query string), so without the process-wide budget any
+/// number of requests, each with the largest `parallel`, would make the
+/// master dial tens of thousands of sockets at once. Cheap to clone.
 #[derive(Clone)]
 pub struct FanOut {
     own: Arc<tokio::sync::Semaphore>,
-    process: Arc<tokio::sync::Semaphore>,
+    looks: Option<Arc<tokio::sync::Semaphore>>,
+    all: Arc<tokio::sync::Semaphore>,
 }
 
 /// A host's turn in a [`FanOut`]: held while its requests are in flight.
 pub struct FanOutTurn {
     _own: tokio::sync::OwnedSemaphorePermit,
-    _process: tokio::sync::OwnedSemaphorePermit,
+    _looks: Option<tokio::sync::OwnedSemaphorePermit>,
+    _all: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl FanOut {
-    /// A command that asks at most `parallel` hosts at once.
+    /// A command of this process that changes hosts (see
+    /// [`OutboundBudget::changes`]).
     pub fn new(parallel: usize) -> FanOut {
-        FanOut {
-            own: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
-            process: outbound(),
-        }
+        outbound().changes(parallel)
+    }
+
+    /// A command of this process that only looks (see
+    /// [`OutboundBudget::looks`]).
+    pub fn looks(parallel: usize) -> FanOut {
+        outbound().looks(parallel)
+    }
+
+    /// The turn of a request that looks at one host.
+    pub async fn one_look() -> FanOutTurn {
+        FanOut::looks(1).turn().await
+    }
+
+    /// The turn of a request that changes one host.
+    pub async fn one_change() -> FanOutTurn {
+        FanOut::new(1).turn().await
     }
 
     /// Wait for a host's turn: the command's own share first, then the
-    /// process's, so one command never holds more of the budget than its
-    /// `parallel`.
+    /// looks' (when it only looks), then the process's, always in this
+    /// order, so one command never holds more of a budget than its
+    /// `parallel`, and no two wait on each other.
     pub async fn turn(&self) -> FanOutTurn {
-        // Neither semaphore is ever closed.
+        // No semaphore here is ever closed.
         let own = self.own.clone().acquire_owned().await.expect("open");
-        let process = self.process.clone().acquire_owned().await.expect("open");
+        let looks = match &self.looks {
+            Some(l) => Some(l.clone().acquire_owned().await.expect("open")),
+            None => None,
+        };
+        let all = self.all.clone().acquire_owned().await.expect("open");
         FanOutTurn {
             _own: own,
-            _process: process,
+            _looks: looks,
+            _all: all,
         }
     }
 }
@@ -985,7 +1047,7 @@ pub async fn probe_all(
     full: bool,
     parallel: usize,
 ) -> Vec<HostReport> {
-    let limit = FanOut::new(parallel);
+    let limit = FanOut::looks(parallel);
     let mut progress = Progress::new(if full { "status" } else { "checked" }, hosts.len());
     let mut set = JoinSet::new();
     for h in hosts {
@@ -1209,4 +1271,40 @@ pub fn print_check(reports: &[HostReport], json: bool) -> anyhow::Result<bool> {
         )
     );
     Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Looks (a viewer's checks) hold at most half of the budget, so the
+    /// changes (a deploy, a rollback) always find turns; everything
+    /// together holds at most the budget; a turn given back is taken again.
+    #[tokio::test]
+    async fn looks_leave_half_the_budget_to_changes() {
+        let wait = std::time::Duration::from_millis(50);
+        let budget = OutboundBudget::new(4);
+        let looks = budget.looks(1024);
+        let held = [looks.turn().await, looks.turn().await];
+        assert!(
+            tokio::time::timeout(wait, budget.looks(1).turn())
+                .await
+                .is_err(),
+            "a third look waits"
+        );
+        let changes = budget.changes(1024);
+        let changing = [changes.turn().await, changes.turn().await];
+        assert!(
+            tokio::time::timeout(wait, changes.turn()).await.is_err(),
+            "the whole budget is held"
+        );
+        drop(held);
+        let more = tokio::time::timeout(wait, changes.turn()).await;
+        assert!(more.is_ok(), "a turn given back is taken again");
+        drop((changing, more));
+        // A command's own `parallel` bounds it below the budget.
+        let one = budget.changes(1);
+        let _first = one.turn().await;
+        assert!(tokio::time::timeout(wait, one.turn()).await.is_err());
+    }
 }

@@ -206,6 +206,7 @@ pub async fn request_renewal(
         .await
         .map_err(OpError::Internal)?
         .remove(0);
+    let _turn = crate::fleet_ops::FanOut::one_change().await;
     let updater = if h.updater_fingerprint.is_none() {
         None
     } else {

@@ -457,6 +457,7 @@ pub async fn rollback(
     host: &str,
 ) -> anyhow::Result<HostResult> {
     let h = select_hosts(db, &[host.to_string()]).await?.remove(0);
+    let _turn = crate::fleet_ops::FanOut::one_change().await;
     let client = updater_client(pool, &h)?;
     let r = match client.rollback().await {
         Ok(done) => HostResult {
