@@ -1354,7 +1354,12 @@ async fn evidence_fetch(
         ));
     }
     let spool = tempfile::tempfile_in(&st.home.home).map_err(unavailable)?;
-    let mut file = tokio::fs::File::from_std(spool);
+    // The room was measured once; other writers (uploads, the logs, the
+    // database) go on meanwhile, so the writes look again as they go.
+    let mut guarded = crate::free_space::KeepFreeSpace::new(
+        tokio::fs::File::from_std(spool),
+        crate::free_space::disk_of(&st.home.home),
+    );
     let bytes = crate::fleet_ops::evidence_fetch(
         &st.db,
         &st.pool.current(),
@@ -1362,11 +1367,12 @@ async fn evidence_fetch(
         &host,
         &decky,
         &id,
-        &mut file,
+        &mut guarded,
         room,
     )
     .await
     .map_err(operation_error)?;
+    let mut file = guarded.into_inner();
     use tokio::io::{AsyncSeekExt, AsyncWriteExt};
     file.flush().await.map_err(unavailable)?;
     file.seek(std::io::SeekFrom::Start(0))
@@ -1537,8 +1543,12 @@ async fn release_upload(
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     }
     let part = tempfile::NamedTempFile::new_in(&dir).map_err(unavailable)?;
-    let mut file = tokio::fs::File::from_std(part.reopen().map_err(unavailable)?);
-    let bytes = receive_upload(body.into_data_stream(), &mut file).await?;
+    let mut guarded = crate::free_space::KeepFreeSpace::new(
+        tokio::fs::File::from_std(part.reopen().map_err(unavailable)?),
+        crate::free_space::disk_of(&dir),
+    );
+    let bytes = receive_upload(body.into_data_stream(), &mut guarded).await?;
+    let mut file = guarded.into_inner();
     use tokio::io::AsyncWriteExt;
     file.flush().await.map_err(unavailable)?;
     file.sync_all().await.map_err(unavailable)?;
@@ -1654,7 +1664,22 @@ async fn receive_upload(
                 format!("a release is at most {} MiB", MAX_RELEASE_UPLOAD >> 20),
             ));
         }
-        out.write_all(&chunk).await.map_err(unavailable)?;
+        out.write_all(&chunk).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                json_error(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "no_space",
+                    format!("{e}: nothing kept"),
+                )
+            } else {
+                tracing::error!(error = %e, "cannot write a release upload");
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the master cannot write the upload",
+                )
+            }
+        })?;
     }
 }
 
@@ -1921,6 +1946,16 @@ mod tests {
         let bytes = receive_upload(steady, &mut out).await.unwrap();
         assert_eq!(bytes, 90 * 2 * MIN_UPLOAD_RATE);
         assert_eq!(out.len() as u64, bytes);
+        // On a disk down to its watermark, an upload is refused (507) and
+        // nothing is written.
+        let full: crate::free_space::FreeSpaceProbe = Box::new(|| Ok((0, 100 << 30)));
+        let mut out = crate::free_space::KeepFreeSpace::new(Vec::new(), full);
+        let one = futures_util::stream::once(async {
+            Ok::<_, axum::Error>(Bytes::from_static(b"release"))
+        });
+        let refused = receive_upload(one, &mut out).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert!(out.into_inner().is_empty());
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod events_api;
 pub mod events_cmd;
 pub mod fleet_api;
 pub mod fleet_ops;
+pub mod free_space;
 pub mod home;
 pub mod job_cmd;
 pub mod jobs;
