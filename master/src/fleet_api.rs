@@ -19,6 +19,7 @@ use decnet_fleet::operators::{OperatorError, OperatorRecord};
 use decnet_fleet::{AuditEntry, AuditOutcome, FleetDb, HostRecord};
 use decnet_pki::HostName;
 use decnet_server::error_body::json_error;
+use decnet_swarm_client::pace::{MIN_TRANSFER_RATE, TransferPace};
 use serde::Deserialize;
 
 use crate::authz::{Grant, valid_glob};
@@ -1522,7 +1523,7 @@ async fn release_upload(
             )
         })?;
     // One upload at a time: the bound below holds for what is being
-    // written too. The one being written keeps MIN_UPLOAD_RATE or is cut,
+    // written too. The one being written keeps MIN_TRANSFER_RATE or is cut,
     // so the wait for it is bounded; a wait longer still is a 429.
     static UPLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let _uploading = tokio::time::timeout(UPLOAD_WAIT, UPLOADING.acquire())
@@ -1569,59 +1570,9 @@ async fn release_upload(
         .into_response())
 }
 
-/// The slowest a release upload may come in, over each
-/// [`UPLOAD_WINDOW`] in turn: 64 KiB/s, a 45 MB release in 12 minutes.
-/// Why: uploads are written one at a time, and a client that trickles (a
-/// stolen deployer certificate sending a byte a second, or a burst and then
-/// silence) would otherwise hold every other deployer's push for as long as
-/// it likes.
-pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
-
-/// The span over which an upload's pace is judged (see [`UploadPace`]).
-pub const UPLOAD_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// How long an upload waits for the one being written before it is
 /// refused with 429.
 pub const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// An upload's pace: every [`UPLOAD_WINDOW`] in turn, from its start,
-/// must bring at least [`MIN_UPLOAD_RATE`] × the window, so a burst early
-/// buys no silence later. Pure: the caller passes the time.
-#[derive(Clone, Copy, Debug)]
-pub struct UploadPace {
-    window_started: tokio::time::Instant,
-    window_bytes: u64,
-}
-
-impl UploadPace {
-    /// The pace of an upload starting `now`.
-    pub fn new(now: tokio::time::Instant) -> UploadPace {
-        UploadPace {
-            window_started: now,
-            window_bytes: 0,
-        }
-    }
-
-    /// `bytes` more came in.
-    pub fn add(&mut self, bytes: u64) {
-        self.window_bytes = self.window_bytes.saturating_add(bytes);
-    }
-
-    /// Whether the upload is too slow to keep at `now`: a window ended
-    /// short of the rate. A window that ended at the rate starts the next.
-    pub fn too_slow(&mut self, now: tokio::time::Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.window_started);
-        if elapsed < UPLOAD_WINDOW {
-            return false;
-        }
-        if u128::from(self.window_bytes) < u128::from(MIN_UPLOAD_RATE) * elapsed.as_millis() / 1000
-        {
-            return true;
-        }
-        *self = UploadPace::new(now);
-        false
-    }
-}
 
 /// Write an upload's `body` to `out`, at most [`MAX_RELEASE_UPLOAD`]
 /// bytes, cutting it (408) once it comes in too slowly (checked every
@@ -1633,7 +1584,7 @@ async fn receive_upload(
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let mut body = std::pin::pin!(body);
-    let mut pace = UploadPace::new(tokio::time::Instant::now());
+    let mut pace = TransferPace::new(tokio::time::Instant::now());
     let mut bytes = 0u64;
     loop {
         let next = tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await;
@@ -1644,7 +1595,7 @@ async fn receive_upload(
                 "too_slow",
                 format!(
                     "the upload came in slower than {} KiB/s: nothing kept",
-                    MIN_UPLOAD_RATE >> 10
+                    MIN_TRANSFER_RATE >> 10
                 ),
             ));
         }
@@ -1881,6 +1832,7 @@ async fn renew_self(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use decnet_swarm_client::pace::PACE_WINDOW;
 
     async fn archive(len: usize) -> (tokio::fs::File, Vec<u8>) {
         use std::io::{Seek, Write};
@@ -1910,7 +1862,7 @@ mod tests {
         let held = started.elapsed();
         let second = std::time::Duration::from_secs(1);
         assert!(
-            held >= UPLOAD_WINDOW && held <= UPLOAD_WINDOW + 2 * second,
+            held >= PACE_WINDOW && held <= PACE_WINDOW + 2 * second,
             "{held:?}"
         );
         // A client that stops sending altogether is cut alike.
@@ -1918,12 +1870,12 @@ mod tests {
         let started = tokio::time::Instant::now();
         let cut = receive_upload(silent, &mut Vec::new()).await.unwrap_err();
         assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
-        assert!(started.elapsed() <= UPLOAD_WINDOW + 2 * second);
+        assert!(started.elapsed() <= PACE_WINDOW + 2 * second);
         // A burst worth four minutes at the minimum rate, then silence: cut
         // at the end of the first silent window, not four minutes later.
         use futures_util::StreamExt;
         let burst = futures_util::stream::once(async {
-            Ok::<_, axum::Error>(Bytes::from(vec![1u8; 240 * MIN_UPLOAD_RATE as usize]))
+            Ok::<_, axum::Error>(Bytes::from(vec![1u8; 240 * MIN_TRANSFER_RATE as usize]))
         })
         .chain(futures_util::stream::pending());
         let started = tokio::time::Instant::now();
@@ -1931,7 +1883,7 @@ mod tests {
         assert_eq!(cut.status(), StatusCode::REQUEST_TIMEOUT);
         let held = started.elapsed();
         assert!(
-            held >= 2 * UPLOAD_WINDOW && held <= 2 * UPLOAD_WINDOW + 2 * second,
+            held >= 2 * PACE_WINDOW && held <= 2 * PACE_WINDOW + 2 * second,
             "{held:?}"
         );
         let steady = futures_util::stream::unfold(0u32, |n| async move {
@@ -1939,12 +1891,12 @@ mod tests {
                 return None;
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            let chunk = Bytes::from(vec![7u8; 2 * MIN_UPLOAD_RATE as usize]);
+            let chunk = Bytes::from(vec![7u8; 2 * MIN_TRANSFER_RATE as usize]);
             Some((Ok::<_, axum::Error>(chunk), n + 1))
         });
         let mut out = Vec::new();
         let bytes = receive_upload(steady, &mut out).await.unwrap();
-        assert_eq!(bytes, 90 * 2 * MIN_UPLOAD_RATE);
+        assert_eq!(bytes, 90 * 2 * MIN_TRANSFER_RATE);
         assert_eq!(out.len() as u64, bytes);
         // On a disk down to its watermark, an upload is refused (507) and
         // nothing is written.
@@ -1956,27 +1908,6 @@ mod tests {
         let refused = receive_upload(one, &mut out).await.unwrap_err();
         assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
         assert!(out.into_inner().is_empty());
-    }
-
-    #[test]
-    fn each_window_of_an_upload_must_keep_the_rate() {
-        let s = std::time::Duration::from_secs;
-        let t0 = tokio::time::Instant::now();
-        let mut pace = UploadPace::new(t0);
-        assert!(!pace.too_slow(t0 + s(29)), "within the first window");
-        pace.add(MIN_UPLOAD_RATE * 30);
-        assert!(!pace.too_slow(t0 + s(30)), "the first window kept the rate");
-        pace.add(MIN_UPLOAD_RATE * 30 - 1);
-        let mut judged = pace;
-        assert!(judged.too_slow(t0 + s(60)), "the second fell short");
-        pace.add(1);
-        assert!(!pace.too_slow(t0 + s(60)));
-        // A burst is judged over the window it came in, whatever its size.
-        let mut pace = UploadPace::new(t0);
-        pace.add(u64::MAX);
-        pace.add(u64::MAX);
-        assert!(!pace.too_slow(t0 + s(30)));
-        assert!(pace.too_slow(t0 + s(60)));
     }
 
     /// A compromised agent answering with archives as large as it likes

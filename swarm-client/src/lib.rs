@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod join;
 pub mod master_link;
+pub mod pace;
 pub mod transport;
 pub mod updater;
 

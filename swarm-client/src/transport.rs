@@ -351,8 +351,10 @@ impl Endpoint {
     }
 
     /// Send `req` with `timeout` and write a successful answer's body to
-    /// `out`, at most `max` bytes (a worker is not trusted to be small);
-    /// returns the bytes written. Error statuses become
+    /// `out`, at most `max` bytes (a worker is not trusted to be small, nor
+    /// quick: a body that falls behind [`crate::pace::TransferPace`] is cut,
+    /// so a worker that trickles cannot hold what the caller reserved for
+    /// it); returns the bytes written. Error statuses become
     /// [`ClientError::Status`].
     pub async fn download(
         &self,
@@ -390,11 +392,26 @@ impl Endpoint {
             return Err(too_large());
         }
         let mut written = 0u64;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(e, timeout))?
-        {
+        let mut pace = crate::pace::TransferPace::new(tokio::time::Instant::now());
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(1), resp.chunk()).await;
+            if pace.too_slow(tokio::time::Instant::now()) {
+                return Err(ClientError::Decode {
+                    endpoint: self.label.clone(),
+                    detail: format!(
+                        "the answer came slower than {} KiB/s: cut",
+                        crate::pace::MIN_TRANSFER_RATE >> 10
+                    ),
+                });
+            }
+            let chunk = match next {
+                Err(_) => continue,
+                Ok(chunk) => match chunk.map_err(|e| self.transport_error(e, timeout))? {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            pace.add(chunk.len() as u64);
             written += chunk.len() as u64;
             if written > max {
                 return Err(too_large());

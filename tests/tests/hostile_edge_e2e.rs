@@ -741,7 +741,7 @@ const EVIL: &str = "1.0\u{1b}[2J\u{1b}]0;owned\u{7}\u{1b}[8m\u{202e}\nw9  10.0.0
 
 /// A compromised worker's agent, on the production runner with its own
 /// (valid) certificate, answering `/health` and `/status` with escape-laden
-/// strings.
+/// strings, and any evidence archive a byte a second.
 async fn evil_agent(m: &MasterHome, host: &str) -> SocketAddr {
     use axum::routing::get;
     let bundle = agent_bundle(m, host);
@@ -782,6 +782,19 @@ async fn evil_agent(m: &MasterHome, host: &str) -> SocketAddr {
                         "deckies": [{"name": EVIL, "state": EVIL, "error": EVIL, "address": EVIL}]
                     }))
                 }
+            }),
+        )
+        .route(
+            "/evidence/{decky}/{id}",
+            get(|| async {
+                let trickle = futures_util::stream::unfold((), |()| async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Some((
+                        Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"x")),
+                        (),
+                    ))
+                });
+                axum::body::Body::from_stream(trickle)
             }),
         );
     let app = decnet_server::HttpService::new(
@@ -1026,4 +1039,40 @@ async fn a_viewer_cannot_make_the_master_dial_without_bound() {
     // Her allowance is given back.
     let r = eve.get(&check).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A compromised worker cannot hold the master's evidence spools: asked
+/// for an archive, it sends a byte a second (for the hour the fetch would
+/// otherwise be allowed). The master cuts the fetch once a 30 s window
+/// brings less than 64 KiB/s, answers the operator with why, and the
+/// operator's spool is free again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_trickling_evidence_cannot_hold_the_masters_spools() {
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    m.enroll("w1");
+    let master = m.serve(&["--no-listener"]);
+    let addr = evil_agent(&m, "w1").await;
+    m.set_agent_port("w1", addr.port());
+    let machines = tempfile::tempdir().unwrap();
+    let (eve, api) = operator_client(&m, &master, "ann", "viewer", machines.path());
+    let fetch = format!("{api}/v1/hosts/w1/evidence/d1/20261206");
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(50), eve.get(&fetch).send())
+        .await
+        .expect("the master cut the trickle")
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("slower than 64 KiB/s"), "{body}");
+    let held = started.elapsed();
+    assert!(held >= Duration::from_secs(30), "{held:?}");
+    // Her spool is hers again: a second fetch is asked, not refused busy.
+    let r = eve.get(&fetch).send();
+    let again = tokio::time::timeout(Duration::from_secs(3), r).await;
+    assert!(
+        again.is_err(),
+        "the second fetch is under way, not refused: {again:?}"
+    );
 }
