@@ -145,6 +145,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
                 ServerLimits {
                     max_anonymous: 4096,
                     max_anonymous_per_source: 256,
+                    max_anonymous_per_network: 1024,
                     ..ServerLimits::default()
                 },
             )

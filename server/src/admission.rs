@@ -26,7 +26,7 @@ use decnet_pki::Fingerprint;
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::ServerLimits;
-use crate::source::SourceKey;
+use crate::source::{NetworkKey, SourceKey};
 
 /// Why a connection was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,10 @@ pub enum Refused {
     /// This source holds its maximum of connections without a certificate.
     #[error("too many connections without a certificate from this source")]
     TooManyAnonymousFromSource,
+    /// This source's network (IPv4 /24, IPv6 /48) holds its maximum of
+    /// connections without a certificate.
+    #[error("too many connections without a certificate from this network")]
+    TooManyAnonymousFromNetwork,
     /// The server holds its maximum of connections without a certificate.
     #[error("too many connections without a certificate")]
     TooManyAnonymous,
@@ -59,6 +63,7 @@ impl Refused {
             Refused::DescriptorBudget => "descriptors",
             Refused::TooManyHandshakes => "handshakes",
             Refused::TooManyAnonymousFromSource => "source_anonymous",
+            Refused::TooManyAnonymousFromNetwork => "network_anonymous",
             Refused::TooManyAnonymous => "anonymous",
             Refused::TooManyForIdentity => "identity_connections",
         }
@@ -115,6 +120,7 @@ struct Counts {
     pending_by_source: HashMap<SourceKey, VecDeque<Pending>>,
     anonymous: usize,
     anonymous_by_source: HashMap<SourceKey, usize>,
+    anonymous_by_network: HashMap<NetworkKey, usize>,
     by_identity: HashMap<Fingerprint, usize>,
 }
 
@@ -377,6 +383,12 @@ impl Slot {
                 if n >= limits.max_anonymous_per_source {
                     return Err(Refused::TooManyAnonymousFromSource);
                 }
+                let network = self.source.network();
+                let n = c.anonymous_by_network.get(&network).copied().unwrap_or(0);
+                if n >= limits.max_anonymous_per_network {
+                    return Err(Refused::TooManyAnonymousFromNetwork);
+                }
+                *c.anonymous_by_network.entry(network).or_insert(0) += 1;
                 *c.anonymous_by_source.entry(self.source).or_insert(0) += 1;
                 c.anonymous += 1;
                 self.bound = Bound::Anonymous;
@@ -396,7 +408,8 @@ impl Drop for Slot {
             Bound::Nothing => {}
             Bound::Anonymous => {
                 c.anonymous -= 1;
-                dec(&mut c.anonymous_by_source, &self.source)
+                dec(&mut c.anonymous_by_source, &self.source);
+                dec(&mut c.anonymous_by_network, &self.source.network())
             }
             Bound::Identity(fp) => dec(&mut c.by_identity, &fp),
         }
@@ -414,6 +427,7 @@ mod tests {
             max_connections: 6,
             max_anonymous: 3,
             max_anonymous_per_source: 1,
+            max_anonymous_per_network: 8,
             max_connections_per_identity: 2,
             ..ServerLimits::default()
         }
@@ -563,5 +577,43 @@ mod tests {
         let c = a.lock();
         assert!(c.by_identity.is_empty() && c.anonymous_by_source.is_empty());
         assert!(c.pending_by_source.is_empty());
+    }
+
+    /// The attacker holds a whole IPv6 /48 (or many addresses of a /24):
+    /// each of its /64s is a source of its own, but together they hold at
+    /// most the network's share of anonymous connections, and a peer of
+    /// another network still gets in.
+    #[test]
+    fn many_sources_of_one_network_share_its_anonymous_cap() {
+        let a = Admission::new(ServerLimits {
+            max_connections: 100,
+            max_pending_handshakes: 100,
+            max_anonymous: 50,
+            max_anonymous_per_source: 1,
+            max_anonymous_per_network: 4,
+            ..limits()
+        });
+        for (attacker, elsewhere) in [
+            ("2001:db8:7:{}::1", "2001:db8:8::1"),
+            ("10.7.7.{}", "10.7.8.1"),
+        ] {
+            let mut held = Vec::new();
+            let mut refused = 0;
+            for i in 1..=40 {
+                let mut s = open(&a, &attacker.replace("{}", &i.to_string()));
+                match s.bind(None) {
+                    Ok(()) => held.push(s),
+                    Err(e) => {
+                        assert_eq!(e, Refused::TooManyAnonymousFromNetwork);
+                        refused += 1;
+                    }
+                }
+            }
+            assert_eq!((held.len(), refused), (4, 36), "{attacker}");
+            let mut other = open(&a, elsewhere);
+            other.bind(None).expect("another network gets in");
+            drop((held, other));
+        }
+        assert!(a.lock().anonymous_by_network.is_empty());
     }
 }

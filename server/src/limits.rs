@@ -22,6 +22,10 @@ pub struct ServerLimits {
     /// Open connections without a client certificate from one source (only
     /// servers that admit anonymous peers at all: the control API's joins).
     pub max_anonymous_per_source: usize,
+    /// Open connections without a certificate from one network (IPv4 /24,
+    /// IPv6 /48, [`crate::source::NetworkKey`]): many sources of one party
+    /// cannot fill the server-wide anonymous budget alone.
+    pub max_anonymous_per_network: usize,
     /// Open connections without a client certificate over all sources: kept
     /// well below the descriptor limit, so anonymous peers can never hold
     /// the descriptors certified peers need.
@@ -49,6 +53,7 @@ impl Default for ServerLimits {
             max_pending_handshakes_per_source: 512,
             max_connections: 8192,
             max_anonymous_per_source: 16,
+            max_anonymous_per_network: 64,
             max_anonymous: 256,
             max_connections_per_identity: 64,
             max_connection_lifetime: Some(Duration::from_secs(3600)),

@@ -25,6 +25,40 @@ impl SourceKey {
     }
 }
 
+impl SourceKey {
+    /// The network this source belongs to (see [`NetworkKey`]).
+    pub fn network(&self) -> NetworkKey {
+        match self.0 {
+            IpAddr::V4(v4) => {
+                let mut o = v4.octets();
+                o[3] = 0;
+                NetworkKey(IpAddr::V4(o.into()))
+            }
+            IpAddr::V6(v6) => {
+                let mut seg = v6.segments();
+                seg[3..].fill(0);
+                NetworkKey(IpAddr::V6(seg.into()))
+            }
+        }
+    }
+}
+
+/// The network of sources: an IPv4 /24, or an IPv6 /48. Why: one party
+/// commonly holds a whole IPv6 /48 (65,536 /64 "sources") or many
+/// addresses of a /24, so a per-source cap alone lets it fill every
+/// server-wide budget; a cap per network makes that take many networks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetworkKey(IpAddr);
+
+impl std::fmt::Display for NetworkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}/24"),
+            IpAddr::V6(v6) => write!(f, "{v6}/48"),
+        }
+    }
+}
+
 impl std::fmt::Display for SourceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
@@ -40,6 +74,12 @@ mod tests {
 
     #[test]
     fn ipv6_is_keyed_by_its_64_prefix_and_mapped_v4_by_the_v4_address() {
+        let wide = |s: &str| SourceKey::of(s.parse().unwrap()).network().to_string();
+        assert_eq!(wide("2001:db8:1:2:aaaa::1"), "2001:db8:1::/48");
+        assert_eq!(wide("2001:db8:1:ffff::9"), "2001:db8:1::/48");
+        assert_eq!(wide("10.1.2.3"), "10.1.2.0/24");
+        assert_eq!(wide("::ffff:10.1.2.3"), "10.1.2.0/24");
+        assert_ne!(wide("2001:db8:2::1"), wide("2001:db8:1::1"));
         let a = SourceKey::of("2001:db8:1:2:aaaa::1".parse().unwrap());
         let b = SourceKey::of("2001:db8:1:2:bbbb::9".parse().unwrap());
         let c = SourceKey::of("2001:db8:1:3::1".parse().unwrap());
