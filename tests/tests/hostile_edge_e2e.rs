@@ -163,7 +163,8 @@ async fn a_master_limited_to_1024_descriptors_keeps_taking_heartbeats_under_64_s
     let master = m.serve_under(&["prlimit", "--nofile=1024:1024", "--"], &["--no-listener"]);
     let api = master.addr;
     let (w1, ca) = (agent_bundle(&m, "w1"), ca_pem(&m));
-    let sources: Vec<String> = (2..66).map(|i| format!("127.0.0.{i}")).collect();
+    // Each in a network of its own (a /24), as many parties would be.
+    let sources: Vec<String> = (2..66).map(|i| format!("127.0.{i}.1")).collect();
     let flood = anonymous_flood(api, sources, 16, ca, ExpectedServer::master());
     tokio::time::sleep(Duration::from_secs(6)).await;
     for i in 0..10 {
