@@ -1372,7 +1372,17 @@ async fn evidence_fetch(
         room,
     )
     .await
-    .map_err(operation_error)?;
+    .map_err(|e| {
+        // The disk, not the worker, stopped it: say so.
+        match decnet_log_relay::disk::free_space(&st.home.home) {
+            Ok((free, total)) if crate::free_space::under_watermark(free, total) => json_error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "no_space",
+                "the master's disk reached the free space it keeps for its database and logs while spooling the archive; fetch it on the worker, or free space",
+            ),
+            _ => operation_error(e),
+        }
+    })?;
     let mut file = guarded.into_inner();
     use tokio::io::{AsyncSeekExt, AsyncWriteExt};
     file.flush().await.map_err(unavailable)?;
@@ -1588,6 +1598,16 @@ async fn receive_upload(
     let mut bytes = 0u64;
     loop {
         let next = tokio::time::timeout(std::time::Duration::from_secs(1), body.next()).await;
+        let chunk = match next {
+            Err(_) => None,
+            Ok(None) => return Ok(bytes),
+            Ok(Some(chunk)) => {
+                Some(chunk.map_err(|e| bad_request(format!("the upload broke off: {e}")))?)
+            }
+        };
+        if let Some(c) = &chunk {
+            pace.add(c.len() as u64);
+        }
         if pace.too_slow(tokio::time::Instant::now()) {
             tracing::warn!(bytes, "a release upload came in too slowly; cut");
             return Err(json_error(
@@ -1599,15 +1619,10 @@ async fn receive_upload(
                 ),
             ));
         }
-        let chunk = match next {
-            Err(_) => continue,
-            Ok(None) => return Ok(bytes),
-            Ok(Some(chunk)) => {
-                chunk.map_err(|e| bad_request(format!("the upload broke off: {e}")))?
-            }
+        let Some(chunk) = chunk else {
+            continue;
         };
         bytes += chunk.len() as u64;
-        pace.add(chunk.len() as u64);
         if bytes > MAX_RELEASE_UPLOAD {
             return Err(json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -1615,6 +1630,7 @@ async fn receive_upload(
                 format!("a release is at most {} MiB", MAX_RELEASE_UPLOAD >> 20),
             ));
         }
+        let writing = tokio::time::Instant::now();
         out.write_all(&chunk).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::StorageFull {
                 json_error(
@@ -1631,6 +1647,8 @@ async fn receive_upload(
                 )
             }
         })?;
+        // The master's own disk time is not the client's.
+        pace.exclude(writing.elapsed());
     }
 }
 

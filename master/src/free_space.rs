@@ -12,8 +12,11 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::AsyncWrite;
 
-/// How many bytes are written between two looks at the free space.
-pub const CHECK_EVERY: u64 = 64 << 20;
+/// How many bytes are written between two looks at the free space (a look
+/// is one `statvfs`: microseconds). Each writer goes at most this far past
+/// the watermark, so a few at once stay far inside it on any disk the
+/// master runs on.
+pub const CHECK_EVERY: u64 = 8 << 20;
 
 /// Free and total bytes of a filesystem: the real one's ([`disk_of`]), or
 /// a test's.
@@ -33,7 +36,7 @@ pub fn under_watermark(free: u64, total: u64) -> bool {
 
 /// `inner`, whose writes fail (`StorageFull`) once its disk is under the
 /// watermark: looked at before the first write and every [`CHECK_EVERY`]
-/// bytes, so a write never takes more than that below it.
+/// bytes, so a writer never takes more than that below it.
 pub struct KeepFreeSpace<W> {
     inner: W,
     probe: FreeSpaceProbe,

@@ -114,6 +114,20 @@ impl ServerLimits {
             eighth,
         );
         clamp("max_anonymous", &mut self.max_anonymous, eighth);
+        // No network, and no source, may hold more than a quarter of what
+        // is left for anonymous peers.
+        let per_network = (self.max_anonymous / 4).max(1);
+        clamp(
+            "max_anonymous_per_network",
+            &mut self.max_anonymous_per_network,
+            per_network,
+        );
+        let per_source = self.max_anonymous_per_network;
+        clamp(
+            "max_anonymous_per_source",
+            &mut self.max_anonymous_per_source,
+            per_source,
+        );
         let per_source = (self.max_pending_handshakes / 2).max(1);
         clamp(
             "max_pending_handshakes_per_source",
@@ -139,7 +153,21 @@ mod tests {
         assert_eq!(fit.max_pending_handshakes, 112);
         assert_eq!(fit.max_anonymous, 112);
         assert_eq!(fit.max_pending_handshakes_per_source, 56);
-        assert_eq!(lowered.len(), 4, "{lowered:?}");
+        assert_eq!(fit.max_anonymous_per_network, 28);
+        assert_eq!(fit.max_anonymous_per_source, 16);
+        assert_eq!(lowered.len(), 5, "{lowered:?}");
+        // A console's caps on a small descriptor budget: no one network
+        // (or address) can take every anonymous place.
+        let (console, _) = ServerLimits {
+            max_anonymous: 4096,
+            max_anonymous_per_source: 256,
+            max_anonymous_per_network: 1024,
+            ..ServerLimits::default()
+        }
+        .fit_descriptors(4096);
+        assert_eq!(console.max_anonymous, 512);
+        assert_eq!(console.max_anonymous_per_network, 128);
+        assert_eq!(console.max_anonymous_per_source, 128);
         let (same, none) = ServerLimits::default().fit_descriptors(100_000);
         assert!(none.is_empty());
         assert_eq!(

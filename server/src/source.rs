@@ -15,6 +15,14 @@ impl SourceKey {
             IpAddr::V4(_) => SourceKey(ip),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => SourceKey(IpAddr::V4(v4)),
+                // 6to4 (2002::/16): every /48 is one IPv4 address, the one
+                // embedded; counted as that address.
+                None if v6.segments()[0] == 0x2002 => {
+                    let s = v6.segments();
+                    let [a, b] = s[1].to_be_bytes();
+                    let [c, d] = s[2].to_be_bytes();
+                    SourceKey(IpAddr::V4([a, b, c, d].into()))
+                }
                 None => {
                     let mut seg = v6.segments();
                     seg[4..].fill(0);
@@ -80,6 +88,12 @@ mod tests {
         assert_eq!(wide("10.1.2.3"), "10.1.2.0/24");
         assert_eq!(wide("::ffff:10.1.2.3"), "10.1.2.0/24");
         assert_ne!(wide("2001:db8:2::1"), wide("2001:db8:1::1"));
+        // 6to4 is its IPv4 address's.
+        assert_eq!(wide("2002:0a01:0203:7::1"), "10.1.2.0/24");
+        assert_eq!(
+            SourceKey::of("2002:0a01:0203:7::1".parse().unwrap()),
+            SourceKey::of("10.1.2.3".parse().unwrap())
+        );
         let a = SourceKey::of("2001:db8:1:2:aaaa::1".parse().unwrap());
         let b = SourceKey::of("2001:db8:1:2:bbbb::9".parse().unwrap());
         let c = SourceKey::of("2001:db8:1:3::1".parse().unwrap());

@@ -38,6 +38,12 @@ impl TransferPace {
         self.window_bytes = self.window_bytes.saturating_add(bytes);
     }
 
+    /// The receiver spent `spent` not reading (writing what came to its
+    /// disk): the sender, held back meanwhile, is not judged for it.
+    pub fn exclude(&mut self, spent: Duration) {
+        self.window_started += spent;
+    }
+
     /// Whether the transfer is too slow to keep at `now`: a window ended
     /// short of the rate. A window that ended at the rate starts the next.
     pub fn too_slow(&mut self, now: Instant) -> bool {
@@ -78,5 +84,14 @@ mod tests {
         pace.add(u64::MAX);
         assert!(!pace.too_slow(t0 + s(30)));
         assert!(pace.too_slow(t0 + s(60)));
+        // Time the receiver spent writing is not the sender's.
+        let mut pace = TransferPace::new(t0);
+        pace.add(MIN_TRANSFER_RATE * 20);
+        pace.exclude(s(10));
+        assert!(
+            !pace.too_slow(t0 + s(35)),
+            "20 s of sending, 10 s of writing"
+        );
+        assert!(pace.too_slow(t0 + s(40)));
     }
 }

@@ -395,6 +395,16 @@ impl Endpoint {
         let mut pace = crate::pace::TransferPace::new(tokio::time::Instant::now());
         loop {
             let next = tokio::time::timeout(Duration::from_secs(1), resp.chunk()).await;
+            let chunk = match next {
+                Err(_) => None,
+                Ok(chunk) => match chunk.map_err(|e| self.transport_error(e, timeout))? {
+                    Some(chunk) => Some(chunk),
+                    None => break,
+                },
+            };
+            if let Some(c) = &chunk {
+                pace.add(c.len() as u64);
+            }
             if pace.too_slow(tokio::time::Instant::now()) {
                 return Err(ClientError::Decode {
                     endpoint: self.label.clone(),
@@ -404,24 +414,21 @@ impl Endpoint {
                     ),
                 });
             }
-            let chunk = match next {
-                Err(_) => continue,
-                Ok(chunk) => match chunk.map_err(|e| self.transport_error(e, timeout))? {
-                    Some(chunk) => chunk,
-                    None => break,
-                },
+            let Some(chunk) = chunk else {
+                continue;
             };
-            pace.add(chunk.len() as u64);
             written += chunk.len() as u64;
             if written > max {
                 return Err(too_large());
             }
+            let writing = tokio::time::Instant::now();
             out.write_all(&chunk)
                 .await
                 .map_err(|e| ClientError::Decode {
                     endpoint: self.label.clone(),
                     detail: format!("cannot write the answer: {e}"),
                 })?;
+            pace.exclude(writing.elapsed());
         }
         out.flush().await.map_err(|e| ClientError::Decode {
             endpoint: self.label.clone(),
