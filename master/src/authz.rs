@@ -328,6 +328,33 @@ impl OperatorAllowance {
             operator: operator.to_string(),
         })
     }
+
+    /// [`try_take`](Self::try_take), or the refusal to answer with: `429
+    /// busy`, `Retry-After: 1`, saying the operator already holds `held`.
+    #[allow(clippy::result_large_err)]
+    pub fn take_or_busy(
+        self: &Arc<Self>,
+        operator: &str,
+        held: &str,
+    ) -> Result<AllowanceTurn, Response> {
+        self.try_take(operator).ok_or_else(|| {
+            tracing::info!(
+                operator,
+                held,
+                "request beyond the operator's allowance refused"
+            );
+            let mut refused = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                format!("operator {operator} already has {held} in flight: wait for it to end"),
+                None,
+            );
+            refused
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, 1.into());
+            refused
+        })
+    }
 }
 
 impl Drop for AllowanceTurn {
@@ -436,21 +463,9 @@ pub async fn admit(
             ),
             Cost::SearchesAudit => (&allowances().audit_searches, "an audit search".into()),
         };
-        match allowance.try_take(&name) {
-            Some(turn) => Some(turn),
-            None => {
-                tracing::info!(operator = %name, path = %req.uri().path(), "costly request beyond the operator's allowance refused");
-                let mut refused = refuse(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "busy",
-                    format!("operator {name} already has {held} in flight: wait for one to end"),
-                    None,
-                );
-                refused
-                    .headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, 1.into());
-                return refused;
-            }
+        match allowance.take_or_busy(&name, &held) {
+            Ok(turn) => Some(turn),
+            Err(refused) => return refused,
         }
     } else {
         None

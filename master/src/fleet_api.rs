@@ -1319,19 +1319,10 @@ async fn evidence_fetch(
     // archive, SPOOLS_AT_ONCE archives at a time (one per operator), never
     // past the free-space watermark of the disk it shares with the fleet
     // database, deleted once sent.
-    let mine = crate::authz::allowances()
-        .evidence_spools
-        .try_take(&g.operator)
-        .ok_or_else(|| {
-            json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "busy",
-                format!(
-                    "operator {} already has an evidence archive being fetched through the master; wait for it to end",
-                    g.operator
-                ),
-            )
-        })?;
+    let mine = crate::authz::allowances().evidence_spools.take_or_busy(
+        &g.operator,
+        "an evidence archive being fetched through the master",
+    )?;
     static SPOOLS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     let spools = SPOOLS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(SPOOLS_AT_ONCE)));
     // Held until the answer's body is sent (or dropped): the spool file
@@ -1521,17 +1512,7 @@ async fn release_upload(
     // cannot queue uploads behind its own to hold the slot in turns.
     let _mine = crate::authz::allowances()
         .release_uploads
-        .try_take(&g.operator)
-        .ok_or_else(|| {
-            json_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "busy",
-                format!(
-                    "operator {} already has a release upload in flight: wait for it to end",
-                    g.operator
-                ),
-            )
-        })?;
+        .take_or_busy(&g.operator, "a release upload")?;
     // One upload at a time: the bound below holds for what is being
     // written too. The one being written keeps MIN_TRANSFER_RATE or is cut,
     // so the wait for it is bounded; a wait longer still is a 429.
