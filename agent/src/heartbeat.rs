@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use decnet_swarm_client::master_link::{MasterLink, unit_random};
+use decnet_swarm_client::master_link::{
+    Heartbeat, MasterLink, ReportedDecky, trust_moved, unit_random,
+};
 
 use crate::executor::Executor;
 
@@ -58,20 +60,29 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
     let mut failures = 0u32;
     loop {
         let snap = exec.snapshot().await;
-        let body = serde_json::json!({
+        let body = Heartbeat {
             // The master compares it with its own clock (`swarm doctor`).
-            "sent_at_ms": unix_millis(),
+            sent_at_ms: Some(unix_millis()),
             // Which CAs we trust (`decnet ca rotation status`).
-            "trust": decnet_pki::trust::digest(&link.material().current().bundle().ca_pem),
-            "version": snap.version,
-            "driver": snap.driver,
-            "deckies": snap.deckies.iter().map(|d| serde_json::json!({
-                "name": d.name, "state": d.state, "error": d.error, "restarts": d.restarts,
-                // Connection attempts outside its egress allow-list (the
-                // master alerts on a rise).
-                "forbidden": forbidden_attempts(d),
-            })).collect::<Vec<_>>(),
-        });
+            trust: Some(decnet_pki::trust::digest(
+                &link.material().current().bundle().ca_pem,
+            )),
+            version: snap.version.clone(),
+            driver: Some(snap.driver.to_string()),
+            deckies: snap
+                .deckies
+                .iter()
+                .map(|d| ReportedDecky {
+                    name: d.name.clone(),
+                    state: Some(d.state.as_str().to_string()),
+                    error: d.error.clone(),
+                    restarts: Some(d.restarts.into()),
+                    // Connection attempts outside its egress allow-list
+                    // (the master alerts on a rise).
+                    forbidden: forbidden_attempts(d),
+                })
+                .collect(),
+        };
         match link.heartbeat(&body).await {
             Ok(answer) => {
                 count("ok");
@@ -87,7 +98,7 @@ pub async fn run(exec: Arc<Executor>, link: Arc<MasterLink>, interval: Duration,
                 // A newer CRL, or a CA rotation moved: fetch (the trust set
                 // first, then the lists of every CA in it).
                 if answer.crl_number.is_some_and(|n| Some(n) > held)
-                    || answer.trust_moved(&material.bundle().ca_pem)
+                    || trust_moved(&answer, &material.bundle().ca_pem)
                 {
                     wake.crl_now.notify_one();
                 }

@@ -162,16 +162,6 @@ impl AgentMetrics {
     }
 }
 
-fn phase_name(p: DeckyPhase) -> &'static str {
-    match p {
-        DeckyPhase::Pending => "pending",
-        DeckyPhase::Running => "running",
-        DeckyPhase::Exited => "exited",
-        DeckyPhase::Failed => "failed",
-        DeckyPhase::TornDown => "torn_down",
-    }
-}
-
 /// Set `decnet_deckies` from `state` (every phase, zeros included).
 pub fn observe_state(state: &AgentState) {
     let mut counts: BTreeMap<&'static str, i64> = [
@@ -182,10 +172,10 @@ pub fn observe_state(state: &AgentState) {
         DeckyPhase::TornDown,
     ]
     .into_iter()
-    .map(|p| (phase_name(p), 0))
+    .map(|p| (p.as_str(), 0))
     .collect();
     for r in state.deckies.values() {
-        *counts.entry(phase_name(r.phase)).or_default() += 1;
+        *counts.entry(r.phase.as_str()).or_default() += 1;
     }
     let m = agent_metrics();
     for (state, n) in counts {

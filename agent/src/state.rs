@@ -31,6 +31,19 @@ pub enum DeckyPhase {
     TornDown,
 }
 
+impl DeckyPhase {
+    /// Its name on the wire and in metrics (what serde writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeckyPhase::Pending => "pending",
+            DeckyPhase::Running => "running",
+            DeckyPhase::Exited => "exited",
+            DeckyPhase::Failed => "failed",
+            DeckyPhase::TornDown => "torn_down",
+        }
+    }
+}
+
 /// One decky's record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeckyRecord {
@@ -275,6 +288,19 @@ impl StateStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name a heartbeat and the metrics give a phase is serde's (what
+    /// `/status` shows), for every phase.
+    #[test]
+    fn a_phase_is_named_as_serde_writes_it() {
+        use DeckyPhase::*;
+        for p in [Pending, Running, Exited, Failed, TornDown] {
+            assert_eq!(
+                serde_json::to_value(p).unwrap(),
+                serde_json::Value::from(p.as_str())
+            );
+        }
+    }
 
     #[test]
     fn round_trip_and_missing_file_is_empty() {

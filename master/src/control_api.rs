@@ -35,7 +35,7 @@ use decnet_pki::{Fingerprint, PeerIdentity, Role};
 use decnet_server::source::SourceKey;
 use decnet_server::{AccessPolicy, Refusal, TlsPeer, json_error};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::clone_watch::SourceFlips;
 use crate::refusal_audit::RefusalAudit;
@@ -325,113 +325,13 @@ pub async fn flush_refusal_audits(state: Arc<ControlState>) {
     }
 }
 
-/// A heartbeat's body.
-#[derive(Debug, Deserialize)]
-pub struct Heartbeat {
-    /// Agent version.
-    pub version: String,
-    /// Driver in use.
-    #[serde(default)]
-    pub driver: Option<String>,
-    /// Per-decky states as the agent reports them: at most
-    /// [`MAX_REPORTED_DECKIES`], each field cut to its cap, anything else
-    /// dropped (what a worker sends is stored and shown to every operator).
-    #[serde(default, deserialize_with = "reported_deckies")]
-    pub deckies: Vec<ReportedDecky>,
-    /// The agent's clock when it sent this (unix milliseconds), for the
-    /// clock-skew check; older agents do not send it.
-    #[serde(default)]
-    pub sent_at_ms: Option<i64>,
-    /// The digest of the trust set the agent holds (CA rotation status).
-    #[serde(default)]
-    pub trust: Option<String>,
-}
-
-/// One decky as a heartbeat reports it (the agent's fields; others are
-/// dropped).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-pub struct ReportedDecky {
-    /// Its name (cut to 64 bytes).
-    pub name: String,
-    /// Its state (cut to 32 bytes).
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Its last error (cut to 512 bytes).
-    #[serde(default)]
-    pub error: Option<String>,
-    /// How often it was restarted.
-    #[serde(default)]
-    pub restarts: Option<u64>,
-    /// Its connection attempts outside its egress allow-list.
-    #[serde(default)]
-    pub forbidden: Option<u64>,
-}
-
-impl ReportedDecky {
-    fn capped(self) -> Self {
-        use crate::events::capped;
-        ReportedDecky {
-            name: capped(&self.name, 64),
-            state: self.state.map(|s| capped(&s, 32)),
-            error: self.error.map(|e| capped(&e, 512)),
-            ..self
-        }
-    }
-}
-
-/// The most deckies one heartbeat may report.
-pub const MAX_REPORTED_DECKIES: usize = 1024;
+pub use decnet_api::worker::{Heartbeat, MAX_REPORTED_DECKIES, ReportedDecky};
 
 /// The largest heartbeat body: about 1,000 deckies with their errors.
 /// Parsed, a body may take several times its size in memory; this, the
 /// typed deckies and the per-certificate rate keep what one hostile worker
 /// can make the master hold to a few MiB.
 pub const MAX_HEARTBEAT_BYTES: usize = 256 * 1024;
-
-/// A heartbeat's deckies, parsed one by one into [`ReportedDecky`] (never
-/// a generic JSON tree, which a list of `0`s makes 16 times larger than
-/// its text) and refused past [`MAX_REPORTED_DECKIES`]. `null` or an
-/// object (older senders) is no deckies.
-fn reported_deckies<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<ReportedDecky>, D::Error> {
-    struct Deckies;
-    impl<'de> serde::de::Visitor<'de> for Deckies {
-        type Value = Vec<ReportedDecky>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "a list of at most {MAX_REPORTED_DECKIES} deckies")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(d) = seq.next_element::<ReportedDecky>()? {
-                if out.len() == MAX_REPORTED_DECKIES {
-                    return Err(serde::de::Error::custom(format!(
-                        "more than {MAX_REPORTED_DECKIES} deckies"
-                    )));
-                }
-                out.push(d.capped());
-            }
-            Ok(out)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            while map
-                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                .is_some()
-            {}
-            Ok(Vec::new())
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-    }
-    d.deserialize_any(Deckies)
-}
 
 fn unix_millis() -> i64 {
     std::time::SystemTime::now()
@@ -763,9 +663,12 @@ async fn heartbeat(
     let crl_number = st.announcer.announce(st.crl.number(), Instant::now());
     // During a CA rotation, a certificate of the CA on its way out renews.
     let renew = renew || cas.should_renew(&peer.issuer);
-    Json(serde_json::json!({
-        "ok": true, "renew": renew, "crl_number": crl_number, "trust": cas.digest,
-    }))
+    Json(decnet_api::worker::HeartbeatAnswer {
+        ok: true,
+        renew,
+        crl_number,
+        trust: Some(cas.digest.clone()),
+    })
     .into_response()
 }
 
@@ -918,59 +821,6 @@ pub async fn mark_silent_hosts(db: FleetDb, silence: Duration, events: crate::ev
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The attacker owns a worker and sends heartbeats meant to make the
-    /// master hold far more than their size, or store text without end.
-    #[test]
-    fn hostile_heartbeats_are_refused_or_cut() {
-        let parse = |body: String| serde_json::from_str::<Heartbeat>(&body);
-        // A list of zeros (16 times its size as a JSON tree): not deckies.
-        let zeros = format!(r#"{{"version":"1","deckies":[{}0]}}"#, "0,".repeat(100_000));
-        assert!(parse(zeros).is_err());
-        // More deckies than any host runs.
-        let many = format!(
-            r#"{{"version":"1","deckies":[{}{{"name":"x"}}]}}"#,
-            r#"{"name":"d"},"#.repeat(MAX_REPORTED_DECKIES)
-        );
-        let e = parse(many).unwrap_err().to_string();
-        assert!(e.contains("more than 1024 deckies"), "{e}");
-        // Long fields are cut, unknown ones dropped.
-        let long = format!(
-            r#"{{"version":"1","deckies":[{{"name":"{}","state":"{}","error":"{}","restarts":2,"junk":[1,2,3]}}]}}"#,
-            "n".repeat(1000),
-            "s".repeat(1000),
-            "é".repeat(1000)
-        );
-        let hb = parse(long).unwrap();
-        let d = &hb.deckies[0];
-        assert_eq!(d.name.len(), 64);
-        assert_eq!(d.state.as_deref().map(str::len), Some(32));
-        assert!(d.error.as_deref().unwrap().len() <= 512);
-        assert_eq!(d.restarts, Some(2));
-        let stored = serde_json::to_string(&hb.deckies).unwrap();
-        assert!(!stored.contains("junk"), "{stored}");
-        // What agents send parses as before; older shapes are no deckies.
-        let agent = r#"{"version":"1","deckies":[{"name":"web","state":"running","error":null,"restarts":0,"forbidden":null}]}"#;
-        assert_eq!(parse(agent.into()).unwrap().deckies.len(), 1);
-        assert!(
-            parse(r#"{"version":"1","deckies":{}}"#.into())
-                .unwrap()
-                .deckies
-                .is_empty()
-        );
-        assert!(
-            parse(r#"{"version":"1","deckies":null}"#.into())
-                .unwrap()
-                .deckies
-                .is_empty()
-        );
-        assert!(
-            parse(r#"{"version":"1"}"#.into())
-                .unwrap()
-                .deckies
-                .is_empty()
-        );
-    }
 
     #[test]
     fn join_limiter_keys_by_source_and_bounds_memory() {

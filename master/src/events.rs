@@ -449,17 +449,7 @@ pub enum HostChange {
     },
 }
 
-/// A short text of a worker's (cut at `max` bytes, on a char boundary).
-pub(crate) fn capped(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
+use decnet_api::worker::capped;
 
 /// The deckies a heartbeat reports: name → (state, restarts, forbidden),
 /// at most [`MAX_WATCHED_DECKIES`], names of at most 64 bytes.

@@ -1486,33 +1486,29 @@ async fn release_upload(
             "the release is named by its SHA-256 (64 lowercase hex digits)",
         ));
     }
-    use futures_util::StreamExt;
     let dir = uploads_dir(&st.home);
     let path = dir.join(format!("{sha256}.tar.gz"));
+    // One upload of an operator's at a time, written, waiting or drained:
+    // a deployer cannot queue uploads behind its own to hold the slot in
+    // turns, nor keep many connections draining bodies at once.
+    let _mine = crate::authz::allowances()
+        .release_uploads
+        .take_or_busy(&g.operator, "a release upload")?;
     if let Ok(m) = std::fs::metadata(&path) {
         // Already here: the body the client sends anyway is read and
-        // dropped (bounded). Answering before it is read makes the server
-        // close the connection under the client, which then fails with a
-        // broken pipe while still sending.
-        let mut stream = body.into_data_stream();
-        let mut seen = 0u64;
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len() as u64;
-            if seen > MAX_RELEASE_UPLOAD {
-                break;
-            }
-        }
+        // dropped. Answering before it is read makes the server close the
+        // connection under the client, which then fails with a broken pipe
+        // while still sending. It is read as an upload is (at most
+        // MAX_RELEASE_UPLOAD, at MIN_TRANSFER_RATE or cut), so a body
+        // trickled in cannot hold the connection and the allowance for
+        // hours.
+        receive_upload(body.into_data_stream(), &mut tokio::io::sink()).await?;
         return Ok(Json(api::ReleaseUploaded {
             sha256,
             bytes: m.len(),
         })
         .into_response());
     }
-    // One upload of an operator's at a time, written or waiting: a deployer
-    // cannot queue uploads behind its own to hold the slot in turns.
-    let _mine = crate::authz::allowances()
-        .release_uploads
-        .take_or_busy(&g.operator, "a release upload")?;
     // One upload at a time: the bound below holds for what is being
     // written too. The one being written keeps MIN_TRANSFER_RATE or is cut,
     // so the wait for it is bounded; a wait longer still is a 429.

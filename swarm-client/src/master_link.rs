@@ -14,7 +14,6 @@ use std::time::Duration;
 use decnet_pki::{
     Bundle, BundleKind, ExpectedServer, Fingerprint, MaterialSource, RevocationList, TlsMaterial,
 };
-use serde::Deserialize;
 
 use crate::transport::error_chain;
 
@@ -51,28 +50,15 @@ pub enum LinkError {
     Local(String),
 }
 
-/// What a heartbeat answer says.
-#[derive(Clone, Debug, Default, Deserialize)]
-pub struct HeartbeatAnswer {
-    /// The master asks for a certificate renewal now.
-    #[serde(default)]
-    pub renew: bool,
-    /// The number of the master's current CRL.
-    #[serde(default)]
-    pub crl_number: Option<u64>,
-    /// The digest of the master's trust set (`decnet_pki::trust::digest`):
-    /// another one than ours means a CA rotation moved.
-    #[serde(default)]
-    pub trust: Option<String>,
-}
+pub use decnet_api::worker::{Heartbeat, HeartbeatAnswer, ReportedDecky};
 
-impl HeartbeatAnswer {
-    /// Whether the master trusts another set of CAs than `held` (fetch it).
-    pub fn trust_moved(&self, held: &str) -> bool {
-        self.trust
-            .as_deref()
-            .is_some_and(|t| t != decnet_pki::trust::digest(held))
-    }
+/// Whether a heartbeat `answer` says the master trusts another set of CAs
+/// than the `held` one (fetch it).
+pub fn trust_moved(answer: &HeartbeatAnswer, held: &str) -> bool {
+    answer
+        .trust
+        .as_deref()
+        .is_some_and(|t| t != decnet_pki::trust::digest(held))
 }
 
 /// What a revocation-list refresh found.
@@ -201,8 +187,12 @@ impl MasterLink {
         format!("https://{}{path}", self.master)
     }
 
-    /// `POST /heartbeat` with `body`.
-    pub async fn heartbeat(&self, body: &serde_json::Value) -> Result<HeartbeatAnswer, LinkError> {
+    /// `POST /heartbeat` with `body` (a [`Heartbeat`]; tests and benches
+    /// may send other shapes).
+    pub async fn heartbeat(
+        &self,
+        body: &impl serde::Serialize,
+    ) -> Result<HeartbeatAnswer, LinkError> {
         let url = self.url("/heartbeat");
         let v = self.call(|c| c.post(url).json(body)).await?;
         serde_json::from_value(v).map_err(|e| LinkError::BadAnswer(e.to_string()))

@@ -1077,3 +1077,65 @@ async fn a_worker_trickling_evidence_cannot_hold_the_masters_spools() {
         "the second fetch is under way, not refused: {again:?}"
     );
 }
+
+/// A deployer's certificate cannot hold a connection and its upload
+/// allowance by trickling a release the master already has: the body it
+/// sends anyway is read at the pace an upload must keep (64 KiB/s over
+/// 30 s) or cut with 408, and while it is read the same deployer's next
+/// upload is refused busy at once (before, the body was read for as long
+/// as it came, up to the fleet API's 30-minute request timeout, on as many
+/// connections as the deployer liked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_trickling_a_known_release_is_cut() {
+    use futures_util::StreamExt;
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    let master = m.serve(&["--no-listener"]);
+    let machines = tempfile::tempdir().unwrap();
+    let (dan, api) = operator_client(&m, &master, "dan", "deployer", machines.path());
+    let blob = b"a release the master already has".to_vec();
+    let put = format!(
+        "{api}/v1/releases/{}",
+        decnet_pki::signing::sha256_hex(&blob)
+    );
+    let r = dan.put(&put).body(blob.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // Sent again whole, it is known: 200, nothing written.
+    let r = dan.put(&put).body(blob.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    let trickle = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Some((Ok::<_, std::io::Error>(vec![b'x']), ()))
+    })
+    .boxed();
+    let started = Instant::now();
+    let held = tokio::spawn({
+        let (dan, put) = (dan.clone(), put.clone());
+        async move {
+            let r = dan
+                .put(&put)
+                .body(reqwest::Body::wrap_stream(trickle))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = dan.put(&put).body(blob.clone()).send().await.unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 429, "the trickle holds dan's allowance: {body}");
+    assert!(body.contains("busy"), "{body}");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(50), held)
+        .await
+        .expect("the master cut the trickle")
+        .unwrap();
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("slower than 64 KiB/s"), "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    // The allowance is given back.
+    let r = dan.put(&put).body(blob).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
