@@ -99,6 +99,15 @@ for a in "$@"; do
     case "$a" in -p | -p* | --package | --package=*) scope=() ;; esac
 done
 status=0
+# The rule the client crates exist for (DESIGN.md §2): neither the CLI's
+# crate nor the API client can open the fleet's database.
+for crate in decnet-cli decnet-api-client; do
+    if cargo tree -p "$crate" -e normal --locked --prefix none |
+        grep -E '^(decnet-fleet|decnet-server|sqlx)' >&2; then
+        echo "FAILED: $crate depends on the fleet database or the server (above)" >&2
+        status=1
+    fi
+done
 cargo test "${scope[@]}" --locked "$@" || status=$?
 # The end-to-end tests that drive the swarm CLI once more, every operator
 # command through a context (an admin logged in to a `master serve` of the

@@ -10,7 +10,8 @@
 //!   `decnet-server` runner);
 //! * [`budget`] — what one peer may make the listener write (token buckets, pure);
 //! * [`disk`] — log files rotated by size, the free-space watermark;
-//! * [`neutralize`] — hostile text made safe to read (pure);
+//! * [`neutralize`] — hostile text made safe to read (pure; its home is
+//!   `decnet-telemetry`, which the CLI shares);
 //! * [`metrics`] — the listener's and forwarder's series.
 
 pub mod budget;
@@ -20,5 +21,5 @@ pub mod frame;
 pub mod json_record;
 pub mod listener;
 pub mod metrics;
-pub mod neutralize;
+pub use decnet_telemetry::neutralize;
 pub mod syslog;

@@ -115,9 +115,24 @@ pub fn routes() -> Router<Arc<FleetApiState>> {
         .route("/v1/operators/{name}/revoke", post(operator_revoke))
 }
 
+/// When a host's current certificates expire (unix seconds), from
+/// `FleetDb::current_certificate_expiry`: (agent, updater).
+fn cert_expiry(h: &HostRecord, expiry: &BTreeMap<String, i64>) -> (Option<i64>, Option<i64>) {
+    // A decommissioned or burned host holds no certificate that counts:
+    // every one was revoked, so none "expires".
+    if matches!(
+        h.status,
+        decnet_fleet::HostStatus::Decommissioned | decnet_fleet::HostStatus::Burned
+    ) {
+        return (None, None);
+    }
+    let of = |fp: &Option<String>| fp.as_ref().and_then(|f| expiry.get(f).copied());
+    (of(&h.agent_fingerprint), of(&h.updater_fingerprint))
+}
+
 /// A host as the API shows it: its record with its certificates' expiry.
 pub fn host_view(h: &HostRecord, expiry: &BTreeMap<String, i64>) -> api::Host {
-    let (agent, updater) = crate::table::cert_expiry(h, expiry);
+    let (agent, updater) = cert_expiry(h, expiry);
     api::Host {
         name: h.name.clone(),
         address: h.address.clone(),
@@ -1827,6 +1842,27 @@ async fn renew_self(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host's view carries its current certificates' expiry, shown in
+    /// the fleet table as time left; a revoked host's do not count.
+    #[test]
+    fn a_hosts_view_carries_its_certificates_expiry() {
+        let mut h = HostRecord::new("w1", "10.0.0.1", 8765, 8766);
+        h.agent_fingerprint = Some("aa".into());
+        h.updater_fingerprint = Some("bb".into());
+        let e: BTreeMap<String, i64> =
+            [("aa".into(), 1000 + 86400 * 3), ("bb".into(), 1000 + 3600)]
+                .into_iter()
+                .collect();
+        assert_eq!(
+            cert_expiry(&h, &e),
+            (Some(1000 + 86400 * 3), Some(1000 + 3600))
+        );
+        let t = crate::table::fleet_table(&[host_view(&h, &e)], 1000);
+        assert!(t.contains("CERTS EXPIRE") && t.contains("in 1h"), "{t}");
+        h.status = decnet_fleet::HostStatus::Burned;
+        assert_eq!(cert_expiry(&h, &e), (None, None));
+    }
     use decnet_swarm_client::pace::PACE_WINDOW;
 
     async fn archive(len: usize) -> (tokio::fs::File, Vec<u8>) {

@@ -1,6 +1,6 @@
-//! What every command shares: the usage-error type and exit codes, who is
-//! acting (for the audit log), opening the database and the CA, and
-//! writing audit records.
+//! What every local command shares: who is acting (for the audit log),
+//! opening the database and the CA, and writing audit records. The
+//! usage-error type and exit codes are `decnet-cli`'s, re-exported here.
 
 use anyhow::Context;
 use decnet_fleet::{AuditEntry, AuditOutcome, FleetDb};
@@ -8,37 +8,7 @@ use decnet_pki::{CaLayout, CertificateAuthority};
 
 use crate::home::MasterHome;
 
-/// A usage or setup error: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// A command's verdict that is not a plain failure: exit with this code
-/// (e.g. `swarm doctor`: 1 warnings, 3 errors) after printing the message.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ExitWith {
-    /// The exit code.
-    pub code: i32,
-    /// What to say on stderr.
-    pub message: String,
-}
-
-/// The process exit code for an error returned by [`crate::cli::run`].
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if let Some(e) = err.chain().find_map(|e| e.downcast_ref::<ExitWith>()) {
-        e.code
-    } else if err.chain().any(|e| {
-        e.is::<UsageError>()
-            || e.is::<decnet_api_client::ContextError>()
-            || e.downcast_ref::<decnet_api_client::ApiError>()
-                .is_some_and(decnet_api_client::ApiError::is_usage)
-    }) {
-        2
-    } else {
-        1
-    }
-}
+pub use decnet_cli::exit::{ExitWith, UsageError, exit_code, partial};
 
 /// Who runs this CLI, for the audit log.
 pub fn cli_actor() -> String {
@@ -110,13 +80,4 @@ pub async fn audit(
     ))
     .await
     .context("writing the audit log")
-}
-
-/// Turn a "did everything succeed" flag into the exit status.
-pub fn partial(all_ok: bool, what: &str) -> anyhow::Result<()> {
-    if all_ok {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!("{what}"))
-    }
 }

@@ -8,8 +8,13 @@
 //!
 //! [`metrics`] holds the process's one metrics registry (Prometheus /
 //! OpenMetrics), which every crate registers its series into.
+//!
+//! [`neutralize`] makes text a worker sent safe to show an operator (a log
+//! line, a decky's name, an error in a table): the log listener and the
+//! CLI use the one implementation.
 
 pub mod metrics;
+pub mod neutralize;
 
 use std::io::IsTerminal;
 use std::str::FromStr;

@@ -32,6 +32,7 @@ fn escape_into(c: char, out: &mut String) {
 /// nothing to escape, the common case, told apart without decoding
 /// characters (the check runs 32 bytes at a time, without branches, so the
 /// compiler vectorizes it).
+#[inline]
 pub fn plain_ascii(bytes: &[u8]) -> bool {
     bytes.chunks(32).all(|chunk| {
         chunk.iter().fold(true, |ok, &b| {
@@ -41,6 +42,7 @@ pub fn plain_ascii(bytes: &[u8]) -> bool {
 }
 
 /// `s` with every dangerous character escaped (borrowed when there is none).
+#[inline]
 pub fn neutralize(s: &str) -> Cow<'_, str> {
     if plain_ascii(s.as_bytes()) || !s.chars().any(dangerous) {
         return Cow::Borrowed(s);
@@ -58,6 +60,7 @@ pub fn neutralize(s: &str) -> Cow<'_, str> {
 
 /// Append `bytes` to `out` as safe UTF-8 text: invalid UTF-8 becomes U+FFFD,
 /// dangerous characters are escaped. Printable ASCII is copied as is.
+#[inline]
 pub fn neutralize_bytes_into(bytes: &[u8], out: &mut Vec<u8>) {
     if plain_ascii(bytes) {
         out.extend_from_slice(bytes);

@@ -1,24 +1,6 @@
 //! Human output of the CLI: the fleet table, ages and times.
 
-use std::collections::BTreeMap;
-
-use decnet_fleet::HostRecord;
 use time::OffsetDateTime;
-
-/// When a host's current certificates expire (unix seconds), from
-/// `FleetDb::current_certificate_expiry`: (agent, updater).
-pub fn cert_expiry(h: &HostRecord, expiry: &BTreeMap<String, i64>) -> (Option<i64>, Option<i64>) {
-    // A decommissioned or burned host holds no certificate that counts:
-    // every one was revoked, so none "expires".
-    if matches!(
-        h.status,
-        decnet_fleet::HostStatus::Decommissioned | decnet_fleet::HostStatus::Burned
-    ) {
-        return (None, None);
-    }
-    let of = |fp: &Option<String>| fp.as_ref().and_then(|f| expiry.get(f).copied());
-    (of(&h.agent_fingerprint), of(&h.updater_fingerprint))
-}
 
 /// "in 824d", "in 3h", "EXPIRED 2d ago".
 pub fn format_expiry(not_after: i64, now: i64) -> String {
@@ -44,7 +26,7 @@ pub const MAX_SHOWN_CHARS: usize = 512;
 /// length capped. Every human output of worker strings goes through here;
 /// `--json` output stays exact JSON.
 pub fn inert(s: &str) -> std::borrow::Cow<'_, str> {
-    let safe = decnet_log_relay::neutralize::neutralize(s);
+    let safe = decnet_telemetry::neutralize::neutralize(s);
     match safe.char_indices().nth(MAX_SHOWN_CHARS) {
         None => safe,
         Some((cut, _)) => std::borrow::Cow::Owned(format!("{}…", &safe[..cut])),
@@ -155,19 +137,6 @@ mod tests {
         assert_eq!(format_expiry(1000 + 90 * 86400, 1000), "in 90d");
         assert_eq!(format_expiry(1000 + 7200, 1000), "in 2h");
         assert_eq!(format_expiry(1000 - 2 * 86400, 1000), "EXPIRED 2d ago");
-        let mut h = HostRecord::new("w1", "10.0.0.1", 8765, 8766);
-        h.agent_fingerprint = Some("aa".into());
-        h.updater_fingerprint = Some("bb".into());
-        let e: BTreeMap<String, i64> =
-            [("aa".into(), 1000 + 86400 * 3), ("bb".into(), 1000 + 3600)]
-                .into_iter()
-                .collect();
-        assert_eq!(
-            cert_expiry(&h, &e),
-            (Some(1000 + 86400 * 3), Some(1000 + 3600))
-        );
-        let t = fleet_table(&[crate::fleet_api::host_view(&h, &e)], 1000);
-        assert!(t.contains("CERTS EXPIRE") && t.contains("in 1h"), "{t}");
     }
 
     #[test]

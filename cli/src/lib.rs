@@ -1,0 +1,14 @@
+//! decnet-cli: the parts of the `decnet` command line that need no master.
+//!
+//! * [`table`] — human output: the fleet table, ages and times, and
+//!   [`table::inert`], through which every string a worker sent is shown;
+//! * [`exit`] — how a command ends: usage errors, verdicts, exit codes;
+//! * [`release`] — release tarballs: `decnet release keygen` and `pack`.
+//!
+//! This crate never depends on `decnet-fleet`, `decnet-server` or sqlx, so
+//! nothing in it can open the fleet's database or read the CA's key
+//! (DESIGN.md §2); `scripts/test.sh` checks its dependency tree.
+
+pub mod exit;
+pub mod release;
+pub mod table;
