@@ -3,12 +3,20 @@
 //! * [`table`] — human output: the fleet table, ages and times, and
 //!   [`table::inert`], through which every string a worker sent is shown;
 //! * [`exit`] — how a command ends: usage errors, verdicts, exit codes;
-//! * [`release`] — release tarballs: `decnet release keygen` and `pack`.
+//! * [`release`] — release tarballs: `decnet release keygen` and `pack`;
+//! * [`render`] — what fleet commands print when they end (deploys,
+//!   teardowns, rollouts, rollbacks, a refused release's evidence);
+//! * [`job_cmd`] — `decnet job …`, and starting and following a job;
+//! * [`events_cmd`] — `decnet events`, `decnet alert …`, `decnet console`
+//!   through a context.
 //!
 //! This crate never depends on `decnet-fleet`, `decnet-server` or sqlx, so
 //! nothing in it can open the fleet's database or read the CA's key
 //! (DESIGN.md §2); `scripts/test.sh` checks its dependency tree.
 
+pub mod events_cmd;
 pub mod exit;
+pub mod job_cmd;
 pub mod release;
+pub mod render;
 pub mod table;

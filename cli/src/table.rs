@@ -128,6 +128,53 @@ pub fn format_time(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Unix seconds, however many references deep (templates pass fields by
+/// reference).
+pub trait UnixTime {
+    /// The seconds.
+    fn unix(&self) -> i64;
+}
+
+impl UnixTime for i64 {
+    fn unix(&self) -> i64 {
+        *self
+    }
+}
+
+impl<T: UnixTime + ?Sized> UnixTime for &T {
+    fn unix(&self) -> i64 {
+        (**self).unix()
+    }
+}
+
+/// `2026-12-05 14:15:30Z` of unix seconds. Pure.
+pub fn when(at: impl UnixTime) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at.unix())
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| "—".into())
+}
+
+/// A URL for the record and for listings: its scheme, host and port
+/// only (chat services' webhooks carry their token in the path, others in
+/// the query).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(invalid)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

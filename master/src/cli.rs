@@ -190,38 +190,7 @@ pub enum Command {
     Console(crate::events_cmd::ConsoleArgs),
 }
 
-/// `decnet job …` (through a context).
-#[derive(Debug, Subcommand)]
-pub enum JobCommand {
-    /// The newest jobs.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// One job, with its hosts.
-    Show {
-        /// The job.
-        id: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a job's progress until it ends, then its result (as the command
-    /// that started it would have).
-    Follow {
-        /// The job.
-        id: String,
-        /// Print the result as JSON (no progress lines).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Ask a running job to stop: hosts not yet asked are skipped.
-    Cancel {
-        /// The job.
-        id: String,
-    },
-}
+pub use decnet_cli::job_cmd::JobCommand;
 
 /// `decnet operator …`
 #[derive(Debug, Subcommand)]
@@ -975,7 +944,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into(),
         )
         .into()),
-        Command::Console(a) => crate::events_cmd::console_local(&resolve(None), a).await,
+        Command::Console(a) => crate::console_cmd::console_local(&resolve(None), a).await,
         Command::Operator(c) => crate::operator_cmd::local(&resolve(None), c).await,
         Command::Ca(CaCommand::Init { ca, force, sans }) => {
             ca_init(&resolve(ca.ca_dir), force, &sans).await

@@ -336,37 +336,7 @@ fn frame(st: &FleetApiState, g: &Grant, csrf: &Csrf, page: &'static str) -> Fram
     }
 }
 
-/// Unix seconds, however many references deep (templates pass fields by
-/// reference).
-pub trait UnixTime {
-    /// The seconds.
-    fn unix(&self) -> i64;
-}
-
-impl UnixTime for i64 {
-    fn unix(&self) -> i64 {
-        *self
-    }
-}
-
-impl<T: UnixTime + ?Sized> UnixTime for &T {
-    fn unix(&self) -> i64 {
-        (**self).unix()
-    }
-}
-
-/// `2026-12-05 14:15:30Z` of unix seconds. Pure.
-pub fn when(at: impl UnixTime) -> String {
-    time::OffsetDateTime::from_unix_timestamp(at.unix())
-        .ok()
-        .and_then(|t| {
-            t.format(time::macros::format_description!(
-                "[year]-[month]-[day] [hour]:[minute]:[second]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_else(|| "—".into())
-}
+pub use decnet_cli::table::{UnixTime, when};
 
 /// One host on the fleet page.
 pub struct FleetRow {

@@ -419,20 +419,7 @@ pub async fn alert_add(
         .into_response())
 }
 
-/// A URL for the record and for listings: its scheme, host and port
-/// only (chat services' webhooks carry their token in the path, others in
-/// the query).
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}{}/…",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default()
-        ),
-        Err(_) => "(invalid)".into(),
-    }
-}
+pub use decnet_cli::table::redact_url;
 
 /// `DELETE /v1/alerts/{name}` (admin).
 pub async fn alert_remove(

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use crate::table::inert;
 /// The wire types of a deploy's and a probe's per-host results.
 pub use decnet_api::{HostDeploy, HostReport};
+pub use decnet_cli::render::{print_deploy_results, print_torn_down};
 
 use crate::usage::UsageError;
 use decnet_fleet::{AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, HostStatus};
@@ -543,41 +544,6 @@ pub async fn deploy_run(
     Ok(results)
 }
 
-/// `swarm deploy`'s summary (local, or at the end of a followed job);
-/// whether every host succeeded.
-pub fn print_deploy_results(
-    results: &[HostDeploy],
-    wait: bool,
-    json: bool,
-) -> anyhow::Result<bool> {
-    let ok = results.iter().all(|r| {
-        if wait {
-            r.succeeded()
-        } else {
-            r.error.is_none()
-        }
-    });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        for r in results {
-            match &r.error {
-                Some(e) => println!("{:<16} FAILED: {}", r.host, inert(e)),
-                None if wait => {
-                    let running = r.deckies.iter().filter(|d| d.state == "running").count();
-                    println!(
-                        "{:<16} done: {running}/{} deckies running",
-                        r.host,
-                        r.deckies.len()
-                    );
-                }
-                None => {}
-            }
-        }
-    }
-    Ok(ok)
-}
-
 /// `swarm teardown`: ask `host`'s agent to tear down `decky` (every decky
 /// when `None`); audited as `actor`. Returns the deckies torn down.
 pub async fn teardown(
@@ -617,18 +583,6 @@ pub async fn teardown(
             Err(e.into())
         }
     }
-}
-
-/// What `swarm teardown` prints.
-pub fn print_torn_down(host: &str, names: &[String]) {
-    println!(
-        "{host}: torn down {}",
-        if names.is_empty() {
-            "nothing".into()
-        } else {
-            inert(&names.join(", ")).into_owned()
-        }
-    );
 }
 
 /// Before a burn: tear down every decky of `host`, best effort (a burned

@@ -37,6 +37,7 @@ pub struct RolloutPlan {
 
 /// One host's result (the wire type).
 pub use decnet_api::{ProbeFailure, UpdateResult as HostResult};
+pub use decnet_cli::render::{print_rollback, print_rollout, render_failure};
 
 /// Most lines of a failed agent's output kept in a result.
 const AGENT_OUTPUT_LINES: usize = 40;
@@ -83,34 +84,6 @@ pub fn failure_from_error(e: &ClientError) -> Option<ProbeFailure> {
         } => failure_from_answer(body),
         _ => None,
     }
-}
-
-/// The evidence for a terminal: each worker string made inert.
-pub fn render_failure(f: &ProbeFailure, host: &str) -> String {
-    let mut out = String::new();
-    let mut section = |title: &str, lines: &mut dyn Iterator<Item = &str>| {
-        let mut lines = lines.peekable();
-        if lines.peek().is_none() {
-            return;
-        }
-        out.push_str(&format!("{host}: {title}\n"));
-        for l in lines {
-            out.push_str(&format!("  {}\n", crate::table::inert(l)));
-        }
-    };
-    section(
-        "the probe of the new release",
-        &mut f.probe.iter().map(String::as_str),
-    );
-    section(
-        "the probe of the restored release",
-        &mut f.restore_probe.iter().map(String::as_str),
-    );
-    section(
-        "the failed agent's last output",
-        &mut f.agent_output.lines(),
-    );
-    out
 }
 
 /// The stored form of an outcome (the update history's column).
@@ -376,39 +349,6 @@ pub async fn rollout_run(
     Ok(results)
 }
 
-/// What `swarm update` prints after its progress; its exit status.
-pub fn print_rollout(results: &[HostResult], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        println!();
-        print!(
-            "{}",
-            crate::table::render(
-                &["HOST", "OUTCOME", "RELEASE", "DETAIL"],
-                results.iter().map(|r| {
-                    vec![
-                        r.host.clone(),
-                        r.outcome.to_string(),
-                        r.release.clone().unwrap_or_else(|| "-".into()),
-                        r.detail.clone(),
-                    ]
-                })
-            )
-        );
-        // Why each refused release was refused, as its updater saw it.
-        for r in results {
-            if let Some(f) = &r.failure {
-                print!("\n{}", render_failure(f, &r.host));
-            }
-        }
-    }
-    crate::usage::partial(
-        results.iter().all(|r| r.outcome == UpdateOutcome::Updated),
-        "the rollout did not update every host",
-    )
-}
-
 /// Record `r` in the update history and the audit log.
 async fn record(
     db: &FleetDb,
@@ -498,20 +438,6 @@ pub async fn rollback(
     ))
     .await?;
     Ok(r)
-}
-
-/// What `swarm rollback` prints; its exit status.
-pub fn print_rollback(r: &HostResult) -> anyhow::Result<()> {
-    println!(
-        "{}: {} — {}",
-        r.host,
-        r.outcome,
-        crate::table::inert(&r.detail)
-    );
-    if let Some(f) = &r.failure {
-        print!("{}", render_failure(f, &r.host));
-    }
-    crate::usage::partial(r.outcome == UpdateOutcome::RolledBack, "rollback failed")
 }
 
 #[cfg(test)]

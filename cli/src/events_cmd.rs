@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use decnet_api::{AlertRule, Event};
 
-use crate::home::MasterHome;
-use crate::usage::UsageError;
+use crate::exit::UsageError;
 use decnet_api_client::{FleetClient, SseParser, segment};
 
 /// `decnet events` arguments.
@@ -213,7 +212,7 @@ pub async fn events(client: &FleetClient, a: EventsArgs) -> anyhow::Result<()> {
                     // What workers and deckies wrote, made inert for a terminal.
                     println!(
                         "{}",
-                        decnet_log_relay::neutralize::neutralize(&render_event(&event))
+                        decnet_telemetry::neutralize::neutralize(&render_event(&event))
                     );
                 }
                 last = frame.id.or(last);
@@ -239,7 +238,7 @@ fn print_alerts(rules: &[AlertRule], json: bool) -> anyhow::Result<()> {
     let rows = rules.iter().map(|r| {
         vec![
             r.name.clone(),
-            crate::events_api::redact_url(&r.webhook),
+            crate::table::redact_url(&r.webhook),
             r.topics
                 .iter()
                 .map(|t| t.as_str())
@@ -355,7 +354,7 @@ pub async fn alert(client: &FleetClient, c: AlertCommand) -> anyhow::Result<()> 
             }
             let table = rows.iter().map(|d| {
                 vec![
-                    crate::console::when(d.at),
+                    crate::table::when(d.at),
                     d.alert.clone(),
                     d.kind.clone(),
                     d.host.clone().unwrap_or_else(|| "-".into()),
@@ -381,7 +380,7 @@ pub async fn alert(client: &FleetClient, c: AlertCommand) -> anyhow::Result<()> 
 /// Print the URL, and unless `--print-url`, open it in a browser: the one
 /// `$BROWSER` names, or the desktop's (`xdg-open`, when there is a
 /// display). Over SSH, with neither, the URL printed is the way.
-fn print_console_url(url: &str, expires_at: i64, print_url: bool) {
+pub fn print_console_url(url: &str, expires_at: i64, print_url: bool) {
     if print_url {
         println!("{url}");
         return;
@@ -406,12 +405,12 @@ fn print_console_url(url: &str, expires_at: i64, print_url: bool) {
     if opened {
         println!(
             "Opening the console in your browser (the URL is single use, until {}):",
-            crate::console::when(expires_at)
+            crate::table::when(expires_at)
         );
     } else {
         println!(
             "Open this URL in a browser (single use, until {}):",
-            crate::console::when(expires_at)
+            crate::table::when(expires_at)
         );
     }
     println!("{url}");
@@ -429,41 +428,6 @@ pub async fn console(client: &FleetClient, a: ConsoleArgs) -> anyhow::Result<()>
         .send::<(), _>(reqwest::Method::POST, "/v1/console/login", None)
         .await?;
     print_console_url(&login.url, login.expires_at, a.print_url);
-    Ok(())
-}
-
-/// `decnet console --operator NAME` on the master host.
-pub async fn console_local(home: &MasterHome, a: ConsoleArgs) -> anyhow::Result<()> {
-    let Some(name) = a.operator else {
-        return Err(UsageError(
-            "on the master host without a context, name the operator the console acts as: --operator NAME (or use a context: decnet login)".into(),
-        )
-        .into());
-    };
-    let db = crate::usage::open_db(home).await?;
-    let op = db.operator(&name).await?;
-    if op.is_none_or(|o| o.revoked_at.is_some()) {
-        return Err(UsageError(format!(
-            "no active operator {name} (see decnet operator list)"
-        ))
-        .into());
-    }
-    let ticket = decnet_pki::random_hex(32);
-    let expires_at = db.create_console_ticket(&ticket, &name).await?;
-    db.audit(&decnet_fleet::AuditEntry::now(
-        crate::usage::cli_actor(),
-        "console.login_url",
-        &name,
-        decnet_fleet::AuditOutcome::Ok,
-        "",
-    ))
-    .await?;
-    db.close().await;
-    let url = format!(
-        "https://{}:{}/login?ticket={ticket}",
-        a.url_host, a.console_port
-    );
-    print_console_url(&url, expires_at, a.print_url);
     Ok(())
 }
 

@@ -8,9 +8,41 @@ use std::time::Duration;
 
 use decnet_api as api;
 
-use crate::cli::JobCommand;
 use crate::table::{format_time, inert};
 use decnet_api_client::{FleetClient, segment};
+
+/// `decnet job …` (through a context).
+#[derive(Debug, clap::Subcommand)]
+pub enum JobCommand {
+    /// The newest jobs.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job, with its hosts.
+    Show {
+        /// The job.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's progress until it ends, then its result (as the command
+    /// that started it would have).
+    Follow {
+        /// The job.
+        id: String,
+        /// Print the result as JSON (no progress lines).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running job to stop: hosts not yet asked are skipped.
+    Cancel {
+        /// The job.
+        id: String,
+    },
+}
 
 /// Start a job by `POST path` with `body`, retrying a dropped request with
 /// the same idempotency key (so at most one job starts).
@@ -82,22 +114,27 @@ pub async fn follow(client: &FleetClient, id: &str, json: bool) -> anyhow::Resul
     let job: api::Job = client.get(&format!("/v1/jobs/{}", segment(id))).await?;
     match (job.kind.as_str(), job.result.as_deref()) {
         ("deploy", Some(result)) => {
-            let run: crate::fleet_ops::DeployRun = serde_json::from_str(&job.request)?;
-            match serde_json::from_str::<Vec<crate::fleet_ops::HostDeploy>>(result) {
+            /// What a deploy job's request says about how it was asked.
+            #[derive(serde::Deserialize)]
+            struct DeployAsked {
+                wait: bool,
+            }
+            let run: DeployAsked = serde_json::from_str(&job.request)?;
+            match serde_json::from_str::<Vec<decnet_api::HostDeploy>>(result) {
                 Ok(results) => {
-                    let ok = crate::fleet_ops::print_deploy_results(&results, run.wait, json)?;
+                    let ok = crate::render::print_deploy_results(&results, run.wait, json)?;
                     if state == "cancelled" {
                         anyhow::bail!("job {id} was cancelled");
                     }
-                    crate::usage::partial(ok, "the deploy did not succeed on every host")
+                    crate::exit::partial(ok, "the deploy did not succeed on every host")
                 }
                 Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
             }
         }
         ("update", Some(result)) => {
-            match serde_json::from_str::<Vec<crate::rollout::HostResult>>(result) {
+            match serde_json::from_str::<Vec<decnet_api::UpdateResult>>(result) {
                 Ok(results) => {
-                    let r = crate::rollout::print_rollout(&results, json);
+                    let r = crate::render::print_rollout(&results, json);
                     if state == "cancelled" {
                         anyhow::bail!("job {id} was cancelled");
                     }
@@ -107,12 +144,12 @@ pub async fn follow(client: &FleetClient, id: &str, json: bool) -> anyhow::Resul
             }
         }
         ("rollback", Some(result)) => match serde_json::from_str(result) {
-            Ok(r) => crate::rollout::print_rollback(&r),
+            Ok(r) => crate::render::print_rollback(&r),
             Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
         },
         ("teardown", Some(result)) => match serde_json::from_str::<api::TornDown>(result) {
             Ok(t) => {
-                crate::fleet_ops::print_torn_down(&t.host, &t.deckies);
+                crate::render::print_torn_down(&t.host, &t.deckies);
                 Ok(())
             }
             Err(_) => anyhow::bail!("job {id} failed: {}", inert(result)),
