@@ -477,7 +477,10 @@ async fn forward(
         }
     };
     decnet_log_relay::metrics::forwarder_metrics();
-    if let Err(e) = metrics.start("decnet-agent forward", Some(&material)).await {
+    if let Err(e) =
+        decnet_server::metrics::start_metrics(metrics, "decnet-agent forward", Some(&material))
+            .await
+    {
         eprintln!("error: --metrics-addr: {e}");
         return 2;
     }
@@ -581,7 +584,9 @@ async fn serve(
         None => None,
     };
     decnet_agent::metrics::agent_metrics();
-    if let Err(e) = metrics.start("decnet-agent", Some(&agent.material)).await {
+    if let Err(e) =
+        decnet_server::metrics::start_metrics(&metrics, "decnet-agent", Some(&agent.material)).await
+    {
         eprintln!("error: --metrics-addr: {e}");
         return 2;
     }

@@ -1,5 +1,7 @@
 //! decnet-cli: the parts of the `decnet` command line that need no master.
 //!
+//! * [`args`] — every command's arguments (the clap tree, daemons' flags
+//!   included);
 //! * [`table`] — human output: the fleet table, ages and times, and
 //!   [`table::inert`], through which every string a worker sent is shown;
 //! * [`exit`] — how a command ends: usage errors, verdicts, exit codes;
@@ -14,6 +16,7 @@
 //! nothing in it can open the fleet's database or read the CA's key
 //! (DESIGN.md §2); `scripts/test.sh` checks its dependency tree.
 
+pub mod args;
 pub mod events_cmd;
 pub mod exit;
 pub mod job_cmd;

@@ -160,8 +160,7 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
         None => None,
     };
     crate::metrics::master_metrics();
-    s.metrics
-        .start("decnet master", Some(&material))
+    decnet_server::metrics::start_metrics(&s.metrics, "decnet master", Some(&material))
         .await
         .map_err(|e| UsageError(format!("--metrics-addr: {e}")))?;
     let host_view = tokio::spawn(crate::metrics::keep_host_view(db.clone()));

@@ -834,16 +834,7 @@ impl SharedPool {
     }
 }
 
-/// How many hosts a fleet-wide command talks to at once by default
-/// (`--max-parallel`): enough to keep a large fleet quick, few enough to
-/// stay far from the open-file limit and not to storm the CPU with
-/// handshakes.
-pub const DEFAULT_PARALLEL: usize = 64;
-
-/// How many connections to workers the whole process holds at once by
-/// default (`master serve --max-outbound`): far under the open-file limit,
-/// whatever the fleet-wide requests in flight and their `parallel`.
-pub const DEFAULT_MAX_OUTBOUND: usize = 256;
+pub use decnet_cli::args::{DEFAULT_MAX_OUTBOUND, DEFAULT_PARALLEL};
 
 /// The connections to workers a process may hold at once: all of them,
 /// and those of requests that only look (status, check, the doctor,

@@ -40,62 +40,23 @@ pub struct ListenerSettings {
     pub disk: DiskPolicy,
 }
 
-/// `"64M"`, `"1G"`, `"512k"`, `"4096"` → bytes (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        None => (t, 1u64),
-        Some((at, _)) => {
-            let mult = match t[at..].to_ascii_lowercase().as_str() {
-                "k" | "kb" | "kib" => 1 << 10,
-                "m" | "mb" | "mib" => 1 << 20,
-                "g" | "gb" | "gib" => 1 << 30,
-                "t" | "tb" | "tib" => 1 << 40,
-                other => return Err(format!("unknown unit {other:?} (use k, M, G or T)")),
-            };
-            (t[..at].trim(), mult)
-        }
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512k, 64M, 1G)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
 /// The smallest burst: the most one line can cost (its raw and JSON forms
 /// at their escaped cap), with room to spare.
 pub const MIN_BURST: u64 = 4 * decnet_log_relay::listener::MAX_ESCAPED as u64;
 
-/// The listener's storage and budget flags (`decnet listener` and
-/// `decnet master serve` share them).
-#[derive(Clone, Debug, clap::Args)]
-pub struct LogStorageArgs {
-    /// Bytes per second one certificate may make the listener write
-    /// (raw and JSON together; 0 turns the byte and line budgets off).
-    #[arg(long, value_name = "BYTES_PER_S", default_value = "1M", value_parser = parse_bytes)]
-    pub log_budget: u64,
-    /// Bytes one certificate may write in a burst above its rate.
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
-    pub log_burst: u64,
-    /// Lines per second one certificate may make the listener write.
-    #[arg(long, value_name = "LINES_PER_S", default_value_t = 5000)]
-    pub log_line_budget: u64,
-    /// Rotate fleet.log / fleet.json at this size (0: never).
-    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = parse_bytes)]
-    pub log_rotate_size: u64,
-    /// Rotated files kept per log (fleet.log.1 ... .N).
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub log_keep: usize,
-    /// Stop writing logs while their filesystem has less free space than
-    /// this (default: 5 % of it, at most 1G; 0: never stop).
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
-    pub log_min_free: Option<u64>,
+pub use decnet_cli::args::{LogStorageArgs, parse_bytes};
+
+/// What the listener's storage flags set.
+pub trait LogStorage {
+    /// The budget these flags set.
+    fn budget(&self) -> LogBudget;
+    /// The rotation, retention and free-space policy these flags set.
+    fn disk(&self) -> DiskPolicy;
 }
 
-impl LogStorageArgs {
+impl LogStorage for LogStorageArgs {
     /// The budget these flags set.
-    pub fn budget(&self) -> LogBudget {
+    fn budget(&self) -> LogBudget {
         if self.log_budget == 0 {
             return LogBudget::unlimited();
         }
@@ -109,7 +70,7 @@ impl LogStorageArgs {
     }
 
     /// The disk policy these flags set.
-    pub fn disk(&self) -> DiskPolicy {
+    fn disk(&self) -> DiskPolicy {
         DiskPolicy {
             rotate_bytes: self.log_rotate_size,
             keep: self.log_keep.max(1),

@@ -258,43 +258,28 @@ async fn serve_metrics() -> impl IntoResponse {
     )
 }
 
-/// The `--metrics-addr` / `--metrics-mtls` flags every daemon takes
-/// (flattened into its `serve` command), so they read the same everywhere.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct MetricsArgs {
-    /// Serve Prometheus metrics (OpenMetrics text, `GET /metrics`) on this
-    /// address, e.g. 127.0.0.1:9465. Off by default. Plain HTTP on a
-    /// loopback address; anywhere else mTLS with this daemon's certificate,
-    /// admitting only monitor certificates (`decnet ca issue-monitor`).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics_addr: Option<SocketAddr>,
-    /// Require mTLS (monitor certificates) even on a loopback --metrics-addr.
-    #[arg(long, requires = "metrics_addr")]
-    pub metrics_mtls: bool,
-}
+pub use decnet_telemetry::metrics::MetricsArgs;
 
-impl MetricsArgs {
-    /// Bind and serve the endpoint in a task of its own when asked for, and
-    /// say where on stdout (`<daemon> metrics served at ADDR`). Returns the
-    /// bound address. `material` is the daemon's own certificate (needed
-    /// for mTLS; also followed for the expiry series).
-    pub async fn start(
-        &self,
-        daemon: &str,
-        material: Option<&MaterialSource>,
-    ) -> Result<Option<SocketAddr>, ServerError> {
-        let Some(addr) = self.metrics_addr else {
-            if let Some(m) = material {
-                observe_certificate(m);
-            }
-            return Ok(None);
-        };
-        let endpoint = MetricsEndpoint::bind(addr, material, self.metrics_mtls).await?;
-        let bound = endpoint.spawn();
-        println!("{daemon} metrics served at {bound}");
-        tracing::info!(addr = %bound, "metrics served");
-        Ok(Some(bound))
-    }
+/// Bind and serve the endpoint in a task of its own when asked for, and
+/// say where on stdout (`<daemon> metrics served at ADDR`). Returns the
+/// bound address. `material` is the daemon's own certificate (needed
+/// for mTLS; also followed for the expiry series).
+pub async fn start_metrics(
+    args: &MetricsArgs,
+    daemon: &str,
+    material: Option<&MaterialSource>,
+) -> Result<Option<SocketAddr>, ServerError> {
+    let Some(addr) = args.metrics_addr else {
+        if let Some(m) = material {
+            observe_certificate(m);
+        }
+        return Ok(None);
+    };
+    let endpoint = MetricsEndpoint::bind(addr, material, args.metrics_mtls).await?;
+    let bound = endpoint.spawn();
+    println!("{daemon} metrics served at {bound}");
+    tracing::info!(addr = %bound, "metrics served");
+    Ok(Some(bound))
 }
 
 /// A bound `/metrics` endpoint.

@@ -82,3 +82,21 @@ mod tests {
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }
+
+/// The `--metrics-addr` / `--metrics-mtls` flags every daemon takes
+/// (flattened into its `serve` command), so they read the same everywhere;
+/// `decnet_server::metrics::start_metrics` serves what they ask for. Here,
+/// not beside the server, so the CLI's crate can hold every command's
+/// arguments without the server runner.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics (OpenMetrics text, `GET /metrics`) on this
+    /// address, e.g. 127.0.0.1:9465. Off by default. Plain HTTP on a
+    /// loopback address; anywhere else mTLS with this daemon's certificate,
+    /// admitting only monitor certificates (`decnet ca issue-monitor`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Require mTLS (monitor certificates) even on a loopback --metrics-addr.
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_mtls: bool,
+}

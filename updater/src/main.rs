@@ -492,7 +492,9 @@ async fn serve(cmd: Command) -> i32 {
         ));
     }
     decnet_updater::metrics::updater_metrics();
-    if let Err(e) = metrics.start("decnet-updater", Some(&material)).await {
+    if let Err(e) =
+        decnet_server::metrics::start_metrics(&metrics, "decnet-updater", Some(&material)).await
+    {
         return setup_error(e);
     }
     println!("decnet-updater listening on {}", server.local_addr());
