@@ -574,6 +574,10 @@ pub struct RenewedOperator {
     pub endorsements_pem: String,
 }
 
+/// The longest an operator's enrolment token may live (the API clamps
+/// what it is asked; the CLI refuses more).
+pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
 pub mod worker;
 pub use worker::{AgentStatus, DeckyState, EvidenceArchive, EvidenceList};
 

@@ -935,3 +935,38 @@ pub enum SwarmCommand {
         yes: bool,
     },
 }
+
+/// What a join token is for (`swarm token create`).
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    /// The host that will join.
+    pub host: String,
+    /// The address the master dials.
+    pub address: String,
+    /// Extra SANs.
+    pub sans: Vec<String>,
+    /// Whether its updater may join too.
+    pub updater: bool,
+    /// How long it is valid.
+    pub ttl: std::time::Duration,
+}
+
+/// A `swarm token create` request from its arguments.
+pub fn token_request(
+    host: String,
+    address: Option<String>,
+    sans: Vec<String>,
+    updater: bool,
+    ttl: &str,
+) -> anyhow::Result<TokenRequest> {
+    let address = address.ok_or_else(|| {
+        UsageError("--address is required: the address the master will dial".into())
+    })?;
+    Ok(TokenRequest {
+        host,
+        address,
+        sans,
+        updater,
+        ttl: parse_duration("--ttl", ttl, std::time::Duration::from_secs(1))?,
+    })
+}

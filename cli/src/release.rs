@@ -13,6 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+use crate::exit::UsageError;
 use decnet_pki::signing::{
     ReleaseManifest, ReleaseSigner, ReleaseTarget, SignedManifest, digest_hex, sha256_file,
 };
@@ -383,6 +385,80 @@ pub fn existing(
         label,
         files,
     })
+}
+
+/// A release packed for `swarm update` (its tarball in a temporary
+/// directory that lives as long as this).
+pub struct PackedForUpdate {
+    /// The release.
+    pub release: PackedRelease,
+    _scratch: tempfile::TempDir,
+}
+
+/// `swarm update --release DIR|TARBALL`: a directory packed on the fly, a
+/// tarball taken as it is (with its packed manifests when they fit), signed
+/// with `sign` when given — on the machine the operator runs the CLI on,
+/// where the release key lives.
+pub fn pack_release(
+    release: &std::path::Path,
+    label: Option<&str>,
+    version: Option<&str>,
+    sign: Option<&std::path::Path>,
+    permit_downgrade: bool,
+) -> anyhow::Result<PackedForUpdate> {
+    let signing = signing_of(sign, permit_downgrade)?;
+    let tmp = tempfile::tempdir()?;
+    let rel = if release.is_dir() {
+        let label = label
+            .map(str::to_string)
+            .unwrap_or_else(|| dir_label(release));
+        pack(
+            release,
+            &tmp.path().join("release.tar.gz"),
+            &label,
+            version,
+            &signing,
+        )
+        .map_err(|e| UsageError(format!("{e:#}")))?
+    } else if release.is_file() {
+        existing(release, label, version, &signing, tmp.path())
+            .map_err(|e| UsageError(format!("{e:#}")))?
+    } else {
+        return Err(UsageError(format!(
+            "{} is neither a release directory nor a tarball",
+            release.display()
+        ))
+        .into());
+    };
+    Ok(PackedForUpdate {
+        release: rel,
+        _scratch: tmp,
+    })
+}
+
+/// The manifests' signing from `--sign KEY` and `--permit-downgrade`.
+pub fn signing_of(
+    key: Option<&std::path::Path>,
+    permit_downgrade: bool,
+) -> anyhow::Result<Signing> {
+    Ok(Signing {
+        signer: match key {
+            Some(k) => Some(
+                decnet_pki::signing::ReleaseSigner::load(k)
+                    .map_err(|e| UsageError(e.to_string()))?,
+            ),
+            None => None,
+        },
+        permit_downgrade,
+    })
+}
+
+/// The default release label: the directory's name.
+pub fn dir_label(dir: &std::path::Path) -> String {
+    std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "release".into())
 }
 
 #[cfg(test)]

@@ -128,6 +128,11 @@ pub fn format_time(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Now, in unix seconds: what ages and times left are counted from.
+pub fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
 /// Unix seconds, however many references deep (templates pass fields by
 /// reference).
 pub trait UnixTime {

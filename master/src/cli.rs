@@ -3,22 +3,25 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 usage or setup error
 //! (bad arguments, missing CA, refused without confirmation).
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use decnet_fleet::enrollment::{self, EnrollRequest};
-use decnet_fleet::{
-    AuditOutcome, CertRecord, CertRole, FleetDb, HostStatus, RenewPolicy, unix_now,
-};
+use decnet_fleet::{AuditOutcome, CertRecord, CertRole, FleetDb, HostStatus, RenewPolicy};
 use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, Role};
 
 use crate::home::MasterHome;
 use crate::listener_cmd::LogStorage as _;
-use crate::table::{fleet_table, format_time};
 use crate::usage::{UsageError, audit, cli_actor, load_ca, open_db, partial};
 
 pub use decnet_cli::args::*;
+pub use decnet_cli::confirm::{burn_question, confirm_host};
+pub use decnet_cli::doctor_cmd::{doctor_policy, doctor_verdict};
+pub use decnet_cli::release::{PackedForUpdate, dir_label, pack_release, signing_of};
+pub use decnet_cli::render::{
+    print_audit, print_burned, print_ca, print_decommissioned, print_evidence_fetched, print_host,
+    print_host_list, print_join_token, print_releases, print_renewal,
+};
 
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -637,91 +640,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// What a fetched evidence archive prints.
-pub fn print_evidence_fetched(
-    host: &str,
-    decky: &str,
-    id: &str,
-    bytes: u64,
-    out: &std::path::Path,
-) {
-    println!("{host}: {decky} {id}: {bytes} bytes in {}", out.display());
-}
-
-/// A release packed for `swarm update` (its tarball in a temporary
-/// directory that lives as long as this).
-pub struct PackedForUpdate {
-    /// The release.
-    pub release: crate::release::PackedRelease,
-    _scratch: tempfile::TempDir,
-}
-
-/// `swarm update --release DIR|TARBALL`: a directory packed on the fly, a
-/// tarball taken as it is (with its packed manifests when they fit), signed
-/// with `sign` when given — on the machine the operator runs the CLI on,
-/// where the release key lives.
-pub fn pack_release(
-    release: &std::path::Path,
-    label: Option<&str>,
-    version: Option<&str>,
-    sign: Option<&std::path::Path>,
-    permit_downgrade: bool,
-) -> anyhow::Result<PackedForUpdate> {
-    let signing = signing_of(sign, permit_downgrade)?;
-    let tmp = tempfile::tempdir()?;
-    let rel = if release.is_dir() {
-        let label = label
-            .map(str::to_string)
-            .unwrap_or_else(|| dir_label(release));
-        crate::release::pack(
-            release,
-            &tmp.path().join("release.tar.gz"),
-            &label,
-            version,
-            &signing,
-        )
-        .map_err(|e| UsageError(format!("{e:#}")))?
-    } else if release.is_file() {
-        crate::release::existing(release, label, version, &signing, tmp.path())
-            .map_err(|e| UsageError(format!("{e:#}")))?
-    } else {
-        return Err(UsageError(format!(
-            "{} is neither a release directory nor a tarball",
-            release.display()
-        ))
-        .into());
-    };
-    Ok(PackedForUpdate {
-        release: rel,
-        _scratch: tmp,
-    })
-}
-
-/// The manifests' signing from `--sign KEY` and `--permit-downgrade`.
-fn signing_of(
-    key: Option<&std::path::Path>,
-    permit_downgrade: bool,
-) -> anyhow::Result<crate::release::Signing> {
-    Ok(crate::release::Signing {
-        signer: match key {
-            Some(k) => Some(
-                decnet_pki::signing::ReleaseSigner::load(k)
-                    .map_err(|e| UsageError(e.to_string()))?,
-            ),
-            None => None,
-        },
-        permit_downgrade,
-    })
-}
-
-/// The default release label: the directory's name.
-fn dir_label(dir: &std::path::Path) -> String {
-    std::fs::canonicalize(dir)
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "release".into())
-}
-
 async fn ca_init(home: &MasterHome, force: bool, sans: &[String]) -> anyhow::Result<()> {
     let layout = home.ca_layout();
     let db = open_db(home).await?;
@@ -866,29 +784,6 @@ pub fn ca_info(layout: &decnet_pki::CaLayout) -> anyhow::Result<decnet_api::CaIn
     })
 }
 
-/// What `ca show` prints.
-pub fn print_ca(info: &decnet_api::CaInfo, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(info)?);
-        return Ok(());
-    }
-    println!("CA directory:       {}", info.ca_dir);
-    println!(
-        "CA subject:         {}",
-        crate::table::inert(&info.ca_subject)
-    );
-    println!("CA fingerprint:     {}", info.ca_fingerprint);
-    println!("CA expires:         {}", format_time(info.ca_not_after));
-    match (&info.master_fingerprint, info.master_not_after) {
-        (Some(f), Some(t)) => {
-            println!("master fingerprint: {f}");
-            println!("master expires:     {}", format_time(t));
-        }
-        _ => println!("master bundle:      missing (re-run `decnet ca init --force`)"),
-    }
-    Ok(())
-}
-
 /// When the certificate in `pem` expires (unix seconds).
 pub fn cert_not_after(pem: &str) -> anyhow::Result<i64> {
     x509_summary(pem).map(|(_, t)| t)
@@ -1021,24 +916,6 @@ async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
     print_host_list(&hosts?, json)
 }
 
-/// `swarm list`'s output, local or through a context.
-pub fn print_host_list(hosts: &[decnet_api::Host], json: bool) -> anyhow::Result<()> {
-    if json {
-        let out: Vec<serde_json::Value> = hosts
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<Result<_, _>>()?;
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
-    if hosts.is_empty() {
-        println!("no hosts enrolled (decnet swarm enroll --host NAME --address ADDR)");
-        return Ok(());
-    }
-    print!("{}", fleet_table(hosts, unix_now()));
-    Ok(())
-}
-
 async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result<()> {
     let db = open_db(home).await?;
     let Some(h) = db.host(host).await? else {
@@ -1054,74 +931,6 @@ async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result
     let mut v = crate::fleet_api::host_view(&h, &expiry);
     v.revoked_fingerprints = Some(revoked);
     print_host(&v, json)
-}
-
-/// `swarm show`'s output, local or through a context.
-pub fn print_host(h: &decnet_api::Host, json: bool) -> anyhow::Result<()> {
-    let now = unix_now();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::to_value(h)?)?
-        );
-        return Ok(());
-    }
-    println!("host:                {}", h.name);
-    println!("address:             {}", h.address);
-    println!("agent port:          {}", h.agent_port);
-    println!("updater port:        {}", h.updater_port);
-    println!("status:              {}", h.status);
-    println!("SANs:                {}", h.sans.join(", "));
-    println!(
-        "agent fingerprint:   {}",
-        h.agent_fingerprint.as_deref().unwrap_or("-")
-    );
-    println!(
-        "updater fingerprint: {}",
-        h.updater_fingerprint.as_deref().unwrap_or("-")
-    );
-    let expires = |t: Option<i64>| {
-        t.map(|t| {
-            format!(
-                "{} ({})",
-                format_time(t),
-                crate::table::format_expiry(t, now)
-            )
-        })
-        .unwrap_or_else(|| "-".into())
-    };
-    println!("agent cert expiry:   {}", expires(h.agent_cert_not_after));
-    println!("updater cert expiry: {}", expires(h.updater_cert_not_after));
-    println!("enrolled:            {}", format_time(h.enrolled_at));
-    println!(
-        "last seen:           {}",
-        h.last_seen
-            .map(format_time)
-            .unwrap_or_else(|| "never".into())
-    );
-    println!(
-        "last heartbeat:      {}",
-        h.last_heartbeat.map(format_time).unwrap_or_else(|| {
-            "never (its agent sends none: started without --master?)".into()
-        })
-    );
-    if let Some(e) = &h.last_error {
-        println!("last error:          {}", crate::table::inert(e));
-    }
-    if let Some(v) = &h.agent_version {
-        println!("agent version:       {}", crate::table::inert(v));
-    }
-    if let Some(ms) = h.clock_skew_ms {
-        println!(
-            "clock skew:          {:+.1}s (host minus master)",
-            ms as f64 / 1000.0
-        );
-    }
-    println!(
-        "revoked certs:       {}",
-        h.revoked_fingerprints.as_ref().map_or(0, Vec::len)
-    );
-    Ok(())
 }
 
 /// An operator's confirmation of a destructive `action` on `host`: `--yes`,
@@ -1140,27 +949,6 @@ async fn confirm_destructive(
     };
     audit(db, action, host, AuditOutcome::Refused, "not confirmed").await?;
     Err(refused)
-}
-
-/// A destructive command's confirmation, wherever it runs: `--yes`, or the
-/// host's name typed at a terminal; otherwise a usage error naming `verb`.
-pub fn confirm_host(host: &str, yes: bool, verb: &str, question: &str) -> anyhow::Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if std::io::stdin().is_terminal() {
-        print!("{question} Type the host name to confirm: ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if answer.trim() == host {
-            return Ok(());
-        }
-    }
-    Err(UsageError(format!(
-        "refusing to {verb} {host} without confirmation; pass --yes"
-    ))
-    .into())
 }
 
 /// The host `host` as recorded, or a usage error naming `swarm list`.
@@ -1223,157 +1011,6 @@ pub async fn releases_report(
     }))
 }
 
-/// `swarm releases`'s output, local or through a context.
-pub fn print_releases(v: &serde_json::Value, json: bool) -> anyhow::Result<()> {
-    let ok = v["error"].is_null();
-    if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return partial(ok, "the updater did not answer");
-    }
-    let text = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
-    let time = |x: &serde_json::Value| format_time(x.as_i64().unwrap_or(0));
-    match v["releases"].as_array() {
-        Some(rs) if ok => print!(
-            "{}",
-            crate::table::render(
-                &["", "SLOT", "RELEASE", "SHA256", "INSTALLED"],
-                rs.iter().enumerate().map(|(i, r)| {
-                    vec![
-                        if i == 0 { "active" } else { "previous" }.to_string(),
-                        text(&r["slot"]),
-                        text(&r["sha"]),
-                        text(&r["sha256"]).chars().take(16).collect::<String>(),
-                        time(&r["installed_at"]),
-                    ]
-                })
-            )
-        ),
-        _ => println!(
-            "releases unavailable: {}",
-            crate::table::inert(&text(&v["error"]))
-        ),
-    }
-    let history = v["history"].as_array().cloned().unwrap_or_default();
-    if !history.is_empty() {
-        println!("\nhistory:");
-        print!(
-            "{}",
-            crate::table::render(
-                &["AT", "KIND", "RELEASE", "OUTCOME", "DETAIL"],
-                history.iter().map(|u| {
-                    vec![
-                        time(&u["at"]),
-                        text(&u["kind"]),
-                        text(&u["release"]),
-                        text(&u["outcome"]),
-                        text(&u["detail"]),
-                    ]
-                })
-            )
-        );
-    }
-    partial(ok, "the updater did not answer")
-}
-
-/// The doctor's thresholds from `swarm doctor`'s arguments.
-pub fn doctor_policy(
-    expiry_warning: &str,
-    silent_after: &str,
-    max_skew: &str,
-) -> anyhow::Result<crate::doctor::DoctorPolicy> {
-    Ok(crate::doctor::DoctorPolicy {
-        expiry_warning: parse_duration(
-            "--expiry-warning",
-            expiry_warning,
-            std::time::Duration::ZERO,
-        )?
-        .as_secs() as i64,
-        silent_after: parse_duration(
-            "--silent-after",
-            silent_after,
-            std::time::Duration::from_secs(1),
-        )?
-        .as_secs() as i64,
-        max_skew_ms: parse_duration("--max-skew", max_skew, std::time::Duration::ZERO)?.as_millis()
-            as i64,
-    })
-}
-
-/// `swarm doctor`'s exit: 0 all clear, 1 warnings, 3 errors.
-pub fn doctor_verdict(code: i32) -> anyhow::Result<()> {
-    match code {
-        0 => Ok(()),
-        1 => Err(crate::usage::ExitWith {
-            code,
-            message: "swarm doctor: warnings found".into(),
-        }
-        .into()),
-        _ => Err(crate::usage::ExitWith {
-            code,
-            message: "swarm doctor: errors found".into(),
-        }
-        .into()),
-    }
-}
-
-/// `swarm decommission`'s report, local or through a context.
-pub fn print_decommissioned(host: &str, revoked: usize, removed: usize) {
-    println!(
-        "decommissioned {host}: {revoked} certificate(s) revoked, {removed} bundle dir(s) removed"
-    );
-}
-
-/// A `swarm token create` request from its arguments.
-pub fn token_request(
-    host: String,
-    address: Option<String>,
-    sans: Vec<String>,
-    updater: bool,
-    ttl: &str,
-) -> anyhow::Result<crate::ops::TokenRequest> {
-    let address = address.ok_or_else(|| {
-        UsageError("--address is required: the address the master will dial".into())
-    })?;
-    Ok(crate::ops::TokenRequest {
-        host,
-        address,
-        sans,
-        updater,
-        ttl: parse_duration("--ttl", ttl, std::time::Duration::from_secs(1))?,
-    })
-}
-
-/// `swarm token create`'s output: the token alone on stdout, how to use it
-/// on stderr.
-pub fn print_join_token(token: &str, host: &str, updater: bool, ttl_secs: u64) {
-    println!("{token}");
-    eprintln!(
-        "On {host}: save the token to a file only root can read (chmod 600 FILE), then: decnet-agent join --master MASTER:8770 --token-file FILE{}; valid {ttl_secs}s, single use (a token in argv is visible to every process in /proc).",
-        if updater {
-            " (and decnet-updater join --master MASTER:8770 --token-file FILE right after: the second half ends 10 minutes after the first is used)"
-        } else {
-            ""
-        },
-    );
-}
-
-/// `swarm renew`'s report, local or through a context.
-pub fn print_renewal(host: &str, has_updater: bool, updater_error: Option<&str>) {
-    println!(
-        "{host}: the agent will renew its certificate at its next heartbeat (decnet master serve must be running)"
-    );
-    match (has_updater, updater_error) {
-        (false, _) => {}
-        (true, None) => println!("{host}: the updater is renewing its certificate now"),
-        // The agent's request stands (it is in the database); the updater
-        // renews when due, or when asked again.
-        (true, Some(e)) => eprintln!(
-            "warning: {host}: the updater did not take the renewal request: {}; it renews when due (at 2/3 of its lifetime), or run `decnet swarm renew {host}` again once it answers",
-            crate::table::inert(e)
-        ),
-    }
-}
-
 /// `swarm burn`: every certificate of a compromised host revoked, whoever
 /// holds it; the host stays in the inventory, burned, until it joins again.
 async fn swarm_burn(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<()> {
@@ -1396,37 +1033,6 @@ async fn swarm_burn(home: &MasterHome, host: &str, yes: bool) -> anyhow::Result<
     Ok(())
 }
 
-/// The question a burn asks at a terminal.
-pub fn burn_question(host: &str) -> String {
-    format!(
-        "Burn {host}? Every certificate it has is revoked, whoever holds it; it must join again."
-    )
-}
-
-/// What `swarm burn` prints.
-pub fn print_burned(b: &decnet_api::Burned) {
-    let host = &b.host;
-    match (&b.torn_down, &b.teardown_error) {
-        (Some(names), _) => println!(
-            "{host}: {} decky(ies) torn down before the burn",
-            names.len()
-        ),
-        (None, e) => eprintln!(
-            "warning: {host}'s deckies could not be torn down ({}); they may still run until the host is rebuilt",
-            crate::table::inert(e.as_deref().unwrap_or("unknown"))
-        ),
-    }
-    println!(
-        "burned {host}: {} certificate(s) revoked. The master refuses them within a second (open connections included); every worker once it fetches the new revocation list.",
-        b.revoked
-    );
-    println!("To re-admit {host}, rebuild it (its keys and binaries are not to be trusted), then:");
-    println!("  decnet swarm token create --host {host} --updater     # on the master");
-    println!(
-        "  decnet-agent join --master MASTER:8770 --token-file FILE   # on {host}; also decnet-updater join"
-    );
-}
-
 async fn show_audit(
     home: &MasterHome,
     limit: i64,
@@ -1439,34 +1045,6 @@ async fn show_audit(
     let entries: Vec<decnet_api::AuditRecord> =
         entries?.iter().map(crate::fleet_api::audit_view).collect();
     print_audit(&entries, json)
-}
-
-/// `audit`'s output, local or through a context.
-pub fn print_audit(entries: &[decnet_api::AuditRecord], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-        return Ok(());
-    }
-    print!(
-        "{}",
-        crate::table::render(
-            &[
-                "AT", "ACTOR", "FROM", "ACTION", "TARGET", "OUTCOME", "DETAIL"
-            ],
-            entries.iter().map(|e| {
-                vec![
-                    format_time(e.at),
-                    e.actor.clone(),
-                    e.source.clone().unwrap_or_else(|| "-".into()),
-                    e.action.clone(),
-                    e.target.clone(),
-                    e.outcome.clone(),
-                    e.detail.clone(),
-                ]
-            })
-        )
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ use tokio::task::JoinSet;
 
 use crate::table::{format_age, format_expiry};
 
+pub use decnet_cli::doctor_cmd::DoctorPolicy;
+pub use decnet_cli::render::print_report;
+
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,17 +42,6 @@ pub struct Finding {
     pub check: &'static str,
     /// What, in words.
     pub detail: String,
-}
-
-/// The thresholds.
-#[derive(Clone, Copy, Debug)]
-pub struct DoctorPolicy {
-    /// Warn about certificates expiring within this many seconds.
-    pub expiry_warning: i64,
-    /// A host silent this long is an error.
-    pub silent_after: i64,
-    /// Warn when a host's clock is off by more than this (ms).
-    pub max_skew_ms: i64,
 }
 
 /// Skew beyond which certificate validity checks start failing: an error.
@@ -485,61 +477,6 @@ pub async fn report(
         "probed": parallel.is_some(),
         "findings": findings,
     }))
-}
-
-/// `swarm doctor`'s output (local or through a context); the verdict's
-/// exit code.
-pub fn print_report(r: &serde_json::Value, json: bool) -> anyhow::Result<i32> {
-    let code = match r["verdict"].as_str() {
-        Some("ok") => 0,
-        Some("warning") => 1,
-        _ => 3,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
-        return Ok(code);
-    }
-    let live = r["hosts_examined"].as_u64().unwrap_or(0);
-    let findings = r["findings"].as_array().cloned().unwrap_or_default();
-    if findings.is_empty() {
-        println!(
-            "all clear: {live} host(s) examined{}",
-            if r["probed"] == true {
-                ", all probed"
-            } else {
-                ""
-            }
-        );
-        return Ok(code);
-    }
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
-    print!(
-        "{}",
-        crate::table::render(
-            &["SEVERITY", "HOST", "CHECK", "DETAIL"],
-            findings.iter().map(|f| {
-                vec![
-                    if f["severity"] == "error" {
-                        "ERROR".to_string()
-                    } else {
-                        "warning".to_string()
-                    },
-                    f["host"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| "(master)".into()),
-                    text(&f["check"]),
-                    text(&f["detail"]),
-                ]
-            })
-        )
-    );
-    let errors = findings.iter().filter(|f| f["severity"] == "error").count();
-    println!(
-        "{errors} error(s), {} warning(s) across {live} host(s)",
-        findings.len() - errors
-    );
-    Ok(code)
 }
 
 /// The exit code of a list of findings: 0, 1 (warnings), 3 (errors).

@@ -456,8 +456,7 @@ async fn operator_show(
     }
 }
 
-/// The longest an enrolment token may live.
-pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+pub use decnet_api::MAX_TOKEN_TTL_SECS;
 
 fn operator_error(e: OperatorError) -> Response {
     match e {

@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use decnet_pki::{Bundle, BundleKind, CaLayout};
-use decnet_swarm_client::agent::DeckyState;
 use decnet_swarm_client::{AgentClient, ClientError, WorkerPool};
 use tokio::task::JoinSet;
 
 use crate::table::inert;
 /// The wire types of a deploy's and a probe's per-host results.
 pub use decnet_api::{HostDeploy, HostReport};
-pub use decnet_cli::render::{print_deploy_results, print_torn_down};
+pub use decnet_cli::evidence::{NewFile, evidence_file, evidence_id, is_path_safe};
+pub use decnet_cli::render::{
+    print_check, print_deploy_plan, print_deploy_results, print_evidence_list, print_status,
+    print_torn_down,
+};
 
 use crate::usage::UsageError;
 use decnet_fleet::{AuditEntry, AuditOutcome, CertRole, FleetDb, HostRecord, HostStatus};
@@ -239,12 +242,6 @@ pub async fn deploy_plan_of(
         }
     }
     out
-}
-
-/// Print a dry run's plans (JSON); whether every agent answered with one.
-pub fn print_deploy_plan(plans: &[serde_json::Value]) -> anyhow::Result<bool> {
-    println!("{}", serde_json::to_string_pretty(plans)?);
-    Ok(plans.iter().all(|p| p.get("error").is_none()))
 }
 
 /// How `swarm deploy` runs.
@@ -607,17 +604,6 @@ pub async fn teardown_before_burn(
 /// How long a burn waits for the host's deckies to be torn down.
 pub const BURN_TEARDOWN_WAIT: Duration = Duration::from_secs(120);
 
-/// Whether `s` may name a decky or an archive in a URL path (the agent
-/// checks again; this keeps `..` and `/` out of the request).
-fn is_path_safe(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
-
 /// A host's evidence archives, as its agent lists them.
 pub async fn evidence_list(
     db: &FleetDb,
@@ -633,63 +619,6 @@ pub async fn evidence_list(
             record(db, host, Err(&e)).await;
             Err(e.into())
         }
-    }
-}
-
-/// What `swarm evidence HOST` prints.
-pub fn print_evidence_list(
-    host: &str,
-    list: &decnet_swarm_client::agent::EvidenceList,
-    json: bool,
-) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&list.archives)?);
-        return Ok(());
-    }
-    if !list.kept {
-        println!("{host}: keeps no evidence (compose driver, or --evidence-keep 0)");
-    }
-    if list.archives.is_empty() {
-        println!("{host}: no evidence archive");
-        return Ok(());
-    }
-    println!("{:<24} {:<22} {:>12}", "DECKY", "ID", "BYTES");
-    for a in &list.archives {
-        println!(
-            "{:<24} {:<22} {:>12}",
-            inert(&a.decky),
-            inert(&a.id),
-            a.bytes
-        );
-    }
-    Ok(())
-}
-
-/// The archive of `decky` to fetch: `id` when given (checked), else the
-/// decky's newest in `list`.
-pub fn evidence_id(
-    list: &decnet_swarm_client::agent::EvidenceList,
-    host: &str,
-    decky: &str,
-    id: Option<&str>,
-) -> Result<String, UsageError> {
-    if !is_path_safe(decky) {
-        return Err(UsageError(format!("{decky:?} is not a decky name")));
-    }
-    match id {
-        Some(id) if is_path_safe(id) => Ok(id.to_string()),
-        Some(id) => Err(UsageError(format!("{id:?} is not an archive id"))),
-        None => list
-            .archives
-            .iter()
-            .filter(|a| a.decky == decky && is_path_safe(&a.id))
-            .max_by(|a, b| a.id.cmp(&b.id))
-            .map(|a| a.id.clone())
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "{host} holds no evidence of decky {decky} (see `decnet swarm evidence {host}`)"
-                ))
-            }),
     }
 }
 
@@ -744,71 +673,6 @@ pub async fn evidence_fetch(
 /// The largest decky state a status probe stores for a host (a
 /// heartbeat's is smaller still: `control_api::MAX_HEARTBEAT_BYTES`).
 pub const MAX_STORED_STATE: usize = 1 << 20;
-
-/// A file written `0600` under a temporary name (`OUT.part`) and linked
-/// into place only when complete: an existing file is never replaced.
-pub struct NewFile {
-    out: std::path::PathBuf,
-    part: std::path::PathBuf,
-}
-
-impl NewFile {
-    /// Create `OUT.part` (a usage error if `out` exists).
-    pub async fn create(out: &Path) -> anyhow::Result<(NewFile, tokio::fs::File)> {
-        let part = {
-            let mut p = out.to_path_buf().into_os_string();
-            p.push(".part");
-            std::path::PathBuf::from(p)
-        };
-        if out.exists() {
-            return Err(UsageError(format!("{} exists: not overwritten", out.display())).into());
-        }
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&part)
-            .await
-            .with_context(|| format!("cannot create {}", part.display()))?;
-        Ok((
-            NewFile {
-                out: out.to_path_buf(),
-                part,
-            },
-            file,
-        ))
-    }
-
-    /// Put the complete file in place (written out first): a link, not a
-    /// rename, so it fails if `out` appeared meanwhile.
-    pub async fn commit(self, mut file: tokio::fs::File) -> anyhow::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        if let Err(e) = async {
-            file.flush().await?;
-            file.sync_all().await
-        }
-        .await
-        {
-            self.abandon();
-            return Err(anyhow::Error::new(e).context("cannot write the file"));
-        }
-        drop(file);
-        let r = std::fs::hard_link(&self.part, &self.out)
-            .with_context(|| format!("cannot create {} (not overwritten)", self.out.display()));
-        let _ = std::fs::remove_file(&self.part);
-        r
-    }
-
-    /// Give up: remove the partial file.
-    pub fn abandon(self) {
-        let _ = std::fs::remove_file(&self.part);
-    }
-}
-
-/// Where `swarm evidence HOST --decky D` writes by default.
-pub fn evidence_file(host: &str, decky: &str, id: &str) -> std::path::PathBuf {
-    format!("{host}-{decky}-{id}.tar.gz").into()
-}
 
 /// The master daemon's warm worker pool, shared by every request and job,
 /// and replaced whole when what it was built from changes (the master's
@@ -1105,81 +969,6 @@ pub async fn status(
     print_status(&reports, json)
 }
 
-/// `swarm status`'s output (local or through a context); whether every
-/// host answered.
-pub fn print_status(reports: &[HostReport], json: bool) -> anyhow::Result<bool> {
-    let all_ok = reports.iter().all(|r| r.reachable);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(all_ok);
-    }
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    for r in reports {
-        match (&r.status, &r.error) {
-            (Some(s), _) if s.deckies.is_empty() => rows.push(vec![
-                r.host.clone(),
-                "-".into(),
-                "(none)".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                String::new(),
-            ]),
-            (Some(s), _) => {
-                for d in &s.deckies {
-                    rows.push(vec![
-                        r.host.clone(),
-                        d.name.clone(),
-                        d.state.clone(),
-                        d.address.clone().unwrap_or_else(|| "-".into()),
-                        d.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        d.uid.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
-                        d.restarts.to_string(),
-                        decky_detail(d),
-                    ]);
-                }
-            }
-            (None, e) => rows.push(vec![
-                r.host.clone(),
-                "-".into(),
-                "unreachable".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                e.clone().unwrap_or_default(),
-            ]),
-        }
-    }
-    print!(
-        "{}",
-        crate::table::render(
-            &[
-                "HOST", "DECKY", "STATE", "ADDRESS", "PID", "UID", "RESTARTS", "DETAIL"
-            ],
-            rows
-        )
-    );
-    Ok(all_ok)
-}
-
-/// The DETAIL of a decky's row: its error, and the attempts to reach out
-/// it made (a honeypot trying to connect out is an event to see).
-fn decky_detail(d: &DeckyState) -> String {
-    let forbidden = d
-        .observed
-        .as_ref()
-        .and_then(|o| o["detail"]["network"]["forbidden"].as_u64())
-        .unwrap_or(0);
-    match (d.error.as_deref(), forbidden) {
-        (None, 0) => String::new(),
-        (Some(e), 0) => e.to_string(),
-        (None, n) => format!("{n} forbidden connection attempt(s)"),
-        (Some(e), n) => format!("{e}; {n} forbidden connection attempt(s)"),
-    }
-}
-
 /// `decnet swarm check`: probe every host's agent concurrently.
 pub async fn check(
     db: &FleetDb,
@@ -1191,31 +980,6 @@ pub async fn check(
     let hosts = select_hosts(db, &[]).await?;
     let reports = probe_all(db, &pool, hosts, false, parallel).await;
     print_check(&reports, json)
-}
-
-/// `swarm check`'s output (local or through a context); whether every host
-/// answered.
-pub fn print_check(reports: &[HostReport], json: bool) -> anyhow::Result<bool> {
-    let all_ok = reports.iter().all(|r| r.reachable);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(all_ok);
-    }
-    print!(
-        "{}",
-        crate::table::render(
-            &["HOST", "AGENT", "VERSION", "DETAIL"],
-            reports.iter().map(|r| {
-                vec![
-                    r.host.clone(),
-                    if r.reachable { "ok" } else { "unreachable" }.to_string(),
-                    r.version.clone().unwrap_or_else(|| "-".into()),
-                    r.error.clone().unwrap_or_default(),
-                ]
-            })
-        )
-    );
-    Ok(all_ok)
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub mod operator_cmd;
 pub mod ops;
 pub mod refusal_audit;
 pub use decnet_cli::release;
-pub mod remote;
+pub use decnet_cli::remote;
 pub mod rollout;
 pub mod standing;
 pub use decnet_cli::table;

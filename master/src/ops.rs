@@ -54,20 +54,7 @@ async fn audit(
     }
 }
 
-/// What a join token is for (`swarm token create`).
-#[derive(Clone, Debug)]
-pub struct TokenRequest {
-    /// The host that will join.
-    pub host: String,
-    /// The address the master dials.
-    pub address: String,
-    /// Extra SANs.
-    pub sans: Vec<String>,
-    /// Whether its updater may join too.
-    pub updater: bool,
-    /// How long it is valid.
-    pub ttl: std::time::Duration,
-}
+pub use decnet_cli::args::TokenRequest;
 
 /// Create a single-use join token; audited.
 pub async fn create_join_token(

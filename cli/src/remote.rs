@@ -4,8 +4,8 @@
 //! rotate-master`, monitor certificates, `swarm enroll`, which makes a
 //! worker's key) say so (exit 2) instead of acting on this machine's files.
 
-use crate::cli::{Command, SwarmCommand};
-use crate::usage::UsageError;
+use crate::args::{Command, SwarmCommand};
+use crate::exit::UsageError;
 use decnet_api_client::Context;
 use decnet_api_client::FleetClient;
 
@@ -15,13 +15,13 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Swarm(SwarmCommand::List { json }) => {
             let hosts: Vec<decnet_api::Host> = client.get("/v1/hosts").await?;
-            crate::cli::print_host_list(&hosts, json)
+            crate::render::print_host_list(&hosts, json)
         }
         Command::Swarm(SwarmCommand::Show { host, json }) => {
             let h: decnet_api::Host = client
                 .get(&format!("/v1/hosts/{}", percent(&host)))
                 .await?;
-            crate::cli::print_host(&h, json)
+            crate::render::print_host(&h, json)
         }
         Command::Audit { limit, actor, json } => {
             let mut path = format!("/v1/audit?limit={}", limit.max(1));
@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 path.push_str(&percent(&a));
             }
             let entries: Vec<decnet_api::AuditRecord> = client.get(&path).await?;
-            crate::cli::print_audit(&entries, json)
+            crate::render::print_audit(&entries, json)
         }
         Command::Swarm(SwarmCommand::Status {
             host,
@@ -43,29 +43,29 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 path.push_str("&host=");
                 path.push_str(&percent(&h));
             }
-            let reports: Vec<crate::fleet_ops::HostReport> = client.get(&path).await?;
-            crate::usage::partial(
-                crate::fleet_ops::print_status(&reports, json)?,
+            let reports: Vec<decnet_api::HostReport> = client.get(&path).await?;
+            crate::exit::partial(
+                crate::render::print_status(&reports, json)?,
                 "some hosts did not answer",
             )
         }
         Command::Swarm(SwarmCommand::Check {
             json, max_parallel, ..
         }) => {
-            let reports: Vec<crate::fleet_ops::HostReport> = client
+            let reports: Vec<decnet_api::HostReport> = client
                 .get(&format!("/v1/check?parallel={max_parallel}"))
                 .await?;
-            crate::usage::partial(
-                crate::fleet_ops::print_check(&reports, json)?,
+            crate::exit::partial(
+                crate::render::print_check(&reports, json)?,
                 "some hosts did not answer",
             )
         }
-        Command::Swarm(SwarmCommand::Token(crate::cli::TokenCommand::Create {
+        Command::Swarm(SwarmCommand::Token(crate::args::TokenCommand::Create {
             target,
             ttl,
             ..
         })) => {
-            let req = crate::cli::token_request(
+            let req = crate::args::token_request(
                 target.host,
                 target.address,
                 target.sans,
@@ -85,11 +85,11 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                     }),
                 )
                 .await?;
-            crate::cli::print_join_token(&t.token, &t.host, t.updater, t.ttl_secs);
+            crate::render::print_join_token(&t.token, &t.host, t.updater, t.ttl_secs);
             Ok(())
         }
         Command::Swarm(SwarmCommand::Decommission { host, yes, .. }) => {
-            crate::cli::confirm_host(
+            crate::confirm::confirm_host(
                 &host,
                 yes,
                 "decommission",
@@ -102,7 +102,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            crate::cli::print_decommissioned(&d.host, d.revoked, d.removed_bundles);
+            crate::render::print_decommissioned(&d.host, d.revoked, d.removed_bundles);
             Ok(())
         }
         Command::Swarm(SwarmCommand::Renew { host }) => {
@@ -113,14 +113,14 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            crate::cli::print_renewal(&r.host, r.has_updater, r.updater_error.as_deref());
+            crate::render::print_renewal(&r.host, r.has_updater, r.updater_error.as_deref());
             Ok(())
         }
         Command::Swarm(SwarmCommand::Releases { host, json, .. }) => {
             let v: serde_json::Value = client
                 .get(&format!("/v1/hosts/{}/releases", percent(&host)))
                 .await?;
-            crate::cli::print_releases(&v, json)
+            crate::render::print_releases(&v, json)
         }
         Command::Swarm(SwarmCommand::Doctor {
             expiry_warning,
@@ -131,7 +131,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             json,
             ..
         }) => {
-            let p = crate::cli::doctor_policy(&expiry_warning, &silent_after, &max_skew)?;
+            let p = crate::doctor_cmd::doctor_policy(&expiry_warning, &silent_after, &max_skew)?;
             let mut path = format!(
                 "/v1/doctor?expiry_warning_secs={}&silent_after_secs={}&max_skew_ms={}",
                 p.expiry_warning, p.silent_after, p.max_skew_ms
@@ -140,7 +140,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 path.push_str(&format!("&probe_parallel={max_parallel}"));
             }
             let r: serde_json::Value = client.get(&path).await?;
-            crate::cli::doctor_verdict(crate::doctor::print_report(&r, json)?)
+            crate::doctor_cmd::doctor_verdict(crate::render::print_report(&r, json)?)
         }
         Command::Swarm(SwarmCommand::Deploy {
             config,
@@ -179,8 +179,8 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             let plans: Vec<serde_json::Value> = client
                 .send(reqwest::Method::POST, "/v1/deploy/plan", Some(&req))
                 .await?;
-            crate::usage::partial(
-                crate::fleet_ops::print_deploy_plan(&plans)?,
+            crate::exit::partial(
+                crate::render::print_deploy_plan(&plans)?,
                 "some agents refused the config",
             )
         }
@@ -191,20 +191,20 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 &decnet_api::TeardownRequest { decky },
             )
             .await?;
-            crate::fleet_ops::print_torn_down(&t.host, &t.deckies);
+            crate::render::print_torn_down(&t.host, &t.deckies);
             Ok(())
         }
         Command::Swarm(SwarmCommand::Rollback { host, .. }) => {
-            let r: crate::rollout::HostResult = crate::job_cmd::post_once(
+            let r: decnet_api::UpdateResult = crate::job_cmd::post_once(
                 &client,
                 &format!("/v1/hosts/{}/rollback", percent(&host)),
                 &serde_json::json!({}),
             )
             .await?;
-            crate::rollout::print_rollback(&r)
+            crate::render::print_rollback(&r)
         }
         Command::Swarm(SwarmCommand::Burn { host, yes }) => {
-            crate::cli::confirm_host(&host, yes, "burn", &crate::cli::burn_question(&host))?;
+            crate::confirm::confirm_host(&host, yes, "burn", &crate::confirm::burn_question(&host))?;
             let b: decnet_api::Burned = client
                 .call(
                     client
@@ -215,7 +215,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                         .timeout(decnet_api_client::LONG_OPERATION),
                 )
                 .await?;
-            crate::cli::print_burned(&b);
+            crate::render::print_burned(&b);
             Ok(())
         }
         Command::Swarm(SwarmCommand::SetEndpoint {
@@ -246,12 +246,12 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             json,
             ..
         }) => {
-            use crate::fleet_ops::{NewFile, evidence_file, evidence_id};
-            let list: decnet_swarm_client::agent::EvidenceList = client
+            use crate::evidence::{NewFile, evidence_file, evidence_id};
+            let list: decnet_api::EvidenceList = client
                 .get(&format!("/v1/hosts/{}/evidence", percent(&host)))
                 .await?;
             let Some(decky) = decky else {
-                return crate::fleet_ops::print_evidence_list(&host, &list, json);
+                return crate::render::print_evidence_list(&host, &list, json);
             };
             let id = evidence_id(&list, &host, &decky, id.as_deref())?;
             let out = out.unwrap_or_else(|| evidence_file(&host, &decky, &id));
@@ -268,7 +268,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             {
                 Ok(bytes) => {
                     new_file.commit(file).await?;
-                    crate::cli::print_evidence_fetched(&host, &decky, &id, bytes, &out);
+                    crate::render::print_evidence_fetched(&host, &decky, &id, bytes, &out);
                     Ok(())
                 }
                 Err(e) => {
@@ -294,7 +294,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             json,
             ..
         }) => {
-            let packed = crate::cli::pack_release(
+            let packed = crate::release::pack_release(
                 &release,
                 label.as_deref(),
                 release_version.as_deref(),
@@ -335,9 +335,9 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
             );
             crate::job_cmd::follow(&client, &job.id, json).await
         }
-        Command::Ca(crate::cli::CaCommand::Show { json, .. }) => {
+        Command::Ca(crate::args::CaCommand::Show { json, .. }) => {
             let info: decnet_api::CaInfo = client.get("/v1/ca").await?;
-            crate::cli::print_ca(&info, json)
+            crate::render::print_ca(&info, json)
         }
         Command::Swarm(SwarmCommand::Enroll { .. }) => Err(UsageError(format!(
             "`decnet swarm enroll` makes the worker's keys on the master and is not offered through a context ({}): make a join token instead, and the worker makes its own key: decnet swarm token create --host HOST --address ADDR --updater",
