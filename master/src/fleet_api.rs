@@ -1493,6 +1493,7 @@ async fn release_upload(
     State(st): State<Arc<FleetApiState>>,
     Extension(g): Extension<Grant>,
     Path(sha256): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Response> {
     if !is_sha256_hex(&sha256) {
@@ -1523,22 +1524,37 @@ async fn release_upload(
         })
         .into_response());
     }
-    // One upload at a time: the bound below holds for what is being
-    // written too. The one being written keeps MIN_TRANSFER_RATE or is cut,
-    // so the wait for it is bounded; a wait longer still is a 429.
-    static UPLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    // UPLOADS_AT_ONCE uploads written at once, one per operator: a
+    // deployer holding a slow upload (it keeps MIN_TRANSFER_RATE or is cut,
+    // for at most the request timeout) leaves the other slot to everyone
+    // else. The wait for a slot is bounded; a wait longer still is a 429.
+    static UPLOADING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(UPLOADS_AT_ONCE);
     let _uploading = tokio::time::timeout(UPLOAD_WAIT, UPLOADING.acquire())
         .await
         .map_err(|_| {
             json_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "busy",
-                "another release is being uploaded to the master: try again when it is done",
+                "other releases are being uploaded to the master: try again when one is done",
             )
         })?
         .map_err(unavailable)?;
-    prune_uploads(&dir);
-    make_room(&st.db, &dir).await?;
+    // What this upload may write: its declared length (hyper ends the body
+    // there), else the most a release may be. The bounds on what the
+    // master holds count it, and the other upload's, before a byte is
+    // written; room is made for both one at a time.
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(MAX_RELEASE_UPLOAD, |n| n.min(MAX_RELEASE_UPLOAD));
+    let _reserved = {
+        static ROOM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one_at_a_time = ROOM.lock().await;
+        prune_uploads(&dir);
+        make_room(&st.db, &dir, UploadReservation::others(), declared).await?;
+        UploadReservation::take(declared)
+    };
     std::fs::create_dir_all(&dir).map_err(unavailable)?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -1643,10 +1659,49 @@ async fn receive_upload(
     }
 }
 
-/// Room for one more upload under [`MAX_UPLOADS`] and
-/// [`MAX_UPLOADS_BYTES`]: the oldest uploads no running update job pushes
+/// How many release uploads the master writes at once (one per operator).
+pub const UPLOADS_AT_ONCE: usize = 2;
+
+/// An upload being written, counted against [`MAX_UPLOADS`] and
+/// [`MAX_UPLOADS_BYTES`] (by what it may write) until it ends, kept or not.
+struct UploadReservation(u64);
+
+/// The uploads being written: how many, and what they may write.
+static RESERVED: std::sync::Mutex<(usize, u64)> = std::sync::Mutex::new((0, 0));
+
+impl UploadReservation {
+    /// The uploads being written now (count, bytes they may write).
+    fn others() -> (usize, u64) {
+        *RESERVED.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count an upload that may write `bytes`.
+    fn take(bytes: u64) -> UploadReservation {
+        let mut r = RESERVED.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 += 1;
+        r.1 += bytes;
+        UploadReservation(bytes)
+    }
+}
+
+impl Drop for UploadReservation {
+    fn drop(&mut self) {
+        let mut r = RESERVED.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 -= 1;
+        r.1 -= self.0;
+    }
+}
+
+/// Room for one more upload of at most `own` bytes under [`MAX_UPLOADS`]
+/// and [`MAX_UPLOADS_BYTES`], beside the `others` being written (count,
+/// bytes they may write): the oldest uploads no running update job pushes
 /// are removed first; when every one held is in use, a 507.
-async fn make_room(db: &FleetDb, dir: &std::path::Path) -> Result<(), Response> {
+async fn make_room(
+    db: &FleetDb,
+    dir: &std::path::Path,
+    others: (usize, u64),
+    own: u64,
+) -> Result<(), Response> {
     let in_use: std::collections::HashSet<String> = db
         .jobs(1000)
         .await
@@ -1672,7 +1727,7 @@ async fn make_room(db: &FleetDb, dir: &std::path::Path) -> Result<(), Response> 
     let mut count = held.len();
     let mut bytes: u64 = held.iter().map(|h| h.1).sum();
     let mut oldest = held.into_iter();
-    while count >= MAX_UPLOADS || bytes >= MAX_UPLOADS_BYTES {
+    while count + others.0 >= MAX_UPLOADS || bytes + others.1 + own > MAX_UPLOADS_BYTES {
         let Some((_, len, path)) = oldest.by_ref().find(|(_, _, p)| {
             let sha = p
                 .file_name()
@@ -1685,8 +1740,9 @@ async fn make_room(db: &FleetDb, dir: &std::path::Path) -> Result<(), Response> 
                 StatusCode::INSUFFICIENT_STORAGE,
                 "uploads_full",
                 format!(
-                    "the master holds {count} uploaded releases ({} MiB), every one pushed by a running update job: try again when one ends",
-                    bytes >> 20
+                    "no room for this upload: the master holds {count} uploaded releases ({} MiB), each pushed by a running update job, beside {} being written: try again when one ends",
+                    bytes >> 20,
+                    others.0
                 ),
             ));
         };
@@ -1938,6 +1994,51 @@ mod tests {
         let refused = receive_upload(one, &mut out).await.unwrap_err();
         assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
         assert!(out.into_inner().is_empty());
+    }
+
+    /// Room for an upload counts the one being written beside it: its
+    /// slot in the number held and what it may write in the bytes held, so
+    /// two uploads at once cannot take the master past either bound.
+    #[tokio::test]
+    async fn room_for_an_upload_counts_the_one_written_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let db = FleetDb::connect(&url).await.unwrap();
+        let uploads = dir.path().join("uploads");
+        std::fs::create_dir(&uploads).unwrap();
+        let held = |n: usize| {
+            for i in 0..n {
+                let p = uploads.join(format!("{i:064x}.tar.gz"));
+                std::fs::write(&p, vec![0u8; 1024]).unwrap();
+            }
+        };
+        let count = || std::fs::read_dir(&uploads).unwrap().count();
+        // Seven held and one being written: one goes for the new one.
+        held(7);
+        make_room(&db, &uploads, (1, 1024), 1024).await.unwrap();
+        assert_eq!(count(), MAX_UPLOADS - 2);
+        // Alone, six held leave room.
+        make_room(&db, &uploads, (0, 0), 1024).await.unwrap();
+        assert_eq!(count(), MAX_UPLOADS - 2);
+        // The bytes the other may still write count: beside 3 GiB less
+        // 2 KiB in flight, a 1 GiB upload leaves 2 KiB of what is held.
+        let other = MAX_UPLOADS_BYTES - MAX_RELEASE_UPLOAD - 2048;
+        make_room(&db, &uploads, (1, other), MAX_RELEASE_UPLOAD)
+            .await
+            .unwrap();
+        assert_eq!(count(), 2);
+        // What cannot fit even with nothing held is refused, not written.
+        let refused = make_room(&db, &uploads, (1, MAX_UPLOADS_BYTES), 1)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+        // A reservation counts while it lives.
+        let before = UploadReservation::others();
+        {
+            let _r = UploadReservation::take(5);
+            let now = UploadReservation::others();
+            assert!(now.0 > before.0 && now.1 >= before.1 + 5);
+        }
     }
 
     /// A compromised agent answering with archives as large as it likes

@@ -1139,3 +1139,71 @@ async fn a_deployer_trickling_a_known_release_is_cut() {
     let r = dan.put(&put).body(blob).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
+
+/// A deployer's certificate cannot hold every release upload of the
+/// master: its upload, kept just fast enough not to be cut, holds one of
+/// the two slots for as long as it lasts (up to the request timeout), and
+/// another deployer's upload is written meanwhile in the other (before,
+/// one slot: it waited behind it, then got 429). Both are kept whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployer_holding_a_slow_upload_leaves_the_other_slot() {
+    use futures_util::StreamExt;
+    decnet_pki::provider::install_default();
+    let m = MasterHome::new();
+    let master = m.serve(&["--no-listener"]);
+    let machines = tempfile::tempdir().unwrap();
+    let (dan, api) = operator_client(&m, &master, "dan", "deployer", &machines.path().join("dan"));
+    let (eve, _) = operator_client(&m, &master, "eve", "deployer", &machines.path().join("eve"));
+    // 12 chunks of 128 KiB a second apart: twice the pace an upload must
+    // keep, so it is never cut, and it lasts about 12 s.
+    let chunk = 128 * 1024;
+    let slow: Vec<u8> = (0..12 * chunk).map(|i| (i * 31 % 251) as u8).collect();
+    let slow_put = format!(
+        "{api}/v1/releases/{}",
+        decnet_pki::signing::sha256_hex(&slow)
+    );
+    let chunks: Vec<Vec<u8>> = slow.chunks(chunk).map(<[u8]>::to_vec).collect();
+    let paced = futures_util::stream::iter(chunks)
+        .then(|c| async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, std::io::Error>(c)
+        })
+        .boxed();
+    let started = Instant::now();
+    let held = tokio::spawn({
+        let (dan, slow_put) = (dan.clone(), slow_put.clone());
+        async move {
+            let r = dan
+                .put(&slow_put)
+                .body(reqwest::Body::wrap_stream(paced))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let blob = b"eve's release".to_vec();
+    let put = format!(
+        "{api}/v1/releases/{}",
+        decnet_pki::signing::sha256_hex(&blob)
+    );
+    let r = tokio::time::timeout(Duration::from_secs(5), eve.put(&put).body(blob).send())
+        .await
+        .expect("eve's upload is written beside dan's, not behind it")
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 201, "{}", r.text().await.unwrap());
+    assert!(
+        !held.is_finished(),
+        "dan's upload is still coming in ({:?} in)",
+        started.elapsed()
+    );
+    let (status, body) = tokio::time::timeout(Duration::from_secs(40), held)
+        .await
+        .expect("dan's upload ends")
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let kept = std::fs::read_dir(m.home().join("uploads")).unwrap().count();
+    assert_eq!(kept, 2, "both uploads are kept");
+}
