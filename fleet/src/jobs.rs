@@ -210,6 +210,19 @@ impl FleetDb {
         rows.iter().map(job_of).collect()
     }
 
+    /// Every running job of `kind`, however old (what a running job needs
+    /// must outlive any number of newer jobs).
+    pub async fn running_jobs(&self, kind: &str) -> Result<Vec<JobRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, actor, state, request, result, created_at, updated_at, finished_at, cancel_requested \
+             FROM jobs WHERE kind = $1 AND state = 'running' ORDER BY created_at, id",
+        )
+        .bind(kind)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(job_of).collect()
+    }
+
     /// A job's hosts.
     pub async fn job_hosts(&self, id: &str) -> Result<Vec<JobHost>, DbError> {
         let rows = sqlx::query(

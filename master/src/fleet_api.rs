@@ -1510,6 +1510,10 @@ async fn release_upload(
         .release_uploads
         .take_or_busy(&g.operator, "a release upload")?;
     if let Ok(m) = std::fs::metadata(&path) {
+        // Wanted again: kept as if uploaded now.
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         // Already here: the body the client sends anyway is read and
         // dropped. Answering before it is read makes the server close the
         // connection under the client, which then fails with a broken pipe
@@ -1551,7 +1555,6 @@ async fn release_upload(
     let _reserved = {
         static ROOM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _one_at_a_time = ROOM.lock().await;
-        prune_uploads(&dir);
         make_room(&st.db, &dir, UploadReservation::others(), declared).await?;
         UploadReservation::take(declared)
     };
@@ -1571,7 +1574,12 @@ async fn release_upload(
     file.flush().await.map_err(unavailable)?;
     file.sync_all().await.map_err(unavailable)?;
     drop(file);
-    let digest = decnet_pki::signing::sha256_file(part.path()).map_err(unavailable)?;
+    // Up to 1 GiB read again: off the runtime's workers.
+    let written = part.path().to_path_buf();
+    let digest = tokio::task::spawn_blocking(move || decnet_pki::signing::sha256_file(&written))
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
     let got = decnet_pki::signing::digest_hex(&digest);
     if got != sha256 {
         return Err(bad_request(format!(
@@ -1694,48 +1702,65 @@ impl Drop for UploadReservation {
 
 /// Room for one more upload of at most `own` bytes under [`MAX_UPLOADS`]
 /// and [`MAX_UPLOADS_BYTES`], beside the `others` being written (count,
-/// bytes they may write): the oldest uploads no running update job pushes
-/// are removed first; when every one held is in use, a 507.
+/// bytes they may write). Only releases (`<sha256>.tar.gz`) are held and
+/// counted: releases past [`UPLOAD_KEEP`] go first, then the oldest; a
+/// release a running update job pushes is never removed (when every one
+/// held is, a 507); the other slot's upload in progress is never touched.
 async fn make_room(
     db: &FleetDb,
     dir: &std::path::Path,
     others: (usize, u64),
     own: u64,
 ) -> Result<(), Response> {
+    // Every running update's release, however many other jobs ran since
+    // (its rollout reads the tarball again for each host).
     let in_use: std::collections::HashSet<String> = db
-        .jobs(1000)
+        .running_jobs("update")
         .await
         .map_err(unavailable)?
         .into_iter()
-        .filter(|j| j.kind == "update" && j.state == "running")
         .filter_map(|j| {
             serde_json::from_str::<serde_json::Value>(&j.request)
                 .ok()
                 .and_then(|r| r["sha256"].as_str().map(str::to_string))
         })
         .collect();
-    let mut held: Vec<(std::time::SystemTime, u64, std::path::PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let m = e.metadata().ok().filter(|m| m.is_file())?;
-            Some((m.modified().ok()?, m.len(), e.path()))
-        })
-        .collect();
+    let mut held = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Some(m) = e.metadata().ok().filter(|m| m.is_file()) else {
+            continue;
+        };
+        let Ok(modified) = m.modified() else {
+            continue;
+        };
+        let old = modified.elapsed().is_ok_and(|age| age > UPLOAD_KEEP);
+        let name = e.file_name();
+        let sha = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".tar.gz"))
+            .filter(|s| is_sha256_hex(s));
+        match sha {
+            // A release past its keep, that no running update pushes.
+            Some(sha) if old && !in_use.contains(sha) => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            Some(sha) => held.push((modified, m.len(), sha.to_string(), e.path())),
+            // An upload being written (the other slot's, counted by its
+            // reservation, never removed here), or one a crash left
+            // behind a day ago.
+            None if old => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            None => {}
+        }
+    }
     held.sort();
     let mut count = held.len();
     let mut bytes: u64 = held.iter().map(|h| h.1).sum();
     let mut oldest = held.into_iter();
     while count + others.0 >= MAX_UPLOADS || bytes + others.1 + own > MAX_UPLOADS_BYTES {
-        let Some((_, len, path)) = oldest.by_ref().find(|(_, _, p)| {
-            let sha = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".tar.gz"))
-                .unwrap_or("");
-            !in_use.contains(sha)
-        }) else {
+        let Some((_, len, _, path)) = oldest.by_ref().find(|(_, _, sha, _)| !in_use.contains(sha))
+        else {
             return Err(json_error(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "uploads_full",
@@ -1753,24 +1778,6 @@ async fn make_room(
         bytes -= len;
     }
     Ok(())
-}
-
-/// Remove uploads older than [`UPLOAD_KEEP`].
-fn prune_uploads(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > UPLOAD_KEEP);
-        if old {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
 }
 
 async fn update(
@@ -2032,6 +2039,51 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+
+        // The other slot's upload in progress (a temp file of 900 MiB,
+        // sparse here) is neither counted twice nor removed to make room:
+        // another deployer's upload cannot break it off.
+        for e in std::fs::read_dir(&uploads).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let part = uploads.join(".tmpAbC123");
+        std::fs::File::create(&part)
+            .unwrap()
+            .set_len(900 << 20)
+            .unwrap();
+        held(2);
+        make_room(&db, &uploads, (1, MAX_RELEASE_UPLOAD), MAX_RELEASE_UPLOAD)
+            .await
+            .unwrap();
+        assert!(part.exists(), "the upload in progress is left alone");
+        assert_eq!(count(), 3, "two releases and the upload in progress");
+
+        // Past its keep, a release goes, unless a running update pushes it
+        // (however many jobs ran since); a temp file a crash left a day ago
+        // goes too.
+        let day_old =
+            std::time::SystemTime::now() - UPLOAD_KEEP - std::time::Duration::from_secs(60);
+        let age = |p: &std::path::Path| {
+            std::fs::File::options()
+                .append(true)
+                .open(p)
+                .unwrap()
+                .set_modified(day_old)
+                .unwrap();
+        };
+        let pushed = format!("{:064x}", 0);
+        let idle = format!("{:064x}", 1);
+        age(&uploads.join(format!("{pushed}.tar.gz")));
+        age(&uploads.join(format!("{idle}.tar.gz")));
+        age(&part);
+        let request = serde_json::json!({ "sha256": pushed }).to_string();
+        db.start_job("update", "test", None, &request, &["w1".to_string()])
+            .await
+            .unwrap();
+        make_room(&db, &uploads, (0, 0), 1024).await.unwrap();
+        assert!(uploads.join(format!("{pushed}.tar.gz")).exists());
+        assert!(!uploads.join(format!("{idle}.tar.gz")).exists());
+        assert!(!part.exists());
         // A reservation counts while it lives.
         let before = UploadReservation::others();
         {
