@@ -166,13 +166,21 @@ impl UpdaterClient {
         up: &ReleaseUpload<'_>,
         target: decnet_pki::signing::ReleaseTarget,
     ) -> Result<reqwest::multipart::Form, ClientError> {
-        let bytes = std::fs::read(up.tarball).map_err(|e| {
+        // Streamed from the file, not read whole: a rollout pushes to many
+        // updaters at once (`--max-parallel`, up to 1,024), and a release
+        // may be 1 GiB.
+        let unreadable = |e: std::io::Error| {
             ClientError::Setup(format!("cannot read {}: {e}", up.tarball.display()))
-        })?;
-        let part = reqwest::multipart::Part::bytes(bytes)
-            .file_name("release.tar.gz")
-            .mime_str("application/gzip")
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        };
+        let file = std::fs::File::open(up.tarball).map_err(unreadable)?;
+        let len = file.metadata().map_err(unreadable)?.len();
+        let chunks =
+            tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 64 * 1024);
+        let part =
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(chunks), len)
+                .file_name("release.tar.gz")
+                .mime_str("application/gzip")
+                .map_err(|e| ClientError::Setup(e.to_string()))?;
         // The text fields go first: an updater checks a signed manifest
         // before the tarball arrives, and then extracts while it streams in.
         let mut form = reqwest::multipart::Form::new()
