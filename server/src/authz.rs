@@ -10,9 +10,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use decnet_pki::PeerIdentity;
@@ -86,43 +85,97 @@ pub fn enforce<P: AccessPolicy>(
     policy: P,
     request_timeout: std::time::Duration,
 ) -> Router {
-    let gate = Arc::new(Gate {
+    router.layer(GateLayer(Arc::new(Gate {
         policy: Arc::new(policy),
         request_timeout,
-    });
-    router.layer(axum::middleware::from_fn_with_state(gate, check_and_count))
+    })))
 }
 
-/// The policy check, the request timeout, and the request count of
-/// `decnet_requests_total`.
-async fn check_and_count(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
-    let server = req
-        .extensions()
-        .get::<crate::http::ServerName>()
-        .map(|s| s.0);
-    let route = crate::http::route_label(&req);
-    let resp =
-        match tokio::time::timeout(gate.request_timeout, check_access(&*gate.policy, req, next))
-            .await
-        {
-            Ok(resp) => resp,
-            Err(_) => crate::error_body::json_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!("no answer within {} s", gate.request_timeout.as_secs_f64()),
-            ),
-        };
-    if let Some(server) = server {
-        crate::metrics::server_metrics()
-            .requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                server,
-                route,
-                status: resp.status().as_u16(),
-            })
-            .inc();
+/// The layer of [`enforce`], on every route. A tower layer rather than
+/// `axum::middleware::from_fn`: that one clones the route and boxes it
+/// into a `Next` on every request; here the policy is checked before the
+/// route is called, and the route's own future is awaited (issue #31).
+#[derive(Clone)]
+struct GateLayer(Arc<Gate>);
+
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gated<S>;
+
+    fn layer(&self, inner: S) -> Gated<S> {
+        Gated {
+            gate: Arc::clone(&self.0),
+            inner,
+        }
     }
-    resp
+}
+
+/// A route behind [`GateLayer`].
+#[derive(Clone)]
+struct Gated<S> {
+    gate: Arc<Gate>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Gated<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    /// The policy check, the request timeout, and the request count of
+    /// `decnet_requests_total`. The route is called only once the peer is
+    /// admitted (it was made ready by `poll_ready`).
+    fn call(&mut self, req: Request) -> Self::Future {
+        let server = req
+            .extensions()
+            .get::<crate::http::ServerName>()
+            .map(|s| s.0);
+        let route = crate::http::route_label(&req);
+        let answer = match refusal_of(&*self.gate.policy, &req) {
+            None => Ok(self.inner.call(req)),
+            Some(refused) => Err(refused),
+        };
+        let request_timeout = self.gate.request_timeout;
+        Box::pin(async move {
+            let resp = match answer {
+                Err(refused) => refused,
+                Ok(handled) => match tokio::time::timeout(request_timeout, handled).await {
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => crate::error_body::json_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!("no answer within {} s", request_timeout.as_secs_f64()),
+                    ),
+                },
+            };
+            if let Some(server) = server {
+                crate::metrics::server_metrics()
+                    .requests
+                    .get_or_create(&crate::metrics::RequestLabels {
+                        server,
+                        route,
+                        status: resp.status().as_u16(),
+                    })
+                    .inc();
+            }
+            Ok(resp)
+        })
+    }
 }
 
 /// The body of every 403 and 401 this layer sends.
@@ -148,38 +201,36 @@ fn count_refusal(req: &Request) {
     }
 }
 
-async fn check_access(policy: &dyn AccessPolicy, req: Request, next: Next) -> Response {
+/// `None` when `policy` admits the peer of `req`; else the refusal to
+/// answer (counted and, for a certified peer, logged).
+fn refusal_of(policy: &dyn AccessPolicy, req: &Request) -> Option<Response> {
     let Some(peer) = req.extensions().get::<Arc<PeerIdentity>>() else {
         if policy.allows_anonymous(req.method(), req.uri().path()) {
-            return next.run(req).await;
+            return None;
         }
         // Anonymous peers reach a server only where it admits them at all
         // (the control API's joins); their other requests are noise, not errors.
-        count_refusal(&req);
+        count_refusal(req);
         tracing::debug!(path = %req.uri().path(), "request without a client certificate refused");
-        return refusal_body(
+        return Some(refusal_body(
             StatusCode::FORBIDDEN,
             "no verified client certificate".into(),
             "a CA-signed client certificate",
-        );
+        ));
     };
-    match policy.check(peer, req.method(), req.uri().path()) {
-        Ok(()) => next.run(req).await,
-        Err(refusal) => {
-            count_refusal(&req);
-            tracing::warn!(
-                peer_cn = %peer.cn,
-                peer_fingerprint = %peer.fingerprint,
-                method = %req.method(),
-                path = %req.uri().path(),
-                required = %refusal.required,
-                "role check refused the request"
-            );
-            refusal_body(
-                StatusCode::FORBIDDEN,
-                format!("this endpoint requires role {}", refusal.required),
-                &refusal.required,
-            )
-        }
-    }
+    let refusal = policy.check(peer, req.method(), req.uri().path()).err()?;
+    count_refusal(req);
+    tracing::warn!(
+        peer_cn = %peer.cn,
+        peer_fingerprint = %peer.fingerprint,
+        method = %req.method(),
+        path = %req.uri().path(),
+        required = %refusal.required,
+        "role check refused the request"
+    );
+    Some(refusal_body(
+        StatusCode::FORBIDDEN,
+        format!("this endpoint requires role {}", refusal.required),
+        &refusal.required,
+    ))
 }

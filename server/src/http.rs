@@ -12,9 +12,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
 use axum::response::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 use crate::authz::{self, AccessPolicy};
@@ -33,10 +31,15 @@ use crate::runner::{Connection, ConnectionHandler};
 /// on the routes, as one layer.
 pub type App = BoxCloneSyncService<Request, Response, Infallible>;
 
+/// The application as a connection serves it: the router behind the
+/// default body limit, as its concrete type, so that handing it a request
+/// clones the router's `Arc` and nothing is boxed (issue #31).
+type Served = <DefaultBodyLimit as tower::Layer<Router>>::Service;
+
 /// An axum application ready to be served by the runner.
 #[derive(Clone)]
 pub struct HttpService {
-    app: App,
+    app: Served,
     limits: HttpLimits,
 }
 
@@ -44,20 +47,43 @@ impl HttpService {
     /// `router` behind `policy`, with the limits' request timeout and default body limit.
     pub fn new<P: AccessPolicy>(router: Router, policy: P, limits: HttpLimits) -> Arc<Self> {
         let routed = authz::enforce(router, policy, limits.request_timeout);
-        let app = tower::ServiceBuilder::new()
-            .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-            .service(routed);
-        Arc::new(HttpService {
-            app: BoxCloneSyncService::new(app),
-            limits,
-        })
+        let app = tower::Layer::layer(&DefaultBodyLimit::max(limits.max_body_bytes), routed);
+        Arc::new(HttpService { app, limits })
     }
 
     /// The complete application (policy and limits included), for
     /// in-process tests with `oneshot` (insert an `Arc<PeerIdentity>` and a
     /// `ConnectInfo<TlsPeer>` into the request's extensions).
     pub fn app(&self) -> App {
-        self.app.clone()
+        BoxCloneSyncService::new(self.app.clone())
+    }
+}
+
+/// One connection's requests into the application, each with the
+/// connection's peer and server name in its extensions. hyper's own
+/// service trait: hyper-util's tower adapter cloned the service, and the
+/// boxed application in it, for every request.
+struct ConnectionService {
+    app: Served,
+    peer: crate::runner::TlsPeer,
+    server: &'static str,
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = <Served as tower::Service<Request>>::Future;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ServerName(self.server));
+        if let Some(id) = &self.peer.identity {
+            req.extensions_mut().insert(Arc::clone(id));
+        }
+        req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
+        // An axum router is always ready (its `poll_ready` returns at
+        // once), as is the body limit around it.
+        tower::Service::call(&mut self.app.clone(), req)
     }
 }
 
@@ -101,23 +127,18 @@ impl ConnectionHandler for HttpService {
             deadline,
             server,
         } = conn;
-        let app = self.app.clone();
-        let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(ServerName(server));
-            if let Some(id) = &peer.identity {
-                req.extensions_mut().insert(Arc::clone(id));
-            }
-            req.extensions_mut().insert(ConnectInfo(peer.clone()));
-            app.clone().oneshot(req)
-        });
+        let svc = ConnectionService {
+            app: self.app.clone(),
+            peer,
+            server,
+        };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes.max(8192))
             .keep_alive(true);
-        let served = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+        let served = builder.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(served);
         let end = async {
             match deadline {
@@ -157,6 +178,49 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
     use decnet_pki::Role;
+    use tower::ServiceExt;
+
+    /// A refused peer never reaches the handler: the policy runs before
+    /// the route is called (a POST whose handler acts on arrival must not
+    /// act for a refused caller), for a wrong role and for no certificate
+    /// alike; an admitted peer reaches it once.
+    #[tokio::test]
+    async fn a_refused_request_never_reaches_its_handler() {
+        use axum::http::Method;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static REACHED: AtomicUsize = AtomicUsize::new(0);
+        let router = Router::new().route(
+            "/act",
+            axum::routing::post(|| async {
+                REACHED.fetch_add(1, Ordering::SeqCst);
+                "acted"
+            }),
+        );
+        let app = HttpService::new(
+            router,
+            crate::authz::RoleSet::master_only(),
+            HttpLimits::default(),
+        )
+        .app();
+        let host: decnet_pki::HostName = "w1".parse().unwrap();
+        for caller in [
+            Some(Role::Agent(host.clone())),
+            Some(Role::Updater(host.clone())),
+            Some(Role::Operator(host)),
+            None,
+        ] {
+            let status = crate::testing::call(&app, &Method::POST, "/act", caller.as_ref()).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{caller:?}");
+        }
+        assert_eq!(
+            REACHED.load(Ordering::SeqCst),
+            0,
+            "a refused peer ran the handler"
+        );
+        let status = crate::testing::call(&app, &Method::POST, "/act", Some(&Role::Master)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(REACHED.load(Ordering::SeqCst), 1);
+    }
 
     /// A handler that outlives the request timeout is answered `408`, with
     /// a body saying so, and the `408` is counted under its route (the

@@ -26,7 +26,11 @@
 //! request, from `/proc/<pid>/stat` (nginx: master and workers): the cost
 //! that does not depend on what the client burns.
 //!
-//! Run: `cargo run --release -p decnet-e2e --bin decnet-bench -- [SECONDS]`
+//! Run: `cargo run --release -p decnet-e2e --bin decnet-bench -- [SECONDS] [MODES]`
+//!
+//! MODES (optional, comma-separated) keeps only the modes named: `1`, `16`,
+//! `64` (keep-alive at that many connections), `full`, `resumed`; for
+//! profiling one mode (the servers' pids are printed, for `perf -p`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -290,6 +294,9 @@ fn line(server: &str, mode: &str, conns: usize, m: &Measured) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let only: Option<Vec<String>> = args
+        .get(2)
+        .map(|s| s.split(',').map(str::to_owned).collect());
     decnet_pki::provider::install_default();
     let m = MasterHome::new();
     m.enroll("w1");
@@ -328,6 +335,10 @@ async fn main() {
     let nginx_target = nginx.as_ref().map(Nginx::target);
     println!("decnet-bench: GET /health over mTLS, {seconds}s per mode and server");
     println!("agent idle RSS: {:.1} MiB", idle as f64 / 1024.0);
+    println!(
+        "pids: agent {pid}, nginx {:?}",
+        nginx_target.as_ref().map(|t| &t.pids)
+    );
     if nginx.is_none() {
         println!("nginx: not installed; comparison skipped");
     }
@@ -343,6 +354,14 @@ async fn main() {
     // turns at going first), and the median round of each is shown.
     let mut summary = Vec::new();
     for (mode, resume, keep_alive, conns) in modes {
+        let key = match (keep_alive, resume) {
+            (true, _) => conns.to_string(),
+            (false, false) => "full".to_owned(),
+            (false, true) => "resumed".to_owned(),
+        };
+        if only.as_ref().is_some_and(|o| !o.contains(&key)) {
+            continue;
+        }
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for round in 0..ROUNDS {
