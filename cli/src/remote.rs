@@ -302,7 +302,12 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 permit_downgrade,
             )?;
             let rel = &packed.release;
-            let tarball = std::fs::read(&rel.tarball)?;
+            // Streamed from the file (a release may be up to 1 GiB), with
+            // its length declared: the master counts what an upload may
+            // write by its Content-Length (else by the largest release).
+            let tarball = tokio::fs::File::open(&rel.tarball).await?;
+            let len = tarball.metadata().await?.len();
+            let chunks = tokio_util::io::ReaderStream::with_capacity(tarball, 64 * 1024);
             let _: decnet_api::ReleaseUploaded = client
                 .call(
                     client
@@ -312,7 +317,8 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                         )
                         .timeout(decnet_api_client::LONG_OPERATION)
                         .header(reqwest::header::CONTENT_TYPE, "application/gzip")
-                        .body(tarball),
+                        .header(reqwest::header::CONTENT_LENGTH, len)
+                        .body(reqwest::Body::wrap_stream(chunks)),
                 )
                 .await?;
             let req = decnet_api::UpdateRequest {
