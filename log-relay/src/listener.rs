@@ -640,7 +640,11 @@ impl ConnectionHandler for LogListener {
                 }
                 batch.clear();
             }
-            fit_read_buffer(frames.get_mut().read_buffer_mut(), batch_bytes);
+            fit_read_buffer(
+                frames.get_mut().read_buffer_mut(),
+                batch_bytes,
+                busy_read(opts.max_frame),
+            );
             match bad {
                 None => {}
                 Some(crate::frame::FrameError::Disconnected) => {
@@ -682,19 +686,31 @@ const BUSY_READ: usize = 64 * 1024;
 /// A peer whose last batch carried at least this much is busy.
 const BUSY_BATCH: usize = 4 * 1024;
 
+/// Room for a frame's length prefix (its octet count and a space).
+const FRAME_PREFIX: usize = 32;
+
+/// The read room of a busy peer when frames are at most `max_frame`:
+/// [`BUSY_READ`], or one frame and its prefix when frames are capped
+/// lower, so an operator lowering `--max-frame` lowers what every
+/// connection may hold, busy ones included.
+fn busy_read(max_frame: usize) -> usize {
+    BUSY_READ.min(max_frame.saturating_add(FRAME_PREFIX))
+}
+
 /// Fit a connection's read buffer to its traffic. A busy peer gets a
-/// buffer that reads [`BUSY_READ`] bytes at a time (and allocates the next
-/// one that size when the frames of this one are still being written);
+/// buffer that reads `busy` bytes at a time ([`busy_read`]; and allocates
+/// the next one that size when the frames of this one are still being written);
 /// grown a frame at a time, as it starts, its reads were small and the
 /// buffer reallocated often (about a fifth of the listener's CPU per line,
 /// measured). A peer quiet again, with nothing left to decode, gives the
 /// buffer back: an idle connection holds none. What a hostile peer can
-/// make a connection hold is unchanged: one frame of up to
-/// [`DEFAULT_MAX_FRAME`] (64 KiB) already grew the buffer that far.
-fn fit_read_buffer(buf: &mut bytes::BytesMut, batch_bytes: usize) {
+/// make a connection hold is unchanged: one frame of up to the largest
+/// allowed (`--max-frame`, [`DEFAULT_MAX_FRAME`] by default) already grew
+/// the buffer that far.
+fn fit_read_buffer(buf: &mut bytes::BytesMut, batch_bytes: usize, busy: usize) {
     if batch_bytes >= BUSY_BATCH {
-        if buf.capacity() < BUSY_READ / 2 {
-            let mut busy = bytes::BytesMut::with_capacity(BUSY_READ.max(buf.len()));
+        if buf.capacity() < busy / 2 {
+            let mut busy = bytes::BytesMut::with_capacity(busy.max(buf.len()));
             busy.extend_from_slice(buf);
             *buf = busy;
         }
@@ -767,13 +783,39 @@ mod tests {
     fn a_busy_peer_reads_into_a_large_buffer_and_keeps_its_partial_frame() {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(b"12 <134>1 par");
-        fit_read_buffer(&mut buf, BUSY_BATCH);
+        fit_read_buffer(&mut buf, BUSY_BATCH, busy_read(DEFAULT_MAX_FRAME));
         assert!(buf.capacity() >= BUSY_READ, "capacity {}", buf.capacity());
         assert_eq!(&buf[..], b"12 <134>1 par");
         // Already large: left as it is.
         let before = buf.as_ptr();
-        fit_read_buffer(&mut buf, BUSY_BATCH * 4);
+        fit_read_buffer(&mut buf, BUSY_BATCH * 4, busy_read(DEFAULT_MAX_FRAME));
         assert_eq!(buf.as_ptr(), before);
+    }
+
+    /// An operator who lowers `--max-frame` lowers what a busy connection
+    /// holds too: its reads are a frame and its prefix, not 64 KiB.
+    #[test]
+    fn a_busy_peer_under_a_lower_max_frame_holds_no_more_than_a_frame() {
+        let max_frame = 8 * 1024;
+        let busy = busy_read(max_frame);
+        assert!(
+            busy >= max_frame && busy <= max_frame + FRAME_PREFIX,
+            "{busy}"
+        );
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"12 <134>1 par");
+        fit_read_buffer(&mut buf, BUSY_BATCH * 4, busy);
+        assert!(
+            buf.capacity() >= max_frame && buf.capacity() < BUSY_READ / 2,
+            "capacity {}",
+            buf.capacity()
+        );
+        assert_eq!(&buf[..], b"12 <134>1 par");
+        // Already as large as it may be: not reallocated again.
+        let before = buf.as_ptr();
+        fit_read_buffer(&mut buf, BUSY_BATCH * 4, busy);
+        assert_eq!(buf.as_ptr(), before);
+        assert_eq!(busy_read(DEFAULT_MAX_FRAME), BUSY_READ);
     }
 
     #[test]
@@ -781,15 +823,15 @@ mod tests {
         let mut buf = BytesMut::with_capacity(BUSY_READ);
         buf.extend_from_slice(b"partial");
         // Something left to decode: kept.
-        fit_read_buffer(&mut buf, 10);
+        fit_read_buffer(&mut buf, 10, BUSY_READ);
         assert_eq!(&buf[..], b"partial");
         assert!(buf.capacity() >= BUSY_READ);
         buf.clear();
-        fit_read_buffer(&mut buf, 10);
+        fit_read_buffer(&mut buf, 10, BUSY_READ);
         assert_eq!(buf.capacity(), 0);
         // A large buffer is never given back while the peer is busy.
         let mut busy = BytesMut::with_capacity(BUSY_READ);
-        fit_read_buffer(&mut busy, BUSY_BATCH);
+        fit_read_buffer(&mut busy, BUSY_BATCH, BUSY_READ);
         assert!(busy.capacity() >= BUSY_READ);
     }
 }
