@@ -142,10 +142,13 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
                 // Every browser is anonymous to the runner (its session is
                 // checked per request): room for a team behind one address,
                 // each browser holding a few connections and a stream.
+                // A browser's connection carries a signed-in session: never
+                // closed to make room for a stranger.
                 ServerLimits {
                     max_anonymous: 4096,
                     max_anonymous_per_source: 256,
                     max_anonymous_per_network: 1024,
+                    evict_anonymous: false,
                     ..ServerLimits::default()
                 },
             )

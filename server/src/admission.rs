@@ -13,7 +13,12 @@
 //! silent one. So a source holding idle connections (a decky sharing its
 //! worker's address, hosts behind one NAT) cannot lock a peer that speaks
 //! TLS out of a handshake: the peer's ClientHello arrives at once, and
-//! silent connections go first. Peers presenting a certificate are never
+//! silent connections go first. Connections without a certificate (the control
+//! API's joins) are treated alike once the server holds its maximum of
+//! them: the oldest of the network (IPv4 /24, IPv6 /48) holding the
+//! most makes room for a newcomer from a network holding fewer, so a party
+//! with a few networks' addresses cannot keep every joiner out. Peers
+//! presenting a certificate are never
 //! counted against the anonymous budgets, and every connection, of every
 //! server in the process, counts against one process-wide budget sized
 //! below the descriptor limit ([`crate::descriptors`]).
@@ -47,9 +52,14 @@ pub enum Refused {
     /// connections without a certificate.
     #[error("too many connections without a certificate from this network")]
     TooManyAnonymousFromNetwork,
-    /// The server holds its maximum of connections without a certificate.
+    /// The server holds its maximum of connections without a certificate,
+    /// and no network holds more of them than this one would.
     #[error("too many connections without a certificate")]
     TooManyAnonymous,
+    /// An open connection without a certificate, closed to make room for a
+    /// newcomer from a less crowded network (the server held its maximum).
+    #[error("closed to make room: its network held the most connections without a certificate")]
+    AnonymousEvicted,
     /// This certificate holds its maximum of connections.
     #[error("too many connections under this certificate")]
     TooManyForIdentity,
@@ -65,6 +75,7 @@ impl Refused {
             Refused::TooManyAnonymousFromSource => "source_anonymous",
             Refused::TooManyAnonymousFromNetwork => "network_anonymous",
             Refused::TooManyAnonymous => "anonymous",
+            Refused::AnonymousEvicted => "anonymous_evicted",
             Refused::TooManyForIdentity => "identity_connections",
         }
     }
@@ -120,8 +131,17 @@ struct Counts {
     pending_by_source: HashMap<SourceKey, VecDeque<Pending>>,
     anonymous: usize,
     anonymous_by_source: HashMap<SourceKey, usize>,
-    anonymous_by_network: HashMap<NetworkKey, usize>,
+    /// The open anonymous connections of each network, oldest first.
+    anonymous_by_network: HashMap<NetworkKey, VecDeque<AnonymousPeer>>,
     by_identity: HashMap<Fingerprint, usize>,
+}
+
+/// An open connection without a certificate, as its network's queue holds it.
+#[derive(Debug)]
+struct AnonymousPeer {
+    id: u64,
+    source: SourceKey,
+    evict: CancellationToken,
 }
 
 fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, k: &K) {
@@ -153,6 +173,53 @@ impl Counts {
         victim.evict.cancel();
         forget(victim);
         true
+    }
+
+    /// Make room for an anonymous newcomer whose network will hold
+    /// `newcomers_network` connections: the oldest connection of the
+    /// network holding the most goes, if that network holds more than
+    /// that (a network never evicts its own, nor one holding as few).
+    fn evict_anonymous(&mut self, newcomers_network: usize) -> bool {
+        let Some(crowded) = self
+            .anonymous_by_network
+            .iter()
+            .filter(|(_, q)| q.len() > newcomers_network)
+            .max_by_key(|(_, q)| q.len())
+            .map(|(n, _)| *n)
+        else {
+            return false;
+        };
+        let Some(queue) = self.anonymous_by_network.get_mut(&crowded) else {
+            return false;
+        };
+        let Some(victim) = queue.pop_front() else {
+            return false;
+        };
+        if queue.is_empty() {
+            self.anonymous_by_network.remove(&crowded);
+        }
+        self.anonymous -= 1;
+        dec(&mut self.anonymous_by_source, &victim.source);
+        victim.evict.cancel();
+        true
+    }
+
+    /// Take the anonymous connection `id` of `source` off the counts, if
+    /// it is still on them (an evicted one was taken off already).
+    fn forget_anonymous(&mut self, source: &SourceKey, id: u64) {
+        let network = source.network();
+        let Some(queue) = self.anonymous_by_network.get_mut(&network) else {
+            return;
+        };
+        let Some(at) = queue.iter().position(|a| a.id == id) else {
+            return;
+        };
+        queue.remove(at);
+        if queue.is_empty() {
+            self.anonymous_by_network.remove(&network);
+        }
+        self.anonymous -= 1;
+        dec(&mut self.anonymous_by_source, source);
     }
 
     /// The source holding the most handshakes (ties: any).
@@ -313,7 +380,8 @@ impl Admission {
 
 impl Slot {
     /// Cancelled when this handshake is evicted to make room for a newer
-    /// one: the runner drops the connection.
+    /// one, or this connection without a certificate to make room for a
+    /// peer of a less crowded network: the runner drops the connection.
     pub fn eviction(&self) -> CancellationToken {
         self.evicted.clone()
     }
@@ -356,7 +424,9 @@ impl Slot {
     }
 
     /// Count the connection against its certificate (`None`: anonymous,
-    /// counted against its source and the server's anonymous budget).
+    /// counted against its source, its network and the server's anonymous
+    /// budget; when that budget is full, the oldest connection of a more
+    /// crowded network is evicted for it).
     pub fn bind(&mut self, identity: Option<&Fingerprint>) -> Result<(), Refused> {
         self.handshake_done();
         debug_assert_eq!(self.bound, Bound::Nothing);
@@ -372,9 +442,6 @@ impl Slot {
                 self.bound = Bound::Identity(*fp);
             }
             None => {
-                if c.anonymous >= limits.max_anonymous {
-                    return Err(Refused::TooManyAnonymous);
-                }
                 let n = c
                     .anonymous_by_source
                     .get(&self.source)
@@ -384,11 +451,26 @@ impl Slot {
                     return Err(Refused::TooManyAnonymousFromSource);
                 }
                 let network = self.source.network();
-                let n = c.anonymous_by_network.get(&network).copied().unwrap_or(0);
+                let n = c
+                    .anonymous_by_network
+                    .get(&network)
+                    .map_or(0, VecDeque::len);
                 if n >= limits.max_anonymous_per_network {
                     return Err(Refused::TooManyAnonymousFromNetwork);
                 }
-                *c.anonymous_by_network.entry(network).or_insert(0) += 1;
+                if c.anonymous >= limits.max_anonymous
+                    && !(limits.evict_anonymous && c.evict_anonymous(n + 1))
+                {
+                    return Err(Refused::TooManyAnonymous);
+                }
+                c.anonymous_by_network
+                    .entry(network)
+                    .or_default()
+                    .push_back(AnonymousPeer {
+                        id: self.id,
+                        source: self.source,
+                        evict: self.evicted.clone(),
+                    });
                 *c.anonymous_by_source.entry(self.source).or_insert(0) += 1;
                 c.anonymous += 1;
                 self.bound = Bound::Anonymous;
@@ -406,11 +488,7 @@ impl Drop for Slot {
         release_process_slot();
         match self.bound {
             Bound::Nothing => {}
-            Bound::Anonymous => {
-                c.anonymous -= 1;
-                dec(&mut c.anonymous_by_source, &self.source);
-                dec(&mut c.anonymous_by_network, &self.source.network())
-            }
+            Bound::Anonymous => c.forget_anonymous(&self.source, self.id),
             Bound::Identity(fp) => dec(&mut c.by_identity, &fp),
         }
     }
@@ -577,6 +655,77 @@ mod tests {
         let c = a.lock();
         assert!(c.by_identity.is_empty() && c.anonymous_by_source.is_empty());
         assert!(c.pending_by_source.is_empty());
+    }
+
+    /// The attacker fills the server's anonymous budget from one network
+    /// (the control API's join slots, held by idle TLS connections): a
+    /// joiner from another network still gets in, the attacker's oldest
+    /// connection making room, and the attacker cannot take the room back
+    /// from a network holding fewer than its own.
+    #[test]
+    fn a_full_anonymous_budget_evicts_from_the_most_crowded_network_not_the_joiner() {
+        let a = Admission::new(ServerLimits {
+            max_connections: 20,
+            max_pending_handshakes: 20,
+            max_anonymous: 4,
+            max_anonymous_per_source: 4,
+            max_anonymous_per_network: 8,
+            ..limits()
+        });
+        let bound = |s: &str| {
+            let mut slot = open(&a, s);
+            slot.bind(None).map(|()| slot)
+        };
+        let attacker: Vec<Slot> = (1..=4)
+            .map(|i| bound(&format!("10.1.1.{i}")).unwrap())
+            .collect();
+        assert_eq!(a.anonymous_connections(), 4);
+        // A joiner from another network: the attacker's oldest goes.
+        let joiner = bound("10.2.2.1").expect("the joiner gets in");
+        assert!(attacker[0].eviction().is_cancelled());
+        assert!(attacker[1..].iter().all(|s| !s.eviction().is_cancelled()));
+        assert!(!joiner.eviction().is_cancelled());
+        assert_eq!(a.anonymous_connections(), 4);
+        // The attacker's network, holding the most, cannot evict anyone.
+        assert_eq!(
+            bound("10.1.1.5").unwrap_err(),
+            Refused::TooManyAnonymous,
+            "a crowded network never takes the room back"
+        );
+        assert!(!joiner.eviction().is_cancelled());
+        // A second joiner: the attacker's network still holds the most.
+        let second = bound("10.3.3.1").expect("a second joiner gets in");
+        assert!(attacker[1].eviction().is_cancelled());
+        // Now no network holds more than the joiners' would: refused, and
+        // nobody is evicted for it.
+        assert_eq!(bound("10.2.2.2").unwrap_err(), Refused::TooManyAnonymous);
+        assert!(attacker[2..].iter().all(|s| !s.eviction().is_cancelled()));
+        // Evicted slots were taken off the counts once: dropping them
+        // gives back their connection only.
+        let mut attacker = attacker;
+        attacker.drain(..2);
+        assert_eq!(a.anonymous_connections(), 4);
+        drop((attacker, joiner, second));
+        assert_eq!(a.anonymous_connections(), 0);
+        assert_eq!(a.open_connections(), 0);
+        let c = a.lock();
+        assert!(c.anonymous_by_network.is_empty() && c.anonymous_by_source.is_empty());
+        drop(c);
+        // Where anonymous connections are signed-in browsers (the
+        // console), a full budget refuses the newcomer and evicts no one.
+        let b = Admission::new(ServerLimits {
+            evict_anonymous: false,
+            ..a.limits().clone()
+        });
+        let mut held = Vec::new();
+        for i in 1..=4 {
+            let mut s = open(&b, &format!("10.1.1.{i}"));
+            s.bind(None).unwrap();
+            held.push(s);
+        }
+        let mut stranger = open(&b, "10.2.2.1");
+        assert_eq!(stranger.bind(None).unwrap_err(), Refused::TooManyAnonymous);
+        assert!(held.iter().all(|s| !s.eviction().is_cancelled()));
     }
 
     /// The attacker holds a whole IPv6 /48 (or many addresses of a /24):

@@ -30,6 +30,13 @@ pub struct ServerLimits {
     /// well below the descriptor limit, so anonymous peers can never hold
     /// the descriptors certified peers need.
     pub max_anonymous: usize,
+    /// When [`Self::max_anonymous`] is reached, a newcomer without a
+    /// certificate from a less crowded network evicts the oldest such
+    /// connection of the most crowded one (the control API's joins: every
+    /// anonymous peer there is a stranger). Off where anonymous connections
+    /// carry signed-in sessions (the console's browsers): one of those is
+    /// never closed for a stranger.
+    pub evict_anonymous: bool,
     /// Open connections at once under one certificate (fingerprint).
     pub max_connections_per_identity: usize,
     /// A connection is closed after this long, however busy (and always when
@@ -55,6 +62,7 @@ impl Default for ServerLimits {
             max_anonymous_per_source: 16,
             max_anonymous_per_network: 64,
             max_anonymous: 256,
+            evict_anonymous: true,
             max_connections_per_identity: 64,
             max_connection_lifetime: Some(Duration::from_secs(3600)),
             shutdown_grace: Duration::from_secs(5),

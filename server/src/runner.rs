@@ -436,7 +436,16 @@ async fn connection<H: ConnectionHandler>(
         server: name,
     };
     match revoked {
-        None => handler.handle(conn, stop).await,
+        // A connection without a certificate may be evicted to make room
+        // for a joiner of a less crowded network (see `admission`).
+        None => {
+            tokio::select! {
+                _ = handler.handle(conn, stop) => {}
+                _ = evicted.cancelled() => {
+                    refusals.refused_peer(crate::admission::Refused::AnonymousEvicted, remote, None);
+                }
+            }
+        }
         Some(revoked) => {
             tokio::select! {
                 _ = handler.handle(conn, stop) => {}

@@ -704,6 +704,128 @@ async fn anonymous_tls(
     held
 }
 
+/// Like [`anonymous_tls`], from the loopback address `source`.
+async fn anonymous_tls_from(
+    to: SocketAddr,
+    source: &str,
+    n: usize,
+) -> Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let cfg = Arc::new(
+        decnet_pki::tls::anonymous_client_config(
+            ca().cert_pem(),
+            &ExpectedServer::role(srv_role()),
+        )
+        .unwrap(),
+    );
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let mut held = Vec::new();
+    for _ in 0..n {
+        // One at a time: a connection waiting silent for its turn would
+        // be closed at the ClientHello timeout.
+        let Some(tcp) = idle_tcp(to, source, 1).await.pop() else {
+            continue;
+        };
+        let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
+        if let Ok(Ok(tls)) =
+            tokio::time::timeout(StdDuration::from_secs(2), connector.connect(name, tcp)).await
+        {
+            held.push(tls);
+        }
+    }
+    held
+}
+
+/// The attacker holds every join slot (the server's connections without
+/// a certificate) with idle TLS connections from as few networks as the
+/// per-network cap allows (a quarter of the slots each: four /24s, as
+/// four cloud ranges would): a joiner from another network is still
+/// served, one attacker connection being closed to make room, and the
+/// attacker's next connection, from a new network or its own, never takes
+/// the joiner's place.
+#[tokio::test]
+async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
+    let srv = start_server_auth(
+        ServerLimits {
+            max_anonymous: 8,
+            max_anonymous_per_source: 2,
+            max_anonymous_per_network: 2,
+            ..ServerLimits::default()
+        },
+        HttpLimits::default(),
+        ClientAuth::Optional,
+    )
+    .await;
+    assert_eq!(srv.admission.limits().max_anonymous_per_network, 2);
+    let mut attacker = Vec::new();
+    for net in 1..=4 {
+        attacker.extend(anonymous_tls_from(srv.addr, &format!("127.0.{net}.1"), 2).await);
+    }
+    assert_eq!(attacker.len(), 8);
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+    while srv.admission.anonymous_connections() < 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    assert_eq!(srv.admission.anonymous_connections(), 8);
+    let mut joiner = anonymous_tls_from(srv.addr, "127.0.9.1", 1)
+        .await
+        .pop()
+        .expect("the joiner's handshake");
+    joiner
+        .write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(StdDuration::from_secs(5), joiner.read(&mut buf))
+        .await
+        .expect("the joiner is answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    // Exactly one of the attacker's connections was closed for it.
+    let mut closed = 0;
+    for s in attacker.iter_mut() {
+        let mut b = [0u8; 1];
+        if let Ok(r) = tokio::time::timeout(StdDuration::from_millis(300), s.read(&mut b)).await {
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "one attacker connection made room");
+    // The attacker's next connections, from one of its networks (refused:
+    // closed after the handshake, unanswered) and from a fifth network
+    // (admitted, by evicting one of the attacker's own): the joiner stays.
+    let mut kept = Vec::new();
+    for (source, refused) in [("127.0.1.2", true), ("127.0.5.1", false)] {
+        let mut again = anonymous_tls_from(srv.addr, source, 1).await;
+        let Some(s) = again.first_mut() else {
+            continue;
+        };
+        let _ = s
+            .write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut b = [0u8; 64];
+        let r = tokio::time::timeout(StdDuration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("answered or closed by the server");
+        if refused {
+            assert!(matches!(r, Ok(0) | Err(_)), "{source}: {r:?}");
+        } else {
+            assert!(matches!(r, Ok(n) if n > 0), "{source}: {r:?}");
+        }
+        kept.push(again);
+    }
+    joiner
+        .write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(StdDuration::from_secs(5), joiner.read(&mut buf))
+        .await
+        .expect("the joiner is still served")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    assert_eq!(srv.admission.anonymous_connections(), 8);
+}
+
 /// On a server that admits anonymous peers (the control API's joins), 500
 /// slow anonymous TLS connections and 1,000 silent ones from the peer's own
 /// address neither hold more than their budgets nor keep the certified
