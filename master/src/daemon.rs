@@ -82,6 +82,9 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
             // One kept-alive connection per worker (heartbeats), many workers.
             max_connections: 20_000,
             max_connections_per_identity: 8,
+            // Its anonymous peers are joiners: a party holding every join
+            // slot from a few networks cannot keep the others out.
+            evict_anonymous: true,
             ..ServerLimits::default()
         },
     )
@@ -143,12 +146,11 @@ pub async fn serve(home: &MasterHome, db: FleetDb, s: &MasterSettings) -> anyhow
                 // checked per request): room for a team behind one address,
                 // each browser holding a few connections and a stream.
                 // A browser's connection carries a signed-in session: never
-                // closed to make room for a stranger.
+                // closed to make room for a stranger (no `evict_anonymous`).
                 ServerLimits {
                     max_anonymous: 4096,
                     max_anonymous_per_source: 256,
                     max_anonymous_per_network: 1024,
-                    evict_anonymous: false,
                     ..ServerLimits::default()
                 },
             )

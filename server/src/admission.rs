@@ -432,6 +432,11 @@ impl Slot {
         debug_assert_eq!(self.bound, Bound::Nothing);
         let limits = &self.admission.limits;
         let mut c = self.admission.lock();
+        // Evicted as a handshake just before it finished: it goes, and
+        // takes no one's place (its token would also end it at once).
+        if self.evicted.is_cancelled() {
+            return Err(Refused::TooManyHandshakes);
+        }
         match identity {
             Some(fp) => {
                 let n = c.by_identity.get(fp).copied().unwrap_or(0);
@@ -670,6 +675,7 @@ mod tests {
             max_anonymous: 4,
             max_anonymous_per_source: 4,
             max_anonymous_per_network: 8,
+            evict_anonymous: true,
             ..limits()
         });
         let bound = |s: &str| {

@@ -32,10 +32,10 @@ pub struct ServerLimits {
     pub max_anonymous: usize,
     /// When [`Self::max_anonymous`] is reached, a newcomer without a
     /// certificate from a less crowded network evicts the oldest such
-    /// connection of the most crowded one (the control API's joins: every
-    /// anonymous peer there is a stranger). Off where anonymous connections
-    /// carry signed-in sessions (the console's browsers): one of those is
-    /// never closed for a stranger.
+    /// connection of the most crowded one. Only where every anonymous peer
+    /// is a stranger asking to join (the control API); off by default: on
+    /// the console an anonymous connection is a signed-in browser, and on
+    /// a plain-text loopback server every client is anonymous.
     pub evict_anonymous: bool,
     /// Open connections at once under one certificate (fingerprint).
     pub max_connections_per_identity: usize,
@@ -62,7 +62,7 @@ impl Default for ServerLimits {
             max_anonymous_per_source: 16,
             max_anonymous_per_network: 64,
             max_anonymous: 256,
-            evict_anonymous: true,
+            evict_anonymous: false,
             max_connections_per_identity: 64,
             max_connection_lifetime: Some(Duration::from_secs(3600)),
             shutdown_grace: Duration::from_secs(5),

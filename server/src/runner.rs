@@ -438,11 +438,19 @@ async fn connection<H: ConnectionHandler>(
     match revoked {
         // A connection without a certificate may be evicted to make room
         // for a joiner of a less crowded network (see `admission`).
+        // It is closed as on a shutdown: the request in flight (a join
+        // whose token is already spent) is answered first, within the
+        // handler's own bound; an idle connection is closed at once.
         None => {
+            let closing = stop.child_token();
+            let handled = handler.handle(conn, closing.clone());
+            tokio::pin!(handled);
             tokio::select! {
-                _ = handler.handle(conn, stop) => {}
+                _ = handled.as_mut() => {}
                 _ = evicted.cancelled() => {
                     refusals.refused_peer(crate::admission::Refused::AnonymousEvicted, remote, None);
+                    closing.cancel();
+                    handled.await;
                 }
             }
         }

@@ -64,6 +64,15 @@ async fn start_server_with(limits: ServerLimits, http: HttpLimits) -> TestServer
 }
 
 async fn start_server_auth(limits: ServerLimits, http: HttpLimits, auth: ClientAuth) -> TestServer {
+    start_server_policy(limits, http, auth, RoleSet(vec![RoleKind::Master])).await
+}
+
+async fn start_server_policy(
+    limits: ServerLimits,
+    http: HttpLimits,
+    auth: ClientAuth,
+    policy: impl decnet_server::AccessPolicy,
+) -> TestServer {
     decnet_pki::provider::install_default();
     let server_bundle = bundle(ca(), srv_role(), BundleKind::Agent);
     let material = MaterialSource::from_parts(server_bundle.clone(), None).unwrap();
@@ -110,7 +119,7 @@ async fn start_server_auth(limits: ServerLimits, http: HttpLimits, auth: ClientA
                 )))
             }),
         );
-    let app = HttpService::new(router, RoleSet(vec![RoleKind::Master]), http);
+    let app = HttpService::new(router, policy, http);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(server.serve(app, async {
         let _ = rx.await;
@@ -749,6 +758,7 @@ async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
             max_anonymous: 8,
             max_anonymous_per_source: 2,
             max_anonymous_per_network: 2,
+            evict_anonymous: true,
             ..ServerLimits::default()
         },
         HttpLimits::default(),
@@ -824,6 +834,89 @@ async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
     assert_eq!(srv.admission.anonymous_connections(), 8);
+}
+
+/// Admits the master everywhere, and peers without a certificate on
+/// `/slow` (as the control API admits joiners on `/join`).
+struct SlowForStrangers;
+
+impl decnet_server::AccessPolicy for SlowForStrangers {
+    fn check(
+        &self,
+        peer: &PeerIdentity,
+        method: &axum::http::Method,
+        path: &str,
+    ) -> Result<(), decnet_server::Refusal> {
+        RoleSet(vec![RoleKind::Master]).check(peer, method, path)
+    }
+
+    fn allows_anonymous(&self, _method: &axum::http::Method, path: &str) -> bool {
+        path == "/slow"
+    }
+}
+
+/// An anonymous connection evicted for a joiner while its request is in
+/// flight (a join whose token is already spent) gets its answer before it
+/// is closed, not a cut connection.
+#[tokio::test]
+async fn an_evicted_connection_is_answered_before_it_is_closed() {
+    let srv = start_server_policy(
+        ServerLimits {
+            max_anonymous: 8,
+            max_anonymous_per_source: 2,
+            max_anonymous_per_network: 2,
+            evict_anonymous: true,
+            ..ServerLimits::default()
+        },
+        HttpLimits {
+            request_timeout: StdDuration::from_secs(1),
+            ..HttpLimits::default()
+        },
+        ClientAuth::Optional,
+        SlowForStrangers,
+    )
+    .await;
+    // Four networks, two connections each: the first of each asks `/slow`
+    // (answered 408 at the request timeout), the second idles.
+    let mut asking = Vec::new();
+    let mut idle = Vec::new();
+    for net in 1..=4 {
+        let mut two = anonymous_tls_from(srv.addr, &format!("127.0.{net}.1"), 2).await;
+        idle.push(two.pop().expect("second connection"));
+        asking.push(two.pop().expect("first connection"));
+    }
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+    while srv.admission.anonymous_connections() < 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    assert_eq!(srv.admission.anonymous_connections(), 8);
+    for s in asking.iter_mut() {
+        s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    // The joiner evicts the oldest connection of one network: one asking.
+    let _joiner = anonymous_tls_from(srv.addr, "127.0.9.1", 1)
+        .await
+        .pop()
+        .expect("the joiner's handshake");
+    let mut closed = 0;
+    for s in asking.iter_mut() {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(StdDuration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within the request timeout")
+            .unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "answered: {answer:?}");
+        let mut b = [0u8; 1];
+        if let Ok(r) = tokio::time::timeout(StdDuration::from_millis(500), s.read(&mut b)).await {
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "the evicted connection closes after its answer");
+    drop(idle);
 }
 
 /// On a server that admits anonymous peers (the control API's joins), 500
