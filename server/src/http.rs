@@ -72,7 +72,7 @@ struct ConnectionService {
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
     type Response = Response;
     type Error = Infallible;
-    type Future = <Served as tower::Service<Request>>::Future;
+    type Future = tower::util::Oneshot<Served, Request>;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let mut req = req.map(Body::new);
@@ -81,9 +81,9 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
             req.extensions_mut().insert(Arc::clone(id));
         }
         req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
-        // An axum router is always ready (its `poll_ready` returns at
-        // once), as is the body limit around it.
-        tower::Service::call(&mut self.app.clone(), req)
+        // Made ready, then called (an axum router is always ready):
+        // nothing boxed.
+        tower::ServiceExt::oneshot(self.app.clone(), req)
     }
 }
 
