@@ -690,30 +690,10 @@ async fn anonymous_tls(
     to: SocketAddr,
     n: usize,
 ) -> Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let cfg = Arc::new(
-        decnet_pki::tls::anonymous_client_config(
-            ca().cert_pem(),
-            &ExpectedServer::role(srv_role()),
-        )
-        .unwrap(),
-    );
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    let mut held = Vec::new();
-    for _ in 0..n {
-        let Ok(tcp) = tokio::net::TcpStream::connect(to).await else {
-            continue;
-        };
-        let name = rustls_pki_types::ServerName::try_from("srv").unwrap();
-        if let Ok(Ok(tls)) =
-            tokio::time::timeout(StdDuration::from_secs(2), connector.connect(name, tcp)).await
-        {
-            held.push(tls);
-        }
-    }
-    held
+    anonymous_tls_from(to, "127.0.0.1", n).await
 }
 
-/// Like [`anonymous_tls`], from the loopback address `source`.
+/// [`anonymous_tls`] from the loopback address `source`.
 async fn anonymous_tls_from(
     to: SocketAddr,
     source: &str,
@@ -744,6 +724,28 @@ async fn anonymous_tls_from(
     held
 }
 
+/// A control API's join slots, scaled down: 8 connections without a
+/// certificate, a quarter of them per network, a full budget evicting.
+fn eight_join_slots() -> ServerLimits {
+    ServerLimits {
+        max_anonymous: 8,
+        max_anonymous_per_source: 2,
+        max_anonymous_per_network: 2,
+        evict_anonymous: true,
+        ..ServerLimits::default()
+    }
+}
+
+/// Wait until the server holds its 8 anonymous connections (a client's
+/// handshake ends before the server has counted it).
+async fn all_join_slots_held(srv: &TestServer) {
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+    while srv.admission.anonymous_connections() < 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+    assert_eq!(srv.admission.anonymous_connections(), 8);
+}
+
 /// The attacker holds every join slot (the server's connections without
 /// a certificate) with idle TLS connections from as few networks as the
 /// per-network cap allows (a quarter of the slots each: four /24s, as
@@ -754,13 +756,7 @@ async fn anonymous_tls_from(
 #[tokio::test]
 async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
     let srv = start_server_auth(
-        ServerLimits {
-            max_anonymous: 8,
-            max_anonymous_per_source: 2,
-            max_anonymous_per_network: 2,
-            evict_anonymous: true,
-            ..ServerLimits::default()
-        },
+        eight_join_slots(),
         HttpLimits::default(),
         ClientAuth::Optional,
     )
@@ -771,11 +767,7 @@ async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
         attacker.extend(anonymous_tls_from(srv.addr, &format!("127.0.{net}.1"), 2).await);
     }
     assert_eq!(attacker.len(), 8);
-    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
-    while srv.admission.anonymous_connections() < 8 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(StdDuration::from_millis(20)).await;
-    }
-    assert_eq!(srv.admission.anonymous_connections(), 8);
+    all_join_slots_held(&srv).await;
     let mut joiner = anonymous_tls_from(srv.addr, "127.0.9.1", 1)
         .await
         .pop()
@@ -861,13 +853,7 @@ impl decnet_server::AccessPolicy for SlowForStrangers {
 #[tokio::test]
 async fn an_evicted_connection_is_answered_before_it_is_closed() {
     let srv = start_server_policy(
-        ServerLimits {
-            max_anonymous: 8,
-            max_anonymous_per_source: 2,
-            max_anonymous_per_network: 2,
-            evict_anonymous: true,
-            ..ServerLimits::default()
-        },
+        eight_join_slots(),
         HttpLimits {
             request_timeout: StdDuration::from_secs(1),
             ..HttpLimits::default()
@@ -885,11 +871,7 @@ async fn an_evicted_connection_is_answered_before_it_is_closed() {
         idle.push(two.pop().expect("second connection"));
         asking.push(two.pop().expect("first connection"));
     }
-    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
-    while srv.admission.anonymous_connections() < 8 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(StdDuration::from_millis(20)).await;
-    }
-    assert_eq!(srv.admission.anonymous_connections(), 8);
+    all_join_slots_held(&srv).await;
     for s in asking.iter_mut() {
         s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
