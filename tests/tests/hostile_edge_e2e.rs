@@ -1110,18 +1110,7 @@ async fn a_deployer_trickling_a_known_release_is_cut() {
     })
     .boxed();
     let started = Instant::now();
-    let held = tokio::spawn({
-        let (dan, put) = (dan.clone(), put.clone());
-        async move {
-            let r = dan
-                .put(&put)
-                .body(reqwest::Body::wrap_stream(trickle))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    });
+    let held = spawn_streamed_put(&dan, &put, trickle);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let r = dan.put(&put).body(blob.clone()).send().await.unwrap();
     let status = r.status();
@@ -1138,6 +1127,20 @@ async fn a_deployer_trickling_a_known_release_is_cut() {
     // The allowance is given back.
     let r = dan.put(&put).body(blob).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
+
+/// `PUT url` with `body` streamed as it comes, in a task of its own:
+/// its status and answer once the master has answered.
+fn spawn_streamed_put(
+    client: &reqwest::Client,
+    url: &str,
+    body: futures_util::stream::BoxStream<'static, Result<Vec<u8>, std::io::Error>>,
+) -> tokio::task::JoinHandle<(u16, String)> {
+    let put = client.put(url).body(reqwest::Body::wrap_stream(body));
+    tokio::spawn(async move {
+        let r = put.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
 }
 
 /// A deployer's certificate cannot hold every release upload of the
@@ -1170,18 +1173,7 @@ async fn a_deployer_holding_a_slow_upload_leaves_the_other_slot() {
         })
         .boxed();
     let started = Instant::now();
-    let held = tokio::spawn({
-        let (dan, slow_put) = (dan.clone(), slow_put.clone());
-        async move {
-            let r = dan
-                .put(&slow_put)
-                .body(reqwest::Body::wrap_stream(paced))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
-    });
+    let held = spawn_streamed_put(&dan, &slow_put, paced);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let blob = b"eve's release".to_vec();
     let put = format!(
