@@ -16,8 +16,13 @@
 //! silent connections go first. Connections without a certificate (the control
 //! API's joins) are treated alike once the server holds its maximum of
 //! them: the oldest of the network (IPv4 /24, IPv6 /48) holding the
-//! most makes room for a newcomer from a network holding fewer, so a party
-//! with a few networks' addresses cannot keep every joiner out. Peers
+//! most makes room for a newcomer whose network would then hold no more
+//! than that one, and among networks holding as many the oldest connection
+//! goes first. So a party with a few networks' addresses cannot keep every
+//! joiner out, and one holding every slot from a network of its own (as
+//! many networks as slots) must reconnect through every slot, faster than
+//! a joiner sends its request, to close a joiner's: the slots turn over
+//! oldest first instead of staying with whoever came first. Peers
 //! presenting a certificate are never
 //! counted against the anonymous budgets, and every connection, of every
 //! server in the process, counts against one process-wide budget sized
@@ -53,12 +58,16 @@ pub enum Refused {
     #[error("too many connections without a certificate from this network")]
     TooManyAnonymousFromNetwork,
     /// The server holds its maximum of connections without a certificate,
-    /// and no network holds more of them than this one would.
+    /// and no network holds as many of them as this one would.
     #[error("too many connections without a certificate")]
     TooManyAnonymous,
     /// An open connection without a certificate, closed to make room for a
-    /// newcomer from a less crowded network (the server held its maximum).
-    #[error("closed to make room: its network held the most connections without a certificate")]
+    /// newcomer from a network holding no more (the server held its
+    /// maximum; its network held the most, and its connection was the
+    /// oldest of those networks').
+    #[error(
+        "closed to make room: its network held the most connections without a certificate, this one the longest"
+    )]
     AnonymousEvicted,
     /// This certificate holds its maximum of connections.
     #[error("too many connections under this certificate")]
@@ -177,14 +186,21 @@ impl Counts {
 
     /// Make room for an anonymous newcomer whose network will hold
     /// `newcomers_network` connections: the oldest connection of the
-    /// network holding the most goes, if that network holds more than
-    /// that (a network never evicts its own, nor one holding as few).
+    /// network holding the most goes, if that network holds at least as
+    /// many (a network never evicts its own, nor from one holding fewer).
+    /// Among networks holding as many, the one whose oldest connection is
+    /// the oldest: when every slot is held from a network of its own, they
+    /// turn over oldest first, and a joiner's connection, the newest, is
+    /// the last to go.
     fn evict_anonymous(&mut self, newcomers_network: usize) -> bool {
         let Some(crowded) = self
             .anonymous_by_network
             .iter()
-            .filter(|(_, q)| q.len() > newcomers_network)
-            .max_by_key(|(_, q)| q.len())
+            .filter(|(_, q)| q.len() >= newcomers_network)
+            .max_by_key(|(_, q)| {
+                let oldest = q.front().map_or(u64::MAX, |a| a.id);
+                (q.len(), std::cmp::Reverse(oldest))
+            })
             .map(|(n, _)| *n)
         else {
             return false;
@@ -381,7 +397,7 @@ impl Admission {
 impl Slot {
     /// Cancelled when this handshake is evicted to make room for a newer
     /// one, or this connection without a certificate to make room for a
-    /// peer of a less crowded network: the runner drops the connection.
+    /// peer of a network holding no more: the runner closes the connection.
     pub fn eviction(&self) -> CancellationToken {
         self.evicted.clone()
     }
@@ -425,8 +441,9 @@ impl Slot {
 
     /// Count the connection against its certificate (`None`: anonymous,
     /// counted against its source, its network and the server's anonymous
-    /// budget; when that budget is full, the oldest connection of a more
-    /// crowded network is evicted for it).
+    /// budget; when that budget is full, the oldest connection of the most
+    /// crowded network is evicted for it if that network holds at least as
+    /// many as this one's would).
     pub fn bind(&mut self, identity: Option<&Fingerprint>) -> Result<(), Refused> {
         self.handshake_done();
         debug_assert_eq!(self.bound, Bound::Nothing);
@@ -702,16 +719,25 @@ mod tests {
         // A second joiner: the attacker's network still holds the most.
         let second = bound("10.3.3.1").expect("a second joiner gets in");
         assert!(attacker[1].eviction().is_cancelled());
-        // Now no network holds more than the joiners' would: refused, and
-        // nobody is evicted for it.
-        assert_eq!(bound("10.2.2.2").unwrap_err(), Refused::TooManyAnonymous);
+        // The attacker's network still holds the most (2, against 1 and
+        // 1): it takes no room back.
+        assert_eq!(bound("10.1.1.6").unwrap_err(), Refused::TooManyAnonymous);
         assert!(attacker[2..].iter().all(|s| !s.eviction().is_cancelled()));
+        // A joiner's network whose newcomer would hold as many as the
+        // attacker's: the attacker's oldest goes, the joiners' stay.
+        let third = bound("10.2.2.2").expect("a network holding fewer gets in");
+        assert!(attacker[2].eviction().is_cancelled());
+        assert!(
+            ![&joiner, &second, &third, &attacker[3]]
+                .iter()
+                .any(|s| s.eviction().is_cancelled())
+        );
         // Evicted slots were taken off the counts once: dropping them
         // gives back their connection only.
         let mut attacker = attacker;
-        attacker.drain(..2);
+        attacker.drain(..3);
         assert_eq!(a.anonymous_connections(), 4);
-        drop((attacker, joiner, second));
+        drop((attacker, joiner, second, third));
         assert_eq!(a.anonymous_connections(), 0);
         assert_eq!(a.open_connections(), 0);
         let c = a.lock();
@@ -732,6 +758,48 @@ mod tests {
         let mut stranger = open(&b, "10.2.2.1");
         assert_eq!(stranger.bind(None).unwrap_err(), Refused::TooManyAnonymous);
         assert!(held.iter().all(|s| !s.eviction().is_cancelled()));
+    }
+
+    /// The attacker holds every anonymous slot from a network of its own
+    /// (as many networks as slots): a joiner still gets in, the oldest
+    /// going, and the attacker's reconnections, from networks as fresh as
+    /// the joiner's, close the slots oldest first: the joiner's last.
+    #[test]
+    fn a_budget_held_from_as_many_networks_as_slots_turns_over_oldest_first() {
+        let a = Admission::new(ServerLimits {
+            max_connections: 20,
+            max_pending_handshakes: 20,
+            max_anonymous: 4,
+            max_anonymous_per_source: 1,
+            max_anonymous_per_network: 1,
+            evict_anonymous: true,
+            ..limits()
+        });
+        let bound = |s: &str| {
+            let mut slot = open(&a, s);
+            slot.bind(None).map(|()| slot)
+        };
+        let attacker: Vec<Slot> = (1..=4)
+            .map(|i| bound(&format!("10.{i}.0.1")).unwrap())
+            .collect();
+        let joiner = bound("10.9.0.1").expect("the joiner gets in");
+        assert!(attacker[0].eviction().is_cancelled());
+        // Three reconnections close the attacker's three others, oldest
+        // first, never the joiner's.
+        let churn: Vec<Slot> = (1..=3)
+            .map(|i| bound(&format!("10.2{i}.0.1")).unwrap())
+            .collect();
+        assert!(attacker.iter().all(|s| s.eviction().is_cancelled()));
+        assert!(!joiner.eviction().is_cancelled());
+        assert!(churn.iter().all(|s| !s.eviction().is_cancelled()));
+        // The fourth finds the joiner's the oldest.
+        let last = bound("10.30.0.1").unwrap();
+        assert!(joiner.eviction().is_cancelled());
+        assert!(churn.iter().all(|s| !s.eviction().is_cancelled()));
+        assert_eq!(a.anonymous_connections(), 4);
+        drop((attacker, joiner, churn, last));
+        assert_eq!(a.anonymous_connections(), 0);
+        assert!(a.lock().anonymous_by_network.is_empty());
     }
 
     /// The attacker holds a whole IPv6 /48 (or many addresses of a /24):

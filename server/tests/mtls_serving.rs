@@ -751,8 +751,8 @@ async fn all_join_slots_held(srv: &TestServer) {
 /// per-network cap allows (a quarter of the slots each: four /24s, as
 /// four cloud ranges would): a joiner from another network is still
 /// served, one attacker connection being closed to make room, and the
-/// attacker's next connection, from a new network or its own, never takes
-/// the joiner's place.
+/// attacker's next connections, from a new network or its own, only ever
+/// take the place of its own.
 #[tokio::test]
 async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
     let srv = start_server_auth(
@@ -793,27 +793,22 @@ async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
         }
     }
     assert_eq!(closed, 1, "one attacker connection made room");
-    // The attacker's next connections, from one of its networks (refused:
-    // closed after the handshake, unanswered) and from a fifth network
-    // (admitted, by evicting one of the attacker's own): the joiner stays.
+    // The attacker's next connections, from the network that lost one and
+    // from a fifth network: each is admitted by evicting one of the
+    // attacker's own (from a network holding two), never the joiner's
+    // (its network holds one: fewer than either newcomer's would).
     let mut kept = Vec::new();
-    for (source, refused) in [("127.0.1.2", true), ("127.0.5.1", false)] {
+    for source in ["127.0.1.2", "127.0.5.1"] {
         let mut again = anonymous_tls_from(srv.addr, source, 1).await;
-        let Some(s) = again.first_mut() else {
-            continue;
-        };
-        let _ = s
-            .write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await;
+        let s = again.first_mut().expect("the attacker's handshake");
+        s.write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut b = [0u8; 64];
         let r = tokio::time::timeout(StdDuration::from_secs(5), s.read(&mut b))
             .await
-            .expect("answered or closed by the server");
-        if refused {
-            assert!(matches!(r, Ok(0) | Err(_)), "{source}: {r:?}");
-        } else {
-            assert!(matches!(r, Ok(n) if n > 0), "{source}: {r:?}");
-        }
+            .expect("answered by the server");
+        assert!(matches!(r, Ok(n) if n > 0), "{source}: {r:?}");
         kept.push(again);
     }
     joiner
@@ -825,6 +820,80 @@ async fn a_joiner_gets_in_when_one_network_holds_every_anonymous_slot() {
         .expect("the joiner is still served")
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    assert_eq!(srv.admission.anonymous_connections(), 8);
+}
+
+/// Whether the server closed `s` (end of stream or an error within 5 s).
+async fn closed_by_server(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(StdDuration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// The attacker holds every join slot from a network of its own (eight
+/// /24s for eight slots, as 256 cloud ranges could for the control API's
+/// 256): a joiner from another network still gets in, the attacker's
+/// oldest connection making room. Reconnecting from new networks, the
+/// attacker closes its own connections oldest first: it must go through
+/// every slot, faster than a joiner sends its request, before it reaches
+/// the joiner's. (Before, the first eight held the slots for good.)
+#[tokio::test]
+async fn a_joiner_gets_in_when_every_anonymous_slot_is_held_from_a_network_of_its_own() {
+    let srv = start_server_auth(
+        eight_join_slots(),
+        HttpLimits::default(),
+        ClientAuth::Optional,
+    )
+    .await;
+    let mut attacker = Vec::new();
+    for net in 1..=8 {
+        attacker.extend(anonymous_tls_from(srv.addr, &format!("127.0.{net}.1"), 1).await);
+    }
+    assert_eq!(attacker.len(), 8);
+    all_join_slots_held(&srv).await;
+    let mut joiner = anonymous_tls_from(srv.addr, "127.0.9.1", 1)
+        .await
+        .pop()
+        .expect("the joiner's handshake");
+    let whoami = b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    joiner.write_all(whoami).await.unwrap();
+    let n = tokio::time::timeout(StdDuration::from_secs(5), joiner.read(&mut buf))
+        .await
+        .expect("the joiner is answered")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    assert!(
+        closed_by_server(&mut attacker[0]).await,
+        "the oldest made room"
+    );
+    // Seven reconnections from new networks close the attacker's seven
+    // others, oldest first; the joiner, newer than all of them, stays.
+    let mut churn = Vec::new();
+    for net in 10..=16 {
+        churn.extend(anonymous_tls_from(srv.addr, &format!("127.0.{net}.1"), 1).await);
+    }
+    assert_eq!(churn.len(), 7);
+    for (i, s) in attacker.iter_mut().enumerate().skip(1) {
+        assert!(
+            closed_by_server(s).await,
+            "attacker connection {i} made room"
+        );
+    }
+    joiner.write_all(whoami).await.unwrap();
+    let n = tokio::time::timeout(StdDuration::from_secs(5), joiner.read(&mut buf))
+        .await
+        .expect("the joiner is still served")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    // Only now is the joiner's the oldest: the eighth reconnection closes it.
+    churn.extend(anonymous_tls_from(srv.addr, "127.0.17.1", 1).await);
+    assert!(
+        closed_by_server(&mut joiner).await,
+        "the oldest goes, at last"
+    );
     assert_eq!(srv.admission.anonymous_connections(), 8);
 }
 
