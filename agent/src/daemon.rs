@@ -96,7 +96,14 @@ impl RunningAgent {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = HttpService::new(router(self.executor), self.policy, HttpLimits::default());
+        // The agent's body limit is the server's default one, which wraps
+        // the router once (a body-limit layer on the router itself is
+        // boxed and cloned with every route on every request).
+        let limits = HttpLimits {
+            max_body_bytes: crate::api::MAX_BODY,
+            ..HttpLimits::default()
+        };
+        let app = HttpService::new(router(self.executor), self.policy, limits);
         self.server.serve(app, shutdown).await;
         Ok(())
     }

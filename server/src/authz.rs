@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -116,6 +116,74 @@ struct Gated<S> {
     inner: S,
 }
 
+/// The server a request reached (set with its peer by the serving layer;
+/// absent in in-process tests that set no peer).
+fn server_of(req: &Request) -> Option<&'static str> {
+    req.extensions()
+        .get::<ConnectInfo<crate::runner::TlsPeer>>()
+        .map(|c| c.0.server)
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`Gated`] route: the refusal, or the route's own
+    /// future within the request timeout; counted once ready. A named
+    /// future, so a request boxes nothing here (issue #31).
+    struct GatedFuture<F> {
+        #[pin]
+        answer: Answer<F>,
+        server: Option<&'static str>,
+        route: &'static str,
+        request_timeout: std::time::Duration,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = AnswerProj]
+    enum Answer<F> {
+        Refused { response: Option<Response> },
+        Handled { #[pin] within: tokio::time::Timeout<F> },
+    }
+}
+
+impl<F> std::future::Future for GatedFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.answer.project() {
+            AnswerProj::Refused { response } => response
+                .take()
+                .expect("a gated future polled after its answer"),
+            AnswerProj::Handled { within } => match std::task::ready!(within.poll(cx)) {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(never)) => match never {},
+                Err(_) => crate::error_body::json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("no answer within {} s", this.request_timeout.as_secs_f64()),
+                ),
+            },
+        };
+        if let Some(server) = *this.server {
+            crate::metrics::server_metrics()
+                .requests
+                .get_or_create(&crate::metrics::RequestLabels {
+                    server,
+                    route: this.route,
+                    status: resp.status().as_u16(),
+                })
+                .inc();
+        }
+        std::task::Poll::Ready(Ok(resp))
+    }
+}
+
 impl<S> tower::Service<Request> for Gated<S>
 where
     S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
@@ -125,9 +193,7 @@ where
 {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
-    >;
+    type Future = GatedFuture<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -140,41 +206,23 @@ where
     /// `decnet_requests_total`. The route is called only once the peer is
     /// admitted (it was made ready by `poll_ready`).
     fn call(&mut self, req: Request) -> Self::Future {
-        let server = req
-            .extensions()
-            .get::<crate::http::ServerName>()
-            .map(|s| s.0);
+        let server = server_of(&req);
         let route = crate::http::route_label(&req);
-        let answer = match refusal_of(&*self.gate.policy, &req) {
-            None => Ok(self.inner.call(req)),
-            Some(refused) => Err(refused),
-        };
         let request_timeout = self.gate.request_timeout;
-        Box::pin(async move {
-            let resp = match answer {
-                Err(refused) => refused,
-                Ok(handled) => match tokio::time::timeout(request_timeout, handled).await {
-                    Ok(Ok(resp)) => resp,
-                    Ok(Err(never)) => match never {},
-                    Err(_) => crate::error_body::json_error(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        format!("no answer within {} s", request_timeout.as_secs_f64()),
-                    ),
-                },
-            };
-            if let Some(server) = server {
-                crate::metrics::server_metrics()
-                    .requests
-                    .get_or_create(&crate::metrics::RequestLabels {
-                        server,
-                        route,
-                        status: resp.status().as_u16(),
-                    })
-                    .inc();
-            }
-            Ok(resp)
-        })
+        let answer = match refusal_of(&*self.gate.policy, &req) {
+            None => Answer::Handled {
+                within: tokio::time::timeout(request_timeout, self.inner.call(req)),
+            },
+            Some(refused) => Answer::Refused {
+                response: Some(refused),
+            },
+        };
+        GatedFuture {
+            answer,
+            server,
+            route,
+            request_timeout,
+        }
     }
 }
 
@@ -190,11 +238,11 @@ fn refusal_body(status: StatusCode, detail: String, required: &str) -> Response 
 
 /// `decnet_role_refusals_total` for the server and route of `req`.
 fn count_refusal(req: &Request) {
-    if let Some(server) = req.extensions().get::<crate::http::ServerName>() {
+    if let Some(server) = server_of(req) {
         crate::metrics::server_metrics()
             .role_refusals
             .get_or_create(&crate::metrics::RouteLabels {
-                server: server.0,
+                server,
                 route: crate::http::route_label(req),
             })
             .inc();

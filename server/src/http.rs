@@ -66,7 +66,6 @@ impl HttpService {
 struct ConnectionService {
     app: Served,
     peer: crate::runner::TlsPeer,
-    server: &'static str,
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
@@ -76,7 +75,6 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let mut req = req.map(Body::new);
-        req.extensions_mut().insert(ServerName(self.server));
         if let Some(id) = &self.peer.identity {
             req.extensions_mut().insert(Arc::clone(id));
         }
@@ -86,10 +84,6 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
         tower::ServiceExt::oneshot(self.app.clone(), req)
     }
 }
-
-/// Which server a request arrived on (an extension set per connection).
-#[derive(Clone, Copy, Debug)]
-pub struct ServerName(pub &'static str);
 
 /// The route template of a request (`unmatched` for the 404 fallback), as
 /// metrics label it: interned, so a request allocates no label.
@@ -121,16 +115,10 @@ fn intern(s: &str) -> &'static str {
 
 impl ConnectionHandler for HttpService {
     async fn handle(self: Arc<Self>, conn: Connection, stop: CancellationToken) {
-        let Connection {
-            io,
-            peer,
-            deadline,
-            server,
-        } = conn;
+        let Connection { io, peer, deadline } = conn;
         let svc = ConnectionService {
             app: self.app.clone(),
             peer,
-            server,
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -255,12 +243,12 @@ mod tests {
             .uri("/slow-test-route")
             .body(Body::empty())
             .unwrap();
-        req.extensions_mut().insert(ServerName("timeout-test"));
         req.extensions_mut().insert(Arc::clone(&master));
         req.extensions_mut()
             .insert(ConnectInfo(crate::runner::TlsPeer {
                 remote: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
                 identity: Some(master),
+                server: "timeout-test",
             }));
         let started = std::time::Instant::now();
         let resp = app.oneshot(req).await.unwrap();

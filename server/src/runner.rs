@@ -64,7 +64,9 @@ pub enum ServerError {
     },
 }
 
-/// The remote end of a connection: its address and verified identity.
+/// The remote end of a connection: its address and verified identity, and
+/// the server it reached (one value, so a request carries the three in one
+/// extension).
 #[derive(Clone, Debug)]
 pub struct TlsPeer {
     /// Remote socket address.
@@ -72,6 +74,8 @@ pub struct TlsPeer {
     /// The verified identity; `None` for anonymous peers (only on servers
     /// that admit them) and for plain TCP.
     pub identity: Option<Arc<PeerIdentity>>,
+    /// The server's name (`agent`, `listener`, ...), for logs and metrics.
+    pub server: &'static str,
 }
 
 /// The byte stream of an accepted connection.
@@ -145,8 +149,6 @@ pub struct Connection {
     /// When the connection must end: its lifetime limit or its certificate's
     /// expiry, whichever comes first.
     pub deadline: Option<tokio::time::Instant>,
-    /// The server's name (`agent`, `listener`, ...), for metrics.
-    pub server: &'static str,
 }
 
 /// The protocol half of a server: serves one connection until it ends, the
@@ -431,9 +433,9 @@ async fn connection<H: ConnectionHandler>(
         peer: TlsPeer {
             remote,
             identity: identity.clone(),
+            server: name,
         },
         deadline,
-        server: name,
     };
     match revoked {
         // A connection without a certificate may be evicted to make room

@@ -48,6 +48,7 @@ pub async fn call(
     req.extensions_mut().insert(ConnectInfo(TlsPeer {
         remote: SocketAddr::from(([192, 0, 2, 1], 40000)),
         identity,
+        server: "in-process",
     }));
     app.clone()
         .oneshot(req)
