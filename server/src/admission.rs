@@ -142,6 +142,10 @@ struct Counts {
     anonymous_by_source: HashMap<SourceKey, usize>,
     /// The open anonymous connections of each network, oldest first.
     anonymous_by_network: HashMap<NetworkKey, VecDeque<AnonymousPeer>>,
+    /// Anonymous connections evicted and still open, finishing the
+    /// request in flight: no longer counted in `anonymous`, so they are
+    /// capped of their own ([`Slot::may_drain`]).
+    draining: usize,
     by_identity: HashMap<Fingerprint, usize>,
 }
 
@@ -149,6 +153,10 @@ struct Counts {
 #[derive(Debug)]
 struct AnonymousPeer {
     id: u64,
+    /// When it was counted (bind order, shared with `id`'s sequence): the
+    /// oldest of tied networks is the one counted first, however long its
+    /// handshake took.
+    joined: u64,
     source: SourceKey,
     evict: CancellationToken,
 }
@@ -198,7 +206,7 @@ impl Counts {
             .iter()
             .filter(|(_, q)| q.len() >= newcomers_network)
             .max_by_key(|(_, q)| {
-                let oldest = q.front().map_or(u64::MAX, |a| a.id);
+                let oldest = q.front().map_or(u64::MAX, |a| a.joined);
                 (q.len(), std::cmp::Reverse(oldest))
             })
             .map(|(n, _)| *n)
@@ -216,18 +224,22 @@ impl Counts {
         }
         self.anonymous -= 1;
         dec(&mut self.anonymous_by_source, &victim.source);
+        self.draining += 1;
         victim.evict.cancel();
         true
     }
 
-    /// Take the anonymous connection `id` of `source` off the counts, if
-    /// it is still on them (an evicted one was taken off already).
+    /// Take the anonymous connection `id` of `source` off the counts: off
+    /// the anonymous ones if it is still on them, else (it was evicted)
+    /// off the draining ones.
     fn forget_anonymous(&mut self, source: &SourceKey, id: u64) {
         let network = source.network();
-        let Some(queue) = self.anonymous_by_network.get_mut(&network) else {
-            return;
-        };
-        let Some(at) = queue.iter().position(|a| a.id == id) else {
+        let at = self
+            .anonymous_by_network
+            .get(&network)
+            .and_then(|q| q.iter().position(|a| a.id == id));
+        let (Some(at), Some(queue)) = (at, self.anonymous_by_network.get_mut(&network)) else {
+            self.draining -= 1;
             return;
         };
         queue.remove(at);
@@ -402,6 +414,17 @@ impl Slot {
         self.evicted.clone()
     }
 
+    /// Evicted without a certificate: whether it may finish the request in
+    /// flight before it is closed. At most [`ServerLimits::max_anonymous`]
+    /// evicted connections do at once; beyond, one is cut at once. Why:
+    /// evicted connections no longer count as anonymous, and each newcomer
+    /// may evict one, so without a cap a party opening connections that
+    /// each start a slow request would keep every one it lost open for
+    /// the request timeout, past every anonymous budget.
+    pub fn may_drain(&self) -> bool {
+        self.admission.lock().draining <= self.admission.limits.max_anonymous
+    }
+
     /// Its ClientHello arrived: it is evicted only after the silent ones.
     pub fn hello_received(&mut self) {
         if !self.handshaking {
@@ -485,11 +508,14 @@ impl Slot {
                 {
                     return Err(Refused::TooManyAnonymous);
                 }
+                c.next_id += 1;
+                let joined = c.next_id;
                 c.anonymous_by_network
                     .entry(network)
                     .or_default()
                     .push_back(AnonymousPeer {
                         id: self.id,
+                        joined,
                         source: self.source,
                         evict: self.evicted.clone(),
                     });
@@ -792,14 +818,24 @@ mod tests {
         assert!(attacker.iter().all(|s| s.eviction().is_cancelled()));
         assert!(!joiner.eviction().is_cancelled());
         assert!(churn.iter().all(|s| !s.eviction().is_cancelled()));
-        // The fourth finds the joiner's the oldest.
+        // The four evicted and still open may finish their requests: as
+        // many as the anonymous budget.
+        assert!(attacker[3].may_drain());
+        // The fourth finds the joiner's the oldest; a fifth evicted
+        // connection still open is one too many to drain: it is cut.
         let last = bound("10.30.0.1").unwrap();
         assert!(joiner.eviction().is_cancelled());
         assert!(churn.iter().all(|s| !s.eviction().is_cancelled()));
         assert_eq!(a.anonymous_connections(), 4);
-        drop((attacker, joiner, churn, last));
+        assert!(!joiner.may_drain());
+        // Once the others have closed, it may.
+        drop(attacker);
+        assert!(joiner.may_drain());
+        drop((joiner, churn, last));
         assert_eq!(a.anonymous_connections(), 0);
-        assert!(a.lock().anonymous_by_network.is_empty());
+        let c = a.lock();
+        assert!(c.anonymous_by_network.is_empty());
+        assert_eq!(c.draining, 0);
     }
 
     /// The attacker holds a whole IPv6 /48 (or many addresses of a /24):

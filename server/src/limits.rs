@@ -31,8 +31,10 @@ pub struct ServerLimits {
     /// the descriptors certified peers need.
     pub max_anonymous: usize,
     /// When [`Self::max_anonymous`] is reached, a newcomer without a
-    /// certificate from a less crowded network evicts the oldest such
-    /// connection of the most crowded one. Only where every anonymous peer
+    /// certificate evicts the oldest such connection of the most crowded
+    /// network, if that network holds at least as many as the newcomer's
+    /// would (an evicted connection finishes its request in flight, at
+    /// most [`Self::max_anonymous`] of them at once; beyond, it is cut). Only where every anonymous peer
     /// is a stranger asking to join (the control API); off by default: on
     /// the console an anonymous connection is a signed-in browser, and on
     /// a plain-text loopback server every client is anonymous.

@@ -439,10 +439,12 @@ async fn connection<H: ConnectionHandler>(
     };
     match revoked {
         // A connection without a certificate may be evicted to make room
-        // for a joiner of a less crowded network (see `admission`).
+        // for a joiner whose network holds no more (see `admission`).
         // It is closed as on a shutdown: the request in flight (a join
         // whose token is already spent) is answered first, within the
-        // handler's own bound; an idle connection is closed at once.
+        // handler's own bound; an idle connection is closed at once. While
+        // as many evicted connections as the anonymous budget are still
+        // finishing theirs, one more is cut at once.
         None => {
             let closing = stop.child_token();
             let handled = handler.handle(conn, closing.clone());
@@ -451,8 +453,10 @@ async fn connection<H: ConnectionHandler>(
                 _ = handled.as_mut() => {}
                 _ = evicted.cancelled() => {
                     refusals.refused_peer(crate::admission::Refused::AnonymousEvicted, remote, None);
-                    closing.cancel();
-                    handled.await;
+                    if slot.may_drain() {
+                        closing.cancel();
+                        handled.await;
+                    }
                 }
             }
         }

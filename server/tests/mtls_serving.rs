@@ -970,6 +970,72 @@ async fn an_evicted_connection_is_answered_before_it_is_closed() {
     drop(idle);
 }
 
+/// Evicted connections finish the request in flight, but no more of them
+/// at once than the anonymous budget: an attacker whose every connection
+/// starts a slow request, each newcomer evicting one, cannot keep every
+/// connection it lost open for the request timeout (they no longer count
+/// as anonymous, so they would pile up past every anonymous budget).
+#[tokio::test]
+async fn evicted_connections_finishing_their_requests_are_capped() {
+    let srv = start_server_policy(
+        eight_join_slots(),
+        HttpLimits {
+            request_timeout: StdDuration::from_secs(10),
+            ..HttpLimits::default()
+        },
+        ClientAuth::Optional,
+        SlowForStrangers,
+    )
+    .await;
+    let slow = b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n";
+    // Eight slots, each asking `/slow` from a network of its own.
+    let mut first = Vec::new();
+    for net in 1..=8 {
+        first.extend(anonymous_tls_from(srv.addr, &format!("127.0.{net}.1"), 1).await);
+    }
+    assert_eq!(first.len(), 8);
+    all_join_slots_held(&srv).await;
+    for s in first.iter_mut() {
+        s.write_all(slow).await.unwrap();
+    }
+    // Eight newcomers, each asking `/slow` at once: each evicts one of the
+    // first eight, which may finish (eight draining: the budget).
+    let mut second = Vec::new();
+    for net in 10..=17 {
+        let mut s = anonymous_tls_from(srv.addr, &format!("127.0.{net}.1"), 1)
+            .await
+            .pop()
+            .expect("a newcomer's handshake");
+        s.write_all(slow).await.unwrap();
+        second.push(s);
+    }
+    // A ninth newcomer evicts the first newcomer while eight are still
+    // draining: it is cut at once, its request unanswered.
+    let started = std::time::Instant::now();
+    let _ninth = anonymous_tls_from(srv.addr, "127.0.20.1", 1)
+        .await
+        .pop()
+        .expect("the ninth newcomer's handshake");
+    let mut buf = vec![0u8; 4096];
+    let cut = tokio::time::timeout(StdDuration::from_secs(5), second[0].read(&mut buf))
+        .await
+        .expect("closed by the server");
+    assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
+    assert!(
+        started.elapsed() < StdDuration::from_secs(5),
+        "cut before its request timeout"
+    );
+    // The first eight, evicted within the cap, were answered.
+    for s in first.iter_mut() {
+        let n = tokio::time::timeout(StdDuration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("an answer within the request timeout")
+            .unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "answered: {answer:?}");
+    }
+}
+
 /// On a server that admits anonymous peers (the control API's joins), 500
 /// slow anonymous TLS connections and 1,000 silent ones from the peer's own
 /// address neither hold more than their budgets nor keep the certified
