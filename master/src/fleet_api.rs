@@ -1552,12 +1552,7 @@ async fn release_upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(MAX_RELEASE_UPLOAD, |n| n.min(MAX_RELEASE_UPLOAD));
-    let _reserved = {
-        static ROOM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-        let _one_at_a_time = ROOM.lock().await;
-        make_room(&st.db, &dir, UploadReservation::others(), declared).await?;
-        UploadReservation::take(declared)
-    };
+    let _reserved = reserve_room(&st.db, &dir, declared).await?;
     std::fs::create_dir_all(&dir).map_err(unavailable)?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -1593,6 +1588,49 @@ async fn release_upload(
         Json(api::ReleaseUploaded { sha256, bytes }),
     )
         .into_response())
+}
+
+/// Held while room is made for an upload (releases removed) and while an
+/// update job claims its release (its file checked and its job's row
+/// written): an upload making room cannot remove a release between an
+/// update's check and its job, and once the job runs `make_room` keeps
+/// its release.
+static UPLOADS_ROOM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Room for an upload that may write `declared` bytes, made (one upload
+/// at a time, see [`make_room`]) and reserved until the guard is dropped.
+async fn reserve_room(
+    db: &FleetDb,
+    dir: &std::path::Path,
+    declared: u64,
+) -> Result<UploadReservation, Response> {
+    let _room = UPLOADS_ROOM.lock().await;
+    make_room(db, dir, UploadReservation::others(), declared).await?;
+    Ok(UploadReservation::take(declared))
+}
+
+/// The answer when the release `sha256` has not been uploaded.
+fn no_such_release(sha256: &str) -> Response {
+    not_found(format!(
+        "no uploaded release {sha256} (PUT /v1/releases/{sha256} first)"
+    ))
+}
+
+/// Start the update job of the release at `tarball` with `start` (which
+/// writes the job's row), unless the release is gone (404): both under
+/// [`UPLOADS_ROOM`].
+async fn claim_release(
+    tarball: &std::path::Path,
+    sha256: &str,
+    start: impl std::future::Future<
+        Output = Result<decnet_fleet::jobs::JobStart, decnet_fleet::DbError>,
+    >,
+) -> Result<decnet_fleet::jobs::JobStart, Response> {
+    let _room = UPLOADS_ROOM.lock().await;
+    if !tarball.is_file() {
+        return Err(no_such_release(sha256));
+    }
+    start.await.map_err(unavailable)
 }
 
 /// How long an upload waits for the one being written before it is
@@ -1791,11 +1829,10 @@ async fn update(
         return Err(bad_request("sha256: 64 lowercase hex digits"));
     }
     let tarball = uploads_dir(&st.home).join(format!("{}.tar.gz", req.sha256));
+    // Checked again as the job is started (`claim_release`); here, so a
+    // missing release is named before anything else.
     if !tarball.is_file() {
-        return Err(not_found(format!(
-            "no uploaded release {} (PUT /v1/releases/{} first)",
-            req.sha256, req.sha256
-        )));
+        return Err(no_such_release(&req.sha256));
     }
     let manifests: Vec<decnet_pki::signing::SignedManifest> =
         serde_json::from_str(&req.manifests_json)
@@ -1825,7 +1862,7 @@ async fn update(
         continue_on_error: req.continue_on_error,
     };
     let rel = crate::release::PackedRelease {
-        tarball,
+        tarball: tarball.clone(),
         sha256: req.sha256.clone(),
         manifests,
         label: req.label.clone(),
@@ -1841,18 +1878,12 @@ async fn update(
     }))
     .map_err(unavailable)?;
     use decnet_fleet::jobs::JobStart;
-    match st
+    let key = idempotency_key(&headers);
+    let actor = g.actor();
+    let start = st
         .db
-        .start_job(
-            "update",
-            &g.actor(),
-            idempotency_key(&headers).as_deref(),
-            &request,
-            &plan.hosts,
-        )
-        .await
-        .map_err(unavailable)?
-    {
+        .start_job("update", &actor, key.as_deref(), &request, &plan.hosts);
+    match claim_release(&tarball, &req.sha256, start).await? {
         JobStart::Existing(j) => {
             same_request(&st, &g, &j, "update", &request).await?;
             Ok((StatusCode::OK, Json(job_view(&j, Vec::new()))).into_response())
@@ -2091,6 +2122,56 @@ mod tests {
             let now = UploadReservation::others();
             assert!(now.0 > before.0 && now.1 >= before.1 + 5);
         }
+    }
+
+    /// An update claims its release and writes its job's row in one step:
+    /// an upload making room meanwhile, which would remove that release
+    /// (the oldest held, and no job pushing it yet), waits, then sees the
+    /// job running and keeps it. Without the claim's lock the room is made
+    /// in the window, and the job pushes a release that is gone.
+    #[tokio::test]
+    async fn an_update_claims_its_release_before_room_is_made() {
+        use decnet_fleet::jobs::JobStart;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+        let db = FleetDb::connect(&url).await.unwrap();
+        let uploads = dir.path().join("uploads");
+        std::fs::create_dir(&uploads).unwrap();
+        for i in 0..MAX_UPLOADS {
+            std::fs::write(uploads.join(format!("{i:064x}.tar.gz")), vec![0u8; 1024]).unwrap();
+        }
+        let sha = format!("{:064x}", 0);
+        let claimed = uploads.join(format!("{sha}.tar.gz"));
+        std::fs::File::options()
+            .append(true)
+            .open(&claimed)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+            .unwrap();
+        let request = serde_json::json!({ "sha256": sha }).to_string();
+        let hosts = ["w1".to_string()];
+        // The job's row is written a while after the release was found:
+        // the window an upload making room would fall into.
+        let slow_start = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            db.start_job("update", "test", None, &request, &hosts).await
+        };
+        let making_room = async {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            reserve_room(&db, &uploads, 1024).await
+        };
+        let (started, room) = tokio::join!(claim_release(&claimed, &sha, slow_start), making_room);
+        assert!(matches!(started, Ok(JobStart::Created(_))));
+        drop(room.expect("room made"));
+        assert!(claimed.exists(), "the release its job pushes is kept");
+        assert!(std::fs::read_dir(&uploads).unwrap().count() < MAX_UPLOADS);
+        // A release already gone is a 404, and no job is started.
+        std::fs::remove_file(&claimed).unwrap();
+        let other_hosts = ["w2".to_string()];
+        let again = db.start_job("update", "test", None, &request, &other_hosts);
+        let gone = claim_release(&claimed, &sha, again).await.unwrap_err();
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+        assert_eq!(db.running_jobs("update").await.unwrap().len(), 1);
     }
 
     /// A compromised agent answering with archives as large as it likes
