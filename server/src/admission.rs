@@ -567,6 +567,26 @@ mod tests {
         a.open(src(s), None).unwrap().slot
     }
 
+    /// A control API's join slots, scaled down: `max_anonymous` of them,
+    /// a full budget evicting, and these caps per source and network.
+    fn join_slots(max_anonymous: usize, per_source: usize, per_network: usize) -> Arc<Admission> {
+        Admission::new(ServerLimits {
+            max_connections: 20,
+            max_pending_handshakes: 20,
+            max_anonymous,
+            max_anonymous_per_source: per_source,
+            max_anonymous_per_network: per_network,
+            evict_anonymous: true,
+            ..limits()
+        })
+    }
+
+    /// A connection from `s` bound without a certificate.
+    fn bound(a: &Arc<Admission>, s: &str) -> Result<Slot, Refused> {
+        let mut slot = open(a, s);
+        slot.bind(None).map(|()| slot)
+    }
+
     /// A probe answering what `flag` holds.
     fn probe(flag: &Arc<std::sync::atomic::AtomicBool>) -> Option<SpokeProbe> {
         let f = flag.clone();
@@ -712,19 +732,8 @@ mod tests {
     /// from a network holding fewer than its own.
     #[test]
     fn a_full_anonymous_budget_evicts_from_the_most_crowded_network_not_the_joiner() {
-        let a = Admission::new(ServerLimits {
-            max_connections: 20,
-            max_pending_handshakes: 20,
-            max_anonymous: 4,
-            max_anonymous_per_source: 4,
-            max_anonymous_per_network: 8,
-            evict_anonymous: true,
-            ..limits()
-        });
-        let bound = |s: &str| {
-            let mut slot = open(&a, s);
-            slot.bind(None).map(|()| slot)
-        };
+        let a = join_slots(4, 4, 8);
+        let bound = |s: &str| bound(&a, s);
         let attacker: Vec<Slot> = (1..=4)
             .map(|i| bound(&format!("10.1.1.{i}")).unwrap())
             .collect();
@@ -792,19 +801,8 @@ mod tests {
     /// the joiner's, close the slots oldest first: the joiner's last.
     #[test]
     fn a_budget_held_from_as_many_networks_as_slots_turns_over_oldest_first() {
-        let a = Admission::new(ServerLimits {
-            max_connections: 20,
-            max_pending_handshakes: 20,
-            max_anonymous: 4,
-            max_anonymous_per_source: 1,
-            max_anonymous_per_network: 1,
-            evict_anonymous: true,
-            ..limits()
-        });
-        let bound = |s: &str| {
-            let mut slot = open(&a, s);
-            slot.bind(None).map(|()| slot)
-        };
+        let a = join_slots(4, 1, 1);
+        let bound = |s: &str| bound(&a, s);
         let attacker: Vec<Slot> = (1..=4)
             .map(|i| bound(&format!("10.{i}.0.1")).unwrap())
             .collect();

@@ -897,6 +897,22 @@ async fn a_joiner_gets_in_when_every_anonymous_slot_is_held_from_a_network_of_it
     assert_eq!(srv.admission.anonymous_connections(), 8);
 }
 
+/// A server with [`eight_join_slots`] whose `/slow` admits strangers (as
+/// the control API admits joiners on `/join`) and is answered `408` at
+/// `request_timeout`.
+async fn join_slots_with_a_slow_route(request_timeout: StdDuration) -> TestServer {
+    start_server_policy(
+        eight_join_slots(),
+        HttpLimits {
+            request_timeout,
+            ..HttpLimits::default()
+        },
+        ClientAuth::Optional,
+        SlowForStrangers,
+    )
+    .await
+}
+
 /// Admits the master everywhere, and peers without a certificate on
 /// `/slow` (as the control API admits joiners on `/join`).
 struct SlowForStrangers;
@@ -921,16 +937,7 @@ impl decnet_server::AccessPolicy for SlowForStrangers {
 /// is closed, not a cut connection.
 #[tokio::test]
 async fn an_evicted_connection_is_answered_before_it_is_closed() {
-    let srv = start_server_policy(
-        eight_join_slots(),
-        HttpLimits {
-            request_timeout: StdDuration::from_secs(1),
-            ..HttpLimits::default()
-        },
-        ClientAuth::Optional,
-        SlowForStrangers,
-    )
-    .await;
+    let srv = join_slots_with_a_slow_route(StdDuration::from_secs(1)).await;
     // Four networks, two connections each: the first of each asks `/slow`
     // (answered 408 at the request timeout), the second idles.
     let mut asking = Vec::new();
@@ -977,16 +984,7 @@ async fn an_evicted_connection_is_answered_before_it_is_closed() {
 /// as anonymous, so they would pile up past every anonymous budget).
 #[tokio::test]
 async fn evicted_connections_finishing_their_requests_are_capped() {
-    let srv = start_server_policy(
-        eight_join_slots(),
-        HttpLimits {
-            request_timeout: StdDuration::from_secs(10),
-            ..HttpLimits::default()
-        },
-        ClientAuth::Optional,
-        SlowForStrangers,
-    )
-    .await;
+    let srv = join_slots_with_a_slow_route(StdDuration::from_secs(10)).await;
     let slow = b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n";
     // Eight slots, each asking `/slow` from a network of its own.
     let mut first = Vec::new();
