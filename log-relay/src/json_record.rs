@@ -75,7 +75,7 @@ pub fn write_record(out: &mut Vec<u8>, head: &RecordHead, parsed: Option<&Syslog
 /// name is written twice, as serde_json writes a map it is handed).
 fn write_structured_data(out: &mut Vec<u8>, sd: &StructuredData) {
     out.push(b'{');
-    for (i, e) in sd.0.iter().enumerate() {
+    for (i, e) in sd.elements().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -166,7 +166,7 @@ mod tests {
         parsed: Option<&Syslog5424>,
         msg: &str,
     ) -> Vec<u8> {
-        let empty = StructuredData(Vec::new());
+        let empty = StructuredData::default();
         let r = match parsed {
             Some(m) => Record {
                 received_at: at,

@@ -379,6 +379,8 @@ fn format_batch(
     let mut raw = Vec::with_capacity(total + frames.len() * (prefix.len() + 1));
     let mut json = Vec::with_capacity(total * 2 + 256 * frames.len());
     let (mut lines, mut dropped, mut dropped_bytes) = (0u64, 0u64, 0u64);
+    // One structured-data list for the batch, reused line after line.
+    let mut spare = syslog::StructuredData::default();
     for f in frames {
         let (raw_at, json_at) = (raw.len(), json.len());
         let f = &f[..];
@@ -398,7 +400,7 @@ fn format_batch(
         }
         cap_escaped(&mut raw, line_at);
         raw.push(b'\n');
-        match syslog::parse(f) {
+        match syslog::parse_reusing(f, std::mem::take(&mut spare)) {
             Some(mut m) => {
                 let msg = if plain {
                     std::borrow::Cow::Borrowed(&*m.msg)
@@ -407,6 +409,7 @@ fn format_batch(
                     neutralize(&m.msg)
                 };
                 write_record(&mut json, &head, Some(&m), &cap_str(msg));
+                spare = m.structured_data.recycle();
             }
             None => {
                 let lossy = String::from_utf8_lossy(f);
@@ -441,15 +444,13 @@ fn format_batch(
 /// `jq` in a terminal). They are made safe as the message is. IDs, names
 /// and header fields are printable ASCII by the parser's rules already.
 fn neutralize_sd_values(sd: &mut syslog::StructuredData<'_>) {
-    for element in &mut sd.0 {
-        for (_, value) in &mut element.params {
-            let safe = match neutralize(value) {
-                std::borrow::Cow::Owned(safe) => Some(safe),
-                std::borrow::Cow::Borrowed(_) => None,
-            };
-            if let Some(safe) = safe {
-                *value = std::borrow::Cow::Owned(safe);
-            }
+    for value in sd.values_mut() {
+        let safe = match neutralize(value) {
+            std::borrow::Cow::Owned(safe) => Some(safe),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        if let Some(safe) = safe {
+            *value = std::borrow::Cow::Owned(safe);
         }
     }
 }

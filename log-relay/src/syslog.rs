@@ -6,18 +6,75 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-/// One structured-data element: `[id name="value" …]`, borrowing from the input.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SdElement<'a> {
+/// One structured-data element: `[id name="value" …]`, borrowing from the
+/// input (a view into its [`StructuredData`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdElement<'s, 'a> {
     /// SD-ID.
     pub id: &'a str,
     /// Parameters in order (values unescaped).
-    pub params: Vec<(&'a str, Cow<'a, str>)>,
+    pub params: &'s [(&'a str, Cow<'a, str>)],
 }
 
-/// Structured data serialized as `{id: {name: value}}`.
+/// Structured data, serialized as `{id: {name: value}}`.
+///
+/// Every element's parameters are kept in one list, and the elements as
+/// their IDs and where their parameters end: two vectors whatever the
+/// number of elements, which a listener parsing line after line reuses
+/// ([`StructuredData::recycle`], [`parse_reusing`]) instead of allocating
+/// and freeing them for every line.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct StructuredData<'a>(pub Vec<SdElement<'a>>);
+pub struct StructuredData<'a> {
+    /// Each element's SD-ID and the end of its parameters in `params`.
+    ids: Vec<(&'a str, usize)>,
+    /// The parameters of every element, in order.
+    params: Vec<(&'a str, Cow<'a, str>)>,
+}
+
+impl<'a> StructuredData<'a> {
+    /// The elements in the order received.
+    pub fn elements(&self) -> impl ExactSizeIterator<Item = SdElement<'_, 'a>> {
+        let mut start = 0;
+        self.ids.iter().map(move |&(id, end)| {
+            let params = &self.params[start..end];
+            start = end;
+            SdElement { id, params }
+        })
+    }
+
+    /// How many elements there are.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are none (`-`).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Every parameter value of every element, to be rewritten in place
+    /// (the listener makes hostile values safe to read).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Cow<'a, str>> {
+        self.params.iter_mut().map(|(_, value)| value)
+    }
+
+    /// Emptied, keeping the vectors' memory for the next parse: nothing
+    /// of this input is borrowed any more.
+    pub fn recycle(self) -> StructuredData<'static> {
+        StructuredData {
+            ids: emptied(self.ids),
+            params: emptied(self.params),
+        }
+    }
+}
+
+/// `v` cleared and retyped to the same layout with another lifetime. std
+/// collects a vector's `into_iter().map(..)` into the same allocation when
+/// the layouts match, so its memory is kept (a test holds it to that).
+fn emptied<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("emptied")).collect()
+}
 
 impl Serialize for StructuredData<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
@@ -31,9 +88,9 @@ impl Serialize for StructuredData<'_> {
                 m.end()
             }
         }
-        let mut m = ser.serialize_map(Some(self.0.len()))?;
-        for e in &self.0 {
-            m.serialize_entry(e.id, &Params(&e.params))?;
+        let mut m = ser.serialize_map(Some(self.len()))?;
+        for e in self.elements() {
+            m.serialize_entry(e.id, &Params(e.params))?;
         }
         m.end()
     }
@@ -67,6 +124,16 @@ pub struct Syslog5424<'a> {
 
 /// Parse an RFC 5424 message; `None` when `input` is not one.
 pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
+    parse_reusing(input, StructuredData::default())
+}
+
+/// [`parse`], its structured data kept in `spare` (an earlier message's,
+/// [recycled](StructuredData::recycle)): a parser of many lines allocates
+/// none for them once the vectors are large enough.
+pub fn parse_reusing<'a>(
+    input: &'a [u8],
+    spare: StructuredData<'static>,
+) -> Option<Syslog5424<'a>> {
     // A frame that is valid UTF-8 (nearly all) is checked once, and its
     // fields are then slices of it; only other frames convert field by field.
     let mut p = Cursor {
@@ -100,7 +167,8 @@ pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
     p.expect(b' ')?;
     let msgid = p.header_field(32)?;
     p.expect(b' ')?;
-    let structured_data = p.structured_data()?;
+    let mut structured_data: StructuredData<'a> = spare;
+    p.structured_data(&mut structured_data)?;
     let msg = match p.peek() {
         None => Cow::Borrowed(""),
         Some(b' ') => {
@@ -128,7 +196,7 @@ pub fn parse(input: &[u8]) -> Option<Syslog5424<'_>> {
         app_name,
         procid,
         msgid,
-        structured_data: StructuredData(structured_data),
+        structured_data,
         msg,
     })
 }
@@ -205,16 +273,17 @@ impl<'a> Cursor<'a> {
         }
         self.ascii_of(start, self.i)
     }
-    fn structured_data(&mut self) -> Option<Vec<SdElement<'a>>> {
+    /// Into `sd` (emptied first): `-`, or one or more elements.
+    fn structured_data(&mut self, sd: &mut StructuredData<'a>) -> Option<()> {
+        sd.ids.clear();
+        sd.params.clear();
         if self.peek()? == b'-' {
             self.i += 1;
-            return Some(Vec::new());
+            return Some(());
         }
-        let mut elements = Vec::new();
         while self.peek() == Some(b'[') {
             self.i += 1;
             let id = self.sd_name()?;
-            let mut params = Vec::new();
             loop {
                 match self.peek()? {
                     b']' => {
@@ -260,18 +329,14 @@ impl<'a> Cursor<'a> {
                         } else {
                             self.text_of(start, self.i - 1)?
                         };
-                        params.push((name, value));
+                        sd.params.push((name, value));
                     }
                     _ => return None,
                 }
             }
-            elements.push(SdElement { id, params });
+            sd.ids.push((id, sd.params.len()));
         }
-        if elements.is_empty() {
-            None
-        } else {
-            Some(elements)
-        }
+        (!sd.is_empty()).then_some(())
     }
 }
 
@@ -308,6 +373,47 @@ fn header_safe(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The parameters of the first structured-data element.
+    fn first_params<'s, 'a>(m: &'s Syslog5424<'a>) -> &'s [(&'a str, Cow<'a, str>)] {
+        m.structured_data
+            .elements()
+            .next()
+            .expect("an element")
+            .params
+    }
+
+    #[test]
+    fn recycled_structured_data_keeps_its_memory_and_parses_the_next_line_alike() {
+        let first = parse(br#"<13>1 - h a - - [a x="1" y="2"][b z="3"] m"#).unwrap();
+        let sd = first.structured_data;
+        let capacity = (sd.ids.capacity(), sd.params.capacity());
+        assert!(capacity.0 >= 2 && capacity.1 >= 3);
+        let spare = sd.recycle();
+        assert!(spare.is_empty() && spare.params.is_empty());
+        assert_eq!((spare.ids.capacity(), spare.params.capacity()), capacity);
+
+        let line = b"<13>1 - h a - - [c w=\"9\"] m".to_vec();
+        let again = parse_reusing(&line, spare).unwrap();
+        assert_eq!(
+            serde_json::to_value(&again.structured_data).unwrap(),
+            serde_json::json!({"c": {"w": "9"}})
+        );
+        assert_eq!(
+            (
+                again.structured_data.ids.capacity(),
+                again.structured_data.params.capacity()
+            ),
+            capacity
+        );
+        // A spare that still holds elements (parsed from a static line) is
+        // emptied first: nothing of another line leaks into this one.
+        let stale = parse(br#"<13>1 - h a - - [old k="v"] m"#)
+            .unwrap()
+            .structured_data;
+        let plain = parse_reusing(b"<13>1 - h a - - - m", stale).unwrap();
+        assert!(plain.structured_data.is_empty());
+    }
+
     #[test]
     fn parses_the_rfc_examples() {
         let m = parse(b"<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - \xEF\xBB\xBF'su root' failed").unwrap();
@@ -319,18 +425,18 @@ mod tests {
         assert_eq!(m.msg, "'su root' failed");
 
         let m = parse(br#"<165>1 2003-10-11T22:14:15.003Z host app - ID47 [exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][examplePriority@32473 class="high"] msg"#).unwrap();
-        assert_eq!(m.structured_data.0.len(), 2);
-        assert_eq!(m.structured_data.0[0].id, "exampleSDID@32473");
-        assert_eq!(
-            m.structured_data.0[0].params[1],
-            ("eventSource", "Application".into())
-        );
+        let elements: Vec<_> = m.structured_data.elements().collect();
+        assert_eq!(elements.len(), 2);
+        assert_eq!(elements[0].id, "exampleSDID@32473");
+        assert_eq!(elements[0].params.len(), 3);
+        assert_eq!(elements[0].params[1], ("eventSource", "Application".into()));
+        assert_eq!(elements[1].params, [("class", "high".into())]);
         let json = serde_json::to_value(&m.structured_data).unwrap();
         assert_eq!(json["examplePriority@32473"]["class"], "high");
         assert_eq!(m.msg, "msg");
 
         let m = parse(br#"<13>1 - - - - - [a b="q\"uo\]te\\"]"#).unwrap();
-        assert_eq!(m.structured_data.0[0].params[0].1, r#"q"uo]te\"#);
+        assert_eq!(first_params(&m)[0].1, r#"q"uo]te\"#);
         assert_eq!(m.msg, "");
     }
 
@@ -338,17 +444,14 @@ mod tests {
     fn text_fields_whether_or_not_the_frame_is_utf8() {
         // Valid UTF-8: fields are slices of the frame.
         let m = parse("<13>1 - h a - - [x@1 k=\"é✓\"] \u{feff}msg é".as_bytes()).unwrap();
-        assert_eq!(m.structured_data.0[0].params[0].1, "é✓");
-        assert!(matches!(
-            m.structured_data.0[0].params[0].1,
-            Cow::Borrowed(_)
-        ));
+        assert_eq!(first_params(&m)[0].1, "é✓");
+        assert!(matches!(first_params(&m)[0].1, Cow::Borrowed(_)));
         assert_eq!(m.msg, "msg é");
         assert!(matches!(m.msg, Cow::Borrowed(_)));
         // Invalid UTF-8 anywhere: each text field is converted on its own.
         let m = parse(b"<13>1 - h a - - [x@1 k=\"v\xffw\" j=\"ok\"] \xef\xbb\xbfm\xfen").unwrap();
-        assert_eq!(m.structured_data.0[0].params[0].1, "v\u{fffd}w");
-        assert_eq!(m.structured_data.0[0].params[1].1, "ok");
+        assert_eq!(first_params(&m)[0].1, "v\u{fffd}w");
+        assert_eq!(first_params(&m)[1].1, "ok");
         assert_eq!(m.msg, "m\u{fffd}n");
         assert_eq!(m.hostname, Some("h"));
         assert_eq!((m.facility, m.severity, m.version), (1, 5, 1));

@@ -12,6 +12,8 @@
 //! * [`authz`] — [`AccessPolicy`], the role checks every request passes;
 //! * [`metrics`] — the runner's series and the `/metrics` endpoint
 //!   ([`metrics::MetricsEndpoint`]), monitors only;
+//! * [`read_ahead`] — large socket reads under TLS while a peer sends in
+//!   bulk, no buffer held for a quiet one;
 //! * [`error_body`] — the JSON error body of every server;
 //! * [`source`], [`refusal_log`], [`shutdown`] — source keys, rate-limited
 //!   refusal logging, the SIGTERM trigger;
@@ -25,6 +27,7 @@ pub mod error_body;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod read_ahead;
 pub mod refusal_log;
 pub mod runner;
 pub mod shutdown;

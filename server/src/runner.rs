@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::limits::ServerLimits;
+use crate::read_ahead::ReadAhead;
 use crate::refusal_log::RefusalLog;
 use crate::source::SourceKey;
 
@@ -81,7 +82,7 @@ pub struct TlsPeer {
 /// The byte stream of an accepted connection.
 pub enum ServerIo {
     /// After a TLS handshake.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<ReadAhead<TcpStream>>>),
     /// Plain TCP (loopback only).
     Plain(TcpStream),
 }
@@ -334,8 +335,10 @@ async fn connection<H: ConnectionHandler>(
             // A peer that speaks TLS sends its ClientHello at once; a silent
             // one is closed after `client_hello_timeout` (or evicted sooner
             // by a newcomer from a crowded source).
-            let lazy =
-                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), sock);
+            let lazy = tokio_rustls::LazyConfigAcceptor::new(
+                rustls::server::Acceptor::default(),
+                ReadAhead::new(sock),
+            );
             let hello = tokio::select! {
                 r = tokio::time::timeout(limits.client_hello_timeout.min(limits.handshake_timeout), lazy) => r,
                 _ = evicted.cancelled() => {
