@@ -1,7 +1,11 @@
 //! RFC 5425 octet-counted framing: `MSG-LEN SP SYSLOG-MSG`.
 //!
-//! [`FrameDecoder`] is a pure [`tokio_util::codec::Decoder`]: it never
-//! buffers more than one maximum frame. A frame whose declared length
+//! [`FrameDecoder`] is pure: [`FrameDecoder::scan`] goes through the bytes
+//! a connection has buffered and reports each frame as a range of them
+//! (the listener formats frames where they lie: nothing copied or
+//! reference-counted per frame), and it is also a
+//! [`tokio_util::codec::Decoder`] built on that scan. It never buffers
+//! more than one maximum frame. A frame whose declared length
 //! exceeds the maximum is *discarded* as its bytes arrive — reported once as
 //! [`FrameItem::Oversized`] with the length the peer declared — and the
 //! stream carries on with the next frame. Only a length prefix that is not a
@@ -72,6 +76,18 @@ pub enum FrameItem {
     },
 }
 
+/// What [`FrameDecoder::scan`] finds in the bytes buffered, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// A complete frame's payload: this range of the bytes scanned (never empty).
+    Frame(std::ops::Range<usize>),
+    /// A frame declared longer than the maximum; its bytes are being skipped.
+    Oversized {
+        /// The length the peer declared.
+        declared: u64,
+    },
+}
+
 /// Encode one message as an octet-counted frame.
 pub fn encode(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + 8);
@@ -121,40 +137,50 @@ impl FrameDecoder {
     pub fn max(&self) -> usize {
         self.max
     }
-}
 
-impl Decoder for FrameDecoder {
-    type Item = FrameItem;
-    type Error = FrameError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<FrameItem>, FrameError> {
+    /// Go through `src`, the bytes buffered that no earlier call consumed:
+    /// tell `found` of every complete frame (a range of `src`) and every
+    /// oversized frame's declaration, until the bytes run out or `found`
+    /// returns `false`. Returns how many bytes of `src` are done with
+    /// (frames, length prefixes, skipped bytes), which the caller drops
+    /// before the next call. An error ends the stream; what `found` was
+    /// told before it stands.
+    pub fn scan(
+        &mut self,
+        src: &[u8],
+        mut found: impl FnMut(Found) -> bool,
+    ) -> Result<usize, FrameError> {
+        let mut at = 0;
         loop {
+            let rest = &src[at..];
             match self.state {
                 State::Discarding(left) => {
-                    let n = (src.len() as u64).min(left) as usize;
-                    src.advance(n);
-                    let left = left - n as u64;
-                    if left > 0 {
-                        self.state = State::Discarding(left);
-                        return Ok(None);
+                    let n = (rest.len() as u64).min(left);
+                    at += n as usize;
+                    if left > n {
+                        self.state = State::Discarding(left - n);
+                        return Ok(at);
                     }
                     self.state = State::Length;
                 }
                 State::Payload(len) => {
-                    if src.len() < len {
-                        src.reserve(len - src.len());
-                        return Ok(None);
+                    if rest.len() < len {
+                        return Ok(at);
                     }
                     self.state = State::Length;
                     if len == 0 {
                         continue;
                     }
-                    return Ok(Some(FrameItem::Frame(src.split_to(len).freeze())));
+                    let frame = at..at + len;
+                    at += len;
+                    if !found(Found::Frame(frame)) {
+                        return Ok(at);
+                    }
                 }
                 State::Length => {
                     let mut declared: u64 = 0;
                     let mut end = None;
-                    for (i, &b) in src.iter().enumerate() {
+                    for (i, &b) in rest.iter().enumerate() {
                         match b {
                             b'0'..=b'9' => {
                                 if i >= MAX_PREFIX_DIGITS {
@@ -170,29 +196,77 @@ impl Decoder for FrameDecoder {
                         }
                     }
                     let Some(end) = end else {
-                        if src.len() > MAX_PREFIX_DIGITS {
+                        if rest.len() > MAX_PREFIX_DIGITS {
                             return Err(FrameError::PrefixTooLong);
                         }
-                        return Ok(None);
+                        return Ok(at);
                     };
-                    src.advance(end + 1);
+                    at += end + 1;
                     if declared > self.max as u64 {
                         self.state = State::Discarding(declared);
-                        return Ok(Some(FrameItem::Oversized { declared }));
+                        if !found(Found::Oversized { declared }) {
+                            return Ok(at);
+                        }
+                    } else {
+                        self.state = State::Payload(declared as usize);
                     }
-                    self.state = State::Payload(declared as usize);
                 }
             }
         }
     }
 
+    /// How many bytes beyond the `buffered` ones the frame being read
+    /// still needs (0 when none is being read): room to make at once.
+    pub fn wanted(&self, buffered: usize) -> usize {
+        match self.state {
+            State::Payload(len) => len.saturating_sub(buffered),
+            _ => 0,
+        }
+    }
+
+    /// Whether the stream may end here with `left` bytes not done with:
+    /// between frames, or inside an oversized frame being skipped (nothing
+    /// of it was going to be kept); anywhere else it was cut short.
+    pub fn at_end(&self, left: usize) -> Result<(), FrameError> {
+        match self.state {
+            State::Length if left == 0 => Ok(()),
+            State::Discarding(_) => Ok(()),
+            _ => Err(FrameError::Truncated(left)),
+        }
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = FrameItem;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<FrameItem>, FrameError> {
+        let mut first = None;
+        let done = self.scan(src, |found| {
+            first = Some(found);
+            false
+        })?;
+        Ok(match first {
+            Some(Found::Frame(frame)) => {
+                src.advance(frame.start);
+                Some(FrameItem::Frame(src.split_to(frame.len()).freeze()))
+            }
+            Some(Found::Oversized { declared }) => {
+                src.advance(done);
+                Some(FrameItem::Oversized { declared })
+            }
+            None => {
+                src.advance(done);
+                src.reserve(self.wanted(src.len()));
+                None
+            }
+        })
+    }
+
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<FrameItem>, FrameError> {
         match self.decode(src)? {
             Some(item) => Ok(Some(item)),
-            None if src.is_empty() && self.state == State::Length => Ok(None),
-            // Skipping the tail of an oversized frame: nothing was going to be kept.
-            None if matches!(self.state, State::Discarding(_)) => Ok(None),
-            None => Err(FrameError::Truncated(src.len())),
+            None => self.at_end(src.len()).map(|()| None),
         }
     }
 }
@@ -326,6 +400,82 @@ mod tests {
             frames(&decode_all(&mut d, b"0 3 abc").unwrap()),
             vec![b"abc".to_vec()],
             "zero-length frames are skipped"
+        );
+    }
+
+    /// `scan` over bytes arriving in pieces, as the listener calls it: the
+    /// frames (copied out of the ranges) and oversized declarations.
+    fn scan_all(
+        d: &mut FrameDecoder,
+        stream: &[u8],
+        piece: usize,
+    ) -> Result<Vec<FrameItem>, FrameError> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for chunk in stream.chunks(piece) {
+            buf.extend_from_slice(chunk);
+            let mut found = Vec::new();
+            let done = d.scan(&buf, |f| {
+                found.push(f);
+                true
+            })?;
+            for f in found {
+                out.push(match f {
+                    Found::Frame(r) => FrameItem::Frame(Bytes::copy_from_slice(&buf[r])),
+                    Found::Oversized { declared } => FrameItem::Oversized { declared },
+                });
+            }
+            buf.drain(..done);
+            assert!(buf.len() <= d.max() + MAX_PREFIX_DIGITS + 1 + piece);
+        }
+        d.at_end(buf.len())?;
+        Ok(out)
+    }
+
+    #[test]
+    fn scanning_in_place_finds_what_decoding_does_however_the_bytes_arrive() {
+        let mut stream = Vec::new();
+        for m in [
+            &b"one"[..],
+            b"",
+            b"<13>1 - - - - - - two",
+            &[b'x'; 40],
+            b"three",
+        ] {
+            stream.extend_from_slice(&encode(m));
+        }
+        let mut d = FrameDecoder::new(32);
+        let expected = decode_all(&mut d, &stream).unwrap();
+        assert_eq!(expected.len(), 4, "{expected:?}");
+        for piece in 1..=stream.len() {
+            let mut d = FrameDecoder::new(32);
+            assert_eq!(
+                scan_all(&mut d, &stream, piece).unwrap(),
+                expected,
+                "pieces of {piece}"
+            );
+        }
+        // Cut inside a frame: truncated; inside an oversized one: a clean end.
+        let mut d = FrameDecoder::new(32);
+        assert_eq!(scan_all(&mut d, b"5 ab", 2), Err(FrameError::Truncated(2)));
+        let mut d = FrameDecoder::new(32);
+        assert_eq!(
+            scan_all(&mut d, b"3 abc99 xx", 3).unwrap(),
+            vec![
+                FrameItem::Frame(Bytes::from_static(b"abc")),
+                FrameItem::Oversized { declared: 99 }
+            ]
+        );
+        // A bad prefix after a frame: the frame is reported, then the error.
+        let mut d = FrameDecoder::new(32);
+        let mut seen = Vec::new();
+        let r = d.scan(b"3 abc3x", |f| {
+            seen.push(f);
+            true
+        });
+        assert_eq!(
+            (r, seen),
+            (Err(FrameError::BadPrefix(b'x')), vec![Found::Frame(2..5)])
         );
     }
 

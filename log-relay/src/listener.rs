@@ -20,16 +20,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use std::ops::Range;
+
+use bytes::Buf;
 use decnet_pki::{PeerIdentity, RoleKind};
 use decnet_server::{Connection, ConnectionHandler, Server};
-use futures_util::StreamExt;
-use tokio_util::codec::FramedRead;
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{LogBudget, PeerBudgets};
 use crate::disk::{DiskPolicy, FreeSpaceGuard, RotatingFile, SpaceChange};
-use crate::frame::{DEFAULT_MAX_FRAME, FrameDecoder, FrameItem};
+use crate::frame::{DEFAULT_MAX_FRAME, Found, FrameDecoder, FrameError};
 use crate::json_record::{RecordHead, write_record};
 use crate::neutralize::{neutralize, neutralize_bytes_into, plain_ascii};
 use crate::syslog;
@@ -276,13 +277,15 @@ impl SinkHandle {
         self.tx.closed().await;
     }
 
-    /// Format a batch of frames from one peer and queue it for writing;
-    /// every line is first charged to `budgets` (what does not fit is
-    /// dropped). Returns the lines and bytes dropped.
+    /// Format a batch of frames from one peer (ranges of `read`, the
+    /// connection's buffer) and queue it for writing; every line is first
+    /// charged to `budgets` (what does not fit is dropped). Returns the
+    /// lines and bytes dropped.
     pub async fn write_batch(
         &self,
         credit: &Credit,
-        frames: &[Bytes],
+        read: &[u8],
+        frames: &[Range<usize>],
         budgets: &PeerBudgets,
     ) -> Result<(u64, u64), SinkClosed> {
         let key = credit.fingerprint.as_deref().unwrap_or(&credit.cn);
@@ -300,7 +303,9 @@ impl SinkHandle {
             }
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let (batch, d) = format_batch(credit, chunk, &mut |cost| budgets.admit(key, cost, now));
+            let (batch, d) = format_batch(credit, read, chunk, &mut |cost| {
+                budgets.admit(key, cost, now)
+            });
             dropped.0 += d.0;
             dropped.1 += d.1;
             if batch.lines > 0 {
@@ -362,12 +367,13 @@ fn cap_str(s: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}{CUT_MARK}", &s[..end]))
 }
 
-/// Format `frames`; each line's cost (raw and JSON bytes) is offered to
-/// `admit` and the line dropped when refused. Returns the batch and the
-/// (lines, bytes) dropped.
+/// Format `frames` (ranges of `read`); each line's cost (raw and JSON
+/// bytes) is offered to `admit` and the line dropped when refused.
+/// Returns the batch and the (lines, bytes) dropped.
 fn format_batch(
     credit: &Credit,
-    frames: &[Bytes],
+    read: &[u8],
+    frames: &[Range<usize>],
     admit: &mut dyn FnMut(u64) -> bool,
 ) -> (Formatted, (u64, u64)) {
     let received_at = time::OffsetDateTime::now_utc()
@@ -383,7 +389,7 @@ fn format_batch(
     let mut spare = syslog::StructuredData::default();
     for f in frames {
         let (raw_at, json_at) = (raw.len(), json.len());
-        let f = &f[..];
+        let f = &read[f.clone()];
         // Senders that frame newline-terminated lines (rsyslog's templates)
         // leave the newline inside the frame.
         let f = f.strip_suffix(b"\n").unwrap_or(f);
@@ -529,9 +535,12 @@ impl ConnectionHandler for LogListener {
         let credit = &peer.credit;
         tracing::info!(remote = %conn.peer.remote, peer_cn = %credit.cn, "log peer connected");
         let opts = &self.options;
-        // No buffer until bytes arrive (see `fit_read_buffer`).
-        let mut frames = FramedRead::with_capacity(conn.io, FrameDecoder::new(opts.max_frame), 0)
-            .ready_chunks(256);
+        let mut io = conn.io;
+        let mut decoder = FrameDecoder::new(opts.max_frame);
+        // No buffer until bytes arrive (see `fit_read_buffer`). Frames are
+        // formatted where they lie in it (`frames`: ranges of it).
+        let mut buf = bytes::BytesMut::new();
+        let mut frames: Vec<Range<usize>> = Vec::new();
         let deadline = async {
             match conn.deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -543,7 +552,6 @@ impl ConnectionHandler for LogListener {
         let mut received = 0u64;
         let mut oversized = 0u64;
         let mut next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
-        let mut batch: Vec<Bytes> = Vec::new();
         let metrics = crate::metrics::listener_metrics();
         let mut over_budget = 0u64;
         let mut last_budget_line: Option<tokio::time::Instant> = None;
@@ -554,8 +562,11 @@ impl ConnectionHandler for LogListener {
                 Some(_) => Duration::from_millis(300),
                 None => opts.idle_timeout,
             };
+            if buf.len() == buf.capacity() {
+                buf.reserve(1);
+            }
             let next = tokio::select! {
-                r = tokio::time::timeout(wait, frames.next()) => r,
+                r = tokio::time::timeout(wait, io.read_buf(&mut buf)) => r,
                 _ = stop.cancelled(), if draining.is_none() => {
                     draining = Some(tokio::time::Instant::now() + opts.drain_timeout);
                     continue;
@@ -567,14 +578,14 @@ impl ConnectionHandler for LogListener {
                     break;
                 }
             };
-            let items = match next {
+            let (ended, mut bad) = match next {
                 Err(_) if draining.is_some() => break,
                 Err(_) => {
                     tracing::info!(peer_cn = %credit.cn, "log peer idle; closing");
                     break;
                 }
-                Ok(None) => break,
-                Ok(Some(items)) => items,
+                Ok(Ok(n)) => (n == 0, None),
+                Ok(Err(e)) => (false, Some(FrameError::from(e))),
             };
             if let Some(identity) = &peer.identity
                 && tokio::time::Instant::now() >= next_check
@@ -585,15 +596,15 @@ impl ConnectionHandler for LogListener {
                     break;
                 }
             }
-            let mut bad = None;
             let mut batch_bytes = 0;
-            for item in items {
-                match item {
-                    Ok(FrameItem::Frame(f)) => {
+            frames.clear();
+            let scanned = decoder.scan(&buf, |found| {
+                match found {
+                    Found::Frame(f) => {
                         batch_bytes += f.len();
-                        batch.push(f);
+                        frames.push(f);
                     }
-                    Ok(FrameItem::Oversized { declared }) => {
+                    Found::Oversized { declared } => {
                         oversized += 1;
                         metrics.oversized(&credit.cn, declared);
                         if oversized <= OVERSIZE_LINES {
@@ -605,20 +616,27 @@ impl ConnectionHandler for LogListener {
                             );
                         }
                     }
-                    Err(e) => {
-                        bad = Some(e);
-                        break;
-                    }
                 }
+                true
+            });
+            let done = match scanned {
+                Ok(done) => done,
+                Err(e) => {
+                    bad = bad.or(Some(e));
+                    0
+                }
+            };
+            if ended && bad.is_none() {
+                bad = decoder.at_end(buf.len() - done).err();
             }
-            if !batch.is_empty() {
-                received += batch.len() as u64;
-                metrics.received(
-                    &credit.cn,
-                    batch.len() as u64,
-                    batch.iter().map(|f| f.len() as u64).sum(),
-                );
-                match self.sink.write_batch(credit, &batch, &self.budgets).await {
+            if !frames.is_empty() {
+                received += frames.len() as u64;
+                metrics.received(&credit.cn, frames.len() as u64, batch_bytes as u64);
+                match self
+                    .sink
+                    .write_batch(credit, &buf, &frames, &self.budgets)
+                    .await
+                {
                     Ok((0, _)) => {}
                     Ok((lines, bytes)) => {
                         metrics.dropped(&credit.cn, "budget", lines, bytes);
@@ -639,20 +657,18 @@ impl ConnectionHandler for LogListener {
                         break;
                     }
                 }
-                batch.clear();
             }
-            fit_read_buffer(
-                frames.get_mut().read_buffer_mut(),
-                batch_bytes,
-                busy_read(opts.max_frame),
-            );
+            buf.advance(done);
+            buf.reserve(decoder.wanted(buf.len()));
+            fit_read_buffer(&mut buf, batch_bytes, busy_read(opts.max_frame));
             match bad {
+                None if ended => break,
                 None => {}
-                Some(crate::frame::FrameError::Disconnected) => {
+                Some(FrameError::Disconnected) => {
                     went_away = true;
                     break;
                 }
-                Some(e @ crate::frame::FrameError::Truncated(_)) => {
+                Some(e @ FrameError::Truncated(_)) => {
                     metrics.frame_error(&credit.cn, "truncated");
                     tracing::warn!(peer_cn = %credit.cn, error = %e, "log connection ended inside a frame");
                     break;
@@ -758,14 +774,20 @@ mod tests {
     /// them as visible escapes, as the message does.
     #[test]
     fn hostile_structured_data_values_are_neutralized_like_the_message() {
-        let frame = Bytes::from(
-            "<11>1 2026-11-23T10:00:00Z h app - - [meta ua=\"x\u{1b}[2J\u{7}\u{202e}y\" ok=\"plain\"] m\u{1b}[8m",
-        );
+        let frame = "<11>1 2026-11-23T10:00:00Z h app - - [meta ua=\"x\u{1b}[2J\u{7}\u{202e}y\" ok=\"plain\"] m\u{1b}[8m".as_bytes();
         let credit = Credit {
             cn: "w1".into(),
             fingerprint: None,
         };
-        let (batch, dropped) = format_batch(&credit, &[frame], &mut |_| true);
+        let (batch, dropped) = format_batch(
+            &credit,
+            frame,
+            &[Range {
+                start: 0,
+                end: frame.len(),
+            }],
+            &mut |_| true,
+        );
         assert_eq!((batch.lines, dropped), (1, (0, 0)));
         let record: serde_json::Value = serde_json::from_slice(&batch.json).unwrap();
         assert_eq!(

@@ -17,6 +17,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::authz::{self, AccessPolicy};
 use crate::limits::HttpLimits;
+use crate::linger::LingeringClose;
 use crate::runner::{Connection, ConnectionHandler};
 
 /// The served application: a router whose every route (the 404 fallback
@@ -126,7 +127,9 @@ impl ConnectionHandler for HttpService {
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes.max(8192))
             .keep_alive(true);
-        let served = builder.serve_connection(TokioIo::new(io), svc);
+        // An early answer (a body over its limit) reaches a client still
+        // sending: the close lingers (see `linger`).
+        let served = builder.serve_connection(TokioIo::new(LingeringClose::new(io)), svc);
         tokio::pin!(served);
         let end = async {
             match deadline {

@@ -12,6 +12,8 @@
 //! * [`authz`] — [`AccessPolicy`], the role checks every request passes;
 //! * [`metrics`] — the runner's series and the `/metrics` endpoint
 //!   ([`metrics::MetricsEndpoint`]), monitors only;
+//! * [`linger`] — a lingering close, so an answer sent before its
+//!   request was read whole (a `413`) reaches a client still sending;
 //! * [`read_ahead`] — large socket reads under TLS while a peer sends in
 //!   bulk, no buffer held for a quiet one;
 //! * [`error_body`] — the JSON error body of every server;
@@ -26,6 +28,7 @@ pub mod descriptors;
 pub mod error_body;
 pub mod http;
 pub mod limits;
+pub mod linger;
 pub mod metrics;
 pub mod read_ahead;
 pub mod refusal_log;

@@ -105,6 +105,10 @@ async fn start_server_policy(
             ),
         )
         .route(
+            "/upload",
+            axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+        )
+        .route(
             "/slow",
             get(|| async {
                 tokio::time::sleep(StdDuration::from_secs(30)).await;
@@ -599,6 +603,56 @@ async fn shutdown_is_bounded_even_with_a_request_in_flight() {
     let took = srv.shutdown().await;
     assert!(took < StdDuration::from_secs(3), "{took:?}");
     assert!(slow.await.unwrap().is_err(), "the stuck request was cut");
+}
+
+/// A body over the limit is answered `413` before it is read whole; the
+/// client, still sending, reads that answer rather than a reset (the
+/// server's close lingers, draining what it still sends).
+#[tokio::test]
+async fn a_client_still_sending_a_body_over_the_limit_reads_its_413() {
+    let srv = start_server_with(
+        ServerLimits::default(),
+        HttpLimits {
+            max_body_bytes: 64 * 1024,
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+    let url = format!("https://{}/upload", srv.addr);
+    let small = client(&master())
+        .post(&url)
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.text().await.unwrap(), "1000");
+    // A client still sending its 8 MiB body when the answer comes (the
+    // server answers after 64 KiB). Without the lingering close, the
+    // server closed with the rest unread, the kernel reset the connection,
+    // and the client's next write failed: an HTTP client (hyper's, under
+    // load: seen in `agent_e2e`) then reports a broken pipe, not the 413.
+    let mut s = tls_as_master(srv.addr).await;
+    let head = "POST /upload HTTP/1.1\r\nhost: srv\r\ncontent-length: 8388608\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b'x'; 1024 * 1024]).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    let more = async {
+        s.write_all(&vec![b'x'; 1024 * 1024]).await?;
+        s.flush().await
+    }
+    .await;
+    assert!(
+        more.is_ok(),
+        "the client, still sending, was reset: {more:?}"
+    );
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(StdDuration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "read {read:?}, answer {answer:?}"
+    );
 }
 
 #[tokio::test]

@@ -1491,6 +1491,22 @@ pub mod procstat {
         (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
     }
 
+    /// Seconds the machine's cores have spent idle (or waiting for IO)
+    /// since boot, all cores together: over a window, what no process used.
+    pub fn machine_idle_seconds() -> f64 {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse::<f64>().unwrap_or(0.0))
+            .collect();
+        // user nice system idle iowait …, in USER_HZ (100 a second).
+        (cpu.get(3).unwrap_or(&0.0) + cpu.get(4).unwrap_or(&0.0)) / 100.0
+    }
+
     /// CPU seconds used by this process's reaped children.
     pub fn children_cpu_seconds() -> f64 {
         let f = stat_fields("self");

@@ -95,6 +95,8 @@ struct Round {
     secs: f64,
     receiver_cpu: f64,
     sender_cpu: f64,
+    /// Core-seconds the machine left idle meanwhile (all cores).
+    idle: f64,
     /// Bytes the receiver wrote to its files (raw, and JSON if it writes
     /// it): once the page cache is full, the disk's bandwidth divided by
     /// this is the most it can ingest.
@@ -117,9 +119,10 @@ async fn load(
     let payload = Arc::new(payload);
     let mut counter = LineCounter::new(out);
     let before = counter.count();
-    let (receiver_before, sender_before) = (
+    let (receiver_before, sender_before, idle_before) = (
         procstat::cpu_seconds(pid),
         procstat::cpu_seconds(std::process::id()),
+        procstat::machine_idle_seconds(),
     );
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -147,6 +150,7 @@ async fn load(
                 secs: start.elapsed().as_secs_f64(),
                 receiver_cpu: procstat::cpu_seconds(pid) - receiver_before,
                 sender_cpu: procstat::cpu_seconds(std::process::id()) - sender_before,
+                idle: procstat::machine_idle_seconds() - idle_before,
                 written: 0,
             };
             drop(streams);
@@ -157,6 +161,11 @@ async fn load(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The machine's cores, for the idle share.
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -219,12 +228,13 @@ impl Receiver {
             .map(|r| format!("{:.0}k", total as f64 / r.secs / 1e3))
             .collect();
         println!(
-            "{:<34} {:>9.0} msg/s {:>6.1} MB/s   receiver CPU {:.2} us/msg, sender CPU {:.2} us/msg, wrote {} B/msg   (rounds: {})",
+            "{:<34} {:>9.0} msg/s {:>6.1} MB/s   receiver CPU {:.2} us/msg, sender CPU {:.2} us/msg, machine idle {:.0} %, wrote {} B/msg   (rounds: {})",
             self.name,
             total as f64 / m.secs,
             (total * msg_len) as f64 / m.secs / 1e6,
             m.receiver_cpu / total as f64 * 1e6,
             m.sender_cpu / total as f64 * 1e6,
+            m.idle / (m.secs * cores()) * 100.0,
             m.written / total as u64,
             all.join(" ")
         );
