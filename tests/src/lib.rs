@@ -1470,6 +1470,23 @@ pub mod docker {
             .output();
         let _ = Command::new("iptables").args(["-w", "-F", &chain]).output();
         let _ = Command::new("iptables").args(["-w", "-X", &chain]).output();
+        // The safety net in the `security` table.
+        for _ in 0..4 {
+            let ok = Command::new("iptables")
+                .args([
+                    "-w", "-t", "security", "-D", "FORWARD", "-i", bridge, "-j", &chain,
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                break;
+            }
+        }
+        for op in ["-F", "-X"] {
+            let _ = Command::new("iptables")
+                .args(["-w", "-t", "security", op, &chain])
+                .output();
+        }
     }
 }
 

@@ -470,6 +470,35 @@ fn container_network(id: &str, field: &str) -> String {
     .to_string()
 }
 
+/// The engine's gap, played for one bridge: its `-i br ! -o br -j ACCEPT`
+/// first in FORWARD, above the jump to DOCKER-USER, until dropped.
+struct EngineGap(Vec<String>);
+
+impl EngineGap {
+    fn open(bridge: &str) -> EngineGap {
+        let spec: Vec<String> = ["FORWARD", "-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ok = Command::new("iptables")
+            .args(["-w", "-I"])
+            .args(&spec)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "iptables -I {spec:?}");
+        EngineGap(spec)
+    }
+}
+
+impl Drop for EngineGap {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(["-w", "-D"])
+            .args(&self.0)
+            .status();
+    }
+}
+
 #[test]
 fn a_compose_decky_reaches_nothing_but_its_allow_list() {
     if !docker_available() {
@@ -615,6 +644,39 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         !seen.lines().any(|l| l == "webleak"),
         "web's lookup to the same host was refused: {seen:?}"
     );
+    // Each time the engine creates a network (any network: the agent's
+    // next deploy, an operator's `docker network create`) it takes its
+    // jump to DOCKER-USER out of FORWARD and puts it back; in between, a
+    // bridge's own `-i br ! -o br -j ACCEPT` decides. Played here for
+    // web's bridge alone (that ACCEPT put first, as in the gap): the safety
+    // net in the `security` table still holds what web sends.
+    let bridge = docker_out(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{index .Options \"com.docker.network.bridge.name\"}}",
+        &container_network(&web, "NetworkID"),
+    ])
+    .trim()
+    .to_string();
+    assert!(bridge.starts_with("dn"), "web's bridge: {bridge:?}");
+    let gap = EngineGap::open(&bridge);
+    let _ = Command::new("docker")
+        .args(["exec", &web, "nslookup", "webleak.example", &outside.ip])
+        .output()
+        .unwrap();
+    let reached = fetch_from(&web, &allowed);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(gap);
+    let seen = std::fs::read_to_string(&datagrams).unwrap_or_default();
+    assert!(
+        !seen.lines().any(|l| l == "webleak"),
+        "web's lookup passed while the engine's jump was out: {seen:?}"
+    );
+    assert!(
+        reached.is_err(),
+        "web reached the outside while the engine's jump was out: {reached:?}"
+    );
     assert!(count() >= got);
     // No IPv6 to go around the IPv4 chain.
     assert_eq!(
@@ -665,8 +727,9 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
         st[0]["status"]["containment"]
     );
 
-    // Another tool flushes the chain and drops the jump from DOCKER-USER
-    // (a firewall reload): the next observation puts them back.
+    // Another tool flushes the chains and drops the jumps to them, the
+    // safety net's included (a firewall reload): the next observation puts
+    // them back.
     let bridge_now = docker_out(&[
         "network",
         "inspect",
@@ -682,6 +745,18 @@ fn a_compose_decky_reaches_nothing_but_its_allow_list() {
             "-w",
             "-D",
             "DOCKER-USER",
+            "-i",
+            bridge_now,
+            "-j",
+            hostile_chain.as_str(),
+        ],
+        vec!["-w", "-t", "security", "-F", hostile_chain.as_str()],
+        vec![
+            "-w",
+            "-t",
+            "security",
+            "-D",
+            "FORWARD",
             "-i",
             bridge_now,
             "-j",

@@ -6,6 +6,7 @@
 //! DOCKER-USER -i dn<hash> -j DECNET-dn<hash>     (what it forwards: other deckies, the LAN, the internet)
 //! INPUT       -i dn<hash> -j DECNET-dn<hash>     (what it sends the host itself: its gateway address, every host service)
 //! raw PREROUTING -i dn<hash> -m rpfilter --invert -j DROP   (a source address the bridge does not route: forged)
+//! security FORWARD -i dn<hash> -j DECNET-dn<hash>  (the safety net, below)
 //!
 //! DECNET-dn<hash>:
 //!   -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN   (answers to connections made to it)
@@ -13,7 +14,26 @@
 //!   -d <egress net> -p tcp --dport <port> -j RETURN         (one per allow-list entry)
 //!   -p tcp -j REJECT --reject-with tcp-reset                (everything else, counted)
 //!   -j REJECT --reject-with icmp-admin-prohibited
+//!
+//! security DECNET-dn<hash>:
+//!   -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN
+//!   -d <egress net> -p tcp --dport <port> -j RETURN         (the same allow-list)
+//!   -j DROP
 //! ```
+//!
+//! **The safety net.** The engine, whenever it creates any network, takes
+//! its jump `FORWARD -j DOCKER-USER` out and inserts it again (two
+//! `iptables` calls, moby's `EnsureJumpRule`). In between no decky's chain
+//! is consulted, and the engine's own `-i <bridge> ! -o <bridge> -j ACCEPT`
+//! lets everything a decky sends out: an attacker in a decky sending
+//! without pause gets datagrams (or a TCP handshake, which then lives on
+//! as `ESTABLISHED`) past its allow-list each time a network is created,
+//! the agent's own deploys included (seen in a CI run). The `security`
+//! table's `FORWARD` runs after `filter`'s for every forwarded packet, and
+//! the engine never writes it: the same allow-list there, ending in `DROP`,
+//! holds whatever `filter` lets through. Normally it sees only what the
+//! filter chain allowed (refusals stay `REJECT`s, counted there); a packet
+//! it drops is counted as forbidden too.
 //!
 //! Connections made *to* the decky (its published ports) are untouched:
 //! they enter the bridge, they do not leave it. Refusing rather than
@@ -88,27 +108,42 @@ pub fn chain_restore(interface: &str, egress: &[Allowed]) -> String {
          -A {chain} -m addrtype --dst-type LOCAL -j REJECT --reject-with icmp-admin-prohibited\n"
     );
     for a in egress.iter().filter(|a| a.rule.net.is_ipv4()) {
-        out.push_str(&format!(
-            "-A {chain} -d {}/{} -p {} --dport {} -j RETURN\n",
-            a.rule.net,
-            a.rule.prefix,
-            a.transport(),
-            a.rule.port
-        ));
+        out.push_str(&allow_rule(&chain, a));
     }
     out.push_str(&format!(
         "-A {chain} -p tcp -j REJECT --reject-with tcp-reset\n\
          -A {chain} -j REJECT --reject-with icmp-admin-prohibited\n\
          COMMIT\n"
     ));
+    // The safety net (see the module's documentation): the same verdict
+    // where the engine never writes.
+    out.push_str(&format!(
+        "*security\n:{chain} - [0:0]\n\
+         -A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
+    ));
+    for a in egress.iter().filter(|a| a.rule.net.is_ipv4()) {
+        out.push_str(&allow_rule(&chain, a));
+    }
+    out.push_str(&format!("-A {chain} -j DROP\nCOMMIT\n"));
     out
+}
+
+/// The rule letting allow-list entry `a` through `chain`.
+fn allow_rule(chain: &str, a: &Allowed) -> String {
+    format!(
+        "-A {chain} -d {}/{} -p {} --dport {} -j RETURN\n",
+        a.rule.net,
+        a.rule.prefix,
+        a.transport(),
+        a.rule.port
+    )
 }
 
 /// One rule the chain of a bridge needs outside it: a jump into it, or the
 /// reverse-path check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostRule {
-    /// The table (`filter`, `raw`).
+    /// The table (`filter`, `raw`, `security`).
     pub table: &'static str,
     /// The built-in or engine chain it sits in.
     pub chain: &'static str,
@@ -128,9 +163,10 @@ impl HostRule {
     }
 }
 
-/// The rules of `interface` outside its chain: the jumps from
+/// The rules of `interface` outside its chains: the jumps from
 /// [`DOCKER_USER`] (what the bridge forwards) and from `INPUT` (what it
-/// sends the host), and the reverse-path check in `raw`. Pure: unit-tested.
+/// sends the host), the reverse-path check in `raw`, and the jump to the
+/// safety net from `security`'s `FORWARD`. Pure: unit-tested.
 pub fn host_rules(interface: &str) -> Vec<HostRule> {
     let chain = chain_name(interface);
     vec![
@@ -147,6 +183,11 @@ pub fn host_rules(interface: &str) -> Vec<HostRule> {
         HostRule {
             table: "filter",
             chain: "INPUT",
+            spec: args(&["-i", interface, "-j", &chain]),
+        },
+        HostRule {
+            table: "security",
+            chain: "FORWARD",
             spec: args(&["-i", interface, "-j", &chain]),
         },
     ]
@@ -169,19 +210,26 @@ pub struct BridgeRules {
     pub input: bool,
     /// The reverse-path check in `raw`.
     pub reverse_path: bool,
+    /// The safety net: its chain in `security`, ending in `DROP`, and the
+    /// jump to it from that table's `FORWARD`.
+    pub safety_net: bool,
 }
 
 impl BridgeRules {
     /// Whether everything [`install`] puts in place is there.
     pub fn intact(&self) -> bool {
-        self.chain && self.forwarded && self.input && self.reverse_path
+        self.chain && self.forwarded && self.input && self.reverse_path && self.safety_net
     }
 }
 
 /// Every bridge's rules, by interface, from `iptables-save -c` of the
-/// `filter` and `raw` tables (one read for all deckies, not a call per
-/// decky and rule). Pure: unit-tested.
-pub fn parse_tables(filter: &str, raw: &str) -> std::collections::BTreeMap<String, BridgeRules> {
+/// `filter`, `raw` and `security` tables (one read for all deckies, not a
+/// call per decky and rule). Pure: unit-tested.
+pub fn parse_tables(
+    filter: &str,
+    raw: &str,
+    security: &str,
+) -> std::collections::BTreeMap<String, BridgeRules> {
     let mut out: std::collections::BTreeMap<String, BridgeRules> = Default::default();
     // `[packets:bytes] -A CHAIN ...` (counters only with -c).
     let split = |line: &str| -> (u64, Vec<String>) {
@@ -244,6 +292,33 @@ pub fn parse_tables(filter: &str, raw: &str) -> std::collections::BTreeMap<Strin
         {
             out.entry(interface).or_default().reverse_path = true;
         }
+    }
+    // The safety net: complete when both its jump and its final drop are there.
+    let mut net_jumps = std::collections::BTreeSet::new();
+    let mut net_drops = std::collections::BTreeSet::new();
+    for line in security.lines() {
+        let (count, words) = split(line);
+        if words.first().map(String::as_str) != Some("-A") {
+            continue;
+        }
+        let Some(chain) = words.get(1) else { continue };
+        let target = arg(&words, "-j");
+        if let Some(interface) = chain.strip_prefix("DECNET-") {
+            if target.as_deref() == Some("DROP") {
+                net_drops.insert(interface.to_string());
+                // What only the safety net stopped was forbidden all the same.
+                let e = out.entry(interface.to_string()).or_default();
+                e.figures.forbidden = e.figures.forbidden.saturating_add(count);
+            }
+        } else if chain == "FORWARD"
+            && let (Some(interface), Some(target)) = (arg(&words, "-i"), target)
+            && target == chain_name(&interface)
+        {
+            net_jumps.insert(interface);
+        }
+    }
+    for interface in net_jumps.intersection(&net_drops) {
+        out.entry(interface.clone()).or_default().safety_net = true;
     }
     out
 }
@@ -348,14 +423,16 @@ pub async fn remove(interface: &str) -> Result<(), FirewallError> {
         }
     }
     let chain = chain_name(interface);
-    if iptables(&args(&["-F", &chain])).await.is_ok() {
-        iptables(&args(&["-X", &chain])).await?;
+    for table in ["filter", "security"] {
+        if iptables(&args(&["-t", table, "-F", &chain])).await.is_ok() {
+            iptables(&args(&["-t", table, "-X", &chain])).await?;
+        }
     }
     Ok(())
 }
 
 /// Every bridge's rules as the host's tables hold them now ([`parse_tables`]):
-/// two `iptables-save` calls for all deckies. `None`: they cannot be read.
+/// three `iptables-save` calls for all deckies. `None`: they cannot be read.
 pub async fn read_tables() -> Option<std::collections::BTreeMap<String, BridgeRules>> {
     let save = |table: &'static str| async move {
         let out = Command::new("iptables-save")
@@ -374,7 +451,8 @@ pub async fn read_tables() -> Option<std::collections::BTreeMap<String, BridgeRu
     };
     let filter = save("filter").await?;
     let raw = save("raw").await?;
-    Some(parse_tables(&filter, &raw))
+    let security = save("security").await?;
+    Some(parse_tables(&filter, &raw, &security))
 }
 
 /// The chains a compose agent holds, kept beside its compose file
@@ -521,8 +599,16 @@ mod tests {
                 "-A DECNET-dn0123 -p tcp -j REJECT --reject-with tcp-reset",
                 "-A DECNET-dn0123 -j REJECT --reject-with icmp-admin-prohibited",
                 "COMMIT",
+                "*security",
+                ":DECNET-dn0123 - [0:0]",
+                "-A DECNET-dn0123 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+                "-A DECNET-dn0123 -d 203.0.113.0/24 -p tcp --dport 443 -j RETURN",
+                "-A DECNET-dn0123 -d 192.0.2.53/32 -p udp --dport 53 -j RETURN",
+                "-A DECNET-dn0123 -j DROP",
+                "COMMIT",
             ],
-            "the host is refused before the allow-list; IPv6 entries are not rules of the IPv4 table"
+            "the host is refused before the allow-list; IPv6 entries are not rules of the IPv4 table; \
+             the safety net holds the same allow-list and drops the rest"
         );
         let rules: Vec<String> = host_rules("dn0123")
             .iter()
@@ -534,6 +620,7 @@ mod tests {
                 "-t raw -I PREROUTING 1 -i dn0123 -m rpfilter --invert -j DROP",
                 "-t filter -I DOCKER-USER 1 -i dn0123 -j DECNET-dn0123",
                 "-t filter -I INPUT 1 -i dn0123 -j DECNET-dn0123",
+                "-t security -I FORWARD 1 -i dn0123 -j DECNET-dn0123",
             ]
         );
         assert_eq!(
@@ -557,7 +644,13 @@ mod tests {
             [0:0] -A DOCKER-USER -j RETURN\n\
             COMMIT\n";
         let raw = "*raw\n[0:0] -A PREROUTING -i dn0123 -m rpfilter --invert -j DROP\nCOMMIT\n";
-        let got = parse_tables(filter, raw);
+        let security = "*security\n\
+            [9:540] -A FORWARD -i dn0123 -j DECNET-dn0123\n\
+            [3:180] -A DECNET-dn0123 -d 203.0.113.0/24 -p tcp -m tcp --dport 443 -j RETURN\n\
+            [2:120] -A DECNET-dn0123 -j DROP\n\
+            [0:0] -A DECNET-dn4567 -j DROP\n\
+            COMMIT\n";
+        let got = parse_tables(filter, raw, security);
         let a = got["dn0123"];
         assert_eq!(
             (
@@ -565,13 +658,24 @@ mod tests {
                 a.figures.egress_allowed,
                 a.figures.egress_failed
             ),
-            (8, 3, 0)
+            (10, 3, 0),
+            "what only the safety net dropped is forbidden too; what it let through is not counted twice"
         );
         assert!(a.intact());
+        // Without the safety net's jump (or its chain), not intact: the
+        // agent's repair puts it back.
+        let no_jump = parse_tables(filter, raw, "*security\n[0:0] -A DECNET-dn0123 -j DROP\n");
+        assert!(!no_jump["dn0123"].safety_net && !no_jump["dn0123"].intact());
+        let no_chain = parse_tables(
+            filter,
+            raw,
+            "*security\n[0:0] -A FORWARD -i dn0123 -j DECNET-dn0123\n",
+        );
+        assert!(!no_chain["dn0123"].intact());
         let b = got["dn4567"];
         assert!(b.chain && !b.forwarded && !b.input && !b.reverse_path);
         assert!(!b.intact(), "a chain nobody jumps to holds nothing");
         assert!(!got.contains_key("dn89ab"));
-        assert!(parse_tables("garbage\n[x] -A\n", "").is_empty());
+        assert!(parse_tables("garbage\n[x] -A\n", "", "").is_empty());
     }
 }
