@@ -556,6 +556,8 @@ impl ConnectionHandler for LogListener {
         let mut over_budget = 0u64;
         let mut last_budget_line: Option<tokio::time::Instant> = None;
         let mut went_away = false;
+        // The last read filled the buffer.
+        let mut filled = false;
         loop {
             // While draining, a short silence means the peer has nothing more in flight.
             let wait = match draining {
@@ -565,6 +567,7 @@ impl ConnectionHandler for LogListener {
             if buf.len() == buf.capacity() {
                 buf.reserve(1);
             }
+            let room = buf.capacity() - buf.len();
             let next = tokio::select! {
                 r = tokio::time::timeout(wait, io.read_buf(&mut buf)) => r,
                 _ = stop.cancelled(), if draining.is_none() => {
@@ -584,7 +587,12 @@ impl ConnectionHandler for LogListener {
                     tracing::info!(peer_cn = %credit.cn, "log peer idle; closing");
                     break;
                 }
-                Ok(Ok(n)) => (n == 0, None),
+                Ok(Ok(n)) => {
+                    // A read that filled the buffer left more behind: the
+                    // peer is busy, whatever this read's frames weigh.
+                    filled = n == room;
+                    (n == 0, None)
+                }
                 Ok(Err(e)) => (false, Some(FrameError::from(e))),
             };
             if let Some(identity) = &peer.identity
@@ -660,7 +668,12 @@ impl ConnectionHandler for LogListener {
             }
             buf.advance(done);
             buf.reserve(decoder.wanted(buf.len()));
-            fit_read_buffer(&mut buf, batch_bytes, busy_read(opts.max_frame));
+            let busy_by = if filled {
+                batch_bytes.max(BUSY_BATCH)
+            } else {
+                batch_bytes
+            };
+            fit_read_buffer(&mut buf, busy_by, busy_read(opts.max_frame));
             match bad {
                 None if ended => break,
                 None => {}

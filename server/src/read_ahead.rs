@@ -87,7 +87,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
             return Poll::Ready(Ok(()));
         }
         let asked = out.remaining();
-        if !this.bulk || asked >= READ_AHEAD {
+        // Nothing asked (never read ahead into a buffer that cannot take
+        // any of it: the caller would see an end of stream), or as much as
+        // read-ahead would fetch: straight through.
+        if !this.bulk || asked == 0 || asked >= READ_AHEAD {
             let before = out.filled().len();
             let r = Pin::new(&mut this.inner).poll_read(cx, out);
             if let Poll::Ready(Ok(())) = r {

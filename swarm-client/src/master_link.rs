@@ -362,7 +362,15 @@ pub fn unit_random() -> f64 {
 
 /// Keep the certificate renewed, forever: at [`renewal_due`], or at once
 /// when `renew_now` is notified. Failures are retried sooner as expiry
-/// approaches.
+/// approaches, or at once when the master asks again.
+///
+/// One answer of the master can wake `renew_now` twice (the heartbeat's
+/// `renew`, and the CRL fetch its trust change starts): a request stored
+/// while a renewal ran was for the certificate that renewal replaced, and
+/// is dropped. It used to start a second renewal at once, which the master
+/// refused as too soon (`429`), and the retry then slept up to 60 s deaf to
+/// the master asking again (a CA rotation's abort waited past its
+/// `--wait`).
 pub async fn keep_renewed(
     link: Arc<MasterLink>,
     dir: PathBuf,
@@ -410,6 +418,9 @@ pub async fn keep_renewed(
                 if let Err(e) = link.refresh_crl(&dir).await.map(|_| ()) {
                     tracing::warn!(error = %e, "could not confirm the renewed certificate with the master yet");
                 }
+                // A request stored meanwhile was for the certificate just
+                // replaced: drop it (the master asks again if it wants more).
+                let _ = tokio::time::timeout(Duration::ZERO, renew_now.notified()).await;
             }
             Err(e) => {
                 let left = (bundle.identity.not_after - time::OffsetDateTime::now_utc())
@@ -417,7 +428,10 @@ pub async fn keep_renewed(
                     .max(1) as u64;
                 let retry = Duration::from_secs((left / 10).clamp(1, 60));
                 tracing::warn!(error = %e, retry_in = ?retry, "certificate renewal failed");
-                tokio::time::sleep(retry).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = renew_now.notified() => tracing::info!("the master asked again for a certificate renewal"),
+                }
             }
         }
     }
