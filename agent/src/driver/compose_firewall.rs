@@ -231,8 +231,94 @@ pub fn parse_tables(
     security: &str,
 ) -> std::collections::BTreeMap<String, BridgeRules> {
     let mut out: std::collections::BTreeMap<String, BridgeRules> = Default::default();
-    // `[packets:bytes] -A CHAIN ...` (counters only with -c).
-    let split = |line: &str| -> (u64, Vec<String>) {
+    for rule in saved_rules(filter) {
+        let target = rule.arg("-j");
+        if let Some(interface) = rule.chain.strip_prefix("DECNET-") {
+            let e = out.entry(interface.to_string()).or_default();
+            match target {
+                Some("REJECT") => {
+                    e.figures.forbidden = e.figures.forbidden.saturating_add(rule.count);
+                    e.chain = true;
+                }
+                Some("RETURN") if rule.has("--dport") => {
+                    e.figures.egress_allowed = e.figures.egress_allowed.saturating_add(rule.count);
+                }
+                _ => {}
+            }
+        } else if let Some(interface) = rule.jump_of_bridge() {
+            let e = out.entry(interface.to_string()).or_default();
+            match rule.chain {
+                DOCKER_USER => e.forwarded = true,
+                "INPUT" => e.input = true,
+                _ => {}
+            }
+        }
+    }
+    for rule in saved_rules(raw) {
+        if rule.chain == "PREROUTING"
+            && rule.has("rpfilter")
+            && rule.arg("-j") == Some("DROP")
+            && let Some(interface) = rule.arg("-i")
+        {
+            out.entry(interface.to_string()).or_default().reverse_path = true;
+        }
+    }
+    // The safety net: complete when both its jump and its final drop are there.
+    let mut net_jumps = std::collections::BTreeSet::new();
+    let mut net_drops = std::collections::BTreeSet::new();
+    for rule in saved_rules(security) {
+        if let Some(interface) = rule.chain.strip_prefix("DECNET-") {
+            if rule.arg("-j") == Some("DROP") {
+                net_drops.insert(interface.to_string());
+                // What only the safety net stopped was forbidden all the same.
+                let e = out.entry(interface.to_string()).or_default();
+                e.figures.forbidden = e.figures.forbidden.saturating_add(rule.count);
+            }
+        } else if rule.chain == "FORWARD"
+            && let Some(interface) = rule.jump_of_bridge()
+        {
+            net_jumps.insert(interface.to_string());
+        }
+    }
+    for interface in net_jumps.intersection(&net_drops) {
+        out.entry(interface.clone()).or_default().safety_net = true;
+    }
+    out
+}
+
+/// One appended rule of an `iptables-save -c` table:
+/// `[packets:bytes] -A CHAIN …` (counters only with `-c`).
+struct SavedRule<'a> {
+    /// Packets it counted.
+    count: u64,
+    /// The chain it is in.
+    chain: &'a str,
+    /// Its words after the chain.
+    words: Vec<&'a str>,
+}
+
+impl<'a> SavedRule<'a> {
+    /// The word after `flag`.
+    fn arg(&self, flag: &str) -> Option<&'a str> {
+        let at = self.words.iter().position(|w| *w == flag)?;
+        self.words.get(at + 1).copied()
+    }
+
+    /// Whether `word` is one of its words.
+    fn has(&self, word: &str) -> bool {
+        self.words.contains(&word)
+    }
+
+    /// The bridge whose chain this rule jumps to (`-i dn… -j DECNET-dn…`).
+    fn jump_of_bridge(&self) -> Option<&'a str> {
+        let interface = self.arg("-i")?;
+        (self.arg("-j")? == chain_name(interface)).then_some(interface)
+    }
+}
+
+/// The appended rules of one table as `iptables-save -c` prints it.
+fn saved_rules(table: &str) -> impl Iterator<Item = SavedRule<'_>> {
+    table.lines().filter_map(|line| {
         let line = line.trim();
         let (count, rest) = match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
             Some((c, rest)) => (
@@ -244,83 +330,17 @@ pub fn parse_tables(
             ),
             None => (0, line),
         };
-        (count, rest.split_whitespace().map(str::to_string).collect())
-    };
-    let arg = |words: &[String], flag: &str| -> Option<String> {
-        words
-            .iter()
-            .position(|w| w == flag)
-            .and_then(|i| words.get(i + 1).cloned())
-    };
-    for line in filter.lines() {
-        let (count, words) = split(line);
-        if words.first().map(String::as_str) != Some("-A") {
-            continue;
+        let mut words = rest.split_whitespace();
+        if words.next() != Some("-A") {
+            return None;
         }
-        let Some(chain) = words.get(1) else { continue };
-        let target = arg(&words, "-j");
-        if let Some(interface) = chain.strip_prefix("DECNET-") {
-            let e = out.entry(interface.to_string()).or_default();
-            match target.as_deref() {
-                Some("REJECT") => {
-                    e.figures.forbidden = e.figures.forbidden.saturating_add(count);
-                    e.chain = true;
-                }
-                Some("RETURN") if words.iter().any(|w| w == "--dport") => {
-                    e.figures.egress_allowed = e.figures.egress_allowed.saturating_add(count);
-                }
-                _ => {}
-            }
-        } else if let (Some(interface), Some(target)) = (arg(&words, "-i"), target)
-            && target == chain_name(&interface)
-        {
-            let e = out.entry(interface).or_default();
-            match chain.as_str() {
-                DOCKER_USER => e.forwarded = true,
-                "INPUT" => e.input = true,
-                _ => {}
-            }
-        }
-    }
-    for line in raw.lines() {
-        let (_, words) = split(line);
-        if words.first().map(String::as_str) == Some("-A")
-            && words.get(1).map(String::as_str) == Some("PREROUTING")
-            && words.iter().any(|w| w == "rpfilter")
-            && arg(&words, "-j").as_deref() == Some("DROP")
-            && let Some(interface) = arg(&words, "-i")
-        {
-            out.entry(interface).or_default().reverse_path = true;
-        }
-    }
-    // The safety net: complete when both its jump and its final drop are there.
-    let mut net_jumps = std::collections::BTreeSet::new();
-    let mut net_drops = std::collections::BTreeSet::new();
-    for line in security.lines() {
-        let (count, words) = split(line);
-        if words.first().map(String::as_str) != Some("-A") {
-            continue;
-        }
-        let Some(chain) = words.get(1) else { continue };
-        let target = arg(&words, "-j");
-        if let Some(interface) = chain.strip_prefix("DECNET-") {
-            if target.as_deref() == Some("DROP") {
-                net_drops.insert(interface.to_string());
-                // What only the safety net stopped was forbidden all the same.
-                let e = out.entry(interface.to_string()).or_default();
-                e.figures.forbidden = e.figures.forbidden.saturating_add(count);
-            }
-        } else if chain == "FORWARD"
-            && let (Some(interface), Some(target)) = (arg(&words, "-i"), target)
-            && target == chain_name(&interface)
-        {
-            net_jumps.insert(interface);
-        }
-    }
-    for interface in net_jumps.intersection(&net_drops) {
-        out.entry(interface.clone()).or_default().safety_net = true;
-    }
-    out
+        let chain = words.next()?;
+        Some(SavedRule {
+            count,
+            chain,
+            words: words.collect(),
+        })
+    })
 }
 
 fn args(a: &[&str]) -> Vec<String> {
