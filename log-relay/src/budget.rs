@@ -8,9 +8,15 @@
 //! fit is dropped and counted, never buffered. Buckets are kept per
 //! certificate across reconnects (a full bucket is forgotten, as it is the
 //! same as a new one), so reconnecting buys nothing.
+//!
+//! A connection looks its peer's buckets up once ([`PeerBudgets::peer`])
+//! and charges each line to them through its [`PeerCharge`]: a line costs
+//! one uncontended lock of its peer's own buckets, not a lookup in the map
+//! every connection shares (which hashed the fingerprint and allocated a
+//! copy of it for every line).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// A token bucket: `rate` tokens a second up to `burst`. Pure: the clock
@@ -120,6 +126,51 @@ impl PeerBuckets {
         self.bytes.as_mut().is_none_or(|b| b.is_full(now))
             && self.lines.as_mut().is_none_or(|b| b.is_full(now))
     }
+
+    /// Take one line of `bytes` from both buckets, or nothing from either.
+    fn admit(&mut self, bytes: u64, now: Instant) -> bool {
+        let bytes_ok = self.bytes.as_mut().is_none_or(|t| {
+            t.refill(now);
+            t.tokens >= bytes as f64
+        });
+        let lines_ok = self.lines.as_mut().is_none_or(|t| {
+            t.refill(now);
+            t.tokens >= 1.0
+        });
+        if !(bytes_ok && lines_ok) {
+            return false;
+        }
+        if let Some(t) = self.bytes.as_mut() {
+            t.take(bytes, now);
+        }
+        if let Some(t) = self.lines.as_mut() {
+            t.take(1, now);
+        }
+        true
+    }
+}
+
+/// One peer's buckets, as a connection of that peer charges its lines to
+/// them. Every connection of the peer holds the same buckets, so opening
+/// more connections buys nothing either.
+#[derive(Clone, Debug)]
+pub struct PeerCharge {
+    /// `None` when no budget is in force.
+    buckets: Option<Arc<Mutex<PeerBuckets>>>,
+}
+
+impl PeerCharge {
+    /// Charge one line of `bytes` written bytes; `false` means it is over
+    /// budget and must be dropped (nothing is taken).
+    pub fn admit(&self, bytes: u64, now: Instant) -> bool {
+        match &self.buckets {
+            None => true,
+            Some(b) => b
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(bytes, now),
+        }
+    }
 }
 
 /// Buckets above this many are pruned of full ones.
@@ -129,7 +180,7 @@ const PRUNE_ABOVE: usize = 1024;
 #[derive(Debug)]
 pub struct PeerBudgets {
     budget: LogBudget,
-    peers: Mutex<HashMap<String, PeerBuckets>>,
+    peers: Mutex<HashMap<String, Arc<Mutex<PeerBuckets>>>>,
 }
 
 impl PeerBudgets {
@@ -146,38 +197,36 @@ impl PeerBudgets {
         self.budget
     }
 
+    /// The buckets of peer `key` (its certificate's fingerprint), created
+    /// full for a peer not seen (or forgotten). When many peers have
+    /// buckets, full ones no connection holds are forgotten first.
+    pub fn peer(&self, key: &str, now: Instant) -> PeerCharge {
+        if !self.budget.is_limited() {
+            return PeerCharge { buckets: None };
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = peers.get(key) {
+            return PeerCharge {
+                buckets: Some(b.clone()),
+            };
+        }
+        if peers.len() > PRUNE_ABOVE {
+            // A bucket a connection still holds stays, full or not: forgotten,
+            // a new connection of that peer would get a second budget.
+            peers.retain(|_, b| {
+                Arc::strong_count(b) > 1
+                    || !b.lock().unwrap_or_else(|p| p.into_inner()).is_full(now)
+            });
+        }
+        let b = Arc::new(Mutex::new(PeerBuckets::new(&self.budget, now)));
+        peers.insert(key.to_string(), b.clone());
+        PeerCharge { buckets: Some(b) }
+    }
+
     /// Charge one line of `bytes` written bytes to peer `key`; `false`
     /// means it is over budget and must be dropped (nothing is taken).
     pub fn admit(&self, key: &str, bytes: u64, now: Instant) -> bool {
-        if !self.budget.is_limited() {
-            return true;
-        }
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if peers.len() > PRUNE_ABOVE && !peers.contains_key(key) {
-            peers.retain(|_, b| !b.is_full(now));
-        }
-        let b = peers
-            .entry(key.to_string())
-            .or_insert_with(|| PeerBuckets::new(&self.budget, now));
-        // Check both before taking from either.
-        let bytes_ok = b.bytes.as_mut().is_none_or(|t| {
-            t.refill(now);
-            t.tokens >= bytes as f64
-        });
-        let lines_ok = b.lines.as_mut().is_none_or(|t| {
-            t.refill(now);
-            t.tokens >= 1.0
-        });
-        if !(bytes_ok && lines_ok) {
-            return false;
-        }
-        if let Some(t) = b.bytes.as_mut() {
-            t.take(bytes, now);
-        }
-        if let Some(t) = b.lines.as_mut() {
-            t.take(1, now);
-        }
-        true
+        self.peer(key, now).admit(bytes, now)
     }
 
     /// How many peers have buckets now.
@@ -253,5 +302,42 @@ mod tests {
         // Long after, every bucket is full again: a newcomer prunes them.
         assert!(p.admit("late", 10, t0 + Duration::from_secs(3600)));
         assert_eq!(p.tracked(), 1);
+    }
+
+    #[test]
+    fn connections_of_one_peer_share_its_budget_even_across_a_prune() {
+        let budget = LogBudget {
+            bytes_per_s: 1,
+            burst_bytes: 1000,
+            lines_per_s: 0,
+            burst_lines: 0,
+        };
+        let p = PeerBudgets::new(budget);
+        let t0 = Instant::now();
+        let first = p.peer("hostile", t0);
+        let second = p.peer("hostile", t0);
+        assert!(first.admit(600, t0));
+        assert!(
+            !second.admit(600, t0),
+            "the second connection has no budget of its own"
+        );
+        // Many peers come and go while `first` stays open with a full bucket
+        // (long after): it is not forgotten, so a new connection still
+        // shares it.
+        let later = t0 + Duration::from_secs(3600);
+        for i in 0..(PRUNE_ABOVE + 10) {
+            assert!(p.admit(&format!("peer{i}"), 10, t0));
+        }
+        assert!(
+            p.admit("late", 10, later),
+            "prunes the full buckets nobody holds"
+        );
+        assert_eq!(p.tracked(), 2, "the held bucket and the newcomer's");
+        let third = p.peer("hostile", later);
+        assert!(first.admit(1000, later));
+        assert!(
+            !third.admit(1, later),
+            "the third connection shares the same bucket"
+        );
     }
 }

@@ -28,7 +28,7 @@ use decnet_server::{Connection, ConnectionHandler, Server};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{LogBudget, PeerBudgets};
+use crate::budget::{LogBudget, PeerBudgets, PeerCharge};
 use crate::disk::{DiskPolicy, FreeSpaceGuard, RotatingFile, SpaceChange};
 use crate::frame::{DEFAULT_MAX_FRAME, Found, FrameDecoder, FrameError};
 use crate::json_record::{RecordHead, write_record};
@@ -115,8 +115,52 @@ pub fn listener_limits() -> decnet_server::ServerLimits {
 /// readers down instead of growing memory.
 pub struct LogSink {
     tx: tokio::sync::mpsc::Sender<Formatted>,
+    buffers: Arc<BatchBuffers>,
     writer: std::thread::JoinHandle<std::io::Result<()>>,
     paths: (PathBuf, PathBuf),
+}
+
+/// Buffers of formatted batches, handed back by the writer once written:
+/// a busy listener formats into the same few buffers over and over instead
+/// of allocating a few hundred KiB per batch (which the allocator mapped,
+/// the kernel faulted in page by page and the allocator gave back again).
+#[derive(Default)]
+struct BatchBuffers {
+    spare: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept for reuse, at most: the raw and the JSON buffer of a few
+/// batches in flight. What a burst made larger than [`KEEP_BUFFER`] is
+/// freed, so the listener holds at most a few MiB once it is quiet again.
+const KEEP_BUFFERS: usize = 8;
+
+/// The largest buffer kept for reuse.
+const KEEP_BUFFER: usize = 1024 * 1024;
+
+impl BatchBuffers {
+    /// An empty buffer with room for at least `capacity` bytes.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match spare {
+            Some(mut buf) => {
+                buf.reserve(capacity);
+                buf
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Give `buf` back once its bytes are written.
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > KEEP_BUFFER {
+            return;
+        }
+        buf.clear();
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < KEEP_BUFFERS {
+            spare.push(buf);
+        }
+    }
 }
 
 /// One formatted batch: raw lines and JSON lines.
@@ -172,6 +216,8 @@ impl LogSink {
         // At most SINK_QUEUE formatted batches wait (a few MiB): a writer that
         // falls behind slows the readers rather than holding memory.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Formatted>(SINK_QUEUE);
+        let buffers = Arc::new(BatchBuffers::default());
+        let spent = buffers.clone();
         let writer = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
@@ -206,6 +252,8 @@ impl LogSink {
                             kept.push(b);
                         } else {
                             metrics.dropped(&b.cn, "disk", b.lines, bytes);
+                            spent.give(b.raw);
+                            spent.give(b.json);
                         }
                     }
                     for b in &kept {
@@ -220,6 +268,8 @@ impl LogSink {
                         if let Some(t) = tapping {
                             t.lines(&b.cn, &b.json);
                         }
+                        spent.give(b.raw);
+                        spent.give(b.json);
                     }
                 }
                 raw.sync()?;
@@ -227,6 +277,7 @@ impl LogSink {
             })?;
         Ok(LogSink {
             tx,
+            buffers,
             writer,
             paths: (raw.to_path_buf(), json.to_path_buf()),
         })
@@ -236,6 +287,7 @@ impl LogSink {
     pub fn handle(&self) -> SinkHandle {
         SinkHandle {
             tx: self.tx.clone(),
+            buffers: self.buffers.clone(),
         }
     }
 
@@ -268,6 +320,7 @@ pub trait LineTap: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SinkHandle {
     tx: tokio::sync::mpsc::Sender<Formatted>,
+    buffers: Arc<BatchBuffers>,
 }
 
 impl SinkHandle {
@@ -279,16 +332,15 @@ impl SinkHandle {
 
     /// Format a batch of frames from one peer (ranges of `read`, the
     /// connection's buffer) and queue it for writing; every line is first
-    /// charged to `budgets` (what does not fit is dropped). Returns the
+    /// charged to the peer's budget (what does not fit is dropped). Returns the
     /// lines and bytes dropped.
     pub async fn write_batch(
         &self,
         credit: &Credit,
         read: &[u8],
         frames: &[Range<usize>],
-        budgets: &PeerBudgets,
+        budget: &PeerCharge,
     ) -> Result<(u64, u64), SinkClosed> {
-        let key = credit.fingerprint.as_deref().unwrap_or(&credit.cn);
         let now = std::time::Instant::now();
         let mut dropped = (0, 0);
         // Batches of at most about SINK_BATCH received bytes, so the
@@ -303,13 +355,16 @@ impl SinkHandle {
             }
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let (batch, d) = format_batch(credit, read, chunk, &mut |cost| {
-                budgets.admit(key, cost, now)
+            let (batch, d) = format_batch(credit, read, chunk, &self.buffers, &mut |cost| {
+                budget.admit(cost, now)
             });
             dropped.0 += d.0;
             dropped.1 += d.1;
             if batch.lines > 0 {
                 self.tx.send(batch).await.map_err(|_| SinkClosed)?;
+            } else {
+                self.buffers.give(batch.raw);
+                self.buffers.give(batch.json);
             }
         }
         Ok(dropped)
@@ -374,6 +429,7 @@ fn format_batch(
     credit: &Credit,
     read: &[u8],
     frames: &[Range<usize>],
+    buffers: &BatchBuffers,
     admit: &mut dyn FnMut(u64) -> bool,
 ) -> (Formatted, (u64, u64)) {
     let received_at = time::OffsetDateTime::now_utc()
@@ -382,8 +438,8 @@ fn format_batch(
     let prefix = raw_prefix(credit);
     let head = RecordHead::new(&received_at, &credit.cn, credit.fingerprint.as_deref());
     let total: usize = frames.iter().map(|f| f.len()).sum();
-    let mut raw = Vec::with_capacity(total + frames.len() * (prefix.len() + 1));
-    let mut json = Vec::with_capacity(total * 2 + 256 * frames.len());
+    let mut raw = buffers.take(total + frames.len() * (prefix.len() + 1));
+    let mut json = buffers.take(total * 2 + 256 * frames.len());
     let (mut lines, mut dropped, mut dropped_bytes) = (0u64, 0u64, 0u64);
     // One structured-data list for the batch, reused line after line.
     let mut spare = syslog::StructuredData::default();
@@ -534,6 +590,10 @@ impl ConnectionHandler for LogListener {
         };
         let credit = &peer.credit;
         tracing::info!(remote = %conn.peer.remote, peer_cn = %credit.cn, "log peer connected");
+        let budget = self.budgets.peer(
+            credit.fingerprint.as_deref().unwrap_or(&credit.cn),
+            std::time::Instant::now(),
+        );
         let opts = &self.options;
         let mut io = conn.io;
         let mut decoder = FrameDecoder::new(opts.max_frame);
@@ -640,11 +700,7 @@ impl ConnectionHandler for LogListener {
             if !frames.is_empty() {
                 received += frames.len() as u64;
                 metrics.received(&credit.cn, frames.len() as u64, batch_bytes as u64);
-                match self
-                    .sink
-                    .write_batch(credit, &buf, &frames, &self.budgets)
-                    .await
-                {
+                match self.sink.write_batch(credit, &buf, &frames, &budget).await {
                     Ok((0, _)) => {}
                     Ok((lines, bytes)) => {
                         metrics.dropped(&credit.cn, "budget", lines, bytes);
@@ -799,6 +855,7 @@ mod tests {
                 start: 0,
                 end: frame.len(),
             }],
+            &BatchBuffers::default(),
             &mut |_| true,
         );
         assert_eq!((batch.lines, dropped), (1, (0, 0)));

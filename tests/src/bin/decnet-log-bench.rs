@@ -345,8 +345,27 @@ async fn main() {
     );
 
     // Per-certificate log budgets off (rsyslog has none) and no rotation
-    // (the figure counts the lines of one file).
-    let l = Listener::start_with(&m, 0, &["--log-budget", "0", "--log-rotate-size", "0"]);
+    // (the figure counts the lines of one file). With
+    // DECNET_LOG_BENCH_BUDGETS=on the budgets are in force, as in
+    // production, but set too high to drop a line: what charging every
+    // line costs.
+    let budgets = std::env::var("DECNET_LOG_BENCH_BUDGETS").is_ok_and(|v| v == "on");
+    let flags: &[&str] = if budgets {
+        println!("per-certificate log budgets: in force (never reached)");
+        &[
+            "--log-budget",
+            "100G",
+            "--log-burst",
+            "1000G",
+            "--log-line-budget",
+            "1000000000",
+            "--log-rotate-size",
+            "0",
+        ]
+    } else {
+        &["--log-budget", "0", "--log-rotate-size", "0"]
+    };
+    let l = Listener::start_with(&m, 0, flags);
     let mut ours = Receiver {
         name: "decnet listener (raw + JSON)",
         addr: l.daemon.addr,
