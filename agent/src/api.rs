@@ -164,28 +164,52 @@ pub fn router(exec: Arc<Executor>) -> Router {
         .with_state(exec)
 }
 
-/// `GET /health`: serialized straight from borrowed fields (the answer of
-/// the route the master and the updater probe most; no JSON tree built).
+/// The fields of the `/health` answer that never change, in order; the
+/// decky counts follow them.
 #[derive(serde::Serialize)]
-struct Health<'a> {
+struct HealthHead<'a> {
     status: &'static str,
     role: &'static str,
     host: &'a str,
     version: &'static str,
     driver: crate::config::DriverKind,
-    deckies: std::collections::BTreeMap<crate::state::DeckyPhase, usize>,
 }
 
-async fn health(State(exec): State<Arc<Executor>>) -> Response {
-    Json(Health {
+/// `{"status":"ok",…,"driver":"…",` written once: the opening of every
+/// `/health` answer.
+fn health_head(exec: &Executor) -> String {
+    let head = HealthHead {
         status: "ok",
         role: "agent",
         host: exec.host(),
         version: env!("CARGO_PKG_VERSION"),
         driver: exec.driver_kind(),
-        deckies: exec.phase_counts().await,
-    })
-    .into_response()
+    };
+    // A struct of strings always serializes.
+    let mut json = serde_json::to_string(&head).unwrap_or_default();
+    json.pop();
+    json.push_str(",\"deckies\":");
+    json
+}
+
+/// `GET /health` (the route the master and the updater probe most): the
+/// fixed fields written once, then this moment's decky counts.
+async fn health(State(exec): State<Arc<Executor>>) -> Response {
+    let head = exec.health_head.get_or_init(|| health_head(&exec));
+    let counts = exec.phase_counts().await;
+    let mut body = Vec::with_capacity(head.len() + 64);
+    body.extend_from_slice(head.as_bytes());
+    // A map of phase names to counts always serializes.
+    let _ = serde_json::to_writer(&mut body, &counts);
+    body.push(b'}');
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn status(State(exec): State<Arc<Executor>>) -> Response {

@@ -119,6 +119,9 @@ pub struct Executor {
     state: Mutex<AgentState>,
     serial: Mutex<()>,
     lan_interface: Option<String>,
+    /// The part of the `/health` answer that never changes, written once
+    /// (see `api::health`).
+    pub(crate) health_head: std::sync::OnceLock<String>,
 }
 
 fn now() -> i64 {
@@ -149,6 +152,7 @@ impl Executor {
             state: Mutex::new(state),
             serial: Mutex::new(()),
             lan_interface,
+            health_head: std::sync::OnceLock::new(),
         });
         tokio::spawn(Arc::clone(&exec).consume_events(events));
         Ok(exec)
@@ -721,5 +725,65 @@ mod tests {
         );
         // Still listed for a teardown: a retry reaches the driver again.
         assert!(exec.teardown(Some("web")).await.is_err());
+    }
+
+    /// `/health` is written from a head made once and the counts of the
+    /// moment: valid JSON with every field, the counts following the
+    /// deckies from one answer to the next.
+    #[tokio::test]
+    async fn the_health_answer_carries_its_fixed_fields_and_the_counts_of_the_moment() {
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let exec = Executor::start(
+            "w1".into(),
+            "0".into(),
+            Arc::new(StopFails),
+            StateStore::open(dir.path()).unwrap(),
+            rx,
+            None,
+        )
+        .unwrap();
+        let health = || async {
+            let resp = crate::api::router(Arc::clone(&exec))
+                .oneshot(
+                    axum::http::Request::get("/health")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["content-type"], "application/json");
+            let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        let before = health().await;
+        assert_eq!(
+            before,
+            serde_json::json!({
+                "status": "ok",
+                "role": "agent",
+                "host": "w1",
+                "version": env!("CARGO_PKG_VERSION"),
+                "driver": "compose",
+                "deckies": {},
+            })
+        );
+        let config = DeploymentConfig::parse(
+            br#"{"version":1,"deckies":[{"name":"web","image":"i"},{"name":"db","image":"i"}]}"#,
+            DriverKind::Compose,
+        )
+        .unwrap();
+        exec.deploy(config).await.unwrap();
+        for _ in 0..100 {
+            if exec.phase_counts().await.get(&DeckyPhase::Running) == Some(&2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let after = health().await;
+        assert_eq!(after["deckies"], serde_json::json!({"running": 2}));
+        assert_eq!(after["host"], "w1");
     }
 }

@@ -51,14 +51,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// `decnet master serve` share them).
 #[derive(Clone, Debug, clap::Args)]
 pub struct LogStorageArgs {
-    /// Bytes per second one certificate may make the listener write
+    /// Bytes per second one host (its certificates' CN) may make the listener write
     /// (raw and JSON together; 0 turns the byte and line budgets off).
     #[arg(long, value_name = "BYTES_PER_S", default_value = "1M", value_parser = parse_bytes)]
     pub log_budget: u64,
-    /// Bytes one certificate may write in a burst above its rate.
+    /// Bytes one host may write in a burst above its rate.
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
     pub log_burst: u64,
-    /// Lines per second one certificate may make the listener write.
+    /// Lines per second one host may make the listener write.
     #[arg(long, value_name = "LINES_PER_S", default_value_t = 5000)]
     pub log_line_budget: u64,
     /// Rotate fleet.log / fleet.json at this size (0: never).
@@ -176,7 +176,7 @@ pub enum Command {
         /// Close a connection silent this many seconds.
         #[arg(long, default_value_t = 600)]
         idle_timeout: u64,
-        /// Per-certificate budgets, rotation and the free-space watermark.
+        /// Per-host budgets, rotation and the free-space watermark.
         #[command(flatten)]
         storage: LogStorageArgs,
         /// The Prometheus endpoint.
@@ -533,7 +533,7 @@ pub enum MasterCommand {
         /// JSON log file; default <home>/logs/fleet.json.
         #[arg(long, value_name = "PATH")]
         json_path: Option<PathBuf>,
-        /// Per-certificate log budgets, rotation and the free-space watermark.
+        /// Per-host log budgets, rotation and the free-space watermark.
         #[command(flatten)]
         storage: LogStorageArgs,
         /// Mark a host unreachable after this many seconds without a heartbeat.

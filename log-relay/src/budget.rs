@@ -1,13 +1,16 @@
 //! What one log peer may make the listener write: a byte and a line budget
-//! per certificate, each a token bucket (a sustained rate and a burst).
+//! per peer (its certificate's CN: the host), each a token bucket (a
+//! sustained rate and a burst).
 //!
 //! A decky's own output is forwarded by design, so a decky can make its
 //! worker send as much as it likes; escaping can multiply control bytes
 //! several times on the way to disk. Every line is charged the bytes it
 //! would write (raw and JSON together) before it is written; what does not
-//! fit is dropped and counted, never buffered. Buckets are kept per
-//! certificate across reconnects (a full bucket is forgotten, as it is the
-//! same as a new one), so reconnecting buys nothing.
+//! fit is dropped and counted, never buffered. Buckets are kept per peer
+//! across reconnects (a full bucket is forgotten, as it is the same as a
+//! new one), so reconnecting buys nothing; they are keyed by the host, not
+//! the certificate, so a host's renewed certificates (the previous ones
+//! are still admitted for their grace period) share one budget.
 //!
 //! A connection looks its peer's buckets up once ([`PeerBudgets::peer`])
 //! and charges each line to them through its [`PeerCharge`]: a line costs
@@ -40,8 +43,16 @@ impl TokenBucket {
         }
     }
 
+    /// Add what the time since the last refill earned. A `now` earlier
+    /// than the last refill adds nothing and leaves the mark where it is:
+    /// connections of one peer charge the same bucket with clock readings
+    /// taken at different moments, and moving the mark back would earn the
+    /// same interval again at the next later reading.
     fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        if now <= self.last {
+            return;
+        }
+        let dt = (now - self.last).as_secs_f64();
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
         self.last = now;
     }
@@ -197,7 +208,7 @@ impl PeerBudgets {
         self.budget
     }
 
-    /// The buckets of peer `key` (its certificate's fingerprint), created
+    /// The buckets of peer `key` (its certificate's CN), created
     /// full for a peer not seen (or forgotten). When many peers have
     /// buckets, full ones no connection holds are forgotten first.
     pub fn peer(&self, key: &str, now: Instant) -> PeerCharge {
@@ -302,6 +313,34 @@ mod tests {
         // Long after, every bucket is full again: a newcomer prunes them.
         assert!(p.admit("late", 10, t0 + Duration::from_secs(3600)));
         assert_eq!(p.tracked(), 1);
+    }
+
+    /// Two connections of one peer charge its bucket with clock readings
+    /// of different moments, alternately: the interval between them is
+    /// earned once, not at every switch.
+    #[test]
+    fn alternating_clock_readings_earn_an_interval_once() {
+        let budget = LogBudget {
+            bytes_per_s: 1000,
+            burst_bytes: 100_000,
+            lines_per_s: 0,
+            burst_lines: 0,
+        };
+        let p = PeerBudgets::new(budget);
+        let t0 = Instant::now();
+        let (a, b) = (p.peer("hostile", t0), p.peer("hostile", t0));
+        assert!(a.admit(100_000, t0), "the burst");
+        let t1 = t0 + Duration::from_millis(100);
+        let mut written = 0;
+        for _ in 0..1000 {
+            if b.admit(10, t1) {
+                written += 10;
+            }
+            if a.admit(10, t0) {
+                written += 10;
+            }
+        }
+        assert_eq!(written, 100, "0.1 s at 1000 bytes a second, once");
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub struct ListenerOptions {
     pub idle_timeout: Duration,
     /// On shutdown, how long to keep draining a peer that keeps sending.
     pub drain_timeout: Duration,
-    /// What one certificate may make the listener write.
+    /// What one host (its certificates' CN) may make the listener write.
     pub budget: LogBudget,
 }
 
@@ -590,10 +590,8 @@ impl ConnectionHandler for LogListener {
         };
         let credit = &peer.credit;
         tracing::info!(remote = %conn.peer.remote, peer_cn = %credit.cn, "log peer connected");
-        let budget = self.budgets.peer(
-            credit.fingerprint.as_deref().unwrap_or(&credit.cn),
-            std::time::Instant::now(),
-        );
+        // Keyed by the host: its renewed certificates share one budget.
+        let budget = self.budgets.peer(&credit.cn, std::time::Instant::now());
         let opts = &self.options;
         let mut io = conn.io;
         let mut decoder = FrameDecoder::new(opts.max_frame);

@@ -34,7 +34,7 @@ pub struct ListenerSettings {
     pub idle_timeout: Duration,
     /// How long a renewed agent's old certificate stays admitted.
     pub grace: Duration,
-    /// What one certificate may make the listener write.
+    /// What one host (its certificates' CN) may make the listener write.
     pub budget: LogBudget,
     /// Rotation, retention and the free-space watermark.
     pub disk: DiskPolicy,

@@ -65,14 +65,17 @@ impl HttpService {
 /// service trait: hyper-util's tower adapter cloned the service, and the
 /// boxed application in it, for every request.
 struct ConnectionService {
-    app: Served,
+    /// The connection's own handle on the application, called in place:
+    /// cloning it per request took and dropped a reference on the router
+    /// every connection shares (a cache line both cores fought over).
+    app: std::cell::RefCell<Served>,
     peer: crate::runner::TlsPeer,
 }
 
 impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionService {
     type Response = Response;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<Served, Request>;
+    type Future = <Served as tower::Service<Request>>::Future;
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let mut req = req.map(Body::new);
@@ -80,9 +83,10 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
             req.extensions_mut().insert(Arc::clone(id));
         }
         req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
-        // Made ready, then called (an axum router is always ready):
-        // nothing boxed.
-        tower::ServiceExt::oneshot(self.app.clone(), req)
+        // An axum router is always ready (its `poll_ready` returns `Ready`
+        // and the body limit's passes it on), so it is called at once;
+        // hyper calls one request at a time, so the borrow never clashes.
+        tower::Service::call(&mut *self.app.borrow_mut(), req)
     }
 }
 
@@ -96,12 +100,30 @@ pub fn route_label(req: &Request) -> &'static str {
 
 /// `s` as a string that lives as long as the process. Only route templates
 /// come here (a router has a fixed set of them), so what is leaked is
-/// bounded by the code, not by requests.
+/// bounded by the code, not by requests. Each thread remembers what it
+/// has seen: the shared set's lock is a cache line both cores fought over
+/// on every request.
 fn intern(s: &str) -> &'static str {
     use std::collections::HashSet;
     use std::sync::{OnceLock, RwLock};
+    thread_local! {
+        static KNOWN: std::cell::RefCell<HashSet<&'static str>> = Default::default();
+    }
+    if let Some(v) = KNOWN.with_borrow(|known| known.get(s).copied()) {
+        return v;
+    }
     static SEEN: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
     let seen = SEEN.get_or_init(Default::default);
+    let v = intern_shared(seen, s);
+    KNOWN.with_borrow_mut(|known| known.insert(v));
+    v
+}
+
+/// [`intern`] in the set every thread shares.
+fn intern_shared(
+    seen: &std::sync::RwLock<std::collections::HashSet<&'static str>>,
+    s: &str,
+) -> &'static str {
     if let Some(v) = seen.read().unwrap_or_else(|p| p.into_inner()).get(s) {
         return v;
     }
@@ -118,7 +140,7 @@ impl ConnectionHandler for HttpService {
     async fn handle(self: Arc<Self>, conn: Connection, stop: CancellationToken) {
         let Connection { io, peer, deadline } = conn;
         let svc = ConnectionService {
-            app: self.app.clone(),
+            app: std::cell::RefCell::new(self.app.clone()),
             peer,
         };
         let mut builder = hyper::server::conn::http1::Builder::new();

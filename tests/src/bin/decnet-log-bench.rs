@@ -344,14 +344,14 @@ async fn main() {
         "decnet-log-bench: {conns} connections x {per_conn} messages of {msg_len} bytes (frame), {total} messages per round, {rounds} rounds"
     );
 
-    // Per-certificate log budgets off (rsyslog has none) and no rotation
+    // Per-host log budgets off (rsyslog has none) and no rotation
     // (the figure counts the lines of one file). With
     // DECNET_LOG_BENCH_BUDGETS=on the budgets are in force, as in
     // production, but set too high to drop a line: what charging every
     // line costs.
     let budgets = std::env::var("DECNET_LOG_BENCH_BUDGETS").is_ok_and(|v| v == "on");
     let flags: &[&str] = if budgets {
-        println!("per-certificate log budgets: in force (never reached)");
+        println!("per-host log budgets: in force (never reached)");
         &[
             "--log-budget",
             "100G",
