@@ -318,6 +318,11 @@ impl Bundle {
             let _lock = lock_dir(dir);
             let _ = roll_forward(dir);
         }
+        // Read while no writer moves files: a writer finishing its commit
+        // moved a file from the pending directory into place between the
+        // choice of where to read it and the read ("missing ca.crt" though
+        // every write succeeded). Best effort, as above.
+        let _reading = lock_dir_shared(dir);
         let pending = dir.join(PENDING_DIR);
         let pick = |name: &str| {
             let p = pending.join(name);
@@ -401,6 +406,8 @@ impl Bundle {
         dir: &Path,
         kind: BundleKind,
     ) -> Option<crate::fingerprint::Fingerprint> {
+        // As in `load`: no writer moves the file between the choice and the read.
+        let _reading = lock_dir_shared(dir);
         let pending = dir.join(PENDING_DIR).join(kind.cert_file());
         let path = if pending.exists() {
             pending
@@ -449,11 +456,6 @@ impl Bundle {
 /// another process (a daemon loads the bundle a command is writing).
 const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Complete a committed bundle write in `dir`: move each file of the
-/// pending directory into place, then remove it; drop stale uncommitted
-/// staging directories. Idempotent, so a crash at any point is finished by
-/// the next call — and safe to run in two processes at once (a file or the
-/// pending directory another one already moved is not an error).
 /// An exclusive lock on the bundle directory itself (`flock` on its
 /// descriptor), held until the returned handle is dropped: writes of one
 /// bundle, and completing one, take turns across threads and processes.
@@ -463,6 +465,19 @@ fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
     Ok(handle)
 }
 
+/// A shared lock on the bundle directory: loads hold it while they read,
+/// so no writer moves a file under them, and never wait on each other.
+fn lock_dir_shared(dir: &Path) -> std::io::Result<std::fs::File> {
+    let handle = std::fs::File::open(dir)?;
+    handle.lock_shared()?;
+    Ok(handle)
+}
+
+/// Complete a committed bundle write in `dir`: move each file of the
+/// pending directory into place, then remove it; drop stale uncommitted
+/// staging directories. Idempotent, so a crash at any point is finished by
+/// the next call — and safe to run in two processes at once (a file or the
+/// pending directory another one already moved is not an error).
 fn roll_forward(dir: &Path) -> std::io::Result<()> {
     let gone = |r: std::io::Result<()>| match r {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
