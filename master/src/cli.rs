@@ -12,7 +12,7 @@ use decnet_pki::{Bundle, BundleKind, HostName, LeafSpec, Role};
 
 use crate::home::MasterHome;
 use crate::listener_cmd::LogStorage as _;
-use crate::usage::{UsageError, audit, cli_actor, load_ca, open_db, partial};
+use crate::usage::{UsageError, audit, cli_actor, load_ca, open_db, partial, with_db};
 
 pub use decnet_cli::args::*;
 pub use decnet_cli::confirm::{burn_question, confirm_host};
@@ -23,6 +23,20 @@ pub use decnet_cli::render::{
     print_host_list, print_join_token, print_releases, print_renewal,
 };
 
+/// Where the master's home is, from the global flags: each command
+/// resolves it with its own `--ca-dir`.
+struct Homes {
+    home: Option<PathBuf>,
+    database_url: Option<String>,
+}
+
+impl Homes {
+    /// The master's home, its CA at `ca_dir` when given.
+    fn resolve(&self, ca_dir: Option<PathBuf>) -> MasterHome {
+        MasterHome::resolve(self.home.clone(), ca_dir, self.database_url.clone())
+    }
+}
+
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
@@ -32,7 +46,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         context,
         ..
     } = cli;
-    let resolve = |ca: Option<PathBuf>| MasterHome::resolve(home.clone(), ca, database_url.clone());
+    let homes = Homes { home, database_url };
+    let resolve = |ca: Option<PathBuf>| homes.resolve(ca);
     let command = match command {
         Command::Login { renew: true, .. } => {
             return crate::operator_cmd::renew(context.as_deref()).await;
@@ -93,241 +108,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .into()),
         Command::Console(a) => crate::console_cmd::console_local(&resolve(None), a).await,
         Command::Operator(c) => crate::operator_cmd::local(&resolve(None), c).await,
-        Command::Ca(CaCommand::Init { ca, force, sans }) => {
-            ca_init(&resolve(ca.ca_dir), force, &sans).await
-        }
-        Command::Ca(CaCommand::Show { ca, json }) => ca_show(&resolve(ca.ca_dir), json),
-        Command::Ca(CaCommand::Rotation(cmd)) => match cmd {
-            RotationCommand::Start { ca, json } => {
-                crate::ca_rotation_cmd::start(&resolve(ca.ca_dir), json).await
-            }
-            RotationCommand::Status { ca, json } => {
-                crate::ca_rotation_cmd::status(&resolve(ca.ca_dir), json).await
-            }
-            RotationCommand::Finish {
-                ca,
-                force,
-                archive_key,
-                wait,
-            } => {
-                let old_key = match archive_key {
-                    Some(d) => crate::ca_rotation_cmd::OldKey::ArchiveTo(d),
-                    None => crate::ca_rotation_cmd::OldKey::Destroy,
-                };
-                crate::ca_rotation_cmd::finish(
-                    &resolve(ca.ca_dir),
-                    force,
-                    old_key,
-                    std::time::Duration::from_secs(wait),
-                )
-                .await
-            }
-            RotationCommand::Abort { ca, force, wait } => {
-                crate::ca_rotation_cmd::abort(
-                    &resolve(ca.ca_dir),
-                    force,
-                    std::time::Duration::from_secs(wait),
-                )
-                .await
-            }
-        },
-        Command::Ca(CaCommand::IssueMonitor { ca, name, out }) => {
-            crate::monitor_cmd::issue(&resolve(ca.ca_dir), &name, out.as_deref()).await
-        }
-        Command::Ca(CaCommand::RevokeMonitor { ca, name }) => {
-            crate::monitor_cmd::revoke(&resolve(ca.ca_dir), &name).await
-        }
-        Command::Ca(CaCommand::RotateMaster { ca, sans }) => {
-            ca_rotate_master(&resolve(ca.ca_dir), &sans).await
-        }
-        Command::Swarm(SwarmCommand::Enroll {
-            ca,
-            target:
-                HostArgs {
-                    host,
-                    address,
-                    sans,
-                    updater,
-                },
-            reissue,
-            out_dir,
-            master,
-            agent_port,
-            updater_port,
-            valid_for,
-        }) => {
-            let validity = parse_duration(
-                "--valid-for",
-                &valid_for,
-                std::time::Duration::from_secs(10),
-            )?;
-            let req = EnrollRequest {
-                validity: Some(validity),
-                host,
-                address,
-                sans,
-                updater,
-                reissue,
-                out_dir,
-                master: master.map(|m| decnet_swarm_client::transport::with_default_port(&m, 8770)),
-                agent_port,
-                updater_port,
-            };
-            swarm_enroll(&resolve(ca.ca_dir), &req).await
-        }
-        Command::Swarm(SwarmCommand::Deploy {
-            ca,
-            config,
-            hosts,
-            no_wait,
-            dry_run,
-            max_parallel,
-            json,
-        }) => {
-            let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            if dry_run {
-                let r =
-                    crate::fleet_ops::deploy_plan(&db, &home.ca_layout(), &config, &hosts).await;
-                db.close().await;
-                return partial(r?, "some agents refused the config");
-            }
-            let r = crate::fleet_ops::deploy(
-                &db,
-                &home.ca_layout(),
-                &cli_actor(),
-                &config,
-                &hosts,
-                crate::fleet_ops::DeployOptions {
-                    wait: !no_wait,
-                    json,
-                    parallel: max_parallel,
-                },
-            )
-            .await;
-            db.close().await;
-            partial(r?, "the deploy did not succeed on every host")
-        }
-        Command::Swarm(SwarmCommand::SetEndpoint {
-            host,
-            address,
-            agent_port,
-            updater_port,
-        }) => {
-            let home = resolve(None);
-            let db = open_db(&home).await?;
-            let req = decnet_api::SetEndpoint {
-                address,
-                agent_port,
-                updater_port,
-            };
-            let r = crate::ops::set_endpoint(&db, &host, &req, &cli_actor()).await;
-            db.close().await;
-            r.map_err(crate::ops::OpError::into_cli)?;
-            println!("{host}: endpoint updated");
-            Ok(())
-        }
-        Command::Swarm(SwarmCommand::Evidence {
-            ca,
-            host,
-            decky,
-            id,
-            out,
-            json,
-        }) => {
-            let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            let r = async {
-                use crate::fleet_ops::{NewFile, evidence_fetch, evidence_file, evidence_id};
-                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
-                let list = crate::fleet_ops::evidence_list(&db, &pool, &host).await?;
-                let Some(decky) = decky else {
-                    return crate::fleet_ops::print_evidence_list(&host, &list, json);
-                };
-                let id = evidence_id(&list, &host, &decky, id.as_deref())?;
-                let out = out.unwrap_or_else(|| evidence_file(&host, &decky, &id));
-                let (new_file, mut file) = NewFile::create(&out).await?;
-                let max = decnet_swarm_client::agent::MAX_EVIDENCE;
-                match evidence_fetch(&db, &pool, &cli_actor(), &host, &decky, &id, &mut file, max)
-                    .await
-                {
-                    Ok(bytes) => {
-                        new_file.commit(file).await?;
-                        print_evidence_fetched(&host, &decky, &id, bytes, &out);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        drop(file);
-                        new_file.abandon();
-                        Err(e)
-                    }
-                }
-            }
-            .await;
-            db.close().await;
-            r
-        }
-        Command::Swarm(SwarmCommand::Teardown { ca, host, decky }) => {
-            let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            let r = async {
-                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
-                crate::fleet_ops::teardown(&db, &pool, &cli_actor(), &host, decky.as_deref()).await
-            }
-            .await;
-            db.close().await;
-            crate::fleet_ops::print_torn_down(&host, &r?);
-            Ok(())
-        }
-        Command::Swarm(SwarmCommand::Status {
-            ca,
-            host,
-            json,
-            max_parallel,
-        }) => {
-            let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            let r = crate::fleet_ops::status(
-                &db,
-                &home.ca_layout(),
-                host.as_deref(),
-                json,
-                max_parallel,
-            )
-            .await;
-            db.close().await;
-            partial(r?, "some hosts did not answer")
-        }
-        Command::Swarm(SwarmCommand::Doctor {
-            ca,
-            expiry_warning,
-            silent_after,
-            max_skew,
-            no_probe,
-            max_parallel,
-            json,
-        }) => {
-            let policy = doctor_policy(&expiry_warning, &silent_after, &max_skew)?;
-            let code = crate::doctor::run(
-                &resolve(ca.ca_dir),
-                &policy,
-                (!no_probe).then_some(max_parallel),
-                json,
-            )
-            .await?;
-            doctor_verdict(code)
-        }
-        Command::Swarm(SwarmCommand::Check {
-            ca,
-            json,
-            max_parallel,
-        }) => {
-            let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            let r = crate::fleet_ops::check(&db, &home.ca_layout(), json, max_parallel).await;
-            db.close().await;
-            partial(r?, "some hosts did not answer")
-        }
+        Command::Ca(c) => ca_command(&homes, c).await,
+        Command::Swarm(c) => swarm_command(&homes, c).await,
+        Command::Release(c) => release_command(c),
+        Command::Master(c) => master_command(&homes, c).await,
         Command::Demo { workers, keep, dir } => {
             if workers == 0 || workers > 20 {
                 return Err(UsageError("--workers must be between 1 and 20".into()).into());
@@ -340,165 +124,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(anyhow::anyhow!("demo interrupted"))
                 }
             }
-        }
-        Command::Release(ReleaseCommand::Keygen { out, force }) => {
-            if out.exists() && !force {
-                return Err(UsageError(format!(
-                    "{} exists; pass --force to replace it",
-                    out.display()
-                ))
-                .into());
-            }
-            let public = decnet_pki::signing::ReleaseSigner::generate_to(&out)?;
-            println!(
-                "private key: {} (0600; keep it off the workers)",
-                out.display()
-            );
-            println!(
-                "public key:  {} = {public}",
-                decnet_pki::signing::public_key_path(&out).display()
-            );
-            println!("Workers: decnet-updater serve --release-pubkey <that .pub file>");
-            Ok(())
-        }
-        Command::Release(ReleaseCommand::Pack {
-            dir,
-            out,
-            label,
-            release_version,
-            sign,
-            permit_downgrade,
-        }) => {
-            let signing = signing_of(sign.as_deref(), permit_downgrade)?;
-            let label = label.unwrap_or_else(|| dir_label(&dir));
-            let p = crate::release::pack(&dir, &out, &label, release_version.as_deref(), &signing)
-                .map_err(|e| UsageError(format!("{e:#}")))?;
-            println!("{}  {}", p.sha256, p.tarball.display());
-            println!(
-                "label {} version {} — {} file(s){}",
-                p.label,
-                p.version,
-                p.files.len(),
-                match (signing.signer.is_some(), permit_downgrade) {
-                    (true, true) => ", manifests signed with a downgrade permit",
-                    (true, false) => ", manifests signed",
-                    _ => "",
-                }
-            );
-            Ok(())
-        }
-        Command::Swarm(SwarmCommand::Update {
-            ca,
-            release,
-            hosts,
-            all,
-            max_parallel,
-            canary,
-            include_self,
-            continue_on_error,
-            label,
-            release_version,
-            allow_downgrade,
-            sign,
-            permit_downgrade,
-            json,
-        }) => {
-            let _ = all;
-            let home = resolve(ca.ca_dir);
-            // Unknown or decommissioned hosts are refused before anything is packed.
-            let db = open_db(&home).await?;
-            crate::fleet_ops::select_hosts(&db, &hosts).await?;
-            let packed = pack_release(
-                &release,
-                label.as_deref(),
-                release_version.as_deref(),
-                sign.as_deref(),
-                permit_downgrade,
-            )?;
-            let rel = &packed.release;
-            let plan = crate::rollout::RolloutPlan {
-                hosts,
-                allow_downgrade,
-                max_parallel,
-                canary,
-                include_self,
-                continue_on_error,
-            };
-            if !json {
-                println!("release {} (sha256 {})", rel.label, rel.sha256);
-            }
-            let results =
-                crate::rollout::rollout(&db, &home.ca_layout(), &cli_actor(), rel, &plan, !json)
-                    .await;
-            db.close().await;
-            crate::rollout::print_rollout(&results?, json)
-        }
-        Command::Swarm(SwarmCommand::Token(TokenCommand::Create {
-            ca,
-            target:
-                HostArgs {
-                    host,
-                    address,
-                    sans,
-                    updater,
-                },
-            ttl,
-        })) => {
-            let home = resolve(ca.ca_dir);
-            let req = token_request(host, address, sans, updater, &ttl)?;
-            let db = open_db(&home).await?;
-            let ca = crate::authorities::signing_ca(&home.ca_layout(), &db).await?;
-            let token = crate::ops::create_join_token(&db, &ca, &req, &cli_actor()).await;
-            db.close().await;
-            let token = token.map_err(crate::ops::OpError::into_cli)?;
-            print_join_token(
-                &token.to_string(),
-                &req.host,
-                req.updater,
-                req.ttl.as_secs(),
-            );
-            Ok(())
-        }
-        Command::Swarm(SwarmCommand::Renew { host }) => {
-            let home = resolve(None);
-            let db = open_db(&home).await?;
-            let r = async {
-                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
-                crate::ops::request_renewal(&db, &pool, &host, &cli_actor())
-                    .await
-                    .map_err(crate::ops::OpError::into_cli)
-            }
-            .await;
-            db.close().await;
-            let r = r?;
-            print_renewal(
-                &host,
-                r.updater.is_some(),
-                r.updater.and_then(|u| u.err()).as_deref(),
-            );
-            Ok(())
-        }
-        Command::Swarm(SwarmCommand::Rollback { ca, host }) => {
-            let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            let r = async {
-                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
-                crate::rollout::rollback(&db, &pool, &cli_actor(), &host).await
-            }
-            .await;
-            db.close().await;
-            crate::rollout::print_rollback(&r?)
-        }
-        Command::Swarm(SwarmCommand::Releases { ca, host, json }) => {
-            let home = resolve(ca.ca_dir);
-            let db = open_db(&home).await?;
-            let r = async {
-                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
-                releases_report(&db, &pool, &host).await
-            }
-            .await;
-            db.close().await;
-            print_releases(&r?, json)
         }
         Command::Listener {
             ca,
@@ -554,7 +179,418 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             r
         }
-        Command::Master(MasterCommand::Serve {
+        Command::Audit { limit, actor, json } => {
+            show_audit(&resolve(None), limit, actor.as_deref(), json).await
+        }
+    }
+}
+
+/// `decnet ca …` on the master host.
+async fn ca_command(homes: &Homes, cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Init { ca, force, sans } => {
+            ca_init(&homes.resolve(ca.ca_dir), force, &sans).await
+        }
+        CaCommand::Show { ca, json } => ca_show(&homes.resolve(ca.ca_dir), json),
+        CaCommand::Rotation(cmd) => match cmd {
+            RotationCommand::Start { ca, json } => {
+                crate::ca_rotation_cmd::start(&homes.resolve(ca.ca_dir), json).await
+            }
+            RotationCommand::Status { ca, json } => {
+                crate::ca_rotation_cmd::status(&homes.resolve(ca.ca_dir), json).await
+            }
+            RotationCommand::Finish {
+                ca,
+                force,
+                archive_key,
+                wait,
+            } => {
+                let old_key = match archive_key {
+                    Some(d) => crate::ca_rotation_cmd::OldKey::ArchiveTo(d),
+                    None => crate::ca_rotation_cmd::OldKey::Destroy,
+                };
+                crate::ca_rotation_cmd::finish(
+                    &homes.resolve(ca.ca_dir),
+                    force,
+                    old_key,
+                    std::time::Duration::from_secs(wait),
+                )
+                .await
+            }
+            RotationCommand::Abort { ca, force, wait } => {
+                crate::ca_rotation_cmd::abort(
+                    &homes.resolve(ca.ca_dir),
+                    force,
+                    std::time::Duration::from_secs(wait),
+                )
+                .await
+            }
+        },
+        CaCommand::IssueMonitor { ca, name, out } => {
+            crate::monitor_cmd::issue(&homes.resolve(ca.ca_dir), &name, out.as_deref()).await
+        }
+        CaCommand::RevokeMonitor { ca, name } => {
+            crate::monitor_cmd::revoke(&homes.resolve(ca.ca_dir), &name).await
+        }
+        CaCommand::RotateMaster { ca, sans } => {
+            ca_rotate_master(&homes.resolve(ca.ca_dir), &sans).await
+        }
+    }
+}
+
+/// `decnet swarm …` on the master host (no context in use).
+async fn swarm_command(homes: &Homes, cmd: SwarmCommand) -> anyhow::Result<()> {
+    match cmd {
+        SwarmCommand::Enroll {
+            ca,
+            target:
+                HostArgs {
+                    host,
+                    address,
+                    sans,
+                    updater,
+                },
+            reissue,
+            out_dir,
+            master,
+            agent_port,
+            updater_port,
+            valid_for,
+        } => {
+            let validity = parse_duration(
+                "--valid-for",
+                &valid_for,
+                std::time::Duration::from_secs(10),
+            )?;
+            let req = EnrollRequest {
+                validity: Some(validity),
+                host,
+                address,
+                sans,
+                updater,
+                reissue,
+                out_dir,
+                master: master.map(|m| decnet_swarm_client::transport::with_default_port(&m, 8770)),
+                agent_port,
+                updater_port,
+            };
+            swarm_enroll(&homes.resolve(ca.ca_dir), &req).await
+        }
+        SwarmCommand::Deploy {
+            ca,
+            config,
+            hosts,
+            no_wait,
+            dry_run,
+            max_parallel,
+            json,
+        } => {
+            let home = homes.resolve(ca.ca_dir);
+            if dry_run {
+                let r = with_db(&home, async |db| {
+                    crate::fleet_ops::deploy_plan(db, &home.ca_layout(), &config, &hosts).await
+                })
+                .await;
+                return partial(r?, "some agents refused the config");
+            }
+            let options = crate::fleet_ops::DeployOptions {
+                wait: !no_wait,
+                json,
+                parallel: max_parallel,
+            };
+            let r = with_db(&home, async |db| {
+                let layout = home.ca_layout();
+                crate::fleet_ops::deploy(db, &layout, &cli_actor(), &config, &hosts, options).await
+            })
+            .await;
+            partial(r?, "the deploy did not succeed on every host")
+        }
+        SwarmCommand::SetEndpoint {
+            host,
+            address,
+            agent_port,
+            updater_port,
+        } => {
+            let req = decnet_api::SetEndpoint {
+                address,
+                agent_port,
+                updater_port,
+            };
+            with_db(&homes.resolve(None), async |db| {
+                crate::ops::set_endpoint(db, &host, &req, &cli_actor())
+                    .await
+                    .map_err(crate::ops::OpError::into_cli)
+            })
+            .await?;
+            println!("{host}: endpoint updated");
+            Ok(())
+        }
+        SwarmCommand::Evidence {
+            ca,
+            host,
+            decky,
+            id,
+            out,
+            json,
+        } => {
+            let home = homes.resolve(ca.ca_dir);
+            with_db(&home, async |db| {
+                use crate::fleet_ops::{NewFile, evidence_fetch, evidence_file, evidence_id};
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                let list = crate::fleet_ops::evidence_list(db, &pool, &host).await?;
+                let Some(decky) = decky else {
+                    return crate::fleet_ops::print_evidence_list(&host, &list, json);
+                };
+                let id = evidence_id(&list, &host, &decky, id.as_deref())?;
+                let out = out.unwrap_or_else(|| evidence_file(&host, &decky, &id));
+                let (new_file, mut file) = NewFile::create(&out).await?;
+                let max = decnet_swarm_client::agent::MAX_EVIDENCE;
+                match evidence_fetch(db, &pool, &cli_actor(), &host, &decky, &id, &mut file, max)
+                    .await
+                {
+                    Ok(bytes) => {
+                        new_file.commit(file).await?;
+                        print_evidence_fetched(&host, &decky, &id, bytes, &out);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        drop(file);
+                        new_file.abandon();
+                        Err(e)
+                    }
+                }
+            })
+            .await
+        }
+        SwarmCommand::Teardown { ca, host, decky } => {
+            let home = homes.resolve(ca.ca_dir);
+            let r = with_db(&home, async |db| {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                crate::fleet_ops::teardown(db, &pool, &cli_actor(), &host, decky.as_deref()).await
+            })
+            .await;
+            crate::fleet_ops::print_torn_down(&host, &r?);
+            Ok(())
+        }
+        SwarmCommand::Status {
+            ca,
+            host,
+            json,
+            max_parallel,
+        } => {
+            let home = homes.resolve(ca.ca_dir);
+            let r = with_db(&home, async |db| {
+                crate::fleet_ops::status(db, &home.ca_layout(), host.as_deref(), json, max_parallel)
+                    .await
+            })
+            .await;
+            partial(r?, "some hosts did not answer")
+        }
+        SwarmCommand::Doctor {
+            ca,
+            expiry_warning,
+            silent_after,
+            max_skew,
+            no_probe,
+            max_parallel,
+            json,
+        } => {
+            let policy = doctor_policy(&expiry_warning, &silent_after, &max_skew)?;
+            let code = crate::doctor::run(
+                &homes.resolve(ca.ca_dir),
+                &policy,
+                (!no_probe).then_some(max_parallel),
+                json,
+            )
+            .await?;
+            doctor_verdict(code)
+        }
+        SwarmCommand::Check {
+            ca,
+            json,
+            max_parallel,
+        } => {
+            let home = homes.resolve(ca.ca_dir);
+            let r = with_db(&home, async |db| {
+                crate::fleet_ops::check(db, &home.ca_layout(), json, max_parallel).await
+            })
+            .await;
+            partial(r?, "some hosts did not answer")
+        }
+        SwarmCommand::Update {
+            ca,
+            release,
+            hosts,
+            all,
+            max_parallel,
+            canary,
+            include_self,
+            continue_on_error,
+            label,
+            release_version,
+            allow_downgrade,
+            sign,
+            permit_downgrade,
+            json,
+        } => {
+            let _ = all;
+            let home = homes.resolve(ca.ca_dir);
+            let results = with_db(&home, async |db| {
+                // Unknown or decommissioned hosts are refused before anything is packed.
+                crate::fleet_ops::select_hosts(db, &hosts).await?;
+                let packed = pack_release(
+                    &release,
+                    label.as_deref(),
+                    release_version.as_deref(),
+                    sign.as_deref(),
+                    permit_downgrade,
+                )?;
+                let rel = &packed.release;
+                let plan = crate::rollout::RolloutPlan {
+                    hosts,
+                    allow_downgrade,
+                    max_parallel,
+                    canary,
+                    include_self,
+                    continue_on_error,
+                };
+                if !json {
+                    println!("release {} (sha256 {})", rel.label, rel.sha256);
+                }
+                let layout = home.ca_layout();
+                crate::rollout::rollout(db, &layout, &cli_actor(), rel, &plan, !json).await
+            })
+            .await;
+            crate::rollout::print_rollout(&results?, json)
+        }
+        SwarmCommand::Token(TokenCommand::Create {
+            ca,
+            target:
+                HostArgs {
+                    host,
+                    address,
+                    sans,
+                    updater,
+                },
+            ttl,
+        }) => {
+            let home = homes.resolve(ca.ca_dir);
+            let req = token_request(host, address, sans, updater, &ttl)?;
+            let token = with_db(&home, async |db| {
+                let ca = crate::authorities::signing_ca(&home.ca_layout(), db).await?;
+                crate::ops::create_join_token(db, &ca, &req, &cli_actor())
+                    .await
+                    .map_err(crate::ops::OpError::into_cli)
+            })
+            .await?;
+            print_join_token(
+                &token.to_string(),
+                &req.host,
+                req.updater,
+                req.ttl.as_secs(),
+            );
+            Ok(())
+        }
+        SwarmCommand::Renew { host } => {
+            let home = homes.resolve(None);
+            let r = with_db(&home, async |db| {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                crate::ops::request_renewal(db, &pool, &host, &cli_actor())
+                    .await
+                    .map_err(crate::ops::OpError::into_cli)
+            })
+            .await;
+            let r = r?;
+            print_renewal(
+                &host,
+                r.updater.is_some(),
+                r.updater.and_then(|u| u.err()).as_deref(),
+            );
+            Ok(())
+        }
+        SwarmCommand::Rollback { ca, host } => {
+            let home = homes.resolve(ca.ca_dir);
+            let r = with_db(&home, async |db| {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                crate::rollout::rollback(db, &pool, &cli_actor(), &host).await
+            })
+            .await;
+            crate::rollout::print_rollback(&r?)
+        }
+        SwarmCommand::Releases { ca, host, json } => {
+            let home = homes.resolve(ca.ca_dir);
+            let r = with_db(&home, async |db| {
+                let pool = crate::fleet_ops::worker_pool(&home.ca_layout())?;
+                releases_report(db, &pool, &host).await
+            })
+            .await;
+            print_releases(&r?, json)
+        }
+        SwarmCommand::List { json } => swarm_list(&homes.resolve(None), json).await,
+        SwarmCommand::Show { host, json } => swarm_show(&homes.resolve(None), &host, json).await,
+        SwarmCommand::Decommission { ca, host, yes } => {
+            swarm_decommission(&homes.resolve(ca.ca_dir), &host, yes).await
+        }
+        SwarmCommand::Burn { host, yes } => swarm_burn(&homes.resolve(None), &host, yes).await,
+    }
+}
+
+/// `decnet release …` (no master needed).
+fn release_command(cmd: ReleaseCommand) -> anyhow::Result<()> {
+    match cmd {
+        ReleaseCommand::Keygen { out, force } => {
+            if out.exists() && !force {
+                return Err(UsageError(format!(
+                    "{} exists; pass --force to replace it",
+                    out.display()
+                ))
+                .into());
+            }
+            let public = decnet_pki::signing::ReleaseSigner::generate_to(&out)?;
+            println!(
+                "private key: {} (0600; keep it off the workers)",
+                out.display()
+            );
+            println!(
+                "public key:  {} = {public}",
+                decnet_pki::signing::public_key_path(&out).display()
+            );
+            println!("Workers: decnet-updater serve --release-pubkey <that .pub file>");
+            Ok(())
+        }
+        ReleaseCommand::Pack {
+            dir,
+            out,
+            label,
+            release_version,
+            sign,
+            permit_downgrade,
+        } => {
+            let signing = signing_of(sign.as_deref(), permit_downgrade)?;
+            let label = label.unwrap_or_else(|| dir_label(&dir));
+            let p = crate::release::pack(&dir, &out, &label, release_version.as_deref(), &signing)
+                .map_err(|e| UsageError(format!("{e:#}")))?;
+            println!("{}  {}", p.sha256, p.tarball.display());
+            println!(
+                "label {} version {} — {} file(s){}",
+                p.label,
+                p.version,
+                p.files.len(),
+                match (signing.signer.is_some(), permit_downgrade) {
+                    (true, true) => ", manifests signed with a downgrade permit",
+                    (true, false) => ", manifests signed",
+                    _ => "",
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `decnet master …`: the daemon.
+async fn master_command(homes: &Homes, cmd: MasterCommand) -> anyhow::Result<()> {
+    match cmd {
+        MasterCommand::Serve {
             ca,
             host,
             port,
@@ -574,9 +610,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             audit_retention,
             max_outbound,
             metrics,
-        }) => {
+        } => {
             crate::fleet_ops::set_max_outbound(max_outbound);
-            let home = resolve(ca.ca_dir);
+            let home = homes.resolve(ca.ca_dir);
             let renew = RenewPolicy {
                 validity: parse_duration(
                     "--leaf-validity",
@@ -619,23 +655,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     d => Some(d),
                 },
             };
-            let db = open_db(&home).await?;
-            let r = crate::daemon::serve(&home, db.clone(), &settings).await;
-            db.close().await;
-            r
-        }
-        Command::Audit { limit, actor, json } => {
-            show_audit(&resolve(None), limit, actor.as_deref(), json).await
-        }
-        Command::Swarm(SwarmCommand::List { json }) => swarm_list(&resolve(None), json).await,
-        Command::Swarm(SwarmCommand::Show { host, json }) => {
-            swarm_show(&resolve(None), &host, json).await
-        }
-        Command::Swarm(SwarmCommand::Decommission { ca, host, yes }) => {
-            swarm_decommission(&resolve(ca.ca_dir), &host, yes).await
-        }
-        Command::Swarm(SwarmCommand::Burn { host, yes }) => {
-            swarm_burn(&resolve(None), &host, yes).await
+            with_db(&home, async |db| {
+                crate::daemon::serve(&home, db.clone(), &settings).await
+            })
+            .await
         }
     }
 }
@@ -910,24 +933,25 @@ pub async fn host_views(db: &FleetDb) -> anyhow::Result<Vec<decnet_api::Host>> {
 }
 
 async fn swarm_list(home: &MasterHome, json: bool) -> anyhow::Result<()> {
-    let db = open_db(home).await?;
-    let hosts = host_views(&db).await;
-    db.close().await;
-    print_host_list(&hosts?, json)
+    let hosts = with_db(home, async |db| host_views(db).await).await?;
+    print_host_list(&hosts, json)
 }
 
 async fn swarm_show(home: &MasterHome, host: &str, json: bool) -> anyhow::Result<()> {
-    let db = open_db(home).await?;
-    let Some(h) = db.host(host).await? else {
-        db.close().await;
-        return Err(UsageError(format!(
-            "host {host} is not enrolled (see `decnet swarm list`)"
+    let (h, revoked, expiry) = with_db(home, async |db| {
+        let Some(h) = db.host(host).await? else {
+            return Err(UsageError(format!(
+                "host {host} is not enrolled (see `decnet swarm list`)"
+            ))
+            .into());
+        };
+        Ok((
+            h,
+            db.revoked_of(host).await?,
+            db.current_certificate_expiry().await?,
         ))
-        .into());
-    };
-    let revoked = db.revoked_of(host).await?;
-    let expiry = db.current_certificate_expiry().await?;
-    db.close().await;
+    })
+    .await?;
     let mut v = crate::fleet_api::host_view(&h, &expiry);
     v.revoked_fingerprints = Some(revoked);
     print_host(&v, json)
@@ -1039,11 +1063,12 @@ async fn show_audit(
     actor: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let db = open_db(home).await?;
-    let entries = db.audit_log_of(limit.max(1), actor).await;
-    db.close().await;
+    let entries = with_db(home, async |db| {
+        Ok(db.audit_log_of(limit.max(1), actor).await?)
+    })
+    .await?;
     let entries: Vec<decnet_api::AuditRecord> =
-        entries?.iter().map(crate::fleet_api::audit_view).collect();
+        entries.iter().map(crate::fleet_api::audit_view).collect();
     print_audit(&entries, json)
 }
 

@@ -50,6 +50,19 @@ pub async fn open_db(home: &MasterHome) -> anyhow::Result<FleetDb> {
         .context("opening the fleet database (set --database-url or DECNET_DATABASE_URL)")
 }
 
+/// Open the fleet database named by `home`, run `f` on it, and close it
+/// whatever `f` returned: what every local command does around its work,
+/// in one place (a command that returned early used to leave it open).
+pub async fn with_db<T>(
+    home: &MasterHome,
+    f: impl AsyncFnOnce(&FleetDb) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let db = open_db(home).await?;
+    let r = f(&db).await;
+    db.close().await;
+    r
+}
+
 /// Load the CA, or a usage error naming `decnet ca init`.
 pub fn load_ca(layout: &CaLayout) -> anyhow::Result<CertificateAuthority> {
     if !layout.ca_cert().exists() || !layout.ca_key().exists() {
