@@ -687,31 +687,45 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failed_teardown_is_not_recorded_as_gone_and_can_be_retried() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_tx, rx) = mpsc::unbounded_channel();
+    /// An executor of host `w1` over [`StopFails`], its state in `dir`; the
+    /// sender of its driver events is returned to be held.
+    fn executor_over_stop_fails(
+        dir: &std::path::Path,
+    ) -> (Arc<Executor>, mpsc::UnboundedSender<DriverEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
         let exec = Executor::start(
             "w1".into(),
             "0".into(),
             Arc::new(StopFails),
-            StateStore::open(dir.path()).unwrap(),
+            StateStore::open(dir).unwrap(),
             rx,
             None,
         )
         .unwrap();
+        (exec, tx)
+    }
+
+    /// Wait (up to a second) until `n` deckies run.
+    async fn wait_running(exec: &Executor, n: usize) {
+        for _ in 0..100 {
+            if exec.phase_counts().await.get(&DeckyPhase::Running) == Some(&n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_teardown_is_not_recorded_as_gone_and_can_be_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let (exec, _events) = executor_over_stop_fails(dir.path());
         let config = DeploymentConfig::parse(
             br#"{"version":1,"deckies":[{"name":"web","image":"i"}]}"#,
             DriverKind::Compose,
         )
         .unwrap();
         exec.deploy(config).await.unwrap();
-        for _ in 0..100 {
-            if exec.phase_counts().await.get(&DeckyPhase::Running) == Some(&1) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_running(&exec, 1).await;
         assert!(exec.teardown(Some("web")).await.is_err());
         let snap = exec.snapshot().await;
         let web = &snap.deckies[0];
@@ -734,16 +748,7 @@ mod tests {
     async fn the_health_answer_carries_its_fixed_fields_and_the_counts_of_the_moment() {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().unwrap();
-        let (_tx, rx) = mpsc::unbounded_channel();
-        let exec = Executor::start(
-            "w1".into(),
-            "0".into(),
-            Arc::new(StopFails),
-            StateStore::open(dir.path()).unwrap(),
-            rx,
-            None,
-        )
-        .unwrap();
+        let (exec, _events) = executor_over_stop_fails(dir.path());
         let health = || async {
             let resp = crate::api::router(Arc::clone(&exec))
                 .oneshot(
@@ -776,12 +781,7 @@ mod tests {
         )
         .unwrap();
         exec.deploy(config).await.unwrap();
-        for _ in 0..100 {
-            if exec.phase_counts().await.get(&DeckyPhase::Running) == Some(&2) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_running(&exec, 2).await;
         let after = health().await;
         assert_eq!(after["deckies"], serde_json::json!({"running": 2}));
         assert_eq!(after["host"], "w1");
