@@ -10,6 +10,7 @@
 //! is byte for byte what serde_json writes for the same record (the tests
 //! hold it to that); pure, no IO.
 
+use crate::byte_class::json_plain;
 use crate::syslog::{StructuredData, Syslog5424};
 
 /// The fields naming who sent a batch, written once per batch: the start
@@ -94,20 +95,9 @@ fn write_structured_data(out: &mut Vec<u8>, sd: &StructuredData) {
     out.push(b'}');
 }
 
-/// Whether `b` can stand between JSON quotes as it is: no control byte,
-/// no quote, no backslash (bytes of other UTF-8 characters are written as
-/// they are, as serde_json does). Branch-free over 32-byte chunks.
-fn needs_no_escape(b: &[u8]) -> bool {
-    b.chunks(32).all(|chunk| {
-        chunk
-            .iter()
-            .fold(true, |ok, &c| ok & (c >= 0x20) & (c != b'"') & (c != b'\\'))
-    })
-}
-
 /// Append `s` as a JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    if needs_no_escape(s.as_bytes()) {
+    if json_plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());

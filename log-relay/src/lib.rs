@@ -4,6 +4,8 @@
 //!
 //! * [`frame`] — octet-counted framing with a maximum frame size (pure);
 //! * [`syslog`] — the RFC 5424 parser and the line wrapper (pure);
+//! * [`byte_class`] — the byte classes the parser and the JSON record scan
+//!   for, eight bytes at a time (pure);
 //! * [`json_record`] — the JSON record of a received line, written by hand (pure);
 //! * [`forwarder`] — the worker side: tail, batch, persist offsets, reconnect;
 //! * [`listener`] — the master side: gate, decode, write (on the
@@ -15,6 +17,7 @@
 //! * [`metrics`] — the listener's and forwarder's series.
 
 pub mod budget;
+pub mod byte_class;
 pub mod disk;
 pub mod forwarder;
 pub mod frame;

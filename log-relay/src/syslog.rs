@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
+
+use crate::byte_class;
 use serde::ser::SerializeMap;
 
 /// One structured-data element: `[id name="value" …]`, borrowing from the
@@ -253,7 +255,9 @@ impl<'a> Cursor<'a> {
     #[inline(always)]
     fn header_field(&mut self, max: usize) -> Option<Option<&'a str>> {
         let start = self.i;
-        let f = self.take_while(|b| (33..=126).contains(&b));
+        let rest = &self.s[self.i.min(self.s.len())..];
+        let f = &rest[..byte_class::printusascii_run(rest)];
+        self.i += f.len();
         if f.is_empty() || f.len() > max {
             return None;
         }
@@ -266,9 +270,10 @@ impl<'a> Cursor<'a> {
     #[inline(always)]
     fn sd_name(&mut self) -> Option<&'a str> {
         let start = self.i;
-        let n =
-            self.take_while(|b| (33..=126).contains(&b) && !matches!(b, b'=' | b' ' | b']' | b'"'));
-        if n.is_empty() || n.len() > 32 {
+        let rest = &self.s[self.i.min(self.s.len())..];
+        let n = byte_class::sd_name_run(rest);
+        self.i += n;
+        if n == 0 || n > 32 {
             return None;
         }
         self.ascii_of(start, self.i)
@@ -300,7 +305,7 @@ impl<'a> Cursor<'a> {
                         loop {
                             // To the next quote or backslash at once.
                             let rest = self.s.get(self.i..)?;
-                            self.i += rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+                            self.i += byte_class::find_quote_or_backslash(rest)?;
                             if self.s[self.i] == b'"' {
                                 break;
                             }
