@@ -70,7 +70,7 @@ pub struct RotatingFile {
     file: BufWriter<File>,
     size: u64,
     /// Blocks are reserved up to here (see [`PREALLOCATE`]); `u64::MAX`
-    /// once the filesystem has said it cannot.
+    /// once the filesystem has said it cannot; 0 when none can be.
     reserved_to: u64,
     /// For the watermark a reservation must leave room above.
     policy: DiskPolicy,
@@ -109,7 +109,9 @@ impl RotatingFile {
             path: path.to_path_buf(),
             file: BufWriter::with_capacity(WRITE_BUFFER, file),
             size,
-            reserved_to: 0,
+            // A crashed run may have left blocks reserved past the end:
+            // released at the first sync like this run's.
+            reserved_to: size,
             policy: *policy,
             rotate_bytes: policy.rotate_bytes,
             keep: policy.keep.max(1),
@@ -170,14 +172,25 @@ impl RotatingFile {
     /// Flush, release the blocks reserved past the end, and fsync.
     pub fn sync(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        if self.reserved_to != 0 && self.reserved_to != u64::MAX {
-            // Truncating to its own size releases them (the size as it
-            // is now: the file may have been truncated by someone else).
-            let file = self.file.get_ref();
-            file.set_len(file.metadata()?.len())?;
-            self.reserved_to = 0;
-        }
+        self.release_reserved();
         self.file.get_ref().sync_all()
+    }
+
+    /// Release the blocks reserved past the end (rotation, shutdown, and
+    /// when writing pauses at the watermark: that room is the database's
+    /// then). Truncating a file to its own size releases them; it is done
+    /// only when the file is as long as this writer made it, so a file
+    /// someone else has truncated (`copytruncate`) is never grown back.
+    /// A failure only leaves the blocks reserved.
+    pub fn release_reserved(&mut self) {
+        if self.reserved_to == 0 || self.reserved_to == u64::MAX || self.file.flush().is_err() {
+            return;
+        }
+        let file = self.file.get_ref();
+        if file.metadata().is_ok_and(|m| m.len() == self.size) {
+            let _ = file.set_len(self.size);
+        }
+        self.reserved_to = 0;
     }
 
     /// `path` -> `path.1` -> … -> `path.keep` (the oldest deleted), and a
@@ -438,10 +451,29 @@ mod tests {
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 100_000);
         assert!(allocated(&p) < 200_000, "{} bytes allocated", allocated(&p));
         assert_eq!(std::fs::read(&p).unwrap(), line.repeat(1000).into_bytes());
-        // Writing on after the release reserves again.
+        // Writing on after the release reserves again; releasing without
+        // a sync (writing paused) gives them back as well.
         f.write_all(line.as_bytes()).unwrap();
         f.flush().unwrap();
         assert!(allocated(&p) >= PREALLOCATE);
+        f.release_reserved();
+        assert!(allocated(&p) < 200_000, "{} bytes allocated", allocated(&p));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 100_100);
+    }
+
+    #[test]
+    fn what_a_crashed_run_left_reserved_is_released_by_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fleet.log");
+        let mut crashed = RotatingFile::open(&p, &DiskPolicy::default()).unwrap();
+        crashed.write_all(&[b'x'; 1000]).unwrap();
+        crashed.flush().unwrap();
+        drop(crashed);
+        assert!(allocated(&p) >= PREALLOCATE);
+        let mut next = RotatingFile::open(&p, &DiskPolicy::default()).unwrap();
+        next.sync().unwrap();
+        assert!(allocated(&p) < 100_000, "{} bytes allocated", allocated(&p));
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1000);
     }
 
     #[test]
@@ -487,6 +519,18 @@ mod tests {
         f.sync().unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().len(), len);
         assert!(std::fs::read(&p).unwrap().starts_with(b"after\ny"));
+        // Truncated again: a release finds the file shorter than this
+        // writer made it and leaves it alone (a truncation to the length
+        // it expected would grow the file back with zeros).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        f.release_reserved();
+        f.sync().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"aft");
     }
 
     #[test]

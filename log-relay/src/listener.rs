@@ -236,6 +236,8 @@ impl LogSink {
                         match change {
                             Some(SpaceChange::Paused { free, watermark }) => {
                                 metrics.writing_paused.set(1);
+                                raw.release_reserved();
+                                json.release_reserved();
                                 tracing::error!(
                                     free_bytes = free,
                                     watermark_bytes = watermark,
