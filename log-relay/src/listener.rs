@@ -614,6 +614,8 @@ impl ConnectionHandler for LogListener {
         let mut next_check = tokio::time::Instant::now() + RECHECK_INTERVAL;
         let metrics = crate::metrics::listener_metrics();
         let mut over_budget = 0u64;
+        // Bytes decoded since this connection last let others run.
+        let mut since_yield = 0usize;
         let mut last_budget_line: Option<tokio::time::Instant> = None;
         let mut went_away = false;
         // The last read filled the buffer.
@@ -722,6 +724,11 @@ impl ConnectionHandler for LogListener {
                     }
                 }
             }
+            since_yield += batch_bytes;
+            if since_yield >= YIELD_EVERY {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             buf.advance(done);
             buf.reserve(decoder.wanted(buf.len()));
             let busy_by = if filled {
@@ -768,6 +775,14 @@ impl ConnectionHandler for LogListener {
 /// Room a busy peer's reads get: its bytes are read (and decrypted) this
 /// much at a time rather than a frame at a time.
 const BUSY_READ: usize = 64 * 1024;
+
+/// A connection whose peer always has more to send lets the others on
+/// its worker run after decoding this much. Left to tokio's cooperative
+/// budget, which counts operations rather than work, a flood of lines
+/// that are costly to format (control bytes, each escaped) held its
+/// worker for 128 batches at a time: `hostile_edge_e2e`'s calm host waited
+/// over 2 s behind two such floods once batches grew to 64 KiB.
+const YIELD_EVERY: usize = 256 * 1024;
 
 /// A peer whose last batch carried at least this much is busy.
 const BUSY_BATCH: usize = 4 * 1024;
