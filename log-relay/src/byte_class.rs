@@ -177,6 +177,19 @@ mod tests {
         s.iter().position(|&b| !f(b)).unwrap_or(s.len())
     }
 
+    /// Every scan of `s` agrees with its byte-by-byte definition.
+    fn assert_classed_as_byte_by_byte(s: &[u8]) {
+        assert_eq!(printusascii_run(s), run_of(s, printusascii), "{s:?}");
+        assert_eq!(sd_name_run(s), run_of(s, sd_name_byte), "{s:?}");
+        assert_eq!(
+            find_quote_or_backslash(s),
+            s.iter().position(|&c| c == b'"' || c == b'\\'),
+            "{s:?}"
+        );
+        let plain = !s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+        assert_eq!(json_plain(s), plain, "{s:?}");
+    }
+
     /// A small deterministic generator (no dependency for a test).
     struct Lcg(u64);
     impl Lcg {
@@ -196,15 +209,7 @@ mod tests {
                 for b in 0..=255u8 {
                     let mut s = vec![b'k'; len];
                     s[at] = b;
-                    assert_eq!(printusascii_run(&s), run_of(&s, printusascii), "{s:?}");
-                    assert_eq!(sd_name_run(&s), run_of(&s, sd_name_byte), "{s:?}");
-                    assert_eq!(
-                        find_quote_or_backslash(&s),
-                        s.iter().position(|&c| c == b'"' || c == b'\\'),
-                        "{s:?}"
-                    );
-                    let plain = !s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
-                    assert_eq!(json_plain(&s), plain, "{s:?}");
+                    assert_classed_as_byte_by_byte(&s);
                 }
             }
         }
@@ -226,15 +231,7 @@ mod tests {
                     _ => b'a' + (rng.next() % 26) as u8,
                 })
                 .collect();
-            assert_eq!(printusascii_run(&s), run_of(&s, printusascii), "{s:?}");
-            assert_eq!(sd_name_run(&s), run_of(&s, sd_name_byte), "{s:?}");
-            assert_eq!(
-                find_quote_or_backslash(&s),
-                s.iter().position(|&c| c == b'"' || c == b'\\'),
-                "{s:?}"
-            );
-            let plain = !s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
-            assert_eq!(json_plain(&s), plain, "{s:?}");
+            assert_classed_as_byte_by_byte(&s);
         }
     }
 }
