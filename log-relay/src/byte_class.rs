@@ -60,6 +60,13 @@ const fn json_escaped(x: u64) -> u64 {
     below(x, 0x20) | equal(x, b'"') | equal(x, b'\\')
 }
 
+/// What may not stand in structured data written as it is: a control byte
+/// or `\` (the `"` around values are the syntax's own).
+#[inline(always)]
+const fn control_or_backslash(x: u64) -> u64 {
+    below(x, 0x20) | equal(x, b'\\')
+}
+
 /// A byte no flagging function here flags: the padding of a short tail.
 const PAD: u8 = b'a';
 
@@ -161,6 +168,22 @@ pub fn json_plain(s: &[u8]) -> bool {
     first_flagged(s, json_escaped) == s.len()
 }
 
+/// Whether `s` has no control byte and no `\`: structured data received
+/// so holds no escaped value, so none of its IDs, names and values has a
+/// `"` either (a value's `"` must come escaped; IDs and names exclude it),
+/// and each can stand between JSON quotes as it is.
+#[inline]
+pub fn no_control_or_backslash(s: &[u8]) -> bool {
+    if s.len() >= 16 {
+        let clean = |c: &[u8]| {
+            c.iter()
+                .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'\\'))
+        };
+        return s.chunks_exact(16).all(clean) && clean(&s[s.len() - 16..]);
+    }
+    first_flagged(s, control_or_backslash) == s.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +211,8 @@ mod tests {
         );
         let plain = !s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
         assert_eq!(json_plain(s), plain, "{s:?}");
+        let sd_plain = !s.iter().any(|&c| c < 0x20 || c == b'\\');
+        assert_eq!(no_control_or_backslash(s), sd_plain, "{s:?}");
     }
 
     /// A small deterministic generator (no dependency for a test).

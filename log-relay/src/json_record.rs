@@ -10,7 +10,7 @@
 //! is byte for byte what serde_json writes for the same record (the tests
 //! hold it to that); pure, no IO.
 
-use crate::byte_class::json_plain;
+use crate::byte_class::{json_plain, no_control_or_backslash};
 use crate::syslog::{StructuredData, Syslog5424};
 
 /// The fields naming who sent a batch, written once per batch: the start
@@ -41,22 +41,30 @@ pub fn write_record(out: &mut Vec<u8>, head: &RecordHead, parsed: Option<&Syslog
     out.extend_from_slice(&head.0);
     match parsed {
         Some(m) => {
+            // The header fields are printable ASCII (the parser's rule):
+            // one scan of the header for `"` and `\` clears all five.
+            let header = if json_plain(m.header_bytes) {
+                write_opt_plain
+            } else {
+                write_opt_str
+            };
             out.extend_from_slice(b"\"claimed_hostname\":");
-            write_opt_str(out, m.hostname);
+            header(out, m.hostname);
             out.extend_from_slice(b",\"app_name\":");
-            write_opt_str(out, m.app_name);
+            header(out, m.app_name);
             out.extend_from_slice(b",\"procid\":");
-            write_opt_str(out, m.procid);
+            header(out, m.procid);
             out.extend_from_slice(b",\"msgid\":");
-            write_opt_str(out, m.msgid);
+            header(out, m.msgid);
             out.extend_from_slice(b",\"severity\":");
             write_u8(out, m.severity);
             out.extend_from_slice(b",\"facility\":");
             write_u8(out, m.facility);
             out.extend_from_slice(b",\"timestamp\":");
-            write_opt_str(out, m.timestamp);
+            header(out, m.timestamp);
             out.extend_from_slice(b",\"structured_data\":");
-            write_structured_data(out, &m.structured_data);
+            let sd_plain = no_control_or_backslash(m.structured_data_bytes);
+            write_structured_data(out, &m.structured_data, sd_plain);
             out.extend_from_slice(b",\"msg\":");
             write_str(out, msg);
             out.push(b'}');
@@ -74,21 +82,33 @@ pub fn write_record(out: &mut Vec<u8>, head: &RecordHead, parsed: Option<&Syslog
 
 /// `{"SD-ID":{"name":"value",…},…}`, in the order received (a repeated
 /// name is written twice, as serde_json writes a map it is handed).
-fn write_structured_data(out: &mut Vec<u8>, sd: &StructuredData) {
+/// `received_plain`: the structured data as received has no control byte
+/// and no `\` ([`no_control_or_backslash`]), so its IDs and names, and every
+/// value still borrowed from it, need no escaping; a value replaced since
+/// (made safe by the listener) is checked as any string.
+fn write_structured_data(out: &mut Vec<u8>, sd: &StructuredData, received_plain: bool) {
+    let name = if received_plain {
+        write_plain
+    } else {
+        write_str
+    };
     out.push(b'{');
     for (i, e) in sd.elements().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_str(out, e.id);
+        name(out, e.id);
         out.extend_from_slice(b":{");
-        for (j, (name, value)) in e.params.iter().enumerate() {
+        for (j, (key, value)) in e.params.iter().enumerate() {
             if j > 0 {
                 out.push(b',');
             }
-            write_str(out, name);
+            name(out, key);
             out.push(b':');
-            write_str(out, value);
+            match value {
+                std::borrow::Cow::Borrowed(v) if received_plain => write_plain(out, v),
+                v => write_str(out, v),
+            }
         }
         out.push(b'}');
     }
@@ -98,19 +118,33 @@ fn write_structured_data(out: &mut Vec<u8>, sd: &StructuredData) {
 /// Append `s` as a JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     if json_plain(s.as_bytes()) {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        write_plain(out, s);
     } else {
         // Writing a string into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
+/// Append `s`, known to need no escaping ([`json_plain`]), as a JSON string.
+#[inline(always)]
+fn write_plain(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(json_plain(s.as_bytes()), "{s:?}");
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
 fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => write_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn write_opt_plain(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_plain(out, s),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -204,7 +238,7 @@ mod tests {
         out
     }
 
-    const LINES: [&[u8]; 9] = [
+    const LINES: [&[u8]; 12] = [
         b"<134>1 2026-11-23T10:00:00.000Z bench-host honeypot 4242 CONN [conn src=\"10.0.0.1\" port=\"22\"] connection attempt",
         b"<0>1 - - - - - -",
         b"<191>1 - h a p m [a b=\"q\\\"uo\\]te\\\\\" c=\"\x1b[2J\"][x@1 y=\"\xe2\x80\xae\"] msg \"quoted\" back\\slash",
@@ -214,10 +248,25 @@ mod tests {
         b"<13>Oct 11 22:14:15 host app: bsd style \"q\" \x01\x7f",
         b"",
         b"<165>1 2003-10-11T22:14:15.003Z host app - ID47 [exampleSDID@32473 iut=\"3\" eventSource=\"Application\"][examplePriority@32473 class=\"high\"] \xef\xbb\xbfmsg",
+        // Structured data that must be escaped though no value has an
+        // escape: a `\` in an SD-ID and a name, a control byte in a value.
+        b"<13>1 - h a p m [i\\d k\\ey=\"plain\"] m",
+        b"<13>1 - h a p m [id k=\"a\tb\"] m",
+        // Header fields with `"` and `\` each, the others plain.
+        b"<13>1 2026-01-01T00:00:00Z host app\\ - \"m [id k=\"v\"] m",
     ];
 
     #[test]
     fn records_are_what_serde_json_writes() {
+        // The lines for the fast paths' edges are RFC 5424 (else they
+        // would test the other path).
+        for line in &LINES[9..] {
+            assert!(
+                syslog::parse(line).is_some(),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
         for line in LINES {
             let parsed = syslog::parse(line);
             let lossy = String::from_utf8_lossy(line);

@@ -122,6 +122,13 @@ pub struct Syslog5424<'a> {
     pub structured_data: StructuredData<'a>,
     /// MSG (a leading UTF-8 BOM removed; invalid UTF-8 replaced).
     pub msg: Cow<'a, str>,
+    /// The header from TIMESTAMP through MSGID as received (fields and the
+    /// spaces between them): one scan of it tells a writer whether any
+    /// field needs escaping ([`crate::json_record`]).
+    pub header_bytes: &'a [u8],
+    /// The STRUCTURED-DATA as received (`-` or the elements): every SD-ID,
+    /// name and value parsed without unescaping is a slice of it.
+    pub structured_data_bytes: &'a [u8],
 }
 
 /// Parse an RFC 5424 message; `None` when `input` is not one.
@@ -159,6 +166,7 @@ pub fn parse_reusing<'a>(
     }
     let version = decimal(version_digits);
     p.expect(b' ')?;
+    let header_at = p.i;
     let timestamp = p.header_field(128)?;
     p.expect(b' ')?;
     let hostname = p.header_field(255)?;
@@ -168,9 +176,12 @@ pub fn parse_reusing<'a>(
     let procid = p.header_field(128)?;
     p.expect(b' ')?;
     let msgid = p.header_field(32)?;
+    let header_bytes = &input[header_at..p.i];
     p.expect(b' ')?;
+    let sd_at = p.i;
     let mut structured_data: StructuredData<'a> = spare;
     p.structured_data(&mut structured_data)?;
+    let structured_data_bytes = &input[sd_at..p.i];
     let msg = match p.peek() {
         None => Cow::Borrowed(""),
         Some(b' ') => {
@@ -200,6 +211,8 @@ pub fn parse_reusing<'a>(
         msgid,
         structured_data,
         msg,
+        header_bytes,
+        structured_data_bytes,
     })
 }
 
@@ -428,6 +441,11 @@ mod tests {
         assert_eq!(m.procid, None);
         assert_eq!(m.msgid, Some("ID47"));
         assert_eq!(m.msg, "'su root' failed");
+        assert_eq!(
+            m.header_bytes,
+            b"2003-10-11T22:14:15.003Z mymachine.example.com su - ID47"
+        );
+        assert_eq!(m.structured_data_bytes, b"-");
 
         let m = parse(br#"<165>1 2003-10-11T22:14:15.003Z host app - ID47 [exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][examplePriority@32473 class="high"] msg"#).unwrap();
         let elements: Vec<_> = m.structured_data.elements().collect();
@@ -439,6 +457,11 @@ mod tests {
         let json = serde_json::to_value(&m.structured_data).unwrap();
         assert_eq!(json["examplePriority@32473"]["class"], "high");
         assert_eq!(m.msg, "msg");
+        assert_eq!(m.header_bytes, b"2003-10-11T22:14:15.003Z host app - ID47");
+        assert_eq!(
+            m.structured_data_bytes,
+            br#"[exampleSDID@32473 iut="3" eventSource="Application" eventID="1011"][examplePriority@32473 class="high"]"#
+        );
 
         let m = parse(br#"<13>1 - - - - - [a b="q\"uo\]te\\"]"#).unwrap();
         assert_eq!(first_params(&m)[0].1, r#"q"uo]te\"#);

@@ -174,7 +174,22 @@ async fn load(
         if Instant::now() > deadline {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(poll_interval(counter.lines, before, want)).await;
+    }
+}
+
+/// How long to wait before counting again: 20 ms while most lines are
+/// still to come, 1 ms over the last tenth. The round ends at the count
+/// that first sees every line, so a coarse poll adds half its interval to
+/// every round on average: 10 ms at 20 ms, 1.5 % of a 0.7-s round of the
+/// listener but 0.5 % of rsyslog's 2-s round, a bias against the faster
+/// receiver. The bytes read (the counter's cost) are the same either way.
+fn poll_interval(counted: usize, before: usize, want: usize) -> Duration {
+    let total = want - before;
+    if counted.saturating_sub(before) * 10 >= total * 9 {
+        Duration::from_millis(1)
+    } else {
+        Duration::from_millis(20)
     }
 }
 
