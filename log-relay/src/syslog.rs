@@ -345,6 +345,11 @@ impl<'a> Cursor<'a> {
                             }
                             Cow::Owned(String::from_utf8_lossy(&v).into_owned())
                         } else {
+                            // Borrowed only as received: the JSON record
+                            // writes a borrowed value unchecked when the
+                            // structured data as received is clean
+                            // (`json_record::write_structured_data`), so a
+                            // value this parser changes must be owned.
                             self.text_of(start, self.i - 1)?
                         };
                         sd.params.push((name, value));

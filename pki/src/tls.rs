@@ -21,9 +21,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -135,7 +136,7 @@ pub fn server_config(
             .with_cert_resolver(Arc::new(resolver))
     } else {
         versions
-            .with_client_cert_verifier(builder.build()?)
+            .with_client_cert_verifier(Arc::new(FlatChainClientVerifier(builder.build()?)))
             .with_cert_resolver(Arc::new(resolver))
     };
     Ok(Arc::new(config))
@@ -368,6 +369,94 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
+/// The most certificates a peer may send besides its own leaf.
+///
+/// decnet's CA is flat: a CA the peer trusts signs every leaf itself, and
+/// decnet sends the leaf alone (one more is allowed for a TLS stack that
+/// sends its CA along). Path building tries the certificates a peer sends
+/// in every order that names match, before anything is authenticated:
+/// ten hostile certificates sharing one name cost 60–140 ms of CPU per
+/// handshake (webpki stops at 200 000 tries), on a thread that serves
+/// other connections meanwhile. Anyone who can open a connection could
+/// have done that at will; a longer chain is now refused before a path is
+/// built, on both ends of every connection.
+pub const MAX_INTERMEDIATES: usize = 1;
+
+/// A peer sent more certificates than a flat CA needs ([`MAX_INTERMEDIATES`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the peer sent {sent} certificates besides its own; at most {MAX_INTERMEDIATES} accepted (a decnet CA signs every certificate itself)"
+)]
+pub struct ChainTooLong {
+    /// How many it sent.
+    pub sent: usize,
+}
+
+/// Refuse a chain longer than a flat CA needs, before any path building.
+fn refuse_long_chain(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(other(ChainTooLong {
+            sent: intermediates.len(),
+        }));
+    }
+    Ok(())
+}
+
+/// webpki's client verification behind [`refuse_long_chain`]; everything
+/// else is webpki's as it is.
+#[derive(Debug)]
+struct FlatChainClientVerifier(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for FlatChainClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        refuse_long_chain(intermediates)?;
+        self.0.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.0.requires_raw_public_keys()
+    }
+}
+
 /// Verifies a server: chain to the decnet CA (validity, signatures, serverAuth
 /// EKU), not revoked by the CRL, then the expected role, then the pins.
 ///
@@ -464,6 +553,7 @@ impl ServerCertVerifier for RoleVerifier {
                 &looked_up
             }
         };
+        refuse_long_chain(intermediates)?;
         let name = ServerName::try_from(UNCHECKED_NAME)
             .map_err(|_| rustls::Error::General("name".into()))?;
         match self
@@ -596,6 +686,11 @@ pub fn identity_failure(e: &(dyn std::error::Error + 'static)) -> Option<String>
 /// for naming another role.
 pub fn is_unexpected_server(e: &(dyn std::error::Error + 'static)) -> bool {
     find_in_chain::<UnexpectedServer>(e)
+}
+
+/// Whether an error (chain) is a [`ChainTooLong`] refusal.
+pub fn is_chain_too_long(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_in_chain::<ChainTooLong>(e)
 }
 
 /// Whether an error (chain) is a [`PinMismatch`].

@@ -88,7 +88,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.start < this.end {
+            // A read served from the buffer counts against the task's
+            // cooperative budget as a socket read would. Uncounted, one
+            // socket read was one unit for up to READ_AHEAD bytes: a peer
+            // sending 1-byte TLS records made rustls decrypt some 2 850
+            // records per unit, and a connection held its worker thread
+            // for over 100 ms before tokio made it yield (the listener,
+            // the lingering close). Counted, a unit is at most what rustls
+            // asks for (4 KiB).
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             this.serve(out);
+            coop.made_progress();
             return Poll::Ready(Ok(()));
         }
         let asked = out.remaining();
@@ -249,6 +259,53 @@ mod tests {
         assert_eq!(got, sent);
         // 4 KiB a read would be 256 reads; read ahead, about 1 MiB / READ_AHEAD.
         assert!(reads <= (1 << 20) / READ_AHEAD + 3, "{reads} reads");
+    }
+
+    /// A socket that always has more, and that does not count against the
+    /// task's budget itself: what is left is ReadAhead's own count.
+    struct Endless;
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = out.remaining();
+            out.put_slice(&vec![0x17; n]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_served_from_the_buffer_make_a_flooding_peer_yield() {
+        // The attacker's case: a peer that always has more, read 4 KiB at a
+        // time as rustls does. Every read is served at once; tokio must
+        // still get its worker back within a budget's worth of them (128)
+        // and not after a READ_AHEAD's worth of bytes per unit.
+        let mut r = ReadAhead::new(Endless);
+        let mut chunk = vec![0; 4096];
+        let served_before_yield = std::future::poll_fn(|cx| {
+            for served in 0..100_000usize {
+                let mut out = ReadBuf::new(&mut chunk);
+                match Pin::new(&mut r).poll_read(cx, &mut out) {
+                    Poll::Pending => return Poll::Ready(Some(served)),
+                    Poll::Ready(res) => res.unwrap(),
+                }
+            }
+            Poll::Ready(None)
+        })
+        .await;
+        assert!(
+            served_before_yield.is_some_and(|n| n <= 256),
+            "reads served before the task yielded: {served_before_yield:?}"
+        );
+        // And it goes on reading once it has yielded.
+        let mut out = ReadBuf::new(&mut chunk);
+        std::future::poll_fn(|cx| Pin::new(&mut r).poll_read(cx, &mut out))
+            .await
+            .unwrap();
+        assert_eq!(out.filled().len(), 4096);
     }
 
     #[tokio::test]

@@ -152,6 +152,9 @@ pub fn reason_of(e: &std::io::Error) -> &'static str {
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
         return "io";
     };
+    if decnet_pki::tls::is_chain_too_long(tls) {
+        return "chain_too_long";
+    }
     match tls {
         Error::NoCertificatesPresented => "no_certificate",
         Error::InvalidCertificate(c) => match c {

@@ -256,6 +256,12 @@ http {{
 struct Measured {
     per_second: f64,
     cpu_ms: f64,
+    /// The load client's CPU per request (this process): the same client
+    /// for both servers, so a difference here is the server's doing (how
+    /// it frames its answers, how often it makes the client wait).
+    client_cpu_ms: f64,
+    /// The share of the machine's cores left idle during the round.
+    idle: f64,
     counts: Arc<Counts>,
 }
 
@@ -270,6 +276,8 @@ async fn run(
     let counts = Arc::new(Counts::default());
     let addr = target.addr;
     let cpu0 = cpu_of(&target.pids);
+    let client0 = procstat::cpu_seconds(std::process::id());
+    let idle0 = procstat::machine_idle_seconds();
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -299,10 +307,15 @@ async fn run(
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_of(&target.pids) - cpu0;
+    let client = procstat::cpu_seconds(std::process::id()) - client0;
+    let idle = procstat::machine_idle_seconds() - idle0;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let ok = counts.ok.load(Ordering::Relaxed).max(1) as f64;
     Measured {
         per_second: ok / secs,
         cpu_ms: cpu * 1000.0 / ok,
+        client_cpu_ms: client * 1000.0 / ok,
+        idle: idle / (secs * cores),
         counts,
     }
 }
@@ -310,7 +323,33 @@ async fn run(
 /// Rounds per mode and server.
 const ROUNDS: usize = 3;
 
+/// Rounds per mode and server: `DECNET_BENCH_ROUNDS` (odd, for a median
+/// round), else [`ROUNDS`]. This VM's speed moves between runs more than
+/// the servers differ, so a ratio worth writing down takes more rounds.
+fn rounds() -> usize {
+    std::env::var("DECNET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .map_or(ROUNDS, |n| n | 1)
+}
+
 /// The round with the median rate; its failures are every round's.
+/// The median of `v` (empty: NaN).
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Each round's requests per second, in the order run, in thousands.
+fn each_round(rounds: &[Measured]) -> String {
+    rounds
+        .iter()
+        .map(|m| format!("{:.1}k", m.per_second / 1000.0))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn median(mut rounds: Vec<Measured>) -> Measured {
     let failed: u64 = rounds
         .iter()
@@ -325,9 +364,11 @@ fn median(mut rounds: Vec<Measured>) -> Measured {
 fn line(server: &str, mode: &str, conns: usize, m: &Measured) {
     let c = &m.counts;
     println!(
-        "{server:<6} {mode:<22} {conns:>3} conns {:>9.0} req/s   CPU {:>6.3} ms/req   ({} ok, {} failed; handshakes: {} full, {} resumed)",
+        "{server:<6} {mode:<22} {conns:>3} conns {:>9.0} req/s   CPU {:>6.3} ms/req (client {:.3}, machine idle {:.0} %)   ({} ok, {} failed; handshakes: {} full, {} resumed)",
         m.per_second,
         m.cpu_ms,
+        m.client_cpu_ms,
+        m.idle * 100.0,
         c.ok.load(Ordering::Relaxed),
         c.failed.load(Ordering::Relaxed),
         c.full.load(Ordering::Relaxed),
@@ -390,7 +431,7 @@ async fn main() {
         ("resumed handshake/req", true, false, 8),
     ];
     // The VM's speed drifts between runs and even within one: each mode is
-    // measured in ROUNDS rounds, the two servers alternating (and taking
+    // measured in `rounds()` rounds, the two servers alternating (and taking
     // turns at going first), and the median round of each is shown.
     let mut summary = Vec::new();
     for (mode, resume, keep_alive, conns) in modes {
@@ -404,7 +445,7 @@ async fn main() {
         }
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             let mut turn = vec![(&agent_target, &mut ours)];
             if let Some(t) = &nginx_target {
                 turn.push((t, &mut theirs));
@@ -416,26 +457,40 @@ async fn main() {
                 into.push(run(target, config(resume), keep_alive, seconds, conns).await);
             }
         }
+        let spread = (each_round(&ours), each_round(&theirs));
+        // Each round of the agent beside the nginx round next to it in
+        // time: the median of these ratios follows the servers, not the
+        // VM's drift across the run.
+        let paired = median_f64(
+            ours.iter()
+                .zip(&theirs)
+                .map(|(a, n)| a.per_second / n.per_second)
+                .collect(),
+        );
         let ours = median(ours);
         line(agent_target.name, mode, conns, &ours);
+        println!("       rounds: {}", spread.0);
         if let Some(t) = &nginx_target {
             let theirs = median(theirs);
             line(t.name, mode, conns, &theirs);
+            println!("       rounds: {}", spread.1);
             summary.push((
                 mode,
                 conns,
                 ours.per_second / theirs.per_second,
+                paired,
                 theirs.cpu_ms / ours.cpu_ms,
             ));
         }
     }
     if !summary.is_empty() {
         println!(
-            "agent vs nginx, median of {ROUNDS} alternating rounds (above 1.0: the agent is ahead)"
+            "agent vs nginx, median of {} alternating rounds (above 1.0: the agent is ahead)",
+            rounds()
         );
-        for (mode, conns, rate, cpu) in summary {
+        for (mode, conns, rate, paired, cpu) in summary {
             println!(
-                "  {mode:<22} {conns:>3} conns   req/s {rate:>5.2}x   CPU per request {cpu:>5.2}x"
+                "  {mode:<22} {conns:>3} conns   req/s {rate:>5.2}x (round by round {paired:>5.2}x)   CPU per request {cpu:>5.2}x"
             );
         }
     }
