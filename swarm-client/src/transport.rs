@@ -289,7 +289,7 @@ impl Endpoint {
 
     /// Send `req` with `timeout` and decode a JSON answer of at most
     /// [`MAX_ANSWER`] bytes; error statuses become [`ClientError::Status`].
-    pub async fn send_json<T: DeserializeOwned>(
+    pub async fn send_json<T: DeserializeOwned + Send + 'static>(
         &self,
         req: reqwest::RequestBuilder,
         timeout: Duration,
@@ -321,17 +321,46 @@ impl Endpoint {
         if !status.is_success() {
             return Err(self.status_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            endpoint: self.label.clone(),
-            detail: e.to_string(),
-        })
+        decode_answer(bytes)
+            .await
+            .map_err(|detail| ClientError::Decode {
+                endpoint: self.label.clone(),
+                detail,
+            })
     }
+}
+
+/// Answers larger than this are decoded on the blocking pool.
+pub const DECODE_INLINE: usize = 256 * 1024;
+
+/// An error body larger than this is not read as JSON (its first
+/// characters are shown): a worker's errors are a line of JSON.
+const MAX_ERROR_JSON: usize = 64 * 1024;
+
+/// Decode a worker's JSON answer. A large one is decoded on the blocking
+/// pool: an answer is what a worker chose to send (up to [`MAX_ANSWER`]),
+/// and a body of nested arrays where a type holds free JSON took the
+/// master's runtime thread for hundreds of milliseconds, away from every
+/// other connection it serves.
+pub async fn decode_answer<T: DeserializeOwned + Send + 'static>(
+    bytes: Vec<u8>,
+) -> Result<T, String> {
+    if bytes.len() <= DECODE_INLINE {
+        return serde_json::from_slice(&bytes).map_err(|e| e.to_string());
+    }
+    tokio::task::spawn_blocking(move || serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| format!("decoding the answer failed: {e}"))?
 }
 
 impl Endpoint {
     /// The error a failed answer of `status` with `bytes` stands for.
     fn status_error(&self, status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
-        let body: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
+        let body: Option<serde_json::Value> = if bytes.len() <= MAX_ERROR_JSON {
+            serde_json::from_slice(bytes).ok()
+        } else {
+            None
+        };
         let kind = body
             .as_ref()
             .and_then(|b| b["error"].as_str())
@@ -577,6 +606,61 @@ pub fn expect_worker(
 
 #[cfg(test)]
 mod tests {
+    /// A hostile worker's answer: 8 MiB of `[[0],[0],…]` where a type
+    /// holds free JSON (a tree of some two million nodes to build).
+    fn nested_arrays() -> Vec<u8> {
+        let mut body = b"[".to_vec();
+        while body.len() < 8 << 20 {
+            body.extend_from_slice(b"[0],");
+        }
+        body.extend_from_slice(b"[0]]");
+        body
+    }
+
+    #[test]
+    fn a_large_answer_is_decoded_off_the_runtime_thread() {
+        // The attacker's answer decoded while another task on the one
+        // runtime thread ticks every millisecond: the ticks must go on.
+        let body = nested_arrays();
+        let started = std::time::Instant::now();
+        let inline: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let inline_took = started.elapsed();
+        drop(inline);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (decoded, longest_gap) = rt.block_on(async {
+            let ticking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let ticker = tokio::spawn({
+                let ticking = ticking.clone();
+                async move {
+                    let mut last = std::time::Instant::now();
+                    let mut longest = std::time::Duration::ZERO;
+                    while ticking.load(std::sync::atomic::Ordering::Relaxed) {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        longest = longest.max(last.elapsed());
+                        last = std::time::Instant::now();
+                    }
+                    longest
+                }
+            });
+            tokio::task::yield_now().await;
+            let decoded = super::decode_answer::<serde_json::Value>(body).await;
+            ticking.store(false, std::sync::atomic::Ordering::Relaxed);
+            (decoded, ticker.await.unwrap())
+        });
+        assert_eq!(
+            decoded.unwrap().as_array().map(Vec::len),
+            Some((8 << 20) / 4 + 1)
+        );
+        println!("decoding inline took {inline_took:?}; longest gap between ticks {longest_gap:?}");
+        assert!(
+            longest_gap < inline_took / 4,
+            "the runtime thread was held {longest_gap:?} (decoding takes {inline_took:?})"
+        );
+    }
+
     #[test]
     fn default_ports() {
         assert_eq!(super::with_default_port("m", 8770), "m:8770");
