@@ -18,6 +18,18 @@ pub const QUICK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout of calls that stop or start workloads.
 pub const LONG_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The largest `/health` answer read: a few fields.
+pub const MAX_HEALTH_ANSWER: usize = 64 * 1024;
+
+/// The largest `/status` answer read: the decky states (the master stores
+/// at most 1 MiB of them), the LAN and the containment of the host. The
+/// master asks every worker at once and holds the answers until the last
+/// is in, so a hostile worker's answer is kept small.
+pub const MAX_STATUS_ANSWER: usize = 4 << 20;
+
+/// The largest `/teardown` answer read: the names of the deckies torn down.
+pub const MAX_TEARDOWN_ANSWER: usize = 1 << 20;
+
 /// `202` answer of a deploy.
 #[derive(Clone, Debug, Deserialize)]
 pub struct DeployAccepted {
@@ -104,17 +116,25 @@ impl AgentClient {
         })
     }
 
-    /// `GET /health`.
+    /// `GET /health` (at most [`MAX_HEALTH_ANSWER`] bytes).
     pub async fn health(&self) -> Result<AgentHealth, ClientError> {
         self.ep
-            .send_json(self.ep.http().get(self.ep.url("/health")), QUICK_TIMEOUT)
+            .send_json_within(
+                self.ep.http().get(self.ep.url("/health")),
+                QUICK_TIMEOUT,
+                MAX_HEALTH_ANSWER,
+            )
             .await
     }
 
-    /// `GET /status`.
+    /// `GET /status` (at most [`MAX_STATUS_ANSWER`] bytes).
     pub async fn status(&self) -> Result<AgentStatus, ClientError> {
         self.ep
-            .send_json(self.ep.http().get(self.ep.url("/status")), QUICK_TIMEOUT)
+            .send_json_within(
+                self.ep.http().get(self.ep.url("/status")),
+                QUICK_TIMEOUT,
+                MAX_STATUS_ANSWER,
+            )
             .await
     }
 
@@ -164,9 +184,10 @@ impl AgentClient {
         let body = serde_json::json!({ "decky_id": decky });
         let a: Answer = self
             .ep
-            .send_json(
+            .send_json_within(
                 self.ep.http().post(self.ep.url("/teardown")).json(&body),
                 LONG_TIMEOUT,
+                MAX_TEARDOWN_ANSWER,
             )
             .await?;
         Ok(a.torn_down)

@@ -294,6 +294,20 @@ impl Endpoint {
         req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, ClientError> {
+        self.send_json_within(req, timeout, MAX_ANSWER).await
+    }
+
+    /// [`send_json`](Self::send_json) refusing an answer larger than
+    /// `max_answer` bytes: what an endpoint's answer can legitimately be,
+    /// for the calls the master makes of every worker at once (health,
+    /// status), whose answers it holds until the last one is in.
+    pub async fn send_json_within<T: DeserializeOwned + Send + 'static>(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+        max_answer: usize,
+    ) -> Result<T, ClientError> {
+        let max_answer = max_answer.min(MAX_ANSWER);
         let mut resp = req
             .timeout(timeout)
             .send()
@@ -302,18 +316,28 @@ impl Endpoint {
         let status = resp.status();
         let too_large = || ClientError::Decode {
             endpoint: self.label.clone(),
-            detail: format!("the answer is larger than {MAX_ANSWER} bytes"),
+            detail: format!("the answer is larger than {max_answer} bytes"),
         };
-        if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        if status.is_success() && resp.content_length().is_some_and(|n| n > max_answer as u64) {
             return Err(too_large());
         }
+        // An error is read as far as it is shown.
+        let max = if status.is_success() {
+            max_answer
+        } else {
+            MAX_ERROR_JSON
+        };
         let mut bytes = Vec::new();
         while let Some(chunk) = resp
             .chunk()
             .await
             .map_err(|e| self.transport_error(e, timeout))?
         {
-            if bytes.len() + chunk.len() > MAX_ANSWER {
+            if bytes.len() + chunk.len() > max {
+                if !status.is_success() {
+                    bytes.extend_from_slice(&chunk[..max - bytes.len()]);
+                    break;
+                }
                 return Err(too_large());
             }
             bytes.extend_from_slice(&chunk);
@@ -337,6 +361,11 @@ pub const DECODE_INLINE: usize = 256 * 1024;
 /// characters are shown): a worker's errors are a line of JSON.
 const MAX_ERROR_JSON: usize = 64 * 1024;
 
+/// Large answers decoded at once, at most: each can take tens of times its
+/// size in memory while it is decoded, and a fleet-wide command asks
+/// every worker at once.
+static LARGE_DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Decode a worker's JSON answer. A large one is decoded on the blocking
 /// pool: an answer is what a worker chose to send (up to [`MAX_ANSWER`]),
 /// and a body of nested arrays where a type holds free JSON took the
@@ -348,9 +377,18 @@ pub async fn decode_answer<T: DeserializeOwned + Send + 'static>(
     if bytes.len() <= DECODE_INLINE {
         return serde_json::from_slice(&bytes).map_err(|e| e.to_string());
     }
-    tokio::task::spawn_blocking(move || serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    let turn = LARGE_DECODES
+        .acquire()
         .await
-        .map_err(|e| format!("decoding the answer failed: {e}"))?
+        .map_err(|e| format!("decoding the answer failed: {e}"))?;
+    // The permit goes with the decode: a caller that gives up waiting does
+    // not free the turn of a decode still running.
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("decoding the answer failed: {e}"))?
 }
 
 impl Endpoint {
@@ -369,7 +407,12 @@ impl Endpoint {
             .as_ref()
             .and_then(|b| b["detail"].as_str())
             .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().take(500).collect());
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(2048)])
+                    .chars()
+                    .take(500)
+                    .collect()
+            });
         ClientError::Status {
             endpoint: self.label.clone(),
             status: status.as_u16(),

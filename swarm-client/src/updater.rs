@@ -142,10 +142,14 @@ impl UpdaterClient {
         })
     }
 
-    /// `GET /health`.
+    /// `GET /health` (at most [`crate::agent::MAX_HEALTH_ANSWER`] bytes).
     pub async fn health(&self) -> Result<UpdaterHealth, ClientError> {
         self.ep
-            .send_json(self.ep.http().get(self.ep.url("/health")), QUICK_TIMEOUT)
+            .send_json_within(
+                self.ep.http().get(self.ep.url("/health")),
+                QUICK_TIMEOUT,
+                crate::agent::MAX_HEALTH_ANSWER,
+            )
             .await
     }
 

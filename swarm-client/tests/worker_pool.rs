@@ -60,18 +60,30 @@ async fn agent_named(host: &str, server: &'static str) -> FakeAgent {
     let addr = server.local_addr();
     let hits = Arc::new(AtomicUsize::new(0));
     let (h, name) = (hits.clone(), host.to_string());
-    let router = Router::new().route(
-        "/health",
-        get(move || {
-            h.fetch_add(1, Ordering::SeqCst);
-            let name = name.clone();
-            async move {
-                axum::Json(serde_json::json!({
-                    "status": "ok", "role": "agent", "host": name, "version": "test"
-                }))
-            }
-        }),
-    );
+    let router = Router::new()
+        .route(
+            "/health",
+            get(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                let name = name.clone();
+                async move {
+                    axum::Json(serde_json::json!({
+                        "status": "ok", "role": "agent", "host": name, "version": "test"
+                    }))
+                }
+            }),
+        )
+        // A hostile worker's status: more than any status holds, streamed
+        // (no length announced), JSON whitespace all the way.
+        .route(
+            "/status",
+            get(|| async {
+                let chunks = (0..80).map(|_| {
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; 64 * 1024]))
+                });
+                axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+            }),
+        );
     let app = HttpService::new(
         router,
         RoleSet(vec![RoleKind::Master]),
@@ -234,6 +246,24 @@ async fn a_host_resumes_its_session_after_thousands_of_others() {
 /// A worker that never accepts the connection (its accept queue full, so
 /// the kernel drops the SYN) is reported after the connect timeout, saying
 /// that timeout: not the request timeout it never reached.
+#[tokio::test]
+async fn a_status_answer_larger_than_a_status_holds_is_cut() {
+    // The master asks every worker for its status at once and keeps the
+    // answers until the last is in: a worker answering without end must
+    // be cut at what a status can hold, not at the 16 MiB of any answer.
+    let w = agent("w1").await;
+    let pool = master_pool();
+    let c = client(&pool, "w1", &w, vec![w.fingerprint]);
+    let err = c.status().await.unwrap_err();
+    let limit = decnet_swarm_client::agent::MAX_STATUS_ANSWER;
+    assert!(
+        matches!(&err, ClientError::Decode { detail, .. } if detail.contains(&format!("larger than {limit} bytes"))),
+        "{err:?}"
+    );
+    // The same connection pool still serves the host's health.
+    c.health().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_connection_never_accepted_is_reported_at_the_connect_timeout() {
     decnet_pki::provider::install_default();
