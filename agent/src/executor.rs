@@ -5,7 +5,6 @@
 //! Deploys run in the background (they can take minutes) and are serialized;
 //! each decky is started on its own, so one failure never marks another failed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -116,7 +115,7 @@ pub struct Executor {
     version: String,
     driver: Arc<dyn Driver>,
     store: StateStore,
-    state: Mutex<AgentState>,
+    state: crate::census::StateCell,
     serial: Mutex<()>,
     lan_interface: Option<String>,
     /// The part of the `/health` answer that never changes, written once
@@ -149,7 +148,7 @@ impl Executor {
             version,
             driver,
             store,
-            state: Mutex::new(state),
+            state: crate::census::StateCell::new(state),
             serial: Mutex::new(()),
             lan_interface,
             health_head: std::sync::OnceLock::new(),
@@ -594,13 +593,8 @@ impl Executor {
     }
 
     /// Counts of deckies per phase (for `/health`).
-    pub async fn phase_counts(&self) -> BTreeMap<DeckyPhase, usize> {
-        let st = self.state.lock().await;
-        let mut counts = BTreeMap::new();
-        for r in st.deckies.values() {
-            *counts.entry(r.phase).or_insert(0) += 1;
-        }
-        counts
+    pub fn phase_counts(&self) -> crate::census::PhaseCounts {
+        self.state.counts()
     }
 
     /// One operation's progress.
@@ -676,8 +670,8 @@ mod tests {
         fn observe<'a>(
             &'a self,
             _: &'a [String],
-        ) -> DriverFuture<'a, BTreeMap<String, Observation>> {
-            Box::pin(async { BTreeMap::new() })
+        ) -> DriverFuture<'a, std::collections::BTreeMap<String, Observation>> {
+            Box::pin(async { std::collections::BTreeMap::new() })
         }
         fn render(&self, _: &DeploymentConfig) -> Result<serde_json::Value, DriverError> {
             Ok(serde_json::json!({}))
@@ -708,7 +702,7 @@ mod tests {
     /// Wait (up to a second) until `n` deckies run.
     async fn wait_running(exec: &Executor, n: usize) {
         for _ in 0..100 {
-            if exec.phase_counts().await.get(&DeckyPhase::Running) == Some(&n) {
+            if exec.phase_counts().get(DeckyPhase::Running) == n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -14,6 +14,7 @@
 //! * [`daemon`] — wiring it all together for `decnet-agent serve`.
 
 pub mod api;
+pub mod census;
 pub mod config;
 pub mod daemon;
 pub mod driver;

@@ -11,7 +11,6 @@
 //! | `decnet_decky_forbidden_connections_total{decky}` | attempts of a decky to reach anything outside its egress allow-list |
 //! | `decnet_decky_egress_connections_total{decky}` | connections of a decky through its egress allow-list |
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use decnet_telemetry::metrics::register;
@@ -20,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::state::{AgentState, DeckyPhase};
+use crate::state::AgentState;
 
 /// `state`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,25 +163,12 @@ impl AgentMetrics {
 
 /// Set `decnet_deckies` from `state` (every phase, zeros included).
 pub fn observe_state(state: &AgentState) {
-    let mut counts: BTreeMap<&'static str, i64> = [
-        DeckyPhase::Pending,
-        DeckyPhase::Running,
-        DeckyPhase::Exited,
-        DeckyPhase::Failed,
-        DeckyPhase::TornDown,
-    ]
-    .into_iter()
-    .map(|p| (p.as_str(), 0))
-    .collect();
-    for r in state.deckies.values() {
-        *counts.entry(r.phase.as_str()).or_default() += 1;
-    }
     let m = agent_metrics();
-    for (state, n) in counts {
+    for (phase, n) in crate::census::PhaseCounts::of(state).each() {
         m.deckies
             .get_or_create(&StateLabel {
-                state: state.into(),
+                state: phase.as_str().into(),
             })
-            .set(n);
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }

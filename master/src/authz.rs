@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use decnet_api::{ErrorBody, OperatorRole, Permission};
 use decnet_fleet::FleetDb;
-use decnet_pki::{PeerIdentity, Role};
+use decnet_pki::Role;
 
 /// The permission a `/v1` route needs. Pure: unit-tested against the
 /// router's routes. Reads need [`Permission::Read`]; operators and
@@ -204,7 +204,7 @@ pub async fn authorize(State(db): State<Arc<FleetDb>>, req: Request, next: Next)
 }
 
 async fn authorize_request(db: Arc<FleetDb>, req: Request, next: Next) -> Response {
-    let Some(peer) = req.extensions().get::<Arc<PeerIdentity>>().cloned() else {
+    let Some(peer) = decnet_server::TlsPeer::identity_of(req.extensions()).cloned() else {
         return refuse(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -28,12 +28,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use decnet_fleet::join::{JoinRefusal, JoinRequest, valid_token_id};
 use decnet_fleet::{AuditEntry, AuditOutcome, CrlPublisher, FleetDb, PeerRefusal, RenewPolicy};
 use decnet_pki::{Fingerprint, PeerIdentity, Role};
 use decnet_server::source::SourceKey;
-use decnet_server::{AccessPolicy, Refusal, TlsPeer, json_error};
+use decnet_server::{AccessPolicy, Refusal, TlsPeer, VerifiedPeer, json_error};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 
@@ -385,11 +385,9 @@ async fn worker_rate_limit(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let peer = req.extensions().get::<Arc<PeerIdentity>>();
-    let remote = req
-        .extensions()
-        .get::<ConnectInfo<TlsPeer>>()
-        .map(|c| c.0.remote);
+    let conn = TlsPeer::of(req.extensions());
+    let peer = conn.and_then(|c| c.identity.as_ref());
+    let remote = conn.map(|c| c.remote);
     if let (Some(peer), Some(remote)) = (peer, remote)
         && !st.workers.allow(peer, remote)
     {
@@ -583,7 +581,7 @@ const MAX_SKEW_MS: i64 = 365 * 24 * 3600 * 1000;
 
 async fn heartbeat(
     State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<Arc<PeerIdentity>>,
+    VerifiedPeer(peer): VerifiedPeer,
     ConnectInfo(conn): ConnectInfo<TlsPeer>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -681,7 +679,7 @@ struct RenewRequest {
 
 async fn renew(
     State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<Arc<PeerIdentity>>,
+    VerifiedPeer(peer): VerifiedPeer,
     body: axum::body::Bytes,
 ) -> Response {
     let req: RenewRequest = match serde_json::from_slice(&body) {
@@ -759,10 +757,7 @@ async fn renew(
     }
 }
 
-async fn crl(
-    State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<Arc<PeerIdentity>>,
-) -> Response {
+async fn crl(State(st): State<Arc<ControlState>>, VerifiedPeer(peer): VerifiedPeer) -> Response {
     if let Err(r) = standing(&st, &peer, "revocation list request").await {
         return r;
     }
@@ -785,10 +780,7 @@ async fn crl(
 
 /// `GET /trust`: the trust set in force and the endorsements that let a
 /// worker take it (see `decnet_pki::trust::accept`).
-async fn trust(
-    State(st): State<Arc<ControlState>>,
-    Extension(peer): Extension<Arc<PeerIdentity>>,
-) -> Response {
+async fn trust(State(st): State<Arc<ControlState>>, VerifiedPeer(peer): VerifiedPeer) -> Response {
     if let Err(r) = standing(&st, &peer, "trust set request").await {
         return r;
     }

@@ -1901,7 +1901,7 @@ async fn update(
 async fn renew_self(
     State(st): State<Arc<FleetApiState>>,
     Extension(g): Extension<Grant>,
-    Extension(peer): Extension<std::sync::Arc<decnet_pki::PeerIdentity>>,
+    decnet_server::VerifiedPeer(peer): decnet_server::VerifiedPeer,
     body: axum::body::Bytes,
 ) -> Result<Json<api::RenewedOperator>, Response> {
     use decnet_fleet::operators::RenewRefusal;

@@ -2,7 +2,8 @@
 //!
 //! A server states its rules as an [`AccessPolicy`]; [`enforce`] wraps a
 //! router so that every request (the 404 fallback included) is checked
-//! against the [`PeerIdentity`] the serving layer put into its extensions.
+//! against the [`PeerIdentity`] the serving layer put into its extensions
+//! (in its [`crate::runner::TlsPeer`]).
 //! A refusal is `403` with a JSON body naming the required role, and a log
 //! line with the peer CN and fingerprint. A request without an identity is
 //! refused too (fail closed).
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -119,9 +120,7 @@ struct Gated<S> {
 /// The server a request reached (set with its peer by the serving layer;
 /// absent in in-process tests that set no peer).
 fn server_of(req: &Request) -> Option<&'static str> {
-    req.extensions()
-        .get::<ConnectInfo<crate::runner::TlsPeer>>()
-        .map(|c| c.0.server)
+    crate::runner::TlsPeer::of(req.extensions()).map(|p| p.server)
 }
 
 pin_project_lite::pin_project! {
@@ -141,7 +140,11 @@ pin_project_lite::pin_project! {
     #[project = AnswerProj]
     enum Answer<F> {
         Refused { response: Option<Response> },
-        Handled { #[pin] within: tokio::time::Timeout<F> },
+        // The request timeout's timer is made only when the route first
+        // has to wait: most answers (`/health`) are ready at once, and a
+        // timer per request cost a clone of the runtime's handle (a
+        // reference count both cores share) and its drop (issue #31).
+        Handled { #[pin] route: F, #[pin] expiry: Option<tokio::time::Sleep> },
     }
 }
 
@@ -160,25 +163,33 @@ where
             AnswerProj::Refused { response } => response
                 .take()
                 .expect("a gated future polled after its answer"),
-            AnswerProj::Handled { within } => match std::task::ready!(within.poll(cx)) {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(never)) => match never {},
-                Err(_) => crate::error_body::json_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!("no answer within {} s", this.request_timeout.as_secs_f64()),
-                ),
+            AnswerProj::Handled { route, mut expiry } => match route.poll(cx) {
+                std::task::Poll::Ready(Ok(resp)) => resp,
+                std::task::Poll::Ready(Err(never)) => match never {},
+                std::task::Poll::Pending => {
+                    if expiry.is_none() {
+                        // The first poll follows the call at once, so the
+                        // timeout still counts from the request's arrival.
+                        expiry.set(Some(tokio::time::sleep(*this.request_timeout)));
+                    }
+                    let Some(timer) = expiry.as_pin_mut() else {
+                        return std::task::Poll::Pending;
+                    };
+                    std::task::ready!(timer.poll(cx));
+                    crate::error_body::json_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!("no answer within {} s", this.request_timeout.as_secs_f64()),
+                    )
+                }
             },
         };
         if let Some(server) = *this.server {
-            crate::metrics::server_metrics()
-                .requests
-                .get_or_create(&crate::metrics::RequestLabels {
-                    server,
-                    route: this.route,
-                    status: resp.status().as_u16(),
-                })
-                .inc();
+            crate::metrics::count_request(crate::metrics::RequestLabels {
+                server,
+                route: this.route,
+                status: resp.status().as_u16(),
+            });
         }
         std::task::Poll::Ready(Ok(resp))
     }
@@ -211,7 +222,8 @@ where
         let request_timeout = self.gate.request_timeout;
         let answer = match refusal_of(&*self.gate.policy, &req) {
             None => Answer::Handled {
-                within: tokio::time::timeout(request_timeout, self.inner.call(req)),
+                route: self.inner.call(req),
+                expiry: None,
             },
             Some(refused) => Answer::Refused {
                 response: Some(refused),
@@ -252,7 +264,7 @@ fn count_refusal(req: &Request) {
 /// `None` when `policy` admits the peer of `req`; else the refusal to
 /// answer (counted and, for a certified peer, logged).
 fn refusal_of(policy: &dyn AccessPolicy, req: &Request) -> Option<Response> {
-    let Some(peer) = req.extensions().get::<Arc<PeerIdentity>>() else {
+    let Some(peer) = crate::runner::TlsPeer::identity_of(req.extensions()) else {
         if policy.allows_anonymous(req.method(), req.uri().path()) {
             return None;
         }

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
 use axum::response::Response;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneSyncService;
 
@@ -53,15 +53,16 @@ impl HttpService {
     }
 
     /// The complete application (policy and limits included), for
-    /// in-process tests with `oneshot` (insert an `Arc<PeerIdentity>` and a
-    /// `ConnectInfo<TlsPeer>` into the request's extensions).
+    /// in-process tests with `oneshot` (insert a `ConnectInfo<TlsPeer>`
+    /// into the request's extensions).
     pub fn app(&self) -> App {
         BoxCloneSyncService::new(self.app.clone())
     }
 }
 
 /// One connection's requests into the application, each with the
-/// connection's peer and server name in its extensions. hyper's own
+/// connection's peer (address, identity, server name) in its extensions,
+/// as one `ConnectInfo<TlsPeer>`. hyper's own
 /// service trait: hyper-util's tower adapter cloned the service, and the
 /// boxed application in it, for every request.
 struct ConnectionService {
@@ -79,14 +80,37 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for ConnectionServi
 
     fn call(&self, req: Request<hyper::body::Incoming>) -> Self::Future {
         let mut req = req.map(Body::new);
-        if let Some(id) = &self.peer.identity {
-            req.extensions_mut().insert(Arc::clone(id));
-        }
         req.extensions_mut().insert(ConnectInfo(self.peer.clone()));
         // An axum router is always ready (its `poll_ready` returns `Ready`
         // and the body limit's passes it on), so it is called at once;
         // hyper calls one request at a time, so the borrow never clashes.
         tower::Service::call(&mut *self.app.borrow_mut(), req)
+    }
+}
+
+/// The verified identity of the peer that sent a request, as a handler's
+/// argument: the serving layer's `TlsPeer` carries it (a request holds one
+/// extension for its peer, not two). A request without one is answered
+/// `403` (the access policy refuses those first on every route that does
+/// not admit anonymous peers).
+#[derive(Debug, Clone)]
+pub struct VerifiedPeer(pub Arc<decnet_pki::PeerIdentity>);
+
+impl<S: Sync> axum::extract::FromRequestParts<S> for VerifiedPeer {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Response> {
+        match crate::runner::TlsPeer::identity_of(&parts.extensions) {
+            Some(id) => Ok(VerifiedPeer(Arc::clone(id))),
+            None => Err(crate::error_body::json_error(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "no verified client certificate",
+            )),
+        }
     }
 }
 
@@ -145,7 +169,7 @@ impl ConnectionHandler for HttpService {
         };
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
+            .timer(crate::head_timer::ConnectionTimer::default())
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(self.limits.max_header_bytes.max(8192))
             .keep_alive(true);
@@ -268,7 +292,6 @@ mod tests {
             .uri("/slow-test-route")
             .body(Body::empty())
             .unwrap();
-        req.extensions_mut().insert(Arc::clone(&master));
         req.extensions_mut()
             .insert(ConnectInfo(crate::runner::TlsPeer {
                 remote: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),

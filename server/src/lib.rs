@@ -12,6 +12,8 @@
 //! * [`authz`] — [`AccessPolicy`], the role checks every request passes;
 //! * [`metrics`] — the runner's series and the `/metrics` endpoint
 //!   ([`metrics::MetricsEndpoint`]), monitors only;
+//! * `head_timer` — hyper's header-read timer, one tokio timer per
+//!   connection however many requests it carries;
 //! * [`linger`] — a lingering close, so an answer sent before its
 //!   request was read whole (a `413`) reaches a client still sending;
 //! * [`read_ahead`] — large socket reads under TLS while a peer sends in
@@ -26,6 +28,7 @@ pub mod admission;
 pub mod authz;
 pub mod descriptors;
 pub mod error_body;
+mod head_timer;
 pub mod http;
 pub mod limits;
 pub mod linger;
@@ -40,7 +43,7 @@ pub mod testing;
 
 pub use authz::{AccessPolicy, Refusal, RoleSet};
 pub use error_body::{json_error, plain_decode_message};
-pub use http::{App, HttpService};
+pub use http::{App, HttpService, VerifiedPeer};
 pub use limits::{HttpLimits, ServerLimits};
 pub use runner::{
     Connection, ConnectionHandler, Server, ServerError, ServerIo, TlsPeer, Transport,

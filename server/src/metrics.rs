@@ -127,6 +127,40 @@ impl ServerMetrics {
     }
 }
 
+/// Count one answered HTTP request in `decnet_http_requests_total`.
+///
+/// Each thread keeps the counters it has used: the family's lookup takes a
+/// read lock every thread shares, two atomic operations per request on a
+/// cache line both cores fought over (issue #31). A label set is a server
+/// name, an interned route template and a status, so a thread sees a
+/// handful; past [`MAX_KNOWN_REQUEST_LABELS`] a thread looks the rest up
+/// in the family each time.
+pub fn count_request(labels: RequestLabels) {
+    thread_local! {
+        static KNOWN: std::cell::RefCell<Vec<(RequestLabels, Counter)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let same = |a: &RequestLabels, b: &RequestLabels| {
+        a.status == b.status
+            && (std::ptr::eq(a.route, b.route) || a.route == b.route)
+            && (std::ptr::eq(a.server, b.server) || a.server == b.server)
+    };
+    KNOWN.with_borrow_mut(|known| {
+        if let Some((_, counter)) = known.iter().find(|(l, _)| same(l, &labels)) {
+            counter.inc();
+            return;
+        }
+        let counter = server_metrics().requests.get_or_create(&labels).clone();
+        counter.inc();
+        if known.len() < MAX_KNOWN_REQUEST_LABELS {
+            known.push((labels, counter));
+        }
+    });
+}
+
+/// The label sets of `decnet_http_requests_total` one thread remembers.
+pub const MAX_KNOWN_REQUEST_LABELS: usize = 256;
+
 /// The runner's series, registered on first use.
 pub fn server_metrics() -> &'static ServerMetrics {
     static M: OnceLock<ServerMetrics> = OnceLock::new();

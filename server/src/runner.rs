@@ -79,6 +79,24 @@ pub struct TlsPeer {
     pub server: &'static str,
 }
 
+impl TlsPeer {
+    /// The peer of a request, as the serving layer put it into the
+    /// request's extensions (`ConnectInfo<TlsPeer>`: one extension carries
+    /// the address, the identity and the server, because every extension
+    /// a request carries is an allocation on the hottest path, issue #31).
+    pub fn of(extensions: &axum::http::Extensions) -> Option<&TlsPeer> {
+        extensions
+            .get::<axum::extract::ConnectInfo<TlsPeer>>()
+            .map(|c| &c.0)
+    }
+
+    /// The verified identity of a request's peer; `None` for an anonymous
+    /// peer (or a request no serving layer handled).
+    pub fn identity_of(extensions: &axum::http::Extensions) -> Option<&Arc<PeerIdentity>> {
+        Self::of(extensions).and_then(|p| p.identity.as_ref())
+    }
+}
+
 /// The byte stream of an accepted connection.
 pub enum ServerIo {
     /// After a TLS handshake.
@@ -464,9 +482,24 @@ async fn connection<H: ConnectionHandler>(
             }
         }
         Some(revoked) => {
+            // What a connection waits on besides its peer is its own: a
+            // task of its own watches the material for a revocation, and
+            // the shutdown reaches it through a child token. The material's
+            // watch and the server's token are shared by every connection,
+            // and waiting on them with the connection took their locks on
+            // every wake-up, every request (cache lines both cores fought
+            // over, issue #31).
+            let cut = CancellationToken::new();
+            let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+                let cut = cut.clone();
+                async move {
+                    revoked.await;
+                    cut.cancel();
+                }
+            }));
             tokio::select! {
-                _ = handler.handle(conn, stop) => {}
-                _ = revoked => {
+                _ = handler.handle(conn, stop.child_token()) => {}
+                _ = cut.cancelled() => {
                     // Dropping the handler closes the connection at once.
                     if let Some(id) = &identity {
                         refusals.revoked_while_open(remote, id);

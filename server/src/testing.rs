@@ -42,9 +42,6 @@ pub async fn call(
         .body(Body::empty())
         .expect("request");
     let identity = caller.map(|r| Arc::new(identity(r)));
-    if let Some(id) = &identity {
-        req.extensions_mut().insert(Arc::clone(id));
-    }
     req.extensions_mut().insert(ConnectInfo(TlsPeer {
         remote: SocketAddr::from(([192, 0, 2, 1], 40000)),
         identity,

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration as StdDuration;
 
+use axum::Router;
 use axum::routing::get;
-use axum::{Extension, Router};
 use decnet_pki::{
     Bundle, BundleKind, CertificateAuthority, ClientAuth, ExpectedServer, Fingerprint, HostName,
     LeafSpec, MaterialSource, PeerIdentity, RevokedSerial, Role, RoleKind,
@@ -95,7 +95,7 @@ async fn start_server_policy(
         .route(
             "/whoami",
             get(
-                move |Extension(peer): Extension<std::sync::Arc<PeerIdentity>>| {
+                move |decnet_server::VerifiedPeer(peer): decnet_server::VerifiedPeer| {
                     let h = h.clone();
                     async move {
                         h.fetch_add(1, Ordering::SeqCst);
@@ -543,6 +543,51 @@ async fn slow_headers_are_cut_off() {
     assert!(t.elapsed() < StdDuration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
     assert!(srv.admission.open_connections() <= 1);
+}
+
+/// The header timeout is also the keep-alive idle limit, counted from
+/// each answer: a connection whose requests keep coming stays open past
+/// the first deadline (each head moves it later, on the one timer the
+/// connection keeps), and is closed once it stays idle for the timeout.
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let timeout = StdDuration::from_millis(600);
+    let srv = start_server_with(
+        ServerLimits::default(),
+        HttpLimits {
+            header_timeout: timeout,
+            ..HttpLimits::default()
+        },
+    )
+    .await;
+    let mut tls = tls_as_master(srv.addr).await;
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        tls.write_all(b"GET /whoami HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        tls.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // Drain the rest of the answer (headers and a short body).
+        let mut rest = [0u8; 512];
+        let _ = tokio::time::timeout(StdDuration::from_millis(50), tls.read(&mut rest)).await;
+        tokio::time::sleep(StdDuration::from_millis(350)).await;
+    }
+    assert!(
+        started.elapsed() > timeout * 2,
+        "the requests spanned more than one timeout"
+    );
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 4);
+    // Idle from here: closed after the rest of the timeout, not sooner.
+    let idle = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(StdDuration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    let waited = idle.elapsed();
+    assert!(
+        waited >= StdDuration::from_millis(150) && waited < StdDuration::from_secs(3),
+        "closed after {waited:?} idle"
+    );
 }
 
 /// The attacker asks for an answer that does not fit in the socket's
