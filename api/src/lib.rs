@@ -579,7 +579,7 @@ pub struct RenewedOperator {
 pub const MAX_TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 
 pub mod worker;
-pub use worker::{AgentStatus, DeckyState, EvidenceArchive, EvidenceList};
+pub use worker::{AgentStatus, DeckyState, EvidenceArchive, EvidenceList, RawJson};
 
 /// One host's row of `swarm status` / `swarm check` (`GET /v1/status`,
 /// `GET /v1/check`).

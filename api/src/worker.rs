@@ -5,6 +5,57 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Free-form JSON a worker reports (how its deckies are contained, its
+/// LAN, what its driver observes of a decky), held as the text it sent and
+/// never decoded into a tree on the master. A tree of small values takes up
+/// to about 95 times the memory of its text (4 MiB of `{"":0},` decodes
+/// into 384 MiB), and the master asks every worker at once and holds every
+/// answer until the last: a hostile worker's status would have cost the
+/// master hundreds of MiB per command. Kept as text, an answer costs what
+/// it weighs; it is checked to be JSON on the way in, passed on to
+/// operators as it came, and decoded by the operator's tools to show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The JSON text, as the worker sent it.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Decoded (`Null` if it nests deeper than the decoder allows), for
+    /// an operator's tool to show.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The text of `value` (for what builds an answer, and tests).
+    pub fn from_value(value: &serde_json::Value) -> RawJson {
+        // A value's own text is always valid JSON.
+        RawJson(
+            serde_json::value::RawValue::from_string(value.to_string())
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for RawJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <serde_json::Value as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for RawJson {}
+
 /// One decky as the agent reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -36,7 +87,7 @@ pub struct DeckyState {
     pub restarts: u32,
     /// What the driver observes.
     #[serde(default)]
-    pub observed: Option<serde_json::Value>,
+    pub observed: Option<RawJson>,
 }
 
 /// `/status` answer.
@@ -52,13 +103,13 @@ pub struct AgentStatus {
     /// How deckies are contained on that host (ids, limits, what enforces
     /// them); absent from agents that predate containment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub containment: Option<serde_json::Value>,
+    pub containment: Option<RawJson>,
     /// Deckies.
     pub deckies: Vec<DeckyState>,
     /// The LAN the deckies are on and how the config was mapped onto the
     /// host (`network`, `relocation`); absent when no decky is on a LAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lan: Option<serde_json::Value>,
+    pub lan: Option<RawJson>,
 }
 
 /// One evidence archive as the agent lists it (`GET /evidence`).

@@ -491,7 +491,7 @@ fn decky_detail(d: &DeckyState) -> String {
     let forbidden = d
         .observed
         .as_ref()
-        .and_then(|o| o["detail"]["network"]["forbidden"].as_u64())
+        .and_then(|o| o.to_value()["detail"]["network"]["forbidden"].as_u64())
         .unwrap_or(0);
     match (d.error.as_deref(), forbidden) {
         (None, 0) => String::new(),

@@ -144,7 +144,10 @@ pin_project_lite::pin_project! {
         // has to wait: most answers (`/health`) are ready at once, and a
         // timer per request cost a clone of the runtime's handle (a
         // reference count both cores share) and its drop (issue #31).
-        Handled { #[pin] route: F, #[pin] expiry: Option<tokio::time::Sleep> },
+        // The timer is polled outside tokio's budget (as `Timeout` polls
+        // its own): a route that spends the whole budget on every poll
+        // would otherwise never see its deadline pass.
+        Handled { #[pin] route: F, #[pin] expiry: Option<tokio::task::Unconstrained<tokio::time::Sleep>> },
     }
 }
 
@@ -170,7 +173,9 @@ where
                     if expiry.is_none() {
                         // The first poll follows the call at once, so the
                         // timeout still counts from the request's arrival.
-                        expiry.set(Some(tokio::time::sleep(*this.request_timeout)));
+                        expiry.set(Some(tokio::task::unconstrained(tokio::time::sleep(
+                            *this.request_timeout,
+                        ))));
                     }
                     let Some(timer) = expiry.as_pin_mut() else {
                         return std::task::Poll::Pending;

@@ -307,4 +307,35 @@ mod tests {
         assert_eq!(v["error"], "request_timeout", "{v}");
         assert_eq!(counted(), before + 1);
     }
+
+    /// A handler that spends tokio's whole budget on every poll (a loop
+    /// over something always ready) still gets its `408`: the timer is
+    /// polled outside the budget, as `tokio::time::Timeout` polls its own.
+    #[tokio::test]
+    async fn a_handler_that_spends_its_whole_budget_still_times_out() {
+        let router = Router::new().route(
+            "/spin",
+            axum::routing::get(|| async {
+                loop {
+                    tokio::task::coop::consume_budget().await;
+                }
+                #[allow(unreachable_code)]
+                "never"
+            }),
+        );
+        let limits = HttpLimits {
+            request_timeout: std::time::Duration::from_millis(200),
+            ..HttpLimits::default()
+        };
+        let app = HttpService::new(router, crate::authz::RoleSet::master_only(), limits).app();
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            crate::testing::call(&app, &axum::http::Method::GET, "/spin", Some(&Role::Master)),
+        )
+        .await
+        .expect("the request timeout never fired");
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 }

@@ -145,7 +145,8 @@ pub fn count_request(labels: RequestLabels) {
             && (std::ptr::eq(a.route, b.route) || a.route == b.route)
             && (std::ptr::eq(a.server, b.server) || a.server == b.server)
     };
-    KNOWN.with_borrow_mut(|known| {
+    let counted = KNOWN.try_with(|known| {
+        let mut known = known.borrow_mut();
         if let Some((_, counter)) = known.iter().find(|(l, _)| same(l, &labels)) {
             counter.inc();
             return;
@@ -153,9 +154,13 @@ pub fn count_request(labels: RequestLabels) {
         let counter = server_metrics().requests.get_or_create(&labels).clone();
         counter.inc();
         if known.len() < MAX_KNOWN_REQUEST_LABELS {
-            known.push((labels, counter));
+            known.push((labels.clone(), counter));
         }
     });
+    // A thread whose locals are being torn down counts in the family.
+    if counted.is_err() {
+        server_metrics().requests.get_or_create(&labels).inc();
+    }
 }
 
 /// The label sets of `decnet_http_requests_total` one thread remembers.

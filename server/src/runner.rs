@@ -446,7 +446,16 @@ async fn connection<H: ConnectionHandler>(
         deadline = Some(deadline.map_or(expiry, |d| d.min(expiry)));
     }
     let revoked = match (&identity, material) {
-        (Some(id), Some(material)) => Some(revocation_of(id.clone(), material)),
+        (Some(id), Some(material)) => {
+            // Checked before the first request is read: the handshake used
+            // the material as it was when it began.
+            let mut changes = material.subscribe();
+            if !changes.borrow_and_update().still_admits(id) {
+                refusals.revoked_while_open(remote, id);
+                return;
+            }
+            Some(revocation_of(id.clone(), changes))
+        }
         _ => None,
     };
     let conn = Connection {
@@ -491,20 +500,23 @@ async fn connection<H: ConnectionHandler>(
             // over, issue #31).
             let cut = CancellationToken::new();
             let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
-                let cut = cut.clone();
+                // However the watch ends (a revocation, or a panic), the
+                // connection ends with it: never served unwatched.
+                let cut = cut.clone().drop_guard();
                 async move {
                     revoked.await;
-                    cut.cancel();
+                    drop(cut);
                 }
             }));
             tokio::select! {
-                _ = handler.handle(conn, stop.child_token()) => {}
+                biased;
                 _ = cut.cancelled() => {
                     // Dropping the handler closes the connection at once.
                     if let Some(id) = &identity {
                         refusals.revoked_while_open(remote, id);
                     }
                 }
+                _ = handler.handle(conn, stop.child_token()) => {}
             }
         }
     }
@@ -535,14 +547,16 @@ fn spoke_probe(sock: &TcpStream) -> Option<crate::admission::SpokeProbe> {
 /// or abort), published while its connection is open ends that connection,
 /// not only the next handshake. Pending forever once the material source
 /// is gone.
-async fn revocation_of(peer: Arc<PeerIdentity>, material: MaterialSource) {
-    let mut changes = material.subscribe();
+async fn revocation_of(
+    peer: Arc<PeerIdentity>,
+    mut changes: tokio::sync::watch::Receiver<Arc<decnet_pki::TlsMaterial>>,
+) {
     loop {
-        if !changes.borrow_and_update().still_admits(&peer) {
-            return;
-        }
         if changes.changed().await.is_err() {
             return std::future::pending().await;
+        }
+        if !changes.borrow_and_update().still_admits(&peer) {
+            return;
         }
     }
 }
