@@ -602,6 +602,21 @@ pub struct HostReport {
     pub updated_at: Option<i64>,
 }
 
+/// What one agent would run for a config (`POST /v1/deploy/plan`, a dry
+/// run): its rendered plan as the agent sent it, or why there is none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostPlan {
+    /// Host.
+    pub host: String,
+    /// The rendered plan (the agent's text, not decoded on the master).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RawJson>,
+    /// Why the agent gave no plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The outcome of a deploy on one host (a deploy job's result is a list
 /// of these).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -614,9 +629,10 @@ pub struct HostDeploy {
     /// Final decky states (when waited for).
     #[serde(default)]
     pub deckies: Vec<DeckyState>,
-    /// How the agent mapped a LAN config onto the host, if it had to.
+    /// How the agent mapped a LAN config onto the host, if it had to (as
+    /// the agent sent it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relocation: Option<serde_json::Value>,
+    pub relocation: Option<RawJson>,
     /// Why the host failed, if it did.
     pub error: Option<String>,
 }

@@ -56,6 +56,90 @@ impl utoipa::PartialSchema for RawJson {
 #[cfg(feature = "openapi")]
 impl utoipa::ToSchema for RawJson {}
 
+/// What the master shows of how an agent mapped a LAN config onto its
+/// host: these fields read out of the [`RawJson`] the agent sent (others
+/// are skipped without being decoded). Each is `None` when absent or not a
+/// string.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RelocationSummary {
+    /// The interface the config was written for.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub from_parent: Option<String>,
+    /// The subnet the config was written for.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub from_subnet: Option<String>,
+    /// The interface the deckies sit on here.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub to_parent: Option<String>,
+    /// The subnet they sit on here.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub to_subnet: Option<String>,
+    /// Its gateway.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub to_gateway: Option<String>,
+    /// Why the mapping was needed.
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub reason: Option<String>,
+}
+
+impl RelocationSummary {
+    /// The summary in `raw` (empty when it is not an object).
+    pub fn of(raw: &RawJson) -> RelocationSummary {
+        serde_json::from_str(raw.get()).unwrap_or_default()
+    }
+}
+
+/// A string, or `None` for any other value (skipped, not decoded).
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    /// A string kept, anything else skipped.
+    struct StringOrSkip;
+    impl<'de> serde::de::Visitor<'de> for StringOrSkip {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Option<String>, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Option<String>, E> {
+            Ok(Some(v))
+        }
+        fn visit_unit<E>(self) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Option<String>, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Option<String>, A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(StringOrSkip)
+}
+
 /// One decky as the agent reports it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -36,6 +36,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// One measurement at a time: the count is the whole process's.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A `/status` answer of about `bytes` whose free-form fields are trees of
 /// the smallest objects (the costliest shape to decode).
 fn hostile_status(bytes: usize) -> String {
@@ -60,6 +63,7 @@ fn hostile_status(bytes: usize) -> String {
 
 #[test]
 fn a_hostile_status_costs_the_master_what_it_weighs() {
+    let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let answer = hostile_status(4 << 20);
     let before = LIVE.load(Ordering::Relaxed);
     let status: AgentStatus = serde_json::from_str(&answer).expect("valid JSON");
@@ -83,7 +87,35 @@ fn a_hostile_status_costs_the_master_what_it_weighs() {
 }
 
 #[test]
+fn a_hostile_relocation_costs_what_it_weighs_and_shows_only_its_strings() {
+    let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tree = String::from("[");
+    while tree.len() < 4 << 20 {
+        tree.push_str("{\"\":0},");
+    }
+    tree.pop();
+    tree.push(']');
+    let answer = format!(
+        r#"{{"host":"w1","operation_id":"op","deckies":[],"error":null,"relocation":{{"from_parent":"eth0","to_parent":{tree},"addresses":{tree},"reason":"subnet"}}}}"#
+    );
+    let before = LIVE.load(Ordering::Relaxed);
+    let deploy: decnet_api::HostDeploy = serde_json::from_str(&answer).expect("valid JSON");
+    let summary = decnet_api::worker::RelocationSummary::of(deploy.relocation.as_ref().unwrap());
+    let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    assert!(
+        held < 2 * answer.len(),
+        "decoding a {} KiB answer holds {} KiB",
+        answer.len() >> 10,
+        held >> 10
+    );
+    assert_eq!(summary.from_parent.as_deref(), Some("eth0"));
+    assert_eq!(summary.to_parent, None, "a tree is not a name");
+    assert_eq!(summary.reason.as_deref(), Some("subnet"));
+}
+
+#[test]
 fn free_form_fields_that_are_not_json_are_refused() {
+    let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let bad = r#"{"host":"w1","version":"1","driver":"process","containment":{"a":},"deckies":[]}"#;
     assert!(serde_json::from_str::<AgentStatus>(bad).is_err());
 }

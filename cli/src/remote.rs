@@ -176,7 +176,7 @@ pub async fn run(ctx: &Context, cmd: Command) -> anyhow::Result<()> {
                 config_json: read_config(&config)?,
                 hosts,
             };
-            let plans: Vec<serde_json::Value> = client
+            let plans: Vec<decnet_api::HostPlan> = client
                 .send(reqwest::Method::POST, "/v1/deploy/plan", Some(&req))
                 .await?;
             crate::exit::partial(

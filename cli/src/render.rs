@@ -391,10 +391,24 @@ pub fn print_audit(entries: &[decnet_api::AuditRecord], json: bool) -> anyhow::R
     Ok(())
 }
 
-/// Print a dry run's plans (JSON); whether every agent answered with one.
-pub fn print_deploy_plan(plans: &[serde_json::Value]) -> anyhow::Result<bool> {
-    println!("{}", serde_json::to_string_pretty(plans)?);
-    Ok(plans.iter().all(|p| p.get("error").is_none()))
+/// Print a dry run's plans (JSON, each plan indented); whether every
+/// agent answered with one.
+pub fn print_deploy_plan(plans: &[decnet_api::HostPlan]) -> anyhow::Result<bool> {
+    let shown: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|p| {
+            let mut v = serde_json::json!({ "host": p.host });
+            if let Some(plan) = &p.plan {
+                v["plan"] = plan.to_value();
+            }
+            if let Some(e) = &p.error {
+                v["error"] = e.as_str().into();
+            }
+            v
+        })
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    Ok(plans.iter().all(|p| p.error.is_none()))
 }
 
 /// What `swarm evidence HOST` prints.

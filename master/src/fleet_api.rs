@@ -1280,7 +1280,7 @@ async fn deploy_plan(
     State(st): State<Arc<FleetApiState>>,
     Extension(g): Extension<Grant>,
     body: axum::body::Bytes,
-) -> Result<Json<Vec<serde_json::Value>>, Response> {
+) -> Result<Json<Vec<api::HostPlan>>, Response> {
     let req: api::DeployPlanRequest = decode(&body).map_err(bad_request)?;
     let config: serde_json::Value = serde_json::from_str(&req.config_json)
         .map_err(|e| bad_request(format!("the deployment config is not valid JSON: {e}")))?;

@@ -223,12 +223,13 @@ pub async fn deploy_plan(
 }
 
 /// Ask each of `targets` what it would run for `config` (nothing runs):
-/// `{host, plan}` or `{host, error}` per host, in host order.
+/// a plan or an error per host, in host order, each plan kept as the
+/// agent's text.
 pub async fn deploy_plan_of(
     pool: &WorkerPool,
     config: &serde_json::Value,
     targets: Vec<HostRecord>,
-) -> Vec<serde_json::Value> {
+) -> Vec<decnet_api::HostPlan> {
     let mut out = Vec::new();
     for h in targets {
         let _turn = FanOut::one_look().await;
@@ -236,10 +237,15 @@ pub async fn deploy_plan_of(
             Ok(c) => c.dry_run(config).await,
             Err(e) => Err(e),
         };
-        match plan {
-            Ok(p) => out.push(serde_json::json!({ "host": h.name, "plan": p["rendered"] })),
-            Err(e) => out.push(serde_json::json!({ "host": h.name, "error": e.to_string() })),
-        }
+        let (plan, error) = match plan {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(decnet_api::HostPlan {
+            host: h.name,
+            plan,
+            error,
+        });
     }
     out
 }
@@ -424,17 +430,18 @@ pub async fn deploy_run(
                 drop(permit);
                 match polled {
                     Ok(op) => {
-                        if let (Some(r), false) = (&op.relocation, relocation_shown) {
+                        if let (Some(raw), false) = (&op.relocation, relocation_shown) {
                             relocation_shown = true;
+                            let r = decnet_api::worker::RelocationSummary::of(raw);
                             emit(format!(
                                 "{:<16} LAN relocalised: {} {} -> {} {} (gateway {}): {}",
                                 h.name,
-                                inert(r["from_parent"].as_str().unwrap_or("-")),
-                                inert(r["from_subnet"].as_str().unwrap_or("?")),
-                                inert(r["to_parent"].as_str().unwrap_or("-")),
-                                inert(r["to_subnet"].as_str().unwrap_or("?")),
-                                inert(r["to_gateway"].as_str().unwrap_or("?")),
-                                inert(r["reason"].as_str().unwrap_or(""))
+                                inert(r.from_parent.as_deref().unwrap_or("-")),
+                                inert(r.from_subnet.as_deref().unwrap_or("?")),
+                                inert(r.to_parent.as_deref().unwrap_or("-")),
+                                inert(r.to_subnet.as_deref().unwrap_or("?")),
+                                inert(r.to_gateway.as_deref().unwrap_or("?")),
+                                inert(r.reason.as_deref().unwrap_or(""))
                             ));
                         }
                         for d in &op.deckies {

@@ -27,6 +27,23 @@ pub const MAX_HEALTH_ANSWER: usize = 64 * 1024;
 /// is in, so a hostile worker's answer is kept small.
 pub const MAX_STATUS_ANSWER: usize = 4 << 20;
 
+/// The largest `/operations/{id}` answer read: the deckies of one
+/// operation (a deployment has at most 256) and how the LAN was mapped.
+/// A deploy polls every host it waits for at once.
+pub const MAX_OPERATION_ANSWER: usize = 4 << 20;
+
+/// The largest dry-run answer read: the plan rendered for one config (at
+/// most 256 deckies). A dry run keeps every host's plan until the last.
+pub const MAX_PLAN_ANSWER: usize = 4 << 20;
+
+/// A dry run's answer: the rendered plan, kept as the agent's text (other
+/// fields skipped).
+#[derive(Deserialize)]
+struct DryRunAnswer {
+    #[serde(default)]
+    rendered: Option<decnet_api::RawJson>,
+}
+
 /// The largest `/teardown` answer read: the names of the deckies torn down.
 pub const MAX_TEARDOWN_ANSWER: usize = 1 << 20;
 
@@ -49,8 +66,10 @@ pub struct OperationState {
     /// How the agent mapped a LAN config onto its worker's network, if it
     /// had to (`reason`, `from_parent`, `from_subnet`, `to_parent`,
     /// `to_subnet`, `to_gateway`, `addresses`).
+    /// Kept as the text sent ([`decnet_api::RawJson`]); the master reads
+    /// only [`decnet_api::worker::RelocationSummary`] out of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relocation: Option<serde_json::Value>,
+    pub relocation: Option<decnet_api::RawJson>,
 }
 
 /// `/health` answer.
@@ -149,28 +168,35 @@ impl AgentClient {
             .await
     }
 
-    /// `POST /deploy` with `dry_run`: the rendered plan.
+    /// `POST /deploy` with `dry_run`: the rendered plan (at most
+    /// [`MAX_PLAN_ANSWER`] bytes; JSON `null` when the agent sent none).
     pub async fn dry_run(
         &self,
         config: &serde_json::Value,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<decnet_api::RawJson, ClientError> {
         let body = serde_json::json!({ "config": config, "dry_run": true });
-        self.ep
-            .send_json(
+        let answer: DryRunAnswer = self
+            .ep
+            .send_json_within(
                 self.ep.http().post(self.ep.url("/deploy")).json(&body),
                 LONG_TIMEOUT,
+                MAX_PLAN_ANSWER,
             )
-            .await
+            .await?;
+        Ok(answer
+            .rendered
+            .unwrap_or_else(|| decnet_api::RawJson::from_value(&serde_json::Value::Null)))
     }
 
     /// `GET /operations/{id}`.
     pub async fn operation(&self, id: &str) -> Result<OperationState, ClientError> {
         self.ep
-            .send_json(
+            .send_json_within(
                 self.ep
                     .http()
                     .get(self.ep.url(&format!("/operations/{id}"))),
                 QUICK_TIMEOUT,
+                MAX_OPERATION_ANSWER,
             )
             .await
     }

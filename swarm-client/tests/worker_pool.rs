@@ -83,6 +83,36 @@ async fn agent_named(host: &str, server: &'static str) -> FakeAgent {
                 });
                 axum::body::Body::from_stream(futures_util::stream::iter(chunks))
             }),
+        )
+        // And an operation's answer past what one holds (the 16 MiB of
+        // any answer used to be read, a LAN relocation of small objects
+        // decoded into a tree of over a GiB).
+        .route(
+            "/operations/{id}",
+            get(|| async {
+                let head = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                    axum::body::Bytes::from_static(
+                        b"{\"id\":\"op\",\"done\":true,\"deckies\":[],\"relocation\":[",
+                    ),
+                )]);
+                let body = futures_util::stream::iter((0..80).map(|_| {
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(b"{\"\":0},".repeat(9362)))
+                }));
+                axum::body::Body::from_stream(futures_util::StreamExt::chain(head, body))
+            }),
+        )
+        // A dry run's plan past what one holds.
+        .route(
+            "/deploy",
+            axum::routing::post(|| async {
+                let head = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                    axum::body::Bytes::from_static(b"{\"rendered\":["),
+                )]);
+                let body = futures_util::stream::iter((0..80).map(|_| {
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(b"{\"\":0},".repeat(9362)))
+                }));
+                axum::body::Body::from_stream(futures_util::StreamExt::chain(head, body))
+            }),
         );
     let app = HttpService::new(
         router,
@@ -261,6 +291,37 @@ async fn a_status_answer_larger_than_a_status_holds_is_cut() {
         "{err:?}"
     );
     // The same connection pool still serves the host's health.
+    c.health().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_operation_answer_larger_than_an_operation_holds_is_cut() {
+    let w = agent("w1").await;
+    let pool = master_pool();
+    let c = client(&pool, "w1", &w, vec![w.fingerprint]);
+    let err = c.operation("op").await.unwrap_err();
+    let limit = decnet_swarm_client::agent::MAX_OPERATION_ANSWER;
+    assert!(
+        matches!(&err, ClientError::Decode { detail, .. } if detail.contains(&format!("larger than {limit} bytes"))),
+        "{err:?}"
+    );
+    c.health().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dry_run_answer_larger_than_a_plan_holds_is_cut() {
+    let w = agent("w1").await;
+    let pool = master_pool();
+    let c = client(&pool, "w1", &w, vec![w.fingerprint]);
+    let err = c
+        .dry_run(&serde_json::json!({"version": 1, "deckies": []}))
+        .await
+        .unwrap_err();
+    let limit = decnet_swarm_client::agent::MAX_PLAN_ANSWER;
+    assert!(
+        matches!(&err, ClientError::Decode { detail, .. } if detail.contains(&format!("larger than {limit} bytes"))),
+        "{err:?}"
+    );
     c.health().await.unwrap();
 }
 
