@@ -39,20 +39,38 @@ static ALLOCATOR: Counting = Counting;
 /// One measurement at a time: the count is the whole process's.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A JSON array of about `n` bytes of the smallest objects (the costliest
+/// shape to decode into a tree).
+fn tree(n: usize) -> String {
+    let mut s = String::with_capacity(n + 2);
+    s.push('[');
+    while s.len() < n {
+        s.push_str("{\"\":0},");
+    }
+    s.pop();
+    s.push(']');
+    s
+}
+
+/// Decode `answer` as a `T`, and check that what the decoding holds stays
+/// under twice the answer's size.
+fn decode_weighing<T: serde::de::DeserializeOwned>(answer: &str) -> T {
+    let before = LIVE.load(Ordering::Relaxed);
+    let decoded: T = serde_json::from_str(answer).expect("valid JSON");
+    let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    assert!(
+        held < 2 * answer.len(),
+        "decoding a {} KiB answer holds {} KiB",
+        answer.len() >> 10,
+        held >> 10
+    );
+    decoded
+}
+
 /// A `/status` answer of about `bytes` whose free-form fields are trees of
-/// the smallest objects (the costliest shape to decode).
+/// the smallest objects.
 fn hostile_status(bytes: usize) -> String {
     let per_field = bytes / 3;
-    let tree = |n: usize| {
-        let mut s = String::with_capacity(n + 2);
-        s.push('[');
-        while s.len() < n {
-            s.push_str("{\"\":0},");
-        }
-        s.pop();
-        s.push(']');
-        s
-    };
     format!(
         r#"{{"host":"w1","version":"1","driver":"process","containment":{c},"lan":{l},"deckies":[{{"name":"d","state":"running","observed":{o}}}]}}"#,
         c = tree(per_field),
@@ -65,15 +83,7 @@ fn hostile_status(bytes: usize) -> String {
 fn a_hostile_status_costs_the_master_what_it_weighs() {
     let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
     let answer = hostile_status(4 << 20);
-    let before = LIVE.load(Ordering::Relaxed);
-    let status: AgentStatus = serde_json::from_str(&answer).expect("valid JSON");
-    let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
-    assert!(
-        held < 2 * answer.len(),
-        "decoding a {} KiB answer holds {} KiB",
-        answer.len() >> 10,
-        held >> 10
-    );
+    let status: AgentStatus = decode_weighing(&answer);
     // Kept whole, and passed on as it came.
     let containment = status.containment.as_ref().expect("containment kept");
     assert!(containment.get().starts_with("[{\"\":0}"));
@@ -89,25 +99,12 @@ fn a_hostile_status_costs_the_master_what_it_weighs() {
 #[test]
 fn a_hostile_relocation_costs_what_it_weighs_and_shows_only_its_strings() {
     let _one = MEASURING.lock().unwrap_or_else(|p| p.into_inner());
-    let mut tree = String::from("[");
-    while tree.len() < 4 << 20 {
-        tree.push_str("{\"\":0},");
-    }
-    tree.pop();
-    tree.push(']');
+    let tree = tree(4 << 20);
     let answer = format!(
         r#"{{"host":"w1","operation_id":"op","deckies":[],"error":null,"relocation":{{"from_parent":"eth0","to_parent":{tree},"addresses":{tree},"reason":"subnet"}}}}"#
     );
-    let before = LIVE.load(Ordering::Relaxed);
-    let deploy: decnet_api::HostDeploy = serde_json::from_str(&answer).expect("valid JSON");
+    let deploy: decnet_api::HostDeploy = decode_weighing(&answer);
     let summary = decnet_api::worker::RelocationSummary::of(deploy.relocation.as_ref().unwrap());
-    let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
-    assert!(
-        held < 2 * answer.len(),
-        "decoding a {} KiB answer holds {} KiB",
-        answer.len() >> 10,
-        held >> 10
-    );
     assert_eq!(summary.from_parent.as_deref(), Some("eth0"));
     assert_eq!(summary.to_parent, None, "a tree is not a name");
     assert_eq!(summary.reason.as_deref(), Some("subnet"));

@@ -90,29 +90,13 @@ async fn agent_named(host: &str, server: &'static str) -> FakeAgent {
         .route(
             "/operations/{id}",
             get(|| async {
-                let head = futures_util::stream::iter([Ok::<_, std::io::Error>(
-                    axum::body::Bytes::from_static(
-                        b"{\"id\":\"op\",\"done\":true,\"deckies\":[],\"relocation\":[",
-                    ),
-                )]);
-                let body = futures_util::stream::iter((0..80).map(|_| {
-                    Ok::<_, std::io::Error>(axum::body::Bytes::from(b"{\"\":0},".repeat(9362)))
-                }));
-                axum::body::Body::from_stream(futures_util::StreamExt::chain(head, body))
+                oversized_json(b"{\"id\":\"op\",\"done\":true,\"deckies\":[],\"relocation\":[")
             }),
         )
         // A dry run's plan past what one holds.
         .route(
             "/deploy",
-            axum::routing::post(|| async {
-                let head = futures_util::stream::iter([Ok::<_, std::io::Error>(
-                    axum::body::Bytes::from_static(b"{\"rendered\":["),
-                )]);
-                let body = futures_util::stream::iter((0..80).map(|_| {
-                    Ok::<_, std::io::Error>(axum::body::Bytes::from(b"{\"\":0},".repeat(9362)))
-                }));
-                axum::body::Body::from_stream(futures_util::StreamExt::chain(head, body))
-            }),
+            axum::routing::post(|| async { oversized_json(b"{\"rendered\":[") }),
         );
     let app = HttpService::new(
         router,
@@ -129,6 +113,28 @@ async fn agent_named(host: &str, server: &'static str) -> FakeAgent {
         hits,
         _stop: tx,
     }
+}
+
+/// A streamed answer (no length announced) that opens with `head` and goes
+/// on with over 5 MiB of small objects, past what an operation or a plan
+/// holds.
+fn oversized_json(head: &'static [u8]) -> axum::body::Body {
+    let head = futures_util::stream::iter([Ok::<_, std::io::Error>(
+        axum::body::Bytes::from_static(head),
+    )]);
+    let body = futures_util::stream::iter(
+        (0..80)
+            .map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(b"{\"\":0},".repeat(9362)))),
+    );
+    axum::body::Body::from_stream(futures_util::StreamExt::chain(head, body))
+}
+
+/// `err` is the cut of an answer longer than `limit`.
+fn assert_cut_at(err: &ClientError, limit: usize) {
+    assert!(
+        matches!(err, ClientError::Decode { detail, .. } if detail.contains(&format!("larger than {limit} bytes"))),
+        "{err:?}"
+    );
 }
 
 fn client(pool: &WorkerPool, host: &str, at: &FakeAgent, pins: Vec<Fingerprint>) -> AgentClient {
@@ -285,11 +291,7 @@ async fn a_status_answer_larger_than_a_status_holds_is_cut() {
     let pool = master_pool();
     let c = client(&pool, "w1", &w, vec![w.fingerprint]);
     let err = c.status().await.unwrap_err();
-    let limit = decnet_swarm_client::agent::MAX_STATUS_ANSWER;
-    assert!(
-        matches!(&err, ClientError::Decode { detail, .. } if detail.contains(&format!("larger than {limit} bytes"))),
-        "{err:?}"
-    );
+    assert_cut_at(&err, decnet_swarm_client::agent::MAX_STATUS_ANSWER);
     // The same connection pool still serves the host's health.
     c.health().await.unwrap();
 }
@@ -300,11 +302,7 @@ async fn an_operation_answer_larger_than_an_operation_holds_is_cut() {
     let pool = master_pool();
     let c = client(&pool, "w1", &w, vec![w.fingerprint]);
     let err = c.operation("op").await.unwrap_err();
-    let limit = decnet_swarm_client::agent::MAX_OPERATION_ANSWER;
-    assert!(
-        matches!(&err, ClientError::Decode { detail, .. } if detail.contains(&format!("larger than {limit} bytes"))),
-        "{err:?}"
-    );
+    assert_cut_at(&err, decnet_swarm_client::agent::MAX_OPERATION_ANSWER);
     c.health().await.unwrap();
 }
 
@@ -317,11 +315,7 @@ async fn a_dry_run_answer_larger_than_a_plan_holds_is_cut() {
         .dry_run(&serde_json::json!({"version": 1, "deckies": []}))
         .await
         .unwrap_err();
-    let limit = decnet_swarm_client::agent::MAX_PLAN_ANSWER;
-    assert!(
-        matches!(&err, ClientError::Decode { detail, .. } if detail.contains(&format!("larger than {limit} bytes"))),
-        "{err:?}"
-    );
+    assert_cut_at(&err, decnet_swarm_client::agent::MAX_PLAN_ANSWER);
     c.health().await.unwrap();
 }
 
